@@ -1,0 +1,41 @@
+"""selfsup: self-supervised visual representation learning.
+
+    import selfsup
+    run = selfsup.pretrain(method="simclr", data="images/", out="runs/simclr", epochs=100, image_size=32)
+    print(selfsup.evaluate_knn(run.checkpoint, train="labelled/train", test="labelled/test"))
+    selfsup.export_encoder(run.checkpoint, "encoder.safetensors")
+    selfsup.embed_images(run.checkpoint, "images/", "embeddings.npy")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+def pretrain(method: str = "simclr", data: str | Path | None = None, out: str | Path | None = None,
+             config: str | Path | dict | None = None, resume: bool = False, show_progress: bool = True,
+             **options):
+    """Pretrain an encoder; returns a `RunResult` (run folder, checkpoint path, config, metrics).
+
+    `options` are the command line's flags with underscores (epochs=, batch_size=, lr=, backbone=,
+    image_size=, device=, seed=, ...); `config` is a YAML path or a nested dict of any config value
+    (e.g. {"optim": {"weight_decay": 1e-5}, "simclr": {"temperature": 0.2}}); flags win.
+    """
+    from .cli import flags_to_config
+    from .config import load_yaml, merge_dicts
+    from .train import run_pretraining
+
+    user = load_yaml(config) if isinstance(config, (str, Path)) else dict(config or {})
+    flags = {"method": method, "data": str(data) if data is not None else None,
+             "out": str(out) if out is not None else None, **options}
+    return run_pretraining(merge_dicts(user, flags_to_config(flags)), resume=resume, show_progress=show_progress)
+
+
+from .encoder import load_encoder  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .eval import evaluate_knn, evaluate_linear  # noqa: E402
+from .export import embed_images, export_encoder, load_exported  # noqa: E402
+
+__all__ = ["pretrain", "evaluate_knn", "evaluate_linear", "export_encoder", "embed_images", "load_exported",
+           "load_encoder", "UserError", "__version__"]

@@ -1,0 +1,129 @@
+"""Encoders with one contract, whatever their origin (torchvision or timm).
+
+Every backbone answers `forward(x) -> (B, D)` pooled features and `forward_map(x)`, the feature
+map (B, C, h, w) of a CNN or the tokens (B, N, D) of a ViT, and knows its `feature_dim` and
+`kind`. `net` is the plain torchvision/timm model with its classifier removed, so its state dict
+loads into that model with no selfsup code (see `selfsup.export`).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import BackboneConfig
+from ..errors import UserError, nearest, unknown_choice
+
+
+class Backbone(nn.Module):
+    def __init__(self, name: str, net: nn.Module, feature_dim: int, kind: str,
+                 pooled: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+                 feature_map: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.name, self.net, self.feature_dim, self.kind = name, net, feature_dim, kind
+        self._pooled, self._feature_map = pooled, feature_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pooled(self.net, x)  # (B, D)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self._feature_map(self.net, x)  # (B, C, h, w) or (B, N, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision ResNets
+
+
+def _resnet_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def _small_stem(net: nn.Module) -> None:
+    """CIFAR variant (He et al. 2016, sec. 4.2; SimCLR appendix B.9): a 3x3 stride-1 first
+    convolution and no max-pool, so 32x32 images keep their resolution into the first stage."""
+    net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+
+
+def _torchvision_resnet(builder_name: str) -> Callable[[BackboneConfig], Backbone]:
+    def build(cfg: BackboneConfig) -> Backbone:
+        import torchvision
+
+        net = getattr(torchvision.models, builder_name)(weights=None)
+        feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        if cfg.small_stem:
+            _small_stem(net)
+        return Backbone(cfg.name, net, feature_dim, "cnn", lambda m, x: m(x), _resnet_map)
+    return build
+
+
+# timm keyword arguments of `resnet18-half`: ResNet-18 with half the channels (32 to 256).
+RESNET18_HALF = dict(channels=(32, 64, 128, 256), stem_width=32)
+
+
+def _resnet18_half(cfg: BackboneConfig) -> Backbone:
+    """ResNet-18 at half width, 4x cheaper: for CPU demos and tests. A timm ResNet, so exported
+    weights load into timm.create_model("resnet18", num_classes=0, **RESNET18_HALF)."""
+    import timm
+
+    net = timm.create_model("resnet18", pretrained=False, num_classes=0, **RESNET18_HALF)
+    if cfg.small_stem:
+        _small_stem(net)
+    return Backbone(cfg.name, net, net.num_features, "cnn", lambda m, x: m(x), lambda m, x: m.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# timm models
+
+
+def _timm(model_name: str, cfg: BackboneConfig, image_size: int) -> Backbone:
+    import timm
+
+    kwargs = {}
+    if model_name.startswith(("vit", "deit", "eva")) or cfg.patch_size:
+        kwargs["img_size"] = image_size
+        if cfg.patch_size:
+            kwargs["patch_size"] = cfg.patch_size
+    try:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise UserError(f"unknown timm model {model_name!r}{nearest(model_name, timm.list_models())}; "
+                            f"see timm.list_models()") from None
+        raise
+    except TypeError as e:
+        raise UserError(f"timm model {model_name!r} does not take these options ({e})") from None
+    kind = "vit" if hasattr(net, "patch_embed") else "cnn"
+    return Backbone(cfg.name, net, net.num_features, kind, lambda m, x: m(x), lambda m, x: m.forward_features(x))
+
+
+BACKBONES: dict[str, Callable[[BackboneConfig], Backbone]] = {
+    "resnet18": _torchvision_resnet("resnet18"),
+    "resnet34": _torchvision_resnet("resnet34"),
+    "resnet50": _torchvision_resnet("resnet50"),
+    "resnet18-half": _resnet18_half,
+}
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse an unknown backbone before any data is read."""
+    if name.startswith("timm:"):
+        import timm
+
+        model_name = name[len("timm:"):]
+        if not timm.is_model(model_name):
+            raise UserError(f"unknown timm model {model_name!r}{nearest(model_name, timm.list_models())}; "
+                            f"see timm.list_models()")
+    elif name not in BACKBONES:
+        raise unknown_choice("backbone", name, list(BACKBONES) + ["timm:NAME"])
+
+
+def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
+    """The encoder named by `cfg.name`: a registry entry, or `timm:NAME` for any timm model."""
+    check_backbone_name(cfg.name)
+    if cfg.name.startswith("timm:"):
+        return _timm(cfg.name[len("timm:"):], cfg, image_size)
+    return BACKBONES[cfg.name](cfg)

@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically, read without unpickling anything but tensors and plain data.
+
+A checkpoint is a dict saved with torch.save and loaded with `weights_only=True`, so a file
+from elsewhere cannot run code. It is written to a temporary file in the same folder, flushed
+to disk, then renamed over the old one: a run killed at any moment leaves either the previous
+checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "selfsup-checkpoint"
+VERSION = 1
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write to {str(path.parent)!r} ({e.strerror}); choose a writable --out") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | Path, **content: Any) -> None:
+    save_atomic({"format": FORMAT, "version": VERSION, **content}, path)
+
+
+def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
+    """The checkpoint at `path`, refusing files selfsup did not write (and never unpickling them)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "last.pt").is_file():
+            path = path / "last.pt"
+        else:
+            raise UserError(f"{str(path)!r} is a folder without last.pt; give a checkpoint file written by selfsup pretrain")
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
+            AttributeError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+        raise UserError(f"{str(path)!r} is not a selfsup checkpoint (it cannot be read as one); "
+                        f"give a .pt file written by selfsup pretrain") from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise UserError(f"{str(path)!r} is a PyTorch file but not a selfsup checkpoint; give a .pt file "
+                        f"written by selfsup pretrain (plain weights: use --checkpoint weights:FILE)")
+    if content.get("version", 0) > VERSION:
+        raise UserError(f"{str(path)!r} was written by a newer selfsup (format {content['version']}); upgrade selfsup")
+    if method is not None and content.get("method") != method:
+        raise UserError(f"checkpoint {str(path)!r} was written by method {content.get('method')!r}, "
+                        f"not {method!r}; give a {method} checkpoint or use --method {content.get('method')}")
+    return content

@@ -1,0 +1,309 @@
+"""Typed configuration: one home for every default, strict overrides, a saved resolved copy.
+
+A run is described by `RunConfig`, a tree of dataclasses. Each method keeps its paper's defaults
+in its own `Config` dataclass and its recipe per image regime in `PRESETS`. Values are layered:
+dataclass defaults < preset < YAML file < command-line flags. Every layer is a nested dict that
+goes through `override`, which refuses unknown keys (naming the nearest valid one), wrong types
+and values outside a field's range. The resolved tree is written to RUN_DIR/config.yaml and into
+every checkpoint, so a run can be repeated exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError, nearest
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None, **kwargs) -> Any:
+    """A dataclass field whose value must lie in [low, high]; checked on every override."""
+    return field(default=default, metadata={"range": (low, high)}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    image_size: int = ranged(224, 8, 4096)
+    # Side of the square uint8 images kept in the cache (shorter side resized, centre crop).
+    # None: the image size for small images, 8/7 of it otherwise (256 for 224, as ImageNet does).
+    cache_size: int | None = None
+    cache_dir: str | None = None  # None: $SELFSUP_CACHE or ~/.cache/selfsup
+    # Fraction of labelled images held out of pretraining to measure kNN accuracy while training.
+    holdout_fraction: float = ranged(0.05, 0.0, 0.5)
+    # Keep the whole uint8 cache in accelerator memory when it fits ("auto"), always, or never.
+    on_device: Literal["auto", "always", "never"] = "auto"
+    decode_workers: int = ranged(0, 0, 256)  # 0: one per CPU core
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    # 3x3 stride-1 first convolution and no max-pool, for 32-pixel images (None: on below 64 px).
+    small_stem: bool | None = None
+    patch_size: int | None = None  # ViTs only
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    # Base learning rate for a batch of `lr_reference_batch`; the peak rate is scaled from it.
+    lr: float = ranged(0.1, 0.0, None)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    lr_reference_batch: int = ranged(256, 1, None)
+    weight_decay: float = ranged(1e-4, 0.0, None)
+    weight_decay_end: float | None = None  # a cosine from weight_decay to this (DINO); None: constant
+    momentum: float = ranged(0.9, 0.0, 1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    lars_eta: float = ranged(0.001, 0.0, None)  # LARS trust coefficient (You et al. 2017)
+    warmup_epochs: float = ranged(10.0, 0.0, None)
+    final_lr_ratio: float = ranged(0.0, 0.0, 1.0)  # the cosine ends at this fraction of the peak
+    # Biases and normalisation weights get no weight decay and no LARS adaptation (SimCLR, BYOL).
+    exclude_bias_and_norm: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = ranged(100, 1, None)
+    batch_size: int = ranged(256, 2, None)
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
+    compile: bool = False
+    channels_last: bool = True
+    checkpoint_every_steps: int = ranged(0, 0, None)  # 0: at the end of every epoch only
+    monitor_every_epochs: int = ranged(0, 0, None)  # 0: about ten times per run
+    knn_k: int = ranged(200, 1, None)
+    knn_temperature: float = ranged(0.07, 1e-6, None)
+    # The collapse monitor warns when the per-dimension std of L2-normalised embeddings falls
+    # below this fraction of 1/sqrt(d), the value of embeddings spread evenly over the sphere.
+    collapse_warning: float = ranged(0.1, 0.0, 1.0)
+    log_every_steps: int = ranged(10, 1, None)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: str = "simclr"
+    preset: str = "auto"  # "auto": "cifar" below 64 px, "imagenet" otherwise
+    out: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # The method's own dataclass; serialised under the method's name (e.g. `simclr:`).
+    method_config: Any = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """`value` checked against the annotation `tp` (ints are accepted as floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except UserError:
+                pass
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}")
+
+
+def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
+    low, high = f.metadata.get("range", (None, None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise UserError(f"{where} must be in {bounds}, got {value!r}")
+
+
+def override(obj: Any, changes: dict, where: str = "") -> Any:
+    """A copy of the dataclass `obj` with `changes` (a nested dict) applied, strictly checked."""
+    if not isinstance(changes, dict):
+        raise UserError(f"{where or 'config'} must be a mapping of keys to values, got {changes!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    updates = {}
+    for key, value in changes.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise UserError(f"unknown config key {path!r}{nearest(key, fields)}; "
+                            f"valid keys here: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            updates[key] = override(current, value, path)
+        else:
+            coerced = _coerce(value, hints[key], path)
+            _check_range(coerced, fields[key], path)
+            updates[key] = coerced
+    return dataclasses.replace(obj, **updates)
+
+
+def merge_dicts(base: dict, top: dict) -> dict:
+    """Nested dict with `top` laid over `base` (neither is modified)."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_assignment(text: str) -> dict:
+    """'optim.lr=0.3' -> {'optim': {'lr': 0.3}}; the value is read as YAML (numbers, lists, bools)."""
+    if "=" not in text:
+        raise UserError(f"--set expects KEY=VALUE (e.g. --set optim.lr=0.3), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return nested(key.strip(), value)
+
+
+def nested(dotted_key: str, value: Any) -> dict:
+    """'optim.lr', 0.3 -> {'optim': {'lr': 0.3}}."""
+    tree: dict = {}
+    node = tree
+    parts = dotted_key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution and serialisation
+
+
+def resolve(user: dict) -> RunConfig:
+    """The full run config from the user's layers (YAML and flags merged into one nested dict).
+
+    The method and image size are read first, because they choose the method's dataclass and
+    its preset; then defaults < preset < user overrides are applied in that order.
+    """
+    from .methods import get_method  # late: methods import this module
+
+    user = dict(user)
+    method_name = user.get("method", RunConfig.method)
+    method = get_method(method_name)
+    for key in list(user):
+        if key != method_name and key not in {f.name for f in dataclasses.fields(RunConfig)}:
+            from .methods import METHODS
+            if key in METHODS:
+                raise UserError(f"config section {key!r} belongs to method {key!r}, but the method "
+                                f"is {method_name!r}; rename the section or set method: {key}")
+    method_section = user.pop(method_name, {})
+    user.pop("method_config", None)
+
+    probe = override(RunConfig(), {k: v for k, v in user.items() if k in ("data", "preset")})
+    preset_name = probe.preset
+    if preset_name == "auto":
+        preset_name = "cifar" if probe.data.image_size <= 64 else "imagenet"
+    if preset_name not in method.PRESETS:
+        from .errors import unknown_choice
+        raise unknown_choice(f"preset for {method_name}", preset_name, method.PRESETS)
+    preset = method.PRESETS[preset_name]()
+    preset_method = preset.pop(method_name, {})
+
+    cfg = RunConfig(method=method_name, method_config=method.Config())
+    cfg = override(cfg, merge_dicts(preset, user))
+    cfg = dataclasses.replace(cfg, preset=preset_name, method_config=override(
+        cfg.method_config, merge_dicts(preset_method, method_section), method_name))
+    from .backbones import check_backbone_name  # late: backbones import this module
+    check_backbone_name(cfg.backbone.name)
+    if cfg.backbone.small_stem is None:
+        cfg = override(cfg, {"backbone": {"small_stem": cfg.data.image_size <= 64}})
+    if cfg.data.cache_size is None:
+        size = cfg.data.image_size
+        cfg = override(cfg, {"data": {"cache_size": size if size <= 64 else round(size * 8 / 7)}})
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """Plain nested dict (lists, not tuples) with the method section under the method's name."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    out = {f.name: plain(dataclasses.asdict(getattr(cfg, f.name)) if dataclasses.is_dataclass(
+        getattr(cfg, f.name)) else getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+        if f.name != "method_config"}
+    out[cfg.method] = plain(dataclasses.asdict(cfg.method_config))
+    return out
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Inverse of `to_dict` (used to restore a run from its checkpoint)."""
+    from .methods import get_method
+
+    data = dict(data)
+    method = get_method(data.get("method", ""))
+    section = data.pop(data["method"], {})
+    cfg = override(RunConfig(method=data["method"], method_config=method.Config()), data)
+    return dataclasses.replace(cfg, method_config=override(cfg.method_config, section, cfg.method))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

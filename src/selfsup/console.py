@@ -1,0 +1,20 @@
+"""Messages and progress bars for people: status lines on stderr, figures on stdout."""
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "img", enabled: bool = True, initial: int = 0):
+    """A bar with throughput and ETA; writes to stderr, so `--json` output on stdout stays clean."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
+                initial=initial, disable=not enabled, file=sys.stderr, mininterval=0.5, smoothing=0.1)

@@ -1,0 +1,7 @@
+"""Images on disk → a memory-mapped uint8 cache → batches on the model's device."""
+from .cache import ImageCache, decode_image, load_cache, open_images
+from .loader import BatchStream, epoch_order
+from .sources import ImageSource, open_source, open_splits
+
+__all__ = ["ImageCache", "ImageSource", "BatchStream", "decode_image", "epoch_order", "load_cache",
+           "open_images", "open_source", "open_splits"]

@@ -1,0 +1,178 @@
+"""Decode images once into a memory-mapped uint8 cache at the working resolution.
+
+Every image is decoded, its shorter side resized to `size` and centre-cropped to a square, and
+the pixels appended to one raw (N, size, size, 3) uint8 file. Training and evaluation then read
+pixels, never files: a batch is a slice of a memory map (so a dataset larger than RAM works), and
+views are made from it on the model's device. The cache is keyed by the source's fingerprint
+(names, sizes and modification times of its files), so it is rebuilt when the source changes.
+Files that cannot be decoded are skipped, counted and reported in one warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..console import progress_bar, warn
+from ..errors import UserError
+from .sources import ImageSource
+
+CACHE_FORMAT = 1
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"}
+
+
+@dataclass
+class ImageCache:
+    """Decoded images of one source: pixels on disk, memory-mapped, and what is known of them."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped read-only
+    names: list[str]  # file of each row, relative to the source root
+    labels: np.ndarray | None  # (N,) int64 class index, when the source is laid out by class
+    classes: list[str]
+    skipped: list[str]  # files that could not be decoded
+    grayscale: int  # how many of the images were single-channel before conversion to RGB
+    source: str  # a description of where the images came from
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[1]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
+
+
+def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
+    """(size, size, 3) uint8 RGB pixels and whether the image was grayscale, or None when the
+    bytes are not a decodable image (corrupt, truncated, or not an image at all)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns on odd EXIF, palette transparency, ...
+            with Image.open(io.BytesIO(data)) as img:
+                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+                gray = img.mode in GRAYSCALE_MODES
+                img = img.convert("RGB")
+                width, height = img.size
+                if (width, height) != (size, size):
+                    scale = size / min(width, height)
+                    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+                    img = img.resize((new_w, new_h), Image.BICUBIC)
+                    left, top = (new_w - size) // 2, (new_h - size) // 2
+                    img = img.crop((left, top, left + size, top + size))
+                return np.asarray(img, dtype=np.uint8), gray
+    except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
+        return None
+
+
+def _decode_chunk(args: tuple[list[tuple[str, bytes]], int]) -> list[tuple[str, tuple | None]]:
+    chunk, size = args
+    return [(name, decode_image(data, size)) for name, data in chunk]
+
+
+def _chunks(items, size: int, per_chunk: int = 64):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == per_chunk:
+            yield chunk, size
+            chunk = []
+    if chunk:
+        yield chunk, size
+
+
+def _cache_key(source: ImageSource, size: int) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.path.name.split(".")[0])[:40] or "data"
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}".encode()).hexdigest()[:16]
+    return f"{stem}{'-' + source.split if source.split else ''}-{size}px-{digest}"
+
+
+def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
+    """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({e.strerror}); "
+                        f"set --cache-dir or $SELFSUP_CACHE to a writable folder") from None
+    names, skipped, grayscale = [], [], 0
+    workers = workers or os.cpu_count() or 1
+    bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
+    pool = None
+    try:
+        if workers > 1 and len(source.names) >= 2048:
+            pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+            results = pool.imap(_decode_chunk, _chunks(source.read(), size))
+        else:
+            results = map(_decode_chunk, _chunks(source.read(), size))
+        with open(staging / "images.u8", "wb") as pixels:
+            for chunk in results:
+                for name, decoded in chunk:
+                    if decoded is None:
+                        skipped.append(name)
+                    else:
+                        pixels.write(decoded[0].tobytes())
+                        grayscale += decoded[1]
+                        names.append(name)
+                bar.update(len(chunk))
+        bar.close()
+        classes = source.classes
+        index = {c: i for i, c in enumerate(classes)}
+        meta = {"format": CACHE_FORMAT, "source": source.describe(), "fingerprint": source.fingerprint,
+                "size": size, "names": names, "classes": classes, "skipped": skipped,
+                "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
+                "grayscale": grayscale}
+        (staging / "index.json").write_text(json.dumps(meta))
+        try:
+            staging.rename(target)
+        except OSError:  # another process built the same cache meanwhile: keep theirs
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
+               workers: int = 0, show_progress: bool = True) -> ImageCache:
+    """The decoded images of `source` at `size` pixels, built on first use and reused after."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = root / _cache_key(source, size)
+    if not (target / "index.json").is_file():
+        _build(source, size, target, workers, show_progress)
+    meta = json.loads((target / "index.json").read_text())
+    names = meta["names"]
+    if meta["skipped"]:
+        first = meta["skipped"][0]
+        warn(f"skipped {len(meta['skipped']):,} of {len(names) + len(meta['skipped']):,} files in "
+             f"{source.describe()} that are not readable images (e.g. {first!r}); going on with {len(names):,}")
+    if not names:
+        raise UserError(f"none of the {len(meta['skipped']):,} image files in {source.describe()!r} "
+                        f"could be decoded; check that they are images")
+    images = np.memmap(target / "images.u8", dtype=np.uint8, mode="r", shape=(len(names), size, size, 3))
+    labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
+    return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],
+                      skipped=meta["skipped"], grayscale=meta["grayscale"], source=meta["source"])
+
+
+def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,
+                workers: int = 0, show_progress: bool = True) -> ImageCache:
+    """Shortcut: list the images under `path` and load (or build) their cache."""
+    from .sources import open_source
+    return load_cache(open_source(path, split), size, cache_dir, workers, show_progress)

@@ -1,0 +1,200 @@
+"""Where images come from: a folder searched recursively, or a .tar/.tar.gz/.tar.xz of one.
+
+A source lists its image files in a fixed (sorted) order and yields their bytes. Class labels come
+from the first level of subfolders when every image sits inside one (the ImageFolder layout). A
+folder (or tar) holding `train/` and `test/` is a dataset with splits: pick one with `split`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not PurePosixPath(name).name.startswith(".")
+
+
+def is_tar_path(path: Path) -> bool:
+    return path.name.lower().endswith(TAR_SUFFIXES)
+
+
+@dataclass
+class ImageSource:
+    """The image files of one dataset (or one split of it), in a fixed order."""
+
+    path: Path  # the folder or tar file given by the user
+    split: str | None  # "train"/"test"/... inside a dataset with splits, else None
+    names: list[str]  # posix paths relative to the split's root, sorted
+    fingerprint: str  # changes whenever the files change (names, sizes, mtimes)
+    archive_prefix: str = ""  # inside a tar: the folder all members share, plus the split
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names from first-level subfolders; [] when the images are not laid out by class."""
+        tops = {n.split("/", 1)[0] for n in self.names}
+        if len(tops) < 2 or any("/" not in n for n in self.names):
+            return []
+        return sorted(tops)
+
+    @property
+    def labels(self) -> list[int] | None:
+        classes = self.classes
+        if not classes:
+            return None
+        index = {c: i for i, c in enumerate(classes)}
+        return [index[n.split("/", 1)[0]] for n in self.names]
+
+    def describe(self) -> str:
+        return str(self.path) + (f" [{self.split}]" if self.split else "")
+
+    def read(self) -> Iterator[tuple[str, bytes]]:
+        """(name, file bytes) for every listed image, in listing order for folders, archive order
+        for tars (one streaming pass: random access into a compressed tar is quadratic)."""
+        if self.path.is_dir():
+            root = self.path / self.split if self.split else self.path
+            for name in self.names:
+                try:
+                    yield name, (root / name).read_bytes()
+                except OSError as e:
+                    if not self.path.exists():
+                        raise UserError(f"data path {str(self.path)!r} disappeared while reading it") from None
+                    yield name, f"unreadable: {e.strerror}".encode()
+            return
+        wanted = set(self.names)
+        prefix = self.archive_prefix
+        with _open_tar(self.path) as tar:
+            for member in tar:
+                name = _member_name(member)
+                if member.isfile() and name.startswith(prefix):
+                    name = name[len(prefix):]
+                    if name in wanted:
+                        handle = tar.extractfile(member)
+                        yield name, handle.read() if handle else b""
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r|*")
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"{str(path)!r} is not a readable tar archive ({e}); give a folder of images "
+                        f"or a .tar/.tar.gz/.tar.xz of one") from None
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    return member.name[2:] if member.name.startswith("./") else member.name
+
+
+_TAR_LISTINGS: dict[tuple, list[tuple[str, int]]] = {}
+
+
+def _tar_members(path: Path) -> list[tuple[str, int]]:
+    """(name, size) of every file in the archive; remembered per (path, size, mtime), since
+    listing a compressed tar means decompressing all of it."""
+    key = _stat_key(path)
+    if key not in _TAR_LISTINGS:
+        _TAR_LISTINGS[key] = _read_tar_members(path)
+    return _TAR_LISTINGS[key]
+
+
+def _read_tar_members(path: Path) -> list[tuple[str, int]]:
+    out = []
+    try:
+        with _open_tar(path) as tar:
+            for member in tar:
+                if member.isfile():
+                    out.append((_member_name(member), member.size))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{str(path)!r} is a damaged tar archive ({e}); re-create it or give a folder") from None
+    return out
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _common_folder(names: list[str]) -> str:
+    prefix = ""
+    parts = [n.split("/") for n in names]
+    while parts and all(len(p) > 1 for p in parts) and len({p[0] for p in parts}) == 1:
+        prefix += parts[0][0] + "/"
+        parts = [p[1:] for p in parts]
+    return prefix
+
+
+def _listing(path: Path) -> tuple[list[str], str, str]:
+    """(sorted image names, tar prefix, fingerprint of the files) for a folder or a tar."""
+    if not path.exists():
+        raise UserError(f"data path {str(path)!r} does not exist; give a folder of images or a tar of one")
+    digest = hashlib.sha256()
+    if path.is_dir():
+        listed = []
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in filenames:
+                if is_image_name(filename):
+                    full = Path(dirpath) / filename
+                    rel = full.relative_to(path).as_posix()
+                    st = full.stat()
+                    listed.append(rel)
+                    digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return sorted(listed), "", digest.hexdigest()
+    if is_tar_path(path):
+        members = [n for n, _ in _tar_members(path) if is_image_name(n)]
+        prefix = _common_folder(members)
+        digest.update(repr(_stat_key(path)).encode())
+        return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest()
+    raise UserError(f"data path {str(path)!r} is a file, not a folder of images or a .tar/.tar.gz/.tar.xz")
+
+
+def _splits_in(names: list[str]) -> list[str]:
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    if "train" in tops and tops & {"test", "val"} and tops <= set(SPLIT_NAMES):
+        return sorted(tops)
+    return []
+
+
+def _make_source(path: Path, split: str | None, names: list[str], prefix: str, digest: str) -> ImageSource:
+    if split is not None:
+        names = [n[len(split) + 1:] for n in names if n.startswith(split + "/")]
+    if not names:
+        where = f"{path}/{split}" if split else str(path)
+        raise UserError(f"no images found in {where!r} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    fingerprint = hashlib.sha256(f"{digest}|split={split}".encode()).hexdigest()[:20]
+    return ImageSource(path=path, split=split, names=names, fingerprint=fingerprint,
+                       archive_prefix=prefix + (f"{split}/" if split else ""))
+
+
+def open_source(path: str | Path, split: str | None = None, whole: bool = False) -> ImageSource:
+    """List the images under `path` (a folder or a tar); non-image files are ignored.
+
+    A dataset root holding train/ and test/ (or val/) gives its train/ split unless `split` names
+    another, so that test images never leak into pretraining by accident; `whole=True` lists
+    every image under `path` whatever its layout.
+    """
+    path = Path(path).expanduser()
+    names, prefix, digest = _listing(path)
+    splits = [] if whole else _splits_in(names)
+    if split is None and splits:
+        split = "train"
+    if split is not None and split not in splits:
+        raise UserError(f"{str(path)!r} has no {split}/ folder next to train/ and test/ "
+                        f"(it holds: {', '.join(sorted({n.split('/', 1)[0] for n in names})[:8])})")
+    return _make_source(path, split, names, prefix, digest)
+
+
+def open_splits(path: str | Path) -> dict[str, ImageSource]:
+    """Every split of a dataset root holding train/ and test/ (or val/); {} for any other layout."""
+    path = Path(path).expanduser()
+    names, prefix, digest = _listing(path)
+    return {split: _make_source(path, split, names, prefix, digest) for split in _splits_in(names)}

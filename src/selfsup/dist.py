@@ -1,0 +1,59 @@
+"""Cross-process helpers that are no-ops in a single process, so every loss runs in a CPU test."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+
+
+def is_distributed() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def rank() -> int:
+    return torch_dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return torch_dist.get_world_size() if is_distributed() else 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends each process the gradient of its own slice, summed over
+    every process's loss (the gradient of the total loss, as if one process held all the data)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(torch_dist.get_world_size())]
+        torch_dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        torch_dist.all_reduce(grad)
+        n = grad.shape[0] // torch_dist.get_world_size()
+        return grad[torch_dist.get_rank() * n:(torch_dist.get_rank() + 1) * n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` (B, ...) from all processes in rank order, keeping gradients; x itself in
+    one process."""
+    return _GatherWithGrad.apply(x) if is_distributed() else x
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from all processes in rank order, without gradients."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    torch_dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        x = x.clone()
+        torch_dist.all_reduce(x)
+        x /= world_size()
+    return x

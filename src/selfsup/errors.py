@@ -1,0 +1,25 @@
+"""One-line errors for users.
+
+Anything a user can get wrong (a path, an option, a file) raises `UserError` with a message that
+says what was wrong and what to do. The command line prints it as one line and exits with status 2;
+everything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def nearest(name: str, valid: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest valid name, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_choice(kind: str, name: str, valid: Iterable[str]) -> UserError:
+    valid = sorted(valid)
+    return UserError(f"unknown {kind} {name!r}{nearest(name, valid)}; valid: {', '.join(valid)}")

@@ -1,0 +1,57 @@
+"""Linear probe: one linear layer trained on frozen features extracted once.
+
+Features are standardised with the training set's mean and deviation (a BatchNorm without
+affine, as MAE's and MoCo v3's probes put before the classifier), then a linear layer is trained
+with AdamW, mini-batches and a cosine schedule. No augmentation: features are computed once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .knn import topk_accuracy
+
+
+def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 100,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 1024,
+                 seed: int = 0) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    """(classifier, mean, std) fitted on `features` (N, D) and `labels` (N,)."""
+    generator = torch.Generator().manual_seed(seed)
+    features = features.float()
+    mean, std = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
+    x = (features - mean) / std
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=generator)
+        head.bias.zero_()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x) / batch_size))
+    total = epochs * steps_per_epoch
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head(x[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return head, mean, std
+
+
+@torch.no_grad()
+def predict_linear(head: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    return head((features.float() - mean) / std)
+
+
+def linear_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                    test_labels: torch.Tensor, num_classes: int | None = None, **kwargs) -> dict[str, float]:
+    """{'top1', 'top5'} of a linear probe trained on the training features, on the test features."""
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max()).item()) + 1
+    head, mean, std = train_linear(train_features, train_labels, num_classes, **kwargs)
+    return topk_accuracy(predict_linear(head, mean, std, test_features), test_labels)

@@ -1,0 +1,35 @@
+"""The methods. Each is one module holding:
+
+- `Config`: a dataclass with the paper's defaults (the only place they live);
+- `PRESETS`: {"cifar": fn, "imagenet": fn}, each returning overrides for the whole run config;
+- `Method(config, backbone, image_size)`: an nn.Module whose `forward(batch, progress)` returns a
+  `MethodOutput`, with an optional `after_step(progress)` (EMA, queue or centre updates) and an
+  `encoder()` returning the backbone to evaluate and export.
+
+Adding a method touches its own file and one line below.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+from torch import nn
+
+from ..backbones import build_backbone
+from ..errors import unknown_choice
+from . import simclr
+
+METHODS: dict[str, ModuleType] = {
+    "simclr": simclr,
+}
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise unknown_choice("method", name, METHODS)
+    return METHODS[name]
+
+
+def build_method(cfg) -> nn.Module:
+    """The method of a resolved RunConfig, with its backbone, untrained."""
+    backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+    return get_method(cfg.method).Method(cfg.method_config, backbone, cfg.data.image_size)

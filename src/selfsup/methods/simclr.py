@@ -1,0 +1,69 @@
+"""SimCLR (Chen, Kornblith, Norouzi, Hinton 2020): two views, one encoder, NT-Xent.
+
+    x_a, x_b = view(x), view(x)                  # two random augmentations of every image
+    z_a, z_b = g(f(x_a)), g(f(x_b))              # encoder f, projection MLP g
+    loss = nt_xent(z_a, z_b, temperature)        # each view's positive is the other view of its
+                                                 # image; the other 2N-2 views are negatives
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..losses import nt_xent
+from ..nn import mlp
+from ..views import ViewConfig, make_view
+from .common import Batch, MethodOutput
+
+
+@dataclass
+class Config:
+    temperature: float = 0.1  # ImageNet, large batches (paper table 5)
+    projection_hidden_dim: int = 2048
+    projection_dim: int = 128
+    views: ViewConfig = field(default_factory=ViewConfig)
+
+
+def _cifar() -> dict:
+    # lightly's CIFAR-10 benchmark recipe (0.848 kNN at 200 epochs): SGD 0.06 per 128 images,
+    # temperature 0.5; SimCLR appendix B.9: colour strength 0.5 and no blur on 32-pixel images.
+    return {
+        "optim": {"name": "sgd", "lr": 0.12, "lr_scaling": "linear", "weight_decay": 5e-4,
+                  "momentum": 0.9, "warmup_epochs": 0.0},
+        "train": {"epochs": 200, "batch_size": 512},
+        "simclr": {"temperature": 0.5, "projection_hidden_dim": 512,
+                   "views": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1,
+                             "blur_prob": 0.0}},
+    }
+
+
+def _imagenet() -> dict:
+    # Paper: LARS, lr 0.3 x batch/256, weight decay 1e-6, 10 warm-up epochs, temperature 0.1.
+    return {
+        "optim": {"name": "lars", "lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6,
+                  "warmup_epochs": 10.0},
+        "train": {"epochs": 100, "batch_size": 256},
+    }
+
+
+PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+class Method(nn.Module):
+    def __init__(self, config: Config, backbone: Backbone, image_size: int):
+        super().__init__()
+        self.config, self.image_size = config, image_size
+        self.backbone = backbone
+        self.projection = mlp([backbone.feature_dim, config.projection_hidden_dim, config.projection_dim])
+
+    def forward(self, batch: Batch, progress: float) -> MethodOutput:
+        views = [make_view(batch.images, self.config.views, self.image_size, batch.generator) for _ in range(2)]
+        z_a, z_b = self.projection(self.backbone(torch.cat(views))).chunk(2)  # one pass: (2B, d)
+        loss = nt_xent(z_a, z_b, self.config.temperature)
+        return MethodOutput(loss=loss, embedding=z_a.detach())
+
+    def encoder(self) -> Backbone:
+        return self.backbone

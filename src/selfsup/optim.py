@@ -1,0 +1,94 @@
+"""Optimizers (SGD, LARS, AdamW) and schedules as pure functions of training progress."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, final: float) -> float:
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then a cosine from `peak` to `final`
+    at `total_steps` (Goyal et al. 2017; Loshchilov & Hutter 2017)."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def cosine(step: int, total_steps: int, start: float, end: float) -> float:
+    """A cosine from `start` at step 0 to `end` at `total_steps` (DINO's weight decay, BYOL's EMA)."""
+    t = min(1.0, step / max(1, total_steps))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def peak_lr(cfg: OptimConfig, batch_size: int) -> float:
+    """The base rate scaled to the global batch: linear (Goyal et al. 2017) or square-root."""
+    ratio = batch_size / cfg.lr_reference_batch
+    scale = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling]
+    return cfg.lr * scale
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017), as SimCLR and BYOL use it.
+
+    For parameters in groups with `lars=True`, the update direction g + wd*w is rescaled by
+    eta * |w| / |g + wd*w|. Groups with `lars=False` (biases, norm weights) take plain SGD steps.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if group["lars"]:
+                    w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
+                                        torch.ones_like(w_norm))
+                    update.mul_(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = update
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases/norm weights (neither, when
+    `exclude_bias_and_norm`). Parameters without gradients (EMA teachers) are left out."""
+    decayed, excluded = [], []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (excluded if cfg.exclude_bias_and_norm and param.ndim <= 1 else decayed).append(param)
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay, "lars": True, "decay": True}]
+    if excluded:
+        groups.append({"params": excluded, "weight_decay": 0.0, "lars": False, "decay": False})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("decay", True):
+            group["weight_decay"] = weight_decay

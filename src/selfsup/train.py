@@ -1,0 +1,319 @@
+"""The one training loop, shared by every method.
+
+files → uint8 cache → batch on the device → method(batch, progress) → loss → optimizer step →
+after_step → metrics and checkpoint. Everything a resumed run needs is in RUN_DIR/last.pt:
+weights, optimizer, position (epoch, batch, step), RNG states and the resolved config; the data
+order is a function of (seed, epoch). A run killed at any point and resumed with `--resume` ends
+with the same weights, bit for bit on the CPU, as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as config_lib
+from . import monitor
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .console import progress_bar, say, warn
+from .data import BatchStream, ImageCache, open_images
+from .errors import UserError
+from .eval.features import extract_features
+from .eval.knn import knn_accuracy
+from .methods import build_method
+from .methods.common import Batch
+from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
+from .viz import plot_training_curves
+
+RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress")}
+MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
+MONITOR_QUERIES = 5_000
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # the epoch in progress
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps taken so far
+
+
+@dataclass
+class RunResult:
+    out: Path
+    checkpoint: Path
+    config: RunConfig
+    metrics: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} is not available on this machine; use --device cpu")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder and configuration
+
+
+def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
+    checkpoint = load_checkpoint(out / "last.pt")
+    cfg = config_lib.from_dict(checkpoint["config"])
+    saved = config_lib.to_dict(cfg)
+    if "method" in user and user["method"] != cfg.method:
+        raise UserError(f"{out / 'last.pt'} was written by method {cfg.method!r}, not {user['method']!r}; "
+                        f"resume it with --method {cfg.method} or start a new run in another --out")
+    allowed = {}
+    for section, values in user.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if (section, key) in RESUMABLE_KEYS:
+                allowed.setdefault(section, {})[key] = value
+            elif saved.get(section, {}).get(key) != value:
+                raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
+                                f"(saved {saved.get(section, {}).get(key)!r}, given {value!r})")
+    cfg = dataclasses.replace(config_lib.override(cfg, allowed), out=str(out))
+    return cfg, checkpoint
+
+
+def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
+    """The resolved config and, when resuming, the checkpoint to continue from."""
+    out = user.get("out")
+    if not out:
+        raise UserError("give a run folder with --out RUN_DIR")
+    out = Path(out).expanduser()
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise UserError(f"--resume: no checkpoint in {str(out)!r} (expected {out / 'last.pt'}); "
+                            f"start a new run without --resume")
+        return _restore_config(user, out)
+    if (out / "last.pt").exists():
+        raise UserError(f"{str(out)!r} already holds a run (last.pt); continue it with --resume "
+                        f"or choose another --out")
+    cfg = config_lib.resolve(user)
+    if not cfg.data.path:
+        raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_lib.dump_yaml(cfg))
+    except OSError as e:
+        raise UserError(f"cannot write to the run folder {str(out)!r} ({e.strerror}); choose a writable --out") from None
+    return cfg, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def monitor_split(cache: ImageCache, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices): a fixed random part of labelled data is kept out of
+    pretraining to measure kNN accuracy while training; unlabelled data is all used."""
+    n = len(cache)
+    if cache.labels is None or fraction <= 0 or n < 20:
+        return np.arange(n), np.arange(0)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).numpy()
+    held = min(MONITOR_QUERIES, max(1, int(n * fraction)))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class Trainer:
+    """State of one pretraining run; `fit()` runs it to the end."""
+
+    def __init__(self, cfg: RunConfig, checkpoint: dict | None, show_progress: bool = True):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.device = resolve_device(cfg.train.device)
+        self.show_progress = show_progress and cfg.train.progress
+        torch.manual_seed(cfg.train.seed)
+        self.cache = open_images(cfg.data.path, cfg.data.cache_size, cache_dir=cfg.data.cache_dir,
+                                 workers=cfg.data.decode_workers, show_progress=self.show_progress)
+        self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
+        self.stream = BatchStream(self.cache.images, self.train_idx, cfg.train.batch_size, self.device,
+                                  cfg.train.seed, cfg.data.on_device)
+        if len(self.stream) == 0:
+            raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(self.train_idx):,} "
+                            f"training images in {cfg.data.path}; lower --batch-size")
+        self.method = build_method(cfg).to(self.device)
+        if cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.lr = peak_lr(cfg.optim, cfg.train.batch_size)
+        self.optimizer = build_optimizer(self.method, cfg.optim, self.lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        self.position = Position()
+        self.total_steps = cfg.train.epochs * len(self.stream)
+        self.epoch_sums: dict[str, torch.Tensor] = {}
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        if cfg.train.compile:
+            for module in self.method.modules():
+                if module.__class__.__name__ == "Backbone":
+                    module.compile()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "views": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg),
+                    model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
+                    position=vars(self.position).copy(), rng=rng,
+                    epoch_sums={k: v.detach().cpu() for k, v in self.epoch_sums.items()})
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.method.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.position = Position(**checkpoint["position"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        self.generator.set_state(checkpoint["rng"]["views"])
+        if "cuda" in checkpoint["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        self.epoch_sums = {k: v.to(self.device) for k, v in checkpoint["epoch_sums"].items()}
+        self._trim_metrics(self.position.epoch)
+
+    def save(self) -> None:
+        save_checkpoint(self.out / "last.pt", **self._state())
+
+    def _trim_metrics(self, epochs_done: int) -> None:
+        """Drop metrics lines of epochs after the checkpoint (written before a kill)."""
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            lines = [l for l in path.read_text().splitlines() if l.strip()]
+            path.write_text("".join(l + "\n" for l in lines if json.loads(l)["epoch"] <= epochs_done))
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def _schedules(self) -> tuple[float, float]:
+        steps_per_epoch = len(self.stream)
+        warmup = int(self.cfg.optim.warmup_epochs * steps_per_epoch)
+        lr = warmup_cosine(self.position.step, self.total_steps, warmup, self.lr, self.lr * self.cfg.optim.final_lr_ratio)
+        wd = self.cfg.optim.weight_decay
+        if self.cfg.optim.weight_decay_end is not None:
+            wd = cosine(self.position.step, self.total_steps, wd, self.cfg.optim.weight_decay_end)
+        return lr, wd
+
+    def step(self, images: torch.Tensor) -> None:
+        progress = self.position.step / self.total_steps
+        lr, wd = self._schedules()
+        set_schedule(self.optimizer, lr, wd)
+        with autocast_for(self.device, self.cfg.train.precision):
+            out = self.method(Batch(images=images, generator=self.generator), progress)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        if hasattr(self.method, "after_step"):
+            self.method.after_step(progress)
+        values = {"loss": out.loss.detach().float(), **{k: v.detach().float() for k, v in out.metrics.items()}}
+        if out.embedding is not None:
+            values["std_ratio"] = monitor.std_ratio(out.embedding)
+        values["steps"] = torch.ones((), device=self.device)
+        for key, value in values.items():
+            self.epoch_sums[key] = self.epoch_sums.get(key, torch.zeros((), device=self.device)) + value
+        self.last_embedding = out.embedding
+        self.last_lr, self.last_wd = lr, wd
+        self.position.step += 1
+        self.position.batch += 1
+
+    # -- epochs ---------------------------------------------------------------------------------
+
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        say(f"selfsup: {cfg.method} on {len(self.train_idx):,} images ({self.cache.source}), "
+            f"{cfg.backbone.name}, {cfg.train.epochs} epochs x {len(self.stream)} steps of {cfg.train.batch_size}, "
+            f"peak lr {self.lr:.4g} ({cfg.optim.name}, {cfg.optim.lr_scaling} scaling of {cfg.optim.lr}), "
+            f"device {self.device}, preset {cfg.preset}")
+        images_per_step = cfg.train.batch_size
+        bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
+                           initial=self.position.step * images_per_step)
+        try:
+            while self.position.epoch < cfg.train.epochs:
+                self._run_epoch(bar)
+        finally:
+            bar.close()
+        metrics = read_metrics(self.out)
+        plot_training_curves(metrics, self.out / "curves.png")
+        return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=metrics)
+
+    def _run_epoch(self, bar) -> None:
+        cfg = self.cfg
+        started = time.perf_counter()
+        first_batch = self.position.batch
+        for images in self.stream.epoch(self.position.epoch, start=first_batch):
+            self.step(images)
+            if self.position.step % cfg.train.log_every_steps == 0 or self.position.batch == len(self.stream):
+                loss = (self.epoch_sums["loss"] / self.epoch_sums["steps"]).item()
+                bar.set_postfix_str(f"epoch {self.position.epoch + 1}/{cfg.train.epochs} loss {loss:.4f}", refresh=False)
+            bar.update(cfg.train.batch_size)
+            if cfg.train.checkpoint_every_steps and self.position.step % cfg.train.checkpoint_every_steps == 0 \
+                    and self.position.batch < len(self.stream):
+                self.save()
+        seconds = time.perf_counter() - started
+        record = self._epoch_record((len(self.stream) - first_batch) * cfg.train.batch_size / max(seconds, 1e-9), seconds)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.position.epoch += 1
+        self.position.batch = 0
+        self.epoch_sums = {}
+        self.save()
+
+    def _epoch_record(self, images_per_s: float, seconds: float) -> dict:
+        cfg, epoch = self.cfg, self.position.epoch + 1
+        sums = {k: (v / self.epoch_sums["steps"]).item() for k, v in self.epoch_sums.items() if k != "steps"}
+        record = {"epoch": epoch, "step": self.position.step, **{k: round(v, 6) for k, v in sums.items()},
+                  "lr": self.last_lr, "weight_decay": self.last_wd,
+                  "images_per_s": round(images_per_s, 1), "epoch_seconds": round(seconds, 2)}
+        if self.last_embedding is not None:
+            record["effective_rank"] = round(monitor.effective_rank(self.last_embedding).item(), 3)
+            if sums.get("std_ratio", 1.0) < cfg.train.collapse_warning:
+                warn(f"epoch {epoch}: the embeddings may be collapsing (std ratio {sums['std_ratio']:.3f} < "
+                     f"{cfg.train.collapse_warning}, effective rank {record['effective_rank']:.1f}); "
+                     f"check the learning rate and the method's settings")
+        every = cfg.train.monitor_every_epochs or max(1, cfg.train.epochs // 10)
+        if len(self.holdout_idx) and (epoch % every == 0 or epoch == cfg.train.epochs):
+            record["knn_top1"] = round(self._monitor_knn(), 4)
+            plot_training_curves(read_metrics(self.out) + [record], self.out / "curves.png")
+        return record
+
+    def _monitor_knn(self) -> float:
+        bank = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(MONITOR_BANK, len(self.train_idx))).astype(int)]
+        encoder = self.method.encoder()
+        train_feats = extract_features(encoder, self.cache.images, self.cfg.data.image_size, self.device, indices=bank)
+        test_feats = extract_features(encoder, self.cache.images, self.cfg.data.image_size, self.device, indices=self.holdout_idx)
+        labels = torch.from_numpy(self.cache.labels)
+        result = knn_accuracy(train_feats, labels[bank], test_feats, labels[self.holdout_idx],
+                              k=min(self.cfg.train.knn_k, len(bank)), temperature=self.cfg.train.knn_temperature)
+        return result["top1"]
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    path = Path(out) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True) -> RunResult:
+    """Resolve the config (or restore it from RUN_DIR/last.pt), then train to the last epoch."""
+    cfg, checkpoint = prepare_run(user, resume)
+    return Trainer(cfg, checkpoint, show_progress).fit()

@@ -1,0 +1,79 @@
+"""Shared fixtures: small labelled image folders made on the fly, and an isolated image cache."""
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src/selfsup/sample/cifar10-sample.tar.xz"
+CLASSES = ["circle", "square", "stripes"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own image cache folder, so nothing leaks between tests."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.mktemp("cache")))
+    torch.set_num_threads(2)
+
+
+def shape_image(kind: str, rng: np.random.Generator, size: int = 24) -> np.ndarray:
+    """A small RGB image of a class-specific shape on a noisy background of random colour."""
+    img = (rng.random((size, size, 3)) * 60 + rng.integers(0, 160, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+    colour = rng.integers(120, 256, 3)
+    if kind == "circle":
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 4) ** 2
+    elif kind == "square":
+        mask = (abs(yy - cy) < size // 4) & (abs(xx - cx) < size // 4)
+    else:
+        mask = (xx // 3) % 2 == 0
+    img[mask] = colour
+    return img
+
+
+def write_dataset(root: Path, per_class: int = 12, size: int = 24, seed: int = 0, fmt: str = "png") -> Path:
+    rng = np.random.default_rng(seed)
+    for cls in CLASSES:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(shape_image(cls, rng, size)).save(root / cls / f"{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def labelled_folder(tmp_path) -> Path:
+    """3 classes x 12 images of 24x24 pixels, laid out as class subfolders."""
+    return write_dataset(tmp_path / "labelled")
+
+
+@pytest.fixture
+def split_folder(tmp_path) -> Path:
+    """A dataset root holding train/ (3 x 16) and test/ (3 x 6)."""
+    write_dataset(tmp_path / "ds" / "train", per_class=16, seed=1)
+    write_dataset(tmp_path / "ds" / "test", per_class=6, seed=2)
+    return tmp_path / "ds"
+
+
+def make_tar(folder: Path, out: Path, mode: str = "w:gz", prefix: str = "") -> Path:
+    with tarfile.open(out, mode) as tar:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=prefix + path.relative_to(folder).as_posix())
+    return out
+
+
+def jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+# A tiny, fast configuration for end-to-end runs on the CPU.
+TINY_RUN = {"backbone": {"name": "resnet18", "small_stem": False}, "data": {"image_size": 16},
+            "train": {"epochs": 2, "batch_size": 8, "progress": False}}

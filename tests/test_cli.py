@@ -1,0 +1,87 @@
+"""The command line: contract spellings, --json output, and one-line errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check_error=None):
+    proc = subprocess.run([sys.executable, "-m", "selfsup", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    if check_error is not None:
+        assert proc.returncode == 2, proc.stderr
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("selfsup: error: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert check_error in lines[0], lines[0]
+    return proc
+
+
+def test_pretrain_eval_export_embed_through_the_cli(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=8)
+    out = tmp_path / "run"
+    proc = run("pretrain", "--method", "simclr", "--data", data, "--out", out, "--backbone", "resnet18",
+               "--no-small-stem", "--epochs", "1", "--batch-size", "8", "--lr", "0.1", "--image-size", "16",
+               "--device", "cpu", "--seed", "1", "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["checkpoint"] == str(out / "last.pt")
+    for protocol in ("knn", "linear"):
+        proc = run("eval", protocol, "--checkpoint", out / "last.pt", "--train", data, "--test", data,
+                   "--json", "--no-progress", "--epochs", "3")
+        result = json.loads(proc.stdout)
+        assert proc.returncode == 0 and 0 <= result["top1"] <= 1 and "top5" in result
+    proc = run("export", "--checkpoint", out / "last.pt", "--out", tmp_path / "enc.safetensors")
+    assert proc.returncode == 0 and (tmp_path / "enc.safetensors").is_file()
+    proc = run("embed", "--checkpoint", out, "--data", data, "--out", tmp_path / "e.npy", "--no-progress")
+    assert proc.returncode == 0 and (tmp_path / "e.files.txt").is_file()
+
+
+def test_bad_input_gives_one_line_errors(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=4)
+    common = ["--out", tmp_path / "r", "--image-size", "16", "--no-progress"]
+    run("pretrain", "--data", tmp_path / "missing", *common, check_error="does not exist")
+    (tmp_path / "empty").mkdir()
+    run("pretrain", "--data", tmp_path / "empty", *common, check_error="no images found")
+    run("pretrain", "--method", "simclrr", "--data", data, *common, check_error="did you mean 'simclr'")
+    run("pretrain", "--backbone", "resnet17", "--data", data, *common, check_error="valid: resnet18")
+    run("pretrain", "--data", data, "--batch-size", "500", *common, check_error="larger than the")
+    run("pretrain", "--data", data, "--resume", *common, check_error="no checkpoint")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  batchsize: 4\n")
+    run("pretrain", "--data", data, "--config", cfg, *common, check_error="did you mean 'batch_size'")
+    (tmp_path / "file").write_text("x")
+    run("pretrain", "--data", data, "--out", tmp_path / "file" / "run", "--image-size", "16",
+        check_error="cannot write")
+
+
+def test_foreign_checkpoints_are_refused_without_unpickling(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=4)
+    plain = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, plain)
+    run("eval", "knn", "--checkpoint", plain, "--train", data, "--test", data, check_error="not a selfsup checkpoint")
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil(str(marker))}, evil)
+    run("export", "--checkpoint", evil, "--out", tmp_path / "o.safetensors", check_error="not a selfsup checkpoint")
+    assert not marker.exists(), "loading a checkpoint ran code from it"
+    (tmp_path / "text.pt").write_text("hello")
+    run("embed", "--checkpoint", tmp_path / "text.pt", "--data", data, "--out", tmp_path / "e.npy",
+        check_error="not a selfsup checkpoint")
+    run("eval", "knn", "--checkpoint", tmp_path / "nope.pt", "--data", data, check_error="does not exist")
+
+
+class Evil:
+    """Unpickling this would create a file: a stand-in for arbitrary code in a foreign file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

@@ -1,0 +1,83 @@
+"""Typed configuration: layer order, strict overrides with helpful errors, round trips."""
+import pytest
+
+from selfsup import config as C
+from selfsup.errors import UserError
+
+
+def test_layers_apply_in_order_defaults_preset_yaml_flags(tmp_path):
+    # Paper default (ImageNet regime) for SimCLR's temperature is 0.1; the CIFAR preset sets 0.5.
+    assert C.resolve({"data": {"image_size": 224}}).method_config.temperature == 0.1
+    cfg = C.resolve({"data": {"image_size": 32}})
+    assert cfg.preset == "cifar" and cfg.method_config.temperature == 0.5
+    assert cfg.optim.name == "sgd" and cfg.train.batch_size == 512
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("simclr:\n  temperature: 0.3\ntrain:\n  batch_size: 64\n")
+    user = C.merge_dicts(C.load_yaml(yaml_file), {"data": {"image_size": 32}, "train": {"batch_size": 32}})
+    cfg = C.resolve(user)
+    assert cfg.method_config.temperature == 0.3  # YAML beats the preset
+    assert cfg.train.batch_size == 32  # flags beat YAML
+    assert cfg.train.epochs == 200  # the preset beats the dataclass default
+
+
+def test_resolution_fills_derived_values():
+    small = C.resolve({"data": {"image_size": 32}})
+    assert small.backbone.small_stem is True and small.data.cache_size == 32
+    large = C.resolve({"data": {"image_size": 224}})
+    assert large.backbone.small_stem is False and large.data.cache_size == 256
+    assert large.preset == "imagenet" and large.optim.name == "lars"
+
+
+def test_unknown_key_names_the_nearest_valid_one():
+    with pytest.raises(UserError, match=r"unknown config key 'train.epoch'.*did you mean 'epochs'"):
+        C.resolve({"train": {"epoch": 3}})
+    with pytest.raises(UserError, match=r"unknown config key 'simclr.temprature'.*'temperature'"):
+        C.resolve({"simclr": {"temprature": 0.2}})
+    with pytest.raises(UserError, match="unknown config key 'trian'"):
+        C.resolve({"trian": {}})
+
+
+def test_wrong_types_and_ranges_are_refused():
+    with pytest.raises(UserError, match="train.epochs must be int"):
+        C.resolve({"train": {"epochs": "ten"}})
+    with pytest.raises(UserError, match=r"optim.momentum must be in \[0.0, 1.0\]"):
+        C.resolve({"optim": {"momentum": 1.5}})
+    with pytest.raises(UserError, match="optim.name must be one of"):
+        C.resolve({"optim": {"name": "adam"}})
+    with pytest.raises(UserError, match="simclr.views.crop_scale must be a list"):
+        C.resolve({"simclr": {"views": {"crop_scale": 0.5}}})
+    assert C.resolve({"optim": {"lr": 1}}).optim.lr == 1.0  # ints are fine where floats are asked
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(UserError, match="unknown method 'simclrr'.*did you mean 'simclr'.*valid: simclr"):
+        C.resolve({"method": "simclrr"})
+
+
+def test_round_trip_through_dict_and_yaml():
+    import yaml
+    cfg = C.resolve({"data": {"image_size": 32, "path": "x"}, "simclr": {"views": {"crop_scale": [0.2, 1.0]}}})
+    again = C.from_dict(yaml.safe_load(C.dump_yaml(cfg)))
+    assert again == cfg
+    assert again.method_config.views.crop_scale == (0.2, 1.0)
+
+
+def test_set_assignments_parse_values_as_yaml():
+    assert C.parse_assignment("optim.lr=0.3") == {"optim": {"lr": 0.3}}
+    assert C.parse_assignment("simclr.views.crop_scale=[0.2, 1.0]") == {"simclr": {"views": {"crop_scale": [0.2, 1.0]}}}
+    assert C.parse_assignment("train.compile=true") == {"train": {"compile": True}}
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        C.parse_assignment("optim.lr")
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        C.load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(UserError, match="not valid YAML"):
+        C.load_yaml(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        C.load_yaml(listy)

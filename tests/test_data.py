@@ -1,0 +1,139 @@
+"""Data: discovery in folders and tars, the uint8 cache, corrupt files, batch order."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.data import BatchStream, decode_image, epoch_order, load_cache, open_source, open_splits
+from selfsup.errors import UserError
+
+from conftest import CLASSES, SAMPLE, jpeg_bytes, make_tar, shape_image, write_dataset
+
+
+def test_folder_is_searched_recursively_and_non_images_are_ignored(labelled_folder):
+    (labelled_folder / "circle" / "notes.txt").write_text("not an image")
+    (labelled_folder / "circle" / "deeper").mkdir()
+    Image.fromarray(shape_image("circle", np.random.default_rng(0))).save(labelled_folder / "circle/deeper/x.webp")
+    (labelled_folder / ".hidden").mkdir()
+    Image.fromarray(shape_image("circle", np.random.default_rng(0))).save(labelled_folder / ".hidden/y.png")
+    source = open_source(labelled_folder)
+    assert len(source.names) == 3 * 12 + 1
+    assert source.classes == CLASSES
+    assert "circle/deeper/x.webp" in source.names
+    assert source.labels.count(0) == 13
+
+
+@pytest.mark.parametrize("mode, suffix", [("w", ".tar"), ("w:gz", ".tar.gz"), ("w:xz", ".tar.xz")])
+def test_tars_give_the_same_images_as_the_folder(labelled_folder, tmp_path, mode, suffix):
+    tar = make_tar(labelled_folder, tmp_path / f"data{suffix}", mode, prefix="top/")
+    from_tar = load_cache(open_source(tar), 16, show_progress=False)
+    from_folder = load_cache(open_source(labelled_folder), 16, show_progress=False)
+    assert sorted(from_tar.names) == from_folder.names
+    order = [from_tar.names.index(n) for n in from_folder.names]
+    np.testing.assert_array_equal(from_tar.images[order], from_folder.images)
+    np.testing.assert_array_equal(from_tar.labels[order], from_folder.labels)
+
+
+def test_dataset_roots_with_splits_give_train_unless_asked(split_folder, tmp_path):
+    train = open_source(split_folder)
+    assert train.split == "train" and len(train.names) == 48 and train.classes == CLASSES
+    assert open_source(split_folder, split="test").names[0].startswith("circle/")
+    assert set(open_splits(split_folder)) == {"train", "test"}
+    assert len(open_source(split_folder, whole=True).names) == 48 + 18
+    tar = make_tar(split_folder, tmp_path / "ds.tar")
+    assert len(open_source(tar, split="test").names) == 18
+
+
+def test_shipped_sample_has_train_and_test_splits():
+    splits = open_splits(SAMPLE)
+    assert len(splits["train"].names) == 5000 and len(splits["test"].names) == 1000
+    assert len(splits["train"].classes) == 10
+
+
+def test_decode_resizes_shorter_side_and_centre_crops():
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:, 20:60] = 255  # a white band in the middle third horizontally
+    out, gray = decode_image(jpeg_bytes(img, 95), 20)
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8 and not gray
+    assert out[:, 5:15].mean() > 240  # the centre crop keeps the middle of the wide image
+    gray_png = Image.fromarray(np.full((10, 10), 7, np.uint8), mode="L")
+    import io
+    buffer = io.BytesIO()
+    gray_png.save(buffer, format="PNG")
+    out, gray = decode_image(buffer.getvalue(), 10)
+    assert gray and (out == 7).all()
+
+
+def test_corrupt_and_truncated_images_are_skipped_and_counted(labelled_folder, capsys):
+    good = jpeg_bytes(shape_image("square", np.random.default_rng(1)))
+    (labelled_folder / "square" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (labelled_folder / "square" / "garbage.jpg").write_bytes(b"\x00not a jpeg at all" * 10)
+    (labelled_folder / "square" / "empty.png").write_bytes(b"")
+    cache = load_cache(open_source(labelled_folder), 16, show_progress=False)
+    assert len(cache) == 36 and len(cache.skipped) == 3
+    assert "square/truncated.jpg" in cache.skipped
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "skipped 3 of 39 files" in err
+
+
+def test_all_files_corrupt_is_a_clear_error(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_bytes(b"nope")
+    with pytest.raises(UserError, match="could be decoded"):
+        load_cache(open_source(tmp_path / "bad"), 16, show_progress=False)
+
+
+def test_missing_and_empty_paths(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        open_source(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError, match="no images found"):
+        open_source(tmp_path / "empty")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        open_source(tmp_path / "file.txt")
+    (tmp_path / "broken.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(UserError, match="tar"):
+        open_source(tmp_path / "broken.tar.gz")
+
+
+def test_cache_is_reused_and_rebuilt_when_the_source_changes(labelled_folder, tmp_path):
+    cache_dir = tmp_path / "c"
+    first = load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    assert len(list(cache_dir.iterdir())) == 1
+    again = load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    assert again.names == first.names and len(list(cache_dir.iterdir())) == 1
+    write_dataset(labelled_folder, per_class=13, seed=5)  # adds one file per class, rewrites others
+    changed = load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    assert len(changed) == 39 and len(list(cache_dir.iterdir())) == 2
+    assert isinstance(changed.images, np.memmap)
+
+
+def test_unwritable_cache_dir_is_a_clear_error(labelled_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write the image cache"):
+        load_cache(open_source(labelled_folder), 16, blocker / "sub", show_progress=False)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    assert torch.equal(epoch_order(100, 3, 7), epoch_order(100, 3, 7))
+    assert not torch.equal(epoch_order(100, 3, 7), epoch_order(100, 3, 8))
+    assert sorted(epoch_order(100, 3, 7).tolist()) == list(range(100))
+
+
+def test_batches_cover_the_data_and_ranks_are_disjoint():
+    images = np.arange(50 * 2 * 2 * 3, dtype=np.uint8).reshape(50, 2, 2, 3) % 251
+    indices = np.arange(3, 50)  # 47 images, some held out
+    seen = []
+    for rank in range(2):
+        stream = BatchStream(images, indices, batch_size=5, device=torch.device("cpu"), seed=0, rank=rank, world=2)
+        assert len(stream) == 4  # 23 images per rank -> 4 full batches of 5
+        for batch in stream.epoch(0):
+            assert batch.dtype == torch.uint8 and batch.shape == (5, 2, 2, 3)
+            seen.extend(batch[:, 0, 0, 0].tolist())
+    assert len(seen) == len(set(seen)) == 40
+    single = BatchStream(images, indices, batch_size=5, device=torch.device("cpu"), seed=0)
+    resumed = list(single.epoch(1, start=3))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, list(single.epoch(1))[3:]))

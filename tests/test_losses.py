@@ -1,0 +1,79 @@
+"""Losses against independent computations: textbook numbers and float64 references."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.losses import cosine_similarity, nt_xent, nt_xent_logits
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([1.0, 0.0], [0.9, 0.4], 0.914),
+    ([1.0, 0.0], [-0.5, 0.8], -0.530),
+    ([2.0, 1.0], [3.0, 2.0], 0.992),
+    ([2.0, 1.0], [-2.0, 1.0], -0.600),
+])
+def test_cosine_similarity_textbook_numbers(a, b, expected):
+    by_hand = sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))
+    assert round(by_hand, 3) == expected
+    assert cosine_similarity(torch.tensor(a), torch.tensor(b)).item() == pytest.approx(expected, abs=5e-4)
+
+
+def reference_nt_xent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:
+    """Chen et al. 2020, eq. 1, summed over all 2N views, one view at a time in float64."""
+    z = np.concatenate([z_a, z_b]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n2, n = len(z), len(z) // 2
+    total = 0.0
+    for i in range(n2):
+        positive = (i + n) % n2
+        others = [k for k in range(n2) if k != i]
+        logits = np.array([z[i] @ z[k] / temperature for k in others])
+        log_denominator = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+        total += -(z[i] @ z[positive] / temperature - log_denominator)
+    return total / n2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nt_xent_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, d = rng.integers(2, 12), rng.integers(3, 40)
+    temperature = float(rng.uniform(0.05, 1.0))
+    z_a, z_b = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    expected = reference_nt_xent(z_a, z_b, temperature)
+    got64 = nt_xent(torch.from_numpy(z_a), torch.from_numpy(z_b), temperature)
+    got32 = nt_xent(torch.from_numpy(z_a).float(), torch.from_numpy(z_b).float(), temperature)
+    assert got64.item() == pytest.approx(expected, rel=1e-10)
+    assert got32.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_each_view_has_one_positive_and_2n_minus_2_negatives(n):
+    z_a, z_b = torch.randn(n, 8), torch.randn(n, 8)
+    logits, positives = nt_xent_logits(z_a, z_b, temperature=0.5)
+    assert logits.shape == (2 * n, 2 * n)
+    for i in range(2 * n):
+        finite = torch.isfinite(logits[i])
+        assert not finite[i], "a view must not be compared with itself"
+        assert positives[i].item() == (i + n) % (2 * n)  # the other view of the same image
+        negatives = finite.clone()
+        negatives[positives[i]] = False
+        assert negatives.sum().item() == 2 * n - 2
+
+
+def test_nt_xent_is_low_when_views_agree_and_high_when_they_do_not():
+    z = torch.randn(8, 16)
+    aligned = nt_xent(z, z + 0.01 * torch.randn_like(z), 0.1)
+    shuffled = nt_xent(z, z[torch.roll(torch.arange(8), 1)], 0.1)
+    assert aligned < shuffled
+    # Perfect agreement with orthogonal images: loss -> log(1 + 0) as temperature -> 0.
+    eye = torch.eye(4)
+    assert nt_xent(eye, eye, 0.01).item() < 1e-6
+
+
+def test_nt_xent_gradients_are_finite_despite_masked_diagonal():
+    z_a = torch.randn(4, 8, requires_grad=True)
+    z_b = torch.randn(4, 8, requires_grad=True)
+    nt_xent(z_a, z_b, 0.2).backward()
+    assert torch.isfinite(z_a.grad).all() and torch.isfinite(z_b.grad).all()

@@ -1,0 +1,175 @@
+"""Views: each batched operation against torchvision's reference transform, and the pipeline's
+shapes, ranges, per-sample independence and determinism."""
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
+
+from selfsup.views import ViewConfig, make_view, ops
+
+
+def images(n=6, size=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g)
+
+
+def per_image(fn, x, params):
+    return torch.stack([fn(img, p) for img, p in zip(x, params.tolist())])
+
+
+@pytest.mark.parametrize("ours, theirs, low, high", [
+    (ops.adjust_brightness, TF.adjust_brightness, 0.2, 1.8),
+    (ops.adjust_contrast, TF.adjust_contrast, 0.2, 1.8),
+    (ops.adjust_saturation, TF.adjust_saturation, 0.0, 2.0),
+    (ops.adjust_hue, TF.adjust_hue, -0.5, 0.5),
+])
+def test_colour_ops_match_torchvision_per_image(ours, theirs, low, high):
+    x = images()
+    factors = torch.linspace(low, high, len(x))
+    expected = per_image(theirs, x, factors)
+    torch.testing.assert_close(ours(x, factors), expected, atol=2e-5, rtol=0)
+
+
+def test_hsv_round_trip_and_grayscale_pixels():
+    x = images(n=4)
+    x[0] = 0.5  # gray: hue undefined, saturation 0
+    x[1, :, :5] = 0.0  # black pixels
+    torch.testing.assert_close(ops.hsv_to_rgb(ops.rgb_to_hsv(x)), x, atol=1e-6, rtol=0)
+
+
+def test_grayscale_and_solarize_match_torchvision():
+    x = images()
+    apply = torch.tensor([True, False, True, False, True, False])
+    gray = ops.to_grayscale_rgb(x, apply)
+    for i in range(len(x)):
+        expected = TF.rgb_to_grayscale(x[i], num_output_channels=3) if apply[i] else x[i]
+        torch.testing.assert_close(gray[i], expected, atol=1e-6, rtol=0)
+    sol = ops.solarize(x, apply, threshold=0.5)
+    for i in range(len(x)):
+        expected = TF.solarize(x[i], 0.5) if apply[i] else x[i]
+        torch.testing.assert_close(sol[i], expected)
+
+
+def test_gaussian_blur_matches_torchvision_with_a_sigma_per_image():
+    x = images(size=24)
+    sigmas = torch.linspace(0.1, 2.0, len(x))
+    ours = ops.gaussian_blur(x, sigmas, kernel_size=7)
+    for i in range(len(x)):
+        expected = TF.gaussian_blur(x[i], kernel_size=[7, 7], sigma=[sigmas[i].item()] * 2)
+        torch.testing.assert_close(ours[i], expected, atol=1e-5, rtol=0)
+
+
+def test_flip_matches_torchvision():
+    x = images()
+    flip = torch.tensor([True, False] * 3)
+    out = ops.flip_horizontal(x, flip)
+    for i in range(len(x)):
+        torch.testing.assert_close(out[i], TF.horizontal_flip(x[i]) if flip[i] else x[i])
+
+
+def test_crop_with_fixed_box_matches_torchvision_resized_crop():
+    x = images(n=3, size=32)
+    # (left, top, right, bottom): an upscaling crop, a downscaling one and the whole image.
+    boxes = torch.tensor([[4.0, 6.0, 20.0, 22.0], [0.0, 2.0, 30.0, 32.0], [0.0, 0.0, 32.0, 32.0]])
+    ours = ops.crop_and_resize(x, boxes, size=24)
+    for i, (l, t, r, b) in enumerate(boxes.int().tolist()):
+        upscale = (r - l) <= 24
+        expected = TF.resized_crop(x[i], t, l, b - t, r - l, [24, 24], antialias=not upscale)
+        inner = (slice(None), slice(2, -2), slice(2, -2))
+        if upscale:
+            # Bilinear at output-pixel centres: identical away from the crop's border, where
+            # torchvision clamps to the crop and we read the neighbouring pixel of the image.
+            torch.testing.assert_close(ours[i][inner], expected[inner], atol=1e-5, rtol=0)
+        else:
+            # Area-averaged downscaling against torchvision's antialiased filter.
+            assert (ours[i] - expected).abs().mean() < 0.03
+    whole = ops.crop_and_resize(x, boxes[2:].repeat(3, 1), size=32)
+    torch.testing.assert_close(whole, x, atol=1e-6, rtol=0)  # identity crop is exact
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 20000, 32, 48
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    boxes = ops.sample_crop_boxes(n, h, w, scale, ratio, g, "cpu")
+    x0, y0, x1, y1 = boxes.unbind(1)
+    bw, bh = x1 - x0, y1 - y0
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= w).all() and (y1 <= h).all()
+    assert (bw >= 1).all() and (bh >= 1).all()
+    assert (boxes == boxes.round()).all()
+    area = bw * bh / (h * w)
+    # Rounding w and h to pixels moves the area a little outside the drawn range.
+    assert area.min() > scale[0] * 0.8 and area.max() <= 1.0
+    # Compare the distribution with torchvision's sampler.
+    torch.manual_seed(0)
+    img = torch.zeros(3, h, w)
+    ref = torch.tensor([RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)], dtype=torch.float)
+    ref_area = ref[:, 2] * ref[:, 3] / (h * w)
+    assert abs(area.mean() - ref_area.mean()) < 0.01
+    assert abs((bw / bh).log().mean() - (ref[:, 3] / ref[:, 2]).log().mean()) < 0.02
+    assert abs(x0.mean() - ref[:, 1].mean()) < 0.3 and abs(y0.mean() - ref[:, 0].mean()) < 0.3
+
+
+def test_crop_boxes_fall_back_to_a_centre_crop_like_torchvision():
+    g = torch.Generator().manual_seed(0)
+    # No candidate fits (area above the image): the centre crop with the ratio clamped.
+    boxes = ops.sample_crop_boxes(4, 20, 60, (2.0, 3.0), (3 / 4, 4 / 3), g, "cpu")
+    i, j, h, w = RandomResizedCrop.get_params(torch.zeros(3, 20, 60), [2.0, 3.0], [3 / 4, 4 / 3])
+    assert boxes.tolist() == [[float(j), float(i), float(j + w), float(i + h)]] * 4
+
+
+def u8_batch(n=8, size=24, identical=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if identical:
+        return torch.randint(0, 256, (1, size, size, 3), generator=g, dtype=torch.uint8).repeat(n, 1, 1, 1)
+    return torch.randint(0, 256, (n, size, size, 3), generator=g, dtype=torch.uint8)
+
+
+def test_view_shape_dtype_range():
+    cfg = ViewConfig(solarize_prob=0.5)
+    out = make_view(u8_batch(), cfg, 16, torch.Generator().manual_seed(0), mean=(0, 0, 0), std=(1, 1, 1))
+    assert out.shape == (8, 3, 16, 16) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.min() >= 0 and out.max() <= 1  # unnormalised pixels stay in [0, 1]
+    normalised = make_view(u8_batch(), cfg, 16, torch.Generator().manual_seed(0))
+    assert torch.isfinite(normalised).all()
+
+
+def test_views_are_random_per_sample_and_reproducible_under_a_seed():
+    batch = u8_batch(identical=True)
+    cfg = ViewConfig()
+    first = make_view(batch, cfg, 16, torch.Generator().manual_seed(1))
+    # Same image, same generator state: different views per sample (independent parameters).
+    distinct = {tuple(v.flatten()[:50].tolist()) for v in first}
+    assert len(distinct) == len(batch)
+    # Same seed -> same views, whatever the global RNG does; another seed -> other views.
+    torch.manual_seed(123)
+    again = make_view(batch, cfg, 16, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, again, atol=0, rtol=0)
+    other = make_view(batch, cfg, 16, torch.Generator().manual_seed(2))
+    assert not torch.equal(first, other)
+
+
+def test_probabilities_are_respected():
+    batch = u8_batch(n=4000, size=8)
+    g = torch.Generator().manual_seed(0)
+    flip = ops.bernoulli(len(batch), 0.5, g, "cpu").float().mean().item()
+    assert abs(flip - 0.5) < 0.03
+    # With every augmentation off, a view of a full crop is the image itself.
+    plain = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0, jitter_prob=0,
+                       grayscale_prob=0, blur_prob=0)
+    out = make_view(batch[:4], plain, 8, g, mean=(0, 0, 0), std=(1, 1, 1))
+    torch.testing.assert_close(out, batch[:4].permute(0, 3, 1, 2).float() / 255, atol=1e-6, rtol=0)
+    gray = ViewConfig(grayscale_prob=1.0, jitter_prob=0, blur_prob=0)
+    out = make_view(batch[:16], gray, 8, g, mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+
+
+def test_blur_kernel_is_about_a_tenth_of_the_view():
+    from selfsup.views.pipeline import blur_kernel_size
+    assert blur_kernel_size(224, 0.1) == 23  # SimCLR: 10% of 224, odd
+    assert blur_kernel_size(32, 0.1) == 3
+    assert blur_kernel_size(4, 0.5) == 3
+    assert math.isclose(ops.gaussian_kernels(torch.tensor([1.0]), 5).sum().item(), 1.0, rel_tol=1e-6)
