@@ -81,3 +81,11 @@ def test_yaml_file_errors(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         C.load_yaml(listy)
+
+
+def test_saved_config_repeats_the_run_when_given_back():
+    import yaml
+    cfg = C.resolve({"data": {"image_size": 48, "path": "x"}, "out": "a", "optim": {"lr": 0.7},
+                     "simclr": {"temperature": 0.3}})
+    again = C.resolve(yaml.safe_load(C.dump_yaml(cfg)))
+    assert again == cfg

@@ -20,6 +20,7 @@ import torch
 
 from . import config as config_lib
 from . import monitor
+from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .console import progress_bar, say, warn
@@ -28,7 +29,7 @@ from .errors import UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
 from .methods import build_method
-from .methods.common import Batch
+from .methods.common import Batch, Progress
 from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
 from .viz import plot_training_curves
 
@@ -167,7 +168,7 @@ class Trainer:
             self._restore(checkpoint)
         if cfg.train.compile:
             for module in self.method.modules():
-                if module.__class__.__name__ == "Backbone":
+                if isinstance(module, Backbone):  # the heavy part; views and losses stay eager
                     module.compile()
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -214,7 +215,7 @@ class Trainer:
         return lr, wd
 
     def step(self, images: torch.Tensor) -> None:
-        progress = self.position.step / self.total_steps
+        progress = Progress(self.position.step, self.total_steps, self.cfg.train.epochs)
         lr, wd = self._schedules()
         set_schedule(self.optimizer, lr, wd)
         with autocast_for(self.device, self.cfg.train.precision):
@@ -223,7 +224,8 @@ class Trainer:
         out.loss.backward()
         self.optimizer.step()
         if hasattr(self.method, "after_step"):
-            self.method.after_step(progress)
+            with torch.no_grad():
+                self.method.after_step(progress)
         values = {"loss": out.loss.detach().float(), **{k: v.detach().float() for k, v in out.metrics.items()}}
         if out.embedding is not None:
             values["std_ratio"] = monitor.std_ratio(out.embedding)

@@ -3,8 +3,12 @@
 - `Config`: a dataclass with the paper's defaults (the only place they live);
 - `PRESETS`: {"cifar": fn, "imagenet": fn}, each returning overrides for the whole run config;
 - `Method(config, backbone, image_size)`: an nn.Module whose `forward(batch, progress)` returns a
-  `MethodOutput`, with an optional `after_step(progress)` (EMA, queue or centre updates) and an
-  `encoder()` returning the backbone to evaluate and export.
+  `MethodOutput` (see common.py: `Batch` holds the uint8 images on the device and the generator
+  all randomness must come from; `Progress` says where training stands), with an optional
+  `after_step(progress)` (EMA, queue or centre updates, run after the optimizer step, without
+  gradients) and an `encoder()` returning the backbone to evaluate and export.
+  Everything the method must carry across a resume (teacher, queue, centre) is a parameter or a
+  registered buffer, so it is in the state dict and thus in every checkpoint.
 
 Adding a method touches its own file and one line below.
 """

@@ -16,7 +16,7 @@ from ..backbones import Backbone
 from ..losses import nt_xent
 from ..nn import mlp
 from ..views import ViewConfig, make_view
-from .common import Batch, MethodOutput
+from .common import Batch, MethodOutput, Progress
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Method(nn.Module):
         self.backbone = backbone
         self.projection = mlp([backbone.feature_dim, config.projection_hidden_dim, config.projection_dim])
 
-    def forward(self, batch: Batch, progress: float) -> MethodOutput:
+    def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         views = [make_view(batch.images, self.config.views, self.image_size, batch.generator) for _ in range(2)]
         z_a, z_b = self.projection(self.backbone(torch.cat(views))).chunk(2)  # one pass: (2B, d)
         loss = nt_xent(z_a, z_b, self.config.temperature)
