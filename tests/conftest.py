@@ -77,3 +77,56 @@ def jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
 # A tiny, fast configuration for end-to-end runs on the CPU.
 TINY_RUN = {"backbone": {"name": "resnet18", "small_stem": False}, "data": {"image_size": 16},
             "train": {"epochs": 2, "batch_size": 8, "progress": False}}
+
+
+class Interrupted(Exception):
+    """Stands in for a kill in in-process resume tests."""
+
+
+def interrupted_then_resumed(user: dict, stop_after_steps: int, monkeypatch) -> tuple[dict, dict, dict]:
+    """Train `user` (a nested config dict, with out=...) three ways: uninterrupted into OUT/whole;
+    stopped by an exception after `stop_after_steps` steps into OUT/killed; then resumed there.
+    Returns (uninterrupted checkpoint, checkpoint at the interruption, resumed checkpoint).
+
+    The SIGKILL path itself is tested once, with subprocesses, in test_train.py; this checks in
+    a fraction of the time that a method's whole state (teacher, queue, centre...) resumes."""
+    from pathlib import Path
+
+    from selfsup.config import merge_dicts
+    from selfsup.train import Trainer, run_pretraining
+
+    out = Path(user["out"])
+    run_pretraining(merge_dicts(user, {"out": str(out / "whole")}))
+    original_step = Trainer.step
+    calls = {"n": 0}
+
+    def step_then_stop(self, images):
+        if calls["n"] == stop_after_steps:
+            raise Interrupted
+        calls["n"] += 1
+        original_step(self, images)
+
+    monkeypatch.setattr(Trainer, "step", step_then_stop)
+    killed = merge_dicts(user, {"out": str(out / "killed")})
+    try:
+        run_pretraining(killed)
+        raise AssertionError("the run ended before it was interrupted")
+    except Interrupted:
+        pass
+    at_interruption = torch.load(out / "killed" / "last.pt", weights_only=True)
+    monkeypatch.setattr(Trainer, "step", original_step)
+    run_pretraining(killed, resume=True)
+    whole = torch.load(out / "whole" / "last.pt", weights_only=True)
+    resumed = torch.load(out / "killed" / "last.pt", weights_only=True)
+    return whole, at_interruption, resumed
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise equality of two checkpoints' model, optimizer state and position."""
+    assert a["position"] == b["position"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for s1, s2 in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for name in s1:
+            assert torch.equal(s1[name], s2[name]), name

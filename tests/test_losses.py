@@ -77,3 +77,26 @@ def test_nt_xent_gradients_are_finite_despite_masked_diagonal():
     z_b = torch.randn(4, 8, requires_grad=True)
     nt_xent(z_a, z_b, 0.2).backward()
     assert torch.isfinite(z_a.grad).all() and torch.isfinite(z_b.grad).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_masked_mse_matches_reference_and_ignores_visible_units(seed):
+    from selfsup.losses import masked_mse
+    g = torch.Generator().manual_seed(seed)
+    pred, target = torch.randn(3, 10, 6, generator=g, dtype=torch.float64), torch.randn(3, 10, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(3, 10, generator=g) < 0.6
+    mask[0, 0] = True
+    expected = np.mean([((pred[b, n] - target[b, n]) ** 2).mean().item()
+                        for b in range(3) for n in range(10) if mask[b, n]])
+    assert masked_mse(pred, target, mask).item() == pytest.approx(expected, rel=1e-6)
+    changed = pred.clone()
+    changed[~mask] += 100.0  # anything where nothing was hidden
+    assert masked_mse(changed, target, mask).item() == pytest.approx(expected, rel=1e-6)
+    exact = torch.where(mask[..., None], target, pred + 5)
+    assert masked_mse(exact, target, mask).item() == 0.0
+    # Images: (B, C, H, W) with a (B, 1, H, W) mask.
+    img_p, img_t = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    img_m = torch.zeros(2, 1, 8, 8)
+    img_m[:, :, 2:6, 2:6] = 1
+    ref = ((img_p - img_t) ** 2).mean(dim=1)[:, 2:6, 2:6].mean().item()
+    assert masked_mse(img_p, img_t, img_m).item() == pytest.approx(ref, rel=1e-5)

@@ -130,3 +130,12 @@ def test_missing_data_and_unknown_names(tmp_path):
         run_pretraining(tiny(tmp_path, tmp_path / "run2", backbone={"name": "resnet19"}))
     with pytest.raises(UserError, match="unknown timm model"):
         run_pretraining(tiny(tmp_path, tmp_path / "run3", backbone={"name": "timm:resnet_nonexistent"}))
+
+
+def test_in_process_interruption_resumes_exactly(tmp_path, monkeypatch):
+    from conftest import assert_same_state, interrupted_then_resumed
+    data = write_dataset(tmp_path / "data", per_class=10, size=16)
+    user = tiny(data, tmp_path, train={"epochs": 3, "checkpoint_every_steps": 2})
+    whole, at_stop, resumed = interrupted_then_resumed(user, stop_after_steps=5, monkeypatch=monkeypatch)
+    assert at_stop["position"]["step"] == 4 and at_stop["position"]["epoch"] == 1  # mid-epoch checkpoint
+    assert_same_state(whole, resumed)

@@ -28,7 +28,7 @@ from .data import BatchStream, ImageCache, open_images
 from .errors import UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
-from .methods import build_method
+from .methods import build_method, get_method
 from .methods.common import Batch, Progress
 from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
 from .viz import plot_training_curves
@@ -155,6 +155,9 @@ class Trainer:
         if len(self.stream) == 0:
             raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(self.train_idx):,} "
                             f"training images in {cfg.data.path}; lower --batch-size")
+        method_module = get_method(cfg.method)
+        if hasattr(method_module, "check_data"):
+            method_module.check_data(cfg.method_config, self.cache)
         self.method = build_method(cfg).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -195,6 +198,21 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.out / "last.pt", **self._state())
+
+    def save_pictures(self) -> None:
+        """Let the method draw what it produces (reconstructions, ...) for a fixed set of images,
+        with its own generator, so the pictures are comparable across epochs and the training
+        randomness is untouched."""
+        if not hasattr(self.method, "save_pictures"):
+            return
+        shown = (self.holdout_idx if len(self.holdout_idx) >= 8 else self.train_idx)[:8]
+        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[shown])).to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        was_training = self.method.training
+        self.method.eval()
+        with torch.no_grad(), autocast_for(self.device, self.cfg.train.precision):
+            self.method.save_pictures(Batch(images=images, generator=generator), self.out)
+        self.method.train(was_training)
 
     def _trim_metrics(self, epochs_done: int) -> None:
         """Drop metrics lines of epochs after the checkpoint (written before a kill)."""
@@ -278,6 +296,7 @@ class Trainer:
         self.position.batch = 0
         self.epoch_sums = {}
         self.save()
+        self.save_pictures()
 
     def _epoch_record(self, images_per_s: float, seconds: float) -> dict:
         cfg, epoch = self.cfg, self.position.epoch + 1

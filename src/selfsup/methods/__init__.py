@@ -9,6 +9,11 @@
   gradients) and an `encoder()` returning the backbone to evaluate and export.
   Everything the method must carry across a resume (teacher, queue, centre) is a parameter or a
   registered buffer, so it is in the state dict and thus in every checkpoint.
+  Optional: `save_pictures(batch, run_dir)`, called after each epoch's checkpoint with the same 8
+  images and a fixed generator (in eval mode, without gradients), to draw reconstructions and
+  the like into the run folder.
+- optional module-level `check_data(config, cache)`: raise a `UserError` when the decoded data
+  cannot serve the method (e.g. grayscale images for colorization); called before training.
 
 Adding a method touches its own file and one line below.
 """

@@ -1,4 +1,4 @@
-"""Loss functions: pure functions of tensors, each tested against a float64 reference.
+"""Contrastive losses: a view must pick its positive out of negatives.
 
 Negatives may come from all processes: keys are gathered with `dist.gather_with_grad`, which is
 the identity in one process.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import dist
+from .. import dist
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
