@@ -18,7 +18,8 @@ CLASSES = ["circle", "square", "stripes"]
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own image cache folder, so nothing leaks between tests."""
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.mktemp("cache")))
-    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # and one per subprocess the test starts
+    torch.set_num_threads(1)  # tests are tiny: one thread each, and `pytest -n 2` uses both cores
 
 
 def shape_image(kind: str, rng: np.random.Generator, size: int = 24) -> np.ndarray:

@@ -1,11 +1,18 @@
-"""The command line: contract spellings, --json output, and one-line errors for bad input."""
+"""The command line: contract spellings, --json output, and one-line errors for bad input.
+
+Commands run in this process through `selfsup.cli.main` (what `python -m selfsup` calls), which
+saves the seconds a new Python spends importing torch; one test checks the real entry point."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import pytest
 import torch
+
+from selfsup.cli import main
 
 from conftest import write_dataset
 
@@ -13,8 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args, check_error=None):
-    proc = subprocess.run([sys.executable, "-m", "selfsup", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    proc = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
     if check_error is not None:
         assert proc.returncode == 2, proc.stderr
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
@@ -59,6 +68,14 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     run("pretrain", "--data", data, "--out", tmp_path / "file" / "run", "--image-size", "16",
         check_error="cannot write")
+
+
+def test_the_installed_entry_point_reports_errors_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "selfsup", "pretrain", "--data", str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"selfsup: error: data path '{tmp_path / 'missing'}' does not exist; "
+                                                f"give a folder of images or a tar of one"]
 
 
 def test_foreign_checkpoints_are_refused_without_unpickling(tmp_path):

@@ -90,9 +90,9 @@ def test_missing_and_empty_paths(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     with pytest.raises(UserError, match="no images found"):
         open_source(tmp_path / "empty")
-    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "file.dat").write_text("x")
     with pytest.raises(UserError, match="is a file"):
-        open_source(tmp_path / "file.txt")
+        open_source(tmp_path / "file.dat")
     (tmp_path / "broken.tar.gz").write_bytes(b"not a tar")
     with pytest.raises(UserError, match="tar"):
         open_source(tmp_path / "broken.tar.gz")
@@ -126,14 +126,38 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
 def test_batches_cover_the_data_and_ranks_are_disjoint():
     images = np.arange(50 * 2 * 2 * 3, dtype=np.uint8).reshape(50, 2, 2, 3) % 251
     indices = np.arange(3, 50)  # 47 images, some held out
-    seen = []
+    seen, per_step = [], {}
     for rank in range(2):
-        stream = BatchStream(images, indices, batch_size=5, device=torch.device("cpu"), seed=0, rank=rank, world=2)
-        assert len(stream) == 4  # 23 images per rank -> 4 full batches of 5
-        for batch in stream.epoch(0):
+        stream = BatchStream(images, indices, batch_size=10, device=torch.device("cpu"), seed=0, rank=rank, world=2)
+        assert len(stream) == 4  # 47 images -> 4 full global batches of 10, 5 per process
+        for step, batch in enumerate(stream.epoch(0)):
             assert batch.dtype == torch.uint8 and batch.shape == (5, 2, 2, 3)
             seen.extend(batch[:, 0, 0, 0].tolist())
+            per_step.setdefault(step, []).extend(batch[:, 0, 0, 0].tolist())
     assert len(seen) == len(set(seen)) == 40
+    # The global batch of each step is the same with one process or two.
+    single = BatchStream(images, indices, batch_size=10, device=torch.device("cpu"), seed=0)
+    for step, batch in enumerate(single.epoch(0)):
+        assert sorted(batch[:, 0, 0, 0].tolist()) == sorted(per_step[step])
+    with pytest.raises(UserError, match="divisible by the number of processes"):
+        BatchStream(images, indices, batch_size=9, device=torch.device("cpu"), seed=0, world=2)
     single = BatchStream(images, indices, batch_size=5, device=torch.device("cpu"), seed=0)
     resumed = list(single.epoch(1, start=3))
     assert all(torch.equal(a, b) for a, b in zip(resumed, list(single.epoch(1))[3:]))
+
+
+def test_a_text_file_listing_images_is_a_source(labelled_folder, tmp_path):
+    absolute = sorted(str(p) for p in labelled_folder.rglob("*.png"))[:5]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# curated\n" + "\n".join(absolute) + "\n\n")
+    source = open_source(listing)
+    assert source.names == absolute and source.labels is None
+    cache = load_cache(source, 16, show_progress=False)
+    direct = load_cache(open_source(labelled_folder), 16, show_progress=False)
+    np.testing.assert_array_equal(cache.images[0], direct.images[0])
+    relative = labelled_folder / "rel.txt"
+    relative.write_text("circle/000.png\nsquare/001.png\n")
+    assert len(load_cache(open_source(relative), 16, show_progress=False)) == 2
+    listing.write_text(str(tmp_path / "gone.png") + "\n")
+    with pytest.raises(UserError, match="lists .*gone.png.*does not exist"):
+        open_source(listing)

@@ -34,8 +34,11 @@ def pretrain(method: str = "simclr", data: str | Path | None = None, out: str | 
 
 from .encoder import load_encoder  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .eval import evaluate_knn, evaluate_linear  # noqa: E402
+from .eval import (evaluate_finetune, evaluate_knn, evaluate_linear, evaluate_retrieval,  # noqa: E402
+                   label_efficiency_curve)
 from .export import embed_images, export_encoder, load_exported  # noqa: E402
+from .report import build_report  # noqa: E402
 
 __all__ = ["pretrain", "evaluate_knn", "evaluate_linear", "export_encoder", "embed_images", "load_exported",
-           "load_encoder", "UserError", "__version__"]
+           "load_encoder", "UserError", "__version__", "evaluate_finetune", "evaluate_retrieval",
+           "label_efficiency_curve", "build_report"]

@@ -19,6 +19,9 @@ import torch
 from .errors import UserError
 
 FORMAT = "selfsup-checkpoint"
+# What torch.load(weights_only=True) raises on a file that is not a plain PyTorch save of tensors.
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
+               AttributeError, TypeError, KeyError, IndexError, UnicodeDecodeError)
 VERSION = 1
 
 
@@ -57,8 +60,7 @@ def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
-            AttributeError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+    except LOAD_ERRORS:
         raise UserError(f"{str(path)!r} is not a selfsup checkpoint (it cannot be read as one); "
                         f"give a .pt file written by selfsup pretrain") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:

@@ -1,9 +1,14 @@
 """The `selfsup` command line. Flag spellings are a contract that scripts rely on: keep them.
 
     selfsup pretrain --method simclr --data PATH --out RUN_DIR [--epochs N ...] [--resume]
-    selfsup eval knn|linear --checkpoint CKPT --train PATH --test PATH [--json]
+    selfsup eval knn|linear|finetune|retrieval --checkpoint CKPT --train PATH --test PATH
+                 [--fraction F | --per-class K] [--seeds N] [--json]
+    selfsup eval curve --checkpoint CKPT [CKPT ...] --data PATH [--per-class K ...]
+    selfsup report RUN_DIR [RUN_DIR ...] --out report.html
+    selfsup synth motion|interaction --from PATH --out DIR
     selfsup export --checkpoint CKPT --out FILE.safetensors
     selfsup embed --checkpoint CKPT --data PATH --out FILE.npy
+    selfsup attention --checkpoint CKPT --images PATH --out DIR
     selfsup demo
 """
 from __future__ import annotations
@@ -32,6 +37,11 @@ PRETRAIN_FLAGS = {
     "preset": "preset",
     "small_stem": "backbone.small_stem",
     "patch_size": "backbone.patch_size",
+    # "method_config.": the section of whichever method runs (e.g. dino.local_crops); a method
+    # without the option refuses it as an unknown config key.
+    "global_crops": "method_config.global_crops",
+    "local_crops": "method_config.local_crops",
+    "local_size": "method_config.local_size",
 }
 
 
@@ -66,33 +76,6 @@ def _pretrain(args) -> int:
     return 0
 
 
-def _print_result(result: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-        return
-    print(f"{result['protocol']} evaluation of {result['encoder']}")
-    print(f"  {result['train_images']:,} training / {result['test_images']:,} test images, {result['classes']} classes")
-    if result["protocol"] == "knn":
-        for k, scores in result["by_k"].items():
-            print(f"  k={k:<4} top-1 {scores['top1']:.4f}   top-5 {scores.get('top5', float('nan')):.4f}")
-    else:
-        print(f"  top-1 {result['top1']:.4f}   top-5 {result.get('top5', float('nan')):.4f}")
-
-
-def _eval(args) -> int:
-    from .eval import evaluate_knn, evaluate_linear
-
-    common = dict(train=args.train, test=args.test, data=args.data, device=args.device,
-                  image_size=args.image_size, small_stem=args.small_stem, cache_dir=args.cache_dir,
-                  show_progress=not args.no_progress)
-    if args.protocol == "knn":
-        result = evaluate_knn(args.checkpoint, k=tuple(args.k), temperature=args.temperature, **common)
-    else:
-        result = evaluate_linear(args.checkpoint, epochs=args.epochs, lr=args.lr, **common)
-    _print_result(result, args.json)
-    return 0
-
-
 def _export(args) -> int:
     from .export import export_encoder
 
@@ -112,6 +95,18 @@ def _embed(args) -> int:
     return 0
 
 
+def _curate(args) -> int:
+    from .curate import CurateConfig, curate
+
+    config = CurateConfig(threshold=args.threshold, k=args.k, clusters=args.clusters, per_cluster=args.per_cluster,
+                          seed=args.seed)
+    summary = curate(args.pool, args.seed_set, args.checkpoint, args.out, exclude=args.exclude, config=config,
+                     device=args.device, backbone=args.backbone, image_size=args.image_size, make_tar=args.tar,
+                     show_progress=not args.no_progress)
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=1))
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -127,6 +122,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .attention import add_attention_parser
+    from .eval.command import add_eval_parser
+    from .report.command import add_report_parser
+    from .synth.command import add_synth_parser
+
     parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -151,26 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-1 first convolution, no max-pool (default: on below 64 px)")
     p.add_argument("--patch-size", type=int, help="ViT patch size")
+    p.add_argument("--global-crops", type=int, help="multi-crop methods (dino): global crops per image")
+    p.add_argument("--local-crops", type=int, help="multi-crop methods (dino): local crops per image")
+    p.add_argument("--local-size", type=int, help="multi-crop methods (dino): side of local crops in pixels")
     _common(p)
     p.set_defaults(run=_pretrain)
 
-    p = commands.add_parser("eval", help="evaluate an encoder with labels")
-    p.add_argument("protocol", choices=["knn", "linear"])
-    p.add_argument("--checkpoint", required=True, help="checkpoint, run folder, or random:BACKBONE")
-    p.add_argument("--train", help="labelled training images (one subfolder per class)")
-    p.add_argument("--test", help="labelled test images (one subfolder per class)")
-    p.add_argument("--data", help="one folder (or tar) holding train/ and test/")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--image-size", type=int, help="for random:BACKBONE only")
-    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
-                   help="for random:BACKBONE only (default: on below 64 px)")
-    p.add_argument("--cache-dir")
-    p.add_argument("--k", type=int, nargs="+", default=[20, 200], help="kNN: neighbours (the last is the headline)")
-    p.add_argument("--temperature", type=float, default=0.07, help="kNN: vote temperature")
-    p.add_argument("--epochs", type=int, default=100, help="linear: epochs")
-    p.add_argument("--lr", type=float, default=1e-3, help="linear: AdamW learning rate")
-    _common(p)
-    p.set_defaults(run=_eval)
+    add_eval_parser(commands, _common)
+    add_report_parser(commands, _common)
+    add_synth_parser(commands, _common)
+    add_attention_parser(commands, _common)
 
     p = commands.add_parser("export", help="write the encoder's weights as safetensors")
     p.add_argument("--checkpoint", required=True)
@@ -187,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     _common(p)
     p.set_defaults(run=_embed)
+
+    p = commands.add_parser("curate", help="deduplicate a pool of images and retrieve those near a seed set")
+    p.add_argument("--pool", required=True, help="the uncurated images (folder, tar or .txt list)")
+    p.add_argument("--seed-set", required=True, help="a few images of what you want more of")
+    p.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
+    p.add_argument("--backbone", help="with weights:FILE: its architecture")
+    p.add_argument("--image-size", type=int, help="with random:/weights:: the input size")
+    p.add_argument("--out", required=True)
+    p.add_argument("--exclude", help="evaluation images whose near-duplicates must leave the pool")
+    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of near-duplicates")
+    p.add_argument("--k", type=int, default=10, help="pool images retrieved per seed image")
+    p.add_argument("--clusters", type=int, default=0, help="> 0: sample from this many k-means clusters")
+    p.add_argument("--per-cluster", type=int, default=100, help="images drawn per cluster near a seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tar", action="store_true", help="also write OUT/curated.tar")
+    p.add_argument("--device", default="auto")
+    _common(p)
+    p.set_defaults(run=_curate)
 
     p = commands.add_parser("demo", help="pretrain SimCLR on the CIFAR-10 sample that ships with selfsup (CPU, minutes)")
     p.add_argument("--out", help="run folder (default: a temporary folder)")

@@ -84,6 +84,7 @@ class TrainConfig:
     # below this fraction of 1/sqrt(d), the value of embeddings spread evenly over the sphere.
     collapse_warning: float = ranged(0.1, 0.0, 1.0)
     log_every_steps: int = ranged(10, 1, None)
+    sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over all processes
     progress: bool = True
 
 
@@ -234,6 +235,15 @@ def load_yaml(path: str | Path) -> dict:
 # Resolution and serialisation
 
 
+def with_method_flags(user: dict, method_name: str) -> dict:
+    """`user` with its "method_config" section (options of whichever method runs, e.g. from
+    --local-crops) laid over the section of the method `method_name` (e.g. "dino")."""
+    if "method_config" not in user:
+        return user
+    user = dict(user)
+    return merge_dicts(user, {method_name: user.pop("method_config")})
+
+
 def resolve(user: dict) -> RunConfig:
     """The full run config from the user's layers (YAML and flags merged into one nested dict).
 
@@ -251,8 +261,8 @@ def resolve(user: dict) -> RunConfig:
             if key in METHODS:
                 raise UserError(f"config section {key!r} belongs to method {key!r}, but the method "
                                 f"is {method_name!r}; rename the section or set method: {key}")
+    user = with_method_flags(user, method_name)
     method_section = user.pop(method_name, {})
-    user.pop("method_config", None)
 
     probe = override(RunConfig(), {k: v for k, v in user.items() if k in ("data", "preset")})
     preset_name = probe.preset
@@ -270,6 +280,13 @@ def resolve(user: dict) -> RunConfig:
         cfg.method_config, merge_dicts(preset_method, method_section), method_name))
     from .backbones import check_backbone_name  # late: backbones import this module
     check_backbone_name(cfg.backbone.name)
+    from .backbones.vit import VITS, check_image_size, default_patch_size
+    if cfg.backbone.name in VITS:
+        if cfg.backbone.patch_size is None:
+            cfg = override(cfg, {"backbone": {"patch_size": default_patch_size(cfg.data.image_size)}})
+        check_image_size(cfg.data.image_size, cfg.data.image_size, cfg.backbone.patch_size, cfg.backbone.name)
+    if hasattr(method, "check_config"):  # what the method cannot run is refused before data is read
+        method.check_config(cfg)
     if cfg.backbone.small_stem is None:
         cfg = override(cfg, {"backbone": {"small_stem": cfg.data.image_size <= 64}})
     if cfg.data.cache_size is None:

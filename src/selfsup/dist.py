@@ -1,6 +1,8 @@
 """Cross-process helpers that are no-ops in a single process, so every loss runs in a CPU test."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as torch_dist
 
@@ -57,3 +59,36 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         torch_dist.all_reduce(x)
         x /= world_size()
     return x
+
+
+def setup(device_name: str) -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on
+    CPUs. A no-op in a single process or when already joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    torch_dist.init_process_group("nccl" if use_cuda else "gloo")
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        torch_dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """`obj` from every process, in rank order (pickled between our own processes only)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out

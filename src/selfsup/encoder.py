@@ -1,7 +1,8 @@
 """Getting an encoder to evaluate, export or embed with: from a checkpoint, or at random.
 
 An encoder spec is the path of a selfsup checkpoint (or a run folder), or `random:BACKBONE` for
-that architecture at random initialisation (the baseline every method must beat).
+that architecture at random initialisation (the baseline every method must beat), or
+`weights:FILE` for a plain torchvision/timm weights file (see `selfsup.weights`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from . import config as config_lib
 from .backbones import Backbone, build_backbone
 from .checkpoint import load_checkpoint
 from .config import BackboneConfig, RunConfig
+from .errors import UserError
 from .methods import build_method
 
 
@@ -24,26 +26,60 @@ class Encoder:
     cache_size: int  # the square side images are decoded to before the centre crop
     description: str  # for reports: where it came from
     config: RunConfig | None = None  # the training run's config, when there was one
+    # Names the weights and how images are prepared, so features can be cached (None: never cached).
+    key: str | None = None
 
 
 def default_cache_size(image_size: int) -> int:
     return image_size if image_size <= 64 else round(image_size * 8 / 7)
 
 
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bool | None = None,
-                 seed: int = 0) -> Encoder:
-    """The encoder of a selfsup checkpoint, or `random:BACKBONE` at random initialisation."""
+                 seed: int = 0, backbone: str | None = None) -> Encoder:
+    """The encoder of a selfsup checkpoint, `random:BACKBONE` at random initialisation, or
+    `weights:FILE` (a plain state dict of `backbone`)."""
     spec = str(spec)
+    if spec.startswith("weights:"):
+        return _from_weights(Path(spec[len("weights:"):]).expanduser(), backbone, image_size, small_stem)
     if spec.startswith("random:"):
         size = image_size or 224
         stem = small_stem if small_stem is not None else size <= 64
         torch.manual_seed(seed)
         backbone = build_backbone(BackboneConfig(name=spec[len("random:"):], small_stem=stem), size)
-        return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)")
+        import timm
+
+        key = f"{spec}|{size}|{stem}|{seed}|torch {torch.__version__}|timm {timm.__version__}"
+        return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)", key=key)
     checkpoint = load_checkpoint(spec)
     cfg = config_lib.from_dict(checkpoint["config"])
     method = build_method(cfg)
     method.load_state_dict(checkpoint["model"])
     epoch = checkpoint.get("position", {}).get("epoch", "?")
+    path = Path(spec) / "last.pt" if Path(spec).is_dir() else Path(spec)
     return Encoder(method.encoder(), cfg.data.image_size, cfg.data.cache_size,
-                   f"{cfg.method} {cfg.backbone.name}, {epoch} epochs ({spec})", cfg)
+                   f"{cfg.method} {cfg.backbone.name}, {epoch} epochs ({spec})", cfg,
+                   key=f"checkpoint|{_file_key(path)}")
+
+
+def _from_weights(path: Path, name: str | None, image_size: int | None, small_stem: bool | None) -> Encoder:
+    """A backbone holding the weights of a plain weights file (settings from `selfsup export`
+    metadata when present; else a 3x3 first convolution implies the small stem)."""
+    from .weights import exported_settings, infer_small_stem, load_matching, read_weights
+
+    state, metadata = read_weights(path)
+    saved = exported_settings(metadata)
+    name = name or saved.get("backbone")
+    if not name:
+        raise UserError(f"say which architecture {str(path)!r} holds with --backbone NAME (e.g. resnet50)")
+    size = image_size or saved.get("image_size") or 224
+    stem = next((s for s in (small_stem, saved.get("small_stem"), infer_small_stem(state)) if s is not None),
+                size <= 64)
+    backbone = build_backbone(BackboneConfig(name=name, small_stem=stem, patch_size=saved.get("patch_size")), size)
+    load_matching(backbone.net, state, path, name)
+    return Encoder(backbone, size, default_cache_size(size), f"{name} weights ({path.name})",
+                   key=f"weights|{_file_key(path)}|{name}|{size}|{stem}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -89,6 +90,48 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
 
 def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay (layer_decay_groups)
         if group.get("decay", True):
             group["weight_decay"] = weight_decay
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay for fine-tuning ViTs
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")  # a transformer block's parameter: blocks.<i>.
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """The layer of a ViT parameter in BEiT's layer-wise decay (Bao et al. 2022, used by MAE's
+    fine-tuning, facebookresearch/mae util/lr_decay.py): the patch embedding, class token, mask
+    token and positions are layer 0, block i is layer i + 1, and everything after the blocks
+    (final norm, head) is layer depth + 1. `name` may carry a prefix (e.g. `backbone.net.`)."""
+    block = _BLOCK.search(name)
+    if block:
+        return int(block.group(1)) + 1
+    if re.search(r"(?:^|\.)(?:patch_embed|cls_token|mask_token|reg_token|pos_embed)(?:\.|$)", name):
+        return 0
+    return depth + 1
+
+
+def layer_decay_groups(model: nn.Module, cfg: OptimConfig, decay: float) -> list[dict]:
+    """Parameter groups with `lr_scale` = decay ** (depth + 1 - layer): the head learns at the full
+    rate, each layer below at `decay` times the rate of the one above, the embedding at
+    decay ** (depth + 1). Within a layer, biases and norm weights get no weight decay when
+    `cfg.exclude_bias_and_norm` (as `parameter_groups`). `set_schedule` multiplies each group's
+    scheduled rate by its `lr_scale`."""
+    blocks = {int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))}
+    if not blocks:
+        raise ValueError("layer-wise decay needs a ViT: no parameter belongs to `blocks.N`")
+    depth = max(blocks) + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:  # frozen (or EMA) parameters stay out of the optimizer
+            continue
+        layer = vit_layer_id(name, depth)
+        decayed = not (cfg.exclude_bias_and_norm and param.ndim <= 1)
+        group = groups.setdefault((layer, decayed), {
+            "params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lars": decayed,
+            "decay": decayed, "lr_scale": decay ** (depth + 1 - layer)})
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]

@@ -19,21 +19,23 @@ import numpy as np
 import torch
 
 from . import config as config_lib
-from . import monitor
+from . import dist, monitor
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .console import progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
+from .data.loader import SampleBatch, map_side
 from .errors import UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
-from .methods.common import Batch, Progress
+from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
 from .viz import plot_training_curves
 
-RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress")}
+RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
+                  ("data", "decode_workers")}
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
 
@@ -55,7 +57,9 @@ class RunResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.is_distributed():
+        return torch.device("cuda", dist.local_rank())  # one GPU per process under torchrun
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -78,6 +82,7 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
     checkpoint = load_checkpoint(out / "last.pt")
     cfg = config_lib.from_dict(checkpoint["config"])
     saved = config_lib.to_dict(cfg)
+    user = config_lib.with_method_flags(user, cfg.method)
     if "method" in user and user["method"] != cfg.method:
         raise UserError(f"{out / 'last.pt'} was written by method {cfg.method!r}, not {user['method']!r}; "
                         f"resume it with --method {cfg.method} or start a new run in another --out")
@@ -114,7 +119,8 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
         raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_lib.dump_yaml(cfg))
+        if dist.is_main():
+            (out / "config.yaml").write_text(config_lib.dump_yaml(cfg))
     except OSError as e:
         raise UserError(f"cannot write to the run folder {str(out)!r} ({e.strerror}); choose a writable --out") from None
     return cfg, None
@@ -130,6 +136,12 @@ def monitor_split(cache: ImageCache, fraction: float, seed: int) -> tuple[np.nda
     n = len(cache)
     if cache.labels is None or fraction <= 0 or n < 20:
         return np.arange(n), np.arange(0)
+    clip = getattr(cache, "clip", None)
+    if clip is not None:  # frames of a clip are near-duplicates: hold out whole clips
+        clips = int(clip.max()) + 1
+        order = torch.randperm(clips, generator=torch.Generator().manual_seed(seed + 7919)).numpy()
+        held = np.isin(clip, order[:max(1, int(clips * fraction))])
+        return np.flatnonzero(~held), np.flatnonzero(held)[:MONITOR_QUERIES]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).numpy()
     held = min(MONITOR_QUERIES, max(1, int(n * fraction)))
     return np.sort(order[held:]), np.sort(order[:held])
@@ -144,26 +156,38 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, checkpoint: dict | None, show_progress: bool = True):
         self.cfg, self.out = cfg, Path(cfg.out)
+        dist.setup(cfg.train.device)
+        self.rank, self.world = dist.rank(), dist.world_size()
         self.device = resolve_device(cfg.train.device)
-        self.show_progress = show_progress and cfg.train.progress
+        self.show_progress = show_progress and cfg.train.progress and dist.is_main()
         torch.manual_seed(cfg.train.seed)
-        self.cache = open_images(cfg.data.path, cfg.data.cache_size, cache_dir=cfg.data.cache_dir,
-                                 workers=cfg.data.decode_workers, show_progress=self.show_progress)
-        self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
-        self.stream = BatchStream(self.cache.images, self.train_idx, cfg.train.batch_size, self.device,
-                                  cfg.train.seed, cfg.data.on_device)
-        if len(self.stream) == 0:
-            raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(self.train_idx):,} "
-                            f"training images in {cfg.data.path}; lower --batch-size")
         method_module = get_method(cfg.method)
+        self.cache = self._open_data(getattr(method_module, "open_data", open_images))
+        self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
         if hasattr(method_module, "check_data"):
             method_module.check_data(cfg.method_config, self.cache)
+        self.samples = self._samples(method_module)
+        stream_over = self.train_idx if self.samples is None else np.arange(len(self.samples.rows))
+        self.stream = BatchStream(self.cache.images, stream_over, cfg.train.batch_size, self.device,
+                                  cfg.train.seed, cfg.data.on_device, rank=self.rank, world=self.world,
+                                  rows=None if self.samples is None else self.samples.rows,
+                                  side=None if self.samples is None else self.samples.side)
+        if len(self.stream) == 0:
+            what = "training images" if self.samples is None else f"training samples of {cfg.method}"
+            raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(stream_over):,} "
+                            f"{what} in {cfg.data.path}; lower --batch-size")
         self.method = build_method(cfg).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        if cfg.train.sync_batchnorm and self.world > 1:
+            if self.device.type != "cuda":
+                raise UserError("train.sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only)")
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.model = self._wrap(self.method)
         self.lr = peak_lr(cfg.optim, cfg.train.batch_size)
         self.optimizer = build_optimizer(self.method, cfg.optim, self.lr)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        # Views differ across processes yet are reproducible from the seed.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * self.rank)
         self.position = Position()
         self.total_steps = cfg.train.epochs * len(self.stream)
         self.epoch_sums: dict[str, torch.Tensor] = {}
@@ -174,15 +198,45 @@ class Trainer:
                 if isinstance(module, Backbone):  # the heavy part; views and losses stay eager
                     module.compile()
 
+    def _open_data(self, open_data) -> ImageCache:
+        """The decoded images (or frames, with a method's own `open_data`); under torchrun the
+        first process builds the cache, the others wait."""
+        def load(show: bool) -> ImageCache:
+            return open_data(self.cfg.data.path, self.cfg.data.cache_size, cache_dir=self.cfg.data.cache_dir,
+                             workers=self.cfg.data.decode_workers, show_progress=show)
+        if self.world == 1:
+            return load(self.show_progress)
+        cache = load(self.show_progress) if dist.is_main() else None
+        dist.barrier()
+        return cache if cache is not None else load(False)
+
+    def _samples(self, method_module) -> Samples | None:
+        """A method's multi-row samples (see methods/common.py), without any that touch a row
+        held out to monitor."""
+        if not hasattr(method_module, "samples"):
+            return None
+        samples = method_module.samples(self.cfg.method_config, self.cache, self.cfg.train.seed)
+        keep = np.isin(samples.rows, self.train_idx).all(axis=1)
+        return Samples(samples.rows[keep], map_side(samples.side, lambda a: a[keep]))
+
+    def _wrap(self, method: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return method
+        from torch.nn.parallel import DistributedDataParallel
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(method, device_ids=device_ids)
+
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _state(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "views": self.generator.get_state()}
+        """Everything a resumed run needs. Collective under torchrun: every process calls it."""
+        views = dist.all_gather_objects(self.generator.get_state())  # one per process
+        rng = {"torch": torch.get_rng_state(), "views": views[0], "views_per_rank": views}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg),
                     model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
-                    position=vars(self.position).copy(), rng=rng,
+                    position=vars(self.position).copy(), rng=rng, world=self.world,
                     epoch_sums={k: v.detach().cpu() for k, v in self.epoch_sums.items()})
 
     def _restore(self, checkpoint: dict) -> None:
@@ -190,20 +244,31 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.position = Position(**checkpoint["position"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        self.generator.set_state(checkpoint["rng"]["views"])
+        views = checkpoint["rng"].get("views_per_rank", [checkpoint["rng"]["views"]])
+        if len(views) == self.world:
+            self.generator.set_state(views[self.rank])
+        else:
+            # Another number of processes: the same global batches follow (see BatchStream), but
+            # each process's view randomness is reseeded from (seed, rank, step).
+            self.generator.manual_seed(self.cfg.train.seed + 1_000_003 * self.rank + self.position.step)
+            if dist.is_main():
+                warn(f"resuming a run of {len(views)} process(es) on {self.world}: same data order, new view randomness")
         if "cuda" in checkpoint["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         self.epoch_sums = {k: v.to(self.device) for k, v in checkpoint["epoch_sums"].items()}
-        self._trim_metrics(self.position.epoch)
+        if dist.is_main():
+            self._trim_metrics(self.position.epoch)
 
     def save(self) -> None:
-        save_checkpoint(self.out / "last.pt", **self._state())
+        state = self._state()
+        if dist.is_main():
+            save_checkpoint(self.out / "last.pt", **state)
 
     def save_pictures(self) -> None:
         """Let the method draw what it produces (reconstructions, ...) for a fixed set of images,
         with its own generator, so the pictures are comparable across epochs and the training
         randomness is untouched."""
-        if not hasattr(self.method, "save_pictures"):
+        if not hasattr(self.method, "save_pictures") or not dist.is_main():
             return
         shown = (self.holdout_idx if len(self.holdout_idx) >= 8 else self.train_idx)[:8]
         images = torch.from_numpy(np.ascontiguousarray(self.cache.images[shown])).to(self.device)
@@ -232,12 +297,15 @@ class Trainer:
             wd = cosine(self.position.step, self.total_steps, wd, self.cfg.optim.weight_decay_end)
         return lr, wd
 
-    def step(self, images: torch.Tensor) -> None:
+    def step(self, images: torch.Tensor | SampleBatch) -> None:
         progress = Progress(self.position.step, self.total_steps, self.cfg.train.epochs)
         lr, wd = self._schedules()
         set_schedule(self.optimizer, lr, wd)
+        side = None
+        if isinstance(images, SampleBatch):  # a method with `samples`
+            images, side = images.images, images.side
         with autocast_for(self.device, self.cfg.train.precision):
-            out = self.method(Batch(images=images, generator=self.generator), progress)
+            out = self.model(Batch(images=images, generator=self.generator, side=side), progress)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -259,10 +327,15 @@ class Trainer:
 
     def fit(self) -> RunResult:
         cfg = self.cfg
-        say(f"selfsup: {cfg.method} on {len(self.train_idx):,} images ({self.cache.source}), "
-            f"{cfg.backbone.name}, {cfg.train.epochs} epochs x {len(self.stream)} steps of {cfg.train.batch_size}, "
-            f"peak lr {self.lr:.4g} ({cfg.optim.name}, {cfg.optim.lr_scaling} scaling of {cfg.optim.lr}), "
-            f"device {self.device}, preset {cfg.preset}")
+        if dist.is_main():
+            batch = f"{cfg.train.batch_size}" + (f" ({self.world} processes x {cfg.train.batch_size // self.world})"
+                                                 if self.world > 1 else "")
+            data = f"{len(self.train_idx):,} images" if self.samples is None else \
+                f"{len(self.samples.rows):,} samples of {len(self.train_idx):,} images"
+            say(f"selfsup: {cfg.method} on {data} ({self.cache.source}), "
+                f"{cfg.backbone.name}, {cfg.train.epochs} epochs x {len(self.stream)} steps of {batch}, "
+                f"peak lr {self.lr:.4g} = {cfg.optim.lr} x {cfg.optim.lr_scaling} scaling to the batch "
+                f"({cfg.optim.name}), device {self.device}, preset {cfg.preset}")
         images_per_step = cfg.train.batch_size
         bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
                            initial=self.position.step * images_per_step)
@@ -272,7 +345,8 @@ class Trainer:
         finally:
             bar.close()
         metrics = read_metrics(self.out)
-        plot_training_curves(metrics, self.out / "curves.png")
+        if dist.is_main():
+            plot_training_curves(metrics, self.out / "curves.png")
         return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=metrics)
 
     def _run_epoch(self, bar) -> None:
@@ -289,18 +363,21 @@ class Trainer:
                     and self.position.batch < len(self.stream):
                 self.save()
         seconds = time.perf_counter() - started
-        record = self._epoch_record((len(self.stream) - first_batch) * cfg.train.batch_size / max(seconds, 1e-9), seconds)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        means = {k: dist.all_reduce_mean(v / self.epoch_sums["steps"]).item()
+                 for k, v in self.epoch_sums.items() if k != "steps"}  # collective: every process
+        if dist.is_main():
+            images_per_s = (len(self.stream) - first_batch) * cfg.train.batch_size / max(seconds, 1e-9)
+            record = self._epoch_record(means, images_per_s, seconds)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         self.position.epoch += 1
         self.position.batch = 0
         self.epoch_sums = {}
         self.save()
         self.save_pictures()
 
-    def _epoch_record(self, images_per_s: float, seconds: float) -> dict:
+    def _epoch_record(self, sums: dict[str, float], images_per_s: float, seconds: float) -> dict:
         cfg, epoch = self.cfg, self.position.epoch + 1
-        sums = {k: (v / self.epoch_sums["steps"]).item() for k, v in self.epoch_sums.items() if k != "steps"}
         record = {"epoch": epoch, "step": self.position.step, **{k: round(v, 6) for k, v in sums.items()},
                   "lr": self.last_lr, "weight_decay": self.last_wd,
                   "images_per_s": round(images_per_s, 1), "epoch_seconds": round(seconds, 2)}
@@ -336,5 +413,6 @@ def read_metrics(out: str | Path) -> list[dict]:
 
 def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True) -> RunResult:
     """Resolve the config (or restore it from RUN_DIR/last.pt), then train to the last epoch."""
+    dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
     cfg, checkpoint = prepare_run(user, resume)
     return Trainer(cfg, checkpoint, show_progress).fit()

@@ -34,3 +34,28 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def save_image_grid(rows: list, out: str | Path, min_side: int = 96) -> Path:
+    """A PNG of images in rows: each row a (B, 3, H, W) tensor with values in [0, 1], 2-pixel white
+    gaps between images; small images are enlarged (nearest neighbour, whole factors) to at least
+    `min_side` pixels so that 32-pixel images can be seen. Written atomically (it is redrawn while
+    a run goes on)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    import torch
+
+    grid = torch.stack([row.detach().float().cpu().clamp(0, 1) for row in rows])  # (R, B, 3, H, W)
+    r, b, _, h, w = grid.shape
+    zoom = max(1, -(-min_side // max(h, w)))
+    grid = grid.repeat_interleave(zoom, dim=3).repeat_interleave(zoom, dim=4)
+    grid = torch.nn.functional.pad(grid, (0, 2, 0, 2), value=1.0)  # gap right of and below each image
+    grid = grid.permute(0, 3, 1, 4, 2).reshape(r * (h * zoom + 2), b * (w * zoom + 2), 3)[:-2, :-2]
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp.png")
+    Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(tmp)
+    os.replace(tmp, out)
+    return out

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import BackboneConfig
 from ..errors import UserError, nearest, unknown_choice
+from .vit import VITS, build_vit
 
 
 class Backbone(nn.Module):
@@ -47,8 +48,8 @@ def _small_stem(net: nn.Module) -> None:
     net.maxpool = nn.Identity()
 
 
-def _torchvision_resnet(builder_name: str) -> Callable[[BackboneConfig], Backbone]:
-    def build(cfg: BackboneConfig) -> Backbone:
+def _torchvision_resnet(builder_name: str) -> Callable[[BackboneConfig, int], Backbone]:
+    def build(cfg: BackboneConfig, image_size: int) -> Backbone:
         import torchvision
 
         net = getattr(torchvision.models, builder_name)(weights=None)
@@ -64,7 +65,7 @@ def _torchvision_resnet(builder_name: str) -> Callable[[BackboneConfig], Backbon
 RESNET18_HALF = dict(channels=(32, 64, 128, 256), stem_width=32)
 
 
-def _resnet18_half(cfg: BackboneConfig) -> Backbone:
+def _resnet18_half(cfg: BackboneConfig, image_size: int) -> Backbone:
     """ResNet-18 at half width, 4x cheaper: for CPU demos and tests. A timm ResNet, so exported
     weights load into timm.create_model("resnet18", num_classes=0, **RESNET18_HALF)."""
     import timm
@@ -100,11 +101,13 @@ def _timm(model_name: str, cfg: BackboneConfig, image_size: int) -> Backbone:
     return Backbone(cfg.name, net, net.num_features, kind, lambda m, x: m(x), lambda m, x: m.forward_features(x))
 
 
-BACKBONES: dict[str, Callable[[BackboneConfig], Backbone]] = {
+# name -> builder(config, image size)
+BACKBONES: dict[str, Callable[[BackboneConfig, int], Backbone]] = {
     "resnet18": _torchvision_resnet("resnet18"),
     "resnet34": _torchvision_resnet("resnet34"),
     "resnet50": _torchvision_resnet("resnet50"),
     "resnet18-half": _resnet18_half,
+    **{name: build_vit(name) for name in VITS},
 }
 
 
@@ -126,4 +129,4 @@ def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
     check_backbone_name(cfg.name)
     if cfg.name.startswith("timm:"):
         return _timm(cfg.name[len("timm:"):], cfg, image_size)
-    return BACKBONES[cfg.name](cfg)
+    return BACKBONES[cfg.name](cfg, image_size)

@@ -65,17 +65,22 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
             with Image.open(io.BytesIO(data)) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
                 gray = img.mode in GRAYSCALE_MODES
-                img = img.convert("RGB")
-                width, height = img.size
-                if (width, height) != (size, size):
-                    scale = size / min(width, height)
-                    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-                    img = img.resize((new_w, new_h), Image.BICUBIC)
-                    left, top = (new_w - size) // 2, (new_h - size) // 2
-                    img = img.crop((left, top, left + size, top + size))
-                return np.asarray(img, dtype=np.uint8), gray
+                return fit_square(img, size), gray
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
         return None
+
+
+def fit_square(img: Image.Image, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 RGB: the shorter side resized to `size`, then a centre crop."""
+    img = img.convert("RGB")
+    width, height = img.size
+    if (width, height) != (size, size):
+        scale = size / min(width, height)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _decode_chunk(args: tuple[list[tuple[str, bytes]], int]) -> list[tuple[str, tuple | None]]:
@@ -94,40 +99,62 @@ def _chunks(items, size: int, per_chunk: int = 64):
         yield chunk, size
 
 
+def decode_stream(items, size: int, workers: int = 0, parallel: bool = True):
+    """(name, decode_image(bytes, size)) for each (name, bytes) of `items`, in order; decoded
+    by a pool of `workers` processes (0: one per core) when `parallel`."""
+    workers = workers or os.cpu_count() or 1
+    if not parallel or workers <= 1:
+        for chunk in map(_decode_chunk, _chunks(items, size)):
+            yield from chunk
+        return
+    pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+    try:
+        for chunk in pool.imap(_decode_chunk, _chunks(items, size)):
+            yield from chunk
+    finally:
+        pool.terminate()
+
+
 def _cache_key(source: ImageSource, size: int) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.path.name.split(".")[0])[:40] or "data"
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}".encode()).hexdigest()[:16]
     return f"{stem}{'-' + source.split if source.split else ''}-{size}px-{digest}"
 
 
-def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
-    """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
+def make_staging(target: Path) -> Path:
+    """A new temporary folder beside `target`, to build a cache in and rename into place."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        return Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     except OSError as e:
         raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({e.strerror}); "
                         f"set --cache-dir or $SELFSUP_CACHE to a writable folder") from None
-    names, skipped, grayscale = [], [], 0
-    workers = workers or os.cpu_count() or 1
-    bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
-    pool = None
+
+
+def publish(staging: Path, target: Path, meta: dict) -> None:
+    """Write the index beside the pixels and move the finished cache into place."""
+    (staging / "index.json").write_text(json.dumps(meta))
     try:
-        if workers > 1 and len(source.names) >= 2048:
-            pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
-            results = pool.imap(_decode_chunk, _chunks(source.read(), size))
-        else:
-            results = map(_decode_chunk, _chunks(source.read(), size))
+        staging.rename(target)
+    except OSError:  # another process built the same cache meanwhile: keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
+    """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
+    staging = make_staging(target)
+    names, skipped, grayscale = [], [], 0
+    bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
+    try:
         with open(staging / "images.u8", "wb") as pixels:
-            for chunk in results:
-                for name, decoded in chunk:
-                    if decoded is None:
-                        skipped.append(name)
-                    else:
-                        pixels.write(decoded[0].tobytes())
-                        grayscale += decoded[1]
-                        names.append(name)
-                bar.update(len(chunk))
+            for name, decoded in decode_stream(source.read(), size, workers, parallel=len(source.names) >= 2048):
+                if decoded is None:
+                    skipped.append(name)
+                else:
+                    pixels.write(decoded[0].tobytes())
+                    grayscale += decoded[1]
+                    names.append(name)
+                bar.update(1)
         bar.close()
         classes = source.classes
         index = {c: i for i, c in enumerate(classes)}
@@ -135,18 +162,11 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
                 "grayscale": grayscale}
-        (staging / "index.json").write_text(json.dumps(meta))
-        try:
-            staging.rename(target)
-        except OSError:  # another process built the same cache meanwhile: keep theirs
-            shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, target, meta)
     except BaseException:
         bar.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        if pool is not None:
-            pool.terminate()
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
@@ -156,15 +176,21 @@ def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = No
     target = root / _cache_key(source, size)
     if not (target / "index.json").is_file():
         _build(source, size, target, workers, show_progress)
+    return read_built(target, source.describe())
+
+
+def read_built(target: Path, description: str, kind: str = "image") -> ImageCache:
+    """The cache written in `target` (images.u8 and index.json), memory-mapped."""
     meta = json.loads((target / "index.json").read_text())
-    names = meta["names"]
+    names, size = meta["names"], meta["size"]
+    files = meta.get("files", len(names) + len(meta["skipped"]))  # a video file holds many rows
     if meta["skipped"]:
         first = meta["skipped"][0]
-        warn(f"skipped {len(meta['skipped']):,} of {len(names) + len(meta['skipped']):,} files in "
-             f"{source.describe()} that are not readable images (e.g. {first!r}); going on with {len(names):,}")
+        warn(f"skipped {len(meta['skipped']):,} of {files:,} files in {description} that are not "
+             f"readable {kind}s (e.g. {first!r}); going on with {files - len(meta['skipped']):,}")
     if not names:
-        raise UserError(f"none of the {len(meta['skipped']):,} image files in {source.describe()!r} "
-                        f"could be decoded; check that they are images")
+        raise UserError(f"none of the {len(meta['skipped']):,} {kind} files in {description!r} "
+                        f"could be decoded; check that they are {kind}s")
     images = np.memmap(target / "images.u8", dtype=np.uint8, mode="r", shape=(len(names), size, size, 3))
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],

@@ -7,9 +7,11 @@ memory map by a background thread into pinned memory and copied asynchronously.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -21,18 +23,45 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+@dataclass
+class SampleBatch:
+    """A batch of multi-row samples (see `BatchStream`'s `rows`)."""
+
+    images: torch.Tensor  # (B, k, S, S, 3) uint8
+    side: Any  # the side data's dataclass, each field sliced to the batch, as tensors
+
+
+def map_side(side: Any, fn) -> Any:
+    """`side` (a dataclass of arrays or tensors) with `fn` applied to every field."""
+    if side is None:
+        return None
+    return dataclasses.replace(side, **{f.name: fn(getattr(side, f.name)) for f in dataclasses.fields(side)})
+
+
 class BatchStream:
     """Batches of `images[indices]` as (B, S, S, 3) uint8 tensors on `device`.
 
-    With `world > 1` each process takes a disjoint share of every epoch's order (rank::world),
-    so the processes together see every image once per epoch.
+    With `rows` ((n, k) cache rows of n samples) the stream runs over samples instead: `indices`
+    index the samples, and each batch is a `SampleBatch` of `images[rows[i]]` (B, k, S, S, 3)
+    with the matching slice of `side` (a dataclass of (n, ...) arrays), all on `device`.
+
+    `batch_size` is the global batch. Step i of an epoch takes the global batch
+    order[i*G:(i+1)*G] of that epoch's order, and with `world > 1` processes each takes a
+    disjoint share of it (rank::world), so the processes together see every image once per
+    epoch, and the global batches are the same whatever the number of processes: a run can be
+    resumed on another number of processes and continue with the same data.
     """
 
     def __init__(self, images: np.ndarray, indices: np.ndarray, batch_size: int, device: torch.device,
-                 seed: int, keep_on_device: str = "auto", rank: int = 0, world: int = 1):
+                 seed: int, keep_on_device: str = "auto", rank: int = 0, world: int = 1,
+                 rows: np.ndarray | None = None, side: Any = None):
         self.images, self.indices = images, np.asarray(indices, dtype=np.int64)
+        self.rows, self.side = rows, side
         self.batch_size, self.device, self.seed = batch_size, torch.device(device), seed
         self.rank, self.world = rank, world
+        if batch_size % world:
+            from ..errors import UserError
+            raise UserError(f"the batch size {batch_size} must be divisible by the number of processes {world}")
         self.on_device = self._fits_on_device(keep_on_device)
         self.device_images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if self.on_device else None
 
@@ -45,24 +74,33 @@ class BatchStream:
         return self.images.nbytes < 0.25 * free
 
     def __len__(self) -> int:
-        """Batches per epoch per process (the last incomplete batch is dropped)."""
-        return (len(self.indices) // self.world) // self.batch_size
+        """Steps per epoch (the last incomplete global batch is dropped)."""
+        return len(self.indices) // self.batch_size
 
     def _batch_indices(self, epoch: int) -> list[np.ndarray]:
         order = self.indices[epoch_order(len(self.indices), self.seed, epoch).numpy()]
-        mine = order[self.rank::self.world]
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
+                   for i in range(len(self))]
         # Sorted within a batch: reads from the memory map are then sequential, and the order of
         # images inside a batch does not matter to any method.
-        return [np.sort(mine[i * self.batch_size:(i + 1) * self.batch_size]) for i in range(len(self))]
+        return [np.sort(b) for b in batches]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """The batches of `epoch`, beginning at batch number `start` (to resume mid-epoch)."""
         batches = self._batch_indices(epoch)[start:]
         if self.on_device:
             for idx in batches:
-                yield self.device_images[torch.from_numpy(idx).to(self.device)]
+                rows = idx if self.rows is None else self.rows[idx]
+                yield self._with_side(self.device_images[torch.from_numpy(rows).to(self.device)], idx)
             return
         yield from self._prefetched(batches)
+
+    def _with_side(self, images: torch.Tensor, idx: np.ndarray):
+        """Plain streams: the images. Sample streams: a SampleBatch with the side data on the device."""
+        if self.rows is None:
+            return images
+        side = map_side(self.side, lambda a: torch.from_numpy(np.ascontiguousarray(a[idx])).to(self.device))
+        return SampleBatch(images, side)
 
     def _prefetched(self, batches: list[np.ndarray], depth: int = 3) -> Iterator[torch.Tensor]:
         pin = self.device.type == "cuda"
@@ -72,10 +110,10 @@ class BatchStream:
         def gather():
             try:
                 for idx in batches:
-                    host = torch.from_numpy(self.images[idx])
+                    host = torch.from_numpy(self.images[idx if self.rows is None else self.rows[idx]])
                     while not stop.is_set():
                         try:
-                            ready.put(host.pin_memory() if pin else host, timeout=0.1)
+                            ready.put((host.pin_memory() if pin else host, idx), timeout=0.1)
                             break
                         except queue.Full:
                             continue
@@ -94,6 +132,7 @@ class BatchStream:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item.to(self.device, non_blocking=True)
+                host, idx = item
+                yield self._with_side(host.to(self.device, non_blocking=True), idx)
         finally:
             stop.set()

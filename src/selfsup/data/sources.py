@@ -1,4 +1,5 @@
-"""Where images come from: a folder searched recursively, or a .tar/.tar.gz/.tar.xz of one.
+"""Where images come from: a folder searched recursively, a .tar/.tar.gz/.tar.xz of one, or a
+.txt file listing image paths one per line (what `selfsup curate` writes).
 
 A source lists its image files in a fixed (sorted) order and yields their bytes. Class labels come
 from the first level of subfolders when every image sits inside one (the ImageFolder layout). A
@@ -26,6 +27,28 @@ def is_image_name(name: str) -> bool:
 
 def is_tar_path(path: Path) -> bool:
     return path.name.lower().endswith(TAR_SUFFIXES)
+
+
+def is_list_path(path: Path) -> bool:
+    return path.suffix.lower() == ".txt"
+
+
+def _listed_files(path: Path, digest) -> list[str]:
+    """Image paths from a .txt list (absolute, or relative to the list's folder), as given."""
+    names = []
+    for line in path.read_text().splitlines():
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        full = Path(name) if Path(name).is_absolute() else path.parent / name
+        try:
+            st = full.stat()
+        except OSError:
+            raise UserError(f"{str(path)!r} lists {name!r}, which does not exist; fix the list or "
+                            f"re-create it") from None
+        names.append(name)
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return names
 
 
 @dataclass
@@ -57,20 +80,29 @@ class ImageSource:
     def describe(self) -> str:
         return str(self.path) + (f" [{self.split}]" if self.split else "")
 
-    def read(self) -> Iterator[tuple[str, bytes]]:
-        """(name, file bytes) for every listed image, in listing order for folders, archive order
-        for tars (one streaming pass: random access into a compressed tar is quadratic)."""
-        if self.path.is_dir():
-            root = self.path / self.split if self.split else self.path
-            for name in self.names:
+    def file_path(self, name: str) -> Path | None:
+        """Where the image `name` lies on disk (None inside a tar)."""
+        if is_tar_path(self.path):
+            return None
+        if is_list_path(self.path):
+            return self.path.parent / name
+        return (self.path / self.split if self.split else self.path) / name
+
+    def read(self, names: list[str] | None = None) -> Iterator[tuple[str, bytes]]:
+        """(name, file bytes) for every listed image (or only `names`), in listing order for
+        folders, archive order for tars (one streaming pass: random access into a compressed tar
+        is quadratic)."""
+        if not is_tar_path(self.path):
+            for name in self.names if names is None else names:
                 try:
-                    yield name, (root / name).read_bytes()
+                    yield name, self.file_path(name).read_bytes()
                 except OSError as e:
                     if not self.path.exists():
-                        raise UserError(f"data path {str(self.path)!r} disappeared while reading it") from None
+                        raise UserError(f"data path {str(self.path)!r} disappeared while reading it; restore it "
+                                        f"and run the same command again (finished work is kept)") from None
                     yield name, f"unreadable: {e.strerror}".encode()
             return
-        wanted = set(self.names)
+        wanted = set(self.names if names is None else names)
         prefix = self.archive_prefix
         with _open_tar(self.path) as tar:
             for member in tar:
@@ -149,12 +181,15 @@ def _listing(path: Path) -> tuple[list[str], str, str]:
                     listed.append(rel)
                     digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return sorted(listed), "", digest.hexdigest()
+    if is_list_path(path) and path.is_file():
+        return _listed_files(path, digest), "", digest.hexdigest()
     if is_tar_path(path):
         members = [n for n, _ in _tar_members(path) if is_image_name(n)]
         prefix = _common_folder(members)
         digest.update(repr(_stat_key(path)).encode())
         return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest()
-    raise UserError(f"data path {str(path)!r} is a file, not a folder of images or a .tar/.tar.gz/.tar.xz")
+    raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
+                    f"or a .txt list of image paths")
 
 
 def _splits_in(names: list[str]) -> list[str]:
@@ -184,7 +219,7 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False)
     """
     path = Path(path).expanduser()
     names, prefix, digest = _listing(path)
-    splits = [] if whole else _splits_in(names)
+    splits = [] if whole or is_list_path(path) else _splits_in(names)
     if split is None and splits:
         split = "train"
     if split is not None and split not in splits:

@@ -1,10 +1,18 @@
-"""Frozen features: the encoder applied once to every image, in eval mode, without gradients."""
+"""Frozen features: the encoder applied once to every image, in eval mode, without gradients,
+and kept on disk beside the image cache so that the next evaluation of the same encoder on the
+same data reads them instead of running the encoder again."""
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..console import progress_bar
+from ..data import ImageCache
+from ..data.cache import default_cache_dir
 from ..views import eval_view
 
 
@@ -33,3 +41,42 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray, image_size: i
         bar.close()
         encoder.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))
+
+
+# Bump when the way features are computed changes, so old cached features are not reused.
+FEATURE_FORMAT = 1
+
+
+def feature_cache_path(encoder_key: str | None, cache: ImageCache, device: torch.device, cache_dir=None) -> Path | None:
+    """Where the features of `cache` under this encoder are kept: keyed by the encoder (its
+    weights file, or architecture and seed) and by the image cache, whose folder name is a hash
+    of the data's file names, sizes and times and of the decoded size. None: not cacheable (an
+    encoder built in Python, or images not from the on-disk cache)."""
+    if encoder_key is None or not isinstance(cache.images, np.memmap) or cache.images.filename is None:
+        return None
+    data_key = Path(cache.images.filename).parent.name
+    # bf16 autocast on CUDA gives other features than fp32 on the CPU.
+    digest = hashlib.sha256(f"{FEATURE_FORMAT}|{encoder_key}|{data_key}|{device.type}".encode()).hexdigest()[:20]
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return root / "features" / f"{data_key}-{digest}.npy"
+
+
+def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=None,
+                    show_progress: bool = False, desc: str = "features") -> torch.Tensor:
+    """(N, D) features of every image of `cache` with `encoder` (an `Encoder`), computed once and
+    then read from disk (written atomically, so a killed run leaves no half file)."""
+    device = torch.device(device)
+    path = feature_cache_path(encoder.key, cache, device, cache_dir)
+    if path is not None and path.is_file():
+        features = np.load(path)
+        if features.shape[0] == len(cache):
+            return torch.from_numpy(features)
+    features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
+                                show_progress=show_progress, desc=desc)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, features.numpy())
+        os.replace(tmp, path)
+    return features

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .knn import topk_accuracy
 
 
@@ -26,6 +27,7 @@ def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     with torch.no_grad():
         head.weight.normal_(0, 0.01, generator=generator)
         head.bias.zero_()
+    head = head.to(x.device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, math.ceil(len(x) / batch_size))
     total = epochs * steps_per_epoch
@@ -55,3 +57,28 @@ def linear_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, te
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max()).item()) + 1
     head, mean, std = train_linear(train_features, train_labels, num_classes, **kwargs)
     return topk_accuracy(predict_linear(head, mean, std, test_features), test_labels)
+
+
+# The sweep's default grid. AdamW's decay is decoupled (w -= lr * wd * w each step), so values
+# that regularise a probe of a few hundred steps are far larger than L2 coefficients.
+SWEEP_LRS = (1e-3, 3e-3, 1e-2)
+SWEEP_WEIGHT_DECAYS = (0.0, 0.05, 0.5)
+
+
+def sweep_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                 num_classes: int, lrs=SWEEP_LRS, weight_decays=SWEEP_WEIGHT_DECAYS, **kwargs):
+    """Train one probe per (lr, weight decay) on the labelled subset and keep the one with the
+    best validation top-1 (the first of equals, in grid order). Returns (head, mean, std, chosen):
+    `chosen` holds the lr, weight decay and validation top-1 picked. Without a validation split
+    the grid must be a single point."""
+    grid = [(lr, wd) for lr in lrs for wd in weight_decays]
+    if len(val_y) == 0 and len(grid) > 1:
+        raise UserError("without a validation split (--val-fraction 0) nothing can choose among learning rates "
+                        "and weight decays; give one --lr and one --weight-decay")
+    best = None
+    for lr, wd in grid:
+        head, mean, std = train_linear(train_x, train_y, num_classes, lr=lr, weight_decay=wd, **kwargs)
+        val_top1 = topk_accuracy(predict_linear(head, mean, std, val_x), val_y, ks=(1,))["top1"] if len(val_y) else None
+        if best is None or (val_top1 is not None and val_top1 > best[3]["val_top1"]):
+            best = (head, mean, std, {"lr": lr, "weight_decay": wd, "val_top1": val_top1})
+    return best

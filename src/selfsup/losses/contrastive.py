@@ -40,3 +40,42 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     """SimCLR's normalised temperature-scaled cross-entropy, averaged over the 2N views."""
     logits, positives = nt_xent_logits(z_a, z_b, temperature)
     return F.cross_entropy(logits, positives)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """`x` in float32 if it is in half precision (bf16 logits lose the positives' precision)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(full_precision(x), dim=-1)  # L2-normalised rows
+
+
+def info_nce_queue(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """MoCo's InfoNCE (He et al. 2020, eq. 1), averaged over the n queries.
+
+    query, key: (n, d), the two views of n images (the key from the momentum encoder, given no
+    gradient); queue: (K, d) unit-length keys of earlier steps, the negatives, of which only the
+    rows where `valid` (K,) is true count (None: all). Each query must pick its own key (column 0
+    of its logits) out of the candidates."""
+    q, k = _unit(query), _unit(key.detach())
+    positive = (q * k).sum(dim=1, keepdim=True)  # (n, 1)
+    negatives = q @ queue.to(q.dtype).T  # (n, K)
+    if valid is not None:
+        negatives = negatives.masked_fill(~valid, float("-inf"))
+    logits = torch.cat([positive, negatives], dim=1) / temperature  # (n, 1 + K)
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE with the batch as negatives (MoCo v3, Chen, Xie, He 2021, algorithm 1), averaged
+    over the n local queries.
+
+    query, key: (n, d) on this process, row i of both from image i; keys get no gradient and are
+    gathered from all processes (N in all), so each query picks its key out of N candidates."""
+    q = _unit(query)
+    k = _unit(dist.gather(key.detach()))  # (N, d), rank-major
+    logits = q @ k.T / temperature  # (n, N)
+    labels = torch.arange(len(q), device=q.device) + dist.rank() * len(q)
+    return F.cross_entropy(logits, labels)

@@ -14,6 +14,11 @@
   the like into the run folder.
 - optional module-level `check_data(config, cache)`: raise a `UserError` when the decoded data
   cannot serve the method (e.g. grayscale images for colorization); called before training.
+- optional module-level `open_data(path, size, cache_dir=, workers=, show_progress=)`: how the
+  data is read instead of `data.open_images` (clips with their frame indices, interaction
+  records), and `samples(config, cache, seed) -> Samples` (common.py): training samples of k
+  cache rows each with per-sample side data; the trainer then streams samples, and `Batch`
+  holds (B, k, S, S, 3) images and the batch's side data (temporal order, ego-motion, interaction).
 
 Adding a method touches its own file and one line below.
 """
@@ -26,9 +31,26 @@ from torch import nn
 from ..backbones import build_backbone
 from ..errors import unknown_choice
 from . import simclr
+from . import byol, dino, moco_v2, moco_v3
+from . import mae
+from . import colorization, inpainting, jigsaw, relative_location, rotation
+from . import egomotion, interaction, temporal_order
 
 METHODS: dict[str, ModuleType] = {
     "simclr": simclr,
+    "moco-v2": moco_v2,
+    "moco-v3": moco_v3,
+    "byol": byol,
+    "dino": dino,
+    "mae": mae,
+    "rotation": rotation,
+    "relative-location": relative_location,
+    "jigsaw": jigsaw,
+    "colorization": colorization,
+    "inpainting": inpainting,
+    "temporal-order": temporal_order,
+    "egomotion": egomotion,
+    "interaction": interaction,
 }
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -27,8 +29,23 @@ class Progress:
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, S, S, 3) uint8 on the model's device
+    images: torch.Tensor  # (B, S, S, 3) uint8 on the model's device; (B, k, S, S, 3) with `samples`
     generator: torch.Generator  # all randomness of views and masks comes from here
+    # With `samples`: this batch's slice of `Samples.side` (the method's own dataclass), as tensors
+    # on the device.
+    side: Any = None
+
+
+@dataclass
+class Samples:
+    """What a method with a module-level `samples(config, cache, seed) -> Samples` trains on
+    instead of single images: sample i is the k cache rows `rows[i]` (frames of one clip, a pair
+    and its motion, an image and its interaction), with per-sample side data `side`, a dataclass
+    of the method's own whose fields are numpy arrays of first dimension n. Made once before
+    training, as a pure function of (config, cache, seed), so a resumed run sees the same ones."""
+
+    rows: np.ndarray  # (n, k) int64
+    side: Any = None
 
 
 @dataclass
@@ -38,3 +55,14 @@ class MethodOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     # (B, d) the vectors the loss compares (e.g. projections), for the collapse monitor.
     embedding: torch.Tensor | None = None
+
+
+def lightly_cifar_recipe() -> dict:
+    """Optimizer and schedule of lightly's CIFAR-10 benchmark (ResNet-18, kNN at k=200), which
+    the `cifar` presets of several methods follow: SGD at 0.06 per 128 images with momentum 0.9,
+    weight decay 5e-4, a cosine without warm-up, 200 epochs of batch 512."""
+    return {
+        "optim": {"name": "sgd", "lr": 0.12, "lr_scaling": "linear", "lr_reference_batch": 256,
+                  "weight_decay": 5e-4, "momentum": 0.9, "warmup_epochs": 0.0},
+        "train": {"epochs": 200, "batch_size": 512},
+    }

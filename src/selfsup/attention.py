@@ -1,0 +1,142 @@
+"""Where a ViT's class token looks: self-attention maps of the last block, drawn over the images.
+
+DINO (Caron et al. 2021, fig. 1 and 3) showed that the class token's attention in the last block
+of a self-supervised ViT segments the main object without any label. `class_token_attention`
+gets those weights from any selfsup ViT (or timm ViT) without touching timm's attention code: a
+forward hook keeps the output of the last block's qkv projection, and the class token's row of
+softmax(q k^T / sqrt(d)) is recomputed from it (checked against timm's own computation in
+tests/test_vit_mae.py). `save_attention_maps` writes one PNG per image: the image, the mean over
+heads, and each head, overlaid.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbones import Backbone
+from .errors import UserError
+
+
+def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    """(B, heads, h, w) attention weights of the class token on each patch in the last block
+    (a softmax over all tokens, so a map sums to 1 minus the class token's weight on itself)."""
+    net = backbone.net
+    attn = net.blocks[-1].attn
+    captured = {}
+    hook = attn.qkv.register_forward_hook(lambda module, inputs, output: captured.update(qkv=output))
+    try:
+        backbone.forward_map(images)
+    finally:
+        hook.remove()
+    qkv = captured["qkv"].float()  # (B, T, 3 * heads * head_dim)
+    b, t, _ = qkv.shape
+    q, k, _ = qkv.reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (B, heads, T, hd)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = (q[:, :, :1] * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, T)
+    p = net.patch_embed.patch_size
+    grid = (images.shape[-2] // p[0], images.shape[-1] // p[1])
+    return weights[:, :, 0, net.num_prefix_tokens:].reshape(b, attn.num_heads, *grid)
+
+
+def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, list[str]]:
+    """Up to `limit` images (N, size, size, 3) uint8 (shorter side resized, centre crop) from an
+    image file, a folder or a tar, with their names; files that do not decode are skipped."""
+    from .data import decode_image, open_source
+    from .data.sources import is_image_name
+
+    path = Path(path).expanduser()
+    if path.is_file() and is_image_name(path.name):
+        items = [(path.name, path.read_bytes())]
+    else:
+        items = itertools.islice(open_source(path, whole=True).read(), limit)
+    decoded = [(name, decode_image(data, size)) for name, data in items]
+    decoded = [(name, pixels[0]) for name, pixels in decoded if pixels is not None]
+    if not decoded:
+        raise UserError(f"no decodable image in {str(path)!r}; give an image, a folder of images or a tar of one")
+    return np.stack([pixels for _, pixels in decoded]), [name for name, _ in decoded]
+
+
+def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
+    """One PNG: the image (H, W, 3 in [0, 1]), then each map (h, w) upsampled over it: mean, heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = ["image", "mean of heads"] + [f"head {i}" for i in range(len(maps) - 1)]
+    cols = min(len(titles), 7)
+    rows = -(-len(titles) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    extent = (0, image.shape[1], image.shape[0], 0)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(titles):
+            ax.imshow(image, extent=extent)
+            if i:
+                ax.imshow(maps[i - 1], cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_size: int | None = None,
+                        device: str = "auto", max_images: int = 32) -> dict:
+    """Write OUT/<image name>.png for each of the first `max_images` images under `images`, at the
+    encoder's training size unless `image_size` is given (positions are resampled)."""
+    from .backbones.vit import check_image_size
+    from .encoder import default_cache_size, load_encoder
+    from .train import resolve_device
+    from .views import denormalize, eval_view
+
+    if max_images < 1:
+        raise UserError(f"--max-images must be at least 1, got {max_images}")
+    encoder = load_encoder(checkpoint)
+    backbone = encoder.backbone
+    if backbone.kind != "vit" or not hasattr(backbone.net, "blocks"):
+        raise UserError(f"attention maps need a ViT encoder (vit-tiny, vit-small, vit-base); {checkpoint} "
+                        f"holds a {backbone.name}")
+    size = image_size or encoder.image_size
+    check_image_size(size, size, backbone.net.patch_embed.patch_size[0], backbone.name)
+    device = resolve_device(device)
+    pixels, names = read_images(images, default_cache_size(size), max_images)
+    x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised
+    maps = class_token_attention(backbone.to(device).eval(), x)  # (N, heads, h, w)
+    maps = torch.cat([maps.mean(dim=1, keepdim=True), maps], dim=1).cpu().numpy()
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {str(out)!r} ({e.strerror}); choose a writable --out") from None
+    written = []
+    for name, image, image_maps in zip(names, denormalize(x.float()).clamp(0, 1).cpu(), maps):
+        picture = image.permute(1, 2, 0).numpy()
+        written.append(out / (Path(name).with_suffix("").as_posix().replace("/", "_") + ".png"))
+        _draw(picture, image_maps, written[-1])
+    return {"out": str(out), "images": len(written), "heads": maps.shape[1] - 1, "image_size": size}
+
+
+def add_attention_parser(commands, common) -> None:
+    p = commands.add_parser("attention", help="draw the class token's self-attention maps of a ViT encoder")
+    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint (or run folder) with a ViT encoder")
+    p.add_argument("--images", required=True, help="an image, a folder of images or a tar of one")
+    p.add_argument("--out", required=True, help="folder for one PNG per image")
+    p.add_argument("--image-size", type=int, help="default: the encoder's training size (any multiple of the patch size)")
+    p.add_argument("--max-images", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(run=_run)
+
+
+def _run(args) -> int:
+    import json
+
+    result = save_attention_maps(args.checkpoint, args.images, args.out, image_size=args.image_size,
+                                 device=args.device, max_images=args.max_images)
+    print(json.dumps(result) if args.json else f"wrote {result['images']} attention pictures "
+          f"({result['heads']} heads, {result['image_size']} px) to {result['out']}")
+    return 0

@@ -1,0 +1,173 @@
+"""`selfsup curate`: build a clean pretraining set from a messy pool (the DINOv2 data engine).
+
+    pool, seed set (and evaluation sets to exclude) --embed--> vectors
+      -> drop near-duplicates inside the pool (keep one per group)
+      -> drop pool images that are near-duplicates of an excluded (evaluation) image
+      -> retrieve: each seed's k nearest pool images, or evenly from the k-means clusters of the
+         pool nearest the seeds
+      -> OUT/curated.txt (one path per line: `selfsup pretrain --data OUT/curated.txt`), an
+         optional OUT/curated.tar, OUT/summary.json, and picture grids to check the result.
+
+Embeddings are centred on the pool's mean before comparing (so the direction all images share
+does not make unrelated images look alike) and L2-normalised: similarity is cosine similarity.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..console import say
+from ..data.sources import open_source
+from ..encoder import load_encoder
+from ..errors import UserError
+from .dedup import duplicate_groups, duplicates_to_drop, near_any
+from .embedding import embed_source, embedding_dir
+from .pictures import draw_rows
+from .retrieve import from_nearest_clusters, nearest_to_seeds
+
+
+@dataclass
+class CurateConfig:
+    threshold: float = 0.95  # cosine similarity at which two images count as near-duplicates
+    k: int = 10  # pool images retrieved per seed image (nearest-neighbour mode)
+    clusters: int = 0  # > 0: cluster mode, with this many k-means clusters of the pool
+    per_cluster: int = 100  # images drawn from each cluster nearest a seed (cluster mode)
+    center: bool = True
+    chunk_size: int = 4096
+    seed: int = 0
+    backend: str = "auto"  # "auto" (faiss when installed and the pool is large), "faiss", "exact"
+
+
+@dataclass
+class Summary:
+    pool: int
+    pool_skipped: int
+    seeds: int
+    duplicate_groups: int
+    removed_as_duplicates: int
+    excluded: int
+    retrieved: int
+    per_seed_or_cluster: dict = field(default_factory=dict)
+    mode: str = "nearest"
+    outputs: dict = field(default_factory=dict)
+
+
+def _open(path, what: str):
+    try:
+        return open_source(path, whole=True)
+    except UserError as e:
+        if "no images found" in str(e):
+            raise UserError(f"the {what} {str(path)!r} holds no images; give at least one") from None
+        raise
+
+
+def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    if mean is None:
+        return vectors
+    out = vectors - mean
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+
+
+def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig | None = None,
+           device: str = "auto", backbone: str | None = None, image_size: int | None = None,
+           small_stem: bool | None = None, make_tar: bool = False, show_progress: bool = True) -> dict:
+    """Run the whole curation; returns the summary (also written to OUT/summary.json)."""
+    from ..train import resolve_device
+
+    config = config or CurateConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
+    sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
+    if exclude:
+        sources["excluded set"] = _open(exclude, "excluded set")
+    embedded = {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,
+                                   config.chunk_size, show_progress=show_progress, desc=f"embedding {what}")
+                for what, src in sources.items()}
+    pool_e = embedded["pool"]
+    mean = pool_e.vectors.mean(axis=0) if config.center else None
+    vectors = {what: _centred(e.vectors, mean) for what, e in embedded.items()}
+
+    groups = duplicate_groups(vectors["pool"], config.threshold, backend=config.backend, device=device)
+    dropped = duplicates_to_drop(groups, pool_e.names)
+    excluded = set()
+    if exclude:
+        excluded = set(np.flatnonzero(near_any(vectors["pool"], vectors["excluded set"], config.threshold,
+                                               config.backend, device)).tolist())
+    kept = np.array(sorted(set(range(len(pool_e.names))) - dropped - excluded), dtype=np.int64)
+    if len(kept) == 0:
+        raise UserError("every pool image was removed as a duplicate or excluded; lower --threshold")
+    selected, per, rows = _retrieve(vectors["seed set"], vectors["pool"][kept], kept, config)
+
+    summary = Summary(pool=len(pool_e.names), pool_skipped=len(pool_e.skipped), seeds=len(embedded["seed set"].names),
+                      duplicate_groups=len(groups), removed_as_duplicates=len(dropped), excluded=len(excluded),
+                      retrieved=len(selected), per_seed_or_cluster=per,
+                      mode="clusters" if config.clusters else "nearest")
+    summary.outputs = _write_outputs(out, sources, embedded, selected, groups, rows, make_tar)
+    summary.outputs.update(_write_removed(out, pool_e.names, groups, excluded))
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
+    say(f"curate: {summary.pool:,} pool images, {summary.removed_as_duplicates:,} near-duplicates removed "
+        f"({summary.duplicate_groups:,} groups), {summary.excluded:,} excluded, {summary.retrieved:,} retrieved "
+        f"-> {summary.outputs['list']}")
+    return asdict(summary)
+
+
+def _retrieve(seeds: np.ndarray, candidates: np.ndarray, kept: np.ndarray, config: CurateConfig):
+    """(selected pool indices, count per seed or cluster, picture rows of ("seed"|"pool", index))."""
+    if config.clusters:
+        drawn = from_nearest_clusters(seeds, candidates, config.clusters, config.per_cluster, config.seed)
+        per = {str(c): len(idx) for c, idx in drawn.items()}
+        rows = [kept[idx] for idx in drawn.values()]
+        selected = sorted(set(np.concatenate(rows).tolist())) if rows else []
+        return selected, per, [[("pool", j) for j in row[:9]] for row in rows[:6]]
+    neighbours = kept[nearest_to_seeds(seeds, candidates, config.k, config.backend)]  # (S, k)
+    per = {str(i): int(len(row)) for i, row in enumerate(neighbours)}
+    pictures = [[("seed", i)] + [("pool", j) for j in row[:8]] for i, row in enumerate(neighbours[:6])]
+    return sorted(set(neighbours.ravel().tolist())), per, pictures
+
+
+def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int], groups: list[list[int]],
+                   picture_rows: list, make_tar: bool) -> dict:
+    pool_src, pool_names = sources["pool"], embedded["pool"].names
+    names = [pool_names[i] for i in selected]
+    on_disk = pool_src.file_path(names[0]) is not None
+    listing = out / "curated.txt"
+    lines = [str(pool_src.file_path(n).resolve()) for n in names] if on_disk else names
+    listing.write_text("".join(line + "\n" for line in lines))
+    outputs = {"list": str(listing)}
+    if make_tar or not on_disk:  # inside a tar, the list alone cannot be read back
+        outputs["tar"] = str(write_tar(pool_src, names, out / "curated.tar"))
+    by_kind = {"pool": (pool_src, pool_names), "seed": (sources["seed set"], embedded["seed set"].names)}
+    outputs["duplicates_png"] = str(draw_rows([[(pool_src, pool_names[i]) for i in g[:9]] for g in groups[:8]],
+                                              out / "duplicates.png", "near-duplicate groups (the first is kept)"))
+    rows = [[(by_kind[kind][0], by_kind[kind][1][i]) for kind, i in row] for row in picture_rows]
+    outputs["retrieved_png"] = str(draw_rows(rows, out / "retrieved.png", "retrieved images (seed first)"))
+    return outputs
+
+
+def _write_removed(out: Path, names: list[str], groups: list[list[int]], excluded: set[int]) -> dict:
+    """OUT/duplicates.txt: one group per line, tab-separated, the kept image first;
+    OUT/excluded.txt: the pool images that were near-duplicates of excluded images."""
+    lines = []
+    for group in groups:
+        members = sorted(names[i] for i in group)
+        lines.append("\t".join(members))
+    (out / "duplicates.txt").write_text("".join(line + "\n" for line in lines))
+    (out / "excluded.txt").write_text("".join(names[i] + "\n" for i in sorted(excluded)))
+    return {"duplicates": str(out / "duplicates.txt"), "excluded": str(out / "excluded.txt")}
+
+
+def write_tar(source, names: list[str], path: Path) -> Path:
+    """The files `names` of `source` in an uncompressed tar under curated/ (read by --data)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in source.read(names):
+            info = tarfile.TarInfo(f"curated/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -1,0 +1,76 @@
+"""Embed every image of a source, chunk by chunk, so that a killed run resumes where it stopped.
+
+Each finished chunk of `chunk_size` files is saved (atomically) as an .npz of names, L2-normalised
+float32 vectors and the names that could not be decoded; a rerun loads finished chunks and embeds
+only the rest. The folder is keyed by the encoder and the source's fingerprint, so a changed pool
+or encoder starts afresh. Pixels are decoded straight from the files: a pool of a million images
+is never held as a pixel cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..console import progress_bar
+from ..data.cache import decode_stream
+from ..data.sources import ImageSource
+from ..encoder import Encoder
+from ..errors import UserError
+from ..eval.features import extract_features
+
+
+@dataclass
+class Embedded:
+    names: list[str]  # the files that were embedded, in source order
+    vectors: np.ndarray  # (N, D) float32, L2-normalised
+    skipped: list[str]  # files that could not be decoded
+
+
+def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
+    key = hashlib.sha256(f"{encoder.key or encoder.description}|{encoder.image_size}|{source.fingerprint}"
+                         .encode()).hexdigest()[:16]
+    return root / f"{source.path.name.split('.')[0]}-{key}"
+
+
+def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int):
+    decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512))
+    kept = [(n, d[0]) for n, d in decoded if d is not None]
+    skipped = [n for n, d in decoded if d is None]
+    if kept:
+        pixels = np.stack([p for _, p in kept])
+        features = extract_features(encoder.backbone, pixels, encoder.image_size, device)
+        vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
+    else:
+        vectors = np.zeros((0, encoder.backbone.feature_dim), np.float32)
+    return [n for n, _ in kept], vectors, skipped
+
+
+def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, chunk_size: int = 4096,
+                 workers: int = 0, show_progress: bool = True, desc: str = "embedding") -> Embedded:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    names, vectors, skipped = [], [], []
+    bar = progress_bar(len(source.names), f"{desc} {source.describe()}", enabled=show_progress)
+    encoder.backbone.to(device)
+    for number, start in enumerate(range(0, len(source.names), chunk_size)):
+        done = work_dir / f"chunk-{number:06d}.npz"
+        if not done.exists():
+            chunk_names, chunk_vectors, chunk_skipped = _embed_chunk(
+                encoder, source, source.names[start:start + chunk_size], device, workers)
+            tmp = done.with_suffix(".tmp.npz")
+            np.savez(tmp, names=np.array(chunk_names, dtype=str), vectors=chunk_vectors,
+                     skipped=np.array(chunk_skipped, dtype=str))
+            os.replace(tmp, done)
+        with np.load(done) as saved:
+            names += saved["names"].tolist()
+            vectors.append(saved["vectors"])
+            skipped += saved["skipped"].tolist()
+        bar.update(min(chunk_size, len(source.names) - start))
+    bar.close()
+    if not names:
+        raise UserError(f"none of the {len(skipped):,} files in {source.describe()!r} could be decoded as images")
+    return Embedded(names, np.concatenate(vectors), skipped)

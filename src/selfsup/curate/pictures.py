@@ -1,0 +1,47 @@
+"""Picture grids for checking a curation by eye: one row per group or seed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.cache import decode_image
+
+
+def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) -> Path:
+    """A PNG with one row per list of (source, name); each image decoded at `size` pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r] or [[]]
+    pixels = _decode_all(rows, size)
+    cols = max(1, max(len(r) for r in rows))
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.4 * len(rows) + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, row in enumerate(rows):
+        for c, (source, name) in enumerate(row):
+            axes[r, c].imshow(pixels.get((id(source), name), np.zeros((size, size, 3), np.uint8)))
+            axes[r, c].set_title(Path(name).name[:14], fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _decode_all(rows: list[list[tuple]], size: int) -> dict:
+    """{(id(source), name): pixels}, reading each source once (one pass over a tar)."""
+    wanted: dict[int, tuple] = {}
+    for row in rows:
+        for source, name in row:
+            wanted.setdefault(id(source), (source, set()))[1].add(name)
+    pixels = {}
+    for key, (source, names) in wanted.items():
+        for name, data in source.read(sorted(names)):
+            decoded = decode_image(data, size)
+            if decoded is not None:
+                pixels[(key, name)] = decoded[0]
+    return pixels

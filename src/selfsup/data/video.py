@@ -1,0 +1,280 @@
+"""Video → the same uint8 cache as images, with the clip and frame index of every row.
+
+Two layouts are read (a folder, or a .tar/.tar.gz/.tar.xz of one):
+
+- video files (mp4, webm, avi, mkv, mov), decoded once with PyAV (`pip install selfsup[video]`);
+  a frame's index is its position in decoding order, from 0;
+- folders of frames (`clip/000000.jpg`, `clip/000001.jpg`, ...): every folder that holds images
+  directly is one clip; a frame's index is the last number in its file name (else its position).
+
+Clips inside class folders (`CLASS/CLIP.mp4` or `CLASS/CLIP/000000.jpg`) give per-frame labels,
+used only to monitor and evaluate. Every frame is resized (shorter side) and centre-cropped into
+the memory-mapped cache, so training never decodes video. A video that cannot be decoded is
+skipped and counted, as a corrupt image is.
+
+Motion signals (optional): `CLIP.csv` beside a clip (beside `CLIP.mp4` or the folder `CLIP/`),
+with a header line, a `frame` column holding the clip's frame indices (one row per frame, all of
+them) and one numeric column per motor reading, e.g. `frame,yaw,pitch,roll,forward`. Row t
+describes the motion from frame t-1 to frame t (rates), so the ego-motion between frames i < j is
+the sum of rows i+1..j. `selfsup synth motion` writes such files (see synth/motion.py).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..console import progress_bar
+from ..errors import UserError
+from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, publish, read_built
+from .sources import _open_tar, _member_name, _stat_key, _tar_members, is_tar_path, open_source
+
+VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
+VIDEO_CACHE_FORMAT = 1
+
+
+@dataclass
+class VideoCache(ImageCache):
+    """Decoded frames of many clips; one row per frame."""
+
+    clip: np.ndarray  # (N,) int64: index into clip_names
+    frame: np.ndarray  # (N,) int64: the frame's index inside its clip
+    clip_names: list[str]  # relative path of each clip (a video file or a folder of frames)
+    motion: np.ndarray | None  # (N, M) float32 motor readings per frame (NaN: clip without a CSV)
+    motion_columns: list[str]
+
+    def clip_rows(self) -> list[np.ndarray]:
+        """Cache rows of every clip, ordered by frame index."""
+        order = np.lexsort((self.frame, self.clip))
+        bounds = np.searchsorted(self.clip[order], np.arange(len(self.clip_names) + 1))
+        return [order[bounds[c]:bounds[c + 1]] for c in range(len(self.clip_names))]
+
+
+def is_video_name(name: str) -> bool:
+    path = PurePosixPath(name)
+    return path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
+
+
+def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, show_progress: bool = True,
+               **_) -> VideoCache:
+    """The frames of the videos (or frame folders) under `path`, with clip, frame and motion."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"data path {str(path)!r} does not exist; give a folder (or tar) of videos or of frame folders")
+    videos, fingerprint = _video_listing(path)
+    if videos:
+        frames, prefix = _open_videos(path, videos, fingerprint, size, cache_dir, show_progress), ""
+        clip_of = [n.rsplit("/", 1)[0] for n in frames.names]  # "CLIP.mp4/000012"
+    else:
+        source = open_source(path)
+        frames = load_cache(source, size, cache_dir, workers, show_progress)
+        prefix = source.archive_prefix if not path.is_dir() else (f"{source.split}/" if source.split else "")
+        clip_of = [n.rsplit("/", 1)[0] if "/" in n else "." for n in frames.names]
+        if set(clip_of) == {"."} and prefix:  # a tar of one clip: its folder was taken as the root
+            prefix, _, clip_name = prefix.rstrip("/").rpartition("/")
+            prefix, clip_of = prefix + "/" if prefix else "", [clip_name] * len(clip_of)
+    clip_names = sorted(set(clip_of))
+    index = {c: i for i, c in enumerate(clip_names)}
+    clip = np.asarray([index[c] for c in clip_of], dtype=np.int64)
+    frame = _frame_indices(frames.names, clip, bool(videos))
+    classes = _clip_classes(clip_names)
+    labels = None
+    if classes:
+        class_index = {c: i for i, c in enumerate(classes)}
+        labels = np.asarray([class_index[clip_names[c].split("/", 1)[0]] for c in clip], dtype=np.int64)
+    cache = VideoCache(images=frames.images, names=frames.names, labels=labels, classes=classes,
+                       skipped=frames.skipped, grayscale=frames.grayscale, source=frames.source,
+                       clip=clip, frame=frame, clip_names=clip_names, motion=None, motion_columns=[])
+    _attach_motion(cache, path, prefix)
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def _clip_classes(clip_names: list[str]) -> list[str]:
+    """Class names when every clip sits in a class folder (CLASS/CLIP), else []."""
+    tops = {c.split("/", 1)[0] for c in clip_names}
+    if len(tops) < 2 or any("/" not in c for c in clip_names):
+        return []
+    return sorted(tops)
+
+
+def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndarray:
+    """Decoded videos: the number after the clip name. Frame folders: the last number in each
+    file name when the frames of the clip all have distinct ones, else the position in the clip."""
+    if decoded:
+        return np.asarray([int(n.rsplit("/", 1)[1]) for n in names], dtype=np.int64)
+    numbers = [re.findall(r"\d+", PurePosixPath(n).stem) for n in names]
+    frame = np.zeros(len(names), dtype=np.int64)
+    for c in np.unique(clip):
+        rows = np.flatnonzero(clip == c)  # sorted names: the listing order
+        found = [int(numbers[r][-1]) if numbers[r] else None for r in rows]
+        if None not in found and len(set(found)) == len(found):
+            frame[rows] = found
+        else:
+            frame[rows] = np.arange(len(rows))
+    return frame
+
+
+def _video_listing(path: Path) -> tuple[list[str], str]:
+    """(sorted video names relative to `path`, fingerprint of the files)."""
+    digest = hashlib.sha256()
+    if path.is_dir():
+        names = []
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in filenames:
+                if is_video_name(filename):
+                    full = Path(dirpath) / filename
+                    rel, st = full.relative_to(path).as_posix(), full.stat()
+                    names.append(rel)
+                    digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return sorted(names), digest.hexdigest()
+    if is_tar_path(path):
+        digest.update(repr(_stat_key(path)).encode())
+        return sorted(n for n, _ in _tar_members(path) if is_video_name(n)), digest.hexdigest()
+    raise UserError(f"data path {str(path)!r} is a file, not a folder (or tar) of videos or frame folders")
+
+
+def _read_members(path: Path, wanted: set[str]):
+    """(name, bytes) of the wanted files of a folder or a tar, in one pass."""
+    if path.is_dir():
+        for name in sorted(wanted):
+            if (path / name).is_file():
+                yield name, (path / name).read_bytes()
+        return
+    with _open_tar(path) as tar:
+        for member in tar:
+            name = _member_name(member)
+            if member.isfile() and name in wanted:
+                handle = tar.extractfile(member)
+                yield name, handle.read() if handle else b""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding video files
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise UserError("reading video files needs PyAV: pip install 'selfsup[video]' "
+                        "(or give folders of frames instead)") from None
+    return av
+
+
+def decode_video(data: bytes, size: int) -> list[np.ndarray] | None:
+    """Every frame of a video as (size, size, 3) uint8, or None when it cannot be decoded."""
+    av = _av()
+    frames = []
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                return None
+            for frame in container.decode(container.streams.video[0]):
+                frames.append(fit_square(frame.to_image(), size))
+    except Exception:  # noqa: BLE001 - any failure to decode means "not a video we can use"
+        return None
+    return frames or None
+
+
+def _open_videos(path: Path, videos: list[str], fingerprint: str, size: int, cache_dir,
+                 show_progress: bool) -> ImageCache:
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name.split(".")[0])[:40] or "video"
+    digest = hashlib.sha256(f"video{VIDEO_CACHE_FORMAT}|{fingerprint}|{size}".encode()).hexdigest()[:16]
+    target = root / f"{stem}-video-{size}px-{digest}"
+    if not (target / "index.json").is_file():
+        _build_videos(path, videos, size, target, show_progress)
+    return read_built(target, str(path), kind="video")
+
+
+def _build_videos(path: Path, videos: list[str], size: int, target: Path, show_progress: bool) -> None:
+    staging = make_staging(target)
+    names, skipped = [], []
+    bar = progress_bar(len(videos), f"decoding videos in {path}", unit="video", enabled=show_progress)
+    try:
+        with open(staging / "images.u8", "wb") as pixels:
+            for name, data in _read_members(path, set(videos)):
+                frames = decode_video(data, size)
+                if frames is None:
+                    skipped.append(name)
+                else:
+                    for i, pixels_of_frame in enumerate(frames):
+                        pixels.write(pixels_of_frame.tobytes())
+                        names.append(f"{name}/{i:06d}")
+                bar.update(1)
+        meta = {"format": VIDEO_CACHE_FORMAT, "source": str(path), "size": size, "names": names,
+                "classes": [], "labels": None, "skipped": sorted(skipped), "grayscale": 0, "files": len(videos)}
+        publish(staging, target, meta)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion signals
+
+
+def motion_file_of(clip_name: str) -> str:
+    """`a/clip.mp4` -> `a/clip.csv`; the frame folder `a/clip` -> `a/clip.csv`."""
+    path = PurePosixPath(clip_name)
+    return str(path.with_suffix(".csv") if path.suffix.lower() in VIDEO_SUFFIXES else path.parent / (path.name + ".csv"))
+
+
+def read_motion_csv(text: str, where: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(reading columns, (T,) frame indices, (T, M) readings) of one motion CSV."""
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(cell.strip() for cell in r)]
+    if not rows or rows[0][0].strip().lower() != "frame" or len(rows[0]) < 2:
+        raise UserError(f"motion file {where} must start with a header 'frame,READING,...' "
+                        f"(e.g. frame,yaw,pitch,roll,forward)")
+    columns = [c.strip() for c in rows[0][1:]]
+    try:
+        values = np.asarray([[float(v) for v in r] for r in rows[1:]], dtype=np.float64).reshape(-1, len(columns) + 1)
+    except ValueError:
+        raise UserError(f"motion file {where} has a row that is not {len(columns) + 1} numbers; "
+                        f"write one row per frame: the frame index, then {', '.join(columns)}") from None
+    return columns, values[:, 0].astype(np.int64), values[:, 1:].astype(np.float32)
+
+
+def _attach_motion(cache: VideoCache, path: Path, prefix: str) -> None:
+    """Read CLIP.csv beside each clip into `cache.motion` (checked against the clip's frames);
+    `prefix` is the folder inside `path` that clip names are relative to."""
+    wanted = {prefix + motion_file_of(c): i for i, c in enumerate(cache.clip_names)}
+    texts = {name: data.decode("utf-8", errors="replace") for name, data in _read_members(path, set(wanted))}
+    if not texts:
+        return
+    rows_of_clip = cache.clip_rows()
+    columns_seen, motion = None, None
+    for name, text in sorted(texts.items()):
+        clip = wanted[name]
+        columns, frames, values = read_motion_csv(text, repr(name))
+        if columns_seen is None:
+            columns_seen, motion = columns, np.full((len(cache), len(columns)), np.nan, dtype=np.float32)
+        elif columns != columns_seen:
+            raise UserError(f"motion file {name!r} has columns {columns}, other clips {columns_seen}; "
+                            f"give every clip the same columns")
+        rows = rows_of_clip[clip]
+        clip_frames = cache.frame[rows]
+        if len(frames) != len(clip_frames) or not np.array_equal(np.sort(frames), clip_frames):
+            raise UserError(f"motion file {name!r} lists {len(frames)} frames ({_span(frames)}) but clip "
+                            f"{cache.clip_names[clip]!r} has {len(clip_frames)} ({_span(clip_frames)}); "
+                            f"write one row per frame of the clip")
+        motion[rows] = values[np.argsort(frames, kind="stable")]
+    cache.motion, cache.motion_columns = motion, columns_seen
+
+
+def _span(frames: np.ndarray) -> str:
+    return f"{int(frames.min())}..{int(frames.max())}" if len(frames) else "none"

@@ -1,0 +1,74 @@
+"""The label-efficiency curve: accuracy against the number of labels per class, per encoder.
+
+One few-label protocol (kNN, linear probe or fine-tuning) is run at each label budget, over the
+same seeds, hence on the same labelled images, for every encoder; the plot has one line per
+encoder (mean over seeds, bars one deviation) on a log scale of labels per class.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError, unknown_choice
+from .data import prepare
+from .protocols import finetune_protocol, knn_protocol, linear_protocol
+from .record import record_result
+from .subsets import Budget
+
+PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
+DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "top1", "top1_std", "top1_ci", "top5", "top5_std")
+
+
+def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, protocol: str = "linear",
+                           per_class: tuple[int, ...] | None = None, fractions: tuple[float, ...] | None = None,
+                           seeds: int = 3, out: str | Path = "label_efficiency.png",
+                           protocol_options: dict | None = None, record: bool = True, **options) -> dict:
+    """Run `protocol` at each budget (`per_class` counts, or `fractions`, default 1 %, 10 %,
+    100 %) for each encoder in `checkpoints`; plot top-1 against labels per class to `out`."""
+    if protocol not in PROTOCOLS:
+        raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
+    if per_class and fractions:
+        raise UserError("give label budgets as --per-class or as --fraction, not both")
+    budgets = [Budget(per_class=k) for k in per_class] if per_class else \
+        [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
+    specs = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
+    lines, setup = [], None
+    for spec in specs:
+        setup = prepare(spec, train, test, data, **options)
+        runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
+        lines.append({"encoder": setup.encoder.description, "checkpoint": setup.spec,
+                      "points": [{k: r[k] for k in POINT_KEYS} for r in runs]})
+    result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
+              "classes": len(setup.test.classes), "train_data": setup.train.source,
+              "test_data": setup.test.source, "lines": lines, "plot": str(out)}
+    plot_label_efficiency(result, out)
+    if record:
+        for line in lines:
+            record_result(line["checkpoint"], result)
+    return result
+
+
+def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
+    """PNG of a curve result: top-1 against labels per class (log x), one line per encoder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for line in curve["lines"]:
+        points = sorted(line["points"], key=lambda p: p["labels_per_class"])
+        ax.errorbar([p["labels_per_class"] for p in points], [p["top1"] for p in points],
+                    yerr=[p["top1_std"] for p in points], marker="o", capsize=3, label=line["encoder"])
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled images per class (log scale)")
+    ax.set_ylabel(f"top-1 on {curve['test_images']:,} test images")
+    ax.set_title(f"label efficiency: {curve['curve_protocol']}, mean of {curve['seeds']} seed(s)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,106 @@
+"""What every evaluation starts from: an encoder, training and test images, and their features.
+
+`prepare` turns an encoder spec (a checkpoint or run folder, `random:BACKBONE`, or
+`weights:FILE` with `backbone=`) and labelled data (`train` and `test` folders laid out by class,
+or tars of them, or `data`, one root holding train/ and test/) into a `Setup`. Features are
+computed once per (encoder, data) and cached on disk (see `features.cached_features`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import ImageCache, load_cache, open_source, open_splits
+from ..encoder import Encoder, load_encoder
+from ..errors import UserError
+from .features import cached_features
+
+
+def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, labels_required: bool) -> ImageCache:
+    cache = load_cache(open_source(path, split), size, cache_dir, show_progress=show_progress)
+    if labels_required and cache.labels is None:
+        raise UserError(f"{cache.source!r} has no class labels; evaluation needs a folder with one "
+                        f"subfolder per class (or a tar of one)")
+    return cache
+
+
+def _locate(train, test, data) -> tuple:
+    """(train path, train split, test path, test split) from --train/--test or --data."""
+    if data is not None:
+        splits = open_splits(data)
+        test_split = "test" if "test" in splits else "val"
+        if "train" not in splits or test_split not in splits:
+            raise UserError(f"{str(data)!r} must hold train/ and test/ (or val/) folders; "
+                            f"or give --train and --test separately")
+        return data, "train", data, test_split
+    if train is None or test is None:
+        raise UserError("give labelled data: --train PATH and --test PATH, or --data PATH holding train/ and test/")
+    return train, None, test, "test" if "test" in open_splits(test) else None
+
+
+def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
+                  labels_required: bool = True) -> tuple[ImageCache, ImageCache]:
+    """(train, test) image caches, checked to have the same classes."""
+    train, train_split, test, test_split = _locate(train, test, data)
+    train_cache = _open(train, train_split, size, cache_dir, show_progress, labels_required)
+    test_cache = _open(test, test_split, size, cache_dir, show_progress, labels_required)
+    if train_cache.labels is not None and test_cache.labels is not None and train_cache.classes != test_cache.classes:
+        only_train = sorted(set(train_cache.classes) - set(test_cache.classes))
+        only_test = sorted(set(test_cache.classes) - set(train_cache.classes))
+        raise UserError(f"train and test classes differ: only in train: {only_train or 'none'}; "
+                        f"only in test: {only_test or 'none'}")
+    return train_cache, test_cache
+
+
+@dataclass
+class Setup:
+    spec: str  # how the encoder was named (for records), or a description of an Encoder object
+    encoder: Encoder
+    train: ImageCache
+    test: ImageCache
+    device: torch.device
+    cache_dir: str | Path | None = None
+    show_progress: bool = True
+    _features: tuple | None = field(default=None, repr=False)
+
+    @property
+    def labelled(self) -> bool:
+        return self.train.labels is not None and self.test.labels is not None
+
+    def features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, test) features, (N, D) float32 on the CPU, computed or read once."""
+        if self._features is None:
+            self._features = tuple(cached_features(self.encoder, cache, self.device, self.cache_dir,
+                                                   self.show_progress, f"{name} features")
+                                   for name, cache in (("train", self.train), ("test", self.test)))
+        return self._features
+
+
+def _check_backbone(spec: str, encoder: Encoder, backbone: str | None) -> None:
+    """--backbone names the architecture of a weights: file; for anything else it must agree."""
+    if backbone is None or spec.startswith("weights:"):
+        return
+    held = spec[len("random:"):] if spec.startswith("random:") else encoder.backbone.name
+    if held != backbone:
+        raise UserError(f"{spec!r} holds a {held}, not a {backbone}; leave out --backbone "
+                        f"(it is for weights:FILE) or give the matching encoder")
+
+
+def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", image_size: int | None = None,
+            small_stem: bool | None = None, backbone: str | None = None, cache_dir=None,
+            show_progress: bool = True, labels_required: bool = True) -> Setup:
+    """The encoder and the data of an evaluation (`image_size`, `small_stem`: for random: and
+    weights: encoders; `backbone`: the architecture of a weights: file)."""
+    from ..train import resolve_device
+
+    if isinstance(checkpoint, Encoder):
+        encoder, spec = checkpoint, checkpoint.description
+    else:
+        encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone), str(checkpoint)
+        _check_backbone(spec, encoder, backbone)
+    device = resolve_device(device)
+    train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
+                                            labels_required)
+    return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)

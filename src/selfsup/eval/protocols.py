@@ -1,0 +1,206 @@
+"""The evaluation protocols: kNN, linear probe, fine-tuning and retrieval, with few labels.
+
+Each protocol runs once per seed on that seed's labelled subset (see `subsets`), predicts every
+test image, and only then reads the test labels (`reveal_test_labels`, the one place they are
+read) to score the predictions. Results are fractions in [0, 1]: the mean over seeds, the
+deviation over seeds as `NAME_std`, and for top-1/top-5 the 95 % Wilson interval of the mean on
+the test set's size as `NAME_ci`. The public `evaluate_*` functions take an encoder spec and data
+(see `data.prepare` for the options they share) and append the result to the run's evals.jsonl.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import override
+from ..errors import UserError
+from .data import Setup, prepare
+from .features import extract_features
+from .finetune import FinetuneConfig, finetune
+from .knn import knn_scores, topk_accuracy
+from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
+from .record import record_result
+from .retrieval import mean_average_precision, nearest_neighbours, precision_at_k
+from .stats import summarise
+from .subsets import Budget, Split, make_split, save_split
+
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def reveal_test_labels(setup: Setup) -> torch.Tensor:
+    """The test labels: read here only, once a protocol's test predictions are fixed."""
+    return torch.from_numpy(setup.test.labels)
+
+
+def _train_labels(setup: Setup) -> torch.Tensor:
+    return torch.from_numpy(setup.train.labels)
+
+
+def _split(setup: Setup, budget: Budget, seed: int, val_fraction: float) -> tuple[Split, str | None]:
+    """The seed's labelled subset and validation split, and the JSON file that lists them
+    (unlabelled training images: all of them, no file)."""
+    if setup.train.labels is None:
+        if not budget.everything:
+            raise UserError("--fraction and --per-class need training images laid out by class")
+        return Split(np.arange(len(setup.train)), np.arange(0), seed), None
+    split = make_split(setup.train.labels, setup.train.classes, budget, seed, val_fraction)
+    return split, str(save_split(split, setup.train, budget, val_fraction, setup.cache_dir))
+
+
+def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction: float, one_seed,
+              settings: dict) -> dict:
+    """Run `one_seed(split) -> figures` for seeds 0..seeds-1 and summarise them."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    splits = [_split(setup, budget, seed, val_fraction) for seed in range(seeds)]
+    per_seed = [one_seed(split) for split, _ in splits]
+    split, classes = splits[-1][0], len(setup.train.classes)
+    return {"protocol": name, "encoder": setup.encoder.description, "budget": budget.describe(),
+            "fraction": budget.fraction, "per_class": budget.per_class, "seeds": seeds,
+            "labels_per_class": len(split.train) / max(1, classes), "train_images": len(setup.train),
+            "labelled_images": len(split.train), "val_images": len(split.val), "test_images": len(setup.test),
+            "classes": classes, "train_data": setup.train.source, "test_data": setup.test.source,
+            **summarise(per_seed, ("top1", "top5"), len(setup.test)), **settings,
+            "interval": "95 % Wilson score interval on the test images",
+            "subsets": [file for _, file in splits if file], "per_seed": per_seed}
+
+
+def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tuple[int, ...] = (20, 200),
+                 temperature: float = 0.07) -> dict:
+    """Weighted kNN (Wu et al. 2018) for each k; the last k is the headline."""
+    train_x, test_x = setup.features()
+    train_y, classes = _train_labels(setup), len(setup.train.classes)
+
+    def one_seed(split: Split) -> dict:
+        scores = {kk: knn_scores(train_x[split.train], train_y[split.train], test_x, kk, temperature, classes)
+                  for kk in k}
+        labels = reveal_test_labels(setup)
+        by_k = {kk: topk_accuracy(s, labels) for kk, s in scores.items()}
+        return {**by_k[k[-1]], **{f"k{kk}_{m}": v for kk, acc in by_k.items() for m, v in acc.items()}}
+
+    result = run_seeds("knn", setup, budget, seeds, 0.0, one_seed, {"k": k[-1], "temperature": temperature})
+    result["by_k"] = {str(kk): {m: result.pop(f"k{kk}_{m}") for m in ("top1", "top5")} for kk in k}
+    for kk in k:
+        for m in ("top1", "top5"):
+            result["by_k"][str(kk)][f"{m}_std"] = result.pop(f"k{kk}_{m}_std")
+    return result
+
+
+def linear_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
+                    val_fraction: float = DEFAULT_VAL_FRACTION, lr=SWEEP_LRS, weight_decay=SWEEP_WEIGHT_DECAYS,
+                    epochs: int = 100, batch_size: int = 1024) -> dict:
+    """Linear probe on frozen features; lr and weight decay chosen on the validation split."""
+    train_x, test_x = (x.to(setup.device) for x in setup.features())
+    train_y, classes = _train_labels(setup).to(setup.device), len(setup.train.classes)
+    lrs, wds = tuple(np.atleast_1d(lr).tolist()), tuple(np.atleast_1d(weight_decay).tolist())
+
+    def one_seed(split: Split) -> dict:
+        t, v = torch.from_numpy(split.train).to(setup.device), torch.from_numpy(split.val).to(setup.device)
+        head, mean, std, chosen = sweep_linear(train_x[t], train_y[t], train_x[v], train_y[v], classes, lrs, wds,
+                                               epochs=epochs, batch_size=batch_size, seed=split.seed)
+        scores = predict_linear(head, mean, std, test_x)
+        return {**topk_accuracy(scores, reveal_test_labels(setup)), "chosen": chosen}
+
+    return run_seeds("linear", setup, budget, seeds, val_fraction, one_seed,
+                     {"epochs": epochs, "lr_grid": list(lrs), "weight_decay_grid": list(wds)})
+
+
+def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
+                      val_fraction: float = DEFAULT_VAL_FRACTION, config: FinetuneConfig | dict | None = None) -> dict:
+    """The whole network fine-tuned with a new head; the best state on the validation split.
+    `config`: a `FinetuneConfig` or a dict of its fields (epochs, lr, freeze_stages, ...)."""
+    if not isinstance(config, FinetuneConfig):
+        config = override(FinetuneConfig(), dict(config or {}), "finetune")
+    train_y, classes, encoder = _train_labels(setup), len(setup.train.classes), setup.encoder
+
+    def one_seed(split: Split) -> dict:
+        tuned = finetune(encoder.backbone, setup.train.images, split.train, train_y[split.train], split.val,
+                         train_y[split.val], classes, encoder.image_size, config, setup.device, split.seed)
+        scores = extract_features(tuned.model, setup.test.images, encoder.image_size, setup.device,
+                                  show_progress=setup.show_progress, desc="test predictions")
+        return {**topk_accuracy(scores, reveal_test_labels(setup)), "val_top1": tuned.val_top1,
+                "steps": tuned.steps, "best_step": tuned.best_step}
+
+    return run_seeds("finetune", setup, budget, seeds, val_fraction, one_seed, {"config": asdict(config)})
+
+
+def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, ks: tuple[int, ...] = (1, 10, 50),
+                       out: str | Path | None = None) -> dict:
+    """Each test image's nearest training images by cosine similarity; precision@k and mAP
+    when labels exist; the neighbour lists written to `out` (JSON) when given."""
+    train_x, test_x = setup.features()
+    train_y = _train_labels(setup) if setup.train.labels is not None else None
+
+    def one_seed(split: Split) -> dict:
+        gallery = train_x[split.train]
+        similarity, neighbours = nearest_neighbours(test_x, gallery, max(ks))
+        if out is not None and split.seed == 0:
+            _write_neighbours(out, setup, split, similarity, neighbours)
+        if not setup.labelled:
+            return {}
+        labels, gallery_y = reveal_test_labels(setup), train_y[split.train]
+        return {**precision_at_k(gallery_y[neighbours], labels, ks),
+                "map": mean_average_precision(test_x, gallery, labels, gallery_y)}
+
+    settings = {"ks": list(ks), "neighbours_file": str(out) if out is not None else None}
+    return run_seeds("retrieval", setup, budget, seeds, 0.0, one_seed, settings)
+
+
+def _write_neighbours(out, setup: Setup, split: Split, similarity: torch.Tensor, neighbours: torch.Tensor) -> None:
+    names = [setup.train.names[i] for i in split.train]
+    content = {"queries": setup.test.names, "gallery": setup.train.source,
+               "neighbours": [[names[j] for j in row] for row in neighbours.tolist()],
+               "similarity": [[round(s, 5) for s in row] for row in similarity.tolist()]}
+    Path(out).expanduser().write_text(json.dumps(content))
+
+
+# ---------------------------------------------------------------------------------------------
+# The public functions: an encoder spec and data in, a result out (and into the run's evals.jsonl)
+
+
+def _finish(setup: Setup, result: dict, record: bool) -> dict:
+    if record:
+        record_result(setup.spec, result)
+    return result
+
+
+def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: tuple[int, ...] = (20, 200),
+                 temperature: float = 0.07, fraction: float | None = None, per_class: int | None = None,
+                 seeds: int = 1, record: bool = True, **options) -> dict:
+    """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
+    setup = prepare(checkpoint, train, test, data, **options)
+    return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, tuple(k), temperature), record)
+
+
+def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = 100, lr=SWEEP_LRS,
+                    weight_decay=SWEEP_WEIGHT_DECAYS, batch_size: int = 1024, fraction: float | None = None,
+                    per_class: int | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
+                    record: bool = True, **options) -> dict:
+    """Top-1/top-5 of a linear probe on frozen features (lr and weight decay: a value or a grid
+    searched on the validation split)."""
+    setup = prepare(checkpoint, train, test, data, **options)
+    result = linear_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, lr, weight_decay, epochs,
+                             batch_size)
+    return _finish(setup, result, record)
+
+
+def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction: float | None = None,
+                      per_class: int | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
+                      record: bool = True, config: dict | FinetuneConfig | None = None, **options) -> dict:
+    """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
+    `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
+    setup = prepare(checkpoint, train, test, data, **options)
+    return _finish(setup, finetune_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, config), record)
+
+
+def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: tuple[int, ...] = (1, 10, 50),
+                       fraction: float | None = None, per_class: int | None = None, seeds: int = 1,
+                       out: str | Path | None = None, record: bool = True, **options) -> dict:
+    """Test images as queries, training images as the gallery: precision@k and mAP (with labels;
+    unlabelled folders work too, for the neighbour lists written to `out`)."""
+    setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
+    return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class), seeds, tuple(ks), out), record)

@@ -1,0 +1,47 @@
+"""Evaluation results kept with the run they evaluate: RUN_DIR/evals.jsonl.
+
+An evaluation of a checkpoint that sits in its run folder (beside config.yaml) appends its
+result, one JSON object per line, with the time and the data it used; `selfsup report` reads
+them back. Encoders that are not runs (random:, weights:) are not recorded.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+EVALS_FILE = "evals.jsonl"
+
+
+def run_folder(spec: str) -> Path | None:
+    """The run folder of a checkpoint spec, or None when it does not name one."""
+    if spec.startswith(("random:", "weights:")):
+        return None
+    path = Path(spec).expanduser()
+    folder = path if path.is_dir() else path.parent
+    return folder if (folder / "config.yaml").is_file() else None
+
+
+def record_result(spec: str, result: dict) -> Path | None:
+    """Append `result` to the run's evals.jsonl; returns the file (None: not a run)."""
+    folder = run_folder(spec)
+    if folder is None:
+        return None
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": spec, **result}
+    path = folder / EVALS_FILE
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    return path
+
+
+def read_evals(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / EVALS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill: skip it, keep the rest
+            continue
+    return out

@@ -1,0 +1,107 @@
+"""Which training labels an evaluation may use: a class-balanced subset and a validation split.
+
+For a seed, the training images of each class are put in a random order (the same order for
+every encoder and protocol). The labelled subset is the start of that order: k images per class,
+or a fraction f of each class (at least one); the validation split, used only to choose
+hyperparameters and to stop fine-tuning early, is the end of it: `val_fraction` of each class
+(at least one). The two never overlap, and neither ever includes a test image. Protocols without
+anything to tune (kNN, retrieval) take no validation split, so their "all labels" is every
+training image; with the same budget and seed, every protocol and every encoder sees the same
+labelled images. Each subset is written as JSON (file names) beside the image cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data import ImageCache
+from ..data.cache import default_cache_dir
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many training labels to use: a fraction of each class, k per class, or all (both None)."""
+
+    fraction: float | None = None
+    per_class: int | None = None
+
+    def __post_init__(self):
+        if self.fraction is not None and self.per_class is not None:
+            raise UserError("give --fraction or --per-class, not both")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise UserError(f"--fraction must lie in (0, 1], got {self.fraction}")
+        if self.per_class is not None and self.per_class < 1:
+            raise UserError(f"--per-class must be at least 1, got {self.per_class}")
+
+    @property
+    def everything(self) -> bool:
+        return self.per_class is None and (self.fraction is None or self.fraction == 1)
+
+    def describe(self) -> str:
+        if self.everything:
+            return "all labels"
+        return f"{self.per_class} per class" if self.per_class else f"{self.fraction:g} of the labels"
+
+
+@dataclass
+class Split:
+    train: np.ndarray  # indices of the labelled subset, sorted
+    val: np.ndarray  # indices of the validation split (empty when nothing is tuned), sorted
+    seed: int
+
+
+def class_orders(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
+    """For each class, its training indices in a random order fixed by `seed` (and the class)."""
+    return [np.random.default_rng([seed, c]).permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+
+
+def _validation_count(n: int, val_fraction: float) -> int:
+    return 0 if val_fraction <= 0 else min(n - 1, max(1, round(val_fraction * n)))
+
+
+def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) -> int:
+    if budget.everything:
+        return pool
+    k = budget.per_class if budget.per_class else max(1, round(budget.fraction * n))
+    if k > pool:
+        held = f" ({pool} after the {val} held out for validation; --val-fraction 0 holds none)" if val else ""
+        asked = f"--per-class {k}" if budget.per_class else f"--fraction {budget.fraction:g} ({k} images)"
+        raise UserError(f"{asked} is more than class {class_name!r} has: {n} training images{held}; "
+                        f"lower the budget")
+    return k
+
+
+def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int, val_fraction: float) -> Split:
+    """The labelled subset and validation split for `seed` (see the module's docstring)."""
+    if not 0 <= val_fraction <= 0.5:
+        raise UserError(f"--val-fraction must lie in [0, 0.5], got {val_fraction}")
+    train, val = [], []
+    for c, order in enumerate(class_orders(labels, len(classes), seed)):
+        n = len(order)
+        n_val = _validation_count(n, val_fraction)  # a class of one image keeps it for training
+        k = _subset_count(n, n - n_val, budget, classes[c], n_val)
+        train.append(order[:k])
+        val.append(order[n - n_val:])
+    return Split(np.sort(np.concatenate(train)), np.sort(np.concatenate(val)).astype(np.int64), seed)
+
+
+def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: float, cache_dir=None) -> Path:
+    """Write the split's file names as JSON beside the image cache; returns the file."""
+    data_key = Path(getattr(cache.images, "filename", None) or "unknown/x").parent.name
+    tag = f"per-class-{budget.per_class}" if budget.per_class else \
+        "all" if budget.everything else f"fraction-{budget.fraction:g}"
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = root / "subsets" / f"{data_key}-{tag}-val{val_fraction:g}-seed{split.seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"source": cache.source, "budget": budget.describe(), "seed": split.seed,
+               "val_fraction": val_fraction, "train": [cache.names[i] for i in split.train],
+               "val": [cache.names[i] for i in split.val]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(content, indent=0))
+    os.replace(tmp, path)
+    return path

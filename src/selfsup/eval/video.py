@@ -1,0 +1,117 @@
+"""Analyses of the video and interaction methods (issue 9), usable from Python.
+
+- `equivariance_error`: Jayaraman & Grauman's question, how well a linear map per motion class
+  predicts the feature of the later frame from the earlier one. rho_g = mean |M z - z'| /
+  mean |z - z'| over held-out pairs of class g: 1 means the map explains none of the change
+  (an invariant-looking representation), 0 all of it; NaN for a class without change. Maps are the method's own (learned) or
+  fitted by ridge regression on the other half of the pairs.
+- `equivariance_report`: rho per motion class for a checkpoint on clips with motion signals.
+- `outcome_scores`: the interaction heads on held-out records (grasp accuracy, R^2 of push and poke).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..views.pipeline import eval_view
+
+
+def fit_maps(z: np.ndarray, z_later: np.ndarray, ridge: float) -> np.ndarray:
+    """(D, D) M minimising |z M^T - z_later|^2 + ridge |M|^2."""
+    d = z.shape[1]
+    return np.linalg.solve(z.T @ z + ridge * np.eye(d), z.T @ z_later).T
+
+
+def equivariance_error(z: np.ndarray, z_later: np.ndarray, classes: np.ndarray, maps: np.ndarray | None = None,
+                       ridge: float = 1e-2, dims: int = 32, seed: int = 0) -> dict[int, float]:
+    """rho per class (see the module doc). z, z_later: (n, D); classes: (n,); maps: (G, D, D)
+    learned maps, or None to fit each class's map on a random half of its pairs (in the top
+    `dims` principal directions of z) and measure on the other half."""
+    z, z_later = np.asarray(z, np.float64), np.asarray(z_later, np.float64)
+    rng = np.random.default_rng(seed)
+    if maps is None and z.shape[1] > dims:
+        mean = z.mean(0)
+        basis = np.linalg.svd(z - mean, full_matrices=False)[2][:dims].T  # (D, dims)
+        z, z_later = (z - mean) @ basis, (z_later - mean) @ basis
+    errors = {}
+    for g in np.unique(classes):
+        idx = np.flatnonzero(classes == g)
+        if maps is None:
+            idx = rng.permutation(idx)
+            fit, idx = idx[:len(idx) // 2], idx[len(idx) // 2:]
+            m = fit_maps(z[fit], z_later[fit], ridge)
+        else:
+            m = np.asarray(maps[g], np.float64)
+        change = np.linalg.norm(z[idx] - z_later[idx], axis=1).mean()
+        scale = np.linalg.norm(z[idx], axis=1).mean()
+        # A class whose frames do not change (standing still) has nothing to predict: NaN.
+        errors[int(g)] = float(np.linalg.norm(z[idx] @ m.T - z_later[idx], axis=1).mean() / change) \
+            if change > 1e-6 * scale else float("nan")
+    return errors
+
+
+@torch.no_grad()
+def _features(backbone, images: np.ndarray, rows: np.ndarray, size: int, device, batch: int = 256) -> torch.Tensor:
+    out = []
+    for start in range(0, len(rows), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + batch]])).to(device)
+        out.append(backbone(eval_view(x, size)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def equivariance_report(checkpoint, data, motion_classes: int = 6, gap: int = 1, seed: int = 0,
+                        device: str = "cpu", cache_dir=None) -> dict:
+    """{"fitted": {class: rho}} on the encoder's pooled features, and for an egomotion checkpoint
+    also {"learned": {class: rho}} with its own maps on its embedding z."""
+    from ..data.video import open_clips
+    from ..encoder import load_encoder
+    from ..methods.egomotion import Config, samples
+
+    encoder = load_encoder(checkpoint)
+    cache = open_clips(data, encoder.cache_size, cache_dir=cache_dir, show_progress=False)
+    pairs = samples(Config(motion_classes=motion_classes, pair_gap=gap), cache, seed)
+    backbone = encoder.backbone.to(device).eval()
+    first = _features(backbone, cache.images, pairs.rows[:, 0], encoder.image_size, device)
+    later = _features(backbone, cache.images, pairs.rows[:, 1], encoder.image_size, device)
+    classes = pairs.side.motion_class
+    report = {"fitted": equivariance_error(F.normalize(first, dim=1).numpy(), F.normalize(later, dim=1).numpy(),
+                                           classes, seed=seed)}
+    cfg = encoder.config
+    if cfg is not None and cfg.method == "egomotion" and cfg.method_config.motion_classes == motion_classes:
+        from ..methods import build_method
+        from ..checkpoint import load_checkpoint
+
+        method = build_method(cfg)
+        method.load_state_dict(load_checkpoint(checkpoint)["model"])
+        method.eval()
+        z, z_later = (F.normalize(method.head(f), dim=1).numpy() for f in (first, later))
+        report["learned"] = equivariance_error(z, z_later, classes, maps=method.maps.detach().numpy())
+    return report
+
+
+@torch.no_grad()
+def outcome_scores(method, cache, rows: np.ndarray, device="cpu", batch: int = 256) -> dict[str, float]:
+    """Grasp accuracy (and the majority rate to beat), R^2 of the push displacement and of the
+    poke log-distance, on the interaction records at `rows`."""
+    method = method.to(device).eval()
+    grasp, push, poke = [], [], []
+    for start in range(0, len(rows), batch):
+        idx = rows[start:start + batch]
+        x = torch.from_numpy(np.ascontiguousarray(cache.images[idx])).to(device)
+        g, p, k, _ = method.predict(x, torch.from_numpy(cache.angle[idx]).to(device))
+        grasp.append(g.cpu()), push.append(p.cpu()), poke.append(k.cpu())
+    grasp, push, poke = torch.cat(grasp).numpy(), torch.cat(push).numpy(), torch.cat(poke).numpy()
+    kind = cache.kind[rows]
+    success = cache.success[rows]
+    displacement = cache.displacement[rows]
+    distance = np.log1p(np.linalg.norm(displacement, axis=1) * method.config.poke_scale)
+
+    def r2(pred, true):
+        return float(1 - ((pred - true) ** 2).sum() / max(((true - true.mean(0)) ** 2).sum(), 1e-12))
+
+    g, p, k = kind == 0, kind == 1, kind == 2
+    return {"grasp_acc": float(((grasp[g] > 0) == (success[g] > 0.5)).mean()),
+            "grasp_majority": float(max(success[g].mean(), 1 - success[g].mean())),
+            "push_r2": r2(push[p], displacement[p]), "poke_r2": r2(poke[k], distance[k])}

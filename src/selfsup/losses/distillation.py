@@ -1,0 +1,40 @@
+"""Distillation losses: a student matches a momentum teacher's output, without negatives."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import dist
+from .contrastive import full_precision
+
+
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss (Grill et al. 2020, eq. 2): the squared distance of the L2-normalised prediction
+    and target, 2 - 2 cos(p, z), averaged over the batch. The target gets no gradient."""
+    p, z = full_precision(prediction), full_precision(target.detach())
+    return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+              student_temperature: float, teacher_temperature: float) -> torch.Tensor:
+    """DINO's loss (Caron et al. 2021, eq. 3 and algorithm 1), averaged over view pairs and images.
+
+    student: (S, B, K) logits of all S crops; teacher: (T, B, K) logits of the T global crops,
+    which are also the student's first T crops; center: (K,). The teacher's distribution is
+    centred and sharpened, softmax((t - center) / teacher_temperature), and given no gradient;
+    each student crop's log-softmax(s / student_temperature) is scored by cross-entropy against
+    every teacher crop except itself."""
+    targets = F.softmax((full_precision(teacher.detach()) - center) / teacher_temperature, dim=-1)  # (T, B, K)
+    log_probs = F.log_softmax(full_precision(student) / student_temperature, dim=-1)  # (S, B, K)
+    n_teacher, n_student, batch = teacher.shape[0], student.shape[0], student.shape[1]
+    cross_entropy = -torch.einsum("tbk,sbk->ts", targets, log_probs) / batch  # (T, S), mean over images
+    same_view = torch.eye(n_teacher, n_student, dtype=torch.bool, device=student.device)
+    return cross_entropy[~same_view].mean()
+
+
+@torch.no_grad()
+def dino_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> torch.Tensor:
+    """The centre after one step: an EMA of the teacher's mean output over this step's crops and
+    images on every process (Caron et al. 2021, eq. 4). teacher: (T, B, K); center: (K,)."""
+    batch_center = dist.all_reduce_mean(full_precision(teacher).mean(dim=(0, 1)))  # (K,)
+    return center * momentum + batch_center * (1 - momentum)

@@ -1,0 +1,168 @@
+"""Colorization as a split-brain autoencoder (Zhang, Isola, Efros 2016, 2017).
+
+    lab = rgb_to_lab(view(x))                       # a light crop and flip, colours untouched
+    L, ab = lab[:1], lab[1:]
+    loss = cross_entropy(head_ab(f_L(L)), bin(ab))  # one sub-network colours the lightness ...
+         + cross_entropy(head_L(f_ab(ab)), bin(L))  # ... the other lights the colours
+    representation(x) = concat(f_L(L), f_ab(ab))    # both halves' pooled features
+
+Targets are taken at 1/`prediction_stride` of the resolution, as Zhang et al. predict at 1/4.
+The encoder to evaluate and export takes ordinary normalised RGB images and converts them to Lab
+itself; its `net` holds the two sub-networks as `l_branch.net.*` (first convolution on 1 channel,
+L / 50 - 1) and `ab_branch.net.*` (2 channels, ab / 110), each a plain torchvision/timm model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..config import ranged
+from ..console import warn
+from ..errors import UserError
+from ..viz import save_image_grid
+from ..views import (ABBins, ViewConfig, decode_lightness, denormalize, eval_view, lab_to_rgb, light_views,
+                     make_view, quantize_lightness, rgb_to_lab)
+from . import rotation
+from .common import Batch, MethodOutput, Progress
+
+GRAYSCALE_LIMIT = 0.01  # more grayscale images than this fraction are refused, fewer only warned of
+
+
+@dataclass
+class Config:
+    loss: Literal["classification", "regression"] = "classification"  # the paper: classification
+    ab_grid: float = ranged(10.0, 1.0, 110.0)  # side of the ab bins (Zhang et al. 2016: 10)
+    lightness_bins: int = ranged(50, 2, 1000)  # split-brain: L quantised into 50 bins
+    prediction_stride: int = ranged(4, 1, 64)
+    views: ViewConfig = field(default_factory=light_views)  # no colour jitter: colours are the target
+
+
+def _cifar() -> dict:
+    return rotation.PRESETS["cifar"]()  # no CIFAR recipe in the papers: RotNet's (rotation.py)
+
+
+def _imagenet() -> dict:
+    # Zhang et al. 2016: Adam, lr 3e-5, betas (0.9, 0.99), weight decay 1e-3, batch 40, 450k
+    # iterations (about 14 epochs of ImageNet).
+    return {
+        "optim": {"name": "adamw", "lr": 3e-5, "lr_reference_batch": 40, "lr_scaling": "linear",
+                  "betas": (0.9, 0.99), "weight_decay": 1e-3, "warmup_epochs": 0.0},
+        "train": {"epochs": 14, "batch_size": 256},
+    }
+
+
+PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def check_data(config: Config, cache) -> None:
+    if cache.grayscale > GRAYSCALE_LIMIT * len(cache):
+        raise UserError(f"colorization needs colour images, but {cache.grayscale:,} of the {len(cache):,} images in "
+                        f"{cache.source} are grayscale; remove them or choose another --method")
+    if cache.grayscale:
+        warn(f"{cache.grayscale:,} grayscale images will teach colorization that gray is a colour")
+
+
+def with_input_channels(backbone: Backbone, channels: int) -> Backbone:
+    """A copy of `backbone` whose first convolution reads `channels` instead of 3 (He init)."""
+    branch = copy.deepcopy(backbone)
+    name, conv = next((n, m) for n, m in branch.net.named_modules() if isinstance(m, nn.Conv2d))
+    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=conv.bias is not None)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    parent, _, attribute = name.rpartition(".")
+    setattr(branch.net.get_submodule(parent), attribute, new)
+    return branch
+
+
+def lab_inputs(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) Lab -> the sub-networks' inputs, roughly in [-1, 1]: L (B, 1), ab (B, 2)."""
+    return lab[:, :1] / 50 - 1, lab[:, 1:] / 110
+
+
+class SplitBrain(nn.Module):
+    """Both sub-networks; from normalised RGB images, their pooled features concatenated."""
+
+    def __init__(self, l_branch: Backbone, ab_branch: Backbone):
+        super().__init__()
+        self.l_branch, self.ab_branch = l_branch, ab_branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        l_in, ab_in = lab_inputs(rgb_to_lab(denormalize(x)))
+        return torch.cat([self.l_branch(l_in), self.ab_branch(ab_in)], dim=1)  # (B, 2D)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        l_in, ab_in = lab_inputs(rgb_to_lab(denormalize(x)))
+        return torch.cat([self.l_branch.forward_map(l_in), self.ab_branch.forward_map(ab_in)], dim=1)
+
+
+class Method(nn.Module):
+    def __init__(self, config: Config, backbone: Backbone, image_size: int):
+        super().__init__()
+        if backbone.kind != "cnn":
+            raise UserError(f"colorization predicts colours from a feature map: use a convolutional --backbone, "
+                            f"not {backbone.name!r}")
+        self.config, self.image_size = config, image_size
+        net = SplitBrain(with_input_channels(backbone, 1), with_input_channels(backbone, 2))
+        self.backbone = Backbone(f"split-brain {backbone.name}", net, 2 * backbone.feature_dim, "cnn",
+                                 lambda m, x: m(x), lambda m, x: m.forward_map(x))
+        self.bins = ABBins(config.ab_grid)
+        classify = config.loss == "classification"
+        self.to_ab = nn.Conv2d(backbone.feature_dim, len(self.bins) if classify else 2, 1)  # from L's map
+        self.to_l = nn.Conv2d(backbone.feature_dim, config.lightness_bins if classify else 1, 1)  # from ab's
+
+    def predict(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sub-network's prediction of the other's channels, at 1/stride of the resolution."""
+        size = [max(1, s // self.config.prediction_stride) for s in lab.shape[-2:]]
+        l_in, ab_in = lab_inputs(lab)
+        net = self.backbone.net
+        ab_out = F.interpolate(self.to_ab(net.l_branch.forward_map(l_in)), size=size, mode="bilinear")
+        l_out = F.interpolate(self.to_l(net.ab_branch.forward_map(ab_in)), size=size, mode="bilinear")
+        return ab_out, l_out  # (B, Q or 2, s, s), (B, bins or 1, s, s)
+
+    def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
+        pixels = make_view(batch.images, self.config.views, self.image_size, batch.generator,
+                           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # (B, 3, S, S) RGB in [0, 1]
+        lab = rgb_to_lab(pixels)
+        ab_out, l_out = self.predict(lab)
+        target = F.adaptive_avg_pool2d(lab, ab_out.shape[-2:])  # (B, 3, s, s)
+        if self.config.loss == "regression":
+            l_target, ab_target = lab_inputs(target)
+            loss = F.mse_loss(ab_out.float(), ab_target) + F.mse_loss(l_out.float(), l_target)
+            return MethodOutput(loss=loss)
+        ab_bins = self.bins.quantize(target[:, 1:])  # (B, s, s)
+        l_bins = quantize_lightness(target[:, 0], self.config.lightness_bins)
+        loss = F.cross_entropy(ab_out.float(), ab_bins) + F.cross_entropy(l_out.float(), l_bins)
+        ab_acc = (ab_out.argmax(1) == ab_bins).float().mean()
+        l_acc = (l_out.argmax(1) == l_bins).float().mean()
+        return MethodOutput(loss=loss, metrics={"pretext_acc": (ab_acc + l_acc) / 2, "ab_acc": ab_acc, "l_acc": l_acc})
+
+    def decode(self, ab_out: torch.Tensor, l_out: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ab (B, 2, S, S) and L (B, 1, S, S) in Lab units, at full resolution."""
+        if self.config.loss == "classification":
+            ab, l = self.bins.decode(ab_out), decode_lightness(l_out)
+        else:
+            ab, l = ab_out.float() * 110, (l_out.float() + 1) * 50
+        return (F.interpolate(ab, size=(size, size), mode="bilinear"),
+                F.interpolate(l, size=(size, size), mode="bilinear"))
+
+    def save_pictures(self, batch: Batch, run_dir) -> None:
+        """pictures.png, one row per image: the L input, its predicted colours, the ab input (at L
+        = 50), its predicted lightness, and the original."""
+        pixels = eval_view(batch.images, self.image_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).float()
+        lab = rgb_to_lab(pixels)
+        ab, l = self.decode(*self.predict(lab), pixels.shape[-1])
+        zeros, fifty = torch.zeros_like(ab), torch.full_like(l, 50.0)
+        columns = [torch.cat([lab[:, :1], zeros], 1), torch.cat([lab[:, :1], ab], 1),
+                   torch.cat([fifty, lab[:, 1:]], 1), torch.cat([l, zeros], 1)]
+        columns = [lab_to_rgb(c).clamp(0, 1) for c in columns] + [pixels]
+        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png")
+
+    def encoder(self) -> Backbone:
+        return self.backbone

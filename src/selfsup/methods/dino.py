@@ -1,0 +1,132 @@
+"""DINO (Caron et al. 2021): self-distillation with no labels, a student matching an EMA teacher.
+
+    crops = V global crops + L local crops of x    # multi-crop, each with its own recipe
+    s = h(f(crops))                                # student: backbone f, DINO head h, all crops
+    t = h'(f'(crops[:V]))                          # teacher: an EMA of (f, h), global crops only
+    loss = dino_loss(s, t, center, T_s, T_t)       # CE(softmax((t - center)/T_t), softmax(s/T_s))
+                                                   # over all pairs of different views
+    center = m_c center + (1 - m_c) mean(t)        # centring and sharpening prevent collapse
+    after the optimizer step: (f', h') <- m (f', h') + (1 - m) (f, h), m a cosine from 0.996 to 1
+
+The teacher temperature T_t warms up linearly over the first epochs; the last layer of the
+student's head gets no gradient during the first epoch. The encoder to evaluate is the teacher's
+backbone, as the paper evaluates it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..config import ranged
+from ..losses import dino_center, dino_loss
+from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
+from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
+from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe
+
+
+@dataclass
+class Config:
+    out_dim: int = ranged(65536, 1, None)  # K, the number of prototypes
+    hidden_dim: int = ranged(2048, 1, None)
+    bottleneck_dim: int = ranged(256, 1, None)
+    head_layers: int = ranged(3, 1, None)
+    head_batch_norm: bool = False
+    norm_last_layer: bool = True
+    student_temperature: float = ranged(0.1, 1e-6, None)
+    # Teacher temperature: linear warm-up from 0.04 to 0.07 over the first 30 epochs (sec. 3.1).
+    teacher_temperature_start: float = ranged(0.04, 1e-6, None)
+    teacher_temperature: float = ranged(0.07, 1e-6, None)
+    teacher_temperature_warmup_epochs: float = ranged(30.0, 0.0, None)
+    center_momentum: float = ranged(0.9, 0.0, 1.0)  # 1: no centring
+    momentum: float = ranged(0.996, 0.0, 1.0)
+    momentum_final: float = ranged(1.0, 0.0, 1.0)
+    freeze_last_layer_epochs: float = ranged(1.0, 0.0, None)
+    global_crops: int = ranged(2, 2, None)  # each teacher view needs another view to teach
+    local_crops: int = ranged(8, 0, None)
+    local_size: int = ranged(96, 8, None)
+    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
+    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
+    local_view: ViewConfig = field(default_factory=dino_local_view)
+
+
+def _cifar() -> dict:
+    # lightly's CIFAR-10 benchmark (kNN 0.813 at 200 epochs, batch 512): its SGD recipe, a
+    # 2-layer head with BatchNorm, 2048 prototypes, teacher temperature 0.04,
+    # constant momentum 0.99, no last-layer freezing, two global crops and no local ones, DINO's
+    # views without blur. Local crops: e.g. --local-crops 6 (16 pixels by default).
+    no_blur = {"blur_prob": 0.0}
+    return {
+        **lightly_cifar_recipe(),
+        "dino": {"out_dim": 2048, "head_layers": 2, "head_batch_norm": True, "teacher_temperature": 0.04,
+                 "momentum": 0.99, "momentum_final": 0.99, "freeze_last_layer_epochs": 0.0,
+                 "local_crops": 0, "local_size": 16,
+                 "global_view_1": no_blur, "global_view_2": no_blur, "local_view": no_blur},
+    }
+
+
+def _imagenet() -> dict:
+    # The official ResNet-50 recipe (README): SGD 0.03 per 256 images, weight decay 1e-4, 100
+    # epochs, 10 warm-up epochs to a cosine ending at 1e-6 (of a peak of 0.06 at batch 512), batch
+    # 512, global crops from 0.14 and local crops from 0.05 to 0.14 of the area, the defaults of
+    # main_dino.py otherwise (teacher temperature 0.04).
+    return {
+        "backbone": {"name": "resnet50"},
+        "optim": {"name": "sgd", "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4,
+                  "momentum": 0.9, "warmup_epochs": 10.0, "final_lr_ratio": 1e-6 / 0.06},
+        "train": {"epochs": 100, "batch_size": 512},
+        "dino": {"teacher_temperature": 0.04, "global_view_1": {"crop_scale": (0.14, 1.0)},
+                 "global_view_2": {"crop_scale": (0.14, 1.0)}, "local_view": {"crop_scale": (0.05, 0.14)}},
+    }
+
+
+PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def teacher_temperature(config: Config, progress: Progress) -> float:
+    """Linear from `teacher_temperature_start` to `teacher_temperature` over the warm-up epochs."""
+    warmup = config.teacher_temperature_warmup_epochs
+    t = min(1.0, progress.epoch / warmup) if warmup > 0 else 1.0
+    return config.teacher_temperature_start + t * (config.teacher_temperature - config.teacher_temperature_start)
+
+
+class Method(nn.Module):
+    def __init__(self, config: Config, backbone: Backbone, image_size: int):
+        super().__init__()
+        self.config, self.image_size = config, image_size
+        c = config
+        head = DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
+                        c.head_batch_norm, c.norm_last_layer)
+        self.student = nn.ModuleDict({"backbone": backbone, "head": head})
+        self.teacher = ema_copy(self.student)
+        self.register_buffer("center", torch.zeros(c.out_dim))
+
+    def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
+        c, n = self.config, len(batch.images)
+        crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
+                           c.local_view, c.local_crops, c.local_size, batch.generator)
+        freeze = progress.epoch < c.freeze_last_layer_epochs
+        s = self.student.head(forward_by_size(self.student.backbone, crops), freeze).view(len(crops), n, -1)  # (S, B, K)
+        with torch.no_grad():
+            t = self.teacher.head(self.teacher.backbone(torch.cat(crops[:c.global_crops])))
+            t = t.view(c.global_crops, n, -1)  # (V, B, K)
+        temperature = teacher_temperature(c, progress)
+        loss = dino_loss(s, t, self.center, c.student_temperature, temperature)
+        # For the collapse monitor: the prototype the teacher expects for each image, its centred,
+        # sharpened distribution averaged over the prototypes (B, bottleneck). Collapse, to one
+        # prototype or to uniform, makes it the same for every image; unlike the distribution
+        # itself, its spread does not shrink when the prototypes outnumber the batch.
+        expected = F.softmax((t[0] - self.center) / temperature, dim=-1) @ self.teacher.head.last_layer.weight
+        self.center.copy_(dino_center(self.center, t, c.center_momentum))  # after the loss, as in DINO
+        metrics = {"momentum": torch.tensor(ema_momentum(progress, c.momentum, c.momentum_final)),
+                   "teacher_temperature": torch.tensor(temperature)}
+        return MethodOutput(loss=loss, metrics=metrics, embedding=expected)
+
+    def after_step(self, progress: Progress) -> None:
+        ema_update(self.teacher, self.student, ema_momentum(progress, self.config.momentum, self.config.momentum_final))
+
+    def encoder(self) -> Backbone:
+        return self.teacher.backbone

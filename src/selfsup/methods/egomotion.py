@@ -1,0 +1,123 @@
+"""Ego-motion equivariant features (Jayaraman & Grauman 2015, "Learning image representations
+tied to ego-motion").
+
+    (x, x', y) = frame pairs of one clip with the motor signal y between them  # offline
+    g = kmeans(y)                                         # motion classes: left, right, forward, ...
+    z, z' = normalize(h(f(view(x)))), normalize(h(f(view(x'))))
+    loss = |M_g z - z'|^2 + contrastive margins           # one learned linear map per class
+         (+ lambda * cross_entropy(classifier(f(x)), label) on the few labelled clips)
+
+With `invariant: true` the maps stay the identity: the invariant baseline (DrLIM / slowness).
+Data: clips with a motion CSV each (see data/video.py); `selfsup synth motion` makes them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..config import ranged
+from ..data.video import VideoCache, open_clips
+from ..errors import UserError
+from ..losses.equivariance import closest_map, equivariance_loss
+from ..nn import mlp
+from ..views.temporal import clip_view, kmeans, motion_pairs, standardize
+from . import rotation
+from .common import Batch, MethodOutput, Progress, Samples
+
+open_data = open_clips
+
+
+@dataclass
+class Config:
+    # The paper clusters KITTI's (yaw, forward speed) pair motions into a few patterns (fig. 1).
+    motion_classes: int = ranged(6, 2, 256)
+    pair_gap: int = ranged(1, 1, None)  # frames between the two of a pair
+    embedding_dim: int = ranged(64, 2, None)  # z, where the maps act
+    hidden_dim: int = ranged(512, 1, None)
+    margin: float = ranged(1.0, 0.0, None)  # on unit-length z
+    other_map_weight: float = ranged(1.0, 0.0, None)  # "another class's map does not fit"
+    invariant: bool = False  # maps fixed to the identity: the invariant baseline
+    # Joint training with a supervised loss (the paper's eq. 8) on a few labelled clips; 0: off.
+    supervised_weight: float = ranged(0.0, 0.0, None)
+    supervised_classes: int = ranged(0, 0, None)  # number of classes of the clips' labels
+    labelled_clips_per_class: int = ranged(5, 1, None)
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # one crop per pair; no flip (it would swap left and right)
+
+
+@dataclass
+class PairSide:
+    motion_class: np.ndarray  # (n,) int64
+    label: np.ndarray  # (n,) int64 class of the clip, -1 where not used for the supervised loss
+
+
+# The paper gives no recipe for a ResNet: the ones the pretext tasks share (see rotation.py).
+PRESETS = rotation.PRESETS
+
+
+def check_data(config: Config, cache) -> None:
+    if not isinstance(cache, VideoCache):
+        raise UserError("egomotion needs clips with motion signals: give --data a folder of videos or frame folders")
+    if config.supervised_weight > 0 and (cache.labels is None or len(cache.classes) > config.supervised_classes):
+        raise UserError(f"egomotion.supervised_weight > 0 needs clips in class folders (CLASS/CLIP) and "
+                        f"egomotion.supervised_classes >= their number ({len(cache.classes)})")
+
+
+def samples(config: Config, cache: VideoCache, seed: int) -> Samples:
+    pairs = motion_pairs(cache, config.pair_gap)
+    motion_class = kmeans(standardize(pairs.motion), config.motion_classes, seed)
+    label = np.full(len(pairs.rows), -1, dtype=np.int64)
+    if config.supervised_weight > 0:
+        label = _few_labels(cache, pairs.rows[:, 0], config.labelled_clips_per_class)
+    return Samples(pairs.rows, PairSide(motion_class, label))
+
+
+def _few_labels(cache: VideoCache, rows: np.ndarray, per_class: int) -> np.ndarray:
+    """(n,) the class of the frame at each row for the first `per_class` clips of every class, -1 elsewhere."""
+    clip = cache.clip[rows]
+    kept: dict[int, list[int]] = {}
+    for c, row in sorted(dict(zip(clip.tolist(), rows.tolist())).items()):
+        chosen = kept.setdefault(int(cache.labels[row]), [])
+        if len(chosen) < per_class:
+            chosen.append(c)
+    return np.where(np.isin(clip, sum(kept.values(), [])), cache.labels[rows], -1)
+
+
+class Method(nn.Module):
+    def __init__(self, config: Config, backbone: Backbone, image_size: int):
+        super().__init__()
+        self.config, self.image_size = config, image_size
+        self.backbone = backbone
+        self.head = mlp([backbone.feature_dim, config.hidden_dim, config.embedding_dim])
+        eye = torch.eye(config.embedding_dim).repeat(config.motion_classes, 1, 1)  # (G, D, D)
+        if config.invariant:
+            self.register_buffer("maps", eye)
+        else:  # identity plus a little noise, so the classes' maps start apart
+            self.maps = nn.Parameter(eye + 0.01 * torch.randn_like(eye))
+        classes = config.supervised_classes if config.supervised_weight > 0 else 0
+        self.classifier = nn.Linear(backbone.feature_dim, classes) if classes else None
+
+    def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
+        x = clip_view(batch.images, self.image_size, self.config.crop_scale, False, batch.generator)  # (B, 2, 3, s, s)
+        b = x.shape[0]
+        features = self.backbone(x.flatten(0, 1))  # (2B, F)
+        z, z_later = F.normalize(self.head(features), dim=1).view(b, 2, -1).unbind(1)  # (B, D) each
+        g = batch.side.motion_class
+        other_maps = 0.0 if self.config.invariant else self.config.other_map_weight
+        loss = equivariance_loss(z, z_later, g, self.maps, self.config.margin, other_maps)
+        metrics = {"motion_acc": (closest_map(z.detach(), z_later.detach(), self.maps) == g).float().mean()}
+        if self.classifier is not None:
+            label = batch.side.label
+            logits = self.classifier(features.view(b, 2, -1)[:, 0])
+            labelled = label >= 0
+            supervised = F.cross_entropy(logits[labelled], label[labelled]) if labelled.any() else logits.sum() * 0
+            loss = loss + self.config.supervised_weight * supervised
+            metrics["supervised_loss"] = supervised.detach()
+        return MethodOutput(loss=loss, metrics=metrics, embedding=z.detach())
+
+    def encoder(self) -> Backbone:
+        return self.backbone

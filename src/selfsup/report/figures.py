@@ -1,0 +1,103 @@
+"""The report's pictures, as PNG bytes: training curves, nearest neighbours, a 2-D embedding map."""
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def figure_png(fig, dpi: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def via_file(draw, *args) -> bytes | None:
+    """PNG bytes from a function that writes a PNG to a path (`draw(*args, path)`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "figure.png"
+        draw(*args, path)
+        return path.read_bytes() if path.is_file() else None
+
+
+def fixed_queries(labels: np.ndarray, count: int) -> np.ndarray:
+    """The first test image of each class, then the second of each, ...: `count` queries that do
+    not change from one report to the next."""
+    orders = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    picked = [order[i] for i in range(max(map(len, orders))) for order in orders if i < len(order)]
+    return np.asarray(picked[:count], dtype=np.int64)
+
+
+COLOURS = {"query": (0, 0, 0), "same": (0, 150, 0), "other": (210, 0, 0)}
+
+
+def neighbour_grid(query_images: np.ndarray, query_labels: np.ndarray, gallery_images: np.ndarray,
+                   neighbours: np.ndarray, gallery_labels: np.ndarray, classes: list[str], cell: int = 64) -> bytes:
+    """One row per query: the query (black frame), then its nearest training images, framed green
+    when of the query's class and red otherwise, each with its class name. Images are (S, S, 3)
+    uint8, enlarged (nearest neighbour, whole factors) to at least `cell` pixels."""
+    from PIL import Image, ImageDraw
+
+    rows, k = neighbours.shape
+    side = query_images.shape[1] * max(1, -(-cell // query_images.shape[1]))
+    frame, caption, gap = 3, 12, 4
+    step_x, step_y = side + 2 * frame + gap, side + 2 * frame + caption + gap
+    canvas = Image.new("RGB", ((k + 1) * step_x, rows * step_y), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r in range(rows):
+        cells = [(query_images[r], query_labels[r], "query")]
+        cells += [(gallery_images[j], gallery_labels[j], "same" if gallery_labels[j] == query_labels[r] else "other")
+                  for j in neighbours[r]]
+        for c, (image, label, kind) in enumerate(cells):
+            x, y = c * step_x, r * step_y
+            draw.rectangle([x, y, x + side + 2 * frame - 1, y + side + 2 * frame - 1], fill=COLOURS[kind])
+            canvas.paste(Image.fromarray(np.asarray(image)).resize((side, side), Image.NEAREST), (x + frame, y + frame))
+            draw.text((x, y + side + 2 * frame), classes[label][:side // 6], fill=COLOURS[kind])
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def project_2d(features: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, 2) coordinates and the method's name: t-SNE (van der Maaten & Hinton 2008) with
+    scikit-learn when installed, else the first two principal components."""
+    x = torch.nn.functional.normalize(features.double(), dim=1)
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        centred = x - x.mean(dim=0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        return (centred @ v[:2].T).numpy(), "PCA (install scikit-learn for t-SNE)"
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    coords = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x.numpy())
+    return coords, "t-SNE"
+
+
+def embedding_map(coords: np.ndarray, labels: np.ndarray, classes: list[str], method: str) -> bytes:
+    """A scatter plot of 2-D coordinates coloured by class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for c, name in enumerate(classes):
+        chosen = labels == c
+        if chosen.any():
+            ax.scatter(coords[chosen, 0], coords[chosen, 1], s=6, color=cmap(c % cmap.N), label=name, alpha=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{method} of {len(coords):,} test embeddings, coloured by class", fontsize=9)
+    if len(classes) <= 20:
+        ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    return figure_png(fig)

@@ -1,0 +1,77 @@
+"""The report's tables: a run's recorded evaluations, and runs compared side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+EVAL_HEADERS = ["time", "protocol", "labels", "seeds", "top-1", "95 % interval", "top-5", "other", "test data"]
+
+
+def _mean_std(result: dict, key: str) -> str:
+    if key not in result:
+        return ""
+    std = result.get(f"{key}_std", 0.0)
+    return f"{result[key]:.4f}" + (f" ± {std:.4f}" if result.get("seeds", 1) > 1 else "")
+
+
+def _other(result: dict) -> str:
+    """What a protocol reports beside top-1: kNN's k, retrieval's precision@1 and mAP, ..."""
+    if result["protocol"] == "knn":
+        return f"k={result.get('k')}, T={result.get('temperature')}"
+    if result["protocol"] == "retrieval":
+        parts = [f"mAP {result['map']:.4f}"] if "map" in result else []
+        return ", ".join(parts + [f"{k} {v:.4f}" for k, v in result.items() if k.startswith("precision@")
+                                  and not k.endswith(("_std", "_ci"))])
+    if result["protocol"] == "finetune":
+        freeze = (result.get("config") or {}).get("freeze_stages")
+        return f"frozen stages {freeze}" if freeze else ""
+    return ""
+
+
+def eval_rows(evals: list[dict]) -> list[list]:
+    rows = []
+    for r in evals:
+        if r.get("protocol") == "curve":
+            continue
+        ci = r.get("top1_ci")
+        rows.append([r.get("time", ""), r["protocol"], r.get("budget", ""), r.get("seeds", 1),
+                     _mean_std(r, "top1"), f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "", _mean_std(r, "top5"),
+                     _other(r), r.get("test_data", "")])
+    return rows
+
+
+def latest_curves(evals: list[dict]) -> list[dict]:
+    """The last label-efficiency curve recorded for each protocol (kNN, linear, fine-tuning)."""
+    latest = {r.get("curve_protocol"): r for r in evals if r.get("protocol") == "curve"}
+    return list(latest.values())
+
+
+def _headline(result: dict) -> float | None:
+    return result.get("map") if result["protocol"] == "retrieval" else result.get("top1")
+
+
+def _run_facts(run: Path) -> dict:
+    from ..eval.record import read_evals
+    from ..train import read_metrics
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {} if (run / "config.yaml").is_file() else {}
+    metrics = read_metrics(run)
+    knn = [m["knn_top1"] for m in metrics if "knn_top1" in m]
+    facts = {"method": cfg.get("method"), "backbone": (cfg.get("backbone") or {}).get("name"),
+             "epochs": metrics[-1]["epoch"] if metrics else None,
+             "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
+    for r in read_evals(run):  # the latest result of each protocol and budget
+        if r.get("protocol") != "curve" and _headline(r) is not None:
+            facts[f"{r['protocol']} ({r.get('budget', 'all labels')})"] = _headline(r)
+    return facts
+
+
+def comparison_rows(runs: list[Path], names: list[str]) -> tuple[list[str], list[list]]:
+    """(headers, one row per run): what each run is, and its latest figure per protocol and
+    label budget (top-1; mAP for retrieval)."""
+    facts = [_run_facts(run) for run in runs]
+    keys = []
+    for f in facts:
+        keys += [k for k in f if k not in keys]
+    return ["run"] + keys, [[name] + [f.get(k) for k in keys] for name, f in zip(names, facts)]

@@ -1,0 +1,59 @@
+"""`selfsup synth motion|interaction --from PATH --out DIR`: the synthetic sources."""
+from __future__ import annotations
+
+import json
+
+
+def add_synth_parser(commands, common) -> None:
+    p = commands.add_parser("synth", help="make synthetic clips with motor signals, or interaction records")
+    kinds = p.add_subparsers(dest="kind", required=True)
+
+    m = kinds.add_parser("motion", help="clips of a camera moving over still images, with a motion CSV per clip")
+    m.add_argument("--from", dest="source", required=True, help="folder (or tar) of still images")
+    m.add_argument("--out", required=True, help="folder to write the clips into")
+    m.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
+    m.add_argument("--size", type=int, default=32, help="side of the frames in pixels (default 32)")
+    m.add_argument("--view", type=float, default=0.6, help="side of the view as a fraction of the image (default 0.6)")
+    m.add_argument("--speed", type=float, default=1.0, help="scales every motion (default 1)")
+    m.add_argument("--motions", help="comma-separated subset of: still, pan-left, pan-right, tilt-up, tilt-down, "
+                                     "zoom-in, zoom-out, roll-left, roll-right (default: all)")
+    m.add_argument("--clips-per-image", type=int, default=1)
+    m.add_argument("--max-images", type=int, default=0, help="use at most this many images, spread over the classes")
+    m.add_argument("--seed", type=int, default=0)
+    common(m)
+    m.set_defaults(run=_motion)
+
+    i = kinds.add_parser("interaction", help="a 2-D physics world: pushes, pokes and grasps with their outcomes")
+    i.add_argument("--from", dest="source", help="optional folder of background images (default: a plain floor)")
+    i.add_argument("--out", required=True, help="folder to write the records into")
+    i.add_argument("--count", type=int, default=3000, help="interactions to record (default 3000)")
+    i.add_argument("--objects", type=int, default=600, help="single-object images for evaluation (default 600)")
+    i.add_argument("--size", type=int, default=32, help="side of the images in pixels (default 32)")
+    i.add_argument("--seed", type=int, default=0)
+    common(i)
+    i.set_defaults(run=_interaction)
+
+
+def _motion(args) -> int:
+    from ..errors import UserError
+    from .motion import MotionSettings, make_motion_clips
+
+    if args.frames < 2 or args.size < 4 or not 0 < args.view <= 1 or args.speed < 0:
+        raise UserError("synth motion: --frames >= 2, --size >= 4, 0 < --view <= 1 and --speed >= 0")
+    settings = MotionSettings(frames=args.frames, size=args.size, view=args.view, speed=args.speed,
+                              clips_per_image=args.clips_per_image, max_images=args.max_images, seed=args.seed,
+                              **({"motions": tuple(m.strip() for m in args.motions.split(","))} if args.motions else {}))
+    result = make_motion_clips(args.source, args.out, settings, show_progress=not args.no_progress)
+    print(json.dumps(result) if args.json else f"wrote {result['clips']:,} clips of {result['frames']} frames to {result['out']}")
+    return 0
+
+
+def _interaction(args) -> int:
+    from .interaction import WorldSettings, record_interactions
+
+    settings = WorldSettings(size=args.size, seed=args.seed)
+    result = record_interactions(args.out, args.count, args.objects, settings, backgrounds=args.source,
+                                 show_progress=not args.no_progress)
+    print(json.dumps(result) if args.json else
+          f"wrote {result['interactions']:,} interactions and {result['objects']:,} object images to {result['out']}")
+    return 0

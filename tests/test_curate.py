@@ -1,0 +1,248 @@
+"""Curation: search against brute force, deduplication, exclusion, retrieval, resume, bad input."""
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.curate import CurateConfig, curate
+from selfsup.curate import embedding as embedding_module
+from selfsup.curate import search
+from selfsup.curate.dedup import duplicate_groups, duplicates_to_drop, near_any
+from selfsup.curate.retrieve import from_nearest_clusters, nearest_to_seeds
+from selfsup.data import open_source
+from selfsup.errors import UserError
+
+from conftest import SAMPLE
+
+
+def unit(n, d, seed):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(queries, gallery, k):
+    sims = queries.astype(np.float64) @ gallery.astype(np.float64).T
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, idx, axis=1), idx
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_and_faiss_search_agree_with_brute_force(seed):
+    queries, gallery = unit(40, 16, seed), unit(500, 16, seed + 10)
+    ref_sims, ref_idx = brute_force(queries, gallery, 7)
+    sims, idx, used = search.nearest(queries, gallery, 7, backend="exact")
+    assert used == "exact"
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, rtol=1e-5, atol=1e-6)
+    pytest.importorskip("faiss")
+    sims, idx, used = search.nearest(queries, gallery, 7, backend="faiss")
+    assert used == "faiss-flat"
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, rtol=1e-5, atol=1e-6)
+
+
+def test_faiss_inverted_file_index_recalls_the_exact_neighbours(monkeypatch):
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(search, "FAISS_IVF_MIN", 1000)
+    queries, gallery = unit(50, 16, 1), unit(3000, 16, 2)
+    _, ref_idx = brute_force(queries, gallery, 5)
+    _, idx, used = search.nearest(queries, gallery, 5, backend="faiss")
+    assert used == "faiss-ivf"
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(idx, ref_idx)])
+    assert recall > 0.95
+
+
+def test_duplicate_groups_find_planted_copies_whatever_the_order():
+    base = unit(60, 32, 0)
+    rng = np.random.default_rng(1)
+    noisy = base[:10] + 0.02 * rng.normal(size=(10, 32)).astype(np.float32)
+    vectors = np.concatenate([base, base[10:15], noisy])  # 5 exact copies, 10 near copies
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    names = [f"img{i:03d}" for i in range(60)] + [f"copy{i:03d}" for i in range(10, 15)] + \
+            [f"near{i:03d}" for i in range(10)]
+    groups = duplicate_groups(vectors, threshold=0.95, backend="exact")
+    assert sorted(sorted(names[i] for i in g) for g in groups) == sorted(
+        [[f"copy{i:03d}", f"img{i:03d}"] for i in range(10, 15)] + [[f"img{i:03d}", f"near{i:03d}"] for i in range(10)])
+    dropped = {names[i] for i in duplicates_to_drop(groups, names)}
+    # The name that sorts first stays: 'copy' < 'img' < 'near'.
+    assert dropped == {f"img{i:03d}" for i in range(10, 15)} | {f"near{i:03d}" for i in range(10)}
+    order = np.random.default_rng(2).permutation(len(names))
+    shuffled_groups = duplicate_groups(vectors[order], threshold=0.95, backend="exact")
+    shuffled_names = [names[i] for i in order]
+    assert {shuffled_names[i] for i in duplicates_to_drop(shuffled_groups, shuffled_names)} == dropped
+    # A chain a~b~c is one group even when a and c are not close enough themselves.
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([np.cos(0.25), np.sin(0.25), 0.0])
+    c = np.array([np.cos(0.5), np.sin(0.5), 0.0])
+    assert duplicate_groups(np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32), 0.96, backend="exact") == [[0, 1, 2]]
+
+
+def test_near_any_and_retrieval_against_brute_force():
+    pool, seeds = unit(300, 8, 3), unit(4, 8, 4)
+    idx = nearest_to_seeds(seeds, pool, 6, backend="exact")
+    np.testing.assert_array_equal(idx, brute_force(seeds, pool, 6)[1])
+    others = np.concatenate([pool[[5, 17]], unit(3, 8, 5)])
+    assert set(np.flatnonzero(near_any(pool, others, 0.999, backend="exact"))) == {5, 17}
+
+
+def test_cluster_sampling_draws_the_requested_counts():
+    rng = np.random.default_rng(0)
+    centres = unit(5, 16, 6)
+    pool = np.concatenate([c + 0.05 * rng.normal(size=(n, 16)) for c, n in zip(centres, [40, 30, 20, 10, 3])])
+    pool = (pool / np.linalg.norm(pool, axis=1, keepdims=True)).astype(np.float32)
+    seeds = centres[[0, 4]]
+    drawn = from_nearest_clusters(seeds, pool, clusters=5, per_cluster=8, seed=1)
+    assert len(drawn) == 2
+    sizes = sorted(len(v) for v in drawn.values())
+    assert sizes == [3, 8]  # the small cluster gives all it has
+    again = from_nearest_clusters(seeds, pool, clusters=5, per_cluster=8, seed=1)
+    assert all(np.array_equal(drawn[k], again[k]) for k in drawn)
+    for members in drawn.values():
+        assert len(set(members.tolist())) == len(members)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on CIFAR images with planted copies
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A pool of 120 CIFAR images at 64 px with planted copies: 8 re-compressed, 8 resized, 8
+    cropped by 2 px a side; 6 evaluation images with resized copies leaked into the pool; 4 seeds."""
+    root = tmp_path_factory.mktemp("curate")
+    with tarfile.open(SAMPLE, "r|*") as tar:
+        items = sorted((m.name, tar.extractfile(m).read()) for m in tar if m.isfile())
+    train = [i for i in items if "/train/" in i[0]][::40][:120]
+    test = [i for i in items if "/test/" in i[0]]
+    pool, evaluation, seeds = root / "pool", root / "eval", root / "seeds"
+    for d in (pool, evaluation, seeds):
+        d.mkdir()
+
+    def big(data):
+        return Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BICUBIC)
+
+    for name, data in train:
+        big(data).save(pool / f"{Path(name).parent.name}-{Path(name).stem}.png")
+    copies = {}
+    for i, (name, data) in enumerate(train[:24]):
+        original = f"{Path(name).parent.name}-{Path(name).stem}.png"
+        img, copy = big(data), pool / f"copy{i:02d}.{'jpg' if i < 8 else 'png'}"
+        if i < 8:
+            img.save(copy, quality=50)
+        elif i < 16:
+            img.resize((96, 96), Image.BICUBIC).save(copy)
+        else:
+            img.crop((2, 2, 62, 62)).save(copy)
+        copies[copy.name] = original
+    for i, (name, data) in enumerate(test[::100][:6]):
+        big(data).save(evaluation / f"eval{i}.png")
+        big(data).resize((80, 80), Image.BICUBIC).save(pool / f"leak{i}.png")
+    for i, (name, data) in enumerate([t for t in test if "/ship/" in t[0]][:4]):
+        big(data).save(seeds / f"seed{i}.png")
+    return root, copies
+
+
+def test_curate_removes_planted_copies_and_leaks_and_retrieves_nearest(planted):
+    root, copies = planted
+    out = root / "out"
+    summary = curate(root / "pool", root / "seeds", "random:resnet18", out, exclude=root / "eval",
+                     config=CurateConfig(threshold=0.84, k=5, chunk_size=64), image_size=64, small_stem=False, device="cpu",
+                     show_progress=False)
+    pool_names = open_source(root / "pool", whole=True).names
+    assert summary["pool"] == len(pool_names) == 120 + 24 + 6
+    # Every planted copy is found (its group holds its original), and no two originals are grouped.
+    assert summary["duplicate_groups"] == 24 and summary["removed_as_duplicates"] == 24
+    assert summary["excluded"] == 6
+    groups = {frozenset(line.split("\t")) for line in (out / "duplicates.txt").read_text().splitlines()}
+    assert groups == {frozenset({copy, original}) for copy, original in copies.items()}
+    assert (out / "excluded.txt").read_text().split() == [f"leak{i}.png" for i in range(6)]
+    removed = {max(g) for g in groups} | {f"leak{i}.png" for i in range(6)}  # the later name of each pair goes
+    listed = [Path(p).name for p in (out / "curated.txt").read_text().splitlines()]
+    assert not removed & set(listed)
+    # Retrieval: the 5 nearest kept pool images of each seed, by an independent brute force on
+    # the embeddings curate saved.
+    vectors = {}
+    for what in ("pool", "seeds"):
+        chunks = sorted((out / "embeddings").glob(f"{what}-*/chunk-*.npz"))
+        names = sum((np.load(c)["names"].tolist() for c in chunks), [])
+        vectors[what] = (names, np.concatenate([np.load(c)["vectors"] for c in chunks]))
+    names, pool = vectors["pool"]
+    mean = pool.mean(0)
+    centred = (pool - mean) / np.linalg.norm(pool - mean, axis=1, keepdims=True)
+    seed_vectors = vectors["seeds"][1] - mean
+    seed_vectors /= np.linalg.norm(seed_vectors, axis=1, keepdims=True)
+    kept = [i for i, n in enumerate(names) if n not in removed]
+    _, idx = brute_force(seed_vectors, centred[kept], 5)
+    expected = sorted({Path(names[kept[j]]).name for j in idx.ravel()})
+    assert sorted(set(listed)) == expected == sorted(listed)
+    assert (out / "duplicates.png").stat().st_size > 1000 and (out / "retrieved.png").stat().st_size > 1000
+    assert len(open_source(out / "curated.txt").names) == len(listed)  # pretrain --data accepts it
+
+
+def test_curation_resumes_after_an_interruption(planted, monkeypatch):
+    root, _ = planted
+    calls = {"n": 0}
+    original = embedding_module._embed_chunk
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed during the third chunk
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(embedding_module, "_embed_chunk", counting)
+    config = CurateConfig(threshold=0.84, k=3, chunk_size=40)
+    with pytest.raises(KeyboardInterrupt):
+        curate(root / "pool", root / "seeds", "random:resnet18", root / "resumed", config=config, image_size=64, small_stem=False,
+               device="cpu", show_progress=False)
+    calls["n"] = 100  # no more interruptions
+    first = curate(root / "pool", root / "seeds", "random:resnet18", root / "resumed", config=config,
+                   image_size=64, small_stem=False, device="cpu", show_progress=False)
+    # 150 pool images in chunks of 40 = 4 chunks, 2 were done; + 1 chunk of seeds.
+    assert calls["n"] == 100 + 2 + 1
+    monkeypatch.setattr(embedding_module, "_embed_chunk", original)
+    fresh = curate(root / "pool", root / "seeds", "random:resnet18", root / "fresh", config=config, image_size=64, small_stem=False,
+                   device="cpu", show_progress=False)
+    assert (root / "resumed" / "curated.txt").read_text().replace("resumed", "") == \
+        (root / "fresh" / "curated.txt").read_text().replace("fresh", "")
+    assert first["retrieved"] == fresh["retrieved"]
+
+
+def test_bad_input(planted, tmp_path):
+    root, _ = planted
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="seed set .* holds no images"):
+        curate(root / "pool", tmp_path / "empty", "random:resnet18", tmp_path / "out", image_size=32,
+               show_progress=False)
+    with pytest.raises(UserError, match="does not exist"):
+        curate(tmp_path / "nowhere", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
+               show_progress=False)
+
+
+def test_a_pool_that_disappears_stops_with_a_clear_message(planted, tmp_path, monkeypatch):
+    import shutil
+    root, _ = planted
+    pool = tmp_path / "pool"
+    shutil.copytree(root / "pool", pool)
+    original = embedding_module._embed_chunk
+    calls = {"n": 0}
+
+    def vanish_after_first(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            shutil.move(pool, tmp_path / "moved")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(embedding_module, "_embed_chunk", vanish_after_first)
+    config = CurateConfig(threshold=0.84, k=3, chunk_size=50)
+    with pytest.raises(UserError, match="disappeared"):
+        curate(pool, root / "seeds", "random:resnet18", tmp_path / "out", config=config, image_size=64, small_stem=False,
+               device="cpu", show_progress=False)
+    shutil.move(tmp_path / "moved", pool)
+    monkeypatch.setattr(embedding_module, "_embed_chunk", original)
+    summary = curate(pool, root / "seeds", "random:resnet18", tmp_path / "out", config=config, image_size=64, small_stem=False,
+                     device="cpu", show_progress=False)
+    assert summary["pool"] == 150

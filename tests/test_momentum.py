@@ -1,0 +1,425 @@
+"""Methods with a momentum teacher (MoCo v2, MoCo v3, BYOL, DINO) and their shared machinery:
+losses against float64 references, the EMA teacher and its schedule, the queue, multi-crop views,
+DINO's centre and collapse, exact resume, bad input."""
+import math
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import selfsup
+from selfsup.cli import flags_to_config
+from selfsup.config import merge_dicts, resolve
+from selfsup.errors import UserError
+from selfsup.losses import byol_loss, dino_center, dino_loss, info_nce, info_nce_queue
+from selfsup.methods import build_method
+from selfsup.methods.common import Batch, Progress
+from selfsup.methods.dino import teacher_temperature
+from selfsup.nn import Queue, ema_copy, ema_momentum, ema_update, forward_by_size
+from selfsup.optim import build_optimizer
+from selfsup.train import read_metrics, run_pretraining
+from selfsup.views import ViewConfig, make_view, multi_crop
+
+from conftest import SAMPLE, TINY_RUN, assert_same_state, interrupted_then_resumed, write_dataset
+
+METHODS = ["moco-v2", "moco-v3", "byol", "dino"]
+# Small heads and queue so that a run takes seconds on a CPU.
+SMALL = {"moco-v2": {"queue_size": 20, "projection_hidden_dim": 32, "projection_dim": 16, "bn_groups": 2},
+         "moco-v3": {"projection_hidden_dim": 32, "projection_dim": 16, "predictor_hidden_dim": 32},
+         "byol": {"projection_hidden_dim": 32, "projection_dim": 16, "predictor_hidden_dim": 32},
+         "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "local_crops": 2, "local_size": 8}}
+
+
+def tiny(method, data, out, **extra):
+    user = merge_dicts(TINY_RUN, {"method": method, "backbone": {"name": "resnet18-half"},
+                                  "data": {"path": str(data), "holdout_fraction": 0.0}, "out": str(out),
+                                  method: SMALL[method]})
+    return merge_dicts(user, extra)  # extra: sections of the config, e.g. train={...}
+
+
+def small_method(name, **changes):
+    cfg = resolve({"method": name, "backbone": {"name": "resnet18-half", "small_stem": False},
+                   "data": {"image_size": 16}, name: {**SMALL[name], **changes}})
+    torch.manual_seed(0)
+    return build_method(cfg), cfg
+
+
+def random_batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(images=torch.randint(0, 256, (n, 16, 16, 3), generator=g, dtype=torch.uint8), generator=g)
+
+
+def teacher_and_student(method, name):
+    return (method.teacher, method.student) if name == "dino" else (method.target, method.online)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses against float64 references, one sample at a time
+
+
+def log_softmax64(logits):
+    return logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_info_nce_queue_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, d, k = rng.integers(1, 10), rng.integers(2, 20), rng.integers(1, 30)
+    temperature = float(rng.uniform(0.05, 1.0))
+    q, key, queue = rng.normal(size=(n, d)), rng.normal(size=(n, d)), unit(rng.normal(size=(k, d)))
+    expected = np.mean([-log_softmax64(np.array([unit(q[i]) @ unit(key[i])] + [unit(q[i]) @ row for row in queue])
+                                       / temperature)[0] for i in range(n)])
+    got = info_nce_queue(torch.from_numpy(q), torch.from_numpy(key), torch.from_numpy(queue), temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    got32 = info_nce_queue(*(torch.from_numpy(a).float() for a in (q, key, queue)), temperature)
+    assert got32.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_info_nce_with_batch_negatives_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, d = rng.integers(1, 12), rng.integers(2, 20)
+    temperature = float(rng.uniform(0.05, 1.0))
+    q, key = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    expected = np.mean([-log_softmax64(np.array([unit(q[i]) @ unit(key[j]) for j in range(n)]) / temperature)[i]
+                        for i in range(n)])
+    assert info_nce(torch.from_numpy(q), torch.from_numpy(key), temperature).item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_byol_loss_is_the_squared_distance_of_unit_vectors(seed):
+    rng = np.random.default_rng(seed)
+    n = rng.integers(1, 10)
+    p, z = rng.normal(size=(n, 7)), rng.normal(size=(n, 7))
+    expected = np.mean(np.sum((unit(p) - unit(z)) ** 2, axis=1))  # BYOL eq. 2
+    assert byol_loss(torch.from_numpy(p), torch.from_numpy(z)).item() == pytest.approx(expected, rel=1e-10)
+
+
+def reference_dino_loss(student, teacher, center, t_s, t_t):
+    """DINO's algorithm 1, pair by pair and image by image, in float64."""
+    total, terms = 0.0, 0
+    for i in range(len(teacher)):
+        for v in range(len(student)):
+            if v == i:
+                continue
+            per_image = []
+            for b in range(student.shape[1]):
+                q = np.exp(log_softmax64((teacher[i, b] - center) / t_t))
+                per_image.append(-(q * log_softmax64(student[v, b] / t_s)).sum())
+            total, terms = total + np.mean(per_image), terms + 1
+    return total / terms
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dino_loss_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    n_teacher, n_local, b, k = rng.integers(2, 4), rng.integers(0, 4), rng.integers(1, 6), rng.integers(2, 30)
+    student = rng.normal(size=(n_teacher + n_local, b, k)) * 3
+    teacher, center = rng.normal(size=(n_teacher, b, k)) * 3, rng.normal(size=k)
+    t_s, t_t = float(rng.uniform(0.05, 0.5)), float(rng.uniform(0.02, 0.2))
+    expected = reference_dino_loss(student, teacher, center, t_s, t_t)
+    got = dino_loss(*(torch.from_numpy(a) for a in (student, teacher, center)), t_s, t_t)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_dino_never_compares_a_view_with_itself():
+    torch.manual_seed(0)
+    student = torch.randn(4, 3, 10, requires_grad=True)  # 2 global + 2 local crops
+    teacher, center = torch.randn(2, 3, 10), torch.zeros(10)
+
+    def grads(teacher):
+        student.grad = None
+        dino_loss(student, teacher, center, 0.1, 0.04).backward()
+        return student.grad.clone()
+
+    changed = teacher.clone()
+    changed[0] = torch.randn(3, 10) * 5  # another teacher output for global crop 0
+    before, after = grads(teacher), grads(changed)
+    assert torch.equal(before[0], after[0])  # student crop 0 never meets teacher crop 0
+    for v in (1, 2, 3):
+        assert not torch.allclose(before[v], after[v])  # every other student crop does
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dino_center_is_an_ema_of_the_teacher_mean(seed):
+    rng = np.random.default_rng(seed)
+    teacher, center, m = rng.normal(size=(2, 5, 7)), rng.normal(size=7), float(rng.uniform(0, 1))
+    expected = m * center + (1 - m) * teacher.reshape(-1, 7).mean(axis=0)
+    got = dino_center(torch.from_numpy(center), torch.from_numpy(teacher), m)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+
+
+def test_dino_method_updates_its_centre_from_this_steps_teacher_outputs():
+    method, cfg = small_method("dino")
+    seen = []
+    method.teacher.head.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    method(random_batch(), Progress(0, 10, 1))
+    (teacher_out,) = seen  # the teacher ran once, on the two global crops: (2B, K)
+    assert teacher_out.shape == (2 * 8, 64)
+    expected = cfg.method_config.center_momentum * 0 + (1 - cfg.method_config.center_momentum) * teacher_out.mean(0)
+    torch.testing.assert_close(method.center, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The EMA teacher and its schedule
+
+
+def test_ema_update_averages_parameters_and_leaves_buffers_alone():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    teacher = ema_copy(student)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(t, s) for t, s in zip(teacher.state_dict().values(), student.state_dict().values()))
+    old = [p.detach().double().clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+        student[1].running_mean.fill_(5.0)
+    ema_update(teacher, student, 0.9)
+    for t, t0, s in zip(teacher.parameters(), old, student.parameters()):
+        torch.testing.assert_close(t.double(), 0.9 * t0 + 0.1 * s.detach().double(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(teacher[1].running_mean, torch.zeros(6))  # its own statistics, not averaged
+
+
+@pytest.mark.parametrize("base", [0.99, 0.996])
+def test_momentum_schedule_first_middle_last_step(base):
+    total = 100
+    assert ema_momentum(Progress(0, total, 10), base) == pytest.approx(base)
+    assert ema_momentum(Progress(50, total, 10), base) == pytest.approx((base + 1) / 2)
+    last = 1 - (1 - base) * (math.cos(math.pi * 99 / 100) + 1) / 2  # BYOL, sec. 3.2
+    assert ema_momentum(Progress(99, total, 10), base) == pytest.approx(last)
+    assert base < ema_momentum(Progress(99, total, 10), base) < 1
+    assert ema_momentum(Progress(99, total, 10), base, final=base) == pytest.approx(base)  # MoCo v2
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_teacher_gets_no_gradient_and_moves_only_by_ema(name):
+    method, cfg = small_method(name)
+    teacher, student = teacher_and_student(method, name)
+    optimizer = build_optimizer(method, cfg.optim, lr=0.1)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    progress = Progress(3, 10, 2)
+    out = method(random_batch(), progress)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    before = [p.detach().clone() for p in teacher.parameters()]
+    optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(teacher.parameters(), before))  # the step leaves it
+    method.after_step(progress)
+    m = ema_momentum(progress, cfg.method_config.momentum, cfg.method_config.momentum_final)
+    assert out.metrics["momentum"].item() == pytest.approx(m)
+    for t, b, s in zip(teacher.parameters(), before, student.parameters()):
+        torch.testing.assert_close(t, m * b + (1 - m) * s.detach(), rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(t, b) for t, b in zip(teacher.parameters(), before))
+
+
+def test_moco_v3_on_a_vit_freezes_the_patch_projection_and_deepens_the_heads():
+    cfg = resolve({"method": "moco-v3", "backbone": {"name": "timm:vit_tiny_patch16_224", "patch_size": 4},
+                   "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]})
+    method = build_method(cfg)
+    linears = [m for m in method.online[1] if isinstance(m, nn.Linear)]
+    assert len(linears) == 3 and isinstance(method.predictor[-1], nn.BatchNorm1d)  # the official ViT heads
+    patch = list(method.online[0].net.patch_embed.parameters())
+    optimized = {id(p) for group in build_optimizer(method, cfg.optim, 0.1).param_groups for p in group["params"]}
+    assert patch and not any(p.requires_grad or id(p) in optimized for p in patch)
+    out = method(random_batch(), Progress(0, 10, 1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and method.online[0].net.blocks[0].attn.qkv.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue
+
+
+def test_queue_is_fifo_and_wraps_around():
+    queue = Queue(5, 3)
+    assert set(queue.state_dict()) == {"keys", "pointer"}  # part of every checkpoint
+    a, b, c = torch.randn(3, 3), torch.randn(4, 3), torch.randn(8, 3)
+    queue.push(a)
+    queue.push(b)  # 7 keys into 5 slots: the two oldest are gone
+    assert torch.equal(queue.oldest_first(), torch.cat([a, b])[-5:])
+    assert queue.pointer.item() == 2
+    queue.push(c)  # more keys than slots: the newest five stay, oldest first
+    assert torch.equal(queue.oldest_first(), c[-5:])
+
+
+def test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step():
+    method, cfg = small_method("moco-v2", bn_groups=1, symmetric=False)
+    seen = {}
+    method.online.register_forward_hook(lambda module, args, out: seen.__setitem__("q", out.detach()))
+    method.target.register_forward_hook(lambda module, args, out: seen.__setitem__("k", out.detach()))
+    queue_before = method.queue.keys.clone()
+    out = method(random_batch(), Progress(0, 10, 1))
+    q, k = seen["q"].double().numpy(), unit(seen["k"].double().numpy())
+    temperature = cfg.method_config.temperature
+
+    def reference(queue):
+        return np.mean([-log_softmax64(np.array([unit(q[i]) @ k[i]] + [unit(q[i]) @ row for row in queue])
+                                       / temperature)[0] for i in range(len(q))])
+
+    assert out.loss.item() == pytest.approx(reference(queue_before.double().numpy()), rel=1e-5)
+    queue_after = method.queue.keys.double().numpy()
+    np.testing.assert_allclose(queue_after[:8], k, rtol=1e-5, atol=1e-6)  # enqueued after the loss
+    assert abs(out.loss.item() - reference(queue_after)) > 1e-2  # so the test can tell them apart
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-crop views
+
+
+def test_multi_crop_gives_global_then_local_crops_each_with_its_recipe():
+    images = torch.randint(0, 256, (4, 24, 24, 3), dtype=torch.uint8)
+    globals_ = [ViewConfig(grayscale_prob=1.0), ViewConfig(solarize_prob=1.0)]
+    local = ViewConfig(crop_scale=(0.05, 0.4))
+    g = torch.Generator().manual_seed(0)
+    crops = multi_crop(images, globals_, 3, 16, local, 2, 8, g)
+    assert [tuple(c.shape) for c in crops] == [(4, 3, 16, 16)] * 3 + [(4, 3, 8, 8)] * 2
+    g = torch.Generator().manual_seed(0)
+    recipes = [(globals_[0], 16), (globals_[1], 16), (globals_[0], 16), (local, 8), (local, 8)]
+    for crop, (recipe, size) in zip(crops, recipes):
+        assert torch.equal(crop, make_view(images, recipe, size, g))
+
+
+def test_forward_by_size_runs_once_per_size_and_keeps_crop_order():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    calls = []
+    net.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    crops = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)]
+    out = forward_by_size(net, crops)
+    assert calls == [4, 2]
+    torch.testing.assert_close(out, torch.cat([net(c) for c in crops]))
+
+
+# ---------------------------------------------------------------------------------------------
+# DINO's schedules and collapse
+
+
+def test_teacher_temperature_warms_up_linearly():
+    _, cfg = small_method("dino", teacher_temperature_start=0.04, teacher_temperature=0.07,
+                          teacher_temperature_warmup_epochs=30.0)
+    c = cfg.method_config
+    assert teacher_temperature(c, Progress(0, 1000, 100)) == pytest.approx(0.04)
+    assert teacher_temperature(c, Progress(150, 1000, 100)) == pytest.approx(0.055)  # epoch 15
+    assert teacher_temperature(c, Progress(500, 1000, 100)) == pytest.approx(0.07)
+
+
+def test_dino_freezes_the_last_layer_during_the_first_epoch():
+    method, _ = small_method("dino", freeze_last_layer_epochs=1.0, norm_last_layer=False)
+    last = list(method.student.head.last_layer.parameters())
+    for epoch, frozen in [(0.5, True), (1.0, False)]:
+        method.zero_grad(set_to_none=True)
+        method(random_batch(), Progress(int(epoch * 10), 20, 2)).loss.backward()
+        assert all((p.grad is None) == frozen for p in last), epoch
+        assert method.student.head.mlp[0].weight.grad is not None
+
+
+@pytest.fixture(scope="module")
+def unlabelled_sample(tmp_path_factory):
+    """512 CIFAR-10 test images of the shipped sample, in one folder (no labels)."""
+    folder = tmp_path_factory.mktemp("sample")
+    with tarfile.open(SAMPLE) as tar:
+        jpegs = (m for m in tar if m.isfile() and m.name.endswith(".jpg"))
+        for i, member in zip(range(512), jpegs):
+            (folder / f"{i:04d}.jpg").write_bytes(tar.extractfile(member).read())
+    return folder
+
+
+def test_dino_collapses_without_centring_and_sharpening_and_the_monitor_says_so(unlabelled_sample, tmp_path, capsys):
+    # A tiny run where DINO's defaults stay healthy for its 8 epochs: constant learning rate, a
+    # quick teacher (momentum 0.98). Without centring (centre momentum 1: the centre stays 0) and
+    # sharpening (teacher temperature = student temperature) its teacher's distributions become
+    # the same for every image, and the collapse monitor fires.
+    common = {"train": {"epochs": 8, "batch_size": 32}, "optim": {"lr": 0.4, "final_lr_ratio": 1.0},
+              "dino": {"local_crops": 0, "momentum": 0.98, "momentum_final": 0.98}}
+    off = {"dino": {"center_momentum": 1.0, "teacher_temperature_start": 0.1, "teacher_temperature": 0.1}}
+    runs = {}
+    for name, changes in [("default", {}), ("off", off)]:
+        user = merge_dicts(tiny("dino", unlabelled_sample, tmp_path / name, **common), changes)
+        runs[name] = [m["std_ratio"] for m in run_pretraining(user, show_progress=False).metrics]
+        runs[name + " warned"] = "may be collapsing" in capsys.readouterr().err
+    threshold = resolve({}).train.collapse_warning
+    assert min(runs["default"]) > 2 * threshold and not runs["default warned"], runs
+    assert runs["off"][-1] < threshold and runs["off warned"], runs
+    assert runs["off"][-1] < runs["off"][0] / 4, runs  # it fell, from where the default started
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: exact resume, metrics
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_training_resumes_exactly_with_teacher_queue_and_centre(name, tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data", per_class=10, size=16)
+    user = tiny(name, data, tmp_path, train={"epochs": 2, "checkpoint_every_steps": 2})
+    whole, at_stop, resumed = interrupted_then_resumed(user, stop_after_steps=2, monkeypatch=monkeypatch)
+    assert at_stop["position"]["step"] == 2 and at_stop["position"]["epoch"] == 0
+    assert_same_state(whole, resumed)
+    state = whole["model"]
+    teacher = "teacher" if name == "dino" else "target"
+    student = "student" if name == "dino" else "online"
+    moved = [k for k in state if k.startswith(teacher + ".") and k.endswith("weight")
+             and not torch.equal(state[k], state[k.replace(teacher, student, 1)])]
+    assert moved  # the teacher is its own state, not a view of the student's
+    if name == "moco-v2":
+        assert state["queue.pointer"].item() == (6 * 2 * 8) % 20  # 6 steps of 2 x 8 keys (symmetric)
+    if name == "dino":
+        assert state["center"].abs().sum() > 0
+    metrics = read_metrics(tmp_path / "whole")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert all(math.isfinite(m[k]) for k in ("loss", "momentum", "std_ratio", "effective_rank"))
+        assert 0 < m["momentum"] < 1
+    if name == "dino":
+        assert all(0 < m["teacher_temperature"] < 1 for m in metrics)
+
+
+def test_multi_crop_options_reach_the_method_and_resume_keeps_them(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=6, size=16)
+    options = dict(method="dino", data=data, out=tmp_path / "run", epochs=1, batch_size=8, image_size=16,
+                   backbone="resnet18-half", small_stem=False, global_crops=3, local_crops=1, local_size=8,
+                   show_progress=False, config={"dino": {**SMALL["dino"]}, "data": {"holdout_fraction": 0.0}})
+    result = selfsup.pretrain(**options)
+    c = result.config.method_config
+    assert (c.global_crops, c.local_crops, c.local_size) == (3, 1, 8)
+    selfsup.pretrain(**options, resume=True)  # the same options resume (the run is complete)
+    with pytest.raises(UserError, match=r"dino.local_crops cannot change \(saved 1, given 2\)"):
+        selfsup.pretrain(**{**options, "local_crops": 2}, resume=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_too_few_global_crops_is_refused_with_the_range():
+    for user in ({"method": "dino", "dino": {"global_crops": 1}}, flags_to_config({"method": "dino", "global_crops": 1})):
+        with pytest.raises(UserError, match=r"dino.global_crops must be in \[2, inf\], got 1"):
+            resolve(user)
+
+
+def test_multi_crop_options_are_refused_by_methods_without_them():
+    with pytest.raises(UserError, match=r"unknown config key 'byol.local_crops'"):
+        resolve(flags_to_config({"method": "byol", "local_crops": 4}))
+    assert resolve(flags_to_config({"method": "dino", "local_crops": 4})).method_config.local_crops == 4
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("momentum", [-0.1, 1.5])
+def test_momentum_outside_0_1_is_refused(name, momentum):
+    with pytest.raises(UserError, match=rf"{name}.momentum must be in \[0.0, 1.0\], got {momentum}"):
+        resolve({"method": name, name: {"momentum": momentum}})
+
+
+def test_queue_longer_than_the_dataset_is_refused(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=4, size=16)
+    user = tiny("moco-v2", data, tmp_path / "run", **{"moco-v2": {"queue_size": 100}})
+    with pytest.raises(UserError, match=r"moco-v2.queue_size 100 is longer than the dataset \(12 images\)"):
+        run_pretraining(user, show_progress=False)

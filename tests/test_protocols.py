@@ -1,0 +1,353 @@
+"""Evaluation protocols: label subsets, intervals, retrieval, kNN and the probe sweep against
+independent computations; fine-tuning; feature caching; weights files; test labels read last."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from selfsup.cli import main
+from selfsup.data import ImageCache
+from selfsup.encoder import Encoder, load_encoder
+from selfsup.errors import UserError
+from selfsup.eval import evaluate_finetune, evaluate_knn, evaluate_linear, evaluate_retrieval, protocols
+from selfsup.eval.data import Setup
+from selfsup.eval.finetune import FinetuneConfig, freeze, param_groups, Classifier
+from selfsup.eval.linear import predict_linear, sweep_linear, train_linear
+from selfsup.eval.knn import topk_accuracy
+from selfsup.eval.retrieval import mean_average_precision, nearest_neighbours, precision_at_k
+from selfsup.eval.stats import wilson_interval
+from selfsup.eval.subsets import Budget, make_split, save_split
+
+from conftest import write_dataset
+from test_cli import Evil
+from test_eval import reference_knn_predictions
+
+TINY = dict(image_size=16, small_stem=False, device="cpu", show_progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tensors this small gain nothing from a second thread, which only waits on the other (and
+    stalls for seconds per step when the machine's cores are busy)."""
+    torch.set_num_threads(1)
+
+
+def synthetic_setup(train_x, train_y, test_x, test_y, num_classes) -> Setup:
+    """A Setup whose features are given: protocols run on them without an encoder."""
+    classes = [f"c{i}" for i in range(num_classes)]
+
+    def cache(labels):
+        return ImageCache(images=np.zeros((len(labels), 4, 4, 3), np.uint8), labels=np.asarray(labels),
+                          names=[f"{classes[c]}/{i}.png" for i, c in enumerate(labels)], classes=classes,
+                          skipped=[], grayscale=0, source="synthetic")
+
+    encoder = Encoder(backbone=None, image_size=4, cache_size=4, description="synthetic features")
+    return Setup("synthetic", encoder, cache(train_y), cache(test_y), torch.device("cpu"),
+                 _features=(torch.as_tensor(train_x).float(), torch.as_tensor(test_x).float()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Label subsets
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_subsets_are_class_balanced_disjoint_and_fixed_by_seed(seed):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(8, 40, size=int(rng.integers(2, 7)))
+    labels = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+    classes = [f"c{i}" for i in range(len(counts))]
+    k, fraction, val_fraction = int(rng.integers(1, 6)), float(rng.uniform(0.05, 0.6)), float(rng.uniform(0.05, 0.3))
+    for budget, expected in [(Budget(per_class=k), lambda n: k),
+                             (Budget(fraction=fraction), lambda n: max(1, round(fraction * n))),
+                             (Budget(), lambda n: n - max(1, round(val_fraction * n)))]:
+        split = make_split(labels, classes, budget, seed, val_fraction)
+        again = make_split(labels, classes, budget, seed, val_fraction)
+        assert np.array_equal(split.train, again.train) and np.array_equal(split.val, again.val)
+        assert not set(split.train) & set(split.val)
+        for c, n in enumerate(counts):
+            assert (labels[split.train] == c).sum() == expected(n)
+            assert (labels[split.val] == c).sum() == max(1, round(val_fraction * n))
+    # Another seed draws other images; a protocol without validation (kNN) gets the same subset.
+    other = make_split(labels, classes, Budget(per_class=k), seed + 1, val_fraction)
+    assert not np.array_equal(other.train, make_split(labels, classes, Budget(per_class=k), seed, val_fraction).train)
+    no_val = make_split(labels, classes, Budget(per_class=k), seed, 0.0)
+    assert np.array_equal(no_val.train, make_split(labels, classes, Budget(per_class=k), seed, val_fraction).train)
+    assert len(no_val.val) == 0
+    # Larger budgets hold the smaller ones: a label-efficiency curve adds labels, it never swaps them.
+    small, large = (make_split(labels, classes, Budget(per_class=kk), seed, val_fraction).train for kk in (1, 5))
+    assert set(small) <= set(large)
+
+
+def test_saved_subset_names_the_files():
+    labels = np.repeat(np.arange(3), 10)
+    setup = synthetic_setup(np.zeros((30, 2)), labels, np.zeros((3, 2)), np.arange(3), 3)
+    split = make_split(labels, setup.train.classes, Budget(per_class=2), 4, 0.2)
+    saved = json.loads(save_split(split, setup.train, Budget(per_class=2), 0.2).read_text())
+    assert saved["train"] == [setup.train.names[i] for i in split.train] and saved["seed"] == 4
+    assert saved["val"] == [setup.train.names[i] for i in split.val] and len(saved["val"]) == 6
+
+
+def test_budgets_that_cannot_be_met_are_refused():
+    labels = np.repeat(np.arange(2), [10, 4])
+    with pytest.raises(UserError, match=r"--per-class 5 is more than class 'b' has: 4 training images \(3 after"):
+        make_split(labels, ["a", "b"], Budget(per_class=5), 0, 0.1)
+    make_split(labels, ["a", "b"], Budget(per_class=4), 0, 0.0)  # without validation, 4 fit
+    for bad in [dict(fraction=0.5, per_class=2), dict(fraction=0.0), dict(fraction=1.5), dict(per_class=0)]:
+        with pytest.raises(UserError):
+            Budget(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures against independent computations
+
+
+def test_wilson_interval_solves_its_defining_quadratic():
+    """The Wilson bounds are the p with |p_hat - p| = z sqrt(p (1 - p) / n) (Wilson 1927)."""
+    rng = np.random.default_rng(0)
+    z = 1.959964
+    for _ in range(50):
+        n = int(rng.integers(1, 5000))
+        p_hat = int(rng.integers(0, n + 1)) / n
+        # (1 + z^2/n) p^2 - (2 p_hat + z^2/n) p + p_hat^2 = 0
+        roots = np.sort(np.roots([1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat]).real)
+        np.testing.assert_allclose(wilson_interval(p_hat, n), roots, atol=1e-9)
+    low, high = wilson_interval(1.0, 20)
+    assert high == 1.0 and 0.8 < low < 0.9
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_retrieval_metrics_match_brute_force_float64(seed):
+    rng = np.random.default_rng(seed)
+    q, g, d, c = 30, 120, int(rng.integers(3, 16)), int(rng.integers(2, 6))
+    queries, gallery = rng.normal(size=(q, d)), rng.normal(size=(g, d))
+    q_labels, g_labels = rng.integers(0, c, q), rng.integers(0, c, g)
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ \
+        (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    relevant = g_labels[order] == q_labels[:, None]
+    aps = [np.mean([relevant[i, :r + 1].sum() / (r + 1) for r in np.flatnonzero(relevant[i])])
+           for i in range(q) if relevant[i].any()]
+    _, idx = nearest_neighbours(torch.from_numpy(queries), torch.from_numpy(gallery), 10, chunk=7)
+    assert np.array_equal(idx.numpy(), order[:, :10])
+    got = precision_at_k(torch.from_numpy(g_labels)[idx], torch.from_numpy(q_labels), ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        assert got[f"precision@{k}"] == pytest.approx(relevant[:, :k].mean())
+    got_map = mean_average_precision(torch.from_numpy(queries), torch.from_numpy(gallery), torch.from_numpy(q_labels),
+                                     torch.from_numpy(g_labels), max_elements=500)
+    assert got_map == pytest.approx(np.mean(aps), rel=1e-5)
+
+
+def test_few_label_knn_matches_brute_force_on_the_subset():
+    rng = np.random.default_rng(1)
+    train_y, test_y = rng.integers(0, 4, 200), rng.integers(0, 4, 40)
+    train_x, test_x = rng.normal(size=(200, 8)) + train_y[:, None], rng.normal(size=(40, 8)) + test_y[:, None]
+    setup = synthetic_setup(train_x, train_y, test_x, test_y, 4)
+    result = protocols.knn_protocol(setup, Budget(per_class=5), seeds=2, k=(3, 11), temperature=0.1)
+    tops = []
+    for seed in range(2):
+        subset = make_split(train_y, setup.train.classes, Budget(per_class=5), seed, 0.0).train
+        scores = reference_knn_predictions(train_x[subset], train_y[subset], test_x, 11, 0.1, 4)
+        tops.append((scores.argmax(1) == test_y).mean())
+        assert result["per_seed"][seed]["top1"] == pytest.approx(tops[-1])
+    assert result["top1"] == pytest.approx(np.mean(tops)) and result["top1_std"] == pytest.approx(np.std(tops, ddof=1))
+    assert result["by_k"]["11"]["top1"] == result["top1"] and result["labelled_images"] == 20
+    assert result["top1_ci"] == pytest.approx(list(wilson_interval(result["top1"], 40)))
+
+
+def test_linear_sweep_keeps_the_best_on_validation_and_never_sees_test():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g)
+    labels = torch.randint(0, 4, (300,), generator=g)
+    x = centres[labels] + 1.5 * torch.randn(300, 16, generator=g)
+    train, val = slice(0, 200), slice(200, 300)
+    lrs, wds = (1e-4, 1e-2), (0.0, 5.0)
+    _, _, _, chosen = sweep_linear(x[train], labels[train], x[val], labels[val], 4, lrs, wds, epochs=10, batch_size=64)
+    accuracies = {}
+    for lr in lrs:  # each grid point trained again, independently, and scored on validation
+        for wd in wds:
+            head, mean, std = train_linear(x[train], labels[train], 4, epochs=10, lr=lr, weight_decay=wd, batch_size=64)
+            accuracies[(lr, wd)] = topk_accuracy(predict_linear(head, mean, std, x[val]), labels[val], ks=(1,))["top1"]
+    best = max(accuracies.values())
+    assert chosen["val_top1"] == pytest.approx(best)
+    assert (chosen["lr"], chosen["weight_decay"]) == next(k for k, v in accuracies.items() if v == best)
+    with pytest.raises(UserError, match="give one --lr and one --weight-decay"):
+        sweep_linear(x[train], labels[train], x[:0], labels[:0], 4, lrs, wds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Test labels are read only to score
+
+
+def poison_test_labels(monkeypatch):
+    """Replace the test labels by wrong ones everywhere except where scoring reads them."""
+    real, reveals = {}, []
+    prepare = protocols.prepare
+
+    def poisoned_prepare(*args, **kwargs):
+        setup = prepare(*args, **kwargs)
+        real["labels"] = setup.test.labels.copy()
+        setup.test = dataclasses.replace(setup.test, labels=(setup.test.labels + 1) % len(setup.test.classes))
+        return setup
+
+    def reveal(setup):
+        reveals.append(1)
+        return torch.from_numpy(real["labels"])
+
+    monkeypatch.setattr(protocols, "prepare", poisoned_prepare)
+    monkeypatch.setattr(protocols, "reveal_test_labels", reveal)
+    return reveals
+
+
+def figures_of(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "subsets"}
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune", "retrieval"])
+def test_no_test_label_is_read_before_scoring(protocol, split_folder, monkeypatch):
+    evaluate, options = {
+        "knn": (evaluate_knn, dict(k=(3, 10))),
+        "linear": (evaluate_linear, dict(epochs=3, lr=(1e-3, 1e-2), weight_decay=0.0)),
+        "finetune": (evaluate_finetune, dict(config=dict(epochs=2, min_steps=2, batch_size=8))),
+        "retrieval": (evaluate_retrieval, dict(ks=(1, 5))),
+    }[protocol]
+    backbone = "random:resnet18-half" if protocol == "finetune" else "random:resnet18"
+    run = lambda: evaluate(backbone, data=split_folder, per_class=6, seeds=2, **options, **TINY)  # noqa: E731
+    clean = run()
+    reveals = poison_test_labels(monkeypatch)
+    assert figures_of(run()) == figures_of(clean)
+    assert len(reveals) == 2  # once per seed, to score
+    if protocol == "knn":  # the sentinel is noticed where labels are read: scoring with it changes the result
+        monkeypatch.setattr(protocols, "reveal_test_labels", lambda setup: torch.from_numpy(setup.test.labels))
+        assert run()["top1"] != clean["top1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def test_frozen_stages_stay_put_and_the_encoder_learns_slower():
+    net_backbone = load_encoder("random:resnet18-half", 16, False).backbone
+    model = Classifier(net_backbone, 3, torch.Generator().manual_seed(0))
+    frozen = freeze(model.backbone.net, 2)
+    net = model.backbone.net
+    assert all(not p.requires_grad for m in (net.conv1, net.bn1, net.layer1, net.layer2) for p in m.parameters())
+    assert all(p.requires_grad for m in (net.layer3, net.layer4) for p in m.parameters())
+    assert set(frozen) == {net.conv1, net.bn1, net.layer1, net.layer2}
+    groups = param_groups(model, FinetuneConfig(lr=0.01, encoder_lr_ratio=0.1))
+    head = {id(p) for p in model.head.parameters()}
+    for group in groups:
+        assert group["lr"] == pytest.approx(0.01 if {id(p) for p in group["params"]} <= head else 0.001)
+        assert group["weight_decay"] == 0 or all(p.ndim > 1 for p in group["params"])
+    trainable = {id(p) for g in groups for p in g["params"]}
+    assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
+    with pytest.raises(UserError, match="more than the 4 stages"):
+        freeze(load_encoder("random:resnet18-half", 16, False).backbone.net, 5)
+
+
+def test_vits_freeze_blocks_and_learn_slower_block_by_block():
+    model = Classifier(load_encoder("random:timm:vit_tiny_patch16_224", 32).backbone, 3, torch.Generator())
+    net = model.backbone.net
+    frozen = freeze(net, 2)
+    assert set(frozen) == {net.patch_embed, net.blocks[0], net.blocks[1]}
+    assert not net.cls_token.requires_grad and not net.pos_embed.requires_grad
+    assert net.blocks[2].norm1.weight.requires_grad
+    lr_of = {id(p): g["peak_lr"] for g in param_groups(model, FinetuneConfig(lr=1.0, layer_decay=0.5))
+             for p in g["params"]}
+    depth = len(net.blocks)  # 12: block i learns at 0.5 ** (depth - i), the head and final norm at 1
+    assert lr_of[id(model.head.weight)] == 1.0 and lr_of[id(net.norm.weight)] == 1.0
+    for i in range(2, depth):
+        assert lr_of[id(net.blocks[i].attn.qkv.weight)] == pytest.approx(0.5 ** (depth - i))
+    assert id(net.blocks[1].attn.qkv.weight) not in lr_of and id(net.cls_token) not in lr_of
+
+
+def test_finetuning_with_frozen_stages_changes_only_the_rest(split_folder, monkeypatch):
+    from selfsup.eval import finetune as finetune_module
+
+    kept = {}
+    original = finetune_module.finetune
+
+    def keep_model(*args, **kwargs):
+        kept["tuned"] = original(*args, **kwargs)
+        kept["backbone"] = args[0]
+        return kept["tuned"]
+
+    monkeypatch.setattr(protocols, "finetune", keep_model)
+    result = evaluate_finetune("random:resnet18-half", data=split_folder, **TINY,
+                               config=dict(freeze_stages=3, epochs=3, min_steps=3, batch_size=16, lr=0.05))
+    before, after = kept["backbone"].net.state_dict(), kept["tuned"].model.backbone.net.state_dict()
+    for key in before:
+        same = torch.equal(before[key], after[key])
+        assert same == (not key.startswith("layer4")), key  # stem, layer1-3 (and their BN statistics) frozen
+    assert 0 <= result["top1"] <= 1 and result["val_images"] == 6 and result["steps"] <= 9
+    assert result["config"]["freeze_stages"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Features cached; plain weights files; the command line
+
+
+def test_features_are_cached_per_encoder_and_data(split_folder, monkeypatch):
+    from selfsup.eval import features
+
+    calls = []
+    original = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    data = dict(train=split_folder / "train", test=split_folder / "test")
+    first = evaluate_knn("random:resnet18", **data, k=(5,), **TINY)
+    assert len(calls) == 2  # train and test
+    assert evaluate_knn("random:resnet18", **data, k=(5,), **TINY)["top1"] == first["top1"]
+    assert len(calls) == 2  # read back from the cache
+    evaluate_knn("random:resnet18-half", **data, k=(5,), **TINY)
+    assert len(calls) == 4  # another encoder
+    write_dataset(split_folder / "test", per_class=7, seed=3)  # the test data changes
+    evaluate_knn("random:resnet18", **data, k=(5,), **TINY)
+    assert len(calls) == 5  # only the test features are computed again
+
+
+def test_weights_files_load_and_mismatches_are_one_line_errors(tmp_path, split_folder, capsys):
+    encoder = load_encoder("random:resnet18", 16, False, seed=3)
+    state = encoder.backbone.net.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "fc.weight": torch.zeros(2)},
+               tmp_path / "w.pth")
+    x = torch.rand(2, 3, 16, 16)
+    for name in ("w.safetensors", "w.pth"):
+        loaded = load_encoder(f"weights:{tmp_path / name}", 16, backbone="resnet18").backbone.eval()
+        assert torch.equal(loaded(x), encoder.backbone.eval()(x))
+        assert loaded.net.conv1.kernel_size == (7, 7)  # the stem read from the weights
+    marker = tmp_path / "pwned"
+    torch.save({"conv1.weight": Evil(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="cannot be read as a weights file"):
+        load_encoder(f"weights:{tmp_path / 'evil.pth'}", 16, backbone="resnet18")
+    assert not marker.exists(), "reading a weights file ran code from it"
+    common = ["--data", split_folder, "--no-progress", "--image-size", "16"]
+    for args, message in [
+        (["--checkpoint", f"weights:{tmp_path / 'w.pth'}", "--backbone", "resnet34"],
+         "does not fit backbone 'resnet34'"),
+        (["--checkpoint", f"weights:{tmp_path / 'w.pth'}", "--backbone", "resnet18-half"], "of other shapes"),
+        (["--checkpoint", f"weights:{tmp_path / 'w.pth'}"], "--backbone NAME"),
+        (["--checkpoint", "random:resnet18", "--backbone", "resnet50"], "holds a resnet18, not a resnet50"),
+        (["--checkpoint", "random:resnet18", "--per-class", "20"], "more than class 'circle' has: 16"),
+        (["--checkpoint", "random:resnet18", "--per-class", "2", "--fraction", "0.5"], "not both"),
+    ]:
+        assert main(["eval", "knn", *map(str, args), *map(str, common)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and message in err, err
+
+
+def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, capsys):
+    assert main(["eval", "retrieval", "--checkpoint", "random:resnet18", "--data", str(split_folder), "--json",
+                 "--no-progress", "--image-size", "16", "--k", "1", "3", "--out", str(tmp_path / "nn.json")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"precision@1", "precision@3", "map"} <= set(result)
+    neighbours = json.loads((tmp_path / "nn.json").read_text())
+    assert len(neighbours["queries"]) == 18 and all(len(n) == 3 for n in neighbours["neighbours"])
+    assert main(["eval", "curve", "--checkpoint", "random:resnet18", "random:resnet18-half",
+                 "--data", str(split_folder),
+                 "--per-class", "1", "4", "--seeds", "2", "--protocol", "knn", "--image-size", "16",
+                 "--out", str(tmp_path / "curve.png"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and out.count("labels/class") == 4

@@ -1,0 +1,208 @@
+"""The report: one self-contained HTML page, checked as a person would see it, in headless Chromium
+(no console errors; its tables and images present and decoded), plus its parts."""
+import base64
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.cli import main
+from selfsup.config import merge_dicts
+from selfsup.errors import UserError
+from selfsup.eval import evaluate_knn, evaluate_linear, label_efficiency_curve
+from selfsup.eval.record import read_evals
+from selfsup.report import build_report
+from selfsup.report.figures import fixed_queries, project_2d
+from selfsup.train import run_pretraining
+
+from conftest import TINY_RUN
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+requires_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)  # tiny tensors: a second thread only waits (see test_protocols.py)
+
+
+class DevTools:
+    """Chromium driven over --remote-debugging-pipe: JSON messages ending in NUL, written to its
+    fd 3 and read from its fd 4 (here: the child's stdin and stdout, redirected by sh)."""
+
+    def __init__(self, timeout: float = 90):
+        self.profile = tempfile.mkdtemp(prefix="chromium-")
+        flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--no-default-browser-check", f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
+                 "--window-size=1280,900", "about:blank"]
+        self.proc = subprocess.Popen(["sh", "-c", 'exec "$@" 3<&0 4>&1 </dev/null >/dev/null', "sh", CHROMIUM, *flags],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "TMPDIR": self.profile})  # its temporary files too
+        self.deadline, self.buffer, self.events, self.last_id = time.monotonic() + timeout, b"", [], 0
+
+    def _next_message(self) -> dict:
+        while b"\0" not in self.buffer:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium exited")
+            self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def wait_for(self, predicate) -> dict:
+        while True:
+            message = self._next_message()
+            if predicate(message):
+                return message
+            self.events.append(message)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        self.proc.stdin.write(json.dumps(message).encode() + b"\0")
+        self.proc.stdin.flush()
+        answer = self.wait_for(lambda m, i=self.last_id: m.get("id") == i)
+        assert "error" not in answer, answer
+        return answer["result"]
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+PAGE_FACTS = """JSON.stringify({
+  tables: [...document.querySelectorAll('table')].map(t => t.className),
+  images: document.images.length,
+  undecoded: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt),
+  rows: document.querySelectorAll('table.comparison tbody tr').length,
+  height: document.documentElement.scrollHeight})"""
+
+
+def render(page: Path, screenshot: Path) -> tuple[dict, list[dict]]:
+    """(facts about the rendered page, console errors and failed loads) and a screenshot."""
+    browser = DevTools()
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.call(f"{domain}.enable", session=session)
+        browser.call("Page.navigate", {"url": page.resolve().as_uri()}, session)
+        browser.wait_for(lambda m: m.get("method") == "Page.loadEventFired")
+        facts = browser.call("Runtime.evaluate", {"expression": PAGE_FACTS, "returnByValue": True}, session)
+        shot = browser.call("Page.captureScreenshot", {"format": "png"}, session)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        browser.close()
+    errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"
+              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    return json.loads(facts["result"]["value"]), errors
+
+
+@requires_chromium
+def test_the_devtools_check_sees_errors_and_broken_images(tmp_path):
+    """The check below would notice a broken page: a script error, a console error, a missing image."""
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body><img src="missing.png" alt="gone"><script>console.error("boom"); '
+                    'throw new Error("x")</script></body></html>')
+    facts, errors = render(page, tmp_path / "broken.png")
+    assert facts["undecoded"] == ["gone"]
+    assert {e["method"] for e in errors} == {"Runtime.exceptionThrown", "Runtime.consoleAPICalled", "Log.entryAdded"}
+
+
+def pretrained_run(out: Path, data: Path) -> Path:
+    run_pretraining(merge_dicts(TINY_RUN, {"out": str(out), "data": {"path": str(data)},
+                                           "train": {"epochs": 2, "monitor_every_epochs": 1}}))
+    return out
+
+
+def data_uris_only(text: str) -> None:
+    assert "<script" not in text.lower() and "@import" not in text and "url(" not in text
+    for link in re.findall(r'(?:src|href)="([^"]*)"', text):
+        assert link.startswith(("data:", "#")), link
+    for uri in re.findall(r'<img src="data:image/png;base64,([^"]+)"', text):
+        Image.open(io.BytesIO(base64.b64decode(uri))).verify()
+
+
+@requires_chromium
+def test_report_of_two_runs_renders_with_its_tables_and_images(tmp_path, split_folder):
+    run = pretrained_run(tmp_path / "simclr", split_folder)
+    common = dict(data=split_folder, device="cpu", show_progress=False)
+    evaluate_knn(run, k=(5,), **common)
+    evaluate_linear(run / "last.pt", per_class=4, seeds=2, epochs=3, lr=1e-2, weight_decay=0.0, **common)
+    evaluate_linear(run, epochs=3, lr=1e-2, weight_decay=0.0, record=False, **common)
+    label_efficiency_curve([run, "random:resnet18"], protocol="knn", per_class=(1, 4), seeds=2, image_size=16,
+                           small_stem=False, out=tmp_path / "curve.png", protocol_options={"k": (5,)}, **common)
+    evals = read_evals(run)
+    assert [(e["protocol"], e.get("budget")) for e in evals] == [("knn", "all labels"), ("linear", "4 per class"),
+                                                                 ("curve", None)]
+    Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(run / "reconstructions.png")  # a method's picture
+    other = tmp_path / "copy" / "simclr"
+    shutil.copytree(run, other)
+    out = build_report([run, other], tmp_path / "site" / "report.html", device="cpu", show_progress=False)
+    text = out.read_text()
+    data_uris_only(text)
+    for heading in ("Comparison", "Configuration", "Training curves", "Evaluations", "Label efficiency",
+                    "Nearest neighbours", "Embedding map", "Pictures from the method"):
+        assert f">{heading}<" in text
+    facts, errors = render(out, tmp_path / "screenshot.png")
+    assert errors == []
+    assert facts["tables"] == ["comparison"] + ["config", "evals"] * 2 and facts["rows"] == 2
+    assert facts["images"] == 10 and facts["undecoded"] == []  # per run: curves, curve, neighbours, map, picture
+    shot = np.asarray(Image.open(tmp_path / "screenshot.png").convert("L"))
+    assert shot.shape[1] == 1280 and shot.shape[0] > 600 and shot.std() > 10 and facts["height"] > 4000
+
+
+def test_report_notes_what_it_cannot_draw_and_refuses_non_runs(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"method: simclr\ndata:\n  path: {tmp_path / 'gone'}\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 3.0, "lr": 0.1}) + "\n")
+    text = build_report([run], tmp_path / "r.html", show_progress=False).read_text()
+    data_uris_only(text)
+    assert "no labelled data" in text and "no evaluations recorded" in text and "no label-efficiency curve" in text
+    assert text.count("<img") == 1  # the training curves
+    with pytest.raises(UserError, match="not a run folder"):
+        build_report([tmp_path / "gone"], tmp_path / "r.html")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and "not a run folder" in err
+
+
+def test_embedding_map_falls_back_to_pca_that_keeps_planar_distances(monkeypatch):
+    for name in ("sklearn", "sklearn.manifold"):  # as if scikit-learn were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 2, generator=g, dtype=torch.float64))[0].T  # (2, 32) orthonormal
+    x = torch.randn(50, 2, generator=g, dtype=torch.float64) @ basis
+    coords, method = project_2d(x)
+    unit = torch.nn.functional.normalize(x, dim=1)  # the map shows cosine geometry
+    assert method.startswith("PCA")
+    np.testing.assert_allclose(torch.cdist(torch.from_numpy(coords), torch.from_numpy(coords)).numpy(),
+                               torch.cdist(unit, unit).numpy(), atol=1e-6)
+
+
+def test_fixed_queries_take_each_class_in_turn():
+    labels = np.array([2, 0, 0, 1, 2, 0, 1])
+    assert fixed_queries(labels, 5).tolist() == [1, 3, 0, 2, 6]
+    assert fixed_queries(labels, 50).tolist() == [1, 3, 0, 2, 6, 4, 5]

@@ -1,0 +1,126 @@
+"""Video and frame folders → the frame cache: clips, frame indices, motion CSVs, bad input."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.data.video import open_clips, read_motion_csv
+from selfsup.errors import UserError
+from selfsup.views.temporal import usable_clips
+
+from conftest import make_tar
+
+av = pytest.importorskip("av")
+
+
+def write_video(path, frames: int, size: int = 32, codec: str = "libx264") -> None:
+    """A clip whose frame t has a bright vertical bar at column 2t (mod size) on black."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            image = np.zeros((size, size, 3), np.uint8)
+            image[:, (2 * t) % size:(2 * t) % size + 2] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_frames(folder, frames: int, size: int = 16, seed: int = 0, start: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{start + t:06d}.png")
+
+
+def write_motion(path, frames, columns=("yaw", "forward"), seed=0) -> np.ndarray:
+    values = np.random.default_rng(seed).normal(size=(len(frames), len(columns))).round(4)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("frame", *columns))
+        writer.writerows((frame, *row) for frame, row in zip(frames, values))
+    return values
+
+
+def test_video_files_are_decoded_once_with_clip_and_frame_and_corrupt_ones_counted(tmp_path, capsys):
+    write_video(tmp_path / "a.mp4", 12)
+    write_video(tmp_path / "b.avi", 7, codec="mpeg4")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing else")
+    cache = open_clips(tmp_path, 32, show_progress=False)
+    assert "skipped 1 of 3 files" in capsys.readouterr().err and cache.skipped == ["broken.mp4"]
+    assert cache.clip_names == ["a.mp4", "b.avi"] and len(cache) == 19
+    assert cache.frame.tolist() == list(range(12)) + list(range(7))
+    assert cache.clip.tolist() == [0] * 12 + [1] * 7
+    for row in range(12):  # the bright bar is where it was drawn (lossy codec: only roughly)
+        column_brightness = cache.images[row].astype(float).mean(axis=(0, 2))
+        assert abs(int(column_brightness.argmax()) - (2 * row + 0.5)) <= 1.5
+    again = open_clips(tmp_path, 32, show_progress=False)  # reused, not decoded again
+    assert np.array_equal(np.asarray(again.images), np.asarray(cache.images))
+
+
+def test_frame_folders_in_class_folders_give_labels_frames_and_motion(tmp_path):
+    root = tmp_path / "clips"
+    write_frames(root / "cats" / "c1", 5, seed=1, start=1)  # numbered from 1, as ffmpeg does
+    write_frames(root / "dogs" / "d1", 4, seed=2)
+    frames = [3, 1, 5, 2, 4]  # rows in any order: matched by frame index
+    values = write_motion(root / "cats" / "c1.csv", frames)
+    cache = open_clips(root, 16, show_progress=False)
+    assert cache.clip_names == ["cats/c1", "dogs/d1"] and cache.classes == ["cats", "dogs"]
+    assert cache.labels.tolist() == [0] * 5 + [1] * 4
+    assert cache.frame.tolist() == [1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert cache.motion_columns == ["yaw", "forward"]
+    rows = cache.clip_rows()[0]
+    expected = values[np.argsort(frames)]
+    np.testing.assert_allclose(cache.motion[rows], expected, rtol=1e-6)
+    assert np.isnan(cache.motion[cache.clip_rows()[1]]).all()  # the clip without a CSV
+
+
+def test_tar_of_frame_folders_with_motion(tmp_path):
+    write_frames(tmp_path / "src" / "data" / "walk", 4)
+    write_motion(tmp_path / "src" / "data" / "walk.csv", [0, 1, 2, 3])
+    cache = open_clips(make_tar(tmp_path / "src", tmp_path / "clips.tar.gz"), 16, show_progress=False)
+    assert cache.clip_names == ["walk"] and cache.motion.shape == (4, 2) and not np.isnan(cache.motion).any()
+
+
+def test_motion_csv_whose_frames_do_not_match_the_clip(tmp_path):
+    write_frames(tmp_path / "walk", 4)
+    write_motion(tmp_path / "walk.csv", [0, 1, 2])
+    with pytest.raises(UserError, match=r"lists 3 frames \(0..2\) but clip 'walk' has 4 \(0..3\)"):
+        open_clips(tmp_path, 16, show_progress=False)
+    write_motion(tmp_path / "walk.csv", [0, 1, 2, 7])
+    with pytest.raises(UserError, match="write one row per frame"):
+        open_clips(tmp_path, 16, show_progress=False)
+    (tmp_path / "walk.csv").write_text("t,yaw\n0,1\n")
+    with pytest.raises(UserError, match="must start with a header 'frame,READING"):
+        open_clips(tmp_path, 16, show_progress=False)
+
+
+def test_motion_csv_rows_must_be_numbers():
+    with pytest.raises(UserError, match="not 3 numbers"):
+        read_motion_csv("frame,yaw,forward\n0,1,x\n", "'m.csv'")
+    columns, frames, values = read_motion_csv("frame,yaw\n\n0,1.5\n1,-2\n", "'m.csv'")
+    assert columns == ["yaw"] and frames.tolist() == [0, 1] and values[:, 0].tolist() == [1.5, -2.0]
+
+
+def test_short_clips_are_skipped_and_counted_and_all_short_is_an_error(tmp_path, capsys):
+    write_frames(tmp_path / "long", 6)
+    write_frames(tmp_path / "short", 3, seed=3)
+    cache = open_clips(tmp_path, 16, show_progress=False)
+    kept = usable_clips(cache, 5, "temporal-order tuples of 3")
+    assert len(kept) == 1 and cache.clip[kept[0]].tolist() == [0] * 6
+    assert "skipped 1 of 2 clips shorter than 5 frames" in capsys.readouterr().err
+    with pytest.raises(UserError, match="fewer than 7 frames, the minimum for temporal-order"):
+        usable_clips(cache, 7, "temporal-order tuples of 3")
+
+
+def test_no_readable_video_at_all(tmp_path):
+    (tmp_path / "x.mp4").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="none of the 1 video files"):
+        open_clips(tmp_path, 16, show_progress=False)
+    with pytest.raises(UserError, match="does not exist"):
+        open_clips(tmp_path / "nope", 16, show_progress=False)

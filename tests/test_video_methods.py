@@ -1,0 +1,272 @@
+"""The three video/interaction methods: samplers against their definitions, the equivariance loss
+against a float64 reference, the analysis, each task above chance on a tiny run, exact resume."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.data.loader import map_side
+from selfsup.data.video import open_clips
+from selfsup.errors import UserError
+from selfsup.eval.video import equivariance_error
+from selfsup.losses.equivariance import closest_map, equivariance_loss
+from selfsup.views.temporal import is_ordered, order_tuple, order_tuples, sorted_positions
+
+from conftest import assert_same_state, interrupted_then_resumed
+
+pytest.importorskip("pymunk")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Synthetic motion clips (the generator's) from 27 CIFAR images: 3 motions, 8 frames each."""
+    from conftest import SAMPLE
+    from selfsup.synth.motion import MotionSettings, make_motion_clips
+
+    out = tmp_path_factory.mktemp("clips")
+    make_motion_clips(SAMPLE, out, MotionSettings(frames=8, size=16, max_images=27, speed=3.0,
+                                                  motions=("pan-left", "zoom-in", "roll-right")), show_progress=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal order
+
+
+def test_tuple_construction_matches_the_definition():
+    rng = np.random.default_rng(0)
+    for k in (3, 5):
+        for _ in range(200):
+            frames = np.sort(rng.choice(40, size=k + 2, replace=False))
+            positive, reverse, outside = bool(rng.integers(2)), bool(rng.integers(2)), int(rng.integers(2))
+            t = order_tuple(frames, positive, reverse, outside)
+            assert len(t) == k and is_ordered(t) == positive
+            if not positive:  # the middle frame lies outside the span of the others
+                others = np.delete(t, k // 2)
+                assert not (others.min() < t[k // 2] < others.max())
+                assert t[k // 2] in (frames[0], frames[-1])
+    assert not is_ordered(np.array([2, 1, 4])) and is_ordered(np.array([4, 2, 1]))  # (b, a, d): negative
+
+
+def test_sorted_positions_respect_the_gap_and_cover_every_set():
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(3000):
+        p = sorted_positions(6, 3, 2, rng)
+        assert p[0] >= 0 and p[-1] <= 6 and (np.diff(p) >= 2).all()
+        seen.add(tuple(p))
+    every = {c for c in itertools.combinations(range(7), 3) if min(np.diff(c)) >= 2}
+    assert seen == every
+
+
+def test_frame_motion_is_the_mean_change_from_the_previous_frame():
+    from selfsup.views.temporal import frame_motion
+
+    images = np.random.default_rng(0).integers(0, 256, (23, 4, 4, 3)).astype(np.uint8)
+    rows = np.arange(23)[::-1].copy()
+    expected = [0.0] + [np.abs(images[rows[t]].astype(float) - images[rows[t - 1]]).mean() for t in range(1, 23)]
+    np.testing.assert_allclose(frame_motion(images, rows, chunk=5), expected)
+
+
+def test_tuples_stay_in_one_clip_with_labels_as_defined(clips):
+    cache = open_clips(clips, 16, show_progress=False)
+    rows, labels = order_tuples(cache, 3, 6, 7, 1, 0.5, 0.0, seed=0)
+    assert rows.shape == (27 * 6, 3) and set(labels.tolist()) == {0, 1}
+    for r, label in zip(rows, labels):
+        assert len(set(cache.clip[r].tolist())) == 1  # never crosses clips
+        frames = cache.frame[r]
+        n = (cache.clip == cache.clip[r[0]]).sum()
+        assert frames.min() >= 0 and frames.max() < n
+        assert is_ordered(frames) == bool(label)
+    again, _ = order_tuples(cache, 3, 6, 7, 1, 0.5, 0.0, seed=0)
+    assert np.array_equal(rows, again)  # a function of the seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Ego-motion
+
+
+def reference_loss(z, z_later, g, maps, margin, w):
+    z, z_later, maps = z.double(), z_later.double(), maps.double()
+    b, total = len(z), 0.0
+    for i in range(b):
+        predicted = maps[g[i]] @ z[i]
+        total += ((predicted - z_later[i]) ** 2).sum()
+        total += max(0.0, margin - torch.linalg.norm(predicted - z_later[(i - b // 2) % b])) ** 2
+        others = [h for h in range(len(maps)) if h != g[i]]
+        if w > 0 and others:
+            total += w * sum(max(0.0, margin - torch.linalg.norm(maps[h] @ z[i] - z_later[i])) ** 2 for h in others) / len(others)
+    return total / b
+
+
+@pytest.mark.parametrize("groups,margin,w", [(4, 1.0, 1.0), (2, 3.0, 0.5), (6, 0.5, 0.0)])
+def test_equivariance_loss_against_float64(groups, margin, w):
+    gen = torch.Generator().manual_seed(groups)
+    z, z_later = torch.randn(10, 5, generator=gen), torch.randn(10, 5, generator=gen)
+    maps = torch.randn(groups, 5, 5, generator=gen) * 0.5
+    g = torch.randint(0, groups, (10,), generator=gen)
+    got = equivariance_loss(z, z_later, g, maps, margin, w)
+    assert got.item() == pytest.approx(reference_loss(z, z_later, g, maps, margin, w).item(), rel=1e-5)
+
+
+def test_identity_maps_give_the_invariance_loss():
+    gen = torch.Generator().manual_seed(0)
+    z, z_later = torch.randn(8, 6, generator=gen), torch.randn(8, 6, generator=gen)
+    g = torch.randint(0, 3, (8,), generator=gen)
+    eye = torch.eye(6).repeat(3, 1, 1)
+    d_pos = (z.double() - z_later.double()).norm(dim=1)
+    d_neg = (z.double() - z_later.double().roll(4, 0)).norm(dim=1)
+    drlim = (d_pos ** 2 + (1.5 - d_neg).clamp(min=0) ** 2).mean()  # Hadsell et al. 2006
+    assert equivariance_loss(z, z_later, g, eye, 1.5, 0.0).item() == pytest.approx(drlim.item(), rel=1e-6)
+
+
+def test_egomotion_labels_a_few_clips_per_class_for_the_joint_loss(clips):
+    from selfsup.backbones import build_backbone
+    from selfsup.config import BackboneConfig
+    from selfsup.methods.common import Batch, Progress
+    from selfsup.methods.egomotion import Config, Method, samples
+
+    cache = open_clips(clips, 16, show_progress=False)
+    config = Config(motion_classes=3, supervised_weight=0.5, supervised_classes=10, labelled_clips_per_class=1)
+    drawn = samples(config, cache, seed=0)
+    labelled = drawn.side.label >= 0
+    kept = set(cache.clip[drawn.rows[labelled, 0]].tolist())
+    assert len(kept) == len(cache.classes)  # one clip of each class
+    assert np.array_equal(drawn.side.label[labelled], cache.labels[drawn.rows[labelled, 0]])
+    assert (drawn.side.label[~labelled] == -1).all()
+    method = Method(config, build_backbone(BackboneConfig("resnet18-half", small_stem=False), 16), 16)
+    idx = np.concatenate([np.flatnonzero(labelled)[:4], np.flatnonzero(~labelled)[:4]])
+    side = map_side(drawn.side, lambda a: torch.from_numpy(a[idx]))
+    out = method(Batch(torch.from_numpy(cache.images[drawn.rows[idx]]), torch.Generator().manual_seed(0), side),
+                 Progress(0, 1, 1))
+    assert torch.isfinite(out.loss) and out.metrics["supervised_loss"] > 0
+
+
+def test_closest_map_finds_the_transform_used():
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.linalg.qr(torch.randn(4, 8, 8, generator=gen))[0]  # four rotations
+    g = torch.randint(0, 4, (50,), generator=gen)
+    z = torch.randn(50, 8, generator=gen)
+    z_later = torch.einsum("bij,bj->bi", maps[g], z)
+    assert torch.equal(closest_map(z, z_later, maps), g)
+
+
+def test_equivariance_error_separates_equivariant_from_invariant_features():
+    rng = np.random.default_rng(0)
+    maps = np.linalg.qr(rng.normal(size=(3, 16, 16)))[0]
+    g = rng.integers(0, 3, 600)
+    z = rng.normal(size=(600, 16))
+    equivariant = np.einsum("bij,bj->bi", maps[g], z) + 0.01 * rng.normal(size=(600, 16))
+    fitted = equivariance_error(z, equivariant, g)
+    assert max(fitted.values()) < 0.05
+    invariant = z + 0.1 * rng.normal(size=(600, 16))  # only noise changes: no map explains it
+    assert min(equivariance_error(z, invariant, g).values()) > 0.9
+    learned = equivariance_error(z, equivariant, g, maps=maps)
+    assert max(learned.values()) < 0.05
+    identity = equivariance_error(z, equivariant, g, maps=np.eye(16)[None].repeat(3, 0))
+    assert all(v == pytest.approx(1.0) for v in identity.values())
+    still = equivariance_error(z, np.where((g == 1)[:, None], z, equivariant), g)
+    assert np.isnan(still[1]) and still[0] < 0.05  # nothing changes: nothing to predict
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: each task above chance on a tiny CPU run; exact resume
+
+
+def train_directly(method_name, data, steps, overrides=None, seed=0):
+    """Train the method's module for `steps` steps (no trainer: fast) on its samples but every
+    fifth, which are kept to test on; return (method, samples, cache)."""
+    from selfsup.config import merge_dicts, resolve
+    from selfsup.methods import build_method, get_method
+    from selfsup.methods.common import Batch, Progress
+
+    cfg = resolve(merge_dicts({"method": method_name, "data": {"path": str(data), "image_size": 16},
+                               "backbone": {"name": "resnet18-half", "small_stem": False}}, overrides or {}))
+    torch.set_num_threads(1)  # several times faster than 2 on a busy 2-core machine
+    module = get_method(method_name)
+    cache = module.open_data(str(data), cfg.data.cache_size, show_progress=False)
+    samples = module.samples(cfg.method_config, cache, seed)
+    torch.manual_seed(seed)
+    method = build_method(cfg)
+    optimizer = torch.optim.Adam(method.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    order = np.random.default_rng(seed)
+    for step in range(steps):
+        idx = order.choice(np.flatnonzero(np.arange(len(samples.rows)) % 5 != 0), size=32, replace=False)
+        side = map_side(samples.side, lambda a: torch.from_numpy(np.ascontiguousarray(a[idx])))
+        out = method(Batch(torch.from_numpy(cache.images[samples.rows[idx]]), gen, side), Progress(step, steps, 1))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    return method, samples, cache
+
+
+def test_temporal_order_learns_above_chance(clips):
+    settings = {"positive_fraction": 0.5, "tuples_per_clip": 24, "motion_quantile": 0.0}
+    method, _, cache = train_directly("temporal-order", clips, 100, {"temporal-order": settings})
+    method.eval()
+    from selfsup.methods.common import Batch, Progress
+    from selfsup.methods.temporal_order import OrderLabels, samples as draw
+    samples = draw(method.config, cache, seed=1)  # other tuples than those trained on
+    idx = np.arange(0, len(samples.rows), 2)
+    with torch.no_grad():
+        out = method(Batch(torch.from_numpy(cache.images[samples.rows[idx]]), torch.Generator().manual_seed(9),
+                           OrderLabels(torch.from_numpy(samples.side.label[idx]))), Progress(0, 1, 1))
+    assert out.metrics["pretext_acc"].item() > 0.6  # chance: 0.5 (about 0.68 measured)
+
+
+def test_egomotion_learns_above_chance(clips):
+    method, samples, cache = train_directly("egomotion", clips, 30, {"egomotion": {"motion_classes": 3, "pair_gap": 2}})
+    method.eval()
+    rows = samples.rows[::5]  # held out
+    with torch.no_grad():
+        from selfsup.views.pipeline import eval_view
+        z = [torch.nn.functional.normalize(method.head(method.backbone(eval_view(torch.from_numpy(cache.images[rows[:, j]]), 16))), dim=1)
+             for j in (0, 1)]
+    accuracy = (closest_map(z[0], z[1], method.maps) == torch.from_numpy(samples.side.motion_class[::5])).float().mean()
+    assert accuracy.item() > 0.6  # chance: 1/3
+
+
+def test_interaction_heads_learn_above_chance(tmp_path):
+    from selfsup.eval.video import outcome_scores
+    from selfsup.synth.interaction import WorldSettings, record_interactions
+
+    record_interactions(tmp_path / "world", 750, 0, WorldSettings(size=16), show_progress=False)
+    method, samples, cache = train_directly("interaction", tmp_path / "world", 90)
+    held_out = outcome_scores(method, cache, np.arange(0, len(cache), 5))
+    assert held_out["push_r2"] > 0.2 and held_out["poke_r2"] > 0.2  # measured: about 0.5 and 0.7
+    # Grasp success hangs on a pixel or two of size at 16 px: ~250 grasps in 90 steps fit the
+    # training grasps but do not yet generalise (held out: about the majority rate), so here the
+    # grasp head is checked on its own training records.
+    trained = outcome_scores(method, cache, np.flatnonzero(np.arange(len(cache)) % 5 != 0))
+    assert trained["grasp_acc"] > trained["grasp_majority"] + 0.1
+
+
+def test_trainer_streams_samples_and_resumes_exactly(clips, tmp_path, monkeypatch):
+    user = {"method": "temporal-order", "data": {"path": str(clips), "image_size": 16},
+            "backbone": {"name": "resnet18-half", "small_stem": False},
+            "train": {"epochs": 2, "batch_size": 16, "progress": False, "checkpoint_every_steps": 2},
+            "temporal-order": {"tuples_per_clip": 2, "motion_quantile": 0.0}, "out": str(tmp_path)}
+    torch.set_num_threads(1)
+    whole, at_interruption, resumed = interrupted_then_resumed(user, 5, monkeypatch)
+    assert at_interruption["position"] == {"epoch": 1, "batch": 1, "step": 4}  # mid-epoch
+    assert whole["position"]["step"] == 6
+    assert_same_state(whole, resumed)
+
+
+def test_egomotion_without_motion_signals_and_image_folders(tmp_path, labelled_folder):
+    from selfsup.train import run_pretraining
+    base = {"data": {"image_size": 16}, "backbone": {"name": "resnet18-half"}, "train": {"progress": False}}
+    frames = tmp_path / "frames" / "clip"
+    frames.mkdir(parents=True)
+    for t in range(4):
+        (frames / f"{t}.png").write_bytes((labelled_folder / "circle" / f"{t:03d}.png").read_bytes())
+    with pytest.raises(UserError, match="egomotion needs motion signals: a CLIP.csv"):
+        run_pretraining({**base, "method": "egomotion", "data": {"path": str(tmp_path / "frames"), "image_size": 16},
+                         "out": str(tmp_path / "run")})
+    with pytest.raises(UserError, match="interaction needs|holds no interactions.csv"):
+        run_pretraining({**base, "method": "interaction", "data": {"path": str(labelled_folder), "image_size": 16},
+                         "out": str(tmp_path / "run2")})

@@ -1,0 +1,336 @@
+"""ViT backbones, masks, MAE, attention maps and layer-wise decay: each against an independent
+computation (timm's own code paths, float64 references, counting by hand)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import selfsup
+from selfsup.backbones import build_backbone
+from selfsup.backbones.vit import VITS, encode, patchify, unpatchify
+from selfsup.config import BackboneConfig, OptimConfig, merge_dicts, resolve
+from selfsup.errors import UserError
+from selfsup.methods import build_method
+from selfsup.methods.common import Batch, Progress
+from selfsup.methods.mae import normalize_patches, reconstruction_loss
+from selfsup.views.masks import block_mask, random_patch_mask, visible_indices
+
+from conftest import assert_same_state, interrupted_then_resumed, write_dataset
+
+# MAE on 16-pixel images with 4x4 patches (16 patches, 4 visible), a one-block decoder.
+TINY_MAE = {"method": "mae", "backbone": {"name": "vit-tiny", "patch_size": 4}, "data": {"image_size": 16},
+            "optim": {"lr": 2e-3, "lr_scaling": "none", "warmup_epochs": 0.0},
+            "train": {"epochs": 3, "batch_size": 8, "progress": False, "checkpoint_every_steps": 2},
+            "mae": {"decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster, and far faster on a shared, busy CPU (where two
+    threads of tiny matrix products spend their time waiting for each other)."""
+    torch.set_num_threads(1)
+
+
+def vit(name="vit-tiny", image_size=16, patch_size=4):
+    torch.manual_seed(0)
+    return build_backbone(BackboneConfig(name=name, patch_size=patch_size), image_size).eval()
+
+
+@pytest.fixture(scope="module")
+def mae_runs(tmp_path_factory):
+    """One tiny MAE run three ways (whole, stopped after 5 steps, resumed)."""
+    root = tmp_path_factory.mktemp("mae")
+    data = write_dataset(root / "data", per_class=10, size=16)
+    user = merge_dicts(TINY_MAE, {"data": {"path": str(data)}, "out": str(root)})
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        checkpoints = interrupted_then_resumed(user, stop_after_steps=5, monkeypatch=monkeypatch)
+    return root, data, checkpoints
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbones
+
+
+@pytest.mark.parametrize("name,dim", [("vit-tiny", 192), ("vit-small", 384), ("vit-base", 768)])
+def test_vit_registry_entries_follow_the_backbone_contract(name, dim):
+    backbone = vit(name)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens, pooled = backbone.forward_map(x), backbone(x)
+        torch.testing.assert_close(tokens, backbone.net.forward_features(x))  # timm's own forward
+        torch.testing.assert_close(pooled, backbone.net(x))  # the class token, as timm pools it
+    assert backbone.kind == "vit" and backbone.feature_dim == dim
+    assert tokens.shape == (2, 1 + 16, dim) and pooled.shape == (2, dim)
+    torch.testing.assert_close(pooled, tokens[:, 0])
+
+
+def test_positions_are_resampled_for_another_image_size():
+    backbone = vit(image_size=16)
+    x = torch.randn(2, 3, 24, 32)
+    with torch.no_grad():
+        tokens = backbone.forward_map(x)
+        assert tokens.shape == (2, 1 + 6 * 8, 192)
+        torch.testing.assert_close(tokens, backbone.net.forward_features(x))  # timm's dynamic_img_size path
+
+
+def test_token_dropping_runs_the_blocks_on_the_kept_patches_only():
+    net = vit().net
+    x = torch.randn(3, 3, 16, 16)
+    keep = torch.stack([torch.randperm(16)[:5].sort().values for _ in range(3)])  # (3, 5)
+    with torch.no_grad():
+        full = net._pos_embed(net.patch_embed(x))  # (3, 17, D): timm's embedding with positions
+        kept = torch.cat([full[:, :1], full[:, 1:].gather(1, keep.unsqueeze(-1).expand(-1, -1, 192))], 1)
+        expected = net.norm(net.blocks(kept))
+        torch.testing.assert_close(encode(net, x, keep=keep), expected)
+        torch.testing.assert_close(encode(net, x, keep=torch.arange(16).expand(3, -1)), net.forward_features(x))
+
+
+def test_mask_tokens_replace_the_chosen_patch_embeddings():
+    net = vit().net
+    x = torch.randn(2, 3, 16, 16)
+    mask = torch.rand(2, 16) < 0.4
+    token = torch.randn(192)
+
+    def substitute(module, inputs, output):  # (B, h, w, D): the patch embeddings timm computed
+        return torch.where(mask.view(2, 4, 4, 1), token, output)
+
+    with torch.no_grad():
+        hook = net.patch_embed.register_forward_hook(substitute)
+        expected = net.forward_features(x)
+        hook.remove()
+        torch.testing.assert_close(encode(net, x, mask=mask, mask_token=token), expected)
+        assert not torch.allclose(encode(net, x), expected)
+
+
+def test_patchify_follows_the_patch_embedding_token_order():
+    net = vit().net
+    x = torch.randn(2, 3, 16, 16)
+    weight = net.patch_embed.proj.weight  # (D, 3, p, p) -> patchify's (row, column, channel) order
+    by_hand = patchify(x, 4) @ weight.permute(0, 2, 3, 1).reshape(192, -1).T + net.patch_embed.proj.bias
+    with torch.no_grad():
+        torch.testing.assert_close(by_hand, net.patch_embed(x).flatten(1, 2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(unpatchify(patchify(x, 4), 4, 16, 16), x)
+
+
+def test_image_size_not_a_multiple_of_the_patch_size_is_refused():
+    with pytest.raises(UserError, match=r"multiples of 4, got 30x30; use --image-size 28 or 32"):
+        build_backbone(BackboneConfig(name="vit-tiny", patch_size=4), 30)
+    with pytest.raises(UserError, match=r"vit-small with patch size 16 needs .* got 100x100; use --image-size 96 or 112"):
+        resolve({"backbone": {"name": "vit-small"}, "data": {"image_size": 100}})  # before any data is read
+    backbone = vit()
+    with pytest.raises(UserError, match="multiples of 4, got 18x16"):
+        backbone(torch.randn(1, 3, 18, 16))
+
+
+def test_default_patch_size_follows_the_image_size():
+    assert resolve({"backbone": {"name": "vit-small"}, "data": {"image_size": 32}}).backbone.patch_size == 4
+    assert resolve({"backbone": {"name": "vit-small"}, "data": {"image_size": 224}}).backbone.patch_size == 16
+    assert resolve({"backbone": {"name": "vit-small", "patch_size": 8}, "data": {"image_size": 32}}).backbone.patch_size == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+
+
+@pytest.mark.parametrize("patches,ratio,hidden", [(196, 0.75, 147), (64, 0.75, 48), (16, 0.6, 10), (49, 0.5, 25)])
+def test_random_patch_mask_hides_an_exact_count_per_image(patches, ratio, hidden):
+    mask = random_patch_mask(64, patches, ratio, torch.Generator().manual_seed(1))
+    assert mask.shape == (64, patches) and mask.dtype == torch.bool
+    assert (mask.sum(dim=1) == hidden).all()  # the count MAE keeps: int(N * (1 - ratio)) visible
+    assert len({tuple(row.tolist()) for row in mask}) == 64  # a different mask per image
+    keep = visible_indices(mask)
+    assert keep.shape == (64, patches - hidden)
+    for row, kept in zip(mask, keep):
+        assert kept.tolist() == (~row).nonzero().flatten().tolist()
+
+
+def test_random_patch_mask_is_reproducible_and_uniform():
+    draw = lambda seed: random_patch_mask(4000, 64, 0.75, torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(3), draw(3)) and not torch.equal(draw(3), draw(4))
+    frequency = draw(5).float().mean(dim=0)  # each position hidden 3/4 of the time
+    assert (frequency - 0.75).abs().max() < 0.04
+
+
+def test_block_mask_hides_rectangles_up_to_the_count():
+    masks = block_mask(200, (14, 14), 75, torch.Generator().manual_seed(0))
+    counts = masks.sum(dim=1)
+    assert masks.shape == (200, 196) and (counts <= 75).all() and counts.float().mean() > 60
+    assert torch.equal(masks, block_mask(200, (14, 14), 75, torch.Generator().manual_seed(0)))
+    assert len({tuple(m.tolist()) for m in masks}) == 200
+    grid = masks.view(200, 14, 14)  # blocks, not scattered patches: most hidden patches have a hidden neighbour
+    neighbours = torch.zeros_like(grid)
+    neighbours[:, 1:] |= grid[:, :-1]
+    neighbours[:, :-1] |= grid[:, 1:]
+    neighbours[:, :, 1:] |= grid[:, :, :-1]
+    neighbours[:, :, :-1] |= grid[:, :, 1:]
+    assert (grid & neighbours).sum() > 0.95 * grid.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# MAE
+
+
+def test_mae_encoder_sees_a_quarter_of_the_patches():
+    """224x224 with 16x16 patches: 196 patches; at 75 % masking the blocks receive 49 (+ class)."""
+    cfg = resolve({"method": "mae", "backbone": {"name": "vit-tiny", "patch_size": 16}, "data": {"image_size": 224},
+                   "mae": {"decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2}})
+    torch.manual_seed(0)
+    method = build_method(cfg).eval()
+    seen = {}
+    net = method.backbone.net
+    net.patch_embed.register_forward_hook(lambda m, i, out: seen.update(patches=out.shape))
+    net.blocks[0].register_forward_hook(lambda m, inputs, out: seen.update(block_input=inputs[0].shape))
+    images = torch.randint(0, 256, (2, 256, 256, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        out = method(Batch(images, torch.Generator().manual_seed(0)), Progress(0, 1, 1))
+        assert seen["patches"] == (2, 14, 14, 192)  # 196 patches per image
+        assert seen["block_input"] == (2, 1 + 49, 192)
+        masked_tokens = seen["block_input"][1]
+        method.backbone(torch.randn(2, 3, 224, 224))
+        assert seen["block_input"] == (2, 1 + 196, 192)
+        assert (seen["block_input"][1] - 1) / (masked_tokens - 1) == 4
+    assert torch.isfinite(out.loss)
+
+
+def test_reconstruction_loss_scores_hidden_patches_only_against_float64():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        prediction, target = torch.randn(4, 16, 48, generator=g), torch.rand(4, 16, 48, generator=g) * 3
+        mask = random_patch_mask(4, 16, 0.75, g)
+        loss = reconstruction_loss(prediction, target, mask)
+        p, t, m = prediction.double().numpy(), target.double().numpy(), mask.numpy()
+        t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, ddof=1, keepdims=True) + 1e-6)
+        expected = np.mean([((p[b, n] - t[b, n]) ** 2).mean() for b in range(4) for n in range(16) if m[b, n]])
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+        changed = prediction + 100 * torch.randn(4, 16, 48, generator=g) * (~mask).unsqueeze(-1)  # visible only
+        assert reconstruction_loss(changed, target, mask).item() == loss.item()
+        changed = prediction + torch.randn(4, 16, 48, generator=g) * mask.unsqueeze(-1)
+        assert reconstruction_loss(changed, target, mask).item() != pytest.approx(loss.item(), rel=1e-4)
+        raw = np.mean([((p[b, n] - target.double().numpy()[b, n]) ** 2).mean() for b in range(4) for n in range(16) if m[b, n]])
+        assert reconstruction_loss(prediction, target, mask, norm_pix=False).item() == pytest.approx(raw, rel=1e-5)
+
+
+def test_per_patch_normalisation_against_float64():
+    patches = torch.randn(3, 10, 48) * torch.rand(3, 10, 1) * 5 + torch.randn(3, 10, 1)
+    ours = normalize_patches(patches).double().numpy()
+    for b in range(3):
+        for n in range(10):
+            v = patches[b, n].double().numpy()
+            by_hand = (v - v.sum() / len(v)) / math.sqrt(((v - v.mean()) ** 2).sum() / (len(v) - 1) + 1e-6)
+            np.testing.assert_allclose(ours[b, n], by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_mae_presets_follow_the_paper():
+    cifar = resolve({"method": "mae", "data": {"image_size": 32}})
+    assert (cifar.backbone.name, cifar.backbone.patch_size) == ("vit-tiny", 4)
+    imagenet = resolve({"method": "mae", "data": {"image_size": 224}})
+    assert (imagenet.backbone.name, imagenet.backbone.patch_size) == ("vit-base", 16)
+    for cfg in (cifar, imagenet):
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay) == ("adamw", 1.5e-4, (0.9, 0.95), 0.05)
+        assert cfg.optim.lr_scaling == "linear" and cfg.method_config.mask_ratio == 0.75
+        assert cfg.method_config.views.crop_scale == (0.2, 1.0) and cfg.method_config.views.jitter_prob == 0
+    assert imagenet.optim.warmup_epochs == 40 and imagenet.method_config.decoder_dim == 512
+
+
+def test_mae_refuses_a_resnet_before_reading_data():
+    from selfsup.methods import mae
+    message = "mae needs a ViT backbone \\(vit-tiny, vit-small, vit-base, with --patch-size N\\), not 'resnet18'"
+    with pytest.raises(UserError, match=message):
+        resolve({"method": "mae", "backbone": {"name": "resnet18"}, "data": {"image_size": 16}})
+    resnet = build_backbone(BackboneConfig(name="resnet18"), 16)
+    with pytest.raises(UserError, match=message):
+        mae.Method(mae.Config(), resnet, 16)
+    with pytest.raises(UserError, match="mask_ratio 0.99 leaves no visible or no hidden patch of 16"):
+        resolve(merge_dicts(TINY_MAE, {"mae": {"mask_ratio": 0.99}}))
+
+
+def test_mae_trains_draws_reconstructions_and_resumes_exactly(mae_runs):
+    root, _, (whole, at_stop, resumed) = mae_runs
+    metrics = selfsup.train.read_metrics(root / "whole")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["loss"] < 0.9 * metrics[0]["loss"]
+    picture = Image.open(root / "whole" / "pictures.png")  # 8 rows x 3 images of 96 px, 2-px gaps
+    assert picture.size == (3 * 98 - 2, 8 * 98 - 2)
+    assert at_stop["position"]["step"] == 4 and at_stop["position"]["epoch"] == 1
+    assert_same_state(whole, resumed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export, attention maps, layer-wise decay
+
+
+def test_exported_vit_loads_into_plain_timm(mae_runs, tmp_path):
+    import timm
+    from safetensors.torch import load_file
+
+    root, _, _ = mae_runs
+    out = tmp_path / "vit.safetensors"
+    meta = selfsup.export_encoder(root / "whole" / "last.pt", out)
+    assert (meta["backbone"], meta["patch_size"], meta["image_size"]) == ("vit-tiny", "4", "16")
+    model = timm.create_model(VITS["vit-tiny"], num_classes=0, img_size=16, patch_size=4)  # README's recipe
+    model.load_state_dict(load_file(str(out)), strict=True)
+    encoder = selfsup.load_encoder(root / "whole" / "last.pt").backbone
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), encoder.eval()(x))
+
+
+def test_class_token_attention_matches_timm():
+    from selfsup.attention import class_token_attention
+
+    backbone = vit(image_size=32)
+    attn = backbone.net.blocks[-1].attn
+    attn.fused_attn = False  # timm then computes the softmax itself and passes it through attn_drop
+    seen = {}
+    attn.attn_drop.register_forward_hook(lambda m, inputs, out: seen.update(weights=inputs[0]))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps = class_token_attention(backbone, x)
+    assert maps.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(maps, seen["weights"][:, :, 0, 1:].reshape(2, 3, 8, 8))
+    assert torch.all(maps.sum(dim=(2, 3)) < 1)
+
+
+def test_attention_command_draws_each_image_and_refuses_a_resnet(mae_runs, tmp_path):
+    from selfsup.attention import save_attention_maps
+    from selfsup.cli import main
+
+    root, data, _ = mae_runs
+    result = save_attention_maps(root / "whole" / "last.pt", data / "circle", tmp_path / "maps", max_images=3,
+                                 image_size=32, device="cpu")
+    assert result == {"out": str(tmp_path / "maps"), "images": 3, "heads": 3, "image_size": 32}
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["000.png", "001.png", "002.png"]
+    with pytest.raises(UserError, match="attention maps need a ViT encoder.*holds a resnet18"):
+        save_attention_maps("random:resnet18", data / "circle", tmp_path / "no")
+    assert main(["attention", "--checkpoint", str(root / "whole"), "--images", str(data / "circle" / "000.png"),
+                 "--out", str(tmp_path / "one"), "--image-size", "30"]) == 2
+
+
+def test_layer_decay_scales_follow_beit():
+    import timm
+    from selfsup.optim import layer_decay_groups, set_schedule
+
+    model = torch.nn.ModuleDict({"net": timm.create_model(VITS["vit-tiny"], num_classes=10, img_size=16,
+                                                          patch_size=4, depth=3)})
+    groups = layer_decay_groups(model, OptimConfig(weight_decay=0.05), decay=0.5)
+    scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(scale) == sum(1 for _ in model.parameters())  # each parameter in exactly one group
+    by_name = {n: scale[id(p)] for n, p in model.named_parameters()}
+    # depth 3: the embedding is layer 0 (0.5^4), block i is layer i+1 (0.5^(3-i)), the head layer 4.
+    expected = {"net.cls_token": (1 / 16, 0.05), "net.pos_embed": (1 / 16, 0.05),
+                "net.patch_embed.proj.weight": (1 / 16, 0.05), "net.patch_embed.proj.bias": (1 / 16, 0.0),
+                "net.blocks.0.attn.qkv.weight": (1 / 8, 0.05), "net.blocks.1.mlp.fc1.bias": (1 / 4, 0.0),
+                "net.blocks.2.norm1.weight": (1 / 2, 0.0), "net.norm.weight": (1.0, 0.0),
+                "net.head.weight": (1.0, 0.05)}
+    for name, value in expected.items():
+        assert by_name[name] == value, name
+    model["net"].blocks[2].requires_grad_(False)  # frozen: left out, the depth stays 3
+    frozen = layer_decay_groups(model, OptimConfig(weight_decay=0.05), decay=0.5)
+    assert {id(p) for g in frozen for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert {g["lr_scale"] for g in frozen} == {1 / 16, 1 / 8, 1 / 4, 1.0}
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    set_schedule(optimizer, 0.1, 0.05)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([0.1 / 16, 0.1 / 8, 0.1 / 4, 0.1 / 2, 0.1])
