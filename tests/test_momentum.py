@@ -74,12 +74,20 @@ def test_info_nce_queue_matches_float64_reference(seed):
     n, d, k = rng.integers(1, 10), rng.integers(2, 20), rng.integers(1, 30)
     temperature = float(rng.uniform(0.05, 1.0))
     q, key, queue = rng.normal(size=(n, d)), rng.normal(size=(n, d)), unit(rng.normal(size=(k, d)))
-    expected = np.mean([-log_softmax64(np.array([unit(q[i]) @ unit(key[i])] + [unit(q[i]) @ row for row in queue])
+    valid = rng.random(k) < 0.7  # slots that hold keys; the others are no negatives
+
+    def reference(negatives):
+        return np.mean([-log_softmax64(np.array([unit(q[i]) @ unit(key[i])] + [unit(q[i]) @ row for row in negatives])
                                        / temperature)[0] for i in range(n)])
-    got = info_nce_queue(torch.from_numpy(q), torch.from_numpy(key), torch.from_numpy(queue), temperature)
-    assert got.item() == pytest.approx(expected, rel=1e-10)
-    got32 = info_nce_queue(*(torch.from_numpy(a).float() for a in (q, key, queue)), temperature)
-    assert got32.item() == pytest.approx(expected, rel=1e-5)
+
+    expected = reference(queue[valid])
+    mask = torch.from_numpy(valid)
+    got = info_nce_queue(torch.from_numpy(q), torch.from_numpy(key), torch.from_numpy(queue), temperature, mask)
+    assert got.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    got32 = info_nce_queue(*(torch.from_numpy(a).float() for a in (q, key, queue)), temperature, mask)
+    assert got32.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    got_all = info_nce_queue(torch.from_numpy(q), torch.from_numpy(key), torch.from_numpy(queue), temperature)
+    assert got_all.item() == pytest.approx(reference(queue), rel=1e-10)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -90,7 +98,8 @@ def test_info_nce_with_batch_negatives_matches_float64_reference(seed):
     q, key = rng.normal(size=(n, d)), rng.normal(size=(n, d))
     expected = np.mean([-log_softmax64(np.array([unit(q[i]) @ unit(key[j]) for j in range(n)]) / temperature)[i]
                         for i in range(n)])
-    assert info_nce(torch.from_numpy(q), torch.from_numpy(key), temperature).item() == pytest.approx(expected, rel=1e-10)
+    got = info_nce(torch.from_numpy(q), torch.from_numpy(key), temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -242,10 +251,14 @@ def test_moco_v3_on_a_vit_freezes_the_patch_projection_and_deepens_the_heads():
 
 def test_queue_is_fifo_and_wraps_around():
     queue = Queue(5, 3)
-    assert set(queue.state_dict()) == {"keys", "pointer"}  # part of every checkpoint
+    assert set(queue.state_dict()) == {"keys", "pointer", "count"}  # part of every checkpoint
+    assert not queue.filled().any()  # no key yet, so no negative
     a, b, c = torch.randn(3, 3), torch.randn(4, 3), torch.randn(8, 3)
     queue.push(a)
+    assert queue.filled().tolist() == [True, True, True, False, False]
+    assert torch.equal(queue.keys[:3], a)
     queue.push(b)  # 7 keys into 5 slots: the two oldest are gone
+    assert queue.filled().all()
     assert torch.equal(queue.oldest_first(), torch.cat([a, b])[-5:])
     assert queue.pointer.item() == 2
     queue.push(c)  # more keys than slots: the newest five stay, oldest first
@@ -254,10 +267,11 @@ def test_queue_is_fifo_and_wraps_around():
 
 def test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step():
     method, cfg = small_method("moco-v2", bn_groups=1, symmetric=False)
+    method.queue.push(F.normalize(torch.randn(5, 16), dim=1))  # keys of earlier steps: 5 of 20 slots
     seen = {}
     method.online.register_forward_hook(lambda module, args, out: seen.__setitem__("q", out.detach()))
     method.target.register_forward_hook(lambda module, args, out: seen.__setitem__("k", out.detach()))
-    queue_before = method.queue.keys.clone()
+    queue_before = method.queue.keys[:5].clone()
     out = method(random_batch(), Progress(0, 10, 1))
     q, k = seen["q"].double().numpy(), unit(seen["k"].double().numpy())
     temperature = cfg.method_config.temperature
@@ -267,8 +281,8 @@ def test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step():
                                        / temperature)[0] for i in range(len(q))])
 
     assert out.loss.item() == pytest.approx(reference(queue_before.double().numpy()), rel=1e-5)
-    queue_after = method.queue.keys.double().numpy()
-    np.testing.assert_allclose(queue_after[:8], k, rtol=1e-5, atol=1e-6)  # enqueued after the loss
+    queue_after = method.queue.keys[:13].double().numpy()
+    np.testing.assert_allclose(queue_after[5:], k, rtol=1e-5, atol=1e-6)  # enqueued after the loss
     assert abs(out.loss.item() - reference(queue_after)) > 1e-2  # so the test can tell them apart
 
 
@@ -400,7 +414,8 @@ def test_multi_crop_options_reach_the_method_and_resume_keeps_them(tmp_path):
 
 
 def test_too_few_global_crops_is_refused_with_the_range():
-    for user in ({"method": "dino", "dino": {"global_crops": 1}}, flags_to_config({"method": "dino", "global_crops": 1})):
+    as_flag = flags_to_config({"method": "dino", "global_crops": 1})
+    for user in ({"method": "dino", "dino": {"global_crops": 1}}, as_flag):
         with pytest.raises(UserError, match=r"dino.global_crops must be in \[2, inf\], got 1"):
             resolve(user)
 
@@ -416,6 +431,13 @@ def test_multi_crop_options_are_refused_by_methods_without_them():
 def test_momentum_outside_0_1_is_refused(name, momentum):
     with pytest.raises(UserError, match=rf"{name}.momentum must be in \[0.0, 1.0\], got {momentum}"):
         resolve({"method": name, name: {"momentum": momentum}})
+
+
+def test_local_crops_on_a_vit_of_one_image_size_are_refused():
+    cfg = resolve({"method": "dino", "backbone": {"name": "timm:vit_tiny_patch16_224", "patch_size": 4},
+                   "data": {"image_size": 16}, "dino": {**SMALL["dino"], "local_crops": 2}})
+    with pytest.raises(UserError, match=r"dino.local_crops needs a backbone that also takes 8-pixel crops"):
+        build_method(cfg)
 
 
 def test_queue_longer_than_the_dataset_is_refused(tmp_path):

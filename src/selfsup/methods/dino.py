@@ -22,6 +22,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
+from ..errors import UserError
 from ..losses import dino_center, dino_loss
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
 from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
@@ -98,6 +99,10 @@ class Method(nn.Module):
         super().__init__()
         self.config, self.image_size = config, image_size
         c = config
+        if c.local_crops and getattr(getattr(backbone.net, "patch_embed", None), "strict_img_size", False):
+            raise UserError(f"dino.local_crops needs a backbone that also takes {c.local_size}-pixel crops; "
+                            f"{backbone.name} takes {image_size}-pixel images only: use vit-tiny, vit-small or "
+                            f"vit-base (positions resampled), or --local-crops 0")
         head = DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
                         c.head_batch_norm, c.norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})
@@ -109,7 +114,8 @@ class Method(nn.Module):
         crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
                            c.local_view, c.local_crops, c.local_size, batch.generator)
         freeze = progress.epoch < c.freeze_last_layer_epochs
-        s = self.student.head(forward_by_size(self.student.backbone, crops), freeze).view(len(crops), n, -1)  # (S, B, K)
+        features = forward_by_size(self.student.backbone, crops)  # (S * B, D), one pass per crop size
+        s = self.student.head(features, freeze).view(len(crops), n, -1)  # (S, B, K)
         with torch.no_grad():
             t = self.teacher.head(self.teacher.backbone(torch.cat(crops[:c.global_crops])))
             t = t.view(c.global_crops, n, -1)  # (V, B, K)

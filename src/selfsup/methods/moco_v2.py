@@ -3,7 +3,7 @@
     x_q, x_k = view(x), view(x)
     q = g(f(x_q))                                  # query encoder: backbone f, MLP head g
     k = g'(f'(x_k))                                # key encoder (f', g'): an EMA of (f, g), no gradient
-    loss = info_nce_queue(q, k, queue, T)          # positive: k; negatives: the K queued keys
+    loss = info_nce_queue(q, k, queue, T)          # positive: k; negatives: the queued keys (up to K)
     enqueue(queue, k); dequeue the oldest          # after the loss: a step's keys are not its negatives
     after the optimizer step: (f', g') <- m (f', g') + (1 - m) (f, g), m = 0.999
 

@@ -3,11 +3,11 @@
 Keys and the write position are registered buffers, so the queue is in the state dict and thus in
 every checkpoint. A step's keys are pushed after its loss is computed, so a query never meets the
 keys of its own step among its negatives; the newest keys overwrite the oldest, wrapping around.
+The queue starts empty: slots not yet written are no negatives.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import dist
@@ -18,10 +18,10 @@ class Queue(nn.Module):
         super().__init__()
         self.register_buffer("keys", torch.zeros(size, dim))  # (K, d)
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))  # the oldest slot
-        # Slots written so far. MoCo's code starts from random unit vectors instead; with those as
-        # the only negatives, the first steps pull every query onto the keys' common direction
-        # (the positives improve, the random negatives do not care) and, on our CIFAR runs, the
-        # queries never came apart again. Unwritten slots are no negatives here (`filled()`).
+        # Slots written so far. MoCo's code fills the queue with random unit vectors instead; with
+        # those as the only negatives, the first steps pull every query onto the keys' common
+        # direction (the positives improve, random negatives do not care), and on our CIFAR runs
+        # the queries never came apart again (loss at chance, std ratio 0.005 after 5 epochs).
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def __len__(self) -> int:
