@@ -146,6 +146,27 @@ def test_batches_cover_the_data_and_ranks_are_disjoint():
     assert all(torch.equal(a, b) for a, b in zip(resumed, list(single.epoch(1))[3:]))
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_images_held_on_the_device_give_the_same_batches_as_the_memory_map(world):
+    # On a GPU a small cache is held in device memory and indexed there ("auto"): the batches,
+    # of every rank, from any resume point, must be those of the host path.
+    images = np.random.default_rng(0).integers(0, 256, (40, 3, 3, 3), dtype=np.uint8)
+    rows = np.random.default_rng(1).integers(0, 40, (30, 2))  # samples of two rows, as video methods
+    from selfsup.data.loader import SampleBatch
+    for sample_rows in (None, rows):
+        indices = np.arange(30) if sample_rows is not None else np.arange(2, 40)
+        for rank in range(world):
+            streams = [BatchStream(images, indices, batch_size=6, device=torch.device("cpu"), seed=3, rank=rank,
+                                   world=world, keep_on_device=mode, rows=sample_rows) for mode in ("always", "never")]
+            assert streams[0].on_device and not streams[1].on_device
+            for start in (0, 2):
+                held, mapped = (list(s.epoch(1, start=start)) for s in streams)
+                assert len(held) == len(mapped) == len(streams[0]) - start
+                for a, b in zip(held, mapped):
+                    a, b = (x.images if isinstance(x, SampleBatch) else x for x in (a, b))
+                    assert torch.equal(a, b)
+
+
 def test_a_text_file_listing_images_is_a_source(labelled_folder, tmp_path):
     absolute = sorted(str(p) for p in labelled_folder.rglob("*.png"))[:5]
     listing = tmp_path / "list.txt"

@@ -180,7 +180,7 @@ def test_dino_method_updates_its_centre_from_this_steps_teacher_outputs():
 # The EMA teacher and its schedule
 
 
-def test_ema_update_averages_parameters_and_leaves_buffers_alone():
+def test_ema_update_averages_parameters_and_buffers_only_when_asked():
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
     teacher = ema_copy(student)
@@ -195,6 +195,14 @@ def test_ema_update_averages_parameters_and_leaves_buffers_alone():
     for t, t0, s in zip(teacher.parameters(), old, student.parameters()):
         torch.testing.assert_close(t.double(), 0.9 * t0 + 0.1 * s.detach().double(), rtol=1e-6, atol=1e-7)
     assert torch.equal(teacher[1].running_mean, torch.zeros(6))  # its own statistics, not averaged
+    # An EMA that never runs forward (distill's) averages the statistics too and copies counters.
+    student[1].running_var.uniform_(0.5, 2.0)
+    student[1].num_batches_tracked.fill_(7)
+    mean0, var0 = teacher[1].running_mean.double().clone(), teacher[1].running_var.double().clone()
+    ema_update(teacher, student, 0.8, buffers=True)
+    torch.testing.assert_close(teacher[1].running_mean.double(), 0.8 * mean0 + 0.2 * 5.0)
+    torch.testing.assert_close(teacher[1].running_var.double(), 0.8 * var0 + 0.2 * student[1].running_var.double())
+    assert teacher[1].num_batches_tracked.item() == 7
 
 
 @pytest.mark.parametrize("base", [0.99, 0.996])

@@ -1,6 +1,7 @@
 """Views: each batched operation against torchvision's reference transform, and the pipeline's
 shapes, ranges, per-sample independence and determinism."""
 import math
+import shutil
 
 import pytest
 import torch
@@ -173,3 +174,30 @@ def test_blur_kernel_is_about_a_tenth_of_the_view():
     assert blur_kernel_size(32, 0.1) == 3
     assert blur_kernel_size(4, 0.5) == 3
     assert math.isclose(ops.gaussian_kernels(torch.tensor([1.0]), 5).sum().item(), 1.0, rel_tol=1e-6)
+
+
+def test_a_view_is_decided_by_one_uniform_draw_per_image():
+    from selfsup.views import apply_view, sample_view_uniforms
+    from selfsup.views.pipeline import VIEW_UNIFORMS
+    batch = u8_batch()
+    cfg = ViewConfig(solarize_prob=0.3)
+    uniforms = sample_view_uniforms(len(batch), torch.Generator().manual_seed(4), "cpu")
+    assert uniforms.shape == (len(batch), VIEW_UNIFORMS)
+    made = make_view(batch, cfg, 16, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(apply_view(batch, uniforms, cfg, 16), made, atol=0, rtol=0)
+    # Image i's view depends on row i alone: changing another row leaves it as it was.
+    changed = uniforms.clone()
+    changed[1:] = torch.rand(len(batch) - 1, VIEW_UNIFORMS, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(apply_view(batch, changed, cfg, 16)[0], made[0], atol=0, rtol=0)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_views_equal_eager_views():
+    # `train.compile` runs the views' arithmetic through torch.compile: it must be the same function.
+    from selfsup.views import apply_view, sample_view_uniforms
+    batch = u8_batch()
+    cfg = ViewConfig(solarize_prob=0.5)
+    uniforms = sample_view_uniforms(len(batch), torch.Generator().manual_seed(5), "cpu")
+    compiled = torch.compile(apply_view, dynamic=False)(batch, uniforms, cfg, 16)
+    torch.testing.assert_close(compiled, apply_view(batch, uniforms, cfg, 16), atol=1e-4, rtol=1e-4)

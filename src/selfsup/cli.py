@@ -42,6 +42,7 @@ PRETRAIN_FLAGS = {
     "global_crops": "method_config.global_crops",
     "local_crops": "method_config.local_crops",
     "local_size": "method_config.local_size",
+    "teacher": "method_config.teacher",
 }
 
 
@@ -145,15 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of config values (flags override it)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. optim.lr=0.3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the backbone")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the backbone and the views")
     p.add_argument("--cache-dir", help="where decoded images are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)")
     p.add_argument("--preset", help="cifar or imagenet (default: by image size)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-1 first convolution, no max-pool (default: on below 64 px)")
     p.add_argument("--patch-size", type=int, help="ViT patch size")
-    p.add_argument("--global-crops", type=int, help="multi-crop methods (dino): global crops per image")
-    p.add_argument("--local-crops", type=int, help="multi-crop methods (dino): local crops per image")
-    p.add_argument("--local-size", type=int, help="multi-crop methods (dino): side of local crops in pixels")
+    p.add_argument("--global-crops", type=int, help="multi-crop methods (dino, ibot, distill): global crops per image")
+    p.add_argument("--local-crops", type=int, help="multi-crop methods (dino, ibot, distill): local crops per image")
+    p.add_argument("--local-size", type=int, help="multi-crop methods (dino, ibot, distill): side of local crops in pixels")
+    p.add_argument("--teacher", help="--method distill: the teacher (a checkpoint, run folder or weights:FILE)")
     _common(p)
     p.set_defaults(run=_pretrain)
 

@@ -53,6 +53,13 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        x = x.clone()
+        torch_dist.all_reduce(x)
+    return x
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         x = x.clone()

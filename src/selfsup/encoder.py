@@ -16,7 +16,7 @@ from .backbones import Backbone, build_backbone
 from .checkpoint import load_checkpoint
 from .config import BackboneConfig, RunConfig
 from .errors import UserError
-from .methods import build_method
+from .methods import build_method, get_method
 
 
 @dataclass
@@ -57,13 +57,20 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
         return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)", key=key)
     checkpoint = load_checkpoint(spec)
     cfg = config_lib.from_dict(checkpoint["config"])
-    method = build_method(cfg)
-    method.load_state_dict(checkpoint["model"])
     epoch = checkpoint.get("position", {}).get("epoch", "?")
     path = Path(spec) / "last.pt" if Path(spec).is_dir() else Path(spec)
-    return Encoder(method.encoder(), cfg.data.image_size, cfg.data.cache_size,
+    return Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), cfg.data.image_size, cfg.data.cache_size,
                    f"{cfg.method} {cfg.backbone.name}, {epoch} epochs ({spec})", cfg,
                    key=f"checkpoint|{_file_key(path)}")
+
+
+def _checkpoint_encoder(cfg: RunConfig, state: dict) -> Backbone:
+    module = get_method(cfg.method)
+    if hasattr(module, "encoder_from_state"):
+        return module.encoder_from_state(cfg, state)
+    method = build_method(cfg)
+    method.load_state_dict(state)
+    return method.encoder()
 
 
 def _from_weights(path: Path, name: str | None, image_size: int | None, small_stem: bool | None) -> Encoder:

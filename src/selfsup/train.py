@@ -32,6 +32,7 @@ from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
+from .views import compile_views
 from .viz import plot_training_curves
 
 RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
@@ -195,8 +196,9 @@ class Trainer:
             self._restore(checkpoint)
         if cfg.train.compile:
             for module in self.method.modules():
-                if isinstance(module, Backbone):  # the heavy part; views and losses stay eager
+                if isinstance(module, Backbone):  # the heavy part; heads and losses stay eager
                     module.compile()
+            compile_views()
 
     def _open_data(self, open_data) -> ImageCache:
         """The decoded images (or frames, with a method's own `open_data`); under torchrun the
@@ -224,7 +226,8 @@ class Trainer:
             return method
         from torch.nn.parallel import DistributedDataParallel
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(method, device_ids=device_ids)
+        return DistributedDataParallel(method, device_ids=device_ids,
+                                       find_unused_parameters=getattr(method, "may_skip_parameters", False))
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -355,7 +358,9 @@ class Trainer:
         first_batch = self.position.batch
         for images in self.stream.epoch(self.position.epoch, start=first_batch):
             self.step(images)
-            if self.position.step % cfg.train.log_every_steps == 0 or self.position.batch == len(self.stream):
+            # Reading the loss waits for the GPU: only for a progress bar someone is watching.
+            if self.show_progress and (self.position.step % cfg.train.log_every_steps == 0
+                                       or self.position.batch == len(self.stream)):
                 loss = (self.epoch_sums["loss"] / self.epoch_sums["steps"]).item()
                 bar.set_postfix_str(f"epoch {self.position.epoch + 1}/{cfg.train.epochs} loss {loss:.4f}", refresh=False)
             bar.update(cfg.train.batch_size)

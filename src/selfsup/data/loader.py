@@ -66,10 +66,10 @@ class BatchStream:
         self.device_images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device) if self.on_device else None
 
     def _fits_on_device(self, mode: str) -> bool:
-        if self.device.type == "cpu" or mode == "never":
+        if mode in ("never", "always"):
+            return mode == "always"  # "always" on the CPU: one tensor instead of the memory map
+        if self.device.type == "cpu":
             return False
-        if mode == "always":
-            return True
         free, _ = torch.cuda.mem_get_info(self.device) if self.device.type == "cuda" else (0, 0)
         return self.images.nbytes < 0.25 * free
 
@@ -89,9 +89,14 @@ class BatchStream:
         """The batches of `epoch`, beginning at batch number `start` (to resume mid-epoch)."""
         batches = self._batch_indices(epoch)[start:]
         if self.on_device:
-            for idx in batches:
-                rows = idx if self.rows is None else self.rows[idx]
-                yield self._with_side(self.device_images[torch.from_numpy(rows).to(self.device)], idx)
+            if not batches:
+                return
+            # The whole epoch's rows go to the device in one copy: a copy per step from pageable
+            # memory would wait for the GPU to finish the previous step, every step.
+            rows = np.stack(batches) if self.rows is None else self.rows[np.stack(batches)]
+            device_rows = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
+            for i, idx in enumerate(batches):
+                yield self._with_side(self.device_images[device_rows[i]], idx)
             return
         yield from self._prefetched(batches)
 

@@ -9,9 +9,13 @@
   gradients) and an `encoder()` returning the backbone to evaluate and export.
   Everything the method must carry across a resume (teacher, queue, centre) is a parameter or a
   registered buffer, so it is in the state dict and thus in every checkpoint.
+  A class attribute `may_skip_parameters = True` tells DistributedDataParallel that some steps
+  leave parameters without gradients (DINO's frozen last layer).
   Optional: `save_pictures(batch, run_dir)`, called after each epoch's checkpoint with the same 8
   images and a fixed generator (in eval mode, without gradients), to draw reconstructions and
   the like into the run folder.
+- optional module-level `encoder_from_state(cfg, state) -> Backbone`: the encoder to evaluate,
+  built from a checkpoint's state without building the whole method (distill: no teacher needed).
 - optional module-level `check_data(config, cache)`: raise a `UserError` when the decoded data
   cannot serve the method (e.g. grayscale images for colorization); called before training.
 - optional module-level `open_data(path, size, cache_dir=, workers=, show_progress=)`: how the
@@ -32,7 +36,7 @@ from ..backbones import build_backbone
 from ..errors import unknown_choice
 from . import simclr
 from . import byol, dino, moco_v2, moco_v3
-from . import mae
+from . import distill, ibot, mae
 from . import colorization, inpainting, jigsaw, relative_location, rotation
 from . import egomotion, interaction, temporal_order
 
@@ -43,6 +47,8 @@ METHODS: dict[str, ModuleType] = {
     "byol": byol,
     "dino": dino,
     "mae": mae,
+    "ibot": ibot,
+    "distill": distill,
     "rotation": rotation,
     "relative-location": relative_location,
     "jigsaw": jigsaw,

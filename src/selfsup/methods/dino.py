@@ -95,6 +95,9 @@ def teacher_temperature(config: Config, progress: Progress) -> float:
 
 
 class Method(nn.Module):
+    # The last layer gets no gradient while frozen in the first epoch (DDP must know).
+    may_skip_parameters = True
+
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
         self.config, self.image_size = config, image_size

@@ -24,6 +24,9 @@ class Config:
     temperature: float = 0.1  # ImageNet, large batches (paper table 5)
     projection_hidden_dim: int = 2048
     projection_dim: int = 128
+    # True: both views through the backbone as one batch of 2B, so BatchNorm normalises them
+    # together (SimCLR's global BN); False: a pass per view, BatchNorm statistics per view.
+    one_pass: bool = True
     views: ViewConfig = field(default_factory=ViewConfig)
 
 
@@ -61,7 +64,10 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         views = [make_view(batch.images, self.config.views, self.image_size, batch.generator) for _ in range(2)]
-        z_a, z_b = self.projection(self.backbone(torch.cat(views))).chunk(2)  # one pass: (2B, d)
+        if self.config.one_pass:
+            z_a, z_b = self.projection(self.backbone(torch.cat(views))).chunk(2)  # (2B, d)
+        else:
+            z_a, z_b = (self.projection(self.backbone(v)) for v in views)
         loss = nt_xent(z_a, z_b, self.config.temperature)
         return MethodOutput(loss=loss, embedding=z_a.detach())
 

@@ -11,7 +11,8 @@ of the optimizer and only `ema_update` moves them.
 BatchNorm buffers (running mean and variance) are not averaged: like the official MoCo (v2, v3),
 BYOL and DINO code, which average parameters only, the teacher runs in training mode and keeps the
 running statistics of its own forward passes. They matter only where the teacher itself is
-evaluated (DINO evaluates its teacher).
+evaluated (DINO evaluates its teacher). An EMA that never runs forward (distillation keeps an EMA
+of its student as the encoder) passes `buffers=True`, so that its statistics follow the student's.
 """
 from __future__ import annotations
 
@@ -35,14 +36,22 @@ def ema_copy(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers: bool = False) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter; with
+    `buffers`, floating-point buffers (BatchNorm statistics) likewise, as timm's ModelEmaV3 does,
+    and integer ones (batch counters) copied."""
     teacher_params = list(teacher.parameters())
     student_params = [p.detach() for p in student.parameters()]
     if len(teacher_params) != len(student_params):
         raise ValueError("the teacher and the student must have the same parameters")
     # lerp: t + (1 - m) * (s - t), one fused kernel for all tensors.
     torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
+    if buffers:
+        for mine, theirs in zip(teacher.buffers(), student.buffers()):
+            if mine.is_floating_point():
+                mine.lerp_(theirs, 1.0 - momentum)
+            else:
+                mine.copy_(theirs)
 
 
 def ema_momentum(progress: Progress, base: float, final: float = 1.0) -> float:

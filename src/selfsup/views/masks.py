@@ -34,7 +34,7 @@ def visible_indices(mask: torch.Tensor) -> torch.Tensor:
     return (~mask).nonzero()[:, 1].reshape(batch, -1)
 
 
-def block_mask(batch: int, grid: tuple[int, int], num_masked: int, generator: torch.Generator,
+def block_mask(batch: int, grid: tuple[int, int], num_masked: int | list[int], generator: torch.Generator,
                min_block: int = 4, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
     """(B, N) bool: rectangles of patches hidden until `num_masked` are (BEiT's block-wise
     masking): each block has an area uniform in [min_block, patches still to hide] and a log-aspect
@@ -47,8 +47,9 @@ def block_mask(batch: int, grid: tuple[int, int], num_masked: int, generator: to
     cpu = torch.Generator().manual_seed(seed)
     height, width = grid
     masks = torch.zeros(batch, height, width, dtype=torch.bool)
-    for image in masks:
-        while (left := num_masked - int(image.sum())) > 0 and _add_block(image, left, min_block, aspect, attempts, cpu):
+    targets = [num_masked] * batch if isinstance(num_masked, int) else list(num_masked)  # or one per image
+    for image, target in zip(masks, targets):
+        while (left := target - int(image.sum())) > 0 and _add_block(image, left, min_block, aspect, attempts, cpu):
             pass
     return masks.flatten(1).to(generator.device)
 

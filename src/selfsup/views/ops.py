@@ -29,16 +29,33 @@ def bernoulli(n: int, p: float, generator: torch.Generator, device) -> torch.Ten
 # Geometry
 
 
+CROP_ATTEMPTS = 10
+
+
+def crop_uniforms(attempts: int = CROP_ATTEMPTS) -> int:
+    """How many uniform draws one crop box takes (see `crop_boxes_from_uniforms`)."""
+    return 2 * attempts + 2
+
+
 def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
                       ratio: tuple[float, float], generator: torch.Generator, device,
-                      attempts: int = 10) -> torch.Tensor:
-    """Integer crop boxes (B, 4) as (x0, y0, x1, y1), drawn as torchvision's RandomResizedCrop does:
-    area fraction uniform in `scale`, log aspect ratio uniform in `ratio`, the first of `attempts`
-    candidates that fits, and a centre crop clamped to `ratio` when none fits."""
+                      attempts: int = CROP_ATTEMPTS) -> torch.Tensor:
+    """Integer crop boxes (B, 4) drawn as torchvision's RandomResizedCrop does (see below)."""
+    uniforms = torch.rand(n, crop_uniforms(attempts), generator=generator, device=device)
+    return crop_boxes_from_uniforms(uniforms, height, width, scale, ratio)
+
+
+def crop_boxes_from_uniforms(uniforms: torch.Tensor, height: int, width: int, scale: tuple[float, float],
+                             ratio: tuple[float, float]) -> torch.Tensor:
+    """Integer crop boxes (B, 4) as (x0, y0, x1, y1), from uniforms (B, 2 * attempts + 2) in [0, 1),
+    as torchvision's RandomResizedCrop draws them: area fraction uniform in `scale`, log aspect
+    ratio uniform in `ratio`, the first of the attempts that fits, and a centre crop clamped to
+    `ratio` when none fits. Pure arithmetic on its input, so it compiles with the rest of a view."""
+    attempts = (uniforms.shape[1] - 2) // 2
     area = height * width
-    target = area * uniform(n * attempts, *scale, generator, device).view(n, attempts)
-    log_ratio = uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), generator, device)
-    aspect = log_ratio.view(n, attempts).exp()
+    target = area * (uniforms[:, :attempts] * (scale[1] - scale[0]) + scale[0])
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = (uniforms[:, attempts:2 * attempts] * (log_high - log_low) + log_low).exp()
     w = (target * aspect).sqrt().round()
     h = (target / aspect).sqrt().round()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -55,8 +72,7 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
     any_fit = fits.any(dim=1)
     w = torch.where(any_fit, w, torch.full_like(w, fw))
     h = torch.where(any_fit, h, torch.full_like(h, fh))
-    top_draw = torch.rand(n, generator=generator, device=device)
-    left_draw = torch.rand(n, generator=generator, device=device)
+    top_draw, left_draw = uniforms[:, -2], uniforms[:, -1]
     top = torch.where(any_fit, (top_draw * (height - h + 1)).floor(), ((height - h) / 2).floor())
     left = torch.where(any_fit, (left_draw * (width - w + 1)).floor(), ((width - w) / 2).floor())
     return torch.stack([left, top, left + w, top + h], dim=1)

@@ -49,41 +49,72 @@ def blur_kernel_size(size: int, fraction: float) -> int:
     return min(k, size - 1 if size % 2 == 0 else size)
 
 
-def make_view(images_u8: torch.Tensor, cfg: ViewConfig, size: int, generator: torch.Generator,
-              mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """One random view of each image: (B, 3, size, size) float, normalised, channels-last."""
-    n, height, width, _ = images_u8.shape
-    dev = images_u8.device
-    x = to_float(images_u8)
-    boxes = ops.sample_crop_boxes(n, height, width, cfg.crop_scale, cfg.crop_ratio, generator, dev)
-    x = ops.crop_and_resize(x, boxes, size)
-    x = ops.flip_horizontal(x, ops.bernoulli(n, cfg.flip_prob, generator, dev))
-    x = color_jitter(x, cfg, generator)
-    x = ops.to_grayscale_rgb(x, ops.bernoulli(n, cfg.grayscale_prob, generator, dev))
+# Columns of the one uniform draw (B, VIEW_UNIFORMS) that makes every random choice of a view.
+_C = ops.crop_uniforms()
+_CROP, _FLIP, _JITTER, _JITTER_APPLY = slice(0, _C), _C, slice(_C + 1, _C + 5), _C + 5
+_GRAY, _BLUR_SIGMA, _BLUR_APPLY, _SOLARIZE = _C + 6, _C + 7, _C + 8, _C + 9
+VIEW_UNIFORMS = _C + 10
+
+
+def sample_view_uniforms(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """All the randomness of one view of n images: one kernel, whatever the recipe."""
+    return torch.rand(n, VIEW_UNIFORMS, generator=generator, device=device)
+
+
+def _between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return u * (high - low) + low
+
+
+def apply_view(images_u8: torch.Tensor, uniforms: torch.Tensor, cfg: ViewConfig, size: int,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """The view that `uniforms` (B, VIEW_UNIFORMS) picks: pure tensor arithmetic, which
+    torch.compile fuses into a few kernels."""
+    _, height, width, _ = images_u8.shape
+    boxes = ops.crop_boxes_from_uniforms(uniforms[:, _CROP], height, width, cfg.crop_scale, cfg.crop_ratio)
+    x = ops.crop_and_resize(to_float(images_u8), boxes, size)
+    x = ops.flip_horizontal(x, uniforms[:, _FLIP] < cfg.flip_prob)
+    if cfg.jitter_prob > 0:
+        x = color_jitter(x, cfg, uniforms[:, _JITTER], uniforms[:, _JITTER_APPLY] < cfg.jitter_prob)
+    x = ops.to_grayscale_rgb(x, uniforms[:, _GRAY] < cfg.grayscale_prob)
     if cfg.blur_prob > 0:
-        sigma = ops.uniform(n, *cfg.blur_sigma, generator, dev)
+        sigma = _between(uniforms[:, _BLUR_SIGMA], *cfg.blur_sigma)
         blurred = ops.gaussian_blur(x, sigma, blur_kernel_size(size, cfg.blur_kernel_fraction))
-        x = torch.where(ops.bernoulli(n, cfg.blur_prob, generator, dev).view(-1, 1, 1, 1), blurred, x)
+        x = torch.where((uniforms[:, _BLUR_APPLY] < cfg.blur_prob).view(-1, 1, 1, 1), blurred, x)
     if cfg.solarize_prob > 0:
-        x = ops.solarize(x, ops.bernoulli(n, cfg.solarize_prob, generator, dev), cfg.solarize_threshold)
+        x = ops.solarize(x, uniforms[:, _SOLARIZE] < cfg.solarize_prob, cfg.solarize_threshold)
     return ops.normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
 
 
-def color_jitter(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator) -> torch.Tensor:
-    """torchvision's ColorJitter with probability `jitter_prob`, factors drawn per image."""
-    n, dev = x.shape[0], x.device
-    if cfg.jitter_prob <= 0:
-        return x
+_apply_view = apply_view  # replaced by a compiled version by `compile_views`
+
+
+def compile_views(enabled: bool = True) -> None:
+    """Make every later `make_view` in this process run its arithmetic through torch.compile
+    (`train.compile`): on a GPU the dozens of small element-wise kernels of a view fuse into a few."""
+    global _apply_view
+    _apply_view = torch.compile(apply_view, dynamic=False) if enabled else apply_view
+
+
+def make_view(images_u8: torch.Tensor, cfg: ViewConfig, size: int, generator: torch.Generator,
+              mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """One random view of each image: (B, 3, size, size) float, normalised, channels-last."""
+    uniforms = sample_view_uniforms(images_u8.shape[0], generator, images_u8.device)
+    return _apply_view(images_u8, uniforms, cfg, size, mean, std)
+
+
+def color_jitter(x: torch.Tensor, cfg: ViewConfig, uniforms: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """torchvision's ColorJitter on the images where `apply`, its factors from `uniforms` (B, 4):
+    brightness, contrast and saturation in [max(0, 1 - s), 1 + s], hue shift in [-h, h]."""
     out = x
     if cfg.brightness > 0:
-        out = ops.adjust_brightness(out, ops.uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, generator, dev))
+        out = ops.adjust_brightness(out, _between(uniforms[:, 0], max(0.0, 1 - cfg.brightness), 1 + cfg.brightness))
     if cfg.contrast > 0:
-        out = ops.adjust_contrast(out, ops.uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, generator, dev))
+        out = ops.adjust_contrast(out, _between(uniforms[:, 1], max(0.0, 1 - cfg.contrast), 1 + cfg.contrast))
     if cfg.saturation > 0:
-        out = ops.adjust_saturation(out, ops.uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, generator, dev))
+        out = ops.adjust_saturation(out, _between(uniforms[:, 2], max(0.0, 1 - cfg.saturation), 1 + cfg.saturation))
     if cfg.hue > 0:
-        out = ops.adjust_hue(out, ops.uniform(n, -cfg.hue, cfg.hue, generator, dev))
-    return torch.where(ops.bernoulli(n, cfg.jitter_prob, generator, dev).view(-1, 1, 1, 1), out, x)
+        out = ops.adjust_hue(out, _between(uniforms[:, 3], -cfg.hue, cfg.hue))
+    return torch.where(apply.view(-1, 1, 1, 1), out, x)
 
 
 def eval_view(images_u8: torch.Tensor, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -1,0 +1,147 @@
+"""The GPU benchmarks of BENCHMARKS.md, in two calls that fit a short lease.
+
+`--part main`, each stage in its own process (a failure is reported and the next still runs):
+  1. throughput, compiled: the ceiling against selfsup's whole SimCLR pipeline, then selfsup's
+     views alone, eager and compiled;
+  2. SimCLR, ResNet-18 (small stem), batch 512 on CIFAR-10, with as many epochs (at most
+     --epochs) as fit before the deadline at the compiled pipeline's measured speed, then
+     weighted kNN (k=20, 200) on the test set.
+`--part extra`: the same ratio eager, and kornia.augmentation's views (kornia importable, e.g.
+from wheels in PYTHONPATH) against selfsup's, eager and compiled.
+`--part recipe`: the compiled ratio, then short SimCLR runs (--epochs, eager) of recipe variants,
+each followed by kNN, while time is left: which choices matter for quality.
+Logs and the run's metrics go to $OUT (or --out); a summary table is printed last.
+
+    PYTHONPATH=src python bench/gpu_session.py --tar .gpu/cifar10-jpg.tar.xz --deadline 540 [--part extra]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.monotonic()
+TRAIN_IMAGES = 50_000
+COMPILE_AND_EVAL_SECONDS = 100  # compiling the step, the per-epoch checkpoints and the kNN evaluation
+
+
+def elapsed() -> float:
+    return time.monotonic() - STARTED
+
+
+def run(name: str, cmd: list[str], out: Path, timeout: float, env=None) -> list[dict]:
+    """Run one stage, tee its output to out/NAME.log, and return the JSON lines it printed."""
+    print(f"\n=== {name} (at {elapsed():.0f} s, limit {timeout:.0f} s): {' '.join(cmd)}", flush=True)
+    rows = []
+    with open(out / f"{name}.log", "w") as log:
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=max(timeout, 1), env=env)
+            text, status = proc.stdout, proc.returncode
+        except subprocess.TimeoutExpired as e:
+            text, status = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+        log.write(text)
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    tail = "\n".join(text.splitlines()[-8:])
+    print(f"{tail}\n=== {name}: exit {status}, {len(rows)} figures, done at {elapsed():.0f} s", flush=True)
+    return rows
+
+
+def simclr(args, out: Path, measured: list[dict], env) -> list[dict]:
+    """SimCLR for as many epochs as fit before the deadline, at the compiled pipeline's speed."""
+    compiled = [r for r in measured if r.get("figure") == "pipeline" and r.get("compile")]
+    images_per_s = compiled[0]["images_per_s"] if compiled else 10_000.0
+    epoch_seconds = TRAIN_IMAGES / images_per_s * 1.08 + 0.25  # plus the checkpoint written each epoch
+    budget = args.deadline - elapsed() - COMPILE_AND_EVAL_SECONDS
+    epochs = int(max(1, min(args.epochs, budget // epoch_seconds)))
+    print(f"\nSimCLR: {epochs} epochs fit ({budget:.0f} s at an estimated {epoch_seconds:.2f} s per epoch)", flush=True)
+    run_dir = Path("/tmp/simclr-c10")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    rows = run("simclr", ["bash", "bench/simclr_cifar10.sh", args.tar, str(run_dir), str(epochs), "--compile"],
+               out, args.deadline - elapsed(), env)
+    for name in ("metrics.jsonl", "curves.png", "config.yaml"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, out / f"simclr_{name}")
+    return [{"figure": "simclr", "epochs": epochs, **r} for r in rows]
+
+
+RECIPE_VARIANTS = {
+    "preset": [],
+    "pass_per_view": ["--set", "simclr.one_pass=false"],
+    "decay_on_all": ["--set", "optim.exclude_bias_and_norm=false"],
+    "pass_per_view+decay_on_all": ["--set", "simclr.one_pass=false", "--set", "optim.exclude_bias_and_norm=false"],
+}
+
+
+def recipe_variants(args, out: Path, env) -> list[dict]:
+    rows = []
+    for name, flags in RECIPE_VARIANTS.items():
+        left = args.deadline - elapsed()
+        if left < 45:
+            print(f"no time left for {name}", flush=True)
+            break
+        run_dir = Path(f"/tmp/simclr-{name}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        found = run(f"recipe_{name}", ["bash", "bench/simclr_cifar10.sh", args.tar, str(run_dir), str(args.epochs),
+                                       *flags], out, left, env)
+        rows += [{"figure": "recipe", "variant": name, "epochs": args.epochs, **r} for r in found]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tar", required=True)
+    parser.add_argument("--deadline", type=float, default=540, help="seconds from start to finish everything")
+    parser.add_argument("--epochs", type=int, default=200, help="most SimCLR epochs to run")
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
+    parser.add_argument("--part", choices=["main", "extra", "recipe"], default="main")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per throughput figure")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before each throughput figure")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    # kornia (from wheels in PYTHONPATH) only for the views of --part extra
+    env_no_kornia = {**os.environ, "PYTHONPATH": "src", "PYTHON": py, "DEVICE": args.device, "BATCH": str(args.batch)}
+    if shutil.which("nvidia-smi"):
+        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm",
+                        "--format=csv"], check=False)
+    print(subprocess.run([py, "-c", "import torch, torchvision; print('torch', torch.__version__, 'torchvision', "
+                          "torchvision.__version__)"], capture_output=True, text=True).stdout, flush=True)
+
+    summary: list[dict] = []
+    tp = [py, "bench/throughput.py", "--tar", args.tar, "--device", args.device, "--batch", str(args.batch),
+          "--warmup", str(args.warmup)]
+    if args.part == "extra":
+        summary += run("throughput_eager", tp + ["--steps", str(args.steps)], out, 100, env_no_kornia)
+        summary += run("views_kornia", tp + ["--only-views", "--steps", str(args.steps)], out,
+                       args.deadline - elapsed(), dict(os.environ))
+    elif args.part == "recipe":
+        summary += run("throughput_compiled", tp + ["--compile", "--steps", str(args.steps)], out, 120, env_no_kornia)
+        summary += recipe_variants(args, out, env_no_kornia)
+    else:
+        summary += run("throughput_compiled", tp + ["--compile", "--views", "--steps", str(args.steps)], out, 200,
+                       env_no_kornia)
+        summary += simclr(args, out, summary, env_no_kornia)
+
+    print("\n=== summary (total %.0f s)" % elapsed())
+    verbose = {"subsets", "per_seed", "train_data", "test_data", "interval", "top1_ci", "top5_ci", "encoder"}
+    for row in summary:
+        print(json.dumps({k: v for k, v in row.items() if k not in verbose}))
+    (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""What the DINOv2 recipe adds to DINO's loss (Oquab et al. 2023, sec. 4): iBOT's masked patch
+loss, the KoLeo regulariser, and Sinkhorn-Knopp centring of the teacher."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import dist
+from .contrastive import full_precision
+
+
+def ibot_patch_loss(student: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
+                    student_temperature: float) -> torch.Tensor:
+    """iBOT's loss (Zhou et al. 2022, eq. 2) on the masked patches only.
+
+    student: (M, K) logits of the student at the M masked patches (the masked entries of `masks`,
+    in row-major order); targets: (M, K) the teacher's distributions for the same patches of the
+    unmasked image; masks: (B, N) bool. Each masked patch's cross-entropy is averaged within its
+    image, and images are averaged (an image without masked patches counts as 0), as DINOv2 does.
+    """
+    per_patch = -(targets.detach() * F.log_softmax(full_precision(student) / student_temperature, dim=-1)).sum(-1)  # (M,)
+    per_image_count = masks.sum(dim=1, keepdim=True).clamp_min(1).expand_as(masks)[masks]  # (M,)
+    return (per_patch / per_image_count).sum() / masks.shape[0]
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Sablayrolles et al. 2019): -mean_i log(min_j |x_i - x_j|) over L2-normalised
+    features (B, D); it grows when two images of the batch sit close, spreading them apart."""
+    x = F.normalize(full_precision(features), dim=-1, eps=eps)
+    similarity = x @ x.T  # (B, B)
+    similarity.fill_diagonal_(-2.0)  # never one's own neighbour
+    nearest = similarity.argmax(dim=1)
+    distances = F.pairwise_distance(x, x[nearest], eps=eps)  # (B,)
+    return -torch.log(distances + eps).mean()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Teacher distributions (B, K) from logits (B, K) by Sinkhorn-Knopp (SwAV, Caron et al. 2020;
+    DINOv2): exp(logits / temperature) rescaled alternately so that each prototype gets an equal
+    share of the batch (columns sum to B/K) and each image a distribution (rows sum to 1), over
+    all processes' images."""
+    logits = full_precision(logits)
+    shift = logits.max() if logits.numel() else 0.0  # no rows on this process: the collectives still run
+    q = torch.exp((logits - shift) / temperature).T  # (K, B); the shift cancels
+    batch = q.shape[1] * dist.world_size()
+    prototypes = q.shape[0]
+    q /= dist.all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total 1 ...
+        q /= prototypes  # ... then 1/K
+        q /= q.sum(dim=0, keepdim=True)  # each image: total 1 ...
+        q /= batch  # ... then 1/B
+    return (q * batch).T  # rows sum to 1

@@ -1,0 +1,188 @@
+"""Distillation of a large encoder into a smaller one, as DINOv2 distils its ViT-g (Oquab et al.
+2023, sec. 5): the frozen teacher's outputs are the targets of the self-supervised losses.
+
+    t = teacher(global crops)                     # frozen: no gradient, never updated
+    s = student(all crops)
+    with a DINO/iBOT teacher (it has a prototype head):
+        loss = dino(h(s_cls), sinkhorn(h'(t_cls)))    # image level, over pairs of different views
+             + ibot(h(s_patch[m]), sinkhorn(h'(t_patch[m])))   # patch level, ViT student and
+                                                                # teacher of the same token grid
+    with any other teacher (its features only):
+        loss = 2 - 2 cos(p(s_global), t_global)       # p: identity, or a linear projection when
+                                                      # the dimensions differ (`projection`)
+    after each step: student_ema <- EMA(student), BatchNorm statistics too; the EMA is the encoder kept.
+
+`--method distill --teacher CKPT --backbone SMALL`; CKPT is a selfsup checkpoint (or run folder),
+or `weights:FILE` with `--set distill.teacher_backbone=NAME` for a plain timm/torchvision file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..backbones.vit import encode, patch_size_of
+from ..config import RunConfig, ranged
+from ..errors import UserError
+from ..losses import byol_loss, cross_view_entropy, ibot_patch_loss, sinkhorn_knopp
+from ..nn import DINOHead, ema_copy, ema_update, forward_by_size
+from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
+from .common import Batch, MethodOutput, Progress
+from .ibot import patch_masks
+
+
+@dataclass
+class Config:
+    teacher: str = ""  # a selfsup checkpoint or run folder, or weights:FILE
+    teacher_backbone: str | None = None  # the architecture of a weights:FILE teacher
+    projection: bool = False  # feature teachers of another width: learn a linear map to it
+    hidden_dim: int = ranged(2048, 1, None)
+    bottleneck_dim: int = ranged(256, 1, None)
+    head_layers: int = ranged(3, 1, None)
+    student_temperature: float = ranged(0.1, 1e-6, None)
+    teacher_temperature: float = ranged(0.07, 1e-6, None)  # a trained teacher: no warm-up
+    patch_loss_weight: float = ranged(1.0, 0.0, None)
+    mask_probability: float = ranged(0.5, 0.0, 1.0)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    ema_momentum: float = ranged(0.994, 0.0, 1.0)
+    global_crops: int = ranged(2, 2, None)  # each teacher view needs another student view
+    local_crops: int = ranged(0, 0, None)
+    local_size: int = ranged(96, 8, None)
+    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
+    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
+    local_view: ViewConfig = field(default_factory=dino_local_view)
+
+
+def _cifar() -> dict:
+    no_blur = {"blur_prob": 0.0}
+    return {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.04, "warmup_epochs": 5.0},
+            "train": {"epochs": 100, "batch_size": 256},
+            "distill": {"hidden_dim": 1024, "local_size": 16, "global_view_1": no_blur, "global_view_2": no_blur,
+                        "local_view": no_blur}}
+
+
+def _imagenet() -> dict:
+    return {"optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.04, "warmup_epochs": 10.0},
+            "train": {"epochs": 100, "batch_size": 256}, "distill": {"local_crops": 8, "local_size": 96}}
+
+
+PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def check_config(cfg: RunConfig) -> None:
+    if not cfg.method_config.teacher:
+        raise UserError("--method distill needs a teacher: --teacher CKPT (a selfsup checkpoint or run folder, "
+                        "or weights:FILE with --set distill.teacher_backbone=NAME)")
+
+
+def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
+    """{"backbone"} of any encoder, plus {"head", "patch_head"} when it is a DINO or iBOT run."""
+    from ..checkpoint import load_checkpoint
+    from ..config import from_dict
+    from ..encoder import load_encoder
+    from . import build_method
+
+    if config.teacher.startswith(("weights:", "random:")):
+        return nn.ModuleDict({"backbone": load_encoder(config.teacher, image_size=image_size,
+                                                       backbone=config.teacher_backbone).backbone})
+    checkpoint = load_checkpoint(config.teacher)
+    method = build_method(from_dict(checkpoint["config"]))
+    method.load_state_dict(checkpoint["model"])
+    teacher = getattr(method, "teacher", None)
+    if isinstance(teacher, nn.ModuleDict) and "head" in teacher:
+        patch_head = teacher["patch_head"] if "patch_head" in teacher else teacher["head"]
+        return nn.ModuleDict({"backbone": teacher["backbone"], "head": teacher["head"], "patch_head": patch_head})
+    return nn.ModuleDict({"backbone": method.encoder()})
+
+
+def encoder_from_state(cfg: RunConfig, state: dict) -> Backbone:
+    """The kept encoder (the student's EMA) from a checkpoint, without loading the teacher."""
+    from ..backbones import build_backbone
+
+    backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+    prefix = "student_ema.backbone."
+    backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return backbone
+
+
+class Method(nn.Module):
+    may_skip_parameters = True  # a step without masked patches leaves the mask token idle
+
+    def __init__(self, config: Config, backbone: Backbone, image_size: int):
+        super().__init__()
+        self.config, self.image_size, c = config, image_size, config
+        self.teacher = load_teacher(config, image_size).requires_grad_(False).eval()
+        t_backbone = self.teacher["backbone"]
+        if "head" in self.teacher:
+            out_dim = self.teacher["head"].last_layer.weight.shape[0]
+            head = DINOHead(backbone.feature_dim, out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers)
+        elif c.projection:
+            head = nn.Linear(backbone.feature_dim, t_backbone.feature_dim)
+        elif backbone.feature_dim != t_backbone.feature_dim:
+            raise UserError(f"the teacher's features have {t_backbone.feature_dim} dimensions and the student's "
+                            f"{backbone.feature_dim}; add a learned projection with --set distill.projection=true")
+        else:
+            head = nn.Identity()
+        self.student = nn.ModuleDict({"backbone": backbone, "head": head})
+        self.patch_level = ("head" in self.teacher and c.patch_loss_weight > 0 and backbone.kind == t_backbone.kind
+                            == "vit" and patch_size_of(backbone.net) == patch_size_of(t_backbone.net))
+        if self.patch_level:
+            self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.student_ema = ema_copy(self.student)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen, BatchNorm statistics included
+        return self
+
+    def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
+        c, n = self.config, len(batch.images)
+        crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
+                           c.local_view, c.local_crops, c.local_size, batch.generator)
+        global_crops = torch.cat(crops[:c.global_crops])  # (V*B, 3, S, S)
+        if "head" not in self.teacher:
+            with torch.no_grad():
+                t = self.teacher["backbone"](global_crops)  # (VB, D_t)
+            s = self.student["head"](self.student["backbone"](global_crops))  # (VB, D_t): the same views
+            loss = byol_loss(s, t)
+            return MethodOutput(loss=loss, metrics={"feature_loss": loss.detach()}, embedding=s.detach())
+        return self._prototypes(crops, global_crops, n, batch.generator)
+
+    def _prototypes(self, crops, global_crops, n, generator) -> MethodOutput:
+        c, student, teacher = self.config, self.student, self.teacher
+        metrics = {}
+        if self.patch_level:
+            masks = patch_masks(len(global_crops), (self.image_size // patch_size_of(student["backbone"].net),) * 2,
+                                c, generator)  # (VB, N)
+            tokens = encode(student["backbone"].net, global_crops, mask=masks, mask_token=self.mask_token)
+            cls = tokens[:, 0]
+            with torch.no_grad():
+                t_tokens = encode(teacher["backbone"].net, global_crops)  # (VB, 1+N, D_t)
+                t_cls = t_tokens[:, 0]
+                t_patch = sinkhorn_knopp(teacher["patch_head"](t_tokens[:, 1:][masks]), c.teacher_temperature)
+            patch = ibot_patch_loss(student["head"](tokens[:, 1:][masks]), t_patch, masks, c.student_temperature)
+            metrics["patch_loss"] = patch.detach()
+        else:
+            cls = student["backbone"](global_crops)
+            with torch.no_grad():
+                t_cls = teacher["backbone"](global_crops)
+            patch = torch.zeros((), device=global_crops.device)
+        if c.local_crops:
+            cls = torch.cat([cls, forward_by_size(student["backbone"], crops[c.global_crops:])])
+        s = student["head"](cls).view(len(crops), n, -1)  # (S, B, K)
+        with torch.no_grad():
+            t = teacher["head"](t_cls)  # (VB, K)
+            targets = sinkhorn_knopp(t, c.teacher_temperature).view(c.global_crops, n, -1)  # (V, B, K)
+        image = cross_view_entropy(s, targets, c.student_temperature)
+        metrics["image_loss"] = image.detach()
+        return MethodOutput(loss=image + c.patch_loss_weight * patch, metrics=metrics, embedding=s[0].detach())
+
+    def after_step(self, progress: Progress) -> None:
+        # The EMA never runs forward: its BatchNorm statistics are averaged like its weights.
+        ema_update(self.student_ema, self.student, self.config.ema_momentum, buffers=True)
+
+    def encoder(self) -> Backbone:
+        return self.student_ema["backbone"]

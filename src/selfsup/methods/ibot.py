@@ -1,0 +1,193 @@
+"""The DINOv2 recipe (Oquab et al. 2023): DINO + iBOT (Zhou et al. 2022) + KoLeo, on a ViT.
+
+    crops = V global + L local crops of x
+    m = masks over the patches of some global crops         # block-wise, 10-50 % of the patches
+    s_cls, s_patch = f(global crops, m), f(local crops)     # student: masked patches -> [MASK] token
+    t_cls, t_patch = f'(global crops)                       # EMA teacher: whole global crops
+    loss = dino(h(s_cls), h'(t_cls))                        # image level: CE over pairs of views
+         + ibot(g(s_patch[m]), g'(t_patch[m]))              # patch level: recover the teacher's
+                                                            # view of each masked patch
+         + 0.1 koleo(s_cls of each global crop)             # spread the batch's features
+    teacher targets: Sinkhorn-Knopp (DINOv2) or DINO's centring and sharpening (iBOT)
+    after the optimizer step: teacher <- EMA of the student (backbone, h, g)
+
+`--method ibot`. The patch head g is h itself (`shared_head`, iBOT's and DINOv2's default) or a
+second DINO head. The encoder kept is the teacher's backbone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..backbones.vit import encode, patch_size_of
+from ..config import RunConfig, ranged
+from ..errors import UserError
+from ..losses import cross_view_entropy, dino_center, ibot_patch_loss, koleo_loss, sinkhorn_knopp
+from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
+from ..views import ViewConfig, block_mask, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
+from .common import Batch, MethodOutput, Progress
+from .dino import teacher_temperature
+
+
+@dataclass
+class Config:
+    # Heads: DINOv2's defaults (ssl_default_config.yaml).
+    out_dim: int = ranged(65536, 1, None)
+    patch_out_dim: int = ranged(65536, 1, None)  # used when the patch head is separate
+    shared_head: bool = True
+    hidden_dim: int = ranged(2048, 1, None)
+    bottleneck_dim: int = ranged(256, 1, None)
+    head_layers: int = ranged(3, 1, None)
+    student_temperature: float = ranged(0.1, 1e-6, None)
+    teacher_temperature_start: float = ranged(0.04, 1e-6, None)
+    teacher_temperature: float = ranged(0.07, 1e-6, None)
+    teacher_temperature_warmup_epochs: float = ranged(30.0, 0.0, None)
+    centering: Literal["sinkhorn", "centre"] = "sinkhorn"
+    sinkhorn_iterations: int = ranged(3, 1, None)
+    center_momentum: float = ranged(0.9, 0.0, 1.0)  # with centering "centre"
+    momentum: float = ranged(0.992, 0.0, 1.0)
+    momentum_final: float = ranged(1.0, 0.0, 1.0)
+    dino_weight: float = ranged(1.0, 0.0, None)
+    ibot_weight: float = ranged(1.0, 0.0, None)
+    koleo_weight: float = ranged(0.1, 0.0, None)
+    # Masking: half the global crops get a block mask over 10 % to 50 % of their patches.
+    mask_probability: float = ranged(0.5, 0.0, 1.0)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    global_crops: int = ranged(2, 2, None)
+    local_crops: int = ranged(8, 0, None)
+    local_size: int = ranged(96, 8, None)
+    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
+    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
+    local_view: ViewConfig = field(default_factory=dino_local_view)
+
+
+def _cifar() -> dict:
+    # A ViT-Tiny with 4-pixel patches on 32-pixel images: AdamW as DINOv2 (lr 0.004 per 1024 images
+    # = 0.001 per 256, cosine weight decay 0.04 -> 0.2), a smaller head, 6 local crops of 16 px.
+    return {
+        "backbone": {"name": "vit-tiny", "patch_size": 4},
+        "optim": {"name": "adamw", "lr": 1e-3, "lr_scaling": "linear", "weight_decay": 0.04,
+                  "weight_decay_end": 0.2, "warmup_epochs": 10.0, "betas": (0.9, 0.999)},
+        "train": {"epochs": 200, "batch_size": 256},
+        "ibot": {"out_dim": 4096, "patch_out_dim": 4096, "local_crops": 6, "local_size": 16,
+                 "momentum": 0.996, "global_view_1": {"crop_scale": (0.25, 1.0), "blur_prob": 0.0},
+                 "global_view_2": {"crop_scale": (0.25, 1.0), "blur_prob": 0.0},
+                 "local_view": {"crop_scale": (0.05, 0.25), "blur_prob": 0.0}},
+    }
+
+
+def _imagenet() -> dict:
+    # DINOv2's ViT-S/14 at 224 (vits14 config): AdamW, lr 0.004 per 1024 (sqrt scaling in their
+    # code; linear here), weight decay 0.04 -> 0.2, 10 warm-up epochs, global crops (0.32, 1),
+    # 8 local crops of 98 px (0.05, 0.32), teacher momentum 0.992 -> 1.
+    return {
+        "backbone": {"name": "vit-small", "patch_size": 14},
+        "data": {"image_size": 224},
+        "optim": {"name": "adamw", "lr": 1e-3, "lr_scaling": "linear", "weight_decay": 0.04,
+                  "weight_decay_end": 0.2, "warmup_epochs": 10.0},
+        "train": {"epochs": 100, "batch_size": 256},
+        "ibot": {"local_size": 98, "global_view_1": {"crop_scale": (0.32, 1.0)},
+                 "global_view_2": {"crop_scale": (0.32, 1.0)}, "local_view": {"crop_scale": (0.05, 0.32)}},
+    }
+
+
+PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def check_config(cfg: RunConfig) -> None:
+    """iBOT masks patch tokens: it needs one of the ViTs whose tokens selfsup can reach."""
+    from ..backbones.vit import VITS
+
+    if cfg.backbone.name not in VITS:
+        raise UserError(f"--method ibot masks patch tokens and needs a ViT: --backbone {', '.join(VITS)} "
+                        f"(got {cfg.backbone.name})")
+
+
+def patch_masks(n: int, grid: tuple[int, int], config: Config, generator: torch.Generator) -> torch.Tensor:
+    """(n, N) bool: a random `mask_probability` of the images get a block mask hiding a fraction of
+    their N patches drawn uniformly from `mask_ratio`; the others are not masked."""
+    patches = grid[0] * grid[1]
+    masked = torch.rand(n, generator=generator, device=generator.device) < config.mask_probability
+    ratios = torch.rand(n, generator=generator, device=generator.device)
+    ratios = config.mask_ratio[0] + ratios * (config.mask_ratio[1] - config.mask_ratio[0])
+    counts = (ratios * patches).long() * masked
+    return block_mask(n, grid, counts.tolist(), generator)
+
+
+class Method(nn.Module):
+    # A step without masked patches leaves a separate patch head without gradients (DDP must know).
+    may_skip_parameters = True
+
+    def __init__(self, config: Config, backbone: Backbone, image_size: int):
+        super().__init__()
+        if backbone.kind != "vit" or not hasattr(backbone.net, "patch_embed"):
+            raise UserError(f"--method ibot needs a ViT backbone (vit-tiny, vit-small, vit-base), got {backbone.name}")
+        self.config, self.image_size, c = config, image_size, config
+        self.grid = (image_size // patch_size_of(backbone.net),) * 2
+        heads = {"head": DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers)}
+        if not c.shared_head:
+            heads["patch_head"] = DINOHead(backbone.feature_dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
+                                           c.head_layers)
+        self.student = nn.ModuleDict({"backbone": backbone, **heads})
+        self.teacher = ema_copy(self.student)
+        self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))  # iBOT's learned [MASK]
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.register_buffer("center", torch.zeros(c.out_dim))
+        self.register_buffer("patch_center", torch.zeros(c.out_dim if c.shared_head else c.patch_out_dim))
+
+    def _patch_head(self, network: nn.ModuleDict) -> nn.Module:
+        return network["head"] if self.config.shared_head else network["patch_head"]
+
+    def _targets(self, logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The teacher's distributions (..., K), by Sinkhorn-Knopp or by centring and sharpening."""
+        if self.config.centering == "sinkhorn":
+            flat = logits.reshape(-1, logits.shape[-1])
+            return sinkhorn_knopp(flat, temperature, self.config.sinkhorn_iterations).view_as(logits)
+        return F.softmax((logits.float() - center) / temperature, dim=-1)
+
+    def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
+        c, n = self.config, len(batch.images)
+        crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
+                           c.local_view, c.local_crops, c.local_size, batch.generator)
+        global_crops = torch.cat(crops[:c.global_crops])  # (V*B, 3, S, S)
+        masks = patch_masks(len(global_crops), self.grid, c, batch.generator)  # (V*B, N)
+        student, teacher = self.student, self.teacher
+        tokens = encode(student["backbone"].net, global_crops, mask=masks, mask_token=self.mask_token)  # (VB, 1+N, D)
+        cls = tokens[:, 0]
+        if c.local_crops:
+            cls = torch.cat([cls, forward_by_size(student["backbone"], crops[c.global_crops:])])  # (S*B, D)
+        s = student["head"](cls).view(len(crops), n, -1)  # (S, B, K)
+        s_patch = self._patch_head(student)(tokens[:, 1:][masks])  # (M, K')
+        with torch.no_grad():
+            t_tokens = encode(teacher["backbone"].net, global_crops)  # (VB, 1+N, D)
+            t = teacher["head"](t_tokens[:, 0]).view(c.global_crops, n, -1)  # (V, B, K)
+            t_patch = self._patch_head(teacher)(t_tokens[:, 1:][masks])  # (M, K')
+        temperature = teacher_temperature(c, progress)
+        targets = self._targets(t, self.center, temperature)
+        dino = cross_view_entropy(s, targets, c.student_temperature)
+        ibot = ibot_patch_loss(s_patch, self._targets(t_patch, self.patch_center, temperature), masks,
+                               c.student_temperature)
+        koleo = torch.stack([koleo_loss(v) for v in tokens[:, 0].chunk(c.global_crops)]).mean()
+        loss = c.dino_weight * dino + c.ibot_weight * ibot + c.koleo_weight * koleo
+        if c.centering == "centre":  # after the loss, as in DINO and iBOT
+            self.center.copy_(dino_center(self.center, t, c.center_momentum))
+            if len(t_patch):
+                self.patch_center.copy_(dino_center(self.patch_center, t_patch[None], c.center_momentum))
+        # The collapse monitor watches the prototype the teacher expects per image (see dino.py).
+        expected = targets[0] @ teacher["head"].last_layer.weight  # (B, bottleneck)
+        metrics = {"dino_loss": dino.detach(), "ibot_loss": ibot.detach(), "koleo": koleo.detach(),
+                   "masked_fraction": masks.float().mean(),
+                   "momentum": torch.tensor(ema_momentum(progress, c.momentum, c.momentum_final)),
+                   "teacher_temperature": torch.tensor(temperature)}
+        return MethodOutput(loss=loss, metrics=metrics, embedding=expected)
+
+    def after_step(self, progress: Progress) -> None:
+        ema_update(self.teacher, self.student, ema_momentum(progress, self.config.momentum, self.config.momentum_final))
+
+    def encoder(self) -> Backbone:
+        return self.teacher["backbone"]

@@ -1,0 +1,144 @@
+"""The DINOv2 recipe: iBOT's patch loss, KoLeo and Sinkhorn-Knopp against float64 references; masks;
+the method end to end."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.errors import UserError
+from selfsup.losses import cross_view_entropy, dino_loss, ibot_patch_loss, koleo_loss, sinkhorn_knopp
+from selfsup.methods.ibot import Config, patch_masks
+from selfsup.train import run_pretraining
+
+from conftest import assert_same_state, interrupted_then_resumed, write_dataset
+
+
+def log_softmax64(x):
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ibot_patch_loss_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    b, n, k, temperature = 5, 9, 7, float(rng.uniform(0.05, 0.5))
+    masks = rng.random((b, n)) < 0.4
+    masks[0] = False  # an image without masked patches counts as zero
+    masks[1, 3] = True
+    m = int(masks.sum())
+    student = rng.normal(size=(m, k))
+    targets = rng.dirichlet(np.ones(k), size=m)
+    # Reference: per image, the mean over its masked patches of -sum_k t log softmax(s / T); mean over images.
+    total, row = 0.0, 0
+    for i in range(b):
+        count = int(masks[i].sum())
+        if count:
+            losses = [-(targets[row + j] * log_softmax64(student[row + j] / temperature)).sum() for j in range(count)]
+            total += sum(losses) / count
+            row += count
+    expected = total / b
+    got = ibot_patch_loss(torch.from_numpy(student), torch.from_numpy(targets), torch.from_numpy(masks), temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_koleo_matches_float64_reference(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(12, 6))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nearest = [min(np.linalg.norm(unit[i] - unit[j]) for j in range(12) if j != i) for i in range(12)]
+    expected = -np.mean(np.log(np.array(nearest) + 1e-8))
+    assert koleo_loss(torch.from_numpy(x)).item() == pytest.approx(expected, rel=1e-6)
+    spread, crowded = torch.eye(6), torch.eye(6) + 0.01 * torch.ones(6, 6)
+    crowded[1] = crowded[0] + 1e-3  # two images nearly on top of each other
+    assert koleo_loss(crowded) > koleo_loss(spread)
+
+
+def sinkhorn_reference(logits, temperature, iterations):
+    q = np.exp(np.asarray(logits, np.float64) / temperature).T  # (K, B)
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(axis=1, keepdims=True) * k
+        q /= q.sum(axis=0, keepdims=True) * b
+    return (q * b).T
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sinkhorn_knopp_rows_and_columns_sum_as_specified(seed):
+    rng = np.random.default_rng(seed)
+    b, k = 24, 8
+    logits = rng.normal(size=(b, k)) * 3
+    got = sinkhorn_knopp(torch.from_numpy(logits), 0.5, iterations=3).numpy()
+    np.testing.assert_allclose(got, sinkhorn_reference(logits, 0.5, 3), rtol=1e-8)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-12)  # each image: a distribution
+    converged = sinkhorn_knopp(torch.from_numpy(logits), 0.5, iterations=200).numpy()
+    np.testing.assert_allclose(converged.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(converged.sum(axis=0), b / k, rtol=1e-6)  # each prototype: an equal share
+    assert sinkhorn_knopp(torch.zeros(0, k), 0.5).shape == (0, k)  # a process without masked patches
+
+
+def test_cross_view_entropy_is_dino_loss_given_the_teachers_distributions():
+    g = torch.Generator().manual_seed(0)
+    student, teacher, center = torch.randn(4, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g), torch.randn(10, generator=g)
+    targets = torch.softmax((teacher - center) / 0.04, dim=-1)
+    assert cross_view_entropy(student, targets, 0.1).item() == pytest.approx(
+        dino_loss(student, teacher, center, 0.1, 0.04).item(), rel=1e-6)
+
+
+def test_patch_masks_follow_probability_and_ratio_and_the_seed():
+    config = Config(mask_probability=0.5, mask_ratio=(0.1, 0.5))
+    masks = patch_masks(2000, (8, 8), config, torch.Generator().manual_seed(0))
+    counts = masks.sum(dim=1)
+    assert abs((counts > 0).float().mean().item() - 0.5) < 0.05
+    hidden = counts[counts > 0].float() / 64
+    assert hidden.min() >= 0.05 and hidden.max() <= 0.5 + 1e-9 and 0.2 < hidden.mean() < 0.35
+    again = patch_masks(2000, (8, 8), config, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+
+
+def tiny_ibot(data, out, **ibot):
+    return {"method": "ibot", "data": {"path": str(data), "image_size": 16}, "out": str(out),
+            "backbone": {"name": "vit-tiny", "patch_size": 4},
+            "train": {"epochs": 2, "batch_size": 8, "progress": False, "seed": 1},
+            "ibot": {"out_dim": 128, "hidden_dim": 32, "bottleneck_dim": 16, "local_crops": 2, "local_size": 8,
+                     "mask_probability": 1.0, **ibot}}
+
+
+@pytest.mark.parametrize("centering", ["sinkhorn", "centre"])
+def test_ibot_trains_and_resumes_exactly(tmp_path, monkeypatch, centering):
+    data = write_dataset(tmp_path / "data", per_class=8, size=16)
+    user = tiny_ibot(data, tmp_path, centering=centering, shared_head=centering == "sinkhorn")
+    whole, at_stop, resumed = interrupted_then_resumed(user, stop_after_steps=3, monkeypatch=monkeypatch)
+    assert at_stop["position"] == {"epoch": 1, "batch": 0, "step": 2}  # 2 steps per epoch
+    assert_same_state(whole, resumed)
+    teacher = {k: v for k, v in whole["model"].items() if k.startswith("teacher.")}
+    student = {k: whole["model"]["student." + k[len("teacher."):]] for k in teacher}
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # an EMA, not a copy
+    if centering == "centre":
+        assert whole["model"]["center"].abs().sum() > 0 and whole["model"]["patch_center"].abs().sum() > 0
+
+
+def test_the_mask_token_gets_gradients_and_the_losses_are_logged(tmp_path):
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.methods.common import Batch, Progress
+    data = write_dataset(tmp_path / "data", per_class=8, size=16)
+    method = build_method(resolve(tiny_ibot(data, tmp_path / "unused")))
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
+    out = method(Batch(images=images, generator=torch.Generator().manual_seed(0)), Progress(0, 10, 2))
+    out.loss.backward()
+    assert method.mask_token.grad is not None and method.mask_token.grad.abs().sum() > 0  # [MASK] was seen
+    assert all(p.grad is None for p in method.teacher.parameters())
+    result = run_pretraining(tiny_ibot(data, tmp_path / "run"))
+    last = result.metrics[-1]
+    for key in ("dino_loss", "ibot_loss", "koleo", "masked_fraction", "momentum", "teacher_temperature"):
+        assert math.isfinite(last[key])
+    assert 0.05 < last["masked_fraction"] < 0.55
+
+
+def test_ibot_refuses_a_resnet_before_reading_data(tmp_path):
+    with pytest.raises(UserError, match="ibot masks patch tokens and needs a ViT"):
+        run_pretraining({**tiny_ibot(tmp_path / "nowhere", tmp_path / "out"), "backbone": {"name": "resnet18"}})
