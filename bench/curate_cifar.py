@@ -63,10 +63,10 @@ parser.add_argument("--distractors", type=int, default=2000, help="synthetic non
 parser.add_argument("--test-copies", type=int, default=200, help="planted copies of eval/test images")
 parser.add_argument("--seeds-per-class", type=int, default=10)
 parser.add_argument("--encoder-per-class", type=int, default=500, help="images per class to pretrain the curating encoder")
-parser.add_argument("--encoder-epochs", type=int, default=15)
+parser.add_argument("--encoder-epochs", type=int, default=6)
 parser.add_argument("--threshold", type=float, default=0.95, help="selfsup curate --threshold")
 parser.add_argument("--k", type=int, default=50, help="selfsup curate --k")
-parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each comparison run (about)")
+parser.add_argument("--steps", type=int, default=150, help="optimizer steps of each comparison run (about)")
 parser.add_argument("--batch-size", type=int, default=256)
 parser.add_argument("--backbone", default="resnet18-half")
 parser.add_argument("--random-curation", default="random:resnet18",

@@ -1,4 +1,4 @@
-"""The GPU benchmarks of BENCHMARKS.md, in two calls that fit a short lease.
+"""The GPU benchmarks of BENCHMARKS.md, in calls that each fit a short lease.
 
 `--part main`, each stage in its own process (a failure is reported and the next still runs):
   1. throughput, compiled: the ceiling against selfsup's whole SimCLR pipeline, then selfsup's
@@ -10,6 +10,10 @@
 from wheels in PYTHONPATH) against selfsup's, eager and compiled.
 `--part recipe`: the compiled ratio, then short SimCLR runs (--epochs, eager) of recipe variants,
 each followed by kNN, while time is left: which choices matter for quality.
+`--part quality --method M --epochs E`: one compiled run of M's CIFAR preset, then kNN (the
+momentum-teacher and pretext benchmarks; on the H200 SimCLR took 1.6 s per epoch).
+`--part peer`: lightly's recipe (../shared/bench/peer_lightly.py copied into .gpu/, lightly's
+wheel in PYTHONPATH) for --epochs next to selfsup's compiled pipeline, in the same call.
 Logs and the run's metrics go to $OUT (or --out); a summary table is printed last.
 
     PYTHONPATH=src python bench/gpu_session.py --tar .gpu/cifar10-jpg.tar.xz --deadline 540 [--part extra]
@@ -104,7 +108,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540, help="seconds from start to finish everything")
     parser.add_argument("--epochs", type=int, default=200, help="most SimCLR epochs to run")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
-    parser.add_argument("--part", choices=["main", "extra", "recipe"], default="main")
+    parser.add_argument("--part", choices=["main", "extra", "recipe", "quality", "peer"], default="main")
+    parser.add_argument("--method", default="simclr", help="--part quality: the method to pretrain")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per throughput figure")
     parser.add_argument("--batch", type=int, default=512)
@@ -128,6 +133,19 @@ def main() -> None:
         summary += run("throughput_eager", tp + ["--steps", str(args.steps)], out, 100, env_no_kornia)
         summary += run("views_kornia", tp + ["--only-views", "--steps", str(args.steps)], out,
                        args.deadline - elapsed(), dict(os.environ))
+    elif args.part == "quality":
+        rows = run(f"quality_{args.method}", ["bash", "bench/simclr_cifar10.sh", args.tar, f"/tmp/{args.method}-c10",
+                                              str(args.epochs), "--compile"], out, args.deadline - elapsed(),
+                   {**env_no_kornia, "METHOD": args.method})
+        summary += [{"figure": "quality", "method": args.method, "epochs": args.epochs, **r} for r in rows]
+        for name in ("metrics.jsonl", "curves.png", "config.yaml"):
+            if (Path(f"/tmp/{args.method}-c10") / name).exists():
+                shutil.copy(Path(f"/tmp/{args.method}-c10") / name, out / f"{args.method}_{name}")
+    elif args.part == "peer":
+        summary += run("throughput_compiled", tp + ["--compile", "--steps", str(args.steps)], out, 120, env_no_kornia)
+        rows = run("peer_lightly", [py, ".gpu/peer_lightly.py", "--tar", args.tar, "--mode", "lightly",
+                                    "--epochs", str(args.epochs)], out, args.deadline - elapsed(), dict(os.environ))
+        summary += [{"figure": "peer", **r} for r in rows]
     elif args.part == "recipe":
         summary += run("throughput_compiled", tp + ["--compile", "--steps", str(args.steps)], out, 120, env_no_kornia)
         summary += recipe_variants(args, out, env_no_kornia)
