@@ -451,5 +451,12 @@ def test_local_crops_on_a_vit_of_one_image_size_are_refused():
 def test_queue_longer_than_the_dataset_is_refused(tmp_path):
     data = write_dataset(tmp_path / "data", per_class=4, size=16)
     user = tiny("moco-v2", data, tmp_path / "run", **{"moco-v2": {"queue_size": 100}})
-    with pytest.raises(UserError, match=r"moco-v2.queue_size 100 is longer than the dataset \(12 images\)"):
+    with pytest.raises(UserError, match=r"moco-v2.queue_size 100 is longer than the 12 training images"):
         run_pretraining(user, show_progress=False)
+    # Images held out for the monitor never reach the queue: a queue as long as the whole dataset
+    # is then longer than what is trained on.
+    bigger = write_dataset(tmp_path / "data24", per_class=8, size=16)  # 24 images: 6 held out
+    held_out = merge_dicts(tiny("moco-v2", bigger, tmp_path / "run2", **{"moco-v2": {"queue_size": 24}}),
+                           {"data": {"holdout_fraction": 0.25}})
+    with pytest.raises(UserError, match=r"queue_size 24 is longer than the 18 training images.*queue_size=9"):
+        run_pretraining(held_out, show_progress=False)

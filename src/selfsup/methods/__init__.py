@@ -16,8 +16,9 @@
   the like into the run folder.
 - optional module-level `encoder_from_state(cfg, state) -> Backbone`: the encoder to evaluate,
   built from a checkpoint's state without building the whole method (distill: no teacher needed).
-- optional module-level `check_data(config, cache)`: raise a `UserError` when the decoded data
-  cannot serve the method (e.g. grayscale images for colorization); called before training.
+- optional module-level `check_data(config, cache, train_idx)`: raise a `UserError` when the
+  decoded data (or its training rows `train_idx`, without those held out for the monitor) cannot
+  serve the method (e.g. grayscale images for colorization); called before training.
 - optional module-level `open_data(path, size, cache_dir=, workers=, show_progress=)`: how the
   data is read instead of `data.open_images` (clips with their frame indices, interaction
   records), and `samples(config, cache, seed) -> Samples` (common.py): training samples of k

@@ -61,7 +61,7 @@ def _imagenet() -> dict:
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
-def check_data(config: Config, cache) -> None:
+def check_data(config: Config, cache, train_idx) -> None:
     if cache.grayscale > GRAYSCALE_LIMIT * len(cache):
         raise UserError(f"colorization needs colour images, but {cache.grayscale:,} of the {len(cache):,} images in "
                         f"{cache.source} are grayscale; remove them or choose another --method")

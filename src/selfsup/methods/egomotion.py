@@ -59,7 +59,7 @@ class PairSide:
 PRESETS = rotation.PRESETS
 
 
-def check_data(config: Config, cache) -> None:
+def check_data(config: Config, cache, train_idx) -> None:
     if not isinstance(cache, VideoCache):
         raise UserError("egomotion needs clips with motion signals: give --data a folder of videos or frame folders")
     if config.supervised_weight > 0 and (cache.labels is None or len(cache.classes) > config.supervised_classes):

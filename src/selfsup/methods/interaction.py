@@ -58,7 +58,7 @@ class Actions:
 PRESETS = rotation.PRESETS
 
 
-def check_data(config: Config, cache) -> None:
+def check_data(config: Config, cache, train_idx) -> None:
     if not isinstance(cache, InteractionCache):
         raise UserError("interaction needs interaction records: `selfsup synth interaction --out DIR`, then --data DIR")
 

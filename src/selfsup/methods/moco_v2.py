@@ -71,11 +71,12 @@ def _imagenet() -> dict:
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
-def check_data(config: Config, cache) -> None:
-    if config.queue_size > len(cache):
-        raise UserError(f"moco-v2.queue_size {config.queue_size:,} is longer than the dataset ({len(cache):,} "
-                        f"images), so images would be their own negatives; set it to at most {len(cache):,} "
-                        f"(e.g. --set moco-v2.queue_size={len(cache) // 2})")
+def check_data(config: Config, cache, train_idx) -> None:
+    n = len(train_idx)  # the images pretrained on (those held out for the monitor never reach the queue)
+    if config.queue_size > n:
+        raise UserError(f"moco-v2.queue_size {config.queue_size:,} is longer than the {n:,} training images, so "
+                        f"images would be their own negatives; set it to at most {n:,} "
+                        f"(e.g. --set moco-v2.queue_size={n // 2})")
 
 
 def forward_in_groups(net: nn.Module, x: torch.Tensor, groups: int,

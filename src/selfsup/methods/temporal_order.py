@@ -65,7 +65,7 @@ def _imagenet() -> dict:
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
-def check_data(config: Config, cache) -> None:
+def check_data(config: Config, cache, train_idx) -> None:
     if not isinstance(cache, VideoCache):
         raise UserError("temporal-order needs clips: give --data a folder of videos or of frame folders")
     if config.max_span < (config.tuple_length + 1) * config.min_gap:
