@@ -75,12 +75,14 @@ parser.add_argument("--eval-train", type=int, default=500, help="per class (500 
 parser.add_argument("--eval-test", type=int, default=100, help="per class")
 parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the selfsup runs")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--score-only", action="store_true",
+                    help="only score the curations already in --work again (to WORK/scores.jsonl)")
 parser.add_argument("--selfsup", default=str(Path(sys.executable).with_name("selfsup")))
 args = parser.parse_args()
 EVAL_TRAIN, EVAL_TEST = args.eval_train, args.eval_test  # the shipped sample: first 500 train / 100 test per class
 
 WORK = Path(args.work).resolve()
-RESULTS = WORK / "results.jsonl"
+RESULTS = WORK / ("scores.jsonl" if args.score_only else "results.jsonl")
 ENV = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
        "SELFSUP_CACHE": str(WORK / "cache")}
 RECIPE = ["--method", "simclr", "--backbone", args.backbone, "--no-small-stem", "--image-size", "32",
@@ -297,8 +299,11 @@ def removal_report(manifest: dict, groups: list[list[str]], excluded: set[str]) 
                  if not any(manifest[o]["source"] == manifest[n]["source"] for o in groups[group_of[n]] if o != n)]
     tests = [n for n, m in manifest.items() if m["kind"] == "testcopy"]
     test_excl = [n for n in tests if n in excluded]
+    largest = sorted(groups, key=len, reverse=True)[:3]
     return {
         "groups": len(groups), "removed_as_duplicates": len(removed_dup), "excluded": len(excluded),
+        "largest_groups": [len(g) for g in largest],
+        "largest_groups_kinds": [dict(Counter(manifest[n]["kind"] for n in g)) for g in largest],
         "planted_dups_found": len(found), "planted_dups_missed": len(dups) - len(found), "planted_dups": len(dups),
         "found_by_edit": by_edit,
         "removed_without_a_same_source_groupmate": len(unrelated),
@@ -317,7 +322,10 @@ def removal_report(manifest: dict, groups: list[list[str]], excluded: set[str]) 
 def composition(manifest: dict, names: list[str]) -> dict:
     kinds = Counter(manifest[n]["kind"] for n in names)
     cifar_classes = Counter(manifest[n]["cls"] for n in names if manifest[n]["kind"] in ("cifar", "dup", "testcopy"))
+    present = set(names)
+    both = sum(1 for n in names if manifest[n]["kind"] == "dup" and manifest[n]["original"] in present)
     return {"images": len(names), **{k: kinds.get(k, 0) for k in ["cifar", "dup", "distractor", "testcopy"]},
+            "planted_pairs_with_both_present": both,
             "distractor_share": round(kinds.get("distractor", 0) / max(1, len(names)), 3),
             "distractors_by_kind": dict(Counter(manifest[n]["edit"] for n in names if manifest[n]["kind"] == "distractor")),
             "cifar_per_class_min_max": [min(cifar_classes.get(c, 0) for c in CLASSES),
@@ -340,7 +348,7 @@ def threshold_sweep(label: str, out: Path, manifest: dict) -> None:
 
     dirs = {d.name.split("-")[0]: d for d in (out / "embeddings").iterdir() if d.is_dir()}
     names, pool = load_embeddings(dirs["pool"])
-    _, test = load_embeddings(dirs["test"])
+    test_names, test = load_embeddings(dirs["test"])
     mean = pool.mean(axis=0)
 
     def centred(v):
@@ -348,8 +356,9 @@ def threshold_sweep(label: str, out: Path, manifest: dict) -> None:
         return v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
 
     pool_c, test_c = centred(pool), centred(test)
+    separation(label, names, pool_c, test_names, test_c, manifest)
     for t in [0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.99]:
-        groups = [sorted(names[i] for i in g) for g in duplicate_groups(pool_c, t, backend="exact")]
+        groups = [sorted(names[i] for i in g) for g in duplicate_groups(pool_c, t, names=names, backend="exact")]
         excluded = {names[i] for i in np.flatnonzero(near_any(pool_c, test_c, t, "exact"))}
         r = removal_report(manifest, groups, excluded)
         emit({"what": "threshold_sweep", "encoder": label, "threshold": t,
@@ -358,13 +367,48 @@ def threshold_sweep(label: str, out: Path, manifest: dict) -> None:
                                    "test_copies_excluded", "test_copies", "false_exclusions"]}})
 
 
+def separation(label: str, names: list[str], pool: np.ndarray, test_names: list[str], test: np.ndarray,
+               manifest: dict) -> None:
+    """How far apart a planted copy and an unrelated image lie (centred cosine similarity):
+    each planted copy's similarity to its original, against each pool image's highest similarity
+    to a pool image of another source (and the same for copies of eval/test images)."""
+    row = {n: i for i, n in enumerate(names)}
+    source = np.array([manifest[n]["source"] for n in names])
+    sims = pool @ pool.T
+    sims[source[:, None] == source[None, :]] = -2  # itself and its own planted copy
+    impostor = sims.max(axis=1)
+    del sims
+    pct = lambda v: {f"p{q}": round(float(np.percentile(v, q)), 3) for q in (1, 5, 50, 95, 99)}  # noqa: E731
+    for edit_kind in DUP_EDITS:
+        pairs = [(row[n], row[m["original"]]) for n, m in manifest.items() if m["kind"] == "dup" and m["edit"] == edit_kind]
+        emit({"what": "separation", "encoder": label, "pairs": f"planted copy - its original ({edit_kind})",
+              **pct([float(pool[a] @ pool[b]) for a, b in pairs])})
+    for kind in ["cifar", "distractor"]:
+        idx = [row[n] for n, m in manifest.items() if m["kind"] == kind]
+        emit({"what": "separation", "encoder": label, "pairs": f"{kind} - most similar pool image of another source",
+              **pct(impostor[idx])})
+    test_row = {"test/" + n: i for i, n in enumerate(test_names)}
+    to_test = pool @ test.T
+    copies = [(row[n], test_row[m["source"]]) for n, m in manifest.items() if m["kind"] == "testcopy"]
+    emit({"what": "separation", "encoder": label, "pairs": "planted test copy - its eval/test original",
+          **pct([float(to_test[a, b]) for a, b in copies])})
+    others = [row[n] for n, m in manifest.items() if m["kind"] != "testcopy"]
+    emit({"what": "separation", "encoder": label, "pairs": "other pool image - most similar eval/test image",
+          **pct(to_test[others].max(axis=1))})
+
+
 def curate(label: str, checkpoint: list[str], manifest: dict) -> list[str]:
     out = WORK / f"curated-{label}"
     shutil.rmtree(out, ignore_errors=True)
     stdout = selfsup(f"curate-{label}", "curate", "--pool", str(WORK / "pool"), "--seed-set", str(WORK / "seeds"),
                      *checkpoint, "--out", str(out), "--exclude", str(WORK / "eval" / "test"),
                      "--threshold", str(args.threshold), "--k", str(args.k), "--device", "cpu", "--json", "--no-progress")
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    score(label, out, manifest, json.loads(stdout.strip().splitlines()[-1]))
+    return [Path(p).name for p in (out / "curated.txt").read_text().split()]
+
+
+def score(label: str, out: Path, manifest: dict, summary: dict) -> None:
+    """Every count of one curation (OUT of `selfsup curate`) against the manifest."""
     groups = [line.split("\t") for line in (out / "duplicates.txt").read_text().splitlines() if line]
     excluded = set((out / "excluded.txt").read_text().split())
     curated = [Path(p).name for p in (out / "curated.txt").read_text().split()]
@@ -378,7 +422,6 @@ def curate(label: str, checkpoint: list[str], manifest: dict) -> list[str]:
           **composition(manifest, [n for n in manifest if n not in removed])})
     emit({"what": "composition", "encoder": label, "set": "curated", **composition(manifest, curated)})
     threshold_sweep(label, out, manifest)
-    return curated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +458,11 @@ def knn(name: str, checkpoint: list[str]) -> None:
 def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.unlink(missing_ok=True)
+    if args.score_only:
+        manifest = json.loads((WORK / "manifest.json").read_text())
+        for out in sorted(WORK.glob("curated-*")):
+            score(out.name[len("curated-"):], out, manifest, json.loads((out / "summary.json").read_text()))
+        return
     emit({"what": "config", **vars(args), "python": sys.executable})
     start = time.perf_counter()
     manifest = build(read_cifar(args.tar))

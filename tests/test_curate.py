@@ -63,21 +63,23 @@ def test_duplicate_groups_find_planted_copies_whatever_the_order():
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     names = [f"img{i:03d}" for i in range(60)] + [f"copy{i:03d}" for i in range(10, 15)] + \
             [f"near{i:03d}" for i in range(10)]
-    groups = duplicate_groups(vectors, threshold=0.95, backend="exact")
+    groups = duplicate_groups(vectors, threshold=0.95, names=names, backend="exact")
     assert sorted(sorted(names[i] for i in g) for g in groups) == sorted(
         [[f"copy{i:03d}", f"img{i:03d}"] for i in range(10, 15)] + [[f"img{i:03d}", f"near{i:03d}"] for i in range(10)])
-    dropped = {names[i] for i in duplicates_to_drop(groups, names)}
+    dropped = {names[i] for i in duplicates_to_drop(groups)}
     # The name that sorts first stays: 'copy' < 'img' < 'near'.
     assert dropped == {f"img{i:03d}" for i in range(10, 15)} | {f"near{i:03d}" for i in range(10)}
     order = np.random.default_rng(2).permutation(len(names))
-    shuffled_groups = duplicate_groups(vectors[order], threshold=0.95, backend="exact")
     shuffled_names = [names[i] for i in order]
-    assert {shuffled_names[i] for i in duplicates_to_drop(shuffled_groups, shuffled_names)} == dropped
-    # A chain a~b~c is one group even when a and c are not close enough themselves.
+    shuffled_groups = duplicate_groups(vectors[order], threshold=0.95, names=shuffled_names, backend="exact")
+    assert {shuffled_names[i] for i in duplicates_to_drop(shuffled_groups)} == dropped
+    # A chain a~b~c: b goes as a copy of a; c stays, as it is not close to a, the image kept.
     a = np.array([1.0, 0.0, 0.0])
     b = np.array([np.cos(0.25), np.sin(0.25), 0.0])
     c = np.array([np.cos(0.5), np.sin(0.5), 0.0])
-    assert duplicate_groups(np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32), 0.96, backend="exact") == [[0, 1, 2]]
+    chain = np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32)
+    assert duplicate_groups(chain, 0.96, names=["a", "b", "c", "d"], backend="exact") == [[0, 1]]
+    assert duplicate_groups(chain, 0.96, names=["z", "b", "c", "d"], backend="exact") == [[1, 0, 2]]  # b first
 
 
 def test_near_any_and_retrieval_against_brute_force():

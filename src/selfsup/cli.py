@@ -102,7 +102,8 @@ def _curate(args) -> int:
     config = CurateConfig(threshold=args.threshold, k=args.k, clusters=args.clusters, per_cluster=args.per_cluster,
                           seed=args.seed)
     summary = curate(args.pool, args.seed_set, args.checkpoint, args.out, exclude=args.exclude, config=config,
-                     device=args.device, backbone=args.backbone, image_size=args.image_size, make_tar=args.tar,
+                     device=args.device, backbone=args.backbone, image_size=args.image_size,
+                     small_stem=args.small_stem, make_tar=args.tar,
                      show_progress=not args.no_progress)
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=1))
     return 0
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
     p.add_argument("--backbone", help="with weights:FILE: its architecture")
     p.add_argument("--image-size", type=int, help="with random:/weights:: the input size")
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: below 64 px)")
     p.add_argument("--out", required=True)
     p.add_argument("--exclude", help="evaluation images whose near-duplicates must leave the pool")
     p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of near-duplicates")

@@ -94,8 +94,8 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     mean = pool_e.vectors.mean(axis=0) if config.center else None
     vectors = {what: _centred(e.vectors, mean) for what, e in embedded.items()}
 
-    groups = duplicate_groups(vectors["pool"], config.threshold, backend=config.backend, device=device)
-    dropped = duplicates_to_drop(groups, pool_e.names)
+    groups = duplicate_groups(vectors["pool"], config.threshold, pool_e.names, backend=config.backend, device=device)
+    dropped = duplicates_to_drop(groups)
     excluded = set()
     if exclude:
         excluded = set(np.flatnonzero(near_any(vectors["pool"], vectors["excluded set"], config.threshold,

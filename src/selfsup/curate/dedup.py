@@ -1,8 +1,12 @@
 """Near-duplicates: images whose embeddings have cosine similarity above a threshold.
 
-Pairs above the threshold are found among each image's nearest neighbours and joined into groups
-(connected components, so a chain of near-copies is one group); each group keeps the member
-whose name sorts first, which makes the result independent of the order of the files.
+Pairs above the threshold are found among each image's nearest neighbours. Groups are stars, not
+chains: images are visited in the order of their names, and each one not yet in a group keeps
+itself and takes its own near-duplicates not yet grouped as its copies. An image is thus removed
+only for being close to the image kept in its place. Connected components would chain a~b~c~...
+through a crowded region of embedding space into one group and keep one image of hundreds (seen
+on CIFAR-10 with a small encoder, BENCHMARKS.md). Visiting by name makes the result independent
+of the order of the files.
 """
 from __future__ import annotations
 
@@ -11,39 +15,36 @@ import numpy as np
 from .search import nearest
 
 
-def _find(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-def duplicate_groups(vectors: np.ndarray, threshold: float, neighbours: int = 10, backend: str = "auto",
-                     device="cpu") -> list[list[int]]:
-    """Groups (lists of row indices, each of 2 or more) of near-duplicate rows of `vectors`."""
+def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | None = None, neighbours: int = 10,
+                     backend: str = "auto", device="cpu") -> list[list[int]]:
+    """Groups (lists of row indices, each of 2 or more, the kept row first) of near-duplicate rows
+    of `vectors`; rows are visited in the order of `names` (default: row order)."""
     if len(vectors) < 2:
         return []
     sims, idx, _ = nearest(vectors, vectors, neighbours + 1, backend, device)
-    parent = list(range(len(vectors)))
+    close: list[set[int]] = [set() for _ in range(len(vectors))]
     rows, cols = np.nonzero(sims >= threshold)
     for i, j in zip(rows.tolist(), idx[rows, cols].tolist()):
         if i != j:
-            a, b = _find(parent, i), _find(parent, j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(vectors)):
-        groups.setdefault(_find(parent, i), []).append(i)
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+            close[i].add(j)
+            close[j].add(i)
+    visit = sorted(range(len(vectors)), key=lambda i: names[i]) if names is not None else range(len(vectors))
+    grouped = np.zeros(len(vectors), dtype=bool)
+    groups = []
+    for i in visit:
+        if grouped[i]:
+            continue
+        copies = sorted(j for j in close[i] if not grouped[j])
+        grouped[i] = True
+        grouped[copies] = True
+        if copies:
+            groups.append([i, *copies])
+    return sorted(groups, key=lambda g: g[0])
 
 
-def duplicates_to_drop(groups: list[list[int]], names: list[str]) -> set[int]:
-    """All members of each group but the one whose name sorts first."""
-    drop = set()
-    for group in groups:
-        keep = min(group, key=lambda i: names[i])
-        drop.update(i for i in group if i != keep)
-    return drop
+def duplicates_to_drop(groups: list[list[int]]) -> set[int]:
+    """All members of each group but the kept one (the first)."""
+    return {i for group in groups for i in group[1:]}
 
 
 def near_any(pool: np.ndarray, others: np.ndarray, threshold: float, backend: str = "auto",

@@ -20,9 +20,11 @@ def faiss_available() -> bool:
 
 
 def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, backend: str = "auto",
-            device: str | torch.device = "cpu", chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, str]:
+            device: str | torch.device = "cpu", block_bytes: int = 512 * 2**20) -> tuple[np.ndarray, np.ndarray, str]:
     """(similarities (Q, k), indices (Q, k), backend used): the k gallery vectors with the largest
-    inner product with each query (cosine similarity for L2-normalised vectors), best first."""
+    inner product with each query (cosine similarity for L2-normalised vectors), best first.
+    Exact search takes as many queries at a time as keep their similarity block (queries x
+    gallery, float32) under `block_bytes`."""
     k = min(k, len(gallery))
     if backend == "auto":
         backend = "faiss" if faiss_available() and len(gallery) >= FAISS_MIN_GALLERY else "exact"
@@ -31,6 +33,7 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, backend: str = "au
         return sims, idx, "faiss-ivf" if len(gallery) >= FAISS_IVF_MIN else "faiss-flat"
     gallery_t = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32)).to(device)
     sims, idx = [], []
+    chunk = max(1, block_bytes // (4 * max(1, len(gallery))))
     for start in range(0, len(queries), chunk):
         q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32)).to(device)
         s, i = (q @ gallery_t.T).topk(k, dim=1)
