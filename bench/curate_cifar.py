@@ -281,7 +281,6 @@ def removal_report(manifest: dict, groups: list[list[str]], excluded: set[str]) 
     group_of = {n: i for i, g in enumerate(groups) for n in g}
     dups = [n for n, m in manifest.items() if m["kind"] == "dup"]
     found = [n for n in dups if n in group_of and group_of.get(manifest[n]["original"]) == group_of[n]]
-    found_set = set(found)
     by_edit = {e: f"{sum(1 for n in found if manifest[n]['edit'] == e)}/{sum(1 for n in dups if manifest[n]['edit'] == e)}"
                for e in DUP_EDITS}
     # Distinct content (one source image: an original and its planted copy count once), test copies aside.

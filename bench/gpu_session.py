@@ -73,10 +73,15 @@ def simclr(args, out: Path, measured: list[dict], env) -> list[dict]:
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = run("simclr", ["bash", "bench/simclr_cifar10.sh", args.tar, str(run_dir), str(epochs), "--compile"],
                out, args.deadline - elapsed(), env)
+    keep_run_files(run_dir, out, "simclr")
+    return [{"figure": "simclr", "epochs": epochs, **r} for r in rows]
+
+
+def keep_run_files(run_dir: Path, out: Path, prefix: str) -> None:
+    """Copy a run's metrics, curves and config into `out` (what comes back from the device)."""
     for name in ("metrics.jsonl", "curves.png", "config.yaml"):
         if (run_dir / name).exists():
-            shutil.copy(run_dir / name, out / f"simclr_{name}")
-    return [{"figure": "simclr", "epochs": epochs, **r} for r in rows]
+            shutil.copy(run_dir / name, out / f"{prefix}_{name}")
 
 
 RECIPE_VARIANTS = {
@@ -134,13 +139,12 @@ def main() -> None:
         summary += run("views_kornia", tp + ["--only-views", "--steps", str(args.steps)], out,
                        args.deadline - elapsed(), dict(os.environ))
     elif args.part == "quality":
-        rows = run(f"quality_{args.method}", ["bash", "bench/simclr_cifar10.sh", args.tar, f"/tmp/{args.method}-c10",
+        run_dir = Path(f"/tmp/{args.method}-c10")
+        rows = run(f"quality_{args.method}", ["bash", "bench/simclr_cifar10.sh", args.tar, str(run_dir),
                                               str(args.epochs), "--compile"], out, args.deadline - elapsed(),
                    {**env_no_kornia, "METHOD": args.method})
         summary += [{"figure": "quality", "method": args.method, "epochs": args.epochs, **r} for r in rows]
-        for name in ("metrics.jsonl", "curves.png", "config.yaml"):
-            if (Path(f"/tmp/{args.method}-c10") / name).exists():
-                shutil.copy(Path(f"/tmp/{args.method}-c10") / name, out / f"{args.method}_{name}")
+        keep_run_files(run_dir, out, args.method)
     elif args.part == "peer":
         summary += run("throughput_compiled", tp + ["--compile", "--steps", str(args.steps)], out, 120, env_no_kornia)
         rows = run("peer_lightly", [py, ".gpu/peer_lightly.py", "--tar", args.tar, "--mode", "lightly",

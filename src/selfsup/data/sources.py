@@ -164,23 +164,29 @@ def _common_folder(names: list[str]) -> str:
     return prefix
 
 
+def walk_folder(path: Path, keep, digest) -> list[str]:
+    """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s
+    (hidden folders skipped); each file's name, size and mtime go into `digest`, so that a
+    changed file changes the fingerprint."""
+    listed = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in filenames:
+            if keep(filename):
+                full = Path(dirpath) / filename
+                rel, st = full.relative_to(path).as_posix(), full.stat()
+                listed.append(rel)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return sorted(listed)
+
+
 def _listing(path: Path) -> tuple[list[str], str, str]:
     """(sorted image names, tar prefix, fingerprint of the files) for a folder or a tar."""
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder of images or a tar of one")
     digest = hashlib.sha256()
     if path.is_dir():
-        listed = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in filenames:
-                if is_image_name(filename):
-                    full = Path(dirpath) / filename
-                    rel = full.relative_to(path).as_posix()
-                    st = full.stat()
-                    listed.append(rel)
-                    digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return sorted(listed), "", digest.hexdigest()
+        return walk_folder(path, is_image_name, digest), "", digest.hexdigest()
     if is_list_path(path) and path.is_file():
         return _listed_files(path, digest), "", digest.hexdigest()
     if is_tar_path(path):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 from ..console import progress_bar
 from ..errors import UserError
 from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, publish, read_built
-from .sources import _open_tar, _member_name, _stat_key, _tar_members, is_tar_path, open_source
+from .sources import _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source, walk_folder
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 VIDEO_CACHE_FORMAT = 1
@@ -129,16 +128,7 @@ def _video_listing(path: Path) -> tuple[list[str], str]:
     """(sorted video names relative to `path`, fingerprint of the files)."""
     digest = hashlib.sha256()
     if path.is_dir():
-        names = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in filenames:
-                if is_video_name(filename):
-                    full = Path(dirpath) / filename
-                    rel, st = full.relative_to(path).as_posix(), full.stat()
-                    names.append(rel)
-                    digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return sorted(names), digest.hexdigest()
+        return walk_folder(path, is_video_name, digest), digest.hexdigest()
     if is_tar_path(path):
         digest.update(repr(_stat_key(path)).encode())
         return sorted(n for n, _ in _tar_members(path) if is_video_name(n)), digest.hexdigest()

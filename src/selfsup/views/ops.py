@@ -17,10 +17,6 @@ from torchvision.ops import roi_align
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
 
-def uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device) * (high - low) + low
-
-
 def bernoulli(n: int, p: float, generator: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device) < p
 

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from . import ops
 from .pipeline import IMAGENET_MEAN, IMAGENET_STD, ViewConfig
 
 
