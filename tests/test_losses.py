@@ -100,3 +100,30 @@ def test_masked_mse_matches_reference_and_ignores_visible_units(seed):
     img_m[:, :, 2:6, 2:6] = 1
     ref = ((img_p - img_t) ** 2).mean(dim=1)[:, 2:6, 2:6].mean().item()
     assert masked_mse(img_p, img_t, img_m).item() == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_contrastive_losses_compute_in_float32_inside_bf16_autocast(seed):
+    """Under autocast a float32 matmul would run in bf16 (cosines rounded to ~3 digits, then
+    divided by the temperature); the losses switch autocast off and keep float32 accuracy."""
+    from selfsup.losses import info_nce, info_nce_queue, koleo_loss
+    rng = np.random.default_rng(seed)
+    n, d, temperature = 64, 128, 0.1
+    z_a, z_b, queue = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(256, d))
+    queue /= np.linalg.norm(queue, axis=1, keepdims=True)
+    expected = reference_nt_xent(z_a, z_b, temperature)
+    a32, b32, queue32 = (torch.from_numpy(x).float() for x in (z_a, z_b, queue))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = nt_xent_logits(a32, b32, temperature)
+        got = nt_xent(a32, b32, temperature)
+        in_autocast = {"queue": info_nce_queue(a32, b32, queue32, temperature), "batch": info_nce(a32, b32, temperature),
+                       "koleo": koleo_loss(a32)}
+        bf16_matmul = (a32 @ b32.T).dtype
+    assert bf16_matmul == torch.bfloat16  # what the losses must not do
+    assert logits.dtype == torch.float32
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    outside = {"queue": info_nce_queue(a32, b32, queue32, temperature), "batch": info_nce(a32, b32, temperature),
+               "koleo": koleo_loss(a32)}
+    for name, value in in_autocast.items():
+        assert value.dtype == torch.float32
+        assert value.item() == pytest.approx(outside[name].item(), rel=1e-6), name

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
+from .precision import float32_math, full_precision
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -16,6 +17,7 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=-1)
 
 
+@float32_math
 def nt_xent_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of NT-Xent (SimCLR, Chen et al. 2020, eq. 1) and the column of each row's positive.
 
@@ -26,7 +28,7 @@ def nt_xent_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> 
     """
     n = z_a.shape[0]
     z = torch.cat([z_a, z_b])
-    z = F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)  # (2n, d)
+    z = F.normalize(full_precision(z), dim=1)  # (2n, d)
     keys = dist.gather_with_grad(z)  # (2N, d), rank-major: [a_0, b_0, a_1, b_1, ...]
     logits = z @ keys.T / temperature  # (2n, 2N)
     offset = dist.rank() * 2 * n
@@ -42,15 +44,11 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     return F.cross_entropy(logits, positives)
 
 
-def full_precision(x: torch.Tensor) -> torch.Tensor:
-    """`x` in float32 if it is in half precision (bf16 logits lose the positives' precision)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(full_precision(x), dim=-1)  # L2-normalised rows
 
 
+@float32_math
 def info_nce_queue(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float,
                    valid: torch.Tensor | None = None) -> torch.Tensor:
     """MoCo's InfoNCE (He et al. 2020, eq. 1), averaged over the n queries.
@@ -68,6 +66,7 @@ def info_nce_queue(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, 
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
+@float32_math
 def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE with the batch as negatives (MoCo v3, Chen, Xie, He 2021, algorithm 1), averaged
     over the n local queries.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from .contrastive import full_precision
+from .precision import float32_math, full_precision
 
 
 def ibot_patch_loss(student: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
@@ -23,6 +23,7 @@ def ibot_patch_loss(student: torch.Tensor, targets: torch.Tensor, masks: torch.T
     return (per_patch / per_image_count).sum() / masks.shape[0]
 
 
+@float32_math
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """KoLeo (Sablayrolles et al. 2019): -mean_i log(min_j |x_i - x_j|) over L2-normalised
     features (B, D); it grows when two images of the batch sit close, spreading them apart."""

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from .contrastive import full_precision
+from .precision import full_precision
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
