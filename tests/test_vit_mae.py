@@ -169,6 +169,16 @@ def test_block_mask_hides_rectangles_up_to_the_count():
     assert (grid & neighbours).sum() > 0.95 * grid.sum()
 
 
+
+def test_block_mask_takes_one_count_per_image():
+    counts = torch.tensor([0, 5, 20, 40] * 50)
+    masks = block_mask(len(counts), (8, 8), counts, torch.Generator().manual_seed(1))
+    hidden = masks.sum(dim=1)
+    assert (hidden[counts == 0] == 0).all() and (hidden <= counts).all()
+    for target in (5, 20, 40):  # BEiT's blocks reach the count nearly always
+        assert hidden[counts == target].float().mean() > 0.95 * target
+
+
 # ---------------------------------------------------------------------------------------------
 # MAE
 

@@ -19,8 +19,10 @@ def ibot_patch_loss(student: torch.Tensor, targets: torch.Tensor, masks: torch.T
     image, and images are averaged (an image without masked patches counts as 0), as DINOv2 does.
     """
     per_patch = -(targets.detach() * F.log_softmax(full_precision(student) / student_temperature, dim=-1)).sum(-1)  # (M,)
-    per_image_count = masks.sum(dim=1, keepdim=True).clamp_min(1).expand_as(masks)[masks]  # (M,)
-    return (per_patch / per_image_count).sum() / masks.shape[0]
+    counts = masks.sum(dim=1)  # (B,)
+    # The image of each masked patch, found without reading `masks` back to the host (M is known).
+    image = torch.searchsorted(counts.cumsum(0), torch.arange(len(per_patch), device=masks.device), right=True)
+    return (per_patch / counts.clamp_min(1)[image]).sum() / masks.shape[0]
 
 
 @float32_math

@@ -60,9 +60,11 @@ class MethodOutput:
 def lightly_cifar_recipe() -> dict:
     """Optimizer and schedule of lightly's CIFAR-10 benchmark (ResNet-18, kNN at k=200), which
     the `cifar` presets of several methods follow: SGD at 0.06 per 128 images with momentum 0.9,
-    weight decay 5e-4, a cosine without warm-up, 200 epochs of batch 512."""
+    weight decay 5e-4 on every parameter (biases and norms too, as lightly), a cosine without
+    warm-up, 200 epochs of batch 512."""
     return {
         "optim": {"name": "sgd", "lr": 0.12, "lr_scaling": "linear", "lr_reference_batch": 256,
-                  "weight_decay": 5e-4, "momentum": 0.9, "warmup_epochs": 0.0},
+                  "weight_decay": 5e-4, "momentum": 0.9, "warmup_epochs": 0.0,
+                  "exclude_bias_and_norm": False},
         "train": {"epochs": 200, "batch_size": 512},
     }

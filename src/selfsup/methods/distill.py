@@ -157,13 +157,14 @@ class Method(nn.Module):
         if self.patch_level:
             masks = patch_masks(len(global_crops), (self.image_size // patch_size_of(student["backbone"].net),) * 2,
                                 c, generator)  # (VB, N)
+            masked = masks.nonzero(as_tuple=True)  # (image, patch) of the masked patches: one sync
             tokens = encode(student["backbone"].net, global_crops, mask=masks, mask_token=self.mask_token)
             cls = tokens[:, 0]
             with torch.no_grad():
                 t_tokens = encode(teacher["backbone"].net, global_crops)  # (VB, 1+N, D_t)
                 t_cls = t_tokens[:, 0]
-                t_patch = sinkhorn_knopp(teacher["patch_head"](t_tokens[:, 1:][masks]), c.teacher_temperature)
-            patch = ibot_patch_loss(student["head"](tokens[:, 1:][masks]), t_patch, masks, c.student_temperature)
+                t_patch = sinkhorn_knopp(teacher["patch_head"](t_tokens[:, 1:][masked]), c.teacher_temperature)
+            patch = ibot_patch_loss(student["head"](tokens[:, 1:][masked]), t_patch, masks, c.student_temperature)
             metrics["patch_loss"] = patch.detach()
         else:
             cls = student["backbone"](global_crops)

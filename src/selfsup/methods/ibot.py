@@ -116,7 +116,7 @@ def patch_masks(n: int, grid: tuple[int, int], config: Config, generator: torch.
     ratios = torch.rand(n, generator=generator, device=generator.device)
     ratios = config.mask_ratio[0] + ratios * (config.mask_ratio[1] - config.mask_ratio[0])
     counts = (ratios * patches).long() * masked
-    return block_mask(n, grid, counts.tolist(), generator)
+    return block_mask(n, grid, counts, generator)
 
 
 class Method(nn.Module):
@@ -162,11 +162,12 @@ class Method(nn.Module):
         if c.local_crops:
             cls = torch.cat([cls, forward_by_size(student["backbone"], crops[c.global_crops:])])  # (S*B, D)
         s = student["head"](cls).view(len(crops), n, -1)  # (S, B, K)
-        s_patch = self._patch_head(student)(tokens[:, 1:][masks])  # (M, K')
+        masked = masks.nonzero(as_tuple=True)  # (image, patch) of the M masked patches: the step's one sync
+        s_patch = self._patch_head(student)(tokens[:, 1:][masked])  # (M, K')
         with torch.no_grad():
             t_tokens = encode(teacher["backbone"].net, global_crops)  # (VB, 1+N, D)
             t = teacher["head"](t_tokens[:, 0]).view(c.global_crops, n, -1)  # (V, B, K)
-            t_patch = self._patch_head(teacher)(t_tokens[:, 1:][masks])  # (M, K')
+            t_patch = self._patch_head(teacher)(t_tokens[:, 1:][masked])  # (M, K')
         temperature = teacher_temperature(c, progress)
         targets = self._targets(t, self.center, temperature)
         dino = cross_view_entropy(s, targets, c.student_temperature)

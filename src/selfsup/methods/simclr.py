@@ -16,7 +16,7 @@ from ..backbones import Backbone
 from ..losses import nt_xent
 from ..nn import mlp
 from ..views import ViewConfig, make_view
-from .common import Batch, MethodOutput, Progress
+from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe
 
 
 @dataclass
@@ -34,9 +34,7 @@ def _cifar() -> dict:
     # lightly's CIFAR-10 benchmark recipe (0.848 kNN at 200 epochs): SGD 0.06 per 128 images,
     # temperature 0.5; SimCLR appendix B.9: colour strength 0.5 and no blur on 32-pixel images.
     return {
-        "optim": {"name": "sgd", "lr": 0.12, "lr_scaling": "linear", "weight_decay": 5e-4,
-                  "momentum": 0.9, "warmup_epochs": 0.0},
-        "train": {"epochs": 200, "batch_size": 512},
+        **lightly_cifar_recipe(),
         "simclr": {"temperature": 0.5, "projection_hidden_dim": 512,
                    "views": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1,
                              "blur_prob": 0.0}},

@@ -34,44 +34,41 @@ def visible_indices(mask: torch.Tensor) -> torch.Tensor:
     return (~mask).nonzero()[:, 1].reshape(batch, -1)
 
 
-def block_mask(batch: int, grid: tuple[int, int], num_masked: int | list[int], generator: torch.Generator,
-               min_block: int = 4, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
-    """(B, N) bool: rectangles of patches hidden until `num_masked` are (BEiT's block-wise
-    masking): each block has an area uniform in [min_block, patches still to hide] and a log-aspect
-    ratio uniform in `aspect`, and is kept when it hides new patches without overshooting. As in
-    BEiT the count can stop short of `num_masked` when no block fits in `attempts` tries.
+def block_mask(batch: int, grid: tuple[int, int], num_masked: int | torch.Tensor, generator: torch.Generator,
+               min_block: int = 4, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10,
+               rounds: int = 40) -> torch.Tensor:
+    """(B, N) bool: rectangles of patches hidden until `num_masked` (one count, or one per image)
+    are (BEiT's block-wise masking): each block has an area uniform in [min_block, patches still to
+    hide] and a log-aspect ratio uniform in `aspect`, and is kept when it hides new patches without
+    overshooting. As in BEiT an image can stop short of its count: after `attempts` rejected blocks
+    in a row, or after `rounds` proposals.
 
-    The loop runs on the CPU with its own generator, seeded by one draw from `generator`, so a
-    CUDA generator costs one synchronisation per batch, not one per block."""
-    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()
-    cpu = torch.Generator().manual_seed(seed)
+    All images draw their blocks together, one proposal each per round, in tensor operations on the
+    generator's device: no per-image Python and no host synchronisation in a training step."""
+    device = generator.device
     height, width = grid
-    masks = torch.zeros(batch, height, width, dtype=torch.bool)
-    targets = [num_masked] * batch if isinstance(num_masked, int) else list(num_masked)  # or one per image
-    for image, target in zip(masks, targets):
-        while (left := target - int(image.sum())) > 0 and _add_block(image, left, min_block, aspect, attempts, cpu):
-            pass
-    return masks.flatten(1).to(generator.device)
-
-
-def _add_block(mask: torch.Tensor, budget: int, min_block: int, aspect: tuple[float, float], attempts: int,
-               generator: torch.Generator) -> bool:
-    """Hide one random rectangle in `mask` (h, w) adding between 1 and `budget` patches; False
-    when none of `attempts` draws does."""
-    height, width = mask.shape
+    target = torch.as_tensor(num_masked, device=device).long().expand(batch)
+    masks = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+    rejected = torch.zeros(batch, dtype=torch.long, device=device)  # rejections in a row
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
     log_low, log_high = math.log(aspect[0]), math.log(aspect[1])
-    for _ in range(attempts):
-        low, high = min(min_block, budget), budget
-        area, log_ratio = torch.rand(2, generator=generator).tolist()
-        area = low + area * (high - low)
-        ratio = math.exp(log_low + log_ratio * (log_high - log_low))
-        h, w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if not (0 < h < height and 0 < w < width):
-            continue
-        top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-        new = h * w - int(mask[top:top + h, left:left + w].sum())
-        if 0 < new <= budget:
-            mask[top:top + h, left:left + w] = True
-            return True
-    return False
+    for _ in range(rounds):
+        left = target - masks.sum(dim=(1, 2))
+        active = (left > 0) & (rejected < attempts)
+        if device.type == "cpu" and not active.any():  # free to ask on the CPU; a sync on a GPU
+            break
+        u = torch.rand(batch, 4, generator=generator, device=device)
+        low = left.clamp(max=min_block).float()
+        area = low + u[:, 0] * (left.float() - low)
+        ratio = torch.exp(log_low + u[:, 1] * (log_high - log_low))
+        h, w = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+        fits = (h > 0) & (h < height) & (w > 0) & (w < width)
+        top, left_col = (u[:, 2] * (height - h + 1)).floor(), (u[:, 3] * (width - w + 1)).floor()
+        top, left_col, h, w = (t.view(-1, 1, 1) for t in (top, left_col, h, w))
+        block = (rows >= top) & (rows < top + h) & (cols >= left_col) & (cols < left_col + w)
+        new = (block & ~masks).sum(dim=(1, 2))
+        keep = active & fits & (new > 0) & (new <= left)
+        masks |= block & keep.view(-1, 1, 1)
+        rejected = torch.where(keep, torch.zeros_like(rejected), rejected + active.long())
+    return masks.flatten(1)
