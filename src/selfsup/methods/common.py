@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ranged
+from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -25,6 +28,25 @@ class Progress:
     def epoch(self) -> float:
         """Epochs completed, fractional (e.g. 2.5 halfway through the third)."""
         return self.fraction * self.epochs
+
+
+@dataclass
+class MultiCropConfig:
+    """DINO's multi-crop (Caron et al. 2021): the config fields that dino, ibot and distill share.
+    Their configs extend this one, so the fields stay flat in each method's section
+    (`dino.local_crops`, `ibot.local_view`, ...) and the CLI's --local-crops reaches all three."""
+
+    global_crops: int = ranged(2, 2, None)  # each teacher view needs another view to teach
+    local_crops: int = ranged(8, 0, None)
+    local_size: int = ranged(96, 8, None)
+    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
+    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
+    local_view: ViewConfig = field(default_factory=dino_local_view)
+
+    def make_crops(self, images_u8: torch.Tensor, global_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+        """The global crops at `global_size`, then the local crops (`views.multi_crop`)."""
+        return multi_crop(images_u8, [self.global_view_1, self.global_view_2], self.global_crops, global_size,
+                          self.local_view, self.local_crops, self.local_size, generator)
 
 
 @dataclass

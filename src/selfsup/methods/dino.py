@@ -14,7 +14,7 @@ backbone, as the paper evaluates it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,11 @@ from ..config import ranged
 from ..errors import UserError
 from ..losses import dino_center, dino_loss
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
-from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
-from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe
+from .common import Batch, MethodOutput, MultiCropConfig, Progress, lightly_cifar_recipe
 
 
 @dataclass
-class Config:
+class Config(MultiCropConfig):
     out_dim: int = ranged(65536, 1, None)  # K, the number of prototypes
     hidden_dim: int = ranged(2048, 1, None)
     bottleneck_dim: int = ranged(256, 1, None)
@@ -46,12 +45,6 @@ class Config:
     momentum: float = ranged(0.996, 0.0, 1.0)
     momentum_final: float = ranged(1.0, 0.0, 1.0)
     freeze_last_layer_epochs: float = ranged(1.0, 0.0, None)
-    global_crops: int = ranged(2, 2, None)  # each teacher view needs another view to teach
-    local_crops: int = ranged(8, 0, None)
-    local_size: int = ranged(96, 8, None)
-    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
-    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
-    local_view: ViewConfig = field(default_factory=dino_local_view)
 
 
 def _cifar() -> dict:
@@ -114,8 +107,7 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         c, n = self.config, len(batch.images)
-        crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
-                           c.local_view, c.local_crops, c.local_size, batch.generator)
+        crops = c.make_crops(batch.images, self.image_size, batch.generator)
         freeze = progress.epoch < c.freeze_last_layer_epochs
         features = forward_by_size(self.student.backbone, crops)  # (S * B, D), one pass per crop size
         s = self.student.head(features, freeze).view(len(crops), n, -1)  # (S, B, K)

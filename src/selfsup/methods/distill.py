@@ -17,7 +17,7 @@ or `weights:FILE` with `--set distill.teacher_backbone=NAME` for a plain timm/to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,13 +28,12 @@ from ..config import RunConfig, ranged
 from ..errors import UserError
 from ..losses import byol_loss, cross_view_entropy, ibot_patch_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_update, forward_by_size
-from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
-from .common import Batch, MethodOutput, Progress
+from .common import Batch, MethodOutput, MultiCropConfig, Progress
 from .ibot import patch_masks
 
 
 @dataclass
-class Config:
+class Config(MultiCropConfig):
     teacher: str = ""  # a selfsup checkpoint or run folder, or weights:FILE
     teacher_backbone: str | None = None  # the architecture of a weights:FILE teacher
     projection: bool = False  # feature teachers of another width: learn a linear map to it
@@ -47,12 +46,7 @@ class Config:
     mask_probability: float = ranged(0.5, 0.0, 1.0)
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     ema_momentum: float = ranged(0.994, 0.0, 1.0)
-    global_crops: int = ranged(2, 2, None)  # each teacher view needs another student view
-    local_crops: int = ranged(0, 0, None)
-    local_size: int = ranged(96, 8, None)
-    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
-    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
-    local_view: ViewConfig = field(default_factory=dino_local_view)
+    local_crops: int = ranged(0, 0, None)  # DINOv2's distillation: global crops only by default
 
 
 def _cifar() -> dict:
@@ -140,8 +134,7 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         c, n = self.config, len(batch.images)
-        crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
-                           c.local_view, c.local_crops, c.local_size, batch.generator)
+        crops = c.make_crops(batch.images, self.image_size, batch.generator)
         global_crops = torch.cat(crops[:c.global_crops])  # (V*B, 3, S, S)
         if "head" not in self.teacher:
             with torch.no_grad():

@@ -16,7 +16,7 @@ second DINO head. The encoder kept is the teacher's backbone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,13 +29,13 @@ from ..config import RunConfig, ranged
 from ..errors import UserError
 from ..losses import cross_view_entropy, dino_center, ibot_patch_loss, koleo_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
-from ..views import ViewConfig, block_mask, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
-from .common import Batch, MethodOutput, Progress
+from ..views import block_mask
+from .common import Batch, MethodOutput, MultiCropConfig, Progress
 from .dino import teacher_temperature
 
 
 @dataclass
-class Config:
+class Config(MultiCropConfig):
     # Heads: DINOv2's defaults (ssl_default_config.yaml).
     out_dim: int = ranged(65536, 1, None)
     patch_out_dim: int = ranged(65536, 1, None)  # used when the patch head is separate
@@ -58,12 +58,6 @@ class Config:
     # Masking: half the global crops get a block mask over 10 % to 50 % of their patches.
     mask_probability: float = ranged(0.5, 0.0, 1.0)
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    global_crops: int = ranged(2, 2, None)
-    local_crops: int = ranged(8, 0, None)
-    local_size: int = ranged(96, 8, None)
-    global_view_1: ViewConfig = field(default_factory=dino_global_view_1)
-    global_view_2: ViewConfig = field(default_factory=dino_global_view_2)
-    local_view: ViewConfig = field(default_factory=dino_local_view)
 
 
 def _cifar() -> dict:
@@ -152,8 +146,7 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         c, n = self.config, len(batch.images)
-        crops = multi_crop(batch.images, [c.global_view_1, c.global_view_2], c.global_crops, self.image_size,
-                           c.local_view, c.local_crops, c.local_size, batch.generator)
+        crops = c.make_crops(batch.images, self.image_size, batch.generator)
         global_crops = torch.cat(crops[:c.global_crops])  # (V*B, 3, S, S)
         masks = patch_masks(len(global_crops), self.grid, c, batch.generator)  # (V*B, N)
         student, teacher = self.student, self.teacher
