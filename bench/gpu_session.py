@@ -95,6 +95,7 @@ RECIPE_VARIANTS = {
     "preset": [],
     "pass_per_view": ["--set", "simclr.one_pass=false"],
     "no_decay_on_bias_and_norm": ["--set", "optim.exclude_bias_and_norm=true"],
+    "random_jitter_order": ["--set", "simclr.views.random_jitter_order=true"],
 }
 
 

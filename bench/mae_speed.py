@@ -9,10 +9,11 @@ Measures in one run, on one device, on the same uint8 batch, images per second o
                  the same decoder): the paper's comparison (He et al. 2022, table 2);
   encoder_25 / encoder_all   the encoder alone, forward and backward, on the visible quarter and on
                  all patches: the 4x fewer tokens the paper's efficiency argument rests on.
+With --compile each step's forward runs through torch.compile (round 0, untimed, compiles).
 The rounds are interleaved (one step of each, repeated) so that a busy machine slows all of them
 alike; each figure is the median over rounds. Prints one JSON line per figure, then the ratios.
 
-    python bench/mae_speed.py --device cuda                                     # ViT-S/16 at 224
+    python bench/mae_speed.py --device cuda [--batch 512] [--compile]           # ViT-S/16 at 224
     python bench/mae_speed.py --device cpu --threads 1 --batch 8 --rounds 3     # a small CPU run
     python bench/mae_speed.py --backbone vit-tiny --image-size 32 --patch-size 4 --batch 128   # CIFAR preset
 """
@@ -45,8 +46,9 @@ def build(args):
     return cfg, build_method(cfg)
 
 
-def steps(method, cfg, images, device):
-    """name -> one training step (or forward-backward) on `images`."""
+def steps(method, cfg, images, device, compile_losses: bool = False):
+    """name -> one training step (or forward-backward) on `images` (each loss's forward through
+    torch.compile with `compile_losses`)."""
     generator = torch.Generator(device=device).manual_seed(0)
     net, config, size = method.backbone.net, method.config, cfg.data.image_size
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
@@ -78,6 +80,8 @@ def steps(method, cfg, images, device):
         return encode(net, view()[0]).float().pow(2).mean()
 
     def training(loss_fn, update=True):
+        loss_fn = torch.compile(loss_fn) if compile_losses else loss_fn
+
         def step():
             with autocast_for(device, cfg.train.precision):
                 loss = loss_fn()
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="each step's forward through torch.compile")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args()
     if args.threads:
@@ -111,7 +116,7 @@ def main() -> None:
     method.to(device).train()
     side = cfg.data.cache_size
     images = torch.randint(0, 256, (args.batch, side, side, 3), dtype=torch.uint8, device=device)
-    fns = steps(method, cfg, images, device)
+    fns = steps(method, cfg, images, device, args.compile)
     seconds = {name: [] for name in fns}
     for round_ in range(args.rounds + 1):  # round 0 warms up (allocations, kernels)
         for name, fn in fns.items():
@@ -126,7 +131,7 @@ def main() -> None:
     rate = {name: args.batch / statistics.median(s) for name, s in seconds.items()}
     setting = {"backbone": args.backbone, "image_size": args.image_size, "patch_size": args.patch_size,
                "patches": method.num_patches, "decoder": f"{args.decoder_depth}x{args.decoder_dim}",
-               "batch": args.batch, "device": str(device), "threads": torch.get_num_threads()}
+               "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(), "compile": args.compile}
     for name, value in rate.items():
         print(json.dumps({"figure": name, "images_per_s": round(value, 2), **setting}))
     print(json.dumps({"mae_over_vit_all": round(rate["mae"] / rate["vit_all"], 2),

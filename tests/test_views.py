@@ -191,6 +191,43 @@ def test_a_view_is_decided_by_one_uniform_draw_per_image():
     torch.testing.assert_close(apply_view(batch, changed, cfg, 16)[0], made[0], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_random_jitter_order_applies_each_images_permutation_like_torchvision(seed):
+    """torchvision's ColorJitter draws an order per call; with random_jitter_order each image gets
+    its own, and equals torchvision's functional ops run in that order with the same factors."""
+    from selfsup.views.pipeline import color_jitter
+    g = torch.Generator().manual_seed(seed)
+    x = images(n=12, seed=seed)
+    cfg = ViewConfig(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, random_jitter_order=True)
+    uniforms, order = torch.rand(len(x), 4, generator=g), torch.rand(len(x), 4, generator=g)
+    got = color_jitter(x, cfg, uniforms, torch.ones(len(x), dtype=torch.bool), order)
+    factors = torch.stack([0.2 + 1.6 * uniforms[:, 0], 0.2 + 1.6 * uniforms[:, 1], 0.2 + 1.6 * uniforms[:, 2],
+                           -0.2 + 0.4 * uniforms[:, 3]], dim=1)
+    reference = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(len(x)):
+        expected = x[i]
+        for op in sorted(range(4), key=lambda k: order[i, k].item()):  # smallest uniform first
+            expected = reference[op](expected, factors[i, op].item())
+        torch.testing.assert_close(got[i], expected, atol=5e-5, rtol=0)
+    fixed = color_jitter(x, ViewConfig(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2), uniforms,
+                         torch.ones(len(x), dtype=torch.bool))
+    assert not torch.allclose(got, fixed)  # the order matters, so the option does something
+
+
+def test_random_jitter_order_draws_four_more_uniforms_and_every_order():
+    from selfsup.views import sample_view_uniforms
+    from selfsup.views.pipeline import VIEW_UNIFORMS
+    g = torch.Generator().manual_seed(0)
+    assert sample_view_uniforms(3, g, "cpu", ViewConfig()).shape == (3, VIEW_UNIFORMS)
+    assert sample_view_uniforms(3, g, "cpu", ViewConfig(random_jitter_order=True)).shape == (3, VIEW_UNIFORMS + 4)
+    orders = torch.rand(24_000, 4, generator=g).argsort(dim=1)  # how color_jitter turns them into an order
+    codes = (orders * torch.tensor([64, 16, 4, 1])).sum(dim=1)
+    counts = torch.unique(codes, return_counts=True)[1]
+    assert len(counts) == 24 and counts.min() > 850 and counts.max() < 1150  # 1,000 each expected
+    view = make_view(u8_batch(), ViewConfig(random_jitter_order=True), 16, torch.Generator().manual_seed(1))
+    assert view.shape == (len(u8_batch()), 3, 16, 16) and torch.isfinite(view).all()
+
+
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile on the CPU needs a C compiler")
 def test_compiled_views_equal_eager_views():

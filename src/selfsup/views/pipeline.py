@@ -4,8 +4,10 @@
 `make_view` turns a (B, S, S, 3) uint8 batch into a normalised (B, 3, size, size) float batch in
 the order crop → flip → colour jitter → grayscale → blur → solarize → normalise. Every image gets
 its own random parameters; all randomness comes from the generator passed in, so a view is
-reproducible from the generator's state. One deviation from torchvision, for speed: colour jitter
-applies brightness, contrast, saturation and hue in this fixed order, not a random order per image.
+reproducible from the generator's state. One deviation from torchvision by default, for speed:
+colour jitter applies brightness, contrast, saturation and hue in this fixed order;
+`random_jitter_order=True` draws the order per image as torchvision's ColorJitter does, at four
+times the jitter's arithmetic (every adjustment is computed in every slot).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class ViewConfig:
     contrast: float = 0.8
     saturation: float = 0.8
     hue: float = 0.2
+    random_jitter_order: bool = False  # torchvision's order per image, not the fixed order above
     grayscale_prob: float = 0.2
     blur_prob: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -54,11 +57,17 @@ _C = ops.crop_uniforms()
 _CROP, _FLIP, _JITTER, _JITTER_APPLY = slice(0, _C), _C, slice(_C + 1, _C + 5), _C + 5
 _GRAY, _BLUR_SIGMA, _BLUR_APPLY, _SOLARIZE = _C + 6, _C + 7, _C + 8, _C + 9
 VIEW_UNIFORMS = _C + 10
+_JITTER_ORDER = slice(VIEW_UNIFORMS, VIEW_UNIFORMS + 4)  # drawn only with random_jitter_order
 
 
-def sample_view_uniforms(n: int, generator: torch.Generator, device) -> torch.Tensor:
+def view_uniforms(cfg: ViewConfig | None = None) -> int:
+    """How many uniforms a view of one image takes under `cfg`."""
+    return VIEW_UNIFORMS + (4 if cfg is not None and cfg.random_jitter_order else 0)
+
+
+def sample_view_uniforms(n: int, generator: torch.Generator, device, cfg: ViewConfig | None = None) -> torch.Tensor:
     """All the randomness of one view of n images: one kernel, whatever the recipe."""
-    return torch.rand(n, VIEW_UNIFORMS, generator=generator, device=device)
+    return torch.rand(n, view_uniforms(cfg), generator=generator, device=device)
 
 
 def _between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -74,7 +83,8 @@ def apply_view(images_u8: torch.Tensor, uniforms: torch.Tensor, cfg: ViewConfig,
     x = ops.crop_and_resize(to_float(images_u8), boxes, size)
     x = ops.flip_horizontal(x, uniforms[:, _FLIP] < cfg.flip_prob)
     if cfg.jitter_prob > 0:
-        x = color_jitter(x, cfg, uniforms[:, _JITTER], uniforms[:, _JITTER_APPLY] < cfg.jitter_prob)
+        order = uniforms[:, _JITTER_ORDER] if cfg.random_jitter_order else None
+        x = color_jitter(x, cfg, uniforms[:, _JITTER], uniforms[:, _JITTER_APPLY] < cfg.jitter_prob, order)
     x = ops.to_grayscale_rgb(x, uniforms[:, _GRAY] < cfg.grayscale_prob)
     if cfg.blur_prob > 0:
         sigma = _between(uniforms[:, _BLUR_SIGMA], *cfg.blur_sigma)
@@ -98,22 +108,39 @@ def compile_views(enabled: bool = True) -> None:
 def make_view(images_u8: torch.Tensor, cfg: ViewConfig, size: int, generator: torch.Generator,
               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """One random view of each image: (B, 3, size, size) float, normalised, channels-last."""
-    uniforms = sample_view_uniforms(images_u8.shape[0], generator, images_u8.device)
+    uniforms = sample_view_uniforms(images_u8.shape[0], generator, images_u8.device, cfg)
     return _apply_view(images_u8, uniforms, cfg, size, mean, std)
 
 
-def color_jitter(x: torch.Tensor, cfg: ViewConfig, uniforms: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, cfg: ViewConfig, uniforms: torch.Tensor, apply: torch.Tensor,
+                 order: torch.Tensor | None = None) -> torch.Tensor:
     """torchvision's ColorJitter on the images where `apply`, its factors from `uniforms` (B, 4):
-    brightness, contrast and saturation in [max(0, 1 - s), 1 + s], hue shift in [-h, h]."""
-    out = x
+    brightness, contrast and saturation in [max(0, 1 - s), 1 + s], hue shift in [-h, h]. The
+    adjustments run in that order, or with `order` (B, 4 uniforms) in a random order per image."""
+    adjustments = []
     if cfg.brightness > 0:
-        out = ops.adjust_brightness(out, _between(uniforms[:, 0], max(0.0, 1 - cfg.brightness), 1 + cfg.brightness))
+        factor = _between(uniforms[:, 0], max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
+        adjustments.append(lambda im, f=factor: ops.adjust_brightness(im, f))
     if cfg.contrast > 0:
-        out = ops.adjust_contrast(out, _between(uniforms[:, 1], max(0.0, 1 - cfg.contrast), 1 + cfg.contrast))
+        factor = _between(uniforms[:, 1], max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
+        adjustments.append(lambda im, f=factor: ops.adjust_contrast(im, f))
     if cfg.saturation > 0:
-        out = ops.adjust_saturation(out, _between(uniforms[:, 2], max(0.0, 1 - cfg.saturation), 1 + cfg.saturation))
+        factor = _between(uniforms[:, 2], max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
+        adjustments.append(lambda im, f=factor: ops.adjust_saturation(im, f))
     if cfg.hue > 0:
-        out = ops.adjust_hue(out, _between(uniforms[:, 3], -cfg.hue, cfg.hue))
+        shift = _between(uniforms[:, 3], -cfg.hue, cfg.hue)
+        adjustments.append(lambda im, f=shift: ops.adjust_hue(im, f))
+    out = x
+    if order is None:
+        for adjust in adjustments:
+            out = adjust(out)
+    else:
+        # Slot k applies, in each image, the adjustment its permutation puts k-th: every
+        # adjustment is computed in every slot and the image's own one kept.
+        permutation = order[:, :len(adjustments)].argsort(dim=1)  # (B, A): uniform over the A! orders
+        for slot in range(len(adjustments)):
+            chosen = permutation[:, slot].view(-1, 1, 1, 1)
+            out = sum(torch.where(chosen == a, adjust(out), 0.0) for a, adjust in enumerate(adjustments))
     return torch.where(apply.view(-1, 1, 1, 1), out, x)
 
 
