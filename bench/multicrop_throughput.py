@@ -19,20 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench_data import pipeline_step, write_images
 from selfsup import config as config_lib
 from selfsup.train import Trainer
-
-
-def write_images(folder: Path, count: int, side: int) -> Path:
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
-    return folder
 
 
 def build_trainer(args, data: Path, out: str) -> Trainer:
@@ -80,8 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_images(Path(tmp) / "images", max(2 * args.batch, 64), args.image_size + args.image_size // 8)
         trainer = build_trainer(args, data, str(Path(tmp) / "run"))
-        batches = iter(trainer.stream.epoch(0))
-        images = next(batches)
+        images = next(iter(trainer.stream.epoch(0)))
         common = {"method": args.method, "backbone": f"{args.backbone}/{args.patch_size}", "image_size": args.image_size,
                   "crops": f"2x{args.image_size} + {args.local_crops}x{args.local_size}", "batch": args.batch,
                   "compile": args.compile, "torch": torch.__version__,
@@ -95,16 +85,7 @@ def main() -> None:
                           **common}), flush=True)
         del method_config.make_crops  # back to the class's method: crops made every step
 
-        def pipeline_step():
-            nonlocal batches
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(trainer.stream.epoch(1))
-                batch = next(batches)
-            trainer.step(batch)
-
-        ours, memory = timed(trainer, pipeline_step, args.steps, args.warmup)
+        ours, memory = timed(trainer, pipeline_step(trainer), args.steps, args.warmup)
         print(json.dumps({"figure": "pipeline", "images_per_s": round(ours, 1), "peak_gib": round(memory, 2),
                           **common}), flush=True)
         print(json.dumps({"figure": "ratio", "pipeline_over_ceiling": round(ours / top, 3), **common}), flush=True)

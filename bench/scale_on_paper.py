@@ -28,10 +28,11 @@ import socket
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+
+from bench_data import write_images
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -48,15 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_images(folder: Path, count: int, side: int) -> Path:
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / "images" / f"{i:03d}.jpg")
-    return folder / "images"
 
 
 def measure_worker(rank: int, world: int, port: int, name: str, per_process_batch: int, data: str, out: str,
@@ -201,7 +193,7 @@ def main() -> None:
     rows, configs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = write_images(work, 16, 256)
+        data = write_images(work / "images", 16, 256)
         for name, (_, gpu_batch, reference) in CONFIGS.items():
             small, large = measure(name, 2, data, work), measure(name, 4, data, work)
             sizes = {"config": name, "trained_parameters": large["trained_parameters"],

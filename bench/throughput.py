@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from bench_data import pipeline_step
 from selfsup import config as config_lib
 from selfsup.losses import nt_xent
 from selfsup.train import Trainer, autocast_for
@@ -69,17 +70,7 @@ def ceiling(trainer: Trainer, args) -> float:
 
 
 def pipeline(trainer: Trainer, args) -> float:
-    batches = iter(trainer.stream.epoch(0))
-
-    def step():
-        nonlocal batches
-        try:
-            images = next(batches)
-        except StopIteration:
-            batches = iter(trainer.stream.epoch(1))
-            images = next(batches)
-        trainer.step(images)
-
+    step = pipeline_step(trainer)
     seconds = time_steps(step, args.steps, args.warmup, trainer.device)
     return args.steps * args.batch / seconds
 
