@@ -15,7 +15,10 @@ momentum-teacher and pretext benchmarks; on the H200 SimCLR took 1.4 to 1.6 s pe
 1.6 to 2.3 s).
 `--part peer`: lightly's recipe (../shared/bench/peer_lightly.py copied into .gpu/, lightly's
 wheel in PYTHONPATH) for --epochs next to selfsup's compiled pipeline, in the same call.
-`--set KEY=VALUE` (repeatable) overrides the config of the runs of --part main and quality;
+`--part labels`: SimCLR for the epochs that fit (keeping --labels-seconds), then issue 8's
+label-efficiency comparison: linear probe and fine-tuning at 1 % and 10 % of the labels, next to
+random initialisation and to supervised training from scratch on the same labels.
+`--set KEY=VALUE` (repeatable) overrides the config of the runs of --part main, quality, labels;
 `--no-views` skips timing the views alone in --part main.
 Logs and the run's metrics go to $OUT (or --out); a summary table is printed last.
 
@@ -35,6 +38,8 @@ from pathlib import Path
 STARTED = time.monotonic()
 TRAIN_IMAGES = 50_000
 COMPILE_AND_EVAL_SECONDS = 80  # start-up, compiling the step and the kNN evaluation (45 + 25 s on the H200)
+H200_COMPILED_IMAGES_PER_S = 33_000  # SimCLR epochs of the second lease: 31,400 to 36,900 images/s
+LABEL_BUDGETS = ["0.01", "0.1"]  # issue 8: 1 % and 10 % of the training labels
 
 
 def elapsed() -> float:
@@ -64,12 +69,13 @@ def run(name: str, cmd: list[str], out: Path, timeout: float, env=None) -> list[
     return rows
 
 
-def simclr(args, out: Path, measured: list[dict], env) -> list[dict]:
-    """SimCLR for as many epochs as fit before the deadline, at the compiled pipeline's speed."""
+def simclr(args, out: Path, measured: list[dict], env, reserve: float = 0.0) -> list[dict]:
+    """SimCLR for as many epochs as fit before the deadline less `reserve` seconds, at the compiled
+    pipeline's measured speed (or, not measured in this call, the second H200 lease's)."""
     compiled = [r for r in measured if r.get("figure") == "pipeline" and r.get("compile")]
-    images_per_s = compiled[0]["images_per_s"] if compiled else 10_000.0
+    images_per_s = compiled[0]["images_per_s"] if compiled else H200_COMPILED_IMAGES_PER_S
     epoch_seconds = TRAIN_IMAGES / images_per_s * 1.03 + 0.1  # plus the checkpoint written each epoch
-    budget = args.deadline - elapsed() - COMPILE_AND_EVAL_SECONDS
+    budget = args.deadline - reserve - elapsed() - COMPILE_AND_EVAL_SECONDS
     epochs = int(max(1, min(args.epochs, budget // epoch_seconds)))
     print(f"\nSimCLR: {epochs} epochs fit ({budget:.0f} s at an estimated {epoch_seconds:.2f} s per epoch)", flush=True)
     run_dir = Path("/tmp/simclr-c10")
@@ -78,6 +84,27 @@ def simclr(args, out: Path, measured: list[dict], env) -> list[dict]:
                           *pretrain_overrides(args)], out, args.deadline - elapsed(), env)
     keep_run_files(run_dir, out, "simclr")
     return [{"figure": "simclr", "epochs": epochs, **r} for r in rows]
+
+
+def label_efficiency(args, out: Path, env) -> list[dict]:
+    """Issue 8's comparison on the SimCLR encoder just trained: linear probe and fine-tuning at
+    1 % and 10 % of the labels, next to random initialisation (linear) and supervised training
+    from scratch on the same labels (fine-tuning a random init, encoder at the head's rate)."""
+    py, checkpoint, rows = sys.executable, "/tmp/simclr-c10/last.pt", []
+    curve = [py, "-m", "selfsup", "eval", "curve", "--data", args.tar, "--fraction", *LABEL_BUDGETS, "--seeds",
+             str(args.label_seeds), "--device", args.device, "--json", "--no-progress", "--no-record",
+             *args.eval_args.split()]
+    jobs = {"labels_linear": ["--checkpoint", checkpoint, "random:resnet18", "--image-size", "32", "--protocol", "linear"],
+            "labels_finetune": ["--checkpoint", checkpoint, "--protocol", "finetune"],
+            "labels_supervised": ["--checkpoint", "random:resnet18", "--image-size", "32", "--protocol", "finetune",
+                                  "--encoder-lr-ratio", "1"]}
+    for name, flags in jobs.items():
+        if args.deadline - elapsed() < 20:
+            print(f"no time left for {name}", flush=True)
+            break
+        found = run(name, [*curve, *flags, "--out", str(out / f"{name}.png")], out, args.deadline - elapsed(), env)
+        rows += [{"figure": name, **r} for r in found]
+    return rows
 
 
 def pretrain_overrides(args) -> list[str]:
@@ -120,11 +147,15 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540, help="seconds from start to finish everything")
     parser.add_argument("--epochs", type=int, default=200, help="most SimCLR epochs to run")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
-    parser.add_argument("--part", choices=["main", "extra", "recipe", "quality", "peer"], default="main")
+    parser.add_argument("--part", choices=["main", "extra", "recipe", "quality", "peer", "labels"], default="main")
     parser.add_argument("--method", default="simclr", help="--part quality: the method to pretrain")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for the SimCLR run of --part main and for --part quality")
     parser.add_argument("--no-views", action="store_true", help="--part main: skip timing the views alone")
+    parser.add_argument("--labels-seconds", type=float, default=240,
+                        help="--part labels: seconds kept for the evaluations after pretraining")
+    parser.add_argument("--label-seeds", type=int, default=1, help="--part labels: label subsets per budget")
+    parser.add_argument("--eval-args", default="", help="--part labels: extra flags for `selfsup eval curve`")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of this script")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per throughput figure")
     parser.add_argument("--batch", type=int, default=512)
@@ -161,6 +192,9 @@ def main() -> None:
         rows = run("peer_lightly", [py, ".gpu/peer_lightly.py", "--tar", args.tar, "--mode", "lightly",
                                     "--epochs", str(args.epochs)], out, args.deadline - elapsed(), dict(os.environ))
         summary += [{"figure": "peer", **r} for r in rows]
+    elif args.part == "labels":
+        summary += simclr(args, out, summary, env_no_kornia, reserve=args.labels_seconds)
+        summary += label_efficiency(args, out, env_no_kornia)
     elif args.part == "recipe":
         summary += run("throughput_compiled", tp + ["--compile", "--steps", str(args.steps)], out, 120, env_no_kornia)
         summary += recipe_variants(args, out, env_no_kornia)
