@@ -20,7 +20,8 @@ label-efficiency comparison: linear probe and fine-tuning at 1 % and 10 % of the
 random initialisation and to supervised training from scratch on the same labels.
 `--set KEY=VALUE` (repeatable) overrides the config of the runs of --part main, quality, labels;
 `--no-views` skips timing the views alone in --part main.
-Logs and the run's metrics go to $OUT (or --out); a summary table is printed last.
+Logs and the run's metrics go to $OUT (or --out); a summary table is printed last. Past 6 files,
+all but summary.jsonl and session.log are packed into outputs.tar.gz (the device returns 8 files).
 
     PYTHONPATH=src python bench/gpu_session.py --tar .gpu/cifar10-jpg.tar.xz --deadline 540 [--part extra]
 """
@@ -32,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -209,6 +211,20 @@ def main() -> None:
     for row in summary:
         print(json.dumps({k: v for k, v in row.items() if k not in verbose}))
     (out / "summary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary))
+    pack_if_many(out)
+
+
+def pack_if_many(out: Path, keep=("summary.jsonl", "session.log"), most: int = 6) -> None:
+    """The device returns at most 8 files: past `most`, all but `keep` go into outputs.tar.gz."""
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name not in keep)
+    if len(files) + len(keep) <= most:
+        return
+    with tarfile.open(out / "outputs.tar.gz", "w:gz") as tar:
+        for path in files:
+            tar.add(path, arcname=path.name)
+    for path in files:
+        path.unlink()
+    print(f"{len(files)} files packed into {out / 'outputs.tar.gz'}", flush=True)
 
 
 if __name__ == "__main__":
