@@ -1,5 +1,6 @@
 """Views: each batched operation against torchvision's reference transform, and the pipeline's
 shapes, ranges, per-sample independence and determinism."""
+import dataclasses
 import math
 import shutil
 
@@ -191,25 +192,29 @@ def test_a_view_is_decided_by_one_uniform_draw_per_image():
     torch.testing.assert_close(apply_view(batch, changed, cfg, 16)[0], made[0], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_random_jitter_order_applies_each_images_permutation_like_torchvision(seed):
+@pytest.mark.parametrize("seed, strengths", [(0, (0.8, 0.8, 0.8, 0.2)), (1, (0.8, 0.8, 0.8, 0.2)),
+                                             (2, (0.4, 0.0, 0.4, 0.1)), (3, (0.0, 0.5, 0.0, 0.2))])
+def test_random_jitter_order_applies_each_images_permutation_like_torchvision(seed, strengths):
     """torchvision's ColorJitter draws an order per call; with random_jitter_order each image gets
-    its own, and equals torchvision's functional ops run in that order with the same factors."""
+    its own, and equals torchvision's functional ops run in that order with the same factors (the
+    adjustments switched off take no part in the order)."""
     from selfsup.views.pipeline import color_jitter
     g = torch.Generator().manual_seed(seed)
     x = images(n=12, seed=seed)
-    cfg = ViewConfig(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, random_jitter_order=True)
+    brightness, contrast, saturation, hue = strengths
+    cfg = ViewConfig(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, random_jitter_order=True)
     uniforms, order = torch.rand(len(x), 4, generator=g), torch.rand(len(x), 4, generator=g)
     got = color_jitter(x, cfg, uniforms, torch.ones(len(x), dtype=torch.bool), order)
-    factors = torch.stack([0.2 + 1.6 * uniforms[:, 0], 0.2 + 1.6 * uniforms[:, 1], 0.2 + 1.6 * uniforms[:, 2],
-                           -0.2 + 0.4 * uniforms[:, 3]], dim=1)
     reference = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    factors = [1 - s + 2 * s * uniforms[:, k] for k, s in enumerate(strengths[:3])] + [hue * (2 * uniforms[:, 3] - 1)]
+    enabled = [k for k, s in enumerate(strengths) if s > 0]
     for i in range(len(x)):
         expected = x[i]
-        for op in sorted(range(4), key=lambda k: order[i, k].item()):  # smallest uniform first
-            expected = reference[op](expected, factors[i, op].item())
+        ranked = sorted(range(len(enabled)), key=lambda j: order[i, j].item())  # smallest uniform first
+        for op in (enabled[j] for j in ranked):
+            expected = reference[op](expected, factors[op][i].item())
         torch.testing.assert_close(got[i], expected, atol=5e-5, rtol=0)
-    fixed = color_jitter(x, ViewConfig(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2), uniforms,
+    fixed = color_jitter(x, dataclasses.replace(cfg, random_jitter_order=False), uniforms,
                          torch.ones(len(x), dtype=torch.bool))
     assert not torch.allclose(got, fixed)  # the order matters, so the option does something
 
