@@ -33,6 +33,7 @@ from selfsup.methods.common import Batch, Progress
 from selfsup.methods.mae import reconstruction_loss
 from selfsup.train import autocast_for, resolve_device
 from selfsup.views import make_view, random_patch_mask, visible_indices
+from selfsup.views.masks import num_visible
 
 
 def build(args):
@@ -74,7 +75,7 @@ def steps(method, cfg, images, device, compile_losses: bool = False):
 
     def encoder_25():
         x, mask = view()
-        return encode(net, x, keep=visible_indices(mask)).float().pow(2).mean()
+        return encode(net, x, keep=visible_indices(mask, num_visible(method.num_patches, config.mask_ratio))).float().pow(2).mean()
 
     def encoder_all():
         return encode(net, view()[0]).float().pow(2).mean()

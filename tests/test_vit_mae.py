@@ -145,6 +145,8 @@ def test_random_patch_mask_hides_an_exact_count_per_image(patches, ratio, hidden
     assert keep.shape == (64, patches - hidden)
     for row, kept in zip(mask, keep):
         assert kept.tolist() == (~row).nonzero().flatten().tolist()
+    # Told the count, it finds the same positions without reading the mask back to the host.
+    assert torch.equal(visible_indices(mask, patches - hidden), keep)
 
 
 def test_random_patch_mask_is_reproducible_and_uniform():

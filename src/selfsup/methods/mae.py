@@ -137,7 +137,7 @@ class Method(nn.Module):
 
     def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(encoder tokens (B, 1+K, D), predicted patches (B, N, p*p*3)) when `mask` (B, N) hides."""
-        keep = visible_indices(mask)  # (B, K)
+        keep = visible_indices(mask, num_visible(self.num_patches, self.config.mask_ratio))  # (B, K)
         latent = encode(self.backbone.net, images, keep=keep)  # (B, 1+K, D): visible patches only
         x = self.decoder_embed(latent)  # (B, 1+K, d)
         hidden = self.mask_token.to(x.dtype).expand(len(x), self.num_patches, -1)  # (B, N, d)

@@ -27,11 +27,13 @@ def random_patch_mask(batch: int, num_patches: int, ratio: float, generator: tor
     return ranks >= num_visible(num_patches, ratio)
 
 
-def visible_indices(mask: torch.Tensor) -> torch.Tensor:
+def visible_indices(mask: torch.Tensor, count: int | None = None) -> torch.Tensor:
     """(B, K) the positions of the visible patches of each image, in increasing order; every row
-    of `mask` must hide the same number of patches."""
-    batch = mask.shape[0]
-    return (~mask).nonzero()[:, 1].reshape(batch, -1)
+    of `mask` must leave the same number K visible. Given that `count`, no value is read back
+    from the device (a stable sort puts the visible positions first, in order)."""
+    if count is None:
+        return (~mask).nonzero()[:, 1].reshape(mask.shape[0], -1)
+    return torch.sort(mask.to(torch.int8), dim=1, stable=True).indices[:, :count]
 
 
 def block_mask(batch: int, grid: tuple[int, int], num_masked: int | torch.Tensor, generator: torch.Generator,
