@@ -61,11 +61,7 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        x = x.clone()
-        torch_dist.all_reduce(x)
-        x /= world_size()
-    return x
+    return all_reduce_sum(x) / world_size() if is_distributed() else x
 
 
 def setup(device_name: str) -> None:
