@@ -1,9 +1,28 @@
-"""What several benchmark scripts share: synthetic images to train on, and an endless training step."""
+"""What several benchmark scripts share: synthetic images to train on, an endless training step,
+and a timer that waits for the GPU."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+
+def time_steps(fn, steps: int, warmup: int, device) -> float:
+    """Seconds that `steps` calls of `fn` take after `warmup` untimed ones, the GPU's queue drained
+    before and after."""
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def write_images(folder: Path, count: int, side: int) -> Path:

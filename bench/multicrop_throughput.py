@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from bench_data import pipeline_step, write_images
+from bench_data import pipeline_step, time_steps, write_images
 from selfsup import config as config_lib
 from selfsup.train import Trainer
 
@@ -39,17 +38,10 @@ def build_trainer(args, data: Path, out: str) -> Trainer:
 def timed(trainer: Trainer, step, steps: int, warmup: int) -> tuple[float, float]:
     """(images/s, peak GPU memory in GiB, 0 on the CPU) over `steps` calls after `warmup`."""
     cuda = trainer.device.type == "cuda"
-    for _ in range(warmup):
-        step()
+    time_steps(step, 0, warmup, trainer.device)
     if cuda:
-        torch.cuda.synchronize(trainer.device)
         torch.cuda.reset_peak_memory_stats(trainer.device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize(trainer.device)
-    seconds = time.perf_counter() - start
+    seconds = time_steps(step, steps, 0, trainer.device)
     peak = torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else 0.0
     return steps * trainer.cfg.train.batch_size / seconds, peak
 

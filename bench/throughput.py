@@ -17,20 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import torch
 
-from bench_data import pipeline_step
+from bench_data import pipeline_step, time_steps
 from selfsup import config as config_lib
 from selfsup.losses import nt_xent
 from selfsup.train import Trainer, autocast_for
 from selfsup.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, apply_view, sample_view_uniforms
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_trainer(args, out: str) -> Trainer:
@@ -40,17 +34,6 @@ def build_trainer(args, out: str) -> Trainer:
                       "progress": False}}
     cfg, _ = config_lib.resolve(user), None
     return Trainer(cfg, None, show_progress=False)
-
-
-def time_steps(fn, steps: int, warmup: int, device) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def ceiling(trainer: Trainer, args) -> float:
