@@ -86,6 +86,15 @@ def test_synth_cli_and_its_errors(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("selfsup: error: unknown motion 'spin'; valid: still, pan-left")
     assert main(["synth", "motion", "--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # Into a folder an earlier run wrote: refused, since its leftover frames and records would mix in.
+    for kind, extra in (("motion", ["--from", str(SAMPLE), "--frames", "2"]), ("interaction", ["--count", "2"])):
+        before = sorted(p for p in (tmp_path / "m").rglob("*"))
+        assert main(["synth", kind, *extra, "--out", str(tmp_path / "m"), "--size", "8", "--no-progress"]) == 2
+        assert capsys.readouterr().err.startswith(f"selfsup: error: '{tmp_path / 'm'}' is not empty: give synth a new")
+        assert sorted(p for p in (tmp_path / "m").rglob("*")) == before
+    (tmp_path / "empty").mkdir()
+    assert main(["synth", "motion", "--from", str(SAMPLE), "--out", str(tmp_path / "empty"), "--frames", "2",
+                 "--size", "8", "--max-images", "1", "--no-progress"]) == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 
 from ..console import progress_bar
 from ..errors import UserError
+from . import new_output_folder
 
 SHAPES = ("circle", "square", "triangle", "bar")
 # density (mass per unit area), floor friction, surface friction, colour
@@ -278,7 +279,7 @@ def record_interactions(out: str | Path, count: int, objects: int, settings: Wor
     """Write `count` interaction records and `objects` single-object images into `out`."""
     if count < 1 or objects < 0:
         raise UserError("synth interaction: --count must be at least 1 and --objects at least 0")
-    out = Path(out)
+    out = new_output_folder(out)
     floors = _load_backgrounds(backgrounds, settings.size)
     rows = []
     bar = progress_bar(count + objects, "simulating", unit="rec", enabled=show_progress)

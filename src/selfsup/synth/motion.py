@@ -37,6 +37,7 @@ from PIL import Image
 from ..console import progress_bar
 from ..data.sources import open_source
 from ..errors import UserError
+from . import new_output_folder
 
 COLUMNS = ("yaw", "pitch", "roll", "forward")
 FIELD_OF_VIEW = 60.0  # degrees across the view
@@ -121,12 +122,12 @@ def make_motion_clips(source_path: str | Path, out: str | Path, settings: Motion
         raise UserError(f"unknown motion {unknown[0]!r}; valid: {', '.join(MOTIONS)}")
     if settings.frames < 2:
         raise UserError("--frames must be at least 2")
+    out = new_output_folder(out)
     source = open_source(source_path)
     classes = source.classes
     if settings.max_images and settings.max_images < len(source.names):  # spread over the classes
         pick = np.linspace(0, len(source.names) - 1, settings.max_images).round().astype(int)
         source = dataclasses.replace(source, names=[source.names[i] for i in pick])
-    out = Path(out)
     rng = np.random.default_rng(settings.seed)
     index = []
     bar = progress_bar(len(source.names) * settings.clips_per_image, "rendering clips", unit="clip",
