@@ -351,3 +351,9 @@ def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, ca
                  "--out", str(tmp_path / "curve.png"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and out.count("labels/class") == 4
+    # An --out without a suffix gets .png, and --json reports the file that was written.
+    assert main(["eval", "curve", "--checkpoint", "random:resnet18", "--data", str(split_folder), "--per-class", "1",
+                 "--seeds", "1", "--protocol", "knn", "--image-size", "16", "--out", str(tmp_path / "plain"),
+                 "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == str(tmp_path / "plain.png")
+    assert (tmp_path / "plain.png").read_bytes()[:4] == b"\x89PNG"

@@ -40,8 +40,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
                       "points": [{k: r[k] for k in POINT_KEYS} for r in runs]})
     result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
               "classes": len(setup.test.classes), "train_data": setup.train.source,
-              "test_data": setup.test.source, "lines": lines, "plot": str(out)}
-    plot_label_efficiency(result, out)
+              "test_data": setup.test.source, "lines": lines}
+    result["plot"] = str(plot_label_efficiency(result, out))
     if record:
         for line in lines:
             record_result(line["checkpoint"], result)
@@ -68,6 +68,8 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     out = Path(out).expanduser()
+    if not out.suffix:  # matplotlib would add .png itself, and the path reported would not exist
+        out = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
