@@ -24,7 +24,7 @@ from selfsup.checkpoint import load_checkpoint
 from selfsup.config import from_dict
 from selfsup.data.interactions import open_interactions
 from selfsup.eval.video import equivariance_report, outcome_scores
-from selfsup.methods import build_method
+from selfsup.methods import restore_method
 from selfsup.train import monitor_split
 
 def knn(spec, data):
@@ -39,8 +39,7 @@ for run in ["ego", "ego-inv", "order", "simclr", "random:resnet18-half"]:
     print(json.dumps(row))
 checkpoint = load_checkpoint("inter/last.pt")
 cfg = from_dict(checkpoint["config"])
-method = build_method(cfg)
-method.load_state_dict(checkpoint["model"])
+method = restore_method(cfg, checkpoint["model"])
 cache = open_interactions("world", cfg.data.cache_size, show_progress=False)
 _, held_out = monitor_split(cache, cfg.data.holdout_fraction, cfg.train.seed)
 print(json.dumps({"interaction_held_out": len(held_out), **outcome_scores(method, cache, held_out)}))

@@ -16,7 +16,7 @@ from .backbones import Backbone, build_backbone
 from .checkpoint import load_checkpoint
 from .config import BackboneConfig, RunConfig
 from .errors import UserError
-from .methods import build_method, get_method
+from .methods import get_method, restore_method
 
 
 @dataclass
@@ -68,9 +68,7 @@ def _checkpoint_encoder(cfg: RunConfig, state: dict) -> Backbone:
     module = get_method(cfg.method)
     if hasattr(module, "encoder_from_state"):
         return module.encoder_from_state(cfg, state)
-    method = build_method(cfg)
-    method.load_state_dict(state)
-    return method.encoder()
+    return restore_method(cfg, state).encoder()
 
 
 def _from_weights(path: Path, name: str | None, image_size: int | None, small_stem: bool | None) -> Encoder:

@@ -71,3 +71,10 @@ def build_method(cfg) -> nn.Module:
     """The method of a resolved RunConfig, with its backbone, untrained."""
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
     return get_method(cfg.method).Method(cfg.method_config, backbone, cfg.data.image_size)
+
+
+def restore_method(cfg, state: dict) -> nn.Module:
+    """The method of a resolved RunConfig holding the weights of a checkpoint's `model` state."""
+    method = build_method(cfg)
+    method.load_state_dict(state)
+    return method

@@ -76,14 +76,13 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
     from ..checkpoint import load_checkpoint
     from ..config import from_dict
     from ..encoder import load_encoder
-    from . import build_method
+    from . import restore_method
 
     if config.teacher.startswith(("weights:", "random:")):
         return nn.ModuleDict({"backbone": load_encoder(config.teacher, image_size=image_size,
                                                        backbone=config.teacher_backbone).backbone})
     checkpoint = load_checkpoint(config.teacher)
-    method = build_method(from_dict(checkpoint["config"]))
-    method.load_state_dict(checkpoint["model"])
+    method = restore_method(from_dict(checkpoint["config"]), checkpoint["model"])
     teacher = getattr(method, "teacher", None)
     if isinstance(teacher, nn.ModuleDict) and "head" in teacher:
         patch_head = teacher["patch_head"] if "patch_head" in teacher else teacher["head"]
