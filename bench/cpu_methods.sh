@@ -6,7 +6,7 @@
 # the sample's test images against its 5,000 training images. The first row is the same encoder
 # at random initialisation. Prints one markdown row per method:
 #   method | epochs | pretraining s (wall, date +%s) | images/s (mean over epochs, metrics.jsonl)
-#   | kNN top-1 k=200 [95 % Wilson interval] | k=20
+#   | kNN top-1 k=200 [95 % Wilson interval] | k=20 | linear-probe top-1 (all labels less a validation split)
 # A method that fails prints its last error line in the row and the script carries on.
 # (SELFSUP, DATA and METHODS in the environment override the defaults below.)
 #   OMP_NUM_THREADS=1 SELFSUP_CACHE=/tmp/cpu-bench-cache bash bench/cpu_methods.sh /tmp/cpu-methods [EPOCHS] [BATCH]
@@ -18,15 +18,19 @@ METHODS=${METHODS:-simclr byol moco-v2 moco-v3 dino rotation relative-location j
 PY=$(command -v "$(dirname "$(command -v "$SELFSUP")")/python" || command -v python3)
 mkdir -p "$OUT"
 
-# knn_row NAME EPOCHS SECONDS IPS JSON_FILE: one markdown row from `selfsup eval knn --json`
+# knn_row NAME EPOCHS SECONDS IPS KNN_JSON LINEAR_JSON: one markdown row from `selfsup eval knn|linear --json`
 knn_row() {
     "$PY" - "$@" <<'EOF'
 import json, sys
-name, epochs, seconds, ips, path = sys.argv[1:6]
-r = json.load(open(path))
+name, epochs, seconds, ips, knn_path, linear_path = sys.argv[1:7]
+r = json.load(open(knn_path))
 k200, k20 = r["by_k"]["200"]["top1"], r["by_k"]["20"]["top1"]
 lo, hi = r["top1_ci"]
-print(f"| {name} | {epochs} | {seconds} | {ips} | {k200:.3f} [{lo:.3f}, {hi:.3f}] | {k20:.3f} |")
+try:
+    linear = f"{json.load(open(linear_path))['top1']:.3f}"
+except (OSError, ValueError, KeyError):
+    linear = "-"
+print(f"| {name} | {epochs} | {seconds} | {ips} | {k200:.3f} [{lo:.3f}, {hi:.3f}] | {k20:.3f} | {linear} |")
 EOF
 }
 
@@ -43,13 +47,15 @@ except OSError:
 EOF
 }
 
-echo "| method | epochs | pretraining s | images/s | kNN top-1 k=200 [95 % CI] | k=20 |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| method | epochs | pretraining s | images/s | kNN top-1 k=200 [95 % CI] | k=20 | linear top-1 |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 
 # random initialisation: no training
 if "$SELFSUP" eval knn --checkpoint random:resnet18-half --image-size 32 --no-small-stem --data "$DATA" \
         --k 20 200 --json --no-progress >"$OUT/random-knn.json" 2>"$OUT/random-knn.log"; then
-    knn_row "random init" 0 0 - "$OUT/random-knn.json"
+    "$SELFSUP" eval linear --checkpoint random:resnet18-half --image-size 32 --no-small-stem --data "$DATA" \
+        --json --no-progress >"$OUT/random-linear.json" 2>>"$OUT/random-knn.log" || true
+    knn_row "random init" 0 0 - "$OUT/random-knn.json" "$OUT/random-linear.json"
 else
     echo "| random init | 0 | 0 | - | error: $(grep -v '^\s*$' "$OUT/random-knn.log" | tail -n1) | |"
 fi
@@ -66,7 +72,9 @@ for method in $METHODS; do
     seconds=$(( $(date +%s) - start ))
     if "$SELFSUP" eval knn --checkpoint "$run/last.pt" --data "$DATA" --k 20 200 --json --no-progress \
             >"$run/knn.json" 2>"$OUT/$method-knn.log"; then
-        knn_row "$method" "$EPOCHS" "$seconds" "$(images_per_s "$run")" "$run/knn.json"
+        "$SELFSUP" eval linear --checkpoint "$run/last.pt" --data "$DATA" --json --no-progress \
+            >"$run/linear.json" 2>>"$OUT/$method-knn.log" || true
+        knn_row "$method" "$EPOCHS" "$seconds" "$(images_per_s "$run")" "$run/knn.json" "$run/linear.json"
     else
         echo "| $method | $EPOCHS | $seconds | $(images_per_s "$run") | eval error: $(grep -v '^\s*$' "$OUT/$method-knn.log" | tail -n1) | |"
     fi
