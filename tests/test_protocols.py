@@ -357,3 +357,8 @@ def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, ca
                  "--json", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["plot"] == str(tmp_path / "plain.png")
     assert (tmp_path / "plain.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "file").write_text("")  # a plot under a file: one line, no traceback
+    assert main(["eval", "curve", "--checkpoint", "random:resnet18", "--data", str(split_folder), "--per-class", "1",
+                 "--seeds", "1", "--protocol", "knn", "--image-size", "16", "--out", str(tmp_path / "file" / "c.png"),
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"selfsup: error: cannot create '{tmp_path / 'file'}' (")

@@ -92,6 +92,10 @@ def test_synth_cli_and_its_errors(tmp_path, capsys):
         assert main(["synth", kind, *extra, "--out", str(tmp_path / "m"), "--size", "8", "--no-progress"]) == 2
         assert capsys.readouterr().err.startswith(f"selfsup: error: '{tmp_path / 'm'}' is not empty: give synth a new")
         assert sorted(p for p in (tmp_path / "m").rglob("*")) == before
+        # Where no folder can be made (under a file): one line, no traceback.
+        (tmp_path / "file").write_text("")
+        assert main(["synth", kind, *extra, "--out", str(tmp_path / "file" / "sub"), "--size", "8", "--no-progress"]) == 2
+        assert capsys.readouterr().err.startswith(f"selfsup: error: cannot create '{tmp_path / 'file' / 'sub'}' (")
     (tmp_path / "empty").mkdir()
     assert main(["synth", "motion", "--from", str(SAMPLE), "--out", str(tmp_path / "empty"), "--frames", "2",
                  "--size", "8", "--max-images", "1", "--no-progress"]) == 0

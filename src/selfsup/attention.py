@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .errors import UserError
+from .errors import UserError, output_folder
 
 
 def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
@@ -107,11 +107,7 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised
     maps = class_token_attention(backbone.to(device).eval(), x)  # (N, heads, h, w)
     maps = torch.cat([maps.mean(dim=1, keepdim=True), maps], dim=1).cpu().numpy()
-    out = Path(out).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {str(out)!r} ({e.strerror}); choose a writable --out") from None
+    out = output_folder(out)
     written = []
     for name, image, image_maps in zip(names, denormalize(x.float()).clamp(0, 1).cpu(), maps):
         picture = image.permute(1, 2, 0).numpy()

@@ -18,17 +18,14 @@ from safetensors.torch import load_file, save_file
 
 from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
-from .errors import UserError
+from .errors import UserError, output_folder
 from .eval.features import extract_features
 from .views import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _writable(path: Path) -> Path:
     path = Path(path).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {str(path.parent)!r} ({e.strerror}); choose a writable --out") from None
+    output_folder(path.parent)
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"cannot write to {str(path.parent)!r}; choose a writable --out")
     return path

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, output_folder
 
 
 def new_output_folder(out: str | Path) -> Path:
-    """`out` as a folder to write into, refused unless it is new or empty: an earlier run's files
-    left there would mix two datasets (a clip rewritten with fewer frames keeps the old extra ones)."""
+    """`out` created as a folder to write into, refused unless it is new or empty: an earlier run's
+    files left there would mix two datasets (a clip rewritten with fewer frames keeps the old extra ones)."""
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{str(out)!r} is not empty: give synth a new or empty --out folder, "
                         f"so that files from an earlier run are not mixed into this one")
-    return out
+    return output_folder(out)

@@ -279,8 +279,8 @@ def record_interactions(out: str | Path, count: int, objects: int, settings: Wor
     """Write `count` interaction records and `objects` single-object images into `out`."""
     if count < 1 or objects < 0:
         raise UserError("synth interaction: --count must be at least 1 and --objects at least 0")
-    out = new_output_folder(out)
     floors = _load_backgrounds(backgrounds, settings.size)
+    out = new_output_folder(out)
     rows = []
     bar = progress_bar(count + objects, "simulating", unit="rec", enabled=show_progress)
     for i in range(count):

@@ -122,8 +122,8 @@ def make_motion_clips(source_path: str | Path, out: str | Path, settings: Motion
         raise UserError(f"unknown motion {unknown[0]!r}; valid: {', '.join(MOTIONS)}")
     if settings.frames < 2:
         raise UserError("--frames must be at least 2")
-    out = new_output_folder(out)
     source = open_source(source_path)
+    out = new_output_folder(out)
     classes = source.classes
     if settings.max_images and settings.max_images < len(source.names):  # spread over the classes
         pick = np.linspace(0, len(source.names) - 1, settings.max_images).round().astype(int)
