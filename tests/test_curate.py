@@ -1,5 +1,6 @@
 """Curation: search against brute force, deduplication, exclusion, retrieval, resume, bad input."""
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -80,6 +81,35 @@ def test_duplicate_groups_find_planted_copies_whatever_the_order():
     chain = np.stack([a, b, c, [0, 0, 1.0]]).astype(np.float32)
     assert duplicate_groups(chain, 0.96, names=["a", "b", "c", "d"], backend="exact") == [[0, 1]]
     assert duplicate_groups(chain, 0.96, names=["z", "b", "c", "d"], backend="exact") == [[1, 0, 2]]  # b first
+
+
+def star_groups_by_brute_force(vectors, threshold):
+    """The definition: rows in order; each one not yet grouped keeps itself and takes every row
+    not yet grouped whose cosine similarity with it reaches the threshold."""
+    sims = vectors.astype(np.float64) @ vectors.astype(np.float64).T
+    grouped, groups = np.zeros(len(vectors), bool), []
+    for i in range(len(vectors)):
+        if not grouped[i]:
+            copies = [j for j in range(len(vectors)) if j != i and not grouped[j] and sims[i, j] >= threshold]
+            grouped[[i, *copies]] = True
+            if copies:
+                groups.append([i, *copies])
+    return groups
+
+
+@pytest.mark.parametrize("copies", [3, 40, 150])
+def test_a_picture_with_more_copies_than_the_first_search_is_one_group(copies):
+    rng = np.random.default_rng(copies)
+    distinct = unit(200, 32, 7)
+    picture = distinct[0]
+    planted = picture + 0.01 * rng.normal(size=(copies, 32)).astype(np.float32)
+    vectors = np.concatenate([distinct, planted]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    groups = duplicate_groups(vectors, threshold=0.95, neighbours=4, backend="exact")
+    assert groups == star_groups_by_brute_force(vectors, 0.95)
+    assert [0, *range(200, 200 + copies)] in groups  # the picture keeps its first copy, the rest go
+    # With a threshold every pair passes, one image is kept of all.
+    assert duplicates_to_drop(duplicate_groups(vectors[:60], threshold=-1.0, neighbours=4)) == set(range(1, 60))
 
 
 def test_near_any_and_retrieval_against_brute_force():
@@ -222,13 +252,30 @@ def test_bad_input(planted, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         curate(tmp_path / "nowhere", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
+    for option, value, bounds in [("k", 0, r"\[1, inf\]"), ("per_cluster", 0, r"\[1, inf\]"),
+                                  ("clusters", -1, r"\[0, inf\]"), ("threshold", 1.5, r"\[-1.0, 1.0\]")]:
+        with pytest.raises(UserError, match=f"curate.{option} must be in {bounds}, got {value}"):
+            curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
+                   config=CurateConfig(**{option: value}), show_progress=False)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="cannot create .*; choose a writable --out"):
+        curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "a-file" / "out", image_size=32,
+               show_progress=False)
 
 
-def test_a_pool_that_disappears_stops_with_a_clear_message(planted, tmp_path, monkeypatch):
+@pytest.mark.parametrize("given_as", ["folder", "list"])
+def test_a_pool_that_disappears_stops_with_a_clear_message(planted, tmp_path, monkeypatch, given_as):
+    """The pool's folder vanishes during embedding. Given as a folder, its root is gone; given as
+    a .txt list, the list stays and its files are gone: both stop (no file is counted as corrupt)
+    and resume once the files are back."""
     import shutil
     root, _ = planted
     pool = tmp_path / "pool"
     shutil.copytree(root / "pool", pool)
+    given = pool
+    if given_as == "list":
+        given = tmp_path / "pool.txt"
+        given.write_text("".join(f"{p}\n" for p in sorted(pool.iterdir())))
     original = embedding_module._embed_chunk
     calls = {"n": 0}
 
@@ -240,11 +287,33 @@ def test_a_pool_that_disappears_stops_with_a_clear_message(planted, tmp_path, mo
 
     monkeypatch.setattr(embedding_module, "_embed_chunk", vanish_after_first)
     config = CurateConfig(threshold=0.84, k=3, chunk_size=50)
-    with pytest.raises(UserError, match="disappeared"):
-        curate(pool, root / "seeds", "random:resnet18", tmp_path / "out", config=config, image_size=64, small_stem=False,
+    with pytest.raises(UserError, match="disappeared while reading it; restore it"):
+        curate(given, root / "seeds", "random:resnet18", tmp_path / "out", config=config, image_size=64, small_stem=False,
                device="cpu", show_progress=False)
     shutil.move(tmp_path / "moved", pool)
     monkeypatch.setattr(embedding_module, "_embed_chunk", original)
-    summary = curate(pool, root / "seeds", "random:resnet18", tmp_path / "out", config=config, image_size=64, small_stem=False,
+    summary = curate(given, root / "seeds", "random:resnet18", tmp_path / "out", config=config, image_size=64, small_stem=False,
                      device="cpu", show_progress=False)
-    assert summary["pool"] == 150
+    assert summary["pool"] == 150 and summary["pool_skipped"] == 0
+
+
+def test_curate_through_the_cli_with_a_tar_pool(planted, tmp_path):
+    """A tar pool: the list holds member names, and what `pretrain --data` should read is the tar
+    (summary's outputs.data), which holds exactly the retrieved images. Bad options: one line."""
+    from conftest import make_tar
+    from test_cli import run
+    root, _ = planted
+    pool_tar = make_tar(root / "pool", tmp_path / "pool.tar", mode="w")
+    proc = run("curate", "--pool", pool_tar, "--seed-set", root / "seeds", "--checkpoint", "random:resnet18",
+               "--image-size", "64", "--no-small-stem", "--threshold", "0.84", "--k", "4", "--out", tmp_path / "out",
+               "--device", "cpu", "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["outputs"]["data"] == summary["outputs"]["tar"] == str(tmp_path / "out" / "curated.tar")
+    assert f"--data {summary['outputs']['data']}" in proc.stderr
+    listed = (tmp_path / "out" / "curated.txt").read_text().split()
+    assert len(open_source(summary["outputs"]["data"]).names) == len(listed) == summary["retrieved"]
+    common = ["--pool", pool_tar, "--seed-set", root / "seeds", "--checkpoint", "random:resnet18", "--no-progress"]
+    run("curate", *common, "--out", tmp_path / "bad", "--k", "0", check_error="curate.k must be in [1, inf], got 0")
+    (tmp_path / "a-file").write_text("")
+    run("curate", *common, "--out", tmp_path / "a-file" / "x", check_error="choose a writable --out")

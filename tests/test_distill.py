@@ -158,3 +158,28 @@ def test_distillation_resumes_exactly(teachers, tmp_path, monkeypatch):
     whole, at_stop, resumed = interrupted_then_resumed(user, stop_after_steps=5, monkeypatch=monkeypatch)
     assert at_stop["position"]["epoch"] == 1
     assert_same_state(whole, resumed)
+
+
+def test_a_distilled_run_teaches_with_its_ema_and_resumes_after_its_teacher_moved(teachers, tmp_path):
+    import shutil
+
+    from selfsup.checkpoint import load_checkpoint
+    from selfsup.methods.distill import Config, load_teacher
+    root, _ = teachers
+    shutil.copytree(root / "dino", tmp_path / "dino")  # a teacher this test may move
+    user = distill_run(root, tmp_path / "student", tmp_path / "dino", {"name": "vit-tiny", "patch_size": 4}, epochs=1)
+    run_pretraining(user)
+    # The distilled run as a teacher: its kept encoder (the student's EMA), not its own teacher.
+    teacher = load_teacher(Config(teacher=str(tmp_path / "student")), image_size=16)
+    finished = load_checkpoint(tmp_path / "student")
+    state = finished["model"]
+    assert list(teacher) == ["backbone"]
+    for key, value in teacher["backbone"].state_dict().items():
+        assert torch.equal(value, state[f"student_ema.backbone.{key}"])
+    # The teacher's file moved: a clear error on --resume, then its new place is accepted.
+    shutil.move(tmp_path / "dino", tmp_path / "moved")
+    with pytest.raises(UserError, match="does not exist; give its place with --teacher PATH"):
+        run_pretraining(user, resume=True)
+    moved = {**user, "distill": {**user["distill"], "teacher": str(tmp_path / "moved")}}
+    run_pretraining(moved, resume=True)
+    assert_same_state(load_checkpoint(tmp_path / "student"), finished)  # finished: nothing more to do

@@ -131,8 +131,14 @@ def test_two_process_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert_same_state(a, b)
-    epochs = [json.loads(l)["epoch"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    # The epoch metrics too: each process's running sums of the interrupted epoch were restored.
+    records = {run: [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("whole", "killed")}
+    assert [r["epoch"] for r in records["killed"]] == [1, 2, 3]
+    timing = {"images_per_s", "epoch_seconds"}
+    for whole_epoch, resumed_epoch in zip(records["whole"], records["killed"]):
+        assert {k: v for k, v in whole_epoch.items() if k not in timing} == \
+            {k: v for k, v in resumed_epoch.items() if k not in timing}
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capsys):
@@ -149,17 +155,29 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capsys):
 def test_torchrun_launches_the_cli(tmp_path):
     data = write_dataset(tmp_path / "data", per_class=8, size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "selfsup", "pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--backbone", "resnet18",
-         "--no-small-stem", "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-         "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    def torchrun(data, out):
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+             "-m", "selfsup", "pretrain", "--data", str(data), "--out", str(out), "--backbone", "resnet18",
+             "--no-small-stem", "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+             "--no-progress", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    proc = torchrun(data, tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("selfsup: simclr on") == 1  # one process speaks
+    assert json.loads(proc.stdout)["epoch"] == 1  # one JSON object, not one per process
     assert "8 (2 processes x 4)" in proc.stderr
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["world"] == 2
+    # Bad data: the first process, which opens it, says so in one line; the others stop quietly
+    # (torchrun itself then reports that its workers failed).
+    (tmp_path / "empty").mkdir()
+    proc = torchrun(tmp_path / "empty", tmp_path / "run2")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.count("selfsup: error: no images found") == 1
+    assert "[rank" not in proc.stderr and "barrier" not in proc.stderr, proc.stderr[-3000:]
 
 
 # Methods where some parameters get no gradient in some steps (DINO's last layer is frozen in the

@@ -62,6 +62,7 @@ def flags_to_config(values: dict) -> dict:
 
 
 def _pretrain(args) -> int:
+    from . import dist
     from .config import load_yaml, merge_dicts, parse_assignment
     from .train import run_pretraining
 
@@ -73,7 +74,8 @@ def _pretrain(args) -> int:
     result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
-    print(json.dumps(summary) if args.json else f"done: {summary}")
+    if dist.is_main():  # under torchrun: one result, not one per process
+        print(json.dumps(summary) if args.json else f"done: {summary}")
     return 0
 
 

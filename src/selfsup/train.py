@@ -35,8 +35,10 @@ from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
 from .views import compile_views
 from .viz import plot_training_curves
 
+# Where things are may change on --resume, not what they are: a distillation's teacher weights
+# are restored from the run's checkpoint, its --teacher only says where to read its architecture.
 RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
-                  ("data", "decode_workers")}
+                  ("data", "decode_workers"), ("distill", "teacher")}
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
 
@@ -93,7 +95,8 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
             continue
         for key, value in values.items():
             if (section, key) in RESUMABLE_KEYS:
-                allowed.setdefault(section, {})[key] = value
+                field_name = "method_config" if section == cfg.method else section  # RunConfig's name for it
+                allowed.setdefault(field_name, {})[key] = value
             elif saved.get(section, {}).get(key) != value:
                 raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r})")
@@ -208,8 +211,17 @@ class Trainer:
                              workers=self.cfg.data.decode_workers, show_progress=show)
         if self.world == 1:
             return load(self.show_progress)
-        cache = load(self.show_progress) if dist.is_main() else None
-        dist.barrier()
+        cache, problem = None, None
+        if dist.is_main():
+            try:
+                cache = load(self.show_progress)
+            except UserError as e:
+                problem = str(e)
+        problem = dist.all_gather_objects(problem)[0]  # also the barrier: the cache is ready
+        if problem is not None:
+            if dist.is_main():
+                raise UserError(problem)
+            raise SystemExit(2)  # the first process has reported it, in one line
         return cache if cache is not None else load(False)
 
     def _samples(self, method_module) -> Samples | None:
@@ -234,13 +246,14 @@ class Trainer:
     def _state(self) -> dict:
         """Everything a resumed run needs. Collective under torchrun: every process calls it."""
         views = dist.all_gather_objects(self.generator.get_state())  # one per process
+        epoch_sums = dist.all_gather_objects({k: v.detach().cpu() for k, v in self.epoch_sums.items()})
         rng = {"torch": torch.get_rng_state(), "views": views[0], "views_per_rank": views}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg),
                     model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
                     position=vars(self.position).copy(), rng=rng, world=self.world,
-                    epoch_sums={k: v.detach().cpu() for k, v in self.epoch_sums.items()})
+                    epoch_sums=epoch_sums[0], epoch_sums_per_rank=epoch_sums)
 
     def _restore(self, checkpoint: dict) -> None:
         self.method.load_state_dict(checkpoint["model"])
@@ -258,7 +271,12 @@ class Trainer:
                 warn(f"resuming a run of {len(views)} process(es) on {self.world}: same data order, new view randomness")
         if "cuda" in checkpoint["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        self.epoch_sums = {k: v.to(self.device) for k, v in checkpoint["epoch_sums"].items()}
+        # The epoch's running sums of the metrics, per process. On another number of processes
+        # each takes their mean, which keeps the epoch's mean over processes.
+        sums = checkpoint.get("epoch_sums_per_rank", [checkpoint["epoch_sums"]])
+        mine = sums[self.rank] if len(sums) == self.world else {
+            k: torch.stack([s[k] for s in sums]).double().mean(0).to(sums[0][k].dtype) for k in sums[0]}
+        self.epoch_sums = {k: v.to(self.device) for k, v in mine.items()}
         if dist.is_main():
             self._trim_metrics(self.position.epoch)
 

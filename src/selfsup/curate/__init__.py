@@ -5,8 +5,9 @@
       -> drop pool images that are near-duplicates of an excluded (evaluation) image
       -> retrieve: each seed's k nearest pool images, or evenly from the k-means clusters of the
          pool nearest the seeds
-      -> OUT/curated.txt (one path per line: `selfsup pretrain --data OUT/curated.txt`), an
-         optional OUT/curated.tar, OUT/summary.json, and picture grids to check the result.
+      -> OUT/curated.txt (one path per line: `selfsup pretrain --data OUT/curated.txt`; for a tar
+         pool, member names, and OUT/curated.tar is the data), OUT/summary.json, and picture grids
+         to check the result.
 
 Embeddings are centred on the pool's mean before comparing (so the direction all images share
 does not make unrelated images look alike) and L2-normalised: similarity is cosine similarity.
@@ -18,13 +19,15 @@ import json
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from ..config import override, ranged
 from ..console import say
 from ..data.sources import open_source
 from ..encoder import load_encoder
-from ..errors import UserError
+from ..errors import UserError, output_folder
 from .dedup import duplicate_groups, duplicates_to_drop, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
@@ -33,14 +36,19 @@ from .retrieve import from_nearest_clusters, nearest_to_seeds
 
 @dataclass
 class CurateConfig:
-    threshold: float = 0.95  # cosine similarity at which two images count as near-duplicates
-    k: int = 10  # pool images retrieved per seed image (nearest-neighbour mode)
-    clusters: int = 0  # > 0: cluster mode, with this many k-means clusters of the pool
-    per_cluster: int = 100  # images drawn from each cluster nearest a seed (cluster mode)
+    threshold: float = ranged(0.95, -1.0, 1.0)  # cosine similarity at which two images are near-duplicates
+    k: int = ranged(10, 1, None)  # pool images retrieved per seed image (nearest-neighbour mode)
+    clusters: int = ranged(0, 0, None)  # > 0: cluster mode, with this many k-means clusters of the pool
+    per_cluster: int = ranged(100, 1, None)  # images drawn from each cluster nearest a seed (cluster mode)
     center: bool = True
-    chunk_size: int = 4096
+    chunk_size: int = ranged(4096, 1, None)
     seed: int = 0
-    backend: str = "auto"  # "auto" (faiss when installed and the pool is large), "faiss", "exact"
+    backend: Literal["auto", "faiss", "exact"] = "auto"  # auto: faiss when installed and the pool is large
+
+    @classmethod
+    def checked(cls, **values) -> "CurateConfig":
+        """A config from `values`, each checked against its range (a UserError naming it)."""
+        return override(cls(), values, "curate")
 
 
 @dataclass
@@ -79,9 +87,8 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     """Run the whole curation; returns the summary (also written to OUT/summary.json)."""
     from ..train import resolve_device
 
-    config = config or CurateConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = CurateConfig.checked(**asdict(config or CurateConfig()))
+    out = output_folder(out)
     device = resolve_device(device)
     encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
     sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
@@ -114,7 +121,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
     say(f"curate: {summary.pool:,} pool images, {summary.removed_as_duplicates:,} near-duplicates removed "
         f"({summary.duplicate_groups:,} groups), {summary.excluded:,} excluded, {summary.retrieved:,} retrieved "
-        f"-> {summary.outputs['list']}")
+        f"-> selfsup pretrain --data {summary.outputs['data']}")
     return asdict(summary)
 
 
@@ -143,6 +150,7 @@ def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int]
     outputs = {"list": str(listing)}
     if make_tar or not on_disk:  # inside a tar, the list alone cannot be read back
         outputs["tar"] = str(write_tar(pool_src, names, out / "curated.tar"))
+    outputs["data"] = outputs["list"] if on_disk else outputs["tar"]  # what `pretrain --data` reads
     by_kind = {"pool": (pool_src, pool_names), "seed": (sources["seed set"], embedded["seed set"].names)}
     outputs["duplicates_png"] = str(draw_rows([[(pool_src, pool_names[i]) for i in g[:9]] for g in groups[:8]],
                                               out / "duplicates.png", "near-duplicate groups (the first is kept)"))

@@ -1,6 +1,7 @@
 """Near-duplicates: images whose embeddings have cosine similarity above a threshold.
 
-Pairs above the threshold are found among each image's nearest neighbours. Groups are stars, not
+Pairs above the threshold are found among each image's nearest neighbours, widening the search
+for images with more near-duplicates than it first looks at. Groups are stars, not
 chains: images are visited in the order of their names, and each one not yet in a group keeps
 itself and takes its own near-duplicates not yet grouped as its copies. An image is thus removed
 only for being close to the image kept in its place. Connected components would chain a~b~c~...
@@ -15,19 +16,30 @@ import numpy as np
 from .search import nearest
 
 
-def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | None = None, neighbours: int = 10,
+def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | None = None, neighbours: int = 16,
                      backend: str = "auto", device="cpu") -> list[list[int]]:
     """Groups (lists of row indices, each of 2 or more, the kept row first) of near-duplicate rows
-    of `vectors`; rows are visited in the order of `names` (default: row order)."""
+    of `vectors`; rows are visited in the order of `names` (default: row order).
+
+    Each row's `neighbours` nearest are searched first; a row whose farthest neighbour found is
+    still above the threshold is searched again with twice as many, until its list ends below
+    the threshold or holds every row. So a picture with hundreds of copies is one group."""
     if len(vectors) < 2:
         return []
-    sims, idx, _ = nearest(vectors, vectors, neighbours + 1, backend, device)
     close: list[set[int]] = [set() for _ in range(len(vectors))]
-    rows, cols = np.nonzero(sims >= threshold)
-    for i, j in zip(rows.tolist(), idx[rows, cols].tolist()):
-        if i != j:
-            close[i].add(j)
-            close[j].add(i)
+    rows_to_search = np.arange(len(vectors))
+    k = min(neighbours + 1, len(vectors))
+    while len(rows_to_search):
+        sims, idx, _ = nearest(vectors[rows_to_search], vectors, k, backend, device)
+        rows, cols = np.nonzero(sims >= threshold)
+        for i, j in zip(rows_to_search[rows].tolist(), idx[rows, cols].tolist()):
+            if i != j:
+                close[i].add(j)
+                close[j].add(i)
+        if k == len(vectors):
+            break
+        rows_to_search = rows_to_search[sims[:, -1] >= threshold]
+        k = min(2 * k, len(vectors))
     visit = sorted(range(len(vectors)), key=lambda i: names[i]) if names is not None else range(len(vectors))
     grouped = np.zeros(len(vectors), dtype=bool)
     groups = []

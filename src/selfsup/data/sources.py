@@ -97,9 +97,12 @@ class ImageSource:
                 try:
                     yield name, self.file_path(name).read_bytes()
                 except OSError as e:
-                    if not self.path.exists():
-                        raise UserError(f"data path {str(self.path)!r} disappeared while reading it; restore it "
-                                        f"and run the same command again (finished work is kept)") from None
+                    # A file that is gone is not a corrupt image: skipping it would be remembered
+                    # (caches, curation chunks) after it is back.
+                    gone = self.path if not self.path.exists() else self.file_path(name)
+                    if not gone.exists():
+                        raise UserError(f"{str(gone)!r} disappeared while reading it; restore it and run the "
+                                        f"same command again (finished work is kept)") from None
                     yield name, f"unreadable: {e.strerror}".encode()
             return
         wanted = set(self.names if names is None else names)

@@ -18,6 +18,7 @@ or `weights:FILE` with `--set distill.teacher_backbone=NAME` for a plain timm/to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,8 +82,14 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
     if config.teacher.startswith(("weights:", "random:")):
         return nn.ModuleDict({"backbone": load_encoder(config.teacher, image_size=image_size,
                                                        backbone=config.teacher_backbone).backbone})
+    if not Path(config.teacher).expanduser().exists():
+        raise UserError(f"the teacher {config.teacher!r} does not exist; give its place with --teacher PATH "
+                        f"(also with --resume: the run's checkpoint holds the teacher's weights)")
     checkpoint = load_checkpoint(config.teacher)
-    method = restore_method(from_dict(checkpoint["config"]), checkpoint["model"])
+    teacher_cfg = from_dict(checkpoint["config"])
+    if teacher_cfg.method == "distill":  # a distilled student teaches with its kept encoder, its EMA
+        return nn.ModuleDict({"backbone": encoder_from_state(teacher_cfg, checkpoint["model"])})
+    method = restore_method(teacher_cfg, checkpoint["model"])
     teacher = getattr(method, "teacher", None)
     if isinstance(teacher, nn.ModuleDict) and "head" in teacher:
         patch_head = teacher["patch_head"] if "patch_head" in teacher else teacher["head"]

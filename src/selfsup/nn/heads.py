@@ -8,10 +8,12 @@ from torch.nn.utils.parametrizations import weight_norm
 
 
 def mlp(dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False,
-        last_bias: bool = True, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+        last_bias: bool = True, last_affine: bool = False,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Linear layers through `dims` (e.g. [512, 2048, 128]), each hidden layer followed by
-    BatchNorm (optional) and the activation. SimCLR's head is `mlp([d, d, 128])`; MoCo v3 and BYOL
-    add BatchNorm; SimCLR v2 and MoCo v3 end with a BatchNorm without affine (`last_batch_norm`)."""
+    BatchNorm (optional) and the activation. MoCo v3 ends with a BatchNorm without affine
+    parameters (`last_batch_norm`); SimCLR's official code and lightly's head end with one that
+    has them (`last_affine` too)."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == len(dims) - 2
@@ -21,7 +23,7 @@ def mlp(dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False,
                 layers.append(nn.BatchNorm1d(d_out))
             layers.append(activation())
         elif last_batch_norm:
-            layers.append(nn.BatchNorm1d(d_out, affine=False))
+            layers.append(nn.BatchNorm1d(d_out, affine=last_affine))
     return nn.Sequential(*layers)
 
 
