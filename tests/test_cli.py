@@ -102,3 +102,36 @@ class Evil:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def test_demo_runs_on_the_shipped_sample_and_prints_one_json_object(tmp_path):
+    proc = run("demo", "--epochs", "1", "--out", tmp_path / "demo", "--device", "cpu", "--no-progress", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # nothing else on stdout
+    assert result["pretrained"]["test_images"] == 1000 and result["pretrained"]["train_images"] == 5000
+    assert result["gain_top1"] == result["pretrained"]["top1"] - result["random"]["top1"]
+    assert (tmp_path / "demo" / "last.pt").is_file()
+
+
+def test_pretrain_help_names_every_method_and_backbone(capsys):
+    import pytest
+
+    from selfsup.backbones import BACKBONES
+    from selfsup.backbones.vit import VITS
+    from selfsup.methods import METHODS
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in [*METHODS, *BACKBONES, *VITS]:
+        assert name in text, name
+
+
+def test_an_os_error_is_one_line(monkeypatch, tmp_path):
+    import errno
+
+    import selfsup.export
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "enc.safetensors"))
+    monkeypatch.setattr(selfsup.export, "export_encoder", full_disk)
+    run("export", "--checkpoint", "x", "--out", tmp_path / "enc.safetensors", check_error="No space left on device")

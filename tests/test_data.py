@@ -54,8 +54,11 @@ def test_decode_resizes_shorter_side_and_centre_crops():
     img = np.zeros((40, 80, 3), np.uint8)
     img[:, 20:60] = 255  # a white band in the middle third horizontally
     out, gray = decode_image(jpeg_bytes(img, 95), 20)
-    assert out.shape == (20, 20, 3) and out.dtype == np.uint8 and not gray
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    assert gray  # black and white, though stored as RGB
     assert out[:, 5:15].mean() > 240  # the centre crop keeps the middle of the wide image
+    img[:, 30:50, 1:] = 60  # the middle of the band red: a colour image
+    assert not decode_image(jpeg_bytes(img, 95), 20)[1]
     gray_png = Image.fromarray(np.full((10, 10), 7, np.uint8), mode="L")
     import io
     buffer = io.BytesIO()
@@ -81,6 +84,23 @@ def test_all_files_corrupt_is_a_clear_error(tmp_path):
     (tmp_path / "bad" / "a.jpg").write_bytes(b"nope")
     with pytest.raises(UserError, match="could be decoded"):
         load_cache(open_source(tmp_path / "bad"), 16, show_progress=False)
+
+
+def test_a_tar_with_a_damaged_header_is_refused_not_cut_short(labelled_folder, tmp_path):
+    import tarfile
+    tar = make_tar(labelled_folder, tmp_path / "data.tar", "w")
+    with tarfile.open(tar) as t:
+        tenth = t.getmembers()[10].offset  # where the 11th member's header block starts
+    data = bytearray(tar.read_bytes())
+    data[tenth:tenth + 512] = np.random.default_rng(0).integers(1, 256, 512, dtype=np.uint8).tobytes()
+    tar.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"damaged tar archive \(its listing stops after 10 files"):
+        open_source(tar)
+
+
+def test_links_back_to_a_listed_folder_are_not_followed_again(labelled_folder):
+    (labelled_folder / "circle" / "back").symlink_to(labelled_folder, target_is_directory=True)
+    assert len(open_source(labelled_folder).names) == 3 * 12
 
 
 def test_missing_and_empty_paths(tmp_path):

@@ -1,5 +1,7 @@
 """Export and embed: weights that load into plain torchvision/timm models; normalised vectors."""
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +67,98 @@ def test_embed_writes_unit_vectors_and_the_file_list(trained, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert result["skipped"] == 1 and "circle/broken.jpg" not in names
     assert names[0] == "circle/000.png"
+
+
+def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, tmp_path, monkeypatch, capsys):
+    from selfsup import export
+    from selfsup.cli import main
+    from selfsup.errors import UserError
+
+    data, runs = trained
+    folder = tmp_path / "folder.npy"
+    folder.mkdir()
+    (tmp_path / "file").write_text("")
+    gone = tmp_path / "no-checkpoint"  # read only after the output is checked: its error must not come first
+    for out, message in [(folder, "is a folder; --out takes a file name"),
+                         (tmp_path / "file" / "x.npy", f"cannot create {str(tmp_path / 'file')!r}")] + \
+            ([("/proc/x.npy", "cannot write in '/proc'")] if Path("/proc/self").is_dir() else []):
+        for call in (lambda: selfsup.export_encoder(gone, out),
+                     lambda: selfsup.embed_images(gone, data, out, show_progress=False)):
+            with pytest.raises(UserError, match=re.escape(message)):
+                call()
+    with pytest.raises(UserError, match="--batch-size must be at least 1, got 0"):
+        selfsup.embed_images(gone, data, tmp_path / "e.npy", batch_size=0)
+    assert main(["export", "--checkpoint", str(runs["resnet18"]), "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a folder" in err, err
+    assert main(["embed", "--checkpoint", str(runs["resnet18"]), "--data", str(data), "--out",
+                 str(tmp_path / "e.npy"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+    def full_disk(*args, **kwargs):
+        with open(args[1], "wb") as f:
+            f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "save_file", full_disk)
+    with pytest.raises(UserError, match=re.escape("(No space left on device)")):
+        selfsup.export_encoder(runs["resnet18"], tmp_path / "out" / "encoder.safetensors")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its temporary copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.npy", "out"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The small stem of timm ResNets, and what the metadata says of it
+
+
+def test_timm_resnets_get_the_small_stem_and_their_weights_load_into_plain_timm(tmp_path):
+    import timm
+    from selfsup.backbones import build_backbone
+    from selfsup.config import BackboneConfig, resolve
+    from selfsup.encoder import Encoder
+
+    # Not by default for timm models (some have deep stems that cannot take it): when asked.
+    assert resolve({"backbone": {"name": "timm:resnet18"}, "data": {"image_size": 16}}).backbone.small_stem is None
+    cfg = resolve({"backbone": {"name": "timm:resnet18", "small_stem": True}, "data": {"image_size": 16}})
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg.backbone, 16).eval()
+    assert cfg.backbone.small_stem is True and backbone.small_stem is True
+    assert (backbone.net.conv1.kernel_size, backbone.net.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(backbone.net.maxpool, nn.Identity)
+    out = tmp_path / "timm.safetensors"
+    assert json.loads(selfsup.export_encoder(Encoder(backbone, 16, 16, "test", cfg), out)["small_stem"]) is True
+    model = timm.create_model("resnet18", num_classes=0)  # README's small-stem recipe, on timm's ResNet
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    model.load_state_dict(load_file(str(out)), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), backbone(x))
+        torch.testing.assert_close(load_encoder(f"weights:{out}").backbone.eval()(x), backbone(x))
+    plain = build_backbone(BackboneConfig("timm:resnet18", small_stem=False), 16)
+    assert plain.small_stem is False and plain.net.conv1.kernel_size == (7, 7)
+
+
+def test_a_small_stem_a_timm_resnet_cannot_take_is_refused_and_others_have_none():
+    from selfsup.backbones import build_backbone
+    from selfsup.config import BackboneConfig
+    from selfsup.errors import UserError
+
+    with pytest.raises(UserError, match=r"timm:resnet26d has a deep stem .*; use --no-small-stem"):
+        build_backbone(BackboneConfig("timm:resnet26d", small_stem=True), 16)
+    assert build_backbone(BackboneConfig("timm:resnet26d", small_stem=False), 16).small_stem is False
+    for name, patch_size in [("vit-tiny", 4), ("timm:vit_tiny_patch16_224", 4)]:
+        assert build_backbone(BackboneConfig(name, small_stem=True, patch_size=patch_size), 16).small_stem is None
+    assert build_backbone(BackboneConfig("resnet18-half", small_stem=True), 16).small_stem is True
+
+
+def test_exported_metadata_says_small_stem_only_where_the_weights_have_one(tmp_path):
+    from selfsup.backbones import build_backbone
+    from selfsup.config import resolve
+    from selfsup.encoder import Encoder
+
+    cfg = resolve({"backbone": {"name": "vit-tiny", "small_stem": True}, "data": {"image_size": 16}})
+    vit = Encoder(build_backbone(cfg.backbone, 16), 16, 16, "test", cfg)
+    assert json.loads(selfsup.export_encoder(vit, tmp_path / "vit.safetensors")["small_stem"]) is None
+    random_resnet = load_encoder("random:resnet18-half", 16)  # no run config, a small stem all the same
+    assert json.loads(selfsup.export_encoder(random_resnet, tmp_path / "half.safetensors")["small_stem"]) is True

@@ -139,6 +139,49 @@ def test_the_mask_token_gets_gradients_and_the_losses_are_logged(tmp_path):
     assert 0.05 < last["masked_fraction"] < 0.55
 
 
+def test_patches_are_compared_with_the_teachers_patches_of_the_same_crop_and_koleo_is_summed(tmp_path):
+    """The method's losses against the same losses computed by hand from its submodules."""
+    from selfsup.backbones.vit import encode
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.methods.common import Batch, Progress
+    from selfsup.methods.dino import teacher_temperature
+
+    torch.manual_seed(0)
+    method = build_method(resolve(tiny_ibot(tmp_path, tmp_path, centering="centre", mask_ratio=(0.3, 0.5))))
+    c, progress = method.config, Progress(0, 10, 2)
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = method(Batch(images=images, generator=torch.Generator().manual_seed(0)), progress)
+    g = torch.Generator().manual_seed(0)  # the same crops and masks again
+    global_crops = torch.cat(c.make_crops(images, 16, g)[:2])  # (2B, 3, 16, 16)
+    masks = patch_masks(len(global_crops), method.grid, c, g)
+    with torch.no_grad():
+        student = encode(method.student["backbone"].net, global_crops, mask=masks, mask_token=method.mask_token)
+        teacher = encode(method.teacher["backbone"].net, global_crops)  # (2B, 1+N, D)
+        temperature = teacher_temperature(c, progress)
+
+        def patch_loss(teacher_tokens):
+            targets = torch.softmax(method.teacher["head"](teacher_tokens[:, 1:][masks]) / temperature, dim=-1)
+            return ibot_patch_loss(method.student["head"](student[:, 1:][masks]), targets, masks, c.student_temperature)
+
+        other_crop = torch.cat(teacher.chunk(2)[::-1])  # each image's teacher tokens of its other global crop
+        koleo = koleo_loss(student[:8, 0]) + koleo_loss(student[8:, 0])  # DINOv2: a sum over the 2 global crops
+    torch.testing.assert_close(out.metrics["ibot_loss"], patch_loss(teacher))
+    assert abs(out.metrics["ibot_loss"] - patch_loss(other_crop)) > 1e-3
+    torch.testing.assert_close(out.metrics["koleo"], koleo)
+    torch.testing.assert_close(out.loss.detach(), out.metrics["dino_loss"] + out.metrics["ibot_loss"] + 0.1 * koleo)
+
+
+@pytest.mark.parametrize("ratio,message", [([0.6, 0.2], r"ibot.mask_ratio must be in increasing order"),
+                                           ([-1, 2], r"ibot.mask_ratio must be in \[0.0, 1.0\]"),
+                                           ([0.1, 1.5], r"ibot.mask_ratio must be in \[0.0, 1.0\]")])
+def test_mask_ratio_outside_0_1_or_decreasing_is_refused(tmp_path, ratio, message):
+    from selfsup.config import resolve
+    with pytest.raises(UserError, match=message):
+        resolve(tiny_ibot(tmp_path, tmp_path, mask_ratio=ratio))
+    assert resolve(tiny_ibot(tmp_path, tmp_path, mask_ratio=[0.2, 0.6])).method_config.mask_ratio == (0.2, 0.6)
+
+
 def test_ibot_refuses_a_resnet_before_reading_data(tmp_path):
     with pytest.raises(UserError, match="ibot masks patch tokens and needs a ViT"):
         run_pretraining({**tiny_ibot(tmp_path / "nowhere", tmp_path / "out"), "backbone": {"name": "resnet18"}})

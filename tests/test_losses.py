@@ -94,12 +94,22 @@ def test_masked_mse_matches_reference_and_ignores_visible_units(seed):
     assert masked_mse(changed, target, mask).item() == pytest.approx(expected, rel=1e-6)
     exact = torch.where(mask[..., None], target, pred + 5)
     assert masked_mse(exact, target, mask).item() == 0.0
+    # Whatever it is: inf or NaN outside the mask changes neither the loss nor a gradient.
+    wild = pred.masked_fill(~mask[..., None], float("inf"))
+    wild[..., 0].masked_fill_(~mask, float("nan"))
+    wild.requires_grad_(True)
+    loss = masked_mse(wild, target, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and torch.isfinite(wild.grad).all()
+    assert (wild.grad[~mask] == 0).all()
     # Images: (B, C, H, W) with a (B, 1, H, W) mask.
     img_p, img_t = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
     img_m = torch.zeros(2, 1, 8, 8)
     img_m[:, :, 2:6, 2:6] = 1
     ref = ((img_p - img_t) ** 2).mean(dim=1)[:, 2:6, 2:6].mean().item()
     assert masked_mse(img_p, img_t, img_m).item() == pytest.approx(ref, rel=1e-5)
+    img_wild = torch.where(img_m.bool(), img_p, torch.tensor(1e30))  # 1e30 squared: inf in float32
+    assert masked_mse(img_wild, img_t, img_m[:, 0]).item() == pytest.approx(ref, rel=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -253,6 +253,50 @@ def test_moco_v3_on_a_vit_freezes_the_patch_projection_and_deepens_the_heads():
     assert torch.isfinite(out.loss) and method.online[0].net.blocks[0].attn.qkv.weight.grad is not None
 
 
+def views_of(method, seed):
+    """The two views `method` draws from `random_batch(seed=seed)`, drawn again from a fresh copy."""
+    batch, c = random_batch(seed=seed), method.config
+    return [make_view(batch.images, view, 16, batch.generator) for view in (c.view_1, c.view_2)]
+
+
+def by_hand(network, x1, x2, one_pass):
+    """`network` on each view: as one batch of 2B (one_pass) or once per view."""
+    return network(torch.cat([x1, x2])).chunk(2) if one_pass else (network(x1), network(x2))
+
+
+@pytest.mark.parametrize("one_pass", [None, False, True])  # None: the default, a pass per view
+def test_byol_predicts_each_views_target_from_the_other_view(one_pass):
+    method, cfg = small_method("byol", **({} if one_pass is None else {"one_pass": one_pass}))
+    joint = bool(one_pass)
+    assert cfg.method_config.one_pass is joint
+    out = method(random_batch(seed=1), Progress(0, 10, 1))
+    v1, v2 = views_of(method, seed=1)
+    with torch.no_grad():
+        p1, p2 = by_hand(method.predictor, *by_hand(method.online, v1, v2, joint), joint)
+        t1, t2 = by_hand(method.target, v1, v2, joint)
+    torch.testing.assert_close(out.loss.detach(), byol_loss(p1, t2) + byol_loss(p2, t1))
+    assert abs(out.loss.item() - (byol_loss(p1, t1) + byol_loss(p2, t2)).item()) > 1e-3  # a view with itself
+    # The other way of batching normalises differently: the test can tell them apart.
+    q1, q2 = by_hand(method.predictor, *by_hand(method.online, v1, v2, not joint), not joint)
+    assert abs(out.loss.item() - (byol_loss(q1, t2) + byol_loss(q2, t1)).item()) > 1e-4
+
+
+@pytest.mark.parametrize("one_pass", [None, False, True])
+def test_moco_v3_contrasts_q1_with_k2_and_q2_with_k1(one_pass):
+    method, cfg = small_method("moco-v3", **({} if one_pass is None else {"one_pass": one_pass}))
+    joint, t = bool(one_pass), cfg.method_config.temperature
+    assert cfg.method_config.one_pass is joint
+    out = method(random_batch(seed=2), Progress(0, 10, 1))
+    x1, x2 = views_of(method, seed=2)
+    with torch.no_grad():
+        q1, q2 = by_hand(method.predictor, *by_hand(method.online, x1, x2, joint), joint)
+        k1, k2 = by_hand(method.target, x1, x2, joint)
+    torch.testing.assert_close(out.loss.detach(), 2 * t * (info_nce(q1, k2, t) + info_nce(q2, k1, t)))
+    assert abs(out.loss.item() - 2 * t * (info_nce(q1, k1, t) + info_nce(q2, k2, t)).item()) > 1e-3
+    r1, r2 = by_hand(method.predictor, *by_hand(method.online, x1, x2, not joint), not joint)
+    assert abs(out.loss.item() - 2 * t * (info_nce(r1, k2, t) + info_nce(r2, k1, t)).item()) > 1e-4
+
+
 # ---------------------------------------------------------------------------------------------
 # The queue
 
@@ -446,6 +490,29 @@ def test_local_crops_on_a_vit_of_one_image_size_are_refused():
                    "data": {"image_size": 16}, "dino": {**SMALL["dino"], "local_crops": 2}})
     with pytest.raises(UserError, match=r"dino.local_crops needs a backbone that also takes 8-pixel crops"):
         build_method(cfg)
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot"])
+def test_local_size_a_vit_cannot_cut_into_patches_is_refused_before_data_is_read(method, tmp_path):
+    user = {"method": method, "backbone": {"name": "vit-small", "patch_size": 14}, "data": {"image_size": 224},
+            method: {"local_crops": 2, "local_size": 96}}
+    with pytest.raises(UserError, match=r"vit-small with patch size 14 .* got 96x96; use --local-size 84 or 98$"):
+        resolve(user)
+    with pytest.raises(UserError, match=r"use --local-size 14$"):
+        resolve(merge_dicts(user, {method: {"local_size": 8}}))
+    assert resolve(merge_dicts(user, {method: {"local_size": 98}})).method_config.local_size == 98
+    assert resolve(merge_dicts(user, {method: {"local_crops": 0}})).method_config.local_crops == 0  # no local crops
+    with pytest.raises(UserError, match=r"use --local-size 84 or 98"):  # before the data (absent here) is read
+        run_pretraining(merge_dicts(user, {"data": {"path": str(tmp_path / "nowhere")}, "out": str(tmp_path / "run")}))
+
+
+@pytest.mark.parametrize("backbone", [{"name": "resnet18-half"}, {"name": "vit-tiny", "patch_size": 4}])
+def test_local_crops_larger_than_the_global_ones_are_refused(backbone):
+    method = "dino" if backbone["name"].startswith("resnet") else "ibot"
+    user = {"method": method, "backbone": backbone, "data": {"image_size": 32}, method: {"local_crops": 2}}
+    with pytest.raises(UserError, match=r"--local-size 48 is larger than the global crops \(--image-size 32\)"):
+        resolve(merge_dicts(user, {method: {"local_size": 48}}))
+    assert resolve(merge_dicts(user, {method: {"local_size": 32}})).method_config.local_size == 32
 
 
 def test_queue_longer_than_the_dataset_is_refused(tmp_path):

@@ -14,13 +14,14 @@ from PIL import Image
 
 import selfsup
 from selfsup import config as config_lib
+from selfsup.data import decode_image
 from selfsup.errors import UserError
 from selfsup.losses import masked_mse
 from selfsup.methods import METHODS, build_method
 from selfsup.methods.common import Batch, Progress
 from selfsup.views import pretext
 
-from conftest import SAMPLE, TINY_RUN, assert_same_state, interrupted_then_resumed, write_dataset
+from conftest import SAMPLE, TINY_RUN, assert_same_state, interrupted_then_resumed, jpeg_bytes, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PRETEXT = ["rotation", "relative-location", "jigsaw", "colorization", "inpainting"]
@@ -370,6 +371,18 @@ def test_grid_too_small_and_grayscale_colorization_are_refused(labelled_folder, 
     with pytest.raises(UserError, match="colorization needs colour images, but 12 of the 12 images"):
         selfsup.pretrain(method="colorization", data=gray, out=tmp_path / "col", config=TINY_RUN,
                          show_progress=False)
+    # Gray pictures saved as RGB (as JPEGs of gray scenes usually are): equal channels count as gray.
+    gray_rgb = tmp_path / "gray_rgb"
+    gray_rgb.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8).repeat(3, 2)).save(gray_rgb / f"{i}.jpg")
+    with pytest.raises(UserError, match="colorization needs colour images, but 12 of the 12 images"):
+        selfsup.pretrain(method="colorization", data=gray_rgb, out=tmp_path / "col2", config=TINY_RUN,
+                         show_progress=False)
+    colour = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    colour[0, 0] = (10, 10, 10)  # one gray pixel does not make a gray image
+    assert decode_image(jpeg_bytes(colour), 16)[1] is False
 
 
 def test_cli_says_the_minimum_image_size(labelled_folder, tmp_path):

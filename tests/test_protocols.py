@@ -2,6 +2,7 @@
 independent computations; fine-tuning; feature caching; weights files; test labels read last."""
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -362,3 +363,41 @@ def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, ca
                  "--seeds", "1", "--protocol", "knn", "--image-size", "16", "--out", str(tmp_path / "file" / "c.png"),
                  "--no-progress"]) == 2
     assert capsys.readouterr().err.startswith(f"selfsup: error: cannot create '{tmp_path / 'file'}' (")
+
+
+def test_options_out_of_range_are_one_line_errors_before_any_image_is_read(tmp_path, capsys):
+    missing = tmp_path / "no-data"  # read only after the options are checked: its error must not come first
+    (tmp_path / "file").write_text("")
+    for evaluate, options, message in [
+        (evaluate_knn, dict(k=0), "knn.k must be in [1, inf], got 0"),
+        (evaluate_knn, dict(k=(5, -3)), "knn.k must be in [1, inf], got -3"),
+        (evaluate_knn, dict(temperature=0), "knn.temperature must be in [1e-06, inf], got 0.0"),
+        (evaluate_knn, dict(temperature=-1), "knn.temperature must be in [1e-06, inf], got -1.0"),
+        (evaluate_retrieval, dict(ks=0), "retrieval.k must be in [1, inf], got 0"),
+        (evaluate_retrieval, dict(ks=(1, -3)), "retrieval.k must be in [1, inf], got -3"),
+        (evaluate_retrieval, dict(out=tmp_path), f"{str(tmp_path)!r} is a folder"),
+        (evaluate_retrieval, dict(out=tmp_path / "file" / "nn.json"), f"cannot create {str(tmp_path / 'file')!r}"),
+        (evaluate_linear, dict(epochs=0), "linear.epochs must be in [1, inf], got 0"),
+        (evaluate_linear, dict(lr=(1e-3, -1)), "linear.lr must be in [0.0, inf], got -1.0"),
+        (evaluate_linear, dict(weight_decay=-1), "linear.weight_decay must be in [0.0, inf], got -1.0"),
+        (evaluate_linear, dict(batch_size=0), "linear.batch_size must be in [1, inf], got 0"),
+        (evaluate_finetune, dict(config={"epochs": 0}), "finetune.epochs must be in [1, inf], got 0"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            evaluate("random:resnet18", data=missing, **options, **TINY)
+    for args, message in [(["knn", "--k", "-3"], "knn.k must be"), (["knn", "--temperature", "0"], "knn.temperature"),
+                          (["retrieval", "--k", "0"], "retrieval.k must be"),
+                          (["retrieval", "--out", str(tmp_path / "file" / "nn.json")], "cannot create"),
+                          (["linear", "--batch-size", "0"], "linear.batch_size"),
+                          (["linear", "--lr", "-1"], "linear.lr")]:
+        assert main(["eval", *args, "--checkpoint", "random:resnet18", "--data", str(missing), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and message in err, err
+
+
+def test_knn_options_are_checked_whoever_calls_the_protocol():
+    """The label-efficiency curve and other callers go through the protocols, not evaluate_*."""
+    setup = synthetic_setup(np.eye(4), [0, 1, 2, 3], np.eye(4), [0, 1, 2, 3], 4)
+    with pytest.raises(UserError, match=re.escape("knn.temperature must be in")):
+        protocols.knn_protocol(setup, k=3, temperature=0.0)
+    assert protocols.knn_protocol(setup, k=1, temperature=1e-6)["top1"] == 1.0  # a plain int k; no overflow

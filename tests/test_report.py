@@ -206,3 +206,63 @@ def test_fixed_queries_take_each_class_in_turn():
     labels = np.array([2, 0, 0, 1, 2, 0, 1])
     assert fixed_queries(labels, 5).tolist() == [1, 3, 0, 2, 6]
     assert fixed_queries(labels, 50).tolist() == [1, 3, 0, 2, 6, 4, 5]
+
+
+def fake_run(folder: Path, evals: list[dict]) -> Path:
+    """A run folder with a config, one line of metrics and the given evaluation records."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("method: simclr\nbackbone:\n  name: resnet18\n")
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 3.0, "lr": 0.1}) + "\n")
+    (folder / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    return folder
+
+
+def test_report_options_and_out_are_checked_before_the_work(tmp_path, monkeypatch, capsys):
+    import selfsup.report
+
+    run = fake_run(tmp_path / "run", [])
+    monkeypatch.setattr(selfsup.report, "_run_section", lambda *a: pytest.fail("the work began"))
+    (tmp_path / "file").write_text("")
+    for options, message in [(dict(queries=0), "report.queries must be in [1, inf], got 0"),
+                             (dict(queries=-2), "report.queries must be in [1, inf], got -2"),
+                             (dict(max_points=1), "report.max_points must be in [3, inf], got 1"),
+                             (dict(neighbours=0), "report.neighbours must be in [1, inf], got 0"),
+                             (dict(out=tmp_path), "is a folder"),
+                             (dict(out=tmp_path / "file" / "r.html"), f"cannot create {str(tmp_path / 'file')!r}")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            build_report([run], **{"out": tmp_path / "r.html", **options})
+    for args in (["--queries", "0"], ["--max-points", "0"], ["--out", str(tmp_path / "file" / "r.html")]):
+        assert main(["report", str(run), "--out", str(tmp_path / "r.html"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run"]  # nothing written, no temporary file
+
+
+def test_embedding_map_of_too_few_test_images_is_a_note():
+    from selfsup.report import _embedding_map
+
+    x, labels = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), np.array([0, 1, 1])
+    for n in (1, 2):
+        assert "a 2-D map needs at least 3" in _embedding_map(x[:n], labels[:n], ["a", "b"], {"max_points": 2000})
+    assert _embedding_map(x, labels, ["a", "b"], {"max_points": 3}).startswith("<figure><img")
+
+
+def test_comparison_keeps_results_on_other_data_or_k_in_other_columns(tmp_path):
+    from selfsup.report.tables import comparison_rows
+
+    def knn(top1, test, k=200, train=None, budget="all labels"):
+        return {"protocol": "knn", "budget": budget, "k": k, "top1": top1, "test_data": test,
+                "train_data": train or test.replace("[test]", "[train]")}
+
+    cifar, stl = "/d/cifar [test]", "/d/stl [test]"
+    a = fake_run(tmp_path / "a", [knn(0.5, cifar), knn(0.6, cifar), knn(0.3, stl), knn(0.4, cifar, k=20)])
+    b = fake_run(tmp_path / "b", [knn(0.7, stl), knn(0.8, cifar, train="/d/cifar-5k [train]"),
+                                  knn(0.2, cifar, budget="4 per class")])
+    headers, rows = comparison_rows([a, b], ["a", "b"])
+    figures = {h: (ra, rb) for h, ra, rb in zip(headers, *rows) if h.startswith("knn")}
+    assert figures == {  # one column per protocol, k, budget and data; the latest result of each
+        f"knn k=200 (all labels) on {cifar}, labels from /d/cifar [train]": (0.6, None),
+        f"knn k=200 (all labels) on {stl}": (0.3, 0.7),
+        f"knn k=20 (all labels) on {cifar}": (0.4, None),
+        f"knn k=200 (all labels) on {cifar}, labels from /d/cifar-5k [train]": (None, 0.8),
+        f"knn k=200 (4 per class) on {cifar}": (None, 0.2)}

@@ -101,6 +101,44 @@ def test_synth_cli_and_its_errors(tmp_path, capsys):
                  "--size", "8", "--max-images", "1", "--no-progress"]) == 0
 
 
+@pytest.mark.parametrize("kind,option,value,valid", [
+    ("motion", "--max-images", "-3", "0 (every image) or more"),
+    ("motion", "--clips-per-image", "0", "1 or more"),
+    ("motion", "--clips-per-image", "-1", "1 or more"),
+    ("motion", "--seed", "-1", "0 or more"),
+    ("motion", "--speed", "inf", "a finite number, 0 or more"),
+    ("interaction", "--size", "0", "4 or more pixels"),
+    ("interaction", "--size", "1", "4 or more pixels"),
+    ("interaction", "--seed", "-2", "0 or more"),
+])
+def test_synth_options_out_of_range_are_one_line(tmp_path, capsys, kind, option, value, valid):
+    from selfsup.cli import main
+
+    source = ["--from", str(SAMPLE)] if kind == "motion" else []
+    assert main(["synth", kind, *source, "--out", str(tmp_path / "out"), option, value, "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"selfsup: error: synth {kind}: {option} {value} is out of range; give {valid}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_source_images_are_skipped_and_counted(tmp_path, capsys):
+    from selfsup.cli import main
+
+    write_dataset(tmp_path / "src", per_class=2, size=16)
+    (tmp_path / "src" / "circle" / "broken.png").write_bytes(b"not a png")
+    args = ["synth", "motion", "--from", str(tmp_path / "src"), "--frames", "2", "--size", "8", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 6 clips" in captured.out
+    assert (f"skipped 1 of 7 files in {tmp_path / 'src'} that are not readable images (e.g. 'circle/broken.png'); "
+            f"going on with 6") in captured.err
+    assert len(known_motions(tmp_path / "out")) == 6
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"nor this")
+    args[3] = str(tmp_path / "bad")
+    assert main([*args, "--out", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.startswith("selfsup: error: none of the 1 images in ")
+
+
 # ---------------------------------------------------------------------------------------------
 # The physics world
 

@@ -29,7 +29,9 @@ def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, t
                               backbone="resnet18", small_stem=False, show_progress=False)
     run = tmp_path / "run"
     assert result.checkpoint == run / "last.pt" and result.checkpoint.is_file()
-    assert (run / "config.yaml").read_text().startswith("method: simclr")
+    from selfsup.checkpoint import current_umask
+    assert result.checkpoint.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
+    assert (run / "config.yaml").read_text().splitlines()[1] == "method: simclr"  # after selfsup's header
     assert (run / "curves.png").stat().st_size > 1000
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2]
@@ -117,6 +119,48 @@ def test_resume_without_checkpoint_and_rerun_without_resume(labelled_folder, tmp
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 3}), resume=True)
     with pytest.raises(UserError, match="written by method 'simclr'"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", method="byol"), resume=True)
+
+
+def test_resume_on_other_data_is_refused(labelled_folder, tmp_path):
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1}))
+    fewer = write_dataset(tmp_path / "fewer", per_class=6)
+    with pytest.raises(UserError, match=r"holds 18 images, not the 36 images this run was trained on"):
+        run_pretraining(tiny(fewer, tmp_path / "run", train={"epochs": 1}), resume=True)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for folder in labelled_folder.iterdir():
+        folder.rename(renamed / f"x{folder.name}")
+    with pytest.raises(UserError, match=r"\(other files\); resume with the run's data"):
+        run_pretraining(tiny(renamed, tmp_path / "run", train={"epochs": 1}), resume=True)
+
+
+def test_a_refused_run_writes_nothing_and_keeps_the_users_files(labelled_folder, tmp_path):
+    mine = tmp_path / "proj" / "config.yaml"
+    mine.parent.mkdir()
+    mine.write_text("# my settings\ntrain:\n  epochs: 3\n")
+    with pytest.raises(UserError, match="holds a config.yaml that selfsup did not write"):
+        run_pretraining(tiny(labelled_folder, mine.parent))
+    assert mine.read_text() == "# my settings\ntrain:\n  epochs: 3\n"
+    with pytest.raises(UserError, match="larger than the"):
+        run_pretraining(tiny(labelled_folder, tmp_path / "refused", train={"batch_size": 64}))
+    assert not (tmp_path / "refused" / "config.yaml").exists()
+    # Settings that are not sections, or out of their range: one line each, before any data is read.
+    for user, message in [({"train": 5}, "'train' is a section and must be a mapping"),
+                          ({"simclr": {"temperature": 0}}, r"simclr.temperature must be in \[1e-06, inf\]"),
+                          ({"simclr": {"views": {"flip_prob": 5}}}, r"simclr.views.flip_prob must be in \[0.0, 1.0\]"),
+                          ({"simclr": {"views": {"crop_scale": [0.9, 0.1]}}}, "crop_scale must be in increasing order"),
+                          ({"backbone": {"name": "resnet18", "patch_size": 4}}, "--patch-size is for ViTs"),
+                          ({"backbone": {"name": "vit-tiny", "patch_size": 0}}, r"backbone.patch_size must be in \[1, inf\]")]:
+        with pytest.raises(UserError, match=message):
+            run_pretraining(merge_dicts(tiny(tmp_path / "nowhere", tmp_path / "r"), user))
+
+
+def test_the_python_api_takes_the_method_from_the_config(labelled_folder, tmp_path):
+    result = selfsup.pretrain(data=labelled_folder, out=tmp_path / "run", config={"method": "byol"}, epochs=1,
+                              batch_size=8, image_size=16, backbone="resnet18", small_stem=False, show_progress=False)
+    assert result.config.method == "byol"
+    resumed = selfsup.pretrain(out=tmp_path / "run", resume=True, show_progress=False)  # the run's own method
+    assert resumed.config.method == "byol"
 
 
 def test_unwritable_run_folder(labelled_folder, tmp_path):

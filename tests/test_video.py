@@ -9,7 +9,7 @@ from PIL import Image
 
 from selfsup.data.video import open_clips, read_motion_csv
 from selfsup.errors import UserError
-from selfsup.views.temporal import usable_clips
+from selfsup.views.temporal import motion_pairs, usable_clips
 
 from conftest import make_tar
 
@@ -87,6 +87,23 @@ def test_tar_of_frame_folders_with_motion(tmp_path):
     assert cache.clip_names == ["walk"] and cache.motion.shape == (4, 2) and not np.isnan(cache.motion).any()
 
 
+def test_tar_of_videos_in_class_folders_keeps_the_classes_and_motion(tmp_path):
+    """A tar of DIR holds DIR/CLASS/CLIP.mp4: as for images, its common folder is the root."""
+    for name in ("folder", "tar"):
+        root = tmp_path / name / "v2"
+        (root / "left").mkdir(parents=True)
+        (root / "right").mkdir()
+        write_video(root / "left" / "l0.mp4", 4)
+        write_video(root / "right" / "r0.mkv", 3)
+        values = write_motion(root / "left" / "l0.csv", [0, 1, 2, 3])
+    folder = open_clips(tmp_path / "folder" / "v2", 32, show_progress=False)
+    packed = open_clips(make_tar(tmp_path / "tar", tmp_path / "v2.tar.gz"), 32, show_progress=False)
+    for cache in (folder, packed):
+        assert cache.clip_names == ["left/l0.mp4", "right/r0.mkv"] and cache.classes == ["left", "right"]
+        assert cache.labels.tolist() == [0] * 4 + [1] * 3
+        np.testing.assert_allclose(cache.motion[:4], values, rtol=1e-6)
+
+
 def test_motion_csv_whose_frames_do_not_match_the_clip(tmp_path):
     write_frames(tmp_path / "walk", 4)
     write_motion(tmp_path / "walk.csv", [0, 1, 2])
@@ -100,9 +117,20 @@ def test_motion_csv_whose_frames_do_not_match_the_clip(tmp_path):
         open_clips(tmp_path, 16, show_progress=False)
 
 
-def test_motion_csv_rows_must_be_numbers():
-    with pytest.raises(UserError, match="not 3 numbers"):
-        read_motion_csv("frame,yaw,forward\n0,1,x\n", "'m.csv'")
+def test_motion_csv_rows_must_be_finite_numbers_and_the_file_a_csv(tmp_path):
+    with pytest.raises(UserError, match="'m.csv' line 3 is not 3 numbers"):
+        read_motion_csv("frame,yaw,forward\n0,1,2\n1,1,x\n", "'m.csv'")
+    with pytest.raises(UserError, match="line 2 is not 3 numbers"):
+        read_motion_csv("frame,yaw,forward\n0,1\n", "'m.csv'")
+    for bad in ("inf", "nan", "-Infinity", "1e39"):  # 1e39: infinite in the float32 kept
+        with pytest.raises(UserError, match=rf"'m.csv' line 5 holds a value that is not a finite number \(2,{bad}\)"):
+            read_motion_csv(f"frame,yaw\n0,0\n\n1,0.5\n2,{bad}\n", "'m.csv'")
+    with pytest.raises(UserError, match=r"^motion file 'm.csv' is not a readable CSV \(new-line character"):
+        read_motion_csv("frame,yaw\n0,1\r2\n", "'m.csv'")
+    write_frames(tmp_path / "walk", 3)  # through open_clips: one line naming the file
+    (tmp_path / "walk.csv").write_text("frame,yaw\n0,0\n1,inf\n2,1\n")
+    with pytest.raises(UserError, match="motion file 'walk.csv' line 3 holds a value that is not a finite number"):
+        open_clips(tmp_path, 16, show_progress=False)
     columns, frames, values = read_motion_csv("frame,yaw\n\n0,1.5\n1,-2\n", "'m.csv'")
     assert columns == ["yaw"] and frames.tolist() == [0, 1] and values[:, 0].tolist() == [1.5, -2.0]
 
@@ -113,9 +141,31 @@ def test_short_clips_are_skipped_and_counted_and_all_short_is_an_error(tmp_path,
     cache = open_clips(tmp_path, 16, show_progress=False)
     kept = usable_clips(cache, 5, "temporal-order tuples of 3")
     assert len(kept) == 1 and cache.clip[kept[0]].tolist() == [0] * 6
-    assert "skipped 1 of 2 clips shorter than 5 frames" in capsys.readouterr().err
-    with pytest.raises(UserError, match="fewer than 7 frames, the minimum for temporal-order"):
+    assert ("skipped 1 of 2 clips that cannot be used for temporal-order tuples of 3: 1 with fewer than 5 frames "
+            "(e.g. 'short')") in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"no clip in .* can be used for temporal-order tuples of 3: 2 with fewer "
+                                        r"than 7 frames \(e.g. 'long'\); give longer clips"):
         usable_clips(cache, 7, "temporal-order tuples of 3")
+
+
+def test_clips_with_an_undecodable_frame_or_without_motion_are_skipped_and_counted(tmp_path, capsys):
+    """A corrupt frame leaves its clip out (its frames and motion rows no longer match): counted
+    with the clips that have no motion CSV, not blamed on the CSV."""
+    for name in ("good", "broken", "bare"):
+        write_frames(tmp_path / name, 4, seed=len(name))
+    (tmp_path / "broken" / "000002.png").write_bytes(b"not a png")
+    write_motion(tmp_path / "good.csv", [0, 1, 2, 3])
+    write_motion(tmp_path / "broken.csv", [0, 1, 2, 3])
+    cache = open_clips(tmp_path, 16, show_progress=False)
+    assert "skipped 1 of 12 files" in capsys.readouterr().err
+    assert [cache.clip_names[c] for c in cache.incomplete] == ["broken"]
+    pairs = motion_pairs(cache, 1)
+    assert set(cache.clip[pairs.rows.ravel()].tolist()) == {cache.clip_names.index("good")}
+    assert ("skipped 2 of 3 clips that cannot be used for frame pairs 1 apart: 1 without a motion CSV (e.g. 'bare'), "
+            "1 with a frame that could not be decoded (e.g. 'broken')") in capsys.readouterr().err
+    (tmp_path / "good.csv").unlink()
+    with pytest.raises(UserError, match="no clip in .*: 2 without a motion CSV .* write a CLIP.csv"):
+        motion_pairs(open_clips(tmp_path, 16, show_progress=False), 1)
 
 
 def test_no_readable_video_at_all(tmp_path):

@@ -71,6 +71,14 @@ def test_frame_motion_is_the_mean_change_from_the_previous_frame():
     np.testing.assert_allclose(frame_motion(images, rows, chunk=5), expected)
 
 
+def test_tuple_length_must_have_a_middle_frame():
+    from selfsup.config import resolve
+
+    with pytest.raises(UserError, match="temporal-order.tuple_length must be 3 or 5 .* got 4"):
+        resolve({"method": "temporal-order", "temporal-order": {"tuple_length": 4}, "data": {"image_size": 16}})
+    assert resolve({"method": "temporal-order", "temporal-order": {"tuple_length": 5}}).method_config.tuple_length == 5
+
+
 def test_tuples_stay_in_one_clip_with_labels_as_defined(clips):
     cache = open_clips(clips, 16, show_progress=False)
     rows, labels = order_tuples(cache, 3, 6, 7, 1, 0.5, 0.0, seed=0)
@@ -172,6 +180,26 @@ def test_equivariance_error_separates_equivariant_from_invariant_features():
     assert np.isnan(still[1]) and still[0] < 0.05  # nothing changes: nothing to predict
 
 
+def test_equivariance_report_makes_the_motion_classes_the_run_trained_on(clips, tmp_path, monkeypatch):
+    import selfsup
+    from selfsup.eval.video import equivariance_report
+    from selfsup.methods import egomotion
+
+    torch.set_num_threads(1)
+    run = selfsup.pretrain(method="egomotion", data=clips, out=tmp_path / "run", epochs=1, batch_size=32,
+                           image_size=16, backbone="resnet18-half", small_stem=False, seed=3, show_progress=False,
+                           config={"egomotion": {"motion_classes": 3, "pair_gap": 2}})
+    made = []
+    draw = egomotion.samples
+    monkeypatch.setattr(egomotion, "samples", lambda config, cache, seed: made.append((config, seed)) or
+                        draw(config, cache, seed))
+    report = equivariance_report(run.checkpoint, clips)
+    assert [(c.motion_classes, c.pair_gap, seed) for c, seed in made] == [(3, 2, 3)]  # the run's, not defaults
+    assert set(report["fitted"]) == set(report["learned"]) == {0, 1, 2}
+    other = equivariance_report(run.checkpoint, clips, motion_classes=2)  # not the maps' classes: none scored
+    assert set(other["fitted"]) == {0, 1} and "learned" not in other
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: each task above chance on a tiny CPU run; exact resume
 
@@ -255,6 +283,10 @@ def test_trainer_streams_samples_and_resumes_exactly(clips, tmp_path, monkeypatc
     assert at_interruption["position"] == {"epoch": 1, "batch": 1, "step": 4}  # mid-epoch
     assert whole["position"]["step"] == 6
     assert_same_state(whole, resumed)
+    from selfsup.train import run_pretraining
+    too_big = {**user, "out": str(tmp_path / "big"), "train": {**user["train"], "batch_size": 512}}
+    with pytest.raises(UserError, match=r"lower --batch-size or raise --set temporal-order.tuples_per_clip=N"):
+        run_pretraining(too_big)
 
 
 def test_egomotion_without_motion_signals_and_image_folders(tmp_path, labelled_folder):

@@ -125,6 +125,16 @@ def test_image_size_not_a_multiple_of_the_patch_size_is_refused():
         backbone(torch.randn(1, 3, 18, 16))
 
 
+def test_timm_vit_of_an_image_size_not_a_multiple_of_its_patches_is_refused():
+    # timm's patch embedding would silently drop the last 8 pixels of each side.
+    with pytest.raises(UserError, match=r"timm:vit_tiny_patch16_224 with patch size 16 needs .* got 40x40; "
+                                        r"use --image-size 32 or 48, or a --patch-size that divides 40"):
+        build_backbone(BackboneConfig(name="timm:vit_tiny_patch16_224"), 40)
+    with pytest.raises(UserError, match=r"patch size 8 needs .* got 36x36"):
+        build_backbone(BackboneConfig(name="timm:vit_tiny_patch16_224", patch_size=8), 36)
+    assert build_backbone(BackboneConfig(name="timm:vit_tiny_patch16_224"), 48).kind == "vit"
+
+
 def test_default_patch_size_follows_the_image_size():
     assert resolve({"backbone": {"name": "vit-small"}, "data": {"image_size": 32}}).backbone.patch_size == 4
     assert resolve({"backbone": {"name": "vit-small"}, "data": {"image_size": 224}}).backbone.patch_size == 16
@@ -319,6 +329,36 @@ def test_attention_command_draws_each_image_and_refuses_a_resnet(mae_runs, tmp_p
         save_attention_maps("random:resnet18", data / "circle", tmp_path / "no")
     assert main(["attention", "--checkpoint", str(root / "whole"), "--images", str(data / "circle" / "000.png"),
                  "--out", str(tmp_path / "one"), "--image-size", "30"]) == 2
+
+
+def test_attention_keeps_images_of_one_stem_apart_and_counts_the_unreadable(tmp_path, capsys):
+    from selfsup.attention import save_attention_maps
+
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for name in ("x.jpg", "x.png", "y.png"):
+        Image.fromarray(pixels).save(images / name)
+    for name in ("broken.png", "empty.jpg"):
+        (images / name).write_bytes(b"not an image")
+    result = save_attention_maps("random:vit-tiny", images, tmp_path / "maps", image_size=32, device="cpu")
+    assert result["images"] == 3
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x.jpg.png", "x.png.png", "y.png"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "skipped 2 of 5 files" in warnings[0]
+    # --max-images counts the images drawn, not the unreadable files met on the way.
+    assert save_attention_maps("random:vit-tiny", images, tmp_path / "two", image_size=32, device="cpu",
+                               max_images=2)["images"] == 2
+
+
+def test_attention_refuses_a_non_positive_image_size_and_names_only_its_own_options(tmp_path):
+    from selfsup.attention import save_attention_maps
+
+    for size in (0, -32):
+        with pytest.raises(UserError, match=rf"--image-size must be a positive number of pixels, got {size}"):
+            save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=size)
+    with pytest.raises(UserError, match=r"vit-tiny with patch size 16 .* got 40x40; use --image-size 32 or 48$"):
+        save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=40)  # no --patch-size here
 
 
 def test_layer_decay_scales_follow_beit():

@@ -13,14 +13,15 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
-def pretrain(method: str = "simclr", data: str | Path | None = None, out: str | Path | None = None,
+def pretrain(method: str | None = None, data: str | Path | None = None, out: str | Path | None = None,
              config: str | Path | dict | None = None, resume: bool = False, show_progress: bool = True,
              **options):
     """Pretrain an encoder; returns a `RunResult` (run folder, checkpoint path, config, metrics).
 
     `options` are the command line's flags with underscores (epochs=, batch_size=, lr=, backbone=,
     image_size=, device=, seed=, ...); `config` is a YAML path or a nested dict of any config value
-    (e.g. {"optim": {"weight_decay": 1e-5}, "simclr": {"temperature": 0.2}}); flags win.
+    (e.g. {"optim": {"weight_decay": 1e-5}, "simclr": {"temperature": 0.2}}); flags win. Without a
+    method (here or in `config`), SimCLR; on `resume`, the run's own.
     """
     from .cli import flags_to_config
     from .config import load_yaml, merge_dicts

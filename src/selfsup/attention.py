@@ -10,7 +10,7 @@ heads, and each head, overlaid.
 """
 from __future__ import annotations
 
-import itertools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +42,39 @@ def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Ten
 
 
 def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, list[str]]:
-    """Up to `limit` images (N, size, size, 3) uint8 (shorter side resized, centre crop) from an
-    image file, a folder or a tar, with their names; files that do not decode are skipped."""
+    """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
+    crop) of an image file, a folder or a tar, with their names; the files that do not decode
+    are skipped, and counted in one warning."""
     from .data import decode_image, open_source
+    from .data.cache import warn_skipped
     from .data.sources import is_image_name
 
     path = Path(path).expanduser()
     if path.is_file() and is_image_name(path.name):
         items = [(path.name, path.read_bytes())]
     else:
-        items = itertools.islice(open_source(path, whole=True).read(), limit)
-    decoded = [(name, decode_image(data, size)) for name, data in items]
-    decoded = [(name, pixels[0]) for name, pixels in decoded if pixels is not None]
+        items = open_source(path, whole=True).read()
+    decoded, skipped = [], []
+    for name, data in items:
+        pixels = decode_image(data, size)
+        if pixels is None:
+            skipped.append(name)
+        else:
+            decoded.append((name, pixels[0]))
+            if len(decoded) == limit:
+                break
+    warn_skipped(skipped, len(decoded) + len(skipped), repr(str(path)))
     if not decoded:
         raise UserError(f"no decodable image in {str(path)!r}; give an image, a folder of images or a tar of one")
     return np.stack([pixels for _, pixels in decoded]), [name for name, _ in decoded]
+
+
+def output_names(names: list[str]) -> list[str]:
+    """A distinct PNG name for each image: its path with '/' as '_' and without its suffix, but
+    with it where that alone would collide (x.jpg and x.png give x.jpg.png and x.png.png)."""
+    stems = [Path(name).with_suffix("").as_posix().replace("/", "_") for name in names]
+    clashing = {stem for stem, count in Counter(stems).items() if count > 1}
+    return [(name.replace("/", "_") if stem in clashing else stem) + ".png" for name, stem in zip(names, stems)]
 
 
 def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
@@ -95,25 +113,27 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
 
     if max_images < 1:
         raise UserError(f"--max-images must be at least 1, got {max_images}")
+    if image_size is not None and image_size < 1:
+        raise UserError(f"--image-size must be a positive number of pixels, got {image_size}; leave it out "
+                        f"for the encoder's training size")
     encoder = load_encoder(checkpoint)
     backbone = encoder.backbone
     if backbone.kind != "vit" or not hasattr(backbone.net, "blocks"):
         raise UserError(f"attention maps need a ViT encoder (vit-tiny, vit-small, vit-base); {checkpoint} "
                         f"holds a {backbone.name}")
-    size = image_size or encoder.image_size
-    check_image_size(size, size, backbone.net.patch_embed.patch_size[0], backbone.name)
+    size = encoder.image_size if image_size is None else image_size
+    # The patch size is the checkpoint's: only the image size can change here.
+    check_image_size(size, size, backbone.net.patch_embed.patch_size[0], backbone.name, other_patch_sizes=False)
     device = resolve_device(device)
     pixels, names = read_images(images, default_cache_size(size), max_images)
     x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised
     maps = class_token_attention(backbone.to(device).eval(), x)  # (N, heads, h, w)
     maps = torch.cat([maps.mean(dim=1, keepdim=True), maps], dim=1).cpu().numpy()
     out = output_folder(out)
-    written = []
-    for name, image, image_maps in zip(names, denormalize(x.float()).clamp(0, 1).cpu(), maps):
-        picture = image.permute(1, 2, 0).numpy()
-        written.append(out / (Path(name).with_suffix("").as_posix().replace("/", "_") + ".png"))
-        _draw(picture, image_maps, written[-1])
-    return {"out": str(out), "images": len(written), "heads": maps.shape[1] - 1, "image_size": size}
+    pictures = denormalize(x.float()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (N, S, S, 3)
+    for file_name, picture, image_maps in zip(output_names(names), pictures, maps):
+        _draw(picture, image_maps, out / file_name)
+    return {"out": str(out), "images": len(names), "heads": maps.shape[1] - 1, "image_size": size}
 
 
 def add_attention_parser(commands, common) -> None:

@@ -114,7 +114,8 @@ def _curate(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    result = run_demo(out=args.out, epochs=args.epochs, device=args.device, show_progress=not args.no_progress)
+    result = run_demo(out=args.out, epochs=args.epochs, device=args.device, show_progress=not args.no_progress,
+                      show_table=not args.json)  # --json: one JSON object on stdout, nothing else
     if args.json:
         print(json.dumps(result))
     return 0
@@ -135,10 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("pretrain", help="pretrain an encoder on unlabelled images")
-    p.add_argument("--method", help="simclr, ... (see README.md)")
+    p.add_argument("--method", help="simclr (default), moco-v2, moco-v3, byol, dino, mae, ibot, distill, rotation, "
+                                    "relative-location, jigsaw, colorization, inpainting, temporal-order, egomotion, "
+                                    "interaction")
     p.add_argument("--data", help="folder of images (searched recursively) or a .tar/.tar.gz/.tar.xz of one")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.yaml")
-    p.add_argument("--backbone", help="resnet18, resnet34, resnet50, or timm:NAME")
+    p.add_argument("--backbone", help="resnet18, resnet18-half, resnet34, resnet50, vit-tiny, vit-small, vit-base, "
+                                      "or timm:NAME")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="base learning rate per 256 images (scaled to the batch)")
@@ -218,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UserError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk full, a file that cannot be written, ...: a fact, not a bug
+        print(f"selfsup: error: {e}; check the paths and free space, then run the same command again",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)

@@ -21,9 +21,11 @@ import yaml
 from .errors import UserError, nearest
 
 
-def ranged(default: Any, low: float | None = None, high: float | None = None, **kwargs) -> Any:
-    """A dataclass field whose value must lie in [low, high]; checked on every override."""
-    return field(default=default, metadata={"range": (low, high)}, **kwargs)
+def ranged(default: Any, low: float | None = None, high: float | None = None, ordered: bool = False,
+           **kwargs) -> Any:
+    """A dataclass field whose value (or each value of a tuple) must lie in [low, high], and a
+    tuple's values in increasing order when `ordered`; checked on every override."""
+    return field(default=default, metadata={"range": (low, high), "ordered": ordered}, **kwargs)
 
 
 @dataclass
@@ -46,7 +48,7 @@ class BackboneConfig:
     name: str = "resnet18"
     # 3x3 stride-1 first convolution and no max-pool, for 32-pixel images (None: on below 64 px).
     small_stem: bool | None = None
-    patch_size: int | None = None  # ViTs only
+    patch_size: int | None = ranged(None, 1, None)  # ViTs only
 
 
 @dataclass
@@ -154,10 +156,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
     low, high = f.metadata.get("range", (None, None))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise UserError(f"{where} must be in {bounds}, got {value!r}")
+    for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if (low is not None and number < low) or (high is not None and number > high):
+                bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise UserError(f"{where} must be in {bounds}, got {value!r}")
+    if f.metadata.get("ordered") and list(value) != sorted(value):
+        raise UserError(f"{where} must be in increasing order (low, high), got {list(value)!r}")
 
 
 def override(obj: Any, changes: dict, where: str = "") -> Any:
@@ -193,6 +198,19 @@ def merge_dicts(base: dict, top: dict) -> dict:
     return out
 
 
+def check_sections(user: dict, where: str) -> dict:
+    """`user` itself, once every section in it (data, train, a method's name, ...) is a mapping:
+    a bare value would replace the whole section when layers are merged."""
+    from .methods import METHODS  # late: methods import this module
+
+    sections = {"data", "backbone", "optim", "train", "method_config", *METHODS}
+    for key, value in user.items():
+        if key in sections and not isinstance(value, dict):
+            raise UserError(f"{where}: {key!r} is a section and must be a mapping of keys to values "
+                            f"(section.KEY), got {value!r}")
+    return user
+
+
 def parse_assignment(text: str) -> dict:
     """'optim.lr=0.3' -> {'optim': {'lr': 0.3}}; the value is read as YAML (numbers, lists, bools)."""
     if "=" not in text:
@@ -202,7 +220,7 @@ def parse_assignment(text: str) -> dict:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    return nested(key.strip(), value)
+    return check_sections(nested(key.strip(), value), f"--set {text}")
 
 
 def nested(dotted_key: str, value: Any) -> dict:
@@ -228,7 +246,7 @@ def load_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values")
-    return data
+    return check_sections(data, f"config file {str(path)!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +299,11 @@ def resolve(user: dict) -> RunConfig:
     from .backbones import check_backbone_name  # late: backbones import this module
     check_backbone_name(cfg.backbone.name)
     from .backbones.vit import VITS, check_image_size, default_patch_size
+    if cfg.backbone.name.startswith("resnet"):
+        if user.get("backbone", {}).get("patch_size") is not None:
+            raise UserError(f"--patch-size is for ViTs; {cfg.backbone.name} has no patches (drop the option, "
+                            f"or choose --backbone vit-tiny|vit-small|vit-base)")
+        cfg = override(cfg, {"backbone": {"patch_size": None}})  # a ViT preset's, when the user chose a ResNet
     if cfg.backbone.name in VITS:
         if cfg.backbone.patch_size is None:
             cfg = override(cfg, {"backbone": {"patch_size": default_patch_size(cfg.data.image_size)}})
@@ -288,11 +311,17 @@ def resolve(user: dict) -> RunConfig:
     if hasattr(method, "check_config"):  # what the method cannot run is refused before data is read
         method.check_config(cfg)
     if cfg.backbone.small_stem is None:
-        cfg = override(cfg, {"backbone": {"small_stem": cfg.data.image_size <= 64}})
+        cfg = override(cfg, {"backbone": {"small_stem": default_small_stem(cfg.backbone.name, cfg.data.image_size)}})
     if cfg.data.cache_size is None:
         size = cfg.data.image_size
         cfg = override(cfg, {"data": {"cache_size": size if size <= 64 else round(size * 8 / 7)}})
     return cfg
+
+
+def default_small_stem(backbone: str, image_size: int) -> bool | None:
+    """The small stem below 64 px for selfsup's own ResNets (torchvision's and resnet18-half);
+    None (no such stem, or only when asked: timm's ResNets) for every other backbone."""
+    return image_size <= 64 if backbone.startswith("resnet") else None
 
 
 def to_dict(cfg: RunConfig) -> dict:
@@ -322,5 +351,8 @@ def from_dict(data: dict) -> RunConfig:
     return dataclasses.replace(cfg, method_config=override(cfg.method_config, section, cfg.method))
 
 
+RUN_CONFIG_HEADER = "# selfsup run config: the resolved settings of this run (selfsup pretrain --config FILE repeats it)\n"
+
+
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return RUN_CONFIG_HEADER + yaml.safe_dump(to_dict(cfg), sort_keys=False)

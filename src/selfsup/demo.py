@@ -34,7 +34,7 @@ def sample_path() -> Path:
 
 
 def run_demo(out: str | Path | None = None, epochs: int | None = None, device: str = "auto",
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, show_table: bool = True) -> dict:
     from . import pretrain
     from .config import merge_dicts
     from .eval import evaluate_knn
@@ -51,15 +51,16 @@ def run_demo(out: str | Path | None = None, epochs: int | None = None, device: s
     pretrained = evaluate_knn(run.checkpoint, **common)
     random_init = evaluate_knn(f"random:{DEMO_BACKBONE}", image_size=32, small_stem=False, **common)
     seconds = time.perf_counter() - started
-    print(f"\nkNN accuracy on {pretrained['test_images']:,} CIFAR-10 test images "
-          f"(weighted vote of Wu et al. 2018, {pretrained['train_images']:,} labelled training images)")
-    print(f"  {'encoder':<34} {'k=20':>7} {'k=200':>7}")
-    for name, result in [(f"{DEMO_BACKBONE}, random initialisation", random_init),
-                         (f"{DEMO_BACKBONE}, SimCLR {run.config.train.epochs} epochs", pretrained)]:
-        print(f"  {name:<34} {result['by_k']['20']['top1']:>7.3f} {result['by_k']['200']['top1']:>7.3f}")
     gain = pretrained["top1"] - random_init["top1"]
-    print(f"  gain from pretraining (k=200): {gain * 100:+.1f} points; {seconds / 60:.1f} min in all "
-          f"({train_seconds / 60:.1f} pretraining)")
-    print(f"  run folder: {out} (curves.png, metrics.jsonl, config.yaml, last.pt)")
+    if show_table:
+        print(f"\nkNN accuracy on {pretrained['test_images']:,} CIFAR-10 test images "
+              f"(weighted vote of Wu et al. 2018, {pretrained['train_images']:,} labelled training images)")
+        print(f"  {'encoder':<34} {'k=20':>7} {'k=200':>7}")
+        for name, result in [(f"{DEMO_BACKBONE}, random initialisation", random_init),
+                             (f"{DEMO_BACKBONE}, SimCLR {run.config.train.epochs} epochs", pretrained)]:
+            print(f"  {name:<34} {result['by_k']['20']['top1']:>7.3f} {result['by_k']['200']['top1']:>7.3f}")
+        print(f"  gain from pretraining (k=200): {gain * 100:+.1f} points; {seconds / 60:.1f} min in all "
+              f"({train_seconds / 60:.1f} pretraining)")
+        print(f"  run folder: {out} (curves.png, metrics.jsonl, config.yaml, last.pt)")
     return {"pretrained": pretrained, "random": random_init, "gain_top1": gain, "seconds": round(seconds, 1),
             "pretrain_seconds": round(train_seconds, 1), "run": str(out)}

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
+
+from .errors import UserError
 
 
 def is_distributed() -> bool:
@@ -73,7 +76,12 @@ def setup(device_name: str) -> None:
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    torch_dist.init_process_group("nccl" if use_cuda else "gloo")
+    # The other processes wait while the first decodes the data into the cache, which takes more
+    # than NCCL's default 10 minutes on a large dataset.
+    raw = os.environ.get("SELFSUP_DIST_TIMEOUT_MINUTES", "120")
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"SELFSUP_DIST_TIMEOUT_MINUTES must be a whole number of minutes, 1 or more; got {raw!r}")
+    torch_dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=int(raw)))
 
 
 def local_rank() -> int:

@@ -48,7 +48,7 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
         return _from_weights(Path(spec[len("weights:"):]).expanduser(), backbone, image_size, small_stem)
     if spec.startswith("random:"):
         size = image_size or 224
-        stem = small_stem if small_stem is not None else size <= 64
+        stem = small_stem if small_stem is not None else config_lib.default_small_stem(spec[len("random:"):], size)
         torch.manual_seed(seed)
         backbone = build_backbone(BackboneConfig(name=spec[len("random:"):], small_stem=stem), size)
         import timm
@@ -83,7 +83,7 @@ def _from_weights(path: Path, name: str | None, image_size: int | None, small_st
         raise UserError(f"say which architecture {str(path)!r} holds with --backbone NAME (e.g. resnet50)")
     size = image_size or saved.get("image_size") or 224
     stem = next((s for s in (small_stem, saved.get("small_stem"), infer_small_stem(state)) if s is not None),
-                size <= 64)
+                config_lib.default_small_stem(name, size))
     backbone = build_backbone(BackboneConfig(name=name, small_stem=stem, patch_size=saved.get("patch_size")), size)
     load_matching(backbone.net, state, path, name)
     return Encoder(backbone, size, default_cache_size(size), f"{name} weights ({path.name})",

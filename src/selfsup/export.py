@@ -9,7 +9,6 @@ files, one per line, beside it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +17,22 @@ from safetensors.torch import load_file, save_file
 
 from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
-from .errors import UserError, output_folder
+from .errors import UserError
 from .eval.features import extract_features
+from .outputs import atomic_path, output_file
 from .views import IMAGENET_MEAN, IMAGENET_STD
-
-
-def _writable(path: Path) -> Path:
-    path = Path(path).expanduser()
-    output_folder(path.parent)
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"cannot write to {str(path.parent)!r}; choose a writable --out")
-    return path
 
 
 def export_encoder(checkpoint, out: str | Path) -> dict:
     """Write the encoder's weights to `out` (.safetensors); returns the metadata written."""
-    out = _writable(Path(out))
+    out = output_file(out)
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     cfg = encoder.config
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
     metadata = {
         "format": "selfsup-encoder",
         "backbone": encoder.backbone.name,
-        "small_stem": json.dumps(bool(cfg.backbone.small_stem)) if cfg else "null",
+        "small_stem": json.dumps(encoder.backbone.small_stem),  # null: no ResNet stem (ViTs, other timm models)
         "patch_size": json.dumps(cfg.backbone.patch_size) if cfg else "null",
         "feature_dim": str(encoder.backbone.feature_dim),
         "image_size": str(encoder.image_size),
@@ -48,9 +40,8 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
         "mean": json.dumps(IMAGENET_MEAN),
         "std": json.dumps(IMAGENET_STD),
     }
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return metadata
 
 
@@ -69,17 +60,21 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     `out` with suffix .files.txt; images that cannot be decoded are skipped and counted."""
     from .train import resolve_device
 
-    out = _writable(Path(out))
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    out = Path(out).expanduser()
     if out.suffix != ".npy":
         out = out.with_suffix(out.suffix + ".npy") if out.suffix else out.with_suffix(".npy")
+    out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     device = resolve_device(device)
     cache = load_cache(open_source(data, whole=True), encoder.cache_size, cache_dir, show_progress=show_progress)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 batch_size=batch_size, show_progress=show_progress, desc="embedding")
     vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
-    np.save(out, vectors)
-    names_file = out.with_name(out.stem + ".files.txt")
-    names_file.write_text("".join(name + "\n" for name in cache.names))
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # np.save would add .npy to the temporary name
+        np.save(f, vectors)
+    with atomic_path(names_file) as tmp:
+        tmp.write_text("".join(name + "\n" for name in cache.names))
     return {"embeddings": str(out), "files": str(names_file), "count": len(cache), "dim": vectors.shape[1],
             "skipped": len(cache.skipped)}

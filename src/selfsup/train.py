@@ -9,7 +9,9 @@ with the same weights, bit for bit on the CPU, as one that was never interrupted
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -101,7 +103,18 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
                 raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r})")
     cfg = dataclasses.replace(config_lib.override(cfg, allowed), out=str(out))
-    return cfg, checkpoint
+    return _absolute_paths(cfg), checkpoint
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The config with its data (and a teacher's checkpoint) as absolute paths, so that
+    config.yaml, --resume and --config work from any folder."""
+    def absolute(path: str) -> str:
+        return path if not path or path.startswith(("weights:", "random:")) else os.path.abspath(os.path.expanduser(path))
+    changes = {"data": {"path": absolute(cfg.data.path)}}
+    if isinstance(getattr(cfg.method_config, "teacher", None), str):
+        changes["method_config"] = {"teacher": absolute(cfg.method_config.teacher)}
+    return config_lib.override(cfg, changes)
 
 
 def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
@@ -121,13 +134,26 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     cfg = config_lib.resolve(user)
     if not cfg.data.path:
         raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
+    cfg = _absolute_paths(cfg)
+    written = out / "config.yaml"
+    if written.is_file() and not written.read_text().startswith(config_lib.RUN_CONFIG_HEADER):
+        raise UserError(f"{str(out)!r} holds a config.yaml that selfsup did not write, which the run's own "
+                        f"would replace; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if dist.is_main():
-            (out / "config.yaml").write_text(config_lib.dump_yaml(cfg))
     except OSError as e:
         raise UserError(f"cannot write to the run folder {str(out)!r} ({e.strerror}); choose a writable --out") from None
     return cfg, None
+
+
+def write_run_config(cfg: RunConfig) -> None:
+    """RUN_DIR/config.yaml, once the data and the method are known to work (a refused run
+    leaves nothing behind)."""
+    if dist.is_main():
+        try:
+            (Path(cfg.out) / "config.yaml").write_text(config_lib.dump_yaml(cfg))
+        except OSError as e:
+            raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +204,10 @@ class Trainer:
                                   side=None if self.samples is None else self.samples.side)
         if len(self.stream) == 0:
             what = "training images" if self.samples is None else f"training samples of {cfg.method}"
+            more = getattr(method_module, "MORE_SAMPLES", None)  # the option that draws more samples
             raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(stream_over):,} "
-                            f"{what} in {cfg.data.path}; lower --batch-size")
+                            f"{what} in {cfg.data.path}; lower --batch-size"
+                            + (f" or raise {more}" if more else ""))
         self.method = build_method(cfg).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -250,12 +278,23 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "views": views[0], "views_per_rank": views}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg),
+        return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg), data=self._data_identity(),
                     model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
                     position=vars(self.position).copy(), rng=rng, world=self.world,
                     epoch_sums=epoch_sums[0], epoch_sums_per_rank=epoch_sums)
 
+    def _data_identity(self) -> dict:
+        """What the run trains on, by file names: the data may move (--data on --resume), not change."""
+        names = hashlib.sha256("\n".join(self.cache.names).encode()).hexdigest()[:16]
+        return {"images": len(self.cache), "names_sha256": names}
+
     def _restore(self, checkpoint: dict) -> None:
+        saved, now = checkpoint.get("data"), self._data_identity()
+        if saved is not None and saved != now:
+            raise UserError(f"--resume: {self.cfg.data.path} holds {now['images']:,} images, not the "
+                            f"{saved['images']:,} images this run was trained on"
+                            f"{'' if now['images'] != saved['images'] else ' (other files)'}; resume with "
+                            f"the run's data, or start a new run in another --out")
         self.method.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.position = Position(**checkpoint["position"])
@@ -355,8 +394,9 @@ class Trainer:
                 f"{len(self.samples.rows):,} samples of {len(self.train_idx):,} images"
             say(f"selfsup: {cfg.method} on {data} ({self.cache.source}), "
                 f"{cfg.backbone.name}, {cfg.train.epochs} epochs x {len(self.stream)} steps of {batch}, "
-                f"peak lr {self.lr:.4g} = {cfg.optim.lr} x {cfg.optim.lr_scaling} scaling to the batch "
-                f"({cfg.optim.name}), device {self.device}, preset {cfg.preset}")
+                f"peak lr {self.lr:.4g} = {cfg.optim.lr} per {cfg.optim.lr_reference_batch} images, "
+                f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}), "
+                f"device {self.device}, preset {cfg.preset}")
         images_per_step = cfg.train.batch_size
         bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
                            initial=self.position.step * images_per_step)
@@ -436,6 +476,10 @@ def read_metrics(out: str | Path) -> list[dict]:
 
 def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True) -> RunResult:
     """Resolve the config (or restore it from RUN_DIR/last.pt), then train to the last epoch."""
+    config_lib.check_sections(user, "config")
     dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
     cfg, checkpoint = prepare_run(user, resume)
-    return Trainer(cfg, checkpoint, show_progress).fit()
+    trainer = Trainer(cfg, checkpoint, show_progress)
+    if checkpoint is None:
+        write_run_config(cfg)
+    return trainer.fit()

@@ -2,8 +2,10 @@
 
 Every backbone answers `forward(x) -> (B, D)` pooled features and `forward_map(x)`, the feature
 map (B, C, h, w) of a CNN or the tokens (B, N, D) of a ViT, and knows its `feature_dim` and
-`kind`. `net` is the plain torchvision/timm model with its classifier removed, so its state dict
-loads into that model with no selfsup code (see `selfsup.export`).
+`kind`, and `small_stem`: whether its ResNet stem is the small one, None where it has no such stem
+(ViTs, other timm models), so that what is exported says what the weights need. `net` is the
+plain torchvision/timm model with its classifier removed, so its state dict loads into that model
+with no selfsup code (see `selfsup.export`).
 """
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ from torch import nn
 
 from ..config import BackboneConfig
 from ..errors import UserError, nearest, unknown_choice
-from .vit import VITS, build_vit
+from .vit import VITS, build_vit, check_image_size
 
 
 class Backbone(nn.Module):
     def __init__(self, name: str, net: nn.Module, feature_dim: int, kind: str,
                  pooled: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-                 feature_map: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+                 feature_map: Callable[[nn.Module, torch.Tensor], torch.Tensor], small_stem: bool | None = None):
         super().__init__()
         self.name, self.net, self.feature_dim, self.kind = name, net, feature_dim, kind
+        self.small_stem = small_stem
         self._pooled, self._feature_map = pooled, feature_map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +60,7 @@ def _torchvision_resnet(builder_name: str) -> Callable[[BackboneConfig, int], Ba
         net.fc = nn.Identity()
         if cfg.small_stem:
             _small_stem(net)
-        return Backbone(cfg.name, net, feature_dim, "cnn", lambda m, x: m(x), _resnet_map)
+        return Backbone(cfg.name, net, feature_dim, "cnn", lambda m, x: m(x), _resnet_map, bool(cfg.small_stem))
     return build
 
 
@@ -73,7 +76,8 @@ def _resnet18_half(cfg: BackboneConfig, image_size: int) -> Backbone:
     net = timm.create_model("resnet18", pretrained=False, num_classes=0, **RESNET18_HALF)
     if cfg.small_stem:
         _small_stem(net)
-    return Backbone(cfg.name, net, net.num_features, "cnn", lambda m, x: m(x), lambda m, x: m.forward_features(x))
+    return Backbone(cfg.name, net, net.num_features, "cnn", lambda m, x: m(x), lambda m, x: m.forward_features(x),
+                    bool(cfg.small_stem))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +102,27 @@ def _timm(model_name: str, cfg: BackboneConfig, image_size: int) -> Backbone:
     except TypeError as e:
         raise UserError(f"timm model {model_name!r} does not take these options ({e})") from None
     kind = "vit" if hasattr(net, "patch_embed") else "cnn"
-    return Backbone(cfg.name, net, net.num_features, kind, lambda m, x: m(x), lambda m, x: m.forward_features(x))
+    patches = getattr(net, "patch_embed", None)
+    if isinstance(patches, timm.layers.PatchEmbed) and not patches.dynamic_img_pad:
+        # Its stride-p convolution would silently drop the pixels past the last whole patch.
+        check_image_size(image_size, image_size, patches.patch_size[0], cfg.name)
+    return Backbone(cfg.name, net, net.num_features, kind, lambda m, x: m(x), lambda m, x: m.forward_features(x),
+                    _timm_small_stem(net, cfg))
+
+
+def _timm_small_stem(net: nn.Module, cfg: BackboneConfig) -> bool | None:
+    """Give a timm ResNet the small stem when asked (as `resnet18-half`, itself a timm ResNet);
+    None for models without a ResNet stem, where the option means nothing."""
+    from timm.models.resnet import ResNet
+
+    if not isinstance(net, ResNet):
+        return None
+    if cfg.small_stem:
+        if not (isinstance(net.conv1, nn.Conv2d) and isinstance(net.maxpool, nn.MaxPool2d)):
+            raise UserError(f"{cfg.name} has a deep stem that selfsup cannot replace by the small one; "
+                            f"use --no-small-stem (the small stem is on by default below 64 pixels)")
+        _small_stem(net)
+    return bool(cfg.small_stem)
 
 
 # name -> builder(config, image size)

@@ -34,14 +34,17 @@ def default_patch_size(image_size: int) -> int:
     return 16 if image_size >= 64 else 4
 
 
-def check_image_size(height: int, width: int, patch_size: int, name: str = "this ViT") -> None:
+def check_image_size(height: int, width: int, patch_size: int, name: str = "this ViT", option: str = "--image-size",
+                     other_patch_sizes: bool = True) -> None:
+    """Refuse sides that are not a whole number of patches, suggesting the nearest valid values of
+    `option` (and another --patch-size, where the command has that option)."""
     if height % patch_size or width % patch_size or min(height, width) < patch_size:
         side = max(height, width, patch_size)
         lower, upper = max(patch_size, side // patch_size * patch_size), -(-side // patch_size) * patch_size
         sizes = f"{lower} or {upper}" if lower != upper else str(lower)
+        patch_hint = f", or a --patch-size that divides {side}" if other_patch_sizes else ""
         raise UserError(f"{name} with patch size {patch_size} needs image sides that are multiples of "
-                        f"{patch_size}, got {height}x{width}; use --image-size {sizes}, or a --patch-size "
-                        f"that divides {side}")
+                        f"{patch_size}, got {height}x{width}; use {option} {sizes}{patch_hint}")
 
 
 def build_vit(name: str) -> Callable[[BackboneConfig, int], "Backbone"]:

@@ -65,7 +65,9 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
             with Image.open(io.BytesIO(data)) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
                 gray = img.mode in GRAYSCALE_MODES
-                return fit_square(img, size), gray
+                pixels = fit_square(img, size)
+        # Gray pictures are often saved as RGB (most JPEGs): equal channels say so whatever the mode.
+        return pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all())
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
         return None
 
@@ -179,15 +181,19 @@ def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = No
     return read_built(target, source.describe())
 
 
+def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "image") -> None:
+    """One warning for all the files of `description` that could not be decoded, if any."""
+    if skipped:
+        warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
+             f"(e.g. {skipped[0]!r}); going on with {files - len(skipped):,}")
+
+
 def read_built(target: Path, description: str, kind: str = "image") -> ImageCache:
     """The cache written in `target` (images.u8 and index.json), memory-mapped."""
     meta = json.loads((target / "index.json").read_text())
     names, size = meta["names"], meta["size"]
     files = meta.get("files", len(names) + len(meta["skipped"]))  # a video file holds many rows
-    if meta["skipped"]:
-        first = meta["skipped"][0]
-        warn(f"skipped {len(meta['skipped']):,} of {files:,} files in {description} that are not "
-             f"readable {kind}s (e.g. {first!r}); going on with {files - len(meta['skipped']):,}")
+    warn_skipped(meta["skipped"], files, description, kind)
     if not names:
         raise UserError(f"none of the {len(meta['skipped']):,} {kind} files in {description!r} "
                         f"could be decoded; check that they are {kind}s")

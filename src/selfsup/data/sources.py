@@ -148,6 +148,11 @@ def _read_tar_members(path: Path) -> list[tuple[str, int]]:
             for member in tar:
                 if member.isfile():
                     out.append((_member_name(member), member.size))
+            # A damaged header ends a streamed tar early without an error; after a real end only
+            # zero padding follows (reading it also runs the decompressor's own checks).
+            while chunk := tar.fileobj.read(1 << 20):
+                if chunk.strip(b"\0"):
+                    raise tarfile.ReadError(f"its listing stops after {len(out):,} files, before the end")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{str(path)!r} is a damaged tar archive ({e}); re-create it or give a folder") from None
     return out
@@ -171,8 +176,13 @@ def walk_folder(path: Path, keep, digest) -> list[str]:
     """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s
     (hidden folders skipped); each file's name, size and mtime go into `digest`, so that a
     changed file changes the fingerprint."""
-    listed = []
+    listed, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already listed: a cycle, or the same files twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in filenames:
             if keep(filename):

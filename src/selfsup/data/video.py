@@ -10,7 +10,8 @@ Two layouts are read (a folder, or a .tar/.tar.gz/.tar.xz of one):
 Clips inside class folders (`CLASS/CLIP.mp4` or `CLASS/CLIP/000000.jpg`) give per-frame labels,
 used only to monitor and evaluate. Every frame is resized (shorter side) and centre-cropped into
 the memory-mapped cache, so training never decodes video. A video that cannot be decoded is
-skipped and counted, as a corrupt image is.
+skipped and counted, as a corrupt image is; so is a frame of a folder, and its clip is then
+left out of training (`views.temporal.usable_clips`), since its frames and motion rows no longer match.
 
 Motion signals (optional): `CLIP.csv` beside a clip (beside `CLIP.mp4` or the folder `CLIP/`),
 with a header line, a `frame` column holding the clip's frame indices (one row per frame, all of
@@ -33,10 +34,12 @@ import numpy as np
 from ..console import progress_bar
 from ..errors import UserError
 from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, publish, read_built
-from .sources import _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source, walk_folder
+from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source,
+                      walk_folder)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
-VIDEO_CACHE_FORMAT = 1
+VIDEO_CACHE_FORMAT = 2  # 2: names inside a tar are relative to its common folder
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class VideoCache(ImageCache):
     clip_names: list[str]  # relative path of each clip (a video file or a folder of frames)
     motion: np.ndarray | None  # (N, M) float32 motor readings per frame (NaN: clip without a CSV)
     motion_columns: list[str]
+    incomplete: set[int]  # clips with a frame that could not be decoded
 
     def clip_rows(self) -> list[np.ndarray]:
         """Cache rows of every clip, ordered by frame index."""
@@ -67,18 +71,20 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder (or tar) of videos or of frame folders")
-    videos, fingerprint = _video_listing(path)
+    videos, prefix, fingerprint = _video_listing(path)
     if videos:
-        frames, prefix = _open_videos(path, videos, fingerprint, size, cache_dir, show_progress), ""
-        clip_of = [n.rsplit("/", 1)[0] for n in frames.names]  # "CLIP.mp4/000012"
+        frames = _open_videos(path, videos, prefix, fingerprint, size, cache_dir, show_progress)
+        clip_of, broken = [n.rsplit("/", 1)[0] for n in frames.names], []  # "CLIP.mp4/000012"
     else:
         source = open_source(path)
         frames = load_cache(source, size, cache_dir, workers, show_progress)
         prefix = source.archive_prefix if not path.is_dir() else (f"{source.split}/" if source.split else "")
-        clip_of = [n.rsplit("/", 1)[0] if "/" in n else "." for n in frames.names]
-        if set(clip_of) == {"."} and prefix:  # a tar of one clip: its folder was taken as the root
+        # The folder of every frame, decoded or not (a skipped one leaves its clip incomplete).
+        folders = [n.rsplit("/", 1)[0] if "/" in n else "." for n in frames.names + frames.skipped]
+        if set(folders) == {"."} and prefix:  # a tar of one clip: its folder was taken as the root
             prefix, _, clip_name = prefix.rstrip("/").rpartition("/")
-            prefix, clip_of = prefix + "/" if prefix else "", [clip_name] * len(clip_of)
+            prefix, folders = prefix + "/" if prefix else "", [clip_name] * len(folders)
+        clip_of, broken = folders[:len(frames.names)], folders[len(frames.names):]
     clip_names = sorted(set(clip_of))
     index = {c: i for i, c in enumerate(clip_names)}
     clip = np.asarray([index[c] for c in clip_of], dtype=np.int64)
@@ -90,7 +96,8 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
         labels = np.asarray([class_index[clip_names[c].split("/", 1)[0]] for c in clip], dtype=np.int64)
     cache = VideoCache(images=frames.images, names=frames.names, labels=labels, classes=classes,
                        skipped=frames.skipped, grayscale=frames.grayscale, source=frames.source,
-                       clip=clip, frame=frame, clip_names=clip_names, motion=None, motion_columns=[])
+                       clip=clip, frame=frame, clip_names=clip_names, motion=None, motion_columns=[],
+                       incomplete={index[c] for c in broken if c in index})
     _attach_motion(cache, path, prefix)
     return cache
 
@@ -124,30 +131,34 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndar
     return frame
 
 
-def _video_listing(path: Path) -> tuple[list[str], str]:
-    """(sorted video names relative to `path`, fingerprint of the files)."""
+def _video_listing(path: Path) -> tuple[list[str], str, str]:
+    """(sorted video names relative to `prefix`, `prefix`, fingerprint of the files); `prefix` is
+    the folder every member of a tar shares (a tar of DIR holds DIR/...), as for images."""
     digest = hashlib.sha256()
     if path.is_dir():
-        return walk_folder(path, is_video_name, digest), digest.hexdigest()
+        return walk_folder(path, is_video_name, digest), "", digest.hexdigest()
     if is_tar_path(path):
         digest.update(repr(_stat_key(path)).encode())
-        return sorted(n for n, _ in _tar_members(path) if is_video_name(n)), digest.hexdigest()
+        videos = [n for n, _ in _tar_members(path) if is_video_name(n)]
+        prefix = _common_folder(videos)
+        return sorted(n[len(prefix):] for n in videos), prefix, digest.hexdigest()
     raise UserError(f"data path {str(path)!r} is a file, not a folder (or tar) of videos or frame folders")
 
 
-def _read_members(path: Path, wanted: set[str]):
-    """(name, bytes) of the wanted files of a folder or a tar, in one pass."""
+def _read_members(path: Path, wanted: set[str], prefix: str = ""):
+    """(name, bytes) of the wanted files of a folder or a tar, in one pass; names are relative to
+    the folder `prefix` inside `path`."""
     if path.is_dir():
         for name in sorted(wanted):
-            if (path / name).is_file():
-                yield name, (path / name).read_bytes()
+            if (path / prefix / name).is_file():
+                yield name, (path / prefix / name).read_bytes()
         return
     with _open_tar(path) as tar:
         for member in tar:
             name = _member_name(member)
-            if member.isfile() and name in wanted:
+            if member.isfile() and name.startswith(prefix) and name[len(prefix):] in wanted:
                 handle = tar.extractfile(member)
-                yield name, handle.read() if handle else b""
+                yield name[len(prefix):], handle.read() if handle else b""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,24 +189,24 @@ def decode_video(data: bytes, size: int) -> list[np.ndarray] | None:
     return frames or None
 
 
-def _open_videos(path: Path, videos: list[str], fingerprint: str, size: int, cache_dir,
+def _open_videos(path: Path, videos: list[str], prefix: str, fingerprint: str, size: int, cache_dir,
                  show_progress: bool) -> ImageCache:
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name.split(".")[0])[:40] or "video"
     digest = hashlib.sha256(f"video{VIDEO_CACHE_FORMAT}|{fingerprint}|{size}".encode()).hexdigest()[:16]
     target = root / f"{stem}-video-{size}px-{digest}"
     if not (target / "index.json").is_file():
-        _build_videos(path, videos, size, target, show_progress)
+        _build_videos(path, videos, prefix, size, target, show_progress)
     return read_built(target, str(path), kind="video")
 
 
-def _build_videos(path: Path, videos: list[str], size: int, target: Path, show_progress: bool) -> None:
+def _build_videos(path: Path, videos: list[str], prefix: str, size: int, target: Path, show_progress: bool) -> None:
     staging = make_staging(target)
     names, skipped = [], []
     bar = progress_bar(len(videos), f"decoding videos in {path}", unit="video", enabled=show_progress)
     try:
         with open(staging / "images.u8", "wb") as pixels:
-            for name, data in _read_members(path, set(videos)):
+            for name, data in _read_members(path, set(videos), prefix):
                 frames = decode_video(data, size)
                 if frames is None:
                     skipped.append(name)
@@ -226,24 +237,41 @@ def motion_file_of(clip_name: str) -> str:
 
 def read_motion_csv(text: str, where: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(reading columns, (T,) frame indices, (T, M) readings) of one motion CSV."""
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(cell.strip() for cell in r)]
-    if not rows or rows[0][0].strip().lower() != "frame" or len(rows[0]) < 2:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = [(reader.line_num, r) for r in reader if r and any(cell.strip() for cell in r)]
+    except csv.Error as e:
+        raise UserError(f"motion file {where} is not a readable CSV ({e}); write plain comma-separated "
+                        f"rows: a header 'frame,READING,...', then one row of numbers per frame") from None
+    header = rows[0][1] if rows else []
+    if len(header) < 2 or header[0].strip().lower() != "frame":
         raise UserError(f"motion file {where} must start with a header 'frame,READING,...' "
                         f"(e.g. frame,yaw,pitch,roll,forward)")
-    columns = [c.strip() for c in rows[0][1:]]
-    try:
-        values = np.asarray([[float(v) for v in r] for r in rows[1:]], dtype=np.float64).reshape(-1, len(columns) + 1)
-    except ValueError:
-        raise UserError(f"motion file {where} has a row that is not {len(columns) + 1} numbers; "
-                        f"write one row per frame: the frame index, then {', '.join(columns)}") from None
+    columns = [c.strip() for c in header[1:]]
+    values = []
+    for line, row in rows[1:]:
+        try:
+            numbers = [float(v) for v in row]
+        except ValueError:
+            numbers = []
+        if len(numbers) != len(columns) + 1:
+            raise UserError(f"motion file {where} line {line} is not {len(columns) + 1} numbers; "
+                            f"write one row per frame: the frame index, then {', '.join(columns)}")
+        # Readings are kept as float32, where 1e39 is inf; NaN fails the test too. Any of them would
+        # turn the clip's sums and the motion clustering into NaN.
+        if not all(abs(v) <= FLOAT32_MAX for v in numbers):
+            raise UserError(f"motion file {where} line {line} holds a value that is not a finite number "
+                            f"({','.join(row)}); give every frame a measured reading (e.g. interpolate gaps)")
+        values.append(numbers)
+    values = np.asarray(values, dtype=np.float64).reshape(-1, len(columns) + 1)
     return columns, values[:, 0].astype(np.int64), values[:, 1:].astype(np.float32)
 
 
 def _attach_motion(cache: VideoCache, path: Path, prefix: str) -> None:
     """Read CLIP.csv beside each clip into `cache.motion` (checked against the clip's frames);
     `prefix` is the folder inside `path` that clip names are relative to."""
-    wanted = {prefix + motion_file_of(c): i for i, c in enumerate(cache.clip_names)}
-    texts = {name: data.decode("utf-8", errors="replace") for name, data in _read_members(path, set(wanted))}
+    wanted = {motion_file_of(c): i for i, c in enumerate(cache.clip_names)}
+    texts = {name: data.decode("utf-8", errors="replace") for name, data in _read_members(path, set(wanted), prefix)}
     if not texts:
         return
     rows_of_clip = cache.clip_rows()
@@ -256,6 +284,8 @@ def _attach_motion(cache: VideoCache, path: Path, prefix: str) -> None:
         elif columns != columns_seen:
             raise UserError(f"motion file {name!r} has columns {columns}, other clips {columns_seen}; "
                             f"give every clip the same columns")
+        if clip in cache.incomplete:  # its rows cannot match; it is skipped (and counted) for training
+            continue
         rows = rows_of_clip[clip]
         clip_frames = cache.frame[rows]
         if len(frames) != len(clip_frames) or not np.array_equal(np.sort(frames), clip_frames):

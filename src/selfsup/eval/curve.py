@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError, output_folder, unknown_choice
+from ..outputs import output_file
 from .data import prepare
 from .protocols import finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
@@ -29,7 +30,7 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
     if per_class and fractions:
         raise UserError("give label budgets as --per-class or as --fraction, not both")
-    output_folder(Path(out).expanduser().parent)  # before the protocols run, not after
+    output_file(_png(out))  # before the protocols run, not after
     budgets = [Budget(per_class=k) for k in per_class] if per_class else \
         [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
     specs = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
@@ -68,10 +69,15 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    out = Path(out).expanduser()
-    if not out.suffix:  # matplotlib would add .png itself, and the path reported would not exist
-        out = out.with_suffix(".png")
+    out = _png(out)
     output_folder(out.parent)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _png(out: str | Path) -> Path:
+    """`out`, with .png added when it has no suffix: matplotlib would add it itself, and the path
+    reported would not exist."""
+    out = Path(out).expanduser()
+    return out if out.suffix else out.with_suffix(".png")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 @torch.no_grad()
 def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                k: int, temperature: float, num_classes: int, chunk: int = 1024) -> torch.Tensor:
-    """(N_test, C) summed vote weights per class."""
+    """(N_test, C) each class's share of the query's vote weight (rows sum to 1)."""
     train = F.normalize(train_features.float(), dim=1)
     train_labels = train_labels.to(train.device)
     k = min(k, len(train))
@@ -20,10 +20,12 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     for start in range(0, len(test_features), chunk):
         query = F.normalize(test_features[start:start + chunk].float().to(train.device), dim=1)
         similarity, neighbours = (query @ train.T).topk(k, dim=1)  # (q, k)
-        weights = (similarity / temperature).exp()
+        # exp(s / T) overflows float32 for T below ~0.011; dividing every weight of a query by its
+        # nearest neighbour's, exp(s_max / T), leaves its vote unchanged and the largest weight 1.
+        weights = ((similarity - similarity[:, :1]) / temperature).exp()  # (q, k)
         votes = torch.zeros(len(query), num_classes, device=train.device)
         votes.scatter_add_(1, train_labels[neighbours], weights)
-        scores.append(votes)
+        scores.append(votes / votes.sum(dim=1, keepdim=True))
     return torch.cat(scores) if scores else torch.zeros(0, num_classes)
 
 

@@ -10,14 +10,15 @@ the test set's size as `NAME_ci`. The public `evaluate_*` functions take an enco
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import override
+from ..config import override, ranged
 from ..errors import UserError
+from ..outputs import atomic_path, output_file
 from .data import Setup, prepare
 from .features import extract_features
 from .finetune import FinetuneConfig, finetune
@@ -29,6 +30,51 @@ from .stats import summarise
 from .subsets import Budget, Split, make_split, save_split
 
 DEFAULT_VAL_FRACTION = 0.1
+
+
+@dataclass
+class Ranges:
+    """The valid values of the kNN, linear and retrieval options (fine-tuning's are in
+    `FinetuneConfig`), checked by `config.override` like any config value. Only the ranges are
+    used: the defaults are the protocol functions'."""
+    k: int = ranged(20, 1, None)
+    temperature: float = ranged(0.07, 1e-6, None)
+    epochs: int = ranged(100, 1, None)
+    lr: float = ranged(1e-3, 0.0, None)
+    weight_decay: float = ranged(0.0, 0.0, None)
+    batch_size: int = ranged(1024, 1, None)
+
+
+def _values(protocol: str, name: str, value) -> tuple:
+    """`value`, one or several, as a tuple of checked values (an error names `protocol.name`)."""
+    values = tuple(np.atleast_1d(value).tolist())
+    if not values:
+        raise UserError(f"{protocol}.{name} needs at least one value")
+    for v in values:
+        override(Ranges(), {name: v}, protocol)
+    return values
+
+
+def _knn_options(k, temperature: float) -> tuple[tuple[int, ...], float]:
+    """(the k, one or several, the last the headline; the temperature), checked."""
+    return _values("knn", "k", k), override(Ranges(), {"temperature": temperature}, "knn").temperature
+
+
+def _linear_options(lr, weight_decay, epochs: int, batch_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(learning rates, weight decays), each one or a grid, checked with the epochs and batch size."""
+    override(Ranges(), {"epochs": epochs, "batch_size": batch_size}, "linear")
+    return _values("linear", "lr", lr), _values("linear", "weight_decay", weight_decay)
+
+
+def _finetune_options(config: FinetuneConfig | dict | None) -> FinetuneConfig:
+    """A `FinetuneConfig`, given or from a dict of its fields, checked."""
+    return config if isinstance(config, FinetuneConfig) else override(FinetuneConfig(), dict(config or {}), "finetune")
+
+
+def _retrieval_options(ks, out) -> tuple[tuple[int, ...], Path | None]:
+    """(the ranks of precision@k, one or several; the neighbours file or None), checked: the
+    file, that it can be written."""
+    return _values("retrieval", "k", ks), None if out is None else output_file(out)
 
 
 def reveal_test_labels(setup: Setup) -> torch.Tensor:
@@ -72,6 +118,7 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
 def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tuple[int, ...] = (20, 200),
                  temperature: float = 0.07) -> dict:
     """Weighted kNN (Wu et al. 2018) for each k; the last k is the headline."""
+    k, temperature = _knn_options(k, temperature)
     train_x, test_x = setup.features()
     train_y, classes = _train_labels(setup), len(setup.train.classes)
 
@@ -94,9 +141,9 @@ def linear_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
                     val_fraction: float = DEFAULT_VAL_FRACTION, lr=SWEEP_LRS, weight_decay=SWEEP_WEIGHT_DECAYS,
                     epochs: int = 100, batch_size: int = 1024) -> dict:
     """Linear probe on frozen features; lr and weight decay chosen on the validation split."""
+    lrs, wds = _linear_options(lr, weight_decay, epochs, batch_size)
     train_x, test_x = (x.to(setup.device) for x in setup.features())
     train_y, classes = _train_labels(setup).to(setup.device), len(setup.train.classes)
-    lrs, wds = tuple(np.atleast_1d(lr).tolist()), tuple(np.atleast_1d(weight_decay).tolist())
 
     def one_seed(split: Split) -> dict:
         t, v = torch.from_numpy(split.train).to(setup.device), torch.from_numpy(split.val).to(setup.device)
@@ -113,8 +160,7 @@ def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
                       val_fraction: float = DEFAULT_VAL_FRACTION, config: FinetuneConfig | dict | None = None) -> dict:
     """The whole network fine-tuned with a new head; the best state on the validation split.
     `config`: a `FinetuneConfig` or a dict of its fields (epochs, lr, freeze_stages, ...)."""
-    if not isinstance(config, FinetuneConfig):
-        config = override(FinetuneConfig(), dict(config or {}), "finetune")
+    config = _finetune_options(config)
     train_y, classes, encoder = _train_labels(setup), len(setup.train.classes), setup.encoder
 
     def one_seed(split: Split) -> dict:
@@ -132,6 +178,7 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
                        out: str | Path | None = None) -> dict:
     """Each test image's nearest training images by cosine similarity; precision@k and mAP
     when labels exist; the neighbour lists written to `out` (JSON) when given."""
+    ks, out = _retrieval_options(ks, out)
     train_x, test_x = setup.features()
     train_y = _train_labels(setup) if setup.train.labels is not None else None
 
@@ -155,7 +202,8 @@ def _write_neighbours(out, setup: Setup, split: Split, similarity: torch.Tensor,
     content = {"queries": setup.test.names, "gallery": setup.train.source,
                "neighbours": [[names[j] for j in row] for row in neighbours.tolist()],
                "similarity": [[round(s, 5) for s in row] for row in similarity.tolist()]}
-    Path(out).expanduser().write_text(json.dumps(content))
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(content))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,12 +216,13 @@ def _finish(setup: Setup, result: dict, record: bool) -> dict:
     return result
 
 
-def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: tuple[int, ...] = (20, 200),
+def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple[int, ...] = (20, 200),
                  temperature: float = 0.07, fraction: float | None = None, per_class: int | None = None,
                  seeds: int = 1, record: bool = True, **options) -> dict:
     """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
+    k, temperature = _knn_options(k, temperature)  # before any image is read
     setup = prepare(checkpoint, train, test, data, **options)
-    return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, tuple(k), temperature), record)
+    return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, k, temperature), record)
 
 
 def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = 100, lr=SWEEP_LRS,
@@ -182,6 +231,7 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
                     record: bool = True, **options) -> dict:
     """Top-1/top-5 of a linear probe on frozen features (lr and weight decay: a value or a grid
     searched on the validation split)."""
+    _linear_options(lr, weight_decay, epochs, batch_size)  # before any image is read
     setup = prepare(checkpoint, train, test, data, **options)
     result = linear_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, lr, weight_decay, epochs,
                              batch_size)
@@ -193,14 +243,16 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
                       record: bool = True, config: dict | FinetuneConfig | None = None, **options) -> dict:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
+    config = _finetune_options(config)  # before any image is read
     setup = prepare(checkpoint, train, test, data, **options)
     return _finish(setup, finetune_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, config), record)
 
 
-def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: tuple[int, ...] = (1, 10, 50),
+def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int | tuple[int, ...] = (1, 10, 50),
                        fraction: float | None = None, per_class: int | None = None, seeds: int = 1,
                        out: str | Path | None = None, record: bool = True, **options) -> dict:
     """Test images as queries, training images as the gallery: precision@k and mAP (with labels;
     unlabelled folders work too, for the neighbour lists written to `out`)."""
+    ks, out = _retrieval_options(ks, out)  # before any image is read
     setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
-    return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class), seeds, tuple(ks), out), record)
+    return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class), seeds, ks, out), record)

@@ -61,25 +61,35 @@ def _features(backbone, images: np.ndarray, rows: np.ndarray, size: int, device,
 
 
 @torch.no_grad()
-def equivariance_report(checkpoint, data, motion_classes: int = 6, gap: int = 1, seed: int = 0,
-                        device: str = "cpu", cache_dir=None) -> dict:
+def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap: int | None = None,
+                        seed: int | None = None, device: str = "cpu", cache_dir=None) -> dict:
     """{"fitted": {class: rho}} on the encoder's pooled features, and for an egomotion checkpoint
-    also {"learned": {class: rho}} with its own maps on its embedding z."""
+    also {"learned": {class: rho}} with its own maps on its embedding z. Motion classes are made
+    as the run made them (its egomotion config and seed) unless `motion_classes`, `gap` or `seed`
+    say otherwise; the learned maps are scored only on the classes they were trained for."""
     from ..data.video import open_clips
     from ..encoder import load_encoder
     from ..methods.egomotion import Config, samples
 
     encoder = load_encoder(checkpoint)
+    cfg = encoder.config
+    trained = cfg.method_config if cfg is not None and cfg.method == "egomotion" else None
+    run_seed = cfg.train.seed if trained is not None else 0
+    base = trained or Config()
+    # Only what decides the classes: the run's labelled clips need not be among `data`.
+    config = Config(motion_classes=base.motion_classes if motion_classes is None else motion_classes,
+                    pair_gap=base.pair_gap if gap is None else gap)
+    seed = run_seed if seed is None else seed
     cache = open_clips(data, encoder.cache_size, cache_dir=cache_dir, show_progress=False)
-    pairs = samples(Config(motion_classes=motion_classes, pair_gap=gap), cache, seed)
+    pairs = samples(config, cache, seed)
     backbone = encoder.backbone.to(device).eval()
     first = _features(backbone, cache.images, pairs.rows[:, 0], encoder.image_size, device)
     later = _features(backbone, cache.images, pairs.rows[:, 1], encoder.image_size, device)
     classes = pairs.side.motion_class
     report = {"fitted": equivariance_error(F.normalize(first, dim=1).numpy(), F.normalize(later, dim=1).numpy(),
                                            classes, seed=seed)}
-    cfg = encoder.config
-    if cfg is not None and cfg.method == "egomotion" and cfg.method_config.motion_classes == motion_classes:
+    if trained is not None and (config.motion_classes, config.pair_gap, seed) == (
+            trained.motion_classes, trained.pair_gap, run_seed):
         from ..methods import build_method
         from ..checkpoint import load_checkpoint
 

@@ -11,11 +11,12 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     (B, 1, H, W) / (B, H, W), 1 where hidden. The error is averaged over the values of each masked
     unit, then over masked units: what the model does where nothing was hidden cannot change it.
     """
-    error = (prediction.float() - target.float()) ** 2
-    if error.dim() == 3:  # (B, N, D): mean over each patch's values, as MAE does
-        per_unit = error.mean(dim=-1)
-        mask = mask.to(per_unit.dtype)
+    if prediction.dim() == 3:  # (B, N, D): mean over each patch's values, as MAE does
+        hidden = mask.bool()[..., None]  # (B, N, 1)
+        reduce = -1
     else:  # (B, C, H, W): mean over channels per pixel
-        per_unit = error.mean(dim=1)
-        mask = mask.reshape(per_unit.shape).to(per_unit.dtype)
-    return (per_unit * mask).sum() / mask.sum().clamp_min(1.0)
+        hidden = mask.bool().reshape(len(prediction), 1, *prediction.shape[2:])  # (B, 1, H, W)
+        reduce = 1
+    # Select, not multiply: inf * 0 is NaN, and so would be the gradient of any unselected inf.
+    difference = torch.where(hidden, prediction.float() - target.float(), 0.0)
+    return (difference ** 2).mean(dim=reduce).sum() / hidden.sum().clamp_min(1)

@@ -1,7 +1,7 @@
 """BYOL (Grill et al. 2020): an online network predicts a slowly moving target network's projection.
 
     v1, v2 = view_1(x), view_2(x)                  # BYOL's asymmetric recipe (blur 1.0 / 0.1, ...)
-    z1, z2 = g(f(v1)), g(f(v2))                    # online: encoder f, projection g
+    z1, z2 = g(f(v1)), g(f(v2))                    # online: encoder f, projection g; a pass per view
     p1, p2 = q(z1), q(z2)                          # predictor q
     t1, t2 = g'(f'(v1)), g'(f'(v2))                # target (f', g'): an EMA of (f, g), no gradient
     loss = byol_loss(p1, t2) + byol_loss(p2, t1)   # 2 - 2 cos, symmetrised; no negatives
@@ -19,7 +19,7 @@ from ..config import ranged
 from ..losses import byol_loss
 from ..nn import ema_copy, ema_momentum, ema_update, mlp
 from ..views import ViewConfig, byol_view_1, byol_view_2, make_view
-from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe
+from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe, two_views
 
 
 @dataclass
@@ -29,6 +29,9 @@ class Config:
     projection_hidden_dim: int = ranged(4096, 1, None)
     projection_dim: int = ranged(256, 1, None)
     predictor_hidden_dim: int = ranged(4096, 1, None)
+    # False: a pass per view, so BatchNorm statistics are per view, as in the paper's code; True:
+    # both views as one batch of 2B, BatchNorm normalising them together (see `two_views`).
+    one_pass: bool = False
     view_1: ViewConfig = field(default_factory=byol_view_1)
     view_2: ViewConfig = field(default_factory=byol_view_2)
 
@@ -69,15 +72,15 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         c = self.config
-        views = torch.cat([make_view(batch.images, c.view_1, self.image_size, batch.generator),
-                           make_view(batch.images, c.view_2, self.image_size, batch.generator)])  # (2B, 3, S, S)
-        z = self.online(views)  # (2B, d)
-        p1, p2 = self.predictor(z).chunk(2)
+        v1 = make_view(batch.images, c.view_1, self.image_size, batch.generator)  # (B, 3, S, S)
+        v2 = make_view(batch.images, c.view_2, self.image_size, batch.generator)
+        z1, z2 = two_views(self.online, v1, v2, c.one_pass)  # (B, d) each
+        p1, p2 = two_views(self.predictor, z1, z2, c.one_pass)
         with torch.no_grad():
-            t1, t2 = self.target(views).chunk(2)
+            t1, t2 = two_views(self.target, v1, v2, c.one_pass)
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         momentum = ema_momentum(progress, c.momentum, c.momentum_final)
-        return MethodOutput(loss=loss, metrics={"momentum": torch.tensor(momentum)}, embedding=z[:len(p1)].detach())
+        return MethodOutput(loss=loss, metrics={"momentum": torch.tensor(momentum)}, embedding=z1.detach())
 
     def after_step(self, progress: Progress) -> None:
         ema_update(self.target, self.online, ema_momentum(progress, self.config.momentum, self.config.momentum_final))

@@ -111,7 +111,7 @@ class Method(nn.Module):
         self.config, self.image_size = config, image_size
         net = SplitBrain(with_input_channels(backbone, 1), with_input_channels(backbone, 2))
         self.backbone = Backbone(f"split-brain {backbone.name}", net, 2 * backbone.feature_dim, "cnn",
-                                 lambda m, x: m(x), lambda m, x: m.forward_map(x))
+                                 lambda m, x: m(x), lambda m, x: m.forward_map(x), backbone.small_stem)
         self.bins = ABBins(config.ab_grid)
         classify = config.loss == "classification"
         self.to_ab = nn.Conv2d(backbone.feature_dim, len(self.bins) if classify else 2, 1)  # from L's map

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..config import ranged
+from ..config import RunConfig, ranged
+from ..errors import UserError
 from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
 
 
@@ -47,6 +48,32 @@ class MultiCropConfig:
         """The global crops at `global_size`, then the local crops (`views.multi_crop`)."""
         return multi_crop(images_u8, [self.global_view_1, self.global_view_2], self.global_crops, global_size,
                           self.local_view, self.local_crops, self.local_size, generator)
+
+
+def check_multi_crop(cfg: RunConfig) -> None:
+    """Refuse, before any data is read, local crops larger than the global ones, or that a ViT
+    cannot cut into whole patches (for `check_config` of the methods with a `MultiCropConfig`)."""
+    from ..backbones.vit import VITS, check_image_size
+
+    c, size = cfg.method_config, cfg.data.image_size
+    if not c.local_crops:
+        return
+    if c.local_size > size:
+        raise UserError(f"--local-size {c.local_size} is larger than the global crops (--image-size {size}); "
+                        f"local crops must be at most {size} pixels")
+    if cfg.backbone.name in VITS:
+        check_image_size(c.local_size, c.local_size, cfg.backbone.patch_size, cfg.backbone.name,
+                         option="--local-size", other_patch_sizes=False)
+
+
+def two_views(network: Callable[[torch.Tensor], torch.Tensor], x1: torch.Tensor, x2: torch.Tensor,
+              one_pass: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`network` on two views of a batch. one_pass: as one batch of 2B, so BatchNorm normalises the
+    two views together (SimCLR's global BN); otherwise a pass per view, BatchNorm statistics per
+    view (BYOL's and MoCo v3's pseudo-code and official code)."""
+    if one_pass:
+        return network(torch.cat([x1, x2])).chunk(2)
+    return network(x1), network(x2)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..config import ranged
 from ..errors import UserError
 from ..losses import dino_center, dino_loss
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
-from .common import Batch, MethodOutput, MultiCropConfig, Progress, lightly_cifar_recipe
+from .common import Batch, MethodOutput, MultiCropConfig, Progress, check_multi_crop, lightly_cifar_recipe
 
 
 @dataclass
@@ -78,6 +78,8 @@ def _imagenet() -> dict:
 
 
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+check_config = check_multi_crop  # local crops the backbone cannot take are refused before data is read
 
 
 def teacher_temperature(config: Config, progress: Progress) -> float:

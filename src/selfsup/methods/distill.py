@@ -29,7 +29,7 @@ from ..config import RunConfig, ranged
 from ..errors import UserError
 from ..losses import byol_loss, cross_view_entropy, ibot_patch_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_update, forward_by_size
-from .common import Batch, MethodOutput, MultiCropConfig, Progress
+from .common import Batch, MethodOutput, MultiCropConfig, Progress, check_multi_crop
 from .ibot import patch_masks
 
 
@@ -67,6 +67,7 @@ PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
 def check_config(cfg: RunConfig) -> None:
+    check_multi_crop(cfg)
     if not cfg.method_config.teacher:
         raise UserError("--method distill needs a teacher: --teacher CKPT (a selfsup checkpoint or run folder, "
                         "or weights:FILE with --set distill.teacher_backbone=NAME)")

@@ -7,7 +7,7 @@
     loss = dino(h(s_cls), h'(t_cls))                        # image level: CE over pairs of views
          + ibot(g(s_patch[m]), g'(t_patch[m]))              # patch level: recover the teacher's
                                                             # view of each masked patch
-         + 0.1 koleo(s_cls of each global crop)             # spread the batch's features
+         + 0.1 sum of koleo(s_cls of each global crop)      # spread the batch's features
     teacher targets: Sinkhorn-Knopp (DINOv2) or DINO's centring and sharpening (iBOT)
     after the optimizer step: teacher <- EMA of the student (backbone, h, g)
 
@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..losses import cross_view_entropy, dino_center, ibot_patch_loss, koleo_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
 from ..views import block_mask
-from .common import Batch, MethodOutput, MultiCropConfig, Progress
+from .common import Batch, MethodOutput, MultiCropConfig, Progress, check_multi_crop
 from .dino import teacher_temperature
 
 
@@ -57,7 +57,7 @@ class Config(MultiCropConfig):
     koleo_weight: float = ranged(0.1, 0.0, None)
     # Masking: half the global crops get a block mask over 10 % to 50 % of their patches.
     mask_probability: float = ranged(0.5, 0.0, 1.0)
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_ratio: tuple[float, float] = ranged((0.1, 0.5), 0.0, 1.0, ordered=True)  # (low, high)
 
 
 def _cifar() -> dict:
@@ -94,12 +94,14 @@ PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
 def check_config(cfg: RunConfig) -> None:
-    """iBOT masks patch tokens: it needs one of the ViTs whose tokens selfsup can reach."""
+    """iBOT masks patch tokens: it needs one of the ViTs whose tokens selfsup can reach, and local
+    crops that ViT can cut into patches."""
     from ..backbones.vit import VITS
 
     if cfg.backbone.name not in VITS:
         raise UserError(f"--method ibot masks patch tokens and needs a ViT: --backbone {', '.join(VITS)} "
                         f"(got {cfg.backbone.name})")
+    check_multi_crop(cfg)
 
 
 def patch_masks(n: int, grid: tuple[int, int], config: Config, generator: torch.Generator) -> torch.Tensor:
@@ -166,7 +168,9 @@ class Method(nn.Module):
         dino = cross_view_entropy(s, targets, c.student_temperature)
         ibot = ibot_patch_loss(s_patch, self._targets(t_patch, self.patch_center, temperature), masks,
                                c.student_temperature)
-        koleo = torch.stack([koleo_loss(v) for v in tokens[:, 0].chunk(c.global_crops)]).mean()
+        # Summed over the global crops (never across them: two crops of one image are not neighbours
+        # to push apart), as DINOv2's code does: koleo_loss_weight * sum over its 2 global crops.
+        koleo = sum(koleo_loss(v) for v in tokens[:, 0].chunk(c.global_crops))
         loss = c.dino_weight * dino + c.ibot_weight * ibot + c.koleo_weight * koleo
         if c.centering == "centre":  # after the loss, as in DINO and iBOT
             self.center.copy_(dino_center(self.center, t, c.center_momentum))

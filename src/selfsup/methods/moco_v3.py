@@ -1,7 +1,7 @@
 """MoCo v3 (Chen, Xie, He 2021): symmetric InfoNCE against a momentum encoder, negatives from the batch.
 
     x1, x2 = view_1(x), view_2(x)                  # BYOL's asymmetric recipe
-    q1, q2 = h(g(f(x1))), h(g(f(x2)))              # backbone f, projection g, predictor h
+    q1, q2 = h(g(f(x1))), h(g(f(x2)))              # backbone f, projection g, predictor h; a pass per view
     k1, k2 = g'(f'(x1)), g'(f'(x2))                # momentum encoder (f', g'): an EMA of (f, g)
     loss = 2T (info_nce(q1, k2, T) + info_nce(q2, k1, T))   # no queue: the batch's other keys
     after the optimizer step: (f', g') <- m (f', g') + (1 - m) (f, g), m a cosine from 0.99 to 1
@@ -22,7 +22,7 @@ from ..config import ranged
 from ..losses import info_nce
 from ..nn import ema_copy, ema_momentum, ema_update, mlp
 from ..views import ViewConfig, byol_view_1, byol_view_2, make_view
-from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe
+from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe, two_views
 
 
 @dataclass
@@ -34,6 +34,9 @@ class Config:
     projection_dim: int = ranged(256, 1, None)
     predictor_hidden_dim: int = ranged(4096, 1, None)
     freeze_patch_embedding: bool = True  # ViTs only
+    # False: a pass per view, so BatchNorm statistics are per view, as in the official code; True:
+    # both views as one batch of 2B, BatchNorm normalising them together (see `two_views`).
+    one_pass: bool = False
     view_1: ViewConfig = field(default_factory=byol_view_1)
     view_2: ViewConfig = field(default_factory=byol_view_2)
 
@@ -83,9 +86,10 @@ class Method(nn.Module):
         c = self.config
         x1 = make_view(batch.images, c.view_1, self.image_size, batch.generator)
         x2 = make_view(batch.images, c.view_2, self.image_size, batch.generator)
-        q1, q2 = self.predictor(self.online(torch.cat([x1, x2]))).chunk(2)  # (B, d) each
+        z1, z2 = two_views(self.online, x1, x2, c.one_pass)
+        q1, q2 = two_views(self.predictor, z1, z2, c.one_pass)  # (B, d) each
         with torch.no_grad():
-            k1, k2 = self.target(torch.cat([x1, x2])).chunk(2)
+            k1, k2 = two_views(self.target, x1, x2, c.one_pass)
         # Scaled by 2T as in the official code: this removes the 1/T factor from the gradient.
         loss = 2 * c.temperature * (info_nce(q1, k2, c.temperature) + info_nce(q2, k1, c.temperature))
         momentum = ema_momentum(progress, c.momentum, c.momentum_final)

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from ..backbones import Backbone
+from ..config import ranged
 from ..losses import nt_xent
 from ..nn import mlp
 from ..views import ViewConfig, make_view
-from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe
+from .common import Batch, MethodOutput, Progress, lightly_cifar_recipe, two_views
 
 
 @dataclass
 class Config:
-    temperature: float = 0.1  # ImageNet, large batches (paper table 5)
-    projection_hidden_dim: int = 2048
-    projection_dim: int = 128
+    temperature: float = ranged(0.1, 1e-6, None)  # ImageNet, large batches (paper table 5)
+    projection_hidden_dim: int = ranged(2048, 1, None)
+    projection_dim: int = ranged(128, 1, None)
     # End the projection with BatchNorm, as SimCLR's official code does (v1 and v2) and lightly's
     # head since April 2023, the head of its 0.848 CIFAR-10 figure.
     projection_output_batch_norm: bool = False
@@ -67,10 +67,7 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         views = [make_view(batch.images, self.config.views, self.image_size, batch.generator) for _ in range(2)]
-        if self.config.one_pass:
-            z_a, z_b = self.projection(self.backbone(torch.cat(views))).chunk(2)  # (2B, d)
-        else:
-            z_a, z_b = (self.projection(self.backbone(v)) for v in views)
+        z_a, z_b = two_views(lambda x: self.projection(self.backbone(x)), *views, self.config.one_pass)  # (B, d)
         loss = nt_xent(z_a, z_b, self.config.temperature)
         return MethodOutput(loss=loss, embedding=z_a.detach())
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
-from ..config import ranged
+from ..config import RunConfig, ranged
 from ..data.video import VideoCache, open_clips
 from ..errors import UserError
 from ..nn import mlp
@@ -25,6 +25,7 @@ from . import rotation
 from .common import Batch, MethodOutput, Progress, Samples
 
 open_data = open_clips  # the trainer reads clips, not single images
+MORE_SAMPLES = "--set temporal-order.tuples_per_clip=N"  # named when the batch outgrows the tuples
 
 
 @dataclass
@@ -63,6 +64,13 @@ def _imagenet() -> dict:
 
 
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse, before any data is read, a tuple without a middle frame (called by config.resolve)."""
+    length = cfg.method_config.tuple_length
+    if length % 2 == 0:  # a negative puts the middle frame out of place: an even tuple has none
+        raise UserError(f"temporal-order.tuple_length must be 3 or 5 (a tuple with a middle frame), got {length}")
 
 
 def check_data(config: Config, cache, train_idx) -> None:

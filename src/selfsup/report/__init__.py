@@ -9,19 +9,30 @@ run's own pretraining data when it holds train/ and test/ with class folders.
 """
 from __future__ import annotations
 
-import os
 import time
+from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from ..config import override, ranged
 from ..errors import UserError
+from ..outputs import atomic_path, output_file
 from . import figures, html
 from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt")
+
+
+@dataclass
+class Ranges:
+    """The valid values of the pictures' options, checked by `config.override` like any config
+    value. Only the ranges are used: the defaults are `build_report`'s."""
+    queries: int = ranged(6, 1, None)
+    neighbours: int = ranged(8, 1, None)
+    max_points: int = ranged(2000, figures.MIN_MAP_POINTS, None)
 
 
 def _check_run(path: str | Path) -> Path:
@@ -110,12 +121,17 @@ def _embedding_pictures(run: Path, cfg: dict, where: dict | None, options: dict)
     _, idx = nearest_neighbours(test_x[queries], train_x, options["neighbours"])
     grid = figures.neighbour_grid(setup.test.images[queries], test_y[queries], setup.train.images, idx.numpy(),
                                   train_y, classes)
-    shown = np.unique(np.linspace(0, len(test_x) - 1, min(len(test_x), options["max_points"])).astype(int))
-    coords, method = figures.project_2d(test_x[shown])
     caption = (f"each row: a test image of {setup.test.source} (black) and its nearest training images of "
                f"{setup.train.source} by cosine similarity (green: same class; red: another)")
-    return (html.image(grid, "nearest neighbours", caption),
-            html.image(figures.embedding_map(coords, test_y[shown], classes, method), "embedding map", method))
+    return html.image(grid, "nearest neighbours", caption), _embedding_map(test_x, test_y, classes, options)
+
+
+def _embedding_map(test_x, test_y, classes: list[str], options: dict) -> str:
+    if len(test_x) < figures.MIN_MAP_POINTS:
+        return html.note(f"{len(test_x)} test image(s): a 2-D map needs at least {figures.MIN_MAP_POINTS}")
+    shown = np.unique(np.linspace(0, len(test_x) - 1, min(len(test_x), options["max_points"])).astype(int))
+    coords, method = figures.project_2d(test_x[shown])
+    return html.image(figures.embedding_map(coords, test_y[shown], classes, method), "embedding map", method)
 
 
 def _pictures(run: Path, skip: set[str]) -> str:
@@ -152,9 +168,10 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
     runs = [_check_run(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not runs:
         raise UserError("give at least one run folder")
+    counts = override(Ranges(), {"queries": queries, "neighbours": neighbours, "max_points": max_points}, "report")
+    out = output_file(out)  # before the pictures are drawn, not after
     names = _names(runs)
-    options = dict(device=device, cache_dir=cache_dir, queries=queries, neighbours=neighbours,
-                   max_points=max_points, show_progress=show_progress)
+    options = dict(device=device, cache_dir=cache_dir, show_progress=show_progress, **asdict(counts))
     where = {"data": data, "train": train, "test": test}
     sections = [_run_section(run, name, i, where, options) for i, (run, name) in enumerate(zip(runs, names))]
     headers, rows = comparison_rows(runs, names)
@@ -162,12 +179,6 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
     written = html.note(f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M')}")
     body = (f"<h1>selfsup report</h1>{written}<nav>{nav}</nav>"
             f"<h2>Comparison</h2>{html.table(headers, rows, 'comparison')}" + "".join(sections))
-    out = Path(out).expanduser()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with atomic_path(out) as tmp:
         tmp.write_text(html.page("selfsup report", body), encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"cannot write {str(out)!r} ({e.strerror}); choose a writable --out") from None
     return out

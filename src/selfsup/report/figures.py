@@ -70,6 +70,10 @@ def neighbour_grid(query_images: np.ndarray, query_labels: np.ndarray, gallery_i
     return buffer.getvalue()
 
 
+# t-SNE's perplexity must be below the number of points, and fewer points show nothing anyway.
+MIN_MAP_POINTS = 3
+
+
 def project_2d(features: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:
     """(N, 2) coordinates and the method's name: t-SNE (van der Maaten & Hinton 2008) with
     scikit-learn when installed, else the first two principal components."""

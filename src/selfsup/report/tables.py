@@ -51,7 +51,16 @@ def _headline(result: dict) -> float | None:
     return result.get("map") if result["protocol"] == "retrieval" else result.get("top1")
 
 
-def _run_facts(run: Path) -> dict:
+def _column(result: dict) -> tuple:
+    """What a result's figure is comparable with: the same protocol (and k for kNN), label budget,
+    training and test data. Results that differ in any of these never share a column."""
+    k = f" k={result.get('k')}" if result["protocol"] == "knn" else ""
+    return (f"{result['protocol']}{k} ({result.get('budget', 'all labels')})", result.get("train_data"),
+            result.get("test_data"))
+
+
+def _run_facts(run: Path) -> tuple[dict, dict]:
+    """(what the run is, its latest headline figure in each column)."""
     from ..eval.record import read_evals
     from ..train import read_metrics
 
@@ -61,17 +70,26 @@ def _run_facts(run: Path) -> dict:
     facts = {"method": cfg.get("method"), "backbone": (cfg.get("backbone") or {}).get("name"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
-    for r in read_evals(run):  # the latest result of each protocol and budget
-        if r.get("protocol") != "curve" and _headline(r) is not None:
-            facts[f"{r['protocol']} ({r.get('budget', 'all labels')})"] = _headline(r)
-    return facts
+    figures = {_column(r): _headline(r) for r in read_evals(run)  # in time order: the latest stays
+               if r.get("protocol") != "curve" and _headline(r) is not None}
+    return facts, figures
+
+
+def _header(column: tuple, columns: list[tuple]) -> str:
+    """'knn k=200 (all labels) on TEST', naming the training data too where another column has the
+    same name with other training data."""
+    name, train, test = column
+    header = f"{name} on {test}" if test else name
+    if any(c[0] == name and c[2] == test and c[1] != train for c in columns):
+        header += f", labels from {train}"
+    return header
 
 
 def comparison_rows(runs: list[Path], names: list[str]) -> tuple[list[str], list[list]]:
-    """(headers, one row per run): what each run is, and its latest figure per protocol and
-    label budget (top-1; mAP for retrieval)."""
-    facts = [_run_facts(run) for run in runs]
-    keys = []
-    for f in facts:
-        keys += [k for k in f if k not in keys]
-    return ["run"] + keys, [[name] + [f.get(k) for k in keys] for name, f in zip(names, facts)]
+    """(headers, one row per run): what each run is, and its latest figure per protocol, label
+    budget and data (top-1; mAP for retrieval)."""
+    facts, figures = zip(*(_run_facts(run) for run in runs))
+    columns = list(dict.fromkeys(c for f in figures for c in f))
+    headers = list(facts[0]) + [_header(c, columns) for c in columns]
+    rows = [[name, *f.values(), *(g.get(c) for c in columns)] for name, f, g in zip(names, facts, figures)]
+    return ["run"] + headers, rows

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 
 def add_synth_parser(commands, common) -> None:
@@ -34,12 +35,26 @@ def add_synth_parser(commands, common) -> None:
     i.set_defaults(run=_interaction)
 
 
-def _motion(args) -> int:
+def _check_ranges(kind: str, checks: list[tuple[str, object, bool, str]]) -> None:
+    """One line for the first (flag, value, within its range, the range) that is out of range."""
     from ..errors import UserError
+
+    for flag, value, ok, valid in checks:
+        if not ok:
+            raise UserError(f"synth {kind}: {flag} {value} is out of range; give {valid}")
+
+
+def _motion(args) -> int:
     from .motion import MotionSettings, make_motion_clips
 
-    if args.frames < 2 or args.size < 4 or not 0 < args.view <= 1 or args.speed < 0:
-        raise UserError("synth motion: --frames >= 2, --size >= 4, 0 < --view <= 1 and --speed >= 0")
+    _check_ranges("motion", [
+        ("--frames", args.frames, args.frames >= 2, "2 or more"),
+        ("--size", args.size, args.size >= 4, "4 or more pixels"),
+        ("--view", args.view, 0 < args.view <= 1, "a fraction above 0 and at most 1"),
+        ("--speed", args.speed, 0 <= args.speed < math.inf, "a finite number, 0 or more"),
+        ("--clips-per-image", args.clips_per_image, args.clips_per_image >= 1, "1 or more"),
+        ("--max-images", args.max_images, args.max_images >= 0, "0 (every image) or more"),
+        ("--seed", args.seed, args.seed >= 0, "0 or more")])
     settings = MotionSettings(frames=args.frames, size=args.size, view=args.view, speed=args.speed,
                               clips_per_image=args.clips_per_image, max_images=args.max_images, seed=args.seed,
                               **({"motions": tuple(m.strip() for m in args.motions.split(","))} if args.motions else {}))
@@ -51,6 +66,9 @@ def _motion(args) -> int:
 def _interaction(args) -> int:
     from .interaction import WorldSettings, record_interactions
 
+    _check_ranges("interaction", [
+        ("--size", args.size, args.size >= 4, "4 or more pixels"),
+        ("--seed", args.seed, args.seed >= 0, "0 or more")])
     settings = WorldSettings(size=args.size, seed=args.seed)
     result = record_interactions(args.out, args.count, args.objects, settings, backgrounds=args.source,
                                  show_progress=not args.no_progress)

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..console import progress_bar
+from ..data.cache import warn_skipped
 from ..data.sources import open_source
 from ..errors import UserError
 from . import new_output_folder
@@ -103,12 +104,13 @@ def render(image: Image.Image, state: np.ndarray, size: int) -> Image.Image:
     return image.transform((size, size), Image.AFFINE, (a, b, c0, d, e, f0), resample=Image.BICUBIC)
 
 
-def _square(data: bytes, name: str) -> Image.Image:
+def _square(data: bytes) -> Image.Image | None:
+    """The largest centred square of the image, or None when the bytes are not a decodable image."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = img.convert("RGB")
     except Exception:  # noqa: BLE001 - not an image
-        raise UserError(f"cannot decode {name!r} as an image; remove it or give another --from") from None
+        return None
     side = min(img.size)
     left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
     return img.crop((left, top, left + side, top + side))
@@ -129,11 +131,15 @@ def make_motion_clips(source_path: str | Path, out: str | Path, settings: Motion
         pick = np.linspace(0, len(source.names) - 1, settings.max_images).round().astype(int)
         source = dataclasses.replace(source, names=[source.names[i] for i in pick])
     rng = np.random.default_rng(settings.seed)
-    index = []
+    index, skipped = [], []
     bar = progress_bar(len(source.names) * settings.clips_per_image, "rendering clips", unit="clip",
                        enabled=show_progress)
     for name, data in source.read():
-        image = _square(data, name)
+        image = _square(data)
+        if image is None:
+            skipped.append(name)
+            bar.update(settings.clips_per_image)
+            continue
         folder = out / name.split("/", 1)[0] if classes else out
         for _ in range(settings.clips_per_image):
             motion = settings.motions[len(index) % len(settings.motions)]
@@ -143,6 +149,10 @@ def make_motion_clips(source_path: str | Path, out: str | Path, settings: Motion
             index.append((str((folder / clip).relative_to(out)), motion, name))
             bar.update(1)
     bar.close()
+    if len(skipped) == len(source.names):
+        raise UserError(f"none of the {len(skipped):,} images in {source.describe()!r} could be decoded; "
+                        f"give --from a folder (or tar) of images")
+    warn_skipped(sorted(skipped), len(source.names), source.describe())
     with open(out / "clips.csv", "w", newline="") as f:
         csv.writer(f).writerows([("clip", "motion", "source"), *index])
     return {"out": str(out), "clips": len(index), "frames": settings.frames, "motions": list(settings.motions)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import ranged
 from . import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,22 +24,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ViewConfig:
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
+    crop_scale: tuple[float, float] = ranged((0.08, 1.0), 1e-4, 1.0, ordered=True)
+    crop_ratio: tuple[float, float] = ranged((3 / 4, 4 / 3), 1e-2, 100.0, ordered=True)
+    flip_prob: float = ranged(0.5, 0.0, 1.0)
+    jitter_prob: float = ranged(0.8, 0.0, 1.0)
     # SimCLR's colour distortion of strength 1: (0.8s, 0.8s, 0.8s, 0.2s).
-    brightness: float = 0.8
-    contrast: float = 0.8
-    saturation: float = 0.8
-    hue: float = 0.2
+    brightness: float = ranged(0.8, 0.0, None)
+    contrast: float = ranged(0.8, 0.0, None)
+    saturation: float = ranged(0.8, 0.0, None)
+    hue: float = ranged(0.2, 0.0, 0.5)  # a fraction of the colour wheel, as torchvision's
     random_jitter_order: bool = False  # torchvision's order per image, not the fixed order above
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel_fraction: float = 0.1  # kernel side as a fraction of the view's side (SimCLR)
-    solarize_prob: float = 0.0
-    solarize_threshold: float = 0.5
+    grayscale_prob: float = ranged(0.2, 0.0, 1.0)
+    blur_prob: float = ranged(0.5, 0.0, 1.0)
+    blur_sigma: tuple[float, float] = ranged((0.1, 2.0), 1e-3, None, ordered=True)
+    blur_kernel_fraction: float = ranged(0.1, 1e-3, 1.0)  # kernel side as a fraction of the view's side (SimCLR)
+    solarize_prob: float = ranged(0.0, 0.0, 1.0)
+    solarize_threshold: float = ranged(0.5, 0.0, 1.0)
 
 
 def to_float(images_u8: torch.Tensor) -> torch.Tensor:

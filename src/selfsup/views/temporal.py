@@ -25,18 +25,30 @@ from . import ops
 from .pipeline import IMAGENET_MEAN, IMAGENET_STD, to_float
 
 
-def usable_clips(cache: VideoCache, min_frames: int, what: str) -> list[np.ndarray]:
-    """Rows (in frame order) of the clips with at least `min_frames` frames; shorter clips are
-    skipped and counted, and none long enough is an error."""
-    clips = cache.clip_rows()
-    long_enough = [rows for rows in clips if len(rows) >= min_frames]
-    if not long_enough:
-        raise UserError(f"every clip in {cache.source} has fewer than {min_frames} frames, the minimum for {what}; "
-                        f"give longer clips")
-    if len(long_enough) < len(clips):
-        warn(f"skipped {len(clips) - len(long_enough):,} of {len(clips):,} clips shorter than {min_frames} frames "
-             f"(the minimum for {what})")
-    return long_enough
+def usable_clips(cache: VideoCache, min_frames: int, what: str, need_motion: bool = False) -> list[np.ndarray]:
+    """Rows (in frame order) of the clips that can serve `what`: every frame decoded, at least
+    `min_frames` frames and, with `need_motion`, a motion CSV. The others are skipped and counted
+    in one warning; none left is an error that says why and what to do."""
+    kept, skipped = [], {}  # (why, what to do) -> names of the clips skipped for it
+    for c, rows in enumerate(cache.clip_rows()):
+        if c in cache.incomplete:  # a missing frame shifts the others' gaps and motion rows
+            reason = ("with a frame that could not be decoded", "replace the frames that cannot be decoded")
+        elif len(rows) < min_frames:
+            reason = (f"with fewer than {min_frames} frames", "give longer clips")
+        elif need_motion and np.isnan(cache.motion[rows]).any():
+            reason = ("without a motion CSV", "write a CLIP.csv (frame,READING,...) beside each clip")
+        else:
+            kept.append(rows)
+            continue
+        skipped.setdefault(reason, []).append(cache.clip_names[c])
+    counts = ", ".join(f"{len(names):,} {why} (e.g. {names[0]!r})" for (why, _), names in skipped.items())
+    if not kept:
+        raise UserError(f"no clip in {cache.source} can be used for {what}: {counts}; "
+                        f"{'; '.join(fix for _, fix in skipped)}")
+    if skipped:
+        warn(f"skipped {len(cache.clip_names) - len(kept):,} of {len(cache.clip_names):,} clips that cannot be "
+             f"used for {what}: {counts}")
+    return kept
 
 
 def frame_motion(images: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -126,10 +138,7 @@ def motion_pairs(cache: VideoCache, gap: int) -> MotionPairs:
     if cache.motion is None:
         raise UserError(f"egomotion needs motion signals: a CLIP.csv (frame,READING,...) beside each clip in "
                         f"{cache.source}; `selfsup synth motion` writes clips with them")
-    clips = [rows for rows in usable_clips(cache, gap + 1, f"frame pairs {gap} apart")
-             if not np.isnan(cache.motion[rows]).any()]
-    if not clips:
-        raise UserError(f"no clip in {cache.source} long enough for pairs {gap} apart has a motion CSV")
+    clips = usable_clips(cache, gap + 1, f"frame pairs {gap} apart", need_motion=True)
     pairs, motion = [], []
     for rows in clips:
         readings = cache.motion[rows].astype(np.float64)  # (T, M)

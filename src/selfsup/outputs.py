@@ -1,0 +1,44 @@
+"""Output files of evaluations, reports and exports: checked before the work, written atomically.
+
+`output_file` is the file counterpart of `errors.output_folder`: a command calls it on its --out
+before computing anything, so a mistyped path costs a second, not the run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError, output_folder
+
+
+def output_file(path: str | Path) -> Path:
+    """`path` as a file that can be written: not a folder, its folder created, and a trial file
+    written there (os.access trusts permissions that root ignores, and knows nothing of read-only
+    or virtual file systems such as /proc). A UserError otherwise."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{str(path)!r} is a folder; --out takes a file name (one inside it will do)")
+    folder = output_folder(path.parent)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write in {str(folder)!r} ({e.strerror}); choose a writable --out") from None
+    return path
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside `path` to write to; renamed to `path` when the block ends without
+    an error, removed otherwise, so a failed or killed write leaves neither half a file nor the
+    temporary one behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {str(path)!r} ({e.strerror}); choose another --out") from None
+    finally:
+        tmp.unlink(missing_ok=True)
