@@ -123,11 +123,20 @@ def interrupted_then_resumed(user: dict, stop_after_steps: int, monkeypatch) -> 
 
 
 def assert_same_state(a: dict, b: dict) -> None:
-    """Bitwise equality of two checkpoints' model, optimizer state and position."""
+    """Bitwise equality of two checkpoints' model, optimizer (every state entry and parameter
+    group), position and the running sums of the epoch's metrics."""
     assert a["position"] == b["position"]
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for s1, s2 in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for index, s1 in a["optimizer"]["state"].items():
+        s2 = b["optimizer"]["state"][index]
+        assert s1.keys() == s2.keys(), index
         for name in s1:
-            assert torch.equal(s1[name], s2[name]), name
+            assert torch.equal(torch.as_tensor(s1[name]), torch.as_tensor(s2[name])), (index, name)
+    sums = [c.get("epoch_sums_per_rank", [c.get("epoch_sums", {})]) for c in (a, b)]
+    assert len(sums[0]) == len(sums[1])
+    for s1, s2 in zip(*sums):
+        assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)

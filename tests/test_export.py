@@ -144,7 +144,7 @@ def test_a_small_stem_a_timm_resnet_cannot_take_is_refused_and_others_have_none(
     from selfsup.config import BackboneConfig
     from selfsup.errors import UserError
 
-    with pytest.raises(UserError, match=r"timm:resnet26d has a deep stem .*; use --no-small-stem"):
+    with pytest.raises(UserError, match=r"timm:resnet26d has a deep stem .*; drop --small-stem"):
         build_backbone(BackboneConfig("timm:resnet26d", small_stem=True), 16)
     assert build_backbone(BackboneConfig("timm:resnet26d", small_stem=False), 16).small_stem is False
     for name, patch_size in [("vit-tiny", 4), ("timm:vit_tiny_patch16_224", 4)]:
@@ -162,3 +162,20 @@ def test_exported_metadata_says_small_stem_only_where_the_weights_have_one(tmp_p
     assert json.loads(selfsup.export_encoder(vit, tmp_path / "vit.safetensors")["small_stem"]) is None
     random_resnet = load_encoder("random:resnet18-half", 16)  # no run config, a small stem all the same
     assert json.loads(selfsup.export_encoder(random_resnet, tmp_path / "half.safetensors")["small_stem"]) is True
+
+
+def test_vit_weights_made_at_another_image_size_have_their_positions_resampled(tmp_path):
+    """A plain timm ViT file made at 224 pixels (14x14 patches) used at 32 (2x2): the class
+    token's position is kept, the grid is resampled (a constant grid stays constant)."""
+    import timm
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", num_classes=0)
+    with torch.no_grad():
+        net.pos_embed[:, 1:] = torch.linspace(-1, 1, 192)  # the same vector at every grid position
+    torch.save(net.state_dict(), tmp_path / "vit224.pt")
+    encoder = load_encoder(f"weights:{tmp_path / 'vit224.pt'}", image_size=32, backbone="timm:vit_tiny_patch16_224")
+    positions = encoder.backbone.net.pos_embed.detach()
+    assert positions.shape == (1, 1 + 2 * 2, 192)
+    torch.testing.assert_close(positions[:, 0], net.pos_embed[:, 0].detach())
+    torch.testing.assert_close(positions[:, 1:], torch.linspace(-1, 1, 192).expand(1, 4, 192), atol=1e-5, rtol=0)
+    assert encoder.backbone(torch.rand(2, 3, 32, 32)).shape == (2, 192)

@@ -178,10 +178,12 @@ def test_report_notes_what_it_cannot_draw_and_refuses_non_runs(tmp_path, capsys)
     run.mkdir()
     (run / "config.yaml").write_text(f"method: simclr\ndata:\n  path: {tmp_path / 'gone'}\n")
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 3.0, "lr": 0.1}) + "\n")
+    (run / "attention").mkdir()  # e.g. selfsup attention --out RUN/attention
+    Image.fromarray(np.full((20, 40, 3), 200, np.uint8)).save(run / "attention" / "cat.png")
     text = build_report([run], tmp_path / "r.html", show_progress=False).read_text()
     data_uris_only(text)
     assert "no labelled data" in text and "no evaluations recorded" in text and "no label-efficiency curve" in text
-    assert text.count("<img") == 1  # the training curves
+    assert text.count("<img") == 2 and "attention/cat.png" in text  # the training curves, the attention map
     with pytest.raises(UserError, match="not a run folder"):
         build_report([tmp_path / "gone"], tmp_path / "r.html")
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
@@ -200,6 +202,18 @@ def test_embedding_map_falls_back_to_pca_that_keeps_planar_distances(monkeypatch
     assert method.startswith("PCA")
     np.testing.assert_allclose(torch.cdist(torch.from_numpy(coords), torch.from_numpy(coords)).numpy(),
                                torch.cdist(unit, unit).numpy(), atol=1e-6)
+
+
+def test_embedding_map_by_tsne_keeps_clusters_apart():
+    pytest.importorskip("sklearn")
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 32, generator=g, dtype=torch.float64)
+    labels = torch.arange(60) % 3
+    x = centres[labels] + 0.05 * torch.randn(60, 32, generator=g, dtype=torch.float64)
+    coords, method = project_2d(x)
+    assert method == "t-SNE" and coords.shape == (60, 2)
+    distances = torch.cdist(torch.from_numpy(coords), torch.from_numpy(coords)).fill_diagonal_(float("inf"))
+    assert (labels[distances.argmin(dim=1)] == labels).all()  # each point's nearest neighbour on the map: its cluster
 
 
 def test_fixed_queries_take_each_class_in_turn():

@@ -161,6 +161,9 @@ def test_the_python_api_takes_the_method_from_the_config(labelled_folder, tmp_pa
     assert result.config.method == "byol"
     resumed = selfsup.pretrain(out=tmp_path / "run", resume=True, show_progress=False)  # the run's own method
     assert resumed.config.method == "byol"
+    # Its encoder at its training size, or at another one (transfer to data of another resolution).
+    trained, larger = selfsup.load_encoder(tmp_path / "run"), selfsup.load_encoder(tmp_path / "run", image_size=24)
+    assert (trained.image_size, larger.image_size, larger.cache_size) == (16, 24, 24) and trained.key != larger.key
 
 
 def test_unwritable_run_folder(labelled_folder, tmp_path):

@@ -174,3 +174,23 @@ def test_no_readable_video_at_all(tmp_path):
         open_clips(tmp_path, 16, show_progress=False)
     with pytest.raises(UserError, match="does not exist"):
         open_clips(tmp_path / "nope", 16, show_progress=False)
+
+
+def test_image_methods_train_on_the_frames_of_a_folder_of_videos(tmp_path):
+    """SimCLR (any image method) on video files: their frames, as the temporal methods see them."""
+    from selfsup.data import open_images
+    from selfsup.train import run_pretraining
+    videos = tmp_path / "videos"
+    for cls in ("left", "right"):
+        (videos / cls).mkdir(parents=True)
+        for i in range(2):
+            write_video(videos / cls / f"{i}.mp4", 12, size=16)
+    frames = open_images(videos, 16, show_progress=False)
+    assert len(frames) == 48 and frames.classes == ["left", "right"]
+    result = run_pretraining({"method": "simclr", "data": {"path": str(videos), "image_size": 16},
+                              "out": str(tmp_path / "run"), "backbone": {"name": "resnet18-half"},
+                              "train": {"epochs": 1, "batch_size": 16, "progress": False}})
+    assert result.checkpoint.is_file()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no images found"):  # neither images nor videos
+        open_images(tmp_path / "empty", 16)

@@ -169,6 +169,30 @@ def test_probabilities_are_respected():
     assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
 
 
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_each_operation_of_a_view_happens_at_its_configured_rate(p):
+    """Flip, grayscale, solarize and colour jitter, each alone in the pipeline at probability p,
+    on 4,000 images made so that each one's effect can be read off the view (3 sigma bounds)."""
+    n, size = 4000, 8
+    base = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0, jitter_prob=0, grayscale_prob=0,
+                blur_prob=0, solarize_prob=0)
+    tolerance = 3 * math.sqrt(p * (1 - p) / n)
+    g = torch.Generator().manual_seed(1)
+
+    def rate(changed, cfg_changes, images):
+        out = make_view(images, ViewConfig(**{**base, **cfg_changes}), size, g, mean=(0, 0, 0), std=(1, 1, 1))
+        fraction = changed(out).float().mean().item()
+        assert abs(fraction - p) < tolerance, (cfg_changes, fraction)
+
+    ramp = torch.arange(size, dtype=torch.uint8).mul(30).view(1, 1, size, 1).expand(n, size, size, 3).contiguous()
+    rate(lambda out: out[:, 0, 0, 0] > out[:, 0, 0, -1], {"flip_prob": p}, ramp)  # bright left edge: flipped
+    colour = torch.tensor([200, 40, 90], dtype=torch.uint8).view(1, 1, 1, 3).expand(n, size, size, 3).contiguous()
+    rate(lambda out: (out[:, 0] - out[:, 1]).abs().amax(dim=(1, 2)) < 1e-6, {"grayscale_prob": p}, colour)
+    rate(lambda out: out[:, 0, 0, 0] < 0.5, {"solarize_prob": p}, colour)  # 200/255 inverted below the threshold
+    rate(lambda out: (out - colour[:, :, :, :].permute(0, 3, 1, 2) / 255).abs().amax(dim=(1, 2, 3)) > 1e-3,
+         {"jitter_prob": p, "brightness": 0.4}, colour)
+
+
 def test_blur_kernel_is_about_a_tenth_of_the_view():
     from selfsup.views.pipeline import blur_kernel_size
     assert blur_kernel_size(224, 0.1) == 23  # SimCLR: 10% of 224, odd

@@ -59,9 +59,16 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
     cfg = config_lib.from_dict(checkpoint["config"])
     epoch = checkpoint.get("position", {}).get("epoch", "?")
     path = Path(spec) / "last.pt" if Path(spec).is_dir() else Path(spec)
-    return Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), cfg.data.image_size, cfg.data.cache_size,
+    # Another image size than the training one (transfer to other data): a ViT resamples its
+    # positions, so only whole patches are needed.
+    size = image_size or cfg.data.image_size
+    if size != cfg.data.image_size and cfg.backbone.patch_size:
+        from .backbones.vit import check_image_size
+        check_image_size(size, size, cfg.backbone.patch_size, cfg.backbone.name, other_patch_sizes=False)
+    cache_size = cfg.data.cache_size if size == cfg.data.image_size else default_cache_size(size)
+    return Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
                    f"{cfg.method} {cfg.backbone.name}, {epoch} epochs ({spec})", cfg,
-                   key=f"checkpoint|{_file_key(path)}")
+                   key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""))
 
 
 def _checkpoint_encoder(cfg: RunConfig, state: dict) -> Backbone:

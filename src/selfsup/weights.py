@@ -61,6 +61,7 @@ def load_matching(net: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
     """Load `state` into `net`, requiring the same keys and shapes (classifier keys aside)."""
     own = net.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(CLASSIFIER_PREFIXES)}
+    state = _resampled_positions(net, state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -77,6 +78,23 @@ def load_matching(net: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
         raise UserError(f"{str(path)!r} does not fit backbone {backbone!r}: {'; '.join(parts)}; "
                         f"give the --backbone the weights were made for (and --small-stem if it has one)")
     net.load_state_dict(state, strict=True)
+
+
+def _resampled_positions(net: nn.Module, state: dict[str, torch.Tensor],
+                         own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ViT's position embeddings from a file made at another image size (DINOv2's at 518
+    pixels, say) resampled to the backbone's grid, as timm does when it loads pretrained weights."""
+    if "pos_embed" not in state or "pos_embed" not in own or state["pos_embed"].shape == own["pos_embed"].shape:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(net, "no_embed_class", False) else getattr(net, "num_prefix_tokens", 1)
+    saved, wanted = state["pos_embed"], own["pos_embed"]
+    if saved.ndim != 3 or saved.shape[-1] != wanted.shape[-1]:
+        return state  # not positions of this width: the shape check below reports it
+    side = round((wanted.shape[1] - prefix) ** 0.5)
+    resampled = resample_abs_pos_embed(saved, new_size=(side, side), num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}
 
 
 def infer_small_stem(state: dict[str, torch.Tensor]) -> bool | None:

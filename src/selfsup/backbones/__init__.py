@@ -120,7 +120,7 @@ def _timm_small_stem(net: nn.Module, cfg: BackboneConfig) -> bool | None:
     if cfg.small_stem:
         if not (isinstance(net.conv1, nn.Conv2d) and isinstance(net.maxpool, nn.MaxPool2d)):
             raise UserError(f"{cfg.name} has a deep stem that selfsup cannot replace by the small one; "
-                            f"use --no-small-stem (the small stem is on by default below 64 pixels)")
+                            f"drop --small-stem, or choose a timm ResNet with a single-convolution stem")
         _small_stem(net)
     return bool(cfg.small_stem)
 

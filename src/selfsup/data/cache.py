@@ -205,6 +205,14 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
 
 def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,
                 workers: int = 0, show_progress: bool = True) -> ImageCache:
-    """Shortcut: list the images under `path` and load (or build) their cache."""
+    """Shortcut: list the images under `path` and load (or build) their cache. A folder (or tar)
+    of video files gives the frames of its videos, so that any image method trains on them."""
     from .sources import open_source
-    return load_cache(open_source(path, split), size, cache_dir, workers, show_progress)
+    try:
+        source = open_source(path, split)
+    except UserError as e:
+        from .video import has_videos, open_clips
+        if split is None and "no images found" in str(e) and has_videos(Path(path).expanduser()):
+            return open_clips(path, size, cache_dir, workers, show_progress)
+        raise
+    return load_cache(source, size, cache_dir, workers, show_progress)

@@ -131,6 +131,11 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndar
     return frame
 
 
+def has_videos(path: Path) -> bool:
+    """Whether the folder or tar `path` holds video files."""
+    return path.exists() and (path.is_dir() or is_tar_path(path)) and bool(_video_listing(path)[0])
+
+
 def _video_listing(path: Path) -> tuple[list[str], str, str]:
     """(sorted video names relative to `prefix`, `prefix`, fingerprint of the files); `prefix` is
     the folder every member of a tar shares (a tar of DIR holds DIR/...), as for images."""

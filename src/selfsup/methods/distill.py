@@ -17,7 +17,7 @@ or `weights:FILE` with `--set distill.teacher_backbone=NAME` for a plain timm/to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -141,9 +141,11 @@ class Method(nn.Module):
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         c, n = self.config, len(batch.images)
-        crops = c.make_crops(batch.images, self.image_size, batch.generator)
+        features_only = "head" not in self.teacher  # its targets are the global crops' features alone
+        crops = (replace(c, local_crops=0) if features_only else c).make_crops(batch.images, self.image_size,
+                                                                               batch.generator)
         global_crops = torch.cat(crops[:c.global_crops])  # (V*B, 3, S, S)
-        if "head" not in self.teacher:
+        if features_only:
             with torch.no_grad():
                 t = self.teacher["backbone"](global_crops)  # (VB, D_t)
             s = self.student["head"](self.student["backbone"](global_crops))  # (VB, D_t): the same views

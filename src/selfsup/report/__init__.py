@@ -135,10 +135,12 @@ def _embedding_map(test_x, test_y, classes: list[str], options: dict) -> str:
 
 
 def _pictures(run: Path, skip: set[str]) -> str:
-    pngs = [p for p in sorted(run.glob("*.png")) if p.name not in skip]
+    """The run folder's PNGs, and those one folder down (e.g. `selfsup attention --out RUN/attention`)."""
+    pngs = [p for p in sorted([*run.glob("*.png"), *run.glob("*/*.png")]) if p.name not in skip or p.parent != run]
     if not pngs:
         return html.note("the method drew no pictures")
-    return "".join(html.image(p.read_bytes(), p.name, p.name) for p in pngs)
+    names = [p.relative_to(run).as_posix() for p in pngs]
+    return "".join(html.image(p.read_bytes(), name, name) for p, name in zip(pngs, names))
 
 
 def _run_section(run: Path, name: str, index: int, where_given: dict, options: dict) -> str:
