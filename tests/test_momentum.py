@@ -317,24 +317,26 @@ def test_queue_is_fifo_and_wraps_around():
     assert torch.equal(queue.oldest_first(), c[-5:])
 
 
-def test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step():
-    method, cfg = small_method("moco-v2", bn_groups=1, symmetric=False)
+@pytest.mark.parametrize("symmetric", [False, True])  # True: the CIFAR preset's, both directions
+def test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step(symmetric):
+    method, cfg = small_method("moco-v2", bn_groups=1, symmetric=symmetric)
     method.queue.push(F.normalize(torch.randn(5, 16), dim=1))  # keys of earlier steps: 5 of 20 slots
-    seen = {}
-    method.online.register_forward_hook(lambda module, args, out: seen.__setitem__("q", out.detach()))
-    method.target.register_forward_hook(lambda module, args, out: seen.__setitem__("k", out.detach()))
+    queries, keys = [], []
+    method.online.register_forward_hook(lambda module, args, out: queries.append(out.detach().double().numpy()))
+    method.target.register_forward_hook(lambda module, args, out: keys.append(unit(out.detach().double().numpy())))
     queue_before = method.queue.keys[:5].clone()
-    out = method(random_batch(), Progress(0, 10, 1))
-    q, k = seen["q"].double().numpy(), unit(seen["k"].double().numpy())
+    out = method(random_batch(n=6), Progress(0, 10, 1))  # 6 or 12 keys pushed: no wrap-around in 20
+    assert len(queries) == len(keys) == (2 if symmetric else 1)
     temperature = cfg.method_config.temperature
 
-    def reference(queue):
-        return np.mean([-log_softmax64(np.array([unit(q[i]) @ k[i]] + [unit(q[i]) @ row for row in queue])
-                                       / temperature)[0] for i in range(len(q))])
+    def reference(queue):  # each direction's InfoNCE against `queue`, summed over the directions
+        return sum(np.mean([-log_softmax64(np.array([unit(q[i]) @ k[i]] + [unit(q[i]) @ row for row in queue])
+                                           / temperature)[0] for i in range(len(q))]) for q, k in zip(queries, keys))
 
     assert out.loss.item() == pytest.approx(reference(queue_before.double().numpy()), rel=1e-5)
-    queue_after = method.queue.keys[:13].double().numpy()
-    np.testing.assert_allclose(queue_after[5:], k, rtol=1e-5, atol=1e-6)  # enqueued after the loss
+    pushed = 6 * len(keys)
+    queue_after = method.queue.keys[:5 + pushed].double().numpy()
+    np.testing.assert_allclose(queue_after[5:], np.concatenate(keys), rtol=1e-5, atol=1e-6)  # enqueued after
     assert abs(out.loss.item() - reference(queue_after)) > 1e-2  # so the test can tell them apart
 
 

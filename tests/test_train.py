@@ -189,3 +189,14 @@ def test_in_process_interruption_resumes_exactly(tmp_path, monkeypatch):
     whole, at_stop, resumed = interrupted_then_resumed(user, stop_after_steps=5, monkeypatch=monkeypatch)
     assert at_stop["position"]["step"] == 4 and at_stop["position"]["epoch"] == 1  # mid-epoch checkpoint
     assert_same_state(whole, resumed)
+
+
+def test_pictures_are_redrawn_at_every_checkpoint(labelled_folder, tmp_path, monkeypatch):
+    from selfsup.train import Trainer
+    drawn = []
+    original = Trainer.save_pictures
+    monkeypatch.setattr(Trainer, "save_pictures", lambda self: (drawn.append(self.position.step), original(self)))
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", method="inpainting",
+                         train={"epochs": 1, "checkpoint_every_steps": 2}))  # 4 steps of 8 images
+    assert drawn == [2, 4]  # mid-epoch at step 2, then the epoch's end
+    assert (tmp_path / "run" / "pictures.png").stat().st_size > 1000

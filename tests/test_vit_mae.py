@@ -372,7 +372,7 @@ def test_layer_decay_scales_follow_beit():
     assert len(scale) == sum(1 for _ in model.parameters())  # each parameter in exactly one group
     by_name = {n: scale[id(p)] for n, p in model.named_parameters()}
     # depth 3: the embedding is layer 0 (0.5^4), block i is layer i+1 (0.5^(3-i)), the head layer 4.
-    expected = {"net.cls_token": (1 / 16, 0.05), "net.pos_embed": (1 / 16, 0.05),
+    expected = {"net.cls_token": (1 / 16, 0.0), "net.pos_embed": (1 / 16, 0.0),  # as MAE's lr_decay.py
                 "net.patch_embed.proj.weight": (1 / 16, 0.05), "net.patch_embed.proj.bias": (1 / 16, 0.0),
                 "net.blocks.0.attn.qkv.weight": (1 / 8, 0.05), "net.blocks.1.mlp.fc1.bias": (1 / 4, 0.0),
                 "net.blocks.2.norm1.weight": (1 / 2, 0.0), "net.norm.weight": (1.0, 0.0),

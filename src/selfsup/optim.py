@@ -114,11 +114,14 @@ def vit_layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+NO_DECAY_TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
+
+
 def layer_decay_groups(model: nn.Module, cfg: OptimConfig, decay: float) -> list[dict]:
     """Parameter groups with `lr_scale` = decay ** (depth + 1 - layer): the head learns at the full
     rate, each layer below at `decay` times the rate of the one above, the embedding at
-    decay ** (depth + 1). Within a layer, biases and norm weights get no weight decay when
-    `cfg.exclude_bias_and_norm` (as `parameter_groups`). `set_schedule` multiplies each group's
+    decay ** (depth + 1). Within a layer, biases, norm weights, the class (and register) tokens
+    and the position embeddings get no weight decay when `cfg.exclude_bias_and_norm`. `set_schedule` multiplies each group's
     scheduled rate by its `lr_scale`."""
     blocks = {int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))}
     if not blocks:
@@ -129,7 +132,8 @@ def layer_decay_groups(model: nn.Module, cfg: OptimConfig, decay: float) -> list
         if not param.requires_grad:  # frozen (or EMA) parameters stay out of the optimizer
             continue
         layer = vit_layer_id(name, depth)
-        decayed = not (cfg.exclude_bias_and_norm and param.ndim <= 1)
+        # MAE's fine-tuning (lr_decay.py) also spares the tokens and positions weight decay.
+        decayed = not (cfg.exclude_bias_and_norm and (param.ndim <= 1 or name.endswith(NO_DECAY_TOKENS)))
         group = groups.setdefault((layer, decayed), {
             "params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lars": decayed,
             "decay": decayed, "lr_scale": decay ** (depth + 1 - layer)})

@@ -425,6 +425,7 @@ class Trainer:
             if cfg.train.checkpoint_every_steps and self.position.step % cfg.train.checkpoint_every_steps == 0 \
                     and self.position.batch < len(self.stream):
                 self.save()
+                self.save_pictures()  # progress seen at every checkpoint, not only each epoch
         seconds = time.perf_counter() - started
         means = {k: dist.all_reduce_mean(v / self.epoch_sums["steps"]).item()
                  for k, v in self.epoch_sums.items() if k != "steps"}  # collective: every process

@@ -36,7 +36,8 @@ class FinetuneConfig:
     batch_size: int = ranged(128, 2, None)
     lr: float = ranged(1e-3, 0.0, None)  # AdamW peak rate of the new head
     encoder_lr_ratio: float = ranged(0.1, 0.0, 1.0)  # encoder rate / head rate (CNNs)
-    layer_decay: float = ranged(0.75, 0.0, 1.0)  # ViTs: rate factor per block below the top (MAE: 0.75)
+    # ViTs: rate factor per block below the top (MAE's fine-tuning: 0.65 for ViT-B, 0.75 for ViT-L/H)
+    layer_decay: float = ranged(0.75, 0.0, 1.0)
     weight_decay: float = ranged(0.05, 0.0, None)
     warmup_fraction: float = ranged(0.05, 0.0, 1.0)
     # RandomResizedCrop's lower scale: 0.08 (torchvision's default) is harsh on 32-pixel images.
