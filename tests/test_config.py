@@ -1,5 +1,6 @@
 """Typed configuration: layer order, strict overrides with helpful errors, round trips."""
 import pytest
+import torch
 
 from selfsup import config as C
 from selfsup.errors import UserError
@@ -89,3 +90,17 @@ def test_saved_config_repeats_the_run_when_given_back():
                      "simclr": {"temperature": 0.3}})
     again = C.resolve(yaml.safe_load(C.dump_yaml(cfg)))
     assert again == cfg
+
+
+def test_new_simclr_runs_end_their_head_with_batchnorm_and_old_checkpoints_keep_theirs():
+    from selfsup.methods import build_method
+    for size in (32, 224):  # both presets
+        assert C.resolve({"data": {"image_size": size}}).method_config.projection_output_batch_norm is True
+    old = C.to_dict(C.resolve({"data": {"image_size": 16}, "backbone": {"name": "resnet18-half"}}))
+    del old["simclr"]["projection_output_batch_norm"]  # a checkpoint written before the option
+    restored = C.from_dict(old)
+    assert restored.method_config.projection_output_batch_norm is False
+    head = build_method(restored).projection
+    assert not isinstance(head[-1], torch.nn.BatchNorm1d) and head[-1].bias is not None
+    assert isinstance(build_method(C.resolve({"data": {"image_size": 16}, "backbone": {"name": "resnet18-half"}}))
+                      .projection[-1], torch.nn.BatchNorm1d)
