@@ -41,7 +41,7 @@ class FinetuneConfig:
     weight_decay: float = ranged(0.05, 0.0, None)
     warmup_fraction: float = ranged(0.05, 0.0, 1.0)
     # RandomResizedCrop's lower scale: 0.08 (torchvision's default) is harsh on 32-pixel images.
-    crop_scale: tuple[float, float] = (0.25, 1.0)
+    crop_scale: tuple[float, float] = ranged((0.25, 1.0), 1e-4, 1.0, ordered=True)
     patience: int = ranged(5, 1, None)  # validation checks without improvement before stopping
     freeze_stages: int = ranged(0, 0, None)  # freeze the stem and the first N stages
     label_smoothing: float = ranged(0.0, 0.0, 1.0)

@@ -45,7 +45,7 @@ class Config(MultiCropConfig):
     teacher_temperature: float = ranged(0.07, 1e-6, None)  # a trained teacher: no warm-up
     patch_loss_weight: float = ranged(1.0, 0.0, None)
     mask_probability: float = ranged(0.5, 0.0, 1.0)
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_ratio: tuple[float, float] = ranged((0.1, 0.5), 0.0, 1.0, ordered=True)
     ema_momentum: float = ranged(0.994, 0.0, 1.0)
     local_crops: int = ranged(0, 0, None)  # DINOv2's distillation: global crops only by default
 

@@ -46,7 +46,7 @@ class Config:
     supervised_weight: float = ranged(0.0, 0.0, None)
     supervised_classes: int = ranged(0, 0, None)  # number of classes of the clips' labels
     labelled_clips_per_class: int = ranged(5, 1, None)
-    crop_scale: tuple[float, float] = (0.8, 1.0)  # one crop per pair; no flip (it would swap left and right)
+    crop_scale: tuple[float, float] = ranged((0.8, 1.0), 1e-4, 1.0, ordered=True)  # one crop per pair; no flip (it would swap left and right)
 
 
 @dataclass

@@ -40,7 +40,7 @@ class Config:
     # paper keeps high optical-flow windows); still windows are never used.
     motion_quantile: float = ranged(0.3, 0.0, 1.0)
     frame_dim: int = ranged(512, 1, None)  # fc7 per frame (4096 in CaffeNet)
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # one crop per tuple, shared by its frames
+    crop_scale: tuple[float, float] = ranged((0.6, 1.0), 1e-4, 1.0, ordered=True)  # one crop per tuple, shared by its frames
 
 
 @dataclass
