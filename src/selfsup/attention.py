@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .errors import UserError, output_folder
+from .errors import UserError
+from .outputs import output_folder
 
 
 def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Iterable
 
 
@@ -24,13 +23,3 @@ def nearest(name: str, valid: Iterable[str]) -> str:
 def unknown_choice(kind: str, name: str, valid: Iterable[str]) -> UserError:
     valid = sorted(valid)
     return UserError(f"unknown {kind} {name!r}{nearest(name, valid)}; valid: {', '.join(valid)}")
-
-
-def output_folder(path: str | Path) -> Path:
-    """`path` as a folder that exists, created with its parents; a UserError when it cannot be."""
-    path = Path(path).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {str(path)!r} ({e.strerror}); choose a writable --out") from None
-    return path

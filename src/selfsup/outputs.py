@@ -1,7 +1,7 @@
-"""Output files of evaluations, reports and exports: checked before the work, written atomically.
+"""Where commands write: output folders and files, checked before the work, written atomically.
 
-`output_file` is the file counterpart of `errors.output_folder`: a command calls it on its --out
-before computing anything, so a mistyped path costs a second, not the run.
+A command calls `output_folder` or `output_file` on its --out before computing anything, so a
+mistyped path costs a second, not the run.
 """
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError, output_folder
+from .errors import UserError
+
+
+def output_folder(path: str | Path) -> Path:
+    """`path` as a folder that exists, created with its parents; a UserError when it cannot be."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {str(path)!r} ({e.strerror}); choose a writable --out") from None
+    return path
 
 
 def output_file(path: str | Path) -> Path:

@@ -27,7 +27,8 @@ from ..config import override, ranged
 from ..console import say
 from ..data.sources import open_source
 from ..encoder import load_encoder
-from ..errors import UserError, output_folder
+from ..errors import UserError
+from ..outputs import output_folder
 from .dedup import duplicate_groups, duplicates_to_drop, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows

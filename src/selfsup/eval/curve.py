@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError, output_folder, unknown_choice
-from ..outputs import output_file
+from ..errors import UserError, unknown_choice
+from ..outputs import output_file, output_folder
 from .data import prepare
 from .protocols import finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result

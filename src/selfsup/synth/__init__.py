@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError, output_folder
+from ..errors import UserError
+from ..outputs import output_folder
 
 
 def new_output_folder(out: str | Path) -> Path:
