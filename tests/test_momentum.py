@@ -264,13 +264,19 @@ def by_hand(network, x1, x2, one_pass):
     return network(torch.cat([x1, x2])).chunk(2) if one_pass else (network(x1), network(x2))
 
 
-@pytest.mark.parametrize("one_pass", [None, False, True])  # None: the default, a pass per view
-def test_byol_predicts_each_views_target_from_the_other_view(one_pass):
-    method, cfg = small_method("byol", **({} if one_pass is None else {"one_pass": one_pass}))
+def one_step_and_its_views(name, one_pass, seed):
+    """(method, config, whether both views go as one batch, its output on `random_batch(seed)`,
+    the two views it drew) for `one_pass` None (the default: a pass per view), False or True."""
+    method, cfg = small_method(name, **({} if one_pass is None else {"one_pass": one_pass}))
     joint = bool(one_pass)
     assert cfg.method_config.one_pass is joint
-    out = method(random_batch(seed=1), Progress(0, 10, 1))
-    v1, v2 = views_of(method, seed=1)
+    out = method(random_batch(seed=seed), Progress(0, 10, 1))
+    return method, cfg, joint, out, views_of(method, seed=seed)
+
+
+@pytest.mark.parametrize("one_pass", [None, False, True])  # None: the default, a pass per view
+def test_byol_predicts_each_views_target_from_the_other_view(one_pass):
+    method, cfg, joint, out, (v1, v2) = one_step_and_its_views("byol", one_pass, seed=1)
     with torch.no_grad():
         p1, p2 = by_hand(method.predictor, *by_hand(method.online, v1, v2, joint), joint)
         t1, t2 = by_hand(method.target, v1, v2, joint)
@@ -283,11 +289,8 @@ def test_byol_predicts_each_views_target_from_the_other_view(one_pass):
 
 @pytest.mark.parametrize("one_pass", [None, False, True])
 def test_moco_v3_contrasts_q1_with_k2_and_q2_with_k1(one_pass):
-    method, cfg = small_method("moco-v3", **({} if one_pass is None else {"one_pass": one_pass}))
-    joint, t = bool(one_pass), cfg.method_config.temperature
-    assert cfg.method_config.one_pass is joint
-    out = method(random_batch(seed=2), Progress(0, 10, 1))
-    x1, x2 = views_of(method, seed=2)
+    method, cfg, joint, out, (x1, x2) = one_step_and_its_views("moco-v3", one_pass, seed=2)
+    t = cfg.method_config.temperature
     with torch.no_grad():
         q1, q2 = by_hand(method.predictor, *by_hand(method.online, x1, x2, joint), joint)
         k1, k2 = by_hand(method.target, x1, x2, joint)
