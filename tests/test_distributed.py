@@ -204,3 +204,31 @@ def test_two_process_runs_of_methods_with_parameters_unused_in_a_step(tmp_path, 
     assert final["world"] == 2 and final["position"]["epoch"] == 2
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinkhorn-Knopp over processes that hold different numbers of rows (iBOT's masked patches)
+
+
+def sinkhorn_rows() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.rand(11, 6, generator=g, dtype=torch.float64) * 2 - 1
+    logits[4] += 5.0  # far from the rest, as prototypes with a learned gain allow
+    return logits
+
+
+def sinkhorn_worker(rank, world, port, result_file):
+    join(rank, world, port)
+    from selfsup.losses import sinkhorn_knopp
+    mine = sinkhorn_rows()[:7] if rank == 0 else sinkhorn_rows()[7:]  # 7 rows and 4 rows
+    torch.save(sinkhorn_knopp(mine.float(), 0.04, iterations=3), f"{result_file}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_sinkhorn_knopp_over_two_unequal_processes_equals_one_process_with_all_rows(tmp_path):
+    from selfsup.losses import sinkhorn_knopp
+    spawn(sinkhorn_worker, str(tmp_path / "targets"))
+    parts = [torch.load(tmp_path / f"targets.{r}", weights_only=True) for r in range(2)]
+    whole = sinkhorn_knopp(sinkhorn_rows(), 0.04, iterations=3)
+    assert torch.isfinite(whole).all()
+    torch.testing.assert_close(torch.cat(parts).double(), whole, rtol=1e-4, atol=1e-6)

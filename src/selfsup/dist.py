@@ -64,6 +64,13 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        x = x.clone()
+        torch_dist.all_reduce(x, op=torch_dist.ReduceOp.MAX)
+    return x
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(x) / world_size() if is_distributed() else x
 

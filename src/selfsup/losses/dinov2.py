@@ -2,6 +2,8 @@
 loss, the KoLeo regulariser, and Sinkhorn-Knopp centring of the teacher."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,21 +39,28 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.log(distances + eps).mean()
 
 
+def _logsumexp_over_processes(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log(sum(exp(x))) along `dim`, whose entries are spread over all processes."""
+    peak = dist.all_reduce_max(x.amax(dim=dim, keepdim=True) if x.shape[dim] else
+                               x.new_full([1 if d == dim else n for d, n in enumerate(x.shape)], float("-inf")))
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    return peak + dist.all_reduce_sum(torch.exp(x - peak).sum(dim=dim, keepdim=True)).log()
+
+
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
     """Teacher distributions (B, K) from logits (B, K) by Sinkhorn-Knopp (SwAV, Caron et al. 2020;
     DINOv2): exp(logits / temperature) rescaled alternately so that each prototype gets an equal
     share of the batch (columns sum to B/K) and each image a distribution (rows sum to 1), over
-    all processes' images."""
-    logits = full_precision(logits)
-    shift = logits.max() if logits.numel() else 0.0  # no rows on this process: the collectives still run
-    q = torch.exp((logits - shift) / temperature).T  # (K, B); the shift cancels
-    batch = q.shape[1] * dist.world_size()
-    prototypes = q.shape[0]
-    q /= dist.all_reduce_sum(q.sum())
+    all processes' images.
+
+    In the log domain: in float32, exp(logits / 0.04) under- or overflows once logits span more
+    than about 4 (prototypes with a learned gain), and a zero row or column would turn to NaN."""
+    log_q = full_precision(logits).T / temperature  # (K, B), this process's images
+    # Processes may hold different numbers of rows (iBOT's masked patches).
+    log_batch = dist.all_reduce_sum(torch.tensor(float(log_q.shape[1]), device=log_q.device)).log()
+    log_prototypes = math.log(log_q.shape[0])
     for _ in range(iterations):
-        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True))  # each prototype: total 1 ...
-        q /= prototypes  # ... then 1/K
-        q /= q.sum(dim=0, keepdim=True)  # each image: total 1 ...
-        q /= batch  # ... then 1/B
-    return (q * batch).T  # rows sum to 1
+        log_q = log_q - _logsumexp_over_processes(log_q, dim=1) - log_prototypes  # each prototype: 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_batch  # each image: 1/B
+    return (log_q + log_batch).exp().T  # rows sum to 1
