@@ -139,6 +139,27 @@ def test_the_mask_token_gets_gradients_and_the_losses_are_logged(tmp_path):
     assert 0.05 < last["masked_fraction"] < 0.55
 
 
+@pytest.mark.parametrize("shared_head", [True, False])
+def test_the_heads_last_layers_learn_their_gain_and_are_frozen_in_the_first_epoch(tmp_path, shared_head):
+    """DINOv2's head: a trainable weight-norm gain, no gradient to the last layer before epoch 1."""
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.methods.common import Batch, Progress
+    cfg = resolve(tiny_ibot(tmp_path, tmp_path, shared_head=shared_head))
+    assert not cfg.method_config.norm_last_layer and cfg.method_config.freeze_last_layer_epochs == 1.0
+    method = build_method(cfg)
+    heads = [method.student["head"]] + ([] if shared_head else [method.student["patch_head"]])
+    last = [p for head in heads for p in head.last_layer.parameters()]
+    assert len(last) == 2 * len(heads) and all(p.requires_grad for p in last)  # gain and direction
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
+    for epoch, frozen in [(0.5, True), (1.0, False)]:
+        method.zero_grad(set_to_none=True)
+        out = method(Batch(images=images, generator=torch.Generator().manual_seed(0)), Progress(int(epoch * 10), 20, 2))
+        out.loss.backward()
+        assert all((p.grad is None) == frozen for p in last), epoch
+        assert method.student["head"].mlp[0].weight.grad is not None
+
+
 def test_patches_are_compared_with_the_teachers_patches_of_the_same_crop_and_koleo_is_summed(tmp_path):
     """The method's losses against the same losses computed by hand from its submodules."""
     from selfsup.backbones.vit import encode

@@ -253,6 +253,41 @@ def test_moco_v3_on_a_vit_freezes_the_patch_projection_and_deepens_the_heads():
     assert torch.isfinite(out.loss) and method.online[0].net.blocks[0].attn.qkv.weight.grad is not None
 
 
+def test_moco_v3_builds_its_networks_as_the_official_code():
+    """Fixed 2-D sine-cosine positions on a ViT, never trained; each residual block of a ResNet
+    starting as the identity."""
+    vit = build_method(resolve({"method": "moco-v3", "backbone": {"name": "vit-tiny", "patch_size": 4},
+                                "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]}))
+    net = vit.online[0].net
+    pos = net.pos_embed.detach()[0]  # (1 + 16, 192)
+    assert not net.pos_embed.requires_grad and torch.equal(pos[0], torch.zeros(192))
+    # Sine-cosine pairs: every patch position has squared length D/2, and no two patches share one.
+    torch.testing.assert_close(pos[1:].pow(2).sum(-1), torch.full((16,), 96.0))
+    assert torch.cdist(pos[1:], pos[1:]).add(torch.eye(16)).min() > 0.5
+    before = pos.clone()
+    optimizer = build_optimizer(vit, resolve({}).optim, 0.1)
+    vit(random_batch(), Progress(0, 10, 1)).loss.backward()
+    optimizer.step()
+    assert torch.equal(net.pos_embed.detach()[0], before)
+
+    cnn = build_method(resolve({"method": "moco-v3", "backbone": {"name": "resnet18", "small_stem": False},
+                                "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]}))
+    block = cnn.online[0].net.layer1[0].eval()
+    x = torch.randn(2, 64, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))
+    learned = build_method(resolve({"method": "moco-v3", "backbone": {"name": "resnet18", "small_stem": False},
+                                    "data": {"image_size": 16},
+                                    "moco-v3": {**SMALL["moco-v3"], "zero_init_residual": False}}))
+    assert not torch.allclose(learned.online[0].net.layer1[0].eval()(x), torch.relu(x))
+
+
+def test_moco_v3_fixed_positions_on_a_vit_with_other_positions_is_refused():
+    cfg = resolve({"method": "moco-v3", "backbone": {"name": "timm:vit_small_patch14_reg4_dinov2", "patch_size": 4},
+                   "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]})
+    with pytest.raises(UserError, match=r"has other positions: add --set moco-v3.fixed_positions=false$"):
+        build_method(cfg)
+
+
 def views_of(method, seed):
     """The two views `method` draws from `random_batch(seed=seed)`, drawn again from a fresh copy."""
     batch, c = random_batch(seed=seed), method.config

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,3 +203,71 @@ def test_pictures_are_redrawn_at_every_checkpoint(labelled_folder, tmp_path, mon
                          train={"epochs": 1, "checkpoint_every_steps": 2}))  # 4 steps of 8 images
     assert drawn == [2, 4]  # mid-epoch at step 2, then the epoch's end
     assert (tmp_path / "run" / "pictures.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer pieces against their definitions, in float64
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lars_steps_match_a_float64_reference(seed):
+    """You et al. 2017 as SimCLR uses it: u = g + wd w; for adapted tensors u *= eta |w| / |u|;
+    buffer = momentum buffer + u; w -= lr buffer. Biases (lars=False) take plain SGD steps."""
+    from selfsup.optim import LARS
+    rng = np.random.default_rng(seed)
+    lr, momentum, wd, eta = 0.7, 0.9, 1e-2, 1e-3
+    weights = [rng.normal(size=(5, 3)), rng.normal(size=(5,))]
+    params = [torch.nn.Parameter(torch.tensor(w)) for w in weights]
+    optimizer = LARS([{"params": params[:1], "weight_decay": wd, "lars": True},
+                      {"params": params[1:], "weight_decay": 0.0, "lars": False}],
+                     lr=lr, momentum=momentum, eta=eta)
+    buffers = [None, None]
+    for _ in range(3):
+        grads = [rng.normal(size=w.shape) * rng.uniform(0.1, 10) for w in weights]
+        for param, grad in zip(params, grads):
+            param.grad = torch.tensor(grad)
+        optimizer.step()
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            u = g + wd * w if i == 0 else g
+            if i == 0:
+                u = u * eta * np.linalg.norm(w) / np.linalg.norm(u)
+            buffers[i] = u if buffers[i] is None else momentum * buffers[i] + u
+            weights[i] = w - lr * buffers[i]
+        for param, w in zip(params, weights):
+            np.testing.assert_allclose(param.detach().numpy(), w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradients_are_clipped_one_tensor_at_a_time(seed):
+    """DINO's clip_gradients: each gradient g becomes g * min(1, c / (|g| + 1e-6)), on its own."""
+    from selfsup.optim import clip_gradients_per_tensor
+    rng = np.random.default_rng(seed)
+    grads = [rng.normal(size=shape) * scale for shape, scale in [((4, 3), 0.01), ((7,), 1.0), ((2, 2, 3), 30.0)]]
+    params = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
+    for param, grad in zip(params, grads):
+        param.grad = torch.tensor(grad)
+    params.append(torch.nn.Parameter(torch.zeros(3)))  # no gradient: left alone
+    clip_gradients_per_tensor(params, 1.5)
+    for param, grad in zip(params, grads):
+        expected = grad * min(1.0, 1.5 / (np.linalg.norm(grad) + 1e-6))
+        np.testing.assert_allclose(param.grad.numpy(), expected, rtol=1e-12)
+    assert params[-1].grad is None
+
+
+def test_the_trainer_clips_every_trained_gradient_before_the_step(tmp_path, monkeypatch):
+    data = write_dataset(tmp_path / "data", per_class=4, size=16)
+    norms = []
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        norms.append(max(float(p.grad.norm()) for group in self.param_groups for p in group["params"]
+                         if p.grad is not None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    run_pretraining(tiny(data, tmp_path / "off", train={"epochs": 1}))
+    unclipped = max(norms)
+    assert unclipped > 0.05
+    norms.clear()
+    run_pretraining(tiny(data, tmp_path / "on", train={"epochs": 1}, optim={"clip_grad": 0.05}))
+    assert norms and max(norms) <= 0.05 * (1 + 1e-5)

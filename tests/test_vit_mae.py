@@ -386,3 +386,50 @@ def test_layer_decay_scales_follow_beit():
     optimizer = torch.optim.AdamW(groups, lr=1.0)
     set_schedule(optimizer, 0.1, 0.05)
     assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([0.1 / 16, 0.1 / 8, 0.1 / 4, 0.1 / 2, 0.1])
+
+
+def test_stochastic_depth_rises_over_the_blocks_and_teachers_and_evaluations_run_without_it():
+    from selfsup.nn import ema_copy
+
+    backbone = build_backbone(BackboneConfig(name="vit-tiny", patch_size=4, drop_path_rate=0.2), 16)
+    rates = [getattr(block.drop_path1, "drop_prob", 0.0) for block in backbone.net.blocks]
+    assert rates == pytest.approx([0.2 * i / 11 for i in range(12)])  # 0 in the first block, 0.2 in the last
+    plain = build_backbone(BackboneConfig(name="vit-tiny", patch_size=4), 16)
+    assert backbone.state_dict().keys() == plain.state_dict().keys()  # exported weights are the same kind
+    x = torch.randn(8, 3, 16, 16)
+    backbone.train()
+    assert not torch.allclose(backbone(x), backbone(x))  # branches dropped at random per image
+    teacher = ema_copy(backbone).train()
+    assert torch.equal(teacher(x), teacher(x))
+    assert torch.equal(backbone.eval()(x), backbone(x))
+
+
+def test_finetuning_a_vit_uses_stochastic_depth_and_a_resnet_refuses_it_for_pretraining():
+    from selfsup.eval.finetune import FinetuneConfig, finetune
+
+    backbone = build_backbone(BackboneConfig(name="vit-tiny", patch_size=4), 16)
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8).numpy()
+    labels = torch.tensor([0, 1] * 4)
+    cfg = FinetuneConfig(epochs=1, min_steps=2, batch_size=4, drop_path_rate=0.3)
+    result = finetune(backbone, images, np.arange(8), labels, np.arange(0), labels[:0], 2, 16, cfg,
+                      torch.device("cpu"))
+    assert result.model.backbone.net.blocks[-1].drop_path1.drop_prob == pytest.approx(0.3)
+    assert isinstance(backbone.net.blocks[-1].drop_path1, torch.nn.Identity)  # the caller's encoder untouched
+    with pytest.raises(UserError, match=r"backbone.drop_path_rate drops the blocks of a ViT; resnet18 has none"):
+        resolve({"method": "simclr", "backbone": {"name": "resnet18", "drop_path_rate": 0.1}})
+
+
+def test_finetuning_with_stochastic_depth_gives_the_same_result_for_the_same_seed():
+    from selfsup.eval.finetune import FinetuneConfig, finetune
+
+    backbone = build_backbone(BackboneConfig(name="vit-tiny", patch_size=4), 16)
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8).numpy()
+    labels = torch.tensor([0, 1] * 4)
+    cfg = FinetuneConfig(epochs=1, min_steps=3, batch_size=4, drop_path_rate=0.5)
+    heads = []
+    for seed in (0, 0, 1):
+        torch.rand(int(torch.randint(1, 9, ())))  # the caller's global generator moves between calls
+        result = finetune(backbone, images, np.arange(8), labels, np.arange(0), labels[:0], 2, 16, cfg,
+                          torch.device("cpu"), seed=seed)
+        heads.append(result.model.head.weight.detach())
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])

@@ -49,6 +49,9 @@ class BackboneConfig:
     # 3x3 stride-1 first convolution and no max-pool, for 32-pixel images (None: on below 64 px).
     small_stem: bool | None = None
     patch_size: int | None = ranged(None, 1, None)  # ViTs only
+    # ViTs only: stochastic depth, rising linearly over the blocks to this rate (DINO's and iBOT's
+    # ViT-S: 0.1); teachers and evaluations run without it.
+    drop_path_rate: float = ranged(0.0, 0.0, 1.0)
 
 
 @dataclass
@@ -67,6 +70,9 @@ class OptimConfig:
     final_lr_ratio: float = ranged(0.0, 0.0, 1.0)  # the cosine ends at this fraction of the peak
     # Biases and normalisation weights get no weight decay and no LARS adaptation (SimCLR, BYOL).
     exclude_bias_and_norm: bool = True
+    # Each parameter's gradient is scaled down to at most this L2 norm, one tensor at a time, as
+    # DINO's and iBOT's code clip (3.0 there); 0: no clipping.
+    clip_grad: float = ranged(0.0, 0.0, None)
 
 
 @dataclass
@@ -304,6 +310,10 @@ def resolve(user: dict) -> RunConfig:
             raise UserError(f"--patch-size is for ViTs; {cfg.backbone.name} has no patches (drop the option, "
                             f"or choose --backbone vit-tiny|vit-small|vit-base)")
         cfg = override(cfg, {"backbone": {"patch_size": None}})  # a ViT preset's, when the user chose a ResNet
+        if user.get("backbone", {}).get("drop_path_rate"):
+            raise UserError(f"backbone.drop_path_rate drops the blocks of a ViT; {cfg.backbone.name} has none "
+                            f"(drop the option, or choose --backbone vit-tiny|vit-small|vit-base)")
+        cfg = override(cfg, {"backbone": {"drop_path_rate": 0.0}})
     if cfg.backbone.name in VITS:
         if cfg.backbone.patch_size is None:
             cfg = override(cfg, {"backbone": {"patch_size": default_patch_size(cfg.data.image_size)}})

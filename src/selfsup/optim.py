@@ -65,6 +65,17 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def clip_gradients_per_tensor(parameters, max_norm: float) -> None:
+    """Scale every gradient longer than `max_norm` (L2) down to that length, each tensor on its
+    own (DINO's `clip_gradients`, not one norm over all tensors as `clip_grad_norm_`). The scale is
+    computed on the device, so the step waits for nothing on the host."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    torch._foreach_mul_(grads, [torch.clamp(max_norm / (norm + 1e-6), max=1.0) for norm in norms])
+
+
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Two groups: weights (decayed, LARS-adapted) and biases/norm weights (neither, when
     `exclude_bias_and_norm`). Parameters without gradients (EMA teachers) are left out."""

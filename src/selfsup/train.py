@@ -33,7 +33,7 @@ from .eval.features import extract_features
 from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
-from .optim import build_optimizer, cosine, peak_lr, set_schedule, warmup_cosine
+from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
 from .views import compile_views
 from .viz import plot_training_curves
 
@@ -218,6 +218,7 @@ class Trainer:
         self.model = self._wrap(self.method)
         self.lr = peak_lr(cfg.optim, cfg.train.batch_size)
         self.optimizer = build_optimizer(self.method, cfg.optim, self.lr)
+        self.trained_parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         # Views differ across processes yet are reproducible from the seed.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * self.rank)
         self.position = Position()
@@ -368,6 +369,8 @@ class Trainer:
             out = self.model(Batch(images=images, generator=self.generator, side=side), progress)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.cfg.optim.clip_grad:
+            clip_gradients_per_tensor(self.trained_parameters, self.cfg.optim.clip_grad)
         self.optimizer.step()
         if hasattr(self.method, "after_step"):
             with torch.no_grad():

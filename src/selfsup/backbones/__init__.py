@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import BackboneConfig
 from ..errors import UserError, nearest, unknown_choice
-from .vit import VITS, build_vit, check_image_size
+from .vit import VITS, build_vit, check_image_size, set_drop_path
 
 
 class Backbone(nn.Module):
@@ -135,6 +135,21 @@ BACKBONES: dict[str, Callable[[BackboneConfig, int], Backbone]] = {
 }
 
 
+def zero_init_residual(net: nn.Module) -> None:
+    """Zero the scale of the last BatchNorm in every residual branch of a ResNet, so that each block
+    starts as the identity (Goyal et al. 2017; torchvision's `zero_init_residual`, timm's
+    `zero_init_last`, which timm's ResNets already apply when built)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for module in net.modules():
+        if hasattr(module, "zero_init_last"):
+            module.zero_init_last()
+        elif isinstance(module, Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+
+
 def check_backbone_name(name: str) -> None:
     """Refuse an unknown backbone before any data is read."""
     if name.startswith("timm:"):
@@ -151,6 +166,11 @@ def check_backbone_name(name: str) -> None:
 def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
     """The encoder named by `cfg.name`: a registry entry, or `timm:NAME` for any timm model."""
     check_backbone_name(cfg.name)
-    if cfg.name.startswith("timm:"):
-        return _timm(cfg.name[len("timm:"):], cfg, image_size)
-    return BACKBONES[cfg.name](cfg, image_size)
+    backbone = (_timm(cfg.name[len("timm:"):], cfg, image_size) if cfg.name.startswith("timm:")
+                else BACKBONES[cfg.name](cfg, image_size))
+    if cfg.drop_path_rate:
+        if backbone.kind != "vit" or not hasattr(backbone.net, "blocks"):
+            raise UserError(f"backbone.drop_path_rate drops the blocks of a ViT; {cfg.name} has none: "
+                            f"remove it or use vit-tiny, vit-small or vit-base")
+        set_drop_path(backbone.net, cfg.drop_path_rate)
+    return backbone

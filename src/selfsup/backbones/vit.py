@@ -64,6 +64,19 @@ def build_vit(name: str) -> Callable[[BackboneConfig, int], "Backbone"]:
     return build
 
 
+def set_drop_path(net: torch.nn.Module, rate: float) -> None:
+    """Stochastic depth (Huang et al. 2016) on a timm ViT's residual branches, at rates rising
+    linearly from 0 in the first block to `rate` in the last (timm's, DINO's and MAE's rule);
+    0 removes it. It adds no weights, so the state dict is unchanged."""
+    from timm.layers import DropPath
+
+    blocks = list(net.blocks)
+    for i, block in enumerate(blocks):
+        block_rate = rate * i / max(1, len(blocks) - 1)
+        for branch in ("drop_path1", "drop_path2"):
+            setattr(block, branch, DropPath(block_rate) if block_rate > 0 else torch.nn.Identity())
+
+
 def patch_size_of(net: torch.nn.Module) -> int:
     return net.patch_embed.patch_size[0]
 

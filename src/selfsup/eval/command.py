@@ -13,7 +13,7 @@ from ..errors import UserError
 
 PROTOCOLS = ["knn", "linear", "finetune", "retrieval", "curve"]
 FINETUNE_FLAGS = ("epochs", "min_steps", "batch_size", "encoder_lr_ratio", "layer_decay", "patience",
-                  "freeze_stages", "label_smoothing")
+                  "freeze_stages", "label_smoothing", "drop_path_rate")
 
 
 def add_eval_parser(commands, common) -> None:
@@ -50,6 +50,7 @@ def add_eval_parser(commands, common) -> None:
     p.add_argument("--patience", type=int, help="finetune: validation checks without gain before stopping")
     p.add_argument("--min-steps", type=int, help="finetune: train at least this many steps")
     p.add_argument("--label-smoothing", type=float, help="finetune")
+    p.add_argument("--drop-path-rate", type=float, help="finetune, ViTs: stochastic depth (default 0.1)")
     p.add_argument("--protocol", dest="curve_protocol", default="linear", choices=["knn", "linear", "finetune"],
                    help="curve: the protocol to run at each budget")
     p.add_argument("--out", help="retrieval: write the neighbour lists (JSON); curve: the plot (PNG)")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.vit import set_drop_path
 from ..config import ranged
 from ..errors import UserError
 from ..optim import warmup_cosine
@@ -45,6 +46,8 @@ class FinetuneConfig:
     patience: int = ranged(5, 1, None)  # validation checks without improvement before stopping
     freeze_stages: int = ranged(0, 0, None)  # freeze the stem and the first N stages
     label_smoothing: float = ranged(0.0, 0.0, 1.0)
+    # ViTs: stochastic depth while fine-tuning, rising over the blocks to this rate (MAE: 0.1 for ViT-B)
+    drop_path_rate: float = ranged(0.1, 0.0, 1.0)
 
 
 class Classifier(nn.Module):
@@ -160,6 +163,15 @@ def finetune(backbone: nn.Module, images: np.ndarray, train_idx: np.ndarray, tra
              val_idx: np.ndarray, val_y: torch.Tensor, num_classes: int, image_size: int,
              cfg: FinetuneConfig, device: torch.device, seed: int = 0) -> Finetuned:
     """Fine-tune a copy of `backbone` with a new head on `images[train_idx]` ((N, S, S, 3) uint8)."""
+    # Stochastic depth draws from torch's global generator: seeded here, and the caller's restored.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _finetune(backbone, images, train_idx, train_y, val_idx, val_y, num_classes, image_size, cfg,
+                         device, seed)
+
+
+def _finetune(backbone, images, train_idx, train_y, val_idx, val_y, num_classes, image_size, cfg, device,
+              seed) -> Finetuned:
     from ..train import autocast_for
 
     generator = torch.Generator().manual_seed(seed)
@@ -168,6 +180,8 @@ def finetune(backbone: nn.Module, images: np.ndarray, train_idx: np.ndarray, tra
     # Everything trains unless frozen here: an EMA teacher's encoder (DINO) and MAE's fixed
     # positional embeddings arrive with requires_grad off.
     model.backbone.requires_grad_(True)
+    if model.backbone.kind == "vit" and hasattr(model.backbone.net, "blocks"):
+        set_drop_path(model.backbone.net, cfg.drop_path_rate)
     frozen = freeze(model.backbone.net, cfg.freeze_stages)
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
     batch_size, total, check_every, warmup = _plan(cfg, len(train_idx))

@@ -66,11 +66,11 @@ def _imagenet() -> dict:
     # The official ResNet-50 recipe (README): SGD 0.03 per 256 images, weight decay 1e-4, 100
     # epochs, 10 warm-up epochs to a cosine ending at 1e-6 (of a peak of 0.06 at batch 512), batch
     # 512, global crops from 0.14 and local crops from 0.05 to 0.14 of the area, the defaults of
-    # main_dino.py otherwise (teacher temperature 0.04).
+    # main_dino.py otherwise (teacher temperature 0.04, gradients clipped to 3 per tensor).
     return {
         "backbone": {"name": "resnet50"},
         "optim": {"name": "sgd", "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4,
-                  "momentum": 0.9, "warmup_epochs": 10.0, "final_lr_ratio": 1e-6 / 0.06},
+                  "momentum": 0.9, "warmup_epochs": 10.0, "final_lr_ratio": 1e-6 / 0.06, "clip_grad": 3.0},
         "train": {"epochs": 100, "batch_size": 512},
         "dino": {"teacher_temperature": 0.04, "global_view_1": {"crop_scale": (0.14, 1.0)},
                  "global_view_2": {"crop_scale": (0.14, 1.0)}, "local_view": {"crop_scale": (0.05, 0.14)}},

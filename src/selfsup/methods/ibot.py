@@ -43,6 +43,11 @@ class Config(MultiCropConfig):
     hidden_dim: int = ranged(2048, 1, None)
     bottleneck_dim: int = ranged(256, 1, None)
     head_layers: int = ranged(3, 1, None)
+    # DINOv2's head learns the gain of its weight-normalised last layer (iBOT's recipes too:
+    # --norm_last_layer false), and freezes that layer in the first epoch. Both presets turn these
+    # on; the defaults here keep the head of checkpoints written before.
+    norm_last_layer: bool = True
+    freeze_last_layer_epochs: float = ranged(0.0, 0.0, None)
     student_temperature: float = ranged(0.1, 1e-6, None)
     teacher_temperature_start: float = ranged(0.04, 1e-6, None)
     teacher_temperature: float = ranged(0.07, 1e-6, None)
@@ -60,15 +65,21 @@ class Config(MultiCropConfig):
     mask_ratio: tuple[float, float] = ranged((0.1, 0.5), 0.0, 1.0, ordered=True)  # (low, high)
 
 
+# DINOv2's head (dinov2/configs/ssl_default_config.yaml): the last layer's gain is learned, and the
+# layer is frozen in the first epoch. Its gradients are clipped to 3 (here per tensor, as iBOT's).
+DINOV2_HEAD = {"norm_last_layer": False, "freeze_last_layer_epochs": 1.0}
+
+
 def _cifar() -> dict:
     # A ViT-Tiny with 4-pixel patches on 32-pixel images: AdamW as DINOv2 (lr 0.004 per 1024 images
-    # = 0.001 per 256, cosine weight decay 0.04 -> 0.2), a smaller head, 6 local crops of 16 px.
+    # = 0.001 per 256, cosine weight decay 0.04 -> 0.2), a smaller head, 6 local crops of 16 px,
+    # stochastic depth 0.1 as iBOT's ViT-S.
     return {
-        "backbone": {"name": "vit-tiny", "patch_size": 4},
+        "backbone": {"name": "vit-tiny", "patch_size": 4, "drop_path_rate": 0.1},
         "optim": {"name": "adamw", "lr": 1e-3, "lr_scaling": "linear", "weight_decay": 0.04,
-                  "weight_decay_end": 0.2, "warmup_epochs": 10.0, "betas": (0.9, 0.999)},
+                  "weight_decay_end": 0.2, "warmup_epochs": 10.0, "betas": (0.9, 0.999), "clip_grad": 3.0},
         "train": {"epochs": 200, "batch_size": 256},
-        "ibot": {"out_dim": 4096, "patch_out_dim": 4096, "local_crops": 6, "local_size": 16,
+        "ibot": {**DINOV2_HEAD, "out_dim": 4096, "patch_out_dim": 4096, "local_crops": 6, "local_size": 16,
                  "momentum": 0.996, "global_view_1": {"crop_scale": (0.25, 1.0), "blur_prob": 0.0},
                  "global_view_2": {"crop_scale": (0.25, 1.0), "blur_prob": 0.0},
                  "local_view": {"crop_scale": (0.05, 0.25), "blur_prob": 0.0}},
@@ -76,16 +87,19 @@ def _cifar() -> dict:
 
 
 def _imagenet() -> dict:
-    # DINOv2's ViT-S/14 at 224 (vits14 config): AdamW, lr 0.004 per 1024 (sqrt scaling in their
-    # code; linear here), weight decay 0.04 -> 0.2, 10 warm-up epochs, global crops (0.32, 1),
-    # 8 local crops of 98 px (0.05, 0.32), teacher momentum 0.992 -> 1.
+    # A ViT-S/14 at 224 with DINOv2's default recipe (ssl_default_config.yaml; the repository
+    # publishes training configs for ViT-L and ViT-g only): AdamW, lr 0.004 per 1024 images with
+    # square-root scaling to the batch, weight decay 0.04 -> 0.2, 10 warm-up epochs, global crops
+    # (0.32, 1), 8 local crops of 98 px (0.05, 0.32) as its ViT-L config, teacher momentum
+    # 0.992 -> 1, stochastic depth 0.1 (iBOT's ViT-S; DINOv2's default 0.3 is for its larger
+    # models). Not here: its layer-wise lr decay 0.9 and patch-embedding lr x 0.2.
     return {
-        "backbone": {"name": "vit-small", "patch_size": 14},
+        "backbone": {"name": "vit-small", "patch_size": 14, "drop_path_rate": 0.1},
         "data": {"image_size": 224},
-        "optim": {"name": "adamw", "lr": 1e-3, "lr_scaling": "linear", "weight_decay": 0.04,
-                  "weight_decay_end": 0.2, "warmup_epochs": 10.0},
+        "optim": {"name": "adamw", "lr": 4e-3, "lr_scaling": "sqrt", "lr_reference_batch": 1024,
+                  "weight_decay": 0.04, "weight_decay_end": 0.2, "warmup_epochs": 10.0, "clip_grad": 3.0},
         "train": {"epochs": 100, "batch_size": 256},
-        "ibot": {"local_size": 98, "global_view_1": {"crop_scale": (0.32, 1.0)},
+        "ibot": {**DINOV2_HEAD, "local_size": 98, "global_view_1": {"crop_scale": (0.32, 1.0)},
                  "global_view_2": {"crop_scale": (0.32, 1.0)}, "local_view": {"crop_scale": (0.05, 0.32)}},
     }
 
@@ -125,10 +139,11 @@ class Method(nn.Module):
             raise UserError(f"--method ibot needs a ViT backbone (vit-tiny, vit-small, vit-base), got {backbone.name}")
         self.config, self.image_size, c = config, image_size, config
         self.grid = (image_size // patch_size_of(backbone.net),) * 2
-        heads = {"head": DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers)}
+        heads = {"head": DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
+                                  norm_last_layer=c.norm_last_layer)}
         if not c.shared_head:
             heads["patch_head"] = DINOHead(backbone.feature_dim, c.patch_out_dim, c.hidden_dim, c.bottleneck_dim,
-                                           c.head_layers)
+                                           c.head_layers, norm_last_layer=c.norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, **heads})
         self.teacher = ema_copy(self.student)
         self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))  # iBOT's learned [MASK]
@@ -156,9 +171,10 @@ class Method(nn.Module):
         cls = tokens[:, 0]
         if c.local_crops:
             cls = torch.cat([cls, forward_by_size(student["backbone"], crops[c.global_crops:])])  # (S*B, D)
-        s = student["head"](cls).view(len(crops), n, -1)  # (S, B, K)
+        freeze = progress.epoch < c.freeze_last_layer_epochs
+        s = student["head"](cls, freeze).view(len(crops), n, -1)  # (S, B, K)
         masked = masks.nonzero(as_tuple=True)  # (image, patch) of the M masked patches: the step's one sync
-        s_patch = self._patch_head(student)(tokens[:, 1:][masked])  # (M, K')
+        s_patch = self._patch_head(student)(tokens[:, 1:][masked], freeze)  # (M, K')
         with torch.no_grad():
             t_tokens = encode(teacher["backbone"].net, global_crops)  # (VB, 1+N, D)
             t = teacher["head"](t_tokens[:, 0]).view(c.global_crops, n, -1)  # (V, B, K)

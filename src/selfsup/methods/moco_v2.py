@@ -59,11 +59,12 @@ def _cifar() -> dict:
 
 
 def _imagenet() -> dict:
-    # Paper: ResNet-50, SGD 0.03 per 256 images, weight decay 1e-4, cosine schedule, 200 epochs.
+    # Paper: ResNet-50, SGD 0.03 per 256 images, weight decay 1e-4 on every parameter (as the
+    # official main_moco.py), cosine schedule, 200 epochs.
     return {
         "backbone": {"name": "resnet50"},
         "optim": {"name": "sgd", "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4,
-                  "momentum": 0.9, "warmup_epochs": 0.0},
+                  "momentum": 0.9, "warmup_epochs": 0.0, "exclude_bias_and_norm": False},
         "train": {"epochs": 200, "batch_size": 256},
     }
 

@@ -8,7 +8,8 @@
 
 Works with ResNets and ViTs; heads as in the official code: a 2-layer projection for ResNets and a
 3-layer one for ViTs, BatchNorm throughout, and for ViTs a frozen random patch projection (sec. 4.2,
-the stability trick).
+the stability trick) and fixed 2-D sine-cosine positions. ResNets start with each residual block
+as the identity (zero-initialised last BatchNorm scale), as the official code builds them.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..backbones import Backbone
+from ..backbones import Backbone, zero_init_residual
+from ..backbones.vit import sincos_positions
 from ..config import ranged
+from ..errors import UserError
 from ..losses import info_nce
 from ..nn import ema_copy, ema_momentum, ema_update, mlp
 from ..views import ViewConfig, byol_view_1, byol_view_2, make_view
@@ -34,11 +37,19 @@ class Config:
     projection_dim: int = ranged(256, 1, None)
     predictor_hidden_dim: int = ranged(4096, 1, None)
     freeze_patch_embedding: bool = True  # ViTs only
+    # As the official code (both presets turn them on; the defaults here keep the networks of
+    # checkpoints written before): ViTs get fixed 2-D sine-cosine positions instead of learned
+    # ones, ResNets a zero-initialised last BatchNorm scale in each residual block.
+    fixed_positions: bool = False
+    zero_init_residual: bool = False
     # False: a pass per view, so BatchNorm statistics are per view, as in the official code; True:
     # both views as one batch of 2B, BatchNorm normalising them together (see `two_views`).
     one_pass: bool = False
     view_1: ViewConfig = field(default_factory=byol_view_1)
     view_2: ViewConfig = field(default_factory=byol_view_2)
+
+
+OFFICIAL_NETWORKS = {"fixed_positions": True, "zero_init_residual": True}
 
 
 def _cifar() -> dict:
@@ -47,25 +58,37 @@ def _cifar() -> dict:
     # not, so the optimizer is lightly's CIFAR-10 SGD recipe instead (untuned for MoCo v3).
     return {
         **lightly_cifar_recipe(),
-        "moco-v3": {"temperature": 0.2, "view_1": {"blur_prob": 0.0}, "view_2": {"blur_prob": 0.0}},
+        "moco-v3": {**OFFICIAL_NETWORKS, "temperature": 0.2, "view_1": {"blur_prob": 0.0},
+                    "view_2": {"blur_prob": 0.0}},
     }
 
 
 def _imagenet() -> dict:
     # Official ResNet-50, 100 epochs (CONFIG.md): LARS at 0.6 per 256 images, weight decay 1e-6,
     # 10 warm-up epochs, crops from 0.2 of the area. Batch 1024, not 4096, to fit one accelerator.
-    # ViT-S: --backbone timm:vit_small_patch16_224 --optimizer adamw --lr 1.5e-4
-    # --set optim.weight_decay=0.1 --set moco-v3.temperature=0.2, 300 epochs, 40 warm-up.
+    # ViT-S: --backbone vit-small --optimizer adamw --lr 1.5e-4 --set optim.weight_decay=0.1
+    # --set optim.exclude_bias_and_norm=false --set moco-v3.temperature=0.2, 300 epochs, 40 warm-up.
     return {
         "backbone": {"name": "resnet50"},
         "optim": {"name": "lars", "lr": 0.6, "lr_scaling": "linear", "weight_decay": 1e-6,
                   "warmup_epochs": 10.0},
         "train": {"epochs": 100, "batch_size": 1024},
-        "moco-v3": {"view_1": {"crop_scale": (0.2, 1.0)}, "view_2": {"crop_scale": (0.2, 1.0)}},
+        "moco-v3": {**OFFICIAL_NETWORKS, "view_1": {"crop_scale": (0.2, 1.0)}, "view_2": {"crop_scale": (0.2, 1.0)}},
     }
 
 
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def _fix_positions(backbone: Backbone, image_size: int) -> None:
+    net = backbone.net
+    grid = image_size // net.patch_embed.patch_size[0]
+    positions = sincos_positions(grid, backbone.feature_dim)  # (1, 1+N, D), zeros for the class token
+    if getattr(net, "pos_embed", None) is None or net.pos_embed.shape != positions.shape:
+        raise UserError(f"moco-v3.fixed_positions needs a ViT with one position per patch and one for its "
+                        f"class token; {backbone.name} has other positions: add --set moco-v3.fixed_positions=false")
+    net.pos_embed.data.copy_(positions)
+    net.pos_embed.requires_grad_(False)
 
 
 class Method(nn.Module):
@@ -79,6 +102,10 @@ class Method(nn.Module):
                              last_batch_norm=vit, last_bias=False)
         if vit and c.freeze_patch_embedding:
             backbone.net.patch_embed.requires_grad_(False)
+        if vit and c.fixed_positions:
+            _fix_positions(backbone, image_size)
+        if not vit and c.zero_init_residual:
+            zero_init_residual(backbone.net)
         self.online = nn.Sequential(backbone, projection)
         self.target = ema_copy(self.online)
 

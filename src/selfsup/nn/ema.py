@@ -29,9 +29,13 @@ if TYPE_CHECKING:  # methods import this module
 
 
 def ema_copy(student: nn.Module) -> nn.Module:
-    """A copy of `student` (weights and buffers) that receives no gradients."""
+    """A copy of `student` (weights and buffers) that receives no gradients, and runs its whole
+    network: stochastic depth is the student's regulariser (DINO builds its teacher without it)."""
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
+    for module in teacher.modules():
+        if hasattr(module, "drop_prob"):  # timm's DropPath
+            module.drop_prob = 0.0
     return teacher
 
 
