@@ -60,7 +60,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     # Processes may hold different numbers of rows (iBOT's masked patches).
     log_batch = dist.all_reduce_sum(torch.tensor(float(log_q.shape[1]), device=log_q.device)).log()
     log_prototypes = math.log(log_q.shape[0])
-    for _ in range(iterations):
-        log_q = log_q - _logsumexp_over_processes(log_q, dim=1) - log_prototypes  # each prototype: 1/K
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_batch  # each image: 1/B
-    return (log_q + log_batch).exp().T  # rows sum to 1
+    for _ in range(iterations):  # in place: at K = 65,536 prototypes, log_q is large
+        log_q -= _logsumexp_over_processes(log_q, dim=1) + log_prototypes  # each prototype: 1/K
+        log_q -= torch.logsumexp(log_q, dim=0, keepdim=True) + log_batch  # each image: 1/B
+    return log_q.add_(log_batch).exp_().T  # rows sum to 1
