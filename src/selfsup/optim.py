@@ -72,8 +72,8 @@ def clip_gradients_per_tensor(parameters, max_norm: float) -> None:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return
-    norms = torch._foreach_norm(grads)
-    torch._foreach_mul_(grads, [torch.clamp(max_norm / (norm + 1e-6), max=1.0) for norm in norms])
+    scales = (max_norm / (torch.stack(torch._foreach_norm(grads)) + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, scales.unbind())
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
