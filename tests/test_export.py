@@ -75,22 +75,21 @@ def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, t
     from selfsup.errors import UserError
 
     data, runs = trained
-    folder = tmp_path / "folder.npy"
-    folder.mkdir()
     (tmp_path / "file").write_text("")
     gone = tmp_path / "no-checkpoint"  # read only after the output is checked: its error must not come first
-    for out, message in [(folder, "is a folder; --out takes a file name"),
-                         (tmp_path / "file" / "x.npy", f"cannot create {str(tmp_path / 'file')!r}")] + \
-            ([("/proc/x.npy", "cannot write in '/proc'")] if Path("/proc/self").is_dir() else []):
-        for call in (lambda: selfsup.export_encoder(gone, out),
-                     lambda: selfsup.embed_images(gone, data, out, show_progress=False)):
+    for out, message in [(tmp_path / "file" / "x", f"cannot create {str(tmp_path / 'file')!r}"),
+                         (tmp_path / "x.txt", "must end in")] + \
+            ([(Path("/proc/x"), "cannot write in '/proc'")] if Path("/proc/self").is_dir() else []):
+        for call in (lambda: selfsup.export_encoder(gone, out.with_suffix(out.suffix or ".safetensors")),
+                     lambda: selfsup.embed_images(gone, data, out.with_suffix(out.suffix or ".npy"),
+                                                  show_progress=False)):
             with pytest.raises(UserError, match=re.escape(message)):
                 call()
     with pytest.raises(UserError, match="--batch-size must be at least 1, got 0"):
         selfsup.embed_images(gone, data, tmp_path / "e.npy", batch_size=0)
-    assert main(["export", "--checkpoint", str(runs["resnet18"]), "--out", str(folder)]) == 2
+    assert main(["export", "--checkpoint", str(runs["resnet18"]), "--out", str(tmp_path / "enc.pt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is a folder" in err, err
+    assert len(err.splitlines()) == 1 and "must end in .safetensors" in err, err
     assert main(["embed", "--checkpoint", str(runs["resnet18"]), "--data", str(data), "--out",
                  str(tmp_path / "e.npy"), "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
@@ -104,7 +103,7 @@ def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, t
     with pytest.raises(UserError, match=re.escape("(No space left on device)")):
         selfsup.export_encoder(runs["resnet18"], tmp_path / "out" / "encoder.safetensors")
     assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its temporary copy
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.npy", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]
 
 
 # ---------------------------------------------------------------------------------------------

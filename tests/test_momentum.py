@@ -418,6 +418,18 @@ def test_teacher_temperature_warms_up_linearly():
     assert teacher_temperature(c, Progress(500, 1000, 100)) == pytest.approx(0.07)
 
 
+def test_dinos_vit_preset_takes_32_pixel_images_on_a_vit_tiny_and_trains():
+    cfg = resolve({"method": "dino", "preset": "cifar-vit", "dino": {"out_dim": 64, "hidden_dim": 32,
+                                                                    "bottleneck_dim": 16}})
+    assert (cfg.data.image_size, cfg.backbone.name, cfg.backbone.patch_size, cfg.optim.name) == (32, "vit-tiny", 4, "adamw")
+    method = build_method(cfg)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 32, 32, 3), generator=g, dtype=torch.uint8)
+    out = method(Batch(images=images, generator=g), Progress(0, 10, 1))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and method.student.backbone.net.blocks[0].attn.qkv.weight.grad is not None
+
+
 def test_dino_freezes_the_last_layer_during_the_first_epoch():
     method, _ = small_method("dino", freeze_last_layer_epochs=1.0, norm_last_layer=False)
     last = list(method.student.head.last_layer.parameters())

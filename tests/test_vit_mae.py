@@ -274,8 +274,8 @@ def test_mae_trains_draws_reconstructions_and_resumes_exactly(mae_runs):
     metrics = selfsup.train.read_metrics(root / "whole")
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["loss"] < 0.9 * metrics[0]["loss"]
-    picture = Image.open(root / "whole" / "pictures.png")  # 8 rows x 3 images of 96 px, 2-px gaps
-    assert picture.size == (3 * 98 - 2, 8 * 98 - 2)
+    picture = Image.open(root / "whole" / "pictures.png")  # titles, then 8 rows x 3 images of 96 px, 2-px gaps
+    assert picture.size == (3 * 98 - 2, selfsup.viz.TITLE_HEIGHT + 8 * 98 - 2)
     assert at_stop["position"]["step"] == 4 and at_stop["position"]["epoch"] == 1
     assert_same_state(whole, resumed)
 

@@ -4,11 +4,13 @@
 the model in the file's metadata. The keys are those of the plain torchvision/timm model with
 its classifier removed, so no selfsup code is needed to use it (README.md shows how).
 `embed_images` writes one L2-normalised feature vector per image to a .npy file and the list of
-files, one per line, beside it.
+files, one per line, beside it. `--out` may name a folder (one that exists, or a path ending in
+'/'): the files are then written inside it under fixed names.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,28 @@ from .eval.features import extract_features
 from .outputs import atomic_path, output_file
 from .views import IMAGENET_MEAN, IMAGENET_STD
 
+ENCODER_FILE = "encoder.safetensors"  # the name inside an --out folder
+EMBEDDINGS_FILE = "embeddings.npy"
+
+
+def _out_path(out: str | Path, suffix: str, default_name: str) -> Path:
+    """The file `--out` names: inside it (`default_name`) when it is a folder or ends in '/';
+    else `out` itself, which must end in `suffix`. Without a suffix would be a file name that
+    no other tool recognises, and another suffix a file that its readers reject."""
+    text = str(out)
+    path = Path(out).expanduser()
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return path / default_name
+    if path.suffix != suffix:
+        raise UserError(f"--out {text!r} must end in {suffix}, or name a folder (end it in '/') to write "
+                        f"{default_name} in")
+    return path
+
 
 def export_encoder(checkpoint, out: str | Path) -> dict:
-    """Write the encoder's weights to `out` (.safetensors); returns the metadata written."""
-    out = output_file(out)
+    """Write the encoder's weights to `out` (a .safetensors file, or a folder to write
+    encoder.safetensors in); returns the metadata written, and the file's path as "out"."""
+    out = output_file(_out_path(out, ".safetensors", ENCODER_FILE))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     cfg = encoder.config
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
@@ -42,7 +62,7 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
     }
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-    return metadata
+    return {"out": str(out), **metadata}
 
 
 def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -56,15 +76,14 @@ def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "auto", batch_size: int = 256,
                  cache_dir=None, show_progress: bool = True) -> dict:
-    """Write (N, D) float32 L2-normalised embeddings to `out` (.npy) and the N file names to
-    `out` with suffix .files.txt; images that cannot be decoded are skipped and counted."""
+    """Write (N, D) float32 L2-normalised embeddings to `out` (a .npy file, or a folder to write
+    embeddings.npy in) and the N file names beside it, with suffix .files.txt instead of .npy;
+    images that cannot be decoded are skipped and counted."""
     from .train import resolve_device
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    out = Path(out).expanduser()
-    if out.suffix != ".npy":
-        out = out.with_suffix(out.suffix + ".npy") if out.suffix else out.with_suffix(".npy")
+    out = _out_path(out, ".npy", EMBEDDINGS_FILE)
     out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     device = resolve_device(device)

@@ -1,7 +1,21 @@
-"""Pictures of a run: training curves from metrics.jsonl."""
+"""Pictures of a run: training curves from metrics.jsonl, and grids of images."""
 from __future__ import annotations
 
 from pathlib import Path
+
+TITLE_HEIGHT = 16  # pixels of the band above a grid that holds its column titles
+
+
+def evenly_spaced(items, count: int = 8):
+    """`count` items spread evenly from the first to the last (all of them when there are no more):
+    a fixed sample that crosses a dataset stored in name order, hence class by class, rather
+    than `count` images of its first class."""
+    import numpy as np
+
+    items = np.asarray(items)
+    if len(items) <= count:
+        return items
+    return items[np.linspace(0, len(items) - 1, count).round().astype(np.int64)]
 
 
 def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
@@ -36,11 +50,11 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
     return out
 
 
-def save_image_grid(rows: list, out: str | Path, min_side: int = 96) -> Path:
+def save_image_grid(rows: list, out: str | Path, min_side: int = 96, titles: list[str] | None = None) -> Path:
     """A PNG of images in rows: each row a (B, 3, H, W) tensor with values in [0, 1], 2-pixel white
     gaps between images; small images are enlarged (nearest neighbour, whole factors) to at least
-    `min_side` pixels so that 32-pixel images can be seen. Written atomically (it is redrawn while
-    a run goes on)."""
+    `min_side` pixels so that 32-pixel images can be seen. `titles`, one per column, are written in
+    a band of TITLE_HEIGHT pixels above. Written atomically (it is redrawn while a run goes on)."""
     import os
 
     import numpy as np
@@ -54,8 +68,24 @@ def save_image_grid(rows: list, out: str | Path, min_side: int = 96) -> Path:
     grid = grid.repeat_interleave(zoom, dim=3).repeat_interleave(zoom, dim=4)
     grid = torch.nn.functional.pad(grid, (0, 2, 0, 2), value=1.0)  # gap right of and below each image
     grid = grid.permute(0, 3, 1, 4, 2).reshape(r * (h * zoom + 2), b * (w * zoom + 2), 3)[:-2, :-2]
+    picture = Image.fromarray((grid.numpy() * 255).round().astype(np.uint8))
+    if titles:
+        picture = _with_titles(picture, titles, w * zoom + 2)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp.png")
-    Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(tmp)
+    picture.save(tmp)
     os.replace(tmp, out)
     return out
+
+
+def _with_titles(picture, titles: list[str], column_width: int):
+    """`picture` below a white band with each title centred over its column."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    framed = Image.new("RGB", (picture.width, picture.height + TITLE_HEIGHT), "white")
+    framed.paste(picture, (0, TITLE_HEIGHT))
+    draw, font = ImageDraw.Draw(framed), ImageFont.load_default()
+    for c, title in enumerate(titles):
+        x = c * column_width + (column_width - 2 - draw.textlength(title, font=font)) / 2
+        draw.text((max(0, x), 2), title, fill="black", font=font)
+    return framed

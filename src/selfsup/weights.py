@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import LOAD_ERRORS
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT, LOAD_ERRORS
 from .errors import UserError
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "last_linear.")
@@ -41,15 +41,18 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     except LOAD_ERRORS:
         raise UserError(f"{str(path)!r} cannot be read as a weights file (a state dict saved with torch.save, "
                         f"or .safetensors); it may hold objects other than tensors") from None
+    if isinstance(content, dict) and content.get("format") == CHECKPOINT_FORMAT:
+        # Checked before unwrapping: its "model" holds the method's whole state (heads, teacher,
+        # ...), whose key mismatch would wrongly blame --backbone.
+        raise UserError(f"{str(path)!r} is a selfsup checkpoint, not a weights file; pass it without weights: "
+                        f"(--checkpoint {path})")
     for key in WRAPPER_KEYS:
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]
             break
     if not isinstance(content, dict) or not content or \
             not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()):
-        hint = " (a selfsup checkpoint: give it without weights:)" if isinstance(content, dict) and \
-            content.get("format") == "selfsup-checkpoint" else ""
-        raise UserError(f"{str(path)!r} is not a state dict of tensors{hint}")
+        raise UserError(f"{str(path)!r} is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in content.items()}, {}
 
 

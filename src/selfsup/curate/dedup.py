@@ -54,6 +54,13 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | N
     return sorted(groups, key=lambda g: g[0])
 
 
+def kept_similarities(vectors: np.ndarray, groups: list[list[int]]) -> list[list[float]]:
+    """For each group, the cosine similarity of each member to the kept one (1.0 for itself), to
+    show beside the pictures how close each copy is to the threshold (rows of `vectors` are
+    L2-normalised, as duplicate_groups compares them)."""
+    return [(vectors[group] @ vectors[group[0]]).astype(float).tolist() for group in groups]
+
+
 def duplicates_to_drop(groups: list[list[int]]) -> set[int]:
     """All members of each group but the kept one (the first)."""
     return {i for group in groups for i in group[1:]}

@@ -9,7 +9,8 @@ from ..data.cache import decode_image
 
 
 def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) -> Path:
-    """A PNG with one row per list of (source, name); each image decoded at `size` pixels."""
+    """A PNG with one row per list of (source, name) or (source, name, label); each image decoded at
+    `size` pixels, titled with its file name and label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,9 +23,9 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
     for ax in axes.flat:
         ax.axis("off")
     for r, row in enumerate(rows):
-        for c, (source, name) in enumerate(row):
+        for c, (source, name, *label) in enumerate(row):
             axes[r, c].imshow(pixels.get((id(source), name), np.zeros((size, size, 3), np.uint8)))
-            axes[r, c].set_title(Path(name).name[:14], fontsize=6)
+            axes[r, c].set_title("\n".join([Path(name).name[:14], *label]), fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -36,7 +37,7 @@ def _decode_all(rows: list[list[tuple]], size: int) -> dict:
     """{(id(source), name): pixels}, reading each source once (one pass over a tar)."""
     wanted: dict[int, tuple] = {}
     for row in rows:
-        for source, name in row:
+        for source, name, *_ in row:
             wanted.setdefault(id(source), (source, set()))[1].add(name)
     pixels = {}
     for key, (source, names) in wanted.items():

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 from ..errors import UserError
 
 PROTOCOLS = ["knn", "linear", "finetune", "retrieval", "curve"]
 FINETUNE_FLAGS = ("epochs", "min_steps", "batch_size", "encoder_lr_ratio", "layer_decay", "patience",
                   "freeze_stages", "label_smoothing", "drop_path_rate")
+# The protocols that use each option (by its argparse dest); an option not named here is used by
+# all. The curve uses its own and those of its --protocol. From _protocol_options and run_eval.
+USED_BY = {**{name: ("finetune",) for name in FINETUNE_FLAGS},
+           **{name: ("linear", "finetune") for name in ("epochs", "batch_size", "lr", "weight_decay",
+                                                         "val_fraction")},
+           "k": ("knn", "retrieval"), "temperature": ("knn",), "curve_protocol": ("curve",),
+           "out": ("retrieval", "curve")}
 
 
 def add_eval_parser(commands, common) -> None:
@@ -53,10 +61,10 @@ def add_eval_parser(commands, common) -> None:
     p.add_argument("--drop-path-rate", type=float, help="finetune, ViTs: stochastic depth (default 0.1)")
     p.add_argument("--protocol", dest="curve_protocol", default="linear", choices=["knn", "linear", "finetune"],
                    help="curve: the protocol to run at each budget")
-    p.add_argument("--out", help="retrieval: write the neighbour lists (JSON); curve: the plot (PNG)")
+    p.add_argument("--out", help="retrieval: write the neighbour lists (JSON); curve: the plot (.png, .svg or .pdf)")
     p.add_argument("--no-record", action="store_true", help="do not append the result to the run's evals.jsonl")
     common(p)
-    p.set_defaults(run=run_eval)
+    p.set_defaults(run=partial(run_eval, defaults={name: p.get_default(name) for name in USED_BY}))
 
 
 def _one(values, flag: str, several: str = "`selfsup eval curve`"):
@@ -81,9 +89,30 @@ def _protocol_options(args, protocol: str) -> dict:
     return {"config": config, "val_fraction": args.val_fraction}
 
 
-def run_eval(args) -> int:
+def _flag(name: str) -> str:
+    return "--protocol" if name == "curve_protocol" else "--" + name.replace("_", "-")
+
+
+def refuse_unused(args, defaults: dict) -> None:
+    """Refuse an option the user gave (it differs from the parser's default) that the protocol
+    would ignore: a silently ignored --out or --freeze-stages reads as if it had an effect."""
+    used = {args.protocol} | ({args.curve_protocol} if args.protocol == "curve" else set())
+    for name, protocols in USED_BY.items():
+        if getattr(args, name) != defaults[name] and not used & set(protocols):
+            where = " and ".join(protocols)
+            takers = [p for p in protocols if p in ("knn", "linear", "finetune")]
+            if takers:  # the curve runs these, so it takes their options too
+                where += f" (and curve --protocol {'|'.join(takers)})"
+            command = f"eval curve --protocol {args.curve_protocol}" if args.protocol == "curve" else \
+                f"eval {args.protocol}"
+            raise UserError(f"{_flag(name)} is for {where}; {command} does not use it, leave it out")
+
+
+def run_eval(args, defaults: dict) -> int:
+    """`defaults`: the parser's, to tell the options the user gave (see refuse_unused)."""
     from . import evaluate_finetune, evaluate_knn, evaluate_linear, evaluate_retrieval, label_efficiency_curve
 
+    refuse_unused(args, defaults)
     setup = dict(train=args.train, test=args.test, data=args.data, device=args.device, image_size=args.image_size,
                  small_stem=args.small_stem, backbone=args.backbone, cache_dir=args.cache_dir,
                  show_progress=not args.no_progress, record=not args.no_record)
@@ -120,8 +149,8 @@ def describe(result: dict) -> str:
                  f"{result['test_images']:,} test images): {result['plot']}"]
         for line in result["lines"]:
             lines.append(f"  {line['encoder']}")
-            lines += [f"    {p['labels_per_class']:>8.1f} labels/class  top-1 {_figure({**p, 'seeds': seeds}, 'top1')}"
-                      for p in line["points"]]
+            lines += [f"    {_count(p['labels_per_class']):>8} labels/class  "
+                      f"top-1 {_figure({**p, 'seeds': seeds}, 'top1')}" for p in line["points"]]
         return "\n".join(lines)
     validation = f", {result['val_images']:,} for validation" if result.get("val_images") else ""
     budget = result["budget"] if result["classes"] else "no labels"
@@ -130,13 +159,23 @@ def describe(result: dict) -> str:
              f"{validation}; {result['test_images']:,} test images, {result['classes']} classes; {seeds} seed(s)"]
     if result.get("neighbours_file"):
         lines.append(f"  neighbours of every test image: {result['neighbours_file']}")
+    # With 5 classes or fewer every class is in the top 5: top-5 is 1 whatever the encoder.
+    top5 = result["classes"] > 5
     if result["protocol"] == "knn":
-        lines += [f"  k={k:<4} top-1 {_figure({**s, 'seeds': seeds}, 'top1')}   top-5 {s['top5']:.4f}"
-                  for k, s in result["by_k"].items()]
+        for k, s in result["by_k"].items():
+            used = s.get("k", int(k))
+            lines.append(f"  k={used:<4} top-1 {_figure({**s, 'seeds': seeds}, 'top1')}"
+                         + (f"   top-5 {s['top5']:.4f}" if top5 else "")
+                         + (f"   (k={k} asked; only {used} labelled images to vote)" if used != int(k) else ""))
         lines.append(f"  k={result['k']}, with its 95 % interval: top-1 {_figure(result, 'top1')}")
     elif result["protocol"] == "retrieval":
         keys = [k for k in result if k.startswith("precision@") and not k.endswith("_std")]
         lines += [f"  {key} {_figure(result, key)}" for key in keys + (["map"] if "map" in result else [])]
     else:
-        lines.append(f"  top-1 {_figure(result, 'top1')}   top-5 {_figure(result, 'top5')}")
+        lines.append(f"  top-1 {_figure(result, 'top1')}" + (f"   top-5 {_figure(result, 'top5')}" if top5 else ""))
     return "\n".join(lines)
+
+
+def _count(labels: float) -> str:
+    """Labels per class: '10' for a whole number, '4.9' for a mean over uneven classes."""
+    return f"{labels:.0f}" if float(labels).is_integer() else f"{labels:.1f}"

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, output_folder
-from .data import prepare
-from .protocols import finetune_protocol, knn_protocol, linear_protocol
+from .protocols import finetune_protocol, knn_protocol, linear_protocol, prepare_named
 from .record import record_result
 from .subsets import Budget
 
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes that suits a plot
 POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "top1", "top1_std", "top1_ci", "top5", "top5_std")
 
 
@@ -30,13 +30,13 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
     if per_class and fractions:
         raise UserError("give label budgets as --per-class or as --fraction, not both")
-    output_file(_png(out))  # before the protocols run, not after
+    output_file(_plot_path(out))  # before the protocols run, not after
     budgets = [Budget(per_class=k) for k in per_class] if per_class else \
         [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
     specs = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     lines, setup = [], None
     for spec in specs:
-        setup = prepare(spec, train, test, data, **options)
+        setup = prepare_named(spec, train, test, data, **options)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines.append({"encoder": setup.encoder.description, "checkpoint": setup.spec,
                       "points": [{k: r[k] for k in POINT_KEYS} for r in runs]})
@@ -51,7 +51,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
 
 
 def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
-    """PNG of a curve result: top-1 against labels per class (log x), one line per encoder."""
+    """A plot (PNG, SVG or PDF, by the suffix of `out`) of a curve result: top-1 against labels
+    per class (log x), one line per encoder."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,15 +70,19 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    out = _png(out)
+    out = _plot_path(out)
     output_folder(out.parent)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
 
-def _png(out: str | Path) -> Path:
+def _plot_path(out: str | Path) -> Path:
     """`out`, with .png added when it has no suffix: matplotlib would add it itself, and the path
-    reported would not exist."""
+    reported would not exist. Other suffixes are refused here, before hours of evaluation, not by
+    matplotlib after them."""
     out = Path(out).expanduser()
+    if out.suffix and out.suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(f"cannot write the plot as {out.suffix!r} ({str(out)!r}); "
+                        f"give --out a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file")
     return out if out.suffix else out.with_suffix(".png")

@@ -29,6 +29,8 @@ def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, la
 def _locate(train, test, data) -> tuple:
     """(train path, train split, test path, test split) from --train/--test or --data."""
     if data is not None:
+        if train is not None or test is not None:
+            raise UserError("give either --data (a folder holding train/ and test/) or --train and --test, not both")
         splits = open_splits(data)
         test_split = "test" if "test" in splits else "val"
         if "train" not in splits or test_split not in splits:

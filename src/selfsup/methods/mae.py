@@ -160,7 +160,8 @@ class Method(nn.Module):
         masked = original.masked_fill(image(hidden.float()) > 0, 0.5)  # hidden patches grey
         reconstruction = denormalize(image(torch.where(hidden, prediction, target)))
         columns = [c.clamp(0, 1) for c in (masked, reconstruction, original)]
-        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png")
+        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png",
+                        titles=["masked input", "reconstruction", "original"])
 
     def encoder(self) -> Backbone:
         return self.backbone

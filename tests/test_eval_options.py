@@ -1,0 +1,129 @@
+"""`selfsup eval`: options a protocol would ignore are refused, the curve's plot format is checked
+before any work, and results say what they used (k, the data's paths) and print what is informative."""
+import pytest
+import torch
+
+from selfsup.cli import main
+from selfsup.data import load_cache, open_source
+from selfsup.encoder import load_encoder
+from selfsup.errors import UserError
+from selfsup.eval import evaluate_knn, evaluate_linear, label_efficiency_curve
+from selfsup.eval.command import describe
+from selfsup.eval.curve import plot_label_efficiency
+
+TINY = dict(image_size=16, small_stem=False, device="cpu", show_progress=False, record=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def error_of(capsys, *args) -> str:
+    """The one-line error of `selfsup eval ARGS` (which must fail with status 2)."""
+    assert main(["eval", *map(str, args)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["knn", "--out", "knn.json"], "--out is for retrieval and curve; eval knn does not use it"),
+    (["knn", "--freeze-stages", "2"], "--freeze-stages is for finetune (and curve --protocol finetune); eval knn"),
+    (["knn", "--epochs", "3"], "--epochs is for linear and finetune"),
+    (["knn", "--val-fraction", "0.2"], "--val-fraction is for linear and finetune"),
+    (["linear", "--protocol", "knn"], "--protocol is for curve; eval linear does not use it"),
+    (["linear", "--temperature", "0.1"], "--temperature is for knn"),
+    (["linear", "--k", "5"], "--k is for knn and retrieval"),
+    (["linear", "--layer-decay", "0.5"], "--layer-decay is for finetune"),
+    (["retrieval", "--lr", "0.1"], "--lr is for linear and finetune"),
+    (["finetune", "--out", "x.json"], "--out is for retrieval and curve"),
+    (["curve", "--protocol", "linear", "--temperature", "0.1"], "eval curve --protocol linear does not use it"),
+    (["curve", "--protocol", "knn", "--epochs", "3"], "eval curve --protocol knn does not use it"),
+    (["curve", "--k", "5"], "eval curve --protocol linear does not use it"),  # linear: the curve's default
+])
+def test_options_the_protocol_would_ignore_are_refused(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # where a relative --out would go
+    missing = tmp_path / "no-data"  # the option is refused first: no image is looked for
+    assert message in error_of(capsys, *args, "--checkpoint", "random:resnet18", "--data", missing, "--no-progress")
+
+
+@pytest.mark.parametrize("args", [
+    ["knn", "--k", "5", "--temperature", "0.1", "--per-class", "2", "--seeds", "2"],
+    ["linear", "--epochs", "3", "--lr", "0.1", "0.01", "--weight-decay", "0", "--batch-size", "8",
+     "--val-fraction", "0.2"],
+    ["finetune", "--freeze-stages", "2", "--epochs", "3", "--lr", "0.1", "--encoder-lr-ratio", "1",
+     "--val-fraction", "0.2", "--drop-path-rate", "0", "--label-smoothing", "0.1", "--patience", "2"],
+    ["retrieval", "--k", "1", "5", "--out", "nn.json"],
+    ["curve", "--protocol", "knn", "--k", "5", "--temperature", "0.1", "--out", "c.png", "--per-class", "1", "2"],
+    ["curve", "--protocol", "finetune", "--encoder-lr-ratio", "1", "--fraction", "0.1", "1"],
+    ["curve", "--epochs", "3", "--val-fraction", "0.2"],
+    ["linear", "--protocol", "linear"],  # the default value: nothing to tell apart from no option
+])
+def test_options_the_protocol_uses_pass(tmp_path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "no-data"
+    assert "does not exist" in error_of(capsys, *args, "--checkpoint", "random:resnet18", "--data", missing,
+                                        "--no-progress")
+
+
+def test_the_curve_refuses_a_plot_format_before_any_work(tmp_path, capsys):
+    missing = tmp_path / "no-data"
+    err = error_of(capsys, "curve", "--checkpoint", "random:resnet18", "--data", missing, "--per-class", "1",
+                   "--protocol", "knn", "--out", tmp_path / "out" / "curve.txt")
+    assert "'.txt'" in err and ".png, .svg or .pdf" in err
+    with pytest.raises(UserError, match="as '.json'"):
+        label_efficiency_curve("random:resnet18", data=missing, out=tmp_path / "c.json", **TINY)
+    curve = {"curve_protocol": "knn", "seeds": 1, "test_images": 3,
+             "lines": [{"encoder": "e", "points": [{"labels_per_class": 1.0, "top1": 0.5, "top1_std": 0.0}]}]}
+    for name, magic in [("c.svg", b"<?xml"), ("c.PDF", b"%PDF"), ("c", b"\x89PNG")]:
+        written = plot_label_efficiency(curve, tmp_path / name)
+        assert written.read_bytes().startswith(magic)
+
+
+def test_the_curve_prints_labels_per_class_as_counts():
+    points = [{"labels_per_class": n, "top1": 0.5, "top1_std": 0.0} for n in (1.0, 10.0, 4.5)]
+    text = describe({"protocol": "curve", "curve_protocol": "knn", "seeds": 1, "test_images": 30, "plot": "c.png",
+                     "lines": [{"encoder": "e", "points": points}]})
+    labels = [line.split(" labels/class")[0].strip() for line in text.splitlines() if "labels/class" in line]
+    assert labels == ["1", "10", "4.5"]
+
+
+def test_knn_says_when_k_is_clipped_to_the_labelled_images(split_folder):
+    result = evaluate_knn("random:resnet18", data=split_folder, k=(5, 100), **TINY)  # 48 training images
+    assert (result["k"], result["k_asked"]) == (48, 100)
+    assert result["by_k"]["100"]["k"] == 48 and result["by_k"]["5"]["k"] == 5
+    used = evaluate_knn("random:resnet18", data=split_folder, k=48, **TINY)
+    assert result["by_k"]["100"]["top1"] == used["top1"]
+    text = describe(result)
+    assert "k=48   top-1" in text and "k=100 asked; only 48 labelled images" in text
+    assert "k=5    top-1" in text and text.count("asked") == 1
+
+
+def test_top5_is_shown_only_with_more_than_five_classes(split_folder):
+    result = evaluate_knn("random:resnet18", data=split_folder, k=5, **TINY)  # 3 classes: top-5 is always 1
+    assert result["top5"] == 1.0 and "top-5" not in describe(result)
+    assert "top-5" in describe({**result, "classes": 10})
+    linear = {**result, "protocol": "linear", "top5_std": 0.0}
+    assert "top-5" not in describe(linear) and "top-5" in describe({**linear, "classes": 6})
+
+
+def test_results_name_train_and_test_data_by_absolute_paths(split_folder, monkeypatch):
+    # pretrain caches the training split under its absolute path; eval then gets a relative --data
+    size = load_encoder("random:resnet18", 16, False).cache_size
+    load_cache(open_source(split_folder, "train"), size, show_progress=False)
+    monkeypatch.chdir(split_folder.parent)
+    result = evaluate_linear("random:resnet18", data=split_folder.name, epochs=1, lr=1e-3, weight_decay=0.0,
+                             **TINY)
+    assert (result["train_data"], result["test_data"]) == (f"{split_folder} [train]", f"{split_folder} [test]")
+    # The test split's cache was just built under a relative name: from another folder, the
+    # results still name the data by the path given now.
+    monkeypatch.chdir(split_folder / "train")
+    result = evaluate_knn("random:resnet18", data="..", k=5, **TINY)
+    assert (result["train_data"], result["test_data"]) == (f"{split_folder} [train]", f"{split_folder} [test]")
+
+
+def test_data_together_with_train_or_test_is_refused(tmp_path):
+    from selfsup.eval.data import open_labelled
+    with pytest.raises(UserError, match=r"^give either --data .* or --train and --test, not both$"):
+        open_labelled(16, train=tmp_path, data=tmp_path)

@@ -1,0 +1,176 @@
+"""What users see of outputs: where --out files land, what a wrong file gets told, what pictures show."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import selfsup
+from selfsup.cli import main
+from selfsup.encoder import load_encoder
+from selfsup.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import write_dataset
+    root = tmp_path_factory.mktemp("ux")
+    data = write_dataset(root / "data", per_class=4, size=16)
+    run = selfsup.pretrain(data=data, out=root / "run", epochs=1, batch_size=8, image_size=16,
+                           backbone="resnet18-half", show_progress=False)
+    return data, run.checkpoint
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A current folder apart from --out, to see that nothing is written there."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+# ---------------------------------------------------------------------------------------------
+# selfsup embed / export: --out as a folder, and suffixes that other tools would reject
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_embed_into_a_folder_writes_inside_it(trained, tmp_path, elsewhere, existing):
+    data, checkpoint = trained
+    folder = tmp_path / "out"
+    if existing:
+        folder.mkdir()
+    out = str(folder) if existing else str(folder) + "/"
+    assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(data), "--out", out, "--no-progress"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.files.txt", "embeddings.npy"]
+    assert np.load(folder / "embeddings.npy").shape[0] == len((folder / "embeddings.files.txt").read_text().split())
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("name", ["emb.txt", "emb"])
+def test_embed_refuses_a_file_name_not_ending_in_npy(trained, tmp_path, capsys, name):
+    data, checkpoint = trained
+    with pytest.raises(UserError, match=r"must end in \.npy, or name a folder"):
+        selfsup.embed_images(checkpoint, data, tmp_path / name, show_progress=False)
+    assert main(["embed", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / name)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_name_not_ending_in_safetensors(trained, tmp_path, capsys):
+    _, checkpoint = trained
+    with pytest.raises(UserError, match=r"must end in \.safetensors"):
+        selfsup.export_encoder(checkpoint, tmp_path / "enc.pt")
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "enc.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".safetensors" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_into_a_folder_writes_encoder_safetensors(trained, tmp_path, elsewhere):
+    _, checkpoint = trained
+    (tmp_path / "out").mkdir()
+    for out, folder in [(tmp_path / "out", tmp_path / "out"), (str(tmp_path / "new") + "/", tmp_path / "new")]:
+        meta = selfsup.export_encoder(checkpoint, out)
+        assert meta["out"] == str(folder / "encoder.safetensors") and meta["backbone"] == "resnet18-half"
+        assert "conv1.weight" in load_file(str(folder / "encoder.safetensors"))
+    assert list(elsewhere.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# weights:FILE given a selfsup checkpoint
+
+
+def test_a_selfsup_checkpoint_given_as_weights_is_named_as_such(trained, monkeypatch):
+    _, checkpoint = trained
+    loads = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    with pytest.raises(UserError) as caught:
+        load_encoder(f"weights:{checkpoint}", backbone="resnet18-half")
+    message = str(caught.value)
+    assert "is a selfsup checkpoint" in message and f"without weights: (--checkpoint {checkpoint})" in message
+    assert "--backbone" not in message and "missing" not in message
+    assert loads == [True]  # still read without unpickling anything but tensors
+    assert load_encoder(checkpoint).backbone.name == "resnet18-half"  # as it says: without weights:
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures: MAE's column titles and its fixed images; similarities of near-duplicates
+
+
+def test_image_grid_titles_its_columns_in_a_band_above(tmp_path):
+    from selfsup.viz import TITLE_HEIGHT, save_image_grid
+
+    rows = [torch.ones(3, 3, 32, 32) for _ in range(2)]  # white images: only the titles are dark
+    plain = np.asarray(Image.open(save_image_grid(rows, tmp_path / "a.png")))
+    titled = np.asarray(Image.open(save_image_grid(rows, tmp_path / "b.png", titles=["x", "y", "z"])))
+    assert titled.shape == (plain.shape[0] + TITLE_HEIGHT, plain.shape[1], 3)
+    np.testing.assert_array_equal(titled[TITLE_HEIGHT:], plain)
+    width = 96 + 2
+    for c in range(3):
+        assert (titled[:TITLE_HEIGHT, c * width:(c + 1) * width - 2] < 128).any(), f"no title over column {c}"
+
+
+def test_mae_pictures_have_column_titles(tmp_path):
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.methods.common import Batch
+    from selfsup.viz import TITLE_HEIGHT
+
+    cfg = resolve({"method": "mae", "backbone": {"name": "vit-tiny", "patch_size": 4}, "data": {"image_size": 16},
+                   "mae": {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}})
+    torch.manual_seed(0)
+    method = build_method(cfg).eval()
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        method.save_pictures(Batch(images, torch.Generator().manual_seed(0)), tmp_path)
+    picture = np.asarray(Image.open(tmp_path / "pictures.png").convert("RGB"))
+    assert picture.shape[:2] == (TITLE_HEIGHT + 8 * 98 - 2, 3 * 98 - 2)  # 8 rows x 3 images of 96 px
+    header = picture[:TITLE_HEIGHT]
+    assert all((header[:, c * 98:c * 98 + 96] < 128).any() for c in range(3))
+
+
+def test_evenly_spaced_spans_the_items_and_is_fixed():
+    from selfsup.viz import evenly_spaced
+
+    picked = evenly_spaced(np.arange(100), 8)
+    assert picked.tolist() == [0, 14, 28, 42, 57, 71, 85, 99]
+    assert evenly_spaced(np.arange(5, 10), 8).tolist() == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.xfail(strict=True, reason="needs train.py's Trainer.save_pictures to pick viz.evenly_spaced(...)")
+def test_method_pictures_show_images_from_across_the_dataset():
+    from selfsup.train import Trainer
+
+    shown = []
+    method = SimpleNamespace(save_pictures=lambda batch, out: shown.extend(batch.images[:, 0, 0, 0].tolist()),
+                             training=False, eval=lambda: None, train=lambda mode: None)
+    images = np.arange(100, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
+    trainer = SimpleNamespace(method=method, holdout_idx=np.arange(0, 100, 2), train_idx=np.arange(1, 100, 2),
+                              cache=SimpleNamespace(images=images), device=torch.device("cpu"),
+                              cfg=SimpleNamespace(train=SimpleNamespace(precision="fp32")), out=Path("."))
+    Trainer.save_pictures(trainer)
+    assert shown[0] == 0 and shown[-1] == 98 and len(shown) == 8  # the first and last held-out images
+
+
+def test_kept_similarities_are_each_copy_against_the_kept_image():
+    from selfsup.curate.dedup import duplicate_groups, kept_similarities
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 16))
+    vectors = np.concatenate([base, base[:1] + 0.05 * rng.normal(size=(2, 16))])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    groups = duplicate_groups(vectors, 0.9)
+    assert groups == [[0, 3, 4]]
+    sims = kept_similarities(vectors, groups)
+    np.testing.assert_allclose(sims[0], [1.0, vectors[3] @ vectors[0], vectors[4] @ vectors[0]], rtol=1e-6)
+    assert all(0.9 <= s <= 1.0 + 1e-6 for s in sims[0])
