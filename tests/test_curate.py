@@ -177,9 +177,14 @@ def planted(tmp_path_factory):
     return root, copies
 
 
-def test_curate_removes_planted_copies_and_leaks_and_retrieves_nearest(planted):
+def test_curate_removes_planted_copies_and_leaks_and_retrieves_nearest(planted, monkeypatch):
+    import selfsup.curate
     root, copies = planted
     out = root / "out"
+    drawn = {}
+    draw = selfsup.curate.draw_rows
+    monkeypatch.setattr(selfsup.curate, "draw_rows", lambda rows, path, *a: drawn.setdefault(path.name, rows) and
+                        draw(rows, path, *a))
     summary = curate(root / "pool", root / "seeds", "random:resnet18", out, exclude=root / "eval",
                      config=CurateConfig(threshold=0.84, k=5, chunk_size=64), image_size=64, small_stem=False, device="cpu",
                      show_progress=False)
@@ -211,6 +216,10 @@ def test_curate_removes_planted_copies_and_leaks_and_retrieves_nearest(planted):
     expected = sorted({Path(names[kept[j]]).name for j in idx.ravel()})
     assert sorted(set(listed)) == expected == sorted(listed)
     assert (out / "duplicates.png").stat().st_size > 1000 and (out / "retrieved.png").stat().st_size > 1000
+    # Under each copy in duplicates.png, its similarity to the kept image: at least the threshold.
+    labels = [[label for _, _, label in row] for row in drawn["duplicates.png"]]
+    assert len(labels) == 8 and all(row[0] == "kept" and len(row) == 2 for row in labels)
+    assert all(0.84 <= float(row[1].removeprefix("cos ")) <= 1.0 for row in labels)
     assert len(open_source(out / "curated.txt").names) == len(listed)  # pretrain --data accepts it
 
 

@@ -147,7 +147,6 @@ def test_evenly_spaced_spans_the_items_and_is_fixed():
     assert evenly_spaced(np.arange(5, 10), 8).tolist() == [5, 6, 7, 8, 9]
 
 
-@pytest.mark.xfail(strict=True, reason="needs train.py's Trainer.save_pictures to pick viz.evenly_spaced(...)")
 def test_method_pictures_show_images_from_across_the_dataset():
     from selfsup.train import Trainer
 

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from .errors import UserError
+from .errors import UserError, nearest
 
 # Command-line flag -> dotted key of the run config (also the keyword arguments of selfsup.pretrain).
 PRETRAIN_FLAGS = {
@@ -46,10 +46,31 @@ PRETRAIN_FLAGS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with selfsup's errors: one line, `selfsup: error: ...` with the help to read, and
+    status 2 (argparse's own prints the whole usage block first). Commands' parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"selfsup: error: {message}; see {self.prog} --help\n")
+
+    def _check_value(self, action, value):
+        # argparse lists the choices but suggests none, and none across case ('Adam' -> 'adamw').
+        if action.choices is not None and value not in action.choices:
+            valid = [str(choice) for choice in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice {value!r}{nearest(value, valid)}; "
+                                                 f"valid: {', '.join(valid)}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Everything after a command is that command's: report a stray argument with its help.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def flags_to_config(values: dict) -> dict:
     """{'epochs': 10, 'lr': 0.3} -> {'train': {'epochs': 10}, 'optim': {'lr': 0.3}} (None skipped)."""
     from .config import merge_dicts, nested
-    from .errors import nearest
 
     tree: dict = {}
     for flag, value in values.items():
@@ -75,25 +96,36 @@ def _pretrain(args) -> int:
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
     if dist.is_main():  # under torchrun: one result, not one per process
-        print(json.dumps(summary) if args.json else f"done: {summary}")
+        print(json.dumps(summary) if args.json else done_line(summary))
     return 0
+
+
+def done_line(summary: dict) -> str:
+    """'done: epoch 30, loss 4.2860, kNN top-1 0.412 on the held-out images, checkpoint runs/x/last.pt'."""
+    parts = [f"epoch {summary['epoch']}"] if "epoch" in summary else []
+    if "loss" in summary:
+        parts.append(f"loss {summary['loss']:.4f}")
+    if "knn_top1" in summary:
+        parts.append(f"kNN top-1 {summary['knn_top1']:.3f} on the held-out images")
+    return "done: " + ", ".join(parts + [f"checkpoint {summary['checkpoint']}"])
 
 
 def _export(args) -> int:
     from .export import export_encoder
 
     metadata = export_encoder(args.checkpoint, args.out)
-    print(json.dumps({"out": args.out, **metadata}) if args.json else f"wrote {args.out} ({metadata['backbone']})")
+    print(json.dumps(metadata) if args.json else f"wrote {metadata['out']} ({metadata['backbone']})")
     return 0
 
 
 def _embed(args) -> int:
+    from .console import plural
     from .export import embed_images
 
     result = embed_images(args.checkpoint, args.data, args.out, device=args.device, batch_size=args.batch_size,
                           cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(json.dumps(result) if args.json else
-          f"wrote {result['count']:,} embeddings of dimension {result['dim']} to {result['embeddings']} "
+          f"wrote {plural(result['count'], 'embedding')} of dimension {result['dim']} to {result['embeddings']} "
           f"(file list: {result['files']})")
     return 0
 
@@ -107,7 +139,13 @@ def _curate(args) -> int:
                      device=args.device, backbone=args.backbone, image_size=args.image_size,
                      small_stem=args.small_stem, make_tar=args.tar,
                      show_progress=not args.no_progress)
-    print(json.dumps(summary) if args.json else json.dumps(summary, indent=1))
+    if args.json:
+        print(json.dumps(summary))
+    else:  # curate() has said the counts on stderr; here: what was written and what to look at
+        outputs = summary["outputs"]
+        print(f"wrote {summary['retrieved']:,} retrieved images to {outputs['data']}; check "
+              f"{outputs['duplicates_png']} and {outputs['retrieved_png']} by eye "
+              f"(every figure: {outputs['summary']})")
     return 0
 
 
@@ -132,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .report.command import add_report_parser
     from .synth.command import add_synth_parser
 
-    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
+    parser = Parser(prog="selfsup", description="Self-supervised visual representation learning.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("pretrain", help="pretrain an encoder on unlabelled images")

@@ -6,6 +6,11 @@ import sys
 from tqdm.auto import tqdm
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """'1 epoch', '30 epochs', '4,750 images'; `nouns` where adding an s is wrong ('classes')."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

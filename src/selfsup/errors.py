@@ -15,9 +15,13 @@ class UserError(Exception):
 
 
 def nearest(name: str, valid: Iterable[str]) -> str:
-    """' (did you mean X?)' for the closest valid name, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """' (did you mean X?)' for the closest valid name, or '' when nothing is close. Case is
+    ignored when comparing, so 'SimCLR' finds 'simclr'."""
+    by_lower: dict[str, str] = {}
+    for v in valid:
+        by_lower.setdefault(str(v).lower(), str(v))
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def unknown_choice(kind: str, name: str, valid: Iterable[str]) -> UserError:

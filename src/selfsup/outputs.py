@@ -52,3 +52,26 @@ def atomic_path(path: Path):
         raise UserError(f"cannot write {str(path)!r} ({e.strerror}); choose another --out") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def removed_if_left_empty(out: str | Path | None):
+    """The output folder `out`, and any parents, that the block creates are removed again if it
+    fails before writing into them, so a refused start leaves no empty folder behind. A folder
+    that existed before, or that holds anything, stays (rmdir refuses a folder with files)."""
+    new = []  # folders that do not exist yet, deepest first
+    path = Path(out).expanduser().absolute() if out else None
+    while path is not None and not path.exists() and path != path.parent:
+        new.append(path)
+        path = path.parent
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break  # it holds something: keep it and the folders above
+        raise

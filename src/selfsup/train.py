@@ -25,7 +25,7 @@ from . import dist, monitor
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .console import progress_bar, say, warn
+from .console import plural, progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
 from .data.loader import SampleBatch, map_side
 from .errors import UserError
@@ -34,8 +34,9 @@ from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
+from .outputs import removed_if_left_empty
 from .views import compile_views
-from .viz import plot_training_curves
+from .viz import evenly_spaced, plot_training_curves
 
 # Where things are may change on --resume, not what they are: a distillation's teacher weights
 # are restored from the run's checkpoint, its --teacher only says where to read its architecture.
@@ -100,8 +101,12 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
                 field_name = "method_config" if section == cfg.method else section  # RunConfig's name for it
                 allowed.setdefault(field_name, {})[key] = value
             elif saved.get(section, {}).get(key) != value:
+                longer = ""
+                if (section, key) == ("train", "epochs"):  # the schedules end at the last epoch
+                    longer = (f"; to train for {value} epochs, start a new run: selfsup pretrain "
+                              f"--config {out / 'config.yaml'} --epochs {value} --out NEW_DIR")
                 raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
-                                f"(saved {saved.get(section, {}).get(key)!r}, given {value!r})")
+                                f"(saved {saved.get(section, {}).get(key)!r}, given {value!r}){longer}")
     cfg = dataclasses.replace(config_lib.override(cfg, allowed), out=str(out))
     return _absolute_paths(cfg), checkpoint
 
@@ -222,6 +227,7 @@ class Trainer:
         # Views differ across processes yet are reproducible from the seed.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed + 1_000_003 * self.rank)
         self.position = Position()
+        self.resumed = checkpoint is not None
         self.total_steps = cfg.train.epochs * len(self.stream)
         self.epoch_sums: dict[str, torch.Tensor] = {}
         if checkpoint is not None:
@@ -331,7 +337,7 @@ class Trainer:
         randomness is untouched."""
         if not hasattr(self.method, "save_pictures") or not dist.is_main():
             return
-        shown = (self.holdout_idx if len(self.holdout_idx) >= 8 else self.train_idx)[:8]
+        shown = evenly_spaced(self.holdout_idx if len(self.holdout_idx) >= 8 else self.train_idx, 8)
         images = torch.from_numpy(np.ascontiguousarray(self.cache.images[shown])).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(0)
         was_training = self.method.training
@@ -390,16 +396,14 @@ class Trainer:
 
     def fit(self) -> RunResult:
         cfg = self.cfg
+        if self.position.epoch >= cfg.train.epochs:  # resumed after its last epoch (its data checked)
+            if dist.is_main():
+                say(f"selfsup: {self.out} already finished its {plural(cfg.train.epochs, 'epoch')}; to train "
+                    f"longer, start a new run: selfsup pretrain --config {self.out / 'config.yaml'} "
+                    f"--epochs MORE --out NEW_DIR")
+            return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=read_metrics(self.out))
         if dist.is_main():
-            batch = f"{cfg.train.batch_size}" + (f" ({self.world} processes x {cfg.train.batch_size // self.world})"
-                                                 if self.world > 1 else "")
-            data = f"{len(self.train_idx):,} images" if self.samples is None else \
-                f"{len(self.samples.rows):,} samples of {len(self.train_idx):,} images"
-            say(f"selfsup: {cfg.method} on {data} ({self.cache.source}), "
-                f"{cfg.backbone.name}, {cfg.train.epochs} epochs x {len(self.stream)} steps of {batch}, "
-                f"peak lr {self.lr:.4g} = {cfg.optim.lr} per {cfg.optim.lr_reference_batch} images, "
-                f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}), "
-                f"device {self.device}, preset {cfg.preset}")
+            self._say_start()
         images_per_step = cfg.train.batch_size
         bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
                            initial=self.position.step * images_per_step)
@@ -412,6 +416,32 @@ class Trainer:
         if dist.is_main():
             plot_training_curves(metrics, self.out / "curves.png")
         return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=metrics)
+
+    def _say_start(self) -> None:
+        """The run, the monitor's classes and, on --resume, where it continues: a line each."""
+        cfg = self.cfg
+        batch = f"{cfg.train.batch_size}" + (f" ({self.world} processes x {cfg.train.batch_size // self.world})"
+                                             if self.world > 1 else "")
+        data = plural(len(self.train_idx), "image") if self.samples is None else \
+            f"{plural(len(self.samples.rows), 'sample')} of {plural(len(self.train_idx), 'image')}"
+        say(f"selfsup: {cfg.method} on {data} ({self.cache.source}), "
+            f"{cfg.backbone.name}, {plural(cfg.train.epochs, 'epoch')} x {plural(len(self.stream), 'step')} of {batch}, "
+            f"peak lr {self.lr:.4g} = {cfg.optim.lr} per {cfg.optim.lr_reference_batch} images, "
+            f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}), "
+            f"device {self.device}, preset {cfg.preset}")
+        if len(self.holdout_idx):
+            # The classes are the first level of folders, which may not be classes at all
+            # (labelled/ and unlabelled/): show them.
+            classes = self.cache.classes
+            shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+            say(f"monitor: kNN on {plural(len(self.holdout_idx), 'held-out image')} "
+                f"({cfg.data.holdout_fraction * 100:g} %, not pretrained on), "
+                f"{plural(len(classes), 'class', 'classes')} from subfolders ({shown})")
+        if self.resumed:
+            at = self.position
+            batch_at = f", batch {at.batch + 1} of {len(self.stream)}" if at.batch else ""
+            say(f"selfsup: resuming {self.out} at epoch {at.epoch + 1} of {cfg.train.epochs}{batch_at} "
+                f"(step {at.step:,} of {self.total_steps:,})")
 
     def _run_epoch(self, bar) -> None:
         cfg = self.cfg
@@ -482,8 +512,9 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
     """Resolve the config (or restore it from RUN_DIR/last.pt), then train to the last epoch."""
     config_lib.check_sections(user, "config")
     dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
-    cfg, checkpoint = prepare_run(user, resume)
-    trainer = Trainer(cfg, checkpoint, show_progress)
-    if checkpoint is None:
-        write_run_config(cfg)
-    return trainer.fit()
+    with removed_if_left_empty(user.get("out")):
+        cfg, checkpoint = prepare_run(user, resume)
+        trainer = Trainer(cfg, checkpoint, show_progress)
+        if checkpoint is None:
+            write_run_config(cfg)
+        return trainer.fit()

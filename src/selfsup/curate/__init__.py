@@ -24,12 +24,12 @@ from typing import Literal
 import numpy as np
 
 from ..config import override, ranged
-from ..console import say
+from ..console import plural, say
 from ..data.sources import open_source
 from ..encoder import load_encoder
 from ..errors import UserError
-from ..outputs import output_folder
-from .dedup import duplicate_groups, duplicates_to_drop, near_any
+from ..outputs import output_folder, removed_if_left_empty
+from .dedup import duplicate_groups, duplicates_to_drop, kept_similarities, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
 from .retrieve import from_nearest_clusters, nearest_to_seeds
@@ -89,12 +89,13 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     from ..train import resolve_device
 
     config = CurateConfig.checked(**asdict(config or CurateConfig()))
-    out = output_folder(out)
-    device = resolve_device(device)
-    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
-    sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
-    if exclude:
-        sources["excluded set"] = _open(exclude, "excluded set")
+    with removed_if_left_empty(out):  # a refused start (no pool, a bad checkpoint) leaves no folder
+        out = output_folder(out)
+        device = resolve_device(device)
+        encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
+        sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
+        if exclude:
+            sources["excluded set"] = _open(exclude, "excluded set")
     embedded = {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,
                                    config.chunk_size, show_progress=show_progress, desc=f"embedding {what}")
                 for what, src in sources.items()}
@@ -117,11 +118,14 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                       duplicate_groups=len(groups), removed_as_duplicates=len(dropped), excluded=len(excluded),
                       retrieved=len(selected), per_seed_or_cluster=per,
                       mode="clusters" if config.clusters else "nearest")
-    summary.outputs = _write_outputs(out, sources, embedded, selected, groups, rows, make_tar)
+    similarities = kept_similarities(vectors["pool"], groups[:8])  # shown under the duplicates
+    summary.outputs = _write_outputs(out, sources, embedded, selected, groups, similarities, rows, make_tar)
     summary.outputs.update(_write_removed(out, pool_e.names, groups, excluded))
+    summary.outputs["summary"] = str(out / "summary.json")
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=1))
-    say(f"curate: {summary.pool:,} pool images, {summary.removed_as_duplicates:,} near-duplicates removed "
-        f"({summary.duplicate_groups:,} groups), {summary.excluded:,} excluded, {summary.retrieved:,} retrieved "
+    say(f"curate: {plural(summary.pool, 'pool image')}, {plural(summary.removed_as_duplicates, 'near-duplicate')} "
+        f"removed ({plural(summary.duplicate_groups, 'group')}), {summary.excluded:,} excluded, "
+        f"{summary.retrieved:,} retrieved "
         f"-> selfsup pretrain --data {summary.outputs['data']}")
     return asdict(summary)
 
@@ -141,7 +145,7 @@ def _retrieve(seeds: np.ndarray, candidates: np.ndarray, kept: np.ndarray, confi
 
 
 def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int], groups: list[list[int]],
-                   picture_rows: list, make_tar: bool) -> dict:
+                   similarities: list[list[float]], picture_rows: list, make_tar: bool) -> dict:
     pool_src, pool_names = sources["pool"], embedded["pool"].names
     names = [pool_names[i] for i in selected]
     on_disk = pool_src.file_path(names[0]) is not None
@@ -153,8 +157,10 @@ def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int]
         outputs["tar"] = str(write_tar(pool_src, names, out / "curated.tar"))
     outputs["data"] = outputs["list"] if on_disk else outputs["tar"]  # what `pretrain --data` reads
     by_kind = {"pool": (pool_src, pool_names), "seed": (sources["seed set"], embedded["seed set"].names)}
-    outputs["duplicates_png"] = str(draw_rows([[(pool_src, pool_names[i]) for i in g[:9]] for g in groups[:8]],
-                                              out / "duplicates.png", "near-duplicate groups (the first is kept)"))
+    duplicates = [[(pool_src, pool_names[i], "kept" if n == 0 else f"cos {s:.3f}")
+                   for n, (i, s) in enumerate(zip(group[:9], sims))] for group, sims in zip(groups[:8], similarities)]
+    outputs["duplicates_png"] = str(draw_rows(duplicates, out / "duplicates.png",
+                                              "near-duplicate groups (first kept; cos to it)"))
     rows = [[(by_kind[kind][0], by_kind[kind][1][i]) for kind, i in row] for row in picture_rows]
     outputs["retrieved_png"] = str(draw_rows(rows, out / "retrieved.png", "retrieved images (seed first)"))
     return outputs

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 
+from ..console import plural
+
 
 def add_synth_parser(commands, common) -> None:
     p = commands.add_parser("synth", help="make synthetic clips with motor signals, or interaction records")
@@ -59,19 +61,22 @@ def _motion(args) -> int:
                               clips_per_image=args.clips_per_image, max_images=args.max_images, seed=args.seed,
                               **({"motions": tuple(m.strip() for m in args.motions.split(","))} if args.motions else {}))
     result = make_motion_clips(args.source, args.out, settings, show_progress=not args.no_progress)
-    print(json.dumps(result) if args.json else f"wrote {result['clips']:,} clips of {result['frames']} frames to {result['out']}")
+    print(json.dumps(result) if args.json else
+          f"wrote {plural(result['clips'], 'clip')} of {plural(result['frames'], 'frame')} to {result['out']}")
     return 0
 
 
 def _interaction(args) -> int:
-    from .interaction import WorldSettings, record_interactions
+    from .interaction import WorldSettings, _pymunk, record_interactions
 
     _check_ranges("interaction", [
         ("--size", args.size, args.size >= 4, "4 or more pixels"),
         ("--seed", args.seed, args.seed >= 0, "0 or more")])
+    _pymunk()  # the optional dependency, before a folder or a progress bar is made
     settings = WorldSettings(size=args.size, seed=args.seed)
     result = record_interactions(args.out, args.count, args.objects, settings, backgrounds=args.source,
                                  show_progress=not args.no_progress)
     print(json.dumps(result) if args.json else
-          f"wrote {result['interactions']:,} interactions and {result['objects']:,} object images to {result['out']}")
+          f"wrote {plural(result['interactions'], 'interaction')} and {plural(result['objects'], 'object image')} "
+          f"to {result['out']}")
     return 0

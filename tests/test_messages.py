@@ -1,0 +1,163 @@
+"""What the command line says to a person: one-line errors (argparse's included), start and end
+lines that read as sentences, and no empty folder left by a refused start."""
+import contextlib
+import io
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from selfsup.cli import main
+from selfsup.config import merge_dicts
+from selfsup.errors import UserError
+from selfsup.train import Trainer, run_pretraining
+
+from conftest import TINY_RUN, Interrupted
+
+
+def run(*args):
+    """main() in this process: (status, stdout, stderr), argparse's exits included."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selfsup: error: "), proc.stderr
+    return lines[0]
+
+
+def tiny_flags(data, out):
+    return ["--data", data, "--out", out, "--backbone", "resnet18", "--no-small-stem", "--epochs", "1",
+            "--batch-size", "8", "--image-size", "16", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["eval", "kNN", "--checkpoint", "x"], "invalid choice 'kNN' (did you mean 'knn'?)"),
+    (["pretrain", "--epochs", "two", "--out", "x"], "argument --epochs: invalid int value: 'two'"),
+    (["pretrain", "--optimizer", "Adam", "--out", "x"], "(did you mean 'adamw'?); valid: sgd, lars, adamw"),
+    (["pretrain", "--out", "x", "--bogus"], "unrecognized arguments: --bogus"),
+    (["pretrain"], "the following arguments are required: --out"),
+])
+def test_argparse_errors_are_one_line_with_the_help_to_read(args, says):
+    line = one_error_line(run(*args))
+    assert says in line and line.endswith(f"; see selfsup {args[0]} --help")
+
+
+def test_a_mistyped_method_is_found_whatever_its_case(labelled_folder, tmp_path):
+    line = one_error_line(run("pretrain", "--method", "SimCLR", "--data", labelled_folder, "--out", tmp_path / "r"))
+    assert "did you mean 'simclr'?" in line
+
+
+def test_start_monitor_and_done_lines_and_resuming_a_finished_run(labelled_folder, tmp_path):
+    out = tmp_path / "run"
+    proc = run("pretrain", *tiny_flags(labelled_folder, out))
+    assert proc.returncode == 0, proc.stderr
+    start, monitor = proc.stderr.splitlines()[:2]
+    assert ", 1 epoch x 4 steps of 8," in start
+    assert monitor == "monitor: kNN on 1 held-out image (5 %, not pretrained on), 3 classes from subfolders " \
+                      "(circle, square, stripes)"
+    assert proc.stdout.startswith("done: epoch 1, loss ") and "{" not in proc.stdout
+    assert proc.stdout.rstrip().endswith(f"checkpoint {out / 'last.pt'}")
+
+    again = run("pretrain", "--out", out, "--resume")  # progress bars on: none may start
+    assert again.returncode == 0, again.stderr
+    assert again.stderr == (f"selfsup: {out} already finished its 1 epoch; to train longer, start a new run: "
+                            f"selfsup pretrain --config {out / 'config.yaml'} --epochs MORE --out NEW_DIR\n")
+    longer = one_error_line(run("pretrain", "--out", out, "--resume", "--epochs", "3"))
+    assert longer.endswith(f"train.epochs cannot change (saved 1, given 3); to train for 3 epochs, start a new "
+                           f"run: selfsup pretrain --config {out / 'config.yaml'} --epochs 3 --out NEW_DIR")
+    assert json.loads(run("pretrain", "--out", out, "--resume", "--json").stdout)["epoch"] == 1
+
+
+def test_a_resumed_run_says_where_it_continues(labelled_folder, tmp_path, monkeypatch, capsys):
+    user = merge_dicts(TINY_RUN, {"data": {"path": str(labelled_folder)}, "out": str(tmp_path / "run")})
+    original_step, steps = Trainer.step, []
+
+    def step_then_stop(self, images):  # a kill one step into the second epoch
+        if len(steps) == 5:
+            raise Interrupted
+        steps.append(1)
+        original_step(self, images)
+
+    monkeypatch.setattr(Trainer, "step", step_then_stop)
+    with pytest.raises(Interrupted):
+        run_pretraining(user)
+    monkeypatch.setattr(Trainer, "step", original_step)
+    capsys.readouterr()
+    run_pretraining(user, resume=True)
+    assert f"selfsup: resuming {tmp_path / 'run'} at epoch 2 of 2 (step 4 of 8)\n" in capsys.readouterr().err
+
+
+def test_a_refused_start_leaves_no_empty_run_folder(labelled_folder, tmp_path):
+    missing = tmp_path / "missing"
+    new = tmp_path / "new" / "run"
+    with pytest.raises(UserError, match="does not exist"):
+        run_pretraining(merge_dicts(TINY_RUN, {"data": {"path": str(missing)}, "out": str(new)}))
+    assert not (tmp_path / "new").exists()  # nor the parent this command made
+    with pytest.raises(UserError, match="larger than the"):
+        run_pretraining(merge_dicts(TINY_RUN, {"data": {"path": str(labelled_folder)}, "out": str(new),
+                                               "train": {"batch_size": 64}}))
+    assert not (tmp_path / "new").exists()
+    mine, kept = tmp_path / "mine", tmp_path / "kept"
+    mine.mkdir()
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for out in (mine, kept / "run"):
+        with pytest.raises(UserError, match="does not exist"):
+            run_pretraining(merge_dicts(TINY_RUN, {"data": {"path": str(missing)}, "out": str(out)}))
+    assert mine.is_dir() and (kept / "notes.txt").read_text() == "mine" and not (kept / "run").exists()
+
+
+def test_demo_text_is_true_and_its_table_aligned(tmp_path, monkeypatch):
+    import selfsup
+    import selfsup.eval
+
+    def pretrain(data, out, config, show_progress):
+        for name in ("last.pt", "config.yaml", "metrics.jsonl", "curves.png"):
+            (out / name).write_text("")
+        return SimpleNamespace(checkpoint=out / "last.pt", config=SimpleNamespace(train=SimpleNamespace(epochs=1)))
+
+    def evaluate_knn(checkpoint, **_):
+        (tmp_path / "demo" / "evals.jsonl").write_text("{}\n")  # as the real one records
+        by_k = {"20": {"top1": 0.25}, "200": {"top1": 0.3}}
+        return {"top1": 0.3, "by_k": by_k, "test_images": 1000, "train_images": 5000}
+
+    (tmp_path / "demo").mkdir()
+    monkeypatch.setattr(selfsup, "pretrain", pretrain)
+    monkeypatch.setattr(selfsup.eval, "evaluate_knn", evaluate_knn)
+    proc = run("demo", "--out", tmp_path / "demo", "--epochs", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "SimCLR on 4,750 of the 5,000 CIFAR-10 training images" in proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    header, rows = lines[1], lines[2:4]
+    assert [len(line) for line in rows] == [len(header)] * 2, lines
+    assert rows[1].startswith("  resnet18-half, SimCLR 1 epoch ")
+    assert lines[-1].endswith("(config.yaml, curves.png, evals.jsonl, last.pt, metrics.jsonl)")
+
+
+def test_synth_interaction_without_pymunk_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymunk", None)  # `import pymunk` raises ImportError
+    line = one_error_line(run("synth", "interaction", "--out", tmp_path / "world", "--count", "3", "--objects", "0"))
+    assert "needs pymunk" in line and not (tmp_path / "world").exists()
+
+
+def test_curate_prints_a_sentence_unless_json(labelled_folder, tmp_path):
+    common = ["--pool", labelled_folder, "--seed-set", labelled_folder / "circle", "--checkpoint", "random:resnet18",
+              "--image-size", "16", "--no-small-stem", "--k", "2", "--device", "cpu", "--no-progress"]
+    proc = run("curate", *common, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("wrote ") and len(proc.stdout.splitlines()) == 1, proc.stdout
+    assert str(tmp_path / "out" / "summary.json") in proc.stdout
+    proc = run("curate", *common, "--out", tmp_path / "out", "--json")
+    assert json.loads(proc.stdout)["outputs"]["summary"] == str(tmp_path / "out" / "summary.json")
+    common[1] = tmp_path / "no-pool"
+    one_error_line(run("curate", *common, "--out", tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
