@@ -140,3 +140,10 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert len(sums[0]) == len(sums[1])
     for s1, s2 in zip(*sums):
         assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def log_softmax64(x) -> np.ndarray:
+    """log softmax over the last axis in float64: the references of the loss tests."""
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))

@@ -11,13 +11,7 @@ from selfsup.losses import cross_view_entropy, dino_loss, ibot_patch_loss, koleo
 from selfsup.methods.ibot import Config, patch_masks
 from selfsup.train import run_pretraining
 
-from conftest import assert_same_state, interrupted_then_resumed, write_dataset
-
-
-def log_softmax64(x):
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+from conftest import assert_same_state, interrupted_then_resumed, log_softmax64, write_dataset
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -23,7 +23,7 @@ from selfsup.optim import build_optimizer
 from selfsup.train import read_metrics, run_pretraining
 from selfsup.views import ViewConfig, make_view, multi_crop
 
-from conftest import SAMPLE, TINY_RUN, assert_same_state, interrupted_then_resumed, write_dataset
+from conftest import SAMPLE, TINY_RUN, assert_same_state, interrupted_then_resumed, log_softmax64, write_dataset
 
 METHODS = ["moco-v2", "moco-v3", "byol", "dino"]
 # Small heads and queue so that a run takes seconds on a CPU.
@@ -58,10 +58,6 @@ def teacher_and_student(method, name):
 
 # ---------------------------------------------------------------------------------------------
 # Losses against float64 references, one sample at a time
-
-
-def log_softmax64(logits):
-    return logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
 
 
 def unit(x):

@@ -30,16 +30,12 @@ from selfsup.views import pretext
 from selfsup.views.masks import block_mask, num_visible, random_patch_mask, visible_indices
 from selfsup.views.temporal import is_ordered, kmeans, motion_pairs, order_tuple, order_tuples, standardize
 
+from conftest import log_softmax64
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-def log_softmax64(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 # ---------------------------------------------------------------------------------------------
