@@ -67,12 +67,11 @@ def _motion(args) -> int:
 
 
 def _interaction(args) -> int:
-    from .interaction import WorldSettings, _pymunk, record_interactions
+    from .interaction import WorldSettings, record_interactions
 
     _check_ranges("interaction", [
         ("--size", args.size, args.size >= 4, "4 or more pixels"),
         ("--seed", args.seed, args.seed >= 0, "0 or more")])
-    _pymunk()  # the optional dependency, before a folder or a progress bar is made
     settings = WorldSettings(size=args.size, seed=args.seed)
     result = record_interactions(args.out, args.count, args.objects, settings, backgrounds=args.source,
                                  show_progress=not args.no_progress)

@@ -97,7 +97,8 @@ def random_scene(rng: np.random.Generator, settings: WorldSettings, count: int) 
 # Physics
 
 
-def _pymunk():
+def require_pymunk():
+    """The optional physics engine, or a one-line error saying how to install it."""
     try:
         import pymunk
     except ImportError:
@@ -109,7 +110,7 @@ class World:
     """The things of a scene as pymunk bodies on a floor with friction."""
 
     def __init__(self, things: list[Thing]):
-        pymunk = _pymunk()
+        pymunk = require_pymunk()
         self.space = pymunk.Space()
         self.space.iterations = 30
         self.bodies, self.shapes = [], []
@@ -143,7 +144,7 @@ class World:
             self.space.step(STEP)
 
     def push(self, start, direction: float, distance: float, speed: float = 60.0) -> None:
-        pymunk = _pymunk()
+        pymunk = require_pymunk()
         pusher = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
         pusher.position = start
         pusher.velocity = (speed * math.cos(direction), speed * math.sin(direction))
@@ -160,7 +161,7 @@ class World:
 
     def grasp(self, target: int, point, angle: float, opening: float) -> bool:
         """Close two jaws along `angle` towards `point`; success as described in the module doc."""
-        pymunk = _pymunk()
+        pymunk = require_pymunk()
         axis = np.asarray([math.cos(angle), math.sin(angle)])
         contacts = []
         for side in (1.0, -1.0):  # each jaw moves towards the point, against `side * axis`
@@ -279,6 +280,7 @@ def record_interactions(out: str | Path, count: int, objects: int, settings: Wor
     """Write `count` interaction records and `objects` single-object images into `out`."""
     if count < 1 or objects < 0:
         raise UserError("synth interaction: --count must be at least 1 and --objects at least 0")
+    require_pymunk()  # before a folder or a progress bar is made
     floors = _load_backgrounds(backgrounds, settings.size)
     out = new_output_folder(out)
     rows = []
