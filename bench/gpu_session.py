@@ -10,7 +10,7 @@
 from wheels in PYTHONPATH) against selfsup's, eager and compiled.
 `--part recipe`: the compiled ratio, then short SimCLR runs (--epochs, eager) of recipe variants,
 each followed by kNN, while time is left: which choices matter for quality.
-`--part quality --method M --epochs E`: one compiled run of M's CIFAR preset, then kNN (the
+`--part quality --method M --epochs E [--backbone B]`: one compiled run of M's CIFAR preset, then kNN (the
 momentum-teacher and pretext benchmarks; on the H200 SimCLR took 1.4 to 1.6 s per epoch, BYOL
 1.6 to 2.3 s).
 `--part peer`: lightly's recipe (../shared/bench/peer_lightly.py copied into .gpu/, lightly's
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
     parser.add_argument("--part", choices=["main", "extra", "recipe", "quality", "peer", "labels"], default="main")
     parser.add_argument("--method", default="simclr", help="--part quality: the method to pretrain")
+    parser.add_argument("--backbone", default="resnet18",
+                        help="--part quality: e.g. vit-tiny (with --set preset=cifar-vit for dino)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for the SimCLR run of --part main and for --part quality")
     parser.add_argument("--no-views", action="store_true", help="--part main: skip timing the views alone")
@@ -186,7 +188,7 @@ def main() -> None:
         rows = run(f"quality_{args.method}", ["bash", "bench/simclr_cifar10.sh", args.tar, str(run_dir),
                                               str(args.epochs), "--compile", *pretrain_overrides(args)],
                    out, args.deadline - elapsed(),
-                   {**env_no_kornia, "METHOD": args.method})
+                   {**env_no_kornia, "METHOD": args.method, "BACKBONE": args.backbone})
         summary += [{"figure": "quality", "method": args.method, "epochs": args.epochs, **r} for r in rows]
         keep_run_files(run_dir, out, args.method)
     elif args.part == "peer":
