@@ -302,7 +302,7 @@ def resolve(user: dict) -> RunConfig:
     cfg = override(cfg, merge_dicts(preset, user))
     cfg = dataclasses.replace(cfg, preset=preset_name, method_config=override(
         cfg.method_config, merge_dicts(preset_method, method_section), method_name))
-    from .backbones import check_backbone_name  # late: backbones import this module
+    from .backbones import check_backbone_name, no_blocks_to_drop  # late: backbones import this module
     check_backbone_name(cfg.backbone.name)
     from .backbones.vit import VITS, check_image_size, default_patch_size
     if cfg.backbone.name.startswith("resnet"):
@@ -311,8 +311,7 @@ def resolve(user: dict) -> RunConfig:
                             f"or choose --backbone vit-tiny|vit-small|vit-base)")
         cfg = override(cfg, {"backbone": {"patch_size": None}})  # a ViT preset's, when the user chose a ResNet
         if user.get("backbone", {}).get("drop_path_rate"):
-            raise UserError(f"backbone.drop_path_rate drops the blocks of a ViT; {cfg.backbone.name} has none "
-                            f"(drop the option, or choose --backbone vit-tiny|vit-small|vit-base)")
+            raise no_blocks_to_drop(cfg.backbone.name)
         cfg = override(cfg, {"backbone": {"drop_path_rate": 0.0}})
     if cfg.backbone.name in VITS:
         if cfg.backbone.patch_size is None:

@@ -150,6 +150,13 @@ def zero_init_residual(net: nn.Module) -> None:
             nn.init.zeros_(module.bn2.weight)
 
 
+def no_blocks_to_drop(name: str) -> UserError:
+    """backbone.drop_path_rate on a network without ViT blocks: refused when the config is resolved
+    (selfsup's ResNets, before data is read) or, for a timm CNN, when it is built."""
+    return UserError(f"backbone.drop_path_rate drops the blocks of a ViT; {name} has none (drop the option, "
+                     f"or choose --backbone vit-tiny|vit-small|vit-base)")
+
+
 def check_backbone_name(name: str) -> None:
     """Refuse an unknown backbone before any data is read."""
     if name.startswith("timm:"):
@@ -170,7 +177,6 @@ def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
                 else BACKBONES[cfg.name](cfg, image_size))
     if cfg.drop_path_rate:
         if backbone.kind != "vit" or not hasattr(backbone.net, "blocks"):
-            raise UserError(f"backbone.drop_path_rate drops the blocks of a ViT; {cfg.name} has none: "
-                            f"remove it or use vit-tiny, vit-small or vit-base")
+            raise no_blocks_to_drop(cfg.name)
         set_drop_path(backbone.net, cfg.drop_path_rate)
     return backbone

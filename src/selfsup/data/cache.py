@@ -189,7 +189,9 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
 
 
 def read_built(target: Path, description: str, kind: str = "image") -> ImageCache:
-    """The cache written in `target` (images.u8 and index.json), memory-mapped."""
+    """The cache written in `target` (images.u8 and index.json), memory-mapped, named by
+    `description`: the data as this caller names it, not as whoever built the cache did (a cache
+    is keyed by content, so a relative and an absolute path share one)."""
     meta = json.loads((target / "index.json").read_text())
     names, size = meta["names"], meta["size"]
     files = meta.get("files", len(names) + len(meta["skipped"]))  # a video file holds many rows
@@ -200,7 +202,7 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     images = np.memmap(target / "images.u8", dtype=np.uint8, mode="r", shape=(len(names), size, size, 3))
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],
-                      skipped=meta["skipped"], grayscale=meta["grayscale"], source=meta["source"])
+                      skipped=meta["skipped"], grayscale=meta["grayscale"], source=description)
 
 
 def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, output_folder
-from .protocols import finetune_protocol, knn_protocol, linear_protocol, prepare_named
+from .data import prepare
+from .protocols import finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
 from .subsets import Budget
 
@@ -36,7 +37,7 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     specs = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     lines, setup = [], None
     for spec in specs:
-        setup = prepare_named(spec, train, test, data, **options)
+        setup = prepare(spec, train, test, data, **options)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines.append({"encoder": setup.encoder.description, "checkpoint": setup.spec,
                       "points": [{k: r[k] for k in POINT_KEYS} for r in runs]})

@@ -7,6 +7,7 @@ computed once per (encoder, data) and cached on disk (see `features.cached_featu
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def _locate(train, test, data) -> tuple:
 
 def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
                   labels_required: bool = True) -> tuple[ImageCache, ImageCache]:
-    """(train, test) image caches, checked to have the same classes."""
+    """(train, test) image caches, checked to have the same classes, named by absolute paths (the
+    `train_data`, `test_data` of results, which the report compares)."""
+    train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p))) for p in (train, test, data))
     train, train_split, test, test_split = _locate(train, test, data)
     train_cache = _open(train, train_split, size, cache_dir, show_progress, labels_required)
     test_cache = _open(test, test_split, size, cache_dir, show_progress, labels_required)

@@ -10,8 +10,6 @@ the test set's size as `NAME_ci`. The public `evaluate_*` functions take an enco
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import numpy as np
 import torch
 
 from ..config import override, ranged
-from ..data.sources import SPLIT_NAMES
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from .data import Setup, prepare
@@ -78,21 +75,6 @@ def _retrieval_options(ks, out) -> tuple[tuple[int, ...], Path | None]:
     """(the ranks of precision@k, one or several; the neighbours file or None), checked: the
     file, that it can be written."""
     return _values("retrieval", "k", ks), None if out is None else output_file(out)
-
-
-def _absolute(path) -> str:
-    return os.path.abspath(os.path.expanduser(str(path)))
-
-
-def prepare_named(checkpoint, train=None, test=None, data=None, **options) -> Setup:
-    """`data.prepare`, with the data named by absolute paths (`train_data`, `test_data` of the
-    results). The report puts results in one column only when these names agree, and an image
-    cache keeps the spelling of whoever built it first (pretrain writes absolute paths)."""
-    setup = prepare(checkpoint, train, test, data, **options)
-    for cache, path in ((setup.train, train), (setup.test, test)):
-        split = re.search(rf" \[({'|'.join(SPLIT_NAMES)})\]$", cache.source)  # the split is the cache's
-        cache.source = _absolute(path if data is None else data) + (split.group() if split else "")
-    return setup
 
 
 def reveal_test_labels(setup: Setup) -> torch.Tensor:
@@ -244,7 +226,7 @@ def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple
                  seeds: int = 1, record: bool = True, **options) -> dict:
     """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
     k, temperature = _knn_options(k, temperature)  # before any image is read
-    setup = prepare_named(checkpoint, train, test, data, **options)
+    setup = prepare(checkpoint, train, test, data, **options)
     return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, k, temperature), record)
 
 
@@ -255,7 +237,7 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
     """Top-1/top-5 of a linear probe on frozen features (lr and weight decay: a value or a grid
     searched on the validation split)."""
     _linear_options(lr, weight_decay, epochs, batch_size)  # before any image is read
-    setup = prepare_named(checkpoint, train, test, data, **options)
+    setup = prepare(checkpoint, train, test, data, **options)
     result = linear_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, lr, weight_decay, epochs,
                              batch_size)
     return _finish(setup, result, record)
@@ -267,7 +249,7 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
     config = _finetune_options(config)  # before any image is read
-    setup = prepare_named(checkpoint, train, test, data, **options)
+    setup = prepare(checkpoint, train, test, data, **options)
     return _finish(setup, finetune_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, config), record)
 
 
@@ -277,5 +259,5 @@ def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int 
     """Test images as queries, training images as the gallery: precision@k and mAP (with labels;
     unlabelled folders work too, for the neighbour lists written to `out`)."""
     ks, out = _retrieval_options(ks, out)  # before any image is read
-    setup = prepare_named(checkpoint, train, test, data, labels_required=False, **options)
+    setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
     return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class), seeds, ks, out), record)
