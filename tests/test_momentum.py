@@ -332,6 +332,74 @@ def test_moco_v3_contrasts_q1_with_k2_and_q2_with_k1(one_pass):
 
 
 # ---------------------------------------------------------------------------------------------
+# The CIFAR presets take lightly's SGD steps on each method's own loss scale
+
+LIGHTLY_LR_PER_256, LIGHTLY_WEIGHT_DECAY = 0.06 * 256 / 128, 5e-4  # lightly's cifar10_benchmark.py
+
+
+@pytest.mark.parametrize("loss_scale", [1.0, 2.0, 4.0])
+def test_sgd_on_a_scaled_loss_with_the_scaled_recipe_takes_lightlys_steps(loss_scale):
+    """Our optimizer, built from `lightly_cifar_recipe(loss_scale)`, on loss_scale x L, moves the
+    weights exactly as torch's SGD with lightly's rate and weight decay on L, over several steps."""
+    from selfsup.methods.common import lightly_cifar_recipe
+    from selfsup.optim import peak_lr, set_schedule
+    cfg = resolve(merge_dicts({"method": "simclr", "data": {"image_size": 32}}, lightly_cifar_recipe(loss_scale)))
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    theirs = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    theirs.load_state_dict(ours.state_dict())
+    lr = peak_lr(cfg.optim, 512)
+    ours_opt = build_optimizer(ours, cfg.optim, lr)
+    set_schedule(ours_opt, lr, cfg.optim.weight_decay)
+    theirs_opt = torch.optim.SGD(theirs.parameters(), lr=LIGHTLY_LR_PER_256 * 512 / 256, momentum=0.9,
+                                 weight_decay=LIGHTLY_WEIGHT_DECAY)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+        for model, opt, scale in ((ours, ours_opt, loss_scale), (theirs, theirs_opt, 1.0)):
+            opt.zero_grad()
+            (scale * F.mse_loss(model(x), y)).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(ours[0].weight, nn.Linear(6, 5).double().weight)  # it moved
+
+
+def test_byols_loss_is_four_times_lightlys_and_its_cifar_preset_says_so():
+    """lightly's BYOL loss is 0.5 (-cos(p1, t2) - cos(p2, t1)); BYOL's (2 - 2 cos) summed over both
+    directions has 4 times its gradient, measured here on the method's own networks and views."""
+    method, cfg, joint, out, (v1, v2) = one_step_and_its_views("byol", None, seed=3)
+    params = [p for p in method.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(out.loss, params)
+    p1, p2 = by_hand(method.predictor, *by_hand(method.online, v1, v2, joint), joint)
+    with torch.no_grad():
+        t1, t2 = by_hand(method.target, v1, v2, joint)
+
+    def cos(a, b):  # row-wise, by hand
+        a, b = a.double(), b.double()
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+    lightly = 0.5 * (-cos(p1, t2).mean() - cos(p2, t1).mean())
+    theirs = torch.autograd.grad(lightly, params)
+    assert max(b.abs().max().item() for b in theirs) > 1e-2  # gradients well above the tolerance
+    for a, b in zip(ours, theirs):  # ours in float32, lightly's by hand in float64
+        torch.testing.assert_close(a.double(), 4 * b.double(), rtol=1e-3, atol=2e-6)
+    optim = resolve({"method": "byol", "data": {"image_size": 32}}).optim  # the cifar preset
+    assert (optim.lr, optim.weight_decay) == pytest.approx((LIGHTLY_LR_PER_256 / 4, LIGHTLY_WEIGHT_DECAY * 4))
+
+
+def test_moco_v2s_cifar_preset_halves_lightlys_rate_for_its_summed_directions():
+    # The method sums the two directions' InfoNCE (test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step);
+    # lightly averages them, so the same steps need half the rate and twice the weight decay.
+    cfg = resolve({"method": "moco-v2", "data": {"image_size": 32}})
+    assert cfg.method_config.symmetric
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == pytest.approx((LIGHTLY_LR_PER_256 / 2, LIGHTLY_WEIGHT_DECAY * 2))
+    for name in ("simclr", "dino"):  # the same loss scale as lightly's: its values unchanged
+        optim = resolve({"method": name, "data": {"image_size": 32}}).optim
+        assert (optim.lr, optim.weight_decay) == pytest.approx((LIGHTLY_LR_PER_256, LIGHTLY_WEIGHT_DECAY))
+
+
+# ---------------------------------------------------------------------------------------------
 # The queue
 
 

@@ -106,14 +106,19 @@ class MethodOutput:
     embedding: torch.Tensor | None = None
 
 
-def lightly_cifar_recipe() -> dict:
+def lightly_cifar_recipe(loss_scale: float = 1.0) -> dict:
     """Optimizer and schedule of lightly's CIFAR-10 benchmark (ResNet-18, kNN at k=200), which
     the `cifar` presets of several methods follow: SGD at 0.06 per 128 images with momentum 0.9,
     weight decay 5e-4 on every parameter (biases and norms too, as lightly), a cosine without
-    warm-up, 200 epochs of batch 512."""
+    warm-up, 200 epochs of batch 512.
+
+    `loss_scale`: how many times lightly's loss the method's loss is, for the same batch (BYOL's
+    (2 - 2 cos) summed over both directions is 4 times lightly's 0.5 (-cos - cos)). SGD with the
+    rate divided by it and the weight decay multiplied by it takes exactly lightly's steps on the
+    scaled loss: w -= (lr / s) (s g + s wd w) = lr (g + wd w), and so does its momentum buffer."""
     return {
-        "optim": {"name": "sgd", "lr": 0.12, "lr_scaling": "linear", "lr_reference_batch": 256,
-                  "weight_decay": 5e-4, "momentum": 0.9, "warmup_epochs": 0.0,
+        "optim": {"name": "sgd", "lr": 0.12 / loss_scale, "lr_scaling": "linear", "lr_reference_batch": 256,
+                  "weight_decay": 5e-4 * loss_scale, "momentum": 0.9, "warmup_epochs": 0.0,
                   "exclude_bias_and_norm": False},
         "train": {"epochs": 200, "batch_size": 512},
     }
