@@ -618,3 +618,37 @@ def test_queue_holds_the_newest_keys_oldest_first_like_a_bounded_deque(seed):
         assert torch.equal(newest, torch.stack(list(reference)))
         filled = {tuple(k.tolist()) for k in queue.keys[queue.filled()]}
         assert filled == {tuple(k.tolist()) for k in reference}
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets against the numbers of the sources their comments cite
+
+
+def test_ibot_presets_take_dinov2s_default_rate_scaled_by_the_square_root():
+    """DINOv2 (ssl_default_config.yaml, utils/config.py): lr = 0.004 x sqrt(batch / 1024), weight
+    decay 0.04 -> 0.4. Both presets, at their own batch and at others."""
+    from selfsup.config import resolve
+    from selfsup.optim import peak_lr
+    for size in (32, 224):
+        optim = resolve({"method": "ibot", "data": {"image_size": size}}).optim
+        for batch in (64, 256, 1024, 4096):
+            assert peak_lr(optim, batch) == pytest.approx(0.004 * math.sqrt(batch / 1024))
+        assert (optim.weight_decay, optim.weight_decay_end) == (0.04, 0.4)
+
+
+def test_dinos_vit_preset_holds_main_dinos_teacher_temperature():
+    # main_dino.py: warmup_teacher_temp 0.04, teacher_temp 0.04, warmup_teacher_temp_epochs 0.
+    from selfsup.config import resolve
+    cfg = resolve({"method": "dino", "preset": "cifar-vit"})
+    epochs = cfg.train.epochs
+    for epoch in (0, 15, 30, epochs - 1):
+        assert dino_module.teacher_temperature(cfg.method_config, Progress(epoch * 10, epochs * 10, 10)) == 0.04
+
+
+def test_inpaintings_presets_take_the_official_encoder_decoders_rate():
+    # train.lua: the network that inpaints learns at 10 x opt.lr (2e-4) when wtl2 = 0.999, in batches of 64.
+    from selfsup.config import resolve
+    from selfsup.optim import peak_lr
+    for size in (32, 224):
+        optim = resolve({"method": "inpainting", "data": {"image_size": size}}).optim
+        assert (peak_lr(optim, 64), optim.betas[0], optim.weight_decay) == (pytest.approx(2e-3), 0.5, 0.0)
