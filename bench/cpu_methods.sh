@@ -8,7 +8,8 @@
 #   method | epochs | pretraining s (wall, date +%s) | images/s (mean over epochs, metrics.jsonl)
 #   | kNN top-1 k=200 [95 % Wilson interval] | k=20 | linear-probe top-1 (all labels less a validation split)
 # A method that fails prints its last error line in the row and the script carries on.
-# (SELFSUP, DATA and METHODS in the environment override the defaults below.)
+# (SELFSUP, DATA and METHODS in the environment override the defaults below; SET_<method, with _
+# for ->, e.g. SET_moco_v2="moco-v2.queue_size=2500" adds --set options to that method's run.)
 #   OMP_NUM_THREADS=1 SELFSUP_CACHE=/tmp/cpu-bench-cache bash bench/cpu_methods.sh /tmp/cpu-methods [EPOCHS] [BATCH]
 set -uo pipefail
 OUT=${1:?folder for the runs}; EPOCHS=${2:-3}; BATCH=${3:-256}
@@ -63,9 +64,11 @@ fi
 for method in $METHODS; do
     run="$OUT/$method"
     rm -rf "$run"
+    sets_var="SET_${method//-/_}"; sets=()
+    for kv in ${!sets_var:-}; do sets+=(--set "$kv"); done
     start=$(date +%s)
     if ! "$SELFSUP" pretrain --method "$method" --data "$DATA" --out "$run" --backbone resnet18-half --no-small-stem \
-            --image-size 32 --batch-size "$BATCH" --epochs "$EPOCHS" --no-progress >"$OUT/$method-pretrain.log" 2>&1; then
+            --image-size 32 --batch-size "$BATCH" --epochs "$EPOCHS" --no-progress "${sets[@]}" >"$OUT/$method-pretrain.log" 2>&1; then
         echo "| $method | $EPOCHS | $(( $(date +%s) - start )) | - | error: $(grep -v '^\s*$' "$OUT/$method-pretrain.log" | tail -n1) | |"
         continue
     fi
