@@ -82,15 +82,28 @@ def test_cross_view_entropy_is_dino_loss_given_the_teachers_distributions():
         dino_loss(student, teacher, center, 0.1, 0.04).item(), rel=1e-6)
 
 
-def test_patch_masks_follow_probability_and_ratio_and_the_seed():
-    config = Config(mask_probability=0.5, mask_ratio=(0.1, 0.5))
-    masks = patch_masks(2000, (8, 8), config, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("n, probability", [(2000, 0.5), (16, 0.5), (7, 0.3), (5, 1.0), (1, 0.5)])
+def test_patch_masks_mask_dinov2s_number_of_images_with_stratified_ratios(n, probability):
+    """DINOv2's collate (data/collate.py): int(n * p) images masked, the i-th of them hiding a
+    fraction drawn from the i-th of int(n * p) equal parts of (0.1, 0.5); which images, at random."""
+    config = Config(mask_probability=probability, mask_ratio=(0.1, 0.5))
+    masks = patch_masks(n, (8, 8), config, torch.Generator().manual_seed(0))
     counts = masks.sum(dim=1)
-    assert abs((counts > 0).float().mean().item() - 0.5) < 0.05
+    m = int(n * probability)
+    assert int((counts > 0).sum()) == m
+    # block masks can stop short of their count (BEiT), so a stratum bounds each count from above
+    # exactly and from below loosely; sorted, the i-th count lies at most in the i-th stratum.
+    strata = [0.1 + 0.4 * i / max(m, 1) for i in range(m + 1)]
+    for i, count in enumerate(sorted(counts[counts > 0].tolist())):
+        assert count <= int(strata[i + 1] * 64) + 1e-9
     hidden = counts[counts > 0].float() / 64
-    assert hidden.min() >= 0.05 and hidden.max() <= 0.5 + 1e-9 and 0.2 < hidden.mean() < 0.35
-    again = patch_masks(2000, (8, 8), config, torch.Generator().manual_seed(0))
+    if m >= 100:  # spread over the whole range, as stratification promises
+        assert hidden.min() < 0.12 and hidden.max() > 0.45 and 0.25 < hidden.mean() < 0.32
+    again = patch_masks(n, (8, 8), config, torch.Generator().manual_seed(0))
     assert torch.equal(masks, again)
+    if 0 < m < n:  # which images are masked depends on the seed
+        other = [patch_masks(n, (8, 8), config, torch.Generator().manual_seed(s)).any(dim=1) for s in range(1, 6)]
+        assert any(not torch.equal(o, masks.any(dim=1)) for o in other)
 
 
 def tiny_ibot(data, out, **ibot):

@@ -124,13 +124,15 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def patch_masks(n: int, grid: tuple[int, int], config: Config, generator: torch.Generator) -> torch.Tensor:
-    """(n, N) bool: a random `mask_probability` of the images get a block mask hiding a fraction of
-    their N patches drawn uniformly from `mask_ratio`; the others are not masked."""
-    patches = grid[0] * grid[1]
-    masked = torch.rand(n, generator=generator, device=generator.device) < config.mask_probability
-    ratios = torch.rand(n, generator=generator, device=generator.device)
-    ratios = config.mask_ratio[0] + ratios * (config.mask_ratio[1] - config.mask_ratio[0])
-    counts = (ratios * patches).long() * masked
+    """(n, N) bool, as DINOv2's collate: exactly int(n * mask_probability) of the n images, chosen
+    at random, get a block mask; their hidden fractions are stratified over `mask_ratio` (the i-th
+    of m drawn uniformly from the i-th of m equal parts of it), so every batch spans the range."""
+    device, patches = generator.device, grid[0] * grid[1]
+    m = int(n * config.mask_probability)
+    edges = torch.linspace(*config.mask_ratio, m + 1, device=device)
+    ratios = edges[:-1] + torch.rand(m, generator=generator, device=device) * (edges[1:] - edges[:-1])
+    counts = torch.zeros(n, dtype=torch.long, device=device)
+    counts[torch.randperm(n, generator=generator, device=device)[:m]] = (ratios * patches).long()
     return block_mask(n, grid, counts, generator)
 
 
