@@ -84,6 +84,12 @@ def autocast_for(device: torch.device, precision: str):
 # Run folder and configuration
 
 
+def new_run_command(out: Path, epochs) -> str:
+    """How to train a finished or resumed run for other epochs: its schedules end at its last
+    epoch, so a new run from its config, not --resume."""
+    return f"start a new run: selfsup pretrain --config {out / 'config.yaml'} --epochs {epochs} --out NEW_DIR"
+
+
 def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
     checkpoint = load_checkpoint(out / "last.pt")
     cfg = config_lib.from_dict(checkpoint["config"])
@@ -103,8 +109,7 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
             elif saved.get(section, {}).get(key) != value:
                 longer = ""
                 if (section, key) == ("train", "epochs"):  # the schedules end at the last epoch
-                    longer = (f"; to train for {value} epochs, start a new run: selfsup pretrain "
-                              f"--config {out / 'config.yaml'} --epochs {value} --out NEW_DIR")
+                    longer = f"; to train for {value} epochs, {new_run_command(out, value)}"
                 raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r}){longer}")
     cfg = dataclasses.replace(config_lib.override(cfg, allowed), out=str(out))
@@ -399,8 +404,7 @@ class Trainer:
         if self.position.epoch >= cfg.train.epochs:  # resumed after its last epoch (its data checked)
             if dist.is_main():
                 say(f"selfsup: {self.out} already finished its {plural(cfg.train.epochs, 'epoch')}; to train "
-                    f"longer, start a new run: selfsup pretrain --config {self.out / 'config.yaml'} "
-                    f"--epochs MORE --out NEW_DIR")
+                    f"longer, {new_run_command(self.out, 'MORE')}")
             return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=read_metrics(self.out))
         if dist.is_main():
             self._say_start()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .outputs import atomic_path
+
 TITLE_HEIGHT = 16  # pixels of the band above a grid that holds its column titles
 
 
@@ -55,8 +57,6 @@ def save_image_grid(rows: list, out: str | Path, min_side: int = 96, titles: lis
     gaps between images; small images are enlarged (nearest neighbour, whole factors) to at least
     `min_side` pixels so that 32-pixel images can be seen. `titles`, one per column, are written in
     a band of TITLE_HEIGHT pixels above. Written atomically (it is redrawn while a run goes on)."""
-    import os
-
     import numpy as np
     from PIL import Image
 
@@ -72,9 +72,8 @@ def save_image_grid(rows: list, out: str | Path, min_side: int = 96, titles: lis
     if titles:
         picture = _with_titles(picture, titles, w * zoom + 2)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    picture.save(tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        picture.save(tmp, format="PNG")
     return out
 
 
