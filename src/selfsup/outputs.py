@@ -40,16 +40,16 @@ def output_file(path: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, remedy: str = "choose another --out"):
     """A temporary path beside `path` to write to; renamed to `path` when the block ends without
     an error, removed otherwise, so a failed or killed write leaves neither half a file nor the
-    temporary one behind."""
+    temporary one behind. A write that fails is a UserError ending with `remedy`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {str(path)!r} ({e.strerror}); choose another --out") from None
+        raise UserError(f"cannot write {str(path)!r} ({e.strerror}); {remedy}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -9,7 +9,6 @@ is never held as a pixel cache.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ..data.cache import decode_stream
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
+from ..outputs import atomic_path
 from ..eval.features import extract_features
 
 
@@ -61,10 +61,9 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         if not done.exists():
             chunk_names, chunk_vectors, chunk_skipped = _embed_chunk(
                 encoder, source, source.names[start:start + chunk_size], device, workers)
-            tmp = done.with_suffix(".tmp.npz")
-            np.savez(tmp, names=np.array(chunk_names, dtype=str), vectors=chunk_vectors,
-                     skipped=np.array(chunk_skipped, dtype=str))
-            os.replace(tmp, done)
+            with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+                np.savez(f, names=np.array(chunk_names, dtype=str), vectors=chunk_vectors,
+                         skipped=np.array(chunk_skipped, dtype=str))
         with np.load(done) as saved:
             names += saved["names"].tolist()
             vectors.append(saved["vectors"])

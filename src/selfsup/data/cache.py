@@ -52,6 +52,9 @@ class ImageCache:
         return self.images.shape[1]
 
 
+CACHE_REMEDY = "set --cache-dir or $SELFSUP_CACHE to a writable folder"
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
 
@@ -130,7 +133,7 @@ def make_staging(target: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     except OSError as e:
         raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({e.strerror}); "
-                        f"set --cache-dir or $SELFSUP_CACHE to a writable folder") from None
+                        f"{CACHE_REMEDY}") from None
 
 
 def publish(staging: Path, target: Path, meta: dict) -> None:

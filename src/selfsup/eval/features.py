@@ -4,7 +4,6 @@ same data reads them instead of running the encoder again."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import torch
 
 from ..console import progress_bar
 from ..data import ImageCache
-from ..data.cache import default_cache_dir
+from ..data.cache import CACHE_REMEDY, default_cache_dir
+from ..outputs import atomic_path
 from ..views import eval_view
 
 
@@ -75,8 +75,6 @@ def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=
                                 show_progress=show_progress, desc=desc)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path, CACHE_REMEDY) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
             np.save(f, features.numpy())
-        os.replace(tmp, path)
     return features

@@ -12,15 +12,15 @@ labelled images. Each subset is written as JSON (file names) beside the image ca
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data import ImageCache
-from ..data.cache import default_cache_dir
+from ..data.cache import CACHE_REMEDY, default_cache_dir
 from ..errors import UserError
+from ..outputs import atomic_path
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,6 @@ def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: fl
     content = {"source": cache.source, "budget": budget.describe(), "seed": split.seed,
                "val_fraction": val_fraction, "train": [cache.names[i] for i in split.train],
                "val": [cache.names[i] for i in split.val]}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=0))
-    os.replace(tmp, path)
+    with atomic_path(path, CACHE_REMEDY) as tmp:
+        tmp.write_text(json.dumps(content, indent=0))
     return path
