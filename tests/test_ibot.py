@@ -146,6 +146,25 @@ def test_the_mask_token_gets_gradients_and_the_losses_are_logged(tmp_path):
     assert 0.05 < last["masked_fraction"] < 0.55
 
 
+def test_weight_decay_spares_what_ibots_rule_spares_and_decays_the_mask_token(tmp_path):
+    # iBOT's get_params_groups (as DINO's and DINOv2's): no decay for biases and 1-D parameters.
+    # Its mask token is (1, D), so decayed; selfsup's (D,) must be decayed too.
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.optim import parameter_groups
+    data = write_dataset(tmp_path / "data", per_class=8, size=16)
+    cfg = resolve(tiny_ibot(data, tmp_path / "unused"))
+    assert cfg.optim.exclude_bias_and_norm
+    method = build_method(cfg)
+    decayed, spared = (set(map(id, group["params"])) for group in parameter_groups(method, cfg.optim))
+    for name, param in method.named_parameters():
+        if not param.requires_grad:
+            continue
+        official = "mask_token" in name or not (name.endswith(".bias") or param.ndim == 1)
+        assert (id(param) in decayed) == official and (id(param) in spared) != official, name
+    assert id(method.mask_token) in decayed
+
+
 @pytest.mark.parametrize("shared_head", [True, False])
 def test_the_heads_last_layers_learn_their_gain_and_are_frozen_in_the_first_epoch(tmp_path, shared_head):
     """DINOv2's head: a trainable weight-norm gain, no gradient to the last layer before epoch 1."""

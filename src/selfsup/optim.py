@@ -80,10 +80,13 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Two groups: weights (decayed, LARS-adapted) and biases/norm weights (neither, when
     `exclude_bias_and_norm`). Parameters without gradients (EMA teachers) are left out."""
     decayed, excluded = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (excluded if cfg.exclude_bias_and_norm and param.ndim <= 1 else decayed).append(param)
+        # iBOT's and DINOv2's rule is the same shape test, but their mask token is (1, D), so it
+        # is decayed; selfsup's is (D,).
+        spared = param.ndim <= 1 and not name.endswith("mask_token")
+        (excluded if cfg.exclude_bias_and_norm and spared else decayed).append(param)
     groups = [{"params": decayed, "weight_decay": cfg.weight_decay, "lars": True, "decay": True}]
     if excluded:
         groups.append({"params": excluded, "weight_decay": 0.0, "lars": False, "decay": False})
