@@ -277,6 +277,29 @@ def test_moco_v3_builds_its_networks_as_the_official_code():
     assert not torch.allclose(learned.online[0].net.layer1[0].eval()(x), torch.relu(x))
 
 
+def test_moco_v3_initialises_a_vit_as_the_official_code():
+    """vits.py of facebookresearch/moco-v3: Xavier-uniform bounds sqrt(6 / (fan_in + fan_out)), with
+    Q, K and V each its own (D, D) matrix; zero biases; class token N(0, 1e-6); the patch projection
+    Xavier-uniform over its 3 p^2 inputs."""
+    d, p = 192, 4
+    net = build_method(resolve({"method": "moco-v3", "backbone": {"name": "vit-tiny", "patch_size": p},
+                                "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]})).online[0].net
+
+    def uniform_with_bound(weight, bound):  # within the bound, and filling it (not a narrower law)
+        w = weight.detach().abs()
+        return w.max() <= bound and w.max() > 0.95 * bound and abs(w.mean() - bound / 2) < 0.05 * bound
+
+    assert uniform_with_bound(net.blocks[0].attn.qkv.weight, math.sqrt(6 / (d + d)))
+    assert uniform_with_bound(net.blocks[1].mlp.fc1.weight, math.sqrt(6 / (d + 4 * d)))
+    assert uniform_with_bound(net.patch_embed.proj.weight, math.sqrt(6 / (3 * p * p + d)))
+    assert net.blocks[0].attn.qkv.bias.abs().sum() == 0 and net.patch_embed.proj.bias.abs().sum() == 0
+    assert 0 < net.cls_token.abs().max() < 1e-5
+    timm_init = build_method(resolve({"method": "moco-v3", "backbone": {"name": "vit-tiny", "patch_size": p},
+                                      "data": {"image_size": 16},
+                                      "moco-v3": {**SMALL["moco-v3"], "xavier_init": False}})).online[0].net
+    assert not uniform_with_bound(timm_init.blocks[0].attn.qkv.weight, math.sqrt(6 / (d + d)))
+
+
 def test_moco_v3_fixed_positions_on_a_vit_with_other_positions_is_refused():
     cfg = resolve({"method": "moco-v3", "backbone": {"name": "timm:vit_small_patch14_reg4_dinov2", "patch_size": 4},
                    "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]})

@@ -8,11 +8,13 @@
 
 Works with ResNets and ViTs; heads as in the official code: a 2-layer projection for ResNets and a
 3-layer one for ViTs, BatchNorm throughout, and for ViTs a frozen random patch projection (sec. 4.2,
-the stability trick) and fixed 2-D sine-cosine positions. ResNets start with each residual block
-as the identity (zero-initialised last BatchNorm scale), as the official code builds them.
+the stability trick), fixed 2-D sine-cosine positions and Xavier-uniform initialisation. ResNets
+start with each residual block as the identity (zero-initialised last BatchNorm scale), as the
+official code builds them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +44,9 @@ class Config:
     # ones, ResNets a zero-initialised last BatchNorm scale in each residual block.
     fixed_positions: bool = False
     zero_init_residual: bool = False
+    # ViTs: the official initialisation instead of timm's: Xavier-uniform linear layers (Q, K and V
+    # each as its own matrix), a Xavier-uniform patch projection, the class token N(0, 1e-6).
+    xavier_init: bool = False
     # False: a pass per view, so BatchNorm statistics are per view, as in the official code; True:
     # both views as one batch of 2B, BatchNorm normalising them together (see `two_views`).
     one_pass: bool = False
@@ -49,7 +54,7 @@ class Config:
     view_2: ViewConfig = field(default_factory=byol_view_2)
 
 
-OFFICIAL_NETWORKS = {"fixed_positions": True, "zero_init_residual": True}
+OFFICIAL_NETWORKS = {"fixed_positions": True, "zero_init_residual": True, "xavier_init": True}
 
 
 def _cifar() -> dict:
@@ -91,6 +96,23 @@ def _fix_positions(backbone: Backbone, image_size: int) -> None:
     net.pos_embed.requires_grad_(False)
 
 
+def _xavier_init(backbone: Backbone) -> None:
+    net = backbone.net
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            fan_out = module.weight.shape[0] // 3 if name.endswith("qkv") else module.weight.shape[0]
+            bound = math.sqrt(6 / (fan_out + module.weight.shape[1]))
+            nn.init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    if getattr(net, "cls_token", None) is not None:
+        nn.init.normal_(net.cls_token, std=1e-6)
+    projection = net.patch_embed.proj  # a convolution that is one linear map per patch
+    bound = math.sqrt(6 / (projection.weight[0].numel() + projection.weight.shape[0]))
+    nn.init.uniform_(projection.weight, -bound, bound)
+    nn.init.zeros_(projection.bias)
+
+
 class Method(nn.Module):
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
@@ -100,6 +122,8 @@ class Method(nn.Module):
         projection = mlp([backbone.feature_dim, *hidden, c.projection_dim], last_batch_norm=True, last_bias=False)
         self.predictor = mlp([c.projection_dim, c.predictor_hidden_dim, c.projection_dim],
                              last_batch_norm=vit, last_bias=False)
+        if vit and c.xavier_init:
+            _xavier_init(backbone)
         if vit and c.freeze_patch_embedding:
             backbone.net.patch_embed.requires_grad_(False)
         if vit and c.fixed_positions:
