@@ -1,4 +1,6 @@
 """Data: discovery in folders and tars, the uint8 cache, corrupt files, batch order."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -59,12 +61,45 @@ def test_decode_resizes_shorter_side_and_centre_crops():
     assert out[:, 5:15].mean() > 240  # the centre crop keeps the middle of the wide image
     img[:, 30:50, 1:] = 60  # the middle of the band red: a colour image
     assert not decode_image(jpeg_bytes(img, 95), 20)[1]
-    gray_png = Image.fromarray(np.full((10, 10), 7, np.uint8), mode="L")
-    import io
-    buffer = io.BytesIO()
-    gray_png.save(buffer, format="PNG")
-    out, gray = decode_image(buffer.getvalue(), 10)
+    out, gray = decode_image(png_bytes(Image.fromarray(np.full((10, 10), 7, np.uint8))), 10)
     assert gray and (out == 7).all()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_images_deeper_than_8_bits_are_stretched_from_their_minimum_to_their_maximum(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    low, high = sorted(rng.integers(0, 65536, size=2))  # 12-bit data, or any range of a 16-bit one
+    deep = rng.integers(low, high + 1, size=(12, 12)).astype(np.uint16)
+    deep[0, 0], deep[-1, -1] = low, high
+    expected = np.round((deep - float(low)) * 255 / (high - low)).astype(np.uint8)  # by hand, float64
+    out, gray = decode_image(png_bytes(Image.fromarray(deep)), 12)
+    assert gray and (out == expected[..., None]).all()
+    floats = (rng.normal(size=(12, 12)) * 1e3).astype(np.float32)  # a float TIFF, e.g. a microscope's
+    Image.fromarray(floats).save(tmp_path / "f.tif")
+    out, _ = decode_image((tmp_path / "f.tif").read_bytes(), 12)
+    expected = np.round((floats - floats.min()) * (255 / (float(floats.max()) - float(floats.min()))))
+    assert np.abs(out[..., 0].astype(int) - expected).max() <= 1 and out.min() == 0 and out.max() == 255
+    flat = decode_image(png_bytes(Image.fromarray(np.full((12, 12), 4000, np.uint16))), 12)[0]
+    assert (flat == 0).all()  # no range to stretch: black, not a division by zero
+
+
+def test_exif_orientation_is_applied_as_image_viewers_do():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3)).astype(np.uint8)
+    for orientation, upright in [(1, pixels), (3, pixels[::-1, ::-1]), (6, np.rot90(pixels, -1)),
+                                 (8, np.rot90(pixels, 1)), (2, pixels[:, ::-1])]:
+        img = Image.fromarray(pixels)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG", exif=exif)  # lossless, so the pixels compare exactly
+        out, _ = decode_image(buffer.getvalue(), 16)
+        assert (out == upright).all(), orientation
 
 
 def test_corrupt_and_truncated_images_are_skipped_and_counted(labelled_folder, capsys):

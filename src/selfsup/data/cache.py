@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..console import progress_bar, warn
 from ..errors import UserError
 from .sources import ImageSource
 
-CACHE_FORMAT = 1
-GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;L"}
+CACHE_FORMAT = 2  # 2: EXIF orientation applied; images deeper than 8 bits stretched, not clipped
+HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
+GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -68,6 +70,8 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
             with Image.open(io.BytesIO(data)) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
                 gray = img.mode in GRAYSCALE_MODES
+                if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone's photo, upright as viewers show it
+                    img = ImageOps.exif_transpose(img)
                 pixels = fit_square(img, size)
         # Gray pictures are often saved as RGB (most JPEGs): equal channels say so whatever the mode.
         return pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all())
@@ -75,9 +79,21 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
         return None
 
 
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """`img` as 8-bit RGB. A 16-bit, 32-bit or float image (scans, microscopy) is stretched from its
+    own minimum to its maximum: PIL's conversion would clip every value above 255 to white, and a
+    fixed divisor would leave 12-bit data nearly black."""
+    if img.mode in HIGH_DEPTH_MODES:
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        low, high = values.min(), values.max()
+        scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+        img = Image.fromarray(np.round(scaled).astype(np.uint8))  # 2-D uint8: mode L
+    return img.convert("RGB")
+
+
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
     """(size, size, 3) uint8 RGB: the shorter side resized to `size`, then a centre crop."""
-    img = img.convert("RGB")
+    img = to_rgb8(img)
     width, height = img.size
     if (width, height) != (size, size):
         scale = size / min(width, height)
