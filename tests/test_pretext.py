@@ -385,6 +385,25 @@ def test_grid_too_small_and_grayscale_colorization_are_refused(labelled_folder, 
     assert decode_image(jpeg_bytes(colour), 16)[1] is False
 
 
+def test_colorization_leaves_out_grayscale_images_and_says_so(tmp_path, capsys):
+    data = tmp_path / "mixed"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"colour{i}.png")
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(data / f"gray{i}.png")
+    user = {**TINY_RUN, "train": {**TINY_RUN.get("train", {}), "epochs": 1, "batch_size": 5, "progress": False}}
+    from selfsup.train import Trainer
+    cfg = config_lib.resolve({**user, "method": "colorization", "data": {"path": str(data), "image_size": 16},
+                              "out": str(tmp_path / "run")})
+    trainer = Trainer(cfg, None, show_progress=False)
+    trained = {trainer.cache.names[i] for i in trainer.train_idx}
+    assert trained == {f"colour{i}.png" for i in range(10)}
+    assert "colorization leaves out the 3 grayscale images of the 13" in capsys.readouterr().err
+    assert len(trainer.stream) == 2  # 10 colour images in batches of 5
+
+
 def test_cli_says_the_minimum_image_size(labelled_folder, tmp_path):
     args = ["pretrain", "--method", "relative-location", "--data", str(labelled_folder), "--out", str(tmp_path / "run"),
             "--image-size", "24", "--batch-size", "8", "--no-progress"]

@@ -206,6 +206,8 @@ class Trainer:
         self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
         if hasattr(method_module, "check_data"):
             method_module.check_data(cfg.method_config, self.cache, self.train_idx)
+        if hasattr(method_module, "training_rows"):  # a method that cannot learn from some images
+            self.train_idx = method_module.training_rows(cfg.method_config, self.cache, self.train_idx)
         self.samples = self._samples(method_module)
         stream_over = self.train_idx if self.samples is None else np.arange(len(self.samples.rows))
         self.stream = BatchStream(self.cache.images, stream_over, cfg.train.batch_size, self.device,

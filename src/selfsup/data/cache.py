@@ -28,7 +28,7 @@ from ..console import progress_bar, warn
 from ..errors import UserError
 from .sources import ImageSource
 
-CACHE_FORMAT = 2  # 2: EXIF orientation applied; images deeper than 8 bits stretched, not clipped
+CACHE_FORMAT = 2  # 2: EXIF orientation applied; deeper than 8 bits stretched, not clipped; gray rows listed
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
 GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
 EXIF_ORIENTATION = 0x0112
@@ -43,11 +43,15 @@ class ImageCache:
     labels: np.ndarray | None  # (N,) int64 class index, when the source is laid out by class
     classes: list[str]
     skipped: list[str]  # files that could not be decoded
-    grayscale: int  # how many of the images were single-channel before conversion to RGB
+    grayscale_rows: np.ndarray  # (G,) int64 rows whose image was gray (one channel, or three equal ones)
     source: str  # a description of where the images came from
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def grayscale(self) -> int:
+        return len(self.grayscale_rows)
 
     @property
     def size(self) -> int:
@@ -164,7 +168,7 @@ def publish(staging: Path, target: Path, meta: dict) -> None:
 def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
     """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
     staging = make_staging(target)
-    names, skipped, grayscale = [], [], 0
+    names, skipped, grayscale_rows = [], [], []
     bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
     try:
         with open(staging / "images.u8", "wb") as pixels:
@@ -173,7 +177,8 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                     skipped.append(name)
                 else:
                     pixels.write(decoded[0].tobytes())
-                    grayscale += decoded[1]
+                    if decoded[1]:
+                        grayscale_rows.append(len(names))
                     names.append(name)
                 bar.update(1)
         bar.close()
@@ -182,7 +187,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
         meta = {"format": CACHE_FORMAT, "source": source.describe(), "fingerprint": source.fingerprint,
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
-                "grayscale": grayscale}
+                "grayscale_rows": grayscale_rows}
         publish(staging, target, meta)
     except BaseException:
         bar.close()
@@ -221,7 +226,8 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     images = np.memmap(target / "images.u8", dtype=np.uint8, mode="r", shape=(len(names), size, size, 3))
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],
-                      skipped=meta["skipped"], grayscale=meta["grayscale"], source=description)
+                      skipped=meta["skipped"], grayscale_rows=np.asarray(meta["grayscale_rows"], dtype=np.int64),
+                      source=description)
 
 
 def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,9 +32,6 @@ from ..views import (ABBins, ViewConfig, decode_lightness, denormalize, eval_vie
                      make_view, quantize_lightness, rgb_to_lab)
 from . import rotation
 from .common import Batch, MethodOutput, Progress
-
-GRAYSCALE_LIMIT = 0.01  # more grayscale images than this fraction are refused, fewer only warned of
-
 
 @dataclass
 class Config:
@@ -63,11 +61,19 @@ PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
 def check_data(config: Config, cache, train_idx) -> None:
-    if cache.grayscale > GRAYSCALE_LIMIT * len(cache):
-        raise UserError(f"colorization needs colour images, but {cache.grayscale:,} of the {len(cache):,} images in "
-                        f"{cache.source} are grayscale; remove them or choose another --method")
-    if cache.grayscale:
-        warn(f"{cache.grayscale:,} grayscale images will teach colorization that gray is a colour")
+    gray = int(np.isin(train_idx, cache.grayscale_rows).sum())
+    if gray == len(train_idx):
+        raise UserError(f"colorization needs colour images, but {gray:,} of the {len(train_idx):,} images in "
+                        f"{cache.source} are grayscale; give it colour images or choose another --method")
+    if gray:
+        first = cache.names[cache.grayscale_rows[0]]
+        warn(f"colorization leaves out the {gray:,} grayscale images of the {len(train_idx):,} in {cache.source} "
+             f"(e.g. {first!r}): they hold no colour to predict")
+
+
+def training_rows(config: Config, cache, train_idx) -> np.ndarray:
+    """The colour images only (see check_data)."""
+    return np.setdiff1d(train_idx, cache.grayscale_rows)
 
 
 def with_input_channels(backbone: Backbone, channels: int) -> Backbone:
