@@ -57,6 +57,21 @@ def test_exported_half_resnet_loads_into_plain_timm(trained, tmp_path):
     torch.testing.assert_close(model.eval()(x), encoder.eval()(x))
 
 
+def test_a_loaded_encoder_is_ready_for_inference(trained):
+    """README's `load_encoder(...).backbone` used as is: BatchNorm on its running statistics, so a
+    forward pass neither depends on the batch nor changes the model."""
+    _, runs = trained
+    for spec in (runs["resnet18"], "random:resnet18-half"):
+        encoder = load_encoder(spec, 16).backbone
+        before = {k: v.clone() for k, v in encoder.state_dict().items()}
+        x = torch.randn(4, 3, 16, 16)
+        with torch.no_grad():
+            together, alone = encoder(x), encoder(x[:1])
+        assert not encoder.training
+        torch.testing.assert_close(together[:1], alone)
+        assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
 def test_embed_writes_unit_vectors_and_the_file_list(trained, tmp_path):
     data, runs = trained
     (data / "circle" / "broken.jpg").write_bytes(b"not an image")

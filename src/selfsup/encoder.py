@@ -29,6 +29,11 @@ class Encoder:
     # Names the weights and how images are prepared, so features can be cached (None: never cached).
     key: str | None = None
 
+    def __post_init__(self):
+        # For inference, as a user of `load_encoder` calls it: BatchNorm on its running statistics,
+        # which a forward pass in training mode would both use the batch's for and update.
+        self.backbone.eval()
+
 
 def default_cache_size(image_size: int) -> int:
     return image_size if image_size <= 64 else round(image_size * 8 / 7)
