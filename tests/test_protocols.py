@@ -401,3 +401,17 @@ def test_knn_options_are_checked_whoever_calls_the_protocol():
     with pytest.raises(UserError, match=re.escape("knn.temperature must be in")):
         protocols.knn_protocol(setup, k=3, temperature=0.0)
     assert protocols.knn_protocol(setup, k=1, temperature=1e-6)["top1"] == 1.0  # a plain int k; no overflow
+
+
+def test_a_run_folder_that_cannot_be_written_still_gets_its_result(tmp_path, capsys):
+    from selfsup.eval.record import EVALS_FILE, read_evals, record_result
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: simclr\n")
+    assert record_result(str(run / "last.pt"), {"top1": 0.5}) == run / EVALS_FILE
+    assert read_evals(run)[0]["top1"] == 0.5
+    (run / EVALS_FILE).unlink()
+    (run / EVALS_FILE).mkdir()  # unwritable whoever runs the test (root ignores permissions)
+    assert record_result(str(run / "last.pt"), {"top1": 0.5}) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not add the result to" in err[0] and "--no-record" in err[0]

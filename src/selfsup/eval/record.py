@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+from ..console import warn
+
 EVALS_FILE = "evals.jsonl"
 
 
@@ -29,8 +31,13 @@ def record_result(spec: str, result: dict) -> Path | None:
         return None
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": spec, **result}
     path = folder / EVALS_FILE
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError as e:  # a run folder shared read-only: the result is still reported
+        warn(f"could not add the result to {str(path)!r} ({e.strerror}); `selfsup report` will not show it "
+             f"(--no-record skips this)")
+        return None
     return path
 
 
