@@ -135,3 +135,19 @@ def test_an_os_error_is_one_line(monkeypatch, tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "enc.safetensors"))
     monkeypatch.setattr(selfsup.export, "export_encoder", full_disk)
     run("export", "--checkpoint", "x", "--out", tmp_path / "enc.safetensors", check_error="No space left on device")
+
+
+def test_ctrl_c_while_pytorch_loads_is_one_line(tmp_path):
+    """The first seconds of any command import PyTorch; an interrupt then is no traceback either."""
+    import signal
+    import time
+    probe = subprocess.run([sys.executable, "-c", "import sys, selfsup.cli; print('torch' in sys.modules)"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "False"  # importing the command line does not load PyTorch yet
+    process = subprocess.Popen([sys.executable, "-m", "selfsup", "pretrain", "--data", str(tmp_path),
+                                "--out", str(tmp_path / "run")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # Python is up (its handler turns SIGINT into KeyboardInterrupt), PyTorch not yet
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "selfsup: interrupted"
+    assert process.returncode == 130

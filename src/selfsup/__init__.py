@@ -33,13 +33,25 @@ def pretrain(method: str | None = None, data: str | Path | None = None, out: str
     return run_pretraining(merge_dicts(user, flags_to_config(flags)), resume=resume, show_progress=show_progress)
 
 
-from .encoder import load_encoder  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .eval import (evaluate_finetune, evaluate_knn, evaluate_linear, evaluate_retrieval,  # noqa: E402
-                   label_efficiency_curve)
-from .export import embed_images, export_encoder, load_exported  # noqa: E402
-from .report import build_report  # noqa: E402
+# The rest of the API is imported on first use, so that `selfsup --help` and `import selfsup` do
+# not wait for PyTorch.
+_LAZY = {"load_encoder": ".encoder", "UserError": ".errors", "evaluate_finetune": ".eval",
+         "evaluate_knn": ".eval", "evaluate_linear": ".eval", "evaluate_retrieval": ".eval",
+         "label_efficiency_curve": ".eval", "embed_images": ".export", "export_encoder": ".export",
+         "load_exported": ".export", "build_report": ".report"}
 
-__all__ = ["pretrain", "evaluate_knn", "evaluate_linear", "export_encoder", "embed_images", "load_exported",
-           "load_encoder", "UserError", "__version__", "evaluate_finetune", "evaluate_retrieval",
-           "label_efficiency_curve", "build_report"]
+__all__ = ["pretrain", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'selfsup' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

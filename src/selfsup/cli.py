@@ -255,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # imports PyTorch: seconds in which Ctrl-C may come
         return args.run(args)
     except UserError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
