@@ -31,6 +31,8 @@ def test_exported_resnet_loads_into_plain_torchvision(trained, tmp_path):
     _, runs = trained
     out = tmp_path / "encoder.safetensors"
     selfsup.export_encoder(runs["resnet18"], out)
+    from selfsup.outputs import current_umask
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not safetensors' private 0600
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["backbone"] == "resnet18" and json.loads(meta["small_stem"]) is True

@@ -30,7 +30,7 @@ def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, t
                               backbone="resnet18", small_stem=False, show_progress=False)
     run = tmp_path / "run"
     assert result.checkpoint == run / "last.pt" and result.checkpoint.is_file()
-    from selfsup.checkpoint import current_umask
+    from selfsup.outputs import current_umask
     assert result.checkpoint.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
     assert (run / "config.yaml").read_text().splitlines()[1] == "method: simclr"  # after selfsup's header
     assert (run / "curves.png").stat().st_size > 1000

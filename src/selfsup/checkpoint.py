@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .outputs import current_umask
 
 FORMAT = "selfsup-checkpoint"
 # What torch.load(weights_only=True) raises on a file that is not a plain PyTorch save of tensors.
@@ -43,12 +44,6 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | Path, **content: Any) -> None:

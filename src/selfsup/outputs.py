@@ -39,6 +39,12 @@ def output_file(path: str | Path) -> Path:
     return path
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path, remedy: str = "choose another --out"):
     """A temporary path beside `path` to write to; renamed to `path` when the block ends without
@@ -47,6 +53,7 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # an ordinary file, whatever the writer chose (safetensors: 0600)
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"cannot write {str(path)!r} ({e.strerror}); {remedy}") from None
