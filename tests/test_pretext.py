@@ -337,6 +337,8 @@ def test_colorization_run_draws_pictures_and_its_encoder_exports_and_evaluates(s
     assert state["l_branch.net.conv1.weight"].shape[1] == 1 and state["ab_branch.net.conv1.weight"].shape[1] == 2
     knn = selfsup.evaluate_knn(run.checkpoint, train=split_folder / "train", test=split_folder / "test")
     assert 0 <= knn["top1"] <= 1
+    with pytest.raises(UserError, match="holds a colorization encoder, two networks that weights:FILE cannot load"):
+        selfsup.load_encoder(f"weights:{tmp_path / 'encoder.safetensors'}")
 
 
 def test_inpainting_run_draws_pictures(labelled_folder, tmp_path):

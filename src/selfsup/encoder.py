@@ -91,6 +91,9 @@ def _from_weights(path: Path, name: str | None, image_size: int | None, small_st
     state, metadata = read_weights(path)
     saved = exported_settings(metadata)
     name = name or saved.get("backbone")
+    if name and name.startswith("split-brain "):  # what `selfsup export` names a colorization encoder
+        raise UserError(f"{str(path)!r} holds a colorization encoder, two networks that weights:FILE cannot "
+                        f"load; evaluate the checkpoint of its run instead")
     if not name:
         raise UserError(f"say which architecture {str(path)!r} holds with --backbone NAME (e.g. resnet50)")
     size = image_size or saved.get("image_size") or 224
