@@ -363,6 +363,10 @@ def test_jigsaw_run_resumes_exactly_with_its_permutations(tmp_path, monkeypatch)
 
 
 def test_grid_too_small_and_grayscale_colorization_are_refused(labelled_folder, tmp_path):
+    for task, smallest in [("jigsaw", 27), ("relative-location", 30)]:  # from the config alone: no data read
+        with pytest.raises(UserError, match=f"{task} needs images of at least {smallest} pixels.*"
+                                            f"or lower {task}.gap and {task}.jitter$"):
+            config_lib.resolve({"method": task, "data": {"path": str(tmp_path / "missing"), "image_size": 20}})
     with pytest.raises(UserError, match="jigsaw needs images of at least 27 pixels"):
         selfsup.pretrain(method="jigsaw", data=labelled_folder, out=tmp_path / "jig", config=TINY_RUN,
                          show_progress=False)

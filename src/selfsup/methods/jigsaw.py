@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
-from ..config import merge_dicts, ranged
+from ..config import RunConfig, merge_dicts, ranged
 from ..nn import mlp
 from ..views import (ViewConfig, extract_tiles, jigsaw_permutations, light_views, make_view, min_hamming_distance,
                      sample_tile_corners, shuffle_tiles, standardize_tiles, tile_grid)
@@ -49,6 +49,11 @@ def _imagenet() -> dict:
 
 
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse an image too small for the grid before any data is read (called by config.resolve)."""
+    tile_grid(cfg.data.image_size, cfg.method_config.gap, cfg.method_config.jitter, "jigsaw")
 
 
 class Method(nn.Module):

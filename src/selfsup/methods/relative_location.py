@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
-from ..config import merge_dicts, ranged
+from ..config import RunConfig, merge_dicts, ranged
 from ..nn import mlp
 from ..views import (IMAGENET_MEAN, IMAGENET_STD, ViewConfig, chromatic_guard, light_views, make_view,
                      relative_location_pair, tile_grid)
@@ -48,6 +48,11 @@ def _imagenet() -> dict:
 
 
 PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Refuse an image too small for the grid before any data is read (called by config.resolve)."""
+    tile_grid(cfg.data.image_size, cfg.method_config.gap, cfg.method_config.jitter, "relative-location")
 
 
 class Method(nn.Module):
