@@ -80,6 +80,23 @@ def test_frame_folders_in_class_folders_give_labels_frames_and_motion(tmp_path):
     assert np.isnan(cache.motion[cache.clip_rows()[1]]).all()  # the clip without a CSV
 
 
+def test_frame_folders_without_frame_numbers_are_warned_of(tmp_path, capsys):
+    root = tmp_path / "photos"
+    write_frames(root / "numbered", 3)
+    rng = np.random.default_rng(0)
+    for folder, names in [("cats", ["tabby", "siamese", "persian"]), ("dogs", ["pug", "boxer", "collie"])]:
+        (root / folder).mkdir()
+        for name in names:  # photos by class: no frame numbers, no order
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / folder / f"{name}.png")
+    cache = open_clips(root, 16, show_progress=False)
+    assert cache.frame.tolist() == [0, 1, 2] * 3  # the names' order
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "2 of 3 frame folders have frames without distinct numbers" in err
+    assert "'cats'" in err
+    open_clips(root / "numbered", 16, show_progress=False)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_tar_of_frame_folders_with_motion(tmp_path):
     write_frames(tmp_path / "src" / "data" / "walk", 4)
     write_motion(tmp_path / "src" / "data" / "walk.csv", [0, 1, 2, 3])

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..console import progress_bar
+from ..console import progress_bar, warn
 from ..errors import UserError
 from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, publish, read_built
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source,
@@ -121,6 +121,7 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndar
         return np.asarray([int(n.rsplit("/", 1)[1]) for n in names], dtype=np.int64)
     numbers = [re.findall(r"\d+", PurePosixPath(n).stem) for n in names]
     frame = np.zeros(len(names), dtype=np.int64)
+    unnumbered = []
     for c in np.unique(clip):
         rows = np.flatnonzero(clip == c)  # sorted names: the listing order
         found = [int(numbers[r][-1]) if numbers[r] else None for r in rows]
@@ -128,6 +129,11 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndar
             frame[rows] = found
         else:
             frame[rows] = np.arange(len(rows))
+            unnumbered.append(names[rows[0]].rpartition("/")[0] or ".")
+    if unnumbered:  # e.g. a folder of photos by class, taken for clips by a video method
+        warn(f"{len(unnumbered):,} of {len(np.unique(clip)):,} frame folders have frames without distinct numbers "
+             f"in their names (e.g. {unnumbered[0]!r}), so their order is the names' order; check that they "
+             f"are frames of videos")
     return frame
 
 
