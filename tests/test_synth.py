@@ -193,11 +193,11 @@ def test_grasps_succeed_and_fail_as_the_jaws_find_them():
     assert grasp(square, (64.0, 64.0), 0.0) and not grasp(square, (64.0, 64.0), math.pi / 4, opening=24.0)
 
 
-def test_records_match_their_simulation_and_are_deterministic(tmp_path):
+def test_records_match_their_simulation_and_are_deterministic(tmp_path, capsys):
     from selfsup.synth.interaction import WorldSettings, record_interactions, simulate
 
     settings = WorldSettings(size=16, seed=5)
-    record_interactions(tmp_path / "w", 9, 6, settings, show_progress=False)
+    record_interactions(tmp_path / "w", 9, 24, settings, show_progress=False)
     with open(tmp_path / "w" / "interactions.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["kind"] for r in rows] == ["grasp", "push", "poke"] * 3
@@ -211,5 +211,10 @@ def test_records_match_their_simulation_and_are_deterministic(tmp_path):
             assert row["dx"] == row["dy"] == "0.0"  # a grasp test does not move the object
         else:
             assert math.hypot(float(row["dx"]), float(row["dy"])) == pytest.approx(float(row["distance"]), abs=2e-6)
-    objects = sorted(p.parent.name for p in (tmp_path / "w" / "objects").rglob("*.png"))
-    assert len(objects) == 6 and "circle-rubber" in objects
+    split = {part: sorted({p.parent.name for p in (tmp_path / "w" / "objects" / part).rglob("*.png")})
+             for part in ("train", "test")}
+    assert split["train"] == split["test"] and len(split["test"]) == 12  # every class in both: eval works
+    assert len(list((tmp_path / "w" / "objects" / "test").rglob("*.png"))) == 12
+    record_interactions(tmp_path / "few", 1, 6, settings, show_progress=False)
+    assert "with --objects 6, fewer than 2 per class, some of the 12 classes have no test image" in \
+        capsys.readouterr().err

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..console import progress_bar
+from ..console import progress_bar, warn
 from ..errors import UserError
 from . import new_output_folder
 
@@ -296,9 +296,14 @@ def record_interactions(out: str | Path, count: int, objects: int, settings: Wor
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    classes = len(SHAPES) * len(MATERIALS)  # object_image draws them in turn
+    if 0 < objects < 2 * classes:
+        warn(f"with --objects {objects}, fewer than 2 per class, some of the {classes} classes have no test image "
+             f"and `selfsup eval` on OUT/objects refuses it; use --objects {2 * classes} or more")
     for j in range(objects):
         image, label = object_image(j, settings, floors)
-        folder = out / "objects" / ("train" if j % 5 else "test") / label
+        nth_of_class = j // classes  # the second of each class and every fifth after it: a test image
+        folder = out / "objects" / ("test" if nth_of_class % 5 == 1 else "train") / label
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{j:06d}.png")
         bar.update(1)
