@@ -86,12 +86,44 @@ def test_foreign_checkpoints_are_refused_without_unpickling(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"x": Evil(str(marker))}, evil)
-    run("export", "--checkpoint", evil, "--out", tmp_path / "o.safetensors", check_error="not a selfsup checkpoint")
+    run("export", "--checkpoint", evil, "--out", tmp_path / "o.safetensors",
+        check_error="cannot be read as a selfsup checkpoint")
     assert not marker.exists(), "loading a checkpoint ran code from it"
     (tmp_path / "text.pt").write_text("hello")
     run("embed", "--checkpoint", tmp_path / "text.pt", "--data", data, "--out", tmp_path / "e.npy",
-        check_error="not a selfsup checkpoint")
+        check_error="cannot be read as a selfsup checkpoint")
     run("eval", "knn", "--checkpoint", tmp_path / "nope.pt", "--data", data, check_error="does not exist")
+
+
+def test_unreadable_checkpoints_say_why_and_what_each_command_takes_instead(tmp_path):
+    import pytest
+    from selfsup.checkpoint import load_checkpoint, save_checkpoint
+    from selfsup.errors import UserError
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, model={"w": torch.zeros(1000)}, config={})
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    with pytest.raises(UserError, match=r"cannot be read as a selfsup checkpoint: it is damaged or cut short"):
+        load_checkpoint(cut)
+    (tmp_path / "w.safetensors").write_bytes(b"{}")
+    with pytest.raises(UserError, match=r"is a weights file, not a selfsup checkpoint.*weights:FILE\)$"):
+        load_checkpoint(tmp_path / "w.safetensors")
+    plain = tmp_path / "plain.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, plain)
+    with pytest.raises(UserError, match=r"\(plain weights: use --checkpoint weights:FILE\)$"):
+        load_checkpoint(plain)
+    run("pretrain", "--method", "distill", "--teacher", plain, "--data", write_dataset(tmp_path / "d", per_class=4),
+        "--out", tmp_path / "student", "--batch-size", "4", "--image-size", "16", "--no-progress", check_error="use --teacher weights:FILE --set distill.teacher_backbone=NAME")
+    (tmp_path / "run").mkdir()
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "run" / "last.pt")
+    with pytest.raises(UserError) as refused:  # a run folder holds what selfsup wrote: no weights: hint
+        selfsup_resume(tmp_path / "run")
+    assert "weights:" not in str(refused.value)
+
+
+def selfsup_resume(out):
+    import selfsup
+    return selfsup.pretrain(out=out, resume=True, show_progress=False)
 
 
 class Evil:

@@ -50,9 +50,14 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
     save_atomic({"format": FORMAT, "version": VERSION, **content}, path)
 
 
-def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
-    """The checkpoint at `path`, refusing files selfsup did not write (and never unpickling them)."""
+PLAIN_WEIGHTS = "plain weights: use --checkpoint weights:FILE"
+
+
+def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: str | None = PLAIN_WEIGHTS) -> dict:
+    """The checkpoint at `path`, refusing files selfsup did not write (and never unpickling them).
+    `plain_weights`: how the caller's command takes a plain weights file instead, if it does."""
     path = Path(path)
+    instead = f" ({plain_weights})" if plain_weights else ""
     if path.is_dir():
         if (path / "last.pt").is_file():
             path = path / "last.pt"
@@ -60,14 +65,17 @@ def load_checkpoint(path: str | Path, method: str | None = None) -> dict:
             raise UserError(f"{str(path)!r} is a folder without last.pt; give a checkpoint file written by selfsup pretrain")
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        raise UserError(f"{str(path)!r} is a weights file, not a selfsup checkpoint; give a .pt file written by "
+                        f"selfsup pretrain{instead}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS:
-        raise UserError(f"{str(path)!r} is not a selfsup checkpoint (it cannot be read as one); "
-                        f"give a .pt file written by selfsup pretrain") from None
+        raise UserError(f"{str(path)!r} cannot be read as a selfsup checkpoint: it is damaged or cut short, or "
+                        f"another kind of file; give a .pt file written by selfsup pretrain{instead}") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is a PyTorch file but not a selfsup checkpoint; give a .pt file "
-                        f"written by selfsup pretrain (plain weights: use --checkpoint weights:FILE)")
+                        f"written by selfsup pretrain{instead}")
     if content.get("version", 0) > VERSION:
         raise UserError(f"{str(path)!r} was written by a newer selfsup (format {content['version']}); upgrade selfsup")
     if method is not None and content.get("method") != method:

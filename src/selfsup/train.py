@@ -91,7 +91,7 @@ def new_run_command(out: Path, epochs) -> str:
 
 
 def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
-    checkpoint = load_checkpoint(out / "last.pt")
+    checkpoint = load_checkpoint(out / "last.pt", plain_weights=None)
     cfg = config_lib.from_dict(checkpoint["config"])
     saved = config_lib.to_dict(cfg)
     user = config_lib.with_method_flags(user, cfg.method)

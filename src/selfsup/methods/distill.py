@@ -89,7 +89,8 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
     if not Path(config.teacher).expanduser().exists():
         raise UserError(f"the teacher {config.teacher!r} does not exist; give its place with --teacher PATH "
                         f"(also with --resume: the run's checkpoint holds the teacher's weights)")
-    checkpoint = load_checkpoint(config.teacher)
+    checkpoint = load_checkpoint(config.teacher, plain_weights="plain weights: use --teacher weights:FILE "
+                                                              "--set distill.teacher_backbone=NAME")
     teacher_cfg = from_dict(checkpoint["config"])
     if teacher_cfg.method == "distill":  # a distilled student teaches with its kept encoder, its EMA
         return nn.ModuleDict({"backbone": encoder_from_state(teacher_cfg, checkpoint["model"])})
