@@ -43,6 +43,11 @@ def test_wrong_types_and_ranges_are_refused():
         C.resolve({"train": {"epochs": "ten"}})
     with pytest.raises(UserError, match=r"optim.momentum must be in \[0.0, 1.0\]"):
         C.resolve({"optim": {"momentum": 1.5}})
+    # A key that a pretrain flag sets names the flag too: the user typed --epochs, not train.epochs.
+    with pytest.raises(UserError, match=r"^train.epochs \(--epochs\) must be in \[1, inf\], got -1$"):
+        C.resolve({"train": {"epochs": -1}})
+    with pytest.raises(UserError, match=r"^data.image_size \(--image-size\) must be in \[8, 4096\], got 0$"):
+        C.resolve({"data": {"image_size": 0}})
     with pytest.raises(UserError, match="optim.name must be one of"):
         C.resolve({"optim": {"name": "adam"}})
     with pytest.raises(UserError, match="simclr.views.crop_scale must be a list"):

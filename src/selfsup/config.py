@@ -166,9 +166,17 @@ def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
         if isinstance(number, (int, float)) and not isinstance(number, bool):
             if (low is not None and number < low) or (high is not None and number > high):
                 bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-                raise UserError(f"{where} must be in {bounds}, got {value!r}")
+                raise UserError(f"{where}{_flag_of(where)} must be in {bounds}, got {value!r}")
     if f.metadata.get("ordered") and list(value) != sorted(value):
-        raise UserError(f"{where} must be in increasing order (low, high), got {list(value)!r}")
+        raise UserError(f"{where}{_flag_of(where)} must be in increasing order (low, high), got {list(value)!r}")
+
+
+def _flag_of(key: str) -> str:
+    """' (--flag)' when a pretrain flag sets the config key `key`, so an error names what was typed."""
+    from .cli import PRETRAIN_FLAGS
+
+    flag = next((flag for flag, k in PRETRAIN_FLAGS.items() if k == key), None)
+    return f" (--{flag.replace('_', '-')})" if flag else ""
 
 
 def override(obj: Any, changes: dict, where: str = "") -> Any:
