@@ -183,3 +183,21 @@ def test_ctrl_c_while_pytorch_loads_is_one_line(tmp_path):
     _, err = process.communicate(timeout=120)
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "selfsup: interrupted"
     assert process.returncode == 130
+
+
+def test_an_interrupted_pretraining_says_how_to_go_on(tmp_path, monkeypatch):
+    import selfsup.train
+
+    def interrupted(user, resume, show_progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selfsup.train, "run_pretraining", interrupted)
+    out = tmp_path / "run"
+    proc = run("pretrain", "--data", tmp_path, "--out", out)
+    assert proc.returncode == 130
+    assert proc.stderr.strip() == "selfsup: interrupted; nothing was saved yet: run the same command again"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    proc = run("pretrain", "--data", tmp_path, "--out", out)
+    assert proc.stderr.strip() == (f"selfsup: interrupted; continue from the last checkpoint with: "
+                                   f"selfsup pretrain --out {out} --resume")

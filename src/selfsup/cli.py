@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import UserError, nearest
 
@@ -92,7 +93,13 @@ def _pretrain(args) -> int:
         user = merge_dicts(user, parse_assignment(assignment))
     flags = {name: getattr(args, name) for name in PRETRAIN_FLAGS}
     user = merge_dicts(user, flags_to_config(flags))
-    result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
+    try:
+        result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        out = Path(args.out).expanduser()
+        raise KeyboardInterrupt(f"continue from the last checkpoint with: selfsup pretrain --out {out} --resume"
+                                if (out / "last.pt").is_file() else
+                                "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
     if dist.is_main():  # under torchrun: one result, not one per process
@@ -265,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {e}; check the paths and free space, then run the same command again",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("selfsup: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
 
 
