@@ -5,7 +5,7 @@ import torch
 
 from selfsup.errors import UserError
 from selfsup.eval import evaluate_knn, evaluate_linear, evaluate_retrieval
-from selfsup.eval.knn import knn_accuracy, knn_scores
+from selfsup.eval.knn import knn_accuracy, knn_scores, topk_accuracy
 from selfsup.eval.linear import linear_accuracy
 
 from conftest import write_dataset
@@ -49,6 +49,16 @@ def test_knn_matches_brute_force_float64(seed, temperature):
     ahead = (expected > expected[np.arange(n_test), test_labels][:, None]).sum(1)
     code = (got.topk(5).indices == torch.from_numpy(test_labels)[:, None]).any(1).numpy()
     assert accuracy["top5"] == pytest.approx(np.where(tied, code, ahead < 5).mean())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_topk_accuracy_is_the_exact_fraction_of_hits(seed):
+    rng = np.random.default_rng(seed)
+    n, classes = int(rng.integers(5, 40)), int(rng.integers(6, 12))
+    scores, labels = rng.random((n, classes)), rng.integers(0, classes, n)
+    ranks = (scores > scores[np.arange(n), labels][:, None]).sum(1)  # how many classes score higher
+    got = topk_accuracy(torch.from_numpy(scores), torch.from_numpy(labels))
+    assert got["top1"] == int((ranks < 1).sum()) / n and got["top5"] == int((ranks < 5).sum()) / n  # no float32 noise
 
 
 def test_linear_probe_separates_separable_features_and_not_random_labels():
