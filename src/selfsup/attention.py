@@ -152,8 +152,10 @@ def add_attention_parser(commands, common) -> None:
 def _run(args) -> int:
     import json
 
+    from .console import plural
+
     result = save_attention_maps(args.checkpoint, args.images, args.out, image_size=args.image_size,
                                  device=args.device, max_images=args.max_images)
-    print(json.dumps(result) if args.json else f"wrote {result['images']} attention pictures "
+    print(json.dumps(result) if args.json else f"wrote {plural(result['images'], 'attention picture')} "
           f"({result['heads']} heads, {result['image_size']} px) to {result['out']}")
     return 0

@@ -15,6 +15,7 @@ from . import config as config_lib
 from .backbones import Backbone, build_backbone
 from .checkpoint import load_checkpoint
 from .config import BackboneConfig, RunConfig
+from .console import plural
 from .errors import UserError
 from .methods import get_method, restore_method
 
@@ -62,7 +63,8 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
         return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)", key=key)
     checkpoint = load_checkpoint(spec)
     cfg = config_lib.from_dict(checkpoint["config"])
-    epoch = checkpoint.get("position", {}).get("epoch", "?")
+    epoch = checkpoint.get("position", {}).get("epoch")
+    trained = plural(epoch, "epoch") if isinstance(epoch, int) else "? epochs"
     path = Path(spec) / "last.pt" if Path(spec).is_dir() else Path(spec)
     # Another image size than the training one (transfer to other data): a ViT resamples its
     # positions, so only whole patches are needed.
@@ -72,7 +74,7 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
         check_image_size(size, size, cfg.backbone.patch_size, cfg.backbone.name, other_patch_sizes=False)
     cache_size = cfg.data.cache_size if size == cfg.data.image_size else default_cache_size(size)
     return Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
-                   f"{cfg.method} {cfg.backbone.name}, {epoch} epochs ({spec})", cfg,
+                   f"{cfg.method} {cfg.backbone.name}, {trained} ({spec})", cfg,
                    key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""))
 
 
