@@ -43,6 +43,8 @@ def test_wrong_types_and_ranges_are_refused():
         C.resolve({"train": {"epochs": "ten"}})
     with pytest.raises(UserError, match=r"optim.momentum must be in \[0.0, 1.0\]"):
         C.resolve({"optim": {"momentum": 1.5}})
+    with pytest.raises(UserError, match=r"^--small-stem is for ResNets; vit-tiny starts with its patch embedding"):
+        C.resolve({"backbone": {"name": "vit-tiny", "small_stem": True}, "data": {"image_size": 32}})
     # A key that a pretrain flag sets names the flag too: the user typed --epochs, not train.epochs.
     with pytest.raises(UserError, match=r"^train.epochs \(--epochs\) must be in \[1, inf\], got -1$"):
         C.resolve({"train": {"epochs": -1}})

@@ -322,6 +322,9 @@ def resolve(user: dict) -> RunConfig:
             raise no_blocks_to_drop(cfg.backbone.name)
         cfg = override(cfg, {"backbone": {"drop_path_rate": 0.0}})
     if cfg.backbone.name in VITS:
+        if user.get("backbone", {}).get("small_stem"):
+            raise UserError(f"--small-stem is for ResNets; {cfg.backbone.name} starts with its patch embedding "
+                            f"(set its size with --patch-size)")
         if cfg.backbone.patch_size is None:
             cfg = override(cfg, {"backbone": {"patch_size": default_patch_size(cfg.data.image_size)}})
         check_image_size(cfg.data.image_size, cfg.data.image_size, cfg.backbone.patch_size, cfg.backbone.name)
