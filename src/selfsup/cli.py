@@ -187,12 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="folder of images (searched recursively) or a .tar/.tar.gz/.tar.xz of one")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.yaml")
     p.add_argument("--backbone", help="resnet18, resnet18-half, resnet34, resnet50, vit-tiny, vit-small, vit-base, "
-                                      "or timm:NAME")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="base learning rate per 256 images (scaled to the batch)")
+                                      "or timm:NAME (default: the preset's, else resnet18)")
+    p.add_argument("--epochs", type=int, help="default: the preset's (e.g. simclr cifar 200), else 100")
+    p.add_argument("--batch-size", type=int, help="default: the preset's, else 256")
+    p.add_argument("--lr", type=float, help="base learning rate per the preset's reference batch (256 unless it "
+                                            "says), scaled to --batch-size as the preset says (linear or sqrt)")
     p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"])
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int, help="side of the square images trained on (default 224)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="YAML file of config values (flags override it)")
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the backbone and the views")
     p.add_argument("--cache-dir", help="where decoded images are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)")
-    p.add_argument("--preset", help="cifar or imagenet (default: by image size)")
+    p.add_argument("--preset", help="cifar or imagenet (default: cifar up to 64 px); dino also has cifar-vit")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-1 first convolution, no max-pool (default: on below 64 px)")
     p.add_argument("--patch-size", type=int, help="ViT patch size")
