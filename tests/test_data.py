@@ -114,11 +114,12 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(labelled_folder, c
     assert err.count("warning:") == 1 and "skipped 3 of 39 files" in err
 
 
-def test_all_files_corrupt_is_a_clear_error(tmp_path):
+def test_all_files_corrupt_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.jpg").write_bytes(b"nope")
     with pytest.raises(UserError, match="could be decoded"):
         load_cache(open_source(tmp_path / "bad"), 16, show_progress=False)
+    assert "warning" not in capsys.readouterr().err  # the error alone: no 'going on with 0' before it
 
 
 def test_a_tar_with_a_damaged_header_is_refused_not_cut_short(labelled_folder, tmp_path):

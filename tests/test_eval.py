@@ -94,7 +94,8 @@ def test_train_and_test_classes_must_match(tmp_path):
     (tmp_path / "b").mkdir()
     write_dataset(tmp_path / "b")
     (tmp_path / "b" / "stripes").rename(tmp_path / "b" / "zigzag")
-    with pytest.raises(UserError, match=r"only in train: \['stripes'\]; only in test: \['zigzag'\]"):
+    with pytest.raises(UserError, match=r"only in train: \['stripes'\]; only in test: \['zigzag'\]; "
+                                        r"give both the same class folders$"):
         evaluate_knn("random:resnet18", train=tmp_path / "a", test=tmp_path / "b", image_size=16, show_progress=False)
 
 

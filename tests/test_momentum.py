@@ -612,8 +612,13 @@ def test_too_few_global_crops_is_refused_with_the_range():
 
 
 def test_multi_crop_options_are_refused_by_methods_without_them():
-    with pytest.raises(UserError, match=r"unknown config key 'byol.local_crops'"):
+    with pytest.raises(UserError, match=r"^--local-crops is not an option of byol; drop it, or use --method "
+                                        r"dino\|ibot\|distill$"):
         resolve(flags_to_config({"method": "byol", "local_crops": 4}))
+    with pytest.raises(UserError, match=r"^--teacher is not an option of simclr; drop it, or use --method distill$"):
+        resolve(flags_to_config({"method": "simclr", "teacher": "run/"}))
+    with pytest.raises(UserError, match=r"unknown config key 'byol.local_crops'"):  # in a YAML file: its key
+        resolve({"method": "byol", "byol": {"local_crops": 4}})
     assert resolve(flags_to_config({"method": "dino", "local_crops": 4})).method_config.local_crops == 4
 
 

@@ -189,8 +189,9 @@ def override(obj: Any, changes: dict, where: str = "") -> Any:
     for key, value in changes.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise UserError(f"unknown config key {path!r}{nearest(key, fields)}; "
-                            f"valid keys here: {', '.join(fields)}")
+            # At the top, the method's section goes by the method's name (`simclr:`), not `method_config`.
+            valid = [getattr(obj, "method", name) if name == "method_config" else name for name in fields]
+            raise UserError(f"unknown config key {path!r}{nearest(key, valid)}; valid keys here: {', '.join(valid)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             updates[key] = override(current, value, path)
@@ -272,8 +273,16 @@ def with_method_flags(user: dict, method_name: str) -> dict:
     --local-crops) laid over the section of the method `method_name` (e.g. "dino")."""
     if "method_config" not in user:
         return user
+    from .methods import METHODS, get_method  # late: methods import this module
+
     user = dict(user)
-    return merge_dicts(user, {method_name: user.pop("method_config")})
+    options = user.pop("method_config")
+    for key in options if isinstance(options, dict) else ():
+        if key not in {f.name for f in dataclasses.fields(get_method(method_name).Config)}:
+            having = [m for m in METHODS if key in {f.name for f in dataclasses.fields(get_method(m).Config)}]
+            raise UserError(f"--{key.replace('_', '-')} is not an option of {method_name}; drop it"
+                            + (f", or use --method {'|'.join(having)}" if having else ""))
+    return merge_dicts(user, {method_name: options})
 
 
 def resolve(user: dict) -> RunConfig:

@@ -219,7 +219,8 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     meta = json.loads((target / "index.json").read_text())
     names, size = meta["names"], meta["size"]
     files = meta.get("files", len(names) + len(meta["skipped"]))  # a video file holds many rows
-    warn_skipped(meta["skipped"], files, description, kind)
+    if names:  # else the error below says it all
+        warn_skipped(meta["skipped"], files, description, kind)
     if not names:
         raise UserError(f"none of the {len(meta['skipped']):,} {kind} files in {description!r} "
                         f"could be decoded; check that they are {kind}s")

@@ -55,7 +55,7 @@ def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, s
         only_train = sorted(set(train_cache.classes) - set(test_cache.classes))
         only_test = sorted(set(test_cache.classes) - set(train_cache.classes))
         raise UserError(f"train and test classes differ: only in train: {only_train or 'none'}; "
-                        f"only in test: {only_test or 'none'}")
+                        f"only in test: {only_test or 'none'}; give both the same class folders")
     return train_cache, test_cache
 
 
