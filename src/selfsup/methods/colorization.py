@@ -169,7 +169,8 @@ class Method(nn.Module):
         columns = [torch.cat([lab[:, :1], zeros], 1), torch.cat([lab[:, :1], ab], 1),
                    torch.cat([fifty, lab[:, 1:]], 1), torch.cat([l, zeros], 1)]
         columns = [lab_to_rgb(c).clamp(0, 1) for c in columns] + [pixels]
-        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png")
+        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png",
+                        titles=["L input", "its colours", "ab input", "its lightness", "original"])
 
     def encoder(self) -> Backbone:
         return self.backbone

@@ -111,7 +111,8 @@ class Method(nn.Module):
         masked, prediction, mask = self.inpaint(x, batch.generator)
         filled = torch.where(mask, prediction.float(), x)
         columns = [denormalize(c).clamp(0, 1) for c in (masked, filled, prediction.float(), x)]
-        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png")
+        save_image_grid([torch.stack(row) for row in zip(*columns)], Path(run_dir) / "pictures.png",
+                        titles=["masked input", "filled in", "prediction", "original"])
 
     def encoder(self) -> Backbone:
         return self.backbone
