@@ -46,6 +46,8 @@ def test_pretrain_eval_export_embed_through_the_cli(tmp_path):
                    "--json", "--no-progress", *options)
         result = json.loads(proc.stdout)
         assert proc.returncode == 0 and 0 <= result["top1"] <= 1 and "top5" in result
+    run("eval", "knn", "--checkpoint", out, "--data", data, "--small-stem",  # its weights fix its stem
+        check_error="was trained without the small stem, which its weights fix; drop --small-stem")
     proc = run("export", "--checkpoint", out / "last.pt", "--out", tmp_path / "enc.safetensors")
     assert proc.returncode == 0 and (tmp_path / "enc.safetensors").is_file()
     proc = run("embed", "--checkpoint", out, "--data", data, "--out", tmp_path / "e.npy", "--no-progress")

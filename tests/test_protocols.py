@@ -415,3 +415,17 @@ def test_a_run_folder_that_cannot_be_written_still_gets_its_result(tmp_path, cap
     assert record_result(str(run / "last.pt"), {"top1": 0.5}) is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not add the result to" in err[0] and "--no-record" in err[0]
+
+
+def test_a_curve_gives_size_and_stem_to_random_encoders_and_a_run_keeps_its_own(tmp_path, split_folder, capsys):
+    import selfsup
+    run = selfsup.pretrain(method="simclr", data=split_folder / "train", out=tmp_path / "run", epochs=1,
+                           batch_size=8, image_size=16, backbone="resnet18-half", small_stem=True,
+                           show_progress=False)
+    assert main(["eval", "curve", "--checkpoint", str(run.out), "random:resnet18-half", "--data", str(split_folder),
+                 "--per-class", "2", "--seeds", "1", "--protocol", "knn", "--image-size", "24", "--no-small-stem",
+                 "--out", str(tmp_path / "curve.png"), "--no-progress", "--json"]) == 0
+    lines = json.loads(capsys.readouterr().out)["lines"]
+    assert len(lines) == 2 and lines[0]["checkpoint"] == str(run.out)
+    with pytest.raises(UserError, match="was trained with the small stem, which its weights fix"):
+        evaluate_knn(run.out, data=split_folder, small_stem=False, show_progress=False)

@@ -63,6 +63,10 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
         return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)", key=key)
     checkpoint = load_checkpoint(spec)
     cfg = config_lib.from_dict(checkpoint["config"])
+    if small_stem is not None and small_stem != bool(cfg.backbone.small_stem):
+        flag = "--small-stem" if small_stem else "--no-small-stem"
+        raise UserError(f"{spec} was trained {'with' if cfg.backbone.small_stem else 'without'} the small stem, "
+                        f"which its weights fix; drop {flag} (it is for random: and weights: encoders)")
     epoch = checkpoint.get("position", {}).get("epoch")
     trained = plural(epoch, "epoch") if isinstance(epoch, int) else "? epochs"
     path = Path(spec) / "last.pt" if Path(spec).is_dir() else Path(spec)
