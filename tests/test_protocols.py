@@ -429,3 +429,10 @@ def test_a_curve_gives_size_and_stem_to_random_encoders_and_a_run_keeps_its_own(
     assert len(lines) == 2 and lines[0]["checkpoint"] == str(run.out)
     with pytest.raises(UserError, match="was trained with the small stem, which its weights fix"):
         evaluate_knn(run.out, data=split_folder, small_stem=False, show_progress=False)
+
+
+def test_an_unknown_keyword_names_the_public_function_before_any_image_is_read(tmp_path):
+    for function in (evaluate_knn, evaluate_linear, evaluate_finetune, evaluate_retrieval):
+        with pytest.raises(TypeError, match=rf"^{function.__name__}\(\) got an unexpected keyword argument "
+                                            r"'imagesize' \(did you mean 'image_size'\?\); besides its own"):
+            function("random:resnet18", data=tmp_path / "missing", imagesize=16)

@@ -15,7 +15,7 @@ import torch
 
 from ..data import ImageCache, load_cache, open_source, open_splits
 from ..encoder import Encoder, load_encoder
-from ..errors import UserError
+from ..errors import UserError, nearest
 from .features import cached_features
 
 
@@ -91,6 +91,18 @@ def _check_backbone(spec: str, encoder: Encoder, backbone: str | None) -> None:
     if held != backbone:
         raise UserError(f"{spec!r} holds a {held}, not a {backbone}; leave out --backbone "
                         f"(it is for weights:FILE) or give the matching encoder")
+
+
+def check_options(caller: str, options: dict) -> None:
+    """Refuse, naming the public function, keyword arguments that `prepare` does not take."""
+    import inspect
+
+    own = ("checkpoint", "train", "test", "data", "labels_required")  # the protocols' own arguments
+    valid = [name for name in inspect.signature(prepare).parameters if name not in own]
+    for name in options:
+        if name not in valid:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}{nearest(name, valid)}; "
+                            f"besides its own, it takes {', '.join(valid)}")
 
 
 def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", image_size: int | None = None,

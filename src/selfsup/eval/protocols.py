@@ -19,7 +19,7 @@ import torch
 from ..config import override, ranged
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
-from .data import Setup, prepare
+from .data import Setup, check_options, prepare
 from .features import extract_features
 from .finetune import FinetuneConfig, finetune
 from .knn import knn_scores, topk_accuracy
@@ -226,6 +226,7 @@ def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple
                  seeds: int = 1, record: bool = True, **options) -> dict:
     """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
     k, temperature = _knn_options(k, temperature)  # before any image is read
+    check_options("evaluate_knn", options)
     setup = prepare(checkpoint, train, test, data, **options)
     return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, k, temperature), record)
 
@@ -237,6 +238,7 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
     """Top-1/top-5 of a linear probe on frozen features (lr and weight decay: a value or a grid
     searched on the validation split)."""
     _linear_options(lr, weight_decay, epochs, batch_size)  # before any image is read
+    check_options("evaluate_linear", options)
     setup = prepare(checkpoint, train, test, data, **options)
     result = linear_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, lr, weight_decay, epochs,
                              batch_size)
@@ -249,6 +251,7 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
     config = _finetune_options(config)  # before any image is read
+    check_options("evaluate_finetune", options)
     setup = prepare(checkpoint, train, test, data, **options)
     return _finish(setup, finetune_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, config), record)
 
@@ -259,5 +262,6 @@ def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int 
     """Test images as queries, training images as the gallery: precision@k and mAP (with labels;
     unlabelled folders work too, for the neighbour lists written to `out`)."""
     ks, out = _retrieval_options(ks, out)  # before any image is read
+    check_options("evaluate_retrieval", options)
     setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
     return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class), seeds, ks, out), record)
