@@ -432,7 +432,8 @@ def test_a_curve_gives_size_and_stem_to_random_encoders_and_a_run_keeps_its_own(
 
 
 def test_an_unknown_keyword_names_the_public_function_before_any_image_is_read(tmp_path):
-    for function in (evaluate_knn, evaluate_linear, evaluate_finetune, evaluate_retrieval):
+    from selfsup.eval import label_efficiency_curve
+    for function in (evaluate_knn, evaluate_linear, evaluate_finetune, evaluate_retrieval, label_efficiency_curve):
         with pytest.raises(TypeError, match=rf"^{function.__name__}\(\) got an unexpected keyword argument "
                                             r"'imagesize' \(did you mean 'image_size'\?\); besides its own"):
             function("random:resnet18", data=tmp_path / "missing", imagesize=16)

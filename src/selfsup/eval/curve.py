@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, output_folder
-from .data import prepare
+from .data import check_options, prepare
 from .protocols import finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
 from .subsets import Budget
@@ -29,6 +29,7 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     100 %) for each encoder in `checkpoints`; plot top-1 against labels per class to `out`.
     `image_size` and `small_stem` are for the random: and weights: encoders among them: a run's
     checkpoint keeps its own."""
+    check_options("label_efficiency_curve", options)
     if protocol not in PROTOCOLS:
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
     if per_class and fractions:
