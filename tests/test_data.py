@@ -55,13 +55,13 @@ def test_shipped_sample_has_train_and_test_splits():
 def test_decode_resizes_shorter_side_and_centre_crops():
     img = np.zeros((40, 80, 3), np.uint8)
     img[:, 20:60] = 255  # a white band in the middle third horizontally
-    out, gray = decode_image(jpeg_bytes(img, 95), 20)
+    out, gray, _ = decode_image(jpeg_bytes(img, 95), 20)
     assert out.shape == (20, 20, 3) and out.dtype == np.uint8
     assert gray  # black and white, though stored as RGB
     assert out[:, 5:15].mean() > 240  # the centre crop keeps the middle of the wide image
     img[:, 30:50, 1:] = 60  # the middle of the band red: a colour image
     assert not decode_image(jpeg_bytes(img, 95), 20)[1]
-    out, gray = decode_image(png_bytes(Image.fromarray(np.full((10, 10), 7, np.uint8))), 10)
+    out, gray, _ = decode_image(png_bytes(Image.fromarray(np.full((10, 10), 7, np.uint8))), 10)
     assert gray and (out == 7).all()
 
 
@@ -78,15 +78,36 @@ def test_images_deeper_than_8_bits_are_stretched_from_their_minimum_to_their_max
     deep = rng.integers(low, high + 1, size=(12, 12)).astype(np.uint16)
     deep[0, 0], deep[-1, -1] = low, high
     expected = np.round((deep - float(low)) * 255 / (high - low)).astype(np.uint8)  # by hand, float64
-    out, gray = decode_image(png_bytes(Image.fromarray(deep)), 12)
+    out, gray, _ = decode_image(png_bytes(Image.fromarray(deep)), 12)
     assert gray and (out == expected[..., None]).all()
     floats = (rng.normal(size=(12, 12)) * 1e3).astype(np.float32)  # a float TIFF, e.g. a microscope's
     Image.fromarray(floats).save(tmp_path / "f.tif")
-    out, _ = decode_image((tmp_path / "f.tif").read_bytes(), 12)
+    out, _, _ = decode_image((tmp_path / "f.tif").read_bytes(), 12)
     expected = np.round((floats - floats.min()) * (255 / (float(floats.max()) - float(floats.min()))))
     assert np.abs(out[..., 0].astype(int) - expected).max() <= 1 and out.min() == 0 and out.max() == 255
     flat = decode_image(png_bytes(Image.fromarray(np.full((12, 12), 4000, np.uint16))), 12)[0]
     assert (flat == 0).all()  # no range to stretch: black, not a division by zero
+
+
+def test_the_cache_knows_how_large_the_images_were_and_training_warns_of_a_large_enlargement(tmp_path, capsys):
+    from selfsup.config import resolve
+    from selfsup.train import Trainer
+    rng = np.random.default_rng(0)
+    (tmp_path / "small").mkdir()
+    for i, (h, w) in enumerate([(20, 30), (24, 24), (40, 22), (21, 50), (23, 23)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "small" / f"{i}.png")
+    assert decode_image(png_bytes(Image.fromarray(np.zeros((20, 30, 3), np.uint8))), 16)[2] == 20
+    cache = load_cache(open_source(tmp_path / "small"), 16, show_progress=False)
+    assert cache.median_side == 22  # the shorter sides 20, 24, 22, 21, 23
+    capsys.readouterr()
+    user = {"data": {"path": str(tmp_path / "small"), "image_size": 48}, "out": str(tmp_path / "run"),
+            "backbone": {"name": "resnet18-half"}, "train": {"batch_size": 4, "progress": False}}
+    Trainer(resolve(user), None, show_progress=False)
+    err = capsys.readouterr().err
+    assert "the images are mostly 22 px on their shorter side, enlarged 2x to --image-size 48" in err
+    assert "pass --image-size 22" in err
+    Trainer(resolve({**user, "data": {**user["data"], "image_size": 32}}), None, show_progress=False)
+    assert "enlarged" not in capsys.readouterr().err  # less than twice: no warning
 
 
 def test_exif_orientation_is_applied_as_image_viewers_do():
@@ -98,7 +119,7 @@ def test_exif_orientation_is_applied_as_image_viewers_do():
         exif[0x0112] = orientation
         buffer = io.BytesIO()
         img.save(buffer, format="PNG", exif=exif)  # lossless, so the pixels compare exactly
-        out, _ = decode_image(buffer.getvalue(), 16)
+        out, _, _ = decode_image(buffer.getvalue(), 16)
         assert (out == upright).all(), orientation
 
 

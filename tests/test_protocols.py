@@ -43,7 +43,7 @@ def synthetic_setup(train_x, train_y, test_x, test_y, num_classes) -> Setup:
     def cache(labels):
         return ImageCache(images=np.zeros((len(labels), 4, 4, 3), np.uint8), labels=np.asarray(labels),
                           names=[f"{classes[c]}/{i}.png" for i, c in enumerate(labels)], classes=classes,
-                          skipped=[], grayscale_rows=np.empty(0, np.int64), source="synthetic")
+                          skipped=[], grayscale_rows=np.empty(0, np.int64), median_side=None, source="synthetic")
 
     encoder = Encoder(backbone=None, image_size=4, cache_size=4, description="synthetic features")
     return Setup("synthetic", encoder, cache(train_y), cache(test_y), torch.device("cpu"),

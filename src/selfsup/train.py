@@ -204,6 +204,11 @@ class Trainer:
         method_module = get_method(cfg.method)
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
         self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
+        side, size = self.cache.median_side, cfg.data.image_size
+        if side and 2 * side <= size and dist.is_main():  # e.g. CIFAR's 32-pixel images at the default 224
+            warn(f"the images are mostly {side} px on their shorter side, enlarged {size / side:.0f}x to --image-size "
+                 f"{size} at {(size / side) ** 2:.0f}x the compute of --image-size {side}; pass --image-size {side} "
+                 f"unless that is meant")
         if hasattr(method_module, "check_data"):
             method_module.check_data(cfg.method_config, self.cache, self.train_idx)
         if hasattr(method_module, "training_rows"):  # a method that cannot learn from some images

@@ -28,7 +28,7 @@ from ..console import progress_bar, warn
 from ..errors import UserError
 from .sources import ImageSource
 
-CACHE_FORMAT = 2  # 2: EXIF orientation applied; deeper than 8 bits stretched, not clipped; gray rows listed
+CACHE_FORMAT = 2  # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
 GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
 EXIF_ORIENTATION = 0x0112
@@ -45,6 +45,7 @@ class ImageCache:
     skipped: list[str]  # files that could not be decoded
     grayscale_rows: np.ndarray  # (G,) int64 rows whose image was gray (one channel, or three equal ones)
     source: str  # a description of where the images came from
+    median_side: int | None  # the images' median shorter side before resizing (None: not known)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -65,9 +66,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
 
 
-def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
-    """(size, size, 3) uint8 RGB pixels and whether the image was grayscale, or None when the
-    bytes are not a decodable image (corrupt, truncated, or not an image at all)."""
+def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool, int] | None:
+    """(size, size, 3) uint8 RGB pixels, whether the image was grayscale, and its shorter side
+    before resizing (exact below `size`: JPEG's reduced decoding never goes under it), or None when
+    the bytes are not a decodable image (corrupt, truncated, or not an image at all)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF, palette transparency, ...
@@ -76,9 +78,10 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool] | None:
                 gray = img.mode in GRAYSCALE_MODES
                 if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone's photo, upright as viewers show it
                     img = ImageOps.exif_transpose(img)
+                side = min(img.size)
                 pixels = fit_square(img, size)
         # Gray pictures are often saved as RGB (most JPEGs): equal channels say so whatever the mode.
-        return pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all())
+        return pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all()), side
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
         return None
 
@@ -168,7 +171,7 @@ def publish(staging: Path, target: Path, meta: dict) -> None:
 def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
     """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
     staging = make_staging(target)
-    names, skipped, grayscale_rows = [], [], []
+    names, skipped, grayscale_rows, sides = [], [], [], []
     bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
     try:
         with open(staging / "images.u8", "wb") as pixels:
@@ -179,6 +182,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                     pixels.write(decoded[0].tobytes())
                     if decoded[1]:
                         grayscale_rows.append(len(names))
+                    sides.append(decoded[2])
                     names.append(name)
                 bar.update(1)
         bar.close()
@@ -187,7 +191,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
         meta = {"format": CACHE_FORMAT, "source": source.describe(), "fingerprint": source.fingerprint,
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
-                "grayscale_rows": grayscale_rows}
+                "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None}
         publish(staging, target, meta)
     except BaseException:
         bar.close()
@@ -228,7 +232,7 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],
                       skipped=meta["skipped"], grayscale_rows=np.asarray(meta["grayscale_rows"], dtype=np.int64),
-                      source=description)
+                      source=description, median_side=meta["median_side"])
 
 
 def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,

@@ -38,7 +38,7 @@ from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_m
                       walk_folder)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
-VIDEO_CACHE_FORMAT = 3  # 2: names inside a tar are relative to its common folder; 3: grayscale_rows
+VIDEO_CACHE_FORMAT = 3  # 2: names in a tar relative to its common folder; 3: grayscale_rows, median_side
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -96,6 +96,7 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
         labels = np.asarray([class_index[clip_names[c].split("/", 1)[0]] for c in clip], dtype=np.int64)
     cache = VideoCache(images=frames.images, names=frames.names, labels=labels, classes=classes,
                        skipped=frames.skipped, grayscale_rows=frames.grayscale_rows, source=frames.source,
+                       median_side=frames.median_side,
                        clip=clip, frame=frame, clip_names=clip_names, motion=None, motion_columns=[],
                        incomplete={index[c] for c in broken if c in index})
     _attach_motion(cache, path, prefix)
@@ -227,7 +228,8 @@ def _build_videos(path: Path, videos: list[str], prefix: str, size: int, target:
                         names.append(f"{name}/{i:06d}")
                 bar.update(1)
         meta = {"format": VIDEO_CACHE_FORMAT, "source": str(path), "size": size, "names": names, "classes": [],
-                "labels": None, "skipped": sorted(skipped), "grayscale_rows": [], "files": len(videos)}
+                "labels": None, "skipped": sorted(skipped), "grayscale_rows": [], "median_side": None,
+                "files": len(videos)}
         publish(staging, target, meta)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
