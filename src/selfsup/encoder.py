@@ -33,7 +33,8 @@ class Encoder:
     def __post_init__(self):
         # For inference, as a user of `load_encoder` calls it: BatchNorm on its running statistics,
         # which a forward pass in training mode would both use the batch's for and update.
-        self.backbone.eval()
+        if self.backbone is not None:  # None: a stand-in, for features computed elsewhere
+            self.backbone.eval()
 
 
 def default_cache_size(image_size: int) -> int:

@@ -20,8 +20,8 @@ from ..data.cache import decode_stream
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
-from ..outputs import atomic_path
 from ..eval.features import extract_features
+from ..outputs import atomic_path
 
 
 @dataclass
