@@ -153,7 +153,8 @@ def test_a_refused_run_writes_nothing_and_keeps_the_users_files(labelled_folder,
                           ({"backbone": {"name": "resnet18", "patch_size": 4}}, "--patch-size is for ViTs"),
                           ({"method": "egomotion", "egomotion": {"crop_scale": [0.9, 0.2]}},
                            "egomotion.crop_scale must be in increasing order"),
-                          ({"backbone": {"name": "vit-tiny", "patch_size": 0}}, r"backbone.patch_size \(--patch-size\) must be in \[1, inf\]")]:
+                          ({"backbone": {"name": "vit-tiny", "patch_size": 0}},
+                           r"backbone.patch_size \(--patch-size\) must be in \[1, inf\]")]:
         with pytest.raises(UserError, match=message):
             run_pretraining(merge_dicts(tiny(tmp_path / "nowhere", tmp_path / "r"), user))
 
