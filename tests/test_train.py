@@ -272,3 +272,28 @@ def test_the_trainer_clips_every_trained_gradient_before_the_step(tmp_path, monk
     norms.clear()
     run_pretraining(tiny(data, tmp_path / "on", train={"epochs": 1}, optim={"clip_grad": 0.05}))
     assert norms and max(norms) <= 0.05 * (1 + 1e-5)
+
+
+def test_resuming_what_this_version_cannot_continue_exactly_is_refused(labelled_folder, tmp_path):
+    """A checkpoint whose optimizer groups or step count no longer fit (a run started by another
+    selfsup version): a one-line refusal, not a traceback or a silently shifted schedule."""
+    from selfsup.checkpoint import save_checkpoint
+    user = tiny(labelled_folder, tmp_path / "run", train={"epochs": 2})
+    run_pretraining(user)
+    finished = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    steps = finished["position"]["step"] // 2
+
+    def resume_from(position, optimizer):
+        content = {k: v for k, v in finished.items() if k not in ("format", "version")}
+        save_checkpoint(tmp_path / "run" / "last.pt", **{**content, "position": position, "optimizer": optimizer})
+        return run_pretraining(user, resume=True)
+
+    halfway = {"epoch": 1, "batch": 0, "step": steps}
+    groups = finished["optimizer"]["param_groups"]  # one more group than now, same parameters
+    split = [{**groups[0], "params": groups[0]["params"][:1]}, {**groups[0], "params": groups[0]["params"][1:]}]
+    regrouped = {**finished["optimizer"], "param_groups": split + groups[1:]}
+    with pytest.raises(UserError, match=r"holds an optimizer state that this selfsup version groups otherwise"):
+        resume_from(halfway, regrouped)
+    with pytest.raises(UserError, match=rf"at step {steps + 1}, batch 0 of epoch 2, which {steps} steps per epoch"):
+        resume_from({**halfway, "step": steps + 1}, finished["optimizer"])
+    assert resume_from(halfway, finished["optimizer"]).metrics[-1]["epoch"] == 2  # the same state goes on

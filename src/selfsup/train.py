@@ -315,8 +315,18 @@ class Trainer:
                             f"{'' if now['images'] != saved['images'] else ' (other files)'}; resume with "
                             f"the run's data, or start a new run in another --out")
         self.method.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError:  # parameters regrouped since (e.g. which are weight-decayed)
+            raise UserError(f"--resume: {self.out / 'last.pt'} holds an optimizer state that this selfsup version "
+                            f"groups otherwise; finish the run with the version that started it, or start a new "
+                            f"run in another --out") from None
         self.position = Position(**checkpoint["position"])
+        at, steps = self.position, len(self.stream)
+        if at.step != at.epoch * steps + at.batch:  # the same data read otherwise (e.g. images now left out)
+            raise UserError(f"--resume: the run was at step {at.step}, batch {at.batch} of epoch {at.epoch + 1}, which "
+                            f"{steps} steps per epoch (what its data gives now) cannot reach; finish it with the "
+                            f"selfsup version that started it, or start a new run in another --out")
         torch.set_rng_state(checkpoint["rng"]["torch"])
         views = checkpoint["rng"].get("views_per_rank", [checkpoint["rng"]["views"]])
         if len(views) == self.world:
