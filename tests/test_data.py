@@ -85,6 +85,14 @@ def test_images_deeper_than_8_bits_are_stretched_from_their_minimum_to_their_max
     out, _, _ = decode_image((tmp_path / "f.tif").read_bytes(), 12)
     expected = np.round((floats - floats.min()) * (255 / (float(floats.max()) - float(floats.min()))))
     assert np.abs(out[..., 0].astype(int) - expected).max() <= 1 and out.min() == 0 and out.max() == 255
+    floats[0, :3] = (np.inf, -np.inf, np.nan)  # a sensor's saturated and missing pixels
+    Image.fromarray(floats).save(tmp_path / "g.tif")
+    out, _, _ = decode_image((tmp_path / "g.tif").read_bytes(), 12)
+    finite = floats[np.isfinite(floats)]
+    expected = np.round((np.clip(floats[1:], finite.min(), finite.max()) - finite.min())
+                        * (255 / (float(finite.max()) - float(finite.min()))))
+    assert np.abs(out[1:, :, 0].astype(int) - expected).max() <= 1  # the finite range still spans 0..255
+    assert out[0, :3, 0].tolist() == [255, 0, 0]  # +inf at the top, -inf and NaN at the bottom
     flat = decode_image(png_bytes(Image.fromarray(np.full((12, 12), 4000, np.uint16))), 12)[0]
     assert (flat == 0).all()  # no range to stretch: black, not a division by zero
 

@@ -298,6 +298,12 @@ def test_moco_v3_initialises_a_vit_as_the_official_code():
                                       "data": {"image_size": 16},
                                       "moco-v3": {**SMALL["moco-v3"], "xavier_init": False}})).online[0].net
     assert not uniform_with_bound(timm_init.blocks[0].attn.qkv.weight, math.sqrt(6 / (d + d)))
+    from selfsup.methods.moco_v3 import _xavier_init  # a timm ViT whose patch projection has no bias (CLIP's)
+    backbone = build_method(resolve({"method": "moco-v3", "backbone": {"name": "vit-tiny", "patch_size": p},
+                                     "data": {"image_size": 16}})).online[0]
+    backbone.net.patch_embed.proj.bias = None
+    _xavier_init(backbone)
+    assert uniform_with_bound(backbone.net.patch_embed.proj.weight, math.sqrt(6 / (3 * p * p + d)))
 
 
 def test_moco_v3_fixed_positions_on_a_vit_with_other_positions_is_refused():

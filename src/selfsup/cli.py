@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def _pretrain(args) -> int:
         result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
     except KeyboardInterrupt:
         out = Path(args.out).expanduser()
-        raise KeyboardInterrupt(f"continue from the last checkpoint with: selfsup pretrain --out {out} --resume"
+        launcher = "torchrun --nproc-per-node N -m selfsup" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "selfsup"
+        raise KeyboardInterrupt(f"continue from the last checkpoint with: {launcher} pretrain --out {out} --resume"
                                 if (out / "last.pt").is_file() else
                                 "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}
@@ -274,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+            print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
 
 

@@ -1,6 +1,7 @@
 """Messages and progress bars for people: status lines on stderr, figures on stdout."""
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm.auto import tqdm
@@ -16,7 +17,9 @@ def say(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    # Under torchrun every process reads the same data and config: one warning, from the first.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "img", enabled: bool = True, initial: int = 0):

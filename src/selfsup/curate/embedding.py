@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..console import progress_bar
-from ..data.cache import decode_stream
+from ..data.cache import CACHE_FORMAT, decode_stream
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
@@ -33,7 +33,7 @@ class Embedded:
 
 def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
     key = hashlib.sha256(f"{encoder.key or encoder.description}|{encoder.image_size}|{source.fingerprint}"
-                         .encode()).hexdigest()[:16]
+                         f"|decoding {CACHE_FORMAT}".encode()).hexdigest()[:16]
     return root / f"{source.path.name.split('.')[0]}-{key}"
 
 

@@ -91,8 +91,10 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     own minimum to its maximum: PIL's conversion would clip every value above 255 to white, and a
     fixed divisor would leave 12-bit data nearly black."""
     if img.mode in HIGH_DEPTH_MODES:
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        low, high = values.min(), values.max()
+        values = np.asarray(img, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        values = np.clip(np.nan_to_num(values, nan=low), low, high)  # NaN as the minimum, +-inf at the ends
         scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
         img = Image.fromarray(np.round(scaled).astype(np.uint8))  # 2-D uint8: mode L
     return img.convert("RGB")

@@ -27,8 +27,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
                            protocol_options: dict | None = None, record: bool = True, **options) -> dict:
     """Run `protocol` at each budget (`per_class` counts, or `fractions`, default 1 %, 10 %,
     100 %) for each encoder in `checkpoints`; plot top-1 against labels per class to `out`.
-    `image_size` and `small_stem` are for the random: and weights: encoders among them: a run's
-    checkpoint keeps its own."""
+    `small_stem` is for the random: and weights: encoders among them: a run's checkpoint keeps the
+    stem its weights were trained with."""
     check_options("label_efficiency_curve", options)
     if protocol not in PROTOCOLS:
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
@@ -40,8 +40,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     specs = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     lines, setup = [], None
     for spec in specs:
-        own = {} if str(spec).startswith(("random:", "weights:")) else {"image_size": None, "small_stem": None}
-        setup = prepare(spec, train, test, data, **{**options, **own})
+        stem = {} if str(spec).startswith(("random:", "weights:")) else {"small_stem": None}
+        setup = prepare(spec, train, test, data, **{**options, **stem})
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines.append({"encoder": setup.encoder.description, "checkpoint": setup.spec,
                       "points": [{k: r[k] for k in POINT_KEYS} for r in runs]})

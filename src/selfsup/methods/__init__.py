@@ -16,9 +16,13 @@
   the like into the run folder.
 - optional module-level `encoder_from_state(cfg, state) -> Backbone`: the encoder to evaluate,
   built from a checkpoint's state without building the whole method (distill: no teacher needed).
+- optional module-level `check_config(cfg)`: raise a `UserError` for a run config the method
+  cannot run (a ResNet for MAE, an image too small for jigsaw's grid), before any data is read.
 - optional module-level `check_data(config, cache, train_idx)`: raise a `UserError` when the
   decoded data (or its training rows `train_idx`, without those held out for the monitor) cannot
-  serve the method (e.g. grayscale images for colorization); called before training.
+  serve the method (e.g. only grayscale images for colorization); called before training; and
+  `training_rows(config, cache, train_idx) -> train_idx`: the rows it can learn from (colorization
+  leaves out gray images), a pure function, so a resumed run trains on the same ones.
 - optional module-level `open_data(path, size, cache_dir=, workers=, show_progress=)`: how the
   data is read instead of `data.open_images` (clips with their frame indices, interaction
   records), and `samples(config, cache, seed) -> Samples` (common.py): training samples of k

@@ -61,12 +61,13 @@ PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 
 
 def check_data(config: Config, cache, train_idx) -> None:
-    gray = int(np.isin(train_idx, cache.grayscale_rows).sum())
-    if gray == len(train_idx):
+    left_out = np.intersect1d(train_idx, cache.grayscale_rows)
+    gray = len(left_out)
+    if gray and gray == len(train_idx):
         raise UserError(f"colorization needs colour images, but {gray:,} of the {len(train_idx):,} images in "
                         f"{cache.source} are grayscale; give it colour images or choose another --method")
     if gray:
-        first = cache.names[cache.grayscale_rows[0]]
+        first = cache.names[left_out[0]]
         warn(f"colorization leaves out the {gray:,} grayscale images of the {len(train_idx):,} in {cache.source} "
              f"(e.g. {first!r}): they hold no colour to predict")
 

@@ -107,10 +107,14 @@ def _xavier_init(backbone: Backbone) -> None:
                 nn.init.zeros_(module.bias)
     if getattr(net, "cls_token", None) is not None:
         nn.init.normal_(net.cls_token, std=1e-6)
-    projection = net.patch_embed.proj  # a convolution that is one linear map per patch
+    projection = getattr(net.patch_embed, "proj", None)  # a convolution: one linear map per patch
+    if not isinstance(projection, nn.Conv2d):
+        raise UserError(f"moco-v3.xavier_init needs a ViT whose patch embedding is one convolution; {backbone.name} "
+                        f"has another: add --set moco-v3.xavier_init=false")
     bound = math.sqrt(6 / (projection.weight[0].numel() + projection.weight.shape[0]))
     nn.init.uniform_(projection.weight, -bound, bound)
-    nn.init.zeros_(projection.bias)
+    if projection.bias is not None:
+        nn.init.zeros_(projection.bias)
 
 
 class Method(nn.Module):
