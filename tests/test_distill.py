@@ -183,3 +183,10 @@ def test_a_distilled_run_teaches_with_its_ema_and_resumes_after_its_teacher_move
     moved = {**user, "distill": {**user["distill"], "teacher": str(tmp_path / "moved")}}
     run_pretraining(moved, resume=True)
     assert_same_state(load_checkpoint(tmp_path / "student"), finished)  # finished: nothing more to do
+
+
+def test_a_missing_teacher_is_refused_from_the_config_before_any_image_is_read(tmp_path):
+    from selfsup.config import resolve
+    with pytest.raises(UserError, match=r"the teacher '.*nowhere' does not exist; give its place with --teacher"):
+        resolve({"method": "distill", "data": {"path": str(tmp_path / "no-data"), "image_size": 16},
+                 "distill": {"teacher": str(tmp_path / "nowhere")}})

@@ -74,6 +74,13 @@ def check_config(cfg: RunConfig) -> None:
     if not cfg.method_config.teacher:
         raise UserError("--method distill needs a teacher: --teacher CKPT (a selfsup checkpoint or run folder, "
                         "or weights:FILE with --set distill.teacher_backbone=NAME)")
+    check_teacher_exists(cfg.method_config.teacher)  # before the data is decoded, not after
+
+
+def check_teacher_exists(teacher: str) -> None:
+    if not teacher.startswith(("weights:", "random:")) and not Path(teacher).expanduser().exists():
+        raise UserError(f"the teacher {teacher!r} does not exist; give its place with --teacher PATH "
+                        f"(also with --resume: the run's checkpoint holds the teacher's weights)")
 
 
 def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
@@ -86,9 +93,7 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
     if config.teacher.startswith(("weights:", "random:")):
         return nn.ModuleDict({"backbone": load_encoder(config.teacher, image_size=image_size,
                                                        backbone=config.teacher_backbone).backbone})
-    if not Path(config.teacher).expanduser().exists():
-        raise UserError(f"the teacher {config.teacher!r} does not exist; give its place with --teacher PATH "
-                        f"(also with --resume: the run's checkpoint holds the teacher's weights)")
+    check_teacher_exists(config.teacher)
     checkpoint = load_checkpoint(config.teacher, plain_weights="plain weights: use --teacher weights:FILE "
                                                               "--set distill.teacher_backbone=NAME")
     teacher_cfg = from_dict(checkpoint["config"])
