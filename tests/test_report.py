@@ -232,10 +232,10 @@ def fake_run(folder: Path, evals: list[dict]) -> Path:
 
 
 def test_report_options_and_out_are_checked_before_the_work(tmp_path, monkeypatch, capsys):
-    import selfsup.report
+    import selfsup.report.build
 
     run = fake_run(tmp_path / "run", [])
-    monkeypatch.setattr(selfsup.report, "_run_section", lambda *a: pytest.fail("the work began"))
+    monkeypatch.setattr(selfsup.report.build, "_run_section", lambda *a: pytest.fail("the work began"))
     (tmp_path / "file").write_text("")
     for options, message in [(dict(queries=0), "report.queries must be in [1, inf], got 0"),
                              (dict(queries=-2), "report.queries must be in [1, inf], got -2"),
@@ -253,7 +253,7 @@ def test_report_options_and_out_are_checked_before_the_work(tmp_path, monkeypatc
 
 
 def test_embedding_map_of_too_few_test_images_is_a_note():
-    from selfsup.report import _embedding_map
+    from selfsup.report.build import _embedding_map
 
     x, labels = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), np.array([0, 1, 1])
     for n in (1, 2):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 
@@ -33,25 +35,11 @@ def pretrain(method: str | None = None, data: str | Path | None = None, out: str
     return run_pretraining(merge_dicts(user, flags_to_config(flags)), resume=resume, show_progress=show_progress)
 
 
-# The rest of the API is imported on first use, so that `selfsup --help` and `import selfsup` do
-# not wait for PyTorch.
+# The rest of the API is imported on first use (see lazy.py).
 _LAZY = {"load_encoder": ".encoder", "UserError": ".errors", "evaluate_finetune": ".eval",
          "evaluate_knn": ".eval", "evaluate_linear": ".eval", "evaluate_retrieval": ".eval",
          "label_efficiency_curve": ".eval", "embed_images": ".export", "export_encoder": ".export",
          "load_exported": ".export", "build_report": ".report"}
 
 __all__ = ["pretrain", "__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'selfsup' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -135,27 +135,3 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     for file_name, picture, image_maps in zip(output_names(names), pictures, maps):
         _draw(picture, image_maps, out / file_name)
     return {"out": str(out), "images": len(names), "heads": maps.shape[1] - 1, "image_size": size}
-
-
-def add_attention_parser(commands, common) -> None:
-    p = commands.add_parser("attention", help="draw the class token's self-attention maps of a ViT encoder")
-    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint (or run folder) with a ViT encoder")
-    p.add_argument("--images", required=True, help="an image, a folder of images or a tar of one")
-    p.add_argument("--out", required=True, help="folder for one PNG per image")
-    p.add_argument("--image-size", type=int, help="default: the encoder's training size (any multiple of the patch size)")
-    p.add_argument("--max-images", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    common(p)
-    p.set_defaults(run=_run)
-
-
-def _run(args) -> int:
-    import json
-
-    from .console import plural
-
-    result = save_attention_maps(args.checkpoint, args.images, args.out, image_size=args.image_size,
-                                 device=args.device, max_images=args.max_images)
-    print(json.dumps(result) if args.json else f"wrote {plural(result['images'], 'attention picture')} "
-          f"({result['heads']} heads, {result['image_size']} px) to {result['out']}")
-    return 0

@@ -139,6 +139,29 @@ def _embed(args) -> int:
     return 0
 
 
+def add_attention_parser(commands, common) -> None:
+    p = commands.add_parser("attention", help="draw the class token's self-attention maps of a ViT encoder")
+    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint (or run folder) with a ViT encoder")
+    p.add_argument("--images", required=True, help="an image, a folder of images or a tar of one")
+    p.add_argument("--out", required=True, help="folder for one PNG per image")
+    p.add_argument("--image-size", type=int, help="default: the encoder's training size (any multiple of the patch size)")
+    p.add_argument("--max-images", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(run=_attention)
+
+
+def _attention(args) -> int:
+    from .attention import save_attention_maps
+    from .console import plural
+
+    result = save_attention_maps(args.checkpoint, args.images, args.out, image_size=args.image_size,
+                                 device=args.device, max_images=args.max_images)
+    print(json.dumps(result) if args.json else f"wrote {plural(result['images'], 'attention picture')} "
+          f"({result['heads']} heads, {result['image_size']} px) to {result['out']}")
+    return 0
+
+
 def _curate(args) -> int:
     from .curate import CurateConfig, curate
 
@@ -174,7 +197,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .attention import add_attention_parser
     from .eval.command import add_eval_parser
     from .report.command import add_report_parser
     from .synth.command import add_synth_parser
@@ -266,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)  # imports PyTorch: seconds in which Ctrl-C may come
+        args = build_parser().parse_args(argv)  # inside: commands import PyTorch, seconds a Ctrl-C may hit
         return args.run(args)
     except UserError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)

@@ -7,10 +7,11 @@ class (or tars of them), or `data`, one root holding train/ and test/; `fraction
 fractions in [0, 1] and append it to the run's evals.jsonl. `label_efficiency_curve` runs one of
 them over several label budgets and encoders and plots the result.
 """
-from .curve import label_efficiency_curve
-from .data import open_labelled, prepare
-from .finetune import FinetuneConfig
-from .protocols import evaluate_finetune, evaluate_knn, evaluate_linear, evaluate_retrieval
+from ..lazy import lazy_exports
 
-__all__ = ["evaluate_knn", "evaluate_linear", "evaluate_finetune", "evaluate_retrieval", "label_efficiency_curve",
-           "FinetuneConfig", "open_labelled", "prepare"]
+_LAZY = {"label_efficiency_curve": ".curve", "open_labelled": ".data", "prepare": ".data",
+         "FinetuneConfig": ".finetune", "evaluate_finetune": ".protocols", "evaluate_knn": ".protocols",
+         "evaluate_linear": ".protocols", "evaluate_retrieval": ".protocols"}
+
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -21,7 +21,7 @@ def add_report_parser(commands, common) -> None:
 
 
 def run_report(args) -> int:
-    from . import build_report
+    from .build import build_report
 
     out = build_report(args.runs, args.out, data=args.data, train=args.train, test=args.test, device=args.device,
                        cache_dir=args.cache_dir, queries=args.queries, max_points=args.max_points,
