@@ -410,6 +410,25 @@ def test_colorization_leaves_out_grayscale_images_and_says_so(tmp_path, capsys):
     assert len(trainer.stream) == 2  # 10 colour images in batches of 5
 
 
+def test_colorization_pictures_show_colour_images(tmp_path):
+    rng = np.random.default_rng(1)
+    for kind in ("a", "b"):
+        (tmp_path / "data" / kind).mkdir(parents=True)
+        for i in range(20):  # every other image gray
+            pixels = rng.integers(0, 256, (16, 16, 3 if i % 2 else 1), dtype=np.uint8)
+            Image.fromarray(pixels.squeeze()).save(tmp_path / "data" / kind / f"{i}.png")
+    from selfsup.train import Trainer
+    cfg = config_lib.resolve({**TINY_RUN, "method": "colorization", "out": str(tmp_path / "run"),
+                              "data": {"path": str(tmp_path / "data"), "image_size": 16, "holdout_fraction": 0.5},
+                              "train": {**TINY_RUN.get("train", {}), "batch_size": 4, "progress": False}})
+    trainer = Trainer(cfg, None, show_progress=False)
+    shown = []
+    trainer.method.save_pictures = lambda batch, run_dir: shown.append(batch.images)
+    trainer.save_pictures()
+    images = shown[0].numpy()
+    assert len(images) == 8 and not any((im[..., :1] == im[..., 1:]).all() for im in images)
+
+
 def test_cli_says_the_minimum_image_size(labelled_folder, tmp_path):
     args = ["pretrain", "--method", "relative-location", "--data", str(labelled_folder), "--out", str(tmp_path / "run"),
             "--image-size", "24", "--batch-size", "8", "--no-progress"]

@@ -359,7 +359,10 @@ class Trainer:
         randomness is untouched."""
         if not hasattr(self.method, "save_pictures") or not dist.is_main():
             return
-        shown = evenly_spaced(self.holdout_idx if len(self.holdout_idx) >= 8 else self.train_idx, 8)
+        held_out, method_module = self.holdout_idx, get_method(self.cfg.method)
+        if hasattr(method_module, "training_rows"):  # pictures of what it learns from (colorization: colour)
+            held_out = method_module.training_rows(self.cfg.method_config, self.cache, held_out)
+        shown = evenly_spaced(held_out if len(held_out) >= 8 else self.train_idx, 8)
         images = torch.from_numpy(np.ascontiguousarray(self.cache.images[shown])).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(0)
         was_training = self.method.training
