@@ -156,7 +156,8 @@ def test_method_pictures_show_images_from_across_the_dataset():
     images = np.arange(100, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
     trainer = SimpleNamespace(method=method, holdout_idx=np.arange(0, 100, 2), train_idx=np.arange(1, 100, 2),
                               cache=SimpleNamespace(images=images), device=torch.device("cpu"),
-                              cfg=SimpleNamespace(train=SimpleNamespace(precision="fp32")), out=Path("."))
+                              cfg=SimpleNamespace(method="simclr", method_config=None,
+                                                  train=SimpleNamespace(precision="fp32")), out=Path("."))
     Trainer.save_pictures(trainer)
     assert shown[0] == 0 and shown[-1] == 98 and len(shown) == 8  # the first and last held-out images
 
