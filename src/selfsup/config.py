@@ -275,11 +275,15 @@ def with_method_flags(user: dict, method_name: str) -> dict:
         return user
     from .methods import METHODS, get_method  # late: methods import this module
 
+    def options_of(method: str) -> set[str]:
+        return {f.name for f in dataclasses.fields(get_method(method).Config)}
+
     user = dict(user)
     options = user.pop("method_config")
+    valid = options_of(method_name)
     for key in options if isinstance(options, dict) else ():
-        if key not in {f.name for f in dataclasses.fields(get_method(method_name).Config)}:
-            having = [m for m in METHODS if key in {f.name for f in dataclasses.fields(get_method(m).Config)}]
+        if key not in valid:
+            having = [m for m in METHODS if key in options_of(m)]
             raise UserError(f"--{key.replace('_', '-')} is not an option of {method_name}; drop it"
                             + (f", or use --method {'|'.join(having)}" if having else ""))
     return merge_dicts(user, {method_name: options})
