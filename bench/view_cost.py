@@ -4,6 +4,11 @@
     PYTHONPATH=src python bench/view_cost.py --device cuda --batch 512 --set blur_prob=0.5
 Each --set KEY=VALUE changes the CIFAR SimCLR recipe's ViewConfig (colour strength 0.5, no blur);
 the script times the recipe with and without the changes, median of --rounds, one thread on the CPU.
+
+    PYTHONPATH=src python bench/view_cost.py --copies 8 --size 96 --source 252 --batch 64
+With --copies N it times N views of the batch made as one batch (`make_views`, multi-crop's local
+crops) against N `make_view` calls in a row, and counts the operator calls of each (each is a
+kernel launch or more on a GPU, so the count is what batching saves there whatever the CPU's time).
 """
 from __future__ import annotations
 
@@ -16,21 +21,39 @@ import time
 import torch
 import yaml
 
-from selfsup.views import ViewConfig, make_view
+from selfsup.views import ViewConfig, make_view, make_views
 
 
-def time_view(images: torch.Tensor, cfg: ViewConfig, size: int, rounds: int) -> float:
+def time_view(images: torch.Tensor, cfg: ViewConfig, size: int, rounds: int, make=None) -> float:
     generator = torch.Generator(device=images.device).manual_seed(0)
+    make = make or (lambda: make_view(images, cfg, size, generator))
     seconds = []
     for _ in range(rounds + 1):  # the first round warms up
         if images.is_cuda:
             torch.cuda.synchronize(images.device)
         start = time.perf_counter()
-        make_view(images, cfg, size, generator)
+        make()
         if images.is_cuda:
             torch.cuda.synchronize(images.device)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds[1:])
+
+
+def operator_calls(make) -> int:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        make()
+    return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
+
+
+def compare_copies(images: torch.Tensor, cfg: ViewConfig, size: int, copies: int, rounds: int) -> dict:
+    generator = torch.Generator(device=images.device).manual_seed(0)
+    together = lambda: make_views(images, cfg, size, copies, generator)  # noqa: E731
+    apart = lambda: [make_view(images, cfg, size, generator) for _ in range(copies)]  # noqa: E731
+    return {"copies": copies, "ms_one_batch": round(1e3 * time_view(images, cfg, size, rounds, together), 1),
+            "ms_one_after_another": round(1e3 * time_view(images, cfg, size, rounds, apart), 1),
+            "operator_calls_one_batch": operator_calls(together),
+            "operator_calls_one_after_another": operator_calls(apart)}
 
 
 def main() -> None:
@@ -40,13 +63,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--copies", type=int, help="time N views as one batch against N in a row")
+    parser.add_argument("--source", type=int, help="side of the source images (default: --size)")
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
     base = ViewConfig(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, blur_prob=0.0)
     changes = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     changed = dataclasses.replace(base, **changes)
-    images = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8, device=args.device)
+    side = args.source or args.size
+    images = torch.randint(0, 256, (args.batch, side, side, 3), dtype=torch.uint8, device=args.device)
+    if args.copies:
+        print(json.dumps({"batch": args.batch, "source": side, "size": args.size, "device": args.device,
+                          "changes": changes, **compare_copies(images, changed, args.size, args.copies, args.rounds)}))
+        return
     base_ms = 1e3 * time_view(images, base, args.size, args.rounds)
     changed_ms = 1e3 * time_view(images, changed, args.size, args.rounds)
     print(json.dumps({"batch": args.batch, "size": args.size, "device": args.device, "changes": changes,

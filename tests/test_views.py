@@ -267,3 +267,32 @@ def test_compiled_views_equal_eager_views():
     uniforms = sample_view_uniforms(len(batch), torch.Generator().manual_seed(5), "cpu")
     compiled = torch.compile(apply_view, dynamic=False)(batch, uniforms, cfg, 16)
     torch.testing.assert_close(compiled, apply_view(batch, uniforms, cfg, 16), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("copies, cfg", [(1, ViewConfig()), (3, ViewConfig(blur_prob=0.5, solarize_prob=0.3)),
+                                         (5, ViewConfig(random_jitter_order=True, crop_scale=(0.05, 0.4)))])
+def test_views_made_as_one_batch_equal_views_made_one_after_another(copies, cfg):
+    # `make_views` makes its copies as one batch of copies x B: the same crops, from the same
+    # draws, as that many separate views of the batch.
+    from selfsup.views import make_views
+    batch = torch.randint(0, 256, (3, 21, 21, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(copies))
+    generator = torch.Generator().manual_seed(10 + copies)
+    together = make_views(batch, cfg, 12, copies, generator)
+    generator = torch.Generator().manual_seed(10 + copies)
+    apart = [make_view(batch, cfg, 12, generator) for _ in range(copies)]
+    assert len(together) == copies
+    for one, other in zip(together, apart):
+        torch.testing.assert_close(one, other, atol=1e-6, rtol=0)
+        assert one.is_contiguous(memory_format=torch.channels_last)
+    if copies > 1:  # and each copy has its own randomness
+        assert not torch.allclose(together[0], together[1])
+
+
+def test_crop_and_resize_takes_several_boxes_per_image():
+    images = torch.rand(2, 3, 10, 10, dtype=torch.float64)
+    boxes = torch.tensor([[0.0, 0.0, 5.0, 5.0], [2.0, 3.0, 9.0, 8.0], [1.0, 1.0, 10.0, 10.0], [4.0, 0.0, 8.0, 6.0]],
+                         dtype=torch.float64)
+    crops = ops.crop_and_resize(images, boxes, 4)  # box r crops image r mod 2
+    for r in range(4):
+        alone = ops.crop_and_resize(images[r % 2:r % 2 + 1], boxes[r:r + 1], 4)
+        torch.testing.assert_close(crops[r:r + 1], alone, atol=1e-12, rtol=0)

@@ -76,14 +76,14 @@ def crop_boxes_from_uniforms(uniforms: torch.Tensor, height: int, width: int, sc
 
 def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop each image to its box (B, 4: x0, y0, x1, y1 in pixels) and resize to size x size.
+    With k x B boxes, box r crops image r mod B: k crops of every image in one call.
 
     Bilinear sampling at output-pixel centres (the mapping of torchvision's resize); where a box is
     larger than the output, each output pixel averages ceil(box/size)^2 samples, which suppresses
     aliasing as torchvision's antialiased resize does.
     """
-    n = images.shape[0]
-    rois = torch.cat([torch.arange(n, device=images.device, dtype=images.dtype)[:, None],
-                      boxes.to(images.dtype)], dim=1)
+    image_of_box = torch.arange(boxes.shape[0], device=images.device) % images.shape[0]
+    rois = torch.cat([image_of_box.to(images.dtype)[:, None], boxes.to(images.dtype)], dim=1)
     return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0,
                      sampling_ratio=-1, aligned=True)
 

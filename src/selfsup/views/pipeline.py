@@ -78,7 +78,8 @@ def _between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
 def apply_view(images_u8: torch.Tensor, uniforms: torch.Tensor, cfg: ViewConfig, size: int,
                mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """The view that `uniforms` (B, VIEW_UNIFORMS) picks: pure tensor arithmetic, which
-    torch.compile fuses into a few kernels."""
+    torch.compile fuses into a few kernels. With k x B rows of uniforms, k views of every image
+    (row r views image r mod B)."""
     _, height, width, _ = images_u8.shape
     boxes = ops.crop_boxes_from_uniforms(uniforms[:, _CROP], height, width, cfg.crop_scale, cfg.crop_ratio)
     x = ops.crop_and_resize(to_float(images_u8), boxes, size)
@@ -111,6 +112,17 @@ def make_view(images_u8: torch.Tensor, cfg: ViewConfig, size: int, generator: to
     """One random view of each image: (B, 3, size, size) float, normalised, channels-last."""
     uniforms = sample_view_uniforms(images_u8.shape[0], generator, images_u8.device, cfg)
     return _apply_view(images_u8, uniforms, cfg, size, mean, std)
+
+
+def make_views(images_u8: torch.Tensor, cfg: ViewConfig, size: int, copies: int, generator: torch.Generator,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[torch.Tensor]:
+    """`copies` random views of each image with one recipe, made as one batch of copies x B: the
+    views of `copies` calls of `make_view` in a row, from the same draws, in an eighth of the
+    operator calls for 8 copies. The methods still make their views one call each: on the CPU the
+    batch is slower (its larger tensors fall out of cache; BENCHMARKS.md, "Views as one batch");
+    whether the fewer launches win on a GPU is measured by `bench/view_cost.py --copies`."""
+    uniforms = sample_view_uniforms(copies * images_u8.shape[0], generator, images_u8.device, cfg)
+    return list(_apply_view(images_u8, uniforms, cfg, size, mean, std).chunk(copies))
 
 
 def color_jitter(x: torch.Tensor, cfg: ViewConfig, uniforms: torch.Tensor, apply: torch.Tensor,
