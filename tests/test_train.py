@@ -297,3 +297,26 @@ def test_resuming_what_this_version_cannot_continue_exactly_is_refused(labelled_
     with pytest.raises(UserError, match=rf"at step {steps + 1}, batch 0 of epoch 2, which {steps} steps per epoch"):
         resume_from({**halfway, "step": steps + 1}, finished["optimizer"])
     assert resume_from(halfway, finished["optimizer"]).metrics[-1]["epoch"] == 2  # the same state goes on
+
+
+def test_a_step_names_its_phases_for_the_profiler_and_only_then(tmp_path, monkeypatch):
+    # bench/step_profile.py reads these ranges; outside a profiler they must cost nothing.
+    from contextlib import nullcontext
+    from torch.profiler import profile
+    from selfsup import config as config_lib, phases
+    from selfsup.train import Trainer
+    data = write_dataset(tmp_path / "data", per_class=4, size=16)
+    trainer = Trainer(config_lib.resolve(tiny(data, tmp_path / "run", method="byol")), None, show_progress=False)
+    images = next(iter(trainer.stream.epoch(0)))
+    with profile() as prof:
+        trainer.step(images)
+    names = {event.key for event in prof.key_averages()}
+    assert {"selfsup.forward", "selfsup.views", "selfsup.backward", "selfsup.optimizer", "selfsup.after_step",
+            "selfsup.metrics"} <= names
+    entered = []
+    monkeypatch.setattr(phases, "record_function", lambda name: entered.append(name) or nullcontext())
+    trainer.step(images)
+    assert entered == []
+    with profile():
+        trainer.step(images)
+    assert "selfsup.forward" in entered  # the stand-in is the one that phase() calls

@@ -35,6 +35,7 @@ from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
 from .outputs import removed_if_left_empty
+from .phases import phase
 from .views import compile_views
 from .viz import evenly_spaced, plot_training_curves
 
@@ -396,22 +397,26 @@ class Trainer:
         side = None
         if isinstance(images, SampleBatch):  # a method with `samples`
             images, side = images.images, images.side
-        with autocast_for(self.device, self.cfg.train.precision):
+        # The named ranges show where a step's time goes under torch.profiler (bench/step_profile.py).
+        with phase("forward"), autocast_for(self.device, self.cfg.train.precision):
             out = self.model(Batch(images=images, generator=self.generator, side=side), progress)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if self.cfg.optim.clip_grad:
-            clip_gradients_per_tensor(self.trained_parameters, self.cfg.optim.clip_grad)
-        self.optimizer.step()
+        with phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+        with phase("optimizer"):
+            if self.cfg.optim.clip_grad:
+                clip_gradients_per_tensor(self.trained_parameters, self.cfg.optim.clip_grad)
+            self.optimizer.step()
         if hasattr(self.method, "after_step"):
-            with torch.no_grad():
+            with phase("after_step"), torch.no_grad():
                 self.method.after_step(progress)
-        values = {"loss": out.loss.detach().float(), **{k: v.detach().float() for k, v in out.metrics.items()}}
-        if out.embedding is not None:
-            values["std_ratio"] = monitor.std_ratio(out.embedding)
-        values["steps"] = torch.ones((), device=self.device)
-        for key, value in values.items():
-            self.epoch_sums[key] = self.epoch_sums.get(key, torch.zeros((), device=self.device)) + value
+        with phase("metrics"):
+            values = {"loss": out.loss.detach().float(), **{k: v.detach().float() for k, v in out.metrics.items()}}
+            if out.embedding is not None:
+                values["std_ratio"] = monitor.std_ratio(out.embedding)
+            values["steps"] = torch.ones((), device=self.device)
+            for key, value in values.items():
+                self.epoch_sums[key] = self.epoch_sums.get(key, torch.zeros((), device=self.device)) + value
         self.last_embedding = out.embedding
         self.last_lr, self.last_wd = lr, wd
         self.position.step += 1

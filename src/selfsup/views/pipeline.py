@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ranged
+from ..phases import phase
 from . import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,8 +111,9 @@ def compile_views(enabled: bool = True) -> None:
 def make_view(images_u8: torch.Tensor, cfg: ViewConfig, size: int, generator: torch.Generator,
               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """One random view of each image: (B, 3, size, size) float, normalised, channels-last."""
-    uniforms = sample_view_uniforms(images_u8.shape[0], generator, images_u8.device, cfg)
-    return _apply_view(images_u8, uniforms, cfg, size, mean, std)
+    with phase("views"):
+        uniforms = sample_view_uniforms(images_u8.shape[0], generator, images_u8.device, cfg)
+        return _apply_view(images_u8, uniforms, cfg, size, mean, std)
 
 
 def make_views(images_u8: torch.Tensor, cfg: ViewConfig, size: int, copies: int, generator: torch.Generator,
@@ -121,8 +123,9 @@ def make_views(images_u8: torch.Tensor, cfg: ViewConfig, size: int, copies: int,
     operator calls for 8 copies. The methods still make their views one call each: on the CPU the
     batch is slower (its larger tensors fall out of cache; BENCHMARKS.md, "Views as one batch");
     whether the fewer launches win on a GPU is measured by `bench/view_cost.py --copies`."""
-    uniforms = sample_view_uniforms(copies * images_u8.shape[0], generator, images_u8.device, cfg)
-    return list(_apply_view(images_u8, uniforms, cfg, size, mean, std).chunk(copies))
+    with phase("views"):
+        uniforms = sample_view_uniforms(copies * images_u8.shape[0], generator, images_u8.device, cfg)
+        return list(_apply_view(images_u8, uniforms, cfg, size, mean, std).chunk(copies))
 
 
 def color_jitter(x: torch.Tensor, cfg: ViewConfig, uniforms: torch.Tensor, apply: torch.Tensor,
