@@ -1,4 +1,6 @@
 """Evaluation: kNN against a brute-force float64 reference, the linear probe, the protocols."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,9 @@ def test_protocols_on_a_random_encoder(split_folder):
     retrieval = evaluate_retrieval("random:resnet18", data=split_folder, image_size=16, ks=3, device="cpu",
                                    show_progress=False)
     assert retrieval["ks"] == [3] and 0 <= retrieval["precision@3"] <= 1
+    # Counted exactly (18 queries x 3 neighbours), and no interval claimed where none is given.
+    assert (retrieval["precision@3"] * 54).is_integer() and "interval" not in retrieval
+    assert knn["image_size"] == retrieval["image_size"] == 16 and "interval" in knn
     linear = evaluate_linear("random:resnet18", train=split_folder / "train", test=split_folder / "test",
                              image_size=16, epochs=5, device="cpu", show_progress=False)
     assert 0 <= linear["top1"] <= 1 and linear["train_images"] == 48
@@ -105,7 +110,36 @@ def test_unlabelled_data_and_missing_arguments(tmp_path):
     flat.mkdir()
     for p in (tmp_path / "flat" / "only" / "circle").iterdir():
         p.rename(flat / p.name)
-    with pytest.raises(UserError, match="no class labels"):
+    with pytest.raises(UserError, match="no class labels: its images lie in no subfolders"):
         evaluate_knn("random:resnet18", train=flat, test=flat, image_size=16, show_progress=False)
+    # One class folder, and class folders with an image beside them: each said as it is.
+    one = write_dataset(tmp_path / "one", per_class=2)
+    for cls in ("square", "stripes"):
+        shutil.rmtree(one / cls)
+    with pytest.raises(UserError, match=r"one class folder \('circle'\); classes need at least 2"):
+        evaluate_knn("random:resnet18", train=one, test=one, image_size=16, show_progress=False)
+    stray = write_dataset(tmp_path / "stray", per_class=2)
+    shutil.copy(next((stray / "circle").iterdir()), stray / "cover.png")
+    with pytest.raises(UserError, match=r"1 of its images sit beside the class folders, in none \(e.g. 'cover.png'\)"):
+        evaluate_knn("random:resnet18", train=stray, test=stray, image_size=16, show_progress=False)
     with pytest.raises(UserError, match="give labelled data"):
         evaluate_knn("random:resnet18", train=flat, image_size=16, show_progress=False)
+
+
+def test_seeds_that_cannot_differ_run_once_and_say_so(split_folder, capsys):
+    # kNN with every label has no randomness: 3 seeds would report the same figure with a spread of 0.
+    once = evaluate_knn("random:resnet18", data=split_folder, image_size=16, k=5, seeds=3, device="cpu",
+                        show_progress=False)
+    assert once["seeds"] == 1 and len(once["per_seed"]) == 1
+    assert "kNN with all labels gives the same result for every seed" in capsys.readouterr().err
+    subsets = evaluate_knn("random:resnet18", data=split_folder, image_size=16, k=5, seeds=2, per_class=4,
+                           device="cpu", show_progress=False)
+    assert subsets["seeds"] == 2 and capsys.readouterr().err == ""
+
+
+def test_finetune_records_only_the_settings_its_backbone_has(split_folder):
+    from selfsup.eval import evaluate_finetune
+    result = evaluate_finetune("random:resnet18", data=split_folder, image_size=16, device="cpu", show_progress=False,
+                               config={"epochs": 1, "min_steps": 1})
+    assert "layer_decay" not in result["config"] and "drop_path_rate" not in result["config"]
+    assert result["config"]["epochs"] == 1 and "encoder_lr_ratio" in result["config"]

@@ -198,3 +198,26 @@ def test_vit_weights_made_at_another_image_size_have_their_positions_resampled(t
     torch.testing.assert_close(positions[:, 0], net.pos_embed[:, 0].detach())
     torch.testing.assert_close(positions[:, 1:], torch.linspace(-1, 1, 192).expand(1, 4, 192), atol=1e-5, rtol=0)
     assert encoder.backbone(torch.rand(2, 3, 32, 32)).shape == (2, 192)
+
+
+def test_weights_keep_the_architecture_their_export_records(trained, tmp_path, capsys):
+    # An exported file says what it holds: another --backbone is refused by name, and a plain
+    # weights file embeds with the --backbone that `embed` now takes.
+    import torch
+    from selfsup.cli import main
+    from selfsup.errors import UserError
+    data, runs = trained
+    exported = tmp_path / "half.safetensors"
+    assert main(["export", "--checkpoint", str(runs["resnet18-half"]), "--out", str(exported)]) == 0
+    with pytest.raises(UserError, match=r"holds a resnet18-half \(written by selfsup export, which records it\); "
+                                        r"drop --backbone resnet18$"):
+        load_encoder(f"weights:{exported}", backbone="resnet18")
+    plain = tmp_path / "plain.pt"
+    torch.save(load_encoder(runs["resnet18"]).backbone.net.state_dict(), plain)
+    capsys.readouterr()
+    assert main(["embed", "--checkpoint", f"weights:{plain}", "--backbone", "resnet18", "--data", str(data),
+                 "--out", str(tmp_path / "plain.npy"), "--no-progress"]) == 0
+    assert np.load(tmp_path / "plain.npy").shape[1] == 512
+    assert main(["embed", "--checkpoint", str(runs["resnet18"]), "--backbone", "resnet50", "--data", str(data),
+                 "--out", str(tmp_path / "other.npy"), "--no-progress"]) == 2
+    assert "holds a resnet18, not a resnet50" in capsys.readouterr().err

@@ -427,6 +427,14 @@ def test_a_curve_gives_size_and_stem_to_random_encoders_and_a_run_keeps_its_own(
                  "--out", str(tmp_path / "curve.png"), "--no-progress", "--json"]) == 0
     lines = json.loads(capsys.readouterr().out)["lines"]
     assert len(lines) == 2 and lines[0]["checkpoint"] == str(run.out)
+    assert [line["image_size"] for line in lines] == [24, 24]  # --image-size is for every encoder
+    # Without --image-size a random: baseline is drawn at the run's size (not 224), wherever it is listed.
+    assert main(["eval", "curve", "--checkpoint", "random:resnet18-half", str(run.out), "--data", str(split_folder),
+                 "--per-class", "2", "--seeds", "1", "--protocol", "knn", "--out", str(tmp_path / "curve2.png"),
+                 "--no-progress", "--json"]) == 0
+    lines = json.loads(capsys.readouterr().out)["lines"]
+    assert [(line["checkpoint"], line["image_size"]) for line in lines] == [("random:resnet18-half", 16),
+                                                                           (str(run.out), 16)]
     with pytest.raises(UserError, match="was trained with the small stem, which its weights fix"):
         evaluate_knn(run.out, data=split_folder, small_stem=False, show_progress=False)
 

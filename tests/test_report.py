@@ -280,3 +280,40 @@ def test_comparison_keeps_results_on_other_data_or_k_in_other_columns(tmp_path):
         f"knn k=20 (all labels) on {cifar}": (0.4, None),
         f"knn k=200 (all labels) on {cifar}, labels from /d/cifar-5k [train]": (None, 0.8),
         f"knn k=200 (4 per class) on {cifar}": (None, 0.2)}
+
+
+def test_comparison_keeps_other_image_sizes_and_settings_apart(tmp_path):
+    # A result at another image size, or with a protocol setting changed, is another column; the
+    # defaults (and records from before image_size was written) name neither.
+    from selfsup.report.tables import comparison_rows, eval_rows
+
+    test = "/d/cifar [test]"
+
+    def result(protocol, top1, **extra):
+        return {"protocol": protocol, "budget": "all labels", "top1": top1, "test_data": test,
+                "train_data": "/d/cifar [train]", **extra}
+
+    a = fake_run(tmp_path / "a", [
+        result("knn", 0.30, k=200, temperature=0.07, image_size=32),
+        result("knn", 0.31, k=200, temperature=0.07, image_size=64),
+        result("knn", 0.29, k=200, temperature=0.1, image_size=32),
+        result("knn", 0.25, k=200, temperature=0.07),
+        result("linear", 0.40, epochs=100, image_size=32),
+        result("linear", 0.35, epochs=20, image_size=32),
+        result("finetune", 0.45, image_size=32, config={"epochs": 30, "crop_scale": [0.25, 1.0]}),
+        result("finetune", 0.47, image_size=32, config={"epochs": 5, "crop_scale": [0.25, 1.0]})])
+    headers, rows = comparison_rows([a], ["a"])
+    figures = {h.split(" on ")[0]: v for h, v in zip(headers, rows[0]) if " on " in h}
+    assert figures == {"knn k=200 (all labels, 32 px)": 0.30, "knn k=200 (all labels, 64 px)": 0.31,
+                       "knn k=200 (all labels, 32 px, T=0.1)": 0.29, "knn k=200 (all labels)": 0.25,
+                       "linear (all labels, 32 px)": 0.40, "linear (all labels, 32 px, epochs 20)": 0.35,
+                       "finetune (all labels, 32 px)": 0.45, "finetune (all labels, 32 px, epochs 5)": 0.47}
+    from selfsup.report.tables import EVAL_HEADERS
+    first = dict(zip(EVAL_HEADERS, eval_rows([result("linear", 0.35, epochs=20, image_size=32)])[0]))
+    assert first["image size"] == "32 px" and first["other"] == "epochs 20"
+
+
+def test_report_cells_keep_small_values_exact():
+    from selfsup.report.html import number
+    assert number(0.00015) == "0.00015" and number(5e-4) == "0.0005" and number(1e-6) == "1e-06"
+    assert number(0.30700001) == "0.3070" and number(5.2907) == "5.2907" and number(0.0) == "0.0000"

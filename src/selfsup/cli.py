@@ -131,7 +131,12 @@ def _embed(args) -> int:
     from .console import plural
     from .export import embed_images
 
-    result = embed_images(args.checkpoint, args.data, args.out, device=args.device, batch_size=args.batch_size,
+    from .encoder import load_encoder
+    from .eval.data import check_backbone
+
+    encoder = load_encoder(args.checkpoint, backbone=args.backbone)
+    check_backbone(args.checkpoint, encoder, args.backbone)
+    result = embed_images(encoder, args.data, args.out, device=args.device, batch_size=args.batch_size,
                           cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(json.dumps(result) if args.json else
           f"wrote {plural(result['count'], 'embedding')} of dimension {result['dim']} to {result['embeddings']} "
@@ -247,10 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(run=_export)
 
-    p = commands.add_parser("embed", help="write one L2-normalised vector per image (.npy)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
+    p = commands.add_parser("embed", help="write one L2-normalised vector per image (.npy)",
+                            description="Write the encoder's features of every image, each divided by its L2 "
+                                        "norm (so a dot product is a cosine similarity), as a float32 .npy "
+                                        "array, one row per image, and the images' names, row by row, in the "
+                                        "same name with .files.txt for .npy.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
+    p.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
+    p.add_argument("--data", required=True, help="a folder of images, a tar of one, or a .txt list")
+    p.add_argument("--out", required=True, help="a .npy file, or a folder to write embeddings.npy into")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache-dir")

@@ -97,6 +97,9 @@ def _from_weights(path: Path, name: str | None, image_size: int | None, small_st
 
     state, metadata = read_weights(path)
     saved = exported_settings(metadata)
+    if name and saved.get("backbone") and name != saved["backbone"]:
+        raise UserError(f"{str(path)!r} holds a {saved['backbone']} (written by selfsup export, which records it); "
+                        f"drop --backbone {name}")
     name = name or saved.get("backbone")
     if name and name.startswith("split-brain "):  # what `selfsup export` names a colorization encoder
         raise UserError(f"{str(path)!r} holds a colorization encoder, two networks that weights:FILE cannot "

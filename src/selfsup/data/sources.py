@@ -69,6 +69,17 @@ class ImageSource:
             return []
         return sorted(tops)
 
+    def why_no_classes(self) -> str:
+        """Why `classes` is empty, in words a user can act on."""
+        loose = [n for n in self.names if "/" not in n]
+        if loose and len(loose) < len(self.names):
+            return (f"{len(loose)} of its images sit beside the class folders, in none (e.g. {loose[0]!r}); "
+                    f"move each into its class folder or remove it")
+        tops = {n.split("/", 1)[0] for n in self.names}
+        if len(tops) == 1 and not loose:
+            return f"it has one class folder ({next(iter(tops))!r}); classes need at least 2"
+        return "its images lie in no subfolders"
+
     @property
     def labels(self) -> list[int] | None:
         classes = self.classes

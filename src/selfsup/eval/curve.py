@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..console import warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, output_folder
 from .data import check_options, prepare
@@ -37,14 +38,22 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     output_file(_plot_path(out))  # before the protocols run, not after
     budgets = [Budget(per_class=k) for k in per_class] if per_class else \
         [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
-    specs = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
-    lines, setup = [], None
-    for spec in specs:
-        stem = {} if str(spec).startswith(("random:", "weights:")) else {"small_stem": None}
-        setup = prepare(spec, train, test, data, **{**options, **stem})
+    specs = [str(s) for s in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
+    # Runs first: their image size is the one a random: baseline should be drawn at (not 224).
+    order = sorted(range(len(specs)), key=lambda i: specs[i].startswith("random:"))
+    lines, setup, run_sizes = [None] * len(specs), None, set()
+    for i in order:
+        spec, spec_options = specs[i], dict(options)
+        if not spec.startswith(("random:", "weights:")):
+            spec_options["small_stem"] = None  # a run keeps the stem it was trained with
+        elif spec.startswith("random:") and spec_options.get("image_size") is None:
+            spec_options["image_size"] = _baseline_size(spec, run_sizes)
+        setup = prepare(spec, train, test, data, **spec_options)
+        if not spec.startswith(("random:", "weights:")):
+            run_sizes.add(setup.encoder.image_size)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
-        lines.append({"encoder": setup.encoder.description, "checkpoint": setup.spec,
-                      "points": [{k: r[k] for k in POINT_KEYS} for r in runs]})
+        lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
+                    "image_size": setup.encoder.image_size, "points": [{k: r[k] for k in POINT_KEYS} for r in runs]}
     result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
               "classes": len(setup.test.classes), "train_data": setup.train.source,
               "test_data": setup.test.source, "lines": lines}
@@ -53,6 +62,17 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         for line in lines:
             record_result(line["checkpoint"], result)
     return result
+
+
+def _baseline_size(spec: str, run_sizes: set[int]) -> int | None:
+    """The image size of a random: encoder without --image-size: the runs' size when they share
+    one, else random:'s own default (224), said in a warning."""
+    if len(run_sizes) == 1:
+        return next(iter(run_sizes))
+    if run_sizes:
+        warn(f"the runs were trained at different image sizes ({', '.join(map(str, sorted(run_sizes)))} px): "
+             f"{spec} is evaluated at 224 px; give --image-size to choose its size")
+    return None
 
 
 def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
@@ -67,7 +87,8 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     for line in curve["lines"]:
         points = sorted(line["points"], key=lambda p: p["labels_per_class"])
         ax.errorbar([p["labels_per_class"] for p in points], [p["top1"] for p in points],
-                    yerr=[p["top1_std"] for p in points], marker="o", capsize=3, label=line["encoder"])
+                    yerr=[p["top1_std"] for p in points], marker="o", capsize=3,
+                    label=f"{line['encoder']}, {line['image_size']} px" if "image_size" in line else line["encoder"])
     ax.set_xscale("log")
     ax.set_xlabel("labelled images per class (log scale)")
     ax.set_ylabel(f"top-1 on {curve['test_images']:,} test images")

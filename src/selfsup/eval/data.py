@@ -20,10 +20,11 @@ from .features import cached_features
 
 
 def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, labels_required: bool) -> ImageCache:
-    cache = load_cache(open_source(path, split), size, cache_dir, show_progress=show_progress)
-    if labels_required and cache.labels is None:
-        raise UserError(f"{cache.source!r} has no class labels; evaluation needs a folder with one "
-                        f"subfolder per class (or a tar of one)")
+    source = open_source(path, split)
+    if labels_required and not source.classes:  # before decoding anything
+        raise UserError(f"{source.describe()!r} has no class labels: {source.why_no_classes()}; evaluation "
+                        f"needs a folder with one subfolder per class (or a tar of one)")
+    cache = load_cache(source, size, cache_dir, show_progress=show_progress)
     return cache
 
 
@@ -83,7 +84,7 @@ class Setup:
         return self._features
 
 
-def _check_backbone(spec: str, encoder: Encoder, backbone: str | None) -> None:
+def check_backbone(spec: str, encoder: Encoder, backbone: str | None) -> None:
     """--backbone names the architecture of a weights: file; for anything else it must agree."""
     if backbone is None or spec.startswith("weights:"):
         return
@@ -116,7 +117,7 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
         encoder, spec = checkpoint, checkpoint.description
     else:
         encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone), str(checkpoint)
-        _check_backbone(spec, encoder, backbone)
+        check_backbone(spec, encoder, backbone)
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
                                             labels_required)

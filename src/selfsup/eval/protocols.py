@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import override, ranged
+from ..console import warn
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from .data import Setup, check_options, prepare
@@ -30,6 +31,7 @@ from .stats import summarise
 from .subsets import Budget, Split, make_split, save_split
 
 DEFAULT_VAL_FRACTION = 0.1
+VIT_ONLY_FINETUNE_SETTINGS = ("layer_decay", "drop_path_rate")
 
 
 @dataclass
@@ -105,20 +107,31 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
     splits = [_split(setup, budget, seed, val_fraction) for seed in range(seeds)]
     per_seed = [one_seed(split) for split, _ in splits]
     split, classes = splits[-1][0], len(setup.train.classes)
-    return {"protocol": name, "encoder": setup.encoder.description, "budget": budget.describe(),
-            "fraction": budget.fraction, "per_class": budget.per_class, "seeds": seeds,
+    summary = summarise(per_seed, ("top1", "top5"), len(setup.test))
+    interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
+    return {"protocol": name, "encoder": setup.encoder.description, "image_size": setup.encoder.image_size,
+            "budget": budget.describe(), "fraction": budget.fraction, "per_class": budget.per_class, "seeds": seeds,
             "labels_per_class": len(split.train) / max(1, classes), "train_images": len(setup.train),
             "labelled_images": len(split.train), "val_images": len(split.val), "test_images": len(setup.test),
             "classes": classes, "train_data": setup.train.source, "test_data": setup.test.source,
-            **summarise(per_seed, ("top1", "top5"), len(setup.test)), **settings,
-            "interval": "95 % Wilson score interval on the test images",
-            "subsets": [file for _, file in splits if file], "per_seed": per_seed}
+            **summary, **settings, **interval, "subsets": [file for _, file in splits if file], "per_seed": per_seed}
+
+
+def _seeds_that_differ(protocol: str, budget: Budget, seeds: int) -> int:
+    """kNN and retrieval have no randomness of their own: with every label, each seed would repeat
+    the first one's result (and report a spread of 0), so they run once."""
+    if budget.everything and seeds > 1:
+        warn(f"{protocol} with all labels gives the same result for every seed: run once, not {seeds} times "
+             f"(--seeds draws label subsets, with --fraction or --per-class)")
+        return 1
+    return seeds
 
 
 def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tuple[int, ...] = (20, 200),
                  temperature: float = 0.07) -> dict:
     """Weighted kNN (Wu et al. 2018) for each k; the last k is the headline."""
     k, temperature = _knn_options(k, temperature)
+    seeds = _seeds_that_differ("kNN", budget, seeds)
     train_x, test_x = setup.features()
     train_y, classes = _train_labels(setup), len(setup.train.classes)
 
@@ -176,7 +189,10 @@ def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
         return {**topk_accuracy(scores, reveal_test_labels(setup)), "val_top1": tuned.val_top1,
                 "steps": tuned.steps, "best_step": tuned.best_step}
 
-    return run_seeds("finetune", setup, budget, seeds, val_fraction, one_seed, {"config": asdict(config)})
+    recorded = asdict(config)
+    if encoder.backbone.kind != "vit":  # settings that only ViTs have: not part of this result
+        recorded = {k: v for k, v in recorded.items() if k not in VIT_ONLY_FINETUNE_SETTINGS}
+    return run_seeds("finetune", setup, budget, seeds, val_fraction, one_seed, {"config": recorded})
 
 
 def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, ks: tuple[int, ...] = (1, 10, 50),
@@ -184,6 +200,7 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
     """Each test image's nearest training images by cosine similarity; precision@k and mAP
     when labels exist; the neighbour lists written to `out` (JSON) when given."""
     ks, out = _retrieval_options(ks, out)
+    seeds = _seeds_that_differ("retrieval", budget, seeds)
     train_x, test_x = setup.features()
     train_y = _train_labels(setup) if setup.train.labels is not None else None
 

@@ -25,9 +25,15 @@ def image(png: bytes, alt: str, caption: str | None = None) -> str:
     return f"<figure>{tag}<figcaption>{escape(caption)}</figcaption></figure>" if caption else tag
 
 
+def number(value: float) -> str:
+    """Four decimals (accuracies, losses), but small values such as learning rates and weight
+    decays to three significant digits: 0.00015, not 0.0001."""
+    return f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:.4f}"
+
+
 def cell(value) -> str:
     if isinstance(value, float):
-        return f'<td class="num">{value:.4f}</td>'
+        return f'<td class="num">{number(value)}</td>'
     if isinstance(value, int) and not isinstance(value, bool):
         return f'<td class="num">{value:,}</td>'
     return f"<td>{escape('' if value is None else str(value))}</td>"

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-EVAL_HEADERS = ["time", "protocol", "labels", "seeds", "top-1", "95 % interval", "top-5", "other", "test data"]
+EVAL_HEADERS = ["time", "protocol", "labels", "image size", "seeds", "top-1", "95 % interval", "top-5", "other",
+                "test data"]
 
 
 def _mean_std(result: dict, key: str) -> str:
@@ -15,18 +16,38 @@ def _mean_std(result: dict, key: str) -> str:
     return f"{result[key]:.4f}" + (f" ± {std:.4f}" if result.get("seeds", 1) > 1 else "")
 
 
+def _settings(result: dict) -> list[str]:
+    """The protocol settings of a result that differ from the protocol's defaults (so that results
+    made otherwise are told apart): kNN's temperature, the linear probe's epochs and grids,
+    fine-tuning's config."""
+    from ..eval.finetune import FinetuneConfig
+    from ..eval.linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS
+
+    protocol = result["protocol"]
+    if protocol == "knn" and result.get("temperature", 0.07) != 0.07:
+        return [f"T={result['temperature']}"]
+    if protocol == "linear":
+        defaults = {"epochs": 100, "lr_grid": list(SWEEP_LRS), "weight_decay_grid": list(SWEEP_WEIGHT_DECAYS)}
+        return [f"{key.replace('_', ' ')} {result[key]}" for key, value in defaults.items()
+                if key in result and result[key] != value]
+    if protocol == "finetune":
+        defaults = {key: list(v) if isinstance(v, tuple) else v for key, v in vars(FinetuneConfig()).items()}
+        return [f"{key.replace('_', ' ')} {value}" for key, value in (result.get("config") or {}).items()
+                if key in defaults and value != defaults[key]]  # tuples come back from JSON as lists
+    return []
+
+
 def _other(result: dict) -> str:
-    """What a protocol reports beside top-1: kNN's k, retrieval's precision@1 and mAP, ..."""
+    """What a protocol reports beside top-1 (kNN's k, retrieval's precision@k and mAP), and its
+    settings that are not the defaults."""
+    parts = []
     if result["protocol"] == "knn":
-        return f"k={result.get('k')}, T={result.get('temperature')}"
+        parts = [f"k={result.get('k')}, T={result.get('temperature')}"]
     if result["protocol"] == "retrieval":
         parts = [f"mAP {result['map']:.4f}"] if "map" in result else []
-        return ", ".join(parts + [f"{k} {v:.4f}" for k, v in result.items() if k.startswith("precision@")
-                                  and not k.endswith(("_std", "_ci"))])
-    if result["protocol"] == "finetune":
-        freeze = (result.get("config") or {}).get("freeze_stages")
-        return f"frozen stages {freeze}" if freeze else ""
-    return ""
+        parts += [f"{k} {v:.4f}" for k, v in result.items() if k.startswith("precision@")
+                  and not k.endswith(("_std", "_ci"))]
+    return ", ".join(parts + [s for s in _settings(result) if not s.startswith("T=")])
 
 
 def eval_rows(evals: list[dict]) -> list[list]:
@@ -35,7 +56,9 @@ def eval_rows(evals: list[dict]) -> list[list]:
         if r.get("protocol") == "curve":
             continue
         ci = r.get("top1_ci")
-        rows.append([r.get("time", ""), r["protocol"], r.get("budget", ""), r.get("seeds", 1),
+        size = r.get("image_size")  # not in records made before 2026-11-26
+        rows.append([r.get("time", ""), r["protocol"], r.get("budget", ""), f"{size} px" if size else "",
+                     r.get("seeds", 1),
                      _mean_std(r, "top1"), f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "", _mean_std(r, "top5"),
                      _other(r), r.get("test_data", "")])
     return rows
@@ -53,10 +76,12 @@ def _headline(result: dict) -> float | None:
 
 def _column(result: dict) -> tuple:
     """What a result's figure is comparable with: the same protocol (and k for kNN), label budget,
-    training and test data. Results that differ in any of these never share a column."""
+    image size, settings, training and test data. Results that differ in any of these never share
+    a column."""
     k = f" k={result.get('k')}" if result["protocol"] == "knn" else ""
-    return (f"{result['protocol']}{k} ({result.get('budget', 'all labels')})", result.get("train_data"),
-            result.get("test_data"))
+    size = [f"{result['image_size']} px"] if result.get("image_size") else []
+    details = ", ".join([result.get("budget", "all labels"), *size, *_settings(result)])
+    return f"{result['protocol']}{k} ({details})", result.get("train_data"), result.get("test_data")
 
 
 def _run_facts(run: Path) -> tuple[dict, dict]:
