@@ -36,17 +36,21 @@ def write_images(folder: Path, count: int, side: int) -> Path:
 
 
 def pipeline_step(trainer):
-    """A function that runs the trainer's next step on its next batch, epoch after epoch."""
+    """A function that runs the trainer's next step on its next batch, epoch after epoch (taking
+    the batch inside the profiler's `data` range, see bench/step_profile.py)."""
+    from selfsup.phases import phase
+
     epoch, batches = 0, iter(trainer.stream.epoch(0))
 
     def step():
         nonlocal epoch, batches
-        try:
-            images = next(batches)
-        except StopIteration:
-            epoch += 1
-            batches = iter(trainer.stream.epoch(epoch))
-            images = next(batches)
+        with phase("data"):
+            try:
+                images = next(batches)
+            except StopIteration:
+                epoch += 1
+                batches = iter(trainer.stream.epoch(epoch))
+                images = next(batches)
         trainer.step(images)
 
     return step

@@ -25,9 +25,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench_data import write_images
+from bench_data import pipeline_step, write_images
 from selfsup import config as config_lib
-from selfsup.phases import phase
 from selfsup.train import Trainer
 
 PHASES = ["data", "views", "forward", "backward", "optimizer", "after_step", "metrics"]
@@ -44,24 +43,6 @@ def build_trainer(args, data: str, out: str) -> Trainer:
     for assignment in args.set:
         user = config_lib.merge_dicts(user, config_lib.parse_assignment(assignment))
     return Trainer(config_lib.resolve(user), None, show_progress=False)
-
-
-def endless_steps(trainer: Trainer):
-    """A function that runs one training step, taking the batch inside the `data` range."""
-    epoch, batches = 0, iter(trainer.stream.epoch(0))
-
-    def step():
-        nonlocal epoch, batches
-        with phase("data"):
-            try:
-                images = next(batches)
-            except StopIteration:
-                epoch += 1
-                batches = iter(trainer.stream.epoch(epoch))
-                images = next(batches)
-        trainer.step(images)
-
-    return step
 
 
 def is_kernel(event) -> bool:
@@ -107,7 +88,7 @@ def main() -> None:
                                              args.image_size + args.image_size // 8))
         trainer = build_trainer(args, data, str(Path(tmp) / "run"))
         on_device = trainer.device.type == "cuda"
-        step = endless_steps(trainer)
+        step = pipeline_step(trainer)
         for _ in range(args.warmup):
             step()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])

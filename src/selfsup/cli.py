@@ -129,10 +129,9 @@ def _export(args) -> int:
 
 def _embed(args) -> int:
     from .console import plural
-    from .export import embed_images
-
     from .encoder import load_encoder
     from .eval.data import check_backbone
+    from .export import embed_images
 
     encoder = load_encoder(args.checkpoint, backbone=args.backbone)
     check_backbone(args.checkpoint, encoder, args.backbone)

@@ -24,8 +24,7 @@ def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, la
     if labels_required and not source.classes:  # before decoding anything
         raise UserError(f"{source.describe()!r} has no class labels: {source.why_no_classes()}; evaluation "
                         f"needs a folder with one subfolder per class (or a tar of one)")
-    cache = load_cache(source, size, cache_dir, show_progress=show_progress)
-    return cache
+    return load_cache(source, size, cache_dir, show_progress=show_progress)
 
 
 def _locate(train, test, data) -> tuple:
