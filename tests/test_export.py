@@ -221,3 +221,6 @@ def test_weights_keep_the_architecture_their_export_records(trained, tmp_path, c
     assert main(["embed", "--checkpoint", str(runs["resnet18"]), "--backbone", "resnet50", "--data", str(data),
                  "--out", str(tmp_path / "other.npy"), "--no-progress"]) == 2
     assert "holds a resnet18, not a resnet50" in capsys.readouterr().err
+    # Refused where every command loads its encoder (curate too), not only by eval and embed.
+    with pytest.raises(UserError, match="'random:resnet18' holds a resnet18, not a resnet50"):
+        load_encoder("random:resnet18", backbone="resnet50")

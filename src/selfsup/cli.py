@@ -130,11 +130,9 @@ def _export(args) -> int:
 def _embed(args) -> int:
     from .console import plural
     from .encoder import load_encoder
-    from .eval.data import check_backbone
     from .export import embed_images
 
     encoder = load_encoder(args.checkpoint, backbone=args.backbone)
-    check_backbone(args.checkpoint, encoder, args.backbone)
     result = embed_images(encoder, args.data, args.out, device=args.device, batch_size=args.batch_size,
                           cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(json.dumps(result) if args.json else

@@ -54,6 +54,7 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
     if spec.startswith("weights:"):
         return _from_weights(Path(spec[len("weights:"):]).expanduser(), backbone, image_size, small_stem)
     if spec.startswith("random:"):
+        _refuse_other_backbone(spec, spec[len("random:"):], backbone)
         size = image_size or 224
         stem = small_stem if small_stem is not None else config_lib.default_small_stem(spec[len("random:"):], size)
         torch.manual_seed(seed)
@@ -78,9 +79,18 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
         from .backbones.vit import check_image_size
         check_image_size(size, size, cfg.backbone.patch_size, cfg.backbone.name, other_patch_sizes=False)
     cache_size = cfg.data.cache_size if size == cfg.data.image_size else default_cache_size(size)
-    return Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
-                   f"{cfg.method} {cfg.backbone.name}, {trained} ({spec})", cfg,
-                   key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""))
+    encoder = Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
+                      f"{cfg.method} {cfg.backbone.name}, {trained} ({spec})", cfg,
+                      key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""))
+    _refuse_other_backbone(spec, encoder.backbone.name, backbone)
+    return encoder
+
+
+def _refuse_other_backbone(spec: str, held: str, backbone: str | None) -> None:
+    """`backbone` names the architecture of a weights: file; for any other encoder it must agree."""
+    if backbone is not None and backbone != held:
+        raise UserError(f"{spec!r} holds a {held}, not a {backbone}; leave out --backbone "
+                        f"(it is for weights:FILE) or give the matching encoder")
 
 
 def _checkpoint_encoder(cfg: RunConfig, state: dict) -> Backbone:

@@ -83,16 +83,6 @@ class Setup:
         return self._features
 
 
-def check_backbone(spec: str, encoder: Encoder, backbone: str | None) -> None:
-    """--backbone names the architecture of a weights: file; for anything else it must agree."""
-    if backbone is None or spec.startswith("weights:"):
-        return
-    held = spec[len("random:"):] if spec.startswith("random:") else encoder.backbone.name
-    if held != backbone:
-        raise UserError(f"{spec!r} holds a {held}, not a {backbone}; leave out --backbone "
-                        f"(it is for weights:FILE) or give the matching encoder")
-
-
 def check_options(caller: str, options: dict) -> None:
     """Refuse, naming the public function, keyword arguments that `prepare` does not take."""
     import inspect
@@ -116,7 +106,6 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
         encoder, spec = checkpoint, checkpoint.description
     else:
         encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone), str(checkpoint)
-        check_backbone(spec, encoder, backbone)
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
                                             labels_required)
