@@ -16,27 +16,22 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 
 import torch
 import yaml
 
+from bench_data import time_steps
 from selfsup.views import ViewConfig, make_view, make_views
 
 
-def time_view(images: torch.Tensor, cfg: ViewConfig, size: int, rounds: int, make=None) -> float:
+def time_view(images: torch.Tensor, cfg: ViewConfig, size: int, rounds: int) -> float:
     generator = torch.Generator(device=images.device).manual_seed(0)
-    make = make or (lambda: make_view(images, cfg, size, generator))
-    seconds = []
-    for _ in range(rounds + 1):  # the first round warms up
-        if images.is_cuda:
-            torch.cuda.synchronize(images.device)
-        start = time.perf_counter()
-        make()
-        if images.is_cuda:
-            torch.cuda.synchronize(images.device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:])
+    return time_calls(lambda: make_view(images, cfg, size, generator), images.device, rounds)
+
+
+def time_calls(make, device: torch.device, rounds: int) -> float:
+    """The median seconds of `rounds` calls of `make`, after one that warms up."""
+    return statistics.median(time_steps(make, 1, 0 if i else 1, device) for i in range(rounds))
 
 
 def operator_calls(make) -> int:
@@ -50,8 +45,8 @@ def compare_copies(images: torch.Tensor, cfg: ViewConfig, size: int, copies: int
     generator = torch.Generator(device=images.device).manual_seed(0)
     together = lambda: make_views(images, cfg, size, copies, generator)  # noqa: E731
     apart = lambda: [make_view(images, cfg, size, generator) for _ in range(copies)]  # noqa: E731
-    return {"copies": copies, "ms_one_batch": round(1e3 * time_view(images, cfg, size, rounds, together), 1),
-            "ms_one_after_another": round(1e3 * time_view(images, cfg, size, rounds, apart), 1),
+    return {"copies": copies, "ms_one_batch": round(1e3 * time_calls(together, images.device, rounds), 1),
+            "ms_one_after_another": round(1e3 * time_calls(apart, images.device, rounds), 1),
             "operator_calls_one_batch": operator_calls(together),
             "operator_calls_one_after_another": operator_calls(apart)}
 

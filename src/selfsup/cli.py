@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+        from .console import first_process
+
+        if first_process():  # under torchrun: once, not once per process
             print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
 

@@ -16,9 +16,15 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def first_process() -> bool:
+    """True but in the second and later processes of a torchrun launch (read from its RANK, so
+    without PyTorch): what all processes would say alike is said once."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def warn(message: str) -> None:
     # Under torchrun every process reads the same data and config: one warning, from the first.
-    if os.environ.get("RANK", "0") == "0":
+    if first_process():
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 

@@ -44,12 +44,13 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     lines, setup, run_sizes = [None] * len(specs), None, set()
     for i in order:
         spec, spec_options = specs[i], dict(options)
-        if not spec.startswith(("random:", "weights:")):
+        is_run = not spec.startswith(("random:", "weights:"))
+        if is_run:
             spec_options["small_stem"] = None  # a run keeps the stem it was trained with
         elif spec.startswith("random:") and spec_options.get("image_size") is None:
             spec_options["image_size"] = _baseline_size(spec, run_sizes)
         setup = prepare(spec, train, test, data, **spec_options)
-        if not spec.startswith(("random:", "weights:")):
+        if is_run:
             run_sizes.add(setup.encoder.image_size)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,

@@ -31,6 +31,8 @@ from .stats import summarise
 from .subsets import Budget, Split, make_split, save_split
 
 DEFAULT_VAL_FRACTION = 0.1
+KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
+LINEAR_EPOCHS = 100
 VIT_ONLY_FINETUNE_SETTINGS = ("layer_decay", "drop_path_rate")
 
 
@@ -128,7 +130,7 @@ def _seeds_that_differ(protocol: str, budget: Budget, seeds: int) -> int:
 
 
 def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tuple[int, ...] = (20, 200),
-                 temperature: float = 0.07) -> dict:
+                 temperature: float = KNN_TEMPERATURE) -> dict:
     """Weighted kNN (Wu et al. 2018) for each k; the last k is the headline."""
     k, temperature = _knn_options(k, temperature)
     seeds = _seeds_that_differ("kNN", budget, seeds)
@@ -157,7 +159,7 @@ def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tup
 
 def linear_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
                     val_fraction: float = DEFAULT_VAL_FRACTION, lr=SWEEP_LRS, weight_decay=SWEEP_WEIGHT_DECAYS,
-                    epochs: int = 100, batch_size: int = 1024) -> dict:
+                    epochs: int = LINEAR_EPOCHS, batch_size: int = 1024) -> dict:
     """Linear probe on frozen features; lr and weight decay chosen on the validation split."""
     lrs, wds = _linear_options(lr, weight_decay, epochs, batch_size)
     train_x, test_x = (x.to(setup.device) for x in setup.features())
@@ -239,7 +241,7 @@ def _finish(setup: Setup, result: dict, record: bool) -> dict:
 
 
 def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple[int, ...] = (20, 200),
-                 temperature: float = 0.07, fraction: float | None = None, per_class: int | None = None,
+                 temperature: float = KNN_TEMPERATURE, fraction: float | None = None, per_class: int | None = None,
                  seeds: int = 1, record: bool = True, **options) -> dict:
     """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
     k, temperature = _knn_options(k, temperature)  # before any image is read
@@ -248,7 +250,7 @@ def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple
     return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, k, temperature), record)
 
 
-def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = 100, lr=SWEEP_LRS,
+def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = LINEAR_EPOCHS, lr=SWEEP_LRS,
                     weight_decay=SWEEP_WEIGHT_DECAYS, batch_size: int = 1024, fraction: float | None = None,
                     per_class: int | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
                     record: bool = True, **options) -> dict:

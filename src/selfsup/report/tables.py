@@ -22,12 +22,13 @@ def _settings(result: dict) -> list[str]:
     fine-tuning's config."""
     from ..eval.finetune import FinetuneConfig
     from ..eval.linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS
+    from ..eval.protocols import KNN_TEMPERATURE, LINEAR_EPOCHS
 
     protocol = result["protocol"]
-    if protocol == "knn" and result.get("temperature", 0.07) != 0.07:
+    if protocol == "knn" and result.get("temperature", KNN_TEMPERATURE) != KNN_TEMPERATURE:
         return [f"T={result['temperature']}"]
     if protocol == "linear":
-        defaults = {"epochs": 100, "lr_grid": list(SWEEP_LRS), "weight_decay_grid": list(SWEEP_WEIGHT_DECAYS)}
+        defaults = {"epochs": LINEAR_EPOCHS, "lr_grid": list(SWEEP_LRS), "weight_decay_grid": list(SWEEP_WEIGHT_DECAYS)}
         return [f"{key.replace('_', ' ')} {result[key]}" for key, value in defaults.items()
                 if key in result and result[key] != value]
     if protocol == "finetune":
@@ -40,14 +41,14 @@ def _settings(result: dict) -> list[str]:
 def _other(result: dict) -> str:
     """What a protocol reports beside top-1 (kNN's k, retrieval's precision@k and mAP), and its
     settings that are not the defaults."""
+    if result["protocol"] == "knn":  # its one setting, the temperature, is always shown
+        return f"k={result.get('k')}, T={result.get('temperature')}"
     parts = []
-    if result["protocol"] == "knn":
-        parts = [f"k={result.get('k')}, T={result.get('temperature')}"]
     if result["protocol"] == "retrieval":
         parts = [f"mAP {result['map']:.4f}"] if "map" in result else []
         parts += [f"{k} {v:.4f}" for k, v in result.items() if k.startswith("precision@")
                   and not k.endswith(("_std", "_ci"))]
-    return ", ".join(parts + [s for s in _settings(result) if not s.startswith("T=")])
+    return ", ".join(parts + _settings(result))
 
 
 def eval_rows(evals: list[dict]) -> list[list]:
