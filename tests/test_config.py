@@ -26,7 +26,7 @@ def test_resolution_fills_derived_values():
     assert small.backbone.small_stem is True and small.data.cache_size == 32
     large = C.resolve({"data": {"image_size": 224}})
     assert large.backbone.small_stem is False and large.data.cache_size == 256
-    assert large.preset == "imagenet" and large.optim.name == "lars"
+    assert large.preset == "imagenet" and large.optim.name == "lars" and large.backbone.name == "resnet50"
 
 
 def test_unknown_key_names_the_nearest_valid_one():

@@ -152,6 +152,32 @@ def test_teacher_gets_no_gradient_and_prototype_teachers_drive_patch_level_loss(
     assert not resnet.patch_level  # a ResNet student learns the image-level targets only
 
 
+def test_an_ibot_teacher_with_its_own_patch_head_is_matched_by_a_student_patch_head(tmp_path, monkeypatch):
+    """iBOT with `shared_head=false` has other prototypes (here another number) for patches than
+    for images: the student's patch tokens are scored by a head of their own, of that width."""
+    from selfsup.config import resolve
+    from selfsup.methods import build_method, distill
+    from selfsup.methods.common import Batch, Progress
+    vit = {"name": "vit-tiny", "patch_size": 8}
+    ibot = resolve({"method": "ibot", "data": {"image_size": 32}, "backbone": vit,
+                    "ibot": {"shared_head": False, "out_dim": 64, "patch_out_dim": 32, "hidden_dim": 32,
+                             "bottleneck_dim": 16, "local_crops": 0}})
+    teacher = build_method(ibot).teacher
+    monkeypatch.setattr(distill, "load_teacher", lambda config, image_size: nn.ModuleDict(
+        {"backbone": teacher["backbone"], "head": teacher["head"], "patch_head": teacher["patch_head"]}))
+    method = build_method(resolve({"method": "distill", "data": {"image_size": 32}, "backbone": vit,
+                                   "distill": {"teacher": "random:vit-tiny", "hidden_dim": 32, "bottleneck_dim": 16,
+                                               "mask_probability": 1.0}}))
+    assert method.patch_level
+    assert method.student["head"].last_layer.weight.shape[0] == 64
+    assert method.student["patch_head"].last_layer.weight.shape[0] == 32
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    out = method(Batch(images, torch.Generator().manual_seed(0)), Progress(0, 10, 1))
+    out.loss.backward()
+    assert out.metrics["patch_loss"] > 0
+    assert method.student["patch_head"].last_layer.parametrizations.weight.original1.grad.abs().sum() > 0
+
+
 def test_distillation_resumes_exactly(teachers, tmp_path, monkeypatch):
     root, _ = teachers
     user = distill_run(root, tmp_path, root / "dino", {"name": "vit-tiny", "patch_size": 4}, epochs=2)

@@ -116,24 +116,33 @@ def test_masked_mse_matches_reference_and_ignores_visible_units(seed):
 def test_contrastive_losses_compute_in_float32_inside_bf16_autocast(seed):
     """Under autocast a float32 matmul would run in bf16 (cosines rounded to ~3 digits, then
     divided by the temperature); the losses switch autocast off and keep float32 accuracy."""
-    from selfsup.losses import info_nce, info_nce_queue, koleo_loss
+    from selfsup.losses import equivariance_loss, info_nce, info_nce_queue, koleo_loss
+    from selfsup.losses.distillation import cross_view_entropy
     rng = np.random.default_rng(seed)
     n, d, temperature = 64, 128, 0.1
     z_a, z_b, queue = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(256, d))
     queue /= np.linalg.norm(queue, axis=1, keepdims=True)
     expected = reference_nt_xent(z_a, z_b, temperature)
     a32, b32, queue32 = (torch.from_numpy(x).float() for x in (z_a, z_b, queue))
+    crops = torch.from_numpy(rng.normal(size=(4, n, d))).float()  # DINO's (S, B, K): 2 global crops, 2 local
+    targets = torch.softmax(crops[:2] / 0.04, dim=-1)
+    maps = torch.from_numpy(rng.normal(size=(3, d, d)) / d ** 0.5).float()
+    classes = torch.from_numpy(rng.integers(0, 3, n))
+
+    def losses():
+        return {"queue": info_nce_queue(a32, b32, queue32, temperature), "batch": info_nce(a32, b32, temperature),
+                "koleo": koleo_loss(a32), "dino": cross_view_entropy(crops, targets, temperature),
+                "equivariance": equivariance_loss(a32, b32, classes, maps, margin=1.0)}
+
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, _ = nt_xent_logits(a32, b32, temperature)
         got = nt_xent(a32, b32, temperature)
-        in_autocast = {"queue": info_nce_queue(a32, b32, queue32, temperature), "batch": info_nce(a32, b32, temperature),
-                       "koleo": koleo_loss(a32)}
+        in_autocast = losses()
         bf16_matmul = (a32 @ b32.T).dtype
     assert bf16_matmul == torch.bfloat16  # what the losses must not do
     assert logits.dtype == torch.float32
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    outside = {"queue": info_nce_queue(a32, b32, queue32, temperature), "batch": info_nce(a32, b32, temperature),
-               "koleo": koleo_loss(a32)}
+    outside = losses()
     for name, value in in_autocast.items():
         assert value.dtype == torch.float32
         assert value.item() == pytest.approx(outside[name].item(), rel=1e-6), name

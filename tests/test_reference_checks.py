@@ -645,6 +645,29 @@ def test_dinos_vit_preset_holds_main_dinos_teacher_temperature():
         assert dino_module.teacher_temperature(cfg.method_config, Progress(epoch * 10, epochs * 10, 10)) == 0.04
 
 
+def test_a_vit_gets_dinos_and_moco_v3s_own_vit_recipes_from_the_automatic_preset():
+    # DINO's main_dino.py defaults (ViT-S/16) and MoCo v3's CONFIG.md ViT-Small, not their ResNet-50 recipes.
+    from selfsup.config import resolve
+    from selfsup.optim import peak_lr
+    dino = resolve({"method": "dino", "backbone": {"name": "vit-small"}})
+    assert (dino.preset, dino.optim.name, dino.optim.clip_grad, dino.backbone.drop_path_rate) == (
+        "imagenet-vit", "adamw", 3.0, 0.1)
+    assert (peak_lr(dino.optim, 256), dino.optim.weight_decay, dino.optim.weight_decay_end) == (5e-4, 0.04, 0.4)
+    assert dino.method_config.global_view_1.crop_scale == (0.4, 1.0)
+    assert dino.method_config.local_view.crop_scale == (0.05, 0.4)
+    assert resolve({"method": "dino", "data": {"image_size": 32},
+                    "backbone": {"name": "timm:vit_tiny_patch16_224"}}).preset == "cifar-vit"
+    moco = resolve({"method": "moco-v3", "backbone": {"name": "vit-small"}})
+    assert (moco.preset, moco.optim.name, peak_lr(moco.optim, 256), moco.optim.weight_decay) == (
+        "imagenet-vit", "adamw", 1.5e-4, 0.1)
+    assert (moco.method_config.temperature, moco.optim.exclude_bias_and_norm, moco.optim.warmup_epochs) == (
+        0.2, False, 40.0)
+    # ResNets keep the ResNet-50 recipes; a method without a ViT recipe keeps its regime's preset.
+    assert resolve({"method": "dino"}).preset == resolve({"method": "moco-v3"}).preset == "imagenet"
+    assert resolve({"method": "dino", "backbone": {"name": "resnet18"}}).optim.name == "sgd"
+    assert resolve({"method": "byol", "backbone": {"name": "vit-small"}}).preset == "imagenet"
+
+
 def test_inpaintings_presets_take_the_official_encoder_decoders_rate():
     # train.lua: the network that inpaints learns at 10 x opt.lr (2e-4) when wtl2 = 0.999, in batches of 64.
     from selfsup.config import resolve

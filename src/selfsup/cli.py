@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the backbone and the views")
     p.add_argument("--cache-dir", help="where decoded images are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)")
-    p.add_argument("--preset", help="cifar or imagenet (default: cifar up to 64 px); dino also has cifar-vit")
+    p.add_argument("--preset", help="cifar or imagenet (default: cifar up to 64 px; with a ViT, "
+                                          "dino's cifar-vit/imagenet-vit, moco-v3's imagenet-vit)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-1 first convolution, no max-pool (default: on below 64 px)")
     p.add_argument("--patch-size", type=int, help="ViT patch size")

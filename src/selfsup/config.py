@@ -99,7 +99,8 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     method: str = "simclr"
-    preset: str = "auto"  # "auto": "cifar" below 64 px, "imagenet" otherwise
+    # "auto": "cifar" up to 64 px, "imagenet" above; with a ViT, the method's "-vit" variant if it has one
+    preset: str = "auto"
     out: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -312,7 +313,10 @@ def resolve(user: dict) -> RunConfig:
     probe = override(RunConfig(), {k: v for k, v in user.items() if k in ("data", "preset")})
     preset_name = probe.preset
     if preset_name == "auto":
+        from .backbones.vit import is_vit_name
         preset_name = "cifar" if probe.data.image_size <= 64 else "imagenet"
+        if is_vit_name(user.get("backbone", {}).get("name", "")) and f"{preset_name}-vit" in method.PRESETS:
+            preset_name += "-vit"  # the method's own ViT recipe, where its paper has one
     if preset_name not in method.PRESETS:
         from .errors import unknown_choice
         raise unknown_choice(f"preset for {method_name}", preset_name, method.PRESETS)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import BackboneConfig
 from ..errors import UserError, nearest, unknown_choice
-from .vit import VITS, build_vit, check_image_size, set_drop_path
+from .vit import TIMM_VIT_FAMILIES, VITS, build_vit, check_image_size, set_drop_path
 
 
 class Backbone(nn.Module):
@@ -88,7 +88,7 @@ def _timm(model_name: str, cfg: BackboneConfig, image_size: int) -> Backbone:
     import timm
 
     kwargs = {}
-    if model_name.startswith(("vit", "deit", "eva")) or cfg.patch_size:
+    if model_name.startswith(TIMM_VIT_FAMILIES) or cfg.patch_size:
         kwargs["img_size"] = image_size
         if cfg.patch_size:
             kwargs["patch_size"] = cfg.patch_size

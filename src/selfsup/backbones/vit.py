@@ -28,6 +28,15 @@ VITS = {"vit-tiny": "vit_tiny_patch16_224", "vit-small": "vit_small_patch16_224"
         "vit-base": "vit_base_patch16_224"}
 
 
+# timm's families of plain ViTs (their models take an image size and a patch size).
+TIMM_VIT_FAMILIES = ("vit", "deit", "eva")
+
+
+def is_vit_name(name: str) -> bool:
+    """Whether a --backbone name is a ViT, without building it (to choose a method's preset)."""
+    return name in VITS or (name.startswith("timm:") and name[len("timm:"):].startswith(TIMM_VIT_FAMILIES))
+
+
 def default_patch_size(image_size: int) -> int:
     """16 (ViT/16, Dosovitskiy et al. 2021) from 64 pixels up; 4 below, so that a 32-pixel image
     still gives 64 tokens, the common CIFAR setting."""

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from .precision import full_precision
+from .precision import float32_math, full_precision
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,13 +28,14 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     return cross_view_entropy(student, targets, student_temperature)
 
 
+@float32_math
 def cross_view_entropy(student: torch.Tensor, targets: torch.Tensor, student_temperature: float) -> torch.Tensor:
     """The cross-entropy of DINO's loss for given teacher distributions `targets` (T, B, K) (centred
     and sharpened, or from Sinkhorn-Knopp): each student crop's log-softmax(s / T_s) (S, B, K)
     against every teacher crop but itself, averaged over view pairs and images."""
     log_probs = F.log_softmax(full_precision(student) / student_temperature, dim=-1)  # (S, B, K)
     n_teacher, n_student, batch = targets.shape[0], student.shape[0], student.shape[1]
-    cross_entropy = -torch.einsum("tbk,sbk->ts", targets.detach(), log_probs) / batch  # (T, S), mean over images
+    cross_entropy = -torch.einsum("tbk,sbk->ts", full_precision(targets.detach()), log_probs) / batch  # (T, S), mean over images
     same_view = torch.eye(n_teacher, n_student, dtype=torch.bool, device=student.device)
     return cross_entropy[~same_view].mean()
 

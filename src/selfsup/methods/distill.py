@@ -139,6 +139,12 @@ class Method(nn.Module):
         self.patch_level = ("head" in self.teacher and c.patch_loss_weight > 0 and backbone.kind == t_backbone.kind
                             == "vit" and patch_size_of(backbone.net) == patch_size_of(t_backbone.net))
         if self.patch_level:
+            # An iBOT teacher with its own patch head has other prototypes for patches: the student
+            # matches them with a head of its own, as DINOv2's student has when its teacher does.
+            t_patch_head = self.teacher["patch_head"]
+            if t_patch_head is not self.teacher["head"]:
+                self.student["patch_head"] = DINOHead(backbone.feature_dim, t_patch_head.last_layer.weight.shape[0],
+                                                      c.hidden_dim, c.bottleneck_dim, c.head_layers)
             self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.student_ema = ema_copy(self.student)
@@ -175,7 +181,8 @@ class Method(nn.Module):
                 t_tokens = encode(teacher["backbone"].net, global_crops)  # (VB, 1+N, D_t)
                 t_cls = t_tokens[:, 0]
                 t_patch = sinkhorn_knopp(teacher["patch_head"](t_tokens[:, 1:][masked]), c.teacher_temperature)
-            patch = ibot_patch_loss(student["head"](tokens[:, 1:][masked]), t_patch, masks, c.student_temperature)
+            patch_head = student["patch_head"] if "patch_head" in student else student["head"]
+            patch = ibot_patch_loss(patch_head(tokens[:, 1:][masked]), t_patch, masks, c.student_temperature)
             metrics["patch_loss"] = patch.detach()
         else:
             cls = student["backbone"](global_crops)

@@ -80,7 +80,7 @@ def _cifar() -> dict:
         "backbone": {"name": "vit-tiny", "patch_size": 4, "drop_path_rate": 0.1},
         "optim": {"name": "adamw", "lr": 4e-3, "lr_scaling": "sqrt", "lr_reference_batch": 1024,
                   "weight_decay": 0.04, "weight_decay_end": 0.4, "warmup_epochs": 10.0, "betas": (0.9, 0.999),
-                  "clip_grad": 3.0},
+                  "clip_grad": 3.0, "final_lr_ratio": 1e-6 / 2e-3},  # to min_lr 1e-6 from the peak at batch 256
         "train": {"epochs": 200, "batch_size": 256},
         "ibot": {**DINOV2_HEAD, "out_dim": 4096, "patch_out_dim": 4096, "local_crops": 6, "local_size": 16,
                  "momentum": 0.996, "global_view_1": {"crop_scale": (0.25, 1.0), "blur_prob": 0.0},
@@ -102,7 +102,8 @@ def _imagenet() -> dict:
         "backbone": {"name": "vit-small", "patch_size": 14, "drop_path_rate": 0.1},
         "data": {"image_size": 224},
         "optim": {"name": "adamw", "lr": 4e-3, "lr_scaling": "sqrt", "lr_reference_batch": 1024,
-                  "weight_decay": 0.04, "weight_decay_end": 0.4, "warmup_epochs": 10.0, "clip_grad": 3.0},
+                  "weight_decay": 0.04, "weight_decay_end": 0.4, "warmup_epochs": 10.0, "clip_grad": 3.0,
+                  "final_lr_ratio": 1e-6 / 2e-3},  # the cosine ends at min_lr 1e-6 from the peak at batch 256
         "train": {"epochs": 100, "batch_size": 256},
         "ibot": {**DINOV2_HEAD, "local_size": 98, "global_view_1": {"crop_scale": (0.32, 1.0)},
                  "global_view_2": {"crop_scale": (0.32, 1.0)}, "local_view": {"crop_scale": (0.05, 0.32)}},
@@ -197,7 +198,7 @@ class Method(nn.Module):
         loss = c.dino_weight * dino + c.ibot_weight * ibot + c.koleo_weight * koleo
         if c.centering == "centre":  # after the loss, as in DINO and iBOT
             self.center.copy_(dino_center(self.center, t, c.center_momentum))
-            if len(t_patch):
+            if len(t_patch):  # the masked patches' outputs, as DINOv2 (iBOT's code averages every patch)
                 self.patch_center.copy_(dino_center(self.patch_center, t_patch[None], c.center_momentum))
         # The collapse monitor watches the prototype the teacher expects per image (see dino.py).
         expected = targets[0] @ teacher["head"].last_layer.weight  # (B, bottleneck)

@@ -14,6 +14,7 @@ through the encoder and decoder, and linear layers are Xavier-initialised.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,7 +109,9 @@ class Method(nn.Module):
         self.num_patches = grid * grid
         self.decoder_embed = nn.Linear(backbone.feature_dim, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.decoder = nn.Sequential(*[Block(d, config.decoder_heads, qkv_bias=True) for _ in range(config.decoder_depth)])
+        norm = functools.partial(nn.LayerNorm, eps=1e-6)  # the official decoder's, not timm's 1e-5
+        self.decoder = nn.Sequential(*[Block(d, config.decoder_heads, qkv_bias=True, norm_layer=norm)
+                                       for _ in range(config.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(d, eps=1e-6)
         self.decoder_pred = nn.Linear(d, self.patch_size ** 2 * 3)
         self.register_buffer("decoder_pos", sincos_positions(grid, d), persistent=False)

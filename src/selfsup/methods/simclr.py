@@ -53,6 +53,7 @@ def _imagenet() -> dict:
     # mean over the 2N views; the official code sums its two directions, twice that, so under LARS
     # its weight decay weighs half as much against the gradient as it does here.
     return {
+        "backbone": {"name": "resnet50"},  # the paper's encoder, as every other method's ImageNet preset
         "optim": {"name": "lars", "lr": 1.2, "lr_scaling": "sqrt", "weight_decay": 1e-6,
                   "warmup_epochs": 10.0},
         "train": {"epochs": 100, "batch_size": 256},

@@ -12,8 +12,8 @@ def mlp(dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False,
         activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Linear layers through `dims` (e.g. [512, 2048, 128]), each hidden layer followed by
     BatchNorm (optional) and the activation. MoCo v3 ends with a BatchNorm without affine
-    parameters (`last_batch_norm`); SimCLR's official code and lightly's head end with one that
-    has them (`last_affine` too)."""
+    parameters (`last_batch_norm`); lightly's SimCLR head ends with one that has both (`last_affine`
+    too), SimCLR's official code with one that has a scale and no offset."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == len(dims) - 2
