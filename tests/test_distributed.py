@@ -232,3 +232,138 @@ def test_sinkhorn_knopp_over_two_unequal_processes_equals_one_process_with_all_r
     whole = sinkhorn_knopp(sinkhorn_rows(), 0.04, iterations=3)
     assert torch.isfinite(whole).all()
     torch.testing.assert_close(torch.cat(parts).double(), whole, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# DINO's centre over processes with different numbers of rows, none included (iBOT's patches)
+
+
+def centre_rows() -> torch.Tensor:
+    return torch.rand(9, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+
+def centre_worker(rank, world, port, result_file):
+    join(rank, world, port)
+    from selfsup.losses import dino_center
+    rows, start = centre_rows(), torch.zeros(5, dtype=torch.float64)
+    first = dino_center(start, rows[:6] if rank == 0 else rows[:0], 0.9)  # 6 rows and none
+    second = dino_center(first, rows[6:8] if rank == 0 else rows[8:], 0.9)  # 2 rows and 1
+    nothing = dino_center(second, rows[:0], 0.9)  # no process has a row
+    torch.save(torch.stack([first, second, nothing]), f"{result_file}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_dino_centre_over_processes_with_unequal_and_empty_rows_equals_one_process(tmp_path):
+    spawn(centre_worker, str(tmp_path / "centres"))
+    ranks = [torch.load(tmp_path / f"centres.{r}", weights_only=True) for r in range(2)]
+    assert torch.equal(ranks[0], ranks[1])
+    rows = centre_rows()
+    first = 0.1 * rows[:6].mean(0)  # the mean over every process's rows, by hand
+    second = 0.9 * first + 0.1 * rows[6:].mean(0)
+    torch.testing.assert_close(ranks[0], torch.stack([first, second, second]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals under torchrun: one message, from the first process, and no process left waiting
+
+
+def refusal_worker(rank, world, port, root, result_file):
+    join(rank, world, port)
+    from selfsup import dist
+    from selfsup.errors import UserError
+    from selfsup.train import run_pretraining
+    said = {}
+
+    def attempt(name, work):
+        try:
+            work()
+            said[name] = None
+        except UserError as e:
+            said[name] = str(e)
+        except SystemExit as e:
+            said[name] = f"exit {e.code}"
+
+    def differ():
+        raise UserError(f"problem {rank}")
+    attempt("differ", lambda: dist.on_every_process(differ))
+    # Rank 1 reads a copy of the data with fewer images, as node-local copies may be.
+    data = f"{root}/data" if rank == 0 else f"{root}/fewer"
+    attempt("data", lambda: run_pretraining(tiny_user(data, f"{root}/run")))
+    attempt("batch", lambda: run_pretraining(tiny_user(f"{root}/data", f"{root}/run2", batch_size=7)))
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump(said, f)
+    torch_dist.destroy_process_group()
+
+
+def test_refusals_under_two_processes_come_once_from_the_first(tmp_path):
+    import shutil
+    write_dataset(tmp_path / "data", per_class=12, size=16)
+    shutil.copytree(tmp_path / "data", tmp_path / "fewer")
+    for extra in sorted((tmp_path / "fewer").rglob("*.png"))[:3]:
+        extra.unlink()
+    spawn(refusal_worker, str(tmp_path), str(tmp_path / "said"))
+    first, second = (json.loads((tmp_path / f"said.{r}").read_text()) for r in range(2))
+    assert first["differ"] == "on process 0: problem 0; on process 1: problem 1" and second["differ"] == "exit 2"
+    assert first["data"].startswith("the processes read different data at ")
+    assert "(process 0: 36 images, process 1: 33 images)" in first["data"] and second["data"] == "exit 2"
+    assert first["batch"] == ("the batch size 7 must be divisible by the number of processes 2: launch a number "
+                              "of processes that divides 7, or choose a --batch-size that 2 divides")
+    assert second["batch"] == "exit 2"
+    assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("command", [["eval", "knn", "--checkpoint", "random:resnet18", "--data", "nowhere"],
+                                     ["embed", "--checkpoint", "random:resnet18", "--data", "x", "--out", "e.npy"]])
+def test_commands_other_than_pretrain_refuse_torchrun_once(command, monkeypatch, capsys):
+    from selfsup.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(command) == 2
+    assert capsys.readouterr().err == (f"selfsup: error: selfsup {command[0]} runs in one process: run it without "
+                                       f"torchrun (pretrain is the command that torchrun spreads over processes)\n")
+    monkeypatch.setenv("RANK", "1")
+    assert main(command) == 2 and capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# MoCo v2's shuffling BN over processes
+
+
+class MinusGroupMean(torch.nn.Module):
+    """What BatchNorm does to a group, without the scale: each row minus its group's mean."""
+
+    def forward(self, x):
+        return x - x.mean(dim=0, keepdim=True)
+
+
+def shuffle_rows() -> torch.Tensor:
+    return torch.randn(16, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+
+def shuffle_worker(rank, world, port, result_file):
+    join(rank, world, port)
+    from selfsup.methods.moco_v2 import keys_shuffled_across_processes
+    mine = shuffle_rows()[rank * 8:(rank + 1) * 8]
+    generator = torch.Generator().manual_seed(rank)  # the processes' views differ; the order is the first's
+    torch.manual_seed(0)
+    row_wise = torch.nn.Linear(3, 2).double().requires_grad_(False)  # the same on both processes
+    torch.save({"keys": keys_shuffled_across_processes(MinusGroupMean(), mine, 2, generator),
+                "row_wise": keys_shuffled_across_processes(row_wise, mine, 2, generator),
+                "expected": row_wise(mine)}, f"{result_file}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_moco_v2_key_groups_mix_the_processes_images_and_keys_return_to_their_images(tmp_path):
+    spawn(shuffle_worker, str(tmp_path / "keys"))
+    ranks = [torch.load(tmp_path / f"keys.{r}", weights_only=True) for r in range(2)]
+    rows = shuffle_rows()
+    group_mean = rows - torch.cat([r["keys"] for r in ranks])  # each row: the mean of the group it ran in
+    groups = {}
+    for i, mean in enumerate(group_mean):
+        groups.setdefault(tuple(mean.round(decimals=9).tolist()), []).append(i)
+    assert sorted(len(members) for members in groups.values()) == [4, 4, 4, 4]  # 2 groups on each of 2 processes
+    for mean, members in groups.items():  # each key was normalised with exactly the images of its group
+        torch.testing.assert_close(rows[members].mean(0), torch.tensor(mean, dtype=torch.float64))
+    assert any(min(m) < 8 <= max(m) for m in groups.values())  # a group holds both processes' images
+    for r in ranks:  # a network of each row alone: every key back beside its own image
+        torch.testing.assert_close(r["row_wise"], r["expected"], rtol=0, atol=1e-12)

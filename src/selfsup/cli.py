@@ -295,19 +295,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .console import first_process
+
     try:
         args = build_parser().parse_args(argv)  # inside: commands import PyTorch, seconds a Ctrl-C may hit
+        if args.command != "pretrain" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if not first_process():
+                return 2
+            raise UserError(f"selfsup {args.command} runs in one process: run it without torchrun "
+                            f"(pretrain is the command that torchrun spreads over processes)")
         return args.run(args)
     except UserError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # under torchrun, a collective that lost the process which stopped
+        from . import dist
+        if not (dist.is_distributed() and dist.is_peer_failure(e)):
+            raise
+        print("selfsup: error: another process of this torchrun job stopped (its message, if it had one, is "
+              "above); fix what it says and launch again (with --resume if a checkpoint was written)",
+              file=sys.stderr)
         return 2
     except OSError as e:  # the disk full, a file that cannot be written, ...: a fact, not a bug
         print(f"selfsup: error: {e}; check the paths and free space, then run the same command again",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        from .console import first_process
-
         if first_process():  # under torchrun: once, not once per process
             print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130

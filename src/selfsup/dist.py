@@ -37,8 +37,12 @@ class _GatherWithGrad(torch.autograd.Function):
         # Sum every process's gradient and keep this process's slice in one collective: a
         # reduce-scatter moves half the bytes of an all-reduce followed by slicing.
         own_slice = grad.new_empty((grad.shape[0] // torch_dist.get_world_size(), *grad.shape[1:]))
-        torch_dist.reduce_scatter_tensor(own_slice, grad.contiguous())
+        _reduce_scatter(own_slice, grad.contiguous())
         return own_slice
+
+
+# PyTorch renamed reduce_scatter_tensor (deprecated from 2.14, with a warning on every process).
+_reduce_scatter = getattr(torch_dist, "reduce_scatter_single", None) or torch_dist.reduce_scatter_tensor
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +77,14 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(x) / world_size() if is_distributed() else x
+
+
+def broadcast_from_first(x: torch.Tensor) -> torch.Tensor:
+    """The first process's `x` on every process."""
+    if is_distributed():
+        x = x.clone()
+        torch_dist.broadcast(x, src=0)
+    return x
 
 
 def setup(device_name: str) -> None:
@@ -111,3 +123,36 @@ def all_gather_objects(obj) -> list:
     out = [None] * world_size()
     torch_dist.all_gather_object(out, obj)
     return out
+
+
+def on_every_process(work):
+    """`work()` on every process; a UserError on any of them stops them all, reported once, by the
+    first process (each distinct message once, naming the processes it came from when they differ),
+    so that no process is left waiting in a collective for one that gave up."""
+    if not is_distributed():
+        return work()
+    try:
+        result, problem = work(), None
+    except UserError as e:
+        result, problem = None, str(e)
+    problems = all_gather_objects(problem)
+    if all(p is None for p in problems):
+        return result
+    if not is_main():
+        raise SystemExit(2)
+    by_message: dict[str, list[int]] = {}
+    for process, p in enumerate(problems):
+        if p is not None:
+            by_message.setdefault(p, []).append(process)
+    message, ranks = next(iter(by_message.items()))
+    if len(by_message) == 1 and ranks in ([0], list(range(len(problems)))):  # the first's, or everyone's
+        raise UserError(message)
+    raise UserError("; ".join(f"on process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {p}"
+                              for p, ranks in by_message.items()))
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether a collective failed because another process of the job stopped."""
+    text = str(error)
+    return isinstance(error, getattr(torch_dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))

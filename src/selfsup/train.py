@@ -130,6 +130,16 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 
 def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     """The resolved config and, when resuming, the checkpoint to continue from."""
+    cfg, checkpoint = _config_and_checkpoint(user, resume)
+    batch, world = cfg.train.batch_size, dist.world_size()
+    if batch % world:
+        raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
+                        f"a number of processes that divides {batch}"
+                        + ("" if resume else f", or choose a --batch-size that {world} divides"))
+    return cfg, checkpoint
+
+
+def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     out = user.get("out")
     if not out:
         raise UserError("give a run folder with --out RUN_DIR")
@@ -204,28 +214,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         method_module = get_method(cfg.method)
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
-        self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
-        side, size = self.cache.median_side, cfg.data.image_size
-        if side and 2 * side <= size and dist.is_main():  # e.g. CIFAR's 32-pixel images at the default 224
-            warn(f"the images are mostly {side} px on their shorter side, enlarged {size / side:.0f}x to --image-size "
-                 f"{size} at {(size / side) ** 2:.0f}x the compute of --image-size {side}; pass --image-size {side} "
-                 f"unless that is meant")
-        if hasattr(method_module, "check_data"):
-            method_module.check_data(cfg.method_config, self.cache, self.train_idx)
-        if hasattr(method_module, "training_rows"):  # a method that cannot learn from some images
-            self.train_idx = method_module.training_rows(cfg.method_config, self.cache, self.train_idx)
-        self.samples = self._samples(method_module)
-        stream_over = self.train_idx if self.samples is None else np.arange(len(self.samples.rows))
-        self.stream = BatchStream(self.cache.images, stream_over, cfg.train.batch_size, self.device,
-                                  cfg.train.seed, cfg.data.on_device, rank=self.rank, world=self.world,
-                                  rows=None if self.samples is None else self.samples.rows,
-                                  side=None if self.samples is None else self.samples.side)
-        if len(self.stream) == 0:
-            what = "training images" if self.samples is None else f"training samples of {cfg.method}"
-            more = getattr(method_module, "MORE_SAMPLES", None)  # the option that draws more samples
-            raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(stream_over):,} "
-                            f"{what} in {cfg.data.path}; lower --batch-size"
-                            + (f" or raise {more}" if more else ""))
+        self._check_same_data()
+        dist.on_every_process(lambda: self._prepare_data(method_module))  # its refusals stop every process
         self.method = build_method(cfg).to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -251,26 +241,56 @@ class Trainer:
                     module.compile()
             compile_views()
 
+    def _prepare_data(self, method_module) -> None:
+        """The images to train on (the method's own checks and samples), and the batches."""
+        cfg = self.cfg
+        self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
+        side, size = self.cache.median_side, cfg.data.image_size
+        if side and 2 * side <= size and dist.is_main():  # e.g. CIFAR's 32-pixel images at the default 224
+            warn(f"the images are mostly {side} px on their shorter side, enlarged {size / side:.0f}x to --image-size "
+                 f"{size} at {(size / side) ** 2:.0f}x the compute of --image-size {side}; pass --image-size {side} "
+                 f"unless that is meant")
+        if hasattr(method_module, "check_data"):
+            method_module.check_data(cfg.method_config, self.cache, self.train_idx)
+        if hasattr(method_module, "training_rows"):  # a method that cannot learn from some images
+            self.train_idx = method_module.training_rows(cfg.method_config, self.cache, self.train_idx)
+        self.samples = self._samples(method_module)
+        stream_over = self.train_idx if self.samples is None else np.arange(len(self.samples.rows))
+        self.stream = BatchStream(self.cache.images, stream_over, cfg.train.batch_size, self.device,
+                                  cfg.train.seed, cfg.data.on_device, rank=self.rank, world=self.world,
+                                  rows=None if self.samples is None else self.samples.rows,
+                                  side=None if self.samples is None else self.samples.side)
+        if len(self.stream) == 0:
+            what = "training images" if self.samples is None else f"training samples of {cfg.method}"
+            more = getattr(method_module, "MORE_SAMPLES", None)  # the option that draws more samples
+            raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(stream_over):,} "
+                            f"{what} in {cfg.data.path}; lower --batch-size"
+                            + (f" or raise {more}" if more else ""))
+
+    def _check_same_data(self) -> None:
+        """Every process must read the same images (node-local copies may differ)."""
+        if self.world == 1:
+            return
+        identities = dist.all_gather_objects(self._data_identity())
+        if all(identity == identities[0] for identity in identities):
+            return
+        if not dist.is_main():
+            raise SystemExit(2)
+        found = ", ".join(f"process {r}: {identity['images']:,} images" for r, identity in enumerate(identities))
+        raise UserError(f"the processes read different data at {self.cfg.data.path} ({found}"
+                        f"{', other files' if len({i['images'] for i in identities}) == 1 else ''}); every "
+                        f"machine must hold the same files there (a shared folder, or identical copies)")
+
     def _open_data(self, open_data) -> ImageCache:
         """The decoded images (or frames, with a method's own `open_data`); under torchrun the
         first process builds the cache, the others wait."""
         def load(show: bool) -> ImageCache:
             return open_data(self.cfg.data.path, self.cfg.data.cache_size, cache_dir=self.cfg.data.cache_dir,
                              workers=self.cfg.data.decode_workers, show_progress=show)
-        if self.world == 1:
-            return load(self.show_progress)
-        cache, problem = None, None
-        if dist.is_main():
-            try:
-                cache = load(self.show_progress)
-            except UserError as e:
-                problem = str(e)
-        problem = dist.all_gather_objects(problem)[0]  # also the barrier: the cache is ready
-        if problem is not None:
-            if dist.is_main():
-                raise UserError(problem)
-            raise SystemExit(2)  # the first process has reported it, in one line
-        return cache if cache is not None else load(False)
+        # Also the barrier: when the others open the cache, it is ready. (On other machines they
+        # build their own; what fails there is reported by the first process too.)
+        cache = dist.on_every_process(lambda: load(self.show_progress) if dist.is_main() else None)
+        return dist.on_every_process(lambda: cache if cache is not None else load(False))
 
     def _samples(self, method_module) -> Samples | None:
         """A method's multi-row samples (see methods/common.py), without any that touch a row
@@ -296,8 +316,8 @@ class Trainer:
         views = dist.all_gather_objects(self.generator.get_state())  # one per process
         epoch_sums = dist.all_gather_objects({k: v.detach().cpu() for k, v in self.epoch_sums.items()})
         rng = {"torch": torch.get_rng_state(), "views": views[0], "views_per_rank": views}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # each process's own GPU generator (drop path draws from it)
+            rng["cuda_per_rank"] = dist.all_gather_objects(torch.cuda.get_rng_state(self.device))
         return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg), data=self._data_identity(),
                     model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
                     position=vars(self.position).copy(), rng=rng, world=self.world,
@@ -338,8 +358,11 @@ class Trainer:
             self.generator.manual_seed(self.cfg.train.seed + 1_000_003 * self.rank + self.position.step)
             if dist.is_main():
                 warn(f"resuming a run of {len(views)} process(es) on {self.world}: same data order, new view randomness")
-        if "cuda" in checkpoint["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        cuda_states = checkpoint["rng"].get("cuda_per_rank", [])
+        if self.device.type == "cuda" and len(cuda_states) == self.world:  # else reseeded, like the views
+            torch.cuda.set_rng_state(cuda_states[self.rank], self.device)
+        elif self.device.type == "cuda":
+            torch.cuda.manual_seed(self.cfg.train.seed + 1_000_003 * self.rank + self.position.step)
         # The epoch's running sums of the metrics, per process. On another number of processes
         # each takes their mean, which keeps the epoch's mean over processes.
         sums = checkpoint.get("epoch_sums_per_rank", [checkpoint["epoch_sums"]])
@@ -432,6 +455,8 @@ class Trainer:
                     f"longer, {new_run_command(self.out, 'MORE')}")
             return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=read_metrics(self.out))
         if dist.is_main():
+            for stale in self.out.glob(".*.tmp"):  # a write cut short by a kill (writes are atomic)
+                stale.unlink(missing_ok=True)
             self._say_start()
         images_per_step = cfg.train.batch_size
         bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
@@ -491,9 +516,13 @@ class Trainer:
         seconds = time.perf_counter() - started
         means = {k: dist.all_reduce_mean(v / self.epoch_sums["steps"]).item()
                  for k, v in self.epoch_sums.items() if k != "steps"}  # collective: every process
+        # The last step's embeddings of the whole batch, so that the effective rank does not depend
+        # on how many processes share it (as objects: some methods' rows differ across processes).
+        last = None if self.last_embedding is None else torch.cat(
+            [e.float() for e in dist.all_gather_objects(self.last_embedding.detach().cpu())])
         if dist.is_main():
             images_per_s = (len(self.stream) - first_batch) * cfg.train.batch_size / max(seconds, 1e-9)
-            record = self._epoch_record(means, images_per_s, seconds)
+            record = self._epoch_record(means, last, images_per_s, seconds)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         self.position.epoch += 1
@@ -502,13 +531,14 @@ class Trainer:
         self.save()
         self.save_pictures()
 
-    def _epoch_record(self, sums: dict[str, float], images_per_s: float, seconds: float) -> dict:
+    def _epoch_record(self, sums: dict[str, float], last_embedding: torch.Tensor | None, images_per_s: float,
+                      seconds: float) -> dict:
         cfg, epoch = self.cfg, self.position.epoch + 1
         record = {"epoch": epoch, "step": self.position.step, **{k: round(v, 6) for k, v in sums.items()},
                   "lr": self.last_lr, "weight_decay": self.last_wd,
                   "images_per_s": round(images_per_s, 1), "epoch_seconds": round(seconds, 2)}
-        if self.last_embedding is not None:
-            record["effective_rank"] = round(monitor.effective_rank(self.last_embedding).item(), 3)
+        if last_embedding is not None:
+            record["effective_rank"] = round(monitor.effective_rank(last_embedding).item(), 3)
             if sums.get("std_ratio", 1.0) < cfg.train.collapse_warning:
                 warn(f"epoch {epoch}: the embeddings may be collapsing (std ratio {sums['std_ratio']:.3f} < "
                      f"{cfg.train.collapse_warning}, effective rank {record['effective_rank']:.1f}); "
@@ -542,7 +572,7 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
     config_lib.check_sections(user, "config")
     dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
     with removed_if_left_empty(user.get("out")):
-        cfg, checkpoint = prepare_run(user, resume)
+        cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
         trainer = Trainer(cfg, checkpoint, show_progress)
         if checkpoint is None:
             write_run_config(cfg)

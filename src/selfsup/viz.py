@@ -21,7 +21,8 @@ def evenly_spaced(items, count: int = 8):
 
 
 def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
-    """A PNG with one panel per logged quantity (loss, learning rate, collapse monitor, kNN)."""
+    """A PNG with one panel per logged quantity (loss, learning rate, collapse monitor, kNN),
+    written atomically (it is redrawn while a run goes on)."""
     if not metrics:
         return None
     import matplotlib
@@ -47,7 +48,8 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=90)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return out
 

@@ -43,6 +43,11 @@ def cross_view_entropy(student: torch.Tensor, targets: torch.Tensor, student_tem
 @torch.no_grad()
 def dino_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> torch.Tensor:
     """The centre after one step: an EMA of the teacher's mean output over this step's crops and
-    images on every process (Caron et al. 2021, eq. 4). teacher: (T, B, K); center: (K,)."""
-    batch_center = dist.all_reduce_mean(full_precision(teacher).mean(dim=(0, 1)))  # (K,)
-    return center * momentum + batch_center * (1 - momentum)
+    images on every process (Caron et al. 2021, eq. 4). teacher: (..., K), any number of rows on
+    each process, none included (iBOT's masked patches); center: (K,), unchanged when no process
+    has a row. Every process must call it: it is a collective."""
+    rows = full_precision(teacher).reshape(-1, teacher.shape[-1])  # (N, K)
+    totals = dist.all_reduce_sum(torch.cat([rows.sum(dim=0), rows.new_full((1,), len(rows))]))  # (K + 1,)
+    count = totals[-1]
+    updated = center * momentum + totals[:-1] / count.clamp_min(1) * (1 - momentum)
+    return torch.where(count > 0, updated, center)

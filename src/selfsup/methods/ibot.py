@@ -198,8 +198,9 @@ class Method(nn.Module):
         loss = c.dino_weight * dino + c.ibot_weight * ibot + c.koleo_weight * koleo
         if c.centering == "centre":  # after the loss, as in DINO and iBOT
             self.center.copy_(dino_center(self.center, t, c.center_momentum))
-            if len(t_patch):  # the masked patches' outputs, as DINOv2 (iBOT's code averages every patch)
-                self.patch_center.copy_(dino_center(self.patch_center, t_patch[None], c.center_momentum))
+            # The masked patches' outputs, as DINOv2 (iBOT's code averages every patch); on every
+            # process, also one without masked patches in this step (a collective).
+            self.patch_center.copy_(dino_center(self.patch_center, t_patch, c.center_momentum))
         # The collapse monitor watches the prototype the teacher expects per image (see dino.py).
         expected = targets[0] @ teacher["head"].last_layer.weight  # (B, bottleneck)
         metrics = {"dino_loss": dino.detach(), "ibot_loss": ibot.detach(), "koleo": koleo.detach(),

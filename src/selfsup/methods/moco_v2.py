@@ -7,9 +7,11 @@
     enqueue(queue, k); dequeue the oldest          # after the loss: a step's keys are not its negatives
     after the optimizer step: (f', g') <- m (f', g') + (1 - m) (f, g), m = 0.999
 
-On one device, MoCo's shuffling BN (sec. 3.3: BatchNorm statistics per GPU, keys shuffled across
-GPUs so a query and its key never share them) is emulated by running each encoder on `bn_groups`
-sub-batches, random ones for the keys.
+MoCo's shuffling BN (sec. 3.3: BatchNorm statistics per GPU, keys shuffled across GPUs so that a
+query and its key never share them): the encoders run on `bn_groups` sub-batches of the whole
+batch, consecutive ones for the queries, random ones for the keys. Under torchrun the key images
+of all processes are shuffled among them, as MoCo's code does, and each process runs its share
+of the groups; in one process the groups are emulated.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import dist
 from ..backbones import Backbone
 from ..config import ranged
 from ..errors import UserError
@@ -42,7 +45,7 @@ class Config:
     projection_hidden_dim: int = ranged(2048, 1, None)
     projection_dim: int = ranged(128, 1, None)
     symmetric: bool = False  # also contrast (x_k, x_q) and enqueue both keys (MoCo's CIFAR demo)
-    bn_groups: int = ranged(8, 1, None)  # the paper's 8 GPUs
+    bn_groups: int = ranged(8, 1, None)  # over all processes: the paper's 8 GPUs
     views: ViewConfig = field(default_factory=_moco_v2_views)
 
 
@@ -92,6 +95,21 @@ def forward_in_groups(net: nn.Module, x: torch.Tensor, groups: int,
     return torch.cat([net(part) for part in x[order].chunk(groups)])[order.argsort()]
 
 
+@torch.no_grad()
+def keys_shuffled_across_processes(net: nn.Module, x: torch.Tensor, groups: int,
+                                   generator: torch.Generator) -> torch.Tensor:
+    """`net` on the key images of every process in one random order shared by all (drawn by the
+    first process), each process taking its slice in `groups` sub-batches; the keys of this
+    process's images, in the order of `x` (B, ...)."""
+    if dist.world_size() == 1:
+        return forward_in_groups(net, x, groups, generator)
+    everyone = dist.gather(x)  # (W*B, ...)
+    order = dist.broadcast_from_first(torch.randperm(len(everyone), generator=generator, device=x.device))
+    mine = slice(dist.rank() * len(x), (dist.rank() + 1) * len(x))
+    keys = dist.gather(forward_in_groups(net, everyone[order[mine]], groups))  # (W*B, d) in shuffled order
+    return keys[order.argsort()][mine]
+
+
 class Method(nn.Module):
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
@@ -104,9 +122,10 @@ class Method(nn.Module):
 
     def contrast(self, x_q: torch.Tensor, x_k: torch.Tensor, generator: torch.Generator):
         """(loss, query, unit key) of queries from x_q against keys from x_k and the queue."""
-        q = forward_in_groups(self.online, x_q, self.config.bn_groups)  # (B, d)
+        groups = max(1, self.config.bn_groups // dist.world_size())  # this process's share
+        q = forward_in_groups(self.online, x_q, groups)  # (B, d)
         with torch.no_grad():
-            k = F.normalize(forward_in_groups(self.target, x_k, self.config.bn_groups, generator), dim=1)
+            k = F.normalize(keys_shuffled_across_processes(self.target, x_k, groups, generator), dim=1)
         # A copy: the queue changes in place below, and the backward pass still needs these keys.
         negatives = self.queue.keys.clone()
         return info_nce_queue(q, k, negatives, self.config.temperature, self.queue.filled()), q, k
