@@ -258,7 +258,7 @@ def test_bad_input(planted, tmp_path):
     with pytest.raises(UserError, match="seed set .* holds no images"):
         curate(root / "pool", tmp_path / "empty", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match=r"^--pool: data path .*nowhere' does not exist"):
         curate(tmp_path / "nowhere", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
     for option, value, bounds in [("k", 0, r"\[1, inf\]"), ("per_cluster", 0, r"\[1, inf\]"),
@@ -266,10 +266,29 @@ def test_bad_input(planted, tmp_path):
         with pytest.raises(UserError, match=f"curate.{option} must be in {bounds}, got {value}"):
             curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
                    config=CurateConfig(**{option: value}), show_progress=False)
+    with pytest.raises(UserError, match=r"^--exclude: data path .*nowhere' does not exist"):
+        curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", exclude=tmp_path / "nowhere",
+               image_size=32, show_progress=False)
+    with pytest.raises(UserError, match=r"^--seed-set: data path .* is a file, .* \(put a single image in a folder"):
+        curate(root / "pool", root / "seeds" / "seed0.png", "random:resnet18", tmp_path / "out", image_size=32,
+               show_progress=False)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(UserError, match="cannot create .*; choose a writable --out"):
         curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "a-file" / "out", image_size=32,
                show_progress=False)
+
+
+def test_a_corrupt_pool_image_is_skipped_and_said(planted, tmp_path, capsys):
+    import shutil
+    root, _ = planted
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for picture in sorted((root / "pool").glob("*.png"))[:10]:
+        shutil.copy(picture, pool)
+    (pool / "broken.jpg").write_bytes(b"not a jpeg")
+    summary = curate(pool, root / "seeds", "random:resnet18", tmp_path / "out", image_size=32, show_progress=False)
+    assert summary["pool"] == 10 and summary["pool_skipped"] == 1
+    assert "skipped 1 of 11 files in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given_as", ["folder", "list"])
@@ -324,5 +343,11 @@ def test_curate_through_the_cli_with_a_tar_pool(planted, tmp_path):
     assert len(open_source(summary["outputs"]["data"]).names) == len(listed) == summary["retrieved"]
     common = ["--pool", pool_tar, "--seed-set", root / "seeds", "--checkpoint", "random:resnet18", "--no-progress"]
     run("curate", *common, "--out", tmp_path / "bad", "--k", "0", check_error="curate.k must be in [1, inf], got 0")
+    with pytest.raises(UserError, match=r"^--exclude: data path .*nowhere' does not exist"):
+        curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", exclude=tmp_path / "nowhere",
+               image_size=32, show_progress=False)
+    with pytest.raises(UserError, match=r"^--seed-set: data path .* is a file, .* \(put a single image in a folder"):
+        curate(root / "pool", root / "seeds" / "seed0.png", "random:resnet18", tmp_path / "out", image_size=32,
+               show_progress=False)
     (tmp_path / "a-file").write_text("")
     run("curate", *common, "--out", tmp_path / "a-file" / "x", check_error="choose a writable --out")

@@ -216,3 +216,17 @@ def test_a_missing_teacher_is_refused_from_the_config_before_any_image_is_read(t
     with pytest.raises(UserError, match=r"the teacher '.*nowhere' does not exist; give its place with --teacher"):
         resolve({"method": "distill", "data": {"path": str(tmp_path / "no-data"), "image_size": 16},
                  "distill": {"teacher": str(tmp_path / "nowhere")}})
+
+
+def test_a_teacher_of_another_image_size_or_patch_size_is_said(teachers, tmp_path, capsys):
+    from selfsup.config import merge_dicts, resolve
+    from selfsup.methods import build_method
+    root, _ = teachers
+    user = distill_run(root, tmp_path / "x", root / "dino", {"name": "vit-tiny", "patch_size": 8})
+    method = build_method(resolve(user))
+    assert not method.patch_level
+    assert ("no patch-level loss: the student's patches (8 px) are not the teacher's (4); the student learns the "
+            "image-level targets only") in capsys.readouterr().err
+    build_method(resolve(merge_dicts(user, {"data": {"image_size": 32}})))
+    assert (f"the teacher {str(root / 'dino')!r} was trained on 16-pixel images and teaches on 32-pixel crops here"
+            in capsys.readouterr().err)

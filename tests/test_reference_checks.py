@@ -415,7 +415,7 @@ def fake_clips(lengths, seed, still=(), motion_columns=0):
     for c in still:
         images[clip == c] = images[np.flatnonzero(clip == c)[0]]
     cache = SimpleNamespace(clip=clip, frame=frame, clip_names=[f"clip{c}" for c in range(len(lengths))],
-                            images=images, incomplete=set(), source="fake", labels=None,
+                            images=images, incomplete=set(), gapped=set(), source="fake", labels=None,
                             motion=rng.normal(size=(len(clip), motion_columns)).astype(np.float32)
                             if motion_columns else None)
     cache.clip_rows = lambda: VideoCache.clip_rows(cache)

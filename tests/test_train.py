@@ -320,3 +320,25 @@ def test_a_step_names_its_phases_for_the_profiler_and_only_then(tmp_path, monkey
     with profile():
         trainer.step(images)
     assert "selfsup.forward" in entered  # the stand-in is the one that phase() calls
+
+
+def test_a_run_whose_loss_diverges_stops_in_one_line_before_saving_it(tmp_path, monkeypatch):
+    from selfsup.methods import simclr
+    from selfsup.train import run_pretraining
+    data = write_dataset(tmp_path / "data", per_class=8, size=16)
+    user = {**TINY_RUN, "data": {"path": str(data), "image_size": 16}, "out": str(tmp_path / "run"),
+            "train": {**TINY_RUN["train"], "epochs": 2, "checkpoint_every_steps": 1}}
+    real, steps = simclr.nt_xent, {"n": 0}
+
+    def diverging(*args, **kwargs):
+        steps["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if steps["n"] > 2 else loss
+    monkeypatch.setattr(simclr, "nt_xent", diverging)
+    with pytest.raises(UserError, match=r"^the loss became nan in epoch 2: the run diverged \(last.pt holds its "
+                                        r"last finite state\); start a new run with a lower learning rate: selfsup "
+                                        r"pretrain --config .*config.yaml --lr 0.03 --out NEW_DIR \(this one: --lr 0.12\)$"):
+        run_pretraining(user)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["position"] == {"epoch": 1, "batch": 0, "step": 2}  # after epoch 1, the last finite step
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

@@ -211,3 +211,66 @@ def test_image_methods_train_on_the_frames_of_a_folder_of_videos(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images found"):  # neither images nor videos
         open_images(tmp_path / "empty", 16)
+
+
+def test_a_frame_folder_with_a_missing_frame_number_is_skipped_and_counted_but_a_steady_stride_is_a_clip(
+        tmp_path, capsys):
+    write_frames(tmp_path / "whole", 6)
+    write_frames(tmp_path / "gap", 6, seed=1)
+    (tmp_path / "gap" / "000003.png").unlink()  # frames 2 and 4 would pass for neighbours
+    write_motion(tmp_path / "gap.csv", [0, 1, 2, 4, 5])  # rows that match the files: still no clip
+    for t in range(5):  # every other frame of a video, numbered as in the video: evenly spaced
+        write_frames(tmp_path / "stride", 1, seed=10 + t, start=2 * t)
+    cache = open_clips(tmp_path, 16, show_progress=False)
+    assert [cache.clip_names[c] for c in cache.gapped] == ["gap"]
+    kept = usable_clips(cache, 3, "temporal-order tuples of 3")
+    assert sorted(cache.clip_names[cache.clip[rows[0]]] for rows in kept) == ["stride", "whole"]
+    assert "1 with missing frame numbers (e.g. 'gap')" in capsys.readouterr().err
+
+
+def test_motion_csvs_with_a_byte_order_mark_and_methods_that_do_not_read_them(tmp_path):
+    write_frames(tmp_path / "walk", 4)
+    values = write_motion(tmp_path / "walk.csv", [0, 1, 2, 3])
+    text = (tmp_path / "walk.csv").read_text()
+    (tmp_path / "walk.csv").write_text(text, encoding="utf-8-sig")  # a spreadsheet's "CSV UTF-8"
+    cache = open_clips(tmp_path, 16, show_progress=False)
+    assert cache.motion_columns == ["yaw", "forward"]
+    np.testing.assert_allclose(cache.motion, values.astype(np.float32))
+    write_motion(tmp_path / "walk.csv", [0, 1, 2])  # stale: temporal order does not read it
+    from selfsup.methods.temporal_order import open_data
+    assert open_data(tmp_path, 16, show_progress=False).motion is None
+    with pytest.raises(UserError, match="lists 3 frames"):
+        open_clips(tmp_path, 16, show_progress=False)
+
+
+def test_frame_folders_beside_video_files_are_said_to_be_left_out(tmp_path, capsys):
+    write_video(tmp_path / "a.mp4", 6)
+    write_frames(tmp_path / "frames", 4)
+    cache = open_clips(tmp_path, 16, show_progress=False)
+    assert cache.clip_names == ["a.mp4"]
+    assert "holds 1 video files and 4 images; the images (frame folders) are left out" in capsys.readouterr().err
+
+
+def test_change_ratio_tells_video_from_folders_of_photos():
+    from selfsup.views.temporal import change_ratio
+    rng = np.random.default_rng(0)
+    scenes = np.kron(rng.integers(0, 256, (4, 6, 6, 3), dtype=np.uint8), np.ones((1, 8, 8, 1), np.uint8))  # blocks
+    video = np.concatenate([[np.roll(scene, t, axis=1)[:16, :16] for t in range(8)] for scene in scenes])  # pans
+    photos = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    clips = [np.arange(8 * c, 8 * c + 8) for c in range(4)]
+    assert change_ratio(video, clips, seed=0) < 0.75 < change_ratio(photos, clips, seed=0)
+    assert change_ratio(photos, clips[:1], seed=0) is None
+
+
+def test_egomotion_refuses_readings_that_never_change_and_warns_of_fewer_classes_than_asked(tmp_path, capsys):
+    from selfsup.methods import egomotion
+    for c in range(3):
+        write_frames(tmp_path / f"clip{c}", 6, seed=c)
+        (tmp_path / f"clip{c}.csv").write_text("frame,yaw\n" + "".join(f"{t},0.5\n" for t in range(6)))
+    config = egomotion.Config()
+    with pytest.raises(UserError, match=r"the motion readings of all 15 frame pairs are the same"):
+        egomotion.samples(config, open_clips(tmp_path, 16, show_progress=False), seed=0)
+    (tmp_path / "clip1.csv").write_text("frame,yaw\n" + "".join(f"{t},-0.5\n" for t in range(6)))  # two motions
+    egomotion.samples(config, open_clips(tmp_path, 16, show_progress=False), seed=0)
+    assert ("the motion readings make only 2 distinct motion classes of the 6 asked for; "
+            "the maps of the others learn nothing: --set egomotion.motion_classes=2") in capsys.readouterr().err

@@ -302,3 +302,32 @@ def test_egomotion_without_motion_signals_and_image_folders(tmp_path, labelled_f
     with pytest.raises(UserError, match="interaction needs|holds no interactions.csv"):
         run_pretraining({**base, "method": "interaction", "data": {"path": str(labelled_folder), "image_size": 16},
                          "out": str(tmp_path / "run2")})
+
+
+GOOD_TABLE = "image,kind,angle,success,dx,dy,shape\na/0.png,grasp,0.5,1,0,0,bar\na/1.png,push,1.5,,0.25,-0.5,bar\n"
+
+
+@pytest.mark.parametrize("table, message", [
+    (GOOD_TABLE.replace("image,", "picture,"), r"has no column 'image' \(its header: picture,kind,.*\); it needs"),
+    (GOOD_TABLE.replace(",0.25,-0.5,bar", ",0.25"), r"line 3: 5 cells where the header has 7; write one cell"),
+    (GOOD_TABLE.replace(",bar\na/1", ",bar,extra\na/1"), r"line 2: 8 cells where the header has 7"),
+    (GOOD_TABLE.replace("0.25", "nan"), r"line 3: angle, dx and dy must be finite numbers .* dx nan"),
+    (GOOD_TABLE.replace("grasp,0.5,1", "grasp,0.5,2"), r"line 2: .* success 0, 1 or empty .*success '2'"),
+    (GOOD_TABLE.replace("push", "pull"), r"line 3: cannot read .*kind one of grasp, push, poke"),
+    (GOOD_TABLE.replace("1.5", "east"), r"line 3: cannot read"),
+])
+def test_a_bad_interactions_table_is_one_line_naming_the_line(tmp_path, table, message):
+    from selfsup.data.interactions import read_interactions
+    (tmp_path / "interactions.csv").write_text(table)
+    with pytest.raises(UserError, match=message):
+        read_interactions(tmp_path / "interactions.csv")
+
+
+def test_the_interactions_table_is_read_with_or_without_a_byte_order_mark(tmp_path):
+    from selfsup.data.interactions import read_interactions
+    for encoding in ("utf-8", "utf-8-sig"):  # spreadsheets' "CSV UTF-8" writes the mark
+        (tmp_path / "interactions.csv").write_text(GOOD_TABLE, encoding=encoding)
+        records = read_interactions(tmp_path / "interactions.csv")
+        assert records["a/0.png"] == (0, 0.5, 1.0, (0.0, 0.0))
+        kind, angle, success, displacement = records["a/1.png"]
+        assert (kind, angle, displacement) == (1, 1.5, (0.25, -0.5)) and np.isnan(success)

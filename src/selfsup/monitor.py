@@ -22,6 +22,8 @@ def std_ratio(embeddings: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def effective_rank(embeddings: torch.Tensor) -> torch.Tensor:
     z = embeddings.float()
+    if not torch.isfinite(z).all():  # a diverged step: no rank to measure (the trainer stops the run)
+        return torch.full((), float("nan"), device=z.device)
     z = z - z.mean(dim=0, keepdim=True)
     s = torch.linalg.svdvals(z)
     if s.sum() <= 0:

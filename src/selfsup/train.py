@@ -372,7 +372,22 @@ class Trainer:
         if dist.is_main():
             self._trim_metrics(self.position.epoch)
 
+    def _stop_if_diverged(self) -> None:
+        """Stop, before anything of it is saved, a run whose loss is no longer a finite number (a
+        learning rate too high): its weights are lost, and resuming would diverge again. Collective."""
+        loss = self.epoch_sums.get("loss", torch.zeros((), device=self.device)).detach().float()
+        if torch.isfinite(dist.all_reduce_sum(loss)):
+            return
+        if not dist.is_main():
+            raise SystemExit(2)
+        cfg, saved = self.cfg, (self.out / "last.pt").is_file()
+        raise UserError(f"the loss became {loss.item()} in epoch {self.position.epoch + 1}: the run diverged"
+                        f"{' (last.pt holds its last finite state)' if saved else ''}; start a new run with a "
+                        f"lower learning rate: selfsup pretrain --config {self.out / 'config.yaml'} --lr "
+                        f"{cfg.optim.lr / 4:g} --out NEW_DIR (this one: --lr {cfg.optim.lr:g})")
+
     def save(self) -> None:
+        self._stop_if_diverged()
         state = self._state()
         if dist.is_main():
             save_checkpoint(self.out / "last.pt", **state)
@@ -514,6 +529,7 @@ class Trainer:
                 self.save()
                 self.save_pictures()  # progress seen at every checkpoint, not only each epoch
         seconds = time.perf_counter() - started
+        self._stop_if_diverged()
         means = {k: dist.all_reduce_mean(v / self.epoch_sums["steps"]).item()
                  for k, v in self.epoch_sums.items() if k != "steps"}  # collective: every process
         # The last step's embeddings of the whole batch, so that the effective rank does not depend

@@ -66,13 +66,16 @@ class Summary:
     outputs: dict = field(default_factory=dict)
 
 
+OPTIONS = {"pool": "--pool", "seed set": "--seed-set", "excluded set": "--exclude"}
+
+
 def _open(path, what: str):
     try:
         return open_source(path, whole=True)
     except UserError as e:
         if "no images found" in str(e):
             raise UserError(f"the {what} {str(path)!r} holds no images; give at least one") from None
-        raise
+        raise UserError(f"{OPTIONS[what]}: {e}") from None
 
 
 def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:

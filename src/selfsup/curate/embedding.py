@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..console import progress_bar
-from ..data.cache import CACHE_FORMAT, decode_stream
+from ..data.cache import CACHE_FORMAT, decode_stream, warn_skipped
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
@@ -72,4 +72,5 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
     bar.close()
     if not names:
         raise UserError(f"none of the {len(skipped):,} files in {source.describe()!r} could be decoded as images")
+    warn_skipped(skipped, len(source.names), repr(source.describe()))
     return Embedded(names, np.concatenate(vectors), skipped)

@@ -247,6 +247,6 @@ def open_images(path: str | Path, size: int, split: str | None = None, cache_dir
     except UserError as e:
         from .video import has_videos, open_clips
         if split is None and "no images found" in str(e) and has_videos(Path(path).expanduser()):
-            return open_clips(path, size, cache_dir, workers, show_progress)
+            return open_clips(path, size, cache_dir, workers, show_progress, motion=False)
         raise
     return load_cache(source, size, cache_dir, workers, show_progress)

@@ -219,7 +219,8 @@ def _listing(path: Path) -> tuple[list[str], str, str]:
         digest.update(repr(_stat_key(path)).encode())
         return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest()
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
-                    f"or a .txt list of image paths")
+                    f"or a .txt list of image paths" + (" (put a single image in a folder of its own)"
+                                                       if is_image_name(path.name) else ""))
 
 
 def _splits_in(names: list[str]) -> list[str]:

@@ -52,6 +52,7 @@ class VideoCache(ImageCache):
     motion: np.ndarray | None  # (N, M) float32 motor readings per frame (NaN: clip without a CSV)
     motion_columns: list[str]
     incomplete: set[int]  # clips with a frame that could not be decoded
+    gapped: set[int] = frozenset()  # frame folders whose frame numbers skip some (frames missing)
 
     def clip_rows(self) -> list[np.ndarray]:
         """Cache rows of every clip, ordered by frame index."""
@@ -66,13 +67,15 @@ def is_video_name(name: str) -> bool:
 
 
 def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, show_progress: bool = True,
-               **_) -> VideoCache:
-    """The frames of the videos (or frame folders) under `path`, with clip, frame and motion."""
+               motion: bool = True, **_) -> VideoCache:
+    """The frames of the videos (or frame folders) under `path`, with clip, frame and, with
+    `motion`, the motion CSVs (a method that does not use them leaves them unread)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder (or tar) of videos or of frame folders")
     videos, prefix, fingerprint = _video_listing(path)
     if videos:
+        _warn_of_frames_beside_videos(path, len(videos))
         frames = _open_videos(path, videos, prefix, fingerprint, size, cache_dir, show_progress)
         clip_of, broken = [n.rsplit("/", 1)[0] for n in frames.names], []  # "CLIP.mp4/000012"
     else:
@@ -88,7 +91,7 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
     clip_names = sorted(set(clip_of))
     index = {c: i for i, c in enumerate(clip_names)}
     clip = np.asarray([index[c] for c in clip_of], dtype=np.int64)
-    frame = _frame_indices(frames.names, clip, bool(videos))
+    frame, gapped = _frame_indices(frames.names, clip, bool(videos))
     classes = _clip_classes(clip_names)
     labels = None
     if classes:
@@ -98,9 +101,22 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
                        skipped=frames.skipped, grayscale_rows=frames.grayscale_rows, source=frames.source,
                        median_side=frames.median_side,
                        clip=clip, frame=frame, clip_names=clip_names, motion=None, motion_columns=[],
-                       incomplete={index[c] for c in broken if c in index})
-    _attach_motion(cache, path, prefix)
+                       incomplete={index[c] for c in broken if c in index}, gapped=gapped)
+    if motion:
+        _attach_motion(cache, path, prefix)
     return cache
+
+
+def _warn_of_frames_beside_videos(path: Path, videos: int) -> None:
+    """Frame folders are read only where there is no video file: say so when both are there."""
+    from .sources import is_image_name
+    if path.is_dir():
+        images = len(walk_folder(path, is_image_name, hashlib.sha256()))
+    else:
+        images = sum(is_image_name(n) for n, _ in _tar_members(path))
+    if images:
+        warn(f"{str(path)!r} holds {videos:,} video files and {images:,} images; the images (frame folders) are "
+             f"left out, since a folder is read as videos when it has any: keep the two kinds in separate folders")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,19 +131,23 @@ def _clip_classes(clip_names: list[str]) -> list[str]:
     return sorted(tops)
 
 
-def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndarray:
-    """Decoded videos: the number after the clip name. Frame folders: the last number in each
-    file name when the frames of the clip all have distinct ones, else the position in the clip."""
+def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> tuple[np.ndarray, set[int]]:
+    """(frame index of every row, clips whose numbers skip some: unevenly spaced, where frames
+    taken every k-th are evenly). Decoded videos: the number after the clip name. Frame folders:
+    the last number in each file name when the frames of the clip all have distinct ones, else the
+    position in the clip."""
     if decoded:
-        return np.asarray([int(n.rsplit("/", 1)[1]) for n in names], dtype=np.int64)
+        return np.asarray([int(n.rsplit("/", 1)[1]) for n in names], dtype=np.int64), set()
     numbers = [re.findall(r"\d+", PurePosixPath(n).stem) for n in names]
     frame = np.zeros(len(names), dtype=np.int64)
-    unnumbered = []
+    unnumbered, gapped = [], set()
     for c in np.unique(clip):
         rows = np.flatnonzero(clip == c)  # sorted names: the listing order
         found = [int(numbers[r][-1]) if numbers[r] else None for r in rows]
         if None not in found and len(set(found)) == len(found):
             frame[rows] = found
+            if len(set(np.diff(sorted(found)))) > 1:  # uneven steps: a missing frame would join its neighbours
+                gapped.add(int(c))
         else:
             frame[rows] = np.arange(len(rows))
             unnumbered.append(names[rows[0]].rpartition("/")[0] or ".")
@@ -135,7 +155,7 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> np.ndar
         warn(f"{len(unnumbered):,} of {len(np.unique(clip)):,} frame folders have frames without distinct numbers "
              f"in their names (e.g. {unnumbered[0]!r}), so their order is the names' order; check that they "
              f"are frames of videos")
-    return frame
+    return frame, gapped
 
 
 def has_videos(path: Path) -> bool:
@@ -284,7 +304,8 @@ def _attach_motion(cache: VideoCache, path: Path, prefix: str) -> None:
     """Read CLIP.csv beside each clip into `cache.motion` (checked against the clip's frames);
     `prefix` is the folder inside `path` that clip names are relative to."""
     wanted = {motion_file_of(c): i for i, c in enumerate(cache.clip_names)}
-    texts = {name: data.decode("utf-8", errors="replace") for name, data in _read_members(path, set(wanted), prefix)}
+    texts = {name: data.decode("utf-8-sig", errors="replace")  # -sig: spreadsheets write a byte-order mark
+             for name, data in _read_members(path, set(wanted), prefix)}
     if not texts:
         return
     rows_of_clip = cache.clip_rows()
@@ -297,7 +318,7 @@ def _attach_motion(cache: VideoCache, path: Path, prefix: str) -> None:
         elif columns != columns_seen:
             raise UserError(f"motion file {name!r} has columns {columns}, other clips {columns_seen}; "
                             f"give every clip the same columns")
-        if clip in cache.incomplete:  # its rows cannot match; it is skipped (and counted) for training
+        if clip in cache.incomplete or clip in cache.gapped:  # rows cannot match; skipped (and counted) in training
             continue
         rows = rows_of_clip[clip]
         clip_frames = cache.frame[rows]

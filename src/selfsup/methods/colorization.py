@@ -6,7 +6,10 @@
          + cross_entropy(head_L(f_ab(ab)), bin(L))  # ... the other lights the colours
     representation(x) = concat(f_L(L), f_ab(ab))    # both halves' pooled features
 
-Targets are taken at 1/`prediction_stride` of the resolution, as Zhang et al. predict at 1/4.
+Targets are taken at 1/`prediction_stride` of the resolution, as Zhang et al. predict at 1/4
+(averaged over each 4x4 cell; their code takes every 4th pixel). Each target is one bin and the
+cross-entropy is unweighted: the 2016 colorization paper's soft encoding over the 5 nearest bins
+(sigma 5) and its rebalancing towards rare colours (lambda 0.5) are not reproduced here.
 The encoder to evaluate and export takes ordinary normalised RGB images and converts them to Lab
 itself; its `net` holds the two sub-networks as `l_branch.net.*` (first convolution on 1 channel,
 L / 50 - 1) and `ab_branch.net.*` (2 channels, ab / 110), each a plain torchvision/timm model.

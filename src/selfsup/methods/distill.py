@@ -26,6 +26,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..backbones.vit import encode, patch_size_of
 from ..config import RunConfig, ranged
+from ..console import warn
 from ..errors import UserError
 from ..losses import byol_loss, cross_view_entropy, ibot_patch_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_update, forward_by_size
@@ -97,6 +98,10 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
     checkpoint = load_checkpoint(config.teacher, plain_weights="plain weights: use --teacher weights:FILE "
                                                               "--set distill.teacher_backbone=NAME")
     teacher_cfg = from_dict(checkpoint["config"])
+    if teacher_cfg.data.image_size != image_size:
+        warn(f"the teacher {config.teacher!r} was trained on {teacher_cfg.data.image_size}-pixel images and "
+             f"teaches on {image_size}-pixel crops here (its features may differ there); --image-size "
+             f"{teacher_cfg.data.image_size} keeps its size")
     if teacher_cfg.method == "distill":  # a distilled student teaches with its kept encoder, its EMA
         return nn.ModuleDict({"backbone": encoder_from_state(teacher_cfg, checkpoint["model"])})
     method = restore_method(teacher_cfg, checkpoint["model"])
@@ -138,6 +143,10 @@ class Method(nn.Module):
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})
         self.patch_level = ("head" in self.teacher and c.patch_loss_weight > 0 and backbone.kind == t_backbone.kind
                             == "vit" and patch_size_of(backbone.net) == patch_size_of(t_backbone.net))
+        if "head" in self.teacher and c.patch_loss_weight > 0 and not self.patch_level and backbone.kind == "vit":
+            warn(f"no patch-level loss: the student's patches ({patch_size_of(backbone.net)} px) are not the "
+                 f"teacher's ({patch_size_of(t_backbone.net) if t_backbone.kind == 'vit' else 'none'}); "
+                 f"the student learns the image-level targets only")
         if self.patch_level:
             # An iBOT teacher with its own patch head has other prototypes for patches: the student
             # matches them with a head of its own, as DINOv2's student has when its teacher does.

@@ -31,7 +31,11 @@ from .common import Batch, MethodOutput, Progress
 
 @dataclass
 class Config:
-    # Pathak et al. learn their best features with random regions (sec. 3.3).
+    # Pathak et al. learn their best features with random regions (sec. 3.3). Their code differs
+    # in the details: its centre mask leaves a 4-pixel border visible and weights the loss 10x
+    # there, and its regions come from a finer noise field (about 8 cells across, 20-30 % hidden,
+    # one mask per batch); here the whole square is hidden and regions are drawn from a 4x4
+    # field, exactly `mask_fraction` of each image.
     mask: Literal["center", "blocks", "regions"] = "regions"
     mask_fraction: float = ranged(0.25, 0.01, 0.9)  # a quarter of the image, as in the paper
     mask_blocks: int = ranged(4, 1, 64)  # "blocks": squares of mask_fraction / mask_blocks each

@@ -35,7 +35,9 @@ class Config:
     standardize_tiles: bool = True  # the paper normalises each tile on its own
     tile_dim: int = ranged(512, 1, None)  # fc6, per tile
     hidden_dim: int = ranged(4096, 1, None)  # fc7, on the 9 concatenated tiles
-    # The official code turns 30 % of the images gray against chromatic-aberration shortcuts.
+    # Against chromatic-aberration shortcuts: 30 % of the images gray, as the PyTorch port
+    # (bbrattoli/JigsawPuzzlePytorch). The authors' Caffe code turns 50 % gray, projects half of the
+    # rest off the green-magenta axis and shifts each colour channel by 0-2 px; not done here.
     views: ViewConfig = field(default_factory=lambda: light_views(grayscale_prob=0.3))
 
 

@@ -33,6 +33,8 @@ class Config:
     gap: float = ranged(0.24, 0.0, 0.9)
     jitter: float = ranged(0.05, 0.0, 0.45)
     # "drop": keep one random colour channel per patch; "project": remove green-magenta (sec. 3.1).
+    # Not reproduced from Doersch's code: downsampling a third of the patches (against pixelation
+    # cues) and normalising each patch to zero mean and a fixed RMS.
     chromatic: Literal["drop", "project", "none"] = "drop"
     hidden_dim: int = ranged(4096, 1, None)  # fc7 of the paper's pair network
     views: ViewConfig = field(default_factory=light_views)

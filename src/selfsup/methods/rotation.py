@@ -26,8 +26,9 @@ class Config:
 
 def _cifar() -> dict:
     # Gidaris et al. 2018, CIFAR-10: SGD, momentum 0.9, weight decay 5e-4, lr 0.1 for batches of
-    # 128 images (x4 rotations), 100 epochs (we use a cosine for their step decay). The other
-    # pretext tasks, which publish no CIFAR recipe, use it too.
+    # 128 images (x4 rotations), 100 epochs (we use a cosine for their step decay; their code also
+    # uses Nesterov momentum and pad-4 random crops, here plain momentum and the light resized
+    # crops of every pretext view). The other pretext tasks, which publish no CIFAR recipe, use it too.
     return {
         "optim": {"name": "sgd", "lr": 0.1, "lr_reference_batch": 128, "lr_scaling": "linear",
                   "weight_decay": 5e-4, "momentum": 0.9, "warmup_epochs": 0.0},
@@ -37,7 +38,8 @@ def _cifar() -> dict:
 
 def _imagenet() -> dict:
     # Kolesnikov, Zhai, Beyer 2019 trained rotation, relative patch location and jigsaw with
-    # ResNet-50 alike: SGD, lr 0.1 per 256 images, weight decay 1e-4, 35 epochs, 5 of warm-up.
+    # ResNet-50 alike: SGD, lr 0.1 per 256 images, weight decay 1e-4, 35 epochs, 5 of warm-up
+    # (then a cosine for their step decay at epochs 15 and 25).
     return {
         "optim": {"name": "sgd", "lr": 0.1, "lr_scaling": "linear", "weight_decay": 1e-4,
                   "momentum": 0.9, "warmup_epochs": 5.0},

@@ -171,10 +171,12 @@ def _all_permutations() -> tuple[np.ndarray, np.ndarray]:
 
 
 def jigsaw_permutations(count: int, seed: int = 0) -> torch.Tensor:
-    """(count, 9) distinct permutations of the 9 tiles, far apart in Hamming distance: Noroozi &
-    Favaro's greedy algorithm in its max-min form: start from a random permutation, then add the
-    permutation whose smallest distance to those chosen is largest (ties broken at random), so
-    no two puzzles of the set differ in few tile positions. Deterministic given `seed`.
+    """(count, 9) distinct permutations of the 9 tiles, far apart in Hamming distance: a variant
+    of Noroozi & Favaro's greedy algorithm, which adds the permutation of largest *average*
+    distance to those chosen; here the one whose *smallest* distance is largest (ties broken at
+    random), so that no two puzzles of the set differ in few tile positions (measured at P = 100:
+    minimum distance 6, average 8.07, where the average rule gives minimum 2, average 8.08).
+    Deterministic given `seed`.
     (numpy: single-threaded, it is several times faster here than torch on a busy CPU.)"""
     perms, table = _all_permutations()
     rows = 9 * np.arange(9)

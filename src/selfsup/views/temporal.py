@@ -33,6 +33,8 @@ def usable_clips(cache: VideoCache, min_frames: int, what: str, need_motion: boo
     for c, rows in enumerate(cache.clip_rows()):
         if c in cache.incomplete:  # a missing frame shifts the others' gaps and motion rows
             reason = ("with a frame that could not be decoded", "replace the frames that cannot be decoded")
+        elif c in cache.gapped:
+            reason = ("with missing frame numbers", "restore the missing frames, or number the frames 0, 1, 2, ...")
         elif len(rows) < min_frames:
             reason = (f"with fewer than {min_frames} frames", "give longer clips")
         elif need_motion and np.isnan(cache.motion[rows]).any():
@@ -59,6 +61,24 @@ def frame_motion(images: np.ndarray, rows: np.ndarray, chunk: int = 256) -> np.n
         x = images[rows[start - 1:start + chunk]].astype(np.float32)  # (chunk + 1, S, S, 3)
         change[start:start + len(x) - 1] = np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
     return change
+
+
+def change_ratio(images: np.ndarray, clips: list[np.ndarray], seed: int, pairs: int = 256) -> float | None:
+    """Mean pixel change between consecutive frames over that between frames of different clips,
+    at up to `pairs` random places: well below 1 for video, about 1 for folders of unrelated
+    photos taken for clips. None with fewer than two clips of two frames."""
+    clips = [rows for rows in clips if len(rows) >= 2]
+    if len(clips) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    consecutive, unrelated = [], []
+    for _ in range(pairs):
+        a, b = rng.choice(len(clips), size=2, replace=False)
+        t = rng.integers(1, len(clips[a]))
+        frame = images[clips[a][t]].astype(np.float32)
+        consecutive.append(np.abs(frame - images[clips[a][t - 1]]).mean())
+        unrelated.append(np.abs(frame - images[clips[b][rng.integers(len(clips[b]))]]).mean())
+    return float(np.mean(consecutive) / max(np.mean(unrelated), 1e-6))
 
 
 # ---------------------------------------------------------------------------------------------
