@@ -375,8 +375,8 @@ class Trainer:
     def _stop_if_diverged(self) -> None:
         """Stop, before anything of it is saved, a run whose loss is no longer a finite number (a
         learning rate too high): its weights are lost, and resuming would diverge again. Collective."""
-        loss = self.epoch_sums.get("loss", torch.zeros((), device=self.device)).detach().float()
-        if torch.isfinite(dist.all_reduce_sum(loss)):
+        loss = dist.all_reduce_sum(self.epoch_sums.get("loss", torch.zeros((), device=self.device)).detach().float())
+        if torch.isfinite(loss):
             return
         if not dist.is_main():
             raise SystemExit(2)

@@ -174,8 +174,8 @@ def jigsaw_permutations(count: int, seed: int = 0) -> torch.Tensor:
     """(count, 9) distinct permutations of the 9 tiles, far apart in Hamming distance: a variant
     of Noroozi & Favaro's greedy algorithm, which adds the permutation of largest *average*
     distance to those chosen; here the one whose *smallest* distance is largest (ties broken at
-    random), so that no two puzzles of the set differ in few tile positions (measured at P = 100:
-    minimum distance 6, average 8.07, where the average rule gives minimum 2, average 8.08).
+    random), so that no two puzzles of the set differ in few tile positions (measured at P = 100,
+    seed 0: minimum distance 6, average 8.07; the average rule, same start: minimum 3, average 8.08).
     Deterministic given `seed`.
     (numpy: single-threaded, it is several times faster here than torch on a busy CPU.)"""
     perms, table = _all_permutations()
