@@ -1,5 +1,6 @@
 """Data: discovery in folders and tars, the uint8 cache, corrupt files, batch order."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -267,3 +268,27 @@ def test_a_text_file_listing_images_is_a_source(labelled_folder, tmp_path):
     listing.write_text(str(tmp_path / "gone.png") + "\n")
     with pytest.raises(UserError, match="lists .*gone.png.*does not exist"):
         open_source(listing)
+
+
+def test_a_ctrl_c_while_the_decoding_workers_are_forked_is_not_lost():
+    """Python drops a KeyboardInterrupt raised in a fork handler; decode_stream notes a SIGINT that
+    comes while its pool starts and raises it after, so it reaches the caller (the workers stop)."""
+    import signal
+
+    from selfsup.data.cache import decode_stream
+    armed = {"once": True}
+
+    def interrupt_at_fork():
+        if armed["once"]:
+            armed["once"] = False
+            os.kill(os.getpid(), signal.SIGINT)
+    os.register_at_fork(after_in_parent=interrupt_at_fork)
+    items = [(f"{i}.png", png_bytes(Image.new("RGB", (8, 8), (i, i, i)))) for i in range(8)]
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(decode_stream(items, 8, workers=2))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # its own handler given back
+    finally:
+        armed["once"] = False
+        signal.signal(signal.SIGINT, before)

@@ -25,7 +25,7 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
     for r, row in enumerate(rows):
         for c, (source, name, *label) in enumerate(row):
             axes[r, c].imshow(pixels.get((id(source), name), np.zeros((size, size, 3), np.uint8)))
-            axes[r, c].set_title("\n".join([Path(name).name[:14], *label]), fontsize=6)
+            axes[r, c].set_title("\n".join([_short(name), *label]), fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -46,3 +46,10 @@ def _decode_all(rows: list[list[tuple]], size: int) -> dict:
             if decoded is not None:
                 pixels[(key, name)] = decoded[0]
     return pixels
+
+
+def _short(name: str, width: int = 18) -> str:
+    """The file and its folder (`airplane/0011.jpg` and `automobile/0011.jpg` differ), cut from
+    the left to fit a picture's width."""
+    shown = "/".join(Path(name).parts[-2:])
+    return shown if len(shown) <= width else "…" + shown[-(width - 1):]

@@ -16,7 +16,9 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +139,19 @@ def decode_stream(items, size: int, workers: int = 0, parallel: bool = True):
         for chunk in map(_decode_chunk, _chunks(items, size)):
             yield from chunk
         return
-    pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+    # A Ctrl-C that lands while the workers are forked is raised inside a fork handler, where
+    # Python drops it: note it then, and raise it once the pool exists (which then stops them).
+    interrupted, previous = [], None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
+        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    try:
+        if interrupted:
+            raise KeyboardInterrupt
         for chunk in pool.imap(_decode_chunk, _chunks(items, size)):
             yield from chunk
     finally:
