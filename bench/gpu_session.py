@@ -24,6 +24,9 @@ Logs and the run's metrics go to $OUT (or --out); a summary table is printed las
 all but summary.jsonl and session.log are packed into outputs.tar.gz (the device returns 8 files).
 
     PYTHONPATH=src python bench/gpu_session.py --tar .gpu/cifar10-jpg.tar.xz --deadline 540 [--part extra]
+
+`bash bench/gpu_carry.sh` builds .gpu/ on the CPU machine; `bench/gpu_first_call.sh` is the
+prepared first call of a lease.
 """
 from __future__ import annotations
 
