@@ -156,13 +156,46 @@ def test_weight_decay_spares_what_ibots_rule_spares_and_decays_the_mask_token(tm
     cfg = resolve(tiny_ibot(data, tmp_path / "unused"))
     assert cfg.optim.exclude_bias_and_norm
     method = build_method(cfg)
-    decayed, spared = (set(map(id, group["params"])) for group in parameter_groups(method, cfg.optim))
+    groups = parameter_groups(method, cfg.optim)
+    decayed, spared = ({id(p) for g in groups if g["decay"] == kind for p in g["params"]} for kind in (True, False))
     for name, param in method.named_parameters():
         if not param.requires_grad:
             continue
         official = "mask_token" in name or not (name.endswith(".bias") or param.ndim == 1)
         assert (id(param) in decayed) == official and (id(param) in spared) != official, name
     assert id(method.mask_token) in decayed
+
+
+def test_learning_rates_fall_by_layer_as_dinov2s_get_vit_lr_decay_rate(tmp_path):
+    # dinov2/train/param_groups.py: layer 0 for the patch embedding, positions, class and mask
+    # tokens, i + 1 for block i, depth + 1 for the rest (the final norm, the heads); the rate is
+    # layerwise_decay ** (depth + 1 - layer), times patch_embed_lr_mult in the patch embedding.
+    import re
+
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.optim import parameter_groups, set_schedule
+    data = write_dataset(tmp_path / "data", per_class=8, size=16)
+    cfg = resolve(tiny_ibot(data, tmp_path / "unused"))
+    assert (cfg.optim.layer_decay, cfg.optim.patch_embed_lr_ratio) == (0.9, 0.2)  # the preset's, DINOv2's
+    method = build_method(cfg)
+    depth = len(method.student["backbone"].net.blocks)
+    optimizer = torch.optim.AdamW(parameter_groups(method, cfg.optim), lr=1.0)
+    set_schedule(optimizer, lr=1e-3, weight_decay=0.04)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in method.named_parameters():
+        if not param.requires_grad:
+            continue
+        block = re.search(r"\.blocks\.(\d+)\.", name)
+        layer = (int(block.group(1)) + 1 if block else
+                 0 if any(k in name for k in ("pos_embed", "patch_embed", "mask_token", "cls_token")) else depth + 1)
+        expected = 1e-3 * 0.9 ** (depth + 1 - layer) * (0.2 if "patch_embed" in name else 1.0)
+        assert rate[id(param)] == pytest.approx(expected, rel=1e-12), name
+    with pytest.raises(UserError, match="optim.layer_decay and optim.patch_embed_lr_ratio are for ViTs"):
+        resolve({"method": "simclr", "optim": {"layer_decay": 0.9}})
+    timm_vit = {"name": "timm:vit_tiny_patch16_224", "patch_size": 4}
+    assert resolve({"method": "dino", "backbone": timm_vit, "data": {"image_size": 32},
+                    "optim": {"layer_decay": 0.9}}).optim.layer_decay == 0.9
 
 
 @pytest.mark.parametrize("shared_head", [True, False])

@@ -73,6 +73,10 @@ class OptimConfig:
     # Each parameter's gradient is scaled down to at most this L2 norm, one tensor at a time, as
     # DINO's and iBOT's code clip (3.0 there); 0: no clipping.
     clip_grad: float = ranged(0.0, 0.0, None)
+    # ViTs (DINOv2's pretraining): each block learns `layer_decay` times as fast as the one above,
+    # the heads at the full rate; the patch embedding also at `patch_embed_lr_ratio` times its rate.
+    layer_decay: float = ranged(1.0, 0.0, 1.0)
+    patch_embed_lr_ratio: float = ranged(1.0, 0.0, None)
 
 
 @dataclass
@@ -313,7 +317,7 @@ def resolve(user: dict) -> RunConfig:
     probe = override(RunConfig(), {k: v for k, v in user.items() if k in ("data", "preset")})
     preset_name = probe.preset
     if preset_name == "auto":
-        from .backbones.vit import is_vit_name
+        from .backbones.vit import is_vit_name  # late: backbones import this module
         preset_name = "cifar" if probe.data.image_size <= 64 else "imagenet"
         if is_vit_name(user.get("backbone", {}).get("name", "")) and f"{preset_name}-vit" in method.PRESETS:
             preset_name += "-vit"  # the method's own ViT recipe, where its paper has one
@@ -329,7 +333,7 @@ def resolve(user: dict) -> RunConfig:
         cfg.method_config, merge_dicts(preset_method, method_section), method_name))
     from .backbones import check_backbone_name, no_blocks_to_drop  # late: backbones import this module
     check_backbone_name(cfg.backbone.name)
-    from .backbones.vit import VITS, check_image_size, default_patch_size
+    from .backbones.vit import VITS, check_image_size, default_patch_size, is_vit_name
     if cfg.backbone.name.startswith("resnet"):
         if user.get("backbone", {}).get("patch_size") is not None:
             raise UserError(f"--patch-size is for ViTs; {cfg.backbone.name} has no patches (drop the option, "
@@ -347,6 +351,9 @@ def resolve(user: dict) -> RunConfig:
         check_image_size(cfg.data.image_size, cfg.data.image_size, cfg.backbone.patch_size, cfg.backbone.name)
     if hasattr(method, "check_config"):  # what the method cannot run is refused before data is read
         method.check_config(cfg)
+    if not is_vit_name(cfg.backbone.name) and (cfg.optim.layer_decay < 1 or cfg.optim.patch_embed_lr_ratio != 1):
+        raise UserError(f"optim.layer_decay and optim.patch_embed_lr_ratio are for ViTs, whose blocks and patch "
+                        f"embedding they scale; {cfg.backbone.name} has neither (leave them at 1)")
     if cfg.backbone.small_stem is None:
         cfg = override(cfg, {"backbone": {"small_stem": default_small_stem(cfg.backbone.name, cfg.data.image_size)}})
     if cfg.data.cache_size is None:

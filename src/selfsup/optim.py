@@ -77,20 +77,30 @@ def clip_gradients_per_tensor(parameters, max_norm: float) -> None:
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and biases/norm weights (neither, when
-    `exclude_bias_and_norm`). Parameters without gradients (EMA teachers) are left out."""
-    decayed, excluded = [], []
+    """Weights (decayed, LARS-adapted) and biases/norm weights (neither, when
+    `exclude_bias_and_norm`); with `layer_decay` < 1 or `patch_embed_lr_ratio` != 1 (ViTs, as
+    DINOv2 pretrains), each further split by its learning-rate scale, `lr_scale`: layer_decay **
+    (depth + 1 - layer) (`vit_layer_id`), times patch_embed_lr_ratio in the patch embedding.
+    Parameters without gradients (EMA teachers) are left out."""
+    layered = cfg.layer_decay < 1 or cfg.patch_embed_lr_ratio != 1
+    depth = _depth(model) if layered else 0
+    groups: dict[tuple[float, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         # iBOT's and DINOv2's rule is the same shape test, but their mask token is (1, D), so it
         # is decayed; selfsup's is (D,).
         spared = param.ndim <= 1 and not name.endswith("mask_token")
-        (excluded if cfg.exclude_bias_and_norm and spared else decayed).append(param)
-    groups = [{"params": decayed, "weight_decay": cfg.weight_decay, "lars": True, "decay": True}]
-    if excluded:
-        groups.append({"params": excluded, "weight_decay": 0.0, "lars": False, "decay": False})
-    return groups
+        decayed = not (cfg.exclude_bias_and_norm and spared)
+        scale = 1.0
+        if layered:
+            scale = cfg.layer_decay ** (depth + 1 - vit_layer_id(name, depth))
+            scale *= cfg.patch_embed_lr_ratio if ".patch_embed." in f".{name}" else 1.0
+        group = groups.setdefault((scale, decayed), {
+            "params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lars": decayed, "decay": decayed,
+            **({"lr_scale": scale} if layered else {})})
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], not k[1]))]  # weights, then the rest
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
@@ -131,16 +141,20 @@ def vit_layer_id(name: str, depth: int) -> int:
 NO_DECAY_TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
 
 
+def _depth(model: nn.Module) -> int:
+    blocks = {int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))}
+    if not blocks:
+        raise ValueError("layer-wise decay needs a ViT: no parameter belongs to `blocks.N`")
+    return max(blocks) + 1
+
+
 def layer_decay_groups(model: nn.Module, cfg: OptimConfig, decay: float) -> list[dict]:
     """Parameter groups with `lr_scale` = decay ** (depth + 1 - layer): the head learns at the full
     rate, each layer below at `decay` times the rate of the one above, the embedding at
     decay ** (depth + 1). Within a layer, biases, norm weights, the class (and register) tokens
     and the position embeddings get no weight decay when `cfg.exclude_bias_and_norm`. `set_schedule` multiplies each group's
     scheduled rate by its `lr_scale`."""
-    blocks = {int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))}
-    if not blocks:
-        raise ValueError("layer-wise decay needs a ViT: no parameter belongs to `blocks.N`")
-    depth = max(blocks) + 1
+    depth = _depth(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:  # frozen (or EMA) parameters stay out of the optimizer

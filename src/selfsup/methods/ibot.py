@@ -68,6 +68,8 @@ class Config(MultiCropConfig):
 # DINOv2's head (dinov2/configs/ssl_default_config.yaml): the last layer's gain is learned, and the
 # layer is frozen in the first epoch. Its gradients are clipped to 3 (here per tensor, as iBOT's).
 DINOV2_HEAD = {"norm_last_layer": False, "freeze_last_layer_epochs": 1.0}
+# ssl_default_config.yaml's optim.layerwise_decay and optim.patch_embed_lr_mult.
+DINOV2_LAYERS = {"layer_decay": 0.9, "patch_embed_lr_ratio": 0.2}
 
 
 def _cifar() -> dict:
@@ -80,7 +82,8 @@ def _cifar() -> dict:
         "backbone": {"name": "vit-tiny", "patch_size": 4, "drop_path_rate": 0.1},
         "optim": {"name": "adamw", "lr": 4e-3, "lr_scaling": "sqrt", "lr_reference_batch": 1024,
                   "weight_decay": 0.04, "weight_decay_end": 0.4, "warmup_epochs": 10.0, "betas": (0.9, 0.999),
-                  "clip_grad": 3.0, "final_lr_ratio": 1e-6 / 2e-3},  # to min_lr 1e-6 from the peak at batch 256
+                  "clip_grad": 3.0, "final_lr_ratio": 1e-6 / 2e-3,  # to min_lr 1e-6 from the peak at batch 256
+                  **DINOV2_LAYERS},
         "train": {"epochs": 200, "batch_size": 256},
         "ibot": {**DINOV2_HEAD, "out_dim": 4096, "patch_out_dim": 4096, "local_crops": 6, "local_size": 16,
                  "momentum": 0.996, "global_view_1": {"crop_scale": (0.25, 1.0), "blur_prob": 0.0},
@@ -96,14 +99,14 @@ def _imagenet() -> dict:
     # (0.32, 1), 8 local crops of 98 px (0.05, 0.32) as its ViT-L config, teacher momentum
     # 0.992 -> 1, stochastic depth 0.1 (iBOT's ViT-S; DINOv2's default 0.3 is for its larger
     # models). Sinkhorn-Knopp centring (`ibot.centering`) is its ViT-L and ViT-g configs' choice;
-    # the default file says DINO's centring. Not here: its layer-wise lr decay 0.9 and
-    # patch-embedding lr x 0.2.
+    # the default file says DINO's centring. Its layer-wise lr decay 0.9 and patch-embedding lr
+    # x 0.2 (both presets).
     return {
         "backbone": {"name": "vit-small", "patch_size": 14, "drop_path_rate": 0.1},
         "data": {"image_size": 224},
         "optim": {"name": "adamw", "lr": 4e-3, "lr_scaling": "sqrt", "lr_reference_batch": 1024,
                   "weight_decay": 0.04, "weight_decay_end": 0.4, "warmup_epochs": 10.0, "clip_grad": 3.0,
-                  "final_lr_ratio": 1e-6 / 2e-3},  # the cosine ends at min_lr 1e-6 from the peak at batch 256
+                  "final_lr_ratio": 1e-6 / 2e-3, **DINOV2_LAYERS},  # the cosine ends at min_lr 1e-6
         "train": {"epochs": 100, "batch_size": 256},
         "ibot": {**DINOV2_HEAD, "local_size": 98, "global_view_1": {"crop_scale": (0.32, 1.0)},
                  "global_view_2": {"crop_scale": (0.32, 1.0)}, "local_view": {"crop_scale": (0.05, 0.32)}},
