@@ -1,6 +1,7 @@
 """Optimizers (SGD, LARS, AdamW) and schedules as pure functions of training progress."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -76,21 +77,23 @@ def clip_gradients_per_tensor(parameters, max_norm: float) -> None:
     torch._foreach_mul_(grads, scales.unbind())
 
 
-def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+def parameter_groups(model: nn.Module, cfg: OptimConfig, spare_tokens: bool = False) -> list[dict]:
     """Weights (decayed, LARS-adapted) and biases/norm weights (neither, when
-    `exclude_bias_and_norm`); with `layer_decay` < 1 or `patch_embed_lr_ratio` != 1 (ViTs, as
-    DINOv2 pretrains), each further split by its learning-rate scale, `lr_scale`: layer_decay **
-    (depth + 1 - layer) (`vit_layer_id`), times patch_embed_lr_ratio in the patch embedding.
-    Parameters without gradients (EMA teachers) are left out."""
+    `exclude_bias_and_norm`; with `spare_tokens`, as MAE's fine-tuning, also the class and
+    register tokens and the positions); with `layer_decay` < 1 or `patch_embed_lr_ratio` != 1
+    (ViTs, as DINOv2 pretrains), each further split by its learning-rate scale, `lr_scale`:
+    layer_decay ** (depth + 1 - layer) (`vit_layer_id`), times patch_embed_lr_ratio in the patch
+    embedding. Parameters without gradients (EMA teachers) are left out."""
     layered = cfg.layer_decay < 1 or cfg.patch_embed_lr_ratio != 1
     depth = _depth(model) if layered else 0
     groups: dict[tuple[float, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        # iBOT's and DINOv2's rule is the same shape test, but their mask token is (1, D), so it
-        # is decayed; selfsup's is (D,).
-        spared = param.ndim <= 1 and not name.endswith("mask_token")
+        if spare_tokens:  # MAE's lr_decay.py
+            spared = param.ndim <= 1 or name.endswith(NO_DECAY_TOKENS)
+        else:  # iBOT's and DINOv2's shape test; their mask token is (1, D), so decayed; selfsup's is (D,)
+            spared = param.ndim <= 1 and not name.endswith("mask_token")
         decayed = not (cfg.exclude_bias_and_norm and spared)
         scale = 1.0
         if layered:
@@ -98,7 +101,7 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             scale *= cfg.patch_embed_lr_ratio if ".patch_embed." in f".{name}" else 1.0
         group = groups.setdefault((scale, decayed), {
             "params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lars": decayed, "decay": decayed,
-            **({"lr_scale": scale} if layered else {})})
+            "lr_scale": scale})
         group["params"].append(param)
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0], not k[1]))]  # weights, then the rest
 
@@ -149,21 +152,10 @@ def _depth(model: nn.Module) -> int:
 
 
 def layer_decay_groups(model: nn.Module, cfg: OptimConfig, decay: float) -> list[dict]:
-    """Parameter groups with `lr_scale` = decay ** (depth + 1 - layer): the head learns at the full
-    rate, each layer below at `decay` times the rate of the one above, the embedding at
-    decay ** (depth + 1). Within a layer, biases, norm weights, the class (and register) tokens
-    and the position embeddings get no weight decay when `cfg.exclude_bias_and_norm`. `set_schedule` multiplies each group's
-    scheduled rate by its `lr_scale`."""
-    depth = _depth(model)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:  # frozen (or EMA) parameters stay out of the optimizer
-            continue
-        layer = vit_layer_id(name, depth)
-        # MAE's fine-tuning (lr_decay.py) also spares the tokens and positions weight decay.
-        decayed = not (cfg.exclude_bias_and_norm and (param.ndim <= 1 or name.endswith(NO_DECAY_TOKENS)))
-        group = groups.setdefault((layer, decayed), {
-            "params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lars": decayed,
-            "decay": decayed, "lr_scale": decay ** (depth + 1 - layer)})
-        group["params"].append(param)
-    return [groups[key] for key in sorted(groups)]
+    """Fine-tuning's parameter groups with `lr_scale` = decay ** (depth + 1 - layer): the head
+    learns at the full rate, each layer below at `decay` times the rate of the one above, the
+    embedding at decay ** (depth + 1). Biases, norm weights, the class (and register) tokens and
+    the position embeddings get no weight decay when `cfg.exclude_bias_and_norm`. `set_schedule`
+    multiplies each group's scheduled rate by its `lr_scale`."""
+    return parameter_groups(model, dataclasses.replace(cfg, layer_decay=decay, patch_embed_lr_ratio=1.0),
+                            spare_tokens=True)
