@@ -138,17 +138,23 @@ def on_every_process(work):
     problems = all_gather_objects(problem)
     if all(p is None for p in problems):
         return result
-    if not is_main():
-        raise SystemExit(2)
     by_message: dict[str, list[int]] = {}
     for process, p in enumerate(problems):
         if p is not None:
             by_message.setdefault(p, []).append(process)
     message, ranks = next(iter(by_message.items()))
     if len(by_message) == 1 and ranks in ([0], list(range(len(problems)))):  # the first's, or everyone's
+        refuse(message)
+    refuse("; ".join(f"on process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {p}"
+                     for p, ranks in by_message.items()))
+
+
+def refuse(message: str):
+    """Stop every process on a refusal they all reached: the first says it (a UserError, one line),
+    the others exit quietly."""
+    if is_main():
         raise UserError(message)
-    raise UserError("; ".join(f"on process{'es' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {p}"
-                              for p, ranks in by_message.items()))
+    raise SystemExit(2)
 
 
 def is_peer_failure(error: BaseException) -> bool:

@@ -274,12 +274,10 @@ class Trainer:
         identities = dist.all_gather_objects(self._data_identity())
         if all(identity == identities[0] for identity in identities):
             return
-        if not dist.is_main():
-            raise SystemExit(2)
         found = ", ".join(f"process {r}: {identity['images']:,} images" for r, identity in enumerate(identities))
-        raise UserError(f"the processes read different data at {self.cfg.data.path} ({found}"
-                        f"{', other files' if len({i['images'] for i in identities}) == 1 else ''}); every "
-                        f"machine must hold the same files there (a shared folder, or identical copies)")
+        dist.refuse(f"the processes read different data at {self.cfg.data.path} ({found}"
+                    f"{', other files' if len({i['images'] for i in identities}) == 1 else ''}); every "
+                    f"machine must hold the same files there (a shared folder, or identical copies)")
 
     def _open_data(self, open_data) -> ImageCache:
         """The decoded images (or frames, with a method's own `open_data`); under torchrun the
@@ -378,13 +376,11 @@ class Trainer:
         loss = dist.all_reduce_sum(self.epoch_sums.get("loss", torch.zeros((), device=self.device)).detach().float())
         if torch.isfinite(loss):
             return
-        if not dist.is_main():
-            raise SystemExit(2)
         cfg, saved = self.cfg, (self.out / "last.pt").is_file()
-        raise UserError(f"the loss became {loss.item()} in epoch {self.position.epoch + 1}: the run diverged"
-                        f"{' (last.pt holds its last finite state)' if saved else ''}; start a new run with a "
-                        f"lower learning rate: selfsup pretrain --config {self.out / 'config.yaml'} --lr "
-                        f"{cfg.optim.lr / 4:g} --out NEW_DIR (this one: --lr {cfg.optim.lr:g})")
+        dist.refuse(f"the loss became {loss.item()} in epoch {self.position.epoch + 1}: the run diverged"
+                    f"{' (last.pt holds its last finite state)' if saved else ''}; start a new run with a "
+                    f"lower learning rate: selfsup pretrain --config {self.out / 'config.yaml'} --lr "
+                    f"{cfg.optim.lr / 4:g} --out NEW_DIR (this one: --lr {cfg.optim.lr:g})")
 
     def save(self) -> None:
         self._stop_if_diverged()
