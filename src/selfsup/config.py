@@ -314,10 +314,10 @@ def resolve(user: dict) -> RunConfig:
     user = with_method_flags(user, method_name)
     method_section = user.pop(method_name, {})
 
+    from .backbones.vit import VITS, check_image_size, default_patch_size, is_vit_name  # late: they import this
     probe = override(RunConfig(), {k: v for k, v in user.items() if k in ("data", "preset")})
     preset_name = probe.preset
     if preset_name == "auto":
-        from .backbones.vit import is_vit_name  # late: backbones import this module
         preset_name = "cifar" if probe.data.image_size <= 64 else "imagenet"
         if is_vit_name(user.get("backbone", {}).get("name", "")) and f"{preset_name}-vit" in method.PRESETS:
             preset_name += "-vit"  # the method's own ViT recipe, where its paper has one
@@ -333,7 +333,6 @@ def resolve(user: dict) -> RunConfig:
         cfg.method_config, merge_dicts(preset_method, method_section), method_name))
     from .backbones import check_backbone_name, no_blocks_to_drop  # late: backbones import this module
     check_backbone_name(cfg.backbone.name)
-    from .backbones.vit import VITS, check_image_size, default_patch_size, is_vit_name
     if cfg.backbone.name.startswith("resnet"):
         if user.get("backbone", {}).get("patch_size") is not None:
             raise UserError(f"--patch-size is for ViTs; {cfg.backbone.name} has no patches (drop the option, "
