@@ -53,7 +53,7 @@ def test_options_the_protocol_would_ignore_are_refused(tmp_path, capsys, monkeyp
     ["linear", "--epochs", "3", "--lr", "0.1", "0.01", "--weight-decay", "0", "--batch-size", "8",
      "--val-fraction", "0.2"],
     ["finetune", "--freeze-stages", "2", "--epochs", "3", "--lr", "0.1", "--encoder-lr-ratio", "1",
-     "--val-fraction", "0.2", "--drop-path-rate", "0", "--label-smoothing", "0.1", "--patience", "2"],
+     "--val-fraction", "0.2", "--label-smoothing", "0.1", "--patience", "2"],  # (--drop-path-rate: ViTs only)
     ["retrieval", "--k", "1", "5", "--out", "nn.json"],
     ["curve", "--protocol", "knn", "--k", "5", "--temperature", "0.1", "--out", "c.png", "--per-class", "1", "2"],
     ["curve", "--protocol", "finetune", "--encoder-lr-ratio", "1", "--fraction", "0.1", "1"],
@@ -79,6 +79,21 @@ def test_the_curve_refuses_a_plot_format_before_any_work(tmp_path, capsys):
     for name, magic in [("c.svg", b"<?xml"), ("c.PDF", b"%PDF"), ("c", b"\x89PNG")]:
         written = plot_label_efficiency(curve, tmp_path / name)
         assert written.read_bytes().startswith(magic)
+
+
+def test_the_curve_refuses_a_budget_or_seeds_before_running_any_protocol(split_folder, tmp_path, monkeypatch):
+    import selfsup.eval.curve as curve
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a protocol ran before the budgets were checked")
+
+    monkeypatch.setattr(curve, "PROTOCOLS", {name: must_not_run for name in curve.PROTOCOLS})
+    with pytest.raises(UserError, match="--seeds must be at least 1, got 0"):
+        label_efficiency_curve("random:resnet18", data=tmp_path / "no-data", seeds=0, out=tmp_path / "c.png", **TINY)
+    for protocol in ("knn", "linear"):  # 16 training images per class (the linear probe keeps some to validate)
+        with pytest.raises(UserError, match="--per-class 17 is more than class 'circle' has"):
+            label_efficiency_curve("random:resnet18", data=split_folder, protocol=protocol, per_class=(1, 17),
+                                   seeds=1, out=tmp_path / "c.png", **TINY)
 
 
 def test_the_curve_prints_labels_per_class_as_counts():

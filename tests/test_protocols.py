@@ -169,13 +169,33 @@ def test_linear_sweep_keeps_the_best_on_validation_and_never_sees_test():
     accuracies = {}
     for lr in lrs:  # each grid point trained again, independently, and scored on validation
         for wd in wds:
-            head, mean, std = train_linear(x[train], labels[train], 4, epochs=10, lr=lr, weight_decay=wd, batch_size=64)
-            accuracies[(lr, wd)] = topk_accuracy(predict_linear(head, mean, std, x[val]), labels[val], ks=(1,))["top1"]
+            head, mean, scale = train_linear(x[train], labels[train], 4, epochs=10, lr=lr, weight_decay=wd, batch_size=64)
+            accuracies[(lr, wd)] = topk_accuracy(predict_linear(head, mean, scale, x[val]), labels[val], ks=(1,))["top1"]
     best = max(accuracies.values())
     assert chosen["val_top1"] == pytest.approx(best)
     assert (chosen["lr"], chosen["weight_decay"]) == next(k for k, v in accuracies.items() if v == best)
     with pytest.raises(UserError, match="give one --lr and one --weight-decay"):
         sweep_linear(x[train], labels[train], x[:0], labels[:0], 4, lrs, wds)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_dimension_constant_on_the_training_images_does_not_sway_the_probe(seed):
+    """A unit that is zero on every labelled image (a ReLU, few labels) and not on test images
+    is ignored: the probe's scores do not depend on what it holds there, and the others are
+    standardised as without it."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 16, generator=g)
+    labels = torch.randint(0, 4, (400,), generator=g)
+    x = torch.cat([centres[labels] + torch.randn(400, 16, generator=g), torch.zeros(400, 1)], dim=1)
+    head, mean, scale = train_linear(x[:200], labels[:200], 4, epochs=20, seed=seed)
+    assert scale[-1] == 0 and torch.isfinite(scale).all()
+    torch.testing.assert_close(scale[:-1], 1 / x[:200, :-1].std(dim=0))
+    test = x[200:].clone()
+    scores = predict_linear(head, mean, scale, test)
+    for value in (0.01, 5.0, 1e4):  # what the unit holds on the test images
+        test[:, -1] = value * torch.rand(200, generator=g)
+        assert torch.equal(predict_linear(head, mean, scale, test), scores)
+    assert (scores.argmax(1) == labels[200:]).float().mean() > 0.6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +413,27 @@ def test_options_out_of_range_are_one_line_errors_before_any_image_is_read(tmp_p
         assert main(["eval", *args, "--checkpoint", "random:resnet18", "--data", str(missing), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and message in err, err
+
+
+def test_fine_tuning_options_for_the_other_kind_of_encoder_are_refused_before_any_image_is_read(tmp_path, capsys):
+    missing = tmp_path / "no-data"
+    for checkpoint, config, message in [
+        ("random:resnet18", {"layer_decay": 0.65}, "--layer-decay is for ViT encoders and this one is a CNN"),
+        ("random:resnet18", {"drop_path_rate": 0.2}, "--drop-path-rate is for ViT encoders"),
+        ("random:vit-tiny", {"encoder_lr_ratio": 0.5}, "--encoder-lr-ratio is for CNN encoders; a ViT is fine-tuned "
+                                                       "with layer-wise decay (--layer-decay 0.75)"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            evaluate_finetune(checkpoint, data=missing, config=config, image_size=32, show_progress=False)
+    # Each where it belongs (and a ViT at --layer-decay 1 learns at --encoder-lr-ratio): on to the data.
+    for checkpoint, config in [("random:resnet18", {"encoder_lr_ratio": 0.5}), ("random:vit-tiny", {"layer_decay": 0.5}),
+                               ("random:vit-tiny", {"encoder_lr_ratio": 0.5, "layer_decay": 1.0})]:
+        with pytest.raises(UserError, match="does not exist"):
+            evaluate_finetune(checkpoint, data=missing, config=config, image_size=32, show_progress=False)
+    assert main(["eval", "finetune", "--checkpoint", "random:resnet18", "--data", str(missing), "--layer-decay", "0.5",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: --layer-decay is for ViT encoders"), err
 
 
 def test_knn_options_are_checked_whoever_calls_the_protocol():

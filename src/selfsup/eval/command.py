@@ -53,8 +53,10 @@ def add_eval_parser(commands, common) -> None:
     p.add_argument("--lr", type=float, nargs="+", help="linear: AdamW rates to sweep; finetune: the head's rate")
     p.add_argument("--weight-decay", type=float, nargs="+", help="linear: decays to sweep; finetune: one")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--encoder-lr-ratio", type=float, help="finetune: encoder rate / head rate (default 0.1)")
-    p.add_argument("--layer-decay", type=float, help="finetune, ViTs: rate factor per block (default 0.75)")
+    p.add_argument("--encoder-lr-ratio", type=float,
+                   help="finetune, CNNs (and ViTs with --layer-decay 1): encoder rate / head rate (default 0.1)")
+    p.add_argument("--layer-decay", type=float,
+                   help="finetune, ViTs: rate factor per block (default 0.75; 1: every block at --encoder-lr-ratio)")
     p.add_argument("--freeze-stages", type=int, help="finetune: freeze the stem and the first N stages")
     p.add_argument("--patience", type=int, help="finetune: validation checks without gain before stopping")
     p.add_argument("--min-steps", type=int, help="finetune: train at least this many steps")

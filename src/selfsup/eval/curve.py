@@ -12,9 +12,9 @@ from ..console import warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, output_folder
 from .data import check_options, prepare
-from .protocols import finetune_protocol, knn_protocol, linear_protocol
+from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
-from .subsets import Budget
+from .subsets import Budget, make_split
 
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
@@ -35,6 +35,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
     if per_class and fractions:
         raise UserError("give label budgets as --per-class or as --fraction, not both")
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
     output_file(_plot_path(out))  # before the protocols run, not after
     budgets = [Budget(per_class=k) for k in per_class] if per_class else \
         [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
@@ -50,6 +52,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         elif spec.startswith("random:") and spec_options.get("image_size") is None:
             spec_options["image_size"] = _baseline_size(spec, run_sizes)
         setup = prepare(spec, train, test, data, **spec_options)
+        if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
+            _check_budgets(setup, budgets, protocol, protocol_options or {})
         if is_run:
             run_sizes.add(setup.encoder.image_size)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
@@ -63,6 +67,14 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         for line in lines:
             record_result(line["checkpoint"], result)
     return result
+
+
+def _check_budgets(setup, budgets: list[Budget], protocol: str, protocol_options: dict) -> None:
+    if setup.train.labels is None:
+        return  # the protocol says what it needs
+    val_fraction = 0.0 if protocol == "knn" else protocol_options.get("val_fraction", DEFAULT_VAL_FRACTION)
+    for budget in budgets:
+        make_split(setup.train.labels, setup.train.classes, budget, 0, val_fraction)
 
 
 def _baseline_size(spec: str, run_sizes: set[int]) -> int | None:

@@ -97,15 +97,18 @@ def check_options(caller: str, options: dict) -> None:
 
 def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", image_size: int | None = None,
             small_stem: bool | None = None, backbone: str | None = None, cache_dir=None,
-            show_progress: bool = True, labels_required: bool = True) -> Setup:
+            show_progress: bool = True, labels_required: bool = True, check_encoder=None) -> Setup:
     """The encoder and the data of an evaluation (`image_size`, `small_stem`: for random: and
-    weights: encoders; `backbone`: the architecture of a weights: file)."""
+    weights: encoders; `backbone`: the architecture of a weights: file). `check_encoder(encoder)`
+    may refuse it before any image is read."""
     from ..train import resolve_device
 
     if isinstance(checkpoint, Encoder):
         encoder, spec = checkpoint, checkpoint.description
     else:
         encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone), str(checkpoint)
+    if check_encoder is not None:
+        check_encoder(encoder)
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
                                             labels_required)

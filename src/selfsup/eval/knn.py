@@ -29,14 +29,19 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     return torch.cat(scores) if scores else torch.zeros(0, num_classes)
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5), votes: bool = False) -> dict[str, float]:
     """{'top1': ..., 'top5': ...}: how often the true class is among the k highest scores (with
-    fewer than k classes, every class is, and top-k is 1)."""
+    fewer than k classes, every class is, and top-k is 1). With `votes` (kNN's vote shares), a
+    class that got no vote is no prediction: it never counts, so top-5 with k=1 neighbour is
+    top-1, not a draw among the unvoted classes in whatever order their tied zeros come."""
     labels = labels.to(scores.device)
     out = {}
     for k in ks:
-        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        hits = int((top == labels[:, None]).any(dim=1).sum())
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        hit = top.indices == labels[:, None]
+        if votes:
+            hit &= top.values > 0
+        hits = int(hit.any(dim=1).sum())
         out[f"top{k}"] = hits / len(labels) if len(labels) else float("nan")  # exact: 0.6, not float32's 0.6000000238
     return out
 
@@ -47,4 +52,4 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     """{'top1': ..., 'top5': ...} as fractions in [0, 1]."""
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max()).item()) + 1
     scores = knn_scores(train_features, train_labels, test_features, k, temperature, num_classes)
-    return topk_accuracy(scores, test_labels)
+    return topk_accuracy(scores, test_labels, votes=True)

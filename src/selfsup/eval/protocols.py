@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import override, ranged
-from ..console import warn
+from ..console import plural, warn
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from .data import Setup, check_options, prepare
@@ -73,6 +73,20 @@ def _linear_options(lr, weight_decay, epochs: int, batch_size: int) -> tuple[tup
 def _finetune_options(config: FinetuneConfig | dict | None) -> FinetuneConfig:
     """A `FinetuneConfig`, given or from a dict of its fields, checked."""
     return config if isinstance(config, FinetuneConfig) else override(FinetuneConfig(), dict(config or {}), "finetune")
+
+
+def _refuse_other_kind(given: set[str], encoder, config: FinetuneConfig) -> None:
+    """A fine-tuning option set for the other kind of encoder would be ignored: refused."""
+    flag = {name: "--" + name.replace("_", "-") for name in given}
+    vit_only = sorted(given & set(VIT_ONLY_FINETUNE_SETTINGS))
+    if encoder.backbone.kind != "vit" and vit_only:
+        raise UserError(f"{flag[vit_only[0]]} is for ViT encoders and this one is a CNN ({encoder.description}), "
+                        f"whose encoder learns at --encoder-lr-ratio times the head's rate; leave "
+                        f"{flag[vit_only[0]]} out")
+    if encoder.backbone.kind == "vit" and "encoder_lr_ratio" in given and config.layer_decay < 1:
+        raise UserError(f"--encoder-lr-ratio is for CNN encoders; a ViT is fine-tuned with layer-wise decay "
+                        f"(--layer-decay {config.layer_decay:g}): leave it out, or add --layer-decay 1 to train "
+                        f"every block at that ratio")
 
 
 def _retrieval_options(ks, out) -> tuple[tuple[int, ...], Path | None]:
@@ -141,7 +155,7 @@ def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tup
         scores = {kk: knn_scores(train_x[split.train], train_y[split.train], test_x, kk, temperature, classes)
                   for kk in k}
         labels = reveal_test_labels(setup)
-        by_k = {kk: topk_accuracy(s, labels) for kk, s in scores.items()}
+        by_k = {kk: topk_accuracy(s, labels, votes=True) for kk, s in scores.items()}
         return {**by_k[k[-1]], **{f"k{kk}_{m}": v for kk, acc in by_k.items() for m, v in acc.items()}}
 
     result = run_seeds("knn", setup, budget, seeds, 0.0, one_seed, {"k": k[-1], "temperature": temperature})
@@ -167,9 +181,9 @@ def linear_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
 
     def one_seed(split: Split) -> dict:
         t, v = torch.from_numpy(split.train).to(setup.device), torch.from_numpy(split.val).to(setup.device)
-        head, mean, std, chosen = sweep_linear(train_x[t], train_y[t], train_x[v], train_y[v], classes, lrs, wds,
+        head, mean, scale, chosen = sweep_linear(train_x[t], train_y[t], train_x[v], train_y[v], classes, lrs, wds,
                                                epochs=epochs, batch_size=batch_size, seed=split.seed)
-        scores = predict_linear(head, mean, std, test_x)
+        scores = predict_linear(head, mean, scale, test_x)
         return {**topk_accuracy(scores, reveal_test_labels(setup)), "chosen": chosen}
 
     return run_seeds("linear", setup, budget, seeds, val_fraction, one_seed,
@@ -218,7 +232,13 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
                 "map": mean_average_precision(test_x, gallery, labels, gallery_y)}
 
     settings = {"ks": list(ks), "neighbours_file": str(out) if out is not None else None}
-    return run_seeds("retrieval", setup, budget, seeds, 0.0, one_seed, settings)
+    result = run_seeds("retrieval", setup, budget, seeds, 0.0, one_seed, settings)
+    beyond = [k for k in ks if k > result["labelled_images"]]
+    if beyond and setup.labelled:  # precision@50 of a 10-image gallery has no meaning: said, not left out silently
+        result.update(ks=[k for k in ks if k not in beyond], ks_asked=list(ks))
+        warn(f"retrieval: no precision@{'/'.join(map(str, beyond))}: the gallery has "
+             f"{plural(result['labelled_images'], 'image')}; ask for --k up to that")
+    return result
 
 
 def _write_neighbours(out, setup: Setup, split: Split, similarity: torch.Tensor, neighbours: torch.Tensor) -> None:
@@ -269,9 +289,11 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
                       record: bool = True, config: dict | FinetuneConfig | None = None, **options) -> dict:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
+    given = set(config) if isinstance(config, dict) else set()
     config = _finetune_options(config)  # before any image is read
     check_options("evaluate_finetune", options)
-    setup = prepare(checkpoint, train, test, data, **options)
+    setup = prepare(checkpoint, train, test, data, check_encoder=lambda e: _refuse_other_kind(given, e, config),
+                    **options)
     return _finish(setup, finetune_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, config), record)
 
 

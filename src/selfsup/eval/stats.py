@@ -15,7 +15,8 @@ def wilson_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, flo
         return (0.0, 1.0)
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At 0 % and 100 % one end is exactly 0 or 1; rounding would leave 0.9999999999999999.
+    return (0.0 if accuracy <= 0 else max(0.0, centre - half), 1.0 if accuracy >= 1 else min(1.0, centre + half))
 
 
 def summarise(per_seed: list[dict], accuracies: tuple[str, ...], n_test: int) -> dict:
