@@ -182,7 +182,13 @@ def test_ctrl_c_while_pytorch_loads_is_one_line(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "selfsup", "pretrain", "--data", str(data), "--out",
                                 str(tmp_path / "run"), "--epochs", "100000", "--batch-size", "4", "--image-size", "16",
                                 "--no-progress"], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # Python is up (its handler turns SIGINT into KeyboardInterrupt), PyTorch most likely not
+    # Interrupted once PyTorch's library is mapped: Python is up (its handler turns SIGINT into
+    # KeyboardInterrupt) and the import of PyTorch under way. A fixed sleep instead can land in
+    # the interpreter's own start on a busy machine, which no program can catch.
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + 60
+    while maps.exists() and "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("selfsup: interrupted")
