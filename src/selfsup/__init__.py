@@ -39,7 +39,8 @@ def pretrain(method: str | None = None, data: str | Path | None = None, out: str
 _LAZY = {"load_encoder": ".encoder", "UserError": ".errors", "evaluate_finetune": ".eval",
          "evaluate_knn": ".eval", "evaluate_linear": ".eval", "evaluate_retrieval": ".eval",
          "label_efficiency_curve": ".eval", "embed_images": ".export", "export_encoder": ".export",
-         "load_exported": ".export", "build_report": ".report"}
+         "load_exported": ".export", "build_report": ".report", "cluster_images": ".explore",
+         "search_images": ".explore"}
 
 __all__ = ["pretrain", "__version__", *_LAZY]
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

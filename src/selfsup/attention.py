@@ -46,15 +46,12 @@ def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, li
     """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
     crop) of an image file, a folder or a tar, with their names; the files that do not decode
     are skipped, and counted in one warning."""
-    from .data import decode_image, open_source
+    from .data import decode_image
     from .data.cache import warn_skipped
-    from .data.sources import is_image_name
+    from .data.sources import open_file_or_source
 
     path = Path(path).expanduser()
-    if path.is_file() and is_image_name(path.name):
-        items = [(path.name, path.read_bytes())]
-    else:
-        items = open_source(path, whole=True).read()
+    items = open_file_or_source(path).read()
     decoded, skipped = [], []
     for name, data in items:
         pixels = decode_image(data, size)

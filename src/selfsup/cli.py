@@ -9,6 +9,9 @@
     selfsup export --checkpoint CKPT --out FILE.safetensors
     selfsup embed --checkpoint CKPT --data PATH --out FILE.npy
     selfsup attention --checkpoint CKPT --images PATH --out DIR
+    selfsup cluster --checkpoint CKPT --data PATH --clusters K --out DIR
+    selfsup search --checkpoint CKPT --query PATH --gallery PATH --out DIR
+    selfsup curate --pool PATH --seed-set PATH --checkpoint CKPT --out DIR
     selfsup demo
 """
 from __future__ import annotations
@@ -132,7 +135,8 @@ def _embed(args) -> int:
     from .encoder import load_encoder
     from .export import embed_images
 
-    encoder = load_encoder(args.checkpoint, backbone=args.backbone)
+    encoder = load_encoder(args.checkpoint, image_size=args.image_size, small_stem=args.small_stem,
+                           backbone=args.backbone)
     result = embed_images(encoder, args.data, args.out, device=args.device, batch_size=args.batch_size,
                           cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(json.dumps(result) if args.json else
@@ -181,6 +185,38 @@ def _curate(args) -> int:
               f"{outputs['duplicates_png']} and {outputs['retrieved_png']} by eye "
               f"(every figure: {outputs['summary']})")
     return 0
+
+
+def _cluster(args) -> int:
+    from .explore import cluster_images
+
+    summary = cluster_images(args.data, args.checkpoint, args.out, clusters=args.clusters, seed=args.seed,
+                             shown=args.shown, device=args.device, backbone=args.backbone,
+                             image_size=args.image_size, small_stem=args.small_stem,
+                             show_progress=not args.no_progress)
+    outputs = summary["outputs"]
+    print(json.dumps(summary) if args.json else f"wrote {outputs['csv']}; look at {outputs['png']}")
+    return 0
+
+
+def _search(args) -> int:
+    from .explore import search_images
+
+    summary = search_images(args.query, args.gallery, args.checkpoint, args.out, k=args.k, device=args.device,
+                            backbone=args.backbone, image_size=args.image_size, small_stem=args.small_stem,
+                            show_progress=not args.no_progress)
+    outputs = summary["outputs"]
+    print(json.dumps(summary) if args.json else f"wrote {outputs['csv']}; look at {outputs['png']}")
+    return 0
+
+
+def _encoder_options(parser: argparse.ArgumentParser) -> None:
+    """The encoder that embeds images, for the commands that embed images (embed, curate, cluster, search)."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
+    parser.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
+    parser.add_argument("--image-size", type=int, help="with random:/weights:: the input size")
+    parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
+                        help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: below 64 px)")
 
 
 def _demo(args) -> int:
@@ -255,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "norm (so a dot product is a cosine similarity), as a float32 .npy "
                                         "array, one row per image, and the images' names, row by row, in the "
                                         "same name with .files.txt for .npy.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
-    p.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
+    _encoder_options(p)
     p.add_argument("--data", required=True, help="a folder of images, a tar of one, or a .txt list")
     p.add_argument("--out", required=True, help="a .npy file, or a folder to write embeddings.npy into")
     p.add_argument("--device", default="auto")
@@ -268,11 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("curate", help="deduplicate a pool of images and retrieve those near a seed set")
     p.add_argument("--pool", required=True, help="the uncurated images (folder, tar or .txt list)")
     p.add_argument("--seed-set", required=True, help="a few images of what you want more of")
-    p.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
-    p.add_argument("--backbone", help="with weights:FILE: its architecture")
-    p.add_argument("--image-size", type=int, help="with random:/weights:: the input size")
-    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
-                   help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: below 64 px)")
+    _encoder_options(p)
     p.add_argument("--out", required=True)
     p.add_argument("--exclude", help="evaluation images whose near-duplicates must leave the pool")
     p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of near-duplicates")
@@ -285,6 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(run=_curate)
 
+    p = commands.add_parser("cluster", help="group images by k-means on their embeddings; a picture of each group",
+                            description="Embed every image, group them by k-means (cosine similarity, largest "
+                                        "group first) and write OUT/clusters.csv (file, cluster, cosine to its "
+                                        "centre) and OUT/clusters.png (the images nearest each centre). "
+                                        "Embeddings are kept in OUT: another --clusters embeds nothing again.")
+    p.add_argument("--data", required=True, help="a folder of images, a tar of one, or a .txt list")
+    _encoder_options(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--clusters", type=int, default=10, help="how many groups (default 10)")
+    p.add_argument("--shown", type=int, default=8, help="images drawn per cluster in clusters.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    _common(p)
+    p.set_defaults(run=_cluster)
+
+    p = commands.add_parser("search", help="find the gallery images most similar to query images",
+                            description="Write OUT/neighbours.csv (query, rank, file, cosine) and "
+                                        "OUT/neighbours.png. Embeddings are kept in OUT: other queries "
+                                        "against the same gallery embed only the queries.")
+    p.add_argument("--query", required=True, help="an image, a folder of images or a tar of one")
+    p.add_argument("--gallery", required=True, help="the images to search (folder, tar or .txt list)")
+    _encoder_options(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
+    p.add_argument("--device", default="auto")
+    _common(p)
+    p.set_defaults(run=_search)
+
     p = commands.add_parser("demo", help="pretrain SimCLR on the CIFAR-10 sample that ships with selfsup (CPU, minutes)")
     p.add_argument("--out", help="run folder (default: a temporary folder)")
     p.add_argument("--epochs", type=int, help="default: the demo's own setting")
@@ -295,9 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .console import first_process
-
     try:
+        from .console import first_process  # imports tqdm: a Ctrl-C may land here too
+
         args = build_parser().parse_args(argv)  # inside: commands import PyTorch, seconds a Ctrl-C may hit
         if args.command != "pretrain" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if not first_process():
@@ -321,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        from .console import first_process
+
         if first_process():  # under torchrun: once, not once per process
             print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ from .dedup import duplicate_groups, duplicates_to_drop, kept_similarities, near
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
 from .retrieve import from_nearest_clusters, nearest_to_seeds
+from .search import centred
 
 
 @dataclass
@@ -78,13 +79,6 @@ def _open(path, what: str):
         raise UserError(f"{OPTIONS[what]}: {e}") from None
 
 
-def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
-    if mean is None:
-        return vectors
-    out = vectors - mean
-    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
-
-
 def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig | None = None,
            device: str = "auto", backbone: str | None = None, image_size: int | None = None,
            small_stem: bool | None = None, make_tar: bool = False, show_progress: bool = True) -> dict:
@@ -104,7 +98,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                 for what, src in sources.items()}
     pool_e = embedded["pool"]
     mean = pool_e.vectors.mean(axis=0) if config.center else None
-    vectors = {what: _centred(e.vectors, mean) for what, e in embedded.items()}
+    vectors = {what: centred(e.vectors, mean) for what, e in embedded.items()}
 
     groups = duplicate_groups(vectors["pool"], config.threshold, pool_e.names, backend=config.backend, device=device)
     dropped = duplicates_to_drop(groups)

@@ -63,13 +63,51 @@ def _faiss_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.
     return sims, idx.astype(np.int64)
 
 
-def kmeans(x: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """`vectors` minus `mean`, renormalised (unchanged when `mean` is None): the direction that all
+    images of a collection share no longer makes unrelated images look alike."""
+    if mean is None:
+        return vectors
+    out = vectors - mean
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+
+
+def kmeans(x: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0, init: str = "random",
+           restarts: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(centroids (C, D), assignment (N,)) of spherical k-means (Lloyd on normalised vectors,
-    centroids renormalised), initialised with distinct points drawn by the seed."""
+    centroids renormalised). `init="random"` starts from distinct points drawn by the seed;
+    `"k-means++"` draws each next start with probability growing with its squared cosine distance
+    to the starts already drawn (Arthur and Vassilvitskii 2007). With `restarts` > 1 the run whose
+    points lie closest to their centroids (largest summed cosine) is kept."""
     x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     clusters = min(clusters, len(x))
-    generator = torch.Generator().manual_seed(seed)
-    centroids = x_t[torch.randperm(len(x), generator=generator)[:clusters]].clone()
+    best = None
+    for attempt in range(restarts):
+        generator = torch.Generator().manual_seed(seed + attempt)
+        start = (_plus_plus_starts(x_t, clusters, generator) if init == "k-means++"
+                 else x_t[torch.randperm(len(x), generator=generator)[:clusters]].clone())
+        centroids, assign = _lloyd(x_t, start, iterations)
+        fit = float((x_t * centroids[assign]).sum())
+        if best is None or fit > best[0]:
+            best = (fit, centroids, assign)
+    return best[1].numpy(), best[2].numpy()
+
+
+def _plus_plus_starts(x: torch.Tensor, clusters: int, generator: torch.Generator) -> torch.Tensor:
+    chosen = [int(torch.randint(len(x), (1,), generator=generator))]
+    distance = (1 - x @ x[chosen[0]]).clamp_min(0)  # to the nearest start so far
+    for _ in range(1, clusters):
+        weights = distance ** 2
+        if float(weights.sum()) <= 0:  # every point sits on a start: any point not yet taken
+            weights = torch.ones(len(x))
+            weights[chosen] = 0
+        chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
+        distance = torch.minimum(distance, (1 - x @ x[chosen[-1]]).clamp_min(0))
+    return x[chosen].clone()
+
+
+def _lloyd(x_t: torch.Tensor, centroids: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    clusters = len(centroids)
     for _ in range(iterations):
         assign = (x_t @ centroids.T).argmax(dim=1)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x_t)
@@ -79,5 +117,4 @@ def kmeans(x: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0) ->
             worst = (x_t * centroids[assign]).sum(1).argsort()[: int(empty.sum())]
             sums[empty] = x_t[worst]
         centroids = torch.nn.functional.normalize(sums, dim=1)
-    assign = (x_t @ centroids.T).argmax(dim=1)
-    return centroids.numpy(), assign.numpy()
+    return centroids, (x_t @ centroids.T).argmax(dim=1)

@@ -223,7 +223,7 @@ def _listing(path: Path) -> tuple[list[str], str, str]:
                                                        if is_image_name(path.name) else ""))
 
 
-def _splits_in(names: list[str]) -> list[str]:
+def splits_in(names: list[str]) -> list[str]:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     if "train" in tops and tops & {"test", "val"} and tops <= set(SPLIT_NAMES):
         return sorted(tops)
@@ -250,7 +250,7 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False)
     """
     path = Path(path).expanduser()
     names, prefix, digest = _listing(path)
-    splits = [] if whole or is_list_path(path) else _splits_in(names)
+    splits = [] if whole or is_list_path(path) else splits_in(names)
     if split is None and splits:
         split = "train"
     if split is not None and split not in splits:
@@ -259,8 +259,17 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False)
     return _make_source(path, split, names, prefix, digest)
 
 
+def open_file_or_source(path: str | Path) -> ImageSource:
+    """`open_source(path, whole=True)`, or, for a single image file, a source of that one image."""
+    path = Path(path).expanduser()
+    if path.is_file() and is_image_name(path.name):
+        digest = hashlib.sha256(repr(_stat_key(path)).encode())
+        return _make_source(path.parent, None, [path.name], "", digest.hexdigest())
+    return open_source(path, whole=True)
+
+
 def open_splits(path: str | Path) -> dict[str, ImageSource]:
     """Every split of a dataset root holding train/ and test/ (or val/); {} for any other layout."""
     path = Path(path).expanduser()
     names, prefix, digest = _listing(path)
-    return {split: _make_source(path, split, names, prefix, digest) for split in _splits_in(names)}
+    return {split: _make_source(path, split, names, prefix, digest) for split in splits_in(names)}

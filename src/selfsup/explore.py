@@ -1,0 +1,191 @@
+"""`selfsup cluster` and `selfsup search`: look through a folder of images with an encoder.
+
+    cluster: images --embed--> vectors --k-means--> groups, largest first
+             -> OUT/clusters.csv (file, cluster, cosine to its centre) and OUT/clusters.png (the
+                images nearest each centre, a row per cluster)
+    search:  query images and a gallery --embed--> each query's k most similar gallery images
+             -> OUT/neighbours.csv (query, rank, file, cosine) and OUT/neighbours.png
+
+Embeddings are cached in OUT/embeddings (keyed by the encoder and the files), so trying another
+number of clusters, or other queries against the same gallery, embeds nothing again; a killed
+embedding resumes. Vectors are centred on the collection's mean and L2-normalised, as in
+`selfsup curate`: similarity is cosine similarity.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .console import plural, say
+from .curate.embedding import Embedded, embed_source, embedding_dir
+from .curate.pictures import draw_rows
+from .curate.search import centred, kmeans, nearest
+from .data.sources import ImageSource, open_file_or_source, splits_in
+from .errors import UserError
+from .outputs import atomic_path, output_folder, removed_if_left_empty
+
+CLUSTERS_DRAWN = 32  # rows of clusters.png; the CSV has every cluster
+QUERIES_DRAWN = 12  # rows of neighbours.png
+
+
+def _open(path, option: str) -> ImageSource:
+    try:
+        return open_file_or_source(path)
+    except UserError as e:
+        raise UserError(f"{option}: {e}") from None
+
+
+def _embed(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
+           show_progress: bool) -> dict[str, Embedded]:
+    from .encoder import load_encoder
+    from .train import resolve_device
+
+    device = resolve_device(device)
+    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
+    return {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,
+                               show_progress=show_progress, desc=f"embedding {what}")
+            for what, src in sources.items()}
+
+
+def cluster_agreement(clusters: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """How well clusters match known classes: purity (each cluster counted as its commonest
+    class) and normalised mutual information, I(clusters; classes) over the mean of the two
+    entropies (1: the same partition; near 0: unrelated)."""
+    _, cluster_of = np.unique(clusters, return_inverse=True)
+    _, class_of = np.unique(classes, return_inverse=True)
+    table = np.zeros((cluster_of.max() + 1, class_of.max() + 1))
+    np.add.at(table, (cluster_of, class_of), 1)
+    joint = table / table.sum()
+    p_cluster, p_class = joint.sum(1), joint.sum(0)
+    nonzero = joint > 0
+    mutual = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(p_cluster, p_class)[nonzero])).sum())
+    entropies = [-float((p * np.log(p)).sum()) for p in (p_cluster, p_class)]
+    mean_entropy = sum(entropies) / 2
+    nmi = 1.0 if mean_entropy == 0 else max(0.0, mutual / mean_entropy)  # both one group: identical
+    return {"purity": float(table.max(1).sum() / table.sum()), "nmi": nmi}
+
+
+def folder_classes(names: list[str]) -> list[str] | None:
+    """Each image's class folder (the first folder, or the one inside train/, test/ or val/ in a
+    dataset with splits); None unless every image lies in one and there are at least two."""
+    splits = set(splits_in(names))
+    inner = [n.split("/", 1)[1] if splits and n.split("/", 1)[0] in splits else n for n in names]
+    if any("/" not in n for n in inner):
+        return None
+    classes = [n.split("/", 1)[0] for n in inner]
+    return classes if len(set(classes)) >= 2 else None
+
+
+def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, shown: int = 8,
+                   device: str = "auto", backbone: str | None = None, image_size: int | None = None,
+                   small_stem: bool | None = None, show_progress: bool = True) -> dict:
+    """Group the images under `data` into `clusters` by k-means on their embeddings; writes
+    OUT/clusters.csv, OUT/clusters.png and OUT/summary.json and returns the summary."""
+    if clusters < 2:
+        raise UserError(f"--clusters must be at least 2, got {clusters}")
+    if shown < 1:
+        raise UserError(f"--shown must be at least 1, got {shown}")
+    with removed_if_left_empty(out):  # a refused start leaves no folder behind
+        out = output_folder(out)
+        source = _open(data, "--data")
+        if len(source.names) < clusters:
+            raise UserError(f"--clusters {clusters} is more than the {plural(len(source.names), 'image')} in "
+                            f"{source.describe()!r}; choose fewer clusters")
+        embedded = _embed(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
+                          show_progress)["images"]
+    if len(embedded.names) < clusters:
+        raise UserError(f"--clusters {clusters} is more than the {plural(len(embedded.names), 'image')} that "
+                        f"could be decoded; choose fewer clusters")
+    vectors = centred(embedded.vectors, embedded.vectors.mean(axis=0))
+    centroids, assignment = kmeans(vectors, clusters, seed=seed, init="k-means++", restarts=3)
+    # Renumbered by size, largest first: cluster 0 is what the collection holds most of.
+    sizes = np.bincount(assignment, minlength=clusters)
+    by_size = np.argsort(-sizes, kind="stable")
+    number = np.empty(clusters, dtype=np.int64)
+    number[by_size] = np.arange(clusters)
+    assignment, centroids = number[assignment], centroids[by_size]
+    similarity = (vectors * centroids[assignment]).sum(1)
+
+    order = np.lexsort((-similarity, assignment))  # by cluster, then nearest the centre first
+    csv_path = out / "clusters.csv"
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "cluster", "cosine_to_centre"])
+        writer.writerows([embedded.names[i], int(assignment[i]), f"{similarity[i]:.4f}"] for i in order)
+
+    sizes = np.bincount(assignment, minlength=clusters)
+    starts = np.searchsorted(assignment[order], np.arange(clusters))  # where each cluster begins in `order`
+    rows = []
+    for c in range(min(clusters, CLUSTERS_DRAWN)):
+        members = order[starts[c]:starts[c] + min(shown, sizes[c])]
+        rows.append([(source, embedded.names[i], f"cluster {c} ({sizes[c]:,})" if n == 0 else f"cos {similarity[i]:.2f}")
+                     for n, i in enumerate(members)])
+    drawn = f", the {CLUSTERS_DRAWN} largest" if clusters > CLUSTERS_DRAWN else ""
+    picture = draw_rows(rows, out / "clusters.png", f"clusters{drawn}: the images nearest each centre")
+
+    summary = {"images": len(embedded.names), "skipped": len(embedded.skipped), "clusters": clusters,
+               "sizes": sizes.tolist(), "mean_cosine_to_centre": float(similarity.mean()),
+               "outputs": {"csv": str(csv_path), "png": str(picture), "summary": str(out / "summary.json")}}
+    classes = folder_classes(embedded.names)  # images laid out in class folders: how the clusters match them
+    if classes is not None:
+        summary["folders"] = {"classes": len(set(classes)), **cluster_agreement(assignment, np.array(classes))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    agreement = (f"; against the {summary['folders']['classes']} class folders: purity "
+                 f"{summary['folders']['purity']:.3f}, NMI {summary['folders']['nmi']:.3f}" if classes else "")
+    say(f"cluster: {plural(len(embedded.names), 'image')} in {clusters} clusters of "
+        f"{sizes.min():,} to {sizes.max():,}{agreement}")
+    return summary
+
+
+def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "auto", backbone: str | None = None,
+                  image_size: int | None = None, small_stem: bool | None = None, show_progress: bool = True) -> dict:
+    """For each image under `query` (an image, a folder or a tar), the `k` most similar images
+    under `gallery`; a query image that is itself in the gallery is not its own neighbour.
+    Writes OUT/neighbours.csv, OUT/neighbours.png and returns a summary."""
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    with removed_if_left_empty(out):
+        out = output_folder(out)
+        sources = {"query": _open(query, "--query"), "gallery": _open(gallery, "--gallery")}
+        embedded = _embed(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress)
+    queries, found = embedded["query"], embedded["gallery"]
+    mean = found.vectors.mean(axis=0)
+    same_file = _same_files(sources["query"], queries.names, sources["gallery"], found.names)
+    wanted = min(len(found.names), k + (1 if same_file else 0))
+    sims, idx, _ = nearest(centred(queries.vectors, mean), centred(found.vectors, mean), wanted)
+    results = []
+    for q, (row_sims, row_idx) in enumerate(zip(sims, idx)):
+        kept = [(float(s), int(i)) for s, i in zip(row_sims, row_idx) if same_file.get(q) != int(i)][:k]
+        results.append(kept)
+
+    csv_path = out / "neighbours.csv"
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "rank", "file", "cosine"])
+        for q, kept in enumerate(results):
+            writer.writerows([queries.names[q], rank, found.names[i], f"{s:.4f}"] for rank, (s, i) in
+                             enumerate(kept, start=1))
+    rows = [[(sources["query"], queries.names[q], "query")] +
+            [(sources["gallery"], found.names[i], f"cos {s:.2f}") for s, i in kept]
+            for q, kept in enumerate(results[:QUERIES_DRAWN])]
+    drawn = f", the first {QUERIES_DRAWN}" if len(results) > QUERIES_DRAWN else ""
+    picture = draw_rows(rows, out / "neighbours.png", f"queries{drawn} and their most similar gallery images")
+    say(f"search: {plural(len(results), 'query', 'queries')}, {min(k, len(found.names) - bool(same_file))} "
+        f"neighbours each among {plural(len(found.names), 'gallery image')}")
+    return {"queries": len(results), "gallery": len(found.names), "k": k,
+            "skipped": {"query": len(queries.skipped), "gallery": len(found.skipped)},
+            "outputs": {"csv": str(csv_path), "png": str(picture)}}
+
+
+def _same_files(query: ImageSource, query_names: list[str], gallery: ImageSource,
+                gallery_names: list[str]) -> dict[int, int]:
+    """{query row: gallery row} for query images that are gallery files (same file on disk)."""
+    query_paths = [query.file_path(n) for n in query_names]
+    if any(p is None for p in query_paths) or gallery.file_path(gallery_names[0]) is None:
+        return {}  # inside a tar: no file to compare
+    row_of = {gallery.file_path(n).resolve(): i for i, n in enumerate(gallery_names)}
+    same = {q: row_of.get(p.resolve()) for q, p in enumerate(query_paths)}
+    return {q: g for q, g in same.items() if g is not None}

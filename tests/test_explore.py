@@ -1,0 +1,171 @@
+"""`selfsup cluster` and `selfsup search`: outputs checked against the embeddings `selfsup embed`
+writes, clustering scores against scikit-learn, bad input."""
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from conftest import CLASSES, make_tar
+from selfsup.cli import main
+from selfsup.curate.search import kmeans
+from selfsup.explore import cluster_agreement, cluster_images, folder_classes, search_images
+
+ENCODER = {"checkpoint": "random:resnet18-half", "image_size": 24, "show_progress": False}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def embeddings(folder, tmp_path):
+    """The L2-normalised vectors of `selfsup embed`, by file name: what cluster and search compare."""
+    out = tmp_path / "embedded.npy"
+    assert main(["embed", "--checkpoint", "random:resnet18-half", "--image-size", "24",
+                 "--data", str(folder), "--out", str(out), "--no-progress"]) == 0
+    names = (tmp_path / "embedded.files.txt").read_text().splitlines()
+    return dict(zip(names, np.load(out).astype(np.float64)))
+
+
+def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    out = vectors - mean
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cluster_agreement_against_scikit_learn_and_by_hand(seed):
+    rng = np.random.default_rng(seed)
+    clusters, classes = rng.integers(0, 5, 200), rng.integers(0, 4, 200)
+    classes[:50] = clusters[:50] % 4  # partly related, so NMI is neither 0 nor 1
+    got = cluster_agreement(clusters, np.array([f"class{c}" for c in classes]))
+    assert got["nmi"] == pytest.approx(normalized_mutual_info_score(classes, clusters), abs=1e-12)
+    purity = sum(max(np.sum((clusters == k) & (classes == c)) for c in range(4)) for k in range(5)) / 200
+    assert got["purity"] == pytest.approx(purity, abs=1e-12)
+    relabelled = (clusters + 3) % 5  # the same partition under other cluster numbers
+    assert cluster_agreement(clusters, relabelled) == pytest.approx({"purity": 1.0, "nmi": 1.0})
+
+
+def test_k_means_plus_plus_recovers_planted_groups_on_the_sphere():
+    rng = np.random.default_rng(0)
+    centres = np.linalg.qr(rng.normal(size=(16, 16)))[0][:6]  # 6 orthogonal directions
+    truth = rng.integers(0, 6, 600)
+    points = centres[truth] + 0.05 * rng.normal(size=(600, 16))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    for seed in range(5):
+        _, assignment = kmeans(points, 6, seed=seed, init="k-means++", restarts=3)
+        assert normalized_mutual_info_score(truth, assignment) == pytest.approx(1.0)
+
+
+def test_folder_classes_look_inside_splits():
+    assert folder_classes(["train/cat/1.jpg", "train/dog/2.jpg", "test/cat/3.jpg"]) == ["cat", "dog", "cat"]
+    assert folder_classes(["cat/1.jpg", "dog/2.jpg"]) == ["cat", "dog"]
+    assert folder_classes(["cat/1.jpg", "2.jpg"]) is None  # an image beside the folders
+    assert folder_classes(["cat/1.jpg", "cat/2.jpg"]) is None  # one class
+
+
+def test_cluster_writes_every_image_once_with_its_nearest_centre(labelled_folder, tmp_path):
+    summary = cluster_images(labelled_folder, out=tmp_path / "run", clusters=4, **ENCODER)
+    rows = read_csv(tmp_path / "run" / "clusters.csv")
+    names = sorted(str(p.relative_to(labelled_folder).as_posix()) for p in labelled_folder.rglob("*.png"))
+    assert sorted(r["file"] for r in rows) == names
+    assignment = {r["file"]: int(r["cluster"]) for r in rows}
+    sizes = [sum(1 for c in assignment.values() if c == k) for k in range(4)]
+    assert summary["sizes"] == sizes and sizes == sorted(sizes, reverse=True) and min(sizes) > 0
+    assert summary["folders"]["classes"] == len(CLASSES)
+    assert (tmp_path / "run" / "clusters.png").stat().st_size > 0
+
+    # Independently: the clusters' centres from the embeddings; each image is nearest its own
+    # (k-means has converged) and the CSV's cosine is its cosine to that centre.
+    vectors = embeddings(labelled_folder, tmp_path)
+    files = list(vectors)
+    x = centred(np.stack([vectors[f] for f in files]), np.mean([vectors[f] for f in files], axis=0))
+    labels = np.array([assignment[f] for f in files])
+    centres = np.stack([x[labels == k].sum(0) for k in range(4)])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    assert ((x @ centres.T).argmax(1) == labels).all()
+    cosine = {r["file"]: float(r["cosine_to_centre"]) for r in rows}
+    np.testing.assert_allclose([cosine[f] for f in files], (x * centres[labels]).sum(1), atol=2e-4)
+    for k in range(4):  # within a cluster, nearest the centre first
+        listed = [float(r["cosine_to_centre"]) for r in rows if int(r["cluster"]) == k]
+        assert listed == sorted(listed, reverse=True)
+    first_cluster_rows = [r for r in rows if r["cluster"] == "0"]
+    assert rows[:len(first_cluster_rows)] == first_cluster_rows
+
+
+def test_another_number_of_clusters_embeds_nothing_again(labelled_folder, tmp_path):
+    cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
+    chunks = sorted((tmp_path / "run" / "embeddings").rglob("chunk-*.npz"))
+    written = [os.stat(c).st_mtime_ns for c in chunks]
+    summary = cluster_images(labelled_folder, out=tmp_path / "run", clusters=5, **ENCODER)
+    assert summary["clusters"] == 5 and len(summary["sizes"]) == 5
+    assert [os.stat(c).st_mtime_ns for c in chunks] == written
+    assert sorted((tmp_path / "run" / "embeddings").rglob("chunk-*.npz")) == chunks
+
+
+def test_search_against_brute_force_and_without_the_query_itself(labelled_folder, tmp_path):
+    summary = search_images(labelled_folder, labelled_folder, out=tmp_path / "run", k=5, **ENCODER)
+    rows = read_csv(tmp_path / "run" / "neighbours.csv")
+    assert summary["queries"] == summary["gallery"] == 3 * 12 and len(rows) == 36 * 5
+    vectors = embeddings(labelled_folder, tmp_path)
+    files = list(vectors)
+    x = centred(np.stack([vectors[f] for f in files]), np.mean([vectors[f] for f in files], axis=0))
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)  # a query is not its own neighbour
+    for q, query in enumerate(files):
+        got = [r for r in rows if r["query"] == query]
+        assert [int(r["rank"]) for r in got] == [1, 2, 3, 4, 5]
+        expected = np.argsort(-similarity[q], kind="stable")[:5]
+        assert [r["file"] for r in got] == [files[i] for i in expected]
+        np.testing.assert_allclose([float(r["cosine"]) for r in got], similarity[q, expected], atol=2e-4)
+    assert (tmp_path / "run" / "neighbours.png").stat().st_size > 0
+
+
+def test_search_with_one_image_against_a_tar(labelled_folder, tmp_path):
+    gallery = make_tar(labelled_folder, tmp_path / "gallery.tar")
+    query = labelled_folder / "circle" / "000.png"
+    summary = search_images(query, gallery, out=tmp_path / "run", k=3, **ENCODER)
+    rows = read_csv(tmp_path / "run" / "neighbours.csv")
+    # In a tar there is no file to compare with: the query's own copy is its nearest neighbour.
+    assert summary["queries"] == 1 and [r["query"] for r in rows] == ["000.png"] * 3
+    assert rows[0]["file"] == "circle/000.png" and float(rows[0]["cosine"]) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cluster", "--clusters", "1"], "--clusters must be at least 2, got 1"),
+    (["cluster", "--clusters", "37"], "--clusters 37 is more than the 36 images in .*; choose fewer clusters"),
+    (["cluster", "--shown", "0"], "--shown must be at least 1, got 0"),
+    (["search", "--k", "0"], "--k must be at least 1, got 0"),
+    (["search", "--query", "NOWHERE"], "--query: data path .*NOWHERE' does not exist"),
+])
+def test_bad_input_is_one_line(labelled_folder, tmp_path, capsys, argv, message):
+    import re
+    command, *options = argv
+    places = (["--data", str(labelled_folder)] if command == "cluster" else
+              ["--gallery", str(labelled_folder)] + ([] if "--query" in options else ["--query", str(labelled_folder)]))
+    options = [str(tmp_path / o) if o == "NOWHERE" else o for o in options]
+    code = main([command, *places, *options, "--checkpoint", "random:resnet18-half", "--image-size", "24",
+                 "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "run").exists()  # a refused start leaves no folder
+
+
+def test_cluster_and_search_through_the_cli(labelled_folder, tmp_path, capsys):
+    import json
+    assert main(["cluster", "--data", str(labelled_folder), "--checkpoint", "random:resnet18-half",
+                 "--image-size", "24", "--clusters", "3", "--out", str(tmp_path / "c"), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 36 and sum(summary["sizes"]) == 36
+    assert main(["search", "--query", str(labelled_folder / "square"), "--gallery", str(labelled_folder),
+                 "--checkpoint", "random:resnet18-half", "--image-size", "24", "--k", "4",
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("wrote ") and "neighbours.png" in out
+    rows = read_csv(tmp_path / "s" / "neighbours.csv")
+    assert len(rows) == 12 * 4 and not any(r["file"] == "square/" + r["query"] for r in rows)
+    assert list(itertools.islice((r["rank"] for r in rows), 4)) == ["1", "2", "3", "4"]
