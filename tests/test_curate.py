@@ -269,13 +269,21 @@ def test_bad_input(planted, tmp_path):
     with pytest.raises(UserError, match=r"^--exclude: data path .*nowhere' does not exist"):
         curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", exclude=tmp_path / "nowhere",
                image_size=32, show_progress=False)
-    with pytest.raises(UserError, match=r"^--seed-set: data path .* is a file, .* \(put a single image in a folder"):
-        curate(root / "pool", root / "seeds" / "seed0.png", "random:resnet18", tmp_path / "out", image_size=32,
+    (tmp_path / "notes.md").write_text("")
+    with pytest.raises(UserError, match=r"^--seed-set: data path .* is a file, not a folder of images"):
+        curate(root / "pool", tmp_path / "notes.md", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(UserError, match="cannot create .*; choose a writable --out"):
         curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "a-file" / "out", image_size=32,
                show_progress=False)
+
+
+def test_a_seed_set_of_one_image_file(planted, tmp_path):
+    root, _ = planted
+    summary = curate(root / "pool", root / "seeds" / "seed0.png", "random:resnet18", tmp_path / "out", image_size=32,
+                     config=CurateConfig(k=5), show_progress=False)
+    assert summary["seeds"] == 1 and summary["retrieved"] == 5 and summary["per_seed_or_cluster"] == {"0": 5}
 
 
 def test_a_corrupt_pool_image_is_skipped_and_said(planted, tmp_path, capsys):

@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("curate", help="deduplicate a pool of images and retrieve those near a seed set")
     p.add_argument("--pool", required=True, help="the uncurated images (folder, tar or .txt list)")
-    p.add_argument("--seed-set", required=True, help="a few images of what you want more of")
+    p.add_argument("--seed-set", required=True, help="a few images of what you want more of (a folder, tar or list; or one image)")
     _encoder_options(p)
     p.add_argument("--out", required=True)
     p.add_argument("--exclude", help="evaluation images whose near-duplicates must leave the pool")

@@ -116,13 +116,13 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
         writer.writerow(["file", "cluster", "cosine_to_centre"])
         writer.writerows([embedded.names[i], int(assignment[i]), f"{similarity[i]:.4f}"] for i in order)
 
-    sizes = np.bincount(assignment, minlength=clusters)
+    sizes = sizes[by_size]
     starts = np.searchsorted(assignment[order], np.arange(clusters))  # where each cluster begins in `order`
     rows = []
     for c in range(min(clusters, CLUSTERS_DRAWN)):
         members = order[starts[c]:starts[c] + min(shown, sizes[c])]
-        rows.append([(source, embedded.names[i], f"cluster {c} ({sizes[c]:,})" if n == 0 else f"cos {similarity[i]:.2f}")
-                     for n, i in enumerate(members)])
+        rows.append([(source, embedded.names[i], f"cluster {c} ({sizes[c]:,})" if n == 0 else
+                      f"cos {similarity[i]:.2f}") for n, i in enumerate(members)])
     drawn = f", the {CLUSTERS_DRAWN} largest" if clusters > CLUSTERS_DRAWN else ""
     picture = draw_rows(rows, out / "clusters.png", f"clusters{drawn}: the images nearest each centre")
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import override, ranged
 from ..console import plural, say
-from ..data.sources import open_source
+from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
 from ..outputs import output_folder, removed_if_left_empty
@@ -72,7 +72,7 @@ OPTIONS = {"pool": "--pool", "seed set": "--seed-set", "excluded set": "--exclud
 
 def _open(path, what: str):
     try:
-        return open_source(path, whole=True)
+        return open_file_or_source(path)  # a folder, a tar, a list or one image
     except UserError as e:
         if "no images found" in str(e):
             raise UserError(f"the {what} {str(path)!r} holds no images; give at least one") from None
