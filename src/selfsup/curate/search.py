@@ -83,7 +83,7 @@ def kmeans(x: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0, in
     clusters = min(clusters, len(x))
     best = None
     for attempt in range(restarts):
-        generator = torch.Generator().manual_seed(seed + attempt)
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * attempt)  # seeds 0, 1, 2 share no restart
         start = (_plus_plus_starts(x_t, clusters, generator) if init == "k-means++"
                  else x_t[torch.randperm(len(x), generator=generator)[:clusters]].clone())
         centroids, assign = _lloyd(x_t, start, iterations)
