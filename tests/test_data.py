@@ -292,3 +292,99 @@ def test_a_ctrl_c_while_the_decoding_workers_are_forked_is_not_lost():
     finally:
         armed["once"] = False
         signal.signal(signal.SIGINT, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that cannot be used, and caches that others share, lose or find damaged
+
+
+def test_unusable_files_and_folders_are_left_out_and_said(labelled_folder, tmp_path, capsys, monkeypatch):
+    """A name that is not UTF-8, a dangling link, a loop of links, a folder that cannot be read,
+    macOS's __MACOSX folder: left out, in one warning; the rest is the dataset."""
+    circle = labelled_folder / "circle"
+    with open(os.path.join(os.fsencode(circle), b"latin1-\xe9.png"), "wb") as f:
+        f.write((circle / "000.png").read_bytes())
+    (circle / "dangling.png").symlink_to(circle / "nowhere.png")
+    (circle / "loop-a.png").symlink_to(circle / "loop-b.png")
+    (circle / "loop-b.png").symlink_to(circle / "loop-a.png")
+    (labelled_folder / "__MACOSX" / "circle").mkdir(parents=True)
+    (labelled_folder / "__MACOSX" / "circle" / "000.png").write_bytes((circle / "000.png").read_bytes())
+    locked = labelled_folder / "square" / "locked"
+    locked.mkdir()
+    (locked / "x.png").write_bytes((circle / "000.png").read_bytes())
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # what a folder without read permission does (root reads any)
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    source = open_source(labelled_folder)
+    assert len(source.names) == 36 and source.classes == CLASSES
+    err = capsys.readouterr().err
+    assert err.count("warning: left out 5 files or folders under") == 1 and "fix the permissions" in err
+    cache = load_cache(source, 16, tmp_path / "c", show_progress=False)
+    assert len(cache) == 36
+
+    tar = make_tar(labelled_folder, tmp_path / "data.tar", mode="w")  # the odd name travels into the tar
+    with __import__("tarfile").open(tar, "a") as archive:  # and a hidden folder, as folders skip
+        archive.add(circle / "000.png", arcname="circle/.thumbs/000.png")
+    names = open_source(tar).names
+    assert len(names) == 36 and not any("MACOSX" in n or ".thumbs" in n for n in names)
+    assert "its name is not valid UTF-8" in capsys.readouterr().err
+
+
+def test_a_file_made_readable_changes_the_fingerprint(labelled_folder):
+    before = open_source(labelled_folder).fingerprint
+    picture = labelled_folder / "circle" / "000.png"
+    picture.chmod(0o000)  # a file skipped as unreadable must not stay skipped once it is readable
+    try:
+        assert open_source(labelled_folder).fingerprint != before
+    finally:
+        picture.chmod(0o644)
+    assert open_source(labelled_folder).fingerprint == before
+
+
+def test_a_cache_is_readable_by_whoever_may_read_its_folder(labelled_folder, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        load_cache(open_source(labelled_folder), 16, tmp_path / "c", show_progress=False)
+    finally:
+        os.umask(previous)
+    (built,) = (tmp_path / "c").iterdir()
+    assert built.stat().st_mode & 0o777 == 0o755  # mkdtemp's 0700 locked other users out
+
+
+@pytest.mark.parametrize("damage", ["short pixels", "index not json", "no pixels"])
+def test_a_damaged_cache_is_decoded_again(labelled_folder, tmp_path, capsys, damage):
+    cache_dir = tmp_path / "c"
+    first = load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    expected = np.array(first.images)
+    (built,) = cache_dir.iterdir()
+    if damage == "short pixels":
+        with open(built / "images.u8", "r+b") as f:
+            f.truncate(1000)
+    elif damage == "index not json":
+        (built / "index.json").write_text('{"names": [')
+    else:
+        (built / "images.u8").unlink()
+    again = load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    assert np.array_equal(np.array(again.images), expected) and again.names == first.names
+    assert "is damaged" in capsys.readouterr().err and [p.name for p in cache_dir.iterdir()] == [built.name]
+
+
+def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, tmp_path):
+    import subprocess
+    import sys
+    from selfsup.data.cache import _staging_prefix
+    cache_dir = tmp_path / "c"
+    cache_dir.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = cache_dir / f"{_staging_prefix()}{gone.stdout.strip()}-abc"  # its process has ended
+    building = cache_dir / f"{_staging_prefix()}{os.getppid()}-def"  # a live process's build
+    for folder in (abandoned, building):
+        folder.mkdir()
+        (folder / "images.u8").write_bytes(b"\0" * 100)
+    load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    assert not abandoned.exists() and building.exists()

@@ -45,6 +45,16 @@ def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, t
     assert checkpoint["config"]["train"]["epochs"] == 2
 
 
+def test_a_new_run_where_one_died_before_its_first_checkpoint_starts_its_metrics_afresh(labelled_folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 9.0}) + "\n")  # no last.pt beside it
+    selfsup.pretrain(data=labelled_folder, out=run, epochs=1, batch_size=8, image_size=16, backbone="resnet18",
+                     small_stem=False, show_progress=False)
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1] and lines[0]["loss"] != 9.0
+
+
 def test_collapse_monitor_statistics():
     from selfsup.monitor import effective_rank, std_ratio
     spread = torch.randn(512, 64)

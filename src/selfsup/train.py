@@ -235,6 +235,8 @@ class Trainer:
         self.epoch_sums: dict[str, torch.Tensor] = {}
         if checkpoint is not None:
             self._restore(checkpoint)
+        elif dist.is_main():  # a new run where one died before its first checkpoint: its lines go
+            self._trim_metrics(0)
         if cfg.train.compile:
             for module in self.method.modules():
                 if isinstance(module, Backbone):  # the heavy part; heads and losses stay eager

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import warnings
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps
 
 from ..console import progress_bar, warn
 from ..errors import UserError
+from ..outputs import current_umask
 from .sources import ImageSource
 
 CACHE_FORMAT = 2  # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept
@@ -164,19 +166,52 @@ def _cache_key(source: ImageSource, size: int) -> str:
     return f"{stem}{'-' + source.split if source.split else ''}-{size}px-{digest}"
 
 
+def _staging_prefix() -> str:
+    # The machine and the process that builds: a folder left by a killed build (kill -9, a time
+    # limit) is recognised and removed by the next build on the same machine.
+    host = re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname())[:40] or "host"
+    return f".building-{host}-"
+
+
+def _remove_abandoned_builds(folder: Path) -> None:
+    prefix = _staging_prefix()
+    for entry in folder.glob(prefix + "*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def make_staging(target: Path) -> Path:
     """A new temporary folder beside `target`, to build a cache in and rename into place."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        _remove_abandoned_builds(target.parent)
+        return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{os.getpid()}-", dir=target.parent))
     except OSError as e:
         raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({e.strerror}); "
                         f"{CACHE_REMEDY}") from None
 
 
 def publish(staging: Path, target: Path, meta: dict) -> None:
-    """Write the index beside the pixels and move the finished cache into place."""
-    (staging / "index.json").write_text(json.dumps(meta))
+    """Write the index beside the pixels and move the finished cache into place: on disk first
+    (a power cut after the rename must not leave a short cache), readable by whoever may read the
+    cache folder (mkdtemp makes it private)."""
+    with open(staging / "index.json", "w") as f:
+        f.write(json.dumps(meta))
+    for written in staging.iterdir():
+        with open(written, "rb") as f:
+            os.fsync(f.fileno())
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         staging.rename(target)
     except OSError:  # another process built the same cache meanwhile: keep theirs
@@ -219,9 +254,30 @@ def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = No
     """The decoded images of `source` at `size` pixels, built on first use and reused after."""
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     target = root / _cache_key(source, size)
+    return open_built(target, lambda: _build(source, size, target, workers, show_progress), source.describe())
+
+
+class DamagedCache(Exception):
+    """A published cache whose files do not agree (a disk that failed, a file cut short by hand)."""
+
+
+def open_built(target: Path, build, description: str, kind: str = "image") -> ImageCache:
+    """The cache in `target`, made by `build()` when it is missing, and made again when damaged."""
     if not (target / "index.json").is_file():
-        _build(source, size, target, workers, show_progress)
-    return read_built(target, source.describe())
+        build()
+    try:
+        return read_built(target, description, kind)
+    except DamagedCache as e:
+        warn(f"the {kind} cache {str(target)!r} is damaged ({e}); decoding the {kind}s again")
+        discarded = target.with_name(f"{_staging_prefix()}{os.getpid()}-damaged-{target.name}")
+        try:
+            target.rename(discarded)
+        except OSError as error:
+            raise UserError(f"cannot remove the damaged cache {str(target)!r} ({error.strerror}); delete it, "
+                            f"then run the same command again") from None
+        shutil.rmtree(discarded, ignore_errors=True)
+        build()
+        return read_built(target, description, kind)
 
 
 def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "image") -> None:
@@ -235,9 +291,15 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     """The cache written in `target` (images.u8 and index.json), memory-mapped, named by
     `description`: the data as this caller names it, not as whoever built the cache did (a cache
     is keyed by content, so a relative and an absolute path share one)."""
-    meta = json.loads((target / "index.json").read_text())
-    names, size = meta["names"], meta["size"]
-    files = meta.get("files", len(names) + len(meta["skipped"]))  # a video file holds many rows
+    try:
+        meta = json.loads((target / "index.json").read_text())
+        names, size = meta["names"], meta["size"]
+        files = meta.get("files", len(names) + len(meta["skipped"]))  # a video file holds many rows
+        expected, held = len(names) * size * size * 3, (target / "images.u8").stat().st_size
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        raise DamagedCache(f"its index cannot be read: {type(e).__name__}") from None
+    if held != expected:
+        raise DamagedCache(f"images.u8 holds {held:,} bytes where its index says {expected:,}")
     if names:  # else the error below says it all
         warn_skipped(meta["skipped"], files, description, kind)
     if not names:

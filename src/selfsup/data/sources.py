@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from ..console import warn
 from ..errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 SPLIT_NAMES = ("train", "val", "test")
+SKIPPED_FOLDERS = {"__MACOSX"}  # the resource forks macOS puts into archives; like hidden folders
 
 
 def is_image_name(name: str) -> bool:
@@ -36,7 +38,11 @@ def is_list_path(path: Path) -> bool:
 def _listed_files(path: Path, digest) -> list[str]:
     """Image paths from a .txt list (absolute, or relative to the list's folder), as given."""
     names = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{str(path)!r} is not UTF-8 text; a list of images holds one path per line") from None
+    for line in text.splitlines():
         name = line.strip()
         if not name or name.startswith("#"):
             continue
@@ -47,7 +53,7 @@ def _listed_files(path: Path, digest) -> list[str]:
             raise UserError(f"{str(path)!r} lists {name!r}, which does not exist; fix the list or "
                             f"re-create it") from None
         names.append(name)
-        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
     return names
 
 
@@ -183,24 +189,63 @@ def _common_folder(names: list[str]) -> str:
     return prefix
 
 
+def unusable_name(name: str) -> str | None:
+    """Why a file name cannot go into the lists, caches and CSV files a run writes, or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if "\n" in name or "\r" in name:
+        return "its name holds a line break"
+    return None
+
+
+def _skipped_folder(name: str) -> bool:
+    return name.startswith(".") or name in SKIPPED_FOLDERS
+
+
+def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
+    if left_out:
+        name, why = left_out[0]
+        warn(f"left out {len(left_out):,} files or folders under {str(where)!r} that cannot be used (e.g. "
+             f"{name!r}: {why}); rename them, mend the links or fix the permissions to include them")
+
+
 def walk_folder(path: Path, keep, digest) -> list[str]:
     """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s
-    (hidden folders skipped); each file's name, size and mtime go into `digest`, so that a
-    changed file changes the fingerprint."""
-    listed, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+    (hidden folders skipped); each file's name, size, mtime and permissions go into `digest`, so
+    that a changed file (or one made readable) changes the fingerprint. Files that cannot be used
+    (a dangling link, a name that is not UTF-8, a folder that cannot be read) are left out, said
+    in one warning."""
+    listed, seen, left_out = [], set(), []
+
+    def unreadable_folder(error: OSError) -> None:
+        left_out.append((os.path.relpath(error.filename, path), f"the folder cannot be read ({error.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True, onerror=unreadable_folder):
         real = os.path.realpath(dirpath)
         if real in seen:  # a link back to a folder already listed: a cycle, or the same files twice
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _skipped_folder(d))
         for filename in filenames:
-            if keep(filename):
-                full = Path(dirpath) / filename
-                rel, st = full.relative_to(path).as_posix(), full.stat()
-                listed.append(rel)
-                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            if not keep(filename):
+                continue
+            full = Path(dirpath) / filename
+            rel = full.relative_to(path).as_posix()
+            why = unusable_name(rel)
+            if why is None:
+                try:
+                    st = full.stat()
+                except OSError as e:  # a dangling link, a loop of links
+                    why = f"it cannot be opened ({e.strerror})"
+            if why is not None:
+                left_out.append((rel, why))
+                continue
+            listed.append(rel)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+    _warn_left_out(left_out, path)
     return sorted(listed)
 
 
@@ -214,7 +259,16 @@ def _listing(path: Path) -> tuple[list[str], str, str]:
     if is_list_path(path) and path.is_file():
         return _listed_files(path, digest), "", digest.hexdigest()
     if is_tar_path(path):
-        members = [n for n, _ in _tar_members(path) if is_image_name(n)]
+        members, left_out = [], []
+        for name, _ in _tar_members(path):
+            if not is_image_name(name) or any(_skipped_folder(part) for part in name.split("/")[:-1]):
+                continue
+            why = unusable_name(name)
+            if why is None:
+                members.append(name)
+            else:
+                left_out.append((name, why))
+        _warn_left_out(left_out, path)
         prefix = _common_folder(members)
         digest.update(repr(_stat_key(path)).encode())
         return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest()

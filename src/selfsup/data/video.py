@@ -33,7 +33,7 @@ import numpy as np
 
 from ..console import progress_bar, warn
 from ..errors import UserError
-from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, publish, read_built
+from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, open_built, publish
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source,
                       walk_folder)
 
@@ -227,9 +227,8 @@ def _open_videos(path: Path, videos: list[str], prefix: str, fingerprint: str, s
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name.split(".")[0])[:40] or "video"
     digest = hashlib.sha256(f"video{VIDEO_CACHE_FORMAT}|{fingerprint}|{size}".encode()).hexdigest()[:16]
     target = root / f"{stem}-video-{size}px-{digest}"
-    if not (target / "index.json").is_file():
-        _build_videos(path, videos, prefix, size, target, show_progress)
-    return read_built(target, str(path), kind="video")
+    return open_built(target, lambda: _build_videos(path, videos, prefix, size, target, show_progress), str(path),
+                      kind="video")
 
 
 def _build_videos(path: Path, videos: list[str], prefix: str, size: int, target: Path, show_progress: bool) -> None:
