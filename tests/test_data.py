@@ -119,6 +119,21 @@ def test_the_cache_knows_how_large_the_images_were_and_training_warns_of_a_large
     assert "enlarged" not in capsys.readouterr().err  # less than twice: no warning
 
 
+def test_images_beyond_pillows_bomb_guard_decode_up_to_a_gigapixel(monkeypatch):
+    """Pillow refuses images over twice its MAX_IMAGE_PIXELS (179 megapixels by default: a
+    14,000-pixel satellite tile); selfsup's own limit, a gigapixel, applies instead, and Pillow's
+    setting is left as it was."""
+    from PIL import Image as PILImage
+    from selfsup.data import cache
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (120, 100), (200, 30, 30)).save(buffer, format="PNG")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # as if 12,000 pixels were a bomb
+    pixels, _, side = decode_image(buffer.getvalue(), 16)
+    assert side == 100 and (pixels[..., 0] == 200).all() and PILImage.MAX_IMAGE_PIXELS == 1000
+    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 10_000)  # beyond selfsup's own limit: skipped
+    assert decode_image(buffer.getvalue(), 16) is None and PILImage.MAX_IMAGE_PIXELS == 1000
+
+
 def test_exif_orientation_is_applied_as_image_viewers_do():
     pixels = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3)).astype(np.uint8)
     for orientation, upright in [(1, pixels), (3, pixels[::-1, ::-1]), (6, np.rot90(pixels, -1)),

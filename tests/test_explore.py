@@ -13,6 +13,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from conftest import CLASSES, make_tar
 from selfsup.cli import main
 from selfsup.curate.search import kmeans
+from selfsup.errors import UserError
 from selfsup.explore import cluster_agreement, cluster_images, folder_classes, search_images
 
 ENCODER = {"checkpoint": "random:resnet18-half", "image_size": 24, "show_progress": False}
@@ -113,7 +114,7 @@ def test_search_against_brute_force_and_without_the_query_itself(labelled_folder
     assert summary["queries"] == summary["gallery"] == 3 * 12 and len(rows) == 36 * 5
     vectors = embeddings(labelled_folder, tmp_path)
     files = list(vectors)
-    x = centred(np.stack([vectors[f] for f in files]), np.mean([vectors[f] for f in files], axis=0))
+    x = np.stack([vectors[f] for f in files])  # plain cosine: the dot product of embed's vectors
     similarity = x @ x.T
     np.fill_diagonal(similarity, -np.inf)  # a query is not its own neighbour
     for q, query in enumerate(files):
@@ -122,17 +123,66 @@ def test_search_against_brute_force_and_without_the_query_itself(labelled_folder
         expected = np.argsort(-similarity[q], kind="stable")[:5]
         assert [r["file"] for r in got] == [files[i] for i in expected]
         np.testing.assert_allclose([float(r["cosine"]) for r in got], similarity[q, expected], atol=2e-4)
+    assert [r["query"] for r in rows] == sorted(r["query"] for r in rows)
     assert (tmp_path / "run" / "neighbours.png").stat().st_size > 0
 
 
-def test_search_with_one_image_against_a_tar(labelled_folder, tmp_path):
-    gallery = make_tar(labelled_folder, tmp_path / "gallery.tar")
+def test_a_pair_scores_the_same_whatever_else_the_gallery_holds(labelled_folder, tmp_path):
     query = labelled_folder / "circle" / "000.png"
-    summary = search_images(query, gallery, out=tmp_path / "run", k=3, **ENCODER)
-    rows = read_csv(tmp_path / "run" / "neighbours.csv")
-    # In a tar there is no file to compare with: the query's own copy is its nearest neighbour.
-    assert summary["queries"] == 1 and [r["query"] for r in rows] == ["000.png"] * 3
-    assert rows[0]["file"] == "circle/000.png" and float(rows[0]["cosine"]) == pytest.approx(1.0, abs=1e-4)
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes((labelled_folder / "square" / "003.png").read_bytes())
+    search_images(query, one, out=tmp_path / "alone", k=1, **ENCODER)
+    alone = read_csv(tmp_path / "alone" / "neighbours.csv")
+    search_images(query, labelled_folder / "square", out=tmp_path / "among", k=12, **ENCODER)
+    among = {r["file"]: r["cosine"] for r in read_csv(tmp_path / "among" / "neighbours.csv")}
+    assert alone[0]["cosine"] == among["003.png"] and abs(float(alone[0]["cosine"])) > 0.01
+
+
+def test_the_query_is_found_as_itself_under_other_names(labelled_folder, tmp_path):
+    """The same member of the same tar, a hard link, a symbolic link: not its own neighbour."""
+    tar = make_tar(labelled_folder, tmp_path / "gallery.tar")
+    search_images(tar, tar, out=tmp_path / "tar", k=2, **ENCODER)
+    assert not any(r["query"] == r["file"] for r in read_csv(tmp_path / "tar" / "neighbours.csv"))
+    links = tmp_path / "links"
+    links.mkdir()
+    os.link(labelled_folder / "circle" / "000.png", links / "hard.png")
+    (links / "soft.png").symlink_to(labelled_folder / "circle" / "001.png")
+    search_images(links, labelled_folder, out=tmp_path / "links-run", k=3, **ENCODER)
+    found = {(r["query"], r["file"]) for r in read_csv(tmp_path / "links-run" / "neighbours.csv")}
+    assert ("hard.png", "circle/000.png") not in found and ("soft.png", "circle/001.png") not in found
+
+
+def test_search_cuts_k_to_the_gallery_and_refuses_a_gallery_of_only_the_query(labelled_folder, tmp_path, capsys):
+    summary = search_images(labelled_folder / "circle", labelled_folder / "circle", out=tmp_path / "run", k=50,
+                            **ENCODER)
+    assert summary["k"] == 11 and summary["k_asked"] == 50
+    assert "11 neighbours each (--k 50 asked) among 12 gallery images" in capsys.readouterr().err
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "x.png").write_bytes((labelled_folder / "circle" / "000.png").read_bytes())
+    with pytest.raises(UserError, match="the gallery holds no image besides the query"):
+        search_images(lone / "x.png", lone, out=tmp_path / "lone-run", **ENCODER)
+
+
+def test_clusters_that_k_means_leaves_empty_are_said(tmp_path, capsys):
+    from PIL import Image
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for i in range(4):  # two distinct pictures, each twice: four clusters cannot all be filled
+        Image.new("RGB", (24, 24), (200, 30, 30) if i % 2 else (30, 30, 200)).save(folder / f"{i}.png")
+    summary = cluster_images(folder, out=tmp_path / "run", clusters=4, **ENCODER)
+    assert summary["sizes"] == [2, 2, 0, 0]
+    assert "k-means left 2 clusters empty" in capsys.readouterr().err
+
+
+def test_embeddings_of_files_since_changed_are_removed(labelled_folder, tmp_path):
+    cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
+    (before,) = (tmp_path / "run" / "embeddings").iterdir()
+    (labelled_folder / "circle" / "000.png").unlink()
+    cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
+    (after,) = (tmp_path / "run" / "embeddings").iterdir()
+    assert after != before
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -141,15 +191,18 @@ def test_search_with_one_image_against_a_tar(labelled_folder, tmp_path):
     (["cluster", "--shown", "0"], "--shown must be at least 1, got 0"),
     (["search", "--k", "0"], "--k must be at least 1, got 0"),
     (["search", "--query", "NOWHERE"], "--query: data path .*NOWHERE' does not exist"),
+    (["cluster", "--out", "A-FILE"], "is a file; --out takes a folder"),
 ])
 def test_bad_input_is_one_line(labelled_folder, tmp_path, capsys, argv, message):
     import re
     command, *options = argv
     places = (["--data", str(labelled_folder)] if command == "cluster" else
               ["--gallery", str(labelled_folder)] + ([] if "--query" in options else ["--query", str(labelled_folder)]))
-    options = [str(tmp_path / o) if o == "NOWHERE" else o for o in options]
-    code = main([command, *places, *options, "--checkpoint", "random:resnet18-half", "--image-size", "24",
-                 "--out", str(tmp_path / "run"), "--no-progress"])
+    (tmp_path / "A-FILE").write_text("")
+    options = [str(tmp_path / o) if o in ("NOWHERE", "A-FILE") else o for o in options]
+    out = [] if "--out" in options else ["--out", str(tmp_path / "run")]
+    code = main([command, *places, *options, "--checkpoint", "random:resnet18-half", "--image-size", "24", *out,
+                 "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
     assert not (tmp_path / "run").exists()  # a refused start leaves no folder
@@ -169,3 +222,14 @@ def test_cluster_and_search_through_the_cli(labelled_folder, tmp_path, capsys):
     rows = read_csv(tmp_path / "s" / "neighbours.csv")
     assert len(rows) == 12 * 4 and not any(r["file"] == "square/" + r["query"] for r in rows)
     assert list(itertools.islice((r["rank"] for r in rows), 4)) == ["1", "2", "3", "4"]
+
+
+def test_embeddings_saved_in_chunks_of_another_size_are_not_taken_twice(labelled_folder, tmp_path):
+    from selfsup.curate.embedding import embed_source
+    from selfsup.data import open_source
+    from selfsup.encoder import load_encoder
+    encoder, source = load_encoder("random:resnet18-half", image_size=24), open_source(labelled_folder)
+    first = embed_source(encoder, source, tmp_path / "e", "cpu", chunk_size=8, show_progress=False)
+    again = embed_source(encoder, source, tmp_path / "e", "cpu", chunk_size=5, show_progress=False)
+    assert again.names == first.names == source.names
+    np.testing.assert_allclose(again.vectors, first.vectors, atol=1e-6)

@@ -214,7 +214,7 @@ def _encoder_options(parser: argparse.ArgumentParser) -> None:
     """The encoder that embeds images, for the commands that embed images (embed, curate, cluster, search)."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
     parser.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
-    parser.add_argument("--image-size", type=int, help="with random:/weights:: the input size")
+    parser.add_argument("--image-size", type=int, help="with random: or weights:, the input size")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                         help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: below 64 px)")
 
@@ -323,22 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
                                         "Embeddings are kept in OUT: another --clusters embeds nothing again.")
     p.add_argument("--data", required=True, help="a folder of images, a tar of one, or a .txt list")
     _encoder_options(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for clusters.csv, clusters.png, summary.json, embeddings/")
     p.add_argument("--clusters", type=int, default=10, help="how many groups (default 10)")
-    p.add_argument("--shown", type=int, default=8, help="images drawn per cluster in clusters.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shown", type=int, default=8, help="images drawn per cluster in clusters.png (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="k-means' starts (default 0)")
     p.add_argument("--device", default="auto")
     _common(p)
     p.set_defaults(run=_cluster)
 
     p = commands.add_parser("search", help="find the gallery images most similar to query images",
-                            description="Write OUT/neighbours.csv (query, rank, file, cosine) and "
-                                        "OUT/neighbours.png. Embeddings are kept in OUT: other queries "
-                                        "against the same gallery embed only the queries.")
-    p.add_argument("--query", required=True, help="an image, a folder of images or a tar of one")
+                            description="Write OUT/neighbours.csv (query, rank, file, cosine similarity of "
+                                        "the encoder's features) and OUT/neighbours.png. A query that is "
+                                        "itself a gallery image is not its own neighbour; --k is cut to the "
+                                        "gallery's size. Embeddings are kept in OUT: other queries against "
+                                        "the same gallery embed only the queries.")
+    p.add_argument("--query", required=True, help="an image, a folder of images, a tar of one or a .txt list")
     p.add_argument("--gallery", required=True, help="the images to search (folder, tar or .txt list)")
     _encoder_options(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for neighbours.csv, neighbours.png, embeddings/")
     p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
     p.add_argument("--device", default="auto")
     _common(p)

@@ -6,20 +6,23 @@
     search:  query images and a gallery --embed--> each query's k most similar gallery images
              -> OUT/neighbours.csv (query, rank, file, cosine) and OUT/neighbours.png
 
-Embeddings are cached in OUT/embeddings (keyed by the encoder and the files), so trying another
-number of clusters, or other queries against the same gallery, embeds nothing again; a killed
-embedding resumes. Vectors are centred on the collection's mean and L2-normalised, as in
-`selfsup curate`: similarity is cosine similarity.
+Embeddings are cached in OUT/embeddings (keyed by the encoder and the files, in steps of 1,024
+images), so trying another number of clusters embeds nothing again, other queries against the
+same gallery embed only the queries, and a killed embedding resumes. Search compares the
+encoder's L2-normalised features by cosine similarity, as `selfsup embed` and `eval retrieval`
+do; clustering first centres them on the collection's mean (as `selfsup curate` does), so that the
+direction all images share does not pull every group together.
 """
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .console import plural, say
+from .console import plural, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
@@ -29,6 +32,7 @@ from .outputs import atomic_path, output_folder, removed_if_left_empty
 
 CLUSTERS_DRAWN = 32  # rows of clusters.png; the CSV has every cluster
 QUERIES_DRAWN = 12  # rows of neighbours.png
+EMBED_CHUNK = 1024  # images embedded between two saves: what a killed run can lose
 
 
 def _open(path, option: str) -> ImageSource:
@@ -45,9 +49,13 @@ def _embed(checkpoint, sources: dict[str, ImageSource], out: Path, device, backb
 
     device = resolve_device(device)
     encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
-    return {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,
-                               show_progress=show_progress, desc=f"embedding {what}")
-            for what, src in sources.items()}
+    folders = {what: embedding_dir(out / "embeddings", encoder, src) for what, src in sources.items()}
+    embedded = {what: embed_source(encoder, src, folders[what], device, chunk_size=EMBED_CHUNK,
+                                   show_progress=show_progress, desc=f"embedding {what}")
+                for what, src in sources.items()}
+    for stale in set((out / "embeddings").iterdir()) - set(folders.values()):  # of files or encoders since changed
+        shutil.rmtree(stale, ignore_errors=True)
+    return embedded
 
 
 def cluster_agreement(clusters: np.ndarray, classes: np.ndarray) -> dict[str, float]:
@@ -117,6 +125,9 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
         writer.writerows([embedded.names[i], int(assignment[i]), f"{similarity[i]:.4f}"] for i in order)
 
     sizes = sizes[by_size]
+    if (sizes == 0).any():
+        warn(f"k-means left {plural(int((sizes == 0).sum()), 'cluster')} empty: the images hold fewer distinct "
+             f"groups than --clusters {clusters}; choose fewer")
     starts = np.searchsorted(assignment[order], np.arange(clusters))  # where each cluster begins in `order`
     rows = []
     for c in range(min(clusters, CLUSTERS_DRAWN)):
@@ -152,40 +163,51 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
         sources = {"query": _open(query, "--query"), "gallery": _open(gallery, "--gallery")}
         embedded = _embed(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress)
     queries, found = embedded["query"], embedded["gallery"]
-    mean = found.vectors.mean(axis=0)
     same_file = _same_files(sources["query"], queries.names, sources["gallery"], found.names)
-    wanted = min(len(found.names), k + (1 if same_file else 0))
-    sims, idx, _ = nearest(centred(queries.vectors, mean), centred(found.vectors, mean), wanted)
-    results = []
-    for q, (row_sims, row_idx) in enumerate(zip(sims, idx)):
-        kept = [(float(s), int(i)) for s, i in zip(row_sims, row_idx) if same_file.get(q) != int(i)][:k]
-        results.append(kept)
+    others = len(found.names) - (1 if same_file else 0)  # what a query that is a gallery image can find
+    if others < 1:
+        raise UserError("the gallery holds no image besides the query; give a gallery of other images")
+    used = min(k, others)
+    # Plain cosine of the encoder's L2-normalised features (as `selfsup embed` and `eval retrieval`):
+    # the same pair of images scores the same whatever else the gallery holds.
+    sims, idx, _ = nearest(queries.vectors, found.vectors, min(len(found.names), used + 1))
+    results = [[(float(s), int(i)) for s, i in zip(row_sims, row_idx) if same_file.get(q) != int(i)][:used]
+               for q, (row_sims, row_idx) in enumerate(zip(sims, idx))]
+    by_name = sorted(range(len(results)), key=queries.names.__getitem__)  # a tar lists in archive order
 
     csv_path = out / "neighbours.csv"
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["query", "rank", "file", "cosine"])
-        for q, kept in enumerate(results):
+        for q in by_name:
             writer.writerows([queries.names[q], rank, found.names[i], f"{s:.4f}"] for rank, (s, i) in
-                             enumerate(kept, start=1))
+                             enumerate(results[q], start=1))
     rows = [[(sources["query"], queries.names[q], "query")] +
-            [(sources["gallery"], found.names[i], f"cos {s:.2f}") for s, i in kept]
-            for q, kept in enumerate(results[:QUERIES_DRAWN])]
+            [(sources["gallery"], found.names[i], f"cos {s:.2f}") for s, i in results[q]]
+            for q in by_name[:QUERIES_DRAWN]]
     drawn = f", the first {QUERIES_DRAWN}" if len(results) > QUERIES_DRAWN else ""
     picture = draw_rows(rows, out / "neighbours.png", f"queries{drawn} and their most similar gallery images")
-    say(f"search: {plural(len(results), 'query', 'queries')}, {min(k, len(found.names) - bool(same_file))} "
-        f"neighbours each among {plural(len(found.names), 'gallery image')}")
-    return {"queries": len(results), "gallery": len(found.names), "k": k,
+    asked = f" (--k {k} asked)" if used < k else ""
+    say(f"search: {plural(len(results), 'query', 'queries')}, {plural(used, 'neighbour')} each{asked} among "
+        f"{plural(len(found.names), 'gallery image')}")
+    return {"queries": len(results), "gallery": len(found.names), "k": used, "k_asked": k,
             "skipped": {"query": len(queries.skipped), "gallery": len(found.skipped)},
             "outputs": {"csv": str(csv_path), "png": str(picture)}}
 
 
 def _same_files(query: ImageSource, query_names: list[str], gallery: ImageSource,
                 gallery_names: list[str]) -> dict[int, int]:
-    """{query row: gallery row} for query images that are gallery files (same file on disk)."""
-    query_paths = [query.file_path(n) for n in query_names]
-    if any(p is None for p in query_paths) or gallery.file_path(gallery_names[0]) is None:
-        return {}  # inside a tar: no file to compare
-    row_of = {gallery.file_path(n).resolve(): i for i, n in enumerate(gallery_names)}
-    same = {q: row_of.get(p.resolve()) for q, p in enumerate(query_paths)}
+    """{query row: gallery row} for query images that are gallery images: the same file on disk
+    (by device and inode: links and other spellings of its path too), or the same member of the
+    same tar."""
+    row_of = {_identity(gallery, n): i for i, n in enumerate(gallery_names)}
+    same = {q: row_of.get(_identity(query, n)) for q, n in enumerate(query_names)}
     return {q: g for q, g in same.items() if g is not None}
+
+
+def _identity(source: ImageSource, name: str) -> tuple:
+    path = source.file_path(name)
+    if path is None:  # a tar member
+        return ("tar", source.path.resolve(), source.archive_prefix + name)
+    st = path.stat()
+    return ("file", st.st_dev, st.st_ino)

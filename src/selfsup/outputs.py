@@ -16,6 +16,8 @@ from .errors import UserError
 def output_folder(path: str | Path) -> Path:
     """`path` as a folder that exists, created with its parents; a UserError when it cannot be."""
     path = Path(path).expanduser()
+    if path.is_file():
+        raise UserError(f"{str(path)!r} is a file; --out takes a folder (a new name will do)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

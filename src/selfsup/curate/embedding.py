@@ -50,6 +50,17 @@ def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device
     return [n for n, _ in kept], vectors, skipped
 
 
+def _load_chunk(path: Path, wanted: list[str]):
+    """(names, vectors, skipped) saved in `path` when they are those of the files `wanted`."""
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        names, skipped = saved["names"].tolist(), saved["skipped"].tolist()
+        if sorted(names + skipped) != sorted(wanted):
+            return None
+        return names, saved["vectors"], skipped
+
+
 def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, chunk_size: int = 4096,
                  workers: int = 0, show_progress: bool = True, desc: str = "embedding") -> Embedded:
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -57,17 +68,16 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
     bar = progress_bar(len(source.names), f"{desc} {source.describe()}", enabled=show_progress)
     encoder.backbone.to(device)
     for number, start in enumerate(range(0, len(source.names), chunk_size)):
-        done = work_dir / f"chunk-{number:06d}.npz"
-        if not done.exists():
-            chunk_names, chunk_vectors, chunk_skipped = _embed_chunk(
-                encoder, source, source.names[start:start + chunk_size], device, workers)
+        done, wanted = work_dir / f"chunk-{number:06d}.npz", source.names[start:start + chunk_size]
+        saved = _load_chunk(done, wanted)
+        if saved is None:  # not embedded yet, or in chunks of another size
+            saved = _embed_chunk(encoder, source, wanted, device, workers)
             with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-                np.savez(f, names=np.array(chunk_names, dtype=str), vectors=chunk_vectors,
-                         skipped=np.array(chunk_skipped, dtype=str))
-        with np.load(done) as saved:
-            names += saved["names"].tolist()
-            vectors.append(saved["vectors"])
-            skipped += saved["skipped"].tolist()
+                np.savez(f, names=np.array(saved[0], dtype=str), vectors=saved[1],
+                         skipped=np.array(saved[2], dtype=str))
+        names += saved[0]
+        vectors.append(saved[1])
+        skipped += saved[2]
         bar.update(min(chunk_size, len(source.names) - start))
     bar.close()
     if not names:

@@ -19,15 +19,16 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
     rows = [r for r in rows if r] or [[]]
     pixels = _decode_all(rows, size)
     cols = max(1, max(len(r) for r in rows))
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.4 * len(rows) + 0.4), squeeze=False)
+    height = 1.4 * len(rows) + 0.4  # inches: the rows, and the title's strip above them
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, row in enumerate(rows):
         for c, (source, name, *label) in enumerate(row):
             axes[r, c].imshow(pixels.get((id(source), name), np.zeros((size, size, 3), np.uint8)))
             axes[r, c].set_title("\n".join([_short(name), *label]), fontsize=6)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the rows below the title, however many
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -70,10 +70,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
 
 
+# A user's own scans and tiles, not uploads from strangers: Pillow's guard against decompression
+# bombs (an error above 179 megapixels) would skip a 14,000-pixel satellite tile. Images up to a
+# gigapixel decode (3 GB of RGB at most, per decoding process); larger ones are skipped.
+LARGEST_IMAGE_PIXELS = 2**30
+
+
 def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool, int] | None:
     """(size, size, 3) uint8 RGB pixels, whether the image was grayscale, and its shorter side
     before resizing (exact below `size`: JPEG's reduced decoding never goes under it), or None when
-    the bytes are not a decodable image (corrupt, truncated, or not an image at all)."""
+    the bytes are not a decodable image (corrupt, truncated, over a gigapixel, or not an image)."""
+    guard = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS // 2  # Pillow refuses twice its value
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF, palette transparency, ...
@@ -88,6 +96,8 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool, int] | None:
         return pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all()), side
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
         return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:

@@ -220,7 +220,7 @@ def walk_folder(path: Path, keep, digest) -> list[str]:
     listed, seen, left_out = [], set(), []
 
     def unreadable_folder(error: OSError) -> None:
-        left_out.append((os.path.relpath(error.filename, path), f"the folder cannot be read ({error.strerror})"))
+        left_out.append((os.path.relpath(error.filename or path, path), f"the folder cannot be read ({error.strerror})"))
 
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True, onerror=unreadable_folder):
         real = os.path.realpath(dirpath)
