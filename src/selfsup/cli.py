@@ -217,6 +217,7 @@ def _encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="with random: or weights:, the input size")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                         help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: below 64 px)")
+    parser.add_argument("--device", default="auto", help="where to embed: auto, cpu, cuda, cuda:N")
 
 
 def _demo(args) -> int:
@@ -294,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_options(p)
     p.add_argument("--data", required=True, help="a folder of images, a tar of one, or a .txt list")
     p.add_argument("--out", required=True, help="a .npy file, or a folder to write embeddings.npy into")
-    p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache-dir")
     _common(p)
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("curate", help="deduplicate a pool of images and retrieve those near a seed set")
     p.add_argument("--pool", required=True, help="the uncurated images (folder, tar or .txt list)")
-    p.add_argument("--seed-set", required=True, help="a few images of what you want more of (a folder, tar or list; or one image)")
+    p.add_argument("--seed-set", required=True, help="a few images of what you want more of (folder, tar, list or one image)")
     _encoder_options(p)
     p.add_argument("--out", required=True)
     p.add_argument("--exclude", help="evaluation images whose near-duplicates must leave the pool")
@@ -312,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-cluster", type=int, default=100, help="images drawn per cluster near a seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tar", action="store_true", help="also write OUT/curated.tar")
-    p.add_argument("--device", default="auto")
     _common(p)
     p.set_defaults(run=_curate)
 
@@ -327,7 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", type=int, default=10, help="how many groups (default 10)")
     p.add_argument("--shown", type=int, default=8, help="images drawn per cluster in clusters.png (default 8)")
     p.add_argument("--seed", type=int, default=0, help="k-means' starts (default 0)")
-    p.add_argument("--device", default="auto")
     _common(p)
     p.set_defaults(run=_cluster)
 
@@ -342,7 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     _encoder_options(p)
     p.add_argument("--out", required=True, help="folder for neighbours.csv, neighbours.png, embeddings/")
     p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
-    p.add_argument("--device", default="auto")
     _common(p)
     p.set_defaults(run=_search)
 
