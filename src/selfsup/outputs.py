@@ -18,6 +18,10 @@ def output_folder(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_file():
         raise UserError(f"{str(path)!r} is a file; --out takes a folder (a new name will do)")
+    return _make_folder(path)
+
+
+def _make_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -32,7 +36,7 @@ def output_file(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{str(path)!r} is a folder; --out takes a file name (one inside it will do)")
-    folder = output_folder(path.parent)
+    folder = _make_folder(path.parent)
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
             pass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..console import warn
 from ..errors import UserError, unknown_choice
-from ..outputs import output_file, output_folder
+from ..outputs import output_file
 from .data import check_options, prepare
 from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
@@ -110,7 +110,7 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     out = _plot_path(out)
-    output_folder(out.parent)
+    output_file(out)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
