@@ -233,3 +233,14 @@ def test_embeddings_saved_in_chunks_of_another_size_are_not_taken_twice(labelled
     again = embed_source(encoder, source, tmp_path / "e", "cpu", chunk_size=5, show_progress=False)
     assert again.names == first.names == source.names
     np.testing.assert_allclose(again.vectors, first.vectors, atol=1e-6)
+
+
+def test_nearest_centroids_in_blocks_equal_the_whole_matrix():
+    from selfsup.curate.search import _nearest_centroid
+    import torch
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(1000, 16, generator=g), dim=1)
+    centroids = torch.nn.functional.normalize(torch.randn(7, 16, generator=g), dim=1)
+    index, cosine = _nearest_centroid(x, centroids, block_bytes=4 * 7 * 33)  # 33 rows a block, the last short
+    whole = (x @ centroids.T).max(dim=1)
+    assert torch.equal(index, whole.indices) and torch.allclose(cosine, whole.values)

@@ -86,8 +86,8 @@ def kmeans(x: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0, in
         generator = torch.Generator().manual_seed(seed + 1_000_003 * attempt)  # seeds 0, 1, 2 share no restart
         start = (_plus_plus_starts(x_t, clusters, generator) if init == "k-means++"
                  else x_t[torch.randperm(len(x), generator=generator)[:clusters]].clone())
-        centroids, assign = _lloyd(x_t, start, iterations)
-        fit = float((x_t * centroids[assign]).sum())
+        centroids, assign, similarity = _lloyd(x_t, start, iterations)
+        fit = float(similarity.double().sum())
         if best is None or fit > best[0]:
             best = (fit, centroids, assign)
     return best[1].numpy(), best[2].numpy()
@@ -106,15 +106,25 @@ def _plus_plus_starts(x: torch.Tensor, clusters: int, generator: torch.Generator
     return x[chosen].clone()
 
 
-def _lloyd(x_t: torch.Tensor, centroids: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_centroid(x: torch.Tensor, centroids: torch.Tensor,
+                      block_bytes: int = 256 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, cosine) of each row's most similar centroid, a block of rows at a time: the whole
+    (N, C) similarity matrix of a million images and 10,000 clusters would be 40 GB."""
+    rows = max(1, block_bytes // (4 * len(centroids)))
+    best = [(x[start:start + rows] @ centroids.T).max(dim=1) for start in range(0, len(x), rows)]
+    return torch.cat([b.indices for b in best]), torch.cat([b.values for b in best])
+
+
+def _lloyd(x_t: torch.Tensor, centroids: torch.Tensor, iterations: int):
+    """(centroids, assignment, each point's cosine to its centroid) after `iterations` rounds."""
     clusters = len(centroids)
     for _ in range(iterations):
-        assign = (x_t @ centroids.T).argmax(dim=1)
+        assign, similarity = _nearest_centroid(x_t, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x_t)
         counts = torch.bincount(assign, minlength=clusters)
         empty = counts == 0  # re-seed empty clusters with the points farthest from their centroid
         if empty.any():
-            worst = (x_t * centroids[assign]).sum(1).argsort()[: int(empty.sum())]
+            worst = similarity.argsort()[: int(empty.sum())]
             sums[empty] = x_t[worst]
         centroids = torch.nn.functional.normalize(sums, dim=1)
-    return centroids, (x_t @ centroids.T).argmax(dim=1)
+    return centroids, *_nearest_centroid(x_t, centroids)
