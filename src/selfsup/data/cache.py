@@ -282,6 +282,8 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
         discarded = target.with_name(f"{_staging_prefix()}{os.getpid()}-damaged-{target.name}")
         try:
             target.rename(discarded)
+        except FileNotFoundError:  # another process found it damaged too, and took it away
+            pass
         except OSError as error:
             raise UserError(f"cannot remove the damaged cache {str(target)!r} ({error.strerror}); delete it, "
                             f"then run the same command again") from None
