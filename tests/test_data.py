@@ -403,3 +403,29 @@ def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, 
         (folder / "images.u8").write_bytes(b"\0" * 100)
     load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
     assert not abandoned.exists() and building.exists()
+
+
+def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, split_folder, tmp_path, capsys):
+    import json
+    import time
+    from selfsup.cli import main
+    from selfsup.data.cache import list_caches
+    cache_dir = tmp_path / "c"
+    load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
+    load_cache(open_source(split_folder), 16, cache_dir, show_progress=False)
+    (cache_dir / "notes").mkdir()  # not a cache: never touched
+    old, recent = sorted(list_caches(cache_dir), key=lambda e: e.images)  # 36 and 48 images
+    long_ago = time.time() - 40 * 86400
+    os.utime(old.path / "index.json", (long_ago, long_ago))
+    assert [e.path for e in list_caches(cache_dir)] == [recent.path, old.path]  # most recently used first
+    assert old.bytes >= 36 * 16 * 16 * 3
+    assert main(["cache", "--cache-dir", str(cache_dir), "--remove-unused-days", "30", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [c["path"] for c in listed["removed"]] == [str(old.path)] and not old.path.exists()
+    assert [c["path"] for c in listed["caches"]] == [str(recent.path)] and (cache_dir / "notes").is_dir()
+    load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)  # decoded again, marked used
+    assert main(["cache", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" used ") == 2 and out.strip().splitlines()[-1].startswith("2 cache(s), ")
+    assert main(["cache", "--cache-dir", str(cache_dir), "--remove-unused-days", "-1"]) == 2
+    assert "--remove-unused-days must be 0 or more" in capsys.readouterr().err

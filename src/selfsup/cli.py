@@ -12,6 +12,7 @@
     selfsup cluster --checkpoint CKPT --data PATH --clusters K --out DIR
     selfsup search --checkpoint CKPT --query PATH --gallery PATH --out DIR
     selfsup curate --pool PATH --seed-set PATH --checkpoint CKPT --out DIR
+    selfsup cache [--remove-unused-days N]
     selfsup demo
 """
 from __future__ import annotations
@@ -210,6 +211,41 @@ def _search(args) -> int:
     return 0
 
 
+def _cache(args) -> int:
+    import time
+
+    from .data.cache import default_cache_dir, list_caches, remove_unused_caches
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.remove_unused_days is not None and args.remove_unused_days < 0:
+        raise UserError(f"--remove-unused-days must be 0 or more, got {args.remove_unused_days:g}")
+    removed = [] if args.remove_unused_days is None else remove_unused_caches(root, args.remove_unused_days)
+    kept = list_caches(root)
+    if args.json:
+        def described(e):
+            return {"path": str(e.path), "source": e.source, "images": e.images, "size": e.size, "bytes": e.bytes,
+                    "last_used": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.last_used))}
+        print(json.dumps({"cache_dir": str(root), "caches": [described(e) for e in kept],
+                          "removed": [described(e) for e in removed]}))
+        return 0
+    for e in kept:
+        print(f"{_bytes(e.bytes):>9}  used {time.strftime('%Y-%m-%d', time.localtime(e.last_used))}  "
+              f"{e.images:,} images of {e.size} px from {e.source}  ({e.path.name})")
+    if removed:
+        print(f"removed {len(removed)} cache(s) unused for {args.remove_unused_days:g} days: "
+              f"{_bytes(sum(e.bytes for e in removed))} freed")
+    print(f"{len(kept)} cache(s), {_bytes(sum(e.bytes for e in kept))}, in {root}")
+    return 0
+
+
+def _bytes(count: int) -> str:
+    """'193.4 GB', '12.0 MB', '800 B'."""
+    for unit, power in (("GB", 30), ("MB", 20), ("KB", 10)):
+        if count >= 2**power:
+            return f"{count / 2**power:.1f} {unit}"
+    return f"{count} B"
+
+
 def _encoder_options(parser: argparse.ArgumentParser) -> None:
     """The encoder that embeds images, for the commands that embed images (embed, curate, cluster, search)."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
@@ -342,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
     _common(p)
     p.set_defaults(run=_search)
+
+    p = commands.add_parser("cache", help="list the decoded-image caches, and remove those no longer used",
+                            description="List the caches of decoded images (one per dataset and image size), "
+                                        "most recently used first, with their size on disk. A run that needs a "
+                                        "removed cache decodes its images again.")
+    p.add_argument("--cache-dir", help="default $SELFSUP_CACHE or ~/.cache/selfsup")
+    p.add_argument("--remove-unused-days", type=float, metavar="DAYS",
+                   help="remove the caches no run has opened for this many days")
+    _common(p)
+    p.set_defaults(run=_cache)
 
     p = commands.add_parser("demo", help="pretrain SimCLR on the CIFAR-10 sample that ships with selfsup (CPU, minutes)")
     p.add_argument("--out", help="run folder (default: a temporary folder)")

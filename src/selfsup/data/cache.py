@@ -20,6 +20,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,7 +277,9 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
     if not (target / "index.json").is_file():
         build()
     try:
-        return read_built(target, description, kind)
+        cache = read_built(target, description, kind)
+        _mark_used(target)
+        return cache
     except DamagedCache as e:
         warn(f"the {kind} cache {str(target)!r} is damaged ({e}); decoding the {kind}s again")
         discarded = target.with_name(f"{_staging_prefix()}{os.getpid()}-damaged-{target.name}")
@@ -290,6 +293,58 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
         shutil.rmtree(discarded, ignore_errors=True)
         build()
         return read_built(target, description, kind)
+
+
+def _mark_used(target: Path) -> None:
+    """The index's time is the cache's last use, for `selfsup cache --remove-unused-days`."""
+    try:
+        os.utime(target / "index.json")
+    except OSError:  # a cache on a read-only disk: used all the same
+        pass
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    source: str
+    images: int
+    size: int  # pixels per side
+    bytes: int
+    last_used: float  # seconds since the epoch
+
+
+def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
+    """The image and video caches under `root` (default: the cache folder), most recently used
+    first. Only folders that hold a cache's index and pixels are counted."""
+    root = Path(root).expanduser() if root else default_cache_dir()
+    entries = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        index, pixels = folder / "index.json", folder / "images.u8"
+        if folder.name.startswith(".") or not (index.is_file() and pixels.is_file()):
+            continue
+        try:
+            meta = json.loads(index.read_text())
+            held = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            entries.append(CacheEntry(folder, str(meta.get("source", "?")), len(meta.get("names", [])),
+                                      int(meta.get("size", 0)), held, index.stat().st_mtime))
+        except (OSError, ValueError):
+            continue  # being replaced or damaged: the next run that opens it deals with it
+    return sorted(entries, key=lambda e: -e.last_used)
+
+
+def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntry]:
+    """Remove the caches not used for `days` days (and builds abandoned on this machine); returns
+    those removed. A run that needs one again decodes its images again."""
+    root = Path(root).expanduser() if root else default_cache_dir()
+    if root.is_dir():
+        _remove_abandoned_builds(root)
+    cutoff = time.time() - days * 86400
+    removed = []
+    for entry in list_caches(root):
+        if entry.last_used < cutoff:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "image") -> None:
