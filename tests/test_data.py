@@ -1,6 +1,7 @@
 """Data: discovery in folders and tars, the uint8 cache, corrupt files, batch order."""
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,11 +399,16 @@ def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     abandoned = cache_dir / f"{_staging_prefix()}{gone.stdout.strip()}-abc"  # its process has ended
     building = cache_dir / f"{_staging_prefix()}{os.getppid()}-def"  # a live process's build
-    for folder in (abandoned, building):
+    recent = cache_dir / f"{_staging_prefix()}{gone.stdout.strip()}-ghi"  # ended, but written a moment ago
+    long_ago = __import__("time").time() - 3600
+    for folder in (abandoned, building, recent):
         folder.mkdir()
         (folder / "images.u8").write_bytes(b"\0" * 100)
+        if folder != recent:  # (another PID namespace under the same host name may be writing it)
+            os.utime(folder / "images.u8", (long_ago, long_ago))
+            os.utime(folder, (long_ago, long_ago))
     load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
-    assert not abandoned.exists() and building.exists()
+    assert not abandoned.exists() and building.exists() and recent.exists()
 
 
 def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, split_folder, tmp_path, capsys):
@@ -429,3 +435,35 @@ def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, sp
     assert out.count(" used ") == 2 and out.strip().splitlines()[-1].startswith("2 cache(s), ")
     assert main(["cache", "--cache-dir", str(cache_dir), "--remove-unused-days", "-1"]) == 2
     assert "--remove-unused-days must be 0 or more" in capsys.readouterr().err
+    (cache_dir / "link").symlink_to(recent.path)  # a link to a cache: neither counted twice nor a way to remove it
+    listed = list_caches(cache_dir)
+    assert len(listed) == 2 and all(e.path.name != "link" for e in listed)
+
+
+def test_a_run_checkpointing_marks_its_cache_used(labelled_folder, tmp_path):
+    import time
+    from selfsup.data.cache import mark_used
+    cache = load_cache(open_source(labelled_folder), 16, tmp_path / "c", show_progress=False)
+    index = Path(cache.images.filename).parent / "index.json"
+    long_ago = time.time() - 40 * 86400
+    os.utime(index, (long_ago, long_ago))
+    mark_used(cache)
+    assert time.time() - index.stat().st_mtime < 60
+
+
+def test_a_cache_still_damaged_after_decoding_again_is_one_line(labelled_folder, tmp_path, monkeypatch):
+    from selfsup.data import cache as cache_module
+    load_cache(open_source(labelled_folder), 16, tmp_path / "c", show_progress=False)
+    (built,) = (tmp_path / "c").iterdir()
+    with open(built / "images.u8", "r+b") as f:
+        f.truncate(10)
+    real_build = cache_module._build
+
+    def short_build(source, size, target, workers, show_progress):  # a disk that fills up again
+        real_build(source, size, target, workers, show_progress)
+        with open(target / "images.u8", "r+b") as f:
+            f.truncate(10)
+
+    monkeypatch.setattr(cache_module, "_build", short_build)
+    with pytest.raises(UserError, match="was decoded again and is still damaged"):
+        load_cache(open_source(labelled_folder), 16, tmp_path / "c", show_progress=False)

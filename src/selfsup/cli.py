@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "removed cache decodes its images again.")
     p.add_argument("--cache-dir", help="default $SELFSUP_CACHE or ~/.cache/selfsup")
     p.add_argument("--remove-unused-days", type=float, metavar="DAYS",
-                   help="remove the caches no run has opened for this many days")
+                   help="remove the caches no run has opened or checkpointed with for this many days")
     _common(p)
     p.set_defaults(run=_cache)
 

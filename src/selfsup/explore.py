@@ -53,8 +53,12 @@ def _embed(checkpoint, sources: dict[str, ImageSource], out: Path, device, backb
     embedded = {what: embed_source(encoder, src, folders[what], device, chunk_size=EMBED_CHUNK,
                                    show_progress=show_progress, desc=f"embedding {what}")
                 for what, src in sources.items()}
-    for stale in set((out / "embeddings").iterdir()) - set(folders.values()):  # of files or encoders since changed
-        shutil.rmtree(stale, ignore_errors=True)
+    # Embeddings of these sources' earlier files or encoders (same name, other key) are removed;
+    # others in the folder (another command's) are left alone.
+    names = {folder.name.rsplit("-", 1)[0] for folder in folders.values()}
+    for stale in (out / "embeddings").iterdir():
+        if stale not in folders.values() and stale.name.rsplit("-", 1)[0] in names:
+            shutil.rmtree(stale, ignore_errors=True)
     return embedded
 
 

@@ -27,6 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .console import plural, progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
+from .data.cache import mark_used
 from .data.loader import SampleBatch, map_side
 from .errors import UserError
 from .eval.features import extract_features
@@ -389,6 +390,7 @@ class Trainer:
         state = self._state()
         if dist.is_main():
             save_checkpoint(self.out / "last.pt", **state)
+            mark_used(self.cache)  # a run of many days keeps its cache from `selfsup cache --remove-unused-days`
 
     def save_pictures(self) -> None:
         """Let the method draw what it produces (reconstructions, ...) for a fixed set of images,

@@ -184,12 +184,22 @@ def _staging_prefix() -> str:
     return f".building-{host}-"
 
 
-def _remove_abandoned_builds(folder: Path) -> None:
+def _remove_abandoned_builds(folder: Path, quiet_seconds: float = 600) -> None:
+    """Remove build folders of this machine whose process has ended and which nothing has written
+    to for `quiet_seconds` (the quiet time guards against another PID namespace under the same
+    host name, as containers can share)."""
     prefix = _staging_prefix()
     for entry in folder.glob(prefix + "*"):
         pid = entry.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)) and time.time() - _last_write(entry) > quiet_seconds:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _last_write(folder: Path) -> float:
+    try:
+        return max([folder.stat().st_mtime] + [f.stat().st_mtime for f in folder.iterdir()])
+    except OSError:
+        return time.time()  # changing under us: someone is at work there
 
 
 def _alive(pid: int) -> bool:
@@ -292,7 +302,11 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
                             f"then run the same command again") from None
         shutil.rmtree(discarded, ignore_errors=True)
         build()
-        return read_built(target, description, kind)
+        try:
+            return read_built(target, description, kind)
+        except DamagedCache as again:
+            raise UserError(f"the {kind} cache {str(target)!r} was decoded again and is still damaged ({again}); "
+                            f"check the free space and the disk of the cache folder, or set --cache-dir") from None
 
 
 def _mark_used(target: Path) -> None:
@@ -301,6 +315,13 @@ def _mark_used(target: Path) -> None:
         os.utime(target / "index.json")
     except OSError:  # a cache on a read-only disk: used all the same
         pass
+
+
+def mark_used(cache: ImageCache) -> None:
+    """Say that `cache` is still in use (a run that trains for days calls it at each checkpoint)."""
+    filename = getattr(cache.images, "filename", None)  # a memory map knows its file
+    if filename:
+        _mark_used(Path(filename).parent)
 
 
 @dataclass
@@ -320,8 +341,8 @@ def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
     entries = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         index, pixels = folder / "index.json", folder / "images.u8"
-        if folder.name.startswith(".") or not (index.is_file() and pixels.is_file()):
-            continue
+        if folder.name.startswith(".") or folder.is_symlink() or not (index.is_file() and pixels.is_file()):
+            continue  # a link is not counted twice, nor its target removed through it
         try:
             meta = json.loads(index.read_text())
             held = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
@@ -333,8 +354,9 @@ def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
 
 
 def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntry]:
-    """Remove the caches not used for `days` days (and builds abandoned on this machine); returns
-    those removed. A run that needs one again decodes its images again."""
+    """Remove the caches no run has opened or checkpointed with for `days` days (and builds
+    abandoned on this machine); returns those removed. A run that needs one again decodes its
+    images again."""
     root = Path(root).expanduser() if root else default_cache_dir()
     if root.is_dir():
         _remove_abandoned_builds(root)
@@ -343,7 +365,10 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
     for entry in list_caches(root):
         if entry.last_used < cutoff:
             shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(entry)
+            if entry.path.exists():  # e.g. NFS keeps files a process still has open
+                warn(f"could not remove all of {str(entry.path)!r} (a file still open?); try again later")
+            else:
+                removed.append(entry)
     return removed
 
 
