@@ -214,9 +214,9 @@ def _search(args) -> int:
 def _cache(args) -> int:
     import time
 
-    from .data.cache import default_cache_dir, list_caches, remove_unused_caches
+    from .data.cache import cache_folder, list_caches, remove_unused_caches
 
-    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    root = cache_folder(args.cache_dir)
     if args.remove_unused_days is not None and args.remove_unused_days < 0:
         raise UserError(f"--remove-unused-days must be 0 or more, got {args.remove_unused_days:g}")
     removed = [] if args.remove_unused_days is None else remove_unused_caches(root, args.remove_unused_days)

@@ -67,7 +67,11 @@ class ImageCache:
 CACHE_REMEDY = "set --cache-dir or $SELFSUP_CACHE to a writable folder"
 
 
-def default_cache_dir() -> Path:
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """Where decoded images (and features, label subsets) are kept: `cache_dir` when given (a
+    --cache-dir), else $SELFSUP_CACHE, else ~/.cache/selfsup."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
     return Path(os.environ.get("SELFSUP_CACHE") or Path.home() / ".cache" / "selfsup")
 
 
@@ -273,7 +277,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
                workers: int = 0, show_progress: bool = True) -> ImageCache:
     """The decoded images of `source` at `size` pixels, built on first use and reused after."""
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_folder(cache_dir)
     target = root / _cache_key(source, size)
     return open_built(target, lambda: _build(source, size, target, workers, show_progress), source.describe())
 
@@ -337,7 +341,7 @@ class CacheEntry:
 def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
     """The image and video caches under `root` (default: the cache folder), most recently used
     first. Only folders that hold a cache's index and pixels are counted."""
-    root = Path(root).expanduser() if root else default_cache_dir()
+    root = cache_folder(root)
     entries = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         index, pixels = folder / "index.json", folder / "images.u8"
@@ -357,7 +361,7 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
     """Remove the caches no run has opened or checkpointed with for `days` days (and builds
     abandoned on this machine); returns those removed. A run that needs one again decodes its
     images again."""
-    root = Path(root).expanduser() if root else default_cache_dir()
+    root = cache_folder(root)
     if root.is_dir():
         _remove_abandoned_builds(root)
     cutoff = time.time() - days * 86400

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..console import progress_bar, warn
 from ..errors import UserError
-from .cache import ImageCache, default_cache_dir, fit_square, load_cache, make_staging, open_built, publish
+from .cache import ImageCache, cache_folder, fit_square, load_cache, make_staging, open_built, publish
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source,
                       walk_folder)
 
@@ -223,7 +223,7 @@ def decode_video(data: bytes, size: int) -> list[np.ndarray] | None:
 
 def _open_videos(path: Path, videos: list[str], prefix: str, fingerprint: str, size: int, cache_dir,
                  show_progress: bool) -> ImageCache:
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_folder(cache_dir)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name.split(".")[0])[:40] or "video"
     digest = hashlib.sha256(f"video{VIDEO_CACHE_FORMAT}|{fingerprint}|{size}".encode()).hexdigest()[:16]
     target = root / f"{stem}-video-{size}px-{digest}"

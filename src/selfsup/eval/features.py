@@ -11,7 +11,7 @@ import torch
 
 from ..console import progress_bar
 from ..data import ImageCache
-from ..data.cache import CACHE_REMEDY, default_cache_dir
+from ..data.cache import CACHE_REMEDY, cache_folder
 from ..outputs import atomic_path
 from ..views import eval_view
 
@@ -57,7 +57,7 @@ def feature_cache_path(encoder_key: str | None, cache: ImageCache, device: torch
     data_key = Path(cache.images.filename).parent.name
     # bf16 autocast on CUDA gives other features than fp32 on the CPU.
     digest = hashlib.sha256(f"{FEATURE_FORMAT}|{encoder_key}|{data_key}|{device.type}".encode()).hexdigest()[:20]
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_folder(cache_dir)
     return root / "features" / f"{data_key}-{digest}.npy"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ImageCache
-from ..data.cache import CACHE_REMEDY, default_cache_dir
+from ..data.cache import CACHE_REMEDY, cache_folder
 from ..errors import UserError
 from ..outputs import atomic_path
 
@@ -95,7 +95,7 @@ def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: fl
     data_key = Path(getattr(cache.images, "filename", None) or "unknown/x").parent.name
     tag = f"per-class-{budget.per_class}" if budget.per_class else \
         "all" if budget.everything else f"fraction-{budget.fraction:g}"
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_folder(cache_dir)
     path = root / "subsets" / f"{data_key}-{tag}-val{val_fraction:g}-seed{split.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {"source": cache.source, "budget": budget.describe(), "seed": split.seed,
