@@ -421,6 +421,11 @@ def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, sp
     load_cache(open_source(split_folder), 16, cache_dir, show_progress=False)
     (cache_dir / "notes").mkdir()  # not a cache: never touched
     old, recent = sorted(list_caches(cache_dir), key=lambda e: e.images)  # 36 and 48 images
+    for entry in (old, recent):  # what the evaluations derive from a cache, named after it
+        (cache_dir / "features").mkdir(exist_ok=True)
+        (cache_dir / "subsets").mkdir(exist_ok=True)
+        (cache_dir / "features" / f"{entry.path.name}-0123.npy").write_bytes(b"x")
+        (cache_dir / "subsets" / f"{entry.path.name}-all-val0.1-seed0.json").write_text("{}")
     long_ago = time.time() - 40 * 86400
     os.utime(old.path / "index.json", (long_ago, long_ago))
     assert [e.path for e in list_caches(cache_dir)] == [recent.path, old.path]  # most recently used first
@@ -429,6 +434,8 @@ def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, sp
     listed = json.loads(capsys.readouterr().out)
     assert [c["path"] for c in listed["removed"]] == [str(old.path)] and not old.path.exists()
     assert [c["path"] for c in listed["caches"]] == [str(recent.path)] and (cache_dir / "notes").is_dir()
+    assert [p.name for p in (cache_dir / "features").iterdir()] == [f"{recent.path.name}-0123.npy"]
+    assert [p.name for p in (cache_dir / "subsets").iterdir()] == [f"{recent.path.name}-all-val0.1-seed0.json"]
     load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)  # decoded again, marked used
     assert main(["cache", "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out

@@ -358,9 +358,10 @@ def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
 
 
 def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntry]:
-    """Remove the caches no run has opened or checkpointed with for `days` days (and builds
-    abandoned on this machine); returns those removed. A run that needs one again decodes its
-    images again."""
+    """Remove the caches no run has opened or checkpointed with for `days` days, with the
+    features and label subsets computed from them (named after the cache, in features/ and
+    subsets/), and builds abandoned on this machine; returns the caches removed. A run that needs
+    one again decodes its images again."""
     root = cache_folder(root)
     if root.is_dir():
         _remove_abandoned_builds(root)
@@ -373,6 +374,9 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
                 warn(f"could not remove all of {str(entry.path)!r} (a file still open?); try again later")
             else:
                 removed.append(entry)
+                for folder in ("features", "subsets"):  # a ViT-B's features of ImageNet: 4 GB per encoder
+                    for derived in root.glob(f"{folder}/{entry.path.name}-*"):
+                        derived.unlink(missing_ok=True)
     return removed
 
 
