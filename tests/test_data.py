@@ -442,6 +442,11 @@ def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, sp
     assert out.count(" used ") == 2 and out.strip().splitlines()[-1].startswith("2 cache(s), ")
     assert main(["cache", "--cache-dir", str(cache_dir), "--remove-unused-days", "-1"]) == 2
     assert "--remove-unused-days must be 0 or more" in capsys.readouterr().err
+    assert main(["cache", "--cache-dir", str(cache_dir / "none")]) == 0
+    assert capsys.readouterr().out.startswith("no cache folder at ")
+    (cache_dir / "a-file").write_text("")
+    assert main(["cache", "--cache-dir", str(cache_dir / "a-file")]) == 2
+    assert "is a file; --cache-dir takes the folder" in capsys.readouterr().err
     (cache_dir / "link").symlink_to(recent.path)  # a link to a cache: neither counted twice nor a way to remove it
     listed = list_caches(cache_dir)
     assert len(listed) == 2 and all(e.path.name != "link" for e in listed)

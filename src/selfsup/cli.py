@@ -217,6 +217,11 @@ def _cache(args) -> int:
     from .data.cache import cache_folder, list_caches, remove_unused_caches
 
     root = cache_folder(args.cache_dir)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{str(root)!r} is a file; --cache-dir takes the folder that holds the caches")
+    if not root.exists():
+        print(f"no cache folder at {root}: nothing has been cached there yet")
+        return 0
     if args.remove_unused_days is not None and args.remove_unused_days < 0:
         raise UserError(f"--remove-unused-days must be 0 or more, got {args.remove_unused_days:g}")
     removed = [] if args.remove_unused_days is None else remove_unused_caches(root, args.remove_unused_days)
