@@ -40,7 +40,7 @@ _LAZY = {"load_encoder": ".encoder", "UserError": ".errors", "evaluate_finetune"
          "evaluate_knn": ".eval", "evaluate_linear": ".eval", "evaluate_retrieval": ".eval",
          "label_efficiency_curve": ".eval", "embed_images": ".export", "export_encoder": ".export",
          "load_exported": ".export", "build_report": ".report", "cluster_images": ".explore",
-         "search_images": ".explore"}
+         "search_images": ".explore", "select_images": ".selection"}
 
 __all__ = ["pretrain", "__version__", *_LAZY]
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -2,7 +2,7 @@
 
     selfsup pretrain --method simclr --data PATH --out RUN_DIR [--epochs N ...] [--resume]
     selfsup eval knn|linear|finetune|retrieval --checkpoint CKPT --train PATH --test PATH
-                 [--fraction F | --per-class K] [--seeds N] [--json]
+                 [--fraction F | --per-class K | --subset FILE] [--seeds N] [--json]
     selfsup eval curve --checkpoint CKPT [CKPT ...] --data PATH [--per-class K ...]
     selfsup report RUN_DIR [RUN_DIR ...] --out report.html
     selfsup synth motion|interaction --from PATH --out DIR
@@ -11,6 +11,7 @@
     selfsup attention --checkpoint CKPT --images PATH --out DIR
     selfsup cluster --checkpoint CKPT --data PATH --clusters K --out DIR
     selfsup search --checkpoint CKPT --query PATH --gallery PATH --out DIR
+    selfsup select --checkpoint CKPT --data PATH --budget B --out DIR [--labelled FILE ...]
     selfsup curate --pool PATH --seed-set PATH --checkpoint CKPT --out DIR
     selfsup cache [--remove-unused-days N]
     selfsup demo
@@ -211,6 +212,19 @@ def _search(args) -> int:
     return 0
 
 
+def _select(args) -> int:
+    from .selection import select_images
+
+    summary = select_images(args.data, args.checkpoint, args.out, budget=args.budget, strategy=args.strategy,
+                            labelled=args.labelled or (), seed=args.seed, copy=args.copy, device=args.device,
+                            backbone=args.backbone, image_size=args.image_size, small_stem=args.small_stem,
+                            show_progress=not args.no_progress)
+    outputs = summary["outputs"]
+    copies = f" (the files: {outputs['copies']})" if "copies" in outputs else ""
+    print(json.dumps(summary) if args.json else f"wrote {outputs['csv']}{copies}; look at {outputs['png']}")
+    return 0
+
+
 def _cache(args) -> int:
     import time
 
@@ -252,7 +266,8 @@ def _bytes(count: int) -> str:
 
 
 def _encoder_options(parser: argparse.ArgumentParser) -> None:
-    """The encoder that embeds images, for the commands that embed images (embed, curate, cluster, search)."""
+    """The encoder that embeds images, for the commands that embed images (embed, curate, cluster, search,
+    select)."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
     parser.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
     parser.add_argument("--image-size", type=int, help="with random: or weights:, the input size")
@@ -383,6 +398,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
     _common(p)
     p.set_defaults(run=_search)
+
+    p = commands.add_parser("select", help="choose the images to label first, when only a few can be labelled",
+                            description="Embed every image of the pool and choose --budget of them to label: "
+                                        "typiclust (default) takes the most typical image of each of the largest "
+                                        "k-means groups that hold no label yet, the choice that helps most when "
+                                        "labels are few; kcenter spreads the choices as far apart as it can; "
+                                        "random is the baseline. Writes OUT/to_label.csv in the order to label, "
+                                        "and OUT/to_label.png. Evaluate a choice with selfsup eval --subset.")
+    p.add_argument("--data", required=True, help="the pool: a folder of images, a tar of one, or a .txt list "
+                                                 "(a dataset root with train/ and test/: its train/ images)")
+    _encoder_options(p)
+    p.add_argument("--out", required=True, help="folder for to_label.csv, to_label.png, summary.json, embeddings/")
+    p.add_argument("--budget", type=int, required=True, help="how many images to choose")
+    p.add_argument("--strategy", default="typiclust", choices=["typiclust", "kcenter", "random"])
+    p.add_argument("--labelled", nargs="+", metavar="FILE",
+                   help="images already labelled, never chosen again: an earlier round's to_label.csv, a .txt of "
+                        "one name per line, or a label subset JSON of selfsup eval")
+    p.add_argument("--copy", action="store_true", help="also copy the chosen files into OUT/to_label/")
+    p.add_argument("--seed", type=int, default=0, help="k-means' starts; random's draw (default 0)")
+    _common(p)
+    p.set_defaults(run=_select)
 
     p = commands.add_parser("cache", help="list the decoded-image caches, and remove those no longer used",
                             description="List the caches of decoded images (one per dataset and image size), "

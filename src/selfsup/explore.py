@@ -35,15 +35,17 @@ QUERIES_DRAWN = 12  # rows of neighbours.png
 EMBED_CHUNK = 1024  # images embedded between two saves: what a killed run can lose
 
 
-def _open(path, option: str) -> ImageSource:
+def open_option(path, option: str, opener=open_file_or_source) -> ImageSource:
+    """`opener(path)`, its errors named after the command-line option that gave the path."""
     try:
-        return open_file_or_source(path)
+        return opener(path)
     except UserError as e:
         raise UserError(f"{option}: {e}") from None
 
 
-def _embed(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
-           show_progress: bool) -> dict[str, Embedded]:
+def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
+                  show_progress: bool) -> dict[str, Embedded]:
+    """Each source's embeddings, cached (and resumable) in OUT/embeddings."""
     from .encoder import load_encoder
     from .train import resolve_device
 
@@ -102,11 +104,11 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
         raise UserError(f"--shown must be at least 1, got {shown}")
     with removed_if_left_empty(out):  # a refused start leaves no folder behind
         out = output_folder(out)
-        source = _open(data, "--data")
+        source = open_option(data, "--data")
         if len(source.names) < clusters:
             raise UserError(f"--clusters {clusters} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}; choose fewer clusters")
-        embedded = _embed(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
+        embedded = embed_sources(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
                           show_progress)["images"]
     if len(embedded.names) < clusters:
         raise UserError(f"--clusters {clusters} is more than the {plural(len(embedded.names), 'image')} that "
@@ -164,8 +166,8 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
         raise UserError(f"--k must be at least 1, got {k}")
     with removed_if_left_empty(out):
         out = output_folder(out)
-        sources = {"query": _open(query, "--query"), "gallery": _open(gallery, "--gallery")}
-        embedded = _embed(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress)
+        sources = {"query": open_option(query, "--query"), "gallery": open_option(gallery, "--gallery")}
+        embedded = embed_sources(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress)
     queries, found = embedded["query"], embedded["gallery"]
     same_file = _same_files(sources["query"], queries.names, sources["gallery"], found.names)
     others = len(found.names) - (1 if same_file else 0)  # what a query that is a gallery image can find

@@ -327,3 +327,57 @@ def open_splits(path: str | Path) -> dict[str, ImageSource]:
     path = Path(path).expanduser()
     names, prefix, digest = _listing(path)
     return {split: _make_source(path, split, names, prefix, digest) for split in splits_in(names)}
+
+
+def names_listed_in(path: str | Path, option: str) -> list[str]:
+    """The image names a file lists, for options that name some images of a source (eval's
+    --subset, select's --labelled): a CSV with a `file` column (what `selfsup select`, `cluster`
+    and `search` write), a JSON label subset (its "train" list, as eval saves them) or a text file
+    of one name per line; each name relative to the source's root."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{option} {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{option} {str(path)!r} cannot be read as text ({e})") from None
+    kind = path.suffix.lower()
+    if kind == ".json":
+        import json
+        try:
+            names = json.loads(text)["train"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{option} {str(path)!r} is not a label subset written by selfsup eval (JSON with a "
+                            f"'train' list of file names)") from None
+    elif kind == ".csv":
+        import csv
+        rows = list(csv.reader(text.splitlines()))
+        if not rows or "file" not in rows[0]:
+            raise UserError(f"{option} {str(path)!r} has no 'file' column in its first line; give a CSV with a "
+                            f"header such as selfsup select's to_label.csv, or a .txt of one name per line")
+        column = rows[0].index("file")
+        names = [row[column] for row in rows[1:] if len(row) > column and row[column]]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{option} {str(path)!r} lists no file names")
+    return names
+
+
+def rows_of_names(names: list[str], listed: list[str], source: str, split: str | None, option: str) -> list[int]:
+    """The rows of `names` (a source's images) that `listed` names, each once, sorted. A listed
+    name may also carry the split's folder (train/cat/1.jpg for cat/1.jpg in a dataset's train/)."""
+    row_of = {n: i for i, n in enumerate(names)}
+    rows, unknown = set(), []
+    for name in listed:
+        name = name.replace("\\", "/").removeprefix("./")
+        if name not in row_of and split and name.startswith(split + "/"):
+            name = name[len(split) + 1:]
+        if name in row_of:
+            rows.add(row_of[name])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise UserError(f"{option} names {len(unknown):,} file(s) that are not images of {source} that could be "
+                        f"decoded, e.g. {unknown[0]!r}; names are relative to its root, as in {names[0]!r}")
+    return sorted(rows)

@@ -1,7 +1,7 @@
 """`selfsup eval knn|linear|finetune|retrieval|curve`: the command line of the protocols.
 
-    selfsup eval PROTOCOL --checkpoint CKPT --train PATH --test PATH [--fraction F | --per-class K]
-                 [--seeds N] [--json]
+    selfsup eval PROTOCOL --checkpoint CKPT --train PATH --test PATH
+                 [--fraction F | --per-class K | --subset FILE] [--seeds N] [--json]
     selfsup eval curve --checkpoint CKPT [CKPT ...] --data PATH [--per-class K ...] [--out FILE.png]
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ USED_BY = {**{name: ("finetune",) for name in FINETUNE_FLAGS},
            **{name: ("linear", "finetune") for name in ("epochs", "batch_size", "lr", "weight_decay",
                                                          "val_fraction")},
            "k": ("knn", "retrieval"), "temperature": ("knn",), "curve_protocol": ("curve",),
-           "out": ("retrieval", "curve")}
+           "out": ("retrieval", "curve"), "subset": ("knn", "linear", "finetune", "retrieval")}
 
 
 def add_eval_parser(commands, common) -> None:
@@ -43,6 +43,9 @@ def add_eval_parser(commands, common) -> None:
     p.add_argument("--fraction", type=float, nargs="+", help="use this fraction of each class's training labels "
                                                             "(curve: several)")
     p.add_argument("--per-class", type=int, nargs="+", help="use K training labels per class (curve: several)")
+    p.add_argument("--subset", metavar="FILE",
+                   help="use the labels of only the training images FILE lists: selfsup select's to_label.csv, a "
+                        "CSV with a file column, a .txt of one name per line, or a subset JSON that eval saved")
     p.add_argument("--seeds", type=int, help="repeat over N label subsets (default 1; curve 3)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="linear, finetune: part of each class's training labels held out to tune on")
@@ -116,6 +119,9 @@ def run_eval(args, defaults: dict) -> int:
     from . import evaluate_finetune, evaluate_knn, evaluate_linear, evaluate_retrieval, label_efficiency_curve
 
     refuse_unused(args, defaults)
+    if args.protocol == "curve" and args.subset:
+        raise UserError("--subset is for one evaluation; eval curve draws its own subsets at each --per-class or "
+                        "--fraction (run eval linear --subset once per file instead)")
     setup = dict(train=args.train, test=args.test, data=args.data, device=args.device, image_size=args.image_size,
                  small_stem=args.small_stem, backbone=args.backbone, cache_dir=args.cache_dir,
                  show_progress=not args.no_progress, record=not args.no_record)
@@ -128,7 +134,8 @@ def run_eval(args, defaults: dict) -> int:
         evaluate = {"knn": evaluate_knn, "linear": evaluate_linear, "finetune": evaluate_finetune,
                     "retrieval": evaluate_retrieval}[args.protocol]
         result = evaluate(_one(args.checkpoint, "--checkpoint"), fraction=_one(args.fraction, "--fraction"),
-                          per_class=_one(args.per_class, "--per-class"), seeds=1 if args.seeds is None else args.seeds,
+                          per_class=_one(args.per_class, "--per-class"), subset=args.subset,
+                          seeds=1 if args.seeds is None else args.seeds,
                           **_protocol_options(args, args.protocol), **setup)
     print(json.dumps(result) if args.json else describe(result))
     return 0

@@ -28,7 +28,7 @@ from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
 from .record import record_result
 from .retrieval import mean_average_precision, nearest_neighbours, precision_at_k
 from .stats import summarise
-from .subsets import Budget, Split, make_split, save_split
+from .subsets import Budget, Split, listed_split, make_split, save_split
 
 DEFAULT_VAL_FRACTION = 0.1
 KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
@@ -109,9 +109,12 @@ def _split(setup: Setup, budget: Budget, seed: int, val_fraction: float) -> tupl
     (unlabelled training images: all of them, no file)."""
     if setup.train.labels is None:
         if not budget.everything:
-            raise UserError("--fraction and --per-class need training images laid out by class")
+            raise UserError("--fraction, --per-class and --subset need training images laid out by class")
         return Split(np.arange(len(setup.train)), np.arange(0), seed), None
-    split = make_split(setup.train.labels, setup.train.classes, budget, seed, val_fraction)
+    if budget.subset:
+        split = listed_split(setup.train, budget, seed, val_fraction)
+    else:
+        split = make_split(setup.train.labels, setup.train.classes, budget, seed, val_fraction)
     return split, str(save_split(split, setup.train, budget, val_fraction, setup.cache_dir))
 
 
@@ -126,7 +129,8 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
     summary = summarise(per_seed, ("top1", "top5"), len(setup.test))
     interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
     return {"protocol": name, "encoder": setup.encoder.description, "image_size": setup.encoder.image_size,
-            "budget": budget.describe(), "fraction": budget.fraction, "per_class": budget.per_class, "seeds": seeds,
+            "budget": budget.describe(), "fraction": budget.fraction, "per_class": budget.per_class,
+            **({"subset": budget.subset} if budget.subset else {}), "seeds": seeds,
             "labels_per_class": len(split.train) / max(1, classes), "train_images": len(setup.train),
             "labelled_images": len(split.train), "val_images": len(split.val), "test_images": len(setup.test),
             "classes": classes, "train_data": setup.train.source, "test_data": setup.test.source,
@@ -134,10 +138,11 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
 
 
 def _seeds_that_differ(protocol: str, budget: Budget, seeds: int) -> int:
-    """kNN and retrieval have no randomness of their own: with every label, each seed would repeat
-    the first one's result (and report a spread of 0), so they run once."""
-    if budget.everything and seeds > 1:
-        warn(f"{protocol} with all labels gives the same result for every seed: run once, not {seeds} times "
+    """kNN and retrieval have no randomness of their own: with every label (or a listed subset),
+    each seed would repeat the first one's result (and report a spread of 0), so they run once."""
+    if (budget.everything or budget.subset) and seeds > 1:
+        labels = "the labels of --subset" if budget.subset else "all labels"
+        warn(f"{protocol} with {labels} gives the same result for every seed: run once, not {seeds} times "
              f"(--seeds draws label subsets, with --fraction or --per-class)")
         return 1
     return seeds
@@ -262,30 +267,30 @@ def _finish(setup: Setup, result: dict, record: bool) -> dict:
 
 def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple[int, ...] = (20, 200),
                  temperature: float = KNN_TEMPERATURE, fraction: float | None = None, per_class: int | None = None,
-                 seeds: int = 1, record: bool = True, **options) -> dict:
+                 subset: str | None = None, seeds: int = 1, record: bool = True, **options) -> dict:
     """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
     k, temperature = _knn_options(k, temperature)  # before any image is read
     check_options("evaluate_knn", options)
     setup = prepare(checkpoint, train, test, data, **options)
-    return _finish(setup, knn_protocol(setup, Budget(fraction, per_class), seeds, k, temperature), record)
+    return _finish(setup, knn_protocol(setup, Budget(fraction, per_class, subset), seeds, k, temperature), record)
 
 
 def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = LINEAR_EPOCHS, lr=SWEEP_LRS,
                     weight_decay=SWEEP_WEIGHT_DECAYS, batch_size: int = 1024, fraction: float | None = None,
-                    per_class: int | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
-                    record: bool = True, **options) -> dict:
+                    per_class: int | None = None, subset: str | None = None, seeds: int = 1,
+                    val_fraction: float = DEFAULT_VAL_FRACTION, record: bool = True, **options) -> dict:
     """Top-1/top-5 of a linear probe on frozen features (lr and weight decay: a value or a grid
     searched on the validation split)."""
     _linear_options(lr, weight_decay, epochs, batch_size)  # before any image is read
     check_options("evaluate_linear", options)
     setup = prepare(checkpoint, train, test, data, **options)
-    result = linear_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, lr, weight_decay, epochs,
-                             batch_size)
+    result = linear_protocol(setup, Budget(fraction, per_class, subset), seeds, val_fraction, lr, weight_decay,
+                             epochs, batch_size)
     return _finish(setup, result, record)
 
 
 def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction: float | None = None,
-                      per_class: int | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
+                      per_class: int | None = None, subset: str | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
                       record: bool = True, config: dict | FinetuneConfig | None = None, **options) -> dict:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
@@ -294,15 +299,16 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
     check_options("evaluate_finetune", options)
     setup = prepare(checkpoint, train, test, data, check_encoder=lambda e: _refuse_other_kind(given, e, config),
                     **options)
-    return _finish(setup, finetune_protocol(setup, Budget(fraction, per_class), seeds, val_fraction, config), record)
+    budget = Budget(fraction, per_class, subset)
+    return _finish(setup, finetune_protocol(setup, budget, seeds, val_fraction, config), record)
 
 
 def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int | tuple[int, ...] = (1, 10, 50),
-                       fraction: float | None = None, per_class: int | None = None, seeds: int = 1,
-                       out: str | Path | None = None, record: bool = True, **options) -> dict:
+                       fraction: float | None = None, per_class: int | None = None, subset: str | None = None,
+                       seeds: int = 1, out: str | Path | None = None, record: bool = True, **options) -> dict:
     """Test images as queries, training images as the gallery: precision@k and mAP (with labels;
     unlabelled folders work too, for the neighbour lists written to `out`)."""
     ks, out = _retrieval_options(ks, out)  # before any image is read
     check_options("evaluate_retrieval", options)
     setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
-    return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class), seeds, ks, out), record)
+    return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class, subset), seeds, ks, out), record)

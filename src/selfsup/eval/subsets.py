@@ -17,22 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
+from ..console import warn
 from ..data import ImageCache
 from ..data.cache import CACHE_REMEDY, cache_folder
+from ..data.sources import names_listed_in, rows_of_names
 from ..errors import UserError
 from ..outputs import atomic_path
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How many training labels to use: a fraction of each class, k per class, or all (both None)."""
+    """Which training labels to use: a fraction of each class, k per class, those of the images a
+    file lists (`subset`: e.g. `selfsup select`'s to_label.csv), or all (all three None)."""
 
     fraction: float | None = None
     per_class: int | None = None
+    subset: str | None = None
 
     def __post_init__(self):
-        if self.fraction is not None and self.per_class is not None:
-            raise UserError("give --fraction or --per-class, not both")
+        given = [flag for flag, value in (("--fraction", self.fraction), ("--per-class", self.per_class),
+                                          ("--subset", self.subset)) if value is not None]
+        if len(given) > 1:
+            raise UserError(f"give {' or '.join(given)}, not both")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise UserError(f"--fraction must lie in (0, 1], got {self.fraction}")
         if self.per_class is not None and self.per_class < 1:
@@ -40,11 +46,13 @@ class Budget:
 
     @property
     def everything(self) -> bool:
-        return self.per_class is None and (self.fraction is None or self.fraction == 1)
+        return self.per_class is None and self.subset is None and (self.fraction is None or self.fraction == 1)
 
     def describe(self) -> str:
         if self.everything:
             return "all labels"
+        if self.subset:
+            return f"the labels of the images in {Path(self.subset).name}"
         return f"{self.per_class} per class" if self.per_class else f"{self.fraction:g} of the labels"
 
 
@@ -90,11 +98,36 @@ def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int
     return Split(np.sort(np.concatenate(train)), np.sort(np.concatenate(val)).astype(np.int64), seed)
 
 
+def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: float) -> Split:
+    """The labelled images are those `budget.subset` lists; the validation split is cut from them
+    as from a class-balanced subset (`val_fraction` of each class, a class of one image keeps it)."""
+    if not 0 <= val_fraction <= 0.5:
+        raise UserError(f"--val-fraction must lie in [0, 0.5], got {val_fraction}")
+    listed = np.array(rows_of_names(cache.names, names_listed_in(budget.subset, "--subset"),
+                                    repr(cache.source), "train", "--subset"), dtype=np.int64)
+    train, val, absent = [], [], []
+    for c, name in enumerate(cache.classes):
+        order = np.random.default_rng([seed, c]).permutation(listed[cache.labels[listed] == c])
+        if len(order) == 0:
+            absent.append(name)
+        n_val = _validation_count(len(order), val_fraction)
+        train.append(order[:len(order) - n_val])
+        val.append(order[len(order) - n_val:])
+    if absent:
+        warn(f"--subset {budget.subset} holds no image of {len(absent)} of the {len(cache.classes)} classes "
+             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they count as errors on the test set")
+    return Split(np.sort(np.concatenate(train)), np.sort(np.concatenate(val)).astype(np.int64), seed)
+
+
 def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: float, cache_dir=None) -> Path:
     """Write the split's file names as JSON beside the image cache; returns the file."""
     data_key = Path(getattr(cache.images, "filename", None) or "unknown/x").parent.name
-    tag = f"per-class-{budget.per_class}" if budget.per_class else \
-        "all" if budget.everything else f"fraction-{budget.fraction:g}"
+    if budget.subset:
+        import hashlib
+        tag = "subset-" + hashlib.sha256("\n".join(cache.names[i] for i in split.train).encode()).hexdigest()[:12]
+    else:
+        tag = f"per-class-{budget.per_class}" if budget.per_class else \
+            "all" if budget.everything else f"fraction-{budget.fraction:g}"
     root = cache_folder(cache_dir)
     path = root / "subsets" / f"{data_key}-{tag}-val{val_fraction:g}-seed{split.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

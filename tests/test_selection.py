@@ -1,0 +1,258 @@
+"""`selfsup select` and `selfsup eval --subset`: the strategies against their definitions computed
+independently (float64, brute force), their behaviour on planted groups, the command, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import make_tar
+from selfsup import selection
+from selfsup.cli import main
+from selfsup.errors import UserError
+from selfsup.selection import choose, choose_kcenter, choose_typiclust, select_images, typicality
+
+ENCODER = {"checkpoint": "random:resnet18-half", "image_size": 24, "show_progress": False}
+CLI_ENCODER = ["--checkpoint", "random:resnet18-half", "--image-size", "24", "--no-progress"]
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def typicality64(x: np.ndarray, k: int) -> np.ndarray:
+    """TypiClust's density, by its definition: 1 / (mean squared euclidean distance to the k
+    nearest other points + 1e-5)."""
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return 1 / (np.sort(d, axis=1)[:, :k].mean(1) + 1e-5)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("seed, k", [(0, 1), (1, 5), (2, 20)])
+def test_typicality_against_float64_by_definition(seed, k):
+    import torch
+    x = unit_rows(np.random.default_rng(seed), 60, 8)
+    want = typicality64(x, k)
+    whole = typicality(torch.from_numpy(x).float(), k).double().numpy()
+    in_blocks = typicality(torch.from_numpy(x).float(), k, block_bytes=4 * 60 * 7).double().numpy()  # 7 rows a block
+    assert np.allclose(whole, want, rtol=1e-4) and np.allclose(in_blocks, want, rtol=1e-4)
+
+
+def typiclust64(x: np.ndarray, groups: np.ndarray, budget: int, labelled: np.ndarray) -> list[int]:
+    """TypiClust's choice for given groups, from the paper and its code: groups with fewer labels
+    first, then larger; groups of 5 or fewer passed over; in each, the most typical unlabelled
+    point (its 20 nearest, or half the group when smaller)."""
+    ids = np.unique(groups)
+    sizes = {g: int((groups == g).sum()) for g in ids}
+    order = sorted((g for g in ids if sizes[g] > 5), key=lambda g: (int(labelled[groups == g].sum()), -sizes[g], g))
+    taken, chosen = labelled.copy(), []
+    for i in range(budget):
+        g = order[i % len(order)]
+        members = np.flatnonzero((groups == g) & ~taken)
+        best = members[typicality64(x[members], min(20, len(members) // 2)).argmax()]
+        taken[best] = True
+        chosen.append(int(best))
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_typiclust_choice_against_an_independent_float64_implementation(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, 300, 16)
+    labelled = np.zeros(300, dtype=bool)
+    labelled[rng.choice(300, 6, replace=False)] = True
+    budget = 14
+    groups = rng.integers(0, 19, 300)  # fixed groups (6 + 14 in all): the choice after k-means is checked
+    groups[:3] = 19  # ... with one group too small to visit
+    monkeypatch.setattr(selection, "kmeans", lambda x, k, **kw: (None, groups))
+    got = choose_typiclust(x, budget, labelled, seed=seed)
+    assert got.rows.tolist() == typiclust64(x, groups, budget, labelled)
+    assert not labelled[got.rows].any() and len(set(got.rows.tolist())) == budget
+    assert 19 not in got.clusters.tolist()  # the group of 3 is passed over
+
+
+def planted_groups(rng, sizes, dim=16, spread=0.08):
+    """Points around orthogonal directions, `sizes[g]` around the g-th; the distance of each to its
+    group's centre."""
+    centres = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:len(sizes)]
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    x = centres[truth] + spread * rng.normal(size=(len(truth), dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, truth
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_typiclust_takes_a_typical_image_of_each_large_group_and_no_outlier(seed):
+    rng = np.random.default_rng(seed)
+    x, truth = planted_groups(rng, [80, 60, 50, 40, 30, 3])  # the last: 3 odd images
+    got = choose(x, 5, np.zeros(len(x), dtype=bool), "typiclust", seed=seed)
+    assert sorted(truth[got.rows].tolist()) == [0, 1, 2, 3, 4]
+    for row in got.rows:  # dense where the group is: among the most typical half of its group
+        members = np.flatnonzero(truth == truth[row])
+        density = typicality64(x[members], 20)
+        assert density[list(members).index(row)] >= np.median(density)
+
+
+def test_typiclust_goes_where_nothing_is_labelled_yet():
+    rng = np.random.default_rng(0)
+    x, truth = planted_groups(rng, [50, 50, 50, 50])
+    labelled = np.zeros(len(x), dtype=bool)
+    labelled[[0, 60]] = True  # one label in each of groups 0 and 1
+    got = choose(x, 2, labelled, "typiclust")
+    assert sorted(truth[got.rows].tolist()) == [2, 3]
+
+
+def kcenter64(x: np.ndarray, budget: int, labelled: np.ndarray) -> list[int]:
+    """Greedy k-center by its definition: the point farthest (squared euclidean) from its nearest
+    labelled or chosen point, one at a time."""
+    chosen = []
+    for _ in range(budget):
+        anchors = np.flatnonzero(labelled).tolist() + chosen
+        d = ((x[:, None, :] - x[anchors][None, :, :]) ** 2).sum(-1).min(1)
+        d[anchors] = -1
+        chosen.append(int(d.argmax()))
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kcenter_against_the_definition_in_float64(seed):
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, 200, 8)
+    labelled = np.zeros(200, dtype=bool)
+    labelled[rng.choice(200, 3, replace=False)] = True
+    got = choose_kcenter(x, 12, labelled, block_bytes=4 * 200 * 2)  # labelled rows two at a time
+    assert got.rows.tolist() == kcenter64(x, 12, labelled)
+    anchors = np.flatnonzero(labelled).tolist() + got.rows.tolist()
+    want = [((x[r] - x[anchors[:3 + i]]) ** 2).sum(1).min() for i, r in enumerate(got.rows)]
+    assert np.allclose(got.scores, want, atol=1e-5)
+
+
+def test_kcenter_never_chooses_a_labelled_image_even_when_all_else_duplicates_it():
+    x = np.tile(unit_rows(np.random.default_rng(0), 1, 4), (5, 1))  # five copies of one image
+    labelled = np.array([True, False, False, False, False])
+    got = choose(x, 4, labelled, "kcenter")
+    assert sorted(got.rows.tolist()) == [1, 2, 3, 4]
+
+
+def test_random_choice_is_seeded_and_skips_labelled_images():
+    labelled = np.zeros(50, dtype=bool)
+    labelled[:10] = True
+    a, b = (choose(np.zeros((50, 4)), 40, labelled, "random", seed=3).rows for _ in range(2))
+    assert a.tolist() == b.tolist() and sorted(a.tolist()) == list(range(10, 50))
+    assert choose(np.zeros((50, 4)), 40, labelled, "random", seed=4).rows.tolist() != a.tolist()
+
+
+def test_budgets_beyond_the_unlabelled_images_are_refused():
+    labelled = np.zeros(10, dtype=bool)
+    labelled[:4] = True
+    with pytest.raises(UserError, match="--budget must lie between 1 and the 6 unlabelled images of the pool, got 7"):
+        choose(unit_rows(np.random.default_rng(0), 10, 4), 7, labelled)
+    for strategy in ("typiclust", "kcenter", "random"):  # all of what is left, each once
+        got = choose(unit_rows(np.random.default_rng(0), 10, 4), 6, labelled, strategy)
+        assert sorted(got.rows.tolist()) == list(range(4, 10))
+
+
+def test_select_writes_the_choice_and_a_second_round_builds_on_the_first(labelled_folder, tmp_path):
+    first = select_images(labelled_folder, out=tmp_path / "round1", budget=4, copy=True, **ENCODER)
+    rows = read_csv(tmp_path / "round1" / "to_label.csv")
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and len({r["file"] for r in rows}) == 4
+    for r in rows:  # the copies are the files themselves
+        assert (tmp_path / "round1" / "to_label" / r["file"]).read_bytes() == (labelled_folder / r["file"]).read_bytes()
+    assert first["folders"]["classes"] == 3 and sum(first["folders"]["per_class"].values()) == 4
+    assert (tmp_path / "round1" / "to_label.png").stat().st_size > 0
+
+    second = select_images(labelled_folder, out=tmp_path / "round2", budget=5,
+                           labelled=[tmp_path / "round1" / "to_label.csv"], **ENCODER)
+    again = read_csv(tmp_path / "round2" / "to_label.csv")
+    assert second["labelled"] == 4 and second["clusters"] == 9
+    assert not {r["file"] for r in again} & {r["file"] for r in rows} and len(again) == 5
+
+
+def test_select_from_a_tar_of_a_dataset_takes_its_train_images(split_folder, tmp_path):
+    tar = make_tar(split_folder, tmp_path / "ds.tar.gz")
+    summary = select_images(tar, out=tmp_path / "sel", budget=3, strategy="kcenter", copy=True, **ENCODER)
+    rows = read_csv(tmp_path / "sel" / "to_label.csv")
+    assert summary["pool"].endswith("[train]") and summary["images"] == 48
+    for r in rows:
+        assert (tmp_path / "sel" / "to_label" / r["file"]).read_bytes() == \
+            (split_folder / "train" / r["file"]).read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "0"], "--budget must be at least 1, got 0"),
+    (["--budget", "37"], "--budget 37 is more than the 36 images in "),
+    (["--budget", "3", "--labelled", "LIST.txt"], r"--labelled names 1 file\(s\) that are not images of .* e.g. "
+                                                  r"'elsewhere/1.png'"),
+    (["--budget", "3", "--labelled", "NOWHERE.csv"], "--labelled .*NOWHERE.csv' does not exist"),
+    (["--budget", "3", "--labelled", "BAD.csv"], "has no 'file' column in its first line"),
+    (["--budget", "36", "--labelled", "GOOD.txt"], "--budget must lie between 1 and the 35 unlabelled images"),
+])
+def test_select_bad_input_is_one_line(labelled_folder, tmp_path, capsys, argv, message):
+    (tmp_path / "LIST.txt").write_text("circle/000.png\nelsewhere/1.png\n")
+    (tmp_path / "GOOD.txt").write_text("# one name per line\ncircle/000.png\n")
+    (tmp_path / "BAD.csv").write_text("name,score\ncircle/000.png,1\n")
+    argv = [str(tmp_path / a) if a in ("LIST.txt", "GOOD.txt", "NOWHERE.csv", "BAD.csv") else a for a in argv]
+    code = main(["select", "--data", str(labelled_folder), "--out", str(tmp_path / "sel"), *argv, *CLI_ENCODER])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_eval_on_the_chosen_labels_only(split_folder, tmp_path, capsys):
+    assert main(["select", "--data", str(split_folder), "--budget", "6", "--out", str(tmp_path / "sel"),
+                 "--json", *CLI_ENCODER]) == 0
+    chosen = {r["file"] for r in read_csv(tmp_path / "sel" / "to_label.csv")}
+    capsys.readouterr()
+    assert main(["eval", "knn", "--data", str(split_folder), "--subset", str(tmp_path / "sel" / "to_label.csv"),
+                 "--k", "3", "--json", *CLI_ENCODER]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["labelled_images"] == 6 and result["budget"] == "the labels of the images in to_label.csv"
+    saved = json.loads(open(result["subsets"][0]).read())
+    assert set(saved["train"]) == chosen and saved["val"] == []
+    # The saved subset is itself a --subset, and the split's folder may be named: the same labels.
+    listed = tmp_path / "listed.txt"
+    listed.write_text("".join(f"train/{name}\n" for name in sorted(chosen)))
+    for subset in (result["subsets"][0], listed):
+        assert main(["eval", "knn", "--data", str(split_folder), "--subset", str(subset), "--k", "3", "--json",
+                     *CLI_ENCODER]) == 0
+        assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+
+
+def test_linear_on_a_subset_cuts_validation_from_the_listed_images(split_folder, tmp_path, capsys):
+    names = [f"{c}/{i:03d}.png" for c in ("circle", "square") for i in range(10)]  # no stripes
+    (tmp_path / "list.txt").write_text("\n".join(names))
+    assert main(["eval", "linear", "--data", str(split_folder), "--subset", str(tmp_path / "list.txt"),
+                 "--val-fraction", "0.2", "--epochs", "5", "--json", *CLI_ENCODER]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert (result["labelled_images"], result["val_images"]) == (16, 4)
+    saved = json.loads(open(result["subsets"][0]).read())
+    assert sorted(saved["train"] + saved["val"]) == sorted(names)
+    assert "--subset" in captured.err and "holds no image of 1 of the 3 classes (stripes)" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["knn", "--per-class", "2"], "give --per-class or --subset, not both"),
+    (["knn", "--subset", "NOWHERE.txt"], "--subset .*NOWHERE.txt' does not exist"),
+    (["knn", "--subset", "TEST.txt"], r"--subset names 1 file\(s\) that are not images of"),
+    (["curve", "--per-class", "2"], "--subset is for one evaluation; eval curve draws its own subsets"),
+    (["linear", "--val-fraction", "0"], "without a validation split .* give one --lr and one --weight-decay"),
+])
+def test_eval_subset_bad_input_is_one_line(split_folder, tmp_path, capsys, argv, message):
+    (tmp_path / "list.txt").write_text("circle/000.png\nsquare/001.png\nstripes/002.png\n")
+    (tmp_path / "TEST.txt").write_text("test/circle/000.png\n")  # a test image is never a training label
+    protocol, *options = argv
+    options = [str(tmp_path / o) if o in ("NOWHERE.txt", "TEST.txt") else o for o in options]
+    if "--subset" not in options:
+        options += ["--subset", str(tmp_path / "list.txt")]
+    code = main(["eval", protocol, "--data", str(split_folder), *options, *CLI_ENCODER])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
