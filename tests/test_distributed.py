@@ -154,7 +154,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capsys):
 
 def test_torchrun_launches_the_cli(tmp_path):
     data = write_dataset(tmp_path / "data", per_class=8, size=16)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}  # torchrun's log folders go there
 
     def torchrun(data, out):
         return subprocess.run(
@@ -367,3 +367,38 @@ def test_moco_v2_key_groups_mix_the_processes_images_and_keys_return_to_their_im
     assert any(min(m) < 8 <= max(m) for m in groups.values())  # a group holds both processes' images
     for r in ranks:  # a network of each row alone: every key back beside its own image
         torch.testing.assert_close(r["row_wise"], r["expected"], rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP's buffer broadcast leaves MoCo's queue alone (every process keeps it equal by itself)
+
+
+class QueueModel(torch.nn.Module):
+    def __init__(self):
+        from selfsup.nn import Queue
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+        self.queue = Queue(1024, 4)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def queue_broadcast_worker(rank, world, port, result_file):
+    join(rank, world, port)
+    from selfsup import dist
+    model = QueueModel()
+    model.net[1].running_mean.fill_(float(rank))  # a buffer DDP should still take from process 0
+    model.queue.keys.fill_(float(rank))  # stands in for a queue each process filled
+    wrapped = dist.data_parallel(model, torch.device("cpu"))
+    wrapped(torch.randn(6, 4, generator=torch.Generator().manual_seed(0))).sum().backward()  # the same batch
+    torch.save({"queue": model.queue.keys[0, 0].item(), "bn": model.net[1].running_mean[0].item()},
+               f"{result_file}.{rank}")
+    torch_dist.destroy_process_group()
+
+
+def test_ddp_does_not_broadcast_the_queue_but_still_the_batchnorm_statistics(tmp_path):
+    spawn(queue_broadcast_worker, str(tmp_path / "out"))
+    got = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(2)]
+    assert [g["queue"] for g in got] == [0.0, 1.0]  # each process's own
+    assert got[0]["bn"] == got[1]["bn"]  # process 0's statistics (then the same batch's update) on both

@@ -303,12 +303,7 @@ class Trainer:
         return Samples(samples.rows[keep], map_side(samples.side, lambda a: a[keep]))
 
     def _wrap(self, method: torch.nn.Module) -> torch.nn.Module:
-        if self.world == 1:
-            return method
-        from torch.nn.parallel import DistributedDataParallel
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(method, device_ids=device_ids,
-                                       find_unused_parameters=getattr(method, "may_skip_parameters", False))
+        return method if self.world == 1 else dist.data_parallel(method, self.device)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
