@@ -111,3 +111,67 @@ def test_new_simclr_runs_end_their_head_with_batchnorm_and_old_checkpoints_keep_
     assert not isinstance(head[-1], torch.nn.BatchNorm1d) and head[-1].bias is not None
     assert isinstance(build_method(C.resolve({"data": {"image_size": 16}, "backbone": {"name": "resnet18-half"}}))
                       .projection[-1], torch.nn.BatchNorm1d)
+
+
+@pytest.mark.parametrize("text, value", [("3e-4", 3e-4), ("1E5", 1e5), ("-2.5e-3", -2.5e-3), ("1.5e4", 1.5e4),
+                                         (".5e1", 5.0), ("0.1", 0.1), ("7", 7), ("1e", "1e"), ("e5", "e5")])
+def test_numbers_with_an_exponent_are_floats_in_set_and_yaml_files(text, value, tmp_path):
+    # YAML 1.1 (PyYAML) reads 3e-4 as a string: README's --set optim.weight_decay=5e-4 was refused.
+    assert C.parse_assignment(f"optim.lr={text}") == {"optim": {"lr": value}}
+    (tmp_path / "run.yaml").write_text(f"optim:\n  lr: {text}\n")
+    assert C.load_yaml(tmp_path / "run.yaml") == {"optim": {"lr": value}}
+
+
+def test_written_exponents_reach_the_config():
+    user = C.merge_dicts(C.parse_assignment("optim.weight_decay=5e-4"), C.parse_assignment("optim.betas=[0.9, 95e-2]"))
+    cfg = C.resolve(user)
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.betas == (0.9, 0.95)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optim": {"lr": float("nan")}}, r"^optim.lr \(--lr\) must be a finite number, got nan$"),
+    ({"optim": {"weight_decay_end": float("inf")}}, "optim.weight_decay_end must be a finite number"),
+    ({"optim": {"weight_decay_end": -1.0}}, r"optim.weight_decay_end must be in \[0.0, inf\], got -1.0"),
+    ({"optim": {"betas": [0.9, 1.0]}}, r"optim.betas must be in \[0.0, 1.0\), got \(0.9, 1.0\)"),
+    ({"optim": {"betas": [2.0, -1.0]}}, r"optim.betas must be in \[0.0, 1.0\)"),
+    ({"data": {"cache_size": 0}}, r"data.cache_size must be in \[8, 4096\], got 0"),
+    ({"train": {"seed": 2**40}}, r"train.seed \(--seed\) must be in \[0, 2147483647\]"),
+    ({"train": {"seed": -1}}, r"train.seed \(--seed\) must be in \[0, 2147483647\]"),
+])
+def test_values_that_would_fail_later_are_refused_by_name(changes, message):
+    with pytest.raises(UserError, match=message):
+        C.resolve(C.merge_dicts({"data": {"image_size": 32}}, changes))
+
+
+def test_a_warm_up_not_shorter_than_the_run(capsys):
+    # The user's own: refused, naming the key.
+    with pytest.raises(UserError, match=r"optim.warmup_epochs 5 is not shorter than the run's 5 epochs.*"
+                                        r"--set optim.warmup_epochs=0.5"):
+        C.resolve({"data": {"image_size": 32}, "train": {"epochs": 5}, "optim": {"warmup_epochs": 5}})
+    # A preset's, made for a longer run: its share of that run (MAE's ImageNet recipe: 40 of 800).
+    mae = C.resolve({"method": "mae", "backbone": {"name": "vit-tiny"}, "data": {"image_size": 224},
+                     "train": {"epochs": 20}})
+    assert mae.optim.warmup_epochs == pytest.approx(20 * 40 / 800)
+    assert "warms up over 40 epochs, not fewer than this run's 20: over 1 instead" in capsys.readouterr().err
+    # Shorter than the run: as given.
+    assert C.resolve({"method": "mae", "backbone": {"name": "vit-tiny"}, "data": {"image_size": 224},
+                      "train": {"epochs": 41}}).optim.warmup_epochs == 40
+
+
+def test_layer_decay_counts_the_blocks_of_the_trained_network_only():
+    from selfsup.optim import parameter_groups
+
+    class Student(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(2))
+            self.teacher = torch.nn.Module()
+            self.teacher.blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(6))
+            self.teacher.requires_grad_(False)  # frozen: not trained, not counted
+            self.head = torch.nn.Linear(2, 2)
+
+    cfg = C.OptimConfig(layer_decay=0.5, exclude_bias_and_norm=False)
+    model = Student()
+    scale_of = {id(p): g["lr_scale"] for g in parameter_groups(model, cfg) for p in g["params"]}
+    assert [scale_of[id(model.blocks[i].weight)] for i in (0, 1)] == [0.25, 0.5]  # 0.5 ** (2 + 1 - (i + 1))
+    assert scale_of[id(model.head.weight)] == 1.0

@@ -130,6 +130,9 @@ def test_resume_without_checkpoint_and_rerun_without_resume(labelled_folder, tmp
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 3}), resume=True)
     with pytest.raises(UserError, match="written by method 'simclr'"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", method="byol"), resume=True)
+    with pytest.raises(UserError, match=r"its preset cannot change \(saved 'cifar', given 'imagenet'\)"):
+        run_pretraining({**tiny(labelled_folder, tmp_path / "run", train={"epochs": 1}), "preset": "imagenet"},
+                        resume=True)
 
 
 def test_resume_on_other_data_is_refused(labelled_folder, tmp_path):

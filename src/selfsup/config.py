@@ -10,6 +10,8 @@ every checkpoint, so a run can be repeated exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,10 +24,11 @@ from .errors import UserError, nearest
 
 
 def ranged(default: Any, low: float | None = None, high: float | None = None, ordered: bool = False,
-           **kwargs) -> Any:
-    """A dataclass field whose value (or each value of a tuple) must lie in [low, high], and a
-    tuple's values in increasing order when `ordered`; checked on every override."""
-    return field(default=default, metadata={"range": (low, high), "ordered": ordered}, **kwargs)
+           below: float | None = None, **kwargs) -> Any:
+    """A dataclass field whose value (or each value of a tuple) must lie in [low, high] (or
+    [low, below), strictly below `below`), and a tuple's values in increasing order when
+    `ordered`; checked on every override."""
+    return field(default=default, metadata={"range": (low, high), "below": below, "ordered": ordered}, **kwargs)
 
 
 @dataclass
@@ -34,7 +37,7 @@ class DataConfig:
     image_size: int = ranged(224, 8, 4096)
     # Side of the square uint8 images kept in the cache (shorter side resized, centre crop).
     # None: the image size for small images, 8/7 of it otherwise (256 for 224, as ImageNet does).
-    cache_size: int | None = None
+    cache_size: int | None = ranged(None, 8, 4096)
     cache_dir: str | None = None  # None: $SELFSUP_CACHE or ~/.cache/selfsup
     # Fraction of labelled images held out of pretraining to measure kNN accuracy while training.
     holdout_fraction: float = ranged(0.05, 0.0, 0.5)
@@ -62,9 +65,9 @@ class OptimConfig:
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     lr_reference_batch: int = ranged(256, 1, None)
     weight_decay: float = ranged(1e-4, 0.0, None)
-    weight_decay_end: float | None = None  # a cosine from weight_decay to this (DINO); None: constant
+    weight_decay_end: float | None = ranged(None, 0.0, None)  # a cosine from weight_decay to this (DINO); None: constant
     momentum: float = ranged(0.9, 0.0, 1.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = ranged((0.9, 0.999), 0.0, below=1.0)  # AdamW's
     lars_eta: float = ranged(0.001, 0.0, None)  # LARS trust coefficient (You et al. 2017)
     warmup_epochs: float = ranged(10.0, 0.0, None)
     final_lr_ratio: float = ranged(0.0, 0.0, 1.0)  # the cosine ends at this fraction of the peak
@@ -84,7 +87,7 @@ class TrainConfig:
     epochs: int = ranged(100, 1, None)
     batch_size: int = ranged(256, 2, None)
     device: str = "auto"  # "auto": cuda if available, else cpu
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**31 - 1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
     compile: bool = False
     channels_last: bool = True
@@ -167,10 +170,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
     low, high = f.metadata.get("range", (None, None))
+    below = f.metadata.get("below")
     for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, float) and not math.isfinite(number):
+            raise UserError(f"{where}{_flag_of(where)} must be a finite number, got {value!r}")
         if isinstance(number, (int, float)) and not isinstance(number, bool):
-            if (low is not None and number < low) or (high is not None and number > high):
-                bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            if ((low is not None and number < low) or (high is not None and number > high)
+                    or (below is not None and number >= below)):
+                upper = f"{below})" if below is not None else f"{high if high is not None else 'inf'}]"
+                bounds = f"[{low if low is not None else '-inf'}, {upper}"
                 raise UserError(f"{where}{_flag_of(where)} must be in {bounds}, got {value!r}")
     if f.metadata.get("ordered") and list(value) != sorted(value):
         raise UserError(f"{where}{_flag_of(where)} must be in increasing order (low, high), got {list(value)!r}")
@@ -231,13 +239,27 @@ def check_sections(user: dict, where: str) -> dict:
     return user
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads 3e-4 (no dot, no exponent sign) as a string; numbers
+    with an exponent are floats here, as in YAML 1.2 and Python."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+.0123456789"))
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def parse_assignment(text: str) -> dict:
     """'optim.lr=0.3' -> {'optim': {'lr': 0.3}}; the value is read as YAML (numbers, lists, bools)."""
     if "=" not in text:
         raise UserError(f"--set expects KEY=VALUE (e.g. --set optim.lr=0.3), got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = read_yaml(raw)
     except yaml.YAMLError:
         value = raw
     return check_sections(nested(key.strip(), value), f"--set {text}")
@@ -259,7 +281,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
@@ -358,7 +380,26 @@ def resolve(user: dict) -> RunConfig:
     if cfg.data.cache_size is None:
         size = cfg.data.image_size
         cfg = override(cfg, {"data": {"cache_size": size if size <= 64 else round(size * 8 / 7)}})
-    return cfg
+    return _warmup_within_run(cfg, user, preset)
+
+
+def _warmup_within_run(cfg: RunConfig, user: dict, preset: dict) -> RunConfig:
+    """A warm-up as long as the run would end it below the peak rate, with no decay. One the user
+    set is refused; a preset's (or the default's), made for a longer run, keeps its share of it."""
+    warmup, epochs = cfg.optim.warmup_epochs, cfg.train.epochs
+    if warmup < epochs:
+        return cfg
+    if "warmup_epochs" in user.get("optim", {}):
+        raise UserError(f"optim.warmup_epochs {warmup:g} is not shorter than the run's {epochs} epochs: the learning "
+                        f"rate would never reach its peak, nor decay; set it below {epochs} "
+                        f"(e.g. --set optim.warmup_epochs={epochs / 10:g})")
+    planned = preset.get("train", {}).get("epochs", TrainConfig().epochs)
+    shorter = round(epochs * (warmup / planned if planned > warmup else 0.1), 4)
+    from .console import warn
+    warn(f"the {cfg.preset} preset warms up over {warmup:g} epochs, not fewer than this run's {epochs}: over "
+         f"{shorter:g} instead, its share of the {planned} epochs it was made for (--set optim.warmup_epochs=N "
+         f"chooses)")
+    return override(cfg, {"optim": {"warmup_epochs": shorter}})
 
 
 def default_small_stem(backbone: str, image_size: int) -> bool | None:

@@ -145,7 +145,8 @@ NO_DECAY_TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
 
 
 def _depth(model: nn.Module) -> int:
-    blocks = {int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))}
+    # Trained blocks only: a frozen teacher's (distillation) is deeper than the student it teaches.
+    blocks = {int(m.group(1)) for n, p in model.named_parameters() if p.requires_grad and (m := _BLOCK.search(n))}
     if not blocks:
         raise ValueError("layer-wise decay needs a ViT: no parameter belongs to `blocks.N`")
     return max(blocks) + 1

@@ -100,6 +100,9 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
     if "method" in user and user["method"] != cfg.method:
         raise UserError(f"{out / 'last.pt'} was written by method {cfg.method!r}, not {user['method']!r}; "
                         f"resume it with --method {cfg.method} or start a new run in another --out")
+    if user.get("preset", "auto") not in ("auto", cfg.preset):
+        raise UserError(f"--resume continues the run as configured; its preset cannot change (saved "
+                        f"{cfg.preset!r}, given {user['preset']!r})")
     allowed = {}
     for section, values in user.items():
         if not isinstance(values, dict):
