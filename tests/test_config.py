@@ -124,7 +124,7 @@ def test_numbers_with_an_exponent_are_floats_in_set_and_yaml_files(text, value, 
 
 def test_written_exponents_reach_the_config():
     user = C.merge_dicts(C.parse_assignment("optim.weight_decay=5e-4"), C.parse_assignment("optim.betas=[0.9, 95e-2]"))
-    cfg = C.resolve(user)
+    cfg = C.resolve(C.merge_dicts(user, {"optim": {"name": "adamw"}}))
     assert cfg.optim.weight_decay == 5e-4 and cfg.optim.betas == (0.9, 0.95)
 
 
@@ -175,3 +175,14 @@ def test_layer_decay_counts_the_blocks_of_the_trained_network_only():
     scale_of = {id(p): g["lr_scale"] for g in parameter_groups(model, cfg) for p in g["params"]}
     assert [scale_of[id(model.blocks[i].weight)] for i in (0, 1)] == [0.25, 0.5]  # 0.5 ** (2 + 1 - (i + 1))
     assert scale_of[id(model.head.weight)] == 1.0
+
+
+def test_options_of_another_optimizer_are_refused():
+    with pytest.raises(UserError, match=r"optim.betas is for adamw; the optimizer is sgd \(--optimizer\)"):
+        C.resolve({"data": {"image_size": 32}, "optim": {"name": "sgd", "betas": [0.9, 0.95]}})
+    with pytest.raises(UserError, match=r"optim.momentum is for sgd and lars; the optimizer is adamw"):
+        C.resolve({"data": {"image_size": 32}, "optim": {"name": "adamw", "momentum": 0.8}})
+    with pytest.raises(UserError, match="optim.lars_eta is for lars"):
+        C.resolve({"data": {"image_size": 32}, "optim": {"lars_eta": 0.02}})  # the cifar preset: sgd
+    # A preset's own values for its optimizer are no user's choice: switching optimizer keeps working.
+    assert C.resolve({"data": {"image_size": 224}, "optim": {"name": "adamw"}}).optim.name == "adamw"

@@ -372,6 +372,7 @@ def resolve(user: dict) -> RunConfig:
         check_image_size(cfg.data.image_size, cfg.data.image_size, cfg.backbone.patch_size, cfg.backbone.name)
     if hasattr(method, "check_config"):  # what the method cannot run is refused before data is read
         method.check_config(cfg)
+    _refuse_options_of_other_optimizers(cfg.optim, user.get("optim", {}), preset.get("optim", {}))
     if not is_vit_name(cfg.backbone.name) and (cfg.optim.layer_decay < 1 or cfg.optim.patch_embed_lr_ratio != 1):
         raise UserError(f"optim.layer_decay and optim.patch_embed_lr_ratio are for ViTs, whose blocks and patch "
                         f"embedding they scale; {cfg.backbone.name} has neither (leave them at 1)")
@@ -381,6 +382,21 @@ def resolve(user: dict) -> RunConfig:
         size = cfg.data.image_size
         cfg = override(cfg, {"data": {"cache_size": size if size <= 64 else round(size * 8 / 7)}})
     return _warmup_within_run(cfg, user, preset)
+
+
+OPTIMIZER_OPTIONS = {"momentum": ("sgd", "lars"), "lars_eta": ("lars",), "betas": ("adamw",)}
+
+
+def _refuse_options_of_other_optimizers(optim: OptimConfig, given: dict, preset: dict) -> None:
+    """An option the user changed that the run's optimizer does not have reads as if it had an
+    effect. (A saved config.yaml given back holds every option, at the values it had.)"""
+    name = optim.name
+    for option, takers in OPTIMIZER_OPTIONS.items():
+        usual = preset.get(option, getattr(OptimConfig(), option))
+        changed = getattr(optim, option) != (tuple(usual) if isinstance(usual, list) else usual)
+        if option in given and changed and name not in takers:
+            raise UserError(f"optim.{option} is for {' and '.join(takers)}; the optimizer is {name} (--optimizer), "
+                            f"which has none: leave it out, or choose --optimizer {'|'.join(takers)}")
 
 
 def _warmup_within_run(cfg: RunConfig, user: dict, preset: dict) -> RunConfig:

@@ -12,8 +12,9 @@ from .config import OptimConfig
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, final: float) -> float:
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then a cosine from `peak` to `final`
-    at `total_steps` (Goyal et al. 2017; Loshchilov & Hutter 2017)."""
+    """Linear warm-up over `warmup_steps` (step s gets peak * (s + 1) / warmup_steps, so the last
+    warm-up step is at `peak`), then a cosine from `peak` to `final` at `total_steps` (Goyal et
+    al. 2017; Loshchilov & Hutter 2017)."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
