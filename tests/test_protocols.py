@@ -486,3 +486,20 @@ def test_an_unknown_keyword_names_the_public_function_before_any_image_is_read(t
         with pytest.raises(TypeError, match=rf"^{function.__name__}\(\) got an unexpected keyword argument "
                                             r"'imagesize' \(did you mean 'image_size'\?\); besides its own"):
             function("random:resnet18", data=tmp_path / "missing", imagesize=16)
+
+
+def test_fine_tuning_options_from_a_yaml_file_are_checked_like_a_dict(tmp_path):
+    missing = tmp_path / "no-data"
+    (tmp_path / "ft.yaml").write_text("layer_decay: 0.65\n")
+    with pytest.raises(UserError, match="--layer-decay is for ViT encoders and this one is a CNN"):
+        evaluate_finetune("random:resnet18", data=missing, config=tmp_path / "ft.yaml", image_size=32,
+                          show_progress=False)
+    (tmp_path / "ft.yaml").write_text("epochs: 3\nfreeze_stages: 2\n")
+    with pytest.raises(UserError, match="does not exist"):  # accepted: on to the data
+        evaluate_finetune("random:resnet18", data=missing, config=str(tmp_path / "ft.yaml"), image_size=32,
+                          show_progress=False)
+    (tmp_path / "ft.yaml").write_text("epoch: 3\n")
+    with pytest.raises(UserError, match="unknown config key 'finetune.epoch'"):
+        evaluate_finetune("random:resnet18", data=missing, config=tmp_path / "ft.yaml", image_size=32)
+    with pytest.raises(UserError, match="config= takes a dict of fine-tuning options, a YAML file of them"):
+        evaluate_finetune("random:resnet18", data=missing, config=[("epochs", 3)], image_size=32)

@@ -272,7 +272,7 @@ def _encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
     parser.add_argument("--image-size", type=int, help="with random: or weights:, the input size")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
-                        help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: below 64 px)")
+                        help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: up to 64 px)")
     parser.add_argument("--device", default="auto", help="where to embed: auto, cpu, cuda, cuda:N")
 
 
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="cifar or imagenet (default: cifar up to 64 px; with a ViT, "
                                           "dino's cifar-vit/imagenet-vit, moco-v3's imagenet-vit)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
-                   help="3x3 stride-1 first convolution, no max-pool (default: on below 64 px)")
+                   help="3x3 stride-1 first convolution, no max-pool (default: on up to 64 px)")
     p.add_argument("--patch-size", type=int, help="ViT patch size")
     p.add_argument("--global-crops", type=int, help="multi-crop methods (dino, ibot, distill): global crops per image")
     p.add_argument("--local-crops", type=int, help="multi-crop methods (dino, ibot, distill): local crops per image")

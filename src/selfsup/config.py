@@ -49,7 +49,7 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = "resnet18"
-    # 3x3 stride-1 first convolution and no max-pool, for 32-pixel images (None: on below 64 px).
+    # 3x3 stride-1 first convolution and no max-pool, for 32-pixel images (None: on up to 64 px).
     small_stem: bool | None = None
     patch_size: int | None = ranged(None, 1, None)  # ViTs only
     # ViTs only: stochastic depth, rising linearly over the blocks to this rate (DINO's and iBOT's
@@ -419,7 +419,7 @@ def _warmup_within_run(cfg: RunConfig, user: dict, preset: dict) -> RunConfig:
 
 
 def default_small_stem(backbone: str, image_size: int) -> bool | None:
-    """The small stem below 64 px for selfsup's own ResNets (torchvision's and resnet18-half);
+    """The small stem up to 64 px for selfsup's own ResNets (torchvision's and resnet18-half);
     None (no such stem, or only when asked: timm's ResNets) for every other backbone."""
     return image_size <= 64 if backbone.startswith("resnet") else None
 

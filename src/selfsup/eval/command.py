@@ -38,7 +38,7 @@ def add_eval_parser(commands, common) -> None:
     p.add_argument("--image-size", type=int, help="input size (default: a checkpoint's training size; random: 224, or in a curve "
                                                    "its runs' size)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
-                   help="for random: and weights: encoders (default: on below 64 px, or as the weights say)")
+                   help="for random: and weights: encoders (default: on up to 64 px, or as the weights say)")
     p.add_argument("--cache-dir")
     p.add_argument("--fraction", type=float, nargs="+", help="use this fraction of each class's training labels "
                                                             "(curve: several)")

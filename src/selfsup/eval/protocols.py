@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import override, ranged
+from ..config import load_yaml, override, ranged
 from ..console import plural, warn
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
@@ -72,7 +72,12 @@ def _linear_options(lr, weight_decay, epochs: int, batch_size: int) -> tuple[tup
 
 def _finetune_options(config: FinetuneConfig | dict | None) -> FinetuneConfig:
     """A `FinetuneConfig`, given or from a dict of its fields, checked."""
-    return config if isinstance(config, FinetuneConfig) else override(FinetuneConfig(), dict(config or {}), "finetune")
+    if isinstance(config, FinetuneConfig):
+        return config
+    if config is not None and not isinstance(config, dict):
+        raise UserError(f"config= takes a dict of fine-tuning options, a YAML file of them or a FinetuneConfig, "
+                        f"got {type(config).__name__}")
+    return override(FinetuneConfig(), dict(config or {}), "finetune")
 
 
 def _refuse_other_kind(given: set[str], encoder, config: FinetuneConfig) -> None:
@@ -291,9 +296,13 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
 
 def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction: float | None = None,
                       per_class: int | None = None, subset: str | None = None, seeds: int = 1, val_fraction: float = DEFAULT_VAL_FRACTION,
-                      record: bool = True, config: dict | FinetuneConfig | None = None, **options) -> dict:
+                      record: bool = True, config: dict | FinetuneConfig | str | Path | None = None,
+                      **options) -> dict:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
-    `FinetuneConfig` or a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...)."""
+    `FinetuneConfig`, a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...) or a
+    YAML file of them."""
+    if isinstance(config, (str, Path)):
+        config = load_yaml(config)
     given = set(config) if isinstance(config, dict) else set()
     config = _finetune_options(config)  # before any image is read
     check_options("evaluate_finetune", options)
