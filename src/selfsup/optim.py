@@ -146,8 +146,12 @@ NO_DECAY_TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
 
 
 def _depth(model: nn.Module) -> int:
-    # Trained blocks only: a frozen teacher's (distillation) is deeper than the student it teaches.
-    blocks = {int(m.group(1)) for n, p in model.named_parameters() if p.requires_grad and (m := _BLOCK.search(n))}
+    # The blocks of the networks being trained: a frozen teacher (distillation) may be deeper than
+    # the student it teaches. A trained network's frozen blocks still count (its depth is its own).
+    found = [(n[:m.start()], int(m.group(1)), p.requires_grad) for n, p in model.named_parameters()
+             if (m := _BLOCK.search(n))]
+    trained = {network for network, _, grad in found if grad} or {network for network, _, _ in found}
+    blocks = {block for network, block, _ in found if network in trained}
     if not blocks:
         raise ValueError("layer-wise decay needs a ViT: no parameter belongs to `blocks.N`")
     return max(blocks) + 1
