@@ -256,3 +256,17 @@ def test_eval_subset_bad_input_is_one_line(split_folder, tmp_path, capsys, argv,
     code = main(["eval", protocol, "--data", str(split_folder), *options, *CLI_ENCODER])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_copies_stay_inside_the_output_folder_whatever_the_names(labelled_folder, tmp_path):
+    # A .txt list names its images by absolute or ../ paths: the copies must not land on them.
+    (tmp_path / "lists").mkdir()
+    listed = [str(labelled_folder / "circle" / "000.png"), "../labelled/square/001.png"]
+    (tmp_path / "lists" / "pool.txt").write_text("\n".join(listed) + "\n")
+    before = {p: p.stat().st_mtime_ns for p in labelled_folder.rglob("*.png")}
+    select_images(tmp_path / "lists" / "pool.txt", out=tmp_path / "sel", budget=2, strategy="random", copy=True,
+                  **ENCODER)
+    copies = sorted(p.relative_to(tmp_path / "sel" / "to_label").as_posix()
+                    for p in (tmp_path / "sel" / "to_label").rglob("*.png"))
+    assert copies == sorted([str(labelled_folder / "circle" / "000.png").lstrip("/"), "labelled/square/001.png"])
+    assert {p: p.stat().st_mtime_ns for p in labelled_folder.rglob("*.png")} == before  # originals untouched

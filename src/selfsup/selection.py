@@ -24,7 +24,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -214,9 +214,12 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
 
 
 def _copy_out(source, names: list[str], folder: Path) -> Path:
-    """The chosen images' files under `folder`, in their own subfolders: a folder to hand out."""
+    """The chosen images' files under `folder`, in their own subfolders: a folder to hand out.
+    Names that lead elsewhere (a .txt list's absolute or ../ paths, a tar's /member) are copied
+    inside it too, never over the files they name."""
     for name, data in source.read(names):
-        target = folder / name
+        parts = [part for part in PurePosixPath(name).parts if part not in ("/", ".", "..")]
+        target = folder.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
