@@ -296,8 +296,8 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
 
 def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction: float | None = None,
                       per_class: int | None = None, subset: str | None = None, seeds: int = 1,
-                      val_fraction: float = DEFAULT_VAL_FRACTION, record: bool = True, config: dict | FinetuneConfig | str | Path | None = None,
-                      **options) -> dict:
+                      val_fraction: float = DEFAULT_VAL_FRACTION, record: bool = True,
+                      config: dict | FinetuneConfig | str | Path | None = None, **options) -> dict:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig`, a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...) or a
     YAML file of them."""
