@@ -19,7 +19,7 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
     rows = [r for r in rows if r] or [[]]
     pixels = _decode_all(rows, size)
     cols = max(1, max(len(r) for r in rows))
-    height = 1.4 * len(rows) + 0.4  # inches: the rows, and the title's strip above them
+    height = 1.6 * len(rows) + 0.4  # inches: the rows (each image under its two-line title), and the title strip
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
