@@ -479,3 +479,25 @@ def test_a_cache_still_damaged_after_decoding_again_is_one_line(labelled_folder,
     monkeypatch.setattr(cache_module, "_build", short_build)
     with pytest.raises(UserError, match="was decoded again and is still damaged"):
         load_cache(open_source(labelled_folder), 16, tmp_path / "c", show_progress=False)
+
+
+def test_devices_and_pipes_among_the_images_are_left_out(labelled_folder, tmp_path, capsys):
+    """A link to /dev/zero would be read until memory runs out, a FIFO waited on for ever."""
+    (labelled_folder / "circle" / "zero.png").symlink_to("/dev/zero")
+    os.mkfifo(labelled_folder / "square" / "pipe.png")
+    source = open_source(labelled_folder)
+    assert len(source.names) == 36 and "circle/zero.png" not in source.names
+    assert "left out 2 files or folders" in capsys.readouterr().err
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{labelled_folder / 'circle' / '000.png'}\n{labelled_folder / 'circle' / 'zero.png'}\n")
+    with pytest.raises(UserError, match="zero.png', which is not a regular file"):
+        open_source(listing)
+
+
+def test_a_list_of_absolute_or_up_paths_has_no_class_folders(labelled_folder, tmp_path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "l.txt").write_text(f"../labelled/circle/000.png\n{labelled_folder / 'square' / '001.png'}\n"
+                                              f"../labelled/stripes/002.png\n")
+    source = open_source(tmp_path / "lists" / "l.txt")
+    assert source.classes == [] and source.labels is None
+    assert "absolute or ../ paths" in source.why_no_classes()

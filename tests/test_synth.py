@@ -218,3 +218,16 @@ def test_records_match_their_simulation_and_are_deterministic(tmp_path, capsys):
     record_interactions(tmp_path / "few", 1, 6, settings, show_progress=False)
     assert "with --objects 6, fewer than 2 per class, some of the 12 classes have no test image" in \
         capsys.readouterr().err
+
+
+def test_motion_clips_from_a_list_of_up_paths_stay_inside_out(tmp_path):
+    """The list's ../ names are no class folders: the clips land in OUT, not beside it."""
+    from conftest import write_dataset
+    from selfsup.cli import main
+    write_dataset(tmp_path / "imgs", per_class=1)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "l.txt").write_text("../imgs/circle/000.png\n../imgs/square/000.png\n")
+    assert main(["synth", "motion", "--from", str(tmp_path / "lists" / "l.txt"), "--out", str(tmp_path / "o" / "out"),
+                 "--frames", "2", "--size", "8", "--no-progress"]) == 0
+    written = {p.relative_to(tmp_path).parts[0:2] for p in tmp_path.rglob("clip-*")}
+    assert written == {("o", "out")}

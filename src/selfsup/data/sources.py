@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -52,6 +53,9 @@ def _listed_files(path: Path, digest) -> list[str]:
         except OSError:
             raise UserError(f"{str(path)!r} lists {name!r}, which does not exist; fix the list or "
                             f"re-create it") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{str(path)!r} lists {name!r}, which is not a regular file (a device, a pipe or a "
+                            f"socket); list image files only")
         names.append(name)
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
     return names
@@ -71,7 +75,8 @@ class ImageSource:
     def classes(self) -> list[str]:
         """Class names from first-level subfolders; [] when the images are not laid out by class."""
         tops = {n.split("/", 1)[0] for n in self.names}
-        if len(tops) < 2 or any("/" not in n for n in self.names):
+        # A .txt list's ../x.jpg or /abs/x.jpg: not class folders (and never folders to write into).
+        if len(tops) < 2 or any("/" not in n for n in self.names) or tops & {"", ".", ".."}:
             return []
         return sorted(tops)
 
@@ -82,6 +87,8 @@ class ImageSource:
             return (f"{len(loose)} of its images sit beside the class folders, in none (e.g. {loose[0]!r}); "
                     f"move each into its class folder or remove it")
         tops = {n.split("/", 1)[0] for n in self.names}
+        if tops & {"", ".", ".."}:
+            return "its list names images by absolute or ../ paths, which hold no class folders"
         if len(tops) == 1 and not loose:
             return f"it has one class folder ({next(iter(tops))!r}); classes need at least 2"
         return "its images lie in no subfolders"
@@ -238,6 +245,8 @@ def walk_folder(path: Path, keep, digest) -> list[str]:
             if why is None:
                 try:
                     st = full.stat()
+                    if not stat.S_ISREG(st.st_mode):  # a link to /dev/zero reads forever, a FIFO waits forever
+                        why = "it is not a regular file (a device, a pipe or a socket)"
                 except OSError as e:  # a dangling link, a loop of links
                     why = f"it cannot be opened ({e.strerror})"
             if why is not None:
