@@ -162,3 +162,25 @@ def test_finetune_records_only_the_settings_its_backbone_has(split_folder):
                                config={"epochs": 1, "min_steps": 1})
     assert "layer_decay" not in result["config"] and "drop_path_rate" not in result["config"]
     assert result["config"]["epochs"] == 1 and "encoder_lr_ratio" in result["config"]
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "objects", "one-dimensional"])
+def test_a_damaged_feature_file_is_computed_again(split_folder, tmp_path, damage, monkeypatch):
+    """A feature file cut short, emptied or not ours (objects are never unpickled) was a
+    traceback; the features are computed again and the file replaced."""
+    import os
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    options = dict(data=split_folder, image_size=16, device="cpu", show_progress=False, record=False, k=5)
+    first = evaluate_knn("random:resnet18", **options)
+    files = sorted((tmp_path / "cache" / "features").glob("*.npy"))  # the train and the test images'
+    originals = [f.read_bytes() for f in files]
+    for saved, saved_bytes in zip(files, originals):
+        if damage == "objects":
+            np.save(saved, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+        elif damage == "one-dimensional":
+            np.save(saved, np.zeros(48, np.float32))
+        else:
+            saved.write_bytes(saved_bytes[:len(saved_bytes) // 2] if damage == "cut" else b"")
+    assert evaluate_knn("random:resnet18", **options)["top1"] == first["top1"]
+    assert [f.read_bytes() for f in files] == originals
+    assert not [f for f in os.listdir(files[0].parent) if f.endswith(".tmp")]

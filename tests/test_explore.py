@@ -246,3 +246,20 @@ def test_nearest_centroids_in_blocks_equal_the_whole_matrix():
     index, cosine = _nearest_centroid(x, centroids, block_bytes=4 * 7 * 33)  # 33 rows a block, the last short
     whole = (x @ centroids.T).max(dim=1)
     assert torch.equal(index, whole.indices) and torch.allclose(cosine, whole.values)
+
+
+@pytest.mark.parametrize("damage", ["cut", "objects", "missing-key"])
+def test_a_damaged_embedding_chunk_is_embedded_again(labelled_folder, tmp_path, damage):
+    first = cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
+    (chunk,) = (tmp_path / "run" / "embeddings").glob("*/chunk-*.npz")
+    good = chunk.read_bytes()
+    if damage == "cut":
+        chunk.write_bytes(good[:len(good) // 2])
+    elif damage == "objects":
+        with open(chunk, "wb") as f:
+            np.savez(f, names=np.array([{"a": 1}], dtype=object), vectors=np.zeros((1, 2)), skipped=np.array([]))
+    else:
+        with open(chunk, "wb") as f:
+            np.savez(f, names=np.array(["x"]), vectors=np.zeros((1, 2)))
+    again = cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
+    assert again["sizes"] == first["sizes"] and chunk.read_bytes() == good

@@ -9,6 +9,7 @@ is never held as a pixel cache.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,14 @@ def _load_chunk(path: Path, wanted: list[str]):
     """(names, vectors, skipped) saved in `path` when they are those of the files `wanted`."""
     if not path.exists():
         return None
-    with np.load(path) as saved:
-        names, skipped = saved["names"].tolist(), saved["skipped"].tolist()
-        if sorted(names + skipped) != sorted(wanted):
-            return None
-        return names, saved["vectors"], skipped
+    try:  # a chunk cut short or not ours (objects are never unpickled) is embedded again
+        with np.load(path) as saved:
+            names, skipped, vectors = saved["names"].tolist(), saved["skipped"].tolist(), saved["vectors"]
+    except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile):
+        return None
+    if sorted(names + skipped) != sorted(wanted) or vectors.ndim != 2 or len(vectors) != len(names):
+        return None
+    return names, vectors, skipped
 
 
 def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, chunk_size: int = 4096,

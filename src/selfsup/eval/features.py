@@ -61,6 +61,16 @@ def feature_cache_path(encoder_key: str | None, cache: ImageCache, device: torch
     return root / "features" / f"{data_key}-{digest}.npy"
 
 
+def _load_saved(path: Path) -> np.ndarray | None:
+    """The saved features, or None when the file is damaged (cut short, emptied) or not ours (an
+    array of objects is never unpickled): then they are computed again and the file replaced."""
+    try:
+        features = np.load(path)
+    except (ValueError, EOFError, OSError):
+        return None
+    return features if features.ndim == 2 and features.dtype == np.float32 else None
+
+
 def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=None,
                     show_progress: bool = False, desc: str = "features") -> torch.Tensor:
     """(N, D) features of every image of `cache` with `encoder` (an `Encoder`), computed once and
@@ -68,8 +78,8 @@ def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=
     device = torch.device(device)
     path = feature_cache_path(encoder.key, cache, device, cache_dir)
     if path is not None and path.is_file():
-        features = np.load(path)
-        if features.shape[0] == len(cache):
+        features = _load_saved(path)
+        if features is not None and features.shape[0] == len(cache):
             return torch.from_numpy(features)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 show_progress=show_progress, desc=desc)
