@@ -174,3 +174,24 @@ def test_kept_similarities_are_each_copy_against_the_kept_image():
     sims = kept_similarities(vectors, groups)
     np.testing.assert_allclose(sims[0], [1.0, vectors[3] @ vectors[0], vectors[4] @ vectors[0]], rtol=1e-6)
     assert all(0.9 <= s <= 1.0 + 1e-6 for s in sims[0])
+
+
+def test_a_line_cut_short_in_the_run_logs_is_skipped_and_the_next_lands_on_its_own(trained, tmp_path):
+    """metrics.jsonl or evals.jsonl cut short (a full disk, a kill mid-write, a hand edit): --resume
+    and report read on (they gave a JSONDecodeError traceback), and the next record is kept (it was
+    glued to the cut line, and lost)."""
+    import shutil
+    from selfsup.eval.record import read_evals
+    from selfsup.train import read_metrics
+    data, checkpoint = trained
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "step": 4, "lo')
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert main(["pretrain", "--out", str(run), "--resume", "--no-progress"]) == 0  # finished: says so
+    assert selfsup.build_report([run], tmp_path / "r.html", show_progress=False).is_file()
+    (run / "evals.jsonl").write_text('{"time": "x", "che')
+    assert main(["eval", "knn", "--checkpoint", str(run), "--train", str(data), "--test", str(data), "--k", "3",
+                 "--no-progress"]) == 0
+    assert [r["protocol"] for r in read_evals(run)] == ["knn"]

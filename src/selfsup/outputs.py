@@ -5,6 +5,7 @@ mistyped path costs a second, not the run.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -65,6 +66,30 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
         raise UserError(f"cannot write {str(path)!r} ({e.strerror}); {remedy}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (none if it is missing); a line that does not parse (cut
+    short by a kill, a full disk or a hand edit) is skipped, the rest kept."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def append_json_line(path: Path, record: dict) -> None:
+    """Add `record` as one line; after a line cut short, on a line of its own (not glued to it)."""
+    with open(path, "a+b") as f:  # appends wherever it has read
+        size = f.seek(0, os.SEEK_END)
+        cut_short = size > 0 and f.seek(size - 1) >= 0 and f.read(1) != b"\n"
+        f.write((("\n" if cut_short else "") + json.dumps(record) + "\n").encode())
 
 
 @contextmanager

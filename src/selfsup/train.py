@@ -35,7 +35,7 @@ from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
-from .outputs import removed_if_left_empty
+from .outputs import append_json_line, atomic_path, read_json_lines, removed_if_left_empty
 from .phases import phase
 from .views import compile_views
 from .viz import evenly_spaced, plot_training_curves
@@ -412,8 +412,9 @@ class Trainer:
         """Drop metrics lines of epochs after the checkpoint (written before a kill)."""
         path = self.out / "metrics.jsonl"
         if path.exists():
-            lines = [l for l in path.read_text().splitlines() if l.strip()]
-            path.write_text("".join(l + "\n" for l in lines if json.loads(l)["epoch"] <= epochs_done))
+            kept = [r for r in read_json_lines(path) if r.get("epoch", 0) <= epochs_done]
+            with atomic_path(path, "check the run folder's permissions and free space") as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -537,8 +538,7 @@ class Trainer:
         if dist.is_main():
             images_per_s = (len(self.stream) - first_batch) * cfg.train.batch_size / max(seconds, 1e-9)
             record = self._epoch_record(means, last, images_per_s, seconds)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_json_line(self.out / "metrics.jsonl", record)
         self.position.epoch += 1
         self.position.batch = 0
         self.epoch_sums = {}
@@ -575,10 +575,7 @@ class Trainer:
 
 
 def read_metrics(out: str | Path) -> list[dict]:
-    path = Path(out) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(Path(out) / "metrics.jsonl")
 
 
 def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True) -> RunResult:

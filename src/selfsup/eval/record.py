@@ -6,11 +6,11 @@ them back. Encoders that are not runs (random:, weights:) are not recorded.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from ..console import warn
+from ..outputs import append_json_line, read_json_lines
 
 EVALS_FILE = "evals.jsonl"
 
@@ -32,8 +32,7 @@ def record_result(spec: str, result: dict) -> Path | None:
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": spec, **result}
     path = folder / EVALS_FILE
     try:
-        with open(path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        append_json_line(path, line)
     except OSError as e:  # a run folder shared read-only: the result is still reported
         warn(f"could not add the result to {str(path)!r} ({e.strerror}); `selfsup report` will not show it "
              f"(--no-record skips this)")
@@ -42,13 +41,4 @@ def record_result(spec: str, result: dict) -> Path | None:
 
 
 def read_evals(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / EVALS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill: skip it, keep the rest
-            continue
-    return out
+    return read_json_lines(Path(run_dir) / EVALS_FILE)
