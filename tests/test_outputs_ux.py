@@ -195,3 +195,15 @@ def test_a_line_cut_short_in_the_run_logs_is_skipped_and_the_next_lands_on_its_o
     assert main(["eval", "knn", "--checkpoint", str(run), "--train", str(data), "--test", str(data), "--k", "3",
                  "--no-progress"]) == 0
     assert [r["protocol"] for r in read_evals(run)] == ["knn"]
+
+
+@pytest.mark.parametrize("text", ["method: simclr\ntrain: {epochs: ", "!!python/object/apply:os.system ['true']\n",
+                                  "- a list\n"])
+def test_a_config_yaml_that_cannot_be_read_is_a_note_in_the_report(trained, tmp_path, text):
+    import shutil
+    _, checkpoint = trained
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    (run / "config.yaml").write_text(text)
+    page = selfsup.build_report([run], tmp_path / "r.html", show_progress=False).read_text()
+    assert "config.yaml cannot be read as a run config" in page

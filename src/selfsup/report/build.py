@@ -7,13 +7,12 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..config import override, ranged
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from . import figures, html
-from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves
+from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves, read_run_config
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt")
 
@@ -44,8 +43,10 @@ def _config(run: Path) -> tuple[dict, str]:
     path = run / "config.yaml"
     if not path.is_file():
         return {}, html.note("no config.yaml in this run folder")
-    text = path.read_text()
-    cfg = yaml.safe_load(text) or {}
+    text, cfg = path.read_text(errors="replace"), read_run_config(run)
+    if cfg is None:
+        return {}, html.note("config.yaml cannot be read as a run config (cut short or edited?)") + \
+            f"<details><summary>config.yaml</summary>{html.preformatted(text)}</details>"
     section = lambda name: cfg.get(name) or {}  # noqa: E731
     rows = [["method", cfg.get("method")], ["backbone", section("backbone").get("name")],
             ["image size", section("data").get("image_size")], ["epochs", section("train").get("epochs")],

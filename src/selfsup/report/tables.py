@@ -85,12 +85,25 @@ def _column(result: dict) -> tuple:
     return f"{result['protocol']}{k} ({details})", result.get("train_data"), result.get("test_data")
 
 
+def read_run_config(run: Path) -> dict | None:
+    """RUN/config.yaml as a dict: {} when there is none, None when it cannot be read (cut short,
+    edited by hand, or holding tags a safe loader refuses): the report says so and goes on."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def _run_facts(run: Path) -> tuple[dict, dict]:
     """(what the run is, its latest headline figure in each column)."""
     from ..eval.record import read_evals
     from ..train import read_metrics
 
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {} if (run / "config.yaml").is_file() else {}
+    cfg = read_run_config(run) or {}
     metrics = read_metrics(run)
     knn = [m["knn_top1"] for m in metrics if "knn_top1" in m]
     facts = {"method": cfg.get("method"), "backbone": (cfg.get("backbone") or {}).get("name"),
