@@ -207,3 +207,17 @@ def test_a_config_yaml_that_cannot_be_read_is_a_note_in_the_report(trained, tmp_
     (run / "config.yaml").write_text(text)
     page = selfsup.build_report([run], tmp_path / "r.html", show_progress=False).read_text()
     assert "config.yaml cannot be read as a run config" in page
+
+
+def test_an_atomic_write_does_not_follow_a_link_planted_under_a_guessable_name(tmp_path):
+    """In a folder others can write to (a shared cache), a link named like the temporary file
+    must not redirect the write onto the file it points at."""
+    import os
+    from selfsup.outputs import atomic_path
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for guess in (f".result.json.{os.getpid()}.tmp", f".result.json.{os.getpid()}.x.tmp"):
+        (tmp_path / guess).symlink_to(victim)
+    with atomic_path(tmp_path / "result.json") as tmp:
+        tmp.write_text("{}")
+    assert victim.read_text() == "keep me" and (tmp_path / "result.json").read_text() == "{}"

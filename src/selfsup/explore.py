@@ -149,7 +149,8 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     classes = folder_classes(embedded.names)  # images laid out in class folders: how the clusters match them
     if classes is not None:
         summary["folders"] = {"classes": len(set(classes)), **cluster_agreement(assignment, np.array(classes))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
     agreement = (f"; against the {summary['folders']['classes']} class folders: purity "
                  f"{summary['folders']['purity']:.3f}, NMI {summary['folders']['nmi']:.3f}" if classes else "")
     say(f"cluster: {plural(len(embedded.names), 'image')} in {clusters} clusters of "

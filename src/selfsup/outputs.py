@@ -57,7 +57,14 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
     """A temporary path beside `path` to write to; renamed to `path` when the block ends without
     an error, removed otherwise, so a failed or killed write leaves neither half a file nor the
     temporary one behind. A write that fails is a UserError ending with `remedy`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A fresh name, created here (O_EXCL): a link planted under a predictable name in a folder
+    # others can write to (a shared cache) cannot redirect the write.
+    try:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"cannot write {str(path)!r} ({e.strerror}); {remedy}") from None
+    os.close(handle)
+    tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())  # an ordinary file, whatever the writer chose (safetensors: 0600)

@@ -176,7 +176,8 @@ def write_run_config(cfg: RunConfig) -> None:
     leaves nothing behind)."""
     if dist.is_main():
         try:
-            (Path(cfg.out) / "config.yaml").write_text(config_lib.dump_yaml(cfg))
+            with atomic_path(Path(cfg.out) / "config.yaml") as tmp:
+                tmp.write_text(config_lib.dump_yaml(cfg))
         except OSError as e:
             raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
 
