@@ -355,3 +355,10 @@ def test_a_run_whose_loss_diverges_stops_in_one_line_before_saving_it(tmp_path, 
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["position"] == {"epoch": 1, "batch": 0, "step": 2}  # after epoch 1, the last finite step
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_a_run_folder_inside_its_data_is_refused(labelled_folder, tmp_path):
+    for out in (labelled_folder, labelled_folder / "runs" / "a"):
+        with pytest.raises(UserError, match="lies inside --data .*choose a run folder outside the data"):
+            run_pretraining(tiny(labelled_folder, out))
+    assert not (labelled_folder / "runs").exists()

@@ -160,6 +160,11 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     if not cfg.data.path:
         raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
     cfg = _absolute_paths(cfg)
+    data = Path(cfg.data.path)
+    if data.is_dir() and (out.resolve() == data.resolve() or data.resolve() in out.resolve().parents):
+        raise UserError(f"--out {str(out)!r} lies inside --data {str(data)!r}: the run's pictures would become "
+                        f"images of the data (and its next --resume would be refused); choose a run folder "
+                        f"outside the data")
     written = out / "config.yaml"
     if written.is_file() and not written.read_text().startswith(config_lib.RUN_CONFIG_HEADER):
         raise UserError(f"{str(out)!r} holds a config.yaml that selfsup did not write, which the run's own "
