@@ -501,3 +501,11 @@ def test_a_list_of_absolute_or_up_paths_has_no_class_folders(labelled_folder, tm
     source = open_source(tmp_path / "lists" / "l.txt")
     assert source.classes == [] and source.labels is None
     assert "absolute or ../ paths" in source.why_no_classes()
+
+
+def test_a_list_that_names_an_image_twice_uses_it_once(labelled_folder, tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{labelled_folder / 'circle' / '000.png'}\n{labelled_folder / 'circle' / '001.png'}\n"
+                       f"{labelled_folder / 'circle' / '000.png'}\n")
+    assert len(open_source(listing).names) == 2
+    assert "lists 1 image(s) more than once; each is used once" in capsys.readouterr().err

@@ -214,7 +214,8 @@ def test_eval_on_the_chosen_labels_only(split_folder, tmp_path, capsys):
     assert main(["eval", "knn", "--data", str(split_folder), "--subset", str(tmp_path / "sel" / "to_label.csv"),
                  "--k", "3", "--json", *CLI_ENCODER]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["labelled_images"] == 6 and result["budget"] == "the labels of the images in to_label.csv"
+    assert result["labelled_images"] == 6
+    assert re.fullmatch(r"the 6 labels listed in to_label.csv \([0-9a-f]{8}\)", result["budget"])
     saved = json.loads(open(result["subsets"][0]).read())
     assert set(saved["train"]) == chosen and saved["val"] == []
     # The saved subset is itself a --subset, and the split's folder may be named: the same labels.
@@ -270,3 +271,91 @@ def test_copies_stay_inside_the_output_folder_whatever_the_names(labelled_folder
                     for p in (tmp_path / "sel" / "to_label").rglob("*.png"))
     assert copies == sorted([str(labelled_folder / "circle" / "000.png").lstrip("/"), "labelled/square/001.png"])
     assert {p: p.stat().st_mtime_ns for p in labelled_folder.rglob("*.png")} == before  # originals untouched
+
+
+def test_the_same_images_in_a_tar_or_a_folder_give_the_same_choice(labelled_folder, tmp_path):
+    """Rows follow the source's sorted names, not a tar's archive order (k-means' starts, the
+    random draw and ties depend on the rows)."""
+    import tarfile
+    tar = tmp_path / "shuffled.tar"
+    files = sorted(p for p in labelled_folder.rglob("*.png"))
+    with tarfile.open(tar, "w") as archive:
+        for path in files[::-1]:  # archive order: the reverse of the names' order
+            archive.add(path, arcname=path.relative_to(labelled_folder).as_posix())
+    for strategy in ("typiclust", "kcenter", "random"):
+        rows = [read_csv(select_images(source, out=tmp_path / f"{strategy}-{i}", budget=5, strategy=strategy,
+                                       **ENCODER)["outputs"]["csv"]) for i, source in enumerate((labelled_folder, tar))]
+        assert [r["file"] for r in rows[0]] == [r["file"] for r in rows[1]], strategy
+
+
+def test_select_again_in_the_same_folder_keeps_no_earlier_copies(labelled_folder, tmp_path):
+    select_images(labelled_folder, out=tmp_path / "sel", budget=6, strategy="random", copy=True, **ENCODER)
+    select_images(labelled_folder, out=tmp_path / "sel", budget=2, strategy="random", copy=True, seed=1, **ENCODER)
+    copies = {p.relative_to(tmp_path / "sel" / "to_label").as_posix()
+              for p in (tmp_path / "sel" / "to_label").rglob("*.png")}
+    assert copies == {r["file"] for r in read_csv(tmp_path / "sel" / "to_label.csv")}
+    select_images(labelled_folder, out=tmp_path / "sel", budget=2, strategy="random", **ENCODER)  # no --copy
+    assert not (tmp_path / "sel" / "to_label").exists()
+
+
+def test_an_output_folder_inside_the_pool_is_refused(labelled_folder, capsys):
+    for argv in (["select", "--budget", "2"], ["cluster", "--clusters", "2"]):
+        code = main([*argv, "--data", str(labelled_folder), "--out", str(labelled_folder / "round1"), *CLI_ENCODER])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "lies inside the images read from" in err[0], err
+    assert not (labelled_folder / "round1").exists()
+
+
+def test_typiclust_passes_over_copies_of_what_is_labelled_or_chosen(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, truth = planted_groups(rng, [40, 40])
+    x = np.concatenate([x, np.repeat(x[:1], 10, axis=0)])  # ten copies of the first image, in its group
+    groups = np.concatenate([truth, np.zeros(10, dtype=truth.dtype)])
+    monkeypatch.setattr(selection, "kmeans", lambda x, k, **kw: (None, groups))
+    labelled = np.zeros(len(x), dtype=bool)
+    labelled[0] = True
+    got = choose_typiclust(x, 3, labelled)  # group 1 first (no label), then group 0, the copies' group
+    assert 0 in got.clusters.tolist()
+    assert not any(np.allclose(x[row], x[0]) for row in got.rows)
+
+
+def test_labelled_files_of_every_kind(labelled_folder, tmp_path, capsys):
+    """An eval subset JSON counts its validation images as labelled too; a name with a backslash
+    is taken as it is; one path alone is a list of one; an empty list is round 0."""
+    (labelled_folder / "circle" / "a\\b.png").write_bytes((labelled_folder / "circle" / "000.png").read_bytes())
+    subset = tmp_path / "subset.json"
+    subset.write_text(json.dumps({"train": ["circle/001.png"], "val": ["square/002.png"]}))
+    listed = tmp_path / "listed.txt"
+    listed.write_text("circle/a\\b.png\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    summary = select_images(labelled_folder, out=tmp_path / "sel", budget=3, labelled=[subset, listed, empty],
+                            **ENCODER)
+    assert summary["labelled"] == 3
+    chosen = {r["file"] for r in read_csv(tmp_path / "sel" / "to_label.csv")}
+    assert not chosen & {"circle/001.png", "square/002.png", "circle/a\\b.png"}
+    assert select_images(labelled_folder, out=tmp_path / "sel", budget=3, labelled=str(listed),
+                         **ENCODER)["labelled"] == 1
+    with pytest.raises(UserError, match=r"--seed must lie in \[0, 2\^32\), got -1"):
+        select_images(labelled_folder, out=tmp_path / "sel2", budget=3, seed=-1, **ENCODER)
+
+
+def test_a_subset_json_that_eval_saved_is_its_own_split_again(split_folder, tmp_path, capsys):
+    names = [f"{c}/{i:03d}.png" for c in ("circle", "square", "stripes") for i in range(4)]
+    (tmp_path / "list.txt").write_text("\n".join(names))
+    options = ["--data", str(split_folder), "--val-fraction", "0.25", "--epochs", "3", "--json", *CLI_ENCODER]
+    assert main(["eval", "linear", "--subset", str(tmp_path / "list.txt"), *options]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["eval", "linear", "--subset", first["subsets"][0], *options]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["labelled_images"], again["val_images"]) == (first["labelled_images"], first["val_images"]) == (9, 3)
+    assert again["top1"] == first["top1"]
+
+
+def test_two_lists_of_the_same_name_and_size_are_told_apart(split_folder, tmp_path):
+    from selfsup.eval.subsets import Budget
+    for folder, names in (("a", ["circle/000.png", "square/000.png"]), ("b", ["circle/001.png", "square/001.png"])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "to_label.csv").write_text("rank,file\n" + "".join(f"1,{n}\n" for n in names))
+    texts = {Budget(subset=str(tmp_path / f / "to_label.csv")).describe() for f in ("a", "b")}
+    assert len(texts) == 2 and all(t.startswith("the 2 labels listed in to_label.csv (") for t in texts)

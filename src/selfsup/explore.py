@@ -43,6 +43,18 @@ def open_option(path, option: str, opener=open_file_or_source) -> ImageSource:
         raise UserError(f"{option}: {e}") from None
 
 
+def refuse_out_inside(out, source: ImageSource, given) -> None:
+    """An output folder inside the folder of images read (`given`, a folder) would add its own
+    files (pictures, copies) to them the next time. A tar, a list or one image file: nothing grows."""
+    if not Path(given).expanduser().is_dir():
+        return
+    root = (source.path / source.split if source.split else source.path).resolve()
+    out = Path(out).expanduser().resolve()
+    if out == root or root in out.parents:
+        raise UserError(f"--out {str(out)!r} lies inside the images read from {str(root)!r}: its pictures and "
+                        f"copies would become images of them; choose a folder outside")
+
+
 def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
                   show_progress: bool) -> dict[str, Embedded]:
     """Each source's embeddings, cached (and resumable) in OUT/embeddings."""
@@ -90,6 +102,8 @@ def folder_classes(names: list[str]) -> list[str] | None:
     if any("/" not in n for n in inner):
         return None
     classes = [n.split("/", 1)[0] for n in inner]
+    if {"", ".", ".."} & set(classes):  # a list of absolute or ../ paths: no class folders
+        return None
     return classes if len(set(classes)) >= 2 else None
 
 
@@ -103,8 +117,9 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     if shown < 1:
         raise UserError(f"--shown must be at least 1, got {shown}")
     with removed_if_left_empty(out):  # a refused start leaves no folder behind
-        out = output_folder(out)
         source = open_option(data, "--data")
+        refuse_out_inside(out, source, data)
+        out = output_folder(out)
         if len(source.names) < clusters:
             raise UserError(f"--clusters {clusters} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}; choose fewer clusters")
@@ -166,8 +181,10 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
     with removed_if_left_empty(out):
-        out = output_folder(out)
         sources = {"query": open_option(query, "--query"), "gallery": open_option(gallery, "--gallery")}
+        refuse_out_inside(out, sources["query"], query)
+        refuse_out_inside(out, sources["gallery"], gallery)
+        out = output_folder(out)
         embedded = embed_sources(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress)
     queries, found = embedded["query"], embedded["gallery"]
     same_file = _same_files(sources["query"], queries.names, sources["gallery"], found.names)

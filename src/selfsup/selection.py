@@ -9,6 +9,8 @@ oddities. With an encoder's embeddings one can choose better:
         fewer; in each, label the most typical unlabelled image:
             typicality(x) = 1 / mean squared distance from x to its 20 nearest unlabelled images
                             of its group (half the group when it is smaller)
+        (one departure from the official code: an exact copy of an image labelled or chosen is
+        passed over while the group holds others, since its twin makes it the most typical)
     kcenter (the greedy core-set of Sener and Savarese, ICLR 2018; better when labels are many):
         each next image is the one farthest from every image labelled or chosen so far
     random: the baseline every other strategy must beat
@@ -23,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -34,7 +37,7 @@ from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
-from .explore import embed_sources, folder_classes, open_option
+from .explore import embed_sources, folder_classes, open_option, refuse_out_inside
 from .outputs import atomic_path, output_folder, removed_if_left_empty
 
 STRATEGIES = ("typiclust", "kcenter", "random")
@@ -43,6 +46,7 @@ MIN_CLUSTER_SIZE = 5  # TypiClust passes over groups of this many images or fewe
 MAX_CLUSTERS = 500
 DRAWN_PER_ROW = 8
 ROWS_DRAWN = 8  # to_label.png shows the first 64 choices; the CSV has all
+DUPLICATE_DISTANCE = 1e-6  # squared distance below which two embeddings are the same picture
 
 
 @dataclass
@@ -93,6 +97,13 @@ def choose_typiclust(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int
                 best, score = members[0], math.nan
             else:
                 typical = typicality(x_t[members], min(TYPICALITY_NEIGHBOURS, max(1, len(members) // 2)))
+                # A copy of an image already labelled or chosen is the most typical of all (its
+                # twin sits at distance 0) and teaches nothing new: passed over while others remain.
+                twins = np.flatnonzero((group_of == g) & taken)
+                if len(twins):
+                    copies = squared_distances(x_t[members], x_t[twins]).min(1).values <= DUPLICATE_DISTANCE
+                    if not copies.all():
+                        typical[copies] = -math.inf
                 best, score = members[int(typical.argmax())], float(typical.max())
             taken[best] = True
             rows.append(best)
@@ -146,6 +157,8 @@ def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "ty
     """`budget` rows of `x` (L2-normalised embeddings of a pool) to label next, by `strategy`."""
     _check_strategy(strategy)
     unlabelled = int((~labelled).sum())
+    if unlabelled == 0:
+        raise UserError("every image of the pool is labelled already (--labelled): nothing is left to choose")
     if not 1 <= budget <= unlabelled:
         raise UserError(f"--budget must lie between 1 and the {plural(unlabelled, 'unlabelled image')} of the pool, "
                         f"got {budget}")
@@ -166,10 +179,15 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     _check_strategy(strategy)
     if budget < 1:
         raise UserError(f"--budget must be at least 1, got {budget}")
-    listed = [name for path in labelled for name in names_listed_in(path, "--labelled")]
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must lie in [0, 2^32), got {seed}")
+    if isinstance(labelled, (str, Path)):
+        labelled = [labelled]
+    listed = [name for path in labelled for name in names_listed_in(path, "--labelled", allow_empty=True)]
     with removed_if_left_empty(out):
-        out = output_folder(out)
         source = open_option(data, "--data", open_source)  # a dataset root gives its train/ images
+        refuse_out_inside(out, source, data)
+        out = output_folder(out)
         if budget > len(source.names):
             raise UserError(f"--budget {budget:,} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}")
@@ -192,6 +210,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     picture = draw_rows([drawn[i:i + DRAWN_PER_ROW] for i in range(0, len(drawn), DRAWN_PER_ROW)],
                         out / "to_label.png", f"the {plural(min(budget, len(drawn)), 'image')} to label first "
                         f"({strategy}{', of ' + format(budget, ',') if budget > len(drawn) else ''})")
+    shutil.rmtree(out / "to_label", ignore_errors=True)  # an earlier choice's copies
     copied = _copy_out(source, [names[r] for r in choice.rows], out / "to_label") if copy else None
 
     summary = {"pool": source.describe(), "images": len(names), "skipped": len(embedded.skipped),

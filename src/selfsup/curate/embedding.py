@@ -79,8 +79,12 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
             with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, names=np.array(saved[0], dtype=str), vectors=saved[1],
                          skipped=np.array(saved[2], dtype=str))
-        names += saved[0]
-        vectors.append(saved[1])
+        # In the source's order, whatever order the files were read in (a tar's is its archive
+        # order): the same images in a folder or a tar give the same rows, so the same choices.
+        position = {name: i for i, name in enumerate(wanted)}
+        order = sorted(range(len(saved[0])), key=lambda i: position[saved[0][i]])
+        names += [saved[0][i] for i in order]
+        vectors.append(saved[1][order])
         skipped += saved[2]
         bar.update(min(chunk_size, len(source.names) - start))
     bar.close()

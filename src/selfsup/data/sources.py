@@ -38,7 +38,7 @@ def is_list_path(path: Path) -> bool:
 
 def _listed_files(path: Path, digest) -> list[str]:
     """Image paths from a .txt list (absolute, or relative to the list's folder), as given."""
-    names = []
+    names, seen, repeated = [], set(), 0
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -47,6 +47,10 @@ def _listed_files(path: Path, digest) -> list[str]:
         name = line.strip()
         if not name or name.startswith("#"):
             continue
+        if name in seen:  # one image, one row: twice, it would be trained on, chosen, counted twice
+            repeated += 1
+            continue
+        seen.add(name)
         full = Path(name) if Path(name).is_absolute() else path.parent / name
         try:
             st = full.stat()
@@ -58,6 +62,8 @@ def _listed_files(path: Path, digest) -> list[str]:
                             f"socket); list image files only")
         names.append(name)
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+    if repeated:
+        warn(f"{str(path)!r} lists {repeated:,} image(s) more than once; each is used once")
     return names
 
 
@@ -338,11 +344,13 @@ def open_splits(path: str | Path) -> dict[str, ImageSource]:
     return {split: _make_source(path, split, names, prefix, digest) for split in splits_in(names)}
 
 
-def names_listed_in(path: str | Path, option: str) -> list[str]:
+def names_listed_in(path: str | Path, option: str, allow_empty: bool = False,
+                    json_lists: tuple[str, ...] = ("train", "val")) -> list[str]:
     """The image names a file lists, for options that name some images of a source (eval's
     --subset, select's --labelled): a CSV with a `file` column (what `selfsup select`, `cluster`
-    and `search` write), a JSON label subset (its "train" list, as eval saves them) or a text file
-    of one name per line; each name relative to the source's root."""
+    and `search` write), a JSON label subset as eval saves them (the names of its `json_lists`:
+    all its labelled images, training and validation) or a text file of one name per line; each
+    name relative to the source's root."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -354,10 +362,13 @@ def names_listed_in(path: str | Path, option: str) -> list[str]:
     if kind == ".json":
         import json
         try:
-            names = json.loads(text)["train"]
+            subset = json.loads(text)
+            names = [name for key in json_lists for name in subset[key]]
+            if not all(isinstance(subset[key], list) for key in json_lists):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             raise UserError(f"{option} {str(path)!r} is not a label subset written by selfsup eval (JSON with a "
-                            f"'train' list of file names)") from None
+                            f"'train' and a 'val' list of file names)") from None
     elif kind == ".csv":
         import csv
         rows = list(csv.reader(text.splitlines()))
@@ -368,7 +379,7 @@ def names_listed_in(path: str | Path, option: str) -> list[str]:
         names = [row[column] for row in rows[1:] if len(row) > column and row[column]]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not names or not all(isinstance(n, str) for n in names):
+    if not all(isinstance(n, str) for n in names) or not (names or allow_empty):
         raise UserError(f"{option} {str(path)!r} lists no file names")
     return names
 
@@ -379,7 +390,8 @@ def rows_of_names(names: list[str], listed: list[str], source: str, split: str |
     row_of = {n: i for i, n in enumerate(names)}
     rows, unknown = set(), []
     for name in listed:
-        name = name.replace("\\", "/").removeprefix("./")
+        if name not in row_of:  # a backslash may be part of a name; else a Windows separator
+            name = name.replace("\\", "/").removeprefix("./")
         if name not in row_of and split and name.startswith(split + "/"):
             name = name[len(split) + 1:]
         if name in row_of:

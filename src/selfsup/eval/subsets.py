@@ -51,8 +51,11 @@ class Budget:
     def describe(self) -> str:
         if self.everything:
             return "all labels"
-        if self.subset:
-            return f"the labels of the images in {Path(self.subset).name}"
+        if self.subset:  # the count and a digest of the names: two lists never share a report column
+            import hashlib
+            names = sorted(set(names_listed_in(self.subset, "--subset")))
+            digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:8]
+            return f"the {len(names):,} labels listed in {Path(self.subset).name} ({digest})"
         return f"{self.per_class} per class" if self.per_class else f"{self.fraction:g} of the labels"
 
 
@@ -100,23 +103,35 @@ def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int
 
 def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: float) -> Split:
     """The labelled images are those `budget.subset` lists; the validation split is cut from them
-    as from a class-balanced subset (`val_fraction` of each class, a class of one image keeps it)."""
+    as from a class-balanced subset (`val_fraction` of each class, a class of one image keeps it),
+    except in a subset JSON that eval saved, whose own validation images are taken as they are."""
     if not 0 <= val_fraction <= 0.5:
         raise UserError(f"--val-fraction must lie in [0, 0.5], got {val_fraction}")
-    listed = np.array(rows_of_names(cache.names, names_listed_in(budget.subset, "--subset"),
-                                    repr(cache.source), "train", "--subset"), dtype=np.int64)
-    train, val, absent = [], [], []
-    for c, name in enumerate(cache.classes):
+
+    def rows(names: list[str]) -> np.ndarray:
+        return np.array(rows_of_names(cache.names, names, repr(cache.source), "train", "--subset"), dtype=np.int64)
+
+    if budget.subset.lower().endswith(".json"):  # a split eval saved: its own training and validation images
+        train = rows(names_listed_in(budget.subset, "--subset", json_lists=("train",)))
+        val = rows(names_listed_in(budget.subset, "--subset", allow_empty=True, json_lists=("val",)))
+        _warn_of_absent_classes(cache, np.concatenate([train, val]), budget.subset)
+        return Split(train, val, seed)
+    listed = rows(names_listed_in(budget.subset, "--subset"))
+    train, val = [], []
+    for c in range(len(cache.classes)):
         order = np.random.default_rng([seed, c]).permutation(listed[cache.labels[listed] == c])
-        if len(order) == 0:
-            absent.append(name)
         n_val = _validation_count(len(order), val_fraction)
         train.append(order[:len(order) - n_val])
         val.append(order[len(order) - n_val:])
-    if absent:
-        warn(f"--subset {budget.subset} holds no image of {len(absent)} of the {len(cache.classes)} classes "
-             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they count as errors on the test set")
+    _warn_of_absent_classes(cache, listed, budget.subset)
     return Split(np.sort(np.concatenate(train)), np.sort(np.concatenate(val)).astype(np.int64), seed)
+
+
+def _warn_of_absent_classes(cache: ImageCache, rows: np.ndarray, subset: str) -> None:
+    absent = [name for c, name in enumerate(cache.classes) if not (cache.labels[rows] == c).any()]
+    if absent:
+        warn(f"--subset {subset} holds no image of {len(absent)} of the {len(cache.classes)} classes "
+             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they count as errors on the test set")
 
 
 def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: float, cache_dir=None) -> Path:
