@@ -214,7 +214,8 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     copied = _copy_out(source, [names[r] for r in choice.rows], out / "to_label") if copy else None
 
     summary = {"pool": source.describe(), "images": len(names), "skipped": len(embedded.skipped),
-               "labelled": int(is_labelled.sum()), "budget": budget, "strategy": strategy, "seed": seed,
+               "checkpoint": str(checkpoint), "labelled": int(is_labelled.sum()),
+               "labelled_from": [str(path) for path in labelled], "budget": budget, "strategy": strategy, "seed": seed,
                "outputs": {"csv": str(csv_path), "png": str(picture), "summary": str(out / "summary.json"),
                            **({"copies": str(copied)} if copied else {})}}
     if choice.clusters is not None:
