@@ -1,6 +1,7 @@
 """ViT backbones, masks, MAE, attention maps and layer-wise decay: each against an independent
 computation (timm's own code paths, float64 references, counting by hand)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -349,6 +350,59 @@ def test_attention_keeps_images_of_one_stem_apart_and_counts_the_unreadable(tmp_
     # --max-images counts the images drawn, not the unreadable files met on the way.
     assert save_attention_maps("random:vit-tiny", images, tmp_path / "two", image_size=32, device="cpu",
                                max_images=2)["images"] == 2
+
+
+def test_attention_refuses_to_write_its_maps_over_the_images(tmp_path, capsys):
+    """Maps are named <stem>.png in --out: given the images' own folder, they replaced the images."""
+    import os
+
+    from selfsup.attention import save_attention_maps
+    from selfsup.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for name in ("photo.png", "other.jpg"):
+        Image.fromarray(pixels).save(images / name)
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    with pytest.raises(UserError, match=r"^the attention map .*photo.png' would replace the image 'photo.png'; "
+                                        r"give --out another folder$"):
+        save_attention_maps("random:vit-tiny", images / "photo.png", images, image_size=32, device="cpu")
+    (tmp_path / "link").symlink_to(images)  # the same folder by another name
+    with pytest.raises(UserError, match=r"^--out .*link' is the folder the images are read from"):
+        save_attention_maps("random:vit-tiny", images, tmp_path / "link", image_size=32, device="cpu")
+    maps = tmp_path / "maps"  # a hard link: the same file under another folder
+    maps.mkdir()
+    os.link(images / "photo.png", maps / "photo.png")
+    assert main(["attention", "--checkpoint", "random:vit-tiny", "--images", str(images / "photo.png"), "--out",
+                 str(maps), "--image-size", "32", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selfsup: error: the attention map") and "\n" not in err
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+    # One image drawn beside itself under another name replaces nothing.
+    assert save_attention_maps("random:vit-tiny", images / "other.jpg", images, image_size=32,
+                               device="cpu")["images"] == 1
+    assert (images / "other.png").read_bytes().startswith(b"\x89PNG") and (images / "other.jpg").read_bytes() == \
+        before["other.jpg"]
+
+
+def test_an_attention_picture_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from selfsup.attention import _draw
+
+    out = tmp_path / "photo.png"
+    _draw(np.zeros((16, 16, 3)), np.zeros((2, 4, 4)), out)
+    drawn = out.read_bytes()
+
+    def killed_while_saving(self, path, *args, **kwargs):
+        Path(path).write_bytes(drawn[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        _draw(np.ones((16, 16, 3)), np.ones((2, 4, 4)), out)
+    assert out.read_bytes() == drawn and [p.name for p in tmp_path.iterdir()] == ["photo.png"]
 
 
 def test_attention_refuses_a_non_positive_image_size_and_names_only_its_own_options(tmp_path):

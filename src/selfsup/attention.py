@@ -10,15 +10,20 @@ heads, and each head, overlaid.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .backbones import Backbone
 from .errors import UserError
-from .outputs import output_folder
+from .outputs import atomic_path, output_folder
+
+if TYPE_CHECKING:
+    from .data.sources import ImageSource
 
 
 def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
@@ -42,16 +47,17 @@ def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Ten
     return weights[:, :, 0, net.num_prefix_tokens:].reshape(b, attn.num_heads, *grid)
 
 
-def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, list[str]]:
+def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, list[str], ImageSource]:
     """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
-    crop) of an image file, a folder or a tar, with their names; the files that do not decode
-    are skipped, and counted in one warning."""
+    crop) of an image file, a folder or a tar, with their names and the source they were read
+    from; the files that do not decode are skipped, and counted in one warning."""
     from .data import decode_image
     from .data.cache import warn_skipped
     from .data.sources import open_file_or_source
 
     path = Path(path).expanduser()
-    items = open_file_or_source(path).read()
+    source = open_file_or_source(path)
+    items = source.read()
     decoded, skipped = [], []
     for name, data in items:
         pixels = decode_image(data, size)
@@ -64,7 +70,7 @@ def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, li
     warn_skipped(skipped, len(decoded) + len(skipped), repr(str(path)))
     if not decoded:
         raise UserError(f"no decodable image in {str(path)!r}; give an image, a folder of images or a tar of one")
-    return np.stack([pixels for _, pixels in decoded]), [name for name, _ in decoded]
+    return np.stack([pixels for _, pixels in decoded]), [name for name, _ in decoded], source
 
 
 def output_names(names: list[str]) -> list[str]:
@@ -73,6 +79,31 @@ def output_names(names: list[str]) -> list[str]:
     stems = [Path(name).with_suffix("").as_posix().replace("/", "_") for name in names]
     clashing = {stem for stem, count in Counter(stems).items() if count > 1}
     return [(name.replace("/", "_") if stem in clashing else stem) + ".png" for name, stem in zip(names, stems)]
+
+
+def _check_images_are_kept(source: ImageSource, images: Path, out: Path, file_names: list[str]) -> None:
+    """A UserError when the maps would be written over the images they are drawn from: --out is
+    the folder given as --images, or a map's file is an image's (photo.png in its own folder)."""
+    if images.is_dir() and out.is_dir() and os.path.samefile(images, out):
+        raise UserError(f"--out {str(out)!r} is the folder the images are read from; give the maps a folder "
+                        f"of their own")
+    targets = {}  # (device, inode) of each map's file already there: what writing it would replace
+    for name in file_names:
+        try:
+            st = (out / name).stat()
+        except OSError:
+            continue
+        targets[(st.st_dev, st.st_ino)] = out / name
+    if not targets or source.file_path(source.names[0]) is None:  # nothing to replace, or images in a tar
+        return
+    for name in source.names:  # every image, not only those drawn: none may be replaced
+        try:
+            st = source.file_path(name).stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in targets:
+            raise UserError(f"the attention map {str(targets[(st.st_dev, st.st_ino)])!r} would replace the image "
+                            f"{name!r}; give --out another folder")
 
 
 def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
@@ -95,7 +126,8 @@ def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
                 ax.imshow(maps[i - 1], cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # not from the temporary name's suffix
     plt.close(fig)
 
 
@@ -123,12 +155,14 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     # The patch size is the checkpoint's: only the image size can change here.
     check_image_size(size, size, backbone.net.patch_embed.patch_size[0], backbone.name, other_patch_sizes=False)
     device = resolve_device(device)
-    pixels, names = read_images(images, default_cache_size(size), max_images)
+    pixels, names, source = read_images(images, default_cache_size(size), max_images)
+    file_names = output_names(names)
+    _check_images_are_kept(source, Path(images).expanduser(), Path(out).expanduser(), file_names)
     x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised
     maps = class_token_attention(backbone.to(device).eval(), x)  # (N, heads, h, w)
     maps = torch.cat([maps.mean(dim=1, keepdim=True), maps], dim=1).cpu().numpy()
     out = output_folder(out)
     pictures = denormalize(x.float()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (N, S, S, 3)
-    for file_name, picture, image_maps in zip(output_names(names), pictures, maps):
+    for file_name, picture, image_maps in zip(file_names, pictures, maps):
         _draw(picture, image_maps, out / file_name)
     return {"out": str(out), "images": len(names), "heads": maps.shape[1] - 1, "image_size": size}
