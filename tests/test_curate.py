@@ -353,3 +353,38 @@ def test_curate_through_the_cli_with_a_tar_pool(planted, tmp_path):
     run("curate", *common, "--out", tmp_path / "bad", "--k", "0", check_error="curate.k must be in [1, inf], got 0")
     (tmp_path / "a-file").write_text("")
     run("curate", *common, "--out", tmp_path / "a-file" / "x", check_error="choose a writable --out")
+
+
+# ---------------------------------------------------------------------------------------------
+# What curate writes: never over its inputs, whole or not at all, and a tar it can read back
+
+
+def some_pictures(planted, folder: Path, count: int = 4) -> list[Path]:
+    import shutil
+    root, _ = planted
+    folder.mkdir(parents=True)
+    return [Path(shutil.copy(p, folder / f"{'abcd'[i]}.png"))
+            for i, p in enumerate(sorted((root / "pool").glob("*.png"))[:count])]
+
+
+def test_curate_refuses_an_input_that_is_one_of_its_own_outputs(planted, tmp_path):
+    """--pool OUT/curated.tar emptied the tar before reading the pool from it; a .txt list given
+    as OUT/curated.txt was replaced by the curated one."""
+    root, _ = planted
+    from conftest import make_tar
+    pictures = some_pictures(planted, tmp_path / "pics")
+    out = tmp_path / "out"
+    out.mkdir()
+    make_tar(tmp_path / "pics", out / "curated.tar", mode="w")
+    (out / "curated.txt").write_text("".join(f"{p}\n" for p in pictures))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for given, option in [({"pool": out / "curated.tar"}, "--pool"), ({"pool": out / "curated.txt"}, "--pool"),
+                          ({"seed_set": out / "curated.txt"}, "--seed-set"),
+                          ({"exclude": out / "curated.tar"}, "--exclude")]:
+        name = next(iter(given.values())).name
+        inputs = {"pool": tmp_path / "pics", "seed_set": root / "seeds", **given}
+        with pytest.raises(UserError, match=rf"^{option} '.*{name}' is the {name} this run writes in --out; "
+                                            rf"choose another --out"):
+            curate(inputs["pool"], inputs["seed_set"], "random:resnet18", out, exclude=inputs.get("exclude"),
+                   image_size=32, device="cpu", show_progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

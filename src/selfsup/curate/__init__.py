@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class Summary:
 
 
 OPTIONS = {"pool": "--pool", "seed set": "--seed-set", "excluded set": "--exclude"}
+OUTPUT_FILES = ("curated.txt", "curated.tar", "summary.json", "duplicates.txt", "excluded.txt", "duplicates.png",
+                "retrieved.png")  # what a run writes in --out, replacing what was there
 
 
 def _open(path, what: str):
@@ -88,6 +91,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     config = CurateConfig.checked(**asdict(config or CurateConfig()))
     with removed_if_left_empty(out):  # a refused start (no pool, a bad checkpoint) leaves no folder
         out = output_folder(out)
+        _check_inputs_are_not_outputs(out, {"pool": pool, "seed set": seed_set, "excluded set": exclude})
         device = resolve_device(device)
         encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
         sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
@@ -125,6 +129,23 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
         f"{summary.retrieved:,} retrieved "
         f"-> selfsup pretrain --data {summary.outputs['data']}")
     return asdict(summary)
+
+
+def _check_inputs_are_not_outputs(out: Path, inputs: dict) -> None:
+    """A UserError when an input is a file this run rewrites in `out`: curated.tar would be
+    emptied before the pool is read from it, and a .txt list replaced by the curated one."""
+    for what, given in inputs.items():
+        for name in OUTPUT_FILES if given else ():
+            if _same_file(Path(given).expanduser(), out / name):
+                raise UserError(f"{OPTIONS[what]} {str(given)!r} is the {name} this run writes in --out; "
+                                f"choose another --out, or copy it elsewhere and give the copy")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def _retrieve(seeds: np.ndarray, candidates: np.ndarray, kept: np.ndarray, config: CurateConfig):
