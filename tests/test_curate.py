@@ -388,3 +388,50 @@ def test_curate_refuses_an_input_that_is_one_of_its_own_outputs(planted, tmp_pat
             curate(inputs["pool"], inputs["seed_set"], "random:resnet18", out, exclude=inputs.get("exclude"),
                    image_size=32, device="cpu", show_progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_curate_outputs_are_written_whole_or_not_at_all(planted, tmp_path, monkeypatch):
+    """A kill while writing curated.tar left a short tar that read back as a smaller, valid one;
+    the text files and pictures were written in place too."""
+    import itertools
+
+    from matplotlib.figure import Figure
+
+    from selfsup.curate import _write_removed, write_tar
+    from selfsup.curate.pictures import draw_rows
+    from selfsup.eval.curve import plot_label_efficiency
+    some_pictures(planted, tmp_path / "pics")
+    source = open_source(tmp_path / "pics")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_tar(source, source.names, out / "curated.tar")
+    _write_removed(out, source.names, [[0, 1]], {2})
+    draw_rows([[(source, "a.png")]], out / "retrieved.png", "retrieved")
+    curve = {"curve_protocol": "knn", "seeds": 1, "test_images": 3,
+             "lines": [{"encoder": "e", "points": [{"labels_per_class": 1.0, "top1": 0.5, "top1_std": 0.0}]}]}
+    plot_label_efficiency(curve, out / "curve.svg")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    class KilledAfterOne:
+        def read(self, names):
+            yield from itertools.islice(source.read(names), 1)
+            raise KeyboardInterrupt
+
+    def half_written(text):
+        def write(self, data, *args, **kwargs):
+            with open(self, "w" if text else "wb") as f:
+                f.write(data[:len(data) // 2])
+            raise KeyboardInterrupt
+        return write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_tar(KilledAfterOne(), source.names, out / "curated.tar")
+    monkeypatch.setattr(Path, "write_text", half_written(text=True))
+    with pytest.raises(KeyboardInterrupt):
+        _write_removed(out, source.names, [[1, 2]], {3})
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, *a, **k: half_written(text=False)(Path(path), b"\x89PNG"))
+    with pytest.raises(KeyboardInterrupt):
+        draw_rows([[(source, "b.png")]], out / "retrieved.png", "retrieved")
+    with pytest.raises(KeyboardInterrupt):
+        plot_label_efficiency(curve, out / "curve.svg")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no half file, no temporary one

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.cache import decode_image
+from ..outputs import atomic_path
 
 
 def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) -> Path:
@@ -29,7 +30,8 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
             axes[r, c].set_title("\n".join([_short(name), *label]), fontsize=6)
     fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the rows below the title, however many
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")  # not from the temporary name's suffix
     plt.close(fig)
     return out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..console import warn
 from ..errors import UserError, unknown_choice
-from ..outputs import output_file
+from ..outputs import atomic_path, output_file
 from .data import check_options, prepare
 from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
@@ -111,7 +111,8 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     fig.tight_layout()
     out = _plot_path(out)
     output_file(out)
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format=out.suffix[1:].lower())  # not from the temporary name's suffix
     plt.close(fig)
     return out
 
