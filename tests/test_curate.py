@@ -390,6 +390,36 @@ def test_curate_refuses_an_input_that_is_one_of_its_own_outputs(planted, tmp_pat
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_curated_tar_members_stay_under_curated_and_read_back(planted, tmp_path):
+    """A .txt pool's ../ and absolute names went into the tar as they were (curated/../x.png)."""
+    from selfsup.outputs import relative_copy_path
+    root, _ = planted
+    a, b, c, _ = some_pictures(planted, tmp_path / "pics")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "d.png").write_bytes((tmp_path / "pics" / "d.png").read_bytes())
+    listed = ["../pics/a.png", str(b), "../pics/./c.png", "d.png"]
+    (lists / "pool.txt").write_text("".join(f"{n}\n" for n in listed))
+    summary = curate(lists / "pool.txt", root / "seeds" / "seed0.png", "random:resnet18", tmp_path / "out",
+                     config=CurateConfig(threshold=1.0, k=4), image_size=32, device="cpu", make_tar=True,
+                     show_progress=False)
+    assert summary["retrieved"] == 4
+    with tarfile.open(summary["outputs"]["tar"]) as tar:
+        members = sorted(tar.getnames())
+    assert members == sorted(["curated/__up__/pics/a.png", f"curated/_root{b}", "curated/__up__/pics/c.png",
+                              "curated/d.png"])
+    assert sorted(open_source(summary["outputs"]["tar"]).names) == sorted(m[len("curated/"):] for m in members)
+    # Two names of one member: refused before any image is embedded.
+    (lists / "twice.txt").write_text("d.png\n./d.png\n")
+    with pytest.raises(UserError, match=r"^the pool names 'd.png' and './d.png' would both be 'curated/d.png' in "
+                                        r"curated.tar; rename one of them"):
+        curate(lists / "twice.txt", root / "seeds", "random:resnet18", tmp_path / "out2", make_tar=True,
+               image_size=32, show_progress=False)
+    assert not (tmp_path / "out2").exists()
+    assert [str(relative_copy_path(n)) for n in ("a/b.png", "../../x.png", "/srv/x.png", "./a/./b.png", "a/../b")] \
+        == ["a/b.png", "__up__/__up__/x.png", "_root/srv/x.png", "a/b.png", "a/__up__/b"]
+
+
 def test_curate_outputs_are_written_whole_or_not_at_all(planted, tmp_path, monkeypatch):
     """A kill while writing curated.tar left a short tar that read back as a smaller, valid one;
     the text files and pictures were written in place too."""

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import UserError
 
@@ -120,3 +120,22 @@ def removed_if_left_empty(out: str | Path | None):
             except OSError:
                 break  # it holds something: keep it and the folders above
         raise
+
+
+def relative_copy_path(name: str) -> PurePosixPath:
+    """Where a copy of the image `name` goes inside a folder or a tar's top folder: a relative
+    path that stays inside it. A .txt list names its images as given, absolute or ../ paths
+    included, and joined as they are those would land on the file they name, or leave a tar that
+    selfsup then cannot read. Here each `..` becomes `__up__` and an absolute path's root
+    `_root`, and `.` parts are dropped, so that names of different files stay apart. Two names
+    can still meet (one file written two ways, 'a/./b' and 'a/b', or a name that itself holds
+    `__up__` or `_root`): a caller that needs distinct copies checks."""
+    parts = []
+    for part in PurePosixPath(name).parts:  # without the '.' and empty parts of 'a/./b' or 'a//b'
+        if part.startswith("/"):  # the root: '/' or, kept apart by POSIX, '//'
+            parts.append("_root")
+        elif part == "..":
+            parts.append("__up__")
+        else:
+            parts.append(part)
+    return PurePosixPath(*parts)
