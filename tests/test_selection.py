@@ -269,7 +269,7 @@ def test_copies_stay_inside_the_output_folder_whatever_the_names(labelled_folder
                   **ENCODER)
     copies = sorted(p.relative_to(tmp_path / "sel" / "to_label").as_posix()
                     for p in (tmp_path / "sel" / "to_label").rglob("*.png"))
-    assert copies == sorted([str(labelled_folder / "circle" / "000.png").lstrip("/"), "labelled/square/001.png"])
+    assert copies == sorted(["_root" + str(labelled_folder / "circle" / "000.png"), "__up__/labelled/square/001.png"])
     assert {p: p.stat().st_mtime_ns for p in labelled_folder.rglob("*.png")} == before  # originals untouched
 
 
@@ -359,3 +359,16 @@ def test_two_lists_of_the_same_name_and_size_are_told_apart(split_folder, tmp_pa
         (tmp_path / folder / "to_label.csv").write_text("rank,file\n" + "".join(f"1,{n}\n" for n in names))
     texts = {Budget(subset=str(tmp_path / f / "to_label.csv")).describe() for f in ("a", "b")}
     assert len(texts) == 2 and all(t.startswith("the 2 labels listed in to_label.csv (") for t in texts)
+
+
+def test_two_chosen_images_never_share_one_copy(labelled_folder, tmp_path):
+    """a.png and ../a.png are two files: their copies keep apart (the second overwrote the first)."""
+    (tmp_path / "lists" / "circle").mkdir(parents=True)
+    (tmp_path / "lists" / "circle" / "000.png").write_bytes((labelled_folder / "square" / "000.png").read_bytes())
+    (tmp_path / "lists" / "pool.txt").write_text("circle/000.png\n../labelled/circle/000.png\n")
+    select_images(tmp_path / "lists" / "pool.txt", out=tmp_path / "sel", budget=2, strategy="random", copy=True,
+                  **ENCODER)
+    copied = tmp_path / "sel" / "to_label"
+    assert (copied / "circle" / "000.png").read_bytes() == (labelled_folder / "square" / "000.png").read_bytes()
+    assert (copied / "__up__" / "labelled" / "circle" / "000.png").read_bytes() == \
+        (labelled_folder / "circle" / "000.png").read_bytes()

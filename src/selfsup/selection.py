@@ -27,7 +27,7 @@ import json
 import math
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
 from .explore import embed_sources, folder_classes, open_option, refuse_out_inside
-from .outputs import atomic_path, output_folder, removed_if_left_empty
+from .outputs import atomic_path, output_folder, relative_copy_path, removed_if_left_empty
 
 STRATEGIES = ("typiclust", "kcenter", "random")
 TYPICALITY_NEIGHBOURS = 20
@@ -237,10 +237,14 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
 def _copy_out(source, names: list[str], folder: Path) -> Path:
     """The chosen images' files under `folder`, in their own subfolders: a folder to hand out.
     Names that lead elsewhere (a .txt list's absolute or ../ paths, a tar's /member) are copied
-    inside it too, never over the files they name."""
+    inside it too, never over the files they name, and two chosen files never onto one copy."""
+    where = {name: relative_copy_path(name) for name in names}
+    if len(set(where.values())) < len(where):
+        first = next(n for n in names if list(where.values()).count(where[n]) > 1)
+        raise UserError(f"two chosen images would be copied to one file, {str(where[first])!r} (the list names "
+                        f"one image two ways?); fix the pool's list, or choose without --copy")
     for name, data in source.read(names):
-        parts = [part for part in PurePosixPath(name).parts if part not in ("/", ".", "..")]
-        target = folder.joinpath(*parts)
+        target = folder / where[name]
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
