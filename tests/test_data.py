@@ -509,3 +509,17 @@ def test_a_list_that_names_an_image_twice_uses_it_once(labelled_folder, tmp_path
                        f"{labelled_folder / 'circle' / '000.png'}\n")
     assert len(open_source(listing).names) == 2
     assert "lists 1 image(s) more than once; each is used once" in capsys.readouterr().err
+
+
+def test_removing_unused_caches_also_removes_old_half_written_features(tmp_path):
+    """A write killed midway leaves its temporary file; features run to gigabytes."""
+    import time
+    from selfsup.data.cache import remove_unused_caches
+    (tmp_path / "features").mkdir()
+    old, new = tmp_path / "features" / ".x-1.npy.123.ab.tmp", tmp_path / "features" / ".y-2.npy.456.cd.tmp"
+    old.write_bytes(b"0" * 10)
+    new.write_bytes(b"0" * 10)
+    a_month_ago = time.time() - 31 * 86400
+    os.utime(old, (a_month_ago, a_month_ago))
+    remove_unused_caches(tmp_path, 30)
+    assert not old.exists() and new.exists()  # a recent one may be a write going on now

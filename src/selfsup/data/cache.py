@@ -377,6 +377,10 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
                 for folder in ("features", "subsets"):  # a ViT-B's features of ImageNet: 4 GB per encoder
                     for derived in root.glob(f"{folder}/{entry.path.name}-*"):
                         derived.unlink(missing_ok=True)
+    for folder in ("features", "subsets"):  # what a write killed midway left (.NAME.PID.*.tmp): GBs of features
+        for left in root.glob(f"{folder}/.*.tmp"):
+            if left.stat().st_mtime < cutoff:
+                left.unlink(missing_ok=True)
     return removed
 
 
