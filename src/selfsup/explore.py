@@ -28,7 +28,7 @@ from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
 from .data.sources import ImageSource, open_file_or_source, splits_in
 from .errors import UserError
-from .outputs import atomic_path, output_folder, removed_if_left_empty
+from .outputs import atomic_path, output_folder, removed_if_left_empty, write_text_atomically
 
 CLUSTERS_DRAWN = 32  # rows of clusters.png; the CSV has every cluster
 QUERIES_DRAWN = 12  # rows of neighbours.png
@@ -164,8 +164,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     classes = folder_classes(embedded.names)  # images laid out in class folders: how the clusters match them
     if classes is not None:
         summary["folders"] = {"classes": len(set(classes)), **cluster_agreement(assignment, np.array(classes))}
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
     agreement = (f"; against the {summary['folders']['classes']} class folders: purity "
                  f"{summary['folders']['purity']:.3f}, NMI {summary['folders']['nmi']:.3f}" if classes else "")
     say(f"cluster: {plural(len(embedded.names), 'image')} in {clusters} clusters of "

@@ -75,6 +75,12 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomically(path: Path, text: str, remedy: str = "choose another --out") -> None:
+    """`path` holds `text`, whole, or what it held before (see atomic_path)."""
+    with atomic_path(path, remedy) as tmp:
+        tmp.write_text(text)
+
+
 def read_json_lines(path: Path) -> list[dict]:
     """The records of a JSON-lines file (none if it is missing); a line that does not parse (cut
     short by a kill, a full disk or a hand edit) is skipped, the rest kept."""

@@ -38,7 +38,8 @@ from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
 from .explore import embed_sources, folder_classes, open_option, refuse_out_inside
-from .outputs import atomic_path, output_folder, relative_copy_path, removed_if_left_empty
+from .outputs import (atomic_path, output_folder, relative_copy_path, removed_if_left_empty,
+                      write_text_atomically)
 
 STRATEGIES = ("typiclust", "kcenter", "random")
 TYPICALITY_NEIGHBOURS = 20
@@ -225,8 +226,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
         chosen = [classes[r] for r in choice.rows]
         summary["folders"] = {"classes": len(set(classes)), "covered": len(set(chosen)),
                               "per_class": {c: chosen.count(c) for c in sorted(set(classes))}}
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
     coverage = (f"; they cover {summary['folders']['covered']} of the {summary['folders']['classes']} class "
                 f"folders" if classes is not None else "")
     already = f" besides the {plural(int(is_labelled.sum()), 'labelled image')}" if is_labelled.any() else ""

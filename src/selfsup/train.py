@@ -35,7 +35,7 @@ from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
-from .outputs import append_json_line, atomic_path, read_json_lines, removed_if_left_empty
+from .outputs import append_json_line, read_json_lines, removed_if_left_empty, write_text_atomically
 from .phases import phase
 from .views import compile_views
 from .viz import evenly_spaced, plot_training_curves
@@ -181,8 +181,7 @@ def write_run_config(cfg: RunConfig) -> None:
     leaves nothing behind)."""
     if dist.is_main():
         try:
-            with atomic_path(Path(cfg.out) / "config.yaml") as tmp:
-                tmp.write_text(config_lib.dump_yaml(cfg))
+            write_text_atomically(Path(cfg.out) / "config.yaml", config_lib.dump_yaml(cfg))
         except OSError as e:
             raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
 
@@ -419,8 +418,8 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if path.exists():
             kept = [r for r in read_json_lines(path) if r.get("epoch", 0) <= epochs_done]
-            with atomic_path(path, "check the run folder's permissions and free space") as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in kept),
+                                  "check the run folder's permissions and free space")
 
     # -- one step -------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from ..console import plural, say
 from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
-from ..outputs import atomic_path, output_folder, relative_copy_path, removed_if_left_empty
+from ..outputs import atomic_path, output_folder, relative_copy_path, removed_if_left_empty, write_text_atomically
 from .dedup import duplicate_groups, duplicates_to_drop, kept_similarities, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
@@ -125,7 +125,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     summary.outputs = _write_outputs(out, sources, embedded, selected, groups, similarities, rows, make_tar)
     summary.outputs.update(_write_removed(out, pool_e.names, groups, excluded))
     summary.outputs["summary"] = str(out / "summary.json")
-    _write_text(out / "summary.json", json.dumps(asdict(summary), indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(asdict(summary), indent=1))
     say(f"curate: {plural(summary.pool, 'pool image')}, {plural(summary.removed_as_duplicates, 'near-duplicate')} "
         f"removed ({plural(summary.duplicate_groups, 'group')}), {summary.excluded:,} excluded, "
         f"{summary.retrieved:,} retrieved "
@@ -150,11 +150,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def _retrieve(seeds: np.ndarray, candidates: np.ndarray, kept: np.ndarray, config: CurateConfig):
     """(selected pool indices, count per seed or cluster, picture rows of ("seed"|"pool", index))."""
     if config.clusters:
@@ -176,7 +171,7 @@ def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int]
     on_disk = pool_src.file_path(names[0]) is not None
     listing = out / "curated.txt"
     lines = [str(pool_src.file_path(n).resolve()) for n in names] if on_disk else names
-    _write_text(listing, "".join(line + "\n" for line in lines))
+    write_text_atomically(listing, "".join(line + "\n" for line in lines))
     outputs = {"list": str(listing)}
     if make_tar or not on_disk:  # inside a tar, the list alone cannot be read back
         outputs["tar"] = str(write_tar(pool_src, names, out / "curated.tar"))
@@ -198,8 +193,8 @@ def _write_removed(out: Path, names: list[str], groups: list[list[int]], exclude
     for group in groups:
         members = sorted(names[i] for i in group)
         lines.append("\t".join(members))
-    _write_text(out / "duplicates.txt", "".join(line + "\n" for line in lines))
-    _write_text(out / "excluded.txt", "".join(names[i] + "\n" for i in sorted(excluded)))
+    write_text_atomically(out / "duplicates.txt", "".join(line + "\n" for line in lines))
+    write_text_atomically(out / "excluded.txt", "".join(names[i] + "\n" for i in sorted(excluded)))
     return {"duplicates": str(out / "duplicates.txt"), "excluded": str(out / "excluded.txt")}
 
 
