@@ -145,3 +145,16 @@ def relative_copy_path(name: str) -> PurePosixPath:
         else:
             parts.append(part)
     return PurePosixPath(*parts)
+
+
+def distinct_copy_paths(names: list[str], folder: str, where: str) -> dict[str, str]:
+    """{name: FOLDER/relative_copy_path(name)} for each name, one path per name; a UserError when
+    two names would meet (one image listed two ways, d.png and ./d.png)."""
+    paths, named = {}, {}
+    for name in names:
+        path = f"{folder}/{relative_copy_path(name)}"
+        if named.setdefault(path, name) != name:
+            raise UserError(f"the pool names {named[path]!r} and {name!r} would both be {path!r} in {where}; "
+                            f"rename one of them, or in a .txt list give it by another path")
+        paths[name] = path
+    return paths

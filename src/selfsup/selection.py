@@ -38,7 +38,7 @@ from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
 from .explore import embed_sources, folder_classes, open_option, refuse_out_inside
-from .outputs import (atomic_path, output_folder, relative_copy_path, removed_if_left_empty,
+from .outputs import (atomic_path, distinct_copy_paths, output_folder, removed_if_left_empty,
                       write_text_atomically)
 
 STRATEGIES = ("typiclust", "kcenter", "random")
@@ -75,10 +75,15 @@ def typicality(x: torch.Tensor, neighbours: int, block_bytes: int = 256 * 2**20)
     return torch.cat(out)
 
 
+def typiclust_groups(labelled: int, budget: int, images: int) -> int:
+    """How many k-means groups TypiClust makes: one per label there will be, 500 at most."""
+    return min(labelled + budget, MAX_CLUSTERS, images)
+
+
 def choose_typiclust(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int = 0) -> Choice:
     """TypiClust's choice of `budget` unlabelled rows of `x` (unit vectors); `labelled`: (N,) bool."""
     x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    groups = min(int(labelled.sum()) + budget, MAX_CLUSTERS, len(x))
+    groups = typiclust_groups(int(labelled.sum()), budget, len(x))
     _, group_of = kmeans(x, groups, seed=seed, init="k-means++", restarts=3)
     sizes = np.bincount(group_of, minlength=groups)
     labels_in = np.bincount(group_of[labelled], minlength=groups)
@@ -212,7 +217,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
                         out / "to_label.png", f"the {plural(min(budget, len(drawn)), 'image')} to label first "
                         f"({strategy}{', of ' + format(budget, ',') if budget > len(drawn) else ''})")
     shutil.rmtree(out / "to_label", ignore_errors=True)  # an earlier choice's copies
-    copied = _copy_out(source, [names[r] for r in choice.rows], out / "to_label") if copy else None
+    copied = _copy_out(source, [names[r] for r in choice.rows], out) if copy else None
 
     summary = {"pool": source.describe(), "images": len(names), "skipped": len(embedded.skipped),
                "checkpoint": str(checkpoint), "labelled": int(is_labelled.sum()),
@@ -220,7 +225,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
                "outputs": {"csv": str(csv_path), "png": str(picture), "summary": str(out / "summary.json"),
                            **({"copies": str(copied)} if copied else {})}}
     if choice.clusters is not None:
-        summary["clusters"] = min(int(is_labelled.sum()) + budget, MAX_CLUSTERS, len(names))
+        summary["clusters"] = typiclust_groups(int(is_labelled.sum()), budget, len(names))
     classes = folder_classes(names)  # a labelled dataset (to compare strategies): how evenly they cover it
     if classes is not None:
         chosen = [classes[r] for r in choice.rows]
@@ -234,18 +239,14 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     return summary
 
 
-def _copy_out(source, names: list[str], folder: Path) -> Path:
-    """The chosen images' files under `folder`, in their own subfolders: a folder to hand out.
-    Names that lead elsewhere (a .txt list's absolute or ../ paths, a tar's /member) are copied
-    inside it too, never over the files they name, and two chosen files never onto one copy."""
-    where = {name: relative_copy_path(name) for name in names}
-    if len(set(where.values())) < len(where):
-        first = next(n for n in names if list(where.values()).count(where[n]) > 1)
-        raise UserError(f"two chosen images would be copied to one file, {str(where[first])!r} (the list names "
-                        f"one image two ways?); fix the pool's list, or choose without --copy")
+def _copy_out(source, names: list[str], out: Path) -> Path:
+    """The chosen images' files under OUT/to_label/, in their own subfolders: a folder to hand
+    out. Names that lead elsewhere (a .txt list's absolute or ../ paths, a tar's /member) are
+    copied inside it too, never over the files they name, and two chosen files never onto one copy."""
+    where = distinct_copy_paths(names, "to_label", "--out")
     for name, data in source.read(names):
-        target = folder / where[name]
+        target = out / where[name]
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
-    return folder
+    return out / "to_label"

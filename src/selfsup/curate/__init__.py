@@ -29,7 +29,7 @@ from ..console import plural, say
 from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
-from ..outputs import atomic_path, output_folder, relative_copy_path, removed_if_left_empty, write_text_atomically
+from ..outputs import atomic_path, distinct_copy_paths, output_folder, removed_if_left_empty, write_text_atomically
 from .dedup import duplicate_groups, duplicates_to_drop, kept_similarities, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
@@ -98,7 +98,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
         if exclude:
             sources["excluded set"] = _open(exclude, "excluded set")
         if make_tar or sources["pool"].file_path(sources["pool"].names[0]) is None:
-            _member_names(sources["pool"].names)  # names that would meet in curated.tar: refused before the work
+            distinct_copy_paths(sources["pool"].names, "curated", "curated.tar")  # names that would meet in curated.tar: refused before the work
     embedded = {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,
                                    config.chunk_size, show_progress=show_progress, desc=f"embedding {what}")
                 for what, src in sources.items()}
@@ -201,23 +201,10 @@ def _write_removed(out: Path, names: list[str], groups: list[list[int]], exclude
 def write_tar(source, names: list[str], path: Path) -> Path:
     """The files `names` of `source` in an uncompressed tar under curated/ (read by --data),
     written whole or not at all: a short tar would read back as a smaller, valid one."""
-    members = _member_names(names)
+    members = distinct_copy_paths(names, "curated", "curated.tar")
     with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
         for name, data in source.read(names):
             info = tarfile.TarInfo(members[name])
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def _member_names(names: list[str]) -> dict[str, str]:
-    """{name: its member name in curated.tar}: under curated/, inside it whatever the name (a
-    .txt list's ../ or absolute paths), and one member per name; a UserError when two would meet."""
-    members, named = {}, {}
-    for name in names:
-        member = f"curated/{relative_copy_path(name)}"
-        if named.setdefault(member, name) != name:
-            raise UserError(f"the pool names {named[member]!r} and {name!r} would both be {member!r} in "
-                            f"curated.tar; rename one of them, or in a .txt list give it by another path")
-        members[name] = member
-    return members
