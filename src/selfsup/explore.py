@@ -26,9 +26,9 @@ from .console import plural, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
-from .data.sources import ImageSource, open_file_or_source, splits_in
+from .data.sources import NOT_FOLDER_NAMES, ImageSource, open_file_or_source, splits_in
 from .errors import UserError
-from .outputs import atomic_path, output_folder, removed_if_left_empty, write_text_atomically
+from .outputs import atomic_path, lies_inside, output_folder, removed_if_left_empty, write_text_atomically
 
 CLUSTERS_DRAWN = 32  # rows of clusters.png; the CSV has every cluster
 QUERIES_DRAWN = 12  # rows of neighbours.png
@@ -49,8 +49,7 @@ def refuse_out_inside(out, source: ImageSource, given) -> None:
     if not Path(given).expanduser().is_dir():
         return
     root = (source.path / source.split if source.split else source.path).resolve()
-    out = Path(out).expanduser().resolve()
-    if out == root or root in out.parents:
+    if lies_inside(out, root):
         raise UserError(f"--out {str(out)!r} lies inside the images read from {str(root)!r}: its pictures and "
                         f"copies would become images of them; choose a folder outside")
 
@@ -102,7 +101,7 @@ def folder_classes(names: list[str]) -> list[str] | None:
     if any("/" not in n for n in inner):
         return None
     classes = [n.split("/", 1)[0] for n in inner]
-    if {"", ".", ".."} & set(classes):  # a list of absolute or ../ paths: no class folders
+    if NOT_FOLDER_NAMES & set(classes):
         return None
     return classes if len(set(classes)) >= 2 else None
 

@@ -75,6 +75,12 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
         tmp.unlink(missing_ok=True)
 
 
+def lies_inside(path: str | Path, folder: str | Path) -> bool:
+    """`path` is `folder` or lies under it, links and relative spellings resolved."""
+    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
 def write_text_atomically(path: Path, text: str, remedy: str = "choose another --out") -> None:
     """`path` holds `text`, whole, or what it held before (see atomic_path)."""
     with atomic_path(path, remedy) as tmp:

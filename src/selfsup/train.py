@@ -35,7 +35,7 @@ from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
-from .outputs import append_json_line, read_json_lines, removed_if_left_empty, write_text_atomically
+from .outputs import append_json_line, lies_inside, read_json_lines, removed_if_left_empty, write_text_atomically
 from .phases import phase
 from .views import compile_views
 from .viz import evenly_spaced, plot_training_curves
@@ -161,7 +161,7 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
         raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
     cfg = _absolute_paths(cfg)
     data = Path(cfg.data.path)
-    if data.is_dir() and (out.resolve() == data.resolve() or data.resolve() in out.resolve().parents):
+    if data.is_dir() and lies_inside(out, data):
         raise UserError(f"--out {str(out)!r} lies inside --data {str(data)!r}: the run's pictures would become "
                         f"images of the data (and its next --resume would be refused); choose a run folder "
                         f"outside the data")

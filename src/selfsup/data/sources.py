@@ -21,7 +21,9 @@ from ..errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 SPLIT_NAMES = ("train", "val", "test")
-SKIPPED_FOLDERS = {"__MACOSX"}  # the resource forks macOS puts into archives; like hidden folders
+SKIPPED_FOLDERS = {"__MACOSX"}
+# First parts of a .txt list's absolute or ../ names ('/srv/x.jpg' -> ''): no class folders.
+NOT_FOLDER_NAMES = frozenset({"", ".", ".."})  # the resource forks macOS puts into archives; like hidden folders
 
 
 def is_image_name(name: str) -> bool:
@@ -82,7 +84,7 @@ class ImageSource:
         """Class names from first-level subfolders; [] when the images are not laid out by class."""
         tops = {n.split("/", 1)[0] for n in self.names}
         # A .txt list's ../x.jpg or /abs/x.jpg: not class folders (and never folders to write into).
-        if len(tops) < 2 or any("/" not in n for n in self.names) or tops & {"", ".", ".."}:
+        if len(tops) < 2 or any("/" not in n for n in self.names) or tops & NOT_FOLDER_NAMES:
             return []
         return sorted(tops)
 
@@ -93,7 +95,7 @@ class ImageSource:
             return (f"{len(loose)} of its images sit beside the class folders, in none (e.g. {loose[0]!r}); "
                     f"move each into its class folder or remove it")
         tops = {n.split("/", 1)[0] for n in self.names}
-        if tops & {"", ".", ".."}:
+        if tops & NOT_FOLDER_NAMES:
             return "its list names images by absolute or ../ paths, which hold no class folders"
         if len(tops) == 1 and not loose:
             return f"it has one class folder ({next(iter(tops))!r}); classes need at least 2"
