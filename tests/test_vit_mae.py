@@ -352,6 +352,42 @@ def test_attention_keeps_images_of_one_stem_apart_and_counts_the_unreadable(tmp_
                                max_images=2)["images"] == 2
 
 
+def test_attention_gives_every_image_its_own_map_file_whatever_the_names():
+    """a/b.png and a_b.png both became a_b.png.png (one map written over the other); A.png and
+    a.png meet on a file system that ignores case."""
+    import random
+
+    from selfsup.attention import output_names
+
+    assert output_names(["a/b.png", "a_b.png", "A.png", "a.png", "c.jpg"]) == \
+        ["a_b.png.png", "a_b.png~2.png", "A.png", "a~2.png", "c.png"]
+    rng = random.Random(0)
+    parts = ["a", "A", "b", "a_b", "b_a", "x~2", "x"]
+    for _ in range(300):
+        names = sorted({"/".join(rng.choices(parts, k=rng.randint(1, 3))) + rng.choice([".png", ".jpg", ".PNG"])
+                        for _ in range(rng.randint(1, 12))})
+        files = output_names(names)
+        assert len({f.casefold() for f in files}) == len(names)
+        assert all(f.endswith(".png") and "/" not in f for f in files)
+
+
+def test_a_figure_is_closed_when_it_cannot_be_written(tmp_path, monkeypatch):
+    """pyplot holds every figure until it is closed: a run that failed to write one leaked it."""
+    from matplotlib.figure import Figure
+
+    from selfsup.attention import _draw
+    from selfsup.viz import pyplot
+
+    def disk_full(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    before = len(pyplot().get_fignums())
+    with pytest.raises(UserError, match="No space left on device"):
+        _draw(np.ones((16, 16, 3)), np.ones((2, 4, 4)), tmp_path / "photo.png")
+    assert len(pyplot().get_fignums()) == before and list(tmp_path.iterdir()) == []
+
+
 def test_attention_refuses_to_write_its_maps_over_the_images(tmp_path, capsys):
     """Maps are named <stem>.png in --out: given the images' own folder, they replaced the images."""
     import os

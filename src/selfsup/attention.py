@@ -20,7 +20,8 @@ import torch
 
 from .backbones import Backbone
 from .errors import UserError
-from .outputs import atomic_path, output_folder
+from .outputs import output_folder
+from .viz import pyplot, save_figure
 
 if TYPE_CHECKING:
     from .data.sources import ImageSource
@@ -75,10 +76,21 @@ def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, li
 
 def output_names(names: list[str]) -> list[str]:
     """A distinct PNG name for each image: its path with '/' as '_' and without its suffix, but
-    with it where that alone would collide (x.jpg and x.png give x.jpg.png and x.png.png)."""
+    with it where that alone would collide (x.jpg and x.png give x.jpg.png and x.png.png), and
+    numbered where even that collides (a/b.png and a_b.png), or differs only in case (a file
+    system that ignores case would write both to one file)."""
     stems = [Path(name).with_suffix("").as_posix().replace("/", "_") for name in names]
     clashing = {stem for stem, count in Counter(stems).items() if count > 1}
-    return [(name.replace("/", "_") if stem in clashing else stem) + ".png" for name, stem in zip(names, stems)]
+    wanted = [name.replace("/", "_") if stem in clashing else stem for name, stem in zip(names, stems)]
+    taken, distinct = set(), []
+    for base in wanted:
+        name, number = base, 1
+        while name.casefold() in taken:
+            number += 1
+            name = f"{base}~{number}"
+        taken.add(name.casefold())
+        distinct.append(name + ".png")
+    return distinct
 
 
 def _check_images_are_kept(source: ImageSource, images: Path, out: Path, file_names: list[str]) -> None:
@@ -108,15 +120,10 @@ def _check_images_are_kept(source: ImageSource, images: Path, out: Path, file_na
 
 def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
     """One PNG: the image (H, W, 3 in [0, 1]), then each map (h, w) upsampled over it: mean, heads."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     titles = ["image", "mean of heads"] + [f"head {i}" for i in range(len(maps) - 1)]
     cols = min(len(titles), 7)
     rows = -(-len(titles) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
     extent = (0, image.shape[1], image.shape[0], 0)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -126,9 +133,7 @@ def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
                 ax.imshow(maps[i - 1], cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # not from the temporary name's suffix
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
 
 
 @torch.no_grad()

@@ -8,6 +8,26 @@ from .outputs import atomic_path
 TITLE_HEIGHT = 16  # pixels of the band above a grid that holds its column titles
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, out: Path, dpi: int, fmt: str = "png") -> Path:
+    """Write `fig` to `out` atomically (a figure may be redrawn while a run goes on) and close it,
+    also when writing fails: pyplot keeps every open figure alive until it is closed."""
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt)  # the format is not read from the temporary name's suffix
+    finally:
+        pyplot().close(fig)
+    return out
+
+
 def evenly_spaced(items, count: int = 8):
     """`count` items spread evenly from the first to the last (all of them when there are no more):
     a fixed sample that crosses a dataset stored in name order, hence class by class, rather
@@ -25,11 +45,7 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
     written atomically (it is redrawn while a run goes on)."""
     if not metrics:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = [k for k in ("loss", "lr", "std_ratio", "effective_rank", "knn_top1", "images_per_s")
               if any(k in m for m in metrics)]
     panels += sorted({k for m in metrics for k in m} - set(panels) - {"epoch", "step", "weight_decay", "epoch_seconds"})
@@ -47,11 +63,7 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, Path(out), dpi=90)
 
 
 def save_image_grid(rows: list, out: str | Path, min_side: int = 96, titles: list[str] | None = None) -> Path:

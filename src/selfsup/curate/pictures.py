@@ -6,22 +6,17 @@ from pathlib import Path
 import numpy as np
 
 from ..data.cache import decode_image
-from ..outputs import atomic_path
+from ..viz import pyplot, save_figure
 
 
 def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) -> Path:
     """A PNG with one row per list of (source, name) or (source, name, label); each image decoded at
     `size` pixels, titled with its file name and label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in rows if r] or [[]]
     pixels = _decode_all(rows, size)
     cols = max(1, max(len(r) for r in rows))
     height = 1.6 * len(rows) + 0.4  # inches: the rows (each image under its two-line title), and the title strip
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, height), squeeze=False)
+    fig, axes = pyplot().subplots(len(rows), cols, figsize=(1.3 * cols, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, row in enumerate(rows):
@@ -30,10 +25,7 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
             axes[r, c].set_title("\n".join([_short(name), *label]), fontsize=6)
     fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the rows below the title, however many
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # not from the temporary name's suffix
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def _decode_all(rows: list[list[tuple]], size: int) -> dict:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..console import warn
 from ..errors import UserError, unknown_choice
-from ..outputs import atomic_path, output_file
+from ..outputs import output_file
+from ..viz import pyplot, save_figure
 from .data import check_options, prepare
 from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol
 from .record import record_result
@@ -91,12 +92,7 @@ def _baseline_size(spec: str, run_sizes: set[int]) -> int | None:
 def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     """A plot (PNG, SVG or PDF, by the suffix of `out`) of a curve result: top-1 against labels
     per class (log x), one line per encoder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     for line in curve["lines"]:
         points = sorted(line["points"], key=lambda p: p["labels_per_class"])
         ax.errorbar([p["labels_per_class"] for p in points], [p["top1"] for p in points],
@@ -111,10 +107,7 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     fig.tight_layout()
     out = _plot_path(out)
     output_file(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format=out.suffix[1:].lower())  # not from the temporary name's suffix
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100, fmt=out.suffix[1:].lower())
 
 
 def _plot_path(out: str | Path) -> Path:

@@ -8,19 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from ..viz import pyplot
 
 
 def figure_png(fig, dpi: int = 90) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    _pyplot().close(fig)
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -91,7 +87,7 @@ def project_2d(features: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:
 
 def embedding_map(coords: np.ndarray, labels: np.ndarray, classes: list[str], method: str) -> bytes:
     """A scatter plot of 2-D coordinates coloured by class."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for c, name in enumerate(classes):
