@@ -158,6 +158,14 @@ def test_a_warm_up_not_shorter_than_the_run(capsys):
                       "train": {"epochs": 41}}).optim.warmup_epochs == 40
 
 
+def test_a_learning_rate_of_zero_is_run_but_said(capsys):
+    """lr 0 trains nothing: allowed (a speed measurement), never silently."""
+    assert C.resolve({"data": {"image_size": 32}, "optim": {"lr": 0.0}}).optim.lr == 0
+    assert "the learning rate is 0 (--lr / optim.lr): the weights will not change" in capsys.readouterr().err
+    C.resolve({"data": {"image_size": 32}, "optim": {"lr": 1e-9}})
+    assert "learning rate" not in capsys.readouterr().err
+
+
 def test_layer_decay_counts_the_blocks_of_the_trained_network_only():
     from selfsup.optim import parameter_groups
 

@@ -381,6 +381,10 @@ def resolve(user: dict) -> RunConfig:
     if cfg.data.cache_size is None:
         size = cfg.data.image_size
         cfg = override(cfg, {"data": {"cache_size": size if size <= 64 else round(size * 8 / 7)}})
+    if cfg.optim.lr == 0:
+        from .console import warn
+        warn("the learning rate is 0 (--lr / optim.lr): the weights will not change, so the run measures speed, "
+             "not learning")
     return _warmup_within_run(cfg, user, preset)
 
 
