@@ -161,7 +161,7 @@ def test_budgets_beyond_the_unlabelled_images_are_refused():
         assert sorted(got.rows.tolist()) == list(range(4, 10))
 
 
-def test_select_writes_the_choice_and_a_second_round_builds_on_the_first(labelled_folder, tmp_path):
+def test_select_writes_the_choice_and_a_second_round_builds_on_the_first(labelled_folder, tmp_path, capsys):
     first = select_images(labelled_folder, out=tmp_path / "round1", budget=4, copy=True, **ENCODER)
     rows = read_csv(tmp_path / "round1" / "to_label.csv")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and len({r["file"] for r in rows}) == 4
@@ -175,6 +175,13 @@ def test_select_writes_the_choice_and_a_second_round_builds_on_the_first(labelle
     again = read_csv(tmp_path / "round2" / "to_label.csv")
     assert second["labelled"] == 4 and second["clusters"] == 9
     assert not {r["file"] for r in again} & {r["file"] for r in rows} and len(again) == 5
+    # 36 images in 9 groups: most hold 5 or fewer, which TypiClust leaves to last; the summary says
+    # how many, and from how many groups the choices came (the CSV's cluster column).
+    for summary, chosen in ((first, rows), (second, again)):
+        assert summary["clusters_chosen_from"] == len({r["cluster"] for r in chosen})
+        assert 0 <= summary["clusters_too_small"] <= summary["clusters"]
+    assert second["clusters_too_small"] * 2 > 9
+    assert f"{second['clusters_too_small']} of the 9 groups hold 5 images or fewer" in capsys.readouterr().err
 
 
 def test_select_from_a_tar_of_a_dataset_takes_its_train_images(split_folder, tmp_path):

@@ -56,6 +56,7 @@ class Choice:
     scores: np.ndarray  # (B,) typiclust: typicality; kcenter: squared distance to the nearest image
     #                     labelled or chosen before; random: NaN
     clusters: np.ndarray | None  # (B,) typiclust: each choice's group; else None
+    small_groups: int = 0  # typiclust: groups of MIN_CLUSTER_SIZE images or fewer, passed over while others remain
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -121,7 +122,8 @@ def choose_typiclust(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int
             if not rest:
                 raise ValueError(f"only {len(rows)} unlabelled rows for a budget of {budget}")
             visit, rest = rest, []
-    return Choice(np.array(rows, dtype=np.int64), np.array(scores), np.array(clusters, dtype=np.int64))
+    return Choice(np.array(rows, dtype=np.int64), np.array(scores), np.array(clusters, dtype=np.int64),
+                  small_groups=int((~eligible).sum()))
 
 
 def choose_kcenter(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int = 0,
@@ -226,6 +228,8 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
                            **({"copies": str(copied)} if copied else {})}}
     if choice.clusters is not None:
         summary["clusters"] = typiclust_groups(int(is_labelled.sum()), budget, len(names))
+        summary["clusters_too_small"] = choice.small_groups  # MIN_CLUSTER_SIZE or fewer: outliers, passed over
+        summary["clusters_chosen_from"] = len(set(choice.clusters.tolist()))
     classes = folder_classes(names)  # a labelled dataset (to compare strategies): how evenly they cover it
     if classes is not None:
         chosen = [classes[r] for r in choice.rows]
@@ -236,6 +240,10 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
                 f"folders" if classes is not None else "")
     already = f" besides the {plural(int(is_labelled.sum()), 'labelled image')}" if is_labelled.any() else ""
     say(f"select: {budget:,} of {plural(len(names), 'image')} to label{already} ({strategy}){coverage}")
+    if choice.small_groups * 2 > summary.get("clusters", 0):
+        say(f"select: {choice.small_groups} of the {summary['clusters']} groups hold {MIN_CLUSTER_SIZE} images or fewer, and "
+            f"TypiClust leaves such outliers to last: the choices come from {summary['clusters_chosen_from']} "
+            f"groups; a pool many times larger than the labels suits it better")
     return summary
 
 
