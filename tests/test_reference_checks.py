@@ -380,6 +380,30 @@ def test_mae_mask_at_224_with_16_pixel_patches_keeps_49_of_196():
     assert visible_indices(mask, 49).shape == (6, 49)
 
 
+def test_the_readme_arithmetic_runs_as_written_and_prints_what_it_says(capsys):
+    """README's "The arithmetic, by hand" block, run as a student would paste it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## The arithmetic, by hand", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    torch.manual_seed(0)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "0.3692 = 0.3692" and lines[1] == "[4, 5, 6, 7, 0, 1, 2, 3]" and lines[3] == "196 49"
+    by_hand, library = lines[2].split(" = ")
+    assert by_hand == library
+    assert scope["compared"].tolist() == [7] * 8  # 1 positive + 2N - 2 = 6 negatives per view
+    # the comment's claim, from the definition in float64: row i's positive is the other view of image i
+    z = torch.nn.functional.normalize(torch.cat([scope["z_a"], scope["z_b"]]).double(), dim=1)
+    sim = z @ z.T / 0.5
+    sim.fill_diagonal_(float("-inf"))
+    expected = -(sim.log_softmax(1)[torch.arange(8), (torch.arange(8) + 4) % 8]).mean()
+    assert float(library) == pytest.approx(float(expected), abs=2e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Temporal order
 

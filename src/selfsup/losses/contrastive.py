@@ -29,7 +29,7 @@ def nt_xent_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> 
     n = z_a.shape[0]
     z = torch.cat([z_a, z_b])
     z = F.normalize(full_precision(z), dim=1)  # (2n, d)
-    keys = dist.gather_with_grad(z)  # (2N, d), rank-major: [a_0, b_0, a_1, b_1, ...]
+    keys = dist.gather_with_grad(z)  # (2N, d), by process: [z_a of rank 0; z_b of rank 0; z_a of rank 1; ...]
     logits = z @ keys.T / temperature  # (2n, 2N)
     offset = dist.rank() * 2 * n
     rows = torch.arange(2 * n, device=z.device)
@@ -38,7 +38,7 @@ def nt_xent_logits(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> 
     return logits, positives
 
 
-def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's normalised temperature-scaled cross-entropy, averaged over the 2N views."""
     logits, positives = nt_xent_logits(z_a, z_b, temperature)
     return F.cross_entropy(logits, positives)

@@ -28,8 +28,8 @@ def predict(maps: torch.Tensor, motion_class: torch.Tensor, z: torch.Tensor) -> 
 def equivariance_loss(z: torch.Tensor, z_later: torch.Tensor, motion_class: torch.Tensor, maps: torch.Tensor,
                       margin: float, other_map_weight: float = 1.0) -> torch.Tensor:
     """The loss above, averaged over the batch. z, z_later: (B, D); motion_class: (B,) in [0, G);
-    maps: (G, D, D). The "frame of another pair" of sample i is sample i + B/2's later frame
-    (a deterministic pairing; batches hold random samples)."""
+    maps: (G, D, D). The "frame of another pair" of sample i is the later frame of sample
+    i - B//2 (mod B; a deterministic pairing; batches hold random samples)."""
     z, z_later = full_precision(z), full_precision(z_later)
     predicted = predict(maps, motion_class, z)  # (B, D)
     positive = (predicted - z_later).pow(2).sum(1)

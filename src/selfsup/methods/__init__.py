@@ -1,6 +1,7 @@
 """The methods. Each is one module holding:
 
-- `Config`: a dataclass with the paper's defaults (the only place they live);
+- `Config`: a dataclass of the method's options and their defaults (a few defaults stay as they
+  were so that older checkpoints load alike; the presets then set the paper's value);
 - `PRESETS`: {"cifar": fn, "imagenet": fn}, each returning overrides for the whole run config;
 - `Method(config, backbone, image_size)`: an nn.Module whose `forward(batch, progress)` returns a
   `MethodOutput` (see common.py: `Batch` holds the uint8 images on the device and the generator

@@ -102,7 +102,8 @@ class MethodOutput:
     loss: torch.Tensor  # scalar, to minimise
     # Scalars to log (kept on the device; the trainer syncs only when it prints).
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-    # (B, d) the vectors the loss compares (e.g. projections), for the collapse monitor.
+    # (rows, d) the vectors the loss compares (e.g. projections), for the collapse monitor: one row
+    # per image, or per tile or frame where the method embeds those (jigsaw, temporal order).
     embedding: torch.Tensor | None = None
 
 

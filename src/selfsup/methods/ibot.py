@@ -2,7 +2,8 @@
 
     crops = V global + L local crops of x
     m = masks over the patches of some global crops         # block-wise, 10-50 % of the patches
-    s_cls, s_patch = f(global crops, m), f(local crops)     # student: masked patches -> [MASK] token
+    s_cls, s_patch = f(global crops, m)                     # student: masked patches -> [MASK] token
+    s_cls += f(local crops).cls                             # the local crops add class tokens only
     t_cls, t_patch = f'(global crops)                       # EMA teacher: whole global crops
     loss = dino(h(s_cls), h'(t_cls))                        # image level: CE over pairs of views
          + ibot(g(s_patch[m]), g'(t_patch[m]))              # patch level: recover the teacher's

@@ -24,8 +24,9 @@ class Config:
     temperature: float = ranged(0.1, 1e-6, None)  # ImageNet, large batches (paper table 5)
     projection_hidden_dim: int = ranged(2048, 1, None)
     projection_dim: int = ranged(128, 1, None)
-    # End the projection with BatchNorm, as SimCLR's official code does (v1 and v2) and lightly's
-    # head since April 2023, the head of its 0.848 CIFAR-10 figure: both presets, so every new
+    # End the projection with BatchNorm, as SimCLR's official code does (v1 and v2; there with a
+    # scale and no offset, here with both, as lightly's head since April 2023, the head of its
+    # 0.848 CIFAR-10 figure): both presets, so every new
     # run, turn it on (measured on the CPU: kNN +4 points with the demo's recipe over 2 seeds,
     # BENCHMARKS.md "SimCLR's head"). False here is the head of checkpoints written before.
     projection_output_batch_norm: bool = False
@@ -78,11 +79,12 @@ class Method(nn.Module):
         views = [make_view(batch.images, c.views, self.image_size, batch.generator) for _ in range(2)]
         head, output_norm = ((self.projection[:-1], self.projection[-1]) if c.projection_output_batch_norm
                              else (self.projection, nn.Identity()))
-        p_a, p_b = two_views(lambda x: head(self.backbone(x)), *views, c.one_pass)  # (B, d)
-        z_a, z_b = two_views(output_norm, p_a, p_b, c.one_pass)
+        # z = g(f(x)) in two steps, because the collapse monitor watches the projection before its
+        # output BatchNorm (which would hide a collapse).
+        y_a, y_b = two_views(lambda x: head(self.backbone(x)), *views, c.one_pass)  # (B, d)
+        z_a, z_b = two_views(output_norm, y_a, y_b, c.one_pass)
         loss = nt_xent(z_a, z_b, c.temperature)
-        # The monitor watches the projection before its output BatchNorm, which would hide a collapse.
-        return MethodOutput(loss=loss, embedding=p_a.detach())
+        return MethodOutput(loss=loss, embedding=y_a.detach())
 
     def encoder(self) -> Backbone:
         return self.backbone

@@ -15,7 +15,8 @@ import torch
 
 def num_visible(num_patches: int, ratio: float) -> int:
     """Patches left visible when `ratio` of them are masked, rounded down as MAE does
-    (len_keep = int(L * (1 - mask_ratio)): 49 of 196 at 0.75)."""
+    (len_keep = int(L * (1 - mask_ratio)): 49 of 196 at 0.75). The rounding is of the float
+    product, as MAE's: 100 patches at 0.9 leave int(9.999...) = 9 visible, not 10."""
     return int(num_patches * (1 - ratio))
 
 
