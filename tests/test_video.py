@@ -142,6 +142,9 @@ def test_motion_csv_rows_must_be_finite_numbers_and_the_file_a_csv(tmp_path):
     for bad in ("inf", "nan", "-Infinity", "1e39"):  # 1e39: infinite in the float32 kept
         with pytest.raises(UserError, match=rf"'m.csv' line 5 holds a value that is not a finite number \(2,{bad}\)"):
             read_motion_csv(f"frame,yaw\n0,0\n\n1,0.5\n2,{bad}\n", "'m.csv'")
+    with pytest.raises(UserError, match=r"'m.csv' line 3 gives frame 1.7; a frame index is a whole number"):
+        read_motion_csv("frame,yaw\n0,1\n1.7,2\n", "'m.csv'")  # was read as frame 1
+    assert read_motion_csv("frame,yaw\n0.0,1\n1,2\n", "'m.csv'")[1].tolist() == [0, 1]
     with pytest.raises(UserError, match=r"^motion file 'm.csv' is not a readable CSV \(new-line character"):
         read_motion_csv("frame,yaw\n0,1\r2\n", "'m.csv'")
     write_frames(tmp_path / "walk", 3)  # through open_clips: one line naming the file

@@ -103,19 +103,21 @@ def reference_loss(z, z_later, g, maps, margin, w):
     for i in range(b):
         predicted = maps[g[i]] @ z[i]
         total += ((predicted - z_later[i]) ** 2).sum()
-        total += max(0.0, margin - torch.linalg.norm(predicted - z_later[(i - b // 2) % b])) ** 2
+        if b > 1:  # another pair's later frame; a batch of one has none
+            total += max(0.0, margin - torch.linalg.norm(predicted - z_later[(i - b // 2) % b])) ** 2
         others = [h for h in range(len(maps)) if h != g[i]]
         if w > 0 and others:
             total += w * sum(max(0.0, margin - torch.linalg.norm(maps[h] @ z[i] - z_later[i])) ** 2 for h in others) / len(others)
     return total / b
 
 
-@pytest.mark.parametrize("groups,margin,w", [(4, 1.0, 1.0), (2, 3.0, 0.5), (6, 0.5, 0.0)])
-def test_equivariance_loss_against_float64(groups, margin, w):
+@pytest.mark.parametrize("groups,margin,w,batch", [(4, 1.0, 1.0, 10), (2, 3.0, 0.5, 7), (6, 0.5, 0.0, 10),
+                                                   (3, 1.0, 1.0, 1), (3, 2.0, 0.0, 2)])
+def test_equivariance_loss_against_float64(groups, margin, w, batch):
     gen = torch.Generator().manual_seed(groups)
-    z, z_later = torch.randn(10, 5, generator=gen), torch.randn(10, 5, generator=gen)
+    z, z_later = torch.randn(batch, 5, generator=gen), torch.randn(batch, 5, generator=gen)
     maps = torch.randn(groups, 5, 5, generator=gen) * 0.5
-    g = torch.randint(0, groups, (10,), generator=gen)
+    g = torch.randint(0, groups, (batch,), generator=gen)
     got = equivariance_loss(z, z_later, g, maps, margin, w)
     assert got.item() == pytest.approx(reference_loss(z, z_later, g, maps, margin, w).item(), rel=1e-5)
 
@@ -129,6 +131,9 @@ def test_identity_maps_give_the_invariance_loss():
     d_neg = (z.double() - z_later.double().roll(4, 0)).norm(dim=1)
     drlim = (d_pos ** 2 + (1.5 - d_neg).clamp(min=0) ** 2).mean()  # Hadsell et al. 2006
     assert equivariance_loss(z, z_later, g, eye, 1.5, 0.0).item() == pytest.approx(drlim.item(), rel=1e-6)
+    # A batch of one has no other pair to push away: a pair the map predicts costs nothing (it was
+    # its own "other pair", margin^2).
+    assert equivariance_loss(z[:1], z[:1], g[:1], eye, 1.5, 0.0).item() == 0
 
 
 def test_egomotion_labels_a_few_clips_per_class_for_the_joint_loss(clips):
@@ -180,23 +185,81 @@ def test_equivariance_error_separates_equivariant_from_invariant_features():
     assert np.isnan(still[1]) and still[0] < 0.05  # nothing changes: nothing to predict
 
 
-def test_equivariance_report_makes_the_motion_classes_the_run_trained_on(clips, tmp_path, monkeypatch):
+def test_egomotion_checkpoints_with_and_without_the_motion_classes_load():
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+
+    cfg = resolve({"method": "egomotion", "data": {"image_size": 16}, "backbone": {"name": "resnet18-half"},
+                   "egomotion": {"motion_classes": 3}})
+    written = build_method(cfg)
+    written.register_buffer("motion_scale", torch.tensor([2.0, 0.5]))
+    written.register_buffer("motion_centres", torch.arange(6.0).view(3, 2))
+    fresh = build_method(cfg)
+    fresh.load_state_dict(written.state_dict())  # shaped by the data: (M,) and (G, M), not the empty defaults
+    assert torch.equal(fresh.motion_centres, written.motion_centres) and torch.equal(fresh.motion_scale,
+                                                                                     written.motion_scale)
+    older = {k: v for k, v in written.state_dict().items() if not k.startswith("motion_")}
+    again = build_method(cfg)
+    again.load_state_dict(older)  # written before they were kept: strict loading still takes it
+    assert again.motion_centres.numel() == 0
+
+
+def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trained_on(clips, tmp_path,
+                                                                                         monkeypatch):
+    """k-means on held-out clips numbers the same motions differently (its first pair's class is
+    0): the learned maps were scored on other motions' pairs. The run keeps its classes' centres."""
+    import csv
+
     import selfsup
+    from conftest import SAMPLE
+    from selfsup.checkpoint import load_checkpoint
+    from selfsup.data.video import open_clips
     from selfsup.eval.video import equivariance_report
     from selfsup.methods import egomotion
+    from selfsup.synth.motion import MotionSettings, make_motion_clips
+    from selfsup.views.temporal import motion_pairs
 
     torch.set_num_threads(1)
     run = selfsup.pretrain(method="egomotion", data=clips, out=tmp_path / "run", epochs=1, batch_size=32,
                            image_size=16, backbone="resnet18-half", small_stem=False, seed=3, show_progress=False,
                            config={"egomotion": {"motion_classes": 3, "pair_gap": 2}})
+    config = egomotion.Config(motion_classes=3, pair_gap=2)
+
+    def class_of_each_motion(folder, classes_of_pairs):
+        cache = open_clips(folder, 16, show_progress=False)
+        with open(folder / "clips.csv") as f:
+            truth = {r["clip"]: r["motion"] for r in csv.DictReader(f)}
+        pairs = motion_pairs(cache, 2)
+        motion = np.asarray([truth[cache.clip_names[c]] for c in cache.clip[pairs.rows[:, 0]]])
+        found = classes_of_pairs(cache, pairs)
+        by_motion = {m: set(found[motion == m].tolist()) for m in set(motion.tolist())}
+        assert all(len(c) == 1 for c in by_motion.values())  # one class per motion
+        return {m: c.pop() for m, c in by_motion.items()}
+
+    trained = class_of_each_motion(clips, lambda cache, pairs: egomotion.samples(config, cache, 3).side.motion_class)
+    held_out = tmp_path / "held-out"  # the same motions met in another order, other images
+    make_motion_clips(SAMPLE, held_out, MotionSettings(frames=8, size=16, max_images=9, speed=3.0, seed=5,
+                                                       motions=("roll-right", "zoom-in", "pan-left")),
+                      show_progress=False)
+    reclustered = class_of_each_motion(held_out, lambda cache, pairs: egomotion.samples(config, cache, 3).side.motion_class)
+    assert reclustered != trained  # what the report did: other numbers for the same motions
+    state = load_checkpoint(run.checkpoint)["model"]
+    scale, centres = state["motion_scale"].double().numpy(), state["motion_centres"].double().numpy()
+    assert class_of_each_motion(held_out, lambda cache, pairs: egomotion.motion_classes_of(
+        pairs.motion, scale, centres)) == trained
+    assert class_of_each_motion(clips, lambda cache, pairs: egomotion.motion_classes_of(
+        pairs.motion, scale, centres)) == trained
+
     made = []
     draw = egomotion.samples
     monkeypatch.setattr(egomotion, "samples", lambda config, cache, seed: made.append((config, seed)) or
                         draw(config, cache, seed))
-    report = equivariance_report(run.checkpoint, clips)
-    assert [(c.motion_classes, c.pair_gap, seed) for c, seed in made] == [(3, 2, 3)]  # the run's, not defaults
-    assert set(report["fitted"]) == set(report["learned"]) == {0, 1, 2}
+    report = equivariance_report(run.checkpoint, held_out)
+    assert made == []  # the run's centres, no k-means of the held-out clips
+    assert set(report["fitted"]) == set(report["learned"]) == set(report["pairs"]) == {0, 1, 2}
+    assert sum(report["pairs"].values()) == 9 * (8 - 2)
     other = equivariance_report(run.checkpoint, clips, motion_classes=2)  # not the maps' classes: none scored
+    assert [(c.motion_classes, c.pair_gap, seed) for c, seed in made] == [(2, 2, 3)]
     assert set(other["fitted"]) == {0, 1} and "learned" not in other
 
 
@@ -312,7 +375,8 @@ GOOD_TABLE = "image,kind,angle,success,dx,dy,shape\na/0.png,grasp,0.5,1,0,0,bar\
     (GOOD_TABLE.replace(",0.25,-0.5,bar", ",0.25"), r"line 3: 5 cells where the header has 7; write one cell"),
     (GOOD_TABLE.replace(",bar\na/1", ",bar,extra\na/1"), r"line 2: 8 cells where the header has 7"),
     (GOOD_TABLE.replace("0.25", "nan"), r"line 3: angle, dx and dy must be finite numbers .* dx nan"),
-    (GOOD_TABLE.replace("grasp,0.5,1", "grasp,0.5,2"), r"line 2: .* success 0, 1 or empty .*success '2'"),
+    (GOOD_TABLE.replace("grasp,0.5,1", "grasp,0.5,2"), r"line 2: .* success 0 or 1 for a grasp.*success '2'"),
+    (GOOD_TABLE.replace("grasp,0.5,1", "grasp,0.5,"), r"line 2: .* success 0 or 1 for a grasp.*success ''"),
     (GOOD_TABLE.replace("push", "pull"), r"line 3: cannot read .*kind one of grasp, push, poke"),
     (GOOD_TABLE.replace("1.5", "east"), r"line 3: cannot read"),
 ])

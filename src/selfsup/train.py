@@ -225,7 +225,10 @@ class Trainer:
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
         self._check_same_data()
         dist.on_every_process(lambda: self._prepare_data(method_module))  # its refusals stop every process
-        self.method = build_method(cfg).to(self.device)
+        self.method = build_method(cfg)
+        for name, value in (self.samples.buffers if self.samples is not None else {}).items():
+            self.method.register_buffer(name, torch.from_numpy(value))
+        self.method.to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
         if cfg.train.sync_batchnorm and self.world > 1:
@@ -308,7 +311,7 @@ class Trainer:
             return None
         samples = method_module.samples(self.cfg.method_config, self.cache, self.cfg.train.seed)
         keep = np.isin(samples.rows, self.train_idx).all(axis=1)
-        return Samples(samples.rows[keep], map_side(samples.side, lambda a: a[keep]))
+        return Samples(samples.rows[keep], map_side(samples.side, lambda a: a[keep]), samples.buffers)
 
     def _wrap(self, method: torch.nn.Module) -> torch.nn.Module:
         return method if self.world == 1 else dist.data_parallel(method, self.device)

@@ -73,9 +73,11 @@ def read_interactions(table: Path) -> dict[str, tuple[int, float, float, tuple[f
                 success = float(row["success"]) if row["success"] != "" else np.nan
             except ValueError:
                 raise UserError(f"{table}, line {line}: cannot read {row!r}; it needs {how}") from None
-            if not all(np.isfinite(v) for v in (angle, dx, dy)) or not (np.isnan(success) or success in (0, 1)):
-                raise UserError(f"{table}, line {line}: angle, dx and dy must be finite numbers and success 0, 1 "
-                                f"or empty (got angle {row['angle']}, dx {row['dx']}, dy {row['dy']}, "
+            grasp_without_outcome = kind == KINDS.index("grasp") and np.isnan(success)  # trained as a failure
+            if not all(np.isfinite(v) for v in (angle, dx, dy)) or not (np.isnan(success) or success in (0, 1)) \
+                    or grasp_without_outcome:
+                raise UserError(f"{table}, line {line}: angle, dx and dy must be finite numbers and success 0 or "
+                                f"1 for a grasp, 0, 1 or empty otherwise (got kind {row['kind']}, angle {row['angle']}, dx {row['dx']}, dy {row['dy']}, "
                                 f"success {row['success']!r})")
             records[row["image"]] = (kind, angle, success, (dx, dy))
     return records

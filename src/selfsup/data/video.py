@@ -294,6 +294,9 @@ def read_motion_csv(text: str, where: str) -> tuple[list[str], np.ndarray, np.nd
         if not all(abs(v) <= FLOAT32_MAX for v in numbers):
             raise UserError(f"motion file {where} line {line} holds a value that is not a finite number "
                             f"({','.join(row)}); give every frame a measured reading (e.g. interpolate gaps)")
+        if numbers[0] != int(numbers[0]):
+            raise UserError(f"motion file {where} line {line} gives frame {row[0]}; a frame index is a whole number "
+                            f"(0, 1, 2, ... as the clip's frames)")
         values.append(numbers)
     values = np.asarray(values, dtype=np.float64).reshape(-1, len(columns) + 1)
     return columns, values[:, 0].astype(np.int64), values[:, 1:].astype(np.float32)

@@ -3,8 +3,9 @@
 - `equivariance_error`: Jayaraman & Grauman's question, how well a linear map per motion class
   predicts the feature of the later frame from the earlier one. rho_g = mean |M z - z'| /
   mean |z - z'| over held-out pairs of class g: 1 means the map explains none of the change
-  (an invariant-looking representation), 0 all of it; NaN for a class without change. Maps are the method's own (learned) or
-  fitted by ridge regression on the other half of the pairs.
+  (an invariant-looking representation), 0 all of it; NaN for a class without change, or too
+  few pairs to fit a map. Maps are the method's own (learned) or fitted by ridge regression on
+  the other half of the pairs.
 - `equivariance_report`: rho per motion class for a checkpoint on clips with motion signals.
 - `outcome_scores`: the interaction heads on held-out records (grasp accuracy, R^2 of push and poke).
 """
@@ -15,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..views.pipeline import eval_view
+
+
+MIN_FIT_PAIRS = 2  # pairs a class needs on each side (fit, measure) for a fitted rho
 
 
 def fit_maps(z: np.ndarray, z_later: np.ndarray, ridge: float) -> np.ndarray:
@@ -37,6 +41,9 @@ def equivariance_error(z: np.ndarray, z_later: np.ndarray, classes: np.ndarray, 
     errors = {}
     for g in np.unique(classes):
         idx = np.flatnonzero(classes == g)
+        if maps is None and len(idx) < 2 * MIN_FIT_PAIRS:  # a map fitted to 0 or 1 pairs predicts nothing
+            errors[int(g)] = float("nan")
+            continue
         if maps is None:
             idx = rng.permutation(idx)
             fit, idx = idx[:len(idx) // 2], idx[len(idx) // 2:]
@@ -63,13 +70,19 @@ def _features(backbone, images: np.ndarray, rows: np.ndarray, size: int, device,
 @torch.no_grad()
 def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap: int | None = None,
                         seed: int | None = None, device: str = "cpu", cache_dir=None) -> dict:
-    """{"fitted": {class: rho}} on the encoder's pooled features, and for an egomotion checkpoint
-    also {"learned": {class: rho}} with its own maps on its embedding z. Motion classes are made
-    as the run made them (its egomotion config and seed) unless `motion_classes`, `gap` or `seed`
-    say otherwise; the learned maps are scored only on the classes they were trained for."""
+    """{"fitted": {class: rho}, "pairs": {class: n}} on the encoder's pooled features, and for an
+    egomotion checkpoint also {"learned": {class: rho}} with its own maps on its embedding z.
+
+    The pairs of `data` (the training clips or others) are put in the run's motion classes, by
+    the nearest of the class centres the run kept, so that each learned map is scored on its
+    own motion. `motion_classes`, `gap` or `seed` other than the run's make classes of their own
+    by k-means on `data`, as for a checkpoint of another method, and the learned maps are not
+    scored. (An egomotion checkpoint written before the centres were kept: k-means on `data` with
+    the run's settings, which gives the run's classes on the run's own clips only.)"""
     from ..data.video import open_clips
     from ..encoder import load_encoder
-    from ..methods.egomotion import Config, samples
+    from ..methods.egomotion import Config, motion_classes_of, samples
+    from ..views.temporal import motion_pairs
 
     encoder = load_encoder(checkpoint)
     cfg = encoder.config
@@ -80,22 +93,32 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
     config = Config(motion_classes=base.motion_classes if motion_classes is None else motion_classes,
                     pair_gap=base.pair_gap if gap is None else gap)
     seed = run_seed if seed is None else seed
-    cache = open_clips(data, encoder.cache_size, cache_dir=cache_dir, show_progress=False)
-    pairs = samples(config, cache, seed)
-    backbone = encoder.backbone.to(device).eval()
-    first = _features(backbone, cache.images, pairs.rows[:, 0], encoder.image_size, device)
-    later = _features(backbone, cache.images, pairs.rows[:, 1], encoder.image_size, device)
-    classes = pairs.side.motion_class
-    report = {"fitted": equivariance_error(F.normalize(first, dim=1).numpy(), F.normalize(later, dim=1).numpy(),
-                                           classes, seed=seed)}
-    if trained is not None and (config.motion_classes, config.pair_gap, seed) == (
-            trained.motion_classes, trained.pair_gap, run_seed):
-        from ..methods import build_method
+    runs_classes = trained is not None and (config.motion_classes, config.pair_gap, seed) == (
+        trained.motion_classes, trained.pair_gap, run_seed)
+    method = None
+    if runs_classes:
         from ..checkpoint import load_checkpoint
+        from ..methods import build_method
 
         method = build_method(cfg)
         method.load_state_dict(load_checkpoint(checkpoint)["model"])
         method.eval()
+    cache = open_clips(data, encoder.cache_size, cache_dir=cache_dir, show_progress=False)
+    if method is not None and method.motion_centres.numel():
+        pairs = motion_pairs(cache, config.pair_gap)
+        rows = pairs.rows
+        classes = motion_classes_of(pairs.motion, method.motion_scale.double().numpy(),
+                                    method.motion_centres.double().numpy())
+    else:
+        made = samples(config, cache, seed)
+        rows, classes = made.rows, made.side.motion_class
+    backbone = encoder.backbone.to(device).eval()
+    first = _features(backbone, cache.images, rows[:, 0], encoder.image_size, device)
+    later = _features(backbone, cache.images, rows[:, 1], encoder.image_size, device)
+    report = {"fitted": equivariance_error(F.normalize(first, dim=1).numpy(), F.normalize(later, dim=1).numpy(),
+                                           classes, seed=seed),
+              "pairs": {int(g): int(n) for g, n in zip(*np.unique(classes, return_counts=True))}}
+    if method is not None:
         z, z_later = (F.normalize(method.head(f), dim=1).numpy() for f in (first, later))
         report["learned"] = equivariance_error(z, z_later, classes, maps=method.maps.detach().numpy())
     return report

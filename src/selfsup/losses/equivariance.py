@@ -29,13 +29,15 @@ def equivariance_loss(z: torch.Tensor, z_later: torch.Tensor, motion_class: torc
                       margin: float, other_map_weight: float = 1.0) -> torch.Tensor:
     """The loss above, averaged over the batch. z, z_later: (B, D); motion_class: (B,) in [0, G);
     maps: (G, D, D). The "frame of another pair" of sample i is the later frame of sample
-    i - B//2 (mod B; a deterministic pairing; batches hold random samples)."""
+    i - B//2 (mod B; a deterministic pairing; batches hold random samples). A batch of one (a
+    process's share under torchrun) has no other pair: that term is left out."""
     z, z_later = full_precision(z), full_precision(z_later)
     predicted = predict(maps, motion_class, z)  # (B, D)
     positive = (predicted - z_later).pow(2).sum(1)
-    other_frame = z_later.roll(len(z_later) // 2, dims=0)
-    negative = (margin - (predicted - other_frame).norm(dim=1)).clamp(min=0).pow(2)
-    loss = (positive + negative).mean()
+    loss = positive.mean()
+    if len(z_later) > 1:
+        other_frame = z_later.roll(len(z_later) // 2, dims=0)
+        loss = loss + (margin - (predicted - other_frame).norm(dim=1)).clamp(min=0).pow(2).mean()
     if other_map_weight > 0 and len(maps) > 1:
         every = torch.einsum("gij,bj->bgi", maps, z)  # (B, G, D): every class's map applied
         distance = (every - z_later[:, None]).norm(dim=2)  # (B, G)

@@ -95,6 +95,9 @@ class Samples:
 
     rows: np.ndarray  # (n, k) int64
     side: Any = None
+    # What the method derives from all its samples and keeps for later use on other data (egomotion:
+    # the motion classes' centres), set on its buffers of the same names, so it is in checkpoints.
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ..data.video import VideoCache, open_clips
 from ..errors import UserError
 from ..losses.equivariance import closest_map, equivariance_loss
 from ..nn import mlp
-from ..views.temporal import clip_view, kmeans, motion_pairs, standardize
+from ..views.temporal import clip_view, kmeans, motion_pairs, reading_scale
 from . import rotation
 from .common import Batch, MethodOutput, Progress, Samples
 
@@ -70,7 +70,8 @@ def check_data(config: Config, cache, train_idx) -> None:
 
 def samples(config: Config, cache: VideoCache, seed: int) -> Samples:
     pairs = motion_pairs(cache, config.pair_gap)
-    motion_class = kmeans(standardize(pairs.motion), config.motion_classes, seed)
+    scale = reading_scale(pairs.motion)
+    motion_class = kmeans(pairs.motion / scale, config.motion_classes, seed)
     made = len(np.unique(motion_class))
     if made == 1:
         raise UserError(f"the motion readings of all {len(pairs.rows):,} frame pairs are the same, so there is no "
@@ -81,7 +82,17 @@ def samples(config: Config, cache: VideoCache, seed: int) -> Samples:
     label = np.full(len(pairs.rows), -1, dtype=np.int64)
     if config.supervised_weight > 0:
         label = _few_labels(cache, pairs.rows[:, 0], config.labelled_clips_per_class)
-    return Samples(pairs.rows, PairSide(motion_class, label))
+    # Kept with the maps, so that pairs of other clips are put in the classes the maps learned.
+    centres = np.stack([(pairs.motion / scale)[motion_class == g].mean(0) if (motion_class == g).any()
+                        else np.full(scale.shape, np.inf) for g in range(config.motion_classes)])
+    return Samples(pairs.rows, PairSide(motion_class, label),
+                   buffers={"motion_scale": scale.astype(np.float32), "motion_centres": centres.astype(np.float32)})
+
+
+def motion_classes_of(motion: np.ndarray, scale: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(n,) the class of each pair's motion (n, M): the nearest of a run's class centres (G, M),
+    in the run's standardised readings."""
+    return (((motion / scale)[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
 
 
 def _few_labels(cache: VideoCache, rows: np.ndarray, per_class: int) -> np.ndarray:
@@ -108,6 +119,21 @@ class Method(nn.Module):
             self.maps = nn.Parameter(eye + 0.01 * torch.randn_like(eye))
         classes = config.supervised_classes if config.supervised_weight > 0 else 0
         self.classifier = nn.Linear(backbone.feature_dim, classes) if classes else None
+        # The motion classes, as `samples` made them from the training pairs (set by the trainer):
+        # each reading's scale (M,) and each class's centre in scaled readings (G, M). Empty in
+        # checkpoints written before they were kept.
+        self.register_buffer("motion_scale", torch.zeros(0))
+        self.register_buffer("motion_centres", torch.zeros(0))
+        self._register_load_state_dict_pre_hook(self._take_motion_classes)
+
+    def _take_motion_classes(self, state_dict, prefix, *_):
+        """Buffers shaped by the data: take the checkpoint's shape (or keep them empty for one
+        written before they were kept)."""
+        for name in ("motion_scale", "motion_centres"):
+            if prefix + name in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[prefix + name]))
+            else:
+                state_dict[prefix + name] = getattr(self, name)
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         x = clip_view(batch.images, self.image_size, self.config.crop_scale, False, batch.generator)  # (B, 2, 3, s, s)
@@ -117,7 +143,9 @@ class Method(nn.Module):
         g = batch.side.motion_class
         other_maps = 0.0 if self.config.invariant else self.config.other_map_weight
         loss = equivariance_loss(z, z_later, g, self.maps, self.config.margin, other_maps)
-        metrics = {"motion_acc": (closest_map(z.detach(), z_later.detach(), self.maps) == g).float().mean()}
+        # Which map fits best says nothing when all are the identity (invariant): left out then.
+        metrics = {} if self.config.invariant else \
+            {"motion_acc": (closest_map(z.detach(), z_later.detach(), self.maps) == g).float().mean()}
         if self.classifier is not None:
             label = batch.side.label
             logits = self.classifier(features.view(b, 2, -1)[:, 0])

@@ -8,6 +8,11 @@
     poke:   loss = huber(poke_head(h, direction), log(1 + distance))  # how far it slides
     loss = w_grasp * grasp + w_push * push + w_poke * poke            # trained jointly
 
+The grasp task is the paper's. Push and poke are forward models of the action's outcome, not the
+paper's tasks: its push network is an inverse model (from the images
+before and after, which push was made), and its poke network regresses the tactile force
+profile, which this world does not record.
+
 Data: `selfsup synth interaction --out DIR`, then `--data DIR` (see data/interactions.py).
 """
 from __future__ import annotations

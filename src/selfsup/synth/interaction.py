@@ -7,7 +7,9 @@ per record, on one object of a scene of 1 to 3:
 
 - push: a small pusher moves in a straight line from a start point for a fixed distance; the
   outcome is the object's displacement (and rotation) once everything has come to rest;
-- poke: a fixed impulse at a point of the object; the outcome is how far the object slides;
+- poke: a fixed impulse at a point near the object's centre (normal, 0.2 of its radius: on a
+  thin bar or a triangle's tip the point may lie just outside the outline, where the impulse
+  still acts on the body as if through a rigid lever); the outcome is how far the object slides;
 - grasp: a parallel-jaw gripper of fixed opening closes along an angle at a point; a grasp
   succeeds when both jaws reach the object without first hitting anything and each contact
   normal lies inside the friction cone of its jaw's push (an antipodal pinch).
