@@ -155,7 +155,12 @@ def test_egomotion_labels_a_few_clips_per_class_for_the_joint_loss(clips):
     side = map_side(drawn.side, lambda a: torch.from_numpy(a[idx]))
     out = method(Batch(torch.from_numpy(cache.images[drawn.rows[idx]]), torch.Generator().manual_seed(0), side),
                  Progress(0, 1, 1))
-    assert torch.isfinite(out.loss) and out.metrics["supervised_loss"] > 0
+    assert torch.isfinite(out.loss) and out.metrics["supervised_loss"] > 0 and "motion_acc" in out.metrics
+    # The invariant baseline's maps are all the identity: "which map fits" would always say class 0.
+    invariant = Method(Config(motion_classes=3, invariant=True), method.backbone, 16)
+    out = invariant(Batch(torch.from_numpy(cache.images[drawn.rows[idx]]), torch.Generator().manual_seed(0), side),
+                    Progress(0, 1, 1))
+    assert torch.isfinite(out.loss) and "motion_acc" not in out.metrics
 
 
 def test_closest_map_finds_the_transform_used():
@@ -183,6 +188,11 @@ def test_equivariance_error_separates_equivariant_from_invariant_features():
     assert all(v == pytest.approx(1.0) for v in identity.values())
     still = equivariance_error(z, np.where((g == 1)[:, None], z, equivariant), g)
     assert np.isnan(still[1]) and still[0] < 0.05  # nothing changes: nothing to predict
+    # A class of 3 pairs would fit its map to 1 (or 0) of them: no fitted figure, the others kept.
+    few = np.concatenate([np.flatnonzero(g != 2), np.flatnonzero(g == 2)[:3]])
+    small = equivariance_error(z[few], equivariant[few], g[few])
+    assert np.isnan(small[2]) and max(small[0], small[1]) < 0.05
+    assert equivariance_error(z[few], equivariant[few], g[few], maps=maps)[2] < 0.05  # learned maps need no fit
 
 
 def test_egomotion_checkpoints_with_and_without_the_motion_classes_load():
