@@ -7,9 +7,16 @@
     representation(x) = concat(f_L(L), f_ab(ab))    # both halves' pooled features
 
 Targets are taken at 1/`prediction_stride` of the resolution, as Zhang et al. predict at 1/4
-(averaged over each 4x4 cell; their code takes every 4th pixel). Each target is one bin and the
-cross-entropy is unweighted: the 2016 colorization paper's soft encoding over the 5 nearest bins
-(sigma 5) and its rebalancing towards rare colours (lambda 0.5) are not reproduced here.
+(averaged over each 4x4 cell; their code takes every 4th pixel). By default each target is one
+bin and the cross-entropy is unweighted, as in the split-brain paper ("we do not use
+class-rebalancing ... we use a 1-hot encoding ... rather than soft-encoding"). The 2016
+colorization paper's ab loss is two options away (the L target is always one bin):
+`soft_encoding_neighbours` 5 spreads each ab target over its 5 nearest bins with Gaussian
+weights of sigma `soft_encoding_sigma` 5 (their released code: 10 neighbours), and `rebalance`
+lambda = 0.5 weights each pixel's term by w of its nearest bin, w ~ ((1 - lambda) p + lambda / Q)^-1
+with p the bins' distribution smoothed by a Gaussian of sigma 5 and E_p[w] = 1. They count p once
+over ImageNet; here it is counted from the targets of every training batch so far, this one's
+included (`ab_counts`: in the checkpoint, summed over processes), so early weights are rougher.
 The encoder to evaluate and export takes ordinary normalised RGB images and converts them to Lab
 itself; its `net` holds the two sub-networks as `l_branch.net.*` (first convolution on 1 channel,
 L / 50 - 1) and `ab_branch.net.*` (2 channels, ab / 110), each a plain torchvision/timm model.
@@ -29,6 +36,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..config import ranged
 from ..console import warn
+from ..dist import all_reduce_sum
 from ..errors import UserError
 from ..viz import save_image_grid
 from ..views import (ABBins, ViewConfig, decode_lightness, denormalize, eval_view, lab_to_rgb, light_views,
@@ -42,6 +50,10 @@ class Config:
     ab_grid: float = ranged(10.0, 1.0, 110.0)  # side of the ab bins (Zhang et al. 2016: 10)
     lightness_bins: int = ranged(50, 2, 1000)  # split-brain: L quantised into 50 bins
     prediction_stride: int = ranged(4, 1, 64)
+    # Zhang et al. 2016's ab loss; the split-brain paper uses neither (1 and 0, the defaults).
+    soft_encoding_neighbours: int = ranged(1, 1, 64)  # 2016 paper: 5 nearest bins
+    soft_encoding_sigma: float = ranged(5.0, 0.5, 110.0)  # ab units; 2016 paper: 5
+    rebalance: float = ranged(0.0, 0.0, 1.0)  # lambda, the uniform share of the prior; 0: off; 2016 paper: 0.5
     views: ViewConfig = field(default_factory=light_views)  # no colour jitter: colours are the target
 
 
@@ -124,7 +136,12 @@ class Method(nn.Module):
         self.backbone = Backbone(f"split-brain {backbone.name}", net, 2 * backbone.feature_dim, "cnn",
                                  lambda m, x: m(x), lambda m, x: m.forward_map(x), backbone.small_stem)
         self.bins = ABBins(config.ab_grid)
+        if config.soft_encoding_neighbours > len(self.bins):
+            raise UserError(f"colorization.soft_encoding_neighbours is {config.soft_encoding_neighbours}, but ab_grid "
+                            f"{config.ab_grid:g} makes only {len(self.bins)} bins: lower one or the other")
         classify = config.loss == "classification"
+        if classify and config.rebalance > 0:  # how often each ab bin was the target so far
+            self.register_buffer("ab_counts", torch.zeros(len(self.bins), dtype=torch.long))
         self.to_ab = nn.Conv2d(backbone.feature_dim, len(self.bins) if classify else 2, 1)  # from L's map
         self.to_l = nn.Conv2d(backbone.feature_dim, config.lightness_bins if classify else 1, 1)  # from ab's
 
@@ -147,9 +164,17 @@ class Method(nn.Module):
             l_target, ab_target = lab_inputs(target)
             loss = F.mse_loss(ab_out.float(), ab_target) + F.mse_loss(l_out.float(), l_target)
             return MethodOutput(loss=loss)
-        ab_bins = self.bins.quantize(target[:, 1:])  # (B, s, s)
-        l_bins = quantize_lightness(target[:, 0], self.config.lightness_bins)
-        loss = F.cross_entropy(ab_out.float(), ab_bins) + F.cross_entropy(l_out.float(), l_bins)
+        c = self.config
+        # Each ab target's bins (B, k, s, s), nearest first, and their shares of it (k = 1: the one bin).
+        nearest, share = self.bins.encode(target[:, 1:], c.soft_encoding_neighbours, c.soft_encoding_sigma)
+        ab_bins = nearest[:, 0]  # (B, s, s)
+        ab_loss = -(share * F.log_softmax(ab_out.float(), 1).gather(1, nearest)).sum(1)  # (B, s, s)
+        if c.rebalance > 0:
+            if self.training:
+                self.ab_counts += all_reduce_sum(torch.bincount(ab_bins.flatten(), minlength=len(self.bins)))
+            ab_loss = ab_loss * self.bins.rebalancing_weights(self.ab_counts, c.rebalance)[ab_bins]
+        l_bins = quantize_lightness(target[:, 0], c.lightness_bins)
+        loss = ab_loss.mean() + F.cross_entropy(l_out.float(), l_bins)
         ab_acc = (ab_out.argmax(1) == ab_bins).float().mean()
         l_acc = (l_out.argmax(1) == l_bins).float().mean()
         return MethodOutput(loss=loss, metrics={"pretext_acc": (ab_acc + l_acc) / 2, "ab_acc": ab_acc, "l_acc": l_acc})

@@ -3,8 +3,9 @@
 Rotation (Gidaris et al. 2018), a 3x3 grid of jittered tiles with gaps for relative patch
 location (Doersch et al. 2015) and jigsaw puzzles (Noroozi & Favaro 2016), the jigsaw's set of
 maximally distant permutations, RGB <-> CIE Lab and quantised ab colours for colorization (Zhang
-et al. 2016, 2017), and inpainting masks (Pathak et al. 2016). Images are float (B, C, S, S);
-every random draw comes from the `torch.Generator` passed in, as in ops.py.
+et al. 2016, 2017; also the 2016 paper's soft encoding and rare-colour weights), and inpainting
+masks (Pathak et al. 2016). Images are float (B, C, S, S); every random draw comes from the
+`torch.Generator` passed in, as in ops.py.
 """
 from __future__ import annotations
 
@@ -255,6 +256,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
 
 
+PRIOR_SMOOTHING = 5.0  # ab units: the Gaussian that smooths the empirical colour distribution (Zhang et al. 2016)
+
+
 class ABBins(nn.Module):
     """The ab plane cut into squares of side `grid`, keeping those sRGB colours reach (Zhang et
     al. 2016: grid 10 gives their 313 bins over a wider gamut; sRGB's gives 261). A colour's bin
@@ -273,6 +277,8 @@ class ABBins(nn.Module):
         self.reach = reach
         self.register_buffer("centres", in_gamut.float() * grid, persistent=False)  # (Q, 2)
         self.register_buffer("lookup", nearest.view(2 * reach + 1, 2 * reach + 1), persistent=False)
+        gaps = torch.cdist(self.centres.double(), self.centres.double())
+        self.register_buffer("smoothing", torch.exp(-gaps ** 2 / (2 * PRIOR_SMOOTHING ** 2)).float(), persistent=False)
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -286,6 +292,34 @@ class ABBins(nn.Module):
         """(B, Q, H, W) logits -> (B, 2, H, W) ab: Zhang et al.'s annealed mean (T = 0.38)."""
         probs = torch.softmax(logits.float() / temperature, dim=1)
         return torch.einsum("bqhw,qc->bchw", probs, self.centres)
+
+    def encode(self, ab: torch.Tensor, neighbours: int = 1, sigma: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zhang et al. 2016's soft encoding of (B, 2, H, W) ab over its `neighbours` nearest bin
+        centres, nearest first: their indices (B, k, H, W) and weights (B, k, H, W), a Gaussian of
+        the distance, exp(-d^2 / (2 sigma^2)), normalised to sum to 1 (the paper: 5 neighbours,
+        sigma 5; their released code: 10). Up to 1 neighbour: the one bin of `quantize`, weight 1."""
+        if neighbours <= 1:
+            bins = self.quantize(ab)[:, None]
+            return bins, torch.ones(bins.shape, device=ab.device)
+        points = ab.float().movedim(1, -1).reshape(-1, 2)  # (N, 2)
+        distance = torch.cdist(points, self.centres, compute_mode="donot_use_mm_for_euclid_dist")  # (N, Q)
+        nearest, bins = distance.topk(neighbours, dim=1, largest=False)  # sorted, nearest first
+        weights = torch.softmax(-nearest ** 2 / (2 * sigma ** 2), dim=1)  # the normalised Gaussian
+        shape = (ab.shape[0], *ab.shape[2:], neighbours)
+        return bins.view(shape).movedim(-1, 1), weights.view(shape).movedim(-1, 1)
+
+    def rebalancing_weights(self, counts: torch.Tensor, mix: float) -> torch.Tensor:
+        """Zhang et al. 2016's class rebalancing (eq. 4): (Q,) weights w proportional to
+        ((1 - mix) p + mix / Q)^-1, with p the empirical distribution of the bins (`counts`)
+        smoothed by a Gaussian of sigma PRIOR_SMOOTHING ab units, scaled so that the expected
+        weight under p is 1 (the paper: mix 0.5). No counts yet: all weights 1."""
+        counts = counts.float()
+        if not counts.sum() > 0:
+            return torch.ones_like(counts)
+        p = self.smoothing @ (counts / counts.sum())
+        p = p / p.sum()
+        w = 1 / ((1 - mix) * p + mix / len(p))
+        return w / (p * w).sum()
 
 
 def quantize_lightness(l: torch.Tensor, bins: int) -> torch.Tensor:
