@@ -95,6 +95,10 @@ def test_rebalancing_weights_are_the_papers(bins, lam):
         order = np.argsort(smoothed)
         assert (np.diff(got[order]) <= 1e-6).all() and got[order[0]] > 1.5 * got[order[-1]]
     assert torch.equal(bins.rebalancing_weights(torch.zeros(len(bins), dtype=torch.long), lam), torch.ones(len(bins)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in training: still float32
+        np.testing.assert_allclose(bins.rebalancing_weights(torch.from_numpy(counts), lam).numpy(), expected, rtol=1e-5)
+        indices, weights = bins.encode(torch.full((1, 2, 1, 1), 33.3), NEIGHBOURS_PAPER, SIGMA_PAPER)
+        assert weights.dtype == torch.float32
 
 
 def tiny_cnn(channels: int = 8) -> Backbone:

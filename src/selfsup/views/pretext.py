@@ -316,7 +316,7 @@ class ABBins(nn.Module):
         counts = counts.float()
         if not counts.sum() > 0:
             return torch.ones_like(counts)
-        p = self.smoothing @ (counts / counts.sum())
+        p = (self.smoothing * (counts / counts.sum())).sum(1)  # elementwise: autocast keeps float32 (see _mix)
         p = p / p.sum()
         w = 1 / ((1 - mix) * p + mix / len(p))
         return w / (p * w).sum()
