@@ -201,17 +201,29 @@ def test_egomotion_checkpoints_with_and_without_the_motion_classes_load():
 
     cfg = resolve({"method": "egomotion", "data": {"image_size": 16}, "backbone": {"name": "resnet18-half"},
                    "egomotion": {"motion_classes": 3}})
+    import warnings
+
+    from selfsup.methods.egomotion import reading_names
+
     written = build_method(cfg)
     written.register_buffer("motion_scale", torch.tensor([2.0, 0.5]))
     written.register_buffer("motion_centres", torch.arange(6.0).view(3, 2))
+    written.register_buffer("motion_columns", torch.tensor(list(b"yaw,forward"), dtype=torch.uint8))
+    fresh = build_method(cfg).to("meta")  # a module on another device than the checkpoint's tensors
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying to a meta parameter is a no-op": only the devices matter here
+        fresh.load_state_dict(written.state_dict())  # shaped by the data: (M,) and (G, M), not the empty defaults
+    assert fresh.motion_centres.shape == (3, 2) and fresh.motion_scale.shape == (2,)
+    assert {b.device.type for b in fresh.buffers()} == {"meta"}  # kept where the module is (DDP broadcasts them)
     fresh = build_method(cfg)
-    fresh.load_state_dict(written.state_dict())  # shaped by the data: (M,) and (G, M), not the empty defaults
+    fresh.load_state_dict(written.state_dict())
     assert torch.equal(fresh.motion_centres, written.motion_centres) and torch.equal(fresh.motion_scale,
                                                                                      written.motion_scale)
+    assert reading_names(fresh) == ["yaw", "forward"]
     older = {k: v for k, v in written.state_dict().items() if not k.startswith("motion_")}
     again = build_method(cfg)
     again.load_state_dict(older)  # written before they were kept: strict loading still takes it
-    assert again.motion_centres.numel() == 0
+    assert again.motion_centres.numel() == 0 and reading_names(again) == []
 
 
 def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trained_on(clips, tmp_path,
@@ -268,6 +280,22 @@ def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trai
     assert made == []  # the run's centres, no k-means of the held-out clips
     assert set(report["fitted"]) == set(report["learned"]) == set(report["pairs"]) == {0, 1, 2}
     assert sum(report["pairs"].values()) == 9 * (8 - 2)
+    # The same readings in another column order are matched by name; other readings are refused.
+    for motion_csv in held_out.rglob("*.csv"):
+        if motion_csv.name != "clips.csv":
+            with open(motion_csv, newline="") as f:
+                table = list(csv.reader(f))
+            with open(motion_csv, "w", newline="") as f:
+                csv.writer(f).writerows([row[:1] + row[1:][::-1] for row in table])
+    assert open_clips(held_out, 16, show_progress=False).motion_columns[::-1] == \
+        open_clips(clips, 16, show_progress=False).motion_columns
+    assert equivariance_report(run.checkpoint, held_out)["pairs"] == report["pairs"]
+    for motion_csv in held_out.rglob("*.csv"):
+        if motion_csv.name != "clips.csv":
+            motion_csv.write_text("\n".join(",".join(line.split(",")[:-1]) for line in motion_csv.read_text().splitlines()))
+    with pytest.raises(UserError, match=r"^the run's motion classes are made of the readings yaw, .*: give clips "
+                                        r"with the same motion columns$"):
+        equivariance_report(run.checkpoint, held_out)
     other = equivariance_report(run.checkpoint, clips, motion_classes=2)  # not the maps' classes: none scored
     assert [(c.motion_classes, c.pair_gap, seed) for c, seed in made] == [(2, 2, 3)]
     assert set(other["fitted"]) == {0, 1} and "learned" not in other

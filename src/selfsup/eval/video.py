@@ -81,8 +81,7 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
     the run's settings, which gives the run's classes on the run's own clips only.)"""
     from ..data.video import open_clips
     from ..encoder import load_encoder
-    from ..methods.egomotion import Config, motion_classes_of, samples
-    from ..views.temporal import motion_pairs
+    from ..methods.egomotion import Config, samples
 
     encoder = load_encoder(checkpoint)
     cfg = encoder.config
@@ -98,17 +97,12 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
     method = None
     if runs_classes:
         from ..checkpoint import load_checkpoint
-        from ..methods import build_method
+        from ..methods import restore_method
 
-        method = build_method(cfg)
-        method.load_state_dict(load_checkpoint(checkpoint)["model"])
-        method.eval()
+        method = restore_method(cfg, load_checkpoint(checkpoint)["model"]).eval()
     cache = open_clips(data, encoder.cache_size, cache_dir=cache_dir, show_progress=False)
     if method is not None and method.motion_centres.numel():
-        pairs = motion_pairs(cache, config.pair_gap)
-        rows = pairs.rows
-        classes = motion_classes_of(pairs.motion, method.motion_scale.double().numpy(),
-                                    method.motion_centres.double().numpy())
+        rows, classes = _in_runs_classes(method, cache, config.pair_gap, data)
     else:
         made = samples(config, cache, seed)
         rows, classes = made.rows, made.side.motion_class
@@ -122,6 +116,23 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
         z, z_later = (F.normalize(method.head(f), dim=1).numpy() for f in (first, later))
         report["learned"] = equivariance_error(z, z_later, classes, maps=method.maps.detach().numpy())
     return report
+
+
+def _in_runs_classes(method, cache, gap: int, data) -> tuple[np.ndarray, np.ndarray]:
+    """The frame pairs of `cache` and the class of each among the run's motion classes (the
+    nearest centre), with the readings matched to the run's by name."""
+    from ..errors import UserError
+    from ..methods.egomotion import motion_classes_of, reading_names
+    from ..views.temporal import motion_pairs
+
+    pairs = motion_pairs(cache, gap)
+    trained, given = reading_names(method), list(cache.motion_columns)
+    if sorted(trained) != sorted(given):
+        raise UserError(f"the run's motion classes are made of the readings {', '.join(trained)}; the clips in "
+                        f"{data} give {', '.join(given)}: give clips with the same motion columns")
+    motion = pairs.motion[:, [given.index(name) for name in trained]]  # in the run's order
+    return pairs.rows, motion_classes_of(motion, method.motion_scale.double().numpy(),
+                                         method.motion_centres.double().numpy())
 
 
 @torch.no_grad()

@@ -82,17 +82,27 @@ def samples(config: Config, cache: VideoCache, seed: int) -> Samples:
     label = np.full(len(pairs.rows), -1, dtype=np.int64)
     if config.supervised_weight > 0:
         label = _few_labels(cache, pairs.rows[:, 0], config.labelled_clips_per_class)
-    # Kept with the maps, so that pairs of other clips are put in the classes the maps learned.
-    centres = np.stack([(pairs.motion / scale)[motion_class == g].mean(0) if (motion_class == g).any()
-                        else np.full(scale.shape, np.inf) for g in range(config.motion_classes)])
+    # Kept with the maps, so that pairs of other clips go to the classes the maps learned; the
+    # training pairs too are classed by them, so that both agree whether k-means converged or not.
+    scale, centres = scale.astype(np.float32), np.stack([
+        (pairs.motion / scale)[motion_class == g].mean(0) if (motion_class == g).any() else np.full(scale.shape, np.inf)
+        for g in range(config.motion_classes)]).astype(np.float32)
+    motion_class = motion_classes_of(pairs.motion, scale, centres)
+    names = np.frombuffer(",".join(cache.motion_columns).encode(), dtype=np.uint8).copy()
     return Samples(pairs.rows, PairSide(motion_class, label),
-                   buffers={"motion_scale": scale.astype(np.float32), "motion_centres": centres.astype(np.float32)})
+                   buffers={"motion_scale": scale, "motion_centres": centres, "motion_columns": names})
 
 
 def motion_classes_of(motion: np.ndarray, scale: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """(n,) the class of each pair's motion (n, M): the nearest of a run's class centres (G, M),
     in the run's standardised readings."""
     return (((motion / scale)[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+
+
+def reading_names(method: nn.Module) -> list[str]:
+    """The motion readings a run's classes were made of, in their order (the CSV's columns)."""
+    text = bytes(method.motion_columns.cpu().numpy()).decode()
+    return text.split(",") if text else []
 
 
 def _few_labels(cache: VideoCache, rows: np.ndarray, per_class: int) -> np.ndarray:
@@ -119,21 +129,25 @@ class Method(nn.Module):
             self.maps = nn.Parameter(eye + 0.01 * torch.randn_like(eye))
         classes = config.supervised_classes if config.supervised_weight > 0 else 0
         self.classifier = nn.Linear(backbone.feature_dim, classes) if classes else None
-        # The motion classes, as `samples` made them from the training pairs (set by the trainer):
-        # each reading's scale (M,) and each class's centre in scaled readings (G, M). Empty in
-        # checkpoints written before they were kept.
+        # The motion classes as `samples` made them from every pair of the training clips (set by
+        # the trainer): each reading's scale (M,), each class's centre in scaled readings (G, M),
+        # and the readings' names (UTF-8 bytes of "yaw,forward,..."). Empty in checkpoints
+        # written before they were kept.
         self.register_buffer("motion_scale", torch.zeros(0))
         self.register_buffer("motion_centres", torch.zeros(0))
+        self.register_buffer("motion_columns", torch.zeros(0, dtype=torch.uint8))
         self._register_load_state_dict_pre_hook(self._take_motion_classes)
 
     def _take_motion_classes(self, state_dict, prefix, *_):
-        """Buffers shaped by the data: take the checkpoint's shape (or keep them empty for one
-        written before they were kept)."""
-        for name in ("motion_scale", "motion_centres"):
+        """Buffers shaped by the data: take the checkpoint's shape, on this module's device (or
+        keep them empty for a checkpoint written before they were kept)."""
+        for name in ("motion_scale", "motion_centres", "motion_columns"):
+            mine = getattr(self, name)
             if prefix + name in state_dict:
-                self.register_buffer(name, torch.empty_like(state_dict[prefix + name]))
+                saved = state_dict[prefix + name]
+                self.register_buffer(name, torch.empty(saved.shape, dtype=saved.dtype, device=mine.device))
             else:
-                state_dict[prefix + name] = getattr(self, name)
+                state_dict[prefix + name] = mine
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         x = clip_view(batch.images, self.image_size, self.config.crop_scale, False, batch.generator)  # (B, 2, 3, s, s)
