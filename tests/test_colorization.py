@@ -188,6 +188,9 @@ def test_counts_grow_only_in_training_and_neighbours_beyond_the_bins_are_refused
     assert int(method.ab_counts.sum()) == 2 * int(first.sum())
     with pytest.raises(UserError, match="soft_encoding_neighbours is 9, but ab_grid 110 makes only 8 bins"):
         colorization.Method(colorization.Config(ab_grid=110.0, soft_encoding_neighbours=9), tiny_cnn(), 16)
+    for options in ({"rebalance": 0.5}, {"soft_encoding_neighbours": 5}):  # regression has no bins: not silently ignored
+        with pytest.raises(UserError, match="which colorization.loss=regression has none of"):
+            colorization.Method(colorization.Config(loss="regression", **options), tiny_cnn(), 16)
 
 
 def test_colorization_learns_with_the_2016_loss():

@@ -141,6 +141,44 @@ def test_two_process_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
             {k: v for k, v in resumed_epoch.items() if k not in timing}
 
 
+def killed_and_resumed_equals_whole(tmp_path, whole: dict, killed: dict, stop_after: int):
+    spawn(trainer_worker, json.dumps(whole), False, -1)
+    spawn(trainer_worker, json.dumps(killed), False, stop_after)
+    spawn(trainer_worker, json.dumps(killed), True, -1)
+    a = torch.load(Path(whole["out"]) / "last.pt", weights_only=True)
+    assert_same_state(a, torch.load(Path(killed["out"]) / "last.pt", weights_only=True))
+    return a
+
+
+def test_state_made_from_the_data_is_the_same_on_every_process_and_resumed(tmp_path):
+    """Colorization's colour counts are summed over the processes; egomotion's motion classes (set
+    by the trainer from the samples, broadcast by DDP) survive a two-process run killed and
+    resumed, which ends as the uninterrupted one."""
+    from selfsup.config import merge_dicts
+    from selfsup.synth.motion import MotionSettings, make_motion_clips
+    from conftest import SAMPLE
+
+    data = write_dataset(tmp_path / "data", per_class=6, size=32)
+    colour = {"method": "colorization", "backbone": {"name": "resnet18-half"}, "data": {"holdout_fraction": 0.0},
+              "colorization": {"soft_encoding_neighbours": 5, "rebalance": 0.5, "prediction_stride": 2}}
+    run = merge_dicts(tiny_user(data, tmp_path / "colour", epochs=1), colour)
+    spawn(trainer_worker, json.dumps(run), False, -1)
+    state = torch.load(tmp_path / "colour" / "last.pt", weights_only=True)
+    targets = (16 // 2) ** 2  # per image, at prediction_stride 2 of 16 pixels
+    assert int(state["model"]["ab_counts"].sum()) == state["position"]["step"] * 8 * targets  # both processes' images
+
+    clips = tmp_path / "clips"
+    make_motion_clips(SAMPLE, clips, MotionSettings(frames=6, size=16, max_images=12, speed=3.0,
+                                                    motions=("pan-left", "zoom-in", "roll-right")), show_progress=False)
+    ego = {"method": "egomotion", "backbone": {"name": "resnet18-half"}, "egomotion": {"motion_classes": 3}}
+    runs = [merge_dicts(tiny_user(clips, tmp_path / name, checkpoint_every_steps=2, epochs=2), ego)
+            for name in ("ego-whole", "ego-killed")]
+    state = killed_and_resumed_equals_whole(tmp_path, *runs, stop_after=3)
+    readings = bytes(state["model"]["motion_columns"].tolist()).decode().split(",")  # the generator's
+    assert readings == ["yaw", "pitch", "roll", "forward"]
+    assert state["model"]["motion_centres"].shape == (3, 4) and state["model"]["motion_scale"].shape == (4,)
+
+
 def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capsys):
     from selfsup.train import run_pretraining
     data = write_dataset(tmp_path / "data", per_class=12, size=16)

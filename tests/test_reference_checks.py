@@ -28,7 +28,7 @@ from selfsup.methods.common import Batch, Progress
 from selfsup.nn import Queue, ema_momentum
 from selfsup.views import pretext
 from selfsup.views.masks import block_mask, num_visible, random_patch_mask, visible_indices
-from selfsup.views.temporal import is_ordered, kmeans, motion_pairs, order_tuple, order_tuples, standardize
+from selfsup.views.temporal import is_ordered, kmeans, motion_pairs, order_tuple, order_tuples, reading_scale
 
 from conftest import log_softmax64
 
@@ -497,11 +497,11 @@ def test_motion_pairs_sum_the_readings_between_the_two_frames(gap):
     np.testing.assert_allclose(pairs.motion, expected_motion, rtol=1e-9, atol=1e-9)
 
 
-def test_standardize_divides_each_reading_by_its_deviation():
+def test_readings_are_scaled_by_their_deviation():
     rng = np.random.default_rng(0)
     motion = rng.normal(size=(50, 4)) * np.array([0.1, 5.0, 30.0, 1.0])
     motion[:, 3] = 2.5  # a constant reading stays as it is
-    got = standardize(motion)
+    got = motion / reading_scale(motion)
     for m in range(4):
         v = motion[:, m]
         std = math.sqrt(sum((x - v.mean()) ** 2 for x in v) / len(v))

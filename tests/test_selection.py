@@ -179,7 +179,6 @@ def test_select_writes_the_choice_and_a_second_round_builds_on_the_first(labelle
     # how many, and from how many groups the choices came (the CSV's cluster column).
     for summary, chosen in ((first, rows), (second, again)):
         assert summary["clusters_chosen_from"] == len({r["cluster"] for r in chosen})
-        assert 0 <= summary["clusters_too_small"] <= summary["clusters"]
     assert second["clusters_too_small"] * 2 > 9
     assert f"{second['clusters_too_small']} of the 9 groups hold 5 images or fewer" in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ import pytest
 
 from selfsup.data.video import open_clips
 from selfsup.synth.motion import MOTIONS, MotionSettings, camera_path, make_motion_clips, motor_readings
-from selfsup.views.temporal import kmeans, motion_pairs, standardize
+from selfsup.views.temporal import kmeans, motion_pairs, reading_scale
 
 from conftest import SAMPLE, write_dataset
 
@@ -65,7 +65,7 @@ def test_clustering_the_motor_signal_recovers_each_known_motion(tmp_path):
     make_motion_clips(SAMPLE, tmp_path, MotionSettings(frames=6, size=8, max_images=54), show_progress=False)
     cache = open_clips(tmp_path, 8, show_progress=False)
     pairs = motion_pairs(cache, 2)
-    classes = kmeans(standardize(pairs.motion), len(MOTIONS), seed=0)
+    classes = kmeans(pairs.motion / reading_scale(pairs.motion), len(MOTIONS), seed=0)
     truth = known_motions(tmp_path)
     motion_of_pair = np.asarray([truth[cache.clip_names[c]] for c in cache.clip[pairs.rows[:, 0]]])
     found = {m: set(classes[motion_of_pair == m].tolist()) for m in MOTIONS}

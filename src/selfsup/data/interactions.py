@@ -73,9 +73,8 @@ def read_interactions(table: Path) -> dict[str, tuple[int, float, float, tuple[f
                 success = float(row["success"]) if row["success"] != "" else np.nan
             except ValueError:
                 raise UserError(f"{table}, line {line}: cannot read {row!r}; it needs {how}") from None
-            grasp_without_outcome = kind == KINDS.index("grasp") and np.isnan(success)  # trained as a failure
-            if not all(np.isfinite(v) for v in (angle, dx, dy)) or not (np.isnan(success) or success in (0, 1)) \
-                    or grasp_without_outcome:
+            outcome_ok = success in (0, 1) or (np.isnan(success) and kind != KINDS.index("grasp"))
+            if not all(np.isfinite(v) for v in (angle, dx, dy)) or not outcome_ok:  # a grasp without one: no label
                 raise UserError(f"{table}, line {line}: angle, dx and dy must be finite numbers and success 0 or "
                                 f"1 for a grasp, 0, 1 or empty otherwise (got kind {row['kind']}, angle {row['angle']}, dx {row['dx']}, dy {row['dy']}, "
                                 f"success {row['success']!r})")

@@ -140,6 +140,10 @@ class Method(nn.Module):
             raise UserError(f"colorization.soft_encoding_neighbours is {config.soft_encoding_neighbours}, but ab_grid "
                             f"{config.ab_grid:g} makes only {len(self.bins)} bins: lower one or the other")
         classify = config.loss == "classification"
+        if not classify and (config.soft_encoding_neighbours > 1 or config.rebalance > 0):
+            raise UserError("colorization.soft_encoding_neighbours and colorization.rebalance shape the loss over ab "
+                            "bins, which colorization.loss=regression has none of: leave them out, or use "
+                            "loss=classification")
         if classify and config.rebalance > 0:  # how often each ab bin was the target so far
             self.register_buffer("ab_counts", torch.zeros(len(self.bins), dtype=torch.long))
         self.to_ab = nn.Conv2d(backbone.feature_dim, len(self.bins) if classify else 2, 1)  # from L's map

@@ -26,9 +26,9 @@ class Config:
     projection_dim: int = ranged(128, 1, None)
     # End the projection with BatchNorm, as SimCLR's official code does (v1 and v2; there with a
     # scale and no offset, here with both, as lightly's head since April 2023, the head of its
-    # 0.848 CIFAR-10 figure): both presets, so every new
-    # run, turn it on (measured on the CPU: kNN +4 points with the demo's recipe over 2 seeds,
-    # BENCHMARKS.md "SimCLR's head"). False here is the head of checkpoints written before.
+    # 0.848 CIFAR-10 figure). Both presets, so every new run, turn it on (measured on the CPU:
+    # kNN +4 points with the demo's recipe over 2 seeds, BENCHMARKS.md "SimCLR's head"). False
+    # here is the head of checkpoints written before.
     projection_output_batch_norm: bool = False
     # True: both views through the backbone as one batch of 2B, so BatchNorm normalises them
     # together (SimCLR's global BN); False: a pass per view, BatchNorm statistics per view.

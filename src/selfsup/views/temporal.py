@@ -199,15 +199,10 @@ def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 8, iterations: int 
 
 
 def reading_scale(motion: np.ndarray) -> np.ndarray:
-    """(M,) each reading's deviation over all pairs (1 for a constant reading): what `standardize`
-    divides by, so yaw in degrees and forward speed weigh alike in the clustering."""
+    """(M,) each reading's deviation over all pairs (1 for a constant reading): the readings are
+    divided by it, so yaw in degrees and forward speed weigh alike in the clustering."""
     std = motion.std(axis=0)
     return np.where(std > 0, std, 1.0)
-
-
-def standardize(motion: np.ndarray) -> np.ndarray:
-    """Each reading divided by its deviation over all pairs (see reading_scale)."""
-    return motion / reading_scale(motion)
 
 
 # ---------------------------------------------------------------------------------------------
