@@ -1,6 +1,8 @@
 """Data: discovery in folders and tars, the uint8 cache, corrupt files, batch order."""
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -73,30 +75,172 @@ def png_bytes(img: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def stretched(values: np.ndarray) -> np.ndarray:
+    """By hand, in float64: `values` from their 0.05th to their 99.95th percentile onto 0..255."""
+    low, high = np.percentile(values[np.isfinite(values)], (0.05, 99.95))
+    return np.round((np.clip(values, low, high) - low) * (255 / (high - low)))
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_images_deeper_than_8_bits_are_stretched_from_their_minimum_to_their_maximum(seed, tmp_path):
+def test_images_deeper_than_8_bits_are_stretched_between_percentiles_of_their_values(seed, tmp_path):
     rng = np.random.default_rng(seed)
     low, high = sorted(rng.integers(0, 65536, size=2))  # 12-bit data, or any range of a 16-bit one
     deep = rng.integers(low, high + 1, size=(12, 12)).astype(np.uint16)
-    deep[0, 0], deep[-1, -1] = low, high
-    expected = np.round((deep - float(low)) * 255 / (high - low)).astype(np.uint8)  # by hand, float64
     out, gray, _ = decode_image(png_bytes(Image.fromarray(deep)), 12)
-    assert gray and (out == expected[..., None]).all()
+    assert gray and (out == stretched(deep.astype(np.float64))[..., None]).all()
     floats = (rng.normal(size=(12, 12)) * 1e3).astype(np.float32)  # a float TIFF, e.g. a microscope's
     Image.fromarray(floats).save(tmp_path / "f.tif")
     out, _, _ = decode_image((tmp_path / "f.tif").read_bytes(), 12)
-    expected = np.round((floats - floats.min()) * (255 / (float(floats.max()) - float(floats.min()))))
-    assert np.abs(out[..., 0].astype(int) - expected).max() <= 1 and out.min() == 0 and out.max() == 255
+    assert np.abs(out[..., 0].astype(int) - stretched(floats.astype(np.float64))).max() <= 1
+    assert out.min() == 0 and out.max() == 255
     floats[0, :3] = (np.inf, -np.inf, np.nan)  # a sensor's saturated and missing pixels
     Image.fromarray(floats).save(tmp_path / "g.tif")
     out, _, _ = decode_image((tmp_path / "g.tif").read_bytes(), 12)
-    finite = floats[np.isfinite(floats)]
-    expected = np.round((np.clip(floats[1:], finite.min(), finite.max()) - finite.min())
-                        * (255 / (float(finite.max()) - float(finite.min()))))
-    assert np.abs(out[1:, :, 0].astype(int) - expected).max() <= 1  # the finite range still spans 0..255
+    assert np.abs(out[1:, :, 0].astype(int) - stretched(floats.astype(np.float64))[1:]).max() <= 1
     assert out[0, :3, 0].tolist() == [255, 0, 0]  # +inf at the top, -inf and NaN at the bottom
     flat = decode_image(png_bytes(Image.fromarray(np.full((12, 12), 4000, np.uint16))), 12)[0]
     assert (flat == 0).all()  # no range to stretch: black, not a division by zero
+
+
+def test_a_hot_pixel_does_not_leave_a_deep_image_black_nor_are_sparse_bright_cells_all_saturated():
+    rng = np.random.default_rng(0)
+    field = rng.normal(300, 20, size=(100, 100))
+    field[40:43, 40:43] = np.linspace(500, 600, 9).reshape(3, 3)  # dim 12-bit cells over 0.09 %
+    field[5, 5] = 4095  # one hot pixel, saturated
+    out = decode_image(png_bytes(Image.fromarray(field.round().astype(np.uint16))), 100)[0][..., 0]
+    assert np.median(out) > 40  # min-to-max: about 5 of 255
+    assert out[5, 5] == 255 and (out[40:43, 40:43] < 255).sum() >= 4  # the cells' dimmer half keeps its shades
+    sparse = np.zeros((100, 100), np.uint16)
+    sparse[50, 50:52] = 3000  # a signal on 0.02 % of an even field: the range from minimum to maximum
+    assert decode_image(png_bytes(Image.fromarray(sparse)), 100)[0][50, 50, 0] == 255
+
+
+def png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG of (H, W, C) samples (Pillow writes none with more than one channel)."""
+    height, width, channels = samples.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data)))
+    header = struct.pack(">IIBBBBB", width, height, 16, {2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def tiff16(samples: np.ndarray, photometric: int = 2, extra: tuple = (), deflate: bool = False,
+           order: str = "<") -> bytes:
+    """A one-strip 16-bit TIFF of (H, W, C) samples: RGB (photometric 2) or minisblack (1), with
+    `extra` samples (0: unspecified), deflated (which Pillow decodes with libtiff) or not."""
+    height, width, channels = samples.shape
+    data = samples.astype(order + "u2").tobytes()
+    data = zlib.compress(data) if deflate else data
+    tags = {256: [width], 257: [height], 258: [16] * channels, 259: [8 if deflate else 1],
+            262: [photometric], 273: [0], 277: [channels], 278: [height], 279: [len(data)], 284: [1],
+            **({338: list(extra)} if extra else {})}
+    ifd_end = 8 + 2 + 12 * len(tags) + 4
+    values = b"".join(struct.pack(f"{order}{len(v)}H", *v) for v in tags.values() if len(v) > 2)
+    tags[273] = [ifd_end + len(values)]  # the strip follows the values that do not fit an entry
+    entries, offset = b"", ifd_end
+    for tag, v in sorted(tags.items()):
+        kind = 4 if tag in (256, 257, 273, 278, 279) else 3
+        if len(v) > 2:
+            entries += struct.pack(f"{order}HHII", tag, 3, len(v), offset)
+            offset += 2 * len(v)
+        else:
+            entries += struct.pack(f"{order}HHI", tag, kind, len(v))
+            entries += struct.pack(f"{order}I" if kind == 4 else f"{order}{len(v)}H", *v).ljust(4, b"\0")
+    magic = b"II*\0" if order == "<" else b"MM\0*"
+    return (magic + struct.pack(f"{order}IH", 8, len(tags)) + entries + b"\0" * 4
+            + values + data)
+
+
+def field_tile(rng, height: int = 16, width: int = 16, bands: int = 3) -> np.ndarray:
+    """12-bit samples of a satellite tile: a green field above, brown soil below."""
+    tile = np.where(np.arange(height)[:, None, None] < height // 2, [600, 1800, 600, 3600][:bands],
+                    [2200, 1600, 1000, 1200][:bands])
+    return (tile * np.broadcast_to(1, (height, width, 1)) + rng.integers(0, 200, (height, width, bands)))
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff", "tiff with an extra band", "deflated tiff", "big-endian tiff"])
+def test_16_bit_colour_images_are_decoded_in_full_and_stretched_jointly(kind):
+    """Pillow opens 16-bit RGB as 8-bit RGB, keeping each sample's top byte: 12-bit data came out
+    with values up to 15 (nearly black). All 16 bits are read, and the three channels stretched
+    together, so that a field's colour keeps its balance."""
+    tile = field_tile(np.random.default_rng(1), bands=4 if "extra" in kind else 3)
+    data = {"png": lambda: png16(tile), "tiff": lambda: tiff16(tile),
+            "tiff with an extra band": lambda: tiff16(tile, extra=(0,)),
+            "deflated tiff": lambda: tiff16(tile, deflate=True),
+            "big-endian tiff": lambda: tiff16(tile, order=">")}[kind]()
+    out, gray, side = decode_image(data, 16)
+    assert not gray and side == 16
+    np.testing.assert_array_equal(out, stretched(tile[..., :3].astype(np.float64)))
+    gray_tile = np.repeat(tile[..., :1], 3, axis=2)
+    assert decode_image(png16(gray_tile), 16)[1]  # gray stays gray: one stretch for all channels
+
+
+def test_16_bit_samples_pillow_reads_in_part_are_stretched_and_counted_in_a_warning(tmp_path, capsys):
+    from selfsup.data.cache import TOP_BYTE, decode_noting
+    gray_alpha = np.stack([field_tile(np.random.default_rng(2))[..., 0], np.full((16, 16), 65535)], axis=2)
+    (decoded, notes) = decode_noting(png16(gray_alpha), 16)  # gray with alpha: top bytes only
+    top = (gray_alpha[..., 0] >> 8).astype(np.float64)
+    assert notes == [TOP_BYTE] and (decoded[0][..., 0] == stretched(top)).all() and decoded[0].max() == 255
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "tiles" / "a.png").write_bytes(png16(gray_alpha))
+    (tmp_path / "tiles" / "b.png").write_bytes(png16(field_tile(np.random.default_rng(3))))
+    load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "1 of 2 files" in err and "the top 8 bits only (e.g. 'a.png'" in err
+
+
+def test_transparent_pixels_are_composited_over_white_whatever_colour_lies_under_them():
+    rng = np.random.default_rng(0)
+    product = np.zeros((16, 16, 4), np.uint8)
+    product[4:12, 4:12] = [200, 30, 30, 255]
+    product[6, 6, 3] = 128  # a half-transparent edge
+    noisy = product.copy()
+    noisy[..., :3] = np.where(product[..., 3:] == 0, rng.integers(0, 256, (16, 16, 3)), product[..., :3])
+    buffer = io.BytesIO()
+    Image.fromarray(noisy, "RGBA").save(buffer, format="WEBP", lossless=True)
+    outs = [decode_image(png_bytes(Image.fromarray(product, "RGBA")), 16)[0],
+            decode_image(png_bytes(Image.fromarray(noisy, "RGBA")), 16)[0], decode_image(buffer.getvalue(), 16)[0]]
+    for out in outs:
+        assert (out[0, 0] == 255).all() and (out[8, 8] == [200, 30, 30]).all()
+        assert np.abs(out[6, 6].astype(int) - [228, 143, 143]).max() <= 1  # half red, half white
+    palette = Image.fromarray(product[..., :3]).quantize(4)
+    hidden = palette.getpixel((0, 0))
+    colours = palette.getpalette()
+    colours[hidden * 3: hidden * 3 + 3] = [255, 0, 255]  # a magenta under the transparent index
+    palette.putpalette(colours)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=hidden)
+    out = decode_image(buffer.getvalue(), 16)[0]
+    assert (out[0, 0] == 255).all() and (out[8, 8] == [200, 30, 30]).all()
+    gray_alpha = Image.fromarray(np.stack([np.full((16, 16), 90, np.uint8), product[..., 3]], axis=2), "LA")
+    out, gray, _ = decode_image(png_bytes(gray_alpha), 16)
+    assert gray and (out[0, 0] == 255).all() and (out[8, 8] == 90).all()
+
+
+def test_multi_page_tiffs_use_their_first_page_and_are_counted_in_a_warning(tmp_path, capsys):
+    (tmp_path / "stacks").mkdir()
+    pages = [Image.fromarray(np.full((16, 16), 40 * k, np.uint8)) for k in range(1, 4)]
+    pages[0].save(tmp_path / "stacks" / "z.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(tmp_path / "stacks" / "one.tif")
+    cache = load_cache(open_source(tmp_path / "stacks"), 16, show_progress=False)
+    assert len(cache) == 2 and (cache.images[cache.names.index("z.tif")] == 40).all()
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "1 of 2 files" in err and "multi-page TIFFs (e.g. 'z.tif')" in err
+
+
+def test_tiffs_in_a_layout_pillow_cannot_decode_are_told_apart_from_damaged_files(tmp_path, capsys):
+    (tmp_path / "tiles").mkdir()
+    gdal = tiff16(field_tile(np.random.default_rng(4), bands=4), photometric=1, extra=(0, 0, 0))
+    (tmp_path / "tiles" / "gdal.tif").write_bytes(gdal)  # 4 bands of 16 bits, minisblack: GDAL's default
+    (tmp_path / "tiles" / "cut.tif").write_bytes(gdal[:20])
+    (tmp_path / "tiles" / "good.tif").write_bytes(tiff16(field_tile(np.random.default_rng(5))))
+    cache = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    assert cache.names == ["good.tif"] and sorted(cache.skipped) == ["cut.tif", "gdal.tif"]
+    err = capsys.readouterr().err
+    assert "skipped 2 of 3 files" in err and "1 of them are valid TIFFs in a layout Pillow cannot decode" in err
+    assert "'gdal.tif'" in err
 
 
 def test_the_cache_knows_how_large_the_images_were_and_training_warns_of_a_large_enlargement(tmp_path, capsys):

@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -26,17 +27,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, TiffImagePlugin
 
 from ..console import progress_bar, warn
 from ..errors import UserError
 from ..outputs import current_umask
 from .sources import ImageSource
 
-CACHE_FORMAT = 2  # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept
+# 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
+# 3: 16-bit colour decoded in full; deep images stretched between percentiles; transparency composited.
+CACHE_FORMAT = 3
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
 GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transposition that shows the stored pixels upright (as ImageOps.exif_transpose)
+UPRIGHT = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
+           6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
+# Deep images are stretched between these percentiles of their values, not from minimum to maximum:
+# one hot pixel (4095 in a dim 12-bit field) would leave the rest near black. 0.05 % at either end
+# saturates a few stray pixels (a 96x96 field has 4.6 per end) while sparse bright structures, such
+# as fluorescent cells over 0.1 % of a field, keep the lower half of their range unsaturated.
+STRETCH_PERCENTILES = (0.05, 99.95)
+# Transparent pixels are composited over white: a cut-out product then looks like the same product
+# photographed on a studio's white, as shops and browsers show it, whatever colour (black, noise, a
+# hidden palette entry) the file keeps under its transparent pixels. White is gray: gray stays gray.
+BACKGROUND = (255, 255, 255, 255)
+# Pillow opens 16-bit RGB(A) as 8-bit, keeping each sample's top byte (12-bit data: values 0-15). Read
+# in the other byte order, the same samples give their low bytes: rawmode ending -> its swap.
+LOW_BYTES = {";16B": ";16L", ";16L": ";16B", ";16N": ";16B" if sys.byteorder == "little" else ";16L"}
+STRAIGHT_SAMPLES = {"RGB", "RGBA", "RGBX"}  # not premultiplied RGBa, nor LA;16B (no low-byte reader)
+# What decode_image could not do in full, said once per dataset: the names of the files concerned
+FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT = "first_page", "top_byte", "tiff_layout"
 
 
 @dataclass
@@ -85,38 +107,117 @@ def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool, int] | None:
     """(size, size, 3) uint8 RGB pixels, whether the image was grayscale, and its shorter side
     before resizing (exact below `size`: JPEG's reduced decoding never goes under it), or None when
     the bytes are not a decodable image (corrupt, truncated, over a gigapixel, or not an image)."""
+    return decode_noting(data, size)[0]
+
+
+def decode_noting(data: bytes, size: int) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
+    """decode_image's answer, and what it could not do in full: FIRST_PAGE (a multi-page TIFF),
+    TOP_BYTE (16-bit samples read from their top bytes), TIFF_LAYOUT (a TIFF Pillow cannot open)."""
     guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS // 2  # Pillow refuses twice its value
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns on odd EXIF, palette transparency, ...
-            with Image.open(io.BytesIO(data)) as img:
-                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-                gray = img.mode in GRAYSCALE_MODES
-                if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone's photo, upright as viewers show it
-                    img = ImageOps.exif_transpose(img)
-                side = min(img.size)
-                pixels = fit_square(img, size)
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+                gray, side = opened.mode in GRAYSCALE_MODES, min(opened.size)
+                notes = [FIRST_PAGE] if opened.format == "TIFF" and getattr(opened, "n_frames", 1) > 1 else []
+                colour = sixteen_bit_colour(opened, data)  # before PNG's getexif loads the pixels
+                notes += [TOP_BYTE] if colour and not colour[1] else []
+                orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
+                img = to_rgb8(colour[0] if colour else opened)
+                img.load()  # `opened` itself when already RGB, and its file is closed below
+        if orientation in UPRIGHT:  # a phone's photo, upright as viewers show it
+            img = img.transpose(UPRIGHT[orientation])
+        pixels = fit_square(img, size)
         # Gray pictures are often saved as RGB (most JPEGs): equal channels say so whatever the mode.
-        return pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all()), side
+        return (pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all()), side), notes
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
-        return None
+        return None, [TIFF_LAYOUT] if unknown_tiff_layout(data) else []
     finally:
         Image.MAX_IMAGE_PIXELS = guard
 
 
+def unknown_tiff_layout(data: bytes) -> bool:
+    """Whether `data` is a TIFF whose layout Pillow cannot decode (e.g. 16-bit with 4 bands, as GDAL
+    writes them): a valid image that tifffile or GDAL reads, not a damaged file."""
+    if data[:4] not in (b"II*\0", b"MM\0*"):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged file's complaints: it is skipped all the same
+            TiffImagePlugin.TiffImageFile(io.BytesIO(data))
+    except SyntaxError as e:
+        return "unknown pixel mode" in str(e)
+    except Exception:  # noqa: BLE001 - damaged, or failing later: not a layout question
+        return False
+    return False
+
+
+def _rawmode(tile) -> str:
+    return tile[3] if isinstance(tile[3], str) else tile[3][0]  # PNG's args are the rawmode alone
+
+
+def _low_byte_tile(tile) -> tuple:
+    rawmode = _rawmode(tile)
+    swapped = rawmode[:-4] + LOW_BYTES[rawmode[-4:]]
+    args = swapped if isinstance(tile[3], str) else (swapped, *tile[3][1:])
+    return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)  # Pillow < 11: tuples
+
+
+def _low_bytes(data: bytes) -> np.ndarray | None:
+    """The low byte of each sample of a 16-bit RGB(A) image: its samples read in the other byte
+    order; None where that fails (a decoder that takes no other order)."""
+    try:
+        with Image.open(io.BytesIO(data)) as again:
+            again.tile = [_low_byte_tile(tile) for tile in again.tile]
+            again.load()  # raises, where np.asarray would make an array of one object
+            return np.asarray(again)
+    except Exception:  # noqa: BLE001 - the top bytes are still there
+        return None
+
+
+def sixteen_bit_colour(img: Image.Image, data: bytes) -> tuple[Image.Image, bool] | None:
+    """A 16-bit RGB(A) image (PNG, TIFF) as 8-bit, its colour stretched from all 16 bits of each
+    sample, and True; or stretched from the top bytes Pillow keeps, and False, where Pillow cannot
+    read the low ones (16-bit gray with alpha, premultiplied alpha). None for other images.
+    The channels are stretched jointly, not each to its own range, which would tint the image
+    (the little blue of a field tile stretched to full blue): a gray stays gray."""
+    rawmodes = {_rawmode(tile) for tile in img.tile}
+    if img.mode not in ("RGB", "RGBA") or not rawmodes or any(r[-4:] not in LOW_BYTES for r in rawmodes):
+        return None
+    img.load()
+    top = np.asarray(img)  # (H, W, 3 or 4) uint8
+    low = _low_bytes(data) if all(r[:-4] in STRAIGHT_SAMPLES for r in rawmodes) else None
+    values = top * 256.0 + low if low is not None else top.astype(np.float64)
+    pixels = top.copy()  # alpha keeps its top byte: a 16-bit alpha spans its whole range by definition
+    pixels[..., :3] = stretch(values[..., :3])
+    return Image.fromarray(pixels, img.mode), low is not None
+
+
+def stretch(values: np.ndarray) -> np.ndarray:
+    """`values` as uint8, stretched jointly between STRETCH_PERCENTILES of the finite ones (from
+    their minimum to their maximum where those percentiles coincide: a sparse signal on an even
+    field); NaN as the bottom, +-inf at the ends. PIL's conversion would clip every value above 255
+    to white, and a fixed divisor would leave 12-bit data nearly black."""
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, STRETCH_PERCENTILES) if finite.size else (0.0, 0.0)
+    if high <= low and finite.size:
+        low, high = finite.min(), finite.max()
+    values = np.clip(np.nan_to_num(values, nan=low), low, high)
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return np.round(scaled).astype(np.uint8)
+
+
 def to_rgb8(img: Image.Image) -> Image.Image:
-    """`img` as 8-bit RGB. A 16-bit, 32-bit or float image (scans, microscopy) is stretched from its
-    own minimum to its maximum: PIL's conversion would clip every value above 255 to white, and a
-    fixed divisor would leave 12-bit data nearly black."""
+    """`img` as 8-bit RGB: a 16-bit, 32-bit or float image (scans, microscopy) stretched, and an
+    image with transparency composited over BACKGROUND (so is a 4th band stored as alpha, such as
+    a satellite tile's near infrared in an RGBA file)."""
     if img.mode in HIGH_DEPTH_MODES:
-        values = np.asarray(img, dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-        values = np.clip(np.nan_to_num(values, nan=low), low, high)  # NaN as the minimum, +-inf at the ends
-        scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
-        img = Image.fromarray(np.round(scaled).astype(np.uint8))  # 2-D uint8: mode L
-    return img.convert("RGB")
+        img = Image.fromarray(stretch(np.asarray(img, dtype=np.float64)))  # 2-D uint8: mode L
+    if img.mode in ALPHA_MODES or "transparency" in img.info:  # a palette's or a colour key's too
+        img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))
+    return img if img.mode == "RGB" else img.convert("RGB")  # no copy of what is RGB: a gigapixel is 3 GB
 
 
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
@@ -132,9 +233,9 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[tuple[str, bytes]], int]) -> list[tuple[str, tuple | None]]:
+def _decode_chunk(args: tuple[list[tuple[str, bytes]], int]) -> list[tuple[str, tuple | None, list[str]]]:
     chunk, size = args
-    return [(name, decode_image(data, size)) for name, data in chunk]
+    return [(name, *decode_noting(data, size)) for name, data in chunk]
 
 
 def _chunks(items, size: int, per_chunk: int = 64):
@@ -148,9 +249,17 @@ def _chunks(items, size: int, per_chunk: int = 64):
         yield chunk, size
 
 
-def decode_stream(items, size: int, workers: int = 0, parallel: bool = True):
+def decode_stream(items, size: int, workers: int = 0, parallel: bool = True, notes: dict | None = None):
     """(name, decode_image(bytes, size)) for each (name, bytes) of `items`, in order; decoded
-    by a pool of `workers` processes (0: one per core) when `parallel`."""
+    by a pool of `workers` processes (0: one per core) when `parallel`. `notes`, when given, gets
+    the names of the files decode_noting had a note on, by note."""
+    for name, decoded, noted in _decoded_chunks(items, size, workers, parallel):
+        for note in noted if notes is not None else ():
+            notes.setdefault(note, []).append(name)
+        yield name, decoded
+
+
+def _decoded_chunks(items, size: int, workers: int, parallel: bool):
     workers = workers or os.cpu_count() or 1
     if not parallel or workers <= 1:
         for chunk in map(_decode_chunk, _chunks(items, size)):
@@ -246,11 +355,12 @@ def publish(staging: Path, target: Path, meta: dict) -> None:
 def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
     """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
     staging = make_staging(target)
-    names, skipped, grayscale_rows, sides = [], [], [], []
+    names, skipped, grayscale_rows, sides, notes = [], [], [], [], {}
     bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
     try:
         with open(staging / "images.u8", "wb") as pixels:
-            for name, decoded in decode_stream(source.read(), size, workers, parallel=len(source.names) >= 2048):
+            parallel = len(source.names) >= 2048
+            for name, decoded in decode_stream(source.read(), size, workers, parallel, notes):
                 if decoded is None:
                     skipped.append(name)
                 else:
@@ -266,7 +376,8 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
         meta = {"format": CACHE_FORMAT, "source": source.describe(), "fingerprint": source.fingerprint,
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
-                "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None}
+                "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None,
+                "notes": notes}
         publish(staging, target, meta)
     except BaseException:
         bar.close()
@@ -384,11 +495,28 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
     return removed
 
 
-def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "image") -> None:
-    """One warning for all the files of `description` that could not be decoded, if any."""
+def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "image",
+                 notes: dict | None = None) -> None:
+    """One warning for all the files of `description` that could not be decoded, if any; and one
+    for each `notes` (decode_noting's, by note) on what was decoded only in part."""
+    notes = notes or {}
     if skipped:
+        layouts = notes.get(TIFF_LAYOUT, [])
+        valid = "" if not layouts else (
+            f"; {len(layouts):,} of them are valid TIFFs in a layout Pillow cannot decode (e.g. {layouts[0]!r}; "
+            f"16-bit with 4 bands, as GDAL writes them), which tifffile or GDAL read: convert them to RGB or "
+            f"grayscale TIFF or PNG (e.g. gdal_translate -b 1 -b 2 -b 3)")
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
-             f"(e.g. {skipped[0]!r}); going on with {files - len(skipped):,}")
+             f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
+    if notes.get(FIRST_PAGE):
+        warn(f"{len(notes[FIRST_PAGE]):,} of {files:,} files in {description} are multi-page TIFFs (e.g. "
+             f"{notes[FIRST_PAGE][0]!r}), of which only the first page is used; save each page (a plane of a "
+             f"z-stack, a channel) as a file of its own to use the others")
+    if notes.get(TOP_BYTE):
+        warn(f"{len(notes[TOP_BYTE]):,} of {files:,} files in {description} hold 16 bits per sample in a layout "
+             f"of which Pillow reads the top 8 bits only (e.g. {notes[TOP_BYTE][0]!r}: gray with alpha, or "
+             f"premultiplied alpha); those were stretched, so 12-bit data shows 16 levels; save them as 16-bit "
+             f"RGB or grayscale PNG or TIFF without alpha to use all their bits")
 
 
 def read_built(target: Path, description: str, kind: str = "image") -> ImageCache:
@@ -405,7 +533,7 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     if held != expected:
         raise DamagedCache(f"images.u8 holds {held:,} bytes where its index says {expected:,}")
     if names:  # else the error below says it all
-        warn_skipped(meta["skipped"], files, description, kind)
+        warn_skipped(meta["skipped"], files, description, kind, meta.get("notes"))
     if not names:
         raise UserError(f"none of the {len(meta['skipped']):,} {kind} files in {description!r} "
                         f"could be decoded; check that they are {kind}s")
