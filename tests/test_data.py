@@ -243,6 +243,16 @@ def test_tiffs_in_a_layout_pillow_cannot_decode_are_told_apart_from_damaged_file
     assert "'gdal.tif'" in err
 
 
+def test_gif_and_jfif_files_are_images(tmp_path):
+    (tmp_path / "mixed").mkdir()
+    frames = [Image.fromarray(np.full((16, 16, 3), value, np.uint8)) for value in (0, 200)]
+    frames[0].save(tmp_path / "mixed" / "anim.gif", save_all=True, append_images=frames[1:])
+    (tmp_path / "mixed" / "photo.jfif").write_bytes(jpeg_bytes(np.full((16, 16, 3), 120, np.uint8)))
+    cache = load_cache(open_source(tmp_path / "mixed"), 16, show_progress=False)
+    assert cache.names == ["anim.gif", "photo.jfif"] and not cache.skipped
+    assert (cache.images[0] == 0).all() and np.abs(cache.images[1].astype(int) - 120).max() <= 2
+
+
 def test_the_cache_knows_how_large_the_images_were_and_training_warns_of_a_large_enlargement(tmp_path, capsys):
     from selfsup.config import resolve
     from selfsup.train import Trainer

@@ -18,7 +18,7 @@ from typing import Iterator
 from ..console import warn
 from ..errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # a GIF: its first frame
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 SPLIT_NAMES = ("train", "val", "test")
 SKIPPED_FOLDERS = {"__MACOSX"}
