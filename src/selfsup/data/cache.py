@@ -5,7 +5,8 @@ the pixels appended to one raw (N, size, size, 3) uint8 file. Training and evalu
 pixels, never files: a batch is a slice of a memory map (so a dataset larger than RAM works), and
 views are made from it on the model's device. The cache is keyed by the source's fingerprint
 (names, sizes and modification times of its files), so it is rebuilt when the source changes.
-Files that cannot be decoded are skipped, counted and reported in one warning.
+Files that cannot be decoded are skipped, counted and reported in one warning; so are those
+decoded in part (a multi-page TIFF's first page).
 """
 from __future__ import annotations
 
