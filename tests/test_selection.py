@@ -378,3 +378,35 @@ def test_two_chosen_images_never_share_one_copy(labelled_folder, tmp_path):
     assert (copied / "circle" / "000.png").read_bytes() == (labelled_folder / "square" / "000.png").read_bytes()
     assert (copied / "__up__" / "labelled" / "circle" / "000.png").read_bytes() == \
         (labelled_folder / "circle" / "000.png").read_bytes()
+
+
+def test_typiclust_takes_copies_only_when_nothing_else_is_left_anywhere(monkeypatch):
+    """A group left with nothing but copies of what is labelled or chosen is used up: the other
+    large groups, then the small ones, come first; copies fill the budget last, and are counted
+    (the review's select --budget 10 ranked copies of ranks 2 and 3 at 8 and 9)."""
+    rng = np.random.default_rng(0)
+    x, truth = planted_groups(rng, [10, 8, 3, 2])
+    x[:10] = x[0]  # group 0: ten copies of one image
+    monkeypatch.setattr(selection, "kmeans", lambda x, k, **kw: (None, truth))
+    labelled = np.zeros(len(x), dtype=bool)
+    got = choose_typiclust(x, 16, labelled)  # 1 + 8 + 3 + 2 = 14 distinct images, then 2 copies
+    assert got.clusters.tolist() == [0, 1] + [1] * 7 + [2, 3, 2, 3, 2] + [0, 0]
+    assert got.copies == 2 and len(set(got.rows.tolist())) == 16
+    assert choose_typiclust(x, 14, labelled).copies == 0
+
+    labelled[0] = True  # the image labelled: its copies come after every other image
+    got = choose_typiclust(x, 15, labelled)
+    assert got.clusters.tolist() == [1] * 8 + [2, 3, 2, 3, 2] + [0, 0] and got.copies == 2
+
+
+def test_select_warns_when_the_budget_takes_copies(labelled_folder, tmp_path, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i, name in enumerate(["circle/000.png", "square/000.png", "stripes/000.png"]):
+        data = (labelled_folder / name).read_bytes()
+        for copy in range(2):
+            (pool / f"{i}_{copy}.png").write_bytes(data)
+    summary = select_images(pool, out=tmp_path / "sel", budget=5, **ENCODER)
+    chosen = [r["file"] for r in read_csv(tmp_path / "sel" / "to_label.csv")]
+    assert {name[0] for name in chosen[:3]} == {"0", "1", "2"} and summary["copies_chosen"] == 2
+    assert "2 of the 5 chosen images are exact copies" in capsys.readouterr().err

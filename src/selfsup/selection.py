@@ -9,8 +9,10 @@ oddities. With an encoder's embeddings one can choose better:
         fewer; in each, label the most typical unlabelled image:
             typicality(x) = 1 / mean squared distance from x to its 20 nearest unlabelled images
                             of its group (half the group when it is smaller)
-        (one departure from the official code: an exact copy of an image labelled or chosen is
-        passed over while the group holds others, since its twin makes it the most typical)
+        (one departure from the official code: an exact copy of an image labelled or chosen, the
+        most typical of all since its twin sits at distance 0, is passed over; a group left with
+        nothing else counts as used up, and copies are taken only when no other unlabelled image
+        is left in any group, small ones included, with a warning)
     kcenter (the greedy core-set of Sener and Savarese, ICLR 2018; better when labels are many):
         each next image is the one farthest from every image labelled or chosen so far
     random: the baseline every other strategy must beat
@@ -57,6 +59,7 @@ class Choice:
     #                     labelled or chosen before; random: NaN
     clusters: np.ndarray | None  # (B,) typiclust: each choice's group; else None
     small_groups: int = 0  # typiclust: groups of MIN_CLUSTER_SIZE images or fewer, passed over while others remain
+    copies: int = 0  # typiclust: exact copies of labelled or chosen images taken, when nothing else was left
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,36 +97,54 @@ def choose_typiclust(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int
     rest = [g for g in by_need if g not in visit]  # the small groups, once the others are used up
     taken = labelled.copy()
     rows, scores, clusters = [], [], []
+    copies_taken = 0
+    everywhere = visit + rest  # the last resort: copies, from any group
+    allow_copies = False
     while len(rows) < budget:  # a pass takes one image from each group; more passes if the budget asks
         before = len(rows)
         for g in visit:
-            members = np.flatnonzero((group_of == g) & ~taken)
-            if len(members) == 0:
+            picked = _most_typical(x_t, np.flatnonzero((group_of == g) & ~taken),
+                                   np.flatnonzero((group_of == g) & taken), allow_copies)
+            if picked is None:  # nothing left here but copies of what is labelled or chosen: used up
                 continue
-            if len(members) == 1:
-                best, score = members[0], math.nan
-            else:
-                typical = typicality(x_t[members], min(TYPICALITY_NEIGHBOURS, max(1, len(members) // 2)))
-                # A copy of an image already labelled or chosen is the most typical of all (its
-                # twin sits at distance 0) and teaches nothing new: passed over while others remain.
-                twins = np.flatnonzero((group_of == g) & taken)
-                if len(twins):
-                    copies = squared_distances(x_t[members], x_t[twins]).min(1).values <= DUPLICATE_DISTANCE
-                    if not copies.all():
-                        typical[copies] = -math.inf
-                best, score = members[int(typical.argmax())], float(typical.max())
+            best, score = picked
             taken[best] = True
             rows.append(best)
             scores.append(score)
             clusters.append(g)
+            copies_taken += allow_copies
             if len(rows) == budget:
                 break
         if len(rows) == before:
-            if not rest:
+            if rest:
+                visit, rest = rest, []
+            elif not allow_copies:
+                visit, allow_copies = everywhere, True
+            else:
                 raise ValueError(f"only {len(rows)} unlabelled rows for a budget of {budget}")
-            visit, rest = rest, []
     return Choice(np.array(rows, dtype=np.int64), np.array(scores), np.array(clusters, dtype=np.int64),
-                  small_groups=int((~eligible).sum()))
+                  small_groups=int((~eligible).sum()), copies=copies_taken)
+
+
+def _most_typical(x_t: torch.Tensor, members: np.ndarray, twins: np.ndarray, allow_copies: bool):
+    """(row, typicality) of the most typical of a group's unlabelled `members` (NaN when it is
+    the only one), or None when none is left. An exact copy of a labelled or chosen row of the
+    group (`twins`) is the most typical of all (its twin sits at distance 0) and teaches nothing
+    new: it is passed over, and where nothing but such copies is left, so is the group (None),
+    unless `allow_copies`."""
+    if len(members) == 0:
+        return None
+    copies = None
+    if len(twins) and not allow_copies:
+        copies = squared_distances(x_t[members], x_t[twins]).min(1).values <= DUPLICATE_DISTANCE
+        if copies.all():
+            return None
+    if len(members) == 1:
+        return members[0], math.nan
+    typical = typicality(x_t[members], min(TYPICALITY_NEIGHBOURS, max(1, len(members) // 2)))
+    if copies is not None:
+        typical[copies] = -math.inf
+    return members[int(typical.argmax())], float(typical.max())
 
 
 def choose_kcenter(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int = 0,
@@ -230,6 +251,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
         summary["clusters"] = typiclust_groups(int(is_labelled.sum()), budget, len(names))
         summary["clusters_too_small"] = choice.small_groups  # MIN_CLUSTER_SIZE or fewer: outliers, passed over
         summary["clusters_chosen_from"] = len(set(choice.clusters.tolist()))
+        summary["copies_chosen"] = choice.copies  # exact copies of labelled or chosen images: the last resort
     classes = folder_classes(names)  # a labelled dataset (to compare strategies): how evenly they cover it
     if classes is not None:
         chosen = [classes[r] for r in choice.rows]
@@ -244,6 +266,9 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
         say(f"select: {choice.small_groups} of the {summary['clusters']} groups hold {MIN_CLUSTER_SIZE} images or fewer, and "
             f"TypiClust leaves such outliers to last: the choices come from {summary['clusters_chosen_from']} "
             f"groups; a pool many times larger than the labels suits it better")
+    if choice.copies:
+        say(f"select: warning: {choice.copies:,} of the {budget:,} chosen images are exact copies of images labelled "
+            f"or chosen before, ranked last: every other unlabelled image of the pool was chosen first")
     return summary
 
 
