@@ -1,11 +1,12 @@
 """What users see of outputs: where --out files land, what a wrong file gets told, what pictures show."""
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import selfsup
@@ -118,6 +119,52 @@ def test_image_grid_titles_its_columns_in_a_band_above(tmp_path):
     width = 96 + 2
     for c in range(3):
         assert (titled[:TITLE_HEIGHT, c * width:(c + 1) * width - 2] < 128).any(), f"no title over column {c}"
+
+
+def test_names_beyond_ascii_are_drawn_as_their_letters(tmp_path):
+    """PIL's default font drew 'Ödem' exactly as '□dem' (a box for its missing letter): the
+    report's neighbour captions and the grids' column titles use DejaVu Sans, which matplotlib ships."""
+    from selfsup.report.figures import neighbour_grid
+    from selfsup.viz import save_image_grid, text_font
+
+    def grid(name):
+        images = np.full((2, 8, 8, 3), 200, np.uint8)
+        return np.asarray(Image.open(io.BytesIO(neighbour_grid(images[:1], np.zeros(1, int), images, np.array([[0, 1]]),
+                                                               np.zeros(2, int), [name]))))
+
+    def titled(name):
+        return np.asarray(Image.open(save_image_grid([torch.ones(1, 3, 32, 32)], tmp_path / "t.png", titles=[name])))
+
+    for draw in (grid, titled):
+        oe = draw("Ödem")
+        assert all((oe != draw(other)).any() for other in ("□dem", "?dem", "Odem")), draw.__name__
+
+    def glyph(letter):
+        image = Image.new("L", (20, 20), 255)
+        ImageDraw.Draw(image).text((2, 2), letter, font=text_font(11), fill=0)
+        return np.asarray(image)
+    missing = glyph("\U0010FFFD")  # no font has it: the font's box
+    assert all((glyph(letter) != missing).any() for letter in "ÖéßĞЖ")
+
+
+def test_figures_print_no_missing_glyph_lines(tmp_path):
+    """A CJK class or file name is a box in DejaVu Sans; matplotlib warned once per letter."""
+    import warnings
+
+    from selfsup.curate.pictures import draw_rows
+    from selfsup.report.figures import embedding_map
+
+    class Unreadable:
+        def read(self, names):
+            return iter(())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw_rows([[(Unreadable(), "结节/患者_01.png")]], tmp_path / "rows.png", "结节")
+        embedding_map(np.random.default_rng(0).normal(size=(6, 2)), np.array([0, 0, 0, 1, 1, 1]), ["结节", "Ödem"],
+                      "t-SNE")
+    assert (tmp_path / "rows.png").stat().st_size > 0
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_mae_pictures_have_column_titles(tmp_path):

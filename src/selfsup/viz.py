@@ -1,6 +1,8 @@
 """Pictures of a run: training curves from metrics.jsonl, and grids of images."""
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 
 from .outputs import atomic_path
@@ -9,12 +11,37 @@ TITLE_HEIGHT = 16  # pixels of the band above a grid that holds its column title
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
+    """matplotlib.pyplot on the Agg backend: files only, no display needed. A letter its font
+    lacks (DejaVu Sans has Latin, Greek and Cyrillic, not CJK) is drawn as a box without a
+    `UserWarning: Glyph ... missing from font(s)` line for each: a class or file name is data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
     return plt
+
+
+@functools.lru_cache(maxsize=None)
+def text_font(size: int = 11):
+    """The font for text that PIL draws into pictures: DejaVu Sans, the TrueType font matplotlib
+    ships, so that 'Ödem' shows as itself (PIL's default font draws letters outside ASCII as
+    boxes; CJK is a box in DejaVu Sans too); PIL's default where it cannot be found."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+        path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=False)
+        return ImageFont.truetype(path, size)
+    except (ImportError, ValueError, OSError):
+        return ImageFont.load_default()
+
+
+def fitted(draw, text: str, font, width: float) -> str:
+    """`text` cut at its end to fit `width` pixels when drawn in `font`."""
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-1]
+    return text
 
 
 def save_figure(fig, out: Path, dpi: int, fmt: str = "png") -> Path:
@@ -93,11 +120,11 @@ def save_image_grid(rows: list, out: str | Path, min_side: int = 96, titles: lis
 
 def _with_titles(picture, titles: list[str], column_width: int):
     """`picture` below a white band with each title centred over its column."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     framed = Image.new("RGB", (picture.width, picture.height + TITLE_HEIGHT), "white")
     framed.paste(picture, (0, TITLE_HEIGHT))
-    draw, font = ImageDraw.Draw(framed), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(framed), text_font(11)
     for c, title in enumerate(titles):
         x = c * column_width + (column_width - 2 - draw.textlength(title, font=font)) / 2
         draw.text((max(0, x), 2), title, fill="black", font=font)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..viz import pyplot
+from ..viz import fitted, pyplot, text_font
 
 
 def figure_png(fig, dpi: int = 90) -> bytes:
@@ -51,7 +51,7 @@ def neighbour_grid(query_images: np.ndarray, query_labels: np.ndarray, gallery_i
     frame, caption, gap = 3, 12, 4
     step_x, step_y = side + 2 * frame + gap, side + 2 * frame + caption + gap
     canvas = Image.new("RGB", ((k + 1) * step_x, rows * step_y), "white")
-    draw = ImageDraw.Draw(canvas)
+    draw, font = ImageDraw.Draw(canvas), text_font(10)
     for r in range(rows):
         cells = [(query_images[r], query_labels[r], "query")]
         cells += [(gallery_images[j], gallery_labels[j], "same" if gallery_labels[j] == query_labels[r] else "other")
@@ -60,7 +60,8 @@ def neighbour_grid(query_images: np.ndarray, query_labels: np.ndarray, gallery_i
             x, y = c * step_x, r * step_y
             draw.rectangle([x, y, x + side + 2 * frame - 1, y + side + 2 * frame - 1], fill=COLOURS[kind])
             canvas.paste(Image.fromarray(np.asarray(image)).resize((side, side), Image.NEAREST), (x + frame, y + frame))
-            draw.text((x, y + side + 2 * frame), classes[label][:side // 6], fill=COLOURS[kind])
+            draw.text((x, y + side + 2 * frame), fitted(draw, classes[label], font, side + 2 * frame),
+                      fill=COLOURS[kind], font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
