@@ -465,3 +465,21 @@ def test_curate_outputs_are_written_whole_or_not_at_all(planted, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         plot_label_efficiency(curve, out / "curve.svg")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no half file, no temporary one
+
+
+def test_picture_titles_are_shortened_from_the_middle():
+    """Cut from the left, six files of three classes and two patients all read '…ild_016_größe.png';
+    the first folder (a class, a patient) and the file name are what tell them apart."""
+    from selfsup.curate.pictures import TITLE_WIDTH, _points, _short
+
+    names = [f"{c}/patient_0{p}/bild_016_größe.png" for c in ("Ödem", "normal", "结节") for p in (2, 5)]
+    titles = [_short(n) for n in names]
+    assert titles[0] == "Ödem/…/bild_016_größe.png" and titles[4] == "结节/…/bild_016_größe.png"
+    assert len({t.split("/")[0] for t in titles}) == 3 and all(t.endswith("/…/bild_016_größe.png") for t in titles)
+    assert _short("patient_07/série/img_009.png") == "patient_07/…/img_009.png"
+    assert _short("train/normal/patient_02/série/img_009.png") == "train/normal/…/img_009.png"  # what fits is kept
+    assert _short("airplane/0011.jpg") == "airplane/0011.jpg" and _short("a/b/c.png") == "a/b/c.png"  # whole
+    long_file = "x/a_very_long_file_name_of_a_scan_00000000001.png"
+    assert _short(long_file).startswith("x/a_very") and _short(long_file).endswith("001.png")
+    for name in [*names, long_file, "IMG_0001_" + "W" * 30 + ".JPG", "/" + "deep/" * 20 + "f.png"]:
+        assert _points(_short(name)) <= TITLE_WIDTH and "…" in _short(name), name
