@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .console import plural, say
+from .console import plural, say, warn
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
@@ -267,8 +267,8 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
             f"TypiClust leaves such outliers to last: the choices come from {summary['clusters_chosen_from']} "
             f"groups; a pool many times larger than the labels suits it better")
     if choice.copies:
-        say(f"select: warning: {choice.copies:,} of the {budget:,} chosen images are exact copies of images labelled "
-            f"or chosen before, ranked last: every other unlabelled image of the pool was chosen first")
+        warn(f"select: {choice.copies:,} of the {budget:,} chosen images are exact copies of images labelled or "
+             f"chosen before, ranked last: every other unlabelled image of the pool was chosen first")
     return summary
 
 
