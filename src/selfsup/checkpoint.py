@@ -7,6 +7,8 @@ checkpoint or the new one, never half of one.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -53,9 +55,21 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
 PLAIN_WEIGHTS = "plain weights: use --checkpoint weights:FILE"
 
 
-def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: str | None = PLAIN_WEIGHTS) -> dict:
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in pieces (a checkpoint may be larger than memory allows twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: str | None = PLAIN_WEIGHTS,
+                    with_sha256: bool = False) -> dict:
     """The checkpoint at `path`, refusing files selfsup did not write (and never unpickling them).
-    `plain_weights`: how the caller's command takes a plain weights file instead, if it does."""
+    `plain_weights`: how the caller's command takes a plain weights file instead, if it does.
+    `with_sha256`: add "file_sha256", the digest of the very bytes loaded (a run still training
+    may replace last.pt between a load and a second read)."""
     path = Path(path)
     instead = f" ({plain_weights})" if plain_weights else ""
     if path.is_dir():
@@ -69,7 +83,11 @@ def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: 
         raise UserError(f"{str(path)!r} is a weights file, not a selfsup checkpoint; give a .pt file written by "
                         f"selfsup pretrain{instead}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        if with_sha256:
+            data = path.read_bytes()
+            content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS:
         raise UserError(f"{str(path)!r} cannot be read as a selfsup checkpoint: it is damaged or cut short, or "
                         f"another kind of file; give a .pt file written by selfsup pretrain{instead}") from None
@@ -81,4 +99,6 @@ def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: 
     if method is not None and content.get("method") != method:
         raise UserError(f"checkpoint {str(path)!r} was written by method {content.get('method')!r}, "
                         f"not {method!r}; give a {method} checkpoint or use --method {content.get('method')}")
+    if with_sha256:
+        content["file_sha256"] = hashlib.sha256(data).hexdigest()
     return content

@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import provenance
 from .errors import UserError, nearest
 
 # Command-line flag -> dotted key of the run config (also the keyword arguments of selfsup.pretrain).
@@ -443,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .console import first_process  # imports tqdm: a Ctrl-C may land here too
 
+        provenance.COMMAND = ["selfsup", *(sys.argv[1:] if argv is None else argv)]  # for records and run.json
+
         args = build_parser().parse_args(argv)  # inside: commands import PyTorch, seconds a Ctrl-C may hit
         if args.command != "pretrain" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if not first_process():
@@ -471,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         if first_process():  # under torchrun: once, not once per process
             print("selfsup: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
+    finally:
+        provenance.COMMAND = None  # a later call from Python, in the same process, is the API's
 
 
 if __name__ == "__main__":

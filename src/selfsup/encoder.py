@@ -29,6 +29,8 @@ class Encoder:
     config: RunConfig | None = None  # the training run's config, when there was one
     # Names the weights and how images are prepared, so features can be cached (None: never cached).
     key: str | None = None
+    # A checkpoint's identity, for records: {"sha256": of the file, "position": {epoch, batch, step}}.
+    checkpoint: dict | None = None
 
     def __post_init__(self):
         # For inference, as a user of `load_encoder` calls it: BatchNorm on its running statistics,
@@ -63,7 +65,7 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
 
         key = f"{spec}|{size}|{stem}|{seed}|torch {torch.__version__}|timm {timm.__version__}"
         return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)", key=key)
-    checkpoint = load_checkpoint(spec)
+    checkpoint = load_checkpoint(spec, with_sha256=True)
     cfg = config_lib.from_dict(checkpoint["config"])
     if small_stem is not None and small_stem != bool(cfg.backbone.small_stem):
         flag = "--small-stem" if small_stem else "--no-small-stem"
@@ -81,7 +83,8 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
     cache_size = cfg.data.cache_size if size == cfg.data.image_size else default_cache_size(size)
     encoder = Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
                       f"{cfg.method} {cfg.backbone.name}, {trained} ({spec})", cfg,
-                      key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""))
+                      key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""),
+                      checkpoint={"sha256": checkpoint["file_sha256"], "position": checkpoint.get("position")})
     _refuse_other_backbone(spec, encoder.backbone.name, backbone)
     return encoder
 

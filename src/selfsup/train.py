@@ -186,6 +186,37 @@ def write_run_config(cfg: RunConfig) -> None:
             raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
 
 
+def same_data(a: dict, b: dict) -> bool:
+    """Two data identities agree: the same names and count, and the same pixels where both know
+    theirs (a checkpoint or cache from before the pixels were hashed knows none)."""
+    known = a.get("pixels_sha256") and b.get("pixels_sha256")
+    return (a["images"], a["names_sha256"]) == (b["images"], b["names_sha256"]) and \
+        (not known or a["pixels_sha256"] == b["pixels_sha256"])
+
+
+def write_run_provenance(cfg: RunConfig, device: torch.device, resumed: bool) -> None:
+    """RUN_DIR/run.json: the command, versions, host and device that started the run, and those of
+    each --resume after (a run finished on another machine or version says so)."""
+    from .provenance import provenance
+
+    if not dist.is_main():
+        return
+    path, entry = Path(cfg.out) / "run.json", provenance(device)
+    try:
+        saved = json.loads(path.read_text()) if resumed and path.is_file() else {}
+    except (OSError, ValueError):
+        saved = {}  # a run.json cut short or made before it existed: the start is unknown
+    content = {"started": saved.get("started"), "resumed": saved.get("resumed", [])}
+    if resumed:
+        content["resumed"].append(entry)
+    else:
+        content["started"] = entry
+    try:
+        write_text_atomically(path, json.dumps(content, indent=1))
+    except OSError as e:
+        raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Data
 
@@ -286,7 +317,7 @@ class Trainer:
         if self.world == 1:
             return
         identities = dist.all_gather_objects(self._data_identity())
-        if all(identity == identities[0] for identity in identities):
+        if all(same_data(identity, identities[0]) for identity in identities):
             return
         found = ", ".join(f"process {r}: {identity['images']:,} images" for r, identity in enumerate(identities))
         dist.refuse(f"the processes read different data at {self.cfg.data.path} ({found}"
@@ -331,13 +362,14 @@ class Trainer:
                     epoch_sums=epoch_sums[0], epoch_sums_per_rank=epoch_sums)
 
     def _data_identity(self) -> dict:
-        """What the run trains on, by file names: the data may move (--data on --resume), not change."""
+        """What the run trains on, by file names and decoded pixels: the data may move (--data on
+        --resume), not change."""
         names = hashlib.sha256("\n".join(self.cache.names).encode()).hexdigest()[:16]
-        return {"images": len(self.cache), "names_sha256": names}
+        return {"images": len(self.cache), "names_sha256": names, "pixels_sha256": self.cache.pixels_sha256}
 
     def _restore(self, checkpoint: dict) -> None:
         saved, now = checkpoint.get("data"), self._data_identity()
-        if saved is not None and saved != now:
+        if saved is not None and not same_data(saved, now):
             raise UserError(f"--resume: {self.cfg.data.path} holds {now['images']:,} images, not the "
                             f"{saved['images']:,} images this run was trained on"
                             f"{'' if now['images'] != saved['images'] else ' (other files)'}; resume with "
@@ -595,4 +627,5 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
         trainer = Trainer(cfg, checkpoint, show_progress)
         if checkpoint is None:
             write_run_config(cfg)
+        write_run_provenance(cfg, trainer.device, resumed=checkpoint is not None)
         return trainer.fit()

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,9 @@ class ImageCache:
     grayscale_rows: np.ndarray  # (G,) int64 rows whose image was gray (one channel, or three equal ones)
     source: str  # a description of where the images came from
     median_side: int | None  # the images' median shorter side before resizing (None: not known)
+    # SHA-256 of images.u8, the decoded pixels: the data by content, not by file names and times
+    # (None: a cache built before it was kept, or frames of videos).
+    pixels_sha256: str | None = field(default=None, kw_only=True)  # keyword-only: subclasses add fields
 
     def __len__(self) -> int:
         return len(self.names)
@@ -357,6 +360,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
     """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
     staging = make_staging(target)
     names, skipped, grayscale_rows, sides, notes = [], [], [], [], {}
+    digest = hashlib.sha256()  # hashed as written: no second pass over a cache of many GB
     bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
     try:
         with open(staging / "images.u8", "wb") as pixels:
@@ -365,7 +369,9 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 if decoded is None:
                     skipped.append(name)
                 else:
-                    pixels.write(decoded[0].tobytes())
+                    row = decoded[0].tobytes()
+                    pixels.write(row)
+                    digest.update(row)
                     if decoded[1]:
                         grayscale_rows.append(len(names))
                     sides.append(decoded[2])
@@ -378,7 +384,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
                 "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None,
-                "notes": notes}
+                "notes": notes, "pixels_sha256": digest.hexdigest()}
         publish(staging, target, meta)
     except BaseException:
         bar.close()
@@ -542,7 +548,7 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],
                       skipped=meta["skipped"], grayscale_rows=np.asarray(meta["grayscale_rows"], dtype=np.int64),
-                      source=description, median_side=meta["median_side"])
+                      source=description, median_side=meta["median_side"], pixels_sha256=meta.get("pixels_sha256"))
 
 
 def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,

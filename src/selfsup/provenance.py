@@ -1,0 +1,60 @@
+"""Where a result came from: the command, the software versions, the machine and the device.
+
+One small block, written into every evaluation record (RUN_DIR/evals.jsonl) and into a run's
+run.json, so that a figure can be traced to what made it without asking anyone.
+"""
+from __future__ import annotations
+
+import platform
+import socket
+from importlib import metadata
+from pathlib import Path
+
+# Set by `selfsup.cli.main` to the command line it runs; anything else is a call from Python.
+COMMAND: list[str] | None = None
+
+
+def git_commit(start: Path = Path(__file__).resolve().parent) -> str | None:
+    """The commit of the selfsup checkout this code runs from (None for an installed wheel), read
+    from .git itself: no subprocess, and no git needed on the machine."""
+    for folder in (start, *start.parents):
+        git = folder / ".git"
+        try:
+            if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+                git = (folder / git.read_text().split(":", 1)[1].strip()).resolve()
+            if not git.is_dir():
+                continue
+            head = (git / "HEAD").read_text().strip()
+            if not head.startswith("ref: "):
+                return head  # a detached HEAD is the commit itself
+            ref = head[5:]
+            common = Path((git / "commondir").read_text().strip()) if (git / "commondir").is_file() else None
+            for root in (git, (git / common).resolve() if common else None):
+                if root is not None and (root / ref).is_file():
+                    return (root / ref).read_text().strip()
+                packed = root / "packed-refs" if root is not None else None
+                if packed is not None and packed.is_file():
+                    for line in packed.read_text().splitlines():
+                        if line.endswith(" " + ref):
+                            return line.split()[0]
+            return None
+        except (OSError, IndexError):
+            return None
+    return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(device=None) -> dict:
+    """The block: command line (or "python API"), versions, host, device and selfsup's commit."""
+    from . import __version__  # the code that runs, not whatever copy pip installed elsewhere
+
+    versions = {"selfsup": __version__, **{name: _version(name) for name in ("torch", "torchvision", "timm")}}
+    return {"command": COMMAND if COMMAND is not None else "python API",
+            "versions": {**versions, "python": platform.python_version()}, "host": socket.gethostname(),
+            "device": None if device is None else str(device), "git_commit": git_commit()}
