@@ -130,15 +130,65 @@ def test_results_name_train_and_test_data_by_absolute_paths(split_folder, monkey
     monkeypatch.chdir(split_folder.parent)
     result = evaluate_linear("random:resnet18", data=split_folder.name, epochs=1, lr=1e-3, weight_decay=0.0,
                              **TINY)
-    assert (result["train_data"], result["test_data"]) == (f"{split_folder} [train]", f"{split_folder} [test]")
+    assert (result["train_data"], result["test_data"]) == (f"{split_folder}/train", f"{split_folder}/test")
     # The test split's cache was just built under a relative name: from another folder, the
     # results still name the data by the path given now.
     monkeypatch.chdir(split_folder / "train")
     result = evaluate_knn("random:resnet18", data="..", k=5, **TINY)
-    assert (result["train_data"], result["test_data"]) == (f"{split_folder} [train]", f"{split_folder} [test]")
+    assert (result["train_data"], result["test_data"]) == (f"{split_folder}/train", f"{split_folder}/test")
 
 
 def test_data_together_with_train_or_test_is_refused(tmp_path):
     from selfsup.eval.data import open_labelled
     with pytest.raises(UserError, match=r"^give either --data .* or --train and --test, not both$"):
         open_labelled(16, train=tmp_path, data=tmp_path)
+
+
+def test_every_setting_that_changes_a_result_is_recorded(split_folder, tmp_path):
+    # Two linear probes that differ only in --val-fraction or --batch-size shared a report column,
+    # because neither setting was written into the result.
+    from selfsup.eval import evaluate_finetune
+
+    probe = dict(data=split_folder, epochs=1, lr=1e-3, weight_decay=0.0, **TINY)
+    result = evaluate_linear("random:resnet18", val_fraction=0.3, batch_size=16, **probe)
+    assert (result["val_fraction"], result["batch_size"]) == (0.3, 16)
+    tuned = evaluate_finetune("random:resnet18", data=split_folder, val_fraction=0.2,
+                              config={"epochs": 1, "min_steps": 1, "batch_size": 16}, **TINY)
+    assert tuned["val_fraction"] == 0.2 and tuned["config"]["batch_size"] == 16
+    curve = label_efficiency_curve(["random:resnet18"], data=split_folder, protocol="linear", per_class=(2,), seeds=1,
+                                   out=tmp_path / "c.png", protocol_options={"epochs": 1, "batch_size": 16,
+                                                                             "val_fraction": 0.2},
+                                   **{k: v for k, v in TINY.items() if k != "record"})
+    assert (curve["batch_size"], curve["val_fraction"], curve["epochs"]) == (16, 0.2, 1)
+
+
+def test_one_seed_of_several_reruns_from_its_subset_file(split_folder):
+    # Under --subset the probe's generator was seeded with the loop's index (0), not the saved
+    # subset's seed: seed 1 rerun from its own file gave another figure.
+    options = dict(data=split_folder, epochs=5, **TINY)
+    both = evaluate_linear("random:resnet18", per_class=5, seeds=2, **options)
+    assert [s["seed"] for s in both["per_seed"]] == [0, 1]
+    again = evaluate_linear("random:resnet18", subset=both["subsets"][1], **options)
+    assert again["per_seed"] == [both["per_seed"][1]]
+    assert (again["labelled_images"], again["val_images"]) == (both["labelled_images"], both["val_images"])
+
+
+def test_caches_and_results_know_the_decoded_pixels(split_folder):
+    # The data's identity by content: a cache keyed by names, sizes and times cannot see an image
+    # edited in place; the SHA-256 of its decoded pixels can. Old caches (no digest) still open.
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    cache = load_cache(open_source(split_folder, "train"), 16, show_progress=False)
+    assert cache.pixels_sha256 == hashlib.sha256(np.asarray(cache.images).tobytes()).hexdigest()
+    result = evaluate_knn("random:resnet18", data=split_folder, k=5, **TINY)
+    assert result["train_pixels_sha256"] == cache.pixels_sha256 and len(result["test_pixels_sha256"]) == 64
+    index = Path(cache.images.filename).parent / "index.json"
+    meta = json.loads(index.read_text())
+    del meta["pixels_sha256"]
+    index.write_text(json.dumps(meta))
+    assert load_cache(open_source(split_folder, "train"), 16, show_progress=False).pixels_sha256 is None
+    assert evaluate_knn("random:resnet18", data=split_folder, k=5, **TINY)["train_pixels_sha256"] is None

@@ -13,8 +13,8 @@ from ..errors import UserError, unknown_choice
 from ..outputs import output_file
 from ..viz import pyplot, save_figure
 from .data import check_options, prepare
-from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol
-from .record import record_result
+from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol, setting_defaults
+from .record import checkpoint_identity, data_digests, data_name, record_result
 from .subsets import Budget, make_split
 
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
@@ -59,14 +59,17 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
             run_sizes.add(setup.encoder.image_size)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
-                    "image_size": setup.encoder.image_size, "points": [{k: r[k] for k in POINT_KEYS} for r in runs]}
+                    "image_size": setup.encoder.image_size, **checkpoint_identity(setup.encoder),
+                    "points": [{k: r[k] for k in POINT_KEYS} for r in runs]}
+    settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point
     result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
-              "classes": len(setup.test.classes), "train_data": setup.train.source,
-              "test_data": setup.test.source, "lines": lines}
+              "classes": len(setup.test.classes), "train_data": data_name(setup.train.source),
+              "test_data": data_name(setup.test.source), **data_digests(setup), **settings, "lines": lines}
     result["plot"] = str(plot_label_efficiency(result, out))
     if record:
-        for line in lines:
-            record_result(line["checkpoint"], result)
+        for line in lines:  # each run's record names its own checkpoint, for the report to tell it is current
+            record_result(line["checkpoint"], {**result, **{k: v for k, v in line.items() if k.startswith("checkpoint_")}},
+                          setup.device)
     return result
 
 

@@ -25,7 +25,7 @@ from .features import extract_features
 from .finetune import FinetuneConfig, finetune
 from .knn import knn_scores, topk_accuracy
 from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
-from .record import record_result
+from .record import checkpoint_identity, data_digests, data_name, record_result
 from .retrieval import mean_average_precision, nearest_neighbours, precision_at_k
 from .stats import summarise
 from .subsets import Budget, Split, listed_split, make_split, save_split
@@ -34,6 +34,21 @@ DEFAULT_VAL_FRACTION = 0.1
 KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
 LINEAR_EPOCHS = 100
 VIT_ONLY_FINETUNE_SETTINGS = ("layer_decay", "drop_path_rate")
+
+
+def setting_defaults(protocol: str) -> dict:
+    """Every setting of a protocol that changes its figure, with its default: each is written into
+    the result, and the report names those that differ in the result's column (so that figures
+    made otherwise never share one). k is part of kNN's column already; retrieval's ks change no
+    headline (mAP). A finetune `config` is compared field by field."""
+    from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS
+
+    return {"knn": {"temperature": KNN_TEMPERATURE},
+            "linear": {"epochs": LINEAR_EPOCHS, "lr_grid": list(SWEEP_LRS), "weight_decay_grid": list(SWEEP_WEIGHT_DECAYS),
+                       "batch_size": 1024, "val_fraction": DEFAULT_VAL_FRACTION},
+            "finetune": {"config": json.loads(json.dumps(asdict(FinetuneConfig()))),  # tuples as JSON gives them back
+                         "val_fraction": DEFAULT_VAL_FRACTION},
+            "retrieval": {}}.get(protocol, {})
 
 
 @dataclass
@@ -129,7 +144,8 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     splits = [_split(setup, budget, seed, val_fraction) for seed in range(seeds)]
-    per_seed = [one_seed(split) for split, _ in splits]
+    # Each seed's own (a subset JSON's seed, not the loop's index), so one seed can be rerun alone.
+    per_seed = [{**one_seed(split), "seed": split.seed} for split, _ in splits]
     split, classes = splits[-1][0], len(setup.train.classes)
     summary = summarise(per_seed, ("top1", "top5"), len(setup.test))
     interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
@@ -138,7 +154,8 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
             **({"subset": budget.subset} if budget.subset else {}), "seeds": seeds,
             "labels_per_class": len(split.train) / max(1, classes), "train_images": len(setup.train),
             "labelled_images": len(split.train), "val_images": len(split.val), "test_images": len(setup.test),
-            "classes": classes, "train_data": setup.train.source, "test_data": setup.test.source,
+            "classes": classes, "train_data": data_name(setup.train.source),
+            "test_data": data_name(setup.test.source), **data_digests(setup), **checkpoint_identity(setup.encoder),
             **summary, **settings, **interval, "subsets": [file for _, file in splits if file], "per_seed": per_seed}
 
 
@@ -197,7 +214,8 @@ def linear_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
         return {**topk_accuracy(scores, reveal_test_labels(setup)), "chosen": chosen}
 
     return run_seeds("linear", setup, budget, seeds, val_fraction, one_seed,
-                     {"epochs": epochs, "lr_grid": list(lrs), "weight_decay_grid": list(wds)})
+                     {"epochs": epochs, "lr_grid": list(lrs), "weight_decay_grid": list(wds), "batch_size": batch_size,
+                      "val_fraction": val_fraction})
 
 
 def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
@@ -218,7 +236,8 @@ def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
     recorded = asdict(config)
     if encoder.backbone.kind != "vit":  # settings that only ViTs have: not part of this result
         recorded = {k: v for k, v in recorded.items() if k not in VIT_ONLY_FINETUNE_SETTINGS}
-    return run_seeds("finetune", setup, budget, seeds, val_fraction, one_seed, {"config": recorded})
+    return run_seeds("finetune", setup, budget, seeds, val_fraction, one_seed,
+                     {"config": recorded, "val_fraction": val_fraction})
 
 
 def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, ks: tuple[int, ...] = (1, 10, 50),
@@ -229,12 +248,14 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
     seeds = _seeds_that_differ("retrieval", budget, seeds)
     train_x, test_x = setup.features()
     train_y = _train_labels(setup) if setup.train.labels is not None else None
+    written = []  # the first seed's lists (a subset JSON's seed need not be 0)
 
     def one_seed(split: Split) -> dict:
         gallery = train_x[split.train]
         similarity, neighbours = nearest_neighbours(test_x, gallery, max(ks))
-        if out is not None and split.seed == 0:
+        if out is not None and not written:
             _write_neighbours(out, setup, split, similarity, neighbours)
+            written.append(out)
         if not setup.labelled:
             return {}
         labels, gallery_y = reveal_test_labels(setup), train_y[split.train]
@@ -253,7 +274,7 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
 
 def _write_neighbours(out, setup: Setup, split: Split, similarity: torch.Tensor, neighbours: torch.Tensor) -> None:
     names = [setup.train.names[i] for i in split.train]
-    content = {"queries": setup.test.names, "gallery": setup.train.source,
+    content = {"queries": setup.test.names, "gallery": data_name(setup.train.source),
                "neighbours": [[names[j] for j in row] for row in neighbours.tolist()],
                "similarity": [[round(s, 5) for s in row] for row in similarity.tolist()]}
     with atomic_path(out) as tmp:
@@ -266,7 +287,7 @@ def _write_neighbours(out, setup: Setup, split: Split, similarity: torch.Tensor,
 
 def _finish(setup: Setup, result: dict, record: bool) -> dict:
     if record:
-        record_result(setup.spec, result)
+        record_result(setup.spec, result, setup.device)
     return result
 
 

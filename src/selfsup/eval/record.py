@@ -1,12 +1,15 @@
 """Evaluation results kept with the run they evaluate: RUN_DIR/evals.jsonl.
 
 An evaluation of a checkpoint that sits in its run folder (beside config.yaml) appends its
-result, one JSON object per line, with the time and the data it used; `selfsup report` reads
+result, one JSON object per line, with the time, the data it used, the checkpoint's identity
+(its file's SHA-256 and position) and where it was made (`provenance`); `selfsup report` reads
 them back. Encoders that are not runs (random:, weights:) are not recorded.
 """
 from __future__ import annotations
 
+import re
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from ..console import warn
@@ -24,12 +27,65 @@ def run_folder(spec: str) -> Path | None:
     return folder if (folder / "config.yaml").is_file() else None
 
 
-def record_result(spec: str, result: dict) -> Path | None:
-    """Append `result` to the run's evals.jsonl; returns the file (None: not a run)."""
+def data_name(source: str) -> str:
+    """One name per set of images: a folder's split ("/d/small [test]", from --data) is named as
+    the folder it is ("/d/small/test", from --test), so the report puts both in one column. A
+    split inside a tar keeps its bracket."""
+    from ..data.sources import is_tar_path
+
+    match = re.fullmatch(r"(.*) \[([^\]/]+)\]", source)
+    if match is None or is_tar_path(Path(match[1])):
+        return source
+    return f"{match[1]}/{match[2]}"
+
+
+def data_digests(setup) -> dict:
+    """The SHA-256 of the decoded pixels of the training and test images (None: a cache built
+    before it was kept), which change when any image does, whatever its name, size or time."""
+    return {"train_pixels_sha256": setup.train.pixels_sha256, "test_pixels_sha256": setup.test.pixels_sha256}
+
+
+def checkpoint_identity(encoder) -> dict:
+    """The evaluated checkpoint, for a record: its file's SHA-256 (what tells it from a later
+    last.pt of the same run; a copied run keeps it, unlike a modification time) and its position
+    (epoch, batch, step), which the report shows. {} for encoders that are not checkpoints."""
+    if encoder.checkpoint is None:
+        return {}
+    return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"]}
+
+
+@lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from ..checkpoint import file_sha256
+    return file_sha256(path)
+
+
+def current_checkpoint_sha256(run_dir: str | Path) -> str | None:
+    """The SHA-256 of the run's last.pt now (None: none), hashed once per file version."""
+    path = Path(run_dir) / "last.pt"
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def is_current(record: dict, current_sha256: str | None) -> bool:
+    """Whether a record evaluated the run's last.pt as it is now; records made before the
+    checkpoint's digest was kept cannot tell, and count as current."""
+    saved = record.get("checkpoint_sha256")
+    return saved is None or saved == current_sha256
+
+
+def record_result(spec: str, result: dict, device=None) -> Path | None:
+    """Append `result` to the run's evals.jsonl, with its provenance; returns the file (None: not a run)."""
+    from ..provenance import provenance
+
     folder = run_folder(spec)
     if folder is None:
         return None
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": spec, **result}
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": spec, **result,
+            "provenance": provenance(device)}
     path = folder / EVALS_FILE
     try:
         append_json_line(path, line)

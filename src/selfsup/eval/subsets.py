@@ -104,7 +104,9 @@ def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int
 def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: float) -> Split:
     """The labelled images are those `budget.subset` lists; the validation split is cut from them
     as from a class-balanced subset (`val_fraction` of each class, a class of one image keeps it),
-    except in a subset JSON that eval saved, whose own validation images are taken as they are."""
+    except in a subset JSON that eval saved, whose own validation images are taken as they are,
+    and whose seed is the split's (a probe seeds its generator with it: one seed of --seeds N,
+    rerun from its file, gives that seed's figure)."""
     if not 0 <= val_fraction <= 0.5:
         raise UserError(f"--val-fraction must lie in [0, 0.5], got {val_fraction}")
 
@@ -115,7 +117,9 @@ def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: flo
         train = rows(names_listed_in(budget.subset, "--subset", json_lists=("train",)))
         val = rows(names_listed_in(budget.subset, "--subset", allow_empty=True, json_lists=("val",)))
         _warn_of_absent_classes(cache, np.concatenate([train, val]), budget.subset)
-        return Split(train, val, seed)
+        content = json.loads(Path(budget.subset).expanduser().read_text(encoding="utf-8-sig"))
+        saved = content.get("seed") if isinstance(content, dict) else None
+        return Split(train, val, saved if isinstance(saved, int) else seed)
     listed = rows(names_listed_in(budget.subset, "--subset"))
     train, val = [], []
     for c in range(len(cache.classes)):
