@@ -266,19 +266,19 @@ def test_comparison_keeps_results_on_other_data_or_k_in_other_columns(tmp_path):
 
     def knn(top1, test, k=200, train=None, budget="all labels"):
         return {"protocol": "knn", "budget": budget, "k": k, "top1": top1, "test_data": test,
-                "train_data": train or test.replace("[test]", "[train]")}
+                "train_data": train or test.replace("/test", "/train")}
 
-    cifar, stl = "/d/cifar [test]", "/d/stl [test]"
+    cifar, stl = "/d/cifar/test", "/d/stl/test"
     a = fake_run(tmp_path / "a", [knn(0.5, cifar), knn(0.6, cifar), knn(0.3, stl), knn(0.4, cifar, k=20)])
-    b = fake_run(tmp_path / "b", [knn(0.7, stl), knn(0.8, cifar, train="/d/cifar-5k [train]"),
+    b = fake_run(tmp_path / "b", [knn(0.7, stl), knn(0.8, cifar, train="/d/cifar-5k/train"),
                                   knn(0.2, cifar, budget="4 per class")])
     headers, rows = comparison_rows([a, b], ["a", "b"])
     figures = {h: (ra, rb) for h, ra, rb in zip(headers, *rows) if h.startswith("knn")}
     assert figures == {  # one column per protocol, k, budget and data; the latest result of each
-        f"knn k=200 (all labels) on {cifar}, labels from /d/cifar [train]": (0.6, None),
+        f"knn k=200 (all labels) on {cifar}, labels from /d/cifar/train": (0.6, None),
         f"knn k=200 (all labels) on {stl}": (0.3, 0.7),
         f"knn k=20 (all labels) on {cifar}": (0.4, None),
-        f"knn k=200 (all labels) on {cifar}, labels from /d/cifar-5k [train]": (None, 0.8),
+        f"knn k=200 (all labels) on {cifar}, labels from /d/cifar-5k/train": (None, 0.8),
         f"knn k=200 (4 per class) on {cifar}": (None, 0.2)}
 
 
@@ -317,3 +317,92 @@ def test_report_cells_keep_small_values_exact():
     from selfsup.report.html import number
     assert number(0.00015) == "0.00015" and number(5e-4) == "0.0005" and number(1e-6) == "1e-06"
     assert number(0.30700001) == "0.3070" and number(5.2907) == "5.2907" and number(0.0) == "0.0000"
+
+
+def test_settings_seeds_and_one_test_set_named_two_ways_make_the_columns(tmp_path):
+    # --val-fraction 0.3, --batch-size 16 and --seeds 3 each shared the default's column; the same
+    # test set given as --data (".../cifar [test]") or --test (".../cifar/test") had two.
+    from selfsup.report.tables import comparison_rows
+
+    def linear(top1, test="/d/cifar/test", **extra):
+        return {"protocol": "linear", "budget": "4 per class", "image_size": 32, "top1": top1, "test_data": test,
+                "train_data": test.replace("test", "train"), "seeds": 1, **extra}
+
+    a = fake_run(tmp_path / "a", [linear(0.40, "/d/cifar [test]"), linear(0.30, val_fraction=0.3),
+                                  linear(0.31, batch_size=16), linear(0.35, seeds=3),
+                                  linear(0.41, val_fraction=0.1, batch_size=1024)])
+    headers, rows = comparison_rows([a], ["a"])
+    assert {h: v for h, v in zip(headers, rows[0]) if " on " in h} == {
+        "linear (4 per class, 32 px) on /d/cifar/test": 0.41,
+        "linear (4 per class, 32 px, val fraction 0.3) on /d/cifar/test": 0.30,
+        "linear (4 per class, 32 px, batch size 16) on /d/cifar/test": 0.31,
+        "linear (4 per class, 32 px, 3 seeds) on /d/cifar/test": 0.35}
+
+
+class Stop(Exception):
+    """Stands in for a Ctrl-C in the middle of a run."""
+
+
+def test_a_result_of_an_older_checkpoint_is_not_the_runs(tmp_path, split_folder, monkeypatch):
+    # kNN of the checkpoint written at step 2, then the run resumed to its end: the report showed
+    # that figure as the run's. Records now name the checkpoint (SHA-256, position).
+    from selfsup.provenance import provenance
+    from selfsup.report.tables import EVAL_HEADERS, comparison_rows, eval_rows, run_evals
+    from selfsup.train import Trainer
+
+    original, calls = Trainer.step, []
+
+    def step_then_stop(self, images):
+        if len(calls) == 2:
+            raise Stop
+        calls.append(1)
+        original(self, images)
+
+    run = tmp_path / "run"
+    user = merge_dicts(TINY_RUN, {"out": str(run), "data": {"path": str(split_folder)},
+                                  "train": {"checkpoint_every_steps": 1}})
+    monkeypatch.setattr(Trainer, "step", step_then_stop)
+    with pytest.raises(Stop):
+        run_pretraining(user)
+    monkeypatch.setattr(Trainer, "step", original)
+    common = dict(data=split_folder, k=(5,), device="cpu", show_progress=False)
+    early = evaluate_knn(run, **common)
+    assert early["checkpoint_position"] == {"epoch": 0, "batch": 2, "step": 2}
+    run_pretraining(user, resume=True)
+
+    def table():
+        headers, [row] = comparison_rows([run], ["run"])
+        return [dict(zip(EVAL_HEADERS, r))["checkpoint"] for r in eval_rows(run_evals(run))], \
+            {h: v for h, v in zip(headers, row) if h.startswith("knn")}
+
+    assert table() == (["0 epochs + 2 batches (not last.pt now)"], {})
+    final = evaluate_knn(run, **common)
+    marks, figures = table()
+    assert marks == ["0 epochs + 2 batches (not last.pt now)", "2 epochs"]
+    assert list(figures.values()) == [final["top1"]]
+    assert len(torch.load(run / "last.pt", weights_only=True)["data"]["pixels_sha256"]) == 64
+    # Provenance: in every record, and in run.json (the start, then each --resume).
+    started = json.loads((run / "run.json").read_text())
+    assert started["started"]["command"] == "python API" and len(started["resumed"]) == 1
+    record = read_evals(run)[-1]["provenance"]
+    assert record["device"] == "cpu" and record["versions"]["python"] == provenance()["versions"]["python"]
+    assert set(record) == {"command", "versions", "host", "device", "git_commit"}
+    assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(split_folder), "--k", "5", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert read_evals(run)[-1]["provenance"]["command"][:3] == ["selfsup", "eval", "knn"]
+
+
+def test_git_commit_is_read_from_the_checkout_without_git(tmp_path):
+    from selfsup.provenance import git_commit
+
+    git, inner = tmp_path / "repo" / ".git", tmp_path / "repo" / "src" / "selfsup"
+    inner.mkdir(parents=True)
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    assert git_commit(inner) is None  # a branch with no commit yet
+    (git / "packed-refs").write_text("# pack-refs\n" + "a" * 40 + " refs/heads/main\n")
+    assert git_commit(inner) == "a" * 40
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert git_commit(inner) == "b" * 40
+    (git / "HEAD").write_text("c" * 40 + "\n")  # detached
+    assert git_commit(inner) == "c" * 40

@@ -12,7 +12,7 @@ from ..config import override, ranged
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from . import figures, html
-from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves, read_run_config
+from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves, read_run_config, run_evals
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt")
 
@@ -137,11 +137,10 @@ def _pictures(run: Path, skip: set[str]) -> str:
 
 
 def _run_section(run: Path, name: str, index: int, where_given: dict, options: dict) -> str:
-    from ..eval.record import read_evals
     from ..train import read_metrics
 
     cfg, config_html = _config(run)
-    metrics, evals = read_metrics(run), read_evals(run)
+    metrics, evals = read_metrics(run), run_evals(run)
     rows = eval_rows(evals)
     grid, embedding = _embedding_pictures(run, cfg, _labelled_data(cfg, **where_given), options)
     parts = [f'<section class="run" id="run-{index}"><h2>{escape(name)}</h2>{html.note(str(run.resolve()))}',

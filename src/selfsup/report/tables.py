@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-EVAL_HEADERS = ["time", "protocol", "labels", "image size", "seeds", "top-1", "95 % interval", "top-5", "other",
-                "test data"]
+EVAL_HEADERS = ["time", "checkpoint", "protocol", "labels", "image size", "seeds", "top-1", "95 % interval", "top-5",
+                "other", "test data"]
 
 
 def _mean_std(result: dict, key: str) -> str:
@@ -18,24 +18,28 @@ def _mean_std(result: dict, key: str) -> str:
 
 def _settings(result: dict) -> list[str]:
     """The protocol settings of a result that differ from the protocol's defaults (so that results
-    made otherwise are told apart): kNN's temperature, the linear probe's epochs and grids,
-    fine-tuning's config."""
-    from ..eval.finetune import FinetuneConfig
-    from ..eval.linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS
-    from ..eval.protocols import KNN_TEMPERATURE, LINEAR_EPOCHS
+    made otherwise are told apart): kNN's temperature, the probe's epochs, grids, batch size and
+    validation fraction, fine-tuning's config, ... (`protocols.setting_defaults`). A record made
+    before a setting was written counts as made with its default."""
+    from ..eval.protocols import setting_defaults
 
-    protocol = result["protocol"]
-    if protocol == "knn" and result.get("temperature", KNN_TEMPERATURE) != KNN_TEMPERATURE:
-        return [f"T={result['temperature']}"]
-    if protocol == "linear":
-        defaults = {"epochs": LINEAR_EPOCHS, "lr_grid": list(SWEEP_LRS), "weight_decay_grid": list(SWEEP_WEIGHT_DECAYS)}
-        return [f"{key.replace('_', ' ')} {result[key]}" for key, value in defaults.items()
-                if key in result and result[key] != value]
-    if protocol == "finetune":
-        defaults = {key: list(v) if isinstance(v, tuple) else v for key, v in vars(FinetuneConfig()).items()}
-        return [f"{key.replace('_', ' ')} {value}" for key, value in (result.get("config") or {}).items()
-                if key in defaults and value != defaults[key]]  # tuples come back from JSON as lists
-    return []
+    protocol = result.get("curve_protocol") if result["protocol"] == "curve" else result["protocol"]
+    parts = []
+    for key, default in setting_defaults(protocol).items():
+        if isinstance(default, dict):  # finetune's config, field by field
+            parts += [f"{k.replace('_', ' ')} {v}" for k, v in (result.get(key) or {}).items()
+                      if k in default and v != default[k]]
+        elif result.get(key, default) != default:
+            parts.append(f"T={result[key]}" if key == "temperature" else f"{key.replace('_', ' ')} {result[key]}")
+    return parts
+
+
+def _position(result: dict) -> str:
+    """The evaluated checkpoint's place in its run: '2 epochs', or '0 epochs + 2 batches' for one
+    written mid-epoch; '(not last.pt now)' when the run has moved on since (see `is_current`)."""
+    at = result.get("checkpoint_position")
+    text = "" if not at else f"{at['epoch']} epochs" + (f" + {at['batch']} batches" if at.get("batch") else "")
+    return text + ("" if result.get("current", True) else " (not last.pt now)")
 
 
 def _other(result: dict) -> str:
@@ -58,7 +62,7 @@ def eval_rows(evals: list[dict]) -> list[list]:
             continue
         ci = r.get("top1_ci")
         size = r.get("image_size")  # not in records made before 2026-11-26
-        rows.append([r.get("time", ""), r["protocol"], r.get("budget", ""), f"{size} px" if size else "",
+        rows.append([r.get("time", ""), _position(r), r["protocol"], r.get("budget", ""), f"{size} px" if size else "",
                      r.get("seeds", 1),
                      _mean_std(r, "top1"), f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "", _mean_std(r, "top5"),
                      _other(r), r.get("test_data", "")])
@@ -66,8 +70,10 @@ def eval_rows(evals: list[dict]) -> list[list]:
 
 
 def latest_curves(evals: list[dict]) -> list[dict]:
-    """The last label-efficiency curve recorded for each protocol (kNN, linear, fine-tuning)."""
-    latest = {r.get("curve_protocol"): r for r in evals if r.get("protocol") == "curve"}
+    """The last label-efficiency curve recorded for each protocol (kNN, linear, fine-tuning) and
+    its settings, of the run's current checkpoint."""
+    latest = {(r.get("curve_protocol"), *_settings(r)): r for r in evals
+              if r.get("protocol") == "curve" and r.get("current", True)}
     return list(latest.values())
 
 
@@ -77,12 +83,16 @@ def _headline(result: dict) -> float | None:
 
 def _column(result: dict) -> tuple:
     """What a result's figure is comparable with: the same protocol (and k for kNN), label budget,
-    image size, settings, training and test data. Results that differ in any of these never share
-    a column."""
+    image size, number of seeds, settings, training and test data (one name however the folder
+    was given). Results that differ in any of these never share a column."""
+    from ..eval.record import data_name
+
     k = f" k={result.get('k')}" if result["protocol"] == "knn" else ""
     size = [f"{result['image_size']} px"] if result.get("image_size") else []
-    details = ", ".join([result.get("budget", "all labels"), *size, *_settings(result)])
-    return f"{result['protocol']}{k} ({details})", result.get("train_data"), result.get("test_data")
+    seeds = [f"{result['seeds']} seeds"] if result.get("seeds", 1) > 1 else []  # a mean over seeds is another figure
+    details = ", ".join([result.get("budget", "all labels"), *size, *seeds, *_settings(result)])
+    train, test = (data_name(d) if d else d for d in (result.get("train_data"), result.get("test_data")))
+    return f"{result['protocol']}{k} ({details})", train, test
 
 
 def read_run_config(run: Path) -> dict | None:
@@ -98,9 +108,17 @@ def read_run_config(run: Path) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
+def run_evals(run: Path) -> list[dict]:
+    """The run's records, each marked "current": whether it evaluated the run's last.pt as it is
+    now (a result of a checkpoint written before a --resume finished is not the run's result)."""
+    from ..eval.record import current_checkpoint_sha256, is_current, read_evals
+
+    now = current_checkpoint_sha256(run)
+    return [{**r, "current": is_current(r, now)} for r in read_evals(run)]
+
+
 def _run_facts(run: Path) -> tuple[dict, dict]:
     """(what the run is, its latest headline figure in each column)."""
-    from ..eval.record import read_evals
     from ..train import read_metrics
 
     cfg = read_run_config(run) or {}
@@ -109,8 +127,8 @@ def _run_facts(run: Path) -> tuple[dict, dict]:
     facts = {"method": cfg.get("method"), "backbone": (cfg.get("backbone") or {}).get("name"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
-    figures = {_column(r): _headline(r) for r in read_evals(run)  # in time order: the latest stays
-               if r.get("protocol") != "curve" and _headline(r) is not None}
+    figures = {_column(r): _headline(r) for r in run_evals(run)  # in time order: the latest stays
+               if r.get("protocol") != "curve" and _headline(r) is not None and r["current"]}
     return facts, figures
 
 
