@@ -397,6 +397,7 @@ def test_git_commit_is_read_from_the_checkout_without_git(tmp_path):
 
     git, inner = tmp_path / "repo" / ".git", tmp_path / "repo" / "src" / "selfsup"
     inner.mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("[project]\nname = 'selfsup'\n")
     (git / "refs" / "heads").mkdir(parents=True)
     (git / "HEAD").write_text("ref: refs/heads/main\n")
     assert git_commit(inner) is None  # a branch with no commit yet
@@ -406,3 +407,7 @@ def test_git_commit_is_read_from_the_checkout_without_git(tmp_path):
     assert git_commit(inner) == "b" * 40
     (git / "HEAD").write_text("c" * 40 + "\n")  # detached
     assert git_commit(inner) == "c" * 40
+    # A wheel installed into a virtual environment inside another repository: not selfsup's commit.
+    wheel = tmp_path / "repo" / ".venv" / "lib" / "python3.11" / "site-packages" / "selfsup"
+    wheel.mkdir(parents=True)
+    assert git_commit(wheel) is None

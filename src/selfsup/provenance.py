@@ -16,8 +16,11 @@ COMMAND: list[str] | None = None
 
 def git_commit(start: Path = Path(__file__).resolve().parent) -> str | None:
     """The commit of the selfsup checkout this code runs from (None for an installed wheel), read
-    from .git itself: no subprocess, and no git needed on the machine."""
-    for folder in (start, *start.parents):
+    from .git itself: no subprocess, and no git needed on the machine. Only the checkout's own
+    root (src/selfsup's parent's parent) is looked at: a wheel installed in a virtual environment
+    inside some other repository must not report that repository's commit."""
+    root = start.parent.parent
+    for folder in ((root,) if start.parent.name == "src" and (root / "pyproject.toml").is_file() else ()):
         git = folder / ".git"
         try:
             if git.is_file():  # a worktree or submodule: "gitdir: PATH"

@@ -187,11 +187,10 @@ def write_run_config(cfg: RunConfig) -> None:
 
 
 def same_data(a: dict, b: dict) -> bool:
-    """Two data identities agree: the same names and count, and the same pixels where both know
-    theirs (a checkpoint or cache from before the pixels were hashed knows none)."""
-    known = a.get("pixels_sha256") and b.get("pixels_sha256")
-    return (a["images"], a["names_sha256"]) == (b["images"], b["names_sha256"]) and \
-        (not known or a["pixels_sha256"] == b["pixels_sha256"])
+    """Two data identities agree: the same names and count. The pixels' digest is kept for the
+    record but not compared: another Pillow or libjpeg, or a decoding fix in selfsup, decodes the
+    same files a little differently, which must not stop a resume or a run over machines."""
+    return (a["images"], a["names_sha256"]) == (b["images"], b["names_sha256"])
 
 
 def write_run_provenance(cfg: RunConfig, device: torch.device, resumed: bool) -> None:
@@ -362,8 +361,8 @@ class Trainer:
                     epoch_sums=epoch_sums[0], epoch_sums_per_rank=epoch_sums)
 
     def _data_identity(self) -> dict:
-        """What the run trains on, by file names and decoded pixels: the data may move (--data on
-        --resume), not change."""
+        """What the run trains on, by file names (compared: the data may move, --data on --resume,
+        not change) and decoded pixels (recorded)."""
         names = hashlib.sha256("\n".join(self.cache.names).encode()).hexdigest()[:16]
         return {"images": len(self.cache), "names_sha256": names, "pixels_sha256": self.cache.pixels_sha256}
 
