@@ -177,6 +177,21 @@ def test_16_bit_colour_images_are_decoded_in_full_and_stretched_jointly(kind):
     assert decode_image(png16(gray_tile), 16)[1]  # gray stays gray: one stretch for all channels
 
 
+def test_what_lies_under_transparent_pixels_does_not_set_a_16_bit_stretch():
+    """The percentiles were taken over every pixel: the same visible product came out bright or
+    black by the colour hidden under its transparent half."""
+    tile = field_tile(np.random.default_rng(2), bands=3)
+    alpha = np.zeros(tile.shape[:2] + (1,), np.uint16)
+    alpha[:, :8] = 65535  # the left half is seen, the right half transparent
+    outs = []
+    for hidden in (0, 65535):
+        pixels = tile.copy()
+        pixels[:, 8:] = hidden
+        outs.append(decode_image(png16(np.concatenate([pixels, alpha], axis=2)), 16)[0])
+    assert (outs[0][:, :8] == outs[1][:, :8]).all()
+    np.testing.assert_array_equal(outs[0][:, :8], stretched(tile[:, :8].astype(np.float64)))
+
+
 def test_16_bit_samples_pillow_reads_in_part_are_stretched_and_counted_in_a_warning(tmp_path, capsys):
     from selfsup.data.cache import TOP_BYTE, decode_noting
     gray_alpha = np.stack([field_tile(np.random.default_rng(2))[..., 0], np.full((16, 16), 65535)], axis=2)
@@ -289,15 +304,18 @@ def test_images_beyond_pillows_bomb_guard_decode_up_to_a_gigapixel(monkeypatch):
     assert decode_image(buffer.getvalue(), 16) is None and PILImage.MAX_IMAGE_PIXELS == 1000
 
 
-def test_exif_orientation_is_applied_as_image_viewers_do():
+@pytest.mark.parametrize("file_format", ["PNG", "TIFF"])
+def test_exif_orientation_is_applied_as_image_viewers_do(file_format):
+    """Pillow's TIFF loader turns the pixels upright itself (and drops the tag): turned twice once."""
     pixels = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3)).astype(np.uint8)
     for orientation, upright in [(1, pixels), (3, pixels[::-1, ::-1]), (6, np.rot90(pixels, -1)),
-                                 (8, np.rot90(pixels, 1)), (2, pixels[:, ::-1])]:
+                                 (8, np.rot90(pixels, 1)), (2, pixels[:, ::-1]), (4, pixels[::-1]),
+                                 (5, np.rot90(pixels, 1)[::-1]), (7, np.rot90(pixels, -1)[::-1])]:
         img = Image.fromarray(pixels)
         exif = img.getexif()
         exif[0x0112] = orientation
         buffer = io.BytesIO()
-        img.save(buffer, format="PNG", exif=exif)  # lossless, so the pixels compare exactly
+        img.save(buffer, format=file_format, exif=exif)  # lossless, so the pixels compare exactly
         out, _, _ = decode_image(buffer.getvalue(), 16)
         assert (out == upright).all(), orientation
 

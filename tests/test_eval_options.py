@@ -171,6 +171,9 @@ def test_one_seed_of_several_reruns_from_its_subset_file(split_folder):
     again = evaluate_linear("random:resnet18", subset=both["subsets"][1], **options)
     assert again["per_seed"] == [both["per_seed"][1]]
     assert (again["labelled_images"], again["val_images"]) == (both["labelled_images"], both["val_images"])
+    # --seeds 2 on that file: its own seed, then the next (not the same seed twice, a spread of 0)
+    twice = evaluate_linear("random:resnet18", subset=both["subsets"][1], seeds=2, **options)
+    assert [s["seed"] for s in twice["per_seed"]] == [1, 2]
 
 
 def test_caches_and_results_know_the_decoded_pixels(split_folder):

@@ -332,6 +332,11 @@ def test_settings_seeds_and_one_test_set_named_two_ways_make_the_columns(tmp_pat
                                   linear(0.31, batch_size=16), linear(0.35, seeds=3),
                                   linear(0.41, val_fraction=0.1, batch_size=1024)])
     headers, rows = comparison_rows([a], ["a"])
+    from selfsup.eval.record import data_name, is_current
+    assert data_name("/d/scans [2019]") == "/d/scans [2019]"  # a folder's own name, not a split
+    assert data_name("/d/scans [val]") == "/d/scans/val" and data_name("/d/c.tar [test]") == "/d/c.tar [test]"
+    # A run whose last.pt is gone (removed to save space) keeps its results
+    assert is_current({"checkpoint_sha256": "a"}, None) and not is_current({"checkpoint_sha256": "a"}, "b")
     assert {h: v for h, v in zip(headers, rows[0]) if " on " in h} == {
         "linear (4 per class, 32 px) on /d/cifar/test": 0.41,
         "linear (4 per class, 32 px, val fraction 0.3) on /d/cifar/test": 0.30,

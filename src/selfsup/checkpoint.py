@@ -8,7 +8,6 @@ checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tempfile
@@ -55,12 +54,15 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
 PLAIN_WEIGHTS = "plain weights: use --checkpoint weights:FILE"
 
 
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, read in pieces (a checkpoint may be larger than memory allows twice)."""
+def file_sha256(file) -> str:
+    """The SHA-256 of a file (a path, or one open for reading in binary), read in pieces: a
+    checkpoint may be larger than memory allows twice."""
+    if not hasattr(file, "read"):
+        with open(file, "rb") as f:
+            return file_sha256(f)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
+    while chunk := file.read(1 << 22):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -83,11 +85,10 @@ def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: 
         raise UserError(f"{str(path)!r} is a weights file, not a selfsup checkpoint; give a .pt file written by "
                         f"selfsup pretrain{instead}")
     try:
-        if with_sha256:
-            data = path.read_bytes()
-            content = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # one open file: a last.pt replaced meanwhile (by rename) is not read
+            sha256 = file_sha256(f) if with_sha256 else None
+            f.seek(0)
+            content = torch.load(f, map_location="cpu", weights_only=True)
     except LOAD_ERRORS:
         raise UserError(f"{str(path)!r} cannot be read as a selfsup checkpoint: it is damaged or cut short, or "
                         f"another kind of file; give a .pt file written by selfsup pretrain{instead}") from None
@@ -100,5 +101,5 @@ def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: 
         raise UserError(f"checkpoint {str(path)!r} was written by method {content.get('method')!r}, "
                         f"not {method!r}; give a {method} checkpoint or use --method {content.get('method')}")
     if with_sha256:
-        content["file_sha256"] = hashlib.sha256(data).hexdigest()
+        content["file_sha256"] = sha256
     return content

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -126,11 +127,13 @@ def decode_noting(data: bytes, size: int) -> tuple[tuple[np.ndarray, bool, int] 
                 opened.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
                 gray, side = opened.mode in GRAYSCALE_MODES, min(opened.size)
                 notes = [FIRST_PAGE] if opened.format == "TIFF" and getattr(opened, "n_frames", 1) > 1 else []
-                colour = sixteen_bit_colour(opened, data)  # before PNG's getexif loads the pixels
+                colour = sixteen_bit_colour(opened, data)  # from the tiles, before anything loads the pixels
                 notes += [TOP_BYTE] if colour and not colour[1] else []
-                orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
                 img = to_rgb8(colour[0] if colour else opened)
                 img.load()  # `opened` itself when already RGB, and its file is closed below
+                # Read after loading: Pillow's TIFF loader turns the pixels upright itself and then
+                # drops the tag, which read before would turn them a second time.
+                orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
         if orientation in UPRIGHT:  # a phone's photo, upright as viewers show it
             img = img.transpose(UPRIGHT[orientation])
         pixels = fit_square(img, size)
@@ -193,10 +196,36 @@ def sixteen_bit_colour(img: Image.Image, data: bytes) -> tuple[Image.Image, bool
     img.load()
     top = np.asarray(img)  # (H, W, 3 or 4) uint8
     low = _low_bytes(data) if all(r[:-4] in STRAIGHT_SAMPLES for r in rawmodes) else None
-    values = top * 256.0 + low if low is not None else top.astype(np.float64)
+    values = (top.astype(np.uint16) << 8 | low) if low is not None else top
     pixels = top.copy()  # alpha keeps its top byte: a 16-bit alpha spans its whole range by definition
-    pixels[..., :3] = stretch(values[..., :3])
+    # Only what can be seen sets the range: not the colour the file keeps under transparent pixels.
+    visible = top[..., 3] > 0 if top.shape[-1] == 4 else None
+    pixels[..., :3] = stretch_integers(values[..., :3], visible)
     return Image.fromarray(pixels, img.mode), low is not None
+
+
+def stretch_integers(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """`stretch` for unsigned 16-bit (or 8-bit) samples (H, W, C), with the percentiles taken over
+    the pixels `where` (H, W) is true (all when None), from a histogram: no float copies of a
+    picture that may have a gigapixel, and the same figures as np.percentile's."""
+    counts = np.bincount((values if where is None else values[where]).ravel(), minlength=1 << 16)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(values.shape, np.uint8)
+    below = np.cumsum(counts)  # below[v]: samples <= v; the sample of rank k is the first v with below[v] > k
+
+    def percentile(q: float) -> float:  # linear between the two ranks around q, as np.percentile
+        rank = q / 100 * (total - 1)
+        lower, upper = (int(np.searchsorted(below, r, side="right")) for r in (math.floor(rank), math.ceil(rank)))
+        return lower + (upper - lower) * (rank - math.floor(rank))
+
+    low, high = (percentile(q) for q in STRETCH_PERCENTILES)
+    if high <= low:
+        present = np.flatnonzero(counts)
+        low, high = float(present[0]), float(present[-1])
+    levels = np.arange(1 << 16, dtype=np.float64)
+    table = np.round((np.clip(levels, low, high) - low) * (255 / (high - low))) if high > low else np.zeros_like(levels)
+    return table.astype(np.uint8)[values]
 
 
 def stretch(values: np.ndarray) -> np.ndarray:

@@ -31,10 +31,10 @@ def data_name(source: str) -> str:
     """One name per set of images: a folder's split ("/d/small [test]", from --data) is named as
     the folder it is ("/d/small/test", from --test), so the report puts both in one column. A
     split inside a tar keeps its bracket."""
-    from ..data.sources import is_tar_path
+    from ..data.sources import SPLIT_NAMES, is_tar_path
 
-    match = re.fullmatch(r"(.*) \[([^\]/]+)\]", source)
-    if match is None or is_tar_path(Path(match[1])):
+    match = re.fullmatch(r"(.*) \[([^\]/]+)\]", source)  # "scans [2019]" is a folder's own name
+    if match is None or match[2] not in SPLIT_NAMES or is_tar_path(Path(match[1])):
         return source
     return f"{match[1]}/{match[2]}"
 
@@ -72,9 +72,10 @@ def current_checkpoint_sha256(run_dir: str | Path) -> str | None:
 
 def is_current(record: dict, current_sha256: str | None) -> bool:
     """Whether a record evaluated the run's last.pt as it is now; records made before the
-    checkpoint's digest was kept cannot tell, and count as current."""
+    checkpoint's digest was kept, and runs whose last.pt is gone (removed to save space), cannot
+    tell, and count as current."""
     saved = record.get("checkpoint_sha256")
-    return saved is None or saved == current_sha256
+    return saved is None or current_sha256 is None or saved == current_sha256
 
 
 def record_result(spec: str, result: dict, device=None) -> Path | None:

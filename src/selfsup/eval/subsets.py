@@ -119,7 +119,8 @@ def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: flo
         _warn_of_absent_classes(cache, np.concatenate([train, val]), budget.subset)
         content = json.loads(Path(budget.subset).expanduser().read_text(encoding="utf-8-sig"))
         saved = content.get("seed") if isinstance(content, dict) else None
-        return Split(train, val, saved if isinstance(saved, int) else seed)
+        # `seed` counts the --seeds asked (0, 1, ...): the file's own seed first, then the ones after it.
+        return Split(train, val, saved + seed if isinstance(saved, int) else seed)
     listed = rows(names_listed_in(budget.subset, "--subset"))
     train, val = [], []
     for c in range(len(cache.classes)):
