@@ -391,7 +391,8 @@ def test_a_result_of_an_older_checkpoint_is_not_the_runs(tmp_path, split_folder,
     assert started["started"]["command"] == "python API" and len(started["resumed"]) == 1
     record = read_evals(run)[-1]["provenance"]
     assert record["device"] == "cpu" and record["versions"]["python"] == provenance()["versions"]["python"]
-    assert set(record) == {"command", "versions", "host", "device", "git_commit"}
+    assert set(record) == {"command", "versions", "host", "device", "processes", "git_commit"}
+    assert record["processes"] == 1
     assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(split_folder), "--k", "5", "--device", "cpu",
                  "--no-progress"]) == 0
     assert read_evals(run)[-1]["provenance"]["command"][:3] == ["selfsup", "eval", "knn"]

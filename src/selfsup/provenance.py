@@ -5,6 +5,7 @@ run.json, so that a figure can be traced to what made it without asking anyone.
 """
 from __future__ import annotations
 
+import os
 import platform
 import socket
 from importlib import metadata
@@ -60,4 +61,6 @@ def provenance(device=None) -> dict:
     versions = {"selfsup": __version__, **{name: _version(name) for name in ("torch", "torchvision", "timm")}}
     return {"command": COMMAND if COMMAND is not None else "python API",
             "versions": {**versions, "python": platform.python_version()}, "host": socket.gethostname(),
-            "device": None if device is None else str(device), "git_commit": git_commit()}
+            "device": None if device is None else str(device),
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),  # torchrun's: a run over 8 GPUs says so
+            "git_commit": git_commit()}
