@@ -20,30 +20,35 @@ def git_commit(start: Path = Path(__file__).resolve().parent) -> str | None:
     from .git itself: no subprocess, and no git needed on the machine. Only the checkout's own
     root (src/selfsup's parent's parent) is looked at: a wheel installed in a virtual environment
     inside some other repository must not report that repository's commit."""
-    root = start.parent.parent
-    for folder in ((root,) if start.parent.name == "src" and (root / "pyproject.toml").is_file() else ()):
-        git = folder / ".git"
-        try:
-            if git.is_file():  # a worktree or submodule: "gitdir: PATH"
-                git = (folder / git.read_text().split(":", 1)[1].strip()).resolve()
-            if not git.is_dir():
-                continue
-            head = (git / "HEAD").read_text().strip()
-            if not head.startswith("ref: "):
-                return head  # a detached HEAD is the commit itself
-            ref = head[5:]
-            common = Path((git / "commondir").read_text().strip()) if (git / "commondir").is_file() else None
-            for root in (git, (git / common).resolve() if common else None):
-                if root is not None and (root / ref).is_file():
-                    return (root / ref).read_text().strip()
-                packed = root / "packed-refs" if root is not None else None
-                if packed is not None and packed.is_file():
-                    for line in packed.read_text().splitlines():
-                        if line.endswith(" " + ref):
-                            return line.split()[0]
+    checkout = start.parent.parent
+    if start.parent.name != "src" or not (checkout / "pyproject.toml").is_file():
+        return None
+    try:
+        git = checkout / ".git"
+        if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+            git = (checkout / git.read_text().split(":", 1)[1].strip()).resolve()
+        if not git.is_dir():
             return None
-        except (OSError, IndexError):
-            return None
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head  # a detached HEAD is the commit itself
+        return _ref_commit(git, head[5:])
+    except (OSError, IndexError):
+        return None
+
+
+def _ref_commit(git: Path, ref: str) -> str | None:
+    """The commit a branch `ref` names: its file, or its line in packed-refs, in the git folder or
+    (a worktree) in the folder it shares with the main checkout."""
+    shared = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else None
+    for folder in (git, shared) if shared else (git,):
+        if (folder / ref).is_file():
+            return (folder / ref).read_text().strip()
+        packed = folder / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
     return None
 
 
