@@ -46,6 +46,7 @@ RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), 
                   ("data", "decode_workers"), ("distill", "teacher")}
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
+RUN_FOLDER_REMEDY = "choose a writable --out"
 
 
 @dataclass
@@ -172,18 +173,15 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to the run folder {str(out)!r} ({e.strerror}); choose a writable --out") from None
+        raise UserError(f"cannot write to the run folder {str(out)!r} ({e.strerror}); {RUN_FOLDER_REMEDY}") from None
     return cfg, None
 
 
 def write_run_config(cfg: RunConfig) -> None:
     """RUN_DIR/config.yaml, once the data and the method are known to work (a refused run
     leaves nothing behind)."""
-    if dist.is_main():
-        try:
-            write_text_atomically(Path(cfg.out) / "config.yaml", config_lib.dump_yaml(cfg))
-        except OSError as e:
-            raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
+    if dist.is_main():  # a failed write is a one-line UserError (atomic_path)
+        write_text_atomically(Path(cfg.out) / "config.yaml", config_lib.dump_yaml(cfg), RUN_FOLDER_REMEDY)
 
 
 def same_data(a: dict, b: dict) -> bool:
@@ -210,10 +208,7 @@ def write_run_provenance(cfg: RunConfig, device: torch.device, resumed: bool) ->
         content["resumed"].append(entry)
     else:
         content["started"] = entry
-    try:
-        write_text_atomically(path, json.dumps(content, indent=1))
-    except OSError as e:
-        raise UserError(f"cannot write to the run folder {cfg.out!r} ({e.strerror}); choose a writable --out") from None
+    write_text_atomically(path, json.dumps(content, indent=1), RUN_FOLDER_REMEDY)
 
 
 # ---------------------------------------------------------------------------------------------
