@@ -247,7 +247,9 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     image with transparency composited over BACKGROUND (so is a 4th band stored as alpha, such as
     a satellite tile's near infrared in an RGBA file)."""
     if img.mode in HIGH_DEPTH_MODES:
-        img = Image.fromarray(stretch(np.asarray(img, dtype=np.float64)))  # 2-D uint8: mode L
+        values = np.asarray(img)  # 16-bit samples from a histogram; 32-bit ints and floats in float64
+        img = Image.fromarray(stretch_integers(values) if values.dtype.kind == "u" and values.itemsize == 2
+                              else stretch(values.astype(np.float64)))  # 2-D uint8: mode L
     if img.mode in ALPHA_MODES or "transparency" in img.info:  # a palette's or a colour key's too
         img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))
     return img if img.mode == "RGB" else img.convert("RGB")  # no copy of what is RGB: a gigapixel is 3 GB
