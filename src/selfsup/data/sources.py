@@ -21,9 +21,9 @@ from ..errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # a GIF: its first frame
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 SPLIT_NAMES = ("train", "val", "test")
-SKIPPED_FOLDERS = {"__MACOSX"}
+SKIPPED_FOLDERS = {"__MACOSX"}  # the resource forks macOS puts into archives; like hidden folders
 # First parts of a .txt list's absolute or ../ names ('/srv/x.jpg' -> ''): no class folders.
-NOT_FOLDER_NAMES = frozenset({"", ".", ".."})  # the resource forks macOS puts into archives; like hidden folders
+NOT_FOLDER_NAMES = frozenset({"", ".", ".."})
 
 
 def is_image_name(name: str) -> bool:
