@@ -1,4 +1,5 @@
 """Curation: search against brute force, deduplication, exclusion, retrieval, resume, bad input."""
+import dataclasses
 import io
 import json
 import tarfile
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from selfsup.curate import CurateConfig, curate
@@ -45,12 +47,70 @@ def test_exact_and_faiss_search_agree_with_brute_force(seed):
     np.testing.assert_allclose(sims, ref_sims, rtol=1e-5, atol=1e-6)
 
 
-def test_faiss_inverted_file_index_recalls_the_exact_neighbours(monkeypatch):
+def assert_best_k(sims, idx, reference, k):
+    """`sims`, `idx` (Q, min(k, N)) hold, best first, the k rows of largest `reference` similarity
+    (Q, N), float64, in any order among rows whose similarities lie within float32's error of each
+    other. A -inf in `reference` is a row left out."""
+    tolerance = 1e-5
+    candidates = int(np.isfinite(reference).sum(1).min()) if len(reference) else 0
+    assert sims.shape == idx.shape == (len(reference), min(k, candidates))
+    best = -np.sort(-reference, axis=1)[:, :idx.shape[1]]
+    for row, got, expected, found in zip(idx, sims, best, reference):
+        assert len(set(row.tolist())) == len(row)  # no row twice
+        np.testing.assert_allclose(got, found[row], atol=tolerance)  # each similarity is its row's
+        np.testing.assert_allclose(got, expected, atol=tolerance)  # and they are the k largest, best first
+        assert (np.diff(got) <= 0).all()
+        for rank, j in enumerate(row):  # a similarity no other row comes near: its row in its place
+            if (np.abs(np.delete(found, j) - found[j]) > tolerance).all():
+                assert j == np.argsort(-found, kind="stable")[rank]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("policy", ["curation", "retrieval", "3 queries a product"])
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_nearest_matches_float64_brute_force_with_ties_and_short_galleries(seed, policy, backend):
+    """The one search of curation, `selfsup search` and `eval retrieval`, each with its policy,
+    against float64 products of the same unit rows: galleries with exact copies (tied
+    similarities), k from 1 to beyond the gallery, no queries, and queries that are gallery rows
+    left out of their own lists the way `selfsup search` does it (one more asked, its row dropped)."""
+    from selfsup.eval.retrieval import RETRIEVAL_SEARCH, unit_rows
+
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    policy = {"curation": search.CURATION, "retrieval": RETRIEVAL_SEARCH,
+              "3 queries a product": dataclasses.replace(search.CURATION, query_rows=3)}[policy]
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(2, 40)), int(rng.integers(2, 9))
+    features = rng.normal(size=(n, d)) * rng.uniform(0.1, 10, size=(n, 1))  # unnormalised, as an encoder's
+    features[rng.integers(0, n, n // 3)] = features[rng.integers(0, n, n // 3)]  # copies: exact ties
+    gallery = unit_rows(torch.from_numpy(features))
+    queries = unit_rows(torch.from_numpy(np.concatenate([rng.normal(size=(11, d)), features[rng.integers(0, n, 4)]])))
+    reference = queries.astype(np.float64) @ gallery.astype(np.float64).T  # (Q, N)
+    for k in sorted({1, 2, 5, n, n + 7}):
+        sims, idx, used = search.nearest(queries, gallery, k, backend, policy=policy)
+        assert used == ("exact" if backend == "exact" else "faiss-flat")
+        assert sims.dtype == np.float32 and idx.dtype == np.int64
+        assert_best_k(sims, idx, reference, k)
+
+    own = rng.permutation(n)[:6]  # queries that are gallery rows
+    reference = gallery[own].astype(np.float64) @ gallery.astype(np.float64).T
+    reference[np.arange(len(own)), own] = -np.inf
+    for k in sorted({1, 3, n - 1, n + 2}):
+        sims, idx, _ = search.nearest(gallery[own], gallery, min(n, k + 1), backend, policy=policy)
+        kept = [np.flatnonzero(row != me)[:k] for me, row in zip(own, idx)]
+        assert_best_k(np.stack([s[c] for s, c in zip(sims, kept)]), np.stack([i[c] for i, c in zip(idx, kept)]),
+                      reference, k)
+
+    sims, idx, _ = search.nearest(queries[:0], gallery, 3, backend, policy=policy)
+    assert sims.shape == idx.shape == (0, min(3, n))
+
+
+def test_faiss_inverted_file_index_recalls_the_exact_neighbours():
     pytest.importorskip("faiss")
-    monkeypatch.setattr(search, "FAISS_IVF_MIN", 1000)
     queries, gallery = unit(50, 16, 1), unit(3000, 16, 2)
     _, ref_idx = brute_force(queries, gallery, 5)
-    _, idx, used = search.nearest(queries, gallery, 5, backend="faiss")
+    policy = dataclasses.replace(search.CURATION, inverted_file_from=1000)
+    _, idx, used = search.nearest(queries, gallery, 5, backend="faiss", policy=policy)
     assert used == "faiss-ivf"
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(idx, ref_idx)])
     assert recall > 0.95

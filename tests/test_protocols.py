@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from selfsup.cli import main
+from selfsup.curate.search import nearest
 from selfsup.data import ImageCache
 from selfsup.encoder import Encoder, load_encoder
 from selfsup.errors import UserError
@@ -18,7 +19,7 @@ from selfsup.eval.data import Setup
 from selfsup.eval.finetune import FinetuneConfig, freeze, param_groups, Classifier
 from selfsup.eval.linear import predict_linear, sweep_linear, train_linear
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.retrieval import mean_average_precision, nearest_neighbours, precision_at_k
+from selfsup.eval.retrieval import RETRIEVAL_SEARCH, mean_average_precision, precision_at_k, unit_rows
 from selfsup.eval.stats import wilson_interval
 from selfsup.eval.subsets import Budget, make_split, save_split
 
@@ -131,8 +132,10 @@ def test_retrieval_metrics_match_brute_force_float64(seed):
     relevant = g_labels[order] == q_labels[:, None]
     aps = [np.mean([relevant[i, :r + 1].sum() / (r + 1) for r in np.flatnonzero(relevant[i])])
            for i in range(q) if relevant[i].any()]
-    _, idx = nearest_neighbours(torch.from_numpy(queries), torch.from_numpy(gallery), 10, chunk=7)
-    assert np.array_equal(idx.numpy(), order[:, :10])
+    _, idx, _ = nearest(unit_rows(torch.from_numpy(queries)), unit_rows(torch.from_numpy(gallery)), 10,
+                        policy=dataclasses.replace(RETRIEVAL_SEARCH, query_rows=7))
+    assert np.array_equal(idx, order[:, :10])
+    idx = torch.from_numpy(idx)
     got = precision_at_k(torch.from_numpy(g_labels)[idx], torch.from_numpy(q_labels), ks=(1, 5, 10))
     for k in (1, 5, 10):
         assert got[f"precision@{k}"] == pytest.approx(relevant[:, :k].mean())

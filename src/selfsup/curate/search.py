@@ -1,14 +1,31 @@
 """Nearest neighbours and k-means on L2-normalised embeddings: faiss when installed, exact
-matrix products otherwise. Both return the same thing (tested on a common pool)."""
+matrix products otherwise. Both return the same thing (tested on a common pool). `nearest` is
+the one neighbour search of the package: curation, `selfsup search` and the retrieval protocol
+differ only in the `SearchPolicy` they give it."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-FAISS_MIN_GALLERY = 20_000  # below this, exact products on the device are as fast and exact
-FAISS_IVF_MIN = 200_000  # from here an inverted-file index beats a flat one
+BLOCK_BYTES = 512 * 2**20  # exact search: the (queries x gallery) float32 similarity block, at most
+
+
+@dataclass(frozen=True)
+class SearchPolicy:
+    """How `nearest` runs a search: when backend "auto" hands it to faiss, which faiss index it
+    builds and where, and how many queries exact search multiplies at a time."""
+    faiss_from: int  # backend "auto": faiss (when installed) from this many gallery rows
+    inverted_file_from: int | None  # faiss: an inverted-file index (approximate) from here; None: always flat (exact)
+    faiss_on_gpu: bool  # faiss: on the GPU when faiss has one and CUDA is up
+    query_rows: int | None = None  # exact: queries per product; None: as many as keep the block under BLOCK_BYTES
+
+
+# Curation and `selfsup search`: below 20,000 rows exact products on the device are as fast; from
+# 200,000 an inverted-file index beats a flat one.
+CURATION = SearchPolicy(faiss_from=20_000, inverted_file_from=200_000, faiss_on_gpu=True)
 
 
 def faiss_available() -> bool:
@@ -20,23 +37,25 @@ def faiss_available() -> bool:
 
 
 def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, backend: str = "auto",
-            device: str | torch.device = "cpu", block_bytes: int = 512 * 2**20) -> tuple[np.ndarray, np.ndarray, str]:
+            device: str | torch.device = "cpu", policy: SearchPolicy = CURATION) -> tuple[np.ndarray, np.ndarray, str]:
     """(similarities (Q, k), indices (Q, k), backend used): the k gallery vectors with the largest
-    inner product with each query (cosine similarity for L2-normalised vectors), best first.
-    Exact search takes as many queries at a time as keep their similarity block (queries x
-    gallery, float32) under `block_bytes`."""
+    inner product with each query (cosine similarity for L2-normalised vectors), best first; all
+    of them, in that order, when the gallery holds fewer than k. No row is left out: a caller
+    whose queries are gallery rows asks for one more and drops the query's own row.
+    `backend`: "exact" (float32 products on `device`), "faiss", or "auto" (faiss as `policy` says)."""
     k = min(k, len(gallery))
     if backend == "auto":
-        backend = "faiss" if faiss_available() and len(gallery) >= FAISS_MIN_GALLERY else "exact"
+        backend = "faiss" if faiss_available() and len(gallery) >= policy.faiss_from else "exact"
     if backend == "faiss":
-        sims, idx = _faiss_search(queries, gallery, k)
-        return sims, idx, "faiss-ivf" if len(gallery) >= FAISS_IVF_MIN else "faiss-flat"
+        inverted_file = policy.inverted_file_from is not None and len(gallery) >= policy.inverted_file_from
+        sims, idx = _faiss_search(queries, gallery, k, inverted_file, policy.faiss_on_gpu)
+        return sims, idx, "faiss-ivf" if inverted_file else "faiss-flat"
     gallery_t = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32)).to(device)
     sims, idx = [], []
-    chunk = max(1, block_bytes // (4 * max(1, len(gallery))))
+    chunk = policy.query_rows or max(1, BLOCK_BYTES // (4 * max(1, len(gallery))))
     for start in range(0, len(queries), chunk):
         q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32)).to(device)
-        s, i = (q @ gallery_t.T).topk(k, dim=1)
+        s, i = (q @ gallery_t.T).topk(k, dim=1)  # (chunk, k)
         sims.append(s.cpu().numpy())
         idx.append(i.cpu().numpy())
     if not sims:
@@ -44,19 +63,20 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, backend: str = "au
     return np.concatenate(sims), np.concatenate(idx).astype(np.int64), "exact"
 
 
-def _faiss_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_search(queries: np.ndarray, gallery: np.ndarray, k: int, inverted_file: bool,
+                  on_gpu: bool) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     dim = gallery.shape[1]
-    if len(gallery) >= FAISS_IVF_MIN:
+    if inverted_file:
         lists = int(4 * math.sqrt(len(gallery)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.train(gallery[np.random.default_rng(0).choice(len(gallery), min(len(gallery), 64 * lists), replace=False)])
         index.nprobe = 32
     else:
         index = faiss.IndexFlatIP(dim)
-    if hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available():
+    if on_gpu and hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available():
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(gallery)
     sims, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

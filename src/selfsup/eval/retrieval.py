@@ -1,49 +1,31 @@
 """Retrieval: for each query image, the most similar gallery images by cosine similarity.
 
-Features are L2-normalised, so similarity is a dot product. Large galleries are searched with
-faiss (an exact inner-product index) when it is installed; otherwise, and for small galleries,
-with chunked matrix products. With labels, a neighbour is relevant when it shares the query's
-class: precision@k is the relevant fraction of the first k neighbours, and mean average precision
-(mAP) averages, over queries, the precision at the rank of every relevant gallery image in the
-full ranking of the gallery (queries whose class has no gallery image are left out).
+Features are L2-normalised, so similarity is a dot product; the neighbours are found by
+`curate.search.nearest` under `RETRIEVAL_SEARCH`. With labels, a neighbour is relevant when it
+shares the query's class: precision@k is the relevant fraction of the first k neighbours, and
+mean average precision (mAP) averages, over queries, the precision at the rank of every relevant
+gallery image in the full ranking of the gallery (queries whose class has no gallery image are
+left out).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-FAISS_MIN_GALLERY = 50_000  # below this, a matrix product is as fast and needs nothing installed
+from ..curate.search import SearchPolicy
+
+# Exact and on the CPU whatever the machine, so that a protocol's figures depend neither on its GPU
+# nor on an approximate index: faiss's flat index from 50,000 gallery images (below, a matrix
+# product is as fast and needs nothing installed), else products of 1,024 queries at a time (the
+# float32 sums of a product, and so its near-ties, can change with its number of rows: the
+# figures recorded so far were computed this way).
+RETRIEVAL_SEARCH = SearchPolicy(faiss_from=50_000, inverted_file_from=None, faiss_on_gpu=False, query_rows=1024)
 
 
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
-
-
-@torch.no_grad()
-def nearest_neighbours(queries: torch.Tensor, gallery: torch.Tensor, k: int,
-                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, indices), each (Q, k): the k most similar gallery rows of each query, most
-    similar first."""
-    q, g = F.normalize(queries.float(), dim=1), F.normalize(gallery.float(), dim=1)
-    k = min(k, len(g))
-    faiss = _faiss() if len(g) >= FAISS_MIN_GALLERY else None
-    if faiss is not None:
-        index = faiss.IndexFlatIP(g.shape[1])
-        index.add(g.cpu().numpy())
-        sims, idx = index.search(q.cpu().numpy(), k)
-        return torch.from_numpy(sims), torch.from_numpy(idx).long()
-    sims, idx = [], []
-    for start in range(0, len(q), chunk):
-        s, i = (q[start:start + chunk] @ g.T).topk(k, dim=1)  # (chunk, k)
-        sims.append(s.cpu())
-        idx.append(i.cpu())
-    if not sims:
-        return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
-    return torch.cat(sims), torch.cat(idx)
+def unit_rows(features: torch.Tensor) -> np.ndarray:
+    """(N, D) float32 rows of length 1, as `nearest` takes them: cosine similarity is then their dot product."""
+    return F.normalize(features.float(), dim=1).cpu().numpy()
 
 
 def precision_at_k(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, ks=(1, 10, 50)) -> dict[str, float]:
