@@ -254,6 +254,47 @@ def test_frame_folders_beside_video_files_are_said_to_be_left_out(tmp_path, caps
     assert "holds 1 video files and 4 images; the images (frame folders) are left out" in capsys.readouterr().err
 
 
+def test_files_that_cannot_be_used_are_warned_of_once_though_a_video_folder_is_listed_again(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """A folder is listed for videos, then (to find out whether it holds any) for images or frames:
+    each file or folder it cannot use is said once, and images left out anyway beside videos not."""
+    import os
+    from selfsup.data import open_images
+
+    def left_out_warnings():
+        return [line for line in capsys.readouterr().err.splitlines() if "cannot be used" in line]
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 6)
+    (videos / "moved.mp4").symlink_to(tmp_path / "gone.mp4")
+    assert len(open_images(videos, 16, cache_dir=tmp_path / "cache", show_progress=False).names) == 6
+    assert len(warned := left_out_warnings()) == 1 and "'moved.mp4'" in warned[0]
+
+    write_frames(videos / "frames", 4)  # beside the videos: left out, whatever their links
+    (videos / "frames" / "moved.png").symlink_to(tmp_path / "gone.png")
+    open_clips(videos, 16, cache_dir=tmp_path / "cache", show_progress=False)
+    err = capsys.readouterr().err
+    assert err.count("cannot be used") == 1 and "'moved.mp4'" in err and "moved.png" not in err
+    assert err.count("holds 1 video files and 4 images") == 1
+
+    frames = tmp_path / "frames"  # no video: listed for videos, then as frame folders
+    write_frames(frames / "walk", 4)
+    write_frames(frames / "locked", 4)
+    (frames / "moved.mp4").symlink_to(tmp_path / "gone.mp4")
+    scandir = os.scandir
+
+    def locked_out(folder):  # a folder this user may not read (chmod does not stop root)
+        if os.fspath(folder).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(folder))
+        return scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", locked_out)
+    assert open_clips(frames, 16, cache_dir=tmp_path / "cache", show_progress=False).clip_names == ["walk"]
+    warned = left_out_warnings()
+    assert len(warned) == 2 and "'moved.mp4'" in warned[0] and "'locked'" in warned[1]
+
+
 def test_change_ratio_tells_video_from_folders_of_photos():
     from selfsup.views.temporal import change_ratio
     rng = np.random.default_rng(0)

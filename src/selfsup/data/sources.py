@@ -226,13 +226,16 @@ def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
              f"{name!r}: {why}); rename them, mend the links or fix the permissions to include them")
 
 
-def walk_folder(path: Path, keep, digest) -> list[str]:
+def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None = None) -> list[str]:
     """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s
     (hidden folders skipped); each file's name, size, mtime and permissions go into `digest`, so
     that a changed file (or one made readable) changes the fingerprint. Files that cannot be used
     (a dangling link, a name that is not UTF-8, a folder that cannot be read) are left out, said
-    in one warning."""
-    listed, seen, left_out = [], set(), []
+    in one warning, or, given `left_out`, added to it as (name, why) for the caller to say: a
+    folder listed twice (for videos, then for frames) says each file once."""
+    listed, seen = [], set()
+    say_left_out = left_out is None
+    left_out = [] if left_out is None else left_out
 
     def unreadable_folder(error: OSError) -> None:
         left_out.append((os.path.relpath(error.filename or path, path), f"the folder cannot be read ({error.strerror})"))
@@ -262,7 +265,8 @@ def walk_folder(path: Path, keep, digest) -> list[str]:
                 continue
             listed.append(rel)
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
-    _warn_left_out(left_out, path)
+    if say_left_out:
+        _warn_left_out(left_out, path)
     return sorted(listed)
 
 

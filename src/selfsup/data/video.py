@@ -34,8 +34,8 @@ import numpy as np
 from ..console import progress_bar, warn
 from ..errors import UserError
 from .cache import ImageCache, cache_folder, fit_square, load_cache, make_staging, open_built, publish
-from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, is_tar_path, open_source,
-                      walk_folder)
+from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_tar_path,
+                      open_source, walk_folder)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 VIDEO_CACHE_FORMAT = 3  # 2: names in a tar relative to its common folder; 3: grayscale_rows, median_side
@@ -73,12 +73,16 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder (or tar) of videos or of frame folders")
-    videos, prefix, fingerprint = _video_listing(path)
+    left_out = []  # the files the listing of videos cannot use, said once below
+    videos, prefix, fingerprint = _video_listing(path, left_out)
     if videos:
+        _warn_left_out(left_out, path)
         _warn_of_frames_beside_videos(path, len(videos))
         frames = _open_videos(path, videos, prefix, fingerprint, size, cache_dir, show_progress)
         clip_of, broken = [n.rsplit("/", 1)[0] for n in frames.names], []  # "CLIP.mp4/000012"
     else:
+        # Read as frame folders: their listing says the folders it cannot read; the video files are said here.
+        _warn_left_out([(name, why) for name, why in left_out if is_video_name(name)], path)
         source = open_source(path)
         frames = load_cache(source, size, cache_dir, workers, show_progress)
         prefix = source.archive_prefix if not path.is_dir() else (f"{source.split}/" if source.split else "")
@@ -110,8 +114,8 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
 def _warn_of_frames_beside_videos(path: Path, videos: int) -> None:
     """Frame folders are read only where there is no video file: say so when both are there."""
     from .sources import is_image_name
-    if path.is_dir():
-        images = len(walk_folder(path, is_image_name, hashlib.sha256()))
+    if path.is_dir():  # unusable images: left out anyway; unreadable folders: said by the listing of videos
+        images = len(walk_folder(path, is_image_name, hashlib.sha256(), left_out=[]))
     else:
         images = sum(is_image_name(n) for n, _ in _tar_members(path))
     if images:
@@ -160,15 +164,17 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> tuple[n
 
 def has_videos(path: Path) -> bool:
     """Whether the folder or tar `path` holds video files."""
-    return path.exists() and (path.is_dir() or is_tar_path(path)) and bool(_video_listing(path)[0])
+    # Quietly: what it cannot use, open_clips says when it lists the folder again.
+    return path.exists() and (path.is_dir() or is_tar_path(path)) and bool(_video_listing(path, [])[0])
 
 
-def _video_listing(path: Path) -> tuple[list[str], str, str]:
+def _video_listing(path: Path, left_out: list[tuple[str, str]]) -> tuple[list[str], str, str]:
     """(sorted video names relative to `prefix`, `prefix`, fingerprint of the files); `prefix` is
-    the folder every member of a tar shares (a tar of DIR holds DIR/...), as for images."""
+    the folder every member of a tar shares (a tar of DIR holds DIR/...), as for images. Files of a
+    folder that cannot be used: added to `left_out`, for the caller to say."""
     digest = hashlib.sha256()
     if path.is_dir():
-        return walk_folder(path, is_video_name, digest), "", digest.hexdigest()
+        return walk_folder(path, is_video_name, digest, left_out), "", digest.hexdigest()
     if is_tar_path(path):
         digest.update(repr(_stat_key(path)).encode())
         videos = [n for n, _ in _tar_members(path) if is_video_name(n)]
