@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -56,12 +57,23 @@ def run(name: str, cmd: list[str], out: Path, timeout: float, env=None) -> list[
     print(f"\n=== {name} (at {elapsed():.0f} s, limit {timeout:.0f} s): {' '.join(cmd)}", flush=True)
     rows = []
     with open(out / f"{name}.log", "w") as log:
+        # A session of its own, killed whole on timeout: a stage is often a shell script whose
+        # python would otherwise go on training, holding the GPU under the next stage's timings.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        # Out of the caller's process group, the stage must be stopped with this script too (the
+        # device call's `timeout` signals its group only): SIGTERM exits through the clause below.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=max(timeout, 1), env=env)
-            text, status = proc.stdout, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            text, status = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+            text, _ = proc.communicate(timeout=max(timeout, 1))
+            status = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            text, _ = proc.communicate()
+            status = "timeout"
+        except BaseException:  # SIGTERM, or Ctrl-C by hand
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         log.write(text)
     for line in text.splitlines():
         if line.startswith("{"):
