@@ -410,3 +410,27 @@ def test_select_warns_when_the_budget_takes_copies(labelled_folder, tmp_path, ca
     chosen = [r["file"] for r in read_csv(tmp_path / "sel" / "to_label.csv")]
     assert {name[0] for name in chosen[:3]} == {"0", "1", "2"} and summary["copies_chosen"] == 2
     assert "2 of the 5 chosen images are exact copies" in capsys.readouterr().err
+
+
+def test_typiclust_passes_over_a_group_of_exactly_five_images(monkeypatch):
+    """TypiClust skips groups of 5 or fewer: a group of exactly MIN_CLUSTER_SIZE images is an outlier
+    group too, visited only when the larger groups have nothing left."""
+    rng = np.random.default_rng(0)
+    x, truth = planted_groups(rng, [10, 8, 5])
+    monkeypatch.setattr(selection, "kmeans", lambda x, k, **kw: (None, truth))
+    got = choose_typiclust(x, 3, np.zeros(len(x), dtype=bool))  # groups of 10 and 8, then the 10 again
+    assert got.clusters.tolist() == [0, 1, 0] and got.small_groups == 1
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_distances_are_taken_after_centring_on_the_pools_mean(seed):
+    """Embeddings share a common direction (every image of a collection does): `choose` measures
+    distances between the embeddings minus the pool's mean, renormalised, as `selfsup cluster`."""
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, 80, 8) + 3 * unit_rows(rng, 1, 8)  # a strong shared direction
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labelled = np.zeros(80, dtype=bool)
+    labelled[:2] = True
+    centred = x - x.mean(0)
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    assert choose(x, 10, labelled, "kcenter").rows.tolist() == kcenter64(centred, 10, labelled)
