@@ -417,3 +417,36 @@ def test_git_commit_is_read_from_the_checkout_without_git(tmp_path):
     wheel = tmp_path / "repo" / ".venv" / "lib" / "python3.11" / "site-packages" / "selfsup"
     wheel.mkdir(parents=True)
     assert git_commit(wheel) is None
+
+
+def test_git_commit_of_a_worktree_a_damaged_gitdir_line_and_a_copy_that_is_no_checkout(tmp_path):
+    from selfsup.provenance import git_commit
+
+    main_git = tmp_path / "main" / ".git"
+    (main_git / "refs" / "heads").mkdir(parents=True)
+    (main_git / "refs" / "heads" / "feature").write_text("d" * 40 + "\n")
+    own = main_git / "worktrees" / "wt"  # `git worktree add`: HEAD here, the branches in the main .git
+    own.mkdir(parents=True)
+    (own / "HEAD").write_text("ref: refs/heads/feature\n")
+    (own / "commondir").write_text("../..\n")
+    worktree, inner = tmp_path / "wt", tmp_path / "wt" / "src" / "selfsup"
+    inner.mkdir(parents=True)
+    (worktree / "pyproject.toml").write_text("[project]\nname = 'selfsup'\n")
+    (worktree / ".git").write_text("gitdir: ../main/.git/worktrees/wt\n")  # relative, as submodules write it
+    assert git_commit(inner) == "d" * 40
+    (worktree / ".git").write_text("not a gitdir line\n")
+    assert git_commit(inner) is None
+    # A copy vendored into another project (not under src/) does not report that project's commit.
+    vendored = tmp_path / "main" / "vendor" / "selfsup"
+    vendored.mkdir(parents=True)
+    (tmp_path / "main" / "pyproject.toml").write_text("[project]\nname = 'app'\n")
+    (main_git / "HEAD").write_text("e" * 40 + "\n")
+    assert git_commit(vendored) is None
+
+
+def test_provenance_counts_the_processes_of_a_distributed_run(monkeypatch):
+    from selfsup.provenance import provenance
+
+    monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun --nproc-per-node 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # two machines of 4
+    assert provenance("cuda:0")["processes"] == 8 and provenance("cuda:0")["device"] == "cuda:0"
