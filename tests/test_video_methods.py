@@ -226,13 +226,23 @@ def test_egomotion_checkpoints_with_and_without_the_motion_classes_load():
     assert again.motion_centres.numel() == 0 and reading_names(again) == []
 
 
-def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trained_on(clips, tmp_path,
-                                                                                         monkeypatch):
+@pytest.fixture(scope="module")
+def egomotion_run(clips, tmp_path_factory):
+    """A tiny egomotion run on the clips (3 motion classes, pairs 2 frames apart, seed 3)."""
+    import selfsup
+
+    torch.set_num_threads(1)
+    return selfsup.pretrain(method="egomotion", data=clips, out=tmp_path_factory.mktemp("egomotion") / "run", epochs=1,
+                            batch_size=32, image_size=16, backbone="resnet18-half", small_stem=False, seed=3,
+                            show_progress=False, config={"egomotion": {"motion_classes": 3, "pair_gap": 2}})
+
+
+def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trained_on(clips, egomotion_run,
+                                                                                         tmp_path, monkeypatch):
     """k-means on held-out clips numbers the same motions differently (its first pair's class is
     0): the learned maps were scored on other motions' pairs. The run keeps its classes' centres."""
     import csv
 
-    import selfsup
     from conftest import SAMPLE
     from selfsup.checkpoint import load_checkpoint
     from selfsup.data.video import open_clips
@@ -241,10 +251,7 @@ def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trai
     from selfsup.synth.motion import MotionSettings, make_motion_clips
     from selfsup.views.temporal import motion_pairs
 
-    torch.set_num_threads(1)
-    run = selfsup.pretrain(method="egomotion", data=clips, out=tmp_path / "run", epochs=1, batch_size=32,
-                           image_size=16, backbone="resnet18-half", small_stem=False, seed=3, show_progress=False,
-                           config={"egomotion": {"motion_classes": 3, "pair_gap": 2}})
+    run = egomotion_run
     config = egomotion.Config(motion_classes=3, pair_gap=2)
 
     def class_of_each_motion(folder, classes_of_pairs):
@@ -300,6 +307,66 @@ def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trai
     assert [(c.motion_classes, c.pair_gap, seed) for c, seed in made] == [(2, 2, 3)]
     assert set(other["fitted"]) == {0, 1} and "learned" not in other
 
+
+
+def test_equivariance_report_with_another_seed_or_of_a_checkpoint_without_centres(clips, egomotion_run, tmp_path,
+                                                                                  monkeypatch):
+    """Another --seed than the run's makes classes of its own by k-means: the learned maps are not
+    scored on them. A checkpoint written before the centres were kept: k-means with the run's
+    settings (its seed), and the learned maps scored."""
+    from selfsup.checkpoint import load_checkpoint
+    from selfsup.eval.video import equivariance_report
+    from selfsup.methods import egomotion
+
+    seeds, draw = [], egomotion.samples
+    monkeypatch.setattr(egomotion, "samples", lambda config, cache, seed: seeds.append(seed) or
+                        draw(config, cache, seed))
+    other = equivariance_report(egomotion_run.checkpoint, clips, seed=4)
+    assert seeds == [4] and "learned" not in other and set(other["fitted"]) == {0, 1, 2}
+    older = load_checkpoint(egomotion_run.checkpoint)
+    older["model"] = {k: v for k, v in older["model"].items() if not k.startswith("motion_")}
+    torch.save(older, tmp_path / "older.pt")
+    seeds.clear()
+    report = equivariance_report(tmp_path / "older.pt", clips)
+    assert seeds == [3] and set(report["learned"]) == set(report["fitted"]) == {0, 1, 2}
+
+
+def motion_samples(monkeypatch, motion: np.ndarray, classes: int):
+    """egomotion.samples on pairs with the given summed readings (yaw, forward), no clips needed."""
+    from types import SimpleNamespace
+
+    from selfsup.methods import egomotion
+    from selfsup.views.temporal import MotionPairs
+
+    rows = np.stack([np.arange(len(motion)), np.arange(len(motion)) + 1], axis=1)
+    monkeypatch.setattr(egomotion, "motion_pairs", lambda cache, gap: MotionPairs(rows, motion))
+    cache = SimpleNamespace(motion_columns=["yaw", "forward"])
+    return egomotion.samples(egomotion.Config(motion_classes=classes), cache, 0)
+
+
+def test_motion_classes_weigh_each_reading_by_its_spread(monkeypatch):
+    """Yaw in degrees and forward speed in m/frame: clustered as they are, a wobble of the yaw (2
+    degrees) outweighs a change of speed (1 m/frame), and the two classes split the wobble.
+    Each reading divided by its deviation, they are the two motions: still and moving forward."""
+    rng = np.random.default_rng(0)
+    moving = np.repeat([0.0, 1.0], 40)
+    motion = np.stack([2 * rng.normal(size=80), moving + 0.05 * rng.normal(size=80)], axis=1)
+    made = motion_samples(monkeypatch, motion, 2).side.motion_class
+    assert (made == made[0]).sum() == 40 and (made[:40] == made[0]).all()
+
+
+def test_a_motion_class_that_got_no_pair_takes_no_pair_of_other_clips(monkeypatch):
+    """Two distinct motions and 3 classes asked: the third class has no centre, and pairs of other
+    clips (the report's) go to the nearer of the two that exist, even near no motion at all."""
+    from selfsup.methods.egomotion import motion_classes_of
+
+    motion = np.repeat([[1.0, 2.0], [9.0, 2.0]], 10, axis=0)
+    made = motion_samples(monkeypatch, motion, 3)
+    assert sorted(set(made.side.motion_class.tolist())) == [0, 1]
+    scale, centres = made.buffers["motion_scale"], made.buffers["motion_centres"]
+    near = np.array([[0.1, 0.0], [2.0, 2.0], [8.0, 1.5]])  # nearest to the first motion, the first, the second
+    assert motion_classes_of(near, scale, centres).tolist() == [made.side.motion_class[0]] * 2 + \
+        [made.side.motion_class[-1]]
 
 # ---------------------------------------------------------------------------------------------
 # End to end: each task above chance on a tiny CPU run; exact resume
