@@ -113,6 +113,21 @@ def test_protocols_on_a_random_encoder(split_folder, capsys):
     assert 0 <= linear["top1"] <= 1 and linear["train_images"] == 48
 
 
+
+def test_retrieval_keeps_a_k_equal_to_the_gallery_and_writes_the_first_seeds_neighbours(split_folder, tmp_path):
+    """precision@6 of a gallery of 6 images is defined (every image is a neighbour): kept. With
+    --seeds 2, the neighbour lists are the first seed's, not overwritten by the second's."""
+    import json
+    from pathlib import Path
+
+    result = evaluate_retrieval("random:resnet18", data=split_folder, image_size=16, ks=(1, 6), per_class=2, seeds=2,
+                                out=tmp_path / "nn.json", device="cpu", show_progress=False)
+    assert result["ks"] == [1, 6] and "ks_asked" not in result and "precision@6" in result
+    galleries = [set(json.loads(Path(f).read_text())["train"]) for f in result["subsets"]]
+    assert len(galleries) == 2 and galleries[0] != galleries[1]
+    listed = json.loads((tmp_path / "nn.json").read_text())["neighbours"]
+    assert {name for row in listed for name in row} == galleries[0]
+
 def test_train_and_test_classes_must_match(tmp_path):
     write_dataset(tmp_path / "a")
     (tmp_path / "b").mkdir()

@@ -344,6 +344,22 @@ def test_settings_seeds_and_one_test_set_named_two_ways_make_the_columns(tmp_pat
         "linear (4 per class, 32 px, 3 seeds) on /d/cifar/test": 0.35}
 
 
+def test_the_report_draws_the_latest_curve_of_each_protocol_and_settings_of_the_current_checkpoint():
+    """A curve with other settings (a linear probe of 20 epochs, kNN at T=0.1) is another curve, not
+    a newer one of the defaults'; a curve of a checkpoint the run has moved on from is left out.
+    Records from before checkpoints had a digest count as current."""
+    from selfsup.eval.record import is_current
+    from selfsup.report.tables import latest_curves
+
+    def curve(protocol, n, **extra):
+        return {"protocol": "curve", "curve_protocol": protocol, "n": n, "seeds": 1, **extra}
+
+    evals = [curve("linear", 1), curve("linear", 2, epochs=100), curve("linear", 3, epochs=20),
+             curve("knn", 4, temperature=0.1), curve("knn", 5, current=False)]
+    assert [c["n"] for c in latest_curves(evals)] == [2, 3, 4]
+    assert is_current({"protocol": "knn"}, "b" * 64)
+
+
 class Stop(Exception):
     """Stands in for a Ctrl-C in the middle of a run."""
 
