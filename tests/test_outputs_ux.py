@@ -147,6 +147,19 @@ def test_names_beyond_ascii_are_drawn_as_their_letters(tmp_path):
     assert all((glyph(letter) != missing).any() for letter in "ÖéßĞЖ")
 
 
+def test_a_caption_too_wide_for_its_cell_is_cut_to_the_longest_start_that_fits():
+    """The report's neighbour grid captions each picture with its class: a long class name ran
+    across the pictures beside it."""
+    from selfsup.viz import fitted, text_font
+
+    draw, font = ImageDraw.Draw(Image.new("L", (10, 10))), text_font(10)
+    name = "a_very_long_class_name_of_some_dataset"
+    cut = fitted(draw, name, font, 40)
+    assert name.startswith(cut) and 0 < len(cut) < len(name) and draw.textlength(cut, font=font) <= 40
+    assert draw.textlength(name[:len(cut) + 1], font=font) > 40  # the longest start that fits
+    assert fitted(draw, "ab", font, 40) == "ab"
+
+
 def test_figures_print_no_missing_glyph_lines(tmp_path):
     """A CJK class or file name is a box in DejaVu Sans; matplotlib warned once per letter."""
     import warnings
