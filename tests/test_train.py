@@ -362,3 +362,63 @@ def test_a_run_folder_inside_its_data_is_refused(labelled_folder, tmp_path):
         with pytest.raises(UserError, match="lies inside --data .*choose a run folder outside the data"):
             run_pretraining(tiny(labelled_folder, out))
     assert not (labelled_folder / "runs").exists()
+
+
+def _scalars(where: Path) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard's own reading of a run's events (or of one events file): {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(where if where.is_file() else where / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_follow_the_metrics_and_a_resumed_run_draws_the_same_curve(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from conftest import interrupted_then_resumed
+    steps_seen = {}
+    from selfsup.train import Trainer
+    original_step = Trainer.step
+
+    def step_and_note_loss(self, images):  # each step's loss as the step computed it
+        original_step(self, images)
+        steps_seen.setdefault(str(self.out), []).append(
+            (self.epoch_sums["loss"].item(), self.epoch_sums["steps"].item(), self.position.step))
+
+    monkeypatch.setattr(Trainer, "step", step_and_note_loss)
+    data = write_dataset(tmp_path / "data", per_class=10, size=16)  # 30 images: 3 steps of 8 per epoch
+    user = tiny(data, tmp_path, train={"epochs": 3, "tensorboard": True, "log_every_steps": 2})
+    _, at_stop, _ = interrupted_then_resumed(user, stop_after_steps=5, monkeypatch=monkeypatch)
+    whole, resumed = _scalars(tmp_path / "whole"), _scalars(tmp_path / "killed")
+
+    # Each step's own loss, from the epoch's running sums the steps left behind.
+    own, previous = {}, (0.0, 0.0)
+    for loss_sum, steps, step in steps_seen[str(tmp_path / "whole")]:
+        if steps == 1:
+            previous = (0.0, 0.0)
+        own[step] = loss_sum - previous[0]
+        previous = (loss_sum, steps)
+    # step/loss: the mean of the steps since the last point of the epoch, every 2 steps.
+    expected = [(2, (own[1] + own[2]) / 2), (4, own[4]), (6, (own[5] + own[6]) / 2), (8, (own[7] + own[8]) / 2)]
+    assert [s for s, _ in whole["step/loss"]] == [s for s, _ in expected]
+    np.testing.assert_allclose([v for _, v in whole["step/loss"]], [v for _, v in expected], rtol=1e-5)
+    # epoch/: every figure of metrics.jsonl, at the epoch's last step.
+    lines = [json.loads(l) for l in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in whole["epoch/loss"]] == [l["step"] for l in lines] == [3, 6, 9]
+    np.testing.assert_allclose([v for _, v in whole["epoch/loss"]], [l["loss"] for l in lines], rtol=1e-6)
+    assert {f"epoch/{k}" for k in lines[-1] if k not in ("epoch", "step")} <= set(whole)
+    # Killed after step 5, resumed from its checkpoint at the end of epoch 1 (step 3): what the
+    # killed run wrote after step 3 (step/ at 4) is hidden, what it wrote up to it stays, and the
+    # curves are the uninterrupted run's.
+    assert at_stop["position"]["step"] == 3
+    before_the_kill = sorted((tmp_path / "killed" / "tensorboard").glob("events.*"))[0]
+    assert [s for s, _ in _scalars(before_the_kill)["step/loss"]] == [2, 4]
+    timings = {"epoch/epoch_seconds", "epoch/images_per_s"}
+    assert set(resumed) == set(whole)
+    assert {t: v for t, v in resumed.items() if t not in timings} == {t: v for t, v in whole.items() if t not in timings}
+
+
+def test_tensorboard_without_its_package_is_refused_before_any_work(labelled_folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what `import` meets without the package
+    with pytest.raises(UserError, match=r"--tensorboard needs the tensorboard package: pip install"):
+        run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"tensorboard": True}))
+    assert not (tmp_path / "run").exists()

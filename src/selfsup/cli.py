@@ -41,6 +41,7 @@ PRETRAIN_FLAGS = {
     "device": "train.device",
     "seed": "train.seed",
     "compile": "train.compile",
+    "tensorboard": "train.tensorboard",
     "cache_dir": "data.cache_dir",
     "preset": "preset",
     "small_stem": "backbone.small_stem",
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, e.g. optim.lr=0.3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the backbone and the views")
+    p.add_argument("--tensorboard", action="store_const", const=True,
+                   help="also write the metrics as TensorBoard scalars to RUN_DIR/tensorboard (pip install tensorboard)")
     p.add_argument("--cache-dir", help="where decoded images are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)")
     p.add_argument("--preset", help="cifar or imagenet (default: cifar up to 64 px; with a ViT, "
                                           "dino's cifar-vit/imagenet-vit, moco-v3's imagenet-vit)")

@@ -98,7 +98,8 @@ class TrainConfig:
     # The collapse monitor warns when the per-dimension std of L2-normalised embeddings falls
     # below this fraction of 1/sqrt(d), the value of embeddings spread evenly over the sphere.
     collapse_warning: float = ranged(0.1, 0.0, 1.0)
-    log_every_steps: int = ranged(10, 1, None)
+    log_every_steps: int = ranged(10, 1, None)  # the progress bar's loss; with tensorboard, its step/ scalars
+    tensorboard: bool = False  # RUN_DIR/tensorboard: the metrics as TensorBoard scalars (needs the tensorboard package)
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over all processes
     progress: bool = True
 

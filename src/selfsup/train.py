@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import config as config_lib
-from . import dist, monitor
+from . import dist, monitor, tensorboard_log
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -43,7 +43,8 @@ from .viz import evenly_spaced, plot_training_curves
 # Where things are may change on --resume, not what they are: a distillation's teacher weights
 # are restored from the run's checkpoint, its --teacher only says where to read its architecture.
 RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
-                  ("data", "decode_workers"), ("distill", "teacher")}
+                  ("data", "decode_workers"), ("distill", "teacher"), ("train", "tensorboard"),
+                  ("train", "log_every_steps")}
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
 RUN_FOLDER_REMEDY = "choose a writable --out"
@@ -136,6 +137,8 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     """The resolved config and, when resuming, the checkpoint to continue from."""
     cfg, checkpoint = _config_and_checkpoint(user, resume)
+    if cfg.train.tensorboard:
+        tensorboard_log.check_installed()
     batch, world = cfg.train.batch_size, dist.world_size()
     if batch % world:
         raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
@@ -245,6 +248,7 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         self.device = resolve_device(cfg.train.device)
         self.show_progress = show_progress and cfg.train.progress and dist.is_main()
+        self.tensorboard: tensorboard_log.TensorBoardLog | None = None  # opened by fit() on the first process
         torch.manual_seed(cfg.train.seed)
         method_module = get_method(cfg.method)
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
@@ -509,11 +513,16 @@ class Trainer:
         images_per_step = cfg.train.batch_size
         bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
                            initial=self.position.step * images_per_step)
+        if cfg.train.tensorboard and dist.is_main():
+            self.tensorboard = tensorboard_log.TensorBoardLog(
+                self.out, self.position.step, None if self.resumed else config_lib.dump_yaml(cfg))
         try:
             while self.position.epoch < cfg.train.epochs:
                 self._run_epoch(bar)
         finally:
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         metrics = read_metrics(self.out)
         if dist.is_main():
             plot_training_curves(metrics, self.out / "curves.png")
@@ -549,6 +558,7 @@ class Trainer:
         cfg = self.cfg
         started = time.perf_counter()
         first_batch = self.position.batch
+        logged = self._loss_sums()  # (sum, steps) of the epoch's losses when step/loss was last written
         for images in self.stream.epoch(self.position.epoch, start=first_batch):
             self.step(images)
             # Reading the loss waits for the GPU: only for a progress bar someone is watching.
@@ -556,6 +566,10 @@ class Trainer:
                                        or self.position.batch == len(self.stream)):
                 loss = (self.epoch_sums["loss"] / self.epoch_sums["steps"]).item()
                 bar.set_postfix_str(f"epoch {self.position.epoch + 1}/{cfg.train.epochs} loss {loss:.4f}", refresh=False)
+            if self.tensorboard is not None and self.position.step % cfg.train.log_every_steps == 0:
+                now = self._loss_sums()
+                self.tensorboard.steps(self.position.step, (now[0] - logged[0]) / (now[1] - logged[1]), self.last_lr)
+                logged = now
             bar.update(cfg.train.batch_size)
             if cfg.train.checkpoint_every_steps and self.position.step % cfg.train.checkpoint_every_steps == 0 \
                     and self.position.batch < len(self.stream):
@@ -573,11 +587,19 @@ class Trainer:
             images_per_s = (len(self.stream) - first_batch) * cfg.train.batch_size / max(seconds, 1e-9)
             record = self._epoch_record(means, last, images_per_s, seconds)
             append_json_line(self.out / "metrics.jsonl", record)
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(record)
         self.position.epoch += 1
         self.position.batch = 0
         self.epoch_sums = {}
         self.save()
         self.save_pictures()
+
+    def _loss_sums(self) -> tuple[float, float]:
+        """The epoch's running (loss sum, steps) so far, read from the device (only for --tensorboard)."""
+        if self.tensorboard is None or "loss" not in self.epoch_sums:
+            return 0.0, 0.0
+        return self.epoch_sums["loss"].item(), self.epoch_sums["steps"].item()
 
     def _epoch_record(self, sums: dict[str, float], last_embedding: torch.Tensor | None, images_per_s: float,
                       seconds: float) -> dict:

@@ -1,0 +1,49 @@
+"""TensorBoard scalars of a pretraining run (`--tensorboard`, `train.tensorboard`), in RUN_DIR/tensorboard.
+
+Every figure of an epoch's metrics.jsonl line goes under `epoch/` (at the epoch's last step), and
+every `train.log_every_steps` steps the mean loss of the epoch's steps since the last such point
+and the learning rate under `step/`, so a long epoch is seen while it runs. Under torchrun the first process writes, from its own batches
+for `step/`. Other trackers read these files: `wandb sync RUN_DIR/tensorboard`, for one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+
+FOLDER = "tensorboard"
+INSTALL = "pip install 'selfsup[tensorboard]' (or pip install tensorboard)"
+
+
+def check_installed() -> None:
+    """Refuse `train.tensorboard` before any work when the package is missing."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (raises ImportError without the tensorboard package)
+    except ImportError:
+        raise UserError(f"--tensorboard needs the tensorboard package: {INSTALL}; or run without --tensorboard "
+                        f"(metrics.jsonl and curves.png hold the same figures)") from None
+
+
+class TensorBoardLog:
+    def __init__(self, run_dir: Path, from_step: int, config_yaml: str | None = None):
+        """`from_step`: the step the run starts or resumes at. Events a killed run wrote after its
+        checkpoint are hidden (TensorBoard's purge), so a resumed curve has no doubled stretch;
+        those of the checkpoint's own step were written before it, and stay."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / FOLDER), purge_step=from_step + 1)
+        if config_yaml is not None:  # indented four spaces: shown as written, not as markdown
+            self.writer.add_text("config", "".join(f"    {line}\n" for line in config_yaml.splitlines()), from_step)
+
+    def epoch(self, record: dict) -> None:
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"epoch/{key}", value, record["step"])
+        self.writer.flush()
+
+    def steps(self, step: int, mean_loss: float, lr: float) -> None:
+        self.writer.add_scalar("step/loss", mean_loss, step)
+        self.writer.add_scalar("step/lr", lr, step)
+
+    def close(self) -> None:
+        self.writer.close()
