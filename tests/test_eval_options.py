@@ -168,6 +168,7 @@ def test_one_seed_of_several_reruns_from_its_subset_file(split_folder):
     options = dict(data=split_folder, epochs=5, **TINY)
     both = evaluate_linear("random:resnet18", per_class=5, seeds=2, **options)
     assert [s["seed"] for s in both["per_seed"]] == [0, 1]
+    assert "seed" not in both and "seed_std" not in both  # a seed's number is no figure to average
     again = evaluate_linear("random:resnet18", subset=both["subsets"][1], **options)
     assert again["per_seed"] == [both["per_seed"][1]]
     assert (again["labelled_images"], again["val_images"]) == (both["labelled_images"], both["val_images"])

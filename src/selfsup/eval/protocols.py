@@ -146,9 +146,10 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     splits = [_split(setup, budget, seed, val_fraction) for seed in range(seeds)]
     # Each seed's own (a subset JSON's seed, not the loop's index), so one seed can be rerun alone.
-    per_seed = [{**one_seed(split), "seed": split.seed} for split, _ in splits]
+    figures = [one_seed(split) for split, _ in splits]
+    per_seed = [{**f, "seed": split.seed} for f, (split, _) in zip(figures, splits)]
     split, classes = splits[-1][0], len(setup.train.classes)
-    summary = summarise(per_seed, ("top1", "top5"), len(setup.test))
+    summary = summarise(figures, ("top1", "top5"), len(setup.test))
     interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
     return {"protocol": name, "encoder": setup.encoder.description, "image_size": setup.encoder.image_size,
             "budget": budget.describe(), "fraction": budget.fraction, "per_class": budget.per_class,
