@@ -621,7 +621,7 @@ def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, sp
     load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)  # decoded again, marked used
     assert main(["cache", "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out
-    assert out.count(" used ") == 2 and out.strip().splitlines()[-1].startswith("2 cache(s), ")
+    assert out.count(" used ") == 2 and out.strip().splitlines()[-1].startswith("2 caches, ")
     assert main(["cache", "--cache-dir", str(cache_dir), "--remove-unused-days", "-1"]) == 2
     assert "--remove-unused-days must be 0 or more" in capsys.readouterr().err
     assert main(["cache", "--cache-dir", str(cache_dir / "none")]) == 0
@@ -690,7 +690,7 @@ def test_a_list_that_names_an_image_twice_uses_it_once(labelled_folder, tmp_path
     listing.write_text(f"{labelled_folder / 'circle' / '000.png'}\n{labelled_folder / 'circle' / '001.png'}\n"
                        f"{labelled_folder / 'circle' / '000.png'}\n")
     assert len(open_source(listing).names) == 2
-    assert "lists 1 image(s) more than once; each is used once" in capsys.readouterr().err
+    assert "lists 1 image more than once; each is used once" in capsys.readouterr().err
 
 
 def test_removing_unused_caches_also_removes_old_half_written_features(tmp_path):

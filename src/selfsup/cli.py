@@ -230,6 +230,7 @@ def _select(args) -> int:
 def _cache(args) -> int:
     import time
 
+    from .console import plural
     from .data.cache import cache_folder, list_caches, remove_unused_caches
 
     root = cache_folder(args.cache_dir)
@@ -253,9 +254,9 @@ def _cache(args) -> int:
         print(f"{_bytes(e.bytes):>9}  used {time.strftime('%Y-%m-%d', time.localtime(e.last_used))}  "
               f"{e.images:,} images of {e.size} px from {e.source}  ({e.path.name})")
     if removed:
-        print(f"removed {len(removed)} cache(s) unused for {args.remove_unused_days:g} days: "
+        print(f"removed {plural(len(removed), 'cache')} unused for {args.remove_unused_days:g} days: "
               f"{_bytes(sum(e.bytes for e in removed))} freed")
-    print(f"{len(kept)} cache(s), {_bytes(sum(e.bytes for e in kept))}, in {root}")
+    print(f"{plural(len(kept), 'cache')}, {_bytes(sum(e.bytes for e in kept))}, in {root}")
     return 0
 
 

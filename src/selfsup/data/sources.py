@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..console import warn
+from ..console import plural, warn
 from ..errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # a GIF: its first frame
@@ -65,7 +65,7 @@ def _listed_files(path: Path, digest) -> list[str]:
         names.append(name)
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
     if repeated:
-        warn(f"{str(path)!r} lists {repeated:,} image(s) more than once; each is used once")
+        warn(f"{str(path)!r} lists {plural(repeated, 'image')} more than once; each is used once")
     return names
 
 
@@ -405,6 +405,6 @@ def rows_of_names(names: list[str], listed: list[str], source: str, split: str |
         else:
             unknown.append(name)
     if unknown:
-        raise UserError(f"{option} names {len(unknown):,} file(s) that are not images of {source} that could be "
+        raise UserError(f"{option} names {plural(len(unknown), 'file')} that are not images of {source} that could be "
                         f"decoded, e.g. {unknown[0]!r}; names are relative to its root, as in {names[0]!r}")
     return sorted(rows)

@@ -10,6 +10,7 @@ import argparse
 import json
 from functools import partial
 
+from ..console import plural
 from ..errors import UserError
 
 PROTOCOLS = ["knn", "linear", "finetune", "retrieval", "curve"]
@@ -155,7 +156,7 @@ def describe(result: dict) -> str:
     """The result as a few lines for a person."""
     seeds = result["seeds"]
     if result["protocol"] == "curve":
-        lines = [f"label-efficiency curve ({result['curve_protocol']}, {seeds} seed(s), "
+        lines = [f"label-efficiency curve ({result['curve_protocol']}, {plural(seeds, 'seed')}, "
                  f"{result['test_images']:,} test images): {result['plot']}"]
         for line in result["lines"]:
             lines.append(f"  {line['encoder']}")
@@ -166,7 +167,7 @@ def describe(result: dict) -> str:
     budget = result["budget"] if result["classes"] else "no labels"
     lines = [f"{result['protocol']} evaluation of {result['encoder']}",
              f"  {budget}: {result['labelled_images']:,} of {result['train_images']:,} training images"
-             f"{validation}; {result['test_images']:,} test images, {result['classes']} classes; {seeds} seed(s)"]
+             f"{validation}; {result['test_images']:,} test images, {plural(result['classes'], 'class', 'classes')}; {plural(seeds, 'seed')}"]
     if result.get("neighbours_file"):
         lines.append(f"  neighbours of every test image: {result['neighbours_file']}")
     # With 5 classes or fewer every class is in the top 5: top-5 is 1 whatever the encoder.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..console import warn
+from ..console import plural, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file
 from ..viz import pyplot, save_figure
@@ -104,7 +104,7 @@ def plot_label_efficiency(curve: dict, out: str | Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("labelled images per class (log scale)")
     ax.set_ylabel(f"top-1 on {curve['test_images']:,} test images")
-    ax.set_title(f"label efficiency: {curve['curve_protocol']}, mean of {curve['seeds']} seed(s)", fontsize=10)
+    ax.set_title(f"label efficiency: {curve['curve_protocol']}, mean of {plural(curve['seeds'], 'seed')}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import override, ranged
+from ..console import plural
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from . import figures, html
@@ -122,7 +123,7 @@ def _embedding_pictures(run: Path, cfg: dict, where: dict | None, options: dict)
 
 def _embedding_map(test_x, test_y, classes: list[str], options: dict) -> str:
     if len(test_x) < figures.MIN_MAP_POINTS:
-        return html.note(f"{len(test_x)} test image(s): a 2-D map needs at least {figures.MIN_MAP_POINTS}")
+        return html.note(f"{plural(len(test_x), 'test image')}: a 2-D map needs at least {figures.MIN_MAP_POINTS}")
     shown = np.unique(np.linspace(0, len(test_x) - 1, min(len(test_x), options["max_points"])).astype(int))
     coords, method = figures.project_2d(test_x[shown])
     return html.image(figures.embedding_map(coords, test_y[shown], classes, method), "embedding map", method)
@@ -171,7 +172,7 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
     sections = [_run_section(run, name, i, where, options) for i, (run, name) in enumerate(zip(runs, names))]
     headers, rows = comparison_rows(runs, names)
     nav = "".join(f'<a href="#run-{i}">{escape(n)}</a>' for i, n in enumerate(names))
-    written = html.note(f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M')}")
+    written = html.note(f"{plural(len(runs), 'run')}, written {time.strftime('%Y-%m-%d %H:%M')}")
     body = (f"<h1>selfsup report</h1>{written}<nav>{nav}</nav>"
             f"<h2>Comparison</h2>{html.table(headers, rows, 'comparison')}" + "".join(sections))
     with atomic_path(out) as tmp:
