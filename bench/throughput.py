@@ -9,7 +9,7 @@ Measures in one run, on one device:
             (when installed), eager and compiled.
 and prints one JSON line per figure, then the ratio pipeline / ceiling.
 
-    python bench/throughput.py --tar ../shared/data/cifar10-jpg.tar.xz --device cuda [--compile] [--views]
+    python bench/throughput.py --tar ../shared/data/cifar10-jpg.tar.xz --device cuda [--compile [--compile-mode reduce-overhead]] [--views]
     python bench/throughput.py --tar ... --device cpu --batch 64 --steps 5      # a smoke run on the CPU
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def build_trainer(args, out: str) -> Trainer:
     user = {"data": {"path": args.tar, "image_size": 32, "holdout_fraction": 0.0},
             "backbone": {"name": args.backbone, "small_stem": True}, "out": out,
             "train": {"batch_size": args.batch, "epochs": 1, "device": args.device, "compile": args.compile,
-                      "progress": False}}
+                      "compile_mode": args.compile_mode, "progress": False}}
     cfg, _ = config_lib.resolve(user), None
     return Trainer(cfg, None, show_progress=False)
 
@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default", help="with --compile: train.compile_mode, e.g. "
+                        "reduce-overhead (the backbone's step as CUDA graphs)")
     parser.add_argument("--views", action="store_true", help="also time the views alone (and kornia's)")
     parser.add_argument("--only-views", action="store_true", help="time the views alone, not the training step")
     args = parser.parse_args()
@@ -113,7 +115,7 @@ def main() -> None:
         trainer = build_trainer(args, out)
         device_name = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu"
         common = {"device": device_name, "batch": args.batch, "backbone": args.backbone, "compile": args.compile,
-                  "torch": torch.__version__}
+                  **({"compile_mode": args.compile_mode} if args.compile else {}), "torch": torch.__version__}
         if not args.only_views:
             top = ceiling(trainer, args)
             print(json.dumps({"figure": "ceiling", "images_per_s": round(top, 1), **common}), flush=True)

@@ -422,3 +422,18 @@ def test_tensorboard_without_its_package_is_refused_before_any_work(labelled_fol
     with pytest.raises(UserError, match=r"--tensorboard needs the tensorboard package: pip install"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"tensorboard": True}))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_compile_mode_reaches_the_backbone_and_needs_compile(labelled_folder, tmp_path, monkeypatch):
+    from selfsup import train
+    from selfsup.backbones import Backbone
+    modes = []
+    monkeypatch.setattr(Backbone, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    monkeypatch.setattr(train, "compile_views", lambda: None)  # the views' own compile is tested in test_views
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1, "compile": True,
+                                                                    "compile_mode": "reduce-overhead"}))
+    assert modes == ["reduce-overhead"]
+    with pytest.raises(UserError, match="compile_mode 'max-autotune' applies to a compiled run: add --compile"):
+        run_pretraining(tiny(labelled_folder, tmp_path / "run2", train={"compile_mode": "max-autotune"}))
+    with pytest.raises(UserError, match="compile_mode"):
+        run_pretraining(tiny(labelled_folder, tmp_path / "run3", train={"compile": True, "compile_mode": "fast"}))

@@ -90,6 +90,9 @@ class TrainConfig:
     seed: int = ranged(0, 0, 2**31 - 1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
     compile: bool = False
+    # With compile, the backbone's torch.compile mode: "reduce-overhead" replays each step's kernels
+    # as CUDA graphs (fewer launches from the host; GPU only, one process); the views keep the default.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: bool = True
     checkpoint_every_steps: int = ranged(0, 0, None)  # 0: at the end of every epoch only
     monitor_every_epochs: int = ranged(0, 0, None)  # 0: about ten times per run

@@ -137,6 +137,8 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     """The resolved config and, when resuming, the checkpoint to continue from."""
     cfg, checkpoint = _config_and_checkpoint(user, resume)
+    if cfg.train.compile_mode != "default" and not cfg.train.compile:
+        raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add --compile")
     if cfg.train.tensorboard:
         tensorboard_log.check_installed()
     batch, world = cfg.train.batch_size, dist.world_size()
@@ -281,7 +283,7 @@ class Trainer:
         if cfg.train.compile:
             for module in self.method.modules():
                 if isinstance(module, Backbone):  # the heavy part; heads and losses stay eager
-                    module.compile()
+                    module.compile(mode=cfg.train.compile_mode)
             compile_views()
 
     def _prepare_data(self, method_module) -> None:
