@@ -437,3 +437,22 @@ def test_the_compile_mode_reaches_the_backbone_and_needs_compile(labelled_folder
         run_pretraining(tiny(labelled_folder, tmp_path / "run2", train={"compile_mode": "max-autotune"}))
     with pytest.raises(UserError, match="compile_mode"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run3", train={"compile": True, "compile_mode": "fast"}))
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_line_and_keeps_the_previous(tmp_path):
+    # torch.save turns a failed write into "RuntimeError: ... unexpected pos 704 vs 598": a traceback.
+    import resource
+    script = ("import torch\nfrom selfsup.checkpoint import save_checkpoint\nfrom selfsup.errors import UserError\n"
+              f"save_checkpoint({str(tmp_path / 'last.pt')!r}, weights=torch.ones(10))\n"
+              "try:\n"
+              f"    save_checkpoint({str(tmp_path / 'last.pt')!r}, weights=torch.ones(1_000_000))\n"
+              "except UserError as e:\n    print(e)\n")
+    limit = 200_000  # bytes: the first checkpoint fits, the second (4 MB) does not
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"cannot write {str(tmp_path / 'last.pt')!r} (File too large; the previous "
+                                   f"checkpoint is kept there); free space in {str(tmp_path)!r} or choose a writable --out")
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["weights"].shape == (10,)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left

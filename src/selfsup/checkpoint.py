@@ -36,15 +36,45 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise UserError(f"cannot write to {str(path.parent)!r} ({e.strerror}); choose a writable --out") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            _save_reporting_write_errors(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:  # a full disk, most often: the previous checkpoint is still there
+        kept = "; the previous checkpoint is kept there" if path.exists() else ""
+        raise UserError(f"cannot write {str(path)!r} ({e.strerror or e}{kept}); free space in {str(path.parent)!r} "
+                        f"or choose a writable --out") from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _save_reporting_write_errors(obj: Any, f) -> None:
+    """torch.save into `f`; a write that fails raises its OSError (torch turns it into a
+    RuntimeError that names only positions in its zip writer)."""
+    failures = []
+
+    def write(data) -> int:
+        try:
+            return f.write(data)
+        except OSError as e:
+            failures.append(e)
+            raise
+
+    try:
+        torch.save(obj, _Writer(write, f.flush))
+    except RuntimeError:
+        if failures:
+            raise failures[0] from None
         raise
+
+
+class _Writer:
+    """The two methods torch.save uses of a file."""
+
+    def __init__(self, write, flush):
+        self.write, self.flush = write, flush
 
 
 def save_checkpoint(path: str | Path, **content: Any) -> None:
