@@ -456,3 +456,32 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_line_and_keeps_the_pr
                                    f"checkpoint is kept there); free space in {str(tmp_path)!r} or choose a writable --out")
     assert torch.load(tmp_path / "last.pt", weights_only=True)["weights"].shape == (10,)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_run_asked_to_stop_saves_after_the_step_and_resumes_to_the_same_weights(tmp_path, uninterrupted, stop):
+    # A scheduler's SIGTERM (SLURM, Kubernetes) or Ctrl-C: the work since the last checkpoint is kept.
+    from conftest import assert_same_state
+    data, whole = uninterrupted
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "stopped"
+    run = subprocess.Popen([sys.executable, "-m", "selfsup", "pretrain", "--out", str(out), "--data", str(data),
+                            *KILL_ARGS], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as at a terminal
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    first = torch.load(out / "last.pt", weights_only=True)["position"]  # the end of epoch 1
+    run.send_signal(stop)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 128 + stop, err
+    at_stop = torch.load(out / "last.pt", weights_only=True)["position"]
+    assert first["step"] < at_stop["step"] < 3 * first["step"], "no checkpoint at the stop, or the run ended first"
+    how = "interrupted" if stop == signal.SIGINT else "stopped by SIGTERM"
+    where = (f"at the end of epoch {at_stop['epoch']} of 3" if at_stop["batch"] == 0 else
+             f"in epoch {at_stop['epoch'] + 1} of 3, after step {at_stop['step']} of {3 * first['step']}")
+    assert err.strip().splitlines()[-1] == (f"selfsup: {how} {where}, saved in {out / 'last.pt'}; continue with: "
+                                            f"selfsup pretrain --out {out} --resume")
+    resumed = _cli("pretrain", "--out", str(out), "--resume", "--no-progress", env=env)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert_same_state(whole, torch.load(out / "last.pt", weights_only=True))

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from . import provenance
-from .errors import UserError, nearest
+from .errors import RunStopped, UserError, nearest
 
 # Command-line flag -> dotted key of the run config (also the keyword arguments of selfsup.pretrain).
 PRETRAIN_FLAGS = {
@@ -103,11 +103,13 @@ def _pretrain(args) -> int:
     user = merge_dicts(user, flags_to_config(flags))
     try:
         result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped) as stop:
         out = Path(args.out).expanduser()
         launcher = "torchrun --nproc-per-node N -m selfsup" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "selfsup"
-        raise KeyboardInterrupt(f"continue from the last checkpoint with: {launcher} pretrain --out {out} --resume"
-                                if (out / "last.pt").is_file() else
+        resume = f"{launcher} pretrain --out {out} --resume"
+        if isinstance(stop, RunStopped):  # a signal asked it to stop: it did, after a checkpoint
+            raise RunStopped(stop.exit_status - 128, f"{stop}; continue with: {resume}") from None
+        raise KeyboardInterrupt(f"continue from the last checkpoint with: {resume}" if (out / "last.pt").is_file() else
                                 "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
@@ -472,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup: error: {e}; check the paths and free space, then run the same command again",
               file=sys.stderr)
         return 2
+    except RunStopped as e:
+        from .console import first_process
+
+        if first_process():
+            print(f"selfsup: {e}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt as e:
         from .console import first_process
 

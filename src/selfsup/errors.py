@@ -14,6 +14,15 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+class RunStopped(Exception):
+    """A pretraining run asked to stop by a signal (Ctrl-C, SIGTERM from a scheduler, SIGUSR1
+    before a time limit), stopped after a step with its checkpoint written."""
+
+    def __init__(self, signal_number: int, message: str):
+        super().__init__(message)
+        self.exit_status = 128 + signal_number  # as if the signal had ended it: schedulers read this
+
+
 def nearest(name: str, valid: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest valid name, or '' when nothing is close. Case is
     ignored when comparing, so 'SimCLR' finds 'simclr'."""

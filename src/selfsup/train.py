@@ -8,10 +8,13 @@ with the same weights, bit for bit on the CPU, as one that was never interrupted
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from .console import plural, progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used
 from .data.loader import SampleBatch, map_side
-from .errors import UserError
+from .errors import RunStopped, UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
@@ -45,6 +48,9 @@ from .viz import evenly_spaced, plot_training_curves
 RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
                   ("data", "decode_workers"), ("distill", "teacher"), ("train", "tensorboard"),
                   ("train", "log_every_steps")}
+# Each asks a run to stop after the step in progress, with a checkpoint: Ctrl-C, a scheduler's
+# SIGTERM (SLURM, Kubernetes), SIGUSR1 (SLURM's --signal, sent ahead of a time limit).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
 RUN_FOLDER_REMEDY = "choose a writable --out"
@@ -251,6 +257,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.show_progress = show_progress and cfg.train.progress and dist.is_main()
         self.tensorboard: tensorboard_log.TensorBoardLog | None = None  # opened by fit() on the first process
+        self.stop_signal: int | None = None  # a signal that asked the run to stop (see STOP_SIGNALS)
         torch.manual_seed(cfg.train.seed)
         method_module = get_method(cfg.method)
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
@@ -519,8 +526,11 @@ class Trainer:
             self.tensorboard = tensorboard_log.TensorBoardLog(
                 self.out, self.position.step, None if self.resumed else config_lib.dump_yaml(cfg))
         try:
-            while self.position.epoch < cfg.train.epochs:
-                self._run_epoch(bar)
+            with self._stop_requests():
+                while self.position.epoch < cfg.train.epochs:
+                    self._run_epoch(bar)
+                    if self.position.epoch < cfg.train.epochs and self._stop_requested():  # the epoch's checkpoint is written
+                        self._stop()
         finally:
             bar.close()
             if self.tensorboard is not None:
@@ -577,6 +587,9 @@ class Trainer:
                     and self.position.batch < len(self.stream):
                 self.save()
                 self.save_pictures()  # progress seen at every checkpoint, not only each epoch
+            if self.position.batch < len(self.stream) and self._stop_requested(every_steps=cfg.train.log_every_steps):
+                self.save()
+                self._stop()
         seconds = time.perf_counter() - started
         self._stop_if_diverged()
         means = {k: dist.all_reduce_mean(v / self.epoch_sums["steps"]).item()
@@ -596,6 +609,50 @@ class Trainer:
         self.epoch_sums = {}
         self.save()
         self.save_pictures()
+
+    @contextlib.contextmanager
+    def _stop_requests(self):
+        """While training, a STOP_SIGNALS signal only asks the run to stop after the step in
+        progress; a second Ctrl-C stops it at once. A signal the caller ignores (SIGINT in a
+        background job) stays ignored."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers belong to the main thread
+            return
+
+        def request(number, frame):
+            if number == signal.SIGINT and self.stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = self.stop_signal or number
+
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+        for number, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(number, request)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(number, handler)
+
+    def _stop_requested(self, every_steps: int = 1) -> bool:
+        """Whether a signal asked the run to stop. Under torchrun the processes agree (a collective
+        every `every_steps` steps), so that they all stop after the same step."""
+        if self.world == 1:
+            return self.stop_signal is not None
+        if self.position.step % every_steps:
+            return False
+        asked = torch.tensor(float(self.stop_signal or 0), device=self.device)
+        self.stop_signal = int(dist.all_reduce_max(asked).item()) or None
+        return self.stop_signal is not None
+
+    def _stop(self) -> None:
+        """After the checkpoint of a stop that a signal asked for."""
+        at, epochs = self.position, self.cfg.train.epochs
+        where = (f"at the end of epoch {at.epoch} of {epochs}" if at.batch == 0 else
+                 f"in epoch {at.epoch + 1} of {epochs}, after step {at.step:,} of {self.total_steps:,}")
+        how = "interrupted" if self.stop_signal == signal.SIGINT else f"stopped by {signal.Signals(self.stop_signal).name}"
+        raise RunStopped(self.stop_signal, f"{how} {where}, saved in {self.out / 'last.pt'}")
 
     def _loss_sums(self) -> tuple[float, float]:
         """The epoch's running (loss sum, steps) so far, read from the device (only for --tensorboard)."""
