@@ -572,25 +572,37 @@ def test_a_damaged_cache_is_decoded_again(labelled_folder, tmp_path, capsys, dam
     assert "is damaged" in capsys.readouterr().err and [p.name for p in cache_dir.iterdir()] == [built.name]
 
 
-def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, tmp_path):
+def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, tmp_path, capsys):
     import subprocess
     import sys
-    from selfsup.data.cache import _staging_prefix
+    from selfsup.cli import main
+    from selfsup.data.cache import _builder, _staging_prefix
     cache_dir = tmp_path / "c"
     cache_dir.mkdir()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    abandoned = cache_dir / f"{_staging_prefix()}{gone.stdout.strip()}-abc"  # its process has ended
-    building = cache_dir / f"{_staging_prefix()}{os.getppid()}-def"  # a live process's build
-    recent = cache_dir / f"{_staging_prefix()}{gone.stdout.strip()}-ghi"  # ended, but written a moment ago
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    abandoned = cache_dir / f"{_staging_prefix()}{_builder(gone)}-abc"  # killed a moment ago: removed at once
+    building = cache_dir / f"{_staging_prefix()}{_builder(os.getpid())}-def"  # a live process's build
+    elsewhere = cache_dir / f".building-another_host-{_builder(gone)}-ghi"  # a PID of another machine
+    namespace = cache_dir / f"{_staging_prefix()}{gone}.00000000-jkl"  # another PID namespace, same host name
+    older = cache_dir / f"{_staging_prefix()}{gone}-mno"  # named before PID tables were, written a moment ago
+    quiet = cache_dir / f"{_staging_prefix()}{gone}.00000000-pqr"  # another namespace's, quiet for an hour
     long_ago = __import__("time").time() - 3600
-    for folder in (abandoned, building, recent):
+    for folder in (abandoned, building, elsewhere, namespace, older, quiet):
         folder.mkdir()
         (folder / "images.u8").write_bytes(b"\0" * 100)
-        if folder != recent:  # (another PID namespace under the same host name may be writing it)
+        if folder in (building, elsewhere, quiet):
             os.utime(folder / "images.u8", (long_ago, long_ago))
             os.utime(folder, (long_ago, long_ago))
     load_cache(open_source(labelled_folder), 16, cache_dir, show_progress=False)
-    assert not abandoned.exists() and building.exists() and recent.exists()
+    assert not abandoned.exists() and not quiet.exists()
+    assert building.exists() and elsewhere.exists() and namespace.exists() and older.exists()
+    assert main(["cache", "--cache-dir", str(cache_dir)]) == 0  # the disk they hold is said, not hidden
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("and 4 unfinished builds, 400 B (")
+    abandoned.mkdir()
+    assert main(["cache", "--cache-dir", str(cache_dir), "--json"]) == 0  # a listing clears it too
+    assert len(__import__("json").loads(capsys.readouterr().out)["unfinished_builds"]) == 4
+    assert not abandoned.exists()
 
 
 def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, split_folder, tmp_path, capsys):

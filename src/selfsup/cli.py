@@ -233,7 +233,7 @@ def _cache(args) -> int:
     import time
 
     from .console import plural
-    from .data.cache import cache_folder, list_caches, remove_unused_caches
+    from .data.cache import cache_folder, list_caches, remove_unused_caches, unfinished_builds
 
     root = cache_folder(args.cache_dir)
     if root.exists() and not root.is_dir():
@@ -244,13 +244,14 @@ def _cache(args) -> int:
     if args.remove_unused_days is not None and args.remove_unused_days < 0:
         raise UserError(f"--remove-unused-days must be 0 or more, got {args.remove_unused_days:g}")
     removed = [] if args.remove_unused_days is None else remove_unused_caches(root, args.remove_unused_days)
-    kept = list_caches(root)
+    kept, building = list_caches(root), unfinished_builds(root)
     if args.json:
         def described(e):
             return {"path": str(e.path), "source": e.source, "images": e.images, "size": e.size, "bytes": e.bytes,
                     "last_used": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.last_used))}
         print(json.dumps({"cache_dir": str(root), "caches": [described(e) for e in kept],
-                          "removed": [described(e) for e in removed]}))
+                          "removed": [described(e) for e in removed],
+                          "unfinished_builds": [{"path": str(path), "bytes": held} for path, held in building]}))
         return 0
     for e in kept:
         print(f"{_bytes(e.bytes):>9}  used {time.strftime('%Y-%m-%d', time.localtime(e.last_used))}  "
@@ -259,6 +260,9 @@ def _cache(args) -> int:
         print(f"removed {plural(len(removed), 'cache')} unused for {args.remove_unused_days:g} days: "
               f"{_bytes(sum(e.bytes for e in removed))} freed")
     print(f"{plural(len(kept), 'cache')}, {_bytes(sum(e.bytes for e in kept))}, in {root}")
+    if building:
+        print(f"and {plural(len(building), 'unfinished build')}, {_bytes(sum(held for _, held in building))} "
+              f"(.building-*: under way, or killed on another machine, which removes it when it builds next)")
     return 0
 
 

@@ -332,14 +332,37 @@ def _staging_prefix() -> str:
     return f".building-{host}-"
 
 
+def _process_table() -> str:
+    """Which table of processes this process's PID is looked up in, as 8 hex digits: this boot
+    of this machine and this PID namespace (containers that share a host name each have their
+    own). A PID is known dead only when looked up in the table it was taken from."""
+    parts = []
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(read())
+        except OSError:  # not Linux: no namespaces, the host name alone says which machine
+            parts.append("")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+def _builder(pid: int | None = None) -> str:
+    """The process that builds (this one by default) as its staging folders name it: PID.TABLE."""
+    return f"{os.getpid() if pid is None else pid}.{_process_table()}"
+
+
 def _remove_abandoned_builds(folder: Path, quiet_seconds: float = 600) -> None:
-    """Remove build folders of this machine whose process has ended and which nothing has written
-    to for `quiet_seconds` (the quiet time guards against another PID namespace under the same
-    host name, as containers can share)."""
-    prefix = _staging_prefix()
+    """Remove build folders of this machine whose process has ended: at once when its PID was
+    taken from this table of processes (see _process_table), so that a build killed a moment ago
+    does not hold its disk through the next; otherwise (another PID namespace under the same host
+    name, or a folder named before tables were) only once nothing has written to it for
+    `quiet_seconds`. Other machines' builds are theirs to remove: a PID says nothing here."""
+    prefix, table = _staging_prefix(), _process_table()
     for entry in folder.glob(prefix + "*"):
-        pid = entry.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and time.time() - _last_write(entry) > quiet_seconds:
+        pid, _, its_table = entry.name[len(prefix):].split("-", 1)[0].partition(".")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if its_table == table or time.time() - _last_write(entry) > quiet_seconds:
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -365,7 +388,7 @@ def make_staging(target: Path) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_builds(target.parent)
-        return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{os.getpid()}-", dir=target.parent))
+        return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{_builder()}-", dir=target.parent))
     except OSError as e:
         raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({e.strerror}); "
                         f"{CACHE_REMEDY}") from None
@@ -445,7 +468,7 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
         return cache
     except DamagedCache as e:
         warn(f"the {kind} cache {str(target)!r} is damaged ({e}); decoding the {kind}s again")
-        discarded = target.with_name(f"{_staging_prefix()}{os.getpid()}-damaged-{target.name}")
+        discarded = target.with_name(f"{_staging_prefix()}{_builder()}-damaged-{target.name}")
         try:
             target.rename(discarded)
         except FileNotFoundError:  # another process found it damaged too, and took it away
@@ -504,6 +527,21 @@ def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
         except (OSError, ValueError):
             continue  # being replaced or damaged: the next run that opens it deals with it
     return sorted(entries, key=lambda e: -e.last_used)
+
+
+def unfinished_builds(root: str | Path | None = None) -> list[tuple[Path, int]]:
+    """(folder, bytes) of each cache being built under `root`, or left by a build killed
+    elsewhere (those this machine knows ended are removed first): disk list_caches does not count."""
+    root = cache_folder(root)
+    if root.is_dir():
+        _remove_abandoned_builds(root)
+    builds = []
+    for folder in sorted(root.glob(".building-*")) if root.is_dir() else []:
+        try:
+            builds.append((folder, sum(f.stat().st_size for f in folder.iterdir() if f.is_file())))
+        except OSError:  # published or removed meanwhile
+            continue
+    return builds
 
 
 def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntry]:
