@@ -1,6 +1,7 @@
 """Export and embed: weights that load into plain torchvision/timm models; normalised vectors."""
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,31 @@ def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, t
         selfsup.export_encoder(runs["resnet18"], tmp_path / "out" / "encoder.safetensors")
     assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its temporary copy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]
+
+
+@contextmanager
+def files_limited_to(size: int):
+    """Files of this process cannot grow past `size` bytes (ulimit -f): a write beyond fails as on
+    a full disk, with EFBIG (Python ignores the SIGXFSZ that would otherwise end the process)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_embed_on_a_full_disk_says_why_and_keeps_the_previous_file(trained, tmp_path):
+    from selfsup.errors import UserError
+    data, runs = trained
+    out = tmp_path / "emb.npy"
+    selfsup.embed_images(runs["resnet18"], data, out, cache_dir=tmp_path / "c", show_progress=False)
+    before = out.read_bytes()  # tens of KB: 512 floats an image
+    with files_limited_to(4096), pytest.raises(UserError) as error:  # numpy's own fwrite said "(None)"
+        selfsup.embed_images(runs["resnet18"], data, out, cache_dir=tmp_path / "c", show_progress=False)
+    assert str(error.value) == f"cannot write {str(out)!r} (File too large); free space there or choose another --out"
+    assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
 # ---------------------------------------------------------------------------------------------

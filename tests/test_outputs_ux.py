@@ -281,3 +281,16 @@ def test_an_atomic_write_does_not_follow_a_link_planted_under_a_guessable_name(t
     with atomic_path(tmp_path / "result.json") as tmp:
         tmp.write_text("{}")
     assert victim.read_text() == "keep me" and (tmp_path / "result.json").read_text() == "{}"
+
+
+def test_a_write_error_without_a_reason_is_told_by_its_message_and_no_room_by_its_remedy(tmp_path):
+    import errno
+    from selfsup.outputs import atomic_path
+    with pytest.raises(UserError) as error, atomic_path(tmp_path / "e.npy"):
+        raise OSError("3200 requested and 992 written")  # as numpy's fwrite raises it: no errno, no strerror
+    assert str(error.value) == (f"cannot write {str(tmp_path / 'e.npy')!r} (3200 requested and 992 written); "
+                                "choose another --out")
+    with pytest.raises(UserError) as error, atomic_path(tmp_path / "e.npy"):
+        raise OSError(errno.ENOSPC, None)  # an errno alone
+    assert "(No space left on device); free space there or choose another --out" in str(error.value)
+    assert list(tmp_path.iterdir()) == []

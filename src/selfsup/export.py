@@ -21,7 +21,7 @@ from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
 from .errors import UserError
 from .eval.features import extract_features
-from .outputs import atomic_path, output_file
+from .outputs import atomic_path, output_file, save_npy
 from .views import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_FILE = "encoder.safetensors"  # the name inside an --out folder
@@ -91,8 +91,8 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 batch_size=batch_size, show_progress=show_progress, desc="embedding")
     vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:  # np.save would add .npy to the temporary name
-        np.save(f, vectors)
+    with atomic_path(out) as tmp:
+        save_npy(tmp, vectors)
     with atomic_path(names_file) as tmp:
         tmp.write_text("".join(name + "\n" for name in cache.names))
     return {"embeddings": str(out), "files": str(names_file), "count": len(cache), "dim": vectors.shape[1],

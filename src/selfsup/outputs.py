@@ -5,13 +5,30 @@ mistyped path costs a second, not the run.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 from .errors import UserError
+
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a full disk or quota, a file size limit
+
+
+def os_reason(e: OSError) -> str:
+    """Why `e` happened, in words: its strerror, else its errno's text, else its message (an
+    OSError made by hand, or by a library, may carry no strerror)."""
+    return e.strerror or (os.strerror(e.errno) if e.errno else "") or str(e) or type(e).__name__
+
+
+def cannot_write(what: str, e: OSError, remedy: str) -> UserError:
+    """'cannot write WHAT (REASON); REMEDY', where the reason is no room left: 'free space there
+    or REMEDY'."""
+    return UserError(f"cannot write {what} ({os_reason(e)}); {'free space there or ' if e.errno in NO_ROOM else ''}"
+                     f"{remedy}")
 
 
 def output_folder(path: str | Path) -> Path:
@@ -26,7 +43,7 @@ def _make_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {str(path)!r} ({e.strerror}); choose a writable --out") from None
+        raise UserError(f"cannot create {str(path)!r} ({os_reason(e)}); choose a writable --out") from None
     return path
 
 
@@ -42,7 +59,7 @@ def output_file(path: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
             pass
     except OSError as e:
-        raise UserError(f"cannot write in {str(folder)!r} ({e.strerror}); choose a writable --out") from None
+        raise cannot_write(f"in {str(folder)!r}", e, "choose a writable --out") from None
     return path
 
 
@@ -62,7 +79,7 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
     try:
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
-        raise UserError(f"cannot write {str(path)!r} ({e.strerror}); {remedy}") from None
+        raise cannot_write(repr(str(path)), e, remedy) from None
     os.close(handle)
     tmp = Path(name)
     try:
@@ -70,9 +87,19 @@ def atomic_path(path: Path, remedy: str = "choose another --out"):
         os.chmod(tmp, 0o666 & ~current_umask())  # an ordinary file, whatever the writer chose (safetensors: 0600)
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {str(path)!r} ({e.strerror}); {remedy}") from None
+        raise cannot_write(repr(str(path)), e, remedy) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_npy(path: Path, array) -> None:
+    """np.save(path, array), with no .npy added to the name, written through a Python file object:
+    numpy's own fwrite to a real file fails with an OSError that has no reason ('N requested and M
+    written'), where Python's says which (No space left on device)."""
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.save(SimpleNamespace(write=f.write), array)  # not a file to numpy: written in chunks by f.write
 
 
 def lies_inside(path: str | Path, folder: str | Path) -> bool:

@@ -33,7 +33,7 @@ from PIL import Image, TiffImagePlugin
 
 from ..console import progress_bar, warn
 from ..errors import UserError
-from ..outputs import current_umask
+from ..outputs import current_umask, os_reason
 from .sources import ImageSource
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -390,7 +390,7 @@ def make_staging(target: Path) -> Path:
         _remove_abandoned_builds(target.parent)
         return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{_builder()}-", dir=target.parent))
     except OSError as e:
-        raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({e.strerror}); "
+        raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({os_reason(e)}); "
                         f"{CACHE_REMEDY}") from None
 
 
@@ -474,7 +474,7 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
         except FileNotFoundError:  # another process found it damaged too, and took it away
             pass
         except OSError as error:
-            raise UserError(f"cannot remove the damaged cache {str(target)!r} ({error.strerror}); delete it, "
+            raise UserError(f"cannot remove the damaged cache {str(target)!r} ({os_reason(error)}); delete it, "
                             f"then run the same command again") from None
         shutil.rmtree(discarded, ignore_errors=True)
         build()

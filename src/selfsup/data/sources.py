@@ -17,6 +17,7 @@ from typing import Iterator
 
 from ..console import plural, warn
 from ..errors import UserError
+from ..outputs import os_reason
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # a GIF: its first frame
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
@@ -135,7 +136,7 @@ class ImageSource:
                     if not gone.exists():
                         raise UserError(f"{str(gone)!r} disappeared while reading it; restore it and run the "
                                         f"same command again (finished work is kept)") from None
-                    yield name, f"unreadable: {e.strerror}".encode()
+                    yield name, f"unreadable: {os_reason(e)}".encode()
             return
         wanted = set(self.names if names is None else names)
         prefix = self.archive_prefix
@@ -238,7 +239,8 @@ def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None
     left_out = [] if left_out is None else left_out
 
     def unreadable_folder(error: OSError) -> None:
-        left_out.append((os.path.relpath(error.filename or path, path), f"the folder cannot be read ({error.strerror})"))
+        left_out.append((os.path.relpath(error.filename or path, path),
+                         f"the folder cannot be read ({os_reason(error)})"))
 
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True, onerror=unreadable_folder):
         real = os.path.realpath(dirpath)
@@ -259,7 +261,7 @@ def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None
                     if not stat.S_ISREG(st.st_mode):  # a link to /dev/zero reads forever, a FIFO waits forever
                         why = "it is not a regular file (a device, a pipe or a socket)"
                 except OSError as e:  # a dangling link, a loop of links
-                    why = f"it cannot be opened ({e.strerror})"
+                    why = f"it cannot be opened ({os_reason(e)})"
             if why is not None:
                 left_out.append((rel, why))
                 continue

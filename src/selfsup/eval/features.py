@@ -12,7 +12,7 @@ import torch
 from ..console import progress_bar
 from ..data import ImageCache
 from ..data.cache import CACHE_REMEDY, cache_folder
-from ..outputs import atomic_path
+from ..outputs import atomic_path, save_npy
 from ..views import eval_view
 
 
@@ -85,6 +85,6 @@ def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=
                                 show_progress=show_progress, desc=desc)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, CACHE_REMEDY) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
-            np.save(f, features.numpy())
+        with atomic_path(path, CACHE_REMEDY) as tmp:
+            save_npy(tmp, features.numpy())
     return features

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..console import warn
-from ..outputs import append_json_line, read_json_lines
+from ..outputs import append_json_line, os_reason, read_json_lines
 
 EVALS_FILE = "evals.jsonl"
 
@@ -91,7 +91,7 @@ def record_result(spec: str, result: dict, device=None) -> Path | None:
     try:
         append_json_line(path, line)
     except OSError as e:  # a run folder shared read-only: the result is still reported
-        warn(f"could not add the result to {str(path)!r} ({e.strerror}); `selfsup report` will not show it "
+        warn(f"could not add the result to {str(path)!r} ({os_reason(e)}); `selfsup report` will not show it "
              f"(--no-record skips this)")
         return None
     return path
