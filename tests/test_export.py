@@ -87,8 +87,7 @@ def test_embed_writes_unit_vectors_and_the_file_list(trained, tmp_path):
     assert names[0] == "circle/000.png"
 
 
-def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, tmp_path, monkeypatch, capsys):
-    from selfsup import export
+def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, tmp_path, capsys):
     from selfsup.cli import main
     from selfsup.errors import UserError
 
@@ -112,17 +111,6 @@ def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, t
                  str(tmp_path / "e.npy"), "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
 
-    def full_disk(*args, **kwargs):
-        with open(args[1], "wb") as f:
-            f.write(b"half a file")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(export, "save_file", full_disk)
-    with pytest.raises(UserError, match=re.escape("(No space left on device)")):
-        selfsup.export_encoder(runs["resnet18"], tmp_path / "out" / "encoder.safetensors")
-    assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its temporary copy
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]
-
 
 @contextmanager
 def files_limited_to(size: int):
@@ -135,6 +123,19 @@ def files_limited_to(size: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_previous_file(trained, tmp_path, capsys):
+    from selfsup.cli import main
+    data, runs = trained
+    out = tmp_path / "enc.safetensors"
+    selfsup.export_encoder(runs["resnet18-half"], out)
+    before = out.read_bytes()
+    with files_limited_to(4096):  # was a SafetensorError's traceback: "File too large (os error 27)"
+        assert main(["export", "--checkpoint", str(runs["resnet18-half"]), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"selfsup: error: cannot write {str(out)!r} (File too large); "
+                                       f"free space there or choose another --out\n")
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]
 
 
 def test_embed_on_a_full_disk_says_why_and_keeps_the_previous_file(trained, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
@@ -60,8 +60,11 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
         "mean": json.dumps(IMAGENET_MEAN),
         "std": json.dumps(IMAGENET_STD),
     }
+    # Serialised here and written by Python: safetensors' own file writing fails with a
+    # SafetensorError (a traceback), not an OSError that atomic_path turns into one line.
+    serialised = save(state, metadata=metadata)
     with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        tmp.write_bytes(serialised)
     return {"out": str(out), **metadata}
 
 
