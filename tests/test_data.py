@@ -605,6 +605,20 @@ def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, 
     assert not abandoned.exists()
 
 
+def test_a_full_disk_while_building_the_cache_names_the_cache_folder(labelled_folder, tmp_path, monkeypatch):
+    import errno
+    from selfsup.data import cache
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")  # was: "[Errno 28] No space left on device"
+    monkeypatch.setattr(cache, "publish", full_disk)  # the index written last, after the pixels
+    with pytest.raises(UserError) as error:
+        load_cache(open_source(labelled_folder), 16, tmp_path / "c", show_progress=False)
+    assert str(error.value) == (f"cannot write the image cache in {str(tmp_path / 'c')!r} (No space left on device); "
+                                f"free space there or set --cache-dir or $SELFSUP_CACHE to a writable folder")
+    assert list((tmp_path / "c").iterdir()) == []  # nor the half-built cache
+
+
 def test_caches_are_listed_and_those_unused_for_days_removed(labelled_folder, split_folder, tmp_path, capsys):
     import json
     import time

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from PIL import Image, TiffImagePlugin
 
 from ..console import progress_bar, warn
 from ..errors import UserError
-from ..outputs import current_umask, os_reason
+from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
 from .sources import ImageSource
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -383,15 +384,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def make_staging(target: Path) -> Path:
+def make_staging(target: Path, kind: str = "image") -> Path:
     """A new temporary folder beside `target`, to build a cache in and rename into place."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_builds(target.parent)
         return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{_builder()}-", dir=target.parent))
     except OSError as e:
-        raise UserError(f"cannot write the image cache in {str(target.parent)!r} ({os_reason(e)}); "
-                        f"{CACHE_REMEDY}") from None
+        raise _cannot_write_cache(target, e, kind) from None
+
+
+def _cannot_write_cache(target: Path, e: OSError, kind: str) -> UserError:
+    return cannot_write(f"the {kind} cache in {str(target.parent)!r}", e, CACHE_REMEDY)
+
+
+@contextmanager
+def building(target: Path, kind: str = "image"):
+    """A staging folder (make_staging) to build the cache `target` in, removed if the block fails;
+    a disk that fills up meanwhile is a UserError naming the cache folder, not a bare errno."""
+    staging = make_staging(target, kind)
+    try:
+        yield staging
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in NO_ROOM:  # a write; reading the source fails otherwise
+            raise _cannot_write_cache(target, e, kind) from None
+        raise
 
 
 def publish(staging: Path, target: Path, meta: dict) -> None:
@@ -412,12 +430,11 @@ def publish(staging: Path, target: Path, meta: dict) -> None:
 
 def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
     """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
-    staging = make_staging(target)
     names, skipped, grayscale_rows, sides, notes = [], [], [], [], {}
     digest = hashlib.sha256()  # hashed as written: no second pass over a cache of many GB
-    bar = progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress)
-    try:
-        with open(staging / "images.u8", "wb") as pixels:
+    with building(target) as staging:
+        with (progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress) as bar,
+              open(staging / "images.u8", "wb") as pixels):
             parallel = len(source.names) >= 2048
             for name, decoded in decode_stream(source.read(), size, workers, parallel, notes):
                 if decoded is None:
@@ -431,7 +448,6 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                     sides.append(decoded[2])
                     names.append(name)
                 bar.update(1)
-        bar.close()
         classes = source.classes
         index = {c: i for i, c in enumerate(classes)}
         meta = {"format": CACHE_FORMAT, "source": source.describe(), "fingerprint": source.fingerprint,
@@ -440,10 +456,6 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None,
                 "notes": notes, "pixels_sha256": digest.hexdigest()}
         publish(staging, target, meta)
-    except BaseException:
-        bar.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,

@@ -25,7 +25,6 @@ import csv
 import hashlib
 import io
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from ..console import progress_bar, warn
 from ..errors import UserError
-from .cache import ImageCache, cache_folder, fit_square, load_cache, make_staging, open_built, publish
+from .cache import ImageCache, building, cache_folder, fit_square, load_cache, open_built, publish
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_tar_path,
                       open_source, walk_folder)
 
@@ -238,11 +237,10 @@ def _open_videos(path: Path, videos: list[str], prefix: str, fingerprint: str, s
 
 
 def _build_videos(path: Path, videos: list[str], prefix: str, size: int, target: Path, show_progress: bool) -> None:
-    staging = make_staging(target)
     names, skipped = [], []
-    bar = progress_bar(len(videos), f"decoding videos in {path}", unit="video", enabled=show_progress)
-    try:
-        with open(staging / "images.u8", "wb") as pixels:
+    with building(target, "video") as staging:
+        with (progress_bar(len(videos), f"decoding videos in {path}", unit="video", enabled=show_progress) as bar,
+              open(staging / "images.u8", "wb") as pixels):
             for name, data in _read_members(path, set(videos), prefix):
                 frames = decode_video(data, size)
                 if frames is None:
@@ -256,11 +254,6 @@ def _build_videos(path: Path, videos: list[str], prefix: str, size: int, target:
                 "labels": None, "skipped": sorted(skipped), "grayscale_rows": [], "median_side": None,
                 "files": len(videos)}
         publish(staging, target, meta)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------
