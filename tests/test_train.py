@@ -144,8 +144,25 @@ def test_resume_on_other_data_is_refused(labelled_folder, tmp_path):
     renamed.mkdir()
     for folder in labelled_folder.iterdir():
         folder.rename(renamed / f"x{folder.name}")
-    with pytest.raises(UserError, match=r"\(other files\); resume with the run's data"):
+    with pytest.raises(UserError, match=r"holds 36 images, as many as this run was trained on, but not the same "
+                                        r"files \(renamed, or others\); resume with the run's data \(--data PATH"):
         run_pretraining(tiny(renamed, tmp_path / "run", train={"epochs": 1}), resume=True)
+    # The data gone from where the run found it: --data says where it is now.
+    labelled_folder.rmdir()
+    with pytest.raises(UserError, match=r"--resume: the run's data, '.*', does not exist; if the data moved, "
+                                        r"resume with --data PATH where it is now"):
+        run_pretraining({"out": str(tmp_path / "run")}, resume=True)
+    renamed.rename(labelled_folder)
+    for folder in labelled_folder.iterdir():
+        folder.rename(labelled_folder / folder.name[1:])
+    run_pretraining({"out": str(tmp_path / "run")}, resume=True)  # back where it was: resumes (and ends)
+
+
+def test_a_run_folder_that_is_a_file_is_refused(labelled_folder, tmp_path):
+    (tmp_path / "run").write_text("notes")
+    with pytest.raises(UserError, match=r"^--out '.*run' is a file, not a folder; choose another --out$"):
+        run_pretraining(tiny(labelled_folder, tmp_path / "run"))
+    assert (tmp_path / "run").read_text() == "notes"
 
 
 def test_a_refused_run_writes_nothing_and_keeps_the_users_files(labelled_folder, tmp_path):

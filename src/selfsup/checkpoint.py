@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .outputs import current_umask
+from .outputs import current_umask, os_reason
 
 FORMAT = "selfsup-checkpoint"
 # What torch.load(weights_only=True) raises on a file that is not a plain PyTorch save of tensors.
@@ -33,7 +33,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write to {str(path.parent)!r} ({e.strerror}); choose a writable --out") from None
+        raise UserError(f"cannot write to {str(path.parent)!r} ({os_reason(e)}); choose a writable --out") from None
     try:
         with os.fdopen(fd, "wb") as f:
             _save_reporting_write_errors(obj, f)
@@ -43,7 +43,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         os.replace(tmp, path)
     except OSError as e:  # a full disk, most often: the previous checkpoint is still there
         kept = "; the previous checkpoint is kept there" if path.exists() else ""
-        raise UserError(f"cannot write {str(path)!r} ({e.strerror or e}{kept}); free space in {str(path.parent)!r} "
+        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); free space in {str(path.parent)!r} "
                         f"or choose a writable --out") from None
     finally:
         if os.path.exists(tmp):

@@ -38,7 +38,8 @@ from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
 from .optim import build_optimizer, clip_gradients_per_tensor, cosine, peak_lr, set_schedule, warmup_cosine
-from .outputs import append_json_line, lies_inside, read_json_lines, removed_if_left_empty, write_text_atomically
+from .outputs import (append_json_line, lies_inside, os_reason, read_json_lines, removed_if_left_empty,
+                      write_text_atomically)
 from .phases import phase
 from .views import compile_views
 from .viz import evenly_spaced, plot_training_curves
@@ -125,8 +126,12 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
                     longer = f"; to train for {value} epochs, {new_run_command(out, value)}"
                 raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r}){longer}")
-    cfg = dataclasses.replace(config_lib.override(cfg, allowed), out=str(out))
-    return _absolute_paths(cfg), checkpoint
+    cfg = _absolute_paths(dataclasses.replace(config_lib.override(cfg, allowed), out=str(out)))
+    if not Path(cfg.data.path).exists():
+        given = "the data given with --data" if "path" in user.get("data", {}) else "the run's data"
+        raise UserError(f"--resume: {given}, {cfg.data.path!r}, does not exist; if the data moved, resume with "
+                        f"--data PATH where it is now")
+    return cfg, checkpoint
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -181,10 +186,12 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     if written.is_file() and not written.read_text().startswith(config_lib.RUN_CONFIG_HEADER):
         raise UserError(f"{str(out)!r} holds a config.yaml that selfsup did not write, which the run's own "
                         f"would replace; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to the run folder {str(out)!r} ({e.strerror}); {RUN_FOLDER_REMEDY}") from None
+        raise UserError(f"cannot write to the run folder {str(out)!r} ({os_reason(e)}); {RUN_FOLDER_REMEDY}") from None
     return cfg, None
 
 
@@ -377,10 +384,10 @@ class Trainer:
     def _restore(self, checkpoint: dict) -> None:
         saved, now = checkpoint.get("data"), self._data_identity()
         if saved is not None and not same_data(saved, now):
-            raise UserError(f"--resume: {self.cfg.data.path} holds {now['images']:,} images, not the "
-                            f"{saved['images']:,} images this run was trained on"
-                            f"{'' if now['images'] != saved['images'] else ' (other files)'}; resume with "
-                            f"the run's data, or start a new run in another --out")
+            which = (f"not the {saved['images']:,} images this run was trained on" if now["images"] != saved["images"]
+                     else "as many as this run was trained on, but not the same files (renamed, or others)")
+            raise UserError(f"--resume: {self.cfg.data.path} holds {now['images']:,} images, {which}; resume with the "
+                            f"run's data (--data PATH where it is now), or start a new run in another --out")
         self.method.load_state_dict(checkpoint["model"])
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
