@@ -2,8 +2,9 @@
 
 Every figure of an epoch's metrics.jsonl line goes under `epoch/` (at the epoch's last step), and
 every `train.log_every_steps` steps the mean loss of the epoch's steps since the last such point
-and the learning rate under `step/`, so a long epoch is seen while it runs. Under torchrun the first process writes, from its own batches
-for `step/`. Other trackers read these files: `wandb sync RUN_DIR/tensorboard`, for one.
+and the learning rate under `step/`, so a long epoch is seen while it runs. Under torchrun the
+first process writes, `step/` from its own batches. Other trackers read these files: `wandb sync
+RUN_DIR/tensorboard`, for one.
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ FOLDER = "tensorboard"
 INSTALL = "pip install 'selfsup[tensorboard]' (or pip install tensorboard)"
 
 
-def check_installed() -> None:
-    """Refuse `train.tensorboard` before any work when the package is missing."""
+def summary_writer():
+    """torch's SummaryWriter class; a UserError without the tensorboard package (called before
+    any work, so that a run asking for it is refused at once)."""
     try:
-        import torch.utils.tensorboard  # noqa: F401  (raises ImportError without the tensorboard package)
+        from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError(f"--tensorboard needs the tensorboard package: {INSTALL}; or run without --tensorboard "
                         f"(metrics.jsonl and curves.png hold the same figures)") from None
+    return SummaryWriter
 
 
 class TensorBoardLog:
@@ -29,9 +32,7 @@ class TensorBoardLog:
         """`from_step`: the step the run starts or resumes at. Events a killed run wrote after its
         checkpoint are hidden (TensorBoard's purge), so a resumed curve has no doubled stretch;
         those of the checkpoint's own step were written before it, and stay."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(run_dir / FOLDER), purge_step=from_step + 1)
+        self.writer = summary_writer()(str(run_dir / FOLDER), purge_step=from_step + 1)
         if config_yaml is not None:  # indented four spaces: shown as written, not as markdown
             self.writer.add_text("config", "".join(f"    {line}\n" for line in config_yaml.splitlines()), from_step)
 

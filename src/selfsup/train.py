@@ -8,7 +8,6 @@ with the same weights, bit for bit on the CPU, as one that was never interrupted
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +150,7 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add --compile")
     if cfg.train.tensorboard:
-        tensorboard_log.check_installed()
+        tensorboard_log.summary_writer()
     batch, world = cfg.train.batch_size, dist.world_size()
     if batch % world:
         raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
@@ -535,8 +534,8 @@ class Trainer:
         try:
             with self._stop_requests():
                 while self.position.epoch < cfg.train.epochs:
-                    self._run_epoch(bar)
-                    if self.position.epoch < cfg.train.epochs and self._stop_requested():  # the epoch's checkpoint is written
+                    self._run_epoch(bar)  # ends with the epoch's checkpoint
+                    if self.position.epoch < cfg.train.epochs and self._stop_requested():
                         self._stop()
         finally:
             bar.close()
@@ -617,7 +616,7 @@ class Trainer:
         self.save()
         self.save_pictures()
 
-    @contextlib.contextmanager
+    @contextmanager
     def _stop_requests(self):
         """While training, a STOP_SIGNALS signal only asks the run to stop after the step in
         progress; a second Ctrl-C stops it at once. A signal the caller ignores (SIGINT in a
@@ -658,7 +657,8 @@ class Trainer:
         at, epochs = self.position, self.cfg.train.epochs
         where = (f"at the end of epoch {at.epoch} of {epochs}" if at.batch == 0 else
                  f"in epoch {at.epoch + 1} of {epochs}, after step {at.step:,} of {self.total_steps:,}")
-        how = "interrupted" if self.stop_signal == signal.SIGINT else f"stopped by {signal.Signals(self.stop_signal).name}"
+        name = signal.Signals(self.stop_signal).name
+        how = "interrupted" if name == "SIGINT" else f"stopped by {name}"
         raise RunStopped(self.stop_signal, f"{how} {where}, saved in {self.out / 'last.pt'}")
 
     def _loss_sums(self) -> tuple[float, float]:

@@ -167,7 +167,8 @@ def describe(result: dict) -> str:
     budget = result["budget"] if result["classes"] else "no labels"
     lines = [f"{result['protocol']} evaluation of {result['encoder']}",
              f"  {budget}: {result['labelled_images']:,} of {result['train_images']:,} training images"
-             f"{validation}; {result['test_images']:,} test images, {plural(result['classes'], 'class', 'classes')}; {plural(seeds, 'seed')}"]
+             f"{validation}; {result['test_images']:,} test images, "
+             f"{plural(result['classes'], 'class', 'classes')}; {plural(seeds, 'seed')}"]
     if result.get("neighbours_file"):
         lines.append(f"  neighbours of every test image: {result['neighbours_file']}")
     # With 5 classes or fewer every class is in the top 5: top-5 is 1 whatever the encoder.
