@@ -196,7 +196,7 @@ def test_select_from_a_tar_of_a_dataset_takes_its_train_images(split_folder, tmp
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "0"], "--budget must be at least 1, got 0"),
     (["--budget", "37"], "--budget 37 is more than the 36 images in "),
-    (["--budget", "3", "--labelled", "LIST.txt"], r"--labelled names 1 file\(s\) that are not images of .* e.g. "
+    (["--budget", "3", "--labelled", "LIST.txt"], r"--labelled names 1 file not among the decoded images of .* e.g. "
                                                   r"'elsewhere/1.png'"),
     (["--budget", "3", "--labelled", "NOWHERE.csv"], "--labelled .*NOWHERE.csv' does not exist"),
     (["--budget", "3", "--labelled", "BAD.csv"], "has no 'file' column in its first line"),
@@ -249,7 +249,7 @@ def test_linear_on_a_subset_cuts_validation_from_the_listed_images(split_folder,
 @pytest.mark.parametrize("argv, message", [
     (["knn", "--per-class", "2"], "give --per-class or --subset, not both"),
     (["knn", "--subset", "NOWHERE.txt"], "--subset .*NOWHERE.txt' does not exist"),
-    (["knn", "--subset", "TEST.txt"], r"--subset names 1 file\(s\) that are not images of"),
+    (["knn", "--subset", "TEST.txt"], r"--subset names 1 file not among the decoded images of"),
     (["curve", "--per-class", "2"], "--subset is for one evaluation; eval curve draws its own subsets"),
     (["linear", "--val-fraction", "0"], "without a validation split .* give one --lr and one --weight-decay"),
 ])

@@ -407,6 +407,6 @@ def rows_of_names(names: list[str], listed: list[str], source: str, split: str |
         else:
             unknown.append(name)
     if unknown:
-        raise UserError(f"{option} names {plural(len(unknown), 'file')} that are not images of {source} that could be "
-                        f"decoded, e.g. {unknown[0]!r}; names are relative to its root, as in {names[0]!r}")
+        raise UserError(f"{option} names {plural(len(unknown), 'file')} not among the decoded images of {source}, "
+                        f"e.g. {unknown[0]!r}; names are relative to its root, as in {names[0]!r}")
     return sorted(rows)
