@@ -199,3 +199,26 @@ def test_a_damaged_feature_file_is_computed_again(split_folder, tmp_path, damage
     assert evaluate_knn("random:resnet18", **options)["top1"] == first["top1"]
     assert [f.read_bytes() for f in files] == originals
     assert not [f for f in os.listdir(files[0].parent) if f.endswith(".tmp")]
+
+
+def test_features_that_cannot_be_kept_are_used_and_said_once(split_folder, tmp_path, monkeypatch, capsys):
+    # A full disk under the cache: the features are computed; keeping them for next time is a
+    # saving, so it costs a warning, not the evaluation.
+    import errno
+    import os
+
+    from selfsup.eval import features
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
+    options = dict(data=split_folder, image_size=16, device="cpu", show_progress=False, record=False, k=5)
+    expected = evaluate_knn("random:resnet18", **options)["top1"]
+    for saved in (tmp_path / "cache" / "features").glob("*.npy"):
+        saved.unlink()
+
+    def full(path, array):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(features, "save_npy", full)
+    capsys.readouterr()
+    assert evaluate_knn("random:resnet18", **options)["top1"] == expected
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "not kept" in l]
+    assert len(warnings) == 2 and "(No space left on device); free space there" in warnings[0]
+    assert not list((tmp_path / "cache" / "features").glob("*.npy"))

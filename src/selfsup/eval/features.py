@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..console import progress_bar
+from ..console import progress_bar, warn
 from ..data import ImageCache
 from ..data.cache import CACHE_REMEDY, cache_folder
-from ..outputs import atomic_path, save_npy
+from ..errors import UserError
+from ..outputs import atomic_path, os_reason, save_npy
 from ..views import eval_view
 
 
@@ -84,7 +85,10 @@ def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 show_progress=show_progress, desc=desc)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, CACHE_REMEDY) as tmp:
-            save_npy(tmp, features.numpy())
+        try:  # the features are computed: a cache that cannot keep them (a full disk) costs time next time, no more
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, CACHE_REMEDY) as tmp:
+                save_npy(tmp, features.numpy())
+        except (OSError, UserError) as e:
+            warn(f"the features are not kept for the next evaluation: {e if isinstance(e, UserError) else os_reason(e)}")
     return features
