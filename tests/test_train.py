@@ -402,9 +402,10 @@ def test_tensorboard_scalars_follow_the_metrics_and_a_resumed_run_draws_the_same
             (self.epoch_sums["loss"].item(), self.epoch_sums["steps"].item(), self.position.step))
 
     monkeypatch.setattr(Trainer, "step", step_and_note_loss)
-    data = write_dataset(tmp_path / "data", per_class=10, size=16)  # 30 images: 3 steps of 8 per epoch
-    user = tiny(data, tmp_path, train={"epochs": 3, "tensorboard": True, "log_every_steps": 2})
-    _, at_stop, _ = interrupted_then_resumed(user, stop_after_steps=5, monkeypatch=monkeypatch)
+    data = write_dataset(tmp_path / "data", per_class=12, size=16)  # 35 training images: 4 steps of 8 an epoch
+    user = tiny(data, tmp_path, train={"epochs": 3, "tensorboard": True, "log_every_steps": 3,
+                                       "checkpoint_every_steps": 5})
+    _, at_stop, _ = interrupted_then_resumed(user, stop_after_steps=7, monkeypatch=monkeypatch)
     whole, resumed = _scalars(tmp_path / "whole"), _scalars(tmp_path / "killed")
 
     # Each step's own loss, from the epoch's running sums the steps left behind.
@@ -414,24 +415,45 @@ def test_tensorboard_scalars_follow_the_metrics_and_a_resumed_run_draws_the_same
             previous = (0.0, 0.0)
         own[step] = loss_sum - previous[0]
         previous = (loss_sum, steps)
-    # step/loss: the mean of the steps since the last point of the epoch, every 2 steps.
-    expected = [(2, (own[1] + own[2]) / 2), (4, own[4]), (6, (own[5] + own[6]) / 2), (8, (own[7] + own[8]) / 2)]
+    # step/loss: the mean of the last 3 steps, every 3 steps, across epochs' ends.
+    expected = [(s, np.mean([own[s - 2], own[s - 1], own[s]])) for s in (3, 6, 9, 12)]
     assert [s for s, _ in whole["step/loss"]] == [s for s, _ in expected]
     np.testing.assert_allclose([v for _, v in whole["step/loss"]], [v for _, v in expected], rtol=1e-5)
     # epoch/: every figure of metrics.jsonl, at the epoch's last step.
     lines = [json.loads(l) for l in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    assert [s for s, _ in whole["epoch/loss"]] == [l["step"] for l in lines] == [3, 6, 9]
+    assert [s for s, _ in whole["epoch/loss"]] == [l["step"] for l in lines] == [4, 8, 12]
     np.testing.assert_allclose([v for _, v in whole["epoch/loss"]], [l["loss"] for l in lines], rtol=1e-6)
     assert {f"epoch/{k}" for k in lines[-1] if k not in ("epoch", "step")} <= set(whole)
-    # Killed after step 5, resumed from its checkpoint at the end of epoch 1 (step 3): what the
-    # killed run wrote after step 3 (step/ at 4) is hidden, what it wrote up to it stays, and the
-    # curves are the uninterrupted run's.
-    assert at_stop["position"]["step"] == 3
+    # Killed after step 7, resumed from its checkpoint in epoch 2 (step 5): what the killed run
+    # wrote after step 5 (step/ at 6) is hidden, what it wrote up to it stays, the step/ point at 6
+    # still covers steps 4 to 6, and the curves are the uninterrupted run's.
+    assert (at_stop["position"]["step"], at_stop["position"]["batch"]) == (5, 1)
     before_the_kill = sorted((tmp_path / "killed" / "tensorboard").glob("events.*"))[0]
-    assert [s for s, _ in _scalars(before_the_kill)["step/loss"]] == [2, 4]
+    assert [s for s, _ in _scalars(before_the_kill)["step/loss"]] == [3, 6]
     timings = {"epoch/epoch_seconds", "epoch/images_per_s"}
     assert set(resumed) == set(whole)
     assert {t: v for t, v in resumed.items() if t not in timings} == {t: v for t, v in whole.items() if t not in timings}
+
+
+def test_tensorboard_turned_on_at_resume_draws_the_epochs_before_it(labelled_folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 2}))
+    run_pretraining({"out": str(tmp_path / "run"), "train": {"tensorboard": True}}, resume=True)  # ends at once
+    assert not (tmp_path / "run" / "tensorboard").exists()  # nothing trained: nothing opened
+    half = tmp_path / "half"
+    run_pretraining(tiny(labelled_folder, half, train={"epochs": 2}))
+    checkpoint = torch.load(half / "last.pt", weights_only=True)
+    lines = (half / "metrics.jsonl").read_text().splitlines()
+    (half / "metrics.jsonl").write_text(lines[0] + "\n")  # as if stopped at the end of epoch 1
+    from selfsup.checkpoint import save_checkpoint
+    first = torch.load(half / "last.pt", weights_only=True)
+    first["position"] = {"epoch": 1, "batch": 0, "step": checkpoint["position"]["step"] // 2}
+    save_checkpoint(half / "last.pt", **{k: v for k, v in first.items() if k not in ("format", "version")})
+    run_pretraining({"out": str(half), "train": {"tensorboard": True}}, resume=True)
+    scalars = _scalars(half)
+    assert [s for s, _ in scalars["epoch/loss"]] == [json.loads(l)["step"] for l in
+                                                     (half / "metrics.jsonl").read_text().splitlines()]
+    assert len(scalars["epoch/loss"]) == 2  # epoch 1 from metrics.jsonl, epoch 2 as it ran
 
 
 def test_tensorboard_without_its_package_is_refused_before_any_work(labelled_folder, tmp_path, monkeypatch):
@@ -439,6 +461,13 @@ def test_tensorboard_without_its_package_is_refused_before_any_work(labelled_fol
     with pytest.raises(UserError, match=r"--tensorboard needs the tensorboard package: pip install"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"tensorboard": True}))
     assert not (tmp_path / "run").exists()
+    pytest.importorskip("tensorboard")
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard")
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1, "tensorboard": True}))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # resumed where the package is missing
+    with pytest.raises(UserError, match=r"this run writes TensorBoard scalars, which need the tensorboard package: "
+                                        r"pip install .*; or resume with --set train.tensorboard=false"):
+        run_pretraining({"out": str(tmp_path / "run")}, resume=True)
 
 
 def test_the_compile_mode_reaches_the_backbone_and_needs_compile(labelled_folder, tmp_path, monkeypatch):
@@ -469,8 +498,9 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_line_and_keeps_the_pr
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")},
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert done.returncode == 0, done.stderr
+    # A size limit (EFBIG), not a full disk: freeing space would not help, so it is not suggested.
     assert done.stdout.strip() == (f"cannot write {str(tmp_path / 'last.pt')!r} (File too large; the previous "
-                                   f"checkpoint is kept there); free space in {str(tmp_path)!r} or choose a writable --out")
+                                   f"checkpoint is kept there); choose a writable --out")
     assert torch.load(tmp_path / "last.pt", weights_only=True)["weights"].shape == (10,)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 

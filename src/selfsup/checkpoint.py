@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .outputs import current_umask, os_reason
+from .outputs import NO_ROOM, current_umask, os_reason
 
 FORMAT = "selfsup-checkpoint"
 # What torch.load(weights_only=True) raises on a file that is not a plain PyTorch save of tensors.
@@ -43,8 +43,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         os.replace(tmp, path)
     except OSError as e:  # a full disk, most often: the previous checkpoint is still there
         kept = "; the previous checkpoint is kept there" if path.exists() else ""
-        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); free space in {str(path.parent)!r} "
-                        f"or choose a writable --out") from None
+        free = f"free space in {str(path.parent)!r} or " if e.errno in NO_ROOM else ""
+        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); {free}choose a writable --out") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

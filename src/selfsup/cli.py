@@ -108,7 +108,7 @@ def _pretrain(args) -> int:
         launcher = "torchrun --nproc-per-node N -m selfsup" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "selfsup"
         resume = f"{launcher} pretrain --out {out} --resume"
         if isinstance(stop, RunStopped):  # a signal asked it to stop: it did, after a checkpoint
-            raise RunStopped(stop.exit_status - 128, f"{stop}; continue with: {resume}") from None
+            raise RunStopped(stop.signal_number, f"{stop}; continue with: {resume}") from None
         raise KeyboardInterrupt(f"continue from the last checkpoint with: {resume}" if (out / "last.pt").is_file() else
                                 "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}

@@ -20,6 +20,7 @@ class RunStopped(Exception):
 
     def __init__(self, signal_number: int, message: str):
         super().__init__(message)
+        self.signal_number = signal_number
         self.exit_status = 128 + signal_number  # as if the signal had ended it: schedulers read this
 
 

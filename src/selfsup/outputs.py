@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from .errors import UserError
 
-NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a full disk or quota, a file size limit
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT}  # a full disk or quota (EFBIG, a size limit, is not helped by freeing space)
 
 
 def os_reason(e: OSError) -> str:

@@ -16,25 +16,32 @@ FOLDER = "tensorboard"
 INSTALL = "pip install 'selfsup[tensorboard]' (or pip install tensorboard)"
 
 
-def summary_writer():
+def summary_writer(resuming: bool = False):
     """torch's SummaryWriter class; a UserError without the tensorboard package (called before
     any work, so that a run asking for it is refused at once)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError(f"--tensorboard needs the tensorboard package: {INSTALL}; or run without --tensorboard "
-                        f"(metrics.jsonl and curves.png hold the same figures)") from None
+        without = ("resume with --set train.tensorboard=false" if resuming else "run without --tensorboard")
+        raise UserError(f"{'this run writes TensorBoard scalars, which need' if resuming else '--tensorboard needs'} "
+                        f"the tensorboard package: {INSTALL}; or {without} (metrics.jsonl and curves.png hold the "
+                        f"same figures)") from None
     return SummaryWriter
 
 
 class TensorBoardLog:
-    def __init__(self, run_dir: Path, from_step: int, config_yaml: str | None = None):
+    def __init__(self, run_dir: Path, from_step: int, config_yaml: str, earlier_epochs: list[dict]):
         """`from_step`: the step the run starts or resumes at. Events a killed run wrote after its
         checkpoint are hidden (TensorBoard's purge), so a resumed curve has no doubled stretch;
-        those of the checkpoint's own step were written before it, and stay."""
+        those of the checkpoint's own step were written before it, and stay. A run that logs here
+        for the first time (a new run, or --tensorboard given at --resume) first writes its config
+        and `earlier_epochs` (its metrics.jsonl lines so far)."""
+        first_time = from_step == 0 or not (run_dir / FOLDER).exists()
         self.writer = summary_writer()(str(run_dir / FOLDER), purge_step=from_step + 1)
-        if config_yaml is not None:  # indented four spaces: shown as written, not as markdown
+        if first_time:  # the config indented four spaces: shown as written, not as markdown
             self.writer.add_text("config", "".join(f"    {line}\n" for line in config_yaml.splitlines()), from_step)
+            for record in earlier_epochs:
+                self.epoch(record)
 
     def epoch(self, record: dict) -> None:
         for key, value in record.items():

@@ -51,6 +51,7 @@ RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), 
 # Each asks a run to stop after the step in progress, with a checkpoint: Ctrl-C, a scheduler's
 # SIGTERM (SLURM, Kubernetes), SIGUSR1 (SLURM's --signal, sent ahead of a time limit).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+STOP_CHECK_SECONDS = 2.0  # under torchrun: about how often the processes agree on a stop
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
 RUN_FOLDER_REMEDY = "choose a writable --out"
@@ -150,7 +151,7 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
         raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add --compile")
     if cfg.train.tensorboard:
-        tensorboard_log.summary_writer()
+        tensorboard_log.summary_writer(resuming=resume)
     batch, world = cfg.train.batch_size, dist.world_size()
     if batch % world:
         raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
@@ -264,6 +265,7 @@ class Trainer:
         self.show_progress = show_progress and cfg.train.progress and dist.is_main()
         self.tensorboard: tensorboard_log.TensorBoardLog | None = None  # opened by fit() on the first process
         self.stop_signal: int | None = None  # a signal that asked the run to stop (see STOP_SIGNALS)
+        self.next_stop_check, self.stop_check_from = 0, (0.0, 0)  # torchrun: when the processes next agree
         torch.manual_seed(cfg.train.seed)
         method_module = get_method(cfg.method)
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
@@ -289,6 +291,8 @@ class Trainer:
         self.resumed = checkpoint is not None
         self.total_steps = cfg.train.epochs * len(self.stream)
         self.epoch_sums: dict[str, torch.Tensor] = {}
+        # --tensorboard's step/loss: (loss sum, steps) since its last point, on the device (no wait per step)
+        self.loss_window = torch.zeros(2, device=self.device)
         if checkpoint is not None:
             self._restore(checkpoint)
         elif dist.is_main():  # a new run where one died before its first checkpoint: its lines go
@@ -372,7 +376,7 @@ class Trainer:
         return dict(method=self.cfg.method, config=config_lib.to_dict(self.cfg), data=self._data_identity(),
                     model=self.method.state_dict(), optimizer=self.optimizer.state_dict(),
                     position=vars(self.position).copy(), rng=rng, world=self.world,
-                    epoch_sums=epoch_sums[0], epoch_sums_per_rank=epoch_sums)
+                    epoch_sums=epoch_sums[0], epoch_sums_per_rank=epoch_sums, loss_window=self.loss_window.cpu())
 
     def _data_identity(self) -> dict:
         """What the run trains on, by file names (compared: the data may move, --data on --resume,
@@ -409,7 +413,8 @@ class Trainer:
             # each process's view randomness is reseeded from (seed, rank, step).
             self.generator.manual_seed(self.cfg.train.seed + 1_000_003 * self.rank + self.position.step)
             if dist.is_main():
-                warn(f"resuming a run of {len(views)} process(es) on {self.world}: same data order, new view randomness")
+                warn(f"resuming a run of {plural(len(views), 'process', 'processes')} on {self.world}: same data order, "
+                     f"new view randomness")
         cuda_states = checkpoint["rng"].get("cuda_per_rank", [])
         if self.device.type == "cuda" and len(cuda_states) == self.world:  # else reseeded, like the views
             torch.cuda.set_rng_state(cuda_states[self.rank], self.device)
@@ -421,6 +426,8 @@ class Trainer:
         mine = sums[self.rank] if len(sums) == self.world else {
             k: torch.stack([s[k] for s in sums]).double().mean(0).to(sums[0][k].dtype) for k in sums[0]}
         self.epoch_sums = {k: v.to(self.device) for k, v in mine.items()}
+        if "loss_window" in checkpoint:  # --tensorboard's next step/loss point covers the steps before the stop too
+            self.loss_window = checkpoint["loss_window"].to(self.device)
         if dist.is_main():
             self._trim_metrics(self.position.epoch)
 
@@ -507,6 +514,8 @@ class Trainer:
             values["steps"] = torch.ones((), device=self.device)
             for key, value in values.items():
                 self.epoch_sums[key] = self.epoch_sums.get(key, torch.zeros((), device=self.device)) + value
+            if self.cfg.train.tensorboard:
+                self.loss_window += torch.stack([values["loss"], values["steps"]])
         self.last_embedding = out.embedding
         self.last_lr, self.last_wd = lr, wd
         self.position.step += 1
@@ -529,13 +538,13 @@ class Trainer:
         bar = progress_bar(self.total_steps * images_per_step, "pretraining", enabled=self.show_progress,
                            initial=self.position.step * images_per_step)
         if cfg.train.tensorboard and dist.is_main():
-            self.tensorboard = tensorboard_log.TensorBoardLog(
-                self.out, self.position.step, None if self.resumed else config_lib.dump_yaml(cfg))
+            self.tensorboard = tensorboard_log.TensorBoardLog(self.out, self.position.step, config_lib.dump_yaml(cfg),
+                                                              earlier_epochs=read_metrics(self.out))
         try:
             with self._stop_requests():
                 while self.position.epoch < cfg.train.epochs:
                     self._run_epoch(bar)  # ends with the epoch's checkpoint
-                    if self.position.epoch < cfg.train.epochs and self._stop_requested():
+                    if self.position.epoch < cfg.train.epochs and self._stop_requested(epoch_end=True):
                         self._stop()
         finally:
             bar.close()
@@ -576,7 +585,6 @@ class Trainer:
         cfg = self.cfg
         started = time.perf_counter()
         first_batch = self.position.batch
-        logged = self._loss_sums()  # (sum, steps) of the epoch's losses when step/loss was last written
         for images in self.stream.epoch(self.position.epoch, start=first_batch):
             self.step(images)
             # Reading the loss waits for the GPU: only for a progress bar someone is watching.
@@ -585,16 +593,19 @@ class Trainer:
                 loss = (self.epoch_sums["loss"] / self.epoch_sums["steps"]).item()
                 bar.set_postfix_str(f"epoch {self.position.epoch + 1}/{cfg.train.epochs} loss {loss:.4f}", refresh=False)
             if self.tensorboard is not None and self.position.step % cfg.train.log_every_steps == 0:
-                now = self._loss_sums()
-                self.tensorboard.steps(self.position.step, (now[0] - logged[0]) / (now[1] - logged[1]), self.last_lr)
-                logged = now
+                loss_sum, steps = self.loss_window.tolist()
+                self.tensorboard.steps(self.position.step, loss_sum / steps, self.last_lr)
+                self.loss_window.zero_()
             bar.update(cfg.train.batch_size)
+            saved = False
             if cfg.train.checkpoint_every_steps and self.position.step % cfg.train.checkpoint_every_steps == 0 \
                     and self.position.batch < len(self.stream):
                 self.save()
                 self.save_pictures()  # progress seen at every checkpoint, not only each epoch
-            if self.position.batch < len(self.stream) and self._stop_requested(every_steps=cfg.train.log_every_steps):
-                self.save()
+                saved = True
+            if self.position.batch < len(self.stream) and self._stop_requested():
+                if not saved:
+                    self.save()
                 self._stop()
         seconds = time.perf_counter() - started
         self._stop_if_diverged()
@@ -619,38 +630,46 @@ class Trainer:
     @contextmanager
     def _stop_requests(self):
         """While training, a STOP_SIGNALS signal only asks the run to stop after the step in
-        progress; a second Ctrl-C stops it at once. A signal the caller ignores (SIGINT in a
+        progress; a Ctrl-C after that stops it at once. A signal the caller ignores (SIGINT in a
         background job) stays ignored."""
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers belong to the main thread
             return
 
         def request(number, frame):
-            if number == signal.SIGINT and self.stop_signal == signal.SIGINT:
+            if number == signal.SIGINT and self.stop_signal is not None:
                 raise KeyboardInterrupt
             self.stop_signal = self.stop_signal or number
 
-        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-        for number, handler in previous.items():
-            if handler is not signal.SIG_IGN:
-                signal.signal(number, request)
+        # Not replaced: a signal ignored, or handled outside Python (its handler could not be put back).
+        previous = {number: handler for number in STOP_SIGNALS
+                    if (handler := signal.getsignal(number)) not in (signal.SIG_IGN, None)}
+        for number in previous:
+            signal.signal(number, request)
         try:
             yield
         finally:
             for number, handler in previous.items():
-                if handler is not None:  # None: set outside Python, cannot be put back
-                    signal.signal(number, handler)
+                signal.signal(number, handler)
 
-    def _stop_requested(self, every_steps: int = 1) -> bool:
-        """Whether a signal asked the run to stop. Under torchrun the processes agree (a collective
-        every `every_steps` steps), so that they all stop after the same step."""
+    def _stop_requested(self, epoch_end: bool = False) -> bool:
+        """Whether a signal asked the run to stop. Under torchrun the processes agree, so that they
+        all stop after the same step: in a collective at each epoch's end and about every
+        STOP_CHECK_SECONDS (the steps to the next one follow from the slowest process's pace, which
+        the collective shares), well inside the 30 s torchrun and SLURM wait before killing."""
         if self.world == 1:
             return self.stop_signal is not None
-        if self.position.step % every_steps:
+        if not epoch_end and self.position.step < self.next_stop_check:
             return False
-        asked = torch.tensor(float(self.stop_signal or 0), device=self.device)
-        self.stop_signal = int(dist.all_reduce_max(asked).item()) or None
-        return self.stop_signal is not None
+        (since, step), now = self.stop_check_from, time.perf_counter()
+        seconds_per_step = (now - since) / max(1, self.position.step - step) if since else 0.0
+        asked = torch.tensor([float(self.stop_signal or 0), seconds_per_step], device=self.device)
+        signal_number, slowest = dist.all_reduce_max(asked).tolist()
+        self.next_stop_check = self.position.step + (max(1, int(STOP_CHECK_SECONDS / slowest)) if slowest > 0 else 1)
+        self.stop_check_from = (now, self.position.step)
+        # A signal that came while waiting in the collective is kept for the next agreement.
+        self.stop_signal = self.stop_signal or int(signal_number) or None
+        return signal_number > 0
 
     def _stop(self) -> None:
         """After the checkpoint of a stop that a signal asked for."""
@@ -660,12 +679,6 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name
         how = "interrupted" if name == "SIGINT" else f"stopped by {name}"
         raise RunStopped(self.stop_signal, f"{how} {where}, saved in {self.out / 'last.pt'}")
-
-    def _loss_sums(self) -> tuple[float, float]:
-        """The epoch's running (loss sum, steps) so far, read from the device (only for --tensorboard)."""
-        if self.tensorboard is None or "loss" not in self.epoch_sums:
-            return 0.0, 0.0
-        return self.epoch_sums["loss"].item(), self.epoch_sums["steps"].item()
 
     def _epoch_record(self, sums: dict[str, float], last_embedding: torch.Tensor | None, images_per_s: float,
                       seconds: float) -> dict:
