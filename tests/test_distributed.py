@@ -141,6 +141,47 @@ def test_two_process_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
             {k: v for k, v in resumed_epoch.items() if k not in timing}
 
 
+def signalled_worker(rank, world, port, user_json, result_file):
+    """Process 1 alone gets a SIGTERM during its 5th step (a scheduler's signal reaches the
+    processes at different moments); both must stop after the same step, with a checkpoint."""
+    import signal
+
+    from selfsup import train
+    from selfsup.errors import RunStopped
+    join(rank, world, port)
+    train.STOP_CHECK_SECONDS = 0.0  # agree after every step: the stop's step is then known
+    original, calls = train.Trainer.step, {"n": 0}
+
+    def step(self, images):
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original(self, images)
+    train.Trainer.step = step
+    try:
+        train.run_pretraining(json.loads(user_json))
+        outcome = "finished"
+    except RunStopped as stop:
+        outcome = [stop.signal_number, str(stop)]
+    Path(f"{result_file}.{rank}").write_text(json.dumps(outcome))
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_step_and_resumes_exactly(tmp_path):
+    import signal
+    data = write_dataset(tmp_path / "data", per_class=12, size=16)
+    whole, stopped = tiny_user(data, tmp_path / "whole"), tiny_user(data, tmp_path / "stopped")
+    spawn(trainer_worker, json.dumps(whole), False, -1)
+    spawn(signalled_worker, json.dumps(stopped), str(tmp_path / "outcome"))
+    outcomes = [json.loads(Path(f"{tmp_path / 'outcome'}.{rank}").read_text()) for rank in range(2)]
+    assert [o[0] for o in outcomes] == [signal.SIGTERM, signal.SIGTERM]  # process 0 stopped too, by its peer's signal
+    assert outcomes[0][1].startswith("stopped by SIGTERM in epoch 2 of 3, after step 5 of 12, saved in")
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["position"] == \
+        {"epoch": 1, "batch": 1, "step": 5}
+    spawn(trainer_worker, json.dumps(stopped), True, -1)
+    assert_same_state(torch.load(tmp_path / "whole" / "last.pt", weights_only=True),
+                      torch.load(tmp_path / "stopped" / "last.pt", weights_only=True))
+
+
 def killed_and_resumed_equals_whole(tmp_path, whole: dict, killed: dict, stop_after: int):
     spawn(trainer_worker, json.dumps(whole), False, -1)
     spawn(trainer_worker, json.dumps(killed), False, stop_after)
