@@ -226,7 +226,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capsys):
     user = tiny_user(data, tmp_path / "run", checkpoint_every_steps=3)
     spawn(trainer_worker, json.dumps(user), False, 4)
     result = run_pretraining(user, resume=True)
-    assert "resuming a run of 2 process(es) on 1" in capsys.readouterr().err
+    assert "resuming a run of 2 processes on 1" in capsys.readouterr().err
     final = torch.load(result.checkpoint, weights_only=True)
     assert final["position"] == {"epoch": 3, "batch": 0, "step": 3 * (35 // 8)} and final["world"] == 1
 
