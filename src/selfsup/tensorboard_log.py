@@ -1,9 +1,9 @@
 """TensorBoard scalars of a pretraining run (`--tensorboard`, `train.tensorboard`), in RUN_DIR/tensorboard.
 
 Every figure of an epoch's metrics.jsonl line goes under `epoch/` (at the epoch's last step), and
-every `train.log_every_steps` steps the mean loss of the epoch's steps since the last such point
-and the learning rate under `step/`, so a long epoch is seen while it runs. Under torchrun the
-first process writes, `step/` from its own batches. Other trackers read these files: `wandb sync
+every `train.log_every_steps` steps the mean loss of those steps (the trainer keeps the sum, in
+its checkpoint too) and the learning rate under `step/`, so a long epoch is seen while it runs.
+Under torchrun the first process writes, `step/` from its own batches. Other trackers read these files: `wandb sync
 RUN_DIR/tensorboard`, for one.
 """
 from __future__ import annotations
