@@ -18,7 +18,6 @@ import torch
 
 from ..config import load_yaml, override, ranged
 from ..console import plural, warn
-from ..curate.search import nearest
 from ..errors import UserError
 from ..outputs import atomic_path, output_file
 from .data import Setup, check_options, prepare
@@ -27,7 +26,7 @@ from .finetune import FinetuneConfig, finetune
 from .knn import knn_scores, topk_accuracy
 from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
 from .record import checkpoint_identity, data_digests, data_name, record_result
-from .retrieval import RETRIEVAL_SEARCH, mean_average_precision, precision_at_k, unit_rows
+from .retrieval import mean_average_precision, precision_at_k, retrieve
 from .stats import summarise
 from .subsets import Budget, Split, listed_split, make_split, save_split
 
@@ -254,8 +253,7 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
 
     def one_seed(split: Split) -> dict:
         gallery = train_x[split.train]
-        similarity, neighbours, _ = nearest(unit_rows(test_x), unit_rows(gallery), max(ks), policy=RETRIEVAL_SEARCH)
-        similarity, neighbours = torch.from_numpy(similarity), torch.from_numpy(neighbours)
+        similarity, neighbours = map(torch.from_numpy, retrieve(test_x, gallery, max(ks)))
         if out is not None and not written:
             _write_neighbours(out, setup, split, similarity, neighbours)
             written.append(out)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..curate.search import SearchPolicy
+from ..curate.search import SearchPolicy, nearest
 
 # Exact and on the CPU whatever the machine, so that a protocol's figures depend neither on its GPU
 # nor on an approximate index: faiss's flat index from 50,000 gallery images (below, a matrix
@@ -26,6 +26,13 @@ RETRIEVAL_SEARCH = SearchPolicy(faiss_from=50_000, inverted_file_from=None, fais
 def unit_rows(features: torch.Tensor) -> np.ndarray:
     """(N, D) float32 rows of length 1, as `nearest` takes them: cosine similarity is then their dot product."""
     return F.normalize(features.float(), dim=1).cpu().numpy()
+
+
+def retrieve(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each (Q, k): the k gallery rows most similar to each query by
+    cosine similarity, most similar first, found as every evaluation finds them (RETRIEVAL_SEARCH)."""
+    similarity, indices, _ = nearest(unit_rows(queries), unit_rows(gallery), k, policy=RETRIEVAL_SEARCH)
+    return similarity, indices
 
 
 def precision_at_k(neighbour_labels: torch.Tensor, query_labels: torch.Tensor, ks=(1, 10, 50)) -> dict[str, float]:

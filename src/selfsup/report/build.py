@@ -98,9 +98,8 @@ def _labelled_data(cfg: dict, data, train, test) -> dict | None:
 
 def _embedding_pictures(run: Path, cfg: dict, where: dict | None, options: dict) -> tuple[str, str]:
     """(nearest-neighbour grid, embedding map) as HTML, or notes saying why not."""
-    from ..curate.search import nearest
     from ..eval.data import prepare
-    from ..eval.retrieval import RETRIEVAL_SEARCH, unit_rows
+    from ..eval.retrieval import retrieve
 
     if where is None:
         missing = html.note("no labelled data: give --data ROOT (with train/ and test/ class folders)")
@@ -113,7 +112,7 @@ def _embedding_pictures(run: Path, cfg: dict, where: dict | None, options: dict)
     train_x, test_x = setup.features()
     test_y, train_y, classes = setup.test.labels, setup.train.labels, setup.train.classes
     queries = figures.fixed_queries(test_y, options["queries"])
-    _, idx, _ = nearest(unit_rows(test_x[queries]), unit_rows(train_x), options["neighbours"], policy=RETRIEVAL_SEARCH)
+    _, idx = retrieve(test_x[queries], train_x, options["neighbours"])
     grid = figures.neighbour_grid(setup.test.images[queries], test_y[queries], setup.train.images, idx,
                                   train_y, classes)
     caption = (f"each row: a test image of {setup.test.source} (black) and its nearest training images of "
