@@ -13,6 +13,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -63,18 +64,11 @@ def _save_reporting_write_errors(obj: Any, f) -> None:
             raise
 
     try:
-        torch.save(obj, _Writer(write, f.flush))
+        torch.save(obj, SimpleNamespace(write=write, flush=f.flush))  # the two methods torch.save uses
     except RuntimeError:
         if failures:
             raise failures[0] from None
         raise
-
-
-class _Writer:
-    """The two methods torch.save uses of a file."""
-
-    def __init__(self, write, flush):
-        self.write, self.flush = write, flush
 
 
 def save_checkpoint(path: str | Path, **content: Any) -> None:
