@@ -326,11 +326,14 @@ def _cache_key(source: ImageSource, size: int) -> str:
     return f"{stem}{'-' + source.split if source.split else ''}-{size}px-{digest}"
 
 
+STAGING = ".building-"  # the start of a cache's name while it is built (then: host, builder)
+
+
 def _staging_prefix() -> str:
     # The machine and the process that builds: a folder left by a killed build (kill -9, a time
     # limit) is recognised and removed by the next build on the same machine.
     host = re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname())[:40] or "host"
-    return f".building-{host}-"
+    return f"{STAGING}{host}-"
 
 
 def _process_table() -> str:
@@ -548,7 +551,7 @@ def unfinished_builds(root: str | Path | None = None) -> list[tuple[Path, int]]:
     if root.is_dir():
         _remove_abandoned_builds(root)
     builds = []
-    for folder in sorted(root.glob(".building-*")) if root.is_dir() else []:
+    for folder in sorted(root.glob(STAGING + "*")) if root.is_dir() else []:
         try:
             builds.append((folder, sum(f.stat().st_size for f in folder.iterdir() if f.is_file())))
         except OSError:  # published or removed meanwhile
