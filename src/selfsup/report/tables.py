@@ -5,6 +5,8 @@ from pathlib import Path
 
 import yaml
 
+from ..console import plural
+
 EVAL_HEADERS = ["time", "checkpoint", "protocol", "labels", "image size", "seeds", "top-1", "95 % interval", "top-5",
                 "other", "test data"]
 
@@ -38,7 +40,8 @@ def _position(result: dict) -> str:
     """The evaluated checkpoint's place in its run: '2 epochs', or '0 epochs + 2 batches' for one
     written mid-epoch; '(not last.pt now)' when the run has moved on since (see `is_current`)."""
     at = result.get("checkpoint_position")
-    text = "" if not at else f"{at['epoch']} epochs" + (f" + {at['batch']} batches" if at.get("batch") else "")
+    text = "" if not at else plural(at["epoch"], "epoch") + (f" + {plural(at['batch'], 'batch', 'batches')}"
+                                                             if at.get("batch") else "")
     return text + ("" if result.get("current", True) else " (not last.pt now)")
 
 
