@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import selfsup
-from selfsup.config import merge_dicts
+from selfsup.config import load_yaml, merge_dicts
 from selfsup.errors import UserError
 from selfsup.train import run_pretraining
 
@@ -152,10 +152,11 @@ def test_resume_on_other_data_is_refused(labelled_folder, tmp_path):
     with pytest.raises(UserError, match=r"--resume: the run's data, '.*', does not exist; if the data moved, "
                                         r"resume with --data PATH where it is now"):
         run_pretraining({"out": str(tmp_path / "run")}, resume=True)
-    renamed.rename(labelled_folder)
-    for folder in labelled_folder.iterdir():
-        folder.rename(labelled_folder / folder.name[1:])
-    run_pretraining({"out": str(tmp_path / "run")}, resume=True)  # back where it was: resumes (and ends)
+    for folder in renamed.iterdir():
+        folder.rename(renamed / folder.name[1:])
+    run_pretraining({"out": str(tmp_path / "run"), "data": {"path": str(renamed)}}, resume=True)  # resumes (and ends)
+    # config.yaml says where the data is now, as last.pt does: a new run from it finds the data.
+    assert load_yaml(tmp_path / "run" / "config.yaml")["data"]["path"] == str(renamed)
 
 
 def test_a_run_folder_that_is_a_file_is_refused(labelled_folder, tmp_path):

@@ -197,7 +197,9 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
 
 def write_run_config(cfg: RunConfig) -> None:
     """RUN_DIR/config.yaml, once the data and the method are known to work (a refused run
-    leaves nothing behind)."""
+    leaves nothing behind). Written again at each --resume, with what it may change (where the data
+    is now, the device, ...): `--config` then starts a new run from there. run.json keeps each
+    resume's command."""
     if dist.is_main():  # a failed write is a one-line UserError (atomic_path)
         write_text_atomically(Path(cfg.out) / "config.yaml", config_lib.dump_yaml(cfg), RUN_FOLDER_REMEDY)
 
@@ -720,7 +722,6 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
     with removed_if_left_empty(user.get("out")):
         cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
         trainer = Trainer(cfg, checkpoint, show_progress)
-        if checkpoint is None:
-            write_run_config(cfg)
+        write_run_config(cfg)
         write_run_provenance(cfg, trainer.device, resumed=checkpoint is not None)
         return trainer.fit()
