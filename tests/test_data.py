@@ -3,6 +3,7 @@ import io
 import os
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -255,17 +256,96 @@ def test_multi_page_tiffs_use_their_first_page_and_are_counted_in_a_warning(tmp_
     assert err.count("warning:") == 1 and "1 of 2 files" in err and "multi-page TIFFs (e.g. 'z.tif')" in err
 
 
-def test_tiffs_in_a_layout_pillow_cannot_decode_are_told_apart_from_damaged_files(tmp_path, capsys):
+@contextmanager
+def without_tiff_readers():
+    """As on a machine without `selfsup[tiff]`: tifffile and imagecodecs cannot be imported."""
+    import sys
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("tifffile", "imagecodecs"):
+            patch.setitem(sys.modules, name, None)
+        yield
+
+
+def test_tiffs_pillow_cannot_decode_are_told_apart_from_damaged_files_without_tifffile(tmp_path, capsys):
+    pytest.importorskip("tifffile")  # the second half reads them
+    pytest.importorskip("imagecodecs")
     (tmp_path / "tiles").mkdir()
     gdal = tiff16(field_tile(np.random.default_rng(4), bands=4), photometric=1, extra=(0, 0, 0))
     (tmp_path / "tiles" / "gdal.tif").write_bytes(gdal)  # 4 bands of 16 bits, minisblack: GDAL's default
     (tmp_path / "tiles" / "cut.tif").write_bytes(gdal[:20])
     (tmp_path / "tiles" / "good.tif").write_bytes(tiff16(field_tile(np.random.default_rng(5))))
-    cache = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    with without_tiff_readers():
+        cache = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
     assert cache.names == ["good.tif"] and sorted(cache.skipped) == ["cut.tif", "gdal.tif"]
     err = capsys.readouterr().err
     assert "skipped 2 of 3 files" in err and "1 of them are valid TIFFs in a layout Pillow cannot decode" in err
-    assert "'gdal.tif'" in err
+    assert "'gdal.tif'" in err and "pip install 'selfsup[tiff]'" in err
+    # Installed since: the cache that skipped them is decoded again, and reads them.
+    cache = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    assert cache.names == ["gdal.tif", "good.tif"] and cache.skipped == ["cut.tif"]
+    err = capsys.readouterr().err
+    assert "was built without (imagecodecs and tifffile, which read 1 TIFFs it skipped); decoding the images again" in err
+    load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    assert "decoding the images again" not in capsys.readouterr().err  # once
+
+
+def tifffile_bytes(array: np.ndarray, **options) -> bytes:
+    tifffile = pytest.importorskip("tifffile")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("layout", ["gdal, 4 bands", "planar, 5 bands", "channel pages", "z-stack of channels",
+                                    "float, 6 bands", "one band of int32", "lzw, 4 bands"])
+def test_tiffs_pillow_cannot_decode_are_read_by_tifffile_from_their_first_three_bands(layout, seed):
+    """A GDAL tile (bands as samples of a pixel), a planar one (a plane per band), a microscope's
+    stack (a page per channel, and per z-slice): the first three bands of the first plane, as red,
+    green and blue, stretched together, as by hand from the array."""
+    pytest.importorskip("tifffile")
+    rng = np.random.default_rng(seed)
+    tile = field_tile(rng, 16, 20, bands=4).astype(np.uint16)
+    bands = np.concatenate([tile, rng.integers(0, 4096, (16, 20, 2))], axis=2).astype(np.uint16)  # 6 bands
+    data, first = {
+        "gdal, 4 bands": lambda: (tiff16(tile, photometric=1, extra=(0, 0, 0)), tile),
+        "planar, 5 bands": lambda: (tifffile_bytes(np.moveaxis(bands[..., :5], 2, 0), photometric="minisblack",
+                                                   planarconfig="separate"), bands),
+        "channel pages": lambda: (tifffile_bytes(np.moveaxis(bands[..., :4], 2, 0), imagej=True,
+                                                 metadata={"axes": "CYX"}), bands),
+        "z-stack of channels": lambda: (tifffile_bytes(np.stack([np.moveaxis(bands[..., :4], 2, 0),
+                                                                 np.moveaxis(bands[..., 2:], 2, 0)]),
+                                                       imagej=True, metadata={"axes": "ZCYX"}), bands),
+        "float, 6 bands": lambda: (tifffile_bytes((bands / 7.0).astype(np.float32), photometric="minisblack",
+                                                  planarconfig="contig"), bands / 7.0),
+        "one band of int32": lambda: (tifffile_bytes(bands[..., :1].astype(np.int32) - 2000),
+                                      bands[..., :1].astype(np.int64) - 2000),
+        "lzw, 4 bands": lambda: (tifffile_bytes(tile, photometric="minisblack", planarconfig="contig",
+                                                compression="lzw"), tile),
+    }[layout]()
+    from selfsup.data.cache import FIRST_BANDS, FIRST_PAGE, decode_noting
+    (out, gray, side), notes = decode_noting(data, 16)
+    expected = stretched(np.asarray(first, np.float64)[..., :3])
+    expected = np.repeat(expected, 3, axis=2) if expected.shape[2] == 1 else expected
+    np.testing.assert_array_equal(out, expected[:, 2:18])  # the centre square of 16 x 20
+    assert side == 16 and gray == (layout == "one band of int32")
+    assert notes == ([] if layout == "one band of int32" else [FIRST_BANDS]) + ([FIRST_PAGE] if "z-stack" in layout else [])
+
+
+def test_tiffs_read_by_their_first_bands_are_counted_in_one_warning(tmp_path, capsys):
+    pytest.importorskip("tifffile")
+    (tmp_path / "tiles").mkdir()
+    for k in range(3):
+        tile = field_tile(np.random.default_rng(k), bands=4)
+        (tmp_path / "tiles" / f"t{k}.tif").write_bytes(tiff16(tile, photometric=1, extra=(0, 0, 0)))
+    (tmp_path / "tiles" / "rgb.tif").write_bytes(tiff16(field_tile(np.random.default_rng(9))))
+    (tmp_path / "tiles" / "damaged.tif").write_bytes(tiff16(field_tile(np.random.default_rng(9)))[:-300])
+    cache = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    assert cache.names == ["rgb.tif", "t0.tif", "t1.tif", "t2.tif"] and cache.skipped == ["damaged.tif"]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 2 and "skipped 1 of 5 files" in err
+    assert ("3 of 5 files in" in err and "are TIFFs with two or more than three bands (e.g. 't0.tif'), of which "
+            "bands 1, 2 and 3 were read as red, green and blue" in err)
 
 
 def test_gif_and_jfif_files_are_images(tmp_path):

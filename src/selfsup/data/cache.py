@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -61,7 +62,9 @@ BACKGROUND = (255, 255, 255, 255)
 LOW_BYTES = {";16B": ";16L", ";16L": ";16B", ";16N": ";16B" if sys.byteorder == "little" else ";16L"}
 STRAIGHT_SAMPLES = {"RGB", "RGBA", "RGBX"}  # not premultiplied RGBa, nor LA;16B (no low-byte reader)
 # What decode_image could not do in full, said once per dataset: the names of the files concerned
-FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT = "first_page", "top_byte", "tiff_layout"
+FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT, FIRST_BANDS = "first_page", "top_byte", "tiff_layout", "first_bands"
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
+RGB_BANDS = 3
 
 
 @dataclass
@@ -128,6 +131,10 @@ def decode_noting(data: bytes, size: int) -> tuple[tuple[np.ndarray, bool, int] 
                 opened.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
                 gray, side = opened.mode in GRAYSCALE_MODES, min(opened.size)
                 notes = [FIRST_PAGE] if opened.format == "TIFF" and getattr(opened, "n_frames", 1) > 1 else []
+                if notes:  # a microscope's stack may hold a page per channel: tifffile reads them as colour
+                    by_channel = decode_tiff_bands(data, size, channel_pages_only=True)
+                    if by_channel[0] is not None:
+                        return by_channel
                 colour = sixteen_bit_colour(opened, data)  # from the tiles, before anything loads the pixels
                 notes += [TOP_BYTE] if colour and not colour[1] else []
                 img = to_rgb8(colour[0] if colour else opened)
@@ -141,9 +148,90 @@ def decode_noting(data: bytes, size: int) -> tuple[tuple[np.ndarray, bool, int] 
         # Gray pictures are often saved as RGB (most JPEGs): equal channels say so whatever the mode.
         return (pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all()), side), notes
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
-        return None, [TIFF_LAYOUT] if unknown_tiff_layout(data) else []
+        return decode_tiff_bands(data, size) if data[:4] in TIFF_MAGIC else (None, [])
     finally:
         Image.MAX_IMAGE_PIXELS = guard
+
+
+def tiff_readers() -> list[str]:
+    """The optional packages installed that read TIFFs Pillow cannot (`pip install 'selfsup[tiff]'`):
+    tifffile reads any layout (GDAL's multi-band tiles, microscopes' channel stacks), imagecodecs
+    lets it decompress LZW, JPEG, zstd, ..."""
+    from importlib.util import find_spec
+
+    def installed(name: str) -> bool:
+        try:
+            return find_spec(name) is not None
+        except ValueError:  # in sys.modules as None: import blocked
+            return False
+    return [name for name in ("tifffile", "imagecodecs") if installed(name)]
+
+
+def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False
+                      ) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
+    """decode_noting's answer for a TIFF Pillow cannot decode (or, `channel_pages_only`, one that
+    holds its channels as pages), read by tifffile: the first three bands of its first plane as
+    red, green and blue (FIRST_BANDS noted when it has more, or two; FIRST_PAGE when it has more
+    planes), one band as gray; deep samples stretched jointly, as Pillow's are. TIFF_LAYOUT when a
+    package to read it is missing."""
+    try:
+        bands, total, photometric, channel_pages, more_planes = first_plane_bands(data)
+    except ImportError:
+        return None, [TIFF_LAYOUT] if not channel_pages_only and unknown_tiff_layout(data) else []
+    except Exception as e:  # noqa: BLE001 - damaged, or a compression only imagecodecs reads
+        return None, [TIFF_LAYOUT] if not channel_pages_only and "imagecodecs" in str(e) else []
+    if channel_pages_only and channel_pages < 2:
+        return None, []
+    height, width = bands.shape[:2]
+    if bands.shape[2] not in (1, RGB_BANDS) or height * width > LARGEST_IMAGE_PIXELS or photometric not in (0, 1, 2):
+        return None, []  # colour that is not gray or RGB (CMYK, Lab, a palette), or over a gigapixel
+    if bands.dtype == np.uint8:
+        pixels = bands
+    elif bands.dtype == bool:
+        pixels = bands.astype(np.uint8) * 255
+    elif bands.dtype == np.uint16:
+        pixels = stretch_integers(bands)
+    else:
+        pixels = stretch(bands.astype(np.float64))
+    if photometric == 0:  # MinIsWhite: 0 is white
+        pixels = 255 - pixels
+    img = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels))
+    out = fit_square(img.convert("RGB"), size)
+    gray = pixels.shape[2] == 1 or bool((out[..., :1] == out[..., 1:]).all())
+    notes = [FIRST_BANDS] if total > RGB_BANDS or total == 2 else []
+    return (out, gray, min(height, width)), notes + ([FIRST_PAGE] if more_planes else [])
+
+
+def first_plane_bands(data: bytes) -> tuple[np.ndarray, int, int, int, bool]:
+    """(height, width, 1 or 3) samples of the first plane of a TIFF's first image (the first of
+    each z-slice, time point, ...), its first band or first three; the number of bands it holds;
+    its photometric interpretation; how many of its bands are pages; whether it holds more planes.
+    Bands are samples of a pixel (a GDAL tile's) or pages (a microscope's channels)."""
+    import tifffile  # ImportError: the caller's to say
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        series, page = tif.series[0], tif.series[0].keyframe
+        axes, shape = series.get_axes(False), series.get_shape(False)
+        outer = len(shape)  # the series' axes before the page's own: which page holds which plane
+        while outer > 0 and math.prod(shape[outer - 1:]) <= page.size:
+            outer -= 1
+        channels = math.prod(n for axis, n in zip(axes[:outer], shape[:outer]) if axis == "C")
+        planes_in_all = math.prod(n for axis, n in zip(axes[:outer], shape[:outer]) if axis != "C")
+        chosen = [range(min(n, RGB_BANDS)) if axis == "C" else range(1) for axis, n in zip(axes[:outer], shape[:outer])]
+        keys = [int(np.ravel_multi_index(i, shape[:outer])) for i in itertools.product(*chosen)] if outer else [0]
+        planes = series.asarray(key=keys).reshape(len(keys), *page.shape)
+        photometric = int(page.photometric)
+    for axis in reversed(range(len(page.axes))):  # a depth inside a page: its first slice
+        if page.axes[axis] not in "YXS":
+            planes = planes.take(0, axis=axis + 1)
+    kept = [a for a in page.axes if a in "YXS"]
+    planes = planes.transpose(0, *(1 + kept.index(a) for a in "YX"), *([1 + kept.index("S")] if "S" in kept else []))
+    samples = planes.shape[3] if planes.ndim == 4 else 1
+    bands = np.moveaxis(planes.reshape(*planes.shape[:3], samples), 0, 2).reshape(*planes.shape[1:3], -1)
+    total = channels * samples
+    first = bands[..., :RGB_BANDS] if bands.shape[2] >= RGB_BANDS else bands[..., :1]
+    return first, total, photometric, channels, planes_in_all > 1 or any(a not in "YXS" and n > 1 for a, n in
+                                                                          zip(page.axes, page.shape))
 
 
 def unknown_tiff_layout(data: bytes) -> bool:
@@ -457,8 +545,13 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
                 "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None,
-                "notes": notes, "pixels_sha256": digest.hexdigest()}
+                "notes": notes, "pixels_sha256": digest.hexdigest(), "tiff_readers": tiff_readers()}
         publish(staging, target, meta)
+
+
+def readable_now(meta: dict) -> bool:
+    """Whether a cache skipped TIFFs that a package installed since it was built would read."""
+    return bool(meta.get("notes", {}).get(TIFF_LAYOUT)) and bool(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
@@ -473,6 +566,10 @@ class DamagedCache(Exception):
     """A published cache whose files do not agree (a disk that failed, a file cut short by hand)."""
 
 
+class OutdatedCache(DamagedCache):
+    """A cache that skipped TIFFs a package installed since it was built reads (readable_now)."""
+
+
 def open_built(target: Path, build, description: str, kind: str = "image") -> ImageCache:
     """The cache in `target`, made by `build()` when it is missing, and made again when damaged."""
     if not (target / "index.json").is_file():
@@ -482,7 +579,8 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
         _mark_used(target)
         return cache
     except DamagedCache as e:
-        warn(f"the {kind} cache {str(target)!r} is damaged ({e}); decoding the {kind}s again")
+        state = "was built without" if isinstance(e, OutdatedCache) else "is damaged"
+        warn(f"the {kind} cache {str(target)!r} {state} ({e}); decoding the {kind}s again")
         discarded = target.with_name(f"{_staging_prefix()}{_builder()}-damaged-{target.name}")
         try:
             target.rename(discarded)
@@ -595,14 +693,20 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
         layouts = notes.get(TIFF_LAYOUT, [])
         valid = "" if not layouts else (
             f"; {len(layouts):,} of them are valid TIFFs in a layout Pillow cannot decode (e.g. {layouts[0]!r}; "
-            f"16-bit with 4 bands, as GDAL writes them), which tifffile or GDAL read: convert them to RGB or "
-            f"grayscale TIFF or PNG (e.g. gdal_translate -b 1 -b 2 -b 3)")
+            f"16-bit with 4 bands, as GDAL writes them, or LZW-compressed): pip install 'selfsup[tiff]' "
+            f"(tifffile and imagecodecs) to read them")
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
              f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
     if notes.get(FIRST_PAGE):
         warn(f"{len(notes[FIRST_PAGE]):,} of {files:,} files in {description} are multi-page TIFFs (e.g. "
-             f"{notes[FIRST_PAGE][0]!r}), of which only the first page is used; save each page (a plane of a "
-             f"z-stack, a channel) as a file of its own to use the others")
+             f"{notes[FIRST_PAGE][0]!r}), of which only the first page is used (the first plane's channels, where "
+             f"they are pages); save each page or plane (of a z-stack, a time series) as a file of its own to use "
+             f"the others")
+    if notes.get(FIRST_BANDS):
+        warn(f"{len(notes[FIRST_BANDS]):,} of {files:,} files in {description} are TIFFs with two or more than "
+             f"three bands (e.g. {notes[FIRST_BANDS][0]!r}), of which bands 1, 2 and 3 were read as red, green "
+             f"and blue (of two, the first as gray); to use others, save them as their own TIFFs (e.g. "
+             f"gdal_translate -b 4 -b 3 -b 2 in.tif out.tif)")
     if notes.get(TOP_BYTE):
         warn(f"{len(notes[TOP_BYTE]):,} of {files:,} files in {description} hold 16 bits per sample in a layout "
              f"of which Pillow reads the top 8 bits only (e.g. {notes[TOP_BYTE][0]!r}: gray with alpha, or "
@@ -623,6 +727,9 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
         raise DamagedCache(f"its index cannot be read: {type(e).__name__}") from None
     if held != expected:
         raise DamagedCache(f"images.u8 holds {held:,} bytes where its index says {expected:,}")
+    if readable_now(meta):
+        installed = sorted(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
+        raise OutdatedCache(f"{' and '.join(installed)}, which read {len(meta['notes'][TIFF_LAYOUT]):,} TIFFs it skipped")
     if names:  # else the error below says it all
         warn_skipped(meta["skipped"], files, description, kind, meta.get("notes"))
     if not names:
