@@ -215,3 +215,58 @@ def test_an_interrupted_pretraining_says_how_to_go_on(tmp_path, monkeypatch):
     proc = run("pretrain", "--data", tmp_path, "--out", out)
     assert proc.stderr.strip() == (f"selfsup: interrupted; continue from the last checkpoint with: "
                                    f"selfsup pretrain --out {out} --resume")
+
+
+def test_tiff_bands_chosen_at_pretraining_follow_the_encoder_into_every_command(tmp_path):
+    """--bands 4,3,2 of 4-band 16-bit tiles (GDAL's layout): pretraining records them, and eval,
+    a random: baseline beside the run in a curve, export, weights:FILE, embed, cluster and search
+    decode the same bands: every cache built is one of those bands."""
+    import numpy as np
+    import pytest
+
+    from selfsup.data.cache import list_caches
+    from selfsup.weights import exported_settings, read_weights
+
+    from conftest import CLASSES, shape_image
+    from test_data import tiff16
+
+    pytest.importorskip("tifffile")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiles"
+    for cls in CLASSES:
+        (data / cls).mkdir(parents=True)
+        for i in range(6):
+            shape = shape_image(cls, rng, 16).astype(np.uint16) * 16  # 12-bit
+            noise = rng.integers(0, 4096, (16, 16, 1))
+            (data / cls / f"{i}.tif").write_bytes(tiff16(np.concatenate([noise, shape[..., ::-1]], axis=2),
+                                                         photometric=1, extra=(0, 0, 0)))
+    out = tmp_path / "run"
+    proc = run("pretrain", "--method", "simclr", "--data", data, "--out", out, "--backbone", "resnet18",
+               "--no-small-stem", "--epochs", "1", "--batch-size", "6", "--image-size", "16", "--device", "cpu",
+               "--bands", "4,3,2", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "bands:\n  - 4\n  - 3\n  - 2\n" in (out / "config.yaml").read_text()
+    common = ["--data", data, "--no-progress", "--json"]
+    for args in (["eval", "knn", "--checkpoint", out, "--train", data, "--test", data, "--no-progress", "--json"],
+                 ["eval", "curve", "--protocol", "knn", "--checkpoint", out, "random:resnet18", "--per-class", "2",
+                  "--seeds", "1", "--train", data, "--test", data, "--out", tmp_path / "curve.png", "--no-progress"],
+                 ["export", "--checkpoint", out, "--out", tmp_path / "enc.safetensors"],
+                 ["embed", "--checkpoint", f"weights:{tmp_path / 'enc.safetensors'}", "--out", tmp_path / "e.npy",
+                  *common],
+                 ["cluster", "--checkpoint", out, "--clusters", "3", "--out", tmp_path / "clusters", *common],
+                 ["search", "--checkpoint", out, "--query", data / "circle" / "0.tif", "--gallery", data,
+                  "--out", tmp_path / "search", "--no-progress"]):
+        proc = run(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "bands 1, 2 and 3 were read" not in proc.stderr  # the warning of tiles read by their first bands
+    assert exported_settings(read_weights(tmp_path / "enc.safetensors")[1])["bands"] == (4, 3, 2)
+    caches = list_caches()
+    assert caches and all(json.loads((c.path / "index.json").read_text())["bands"] == [4, 3, 2] for c in caches)
+    # Other bands for a run's encoder, asked for: a cache of their own.
+    proc = run("embed", "--checkpoint", out, "--bands", "1", "--out", tmp_path / "gray.npy", *common)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads((c.path / "index.json").read_text())["bands"] for c in list_caches()) == \
+        [[1]] + [[4, 3, 2]] * len(caches)
+    run("pretrain", "--method", "temporal-order", "--data", data, "--out", tmp_path / "video", "--bands", "4,3,2",
+        "--image-size", "16", check_error="data.bands chooses bands of TIFF images; temporal-order reads its own "
+                                          "data (videos, frames or interactions): leave out --bands")

@@ -348,6 +348,61 @@ def test_tiffs_read_by_their_first_bands_are_counted_in_one_warning(tmp_path, ca
             "bands 1, 2 and 3 were read as red, green and blue" in err)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_bands_asked_for_are_read_as_red_green_blue_or_gray_in_every_layout(seed):
+    """--bands 4,3,2 of a tile of six bands, whether stored as samples of a pixel, as a plane per
+    band or as a page per channel: those bands, in that order, stretched together (by hand from
+    the array); one band as gray; a band the file does not hold: the file is skipped."""
+    pytest.importorskip("tifffile")
+    from selfsup.data.cache import FEW_BANDS, decode_noting
+    rng = np.random.default_rng(seed)
+    six = rng.integers(0, 4096, (16, 20, 6)).astype(np.uint16)
+    layouts = [tifffile_bytes(six, photometric="minisblack", planarconfig="contig"),
+               tifffile_bytes(np.moveaxis(six, 2, 0), photometric="minisblack", planarconfig="separate"),
+               tifffile_bytes(np.moveaxis(six, 2, 0), imagej=True, metadata={"axes": "CYX"})]
+    for data in layouts:
+        (out, gray, side), notes = decode_noting(data, 16, (4, 3, 2))
+        np.testing.assert_array_equal(out, stretched(six[..., [3, 2, 1]].astype(np.float64))[:, 2:18])
+        assert notes == [] and not gray and side == 16
+        (out, gray, _), notes = decode_noting(data, 16, (5,))
+        np.testing.assert_array_equal(out, np.repeat(stretched(six[..., 4:5].astype(np.float64)), 3, axis=2)[:, 2:18])
+        assert gray and notes == []
+        assert decode_noting(data, 16, (7, 2, 1)) == (None, [FEW_BANDS])
+    # A TIFF Pillow reads is read as asked too (8 bits as they are); other formats as they are.
+    rgb = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="TIFF")
+    np.testing.assert_array_equal(decode_image(buffer.getvalue(), 16, (3, 2, 1))[0], rgb[..., ::-1])
+    np.testing.assert_array_equal(decode_image(png_bytes(Image.fromarray(rgb)), 16, (3, 2, 1))[0], rgb)
+
+
+def test_bands_given_for_images_none_of_which_is_a_tiff_are_said_to_do_nothing(labelled_folder, capsys):
+    pytest.importorskip("tifffile")
+    load_cache(open_source(labelled_folder), 16, show_progress=False, bands=(3, 2, 1))
+    err = capsys.readouterr().err
+    assert "warning: none of the 36 files in" in err
+    assert "is a TIFF: the bands chosen (--bands) apply to TIFFs alone, and these are read as they are" in err
+
+
+def test_a_cache_of_chosen_bands_is_its_own_and_counts_tiffs_without_them(tmp_path, capsys):
+    pytest.importorskip("tifffile")
+    (tmp_path / "tiles").mkdir()
+    six = np.random.default_rng(0).integers(0, 4096, (16, 16, 6)).astype(np.uint16)
+    (tmp_path / "tiles" / "six.tif").write_bytes(tifffile_bytes(six, photometric="minisblack", planarconfig="contig"))
+    (tmp_path / "tiles" / "rgb.tif").write_bytes(tiff16(field_tile(np.random.default_rng(1))))
+    first = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
+    chosen = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False, bands=(6, 5, 4))
+    assert first.names == ["rgb.tif", "six.tif"] and chosen.names == ["six.tif"]
+    assert Path(first.images.filename).parent != Path(chosen.images.filename).parent
+    np.testing.assert_array_equal(chosen.images[0], stretched(six[..., [5, 4, 3]].astype(np.float64)))
+    err = capsys.readouterr().err
+    assert ("skipped 1 of 2 files" in err and "1 of them are TIFFs with fewer bands than asked for (e.g. 'rgb.tif')"
+            in err)
+    with without_tiff_readers(), pytest.raises(UserError, match=r"^choosing TIFF bands \(6,5,4\) needs tifffile: "
+                                                                r"pip install 'selfsup\[tiff\]'$"):
+        load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False, bands=(6, 5, 4))
+
+
 def test_gif_and_jfif_files_are_images(tmp_path):
     (tmp_path / "mixed").mkdir()
     frames = [Image.fromarray(np.full((16, 16, 3), value, np.uint8)) for value in (0, 200)]

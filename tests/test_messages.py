@@ -45,6 +45,10 @@ def tiny_flags(data, out):
     (["pretrain", "--optimizer", "Adam", "--out", "x"], "(did you mean 'adamw'?); valid: sgd, lars, adamw"),
     (["pretrain", "--out", "x", "--bogus"], "unrecognized arguments: --bogus"),
     (["pretrain"], "the following arguments are required: --out"),
+    (["pretrain", "--out", "x", "--bands", "4,3"],
+     "argument --bands: takes three band numbers from 1 (red, green, blue, e.g. 4,3,2) or one (gray), not '4,3'"),
+    (["embed", "--checkpoint", "x", "--data", "d", "--out", "e", "--bands", "0"], "not '0'"),
+    (["eval", "knn", "--checkpoint", "x", "--bands", "red"], "not 'red'"),
 ])
 def test_argparse_errors_are_one_line_with_the_help_to_read(args, says):
     line = one_error_line(run(*args))

@@ -48,10 +48,10 @@ def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Ten
     return weights[:, :, 0, net.num_prefix_tokens:].reshape(b, attn.num_heads, *grid)
 
 
-def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, list[str], ImageSource]:
+def read_images(path: str | Path, size: int, limit: int, bands=None) -> tuple[np.ndarray, list[str], ImageSource]:
     """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
-    crop) of an image file, a folder or a tar, with their names and the source they were read
-    from; the files that do not decode are skipped, and counted in one warning."""
+    crop; of TIFFs, `bands`) of an image file, a folder or a tar, with their names and the source
+    they were read from; the files that do not decode are skipped, and counted in one warning."""
     from .data import decode_image
     from .data.cache import warn_skipped
     from .data.sources import open_file_or_source
@@ -61,7 +61,7 @@ def read_images(path: str | Path, size: int, limit: int) -> tuple[np.ndarray, li
     items = source.read()
     decoded, skipped = [], []
     for name, data in items:
-        pixels = decode_image(data, size)
+        pixels = decode_image(data, size, bands)
         if pixels is None:
             skipped.append(name)
         else:
@@ -160,7 +160,7 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     # The patch size is the checkpoint's: only the image size can change here.
     check_image_size(size, size, backbone.net.patch_embed.patch_size[0], backbone.name, other_patch_sizes=False)
     device = resolve_device(device)
-    pixels, names, source = read_images(images, default_cache_size(size), max_images)
+    pixels, names, source = read_images(images, default_cache_size(size), max_images, encoder.bands)
     file_names = output_names(names)
     _check_images_are_kept(source, Path(images).expanduser(), Path(out).expanduser(), file_names)
     x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised

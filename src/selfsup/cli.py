@@ -43,6 +43,7 @@ PRETRAIN_FLAGS = {
     "compile": "train.compile",
     "tensorboard": "train.tensorboard",
     "cache_dir": "data.cache_dir",
+    "bands": "data.bands",
     "preset": "preset",
     "small_stem": "backbone.small_stem",
     "patch_size": "backbone.patch_size",
@@ -53,6 +54,23 @@ PRETRAIN_FLAGS = {
     "local_size": "method_config.local_size",
     "teacher": "method_config.teacher",
 }
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    """--bands 4,3,2 (red, green, blue) or --bands 2 (gray): bands numbered from 1, as GDAL's -b.
+    An argparse type: its error is argparse's one line."""
+    try:
+        bands = tuple(int(b) for b in text.replace(" ", "").split(","))
+    except ValueError:
+        bands = ()
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"takes three band numbers from 1 (red, green, blue, e.g. 4,3,2) or one "
+                                         f"(gray), not {text!r}")
+    return bands
+
+
+BANDS_HELP = ("the TIFF bands shown to the encoder as red, green and blue, from 1 (e.g. 4,3,2), or one as gray "
+              "(default: those it was trained on; for random: and plain weights:, the first three)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -142,7 +160,7 @@ def _embed(args) -> int:
     from .export import embed_images
 
     encoder = load_encoder(args.checkpoint, image_size=args.image_size, small_stem=args.small_stem,
-                           backbone=args.backbone)
+                           backbone=args.backbone, bands=args.bands)
     result = embed_images(encoder, args.data, args.out, device=args.device, batch_size=args.batch_size,
                           cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(json.dumps(result) if args.json else
@@ -181,7 +199,7 @@ def _curate(args) -> int:
                           seed=args.seed)
     summary = curate(args.pool, args.seed_set, args.checkpoint, args.out, exclude=args.exclude, config=config,
                      device=args.device, backbone=args.backbone, image_size=args.image_size,
-                     small_stem=args.small_stem, make_tar=args.tar,
+                     small_stem=args.small_stem, bands=args.bands, make_tar=args.tar,
                      show_progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary))
@@ -198,7 +216,7 @@ def _cluster(args) -> int:
 
     summary = cluster_images(args.data, args.checkpoint, args.out, clusters=args.clusters, seed=args.seed,
                              shown=args.shown, device=args.device, backbone=args.backbone,
-                             image_size=args.image_size, small_stem=args.small_stem,
+                             image_size=args.image_size, small_stem=args.small_stem, bands=args.bands,
                              show_progress=not args.no_progress)
     outputs = summary["outputs"]
     print(json.dumps(summary) if args.json else f"wrote {outputs['csv']}; look at {outputs['png']}")
@@ -210,7 +228,7 @@ def _search(args) -> int:
 
     summary = search_images(args.query, args.gallery, args.checkpoint, args.out, k=args.k, device=args.device,
                             backbone=args.backbone, image_size=args.image_size, small_stem=args.small_stem,
-                            show_progress=not args.no_progress)
+                            bands=args.bands, show_progress=not args.no_progress)
     outputs = summary["outputs"]
     print(json.dumps(summary) if args.json else f"wrote {outputs['csv']}; look at {outputs['png']}")
     return 0
@@ -222,7 +240,7 @@ def _select(args) -> int:
     summary = select_images(args.data, args.checkpoint, args.out, budget=args.budget, strategy=args.strategy,
                             labelled=args.labelled or (), seed=args.seed, copy=args.copy, device=args.device,
                             backbone=args.backbone, image_size=args.image_size, small_stem=args.small_stem,
-                            show_progress=not args.no_progress)
+                            bands=args.bands, show_progress=not args.no_progress)
     outputs = summary["outputs"]
     copies = f" (the files: {outputs['copies']})" if "copies" in outputs else ""
     print(json.dumps(summary) if args.json else f"wrote {outputs['csv']}{copies}; look at {outputs['png']}")
@@ -283,6 +301,7 @@ def _encoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                         help="with random:/weights: ResNets: the 3x3 stem without max-pool (default: up to 64 px)")
     parser.add_argument("--device", default="auto", help="where to embed: auto, cpu, cuda, cuda:N")
+    parser.add_argument("--bands", type=parse_bands, help=BANDS_HELP)
 
 
 def _demo(args) -> int:
@@ -331,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_const", const=True,
                    help="also write the metrics as TensorBoard scalars to RUN_DIR/tensorboard (pip install tensorboard)")
     p.add_argument("--cache-dir", help="where decoded images are cached (default $SELFSUP_CACHE or ~/.cache/selfsup)")
+    p.add_argument("--bands", type=parse_bands,
+                   help="of multi-band TIFFs (satellite tiles, microscopes' channels): the bands read as red, green "
+                        "and blue, from 1, e.g. 4,3,2; or one, read as gray (default: the first three; needs "
+                        "pip install 'selfsup[tiff]')")
     p.add_argument("--preset", help="cifar or imagenet (default: cifar up to 64 px; with a ViT, "
                                           "dino's cifar-vit/imagenet-vit, moco-v3's imagenet-vit)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,

@@ -44,6 +44,9 @@ class DataConfig:
     # Keep the whole uint8 cache in accelerator memory when it fits ("auto"), always, or never.
     on_device: Literal["auto", "always", "never"] = "auto"
     decode_workers: int = ranged(0, 0, 256)  # 0: one per CPU core
+    # The bands of multi-band TIFFs (satellite tiles, microscopes' channels) read as red, green and
+    # blue, or one as gray, numbered from 1 as GDAL does (e.g. [4, 3, 2]); None: the first three.
+    bands: tuple[int] | tuple[int, int, int] | None = ranged(None, 1, None)
 
 
 @dataclass

@@ -6,6 +6,7 @@ that architecture at random initialisation (the baseline every method must beat)
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Encoder:
     key: str | None = None
     # A checkpoint's identity, for records: {"sha256": of the file, "position": {epoch, batch, step}}.
     checkpoint: dict | None = None
+    bands: tuple[int, ...] | None = None  # the TIFF bands it sees as red, green, blue (data.bands)
 
     def __post_init__(self):
         # For inference, as a user of `load_encoder` calls it: BatchNorm on its running statistics,
@@ -49,10 +51,18 @@ def _file_key(path: Path) -> str:
 
 
 def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bool | None = None,
-                 seed: int = 0, backbone: str | None = None) -> Encoder:
+                 seed: int = 0, backbone: str | None = None, bands: tuple[int, ...] | None = None) -> Encoder:
     """The encoder of a selfsup checkpoint, `random:BACKBONE` at random initialisation, or
-    `weights:FILE` (a plain state dict of `backbone`)."""
-    spec = str(spec)
+    `weights:FILE` (a plain state dict of `backbone`). `bands`: the TIFF bands it is shown (see
+    DataConfig.bands); by default those it was trained on (a checkpoint's, an export's)."""
+    encoder = _load_encoder(str(spec), image_size, small_stem, seed, backbone)
+    if bands and tuple(bands) != encoder.bands:
+        encoder = dataclasses.replace(encoder, bands=tuple(bands), key=encoder.key and f"{encoder.key}|bands={bands}")
+    return encoder
+
+
+def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, seed: int,
+                  backbone: str | None) -> Encoder:
     if spec.startswith("weights:"):
         return _from_weights(Path(spec[len("weights:"):]).expanduser(), backbone, image_size, small_stem)
     if spec.startswith("random:"):
@@ -84,7 +94,8 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
     encoder = Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
                       f"{cfg.method} {cfg.backbone.name}, {trained} ({spec})", cfg,
                       key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""),
-                      checkpoint={"sha256": checkpoint["file_sha256"], "position": checkpoint.get("position")})
+                      checkpoint={"sha256": checkpoint["file_sha256"], "position": checkpoint.get("position")},
+                      bands=cfg.data.bands)
     _refuse_other_backbone(spec, encoder.backbone.name, backbone)
     return encoder
 
@@ -125,4 +136,4 @@ def _from_weights(path: Path, name: str | None, image_size: int | None, small_st
     backbone = build_backbone(BackboneConfig(name=name, small_stem=stem, patch_size=saved.get("patch_size")), size)
     load_matching(backbone.net, state, path, name)
     return Encoder(backbone, size, default_cache_size(size), f"{name} weights ({path.name})",
-                   key=f"weights|{_file_key(path)}|{name}|{size}|{stem}")
+                   key=f"weights|{_file_key(path)}|{name}|{size}|{stem}", bands=saved.get("bands"))

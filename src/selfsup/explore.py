@@ -55,13 +55,13 @@ def refuse_out_inside(out, source: ImageSource, given) -> None:
 
 
 def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
-                  show_progress: bool) -> dict[str, Embedded]:
+                  show_progress: bool, bands=None) -> dict[str, Embedded]:
     """Each source's embeddings, cached (and resumable) in OUT/embeddings."""
     from .encoder import load_encoder
     from .train import resolve_device
 
     device = resolve_device(device)
-    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
+    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands)
     folders = {what: embedding_dir(out / "embeddings", encoder, src) for what, src in sources.items()}
     embedded = {what: embed_source(encoder, src, folders[what], device, chunk_size=EMBED_CHUNK,
                                    show_progress=show_progress, desc=f"embedding {what}")
@@ -108,9 +108,10 @@ def folder_classes(names: list[str]) -> list[str] | None:
 
 def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, shown: int = 8,
                    device: str = "auto", backbone: str | None = None, image_size: int | None = None,
-                   small_stem: bool | None = None, show_progress: bool = True) -> dict:
+                   small_stem: bool | None = None, show_progress: bool = True, bands=None) -> dict:
     """Group the images under `data` into `clusters` by k-means on their embeddings; writes
-    OUT/clusters.csv, OUT/clusters.png and OUT/summary.json and returns the summary."""
+    OUT/clusters.csv, OUT/clusters.png and OUT/summary.json and returns the summary. `bands`: the
+    TIFF bands shown to the encoder (by default those it was trained on)."""
     if clusters < 2:
         raise UserError(f"--clusters must be at least 2, got {clusters}")
     if shown < 1:
@@ -123,7 +124,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
             raise UserError(f"--clusters {clusters} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}; choose fewer clusters")
         embedded = embed_sources(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
-                          show_progress)["images"]
+                                 show_progress, bands)["images"]
     if len(embedded.names) < clusters:
         raise UserError(f"--clusters {clusters} is more than the {plural(len(embedded.names), 'image')} that "
                         f"could be decoded; choose fewer clusters")
@@ -155,7 +156,8 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
         rows.append([(source, embedded.names[i], f"cluster {c} ({sizes[c]:,})" if n == 0 else
                       f"cos {similarity[i]:.2f}") for n, i in enumerate(members)])
     drawn = f", the {CLUSTERS_DRAWN} largest" if clusters > CLUSTERS_DRAWN else ""
-    picture = draw_rows(rows, out / "clusters.png", f"clusters{drawn}: the images nearest each centre")
+    picture = draw_rows(rows, out / "clusters.png", f"clusters{drawn}: the images nearest each centre",
+                        bands=embedded.bands)
 
     summary = {"images": len(embedded.names), "skipped": len(embedded.skipped), "clusters": clusters,
                "sizes": sizes.tolist(), "mean_cosine_to_centre": float(similarity.mean()),
@@ -172,10 +174,11 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
 
 
 def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "auto", backbone: str | None = None,
-                  image_size: int | None = None, small_stem: bool | None = None, show_progress: bool = True) -> dict:
+                  image_size: int | None = None, small_stem: bool | None = None, show_progress: bool = True,
+                  bands=None) -> dict:
     """For each image under `query` (an image, a folder or a tar), the `k` most similar images
     under `gallery`; a query image that is itself in the gallery is not its own neighbour.
-    Writes OUT/neighbours.csv, OUT/neighbours.png and returns a summary."""
+    Writes OUT/neighbours.csv, OUT/neighbours.png and returns a summary. `bands`: as cluster_images'."""
     if k < 1:
         raise UserError(f"--k must be at least 1, got {k}")
     with removed_if_left_empty(out):
@@ -183,7 +186,8 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
         refuse_out_inside(out, sources["query"], query)
         refuse_out_inside(out, sources["gallery"], gallery)
         out = output_folder(out)
-        embedded = embed_sources(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress)
+        embedded = embed_sources(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress,
+                                 bands)
     queries, found = embedded["query"], embedded["gallery"]
     same_file = _same_files(sources["query"], queries.names, sources["gallery"], found.names)
     others = len(found.names) - (1 if same_file else 0)  # what a query that is a gallery image can find
@@ -208,7 +212,8 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
             [(sources["gallery"], found.names[i], f"cos {s:.2f}") for s, i in results[q]]
             for q in by_name[:QUERIES_DRAWN]]
     drawn = f", the first {QUERIES_DRAWN}" if len(results) > QUERIES_DRAWN else ""
-    picture = draw_rows(rows, out / "neighbours.png", f"queries{drawn} and their most similar gallery images")
+    picture = draw_rows(rows, out / "neighbours.png", f"queries{drawn} and their most similar gallery images",
+                        bands=found.bands)
     asked = f" (--k {k} asked)" if used < k else ""
     say(f"search: {plural(len(results), 'query', 'queries')}, {plural(used, 'neighbour')} each{asked} among "
         f"{plural(len(found.names), 'gallery image')}")

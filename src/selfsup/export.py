@@ -56,6 +56,7 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
         "patch_size": json.dumps(cfg.backbone.patch_size) if cfg else "null",
         "feature_dim": str(encoder.backbone.feature_dim),
         "image_size": str(encoder.image_size),
+        "bands": json.dumps(list(encoder.bands) if encoder.bands else None),  # of TIFFs, as trained
         "method": cfg.method if cfg else "none",
         "mean": json.dumps(IMAGENET_MEAN),
         "std": json.dumps(IMAGENET_STD),
@@ -90,7 +91,8 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     device = resolve_device(device)
-    cache = load_cache(open_source(data, whole=True), encoder.cache_size, cache_dir, show_progress=show_progress)
+    cache = load_cache(open_source(data, whole=True), encoder.cache_size, cache_dir, show_progress=show_progress,
+                       bands=encoder.bands)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 batch_size=batch_size, show_progress=show_progress, desc="embedding")
     vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)

@@ -201,9 +201,10 @@ def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "ty
 
 def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust", labelled=(), seed: int = 0,
                   copy: bool = False, device: str = "auto", backbone: str | None = None, image_size: int | None = None,
-                  small_stem: bool | None = None, show_progress: bool = True) -> dict:
+                  small_stem: bool | None = None, show_progress: bool = True, bands=None) -> dict:
     """Choose `budget` images under `data` to label (see the module's docstring); `labelled`: files
-    that list images already labelled (CSV with a file column, .txt, or an eval subset JSON).
+    that list images already labelled (CSV with a file column, .txt, or an eval subset JSON);
+    `bands`: the TIFF bands shown to the encoder (by default those it was trained on).
     Writes OUT/to_label.csv, OUT/to_label.png, OUT/summary.json (and OUT/to_label/ with `copy`)."""
     _check_strategy(strategy)
     if budget < 1:
@@ -221,7 +222,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
             raise UserError(f"--budget {budget:,} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}")
         embedded = embed_sources(checkpoint, {"pool": source}, out, device, backbone, image_size, small_stem,
-                                 show_progress)["pool"]
+                                 show_progress, bands)["pool"]
     names = embedded.names
     is_labelled = np.zeros(len(names), dtype=bool)
     is_labelled[rows_of_names(names, listed, repr(source.describe()), source.split, "--labelled")] = True
@@ -238,7 +239,8 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     drawn = drawn[:DRAWN_PER_ROW * ROWS_DRAWN]
     picture = draw_rows([drawn[i:i + DRAWN_PER_ROW] for i in range(0, len(drawn), DRAWN_PER_ROW)],
                         out / "to_label.png", f"the {plural(min(budget, len(drawn)), 'image')} to label first "
-                        f"({strategy}{', of ' + format(budget, ',') if budget > len(drawn) else ''})")
+                        f"({strategy}{', of ' + format(budget, ',') if budget > len(drawn) else ''})",
+                        bands=embedded.bands)
     shutil.rmtree(out / "to_label", ignore_errors=True)  # an earlier choice's copies
     copied = _copy_out(source, [names[r] for r in choice.rows], out) if copy else None
 

@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .console import plural, progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
-from .data.cache import mark_used
+from .data.cache import mark_used, require_tiff_reader
 from .data.loader import SampleBatch, map_side
 from .errors import RunStopped, UserError
 from .eval.features import extract_features
@@ -152,6 +152,10 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
         raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add --compile")
     if cfg.train.tensorboard:
         tensorboard_log.summary_writer(resuming=resume)
+    require_tiff_reader(cfg.data.bands)
+    if cfg.data.bands and hasattr(get_method(cfg.method), "open_data"):
+        raise UserError(f"data.bands chooses bands of TIFF images; {cfg.method} reads its own data "
+                        f"(videos, frames or interactions): leave out --bands")
     batch, world = cfg.train.batch_size, dist.world_size()
     if batch % world:
         raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
@@ -346,9 +350,11 @@ class Trainer:
     def _open_data(self, open_data) -> ImageCache:
         """The decoded images (or frames, with a method's own `open_data`); under torchrun the
         first process builds the cache, the others wait."""
+        bands = {"bands": self.cfg.data.bands} if self.cfg.data.bands else {}  # images only (prepare_run)
+
         def load(show: bool) -> ImageCache:
             return open_data(self.cfg.data.path, self.cfg.data.cache_size, cache_dir=self.cfg.data.cache_dir,
-                             workers=self.cfg.data.decode_workers, show_progress=show)
+                             workers=self.cfg.data.decode_workers, show_progress=show, **bands)
         # Also the barrier: when the others open the cache, it is ready. (On other machines they
         # build their own; what fails there is reported by the first process too.)
         cache = dist.on_every_process(lambda: load(self.show_progress) if dist.is_main() else None)

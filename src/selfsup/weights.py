@@ -107,10 +107,11 @@ def infer_small_stem(state: dict[str, torch.Tensor]) -> bool | None:
 
 
 def exported_settings(metadata: dict[str, str]) -> dict:
-    """Backbone, small_stem, patch_size and image_size from `selfsup export` metadata, if any."""
+    """Backbone, small_stem, patch_size, image_size and bands from `selfsup export` metadata, if any."""
     if metadata.get("format") != "selfsup-encoder":
         return {}
     out = {"backbone": metadata.get("backbone"), "image_size": int(metadata.get("image_size", 0)) or None}
-    for key in ("small_stem", "patch_size"):
+    for key in ("small_stem", "patch_size", "bands"):
         out[key] = json.loads(metadata.get(key, "null"))
+    out["bands"] = tuple(out["bands"]) if out["bands"] else None
     return out

@@ -84,8 +84,10 @@ def _open(path, what: str):
 
 def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig | None = None,
            device: str = "auto", backbone: str | None = None, image_size: int | None = None,
-           small_stem: bool | None = None, make_tar: bool = False, show_progress: bool = True) -> dict:
-    """Run the whole curation; returns the summary (also written to OUT/summary.json)."""
+           small_stem: bool | None = None, make_tar: bool = False, show_progress: bool = True,
+           bands: tuple[int, ...] | None = None) -> dict:
+    """Run the whole curation; returns the summary (also written to OUT/summary.json). `bands`:
+    the TIFF bands shown to the encoder (by default those it was trained on)."""
     from ..train import resolve_device
 
     config = CurateConfig.checked(**asdict(config or CurateConfig()))
@@ -93,7 +95,8 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
         out = output_folder(out)
         _check_inputs_are_not_outputs(out, {"pool": pool, "seed set": seed_set, "excluded set": exclude})
         device = resolve_device(device)
-        encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
+        encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone,
+                               bands=bands)
         sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
         if exclude:
             sources["excluded set"] = _open(exclude, "excluded set")
@@ -122,7 +125,8 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                       retrieved=len(selected), per_seed_or_cluster=per,
                       mode="clusters" if config.clusters else "nearest")
     similarities = kept_similarities(vectors["pool"], groups[:8])  # shown under the duplicates
-    summary.outputs = _write_outputs(out, sources, embedded, selected, groups, similarities, rows, make_tar)
+    summary.outputs = _write_outputs(out, sources, embedded, selected, groups, similarities, rows, make_tar,
+                                     encoder.bands)
     summary.outputs.update(_write_removed(out, pool_e.names, groups, excluded))
     summary.outputs["summary"] = str(out / "summary.json")
     write_text_atomically(out / "summary.json", json.dumps(asdict(summary), indent=1))
@@ -165,7 +169,7 @@ def _retrieve(seeds: np.ndarray, candidates: np.ndarray, kept: np.ndarray, confi
 
 
 def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int], groups: list[list[int]],
-                   similarities: list[list[float]], picture_rows: list, make_tar: bool) -> dict:
+                   similarities: list[list[float]], picture_rows: list, make_tar: bool, bands) -> dict:
     pool_src, pool_names = sources["pool"], embedded["pool"].names
     names = [pool_names[i] for i in selected]
     on_disk = pool_src.file_path(names[0]) is not None
@@ -180,9 +184,10 @@ def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int]
     duplicates = [[(pool_src, pool_names[i], "kept" if n == 0 else f"cos {s:.3f}")
                    for n, (i, s) in enumerate(zip(group[:9], sims))] for group, sims in zip(groups[:8], similarities)]
     outputs["duplicates_png"] = str(draw_rows(duplicates, out / "duplicates.png",
-                                              "near-duplicate groups (first kept; cos to it)"))
+                                              "near-duplicate groups (first kept; cos to it)", bands=bands))
     rows = [[(by_kind[kind][0], by_kind[kind][1][i]) for kind, i in row] for row in picture_rows]
-    outputs["retrieved_png"] = str(draw_rows(rows, out / "retrieved.png", "retrieved images (seed first)"))
+    outputs["retrieved_png"] = str(draw_rows(rows, out / "retrieved.png", "retrieved images (seed first)",
+                                             bands=bands))
     return outputs
 
 

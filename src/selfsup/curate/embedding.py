@@ -30,6 +30,7 @@ class Embedded:
     names: list[str]  # the files that were embedded, in source order
     vectors: np.ndarray  # (N, D) float32, L2-normalised
     skipped: list[str]  # files that could not be decoded
+    bands: tuple[int, ...] | None = None  # the TIFF bands the encoder was shown: pictures show the same
 
 
 def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
@@ -39,7 +40,8 @@ def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
 
 
 def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int):
-    decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512))
+    decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512,
+                                 bands=encoder.bands))
     kept = [(n, d[0]) for n, d in decoded if d is not None]
     skipped = [n for n, d in decoded if d is None]
     if kept:
@@ -91,4 +93,4 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
     if not names:
         raise UserError(f"none of the {len(skipped):,} files in {source.describe()!r} could be decoded as images")
     warn_skipped(skipped, len(source.names), repr(source.describe()))
-    return Embedded(names, np.concatenate(vectors), skipped)
+    return Embedded(names, np.concatenate(vectors), skipped, encoder.bands)

@@ -13,11 +13,12 @@ TITLE_POINTS = 6  # the size of the file names over them
 TITLE_WIDTH = COLUMN_INCHES * 72 - 4  # points a file name may take: its column, less a gap to the next
 
 
-def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) -> Path:
+def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64, bands=None) -> Path:
     """A PNG with one row per list of (source, name) or (source, name, label); each image decoded at
-    `size` pixels, titled with its file name (shortened from the middle, see `_short`) and label."""
+    `size` pixels (of TIFFs, `bands`, as the encoder saw them), titled with its file name
+    (shortened from the middle, see `_short`) and label."""
     rows = [r for r in rows if r] or [[]]
-    pixels = _decode_all(rows, size)
+    pixels = _decode_all(rows, size, bands)
     cols = max(1, max(len(r) for r in rows))
     height = 1.6 * len(rows) + 0.4  # inches: the rows (each image under its two-line title), and the title strip
     fig, axes = pyplot().subplots(len(rows), cols, figsize=(COLUMN_INCHES * cols, height), squeeze=False)
@@ -32,7 +33,7 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64) ->
     return save_figure(fig, out, dpi=100)
 
 
-def _decode_all(rows: list[list[tuple]], size: int) -> dict:
+def _decode_all(rows: list[list[tuple]], size: int, bands) -> dict:
     """{(id(source), name): pixels}, reading each source once (one pass over a tar)."""
     wanted: dict[int, tuple] = {}
     for row in rows:
@@ -41,7 +42,7 @@ def _decode_all(rows: list[list[tuple]], size: int) -> dict:
     pixels = {}
     for key, (source, names) in wanted.items():
         for name, data in source.read(sorted(names)):
-            decoded = decode_image(data, size)
+            decoded = decode_image(data, size, bands)
             if decoded is not None:
                 pixels[(key, name)] = decoded[0]
     return pixels

@@ -63,6 +63,9 @@ LOW_BYTES = {";16B": ";16L", ";16L": ";16B", ";16N": ";16B" if sys.byteorder == 
 STRAIGHT_SAMPLES = {"RGB", "RGBA", "RGBX"}  # not premultiplied RGBa, nor LA;16B (no low-byte reader)
 # What decode_image could not do in full, said once per dataset: the names of the files concerned
 FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT, FIRST_BANDS = "first_page", "top_byte", "tiff_layout", "first_bands"
+FEW_BANDS = "few_bands"  # a TIFF that holds fewer bands than `bands` asks for: skipped
+NOT_TIFF = "not_tiff"  # an image `bands` does not apply to
+Bands = tuple[int, ...] | None  # 1-based bands of a TIFF read as red, green, blue (or one as gray); None: 1, 2, 3
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 RGB_BANDS = 3
 
@@ -112,16 +115,24 @@ def cache_folder(cache_dir: str | Path | None = None) -> Path:
 LARGEST_IMAGE_PIXELS = 2**30
 
 
-def decode_image(data: bytes, size: int) -> tuple[np.ndarray, bool, int] | None:
+def decode_image(data: bytes, size: int, bands: Bands = None) -> tuple[np.ndarray, bool, int] | None:
     """(size, size, 3) uint8 RGB pixels, whether the image was grayscale, and its shorter side
     before resizing (exact below `size`: JPEG's reduced decoding never goes under it), or None when
-    the bytes are not a decodable image (corrupt, truncated, over a gigapixel, or not an image)."""
-    return decode_noting(data, size)[0]
+    the bytes are not a decodable image (corrupt, truncated, over a gigapixel, or not an image).
+    `bands` chooses a TIFF's bands (see decode_tiff_bands); other images are read as they are."""
+    return decode_noting(data, size, bands)[0]
 
 
-def decode_noting(data: bytes, size: int) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
+def decode_noting(data: bytes, size: int, bands: Bands = None
+                  ) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
     """decode_image's answer, and what it could not do in full: FIRST_PAGE (a multi-page TIFF),
-    TOP_BYTE (16-bit samples read from their top bytes), TIFF_LAYOUT (a TIFF Pillow cannot open)."""
+    TOP_BYTE (16-bit samples read from their top bytes), TIFF_LAYOUT (a TIFF Pillow cannot open),
+    FIRST_BANDS (a TIFF's first three of more bands), FEW_BANDS (fewer than `bands` asks)."""
+    if bands and data[:4] in TIFF_MAGIC:
+        return decode_tiff_bands(data, size, bands=bands)
+    if bands:
+        decoded, notes = decode_noting(data, size)
+        return decoded, notes + [NOT_TIFF]
     guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS // 2  # Pillow refuses twice its value
     try:
@@ -167,46 +178,50 @@ def tiff_readers() -> list[str]:
     return [name for name in ("tifffile", "imagecodecs") if installed(name)]
 
 
-def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False
+def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, bands: Bands = None
                       ) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
-    """decode_noting's answer for a TIFF Pillow cannot decode (or, `channel_pages_only`, one that
-    holds its channels as pages), read by tifffile: the first three bands of its first plane as
-    red, green and blue (FIRST_BANDS noted when it has more, or two; FIRST_PAGE when it has more
-    planes), one band as gray; deep samples stretched jointly, as Pillow's are. TIFF_LAYOUT when a
-    package to read it is missing."""
+    """decode_noting's answer for a TIFF read by tifffile: one that Pillow cannot decode, or (with
+    `channel_pages_only`) one that holds its channels as pages, or any TIFF when `bands` chooses
+    which of its bands are red, green and blue (or gray). Without `bands`, the first three bands
+    of its first plane are read as red, green and blue (FIRST_BANDS noted when it has more, or
+    two), one band as gray; FIRST_PAGE when it has more planes. Deep samples are stretched jointly,
+    as Pillow's are. TIFF_LAYOUT when a package to read it is missing."""
     try:
-        bands, total, photometric, channel_pages, more_planes = first_plane_bands(data)
+        chosen, total, photometric, channel_pages, more_planes = first_plane_bands(data, bands)
     except ImportError:
         return None, [TIFF_LAYOUT] if not channel_pages_only and unknown_tiff_layout(data) else []
     except Exception as e:  # noqa: BLE001 - damaged, or a compression only imagecodecs reads
         return None, [TIFF_LAYOUT] if not channel_pages_only and "imagecodecs" in str(e) else []
     if channel_pages_only and channel_pages < 2:
         return None, []
-    height, width = bands.shape[:2]
-    if bands.shape[2] not in (1, RGB_BANDS) or height * width > LARGEST_IMAGE_PIXELS or photometric not in (0, 1, 2):
+    if chosen is None:
+        return None, [FEW_BANDS]
+    height, width = chosen.shape[:2]
+    if height * width > LARGEST_IMAGE_PIXELS or photometric not in (0, 1, 2):
         return None, []  # colour that is not gray or RGB (CMYK, Lab, a palette), or over a gigapixel
-    if bands.dtype == np.uint8:
-        pixels = bands
-    elif bands.dtype == bool:
-        pixels = bands.astype(np.uint8) * 255
-    elif bands.dtype == np.uint16:
-        pixels = stretch_integers(bands)
+    if chosen.dtype == np.uint8:
+        pixels = chosen
+    elif chosen.dtype == bool:
+        pixels = chosen.astype(np.uint8) * 255
+    elif chosen.dtype == np.uint16:
+        pixels = stretch_integers(chosen)
     else:
-        pixels = stretch(bands.astype(np.float64))
+        pixels = stretch(chosen.astype(np.float64))
     if photometric == 0:  # MinIsWhite: 0 is white
         pixels = 255 - pixels
     img = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels))
     out = fit_square(img.convert("RGB"), size)
     gray = pixels.shape[2] == 1 or bool((out[..., :1] == out[..., 1:]).all())
-    notes = [FIRST_BANDS] if total > RGB_BANDS or total == 2 else []
+    notes = [FIRST_BANDS] if not bands and (total > RGB_BANDS or total == 2) else []
     return (out, gray, min(height, width)), notes + ([FIRST_PAGE] if more_planes else [])
 
 
-def first_plane_bands(data: bytes) -> tuple[np.ndarray, int, int, int, bool]:
+def first_plane_bands(data: bytes, bands: Bands = None) -> tuple[np.ndarray | None, int, int, int, bool]:
     """(height, width, 1 or 3) samples of the first plane of a TIFF's first image (the first of
-    each z-slice, time point, ...), its first band or first three; the number of bands it holds;
-    its photometric interpretation; how many of its bands are pages; whether it holds more planes.
-    Bands are samples of a pixel (a GDAL tile's) or pages (a microscope's channels)."""
+    each z-slice, time point, ...): `bands` (1-based), or its first band or first three (None
+    where it holds fewer than `bands` asks for); the number of bands it holds; its photometric
+    interpretation; how many of its bands are pages; whether it holds more planes. Bands are
+    samples of a pixel (a GDAL tile's) or pages (a microscope's channels)."""
     import tifffile  # ImportError: the caller's to say
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -217,8 +232,9 @@ def first_plane_bands(data: bytes) -> tuple[np.ndarray, int, int, int, bool]:
             outer -= 1
         channels = math.prod(n for axis, n in zip(axes[:outer], shape[:outer]) if axis == "C")
         planes_in_all = math.prod(n for axis, n in zip(axes[:outer], shape[:outer]) if axis != "C")
-        chosen = [range(min(n, RGB_BANDS)) if axis == "C" else range(1) for axis, n in zip(axes[:outer], shape[:outer])]
-        keys = [int(np.ravel_multi_index(i, shape[:outer])) for i in itertools.product(*chosen)] if outer else [0]
+        needed = max(bands) if bands else RGB_BANDS  # channel pages past it are not read
+        reading = [range(min(n, needed)) if axis == "C" else range(1) for axis, n in zip(axes[:outer], shape[:outer])]
+        keys = [int(np.ravel_multi_index(i, shape[:outer])) for i in itertools.product(*reading)] if outer else [0]
         planes = series.asarray(key=keys).reshape(len(keys), *page.shape)
         photometric = int(page.photometric)
     for axis in reversed(range(len(page.axes))):  # a depth inside a page: its first slice
@@ -227,11 +243,13 @@ def first_plane_bands(data: bytes) -> tuple[np.ndarray, int, int, int, bool]:
     kept = [a for a in page.axes if a in "YXS"]
     planes = planes.transpose(0, *(1 + kept.index(a) for a in "YX"), *([1 + kept.index("S")] if "S" in kept else []))
     samples = planes.shape[3] if planes.ndim == 4 else 1
-    bands = np.moveaxis(planes.reshape(*planes.shape[:3], samples), 0, 2).reshape(*planes.shape[1:3], -1)
-    total = channels * samples
-    first = bands[..., :RGB_BANDS] if bands.shape[2] >= RGB_BANDS else bands[..., :1]
-    return first, total, photometric, channels, planes_in_all > 1 or any(a not in "YXS" and n > 1 for a, n in
-                                                                          zip(page.axes, page.shape))
+    held = np.moveaxis(planes.reshape(*planes.shape[:3], samples), 0, 2).reshape(*planes.shape[1:3], -1)
+    if bands:
+        chosen = held[..., [b - 1 for b in bands]] if max(bands) <= held.shape[2] else None
+    else:
+        chosen = held[..., :RGB_BANDS] if held.shape[2] >= RGB_BANDS else held[..., :1]
+    more_planes = planes_in_all > 1 or any(a not in "YXS" and n > 1 for a, n in zip(page.axes, page.shape))
+    return chosen, channels * samples, photometric, channels, more_planes
 
 
 def unknown_tiff_layout(data: bytes) -> bool:
@@ -357,36 +375,38 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[tuple[str, bytes]], int]) -> list[tuple[str, tuple | None, list[str]]]:
-    chunk, size = args
-    return [(name, *decode_noting(data, size)) for name, data in chunk]
+def _decode_chunk(args: tuple[list[tuple[str, bytes]], int, Bands]) -> list[tuple[str, tuple | None, list[str]]]:
+    chunk, size, bands = args
+    return [(name, *decode_noting(data, size, bands)) for name, data in chunk]
 
 
-def _chunks(items, size: int, per_chunk: int = 64):
+def _chunks(items, size: int, bands: Bands, per_chunk: int = 64):
     chunk = []
     for item in items:
         chunk.append(item)
         if len(chunk) == per_chunk:
-            yield chunk, size
+            yield chunk, size, bands
             chunk = []
     if chunk:
-        yield chunk, size
+        yield chunk, size, bands
 
 
-def decode_stream(items, size: int, workers: int = 0, parallel: bool = True, notes: dict | None = None):
-    """(name, decode_image(bytes, size)) for each (name, bytes) of `items`, in order; decoded
-    by a pool of `workers` processes (0: one per core) when `parallel`. `notes`, when given, gets
-    the names of the files decode_noting had a note on, by note."""
-    for name, decoded, noted in _decoded_chunks(items, size, workers, parallel):
+def decode_stream(items, size: int, workers: int = 0, parallel: bool = True, notes: dict | None = None,
+                  bands: Bands = None):
+    """(name, decode_image(bytes, size, bands)) for each (name, bytes) of `items`, in order;
+    decoded by a pool of `workers` processes (0: one per core) when `parallel`. `notes`, when
+    given, gets the names of the files decode_noting had a note on, by note."""
+    require_tiff_reader(bands)
+    for name, decoded, noted in _decoded_chunks(items, size, workers, parallel, bands):
         for note in noted if notes is not None else ():
             notes.setdefault(note, []).append(name)
         yield name, decoded
 
 
-def _decoded_chunks(items, size: int, workers: int, parallel: bool):
+def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands):
     workers = workers or os.cpu_count() or 1
     if not parallel or workers <= 1:
-        for chunk in map(_decode_chunk, _chunks(items, size)):
+        for chunk in map(_decode_chunk, _chunks(items, size, bands)):
             yield from chunk
         return
     # A Ctrl-C that lands while the workers are forked is raised inside a fork handler, where
@@ -402,15 +422,16 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool):
     try:
         if interrupted:
             raise KeyboardInterrupt
-        for chunk in pool.imap(_decode_chunk, _chunks(items, size)):
+        for chunk in pool.imap(_decode_chunk, _chunks(items, size, bands)):
             yield from chunk
     finally:
         pool.terminate()
 
 
-def _cache_key(source: ImageSource, size: int) -> str:
+def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.path.name.split(".")[0])[:40] or "data"
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}".encode()).hexdigest()[:16]
+    chosen = f"|bands={','.join(map(str, bands))}" if bands else ""  # no bands: the keys caches had before
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}{chosen}".encode()).hexdigest()[:16]
     return f"{stem}{'-' + source.split if source.split else ''}-{size}px-{digest}"
 
 
@@ -519,7 +540,7 @@ def publish(staging: Path, target: Path, meta: dict) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool) -> None:
+def _build(source: ImageSource, size: int, target: Path, workers: int, show_progress: bool, bands: Bands) -> None:
     """Decode `source` into `target` (written to a temporary folder, then renamed into place)."""
     names, skipped, grayscale_rows, sides, notes = [], [], [], [], {}
     digest = hashlib.sha256()  # hashed as written: no second pass over a cache of many GB
@@ -527,7 +548,7 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
         with (progress_bar(len(source.names), f"decoding {source.describe()}", enabled=show_progress) as bar,
               open(staging / "images.u8", "wb") as pixels):
             parallel = len(source.names) >= 2048
-            for name, decoded in decode_stream(source.read(), size, workers, parallel, notes):
+            for name, decoded in decode_stream(source.read(), size, workers, parallel, notes, bands):
                 if decoded is None:
                     skipped.append(name)
                 else:
@@ -545,7 +566,8 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 "size": size, "names": names, "classes": classes, "skipped": skipped,
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
                 "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None,
-                "notes": notes, "pixels_sha256": digest.hexdigest(), "tiff_readers": tiff_readers()}
+                "notes": notes, "pixels_sha256": digest.hexdigest(), "tiff_readers": tiff_readers(),
+                "bands": list(bands) if bands else None}
         publish(staging, target, meta)
 
 
@@ -555,11 +577,20 @@ def readable_now(meta: dict) -> bool:
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
-               workers: int = 0, show_progress: bool = True) -> ImageCache:
-    """The decoded images of `source` at `size` pixels, built on first use and reused after."""
+               workers: int = 0, show_progress: bool = True, bands: Bands = None) -> ImageCache:
+    """The decoded images of `source` at `size` pixels (of TIFFs, `bands`), built on first use
+    and reused after."""
+    require_tiff_reader(bands)
     root = cache_folder(cache_dir)
-    target = root / _cache_key(source, size)
-    return open_built(target, lambda: _build(source, size, target, workers, show_progress), source.describe())
+    target = root / _cache_key(source, size, bands)
+    return open_built(target, lambda: _build(source, size, target, workers, show_progress, bands), source.describe())
+
+
+def require_tiff_reader(bands: Bands) -> None:
+    """Bands are chosen by tifffile: without it, the run would skip every TIFF."""
+    if bands and "tifffile" not in tiff_readers():
+        raise UserError(f"choosing TIFF bands ({','.join(map(str, bands))}) needs tifffile: "
+                        f"pip install 'selfsup[tiff]'")
 
 
 class DamagedCache(Exception):
@@ -695,6 +726,9 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
             f"; {len(layouts):,} of them are valid TIFFs in a layout Pillow cannot decode (e.g. {layouts[0]!r}; "
             f"16-bit with 4 bands, as GDAL writes them, or LZW-compressed): pip install 'selfsup[tiff]' "
             f"(tifffile and imagecodecs) to read them")
+        few = notes.get(FEW_BANDS, [])
+        valid += "" if not few else (f"; {len(few):,} of them are TIFFs with fewer bands than asked for "
+                                     f"(e.g. {few[0]!r})")
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
              f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
     if notes.get(FIRST_PAGE):
@@ -702,11 +736,13 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
              f"{notes[FIRST_PAGE][0]!r}), of which only the first page is used (the first plane's channels, where "
              f"they are pages); save each page or plane (of a z-stack, a time series) as a file of its own to use "
              f"the others")
+    if notes.get(NOT_TIFF) and len(notes[NOT_TIFF]) == files:
+        warn(f"none of the {files:,} files in {description} is a TIFF: the bands chosen (--bands) apply to TIFFs "
+             f"alone, and these are read as they are")
     if notes.get(FIRST_BANDS):
         warn(f"{len(notes[FIRST_BANDS]):,} of {files:,} files in {description} are TIFFs with two or more than "
              f"three bands (e.g. {notes[FIRST_BANDS][0]!r}), of which bands 1, 2 and 3 were read as red, green "
-             f"and blue (of two, the first as gray); to use others, save them as their own TIFFs (e.g. "
-             f"gdal_translate -b 4 -b 3 -b 2 in.tif out.tif)")
+             f"and blue (of two, the first as gray); to choose others, pretrain with --bands (e.g. --bands 4,3,2)")
     if notes.get(TOP_BYTE):
         warn(f"{len(notes[TOP_BYTE]):,} of {files:,} files in {description} hold 16 bits per sample in a layout "
              f"of which Pillow reads the top 8 bits only (e.g. {notes[TOP_BYTE][0]!r}: gray with alpha, or "
@@ -743,7 +779,7 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
 
 
 def open_images(path: str | Path, size: int, split: str | None = None, cache_dir=None,
-                workers: int = 0, show_progress: bool = True) -> ImageCache:
+                workers: int = 0, show_progress: bool = True, bands: Bands = None) -> ImageCache:
     """Shortcut: list the images under `path` and load (or build) their cache. A folder (or tar)
     of video files gives the frames of its videos, so that any image method trains on them."""
     from .sources import open_source
@@ -754,4 +790,4 @@ def open_images(path: str | Path, size: int, split: str | None = None, cache_dir
         if split is None and "no images found" in str(e) and has_videos(Path(path).expanduser()):
             return open_clips(path, size, cache_dir, workers, show_progress, motion=False)
         raise
-    return load_cache(source, size, cache_dir, workers, show_progress)
+    return load_cache(source, size, cache_dir, workers, show_progress, bands)

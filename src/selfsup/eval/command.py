@@ -26,6 +26,8 @@ USED_BY = {**{name: ("finetune",) for name in FINETUNE_FLAGS},
 
 
 def add_eval_parser(commands, common) -> None:
+    from ..cli import BANDS_HELP, parse_bands
+
     p = commands.add_parser("eval", help="evaluate an encoder with labels (kNN, linear, fine-tuning, retrieval, "
                                          "label-efficiency curve)")
     p.add_argument("protocol", choices=PROTOCOLS)
@@ -40,6 +42,7 @@ def add_eval_parser(commands, common) -> None:
                                                    "its runs' size)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="for random: and weights: encoders (default: on up to 64 px, or as the weights say)")
+    p.add_argument("--bands", type=parse_bands, help=BANDS_HELP + "; in a curve, random: takes its runs'")
     p.add_argument("--cache-dir")
     p.add_argument("--fraction", type=float, nargs="+", help="use this fraction of each class's training labels "
                                                             "(curve: several)")
@@ -124,7 +127,7 @@ def run_eval(args, defaults: dict) -> int:
         raise UserError("--subset is for one evaluation; eval curve draws its own subsets at each --per-class or "
                         "--fraction (run eval linear --subset once per file instead)")
     setup = dict(train=args.train, test=args.test, data=args.data, device=args.device, image_size=args.image_size,
-                 small_stem=args.small_stem, backbone=args.backbone, cache_dir=args.cache_dir,
+                 small_stem=args.small_stem, backbone=args.backbone, bands=args.bands, cache_dir=args.cache_dir,
                  show_progress=not args.no_progress, record=not args.no_record)
     if args.protocol == "curve":
         result = label_efficiency_curve(args.checkpoint, protocol=args.curve_protocol, per_class=args.per_class,

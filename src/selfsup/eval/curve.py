@@ -44,19 +44,23 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     specs = [str(s) for s in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
     # Runs first: their image size is the one a random: baseline should be drawn at (not 224).
     order = sorted(range(len(specs)), key=lambda i: specs[i].startswith("random:"))
-    lines, setup, run_sizes = [None] * len(specs), None, set()
+    lines, setup, run_sizes, run_bands = [None] * len(specs), None, set(), set()
     for i in order:
         spec, spec_options = specs[i], dict(options)
         is_run = not spec.startswith(("random:", "weights:"))
         if is_run:
             spec_options["small_stem"] = None  # a run keeps the stem it was trained with
-        elif spec.startswith("random:") and spec_options.get("image_size") is None:
-            spec_options["image_size"] = _baseline_size(spec, run_sizes)
+        elif spec.startswith("random:"):
+            if spec_options.get("image_size") is None:
+                spec_options["image_size"] = _baseline_size(spec, run_sizes)
+            if spec_options.get("bands") is None and len(run_bands) == 1:  # shown what the runs were
+                spec_options["bands"] = next(iter(run_bands))
         setup = prepare(spec, train, test, data, **spec_options)
         if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
             _check_budgets(setup, budgets, protocol, protocol_options or {})
         if is_run:
             run_sizes.add(setup.encoder.image_size)
+            run_bands.add(setup.encoder.bands)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **checkpoint_identity(setup.encoder),

@@ -19,12 +19,13 @@ from ..errors import UserError, nearest
 from .features import cached_features
 
 
-def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, labels_required: bool) -> ImageCache:
+def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, labels_required: bool,
+          bands=None) -> ImageCache:
     source = open_source(path, split)
     if labels_required and not source.classes:  # before decoding anything
         raise UserError(f"{source.describe()!r} has no class labels: {source.why_no_classes()}; evaluation "
                         f"needs a folder with one subfolder per class (or a tar of one)")
-    return load_cache(source, size, cache_dir, show_progress=show_progress)
+    return load_cache(source, size, cache_dir, show_progress=show_progress, bands=bands)
 
 
 def _locate(train, test, data) -> tuple:
@@ -44,13 +45,13 @@ def _locate(train, test, data) -> tuple:
 
 
 def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
-                  labels_required: bool = True) -> tuple[ImageCache, ImageCache]:
-    """(train, test) image caches, checked to have the same classes, named by absolute paths (the
-    `train_data`, `test_data` of results, which the report compares)."""
+                  labels_required: bool = True, bands=None) -> tuple[ImageCache, ImageCache]:
+    """(train, test) image caches (of TIFFs, `bands`), checked to have the same classes, named by
+    absolute paths (the `train_data`, `test_data` of results, which the report compares)."""
     train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p))) for p in (train, test, data))
     train, train_split, test, test_split = _locate(train, test, data)
-    train_cache = _open(train, train_split, size, cache_dir, show_progress, labels_required)
-    test_cache = _open(test, test_split, size, cache_dir, show_progress, labels_required)
+    train_cache = _open(train, train_split, size, cache_dir, show_progress, labels_required, bands)
+    test_cache = _open(test, test_split, size, cache_dir, show_progress, labels_required, bands)
     if train_cache.labels is not None and test_cache.labels is not None and train_cache.classes != test_cache.classes:
         only_train = sorted(set(train_cache.classes) - set(test_cache.classes))
         only_test = sorted(set(test_cache.classes) - set(train_cache.classes))
@@ -97,19 +98,20 @@ def check_options(caller: str, options: dict) -> None:
 
 def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", image_size: int | None = None,
             small_stem: bool | None = None, backbone: str | None = None, cache_dir=None,
-            show_progress: bool = True, labels_required: bool = True, check_encoder=None) -> Setup:
+            show_progress: bool = True, labels_required: bool = True, check_encoder=None, bands=None) -> Setup:
     """The encoder and the data of an evaluation (`image_size`, `small_stem`: for random: and
-    weights: encoders; `backbone`: the architecture of a weights: file). `check_encoder(encoder)`
-    may refuse it before any image is read."""
+    weights: encoders; `backbone`: the architecture of a weights: file; `bands`: the TIFF bands
+    shown to it, by default those it was trained on). `check_encoder(encoder)` may refuse it
+    before any image is read."""
     from ..train import resolve_device
 
     if isinstance(checkpoint, Encoder):
         encoder, spec = checkpoint, checkpoint.description
     else:
-        encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone), str(checkpoint)
+        encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone, bands=bands), str(checkpoint)
     if check_encoder is not None:
         check_encoder(encoder)
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
-                                            labels_required)
+                                            labels_required, encoder.bands)
     return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)
