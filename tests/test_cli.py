@@ -247,8 +247,9 @@ def test_tiff_bands_chosen_at_pretraining_follow_the_encoder_into_every_command(
     assert proc.returncode == 0, proc.stderr
     assert "bands:\n  - 4\n  - 3\n  - 2\n" in (out / "config.yaml").read_text()
     common = ["--data", data, "--no-progress", "--json"]
-    for args in (["eval", "knn", "--checkpoint", out, "--train", data, "--test", data, "--no-progress", "--json"],
-                 ["eval", "curve", "--protocol", "knn", "--checkpoint", out, "random:resnet18", "--per-class", "2",
+    proc = run("eval", "knn", "--checkpoint", out, "--train", data, "--test", data, "--no-progress", "--json")
+    assert json.loads(proc.stdout)["bands"] == [4, 3, 2]  # in the record too
+    for args in (["eval", "curve", "--protocol", "knn", "--checkpoint", out, "random:resnet18", "--per-class", "2",
                   "--seeds", "1", "--train", data, "--test", data, "--out", tmp_path / "curve.png", "--no-progress"],
                  ["export", "--checkpoint", out, "--out", tmp_path / "enc.safetensors"],
                  ["embed", "--checkpoint", f"weights:{tmp_path / 'enc.safetensors'}", "--out", tmp_path / "e.npy",

@@ -243,8 +243,8 @@ def test_curate_removes_planted_copies_and_leaks_and_retrieves_nearest(planted, 
     out = root / "out"
     drawn = {}
     draw = selfsup.curate.draw_rows
-    monkeypatch.setattr(selfsup.curate, "draw_rows", lambda rows, path, *a: drawn.setdefault(path.name, rows) and
-                        draw(rows, path, *a))
+    monkeypatch.setattr(selfsup.curate, "draw_rows", lambda rows, path, *a, **k: drawn.setdefault(path.name, rows)
+                        and draw(rows, path, *a, **k))
     summary = curate(root / "pool", root / "seeds", "random:resnet18", out, exclude=root / "eval",
                      config=CurateConfig(threshold=0.84, k=5, chunk_size=64), image_size=64, small_stem=False, device="cpu",
                      show_progress=False)

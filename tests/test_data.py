@@ -814,8 +814,8 @@ def test_a_cache_still_damaged_after_decoding_again_is_one_line(labelled_folder,
         f.truncate(10)
     real_build = cache_module._build
 
-    def short_build(source, size, target, workers, show_progress):  # a disk that fills up again
-        real_build(source, size, target, workers, show_progress)
+    def short_build(source, size, target, workers, show_progress, bands):  # a disk that fills up again
+        real_build(source, size, target, workers, show_progress, bands)
         with open(target / "images.u8", "r+b") as f:
             f.truncate(10)
 

@@ -127,7 +127,8 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
                   ) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
     """decode_image's answer, and what it could not do in full: FIRST_PAGE (a multi-page TIFF),
     TOP_BYTE (16-bit samples read from their top bytes), TIFF_LAYOUT (a TIFF Pillow cannot open),
-    FIRST_BANDS (a TIFF's first three of more bands), FEW_BANDS (fewer than `bands` asks)."""
+    FIRST_BANDS (a TIFF's first three of more bands), FEW_BANDS (fewer than `bands` asks),
+    NOT_TIFF (`bands` given for an image that is not a TIFF)."""
     if bands and data[:4] in TIFF_MAGIC:
         return decode_tiff_bands(data, size, bands=bands)
     if bands:

@@ -14,7 +14,7 @@ from ..outputs import output_file
 from ..viz import pyplot, save_figure
 from .data import check_options, prepare
 from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol, setting_defaults
-from .record import checkpoint_identity, data_digests, data_name, record_result
+from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
 from .subsets import Budget, make_split
 
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
@@ -63,7 +63,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
             run_bands.add(setup.encoder.bands)
         runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
-                    "image_size": setup.encoder.image_size, **checkpoint_identity(setup.encoder),
+                    "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
+                    **checkpoint_identity(setup.encoder),
                     "points": [{k: r[k] for k in POINT_KEYS} for r in runs]}
     settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point
     result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),

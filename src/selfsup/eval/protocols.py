@@ -25,7 +25,7 @@ from .features import extract_features
 from .finetune import FinetuneConfig, finetune
 from .knn import knn_scores, topk_accuracy
 from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
-from .record import checkpoint_identity, data_digests, data_name, record_result
+from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
 from .retrieval import mean_average_precision, precision_at_k, retrieve
 from .stats import summarise
 from .subsets import Budget, Split, listed_split, make_split, save_split
@@ -151,6 +151,7 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
     summary = summarise(figures, ("top1", "top5"), len(setup.test))
     interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
     return {"protocol": name, "encoder": setup.encoder.description, "image_size": setup.encoder.image_size,
+            **bands_shown(setup.encoder),
             "budget": budget.describe(), "fraction": budget.fraction, "per_class": budget.per_class,
             **({"subset": budget.subset} if budget.subset else {}), "seeds": seeds,
             "labels_per_class": len(split.train) / max(1, classes), "train_images": len(setup.train),

@@ -54,6 +54,11 @@ def checkpoint_identity(encoder) -> dict:
     return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"]}
 
 
+def bands_shown(encoder) -> dict:
+    """The TIFF bands the encoder was shown (--bands), for a record; {} for the default, the first three."""
+    return {"bands": list(encoder.bands)} if encoder.bands else {}
+
+
 @lru_cache(maxsize=64)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     from ..checkpoint import file_sha256
