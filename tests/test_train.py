@@ -533,3 +533,42 @@ def test_a_run_asked_to_stop_saves_after_the_step_and_resumes_to_the_same_weight
     resumed = _cli("pretrain", "--out", str(out), "--resume", "--no-progress", env=env)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     assert_same_state(whole, torch.load(out / "last.pt", weights_only=True))
+
+
+def test_a_second_run_into_the_folder_a_run_writes_to_is_refused(labelled_folder, tmp_path):
+    """Two runs given one --out wrote into it together: the second's checkpoint replaced the
+    first's, and metrics.jsonl held both runs' epochs."""
+    from selfsup.train import run_folder_lock
+    out = tmp_path / "run"
+    out.mkdir()
+    with run_folder_lock(out):  # as a run in another process holds it
+        with pytest.raises(UserError, match=r"^another selfsup run is writing to '.*run'; wait for it to end "
+                                            r"\(then --resume it, if it stopped\), or choose another --out$"):
+            run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))
+        assert out.is_dir() and not any(out.iterdir())  # left as it was, not removed
+    run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))  # free again: it runs
+    assert (out / "last.pt").is_file()
+
+
+def test_a_scheduler_stop_while_the_images_are_decoded_says_so_and_leaves_no_folder(labelled_folder, tmp_path):
+    """SIGTERM before the first step ended the process without a word (status 143), and left the
+    empty run folder and a half-built cache behind. (In a process of its own: unhandled, SIGTERM
+    would end the test's.)"""
+    script = (
+        "import os, signal, sys\n"
+        "import selfsup.data.cache as cache\n"
+        "from selfsup.cli import main\n"
+        "real = cache.decode_noting\n"
+        "def decode_then_stop(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler, a few images in\n"
+        "    return real(*args)\n"
+        "cache.decode_noting = decode_then_stop\n"
+        f"sys.exit(main(['pretrain', '--data', {str(labelled_folder)!r}, '--out', {str(tmp_path / 'run')!r},"
+        " '--image-size', '16', '--epochs', '1', '--no-progress']))\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == ("selfsup: stopped by SIGTERM before training began; nothing was "
+                                                   "saved yet: run the same command again")
+    assert "Traceback" not in run.stderr and not (tmp_path / "run").exists()
+    assert not list(Path(os.environ["SELFSUP_CACHE"]).glob(".building-*"))  # the cache it was building: removed

@@ -125,9 +125,11 @@ def _pretrain(args) -> int:
         out = Path(args.out).expanduser()
         launcher = "torchrun --nproc-per-node N -m selfsup" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "selfsup"
         resume = f"{launcher} pretrain --out {out} --resume"
-        if isinstance(stop, RunStopped):  # a signal asked it to stop: it did, after a checkpoint
-            raise RunStopped(stop.signal_number, f"{stop}; continue with: {resume}") from None
-        raise KeyboardInterrupt(f"continue from the last checkpoint with: {resume}" if (out / "last.pt").is_file() else
+        saved = (out / "last.pt").is_file()
+        if isinstance(stop, RunStopped):  # a signal asked it to stop: it did, after a checkpoint if any
+            then = f"continue with: {resume}" if saved else "nothing was saved yet: run the same command again"
+            raise RunStopped(stop.signal_number, f"{stop}; {then}") from None
+        raise KeyboardInterrupt(f"continue from the last checkpoint with: {resume}" if saved else
                                 "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}

@@ -139,10 +139,11 @@ def append_json_line(path: Path, record: dict) -> None:
 
 
 @contextmanager
-def removed_if_left_empty(out: str | Path | None):
+def removed_if_left_empty(out: str | Path | None, keep_on: tuple[type[BaseException], ...] = ()):
     """The output folder `out`, and any parents, that the block creates are removed again if it
     fails before writing into them, so a refused start leaves no empty folder behind. A folder
-    that existed before, or that holds anything, stays (rmdir refuses a folder with files)."""
+    that existed before, or that holds anything, stays (rmdir refuses a folder with files), and so
+    do all on the errors `keep_on` (another process's folder, made at the same moment)."""
     new = []  # folders that do not exist yet, deepest first
     path = Path(out).expanduser().absolute() if out else None
     while path is not None and not path.exists() and path != path.parent:
@@ -150,8 +151,8 @@ def removed_if_left_empty(out: str | Path | None):
         path = path.parent
     try:
         yield
-    except BaseException:
-        for folder in new:
+    except BaseException as e:
+        for folder in new if not isinstance(e, keep_on) else ():
             try:
                 folder.rmdir()
             except FileNotFoundError:

@@ -16,6 +16,11 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second run into the same folder is not refused
+    fcntl = None
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -725,9 +730,66 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
     """Resolve the config (or restore it from RUN_DIR/last.pt), then train to the last epoch."""
     config_lib.check_sections(user, "config")
     dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
-    with removed_if_left_empty(user.get("out")):
-        cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
-        trainer = Trainer(cfg, checkpoint, show_progress)
-        write_run_config(cfg)
-        write_run_provenance(cfg, trainer.device, resumed=checkpoint is not None)
-        return trainer.fit()
+    with removed_if_left_empty(user.get("out"), keep_on=(RunFolderBusy,)):
+        with stopped_at_once():
+            cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
+        with run_folder_lock(Path(cfg.out)):
+            with stopped_at_once():  # decoding the images may take hours
+                trainer = Trainer(cfg, checkpoint, show_progress)
+            write_run_config(cfg)
+            write_run_provenance(cfg, trainer.device, resumed=checkpoint is not None)
+            return trainer.fit()
+
+
+@contextmanager
+def stopped_at_once():
+    """Before training there is no step to finish nor anything to save: a scheduler's SIGTERM or
+    SIGUSR1 stops the run at once, as Ctrl-C does, with a line that says so (and no empty run
+    folder left), where by default it would end the process without a word."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number, frame):
+        raise RunStopped(number, f"stopped by {signal.Signals(number).name} before training began")
+
+    defaults = [number for number in STOP_SIGNALS if number != signal.SIGINT and signal.getsignal(number) == signal.SIG_DFL]
+    for number in defaults:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        for number in defaults:
+            signal.signal(number, signal.SIG_DFL)
+
+
+class RunFolderBusy(UserError):
+    """Another run holds the run folder (run_folder_lock)."""
+
+
+@contextmanager
+def run_folder_lock(out: Path):
+    """Held while a run writes into `out`: a second run given the same --out is refused at once,
+    where it would interleave its checkpoints and metrics with the first's. The lock is on the
+    folder itself (no file left behind), taken by the first process, and freed by the system when
+    the process ends, killed or not."""
+    def lock() -> int | None:
+        if not dist.is_main() or fcntl is None:
+            return None
+        descriptor = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise RunFolderBusy(f"another selfsup run is writing to {str(out)!r}; wait for it to end (then "
+                                f"--resume it, if it stopped), or choose another --out") from None
+        except OSError:  # a file system without locks (some network ones): unguarded, as before
+            pass
+        return descriptor
+
+    descriptor = dist.on_every_process(lock)  # the others stop too when the first is refused
+    try:
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)

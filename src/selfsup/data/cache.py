@@ -416,7 +416,8 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
-        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
+            workers, initializer=_signals_as_by_default)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -427,6 +428,14 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
             yield from chunk
     finally:
         pool.terminate()
+
+
+def _signals_as_by_default() -> None:
+    """In a decoding worker: SIGTERM (Pool.terminate's) and SIGUSR1 end it, whatever handler the
+    parent had when it forked (a pretraining run's stop request)."""
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 
 def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
