@@ -196,3 +196,43 @@ def test_caches_and_results_know_the_decoded_pixels(split_folder):
     index.write_text(json.dumps(meta))
     assert load_cache(open_source(split_folder, "train"), 16, show_progress=False).pixels_sha256 is None
     assert evaluate_knn("random:resnet18", data=split_folder, k=5, **TINY)["train_pixels_sha256"] is None
+
+
+def _unreadable_class(root, name: str = "bird"):
+    """A class folder holding only a file that is not an image."""
+    (root / name).mkdir(parents=True)
+    (root / name / "garbage.png").write_bytes(bytes(range(256)) * 2)
+
+
+@pytest.mark.parametrize("in_test", ["unreadable", "absent"])
+def test_a_class_none_of_whose_files_decode_is_left_out(split_folder, capsys, in_test):
+    # 'bird' (sorted first) counted as a class of no image: "classes": 4, a --per-class budget it
+    # could not meet, or "train and test classes differ" when test had no bird folder.
+    from selfsup.eval.data import open_labelled
+    _unreadable_class(split_folder / "train")
+    if in_test == "unreadable":
+        _unreadable_class(split_folder / "test")
+    train, test = open_labelled(16, data=split_folder, show_progress=False)
+    assert train.classes == test.classes == ["circle", "square", "stripes"]
+    for cache in (train, test):  # renumbered by name: each image's label is its folder's
+        assert [cache.classes[label] for label in cache.labels] == [n.split("/")[0] for n in cache.names]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "left out" in line]
+    assert warnings == ["warning: 1 class left out, none of whose files could be decoded: 'bird'"]
+
+
+def test_a_class_unreadable_in_train_but_tested_is_refused(split_folder):
+    from selfsup.eval.data import open_labelled
+    _unreadable_class(split_folder / "train")
+    (split_folder / "test" / "bird").mkdir()
+    (split_folder / "test" / "circle" / "000.png").rename(split_folder / "test" / "bird" / "000.png")
+    with pytest.raises(UserError, match=r"^class 'bird' has no train image that can be decoded \(its 1 file "
+                                        r"failed\) but has test images; replace those files, or remove"):
+        open_labelled(16, data=split_folder, show_progress=False)
+
+
+def test_the_budget_of_a_class_without_images_is_refused_in_words_that_hold():
+    # "0 training images (1 after the -1 held out for validation; ...)"
+    import numpy as np
+    from selfsup.eval.subsets import Budget, make_split
+    with pytest.raises(UserError, match=r"^--per-class 2 needs images of class 'a', which has no training image; "):
+        make_split(np.array([1, 1, 1]), ["a", "b"], Budget(per_class=2), 0, 0.1)

@@ -8,11 +8,13 @@ computed once per (encoder, data) and cached on disk (see `features.cached_featu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..console import plural, warn
 from ..data import ImageCache, load_cache, open_source, open_splits
 from ..encoder import Encoder, load_encoder
 from ..errors import UserError, nearest
@@ -52,12 +54,55 @@ def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, s
     train, train_split, test, test_split = _locate(train, test, data)
     train_cache = _open(train, train_split, size, cache_dir, show_progress, labels_required, bands)
     test_cache = _open(test, test_split, size, cache_dir, show_progress, labels_required, bands)
-    if train_cache.labels is not None and test_cache.labels is not None and train_cache.classes != test_cache.classes:
+    if train_cache.labels is None or test_cache.labels is None:
+        return train_cache, test_cache
+    train_cache, test_cache = _drop_unreadable_classes(train_cache, test_cache)
+    if train_cache.classes != test_cache.classes:
         only_train = sorted(set(train_cache.classes) - set(test_cache.classes))
         only_test = sorted(set(test_cache.classes) - set(train_cache.classes))
         raise UserError(f"train and test classes differ: only in train: {only_train or 'none'}; "
                         f"only in test: {only_test or 'none'}; give both the same class folders")
+    if len(train_cache.classes) < 2:
+        raise UserError(f"only class {train_cache.classes[0]!r} has images that can be decoded; evaluation needs "
+                        f"at least 2 classes")
     return train_cache, test_cache
+
+
+def _readable(cache: ImageCache) -> set[str]:
+    """The classes of `cache` with at least one decoded image."""
+    return {cache.classes[i] for i in np.unique(cache.labels)}
+
+
+def _unreadable_files(cache: ImageCache, name: str) -> int:
+    return sum(skipped.split("/", 1)[0] == name for skipped in cache.skipped)
+
+
+def _drop_unreadable_classes(train: ImageCache, test: ImageCache) -> tuple[ImageCache, ImageCache]:
+    """A class folder none of whose files decode is no class: it is left out with one warning, as
+    if its folders were absent (labels renumbered by name, so train and test still agree). Where
+    the other split holds images of it, it is refused: they could never be predicted (or tested)."""
+    readable = {"train": _readable(train), "test": _readable(test)}
+    for split, cache in (("train", train), ("test", test)):
+        other = "test" if split == "train" else "train"
+        for name in sorted(set(cache.classes) - readable[split]):
+            if name in readable[other]:
+                raise UserError(f"class {name!r} has no {split} image that can be decoded (its "
+                                f"{plural(_unreadable_files(cache, name), 'file')} failed) but has {other} images; "
+                                f"replace those files, or remove its folder from both {split} and {other}")
+    dropped = sorted(set(train.classes + test.classes) - readable["train"] - readable["test"])
+    if dropped:
+        warn(f"{plural(len(dropped), 'class', 'classes')} left out, none of whose files could be decoded: "
+             f"{', '.join(map(repr, dropped))}")
+    return _keep_classes(train, readable["train"]), _keep_classes(test, readable["test"])
+
+
+def _keep_classes(cache: ImageCache, kept: set[str]) -> ImageCache:
+    """`cache` with only the `kept` classes (each of which has images), its labels renumbered."""
+    if len(kept) == len(cache.classes):
+        return cache
+    classes = sorted(kept)
+    new_index = np.array([classes.index(c) if c in kept else -1 for c in cache.classes], dtype=np.int64)
+    return replace(cache, classes=classes, labels=new_index[cache.labels])
 
 
 @dataclass

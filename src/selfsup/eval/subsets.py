@@ -72,7 +72,7 @@ def class_orders(labels: np.ndarray, num_classes: int, seed: int) -> list[np.nda
 
 
 def _validation_count(n: int, val_fraction: float) -> int:
-    return 0 if val_fraction <= 0 else min(n - 1, max(1, round(val_fraction * n)))
+    return 0 if val_fraction <= 0 or n == 0 else min(n - 1, max(1, round(val_fraction * n)))
 
 
 def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) -> int:
@@ -82,6 +82,9 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
     if k > pool:
         held = f" ({pool} after the {val} held out for validation; --val-fraction 0 holds none)" if val else ""
         asked = f"--per-class {k}" if budget.per_class else f"--fraction {budget.fraction:g} ({k} images)"
+        if n == 0:
+            raise UserError(f"{asked} needs images of class {class_name!r}, which has no training image; "
+                            f"add some, or remove its folder")
         raise UserError(f"{asked} is more than class {class_name!r} has: {n} training images{held}; "
                         f"lower the budget")
     return k
