@@ -236,3 +236,16 @@ def test_the_budget_of_a_class_without_images_is_refused_in_words_that_hold():
     from selfsup.eval.subsets import Budget, make_split
     with pytest.raises(UserError, match=r"^--per-class 2 needs images of class 'a', which has no training image; "):
         make_split(np.array([1, 1, 1]), ["a", "b"], Budget(per_class=2), 0, 0.1)
+
+
+def test_one_class_left_after_the_unreadable_ones_is_refused(tmp_path):
+    from selfsup.eval.data import open_labelled
+    from conftest import write_dataset
+    for split in ("train", "test"):
+        write_dataset(tmp_path / split, per_class=2)
+        for other in ("square", "stripes"):
+            for image in (tmp_path / split / other).iterdir():
+                image.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"^only class 'circle' has images that can be decoded; evaluation needs at "
+                                        r"least 2 classes$"):
+        open_labelled(16, data=tmp_path, show_progress=False)
