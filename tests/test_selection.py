@@ -233,6 +233,20 @@ def test_eval_on_the_chosen_labels_only(split_folder, tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
 
 
+@pytest.mark.parametrize("protocol", ["knn", "linear"])
+def test_a_subset_csv_label_column_is_said_to_be_unused(split_folder, tmp_path, capsys, protocol):
+    # A CSV's labels were silently ignored: a person who wrote 'dog' beside cat/0.png got 'cat'.
+    listed = tmp_path / "labelled.csv"
+    listed.write_text("file,label\ncircle/000.png,square\ncircle/001.png,circle\ntrain/square/000.png,circle\n"
+                      "square/001.png,square\nstripes/000.png,\nstripes/001.png,stripes\n")
+    options = ["--seeds", "2", "--epochs", "1"] if protocol == "linear" else []  # two seeds, one warning
+    assert main(["eval", protocol, "--data", str(split_folder), "--subset", str(listed), *options, "--json",
+                 *CLI_ENCODER]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "'label' column" in line]
+    assert said == [f"warning: --subset {listed}: its 'label' column is not used, the labels come from the class "
+                    f"folders; 2 of its 5 labelled rows name another class than their folder"]
+
+
 def test_linear_on_a_subset_cuts_validation_from_the_listed_images(split_folder, tmp_path, capsys):
     names = [f"{c}/{i:03d}.png" for c in ("circle", "square") for i in range(10)]  # no stripes
     (tmp_path / "list.txt").write_text("\n".join(names))

@@ -392,16 +392,43 @@ def names_listed_in(path: str | Path, option: str, allow_empty: bool = False,
     return names
 
 
+def labels_listed_in(path: str | Path) -> list[tuple[str, str]] | None:
+    """(file, label) of each row of a CSV with a `label` column (a user's own labels, which eval's
+    --subset does not use), rows without a label left out; None for any other file."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".csv":
+        return None
+    import csv
+    rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    header = rows[0] if rows else []
+    labels = [column.strip().lower() for column in header]  # "Label" too: a person's own column
+    if "file" not in header or "label" not in labels:
+        return None
+    file, label = header.index("file"), labels.index("label")
+    return [(row[file], row[label].strip()) for row in rows[1:] if len(row) > max(file, label) and row[label].strip()]
+
+
+def _resolved(name: str, row_of: dict[str, int], split: str | None) -> str:
+    """`name` as `row_of` (a source's images) holds it, where a listed name differs: a listed name
+    may also carry the split's folder (train/cat/1.jpg for cat/1.jpg in a dataset's train/)."""
+    if name not in row_of:  # a backslash may be part of a name; else a Windows separator
+        name = name.replace("\\", "/").removeprefix("./")
+    if name not in row_of and split and name.startswith(split + "/"):
+        name = name[len(split) + 1:]
+    return name
+
+
+def row_finder(names: list[str], split: str | None):
+    """A function from a listed name to its row in `names` (a source's images), or None."""
+    row_of = {n: i for i, n in enumerate(names)}
+    return lambda name: row_of.get(_resolved(name, row_of, split))
+
+
 def rows_of_names(names: list[str], listed: list[str], source: str, split: str | None, option: str) -> list[int]:
-    """The rows of `names` (a source's images) that `listed` names, each once, sorted. A listed
-    name may also carry the split's folder (train/cat/1.jpg for cat/1.jpg in a dataset's train/)."""
+    """The rows of `names` (a source's images) that `listed` names, each once, sorted (see _resolved)."""
     row_of = {n: i for i, n in enumerate(names)}
     rows, unknown = set(), []
-    for name in listed:
-        if name not in row_of:  # a backslash may be part of a name; else a Windows separator
-            name = name.replace("\\", "/").removeprefix("./")
-        if name not in row_of and split and name.startswith(split + "/"):
-            name = name[len(split) + 1:]
+    for name in (_resolved(n, row_of, split) for n in listed):
         if name in row_of:
             rows.add(row_of[name])
         else:

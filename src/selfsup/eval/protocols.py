@@ -28,7 +28,7 @@ from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
 from .retrieval import mean_average_precision, precision_at_k, retrieve
 from .stats import summarise
-from .subsets import Budget, Split, listed_split, make_split, save_split
+from .subsets import Budget, Split, listed_split, make_split, save_split, warn_of_unused_labels
 
 DEFAULT_VAL_FRACTION = 0.1
 KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
@@ -144,6 +144,8 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     splits = [_split(setup, budget, seed, val_fraction) for seed in range(seeds)]
+    if budget.subset and setup.train.labels is not None:
+        warn_of_unused_labels(setup.train, budget.subset)
     # Each seed's own (a subset JSON's seed, not the loop's index), so one seed can be rerun alone.
     figures = [one_seed(split) for split, _ in splits]
     per_seed = [{**f, "seed": split.seed} for f, (split, _) in zip(figures, splits)]

@@ -20,7 +20,7 @@ import numpy as np
 from ..console import warn
 from ..data import ImageCache
 from ..data.cache import CACHE_REMEDY, cache_folder
-from ..data.sources import names_listed_in, rows_of_names
+from ..data.sources import labels_listed_in, names_listed_in, row_finder, rows_of_names
 from ..errors import UserError
 from ..outputs import atomic_path
 
@@ -140,6 +140,22 @@ def _warn_of_absent_classes(cache: ImageCache, rows: np.ndarray, subset: str) ->
     if absent:
         warn(f"--subset {subset} holds no image of {len(absent)} of the {len(cache.classes)} classes "
              f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they count as errors on the test set")
+
+
+def warn_of_unused_labels(cache: ImageCache, subset: str) -> None:
+    """A --subset CSV's own `label` column would read as the labels used: say once that the class
+    folders' are, and how many of its rows name another class than their folder."""
+    listed = labels_listed_in(subset)
+    if listed is None:
+        return
+    row = row_finder(cache.names, "train")
+    folders = [(cache.classes[cache.labels[r]], label) for r, label in ((row(f), label) for f, label in listed)
+               if r is not None]
+    disagree = sum(folder != label for folder, label in folders)
+    verb = "names" if disagree == 1 else "name"
+    differ = f"; {disagree:,} of its {len(folders):,} labelled rows {verb} another class than their folder" \
+        if disagree else ""
+    warn(f"--subset {subset}: its 'label' column is not used, the labels come from the class folders{differ}")
 
 
 def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: float, cache_dir=None) -> Path:
