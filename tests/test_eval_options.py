@@ -249,3 +249,15 @@ def test_one_class_left_after_the_unreadable_ones_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"^only class 'circle' has images that can be decoded; evaluation needs at "
                                         r"least 2 classes$"):
         open_labelled(16, data=tmp_path, show_progress=False)
+
+
+@pytest.mark.parametrize("argv, out", [
+    (["curve", "--per-class", "500", "--protocol", "knn"], "new/sub/curve.png"),
+    (["retrieval", "--subset", "NOWHERE.txt"], "new/sub/neighbours.json"),
+])
+def test_a_refused_evaluation_leaves_no_folder_behind(split_folder, tmp_path, capsys, argv, out):
+    # The --out file's folders were made before the budget or the subset was refused, and stayed.
+    argv = [str(tmp_path / a) if a == "NOWHERE.txt" else a for a in argv]
+    error_of(capsys, *argv, "--out", tmp_path / out, "--checkpoint", "random:resnet18", "--image-size", "16",
+             "--data", split_folder, "--no-progress")
+    assert not (tmp_path / "new").exists()

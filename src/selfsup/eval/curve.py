@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..console import plural, warn
 from ..errors import UserError, unknown_choice
-from ..outputs import output_file
+from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
-from .data import check_options, prepare
+from .data import Setup, check_options, prepare
 from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol, setting_defaults
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
 from .subsets import Budget, make_split
@@ -38,9 +38,27 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         raise UserError("give label budgets as --per-class or as --fraction, not both")
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    output_file(_plot_path(out))  # before the protocols run, not after
-    budgets = [Budget(per_class=k) for k in per_class] if per_class else \
-        [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
+    with removed_if_left_empty(_plot_path(out).parent):  # a refused curve leaves no empty folder behind
+        output_file(_plot_path(out))  # before the protocols run, not after
+        budgets = [Budget(per_class=k) for k in per_class] if per_class else \
+            [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
+        lines, setup, runs = _curve_lines(checkpoints, train, test, data, protocol, budgets, seeds,
+                                          protocol_options or {}, options)
+        settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point
+        result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
+                  "classes": len(setup.test.classes), "train_data": data_name(setup.train.source),
+                  "test_data": data_name(setup.test.source), **data_digests(setup), **settings, "lines": lines}
+        result["plot"] = str(plot_label_efficiency(result, out))
+    if record:
+        for line in lines:  # each run's record names its own checkpoint, for the report to tell it is current
+            record_result(line["checkpoint"], {**result, **{k: v for k, v in line.items() if k.startswith("checkpoint_")}},
+                          setup.device)
+    return result
+
+
+def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Budget], seeds: int,
+                 protocol_options: dict, options: dict) -> tuple[list[dict], Setup, list[dict]]:
+    """Each encoder's line of points (in the order given), the last encoder's setup and results."""
     specs = [str(s) for s in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
     # Runs first: their image size is the one a random: baseline should be drawn at (not 224).
     order = sorted(range(len(specs)), key=lambda i: specs[i].startswith("random:"))
@@ -57,25 +75,16 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
                 spec_options["bands"] = next(iter(run_bands))
         setup = prepare(spec, train, test, data, **spec_options)
         if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
-            _check_budgets(setup, budgets, protocol, protocol_options or {})
+            _check_budgets(setup, budgets, protocol, protocol_options)
         if is_run:
             run_sizes.add(setup.encoder.image_size)
             run_bands.add(setup.encoder.bands)
-        runs = [PROTOCOLS[protocol](setup, budget, seeds, **(protocol_options or {})) for budget in budgets]
+        runs = [PROTOCOLS[protocol](setup, budget, seeds, **protocol_options) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
                     **checkpoint_identity(setup.encoder),
                     "points": [{k: r[k] for k in POINT_KEYS} for r in runs]}
-    settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point
-    result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
-              "classes": len(setup.test.classes), "train_data": data_name(setup.train.source),
-              "test_data": data_name(setup.test.source), **data_digests(setup), **settings, "lines": lines}
-    result["plot"] = str(plot_label_efficiency(result, out))
-    if record:
-        for line in lines:  # each run's record names its own checkpoint, for the report to tell it is current
-            record_result(line["checkpoint"], {**result, **{k: v for k, v in line.items() if k.startswith("checkpoint_")}},
-                          setup.device)
-    return result
+    return lines, setup, runs
 
 
 def _check_budgets(setup, budgets: list[Budget], protocol: str, protocol_options: dict) -> None:

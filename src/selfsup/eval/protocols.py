@@ -19,7 +19,7 @@ import torch
 from ..config import load_yaml, override, ranged
 from ..console import plural, warn
 from ..errors import UserError
-from ..outputs import atomic_path, output_file
+from ..outputs import atomic_path, output_file, removed_if_left_empty
 from .data import Setup, check_options, prepare
 from .features import extract_features
 from .finetune import FinetuneConfig, finetune
@@ -342,7 +342,9 @@ def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int 
                        seeds: int = 1, out: str | Path | None = None, record: bool = True, **options) -> dict:
     """Test images as queries, training images as the gallery: precision@k and mAP (with labels;
     unlabelled folders work too, for the neighbour lists written to `out`)."""
-    ks, out = _retrieval_options(ks, out)  # before any image is read
-    check_options("evaluate_retrieval", options)
-    setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
-    return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class, subset), seeds, ks, out), record)
+    # A refused evaluation leaves no empty folder behind (_retrieval_options makes the file's).
+    with removed_if_left_empty(None if out is None else Path(out).expanduser().parent):
+        ks, out = _retrieval_options(ks, out)  # before any image is read
+        check_options("evaluate_retrieval", options)
+        setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
+        return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class, subset), seeds, ks, out), record)
