@@ -161,6 +161,22 @@ def test_few_label_knn_matches_brute_force_on_the_subset():
     assert result["top1_ci"] == pytest.approx(list(wilson_interval(result["top1"], 40)))
 
 
+@pytest.mark.parametrize("classes", [5, 6])
+def test_top5_is_recorded_only_with_more_than_five_classes(classes):
+    # With 5 classes or fewer every class is in the top 5: top-5 was 1.0 in --json and the report.
+    from selfsup.report.tables import EVAL_HEADERS, eval_rows
+    rng = np.random.default_rng(2)
+    train_y, test_y = np.repeat(np.arange(classes), 6), np.arange(classes)
+    setup = synthetic_setup(rng.normal(size=(len(train_y), 4)), train_y, rng.normal(size=(classes, 4)), test_y, classes)
+    knn = protocols.knn_protocol(setup, seeds=1, k=(3, 5))
+    linear = protocols.linear_protocol(setup, Budget(per_class=2), seeds=2, lr=1e-2, weight_decay=0.0, epochs=2)
+    keys = [*knn, *knn["by_k"]["5"], *knn["per_seed"][0], *linear, *linear["per_seed"][0]]
+    named = {k for k in keys if "top5" in k}
+    assert named == set() if classes <= 5 else {"top5", "top5_std", "top5_ci"} <= named
+    cells = [dict(zip(EVAL_HEADERS, row))["top-5"] for row in eval_rows([knn, linear])]
+    assert all(cells) == (classes > 5) and all(cell == "" for cell in cells) == (classes <= 5)
+
+
 def test_linear_sweep_keeps_the_best_on_validation_and_never_sees_test():
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(4, 16, generator=g)

@@ -83,7 +83,7 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
                     **checkpoint_identity(setup.encoder),
-                    "points": [{k: r[k] for k in POINT_KEYS} for r in runs]}
+                    "points": [{k: r[k] for k in POINT_KEYS if k in r} for r in runs]}  # top-5: > 5 classes
     return lines, setup, runs
 
 

@@ -148,8 +148,10 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
         warn_of_unused_labels(setup.train, budget.subset)
     # Each seed's own (a subset JSON's seed, not the loop's index), so one seed can be rerun alone.
     figures = [one_seed(split) for split, _ in splits]
-    per_seed = [{**f, "seed": split.seed} for f, (split, _) in zip(figures, splits)]
     split, classes = splits[-1][0], len(setup.train.classes)
+    if classes <= 5:  # every class is in the top 5: top-5 is 1 whatever the encoder, no figure
+        figures = [{k: v for k, v in f.items() if k != "top5" and not k.endswith("_top5")} for f in figures]
+    per_seed = [{**f, "seed": split.seed} for f, (split, _) in zip(figures, splits)]
     summary = summarise(figures, ("top1", "top5"), len(setup.test))
     interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
     return {"protocol": name, "encoder": setup.encoder.description, "image_size": setup.encoder.image_size,
@@ -193,10 +195,10 @@ def knn_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, k: tup
     # knn_scores votes with every labelled image when k is larger: say so. "k" is the k used (the
     # report compares results by it), by_k stays keyed by the k asked (scripts read by_k["200"]).
     used = {kk: min(kk, result["labelled_images"]) for kk in k}
-    result["by_k"] = {str(kk): {"k": used[kk], **{m: result.pop(f"k{kk}_{m}") for m in ("top1", "top5")}}
-                      for kk in k}
+    measures = [m for m in ("top1", "top5") if f"k{k[-1]}_{m}" in result]  # top-5 with more than 5 classes
+    result["by_k"] = {str(kk): {"k": used[kk], **{m: result.pop(f"k{kk}_{m}") for m in measures}} for kk in k}
     for kk in k:
-        for m in ("top1", "top5"):
+        for m in measures:
             result["by_k"][str(kk)][f"{m}_std"] = result.pop(f"k{kk}_{m}_std")
     result.update(k=used[k[-1]], k_asked=k[-1])
     return result
