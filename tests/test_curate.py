@@ -339,6 +339,19 @@ def test_bad_input(planted, tmp_path):
                show_progress=False)
 
 
+def test_an_out_folder_inside_an_input_folder_is_refused(planted, tmp_path):
+    """--out inside --pool: its pictures (duplicates.png, retrieved.png) joined the pool."""
+    root, _ = planted
+    pool = tmp_path / "pool"
+    some_pictures(planted, pool)
+    for inputs in ({"pool": pool, "seed_set": root / "seeds"}, {"pool": root / "pool", "seed_set": pool}):
+        with pytest.raises(UserError, match=r"^--out '.*pool/cur' lies inside the images read from '.*pool': its "
+                                            r"pictures and copies would become images of them; choose a folder outside$"):
+            curate(inputs["pool"], inputs["seed_set"], "random:resnet18", pool / "cur", image_size=32,
+                   show_progress=False)
+        assert not (pool / "cur").exists()
+
+
 def test_a_seed_set_of_one_image_file(planted, tmp_path):
     root, _ = planted
     summary = curate(root / "pool", root / "seeds" / "seed0.png", "random:resnet18", tmp_path / "out", image_size=32,

@@ -189,6 +189,14 @@ def test_report_notes_what_it_cannot_draw_and_refuses_non_runs(tmp_path, capsys)
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and "not a run folder" in err
+    assert err.endswith(f"it holds runs: give them (e.g. {run})")  # a folder of runs, given for one
+    from selfsup.report.build import _check_run
+    (run / "last.pt").write_bytes(b"")
+    assert _check_run(run / "last.pt") == run  # a checkpoint, as every other command takes: its run
+    with pytest.raises(UserError, match=r"^--out '.*r.png' must end in .html, or name a folder \(end it in '/'\) "
+                                        r"to write report.html in$"):
+        build_report([run], tmp_path / "r.png")
+    assert not (tmp_path / "r.png").exists()
 
 
 def test_embedding_map_falls_back_to_pca_that_keeps_planar_distances(monkeypatch):
@@ -241,7 +249,7 @@ def test_report_options_and_out_are_checked_before_the_work(tmp_path, monkeypatc
                              (dict(queries=-2), "report.queries must be in [1, inf], got -2"),
                              (dict(max_points=1), "report.max_points must be in [3, inf], got 1"),
                              (dict(neighbours=0), "report.neighbours must be in [1, inf], got 0"),
-                             (dict(out=tmp_path), "is a folder"),
+                             (dict(out=tmp_path / "r.txt"), "must end in .html, or name a folder"),
                              (dict(out=tmp_path / "file" / "r.html"), f"cannot create {str(tmp_path / 'file')!r}")]:
         with pytest.raises(UserError, match=re.escape(message)):
             build_report([run], **{"out": tmp_path / "r.html", **options})

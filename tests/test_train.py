@@ -159,6 +159,18 @@ def test_resume_on_other_data_is_refused(labelled_folder, tmp_path):
     assert load_yaml(tmp_path / "run" / "config.yaml")["data"]["path"] == str(renamed)
 
 
+def test_a_run_folder_that_holds_images_is_refused(labelled_folder, tmp_path):
+    """The run's last.pt and curves.png went among the images, and curves.png became one of them."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.JPG").write_bytes(b"")
+    (tmp_path / "photos" / "notes.txt").write_text("")
+    with pytest.raises(UserError, match=r"^--out '.*photos' holds images \(e.g. 'a.JPG'\): the run's files would "
+                                        r"mix with them, and its pictures become images of that folder; choose a "
+                                        r"new or empty --out$"):
+        run_pretraining(tiny(labelled_folder, tmp_path / "photos"))
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.JPG", "notes.txt"]
+
+
 def test_a_run_folder_that_is_a_file_is_refused(labelled_folder, tmp_path):
     (tmp_path / "run").write_text("notes")
     with pytest.raises(UserError, match=r"^--out '.*run' is a file, not a folder; choose another --out$"):

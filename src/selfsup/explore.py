@@ -28,7 +28,7 @@ from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
 from .data.sources import NOT_FOLDER_NAMES, ImageSource, open_file_or_source, splits_in
 from .errors import UserError
-from .outputs import atomic_path, lies_inside, output_folder, removed_if_left_empty, write_text_atomically
+from .outputs import atomic_path, output_folder, refuse_out_inside, removed_if_left_empty, write_text_atomically
 
 CLUSTERS_DRAWN = 32  # rows of clusters.png; the CSV has every cluster
 QUERIES_DRAWN = 12  # rows of neighbours.png
@@ -41,17 +41,6 @@ def open_option(path, option: str, opener=open_file_or_source) -> ImageSource:
         return opener(path)
     except UserError as e:
         raise UserError(f"{option}: {e}") from None
-
-
-def refuse_out_inside(out, source: ImageSource, given) -> None:
-    """An output folder inside the folder of images read (`given`, a folder) would add its own
-    files (pictures, copies) to them the next time. A tar, a list or one image file: nothing grows."""
-    if not Path(given).expanduser().is_dir():
-        return
-    root = (source.path / source.split if source.split else source.path).resolve()
-    if lies_inside(out, root):
-        raise UserError(f"--out {str(out)!r} lies inside the images read from {str(root)!r}: its pictures and "
-                        f"copies would become images of them; choose a folder outside")
 
 
 def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,

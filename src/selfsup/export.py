@@ -10,7 +10,6 @@ files, one per line, beside it. `--out` may name a folder (one that exists, or a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +20,17 @@ from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
 from .errors import UserError
 from .eval.features import extract_features
-from .outputs import atomic_path, output_file, save_npy
+from .outputs import atomic_path, named_output, output_file, save_npy
 from .views import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_FILE = "encoder.safetensors"  # the name inside an --out folder
 EMBEDDINGS_FILE = "embeddings.npy"
 
 
-def _out_path(out: str | Path, suffix: str, default_name: str) -> Path:
-    """The file `--out` names: inside it (`default_name`) when it is a folder or ends in '/';
-    else `out` itself, which must end in `suffix`. Without a suffix would be a file name that
-    no other tool recognises, and another suffix a file that its readers reject."""
-    text = str(out)
-    path = Path(out).expanduser()
-    if path.is_dir() or text.endswith(("/", os.sep)):
-        return path / default_name
-    if path.suffix != suffix:
-        raise UserError(f"--out {text!r} must end in {suffix}, or name a folder (end it in '/') to write "
-                        f"{default_name} in")
-    return path
-
-
 def export_encoder(checkpoint, out: str | Path) -> dict:
     """Write the encoder's weights to `out` (a .safetensors file, or a folder to write
     encoder.safetensors in); returns the metadata written, and the file's path as "out"."""
-    out = output_file(_out_path(out, ".safetensors", ENCODER_FILE))
+    out = output_file(named_output(out, ".safetensors", ENCODER_FILE))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     cfg = encoder.config
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
@@ -87,7 +72,7 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    out = _out_path(out, ".npy", EMBEDDINGS_FILE)
+    out = named_output(out, ".npy", EMBEDDINGS_FILE)
     out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     device = resolve_device(device)

@@ -108,6 +108,32 @@ def lies_inside(path: str | Path, folder: str | Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def refuse_out_inside(out, source, given) -> None:
+    """An output folder inside the folder of images read (`given`, a folder, read as `source`, an
+    ImageSource) would add its own files (pictures, copies) to them the next time. A tar, a list or
+    one image file: nothing grows."""
+    if not Path(given).expanduser().is_dir():
+        return
+    root = (source.path / source.split if source.split else source.path).resolve()
+    if lies_inside(out, root):
+        raise UserError(f"--out {str(out)!r} lies inside the images read from {str(root)!r}: its pictures and "
+                        f"copies would become images of them; choose a folder outside")
+
+
+def named_output(out: str | Path, suffix: str, default_name: str) -> Path:
+    """The file `--out` names: inside it (`default_name`) when it is a folder or ends in '/';
+    else `out` itself, which must end in `suffix`. Without a suffix would be a file name that
+    no other tool recognises, and another suffix a file that its readers reject."""
+    text = str(out)
+    path = Path(out).expanduser()
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return path / default_name
+    if path.suffix != suffix:
+        raise UserError(f"--out {text!r} must end in {suffix}, or name a folder (end it in '/') to write "
+                        f"{default_name} in")
+    return path
+
+
 def write_text_atomically(path: Path, text: str, remedy: str = "choose another --out") -> None:
     """`path` holds `text`, whole, or what it held before (see atomic_path)."""
     with atomic_path(path, remedy) as tmp:

@@ -39,8 +39,8 @@ from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
-from .explore import embed_sources, folder_classes, open_option, refuse_out_inside
-from .outputs import (atomic_path, distinct_copy_paths, output_folder, removed_if_left_empty,
+from .explore import embed_sources, folder_classes, open_option
+from .outputs import (atomic_path, distinct_copy_paths, output_folder, refuse_out_inside, removed_if_left_empty,
                       write_text_atomically)
 
 STRATEGIES = ("typiclust", "kcenter", "random")

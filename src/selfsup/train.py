@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 
 try:
     import fcntl
@@ -35,6 +35,7 @@ from .config import RunConfig
 from .console import plural, progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used, require_tiff_reader
+from .data.sources import IMAGE_SUFFIXES
 from .data.loader import SampleBatch, map_side
 from .errors import RunStopped, UserError
 from .eval.features import extract_features
@@ -197,6 +198,11 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
                         f"would replace; choose another --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
+    image = next((f.name for f in sorted(out.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES), None) \
+        if out.is_dir() else None
+    if image:
+        raise UserError(f"--out {str(out)!r} holds images (e.g. {image!r}): the run's files would mix with them, "
+                        f"and its pictures become images of that folder; choose a new or empty --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -594,32 +600,40 @@ class Trainer:
             say(f"selfsup: resuming {self.out} at epoch {at.epoch + 1} of {cfg.train.epochs}{batch_at} "
                 f"(step {at.step:,} of {self.total_steps:,})")
 
+    def _after_step(self, bar) -> None:
+        """The progress bar, TensorBoard's step figures, a checkpoint every so many steps, and a
+        stop that a signal asked for."""
+        cfg = self.cfg
+        # Reading the loss waits for the GPU: only for a progress bar someone is watching.
+        if self.show_progress and (self.position.step % cfg.train.log_every_steps == 0
+                                   or self.position.batch == len(self.stream)):
+            loss = (self.epoch_sums["loss"] / self.epoch_sums["steps"]).item()
+            bar.set_postfix_str(f"epoch {self.position.epoch + 1}/{cfg.train.epochs} loss {loss:.4f}", refresh=False)
+        if self.tensorboard is not None and self.position.step % cfg.train.log_every_steps == 0:
+            loss_sum, steps = self.loss_window.tolist()
+            self.tensorboard.steps(self.position.step, loss_sum / steps, self.last_lr)
+            self.loss_window.zero_()
+        bar.update(cfg.train.batch_size)
+        saved = False
+        if cfg.train.checkpoint_every_steps and self.position.step % cfg.train.checkpoint_every_steps == 0 \
+                and self.position.batch < len(self.stream):
+            self.save()
+            self.save_pictures()  # progress seen at every checkpoint, not only each epoch
+            saved = True
+        if self.position.batch < len(self.stream) and self._stop_requested():
+            if not saved:
+                self.save()
+            self._stop()
+
     def _run_epoch(self, bar) -> None:
         cfg = self.cfg
         started = time.perf_counter()
         first_batch = self.position.batch
-        for images in self.stream.epoch(self.position.epoch, start=first_batch):
-            self.step(images)
-            # Reading the loss waits for the GPU: only for a progress bar someone is watching.
-            if self.show_progress and (self.position.step % cfg.train.log_every_steps == 0
-                                       or self.position.batch == len(self.stream)):
-                loss = (self.epoch_sums["loss"] / self.epoch_sums["steps"]).item()
-                bar.set_postfix_str(f"epoch {self.position.epoch + 1}/{cfg.train.epochs} loss {loss:.4f}", refresh=False)
-            if self.tensorboard is not None and self.position.step % cfg.train.log_every_steps == 0:
-                loss_sum, steps = self.loss_window.tolist()
-                self.tensorboard.steps(self.position.step, loss_sum / steps, self.last_lr)
-                self.loss_window.zero_()
-            bar.update(cfg.train.batch_size)
-            saved = False
-            if cfg.train.checkpoint_every_steps and self.position.step % cfg.train.checkpoint_every_steps == 0 \
-                    and self.position.batch < len(self.stream):
-                self.save()
-                self.save_pictures()  # progress seen at every checkpoint, not only each epoch
-                saved = True
-            if self.position.batch < len(self.stream) and self._stop_requested():
-                if not saved:
-                    self.save()
-                self._stop()
+        # Closed on any way out (a stop, Ctrl-C, an error): its reading thread ends with it.
+        with closing(self.stream.epoch(self.position.epoch, start=first_batch)) as batches:
+            for images in batches:
+                self.step(images)
+                self._after_step(bar)
         seconds = time.perf_counter() - started
         self._stop_if_diverged()
         means = {k: dist.all_reduce_mean(v / self.epoch_sums["steps"]).item()

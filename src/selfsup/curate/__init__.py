@@ -29,7 +29,8 @@ from ..console import plural, say
 from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
-from ..outputs import atomic_path, distinct_copy_paths, output_folder, removed_if_left_empty, write_text_atomically
+from ..outputs import (atomic_path, distinct_copy_paths, output_folder, refuse_out_inside, removed_if_left_empty,
+                       write_text_atomically)
 from .dedup import duplicate_groups, duplicates_to_drop, kept_similarities, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
@@ -100,6 +101,9 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
         sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
         if exclude:
             sources["excluded set"] = _open(exclude, "excluded set")
+        for what, given in (("pool", pool), ("seed set", seed_set), ("excluded set", exclude)):
+            if what in sources:  # its pictures would join the pool, or the seed set
+                refuse_out_inside(out, sources[what], given)
         if make_tar or sources["pool"].file_path(sources["pool"].names[0]) is None:
             distinct_copy_paths(sources["pool"].names, "curated", "curated.tar")  # names that would meet in curated.tar: refused before the work
     embedded = {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,

@@ -112,21 +112,25 @@ class BatchStream:
         ready: queue.Queue = queue.Queue(maxsize=depth)
         stop = threading.Event()
 
+        def hand_over(item) -> bool:
+            """Put `item` in the queue, unless the consumer has stopped; whether it was put."""
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def gather():
             try:
                 for idx in batches:
                     host = torch.from_numpy(self.images[idx if self.rows is None else self.rows[idx]])
-                    while not stop.is_set():
-                        try:
-                            ready.put((host.pin_memory() if pin else host, idx), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not hand_over((host.pin_memory() if pin else host, idx)):
                         return
-                ready.put(None)
+                hand_over(None)
             except BaseException as e:  # surfaced in the consuming thread
-                ready.put(e)
+                hand_over(e)
 
         worker = threading.Thread(target=gather, daemon=True)
         worker.start()
@@ -140,4 +144,7 @@ class BatchStream:
                 host, idx = item
                 yield self._with_side(host.to(self.device, non_blocking=True), idx)
         finally:
+            # Joined, not left running: a thread still inside PyTorch while the interpreter exits
+            # (after Ctrl-C) aborted the process ("terminate called without an active exception").
             stop.set()
+            worker.join()

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import override, ranged
 from ..console import plural
 from ..errors import UserError
-from ..outputs import atomic_path, output_file
+from ..outputs import atomic_path, named_output, output_file
 from . import figures, html
 from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves, read_run_config, run_evals
 
@@ -28,11 +28,22 @@ class Ranges:
 
 
 def _check_run(path: str | Path) -> Path:
+    """The run folder `path` names: itself, or the folder of a checkpoint in it (RUN/last.pt)."""
     path = Path(path).expanduser()
-    if not path.is_dir() or not any((path / f).is_file() for f in RUN_FILES):
-        raise UserError(f"{str(path)!r} is not a run folder (it has none of {', '.join(RUN_FILES)}); "
-                        f"give folders written by selfsup pretrain")
+    if path.is_file() and path.suffix == ".pt" and _is_run(path.parent):
+        return path.parent
+    if path.is_dir() and not _is_run(path):
+        runs = sorted(str(p) for p in path.iterdir() if _is_run(p))[:3]
+        hint = f"it holds runs: give them (e.g. {' '.join(runs)})" if runs else "give folders written by selfsup pretrain"
+        raise UserError(f"{str(path)!r} is not a run folder (it has none of {', '.join(RUN_FILES)}); {hint}")
+    if not path.is_dir():
+        raise UserError(f"{str(path)!r} is not a run folder, nor a checkpoint in one; give folders written by "
+                        f"selfsup pretrain")
     return path
+
+
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in RUN_FILES)
 
 
 def _names(runs: list[Path]) -> list[str]:
@@ -164,7 +175,7 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
     if not runs:
         raise UserError("give at least one run folder")
     counts = override(Ranges(), {"queries": queries, "neighbours": neighbours, "max_points": max_points}, "report")
-    out = output_file(out)  # before the pictures are drawn, not after
+    out = output_file(named_output(out, ".html", "report.html"))  # before the pictures are drawn, not after
     names = _names(runs)
     options = dict(device=device, cache_dir=cache_dir, show_progress=show_progress, **asdict(counts))
     where = {"data": data, "train": train, "test": test}
