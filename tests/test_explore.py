@@ -153,6 +153,17 @@ def test_the_query_is_found_as_itself_under_other_names(labelled_folder, tmp_pat
     assert ("hard.png", "circle/000.png") not in found and ("soft.png", "circle/001.png") not in found
 
 
+def test_every_gallery_name_of_the_query_is_left_out_and_k_still_found(labelled_folder, tmp_path):
+    """A gallery holding the query's file three times (itself, a symbolic and a hard link): none
+    is its neighbour, and the k asked are still found among the other images."""
+    gallery = labelled_folder / "circle"
+    (gallery / "soft.png").symlink_to(gallery / "000.png")
+    os.link(gallery / "000.png", gallery / "hard.png")
+    summary = search_images(gallery / "000.png", gallery, out=tmp_path / "run", k=50, **ENCODER)
+    found = [r["file"] for r in read_csv(tmp_path / "run" / "neighbours.csv")]
+    assert summary["k"] == 11 and sorted(found) == [f"{i:03d}.png" for i in range(1, 12)]
+
+
 def test_search_cuts_k_to_the_gallery_and_refuses_a_gallery_of_only_the_query(labelled_folder, tmp_path, capsys):
     summary = search_images(labelled_folder / "circle", labelled_folder / "circle", out=tmp_path / "run", k=50,
                             **ENCODER)

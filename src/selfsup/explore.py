@@ -178,15 +178,17 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
         embedded = embed_sources(checkpoint, sources, out, device, backbone, image_size, small_stem, show_progress,
                                  bands)
     queries, found = embedded["query"], embedded["gallery"]
-    same_file = _same_files(sources["query"], queries.names, sources["gallery"], found.names)
-    others = len(found.names) - (1 if same_file else 0)  # what a query that is a gallery image can find
+    same_files = _same_files(sources["query"], queries.names, sources["gallery"], found.names)
+    most_excluded = max(map(len, same_files.values()), default=0)
+    others = len(found.names) - most_excluded  # what the query with the most copies in the gallery can find
     if others < 1:
         raise UserError("the gallery holds no image besides the query; give a gallery of other images")
     used = min(k, others)
     # Plain cosine of the encoder's L2-normalised features (as `selfsup embed` and `eval retrieval`):
-    # the same pair of images scores the same whatever else the gallery holds.
-    sims, idx, _ = nearest(queries.vectors, found.vectors, min(len(found.names), used + 1))
-    results = [[(float(s), int(i)) for s, i in zip(row_sims, row_idx) if same_file.get(q) != int(i)][:used]
+    # the same pair of images scores the same whatever else the gallery holds. Enough are asked
+    # for that `used` remain once a query's own rows (every link to its file) are dropped.
+    sims, idx, _ = nearest(queries.vectors, found.vectors, min(len(found.names), used + most_excluded))
+    results = [[(float(s), int(i)) for s, i in zip(row_sims, row_idx) if int(i) not in same_files.get(q, ())][:used]
                for q, (row_sims, row_idx) in enumerate(zip(sims, idx))]
     by_name = sorted(range(len(results)), key=queries.names.__getitem__)  # a tar lists in archive order
 
@@ -212,13 +214,16 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
 
 
 def _same_files(query: ImageSource, query_names: list[str], gallery: ImageSource,
-                gallery_names: list[str]) -> dict[int, int]:
-    """{query row: gallery row} for query images that are gallery images: the same file on disk
+                gallery_names: list[str]) -> dict[int, set[int]]:
+    """{query row: gallery rows} for query images that are gallery images: the same file on disk
     (by device and inode: links and other spellings of its path too), or the same member of the
-    same tar."""
-    row_of = {_identity(gallery, n): i for i, n in enumerate(gallery_names)}
-    same = {q: row_of.get(_identity(query, n)) for q, n in enumerate(query_names)}
-    return {q: g for q, g in same.items() if g is not None}
+    same tar. A gallery may hold one file under several names (a.jpg and a link to it): all are
+    the query's own rows."""
+    rows_of: dict[tuple, set[int]] = {}
+    for i, n in enumerate(gallery_names):
+        rows_of.setdefault(_identity(gallery, n), set()).add(i)
+    same = {q: rows_of.get(_identity(query, n)) for q, n in enumerate(query_names)}
+    return {q: rows for q, rows in same.items() if rows}
 
 
 def _identity(source: ImageSource, name: str) -> tuple:
