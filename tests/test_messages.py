@@ -153,6 +153,22 @@ def test_synth_interaction_without_pymunk_is_one_line_and_writes_nothing(tmp_pat
     assert "needs pymunk" in line and not (tmp_path / "world").exists()
 
 
+@pytest.mark.parametrize("command, options", [
+    ("search", ["--query", "BAD", "--gallery", "FOLDER", "--k", "2", "--checkpoint", "random:resnet18"]),
+    ("curate", ["--pool", "FOLDER", "--seed-set", "BAD", "--checkpoint", "random:resnet18"]),
+    ("attention", ["--images", "BAD", "--checkpoint", "random:vit-tiny"]),
+])
+def test_one_image_file_that_does_not_decode_is_named_with_what_to_give(labelled_folder, tmp_path, command, options):
+    """Not its folder, whose other files were never read."""
+    bad = tmp_path / "garbage.png"
+    bad.write_text("not an image")
+    places = {"BAD": bad, "FOLDER": labelled_folder / "circle"}
+    line = one_error_line(run(command, *[places.get(o, o) for o in options], "--image-size", "16",
+                              "--out", tmp_path / "out", "--no-progress"))
+    assert line == (f"selfsup: error: {str(bad)!r} cannot be decoded as an image (damaged, or not an image under "
+                    f"an image's name); give an image file that opens in a viewer, or a folder of images")
+
+
 def test_curate_prints_a_sentence_unless_json(labelled_folder, tmp_path):
     common = ["--pool", labelled_folder, "--seed-set", labelled_folder / "circle", "--checkpoint", "random:resnet18",
               "--image-size", "16", "--no-small-stem", "--k", "2", "--device", "cpu", "--no-progress"]

@@ -68,6 +68,8 @@ def read_images(path: str | Path, size: int, limit: int, bands=None) -> tuple[np
             decoded.append((name, pixels[0]))
             if len(decoded) == limit:
                 break
+    if not decoded and source.one_file:  # the error names the file: a warning about it would say it twice
+        raise UserError(source.none_decoded())
     warn_skipped(skipped, len(decoded) + len(skipped), repr(str(path)))
     if not decoded:
         raise UserError(f"no decodable image in {str(path)!r}; give an image, a folder of images or a tar of one")

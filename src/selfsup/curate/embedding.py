@@ -91,6 +91,6 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         bar.update(min(chunk_size, len(source.names) - start))
     bar.close()
     if not names:
-        raise UserError(f"none of the {len(skipped):,} files in {source.describe()!r} could be decoded as images")
+        raise UserError(source.none_decoded())
     warn_skipped(skipped, len(source.names), repr(source.describe()))
     return Embedded(names, np.concatenate(vectors), skipped, encoder.bands)

@@ -79,6 +79,7 @@ class ImageSource:
     names: list[str]  # posix paths relative to the split's root, sorted
     fingerprint: str  # changes whenever the files change (names, sizes, mtimes)
     archive_prefix: str = ""  # inside a tar: the folder all members share, plus the split
+    one_file: bool = False  # a single image file given by itself: `path` is its folder, `names` its name
 
     @property
     def classes(self) -> list[str]:
@@ -111,7 +112,16 @@ class ImageSource:
         return [index[n.split("/", 1)[0]] for n in self.names]
 
     def describe(self) -> str:
+        if self.one_file:  # the file given, not its folder, whose other files were never read
+            return str(self.path / self.names[0])
         return str(self.path) + (f" [{self.split}]" if self.split else "")
+
+    def none_decoded(self) -> str:
+        """The error when not one of the files decodes, saying what to give instead."""
+        if self.one_file:
+            return (f"{self.describe()!r} cannot be decoded as an image (damaged, or not an image under an "
+                    f"image's name); give an image file that opens in a viewer, or a folder of images")
+        return f"none of the {len(self.names):,} files in {self.describe()!r} could be decoded as images"
 
     def file_path(self, name: str) -> Path | None:
         """Where the image `name` lies on disk (None inside a tar)."""
@@ -341,7 +351,9 @@ def open_file_or_source(path: str | Path) -> ImageSource:
     path = Path(path).expanduser()
     if path.is_file() and is_image_name(path.name):
         digest = hashlib.sha256(repr(_stat_key(path)).encode())
-        return _make_source(path.parent, None, [path.name], "", digest.hexdigest())
+        source = _make_source(path.parent, None, [path.name], "", digest.hexdigest())
+        source.one_file = True
+        return source
     return open_source(path, whole=True)
 
 
