@@ -668,6 +668,30 @@ def test_unusable_files_and_folders_are_left_out_and_said(labelled_folder, tmp_p
     assert "its name is not valid UTF-8" in capsys.readouterr().err
 
 
+def test_links_in_a_tar_are_followed_or_said_as_in_the_folder(labelled_folder, tmp_path, capsys):
+    """A tar of a folder keeps its links as link members: the valid ones (a symbolic link before
+    its target in the archive, a hard link) give their target's image, as the folder does; a
+    dangling link, a loop of links and a pipe are counted in the same warning."""
+    import tarfile
+    circle = labelled_folder / "circle"
+    (circle / "000-soft.png").symlink_to("005.png")  # archived before 005.png
+    os.link(circle / "001.png", circle / "hard.png")
+    (circle / "dangling.png").symlink_to("nowhere.png")
+    (circle / "loop-a.png").symlink_to("loop-b.png")
+    (circle / "loop-b.png").symlink_to("loop-a.png")
+    os.mkfifo(circle / "pipe.png")
+    folder = open_source(labelled_folder)
+    folder_warning = capsys.readouterr().err
+    with tarfile.open(tmp_path / "data.tar", "w") as archive:
+        archive.add(labelled_folder, arcname="labelled")
+    tar = open_source(tmp_path / "data.tar")
+    assert tar.names == folder.names and len(tar.names) == 38
+    assert "left out 4 files or folders" in folder_warning
+    assert "warning: left out 4 files or folders under" in capsys.readouterr().err
+    assert dict(tar.read()) == dict(folder.read())
+    assert sorted(load_cache(tar, 16, tmp_path / "c", show_progress=False).names) == folder.names  # archive order
+
+
 def test_a_file_made_readable_changes_the_fingerprint(labelled_folder):
     before = open_source(labelled_folder).fingerprint
     picture = labelled_folder / "circle" / "000.png"

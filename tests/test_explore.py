@@ -164,6 +164,18 @@ def test_every_gallery_name_of_the_query_is_left_out_and_k_still_found(labelled_
     assert summary["k"] == 11 and sorted(found) == [f"{i:03d}.png" for i in range(1, 12)]
 
 
+def test_a_link_member_of_a_tar_is_the_query_itself(labelled_folder, tmp_path):
+    import tarfile
+    gallery = labelled_folder / "circle"
+    (gallery / "soft.png").symlink_to("000.png")
+    with tarfile.open(tmp_path / "gallery.tar", "w") as archive:  # soft.png: a link member
+        archive.add(gallery, arcname="circle")
+    search_images(tmp_path / "gallery.tar", tmp_path / "gallery.tar", out=tmp_path / "run", k=2, **ENCODER)
+    found = {(r["query"], r["file"]) for r in read_csv(tmp_path / "run" / "neighbours.csv")}
+    assert ("000.png", "soft.png") not in found and ("soft.png", "000.png") not in found
+    assert len(found) == 13 * 2
+
+
 def test_search_cuts_k_to_the_gallery_and_refuses_a_gallery_of_only_the_query(labelled_folder, tmp_path, capsys):
     summary = search_images(labelled_folder / "circle", labelled_folder / "circle", out=tmp_path / "run", k=50,
                             **ENCODER)

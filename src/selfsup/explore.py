@@ -229,6 +229,6 @@ def _same_files(query: ImageSource, query_names: list[str], gallery: ImageSource
 def _identity(source: ImageSource, name: str) -> tuple:
     path = source.file_path(name)
     if path is None:  # a tar member
-        return ("tar", source.path.resolve(), source.archive_prefix + name)
+        return ("tar", source.path.resolve(), source.archive_name(name))  # a link member: the member it reads
     st = path.stat()
     return ("file", st.st_dev, st.st_ino)

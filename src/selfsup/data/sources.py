@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import stat
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -80,6 +81,8 @@ class ImageSource:
     fingerprint: str  # changes whenever the files change (names, sizes, mtimes)
     archive_prefix: str = ""  # inside a tar: the folder all members share, plus the split
     one_file: bool = False  # a single image file given by itself: `path` is its folder, `names` its name
+    # Inside a tar: {archive name of a link member: archive name of the regular member it reads}.
+    tar_links: dict[str, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -148,16 +151,22 @@ class ImageSource:
                                         f"same command again (finished work is kept)") from None
                     yield name, f"unreadable: {os_reason(e)}".encode()
             return
-        wanted = set(self.names if names is None else names)
-        prefix = self.archive_prefix
+        readers: dict[str, list[str]] = {}  # archive name of a regular member: the listed names that read it
+        for name in self.names if names is None else names:
+            readers.setdefault(self.archive_name(name), []).append(name)
         with _open_tar(self.path) as tar:
             for member in tar:
-                name = _member_name(member)
-                if member.isfile() and name.startswith(prefix):
-                    name = name[len(prefix):]
-                    if name in wanted:
-                        handle = tar.extractfile(member)
-                        yield name, handle.read() if handle else b""
+                # A link member is read at its target, before or after it in the archive: one pass.
+                if member.isfile() and _member_name(member) in readers:
+                    handle = tar.extractfile(member)
+                    data = handle.read() if handle else b""
+                    for name in readers[_member_name(member)]:
+                        yield name, data
+
+    def archive_name(self, name: str) -> str:
+        """Inside a tar: the archive name of the regular member that the image `name` reads."""
+        full = self.archive_prefix + name
+        return self.tar_links.get(full, full)
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:
@@ -172,25 +181,37 @@ def _member_name(member: tarfile.TarInfo) -> str:
     return member.name[2:] if member.name.startswith("./") else member.name
 
 
-_TAR_LISTINGS: dict[tuple, list[tuple[str, int]]] = {}
+_TAR_LISTINGS: dict[tuple, tuple[list[tuple[str, int]], dict[str, str | None]]] = {}
 
 
 def _tar_members(path: Path) -> list[tuple[str, int]]:
     """(name, size) of every file in the archive; remembered per (path, size, mtime), since
     listing a compressed tar means decompressing all of it."""
+    return _tar_listing(path)[0]
+
+
+def _tar_others(path: Path) -> dict[str, str | None]:
+    """{name: the member it links to, or None for a device or a pipe} of the archive's members
+    that are neither files nor folders."""
+    return _tar_listing(path)[1]
+
+
+def _tar_listing(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None]]:
     key = _stat_key(path)
     if key not in _TAR_LISTINGS:
         _TAR_LISTINGS[key] = _read_tar_members(path)
     return _TAR_LISTINGS[key]
 
 
-def _read_tar_members(path: Path) -> list[tuple[str, int]]:
-    out = []
+def _read_tar_members(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None]]:
+    out, others = [], {}
     try:
         with _open_tar(path) as tar:
             for member in tar:
                 if member.isfile():
                     out.append((_member_name(member), member.size))
+                elif not member.isdir():
+                    others[_member_name(member)] = _link_target(member)
             # A damaged header ends a streamed tar early without an error; after a real end only
             # zero padding follows (reading it also runs the decompressor's own checks).
             while chunk := tar.fileobj.read(1 << 20):
@@ -198,7 +219,33 @@ def _read_tar_members(path: Path) -> list[tuple[str, int]]:
                     raise tarfile.ReadError(f"its listing stops after {len(out):,} files, before the end")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{str(path)!r} is a damaged tar archive ({e}); re-create it or give a folder") from None
-    return out
+    return out, others
+
+
+def _link_target(member: tarfile.TarInfo) -> str | None:
+    """The archive name a link member points to (a symbolic link's target is relative to its own
+    folder, a hard link's to the archive's root); None for a device or a pipe."""
+    if member.issym():
+        return posixpath.normpath(posixpath.join(posixpath.dirname(_member_name(member)), member.linkname))
+    if member.islnk():
+        return member.linkname[2:] if member.linkname.startswith("./") else member.linkname
+    return None
+
+
+def _linked_member(name: str, files: set[str], others: dict[str, str | None]) -> tuple[str | None, str | None]:
+    """(the regular member that the member `name`, a link, reads, None), or (None, why it cannot
+    be used): what a folder's link would give, where the archive holds its target."""
+    seen, target = {name}, others[name]
+    while target in others and target not in seen:  # a link to a link
+        seen.add(target)
+        target = others[target]
+    if target is None:
+        return None, "it is not a regular file (a device, a pipe or a socket)"
+    if target in seen:
+        return None, "it is one of a loop of links"
+    if target not in files:
+        return None, f"it links to {target!r}, which is not a file in the archive"
+    return target, None
 
 
 def _stat_key(path: Path) -> tuple:
@@ -282,32 +329,50 @@ def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None
     return sorted(listed)
 
 
-def _listing(path: Path) -> tuple[list[str], str, str]:
-    """(sorted image names, tar prefix, fingerprint of the files) for a folder or a tar."""
+def _listing(path: Path) -> tuple[list[str], str, str, dict[str, str]]:
+    """(sorted image names, tar prefix, fingerprint of the files, a tar's followed links) for a
+    folder or a tar."""
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder of images or a tar of one")
     digest = hashlib.sha256()
     if path.is_dir():
-        return walk_folder(path, is_image_name, digest), "", digest.hexdigest()
+        return walk_folder(path, is_image_name, digest), "", digest.hexdigest(), {}
     if is_list_path(path) and path.is_file():
-        return _listed_files(path, digest), "", digest.hexdigest()
+        return _listed_files(path, digest), "", digest.hexdigest(), {}
     if is_tar_path(path):
-        members, left_out = [], []
-        for name, _ in _tar_members(path):
-            if not is_image_name(name) or any(_skipped_folder(part) for part in name.split("/")[:-1]):
-                continue
-            why = unusable_name(name)
-            if why is None:
-                members.append(name)
-            else:
-                left_out.append((name, why))
-        _warn_left_out(left_out, path)
+        members, links = _tar_images(path)
         prefix = _common_folder(members)
         digest.update(repr(_stat_key(path)).encode())
-        return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest()
+        if links:  # the images they add: a cache of the same archive listed without them is not this one
+            digest.update(repr(sorted(links.items())).encode())
+        return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest(), links
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
                     f"or a .txt list of image paths" + (" (put a single image in a folder of its own)"
                                                        if is_image_name(path.name) else ""))
+
+
+def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
+    """(the image members of a tar, {link member: the regular member it reads}); links are
+    followed as in a folder, and members that cannot be used (a link to nothing or in a loop, a
+    device, a name that is not UTF-8) are left out, said in one warning."""
+    files, others = _tar_members(path), _tar_others(path)
+    regular = {name for name, _ in files}
+    members, links, left_out = [], {}, []
+    # A name archived both as a file and as a link (a tar appended to) is listed once, as the file.
+    for name in [name for name, _ in files] + [name for name in others if name not in regular]:
+        if not is_image_name(name) or any(_skipped_folder(part) for part in name.split("/")[:-1]):
+            continue
+        why = unusable_name(name)
+        if why is None and name in others:
+            target, why = _linked_member(name, regular, others)
+            if target is not None:
+                links[name] = target
+        if why is None:
+            members.append(name)
+        else:
+            left_out.append((name, why))
+    _warn_left_out(left_out, path)
+    return members, links
 
 
 def splits_in(names: list[str]) -> list[str]:
@@ -317,7 +382,8 @@ def splits_in(names: list[str]) -> list[str]:
     return []
 
 
-def _make_source(path: Path, split: str | None, names: list[str], prefix: str, digest: str) -> ImageSource:
+def _make_source(path: Path, split: str | None, names: list[str], prefix: str, digest: str,
+                 tar_links: dict[str, str] | None = None) -> ImageSource:
     if split is not None:
         names = [n[len(split) + 1:] for n in names if n.startswith(split + "/")]
     if not names:
@@ -325,7 +391,7 @@ def _make_source(path: Path, split: str | None, names: list[str], prefix: str, d
         raise UserError(f"no images found in {where!r} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     fingerprint = hashlib.sha256(f"{digest}|split={split}".encode()).hexdigest()[:20]
     return ImageSource(path=path, split=split, names=names, fingerprint=fingerprint,
-                       archive_prefix=prefix + (f"{split}/" if split else ""))
+                       archive_prefix=prefix + (f"{split}/" if split else ""), tar_links=tar_links or {})
 
 
 def open_source(path: str | Path, split: str | None = None, whole: bool = False) -> ImageSource:
@@ -336,14 +402,14 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False)
     every image under `path` whatever its layout.
     """
     path = Path(path).expanduser()
-    names, prefix, digest = _listing(path)
+    names, prefix, digest, links = _listing(path)
     splits = [] if whole or is_list_path(path) else splits_in(names)
     if split is None and splits:
         split = "train"
     if split is not None and split not in splits:
         raise UserError(f"{str(path)!r} has no {split}/ folder next to train/ and test/ "
                         f"(it holds: {', '.join(sorted({n.split('/', 1)[0] for n in names})[:8])})")
-    return _make_source(path, split, names, prefix, digest)
+    return _make_source(path, split, names, prefix, digest, links)
 
 
 def open_file_or_source(path: str | Path) -> ImageSource:
@@ -360,8 +426,8 @@ def open_file_or_source(path: str | Path) -> ImageSource:
 def open_splits(path: str | Path) -> dict[str, ImageSource]:
     """Every split of a dataset root holding train/ and test/ (or val/); {} for any other layout."""
     path = Path(path).expanduser()
-    names, prefix, digest = _listing(path)
-    return {split: _make_source(path, split, names, prefix, digest) for split in splits_in(names)}
+    names, prefix, digest, links = _listing(path)
+    return {split: _make_source(path, split, names, prefix, digest, links) for split in splits_in(names)}
 
 
 def names_listed_in(path: str | Path, option: str, allow_empty: bool = False,
