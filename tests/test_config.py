@@ -194,3 +194,13 @@ def test_options_of_another_optimizer_are_refused():
         C.resolve({"data": {"image_size": 32}, "optim": {"lars_eta": 0.02}})  # the cifar preset: sgd
     # A preset's own values for its optimizer are no user's choice: switching optimizer keeps working.
     assert C.resolve({"data": {"image_size": 224}, "optim": {"name": "adamw"}}).optim.name == "adamw"
+
+
+def test_a_vit_preset_given_with_a_resnet_is_said(capsys):
+    cfg = C.resolve({"method": "dino", "preset": "cifar-vit", "backbone": {"name": "resnet18"}})
+    assert cfg.preset == "cifar-vit" and cfg.backbone.patch_size is None
+    assert ("warning: --preset cifar-vit is dino's recipe for a ViT; resnet18 is trained with it as asked (cifar is "
+            "the recipe for a ResNet)") in capsys.readouterr().err
+    C.resolve({"method": "dino", "backbone": {"name": "resnet18"}, "data": {"image_size": 32}})  # chosen: silent
+    C.resolve({"method": "dino", "preset": "cifar-vit", "backbone": {"name": "vit-tiny"}, "data": {"image_size": 32}})
+    assert "recipe for a ViT" not in capsys.readouterr().err

@@ -100,8 +100,8 @@ def test_the_curve_prints_labels_per_class_as_counts():
     points = [{"labels_per_class": n, "top1": 0.5, "top1_std": 0.0} for n in (1.0, 10.0, 4.5)]
     text = describe({"protocol": "curve", "curve_protocol": "knn", "seeds": 1, "test_images": 30, "plot": "c.png",
                      "lines": [{"encoder": "e", "points": points}]})
-    labels = [line.split(" labels/class")[0].strip() for line in text.splitlines() if "labels/class" in line]
-    assert labels == ["1", "10", "4.5"]
+    labels = [line.split(" label")[0].strip() for line in text.splitlines() if "/class" in line]
+    assert labels == ["1", "10", "4.5"] and "1 label/class" in text and "10 labels/class" in text
 
 
 def test_knn_says_when_k_is_clipped_to_the_labelled_images(split_folder):
@@ -113,6 +113,9 @@ def test_knn_says_when_k_is_clipped_to_the_labelled_images(split_folder):
     text = describe(result)
     assert "k=48   top-1" in text and "k=100 asked; only 48 labelled images" in text
     assert "k=5    top-1" in text and text.count("asked") == 1
+    both_cut = evaluate_knn("random:resnet18", data=split_folder, k=(100, 200), **TINY)
+    text = describe(both_cut)  # one figure: one line, not the same line twice
+    assert text.count("k=48   top-1") == 1 and "(k=100, 200 asked; only 48 labelled images to vote)" in text
 
 
 def test_top5_is_shown_only_with_more_than_five_classes(split_folder):
@@ -263,3 +266,37 @@ def test_a_refused_evaluation_leaves_no_folder_behind(split_folder, tmp_path, ca
     error_of(capsys, *argv, "--out", tmp_path / out, "--checkpoint", "random:resnet18", "--image-size", "16",
              "--data", split_folder, "--no-progress")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_knn_curve_runs_its_every_label_point_once_without_a_warning(split_folder, tmp_path, capsys):
+    """The curve's default budgets end at 100 %, where kNN gives each seed the same figure: the
+    warning to run once could not be acted on (the seeds are for the smaller budgets)."""
+    curve = label_efficiency_curve("random:resnet18", data=split_folder, protocol="knn", fractions=(0.5, 1.0),
+                                   seeds=2, out=tmp_path / "c.png", **TINY)
+    half, whole = curve["lines"][0]["points"]
+    assert len(half["per_seed"]) == 2 and len(whole["per_seed"]) == 1
+    assert "same result for every seed" not in capsys.readouterr().err
+
+
+def test_the_defaults_eval_help_names_are_the_protocols_own(capsys):
+    """The help text cannot import the protocols (the command line starts without PyTorch): its
+    figures are written out, and checked here against the code's."""
+    import inspect
+
+    from selfsup.eval.finetune import FinetuneConfig
+    from selfsup.eval.linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS
+    from selfsup.eval.protocols import LINEAR_EPOCHS, linear_protocol
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    tune = FinetuneConfig()
+    linear_batch = inspect.signature(linear_protocol).parameters["batch_size"].default
+    for said in (f"rates to sweep (default {' '.join(map(str, SWEEP_LRS))})", f"the head's rate (default {tune.lr})",
+                 f"decays to sweep (default {' '.join(map(str, SWEEP_WEIGHT_DECAYS))})",
+                 f"one (default {tune.weight_decay})",
+                 f"linear (default {linear_batch}), finetune (default {tune.batch_size})",
+                 f"before stopping (default {tune.patience})", f"this many steps (default {tune.min_steps})",
+                 f"finetune (default {tune.label_smoothing})", f"linear: epochs (default {LINEAR_EPOCHS})",
+                 f"finetune: passes (default {tune.epochs})", f"(default {tune.drop_path_rate})",
+                 f"(default {tune.encoder_lr_ratio})", f"(default {tune.layer_decay};"):
+        assert said in text, said

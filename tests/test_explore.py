@@ -215,7 +215,8 @@ def test_embeddings_of_files_since_changed_are_removed(labelled_folder, tmp_path
     (["cluster", "--clusters", "37"], "--clusters 37 is more than the 36 images in .*; choose fewer clusters"),
     (["cluster", "--shown", "0"], "--shown must be at least 1, got 0"),
     (["search", "--k", "0"], "--k must be at least 1, got 0"),
-    (["search", "--query", "NOWHERE"], "--query: data path .*NOWHERE' does not exist"),
+    (["search", "--query", "NOWHERE"],
+     "--query: data path .*NOWHERE' does not exist; give an image, a folder of images or a tar of one$"),
     (["cluster", "--out", "A-FILE"], "is a file; --out takes a folder"),
 ])
 def test_bad_input_is_one_line(labelled_folder, tmp_path, capsys, argv, message):

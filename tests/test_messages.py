@@ -167,6 +167,7 @@ def test_one_image_file_that_does_not_decode_is_named_with_what_to_give(labelled
                               "--out", tmp_path / "out", "--no-progress"))
     assert line == (f"selfsup: error: {str(bad)!r} cannot be decoded as an image (damaged, or not an image under "
                     f"an image's name); give an image file that opens in a viewer, or a folder of images")
+    assert not (tmp_path / "out").exists()  # nor the empty folders of its embeddings left behind
 
 
 def test_curate_prints_a_sentence_unless_json(labelled_folder, tmp_path):

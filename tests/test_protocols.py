@@ -378,6 +378,13 @@ def test_weights_files_load_and_mismatches_are_one_line_errors(tmp_path, split_f
         assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and message in err, err
 
 
+def main_curve_lines(tmp_path, split_folder, capsys) -> list[dict]:
+    assert main(["eval", "curve", "--checkpoint", "random:resnet18", "--data", str(split_folder), "--per-class", "1",
+                 "4", "--seeds", "2", "--protocol", "knn", "--image-size", "16", "--out", str(tmp_path / "c.png"),
+                 "--json", "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out)["lines"]
+
+
 def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, capsys):
     assert main(["eval", "retrieval", "--checkpoint", "random:resnet18", "--data", str(split_folder), "--json",
                  "--no-progress", "--image-size", "16", "--k", "1", "3", "--out", str(tmp_path / "nn.json")]) == 0
@@ -390,7 +397,11 @@ def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, ca
                  "--per-class", "1", "4", "--seeds", "2", "--protocol", "knn", "--image-size", "16",
                  "--out", str(tmp_path / "curve.png"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and out.count("labels/class") == 4
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and out.count("/class") == 4
+    # Each point keeps each seed's figure, as every evaluation's record does.
+    points = [p for line in main_curve_lines(tmp_path, split_folder, capsys) for p in line["points"]]
+    assert all([s["seed"] for s in p["per_seed"]] == [0, 1] for p in points)
+    assert all(np.mean([s["top1"] for s in p["per_seed"]]) == pytest.approx(p["top1"]) for p in points)
     # An --out without a suffix gets .png, and --json reports the file that was written.
     assert main(["eval", "curve", "--checkpoint", "random:resnet18", "--data", str(split_folder), "--per-class", "1",
                  "--seeds", "1", "--protocol", "knn", "--image-size", "16", "--out", str(tmp_path / "plain"),

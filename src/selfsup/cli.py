@@ -177,7 +177,7 @@ def add_attention_parser(commands, common) -> None:
     p.add_argument("--images", required=True, help="an image, a folder of images or a tar of one")
     p.add_argument("--out", required=True, help="folder for one PNG per image")
     p.add_argument("--image-size", type=int, help="default: the encoder's training size (any multiple of the patch size)")
-    p.add_argument("--max-images", type=int, default=32)
+    p.add_argument("--max-images", type=int, default=32, help="draw the first N images (default %(default)s)")
     p.add_argument("--device", default="auto")
     common(p)
     p.set_defaults(run=_attention)
@@ -373,9 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_parser(commands, _common)
     add_attention_parser(commands, _common)
 
-    p = commands.add_parser("export", help="write the encoder's weights as safetensors")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p = commands.add_parser("export", help="write the encoder's weights as safetensors",
+                            description="Write the encoder of a checkpoint as a safetensors file: the keys of the "
+                                        "plain torchvision or timm model, with its architecture, image size and "
+                                        "normalisation in the file's metadata (see the README on loading it "
+                                        "without selfsup).")
+    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint or run folder")
+    p.add_argument("--out", required=True, help="a .safetensors file, or a folder to write encoder.safetensors in")
     _common(p)
     p.set_defaults(run=_export)
 
@@ -392,17 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(run=_embed)
 
-    p = commands.add_parser("curate", help="deduplicate a pool of images and retrieve those near a seed set")
+    p = commands.add_parser("curate", help="deduplicate a pool of images and retrieve those near a seed set",
+                            description="Embed the pool and the seed set, remove near-duplicates inside the pool "
+                                        "(and copies of --exclude's images), then keep the pool images nearest the "
+                                        "seed set (or, with --clusters, drawn evenly from the clusters nearest it). "
+                                        "Writes OUT/curated.txt (OUT/curated.tar for a pool in a tar), which pretrain "
+                                        "--data reads, pictures of duplicate groups and of retrieved neighbours, and "
+                                        "OUT/summary.json. A killed "
+                                        "curation resumes where it stopped.")
     p.add_argument("--pool", required=True, help="the uncurated images (folder, tar or .txt list)")
     p.add_argument("--seed-set", required=True, help="a few images of what you want more of (folder, tar, list or one image)")
     _encoder_options(p)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for curated.txt, the pictures, summary.json, embeddings/")
     p.add_argument("--exclude", help="evaluation images whose near-duplicates must leave the pool")
-    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of near-duplicates")
-    p.add_argument("--k", type=int, default=10, help="pool images retrieved per seed image")
+    p.add_argument("--threshold", type=float, default=0.95,
+                   help="cosine similarity of near-duplicates (default %(default)s)")
+    p.add_argument("--k", type=int, default=10, help="pool images retrieved per seed image (default %(default)s)")
     p.add_argument("--clusters", type=int, default=0, help="> 0: sample from this many k-means clusters")
-    p.add_argument("--per-cluster", type=int, default=100, help="images drawn per cluster near a seed")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-cluster", type=int, default=100,
+                   help="images drawn per cluster near a seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="k-means' starts (default %(default)s)")
     p.add_argument("--tar", action="store_true", help="also write OUT/curated.tar")
     _common(p)
     p.set_defaults(run=_curate)
@@ -468,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("demo", help="pretrain SimCLR on the CIFAR-10 sample that ships with selfsup (CPU, minutes)")
     p.add_argument("--out", help="run folder (default: a temporary folder)")
-    p.add_argument("--epochs", type=int, help="default: the demo's own setting")
+    p.add_argument("--epochs", type=int, help="default 30, the demo's own")
     p.add_argument("--device", default="auto")
     _common(p)
     p.set_defaults(run=_demo)

@@ -367,6 +367,10 @@ def resolve(user: dict) -> RunConfig:
             raise UserError(f"--patch-size is for ViTs; {cfg.backbone.name} has no patches (drop the option, "
                             f"or choose --backbone vit-tiny|vit-small|vit-base)")
         cfg = override(cfg, {"backbone": {"patch_size": None}})  # a ViT preset's, when the user chose a ResNet
+        if preset_name.endswith("-vit"):  # allowed (a ViT recipe may be wanted), not unsaid
+            from .console import warn
+            warn(f"--preset {preset_name} is {method_name}'s recipe for a ViT; {cfg.backbone.name} is trained with "
+                 f"it as asked ({preset_name.removesuffix('-vit')} is the recipe for a ResNet)")
         if user.get("backbone", {}).get("drop_path_rate"):
             raise no_blocks_to_drop(cfg.backbone.name)
         cfg = override(cfg, {"backbone": {"drop_path_rate": 0.0}})

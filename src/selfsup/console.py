@@ -30,5 +30,7 @@ def warn(message: str) -> None:
 
 def progress_bar(total: int | None, desc: str, unit: str = "img", enabled: bool = True, initial: int = 0):
     """A bar with throughput and ETA; writes to stderr, so `--json` output on stdout stays clean."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
+    # Scaled (1.28M/1.28M) only where counts are large: tqdm writes small scaled ones as 61.0/61.0.
+    scaled = total is None or total >= 10_000
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled, dynamic_ncols=True,
                 initial=initial, disable=not enabled, file=sys.stderr, mininterval=0.5, smoothing=0.1)

@@ -179,6 +179,7 @@ def removed_if_left_empty(out: str | Path | None, keep_on: tuple[type[BaseExcept
         yield
     except BaseException as e:
         for folder in new if not isinstance(e, keep_on) else ():
+            _remove_empty_folders_below(folder)  # e.g. OUT/embeddings/pool-KEY/, made before a refusal
             try:
                 folder.rmdir()
             except FileNotFoundError:
@@ -186,6 +187,16 @@ def removed_if_left_empty(out: str | Path | None, keep_on: tuple[type[BaseExcept
             except OSError:
                 break  # it holds something: keep it and the folders above
         raise
+
+
+def _remove_empty_folders_below(folder: Path) -> None:
+    """The folders under `folder` that hold nothing, deepest first (files, and their folders, stay)."""
+    for below, _, _ in os.walk(folder, topdown=False):
+        if Path(below) != folder:
+            try:
+                os.rmdir(below)
+            except OSError:  # it holds something
+                pass
 
 
 def relative_copy_path(name: str) -> PurePosixPath:

@@ -106,9 +106,12 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                 refuse_out_inside(out, sources[what], given)
         if make_tar or sources["pool"].file_path(sources["pool"].names[0]) is None:
             distinct_copy_paths(sources["pool"].names, "curated", "curated.tar")  # names that would meet in curated.tar: refused before the work
-    embedded = {what: embed_source(encoder, src, embedding_dir(out / "embeddings", encoder, src), device,
-                                   config.chunk_size, show_progress=show_progress, desc=f"embedding {what}")
-                for what, src in sources.items()}
+        # The pool last: a seed set that cannot be read is said before hours of embedding the pool.
+        embedded = {}
+        for what in sorted(sources, key=lambda what: what == "pool"):
+            work_dir = embedding_dir(out / "embeddings", encoder, sources[what])
+            embedded[what] = embed_source(encoder, sources[what], work_dir, device, config.chunk_size,
+                                          show_progress=show_progress, desc=f"embedding {what}")
     pool_e = embedded["pool"]
     mean = pool_e.vectors.mean(axis=0) if config.center else None
     vectors = {what: centred(e.vectors, mean) for what, e in embedded.items()}

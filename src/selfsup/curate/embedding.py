@@ -9,6 +9,7 @@ is never held as a pixel cache.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
                  workers: int = 0, show_progress: bool = True, desc: str = "embedding") -> Embedded:
     work_dir.mkdir(parents=True, exist_ok=True)
     names, vectors, skipped = [], [], []
-    bar = progress_bar(len(source.names), f"{desc} {source.describe()}", enabled=show_progress)
+    bar = progress_bar(len(source.names), f"{desc} ({source.describe()})", enabled=show_progress)
     encoder.backbone.to(device)
     for number, start in enumerate(range(0, len(source.names), chunk_size)):
         done, wanted = work_dir / f"chunk-{number:06d}.npz", source.names[start:start + chunk_size]
@@ -90,7 +91,8 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         skipped += saved[2]
         bar.update(min(chunk_size, len(source.names) - start))
     bar.close()
-    if not names:
+    if not names:  # its chunks hold only names that failed: nothing worth resuming from
+        shutil.rmtree(work_dir, ignore_errors=True)
         raise UserError(source.none_decoded())
     warn_skipped(skipped, len(source.names), repr(source.describe()))
     return Embedded(names, np.concatenate(vectors), skipped, encoder.bands)

@@ -280,8 +280,9 @@ def _skipped_folder(name: str) -> bool:
 def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
     if left_out:
         name, why = left_out[0]
-        warn(f"left out {len(left_out):,} files or folders under {str(where)!r} that cannot be used (e.g. "
-             f"{name!r}: {why}); rename them, mend the links or fix the permissions to include them")
+        warn(f"left out {plural(len(left_out), 'file or folder', 'files or folders')} under {str(where)!r} that "
+             f"cannot be used (e.g. {name!r}: {why}); rename them, mend the links or fix the permissions to include "
+             f"them")
 
 
 def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None = None) -> list[str]:
@@ -420,6 +421,8 @@ def open_file_or_source(path: str | Path) -> ImageSource:
         source = _make_source(path.parent, None, [path.name], "", digest.hexdigest())
         source.one_file = True
         return source
+    if not path.exists():  # one image is as good an answer as a folder here
+        raise UserError(f"data path {str(path)!r} does not exist; give an image, a folder of images or a tar of one")
     return open_source(path, whole=True)
 
 

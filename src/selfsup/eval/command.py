@@ -52,22 +52,25 @@ def add_eval_parser(commands, common) -> None:
                         "CSV with a file column, a .txt of one name per line, or a subset JSON that eval saved")
     p.add_argument("--seeds", type=int, help="repeat over N label subsets (default 1; curve 3)")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="linear, finetune: part of each class's training labels held out to tune on")
+                   help="linear, finetune: part of each class's training labels held out to tune on (default "
+                        "%(default)s)")
     p.add_argument("--k", type=int, nargs="+", help="kNN: neighbours, the last is the headline (default 20 200); "
                                                     "retrieval: ranks of precision@k (default 1 10 50)")
-    p.add_argument("--temperature", type=float, default=0.07, help="kNN: vote temperature")
+    p.add_argument("--temperature", type=float, default=0.07, help="kNN: vote temperature (default %(default)s)")
     p.add_argument("--epochs", type=int, help="linear: epochs (default 100); finetune: passes (default 30)")
-    p.add_argument("--lr", type=float, nargs="+", help="linear: AdamW rates to sweep; finetune: the head's rate")
-    p.add_argument("--weight-decay", type=float, nargs="+", help="linear: decays to sweep; finetune: one")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, nargs="+", help="linear: AdamW rates to sweep (default 0.001 0.003 0.01); "
+                                                       "finetune: the head's rate (default 0.001)")
+    p.add_argument("--weight-decay", type=float, nargs="+", help="linear: decays to sweep (default 0.0 0.05 0.5); "
+                                                                 "finetune: one (default 0.05)")
+    p.add_argument("--batch-size", type=int, help="linear (default 1024), finetune (default 128)")
     p.add_argument("--encoder-lr-ratio", type=float,
                    help="finetune, CNNs (and ViTs with --layer-decay 1): encoder rate / head rate (default 0.1)")
     p.add_argument("--layer-decay", type=float,
                    help="finetune, ViTs: rate factor per block (default 0.75; 1: every block at --encoder-lr-ratio)")
     p.add_argument("--freeze-stages", type=int, help="finetune: freeze the stem and the first N stages")
-    p.add_argument("--patience", type=int, help="finetune: validation checks without gain before stopping")
-    p.add_argument("--min-steps", type=int, help="finetune: train at least this many steps")
-    p.add_argument("--label-smoothing", type=float, help="finetune")
+    p.add_argument("--patience", type=int, help="finetune: validation checks without gain before stopping (default 5)")
+    p.add_argument("--min-steps", type=int, help="finetune: train at least this many steps (default 200)")
+    p.add_argument("--label-smoothing", type=float, help="finetune (default 0.0)")
     p.add_argument("--drop-path-rate", type=float, help="finetune, ViTs: stochastic depth (default 0.1)")
     p.add_argument("--protocol", dest="curve_protocol", default="linear", choices=["knn", "linear", "finetune"],
                    help="curve: the protocol to run at each budget")
@@ -163,7 +166,7 @@ def describe(result: dict) -> str:
                  f"{result['test_images']:,} test images): {result['plot']}"]
         for line in result["lines"]:
             lines.append(f"  {line['encoder']}")
-            lines += [f"    {_count(p['labels_per_class']):>8} labels/class  "
+            lines += [f"    {_count(p['labels_per_class']):>8} label{'' if p['labels_per_class'] == 1 else 's'}/class  "
                       f"top-1 {_figure({**p, 'seeds': seeds}, 'top1')}" for p in line["points"]]
         return "\n".join(lines)
     validation = f", {result['val_images']:,} for validation" if result.get("val_images") else ""
@@ -177,11 +180,14 @@ def describe(result: dict) -> str:
     # With 5 classes or fewer every class is in the top 5: top-5 is 1 whatever the encoder.
     top5 = result["classes"] > 5
     if result["protocol"] == "knn":
+        by_used: dict[int, list[str]] = {}  # k's cut to the same number give one figure: one line
         for k, s in result["by_k"].items():
-            used = s.get("k", int(k))
+            by_used.setdefault(s.get("k", int(k)), []).append(k)
+        for used, asked in by_used.items():
+            s, cut = result["by_k"][asked[0]], [k for k in asked if int(k) != used]
             lines.append(f"  k={used:<4} top-1 {_figure({**s, 'seeds': seeds}, 'top1')}"
                          + (f"   top-5 {s['top5']:.4f}" if top5 else "")
-                         + (f"   (k={k} asked; only {used} labelled images to vote)" if used != int(k) else ""))
+                         + (f"   (k={', '.join(cut)} asked; only {used} labelled images to vote)" if cut else ""))
         lines.append(f"  k={result['k']}, with its 95 % interval: top-1 {_figure(result, 'top1')}")
     elif result["protocol"] == "retrieval":
         keys = [k for k in result if k.startswith("precision@") and not k.endswith("_std")]

@@ -20,7 +20,8 @@ from .subsets import Budget, make_split
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes that suits a plot
-POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "top1", "top1_std", "top1_ci", "top5", "top5_std")
+POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "top1", "top1_std", "top1_ci", "top5", "top5_std",
+              "per_seed")
 
 
 def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, protocol: str = "linear",
@@ -79,7 +80,10 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
         if is_run:
             run_sizes.add(setup.encoder.image_size)
             run_bands.add(setup.encoder.bands)
-        runs = [PROTOCOLS[protocol](setup, budget, seeds, **protocol_options) for budget in budgets]
+        # kNN has no randomness of its own: with every label, one run is each seed's (said quietly
+        # here, where the seeds are for the other budgets).
+        runs = [PROTOCOLS[protocol](setup, budget, 1 if protocol == "knn" and budget.everything else seeds,
+                                    **protocol_options) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
                     **checkpoint_identity(setup.encoder),
