@@ -16,13 +16,13 @@ import signal
 import threading
 import time
 from contextlib import closing, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; a second run into the same folder is not refused
     fcntl = None
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,8 +35,8 @@ from .config import RunConfig
 from .console import plural, progress_bar, say, warn
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used, require_tiff_reader
-from .data.sources import IMAGE_SUFFIXES
 from .data.loader import SampleBatch, map_side
+from .data.sources import IMAGE_SUFFIXES
 from .errors import RunStopped, UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
@@ -767,7 +767,8 @@ def stopped_at_once():
     def stop(number, frame):
         raise RunStopped(number, f"stopped by {signal.Signals(number).name} before training began")
 
-    defaults = [number for number in STOP_SIGNALS if number != signal.SIGINT and signal.getsignal(number) == signal.SIG_DFL]
+    defaults = [number for number in STOP_SIGNALS
+                if number != signal.SIGINT and signal.getsignal(number) == signal.SIG_DFL]
     for number in defaults:
         signal.signal(number, stop)
     try:

@@ -583,7 +583,8 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
 
 def readable_now(meta: dict) -> bool:
     """Whether a cache skipped TIFFs that a package installed since it was built would read."""
-    return bool(meta.get("notes", {}).get(TIFF_LAYOUT)) and bool(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
+    skipped_tiffs = bool(meta.get("notes", {}).get(TIFF_LAYOUT))
+    return skipped_tiffs and bool(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
