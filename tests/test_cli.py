@@ -268,6 +268,8 @@ def test_tiff_bands_chosen_at_pretraining_follow_the_encoder_into_every_command(
     assert proc.returncode == 0, proc.stderr
     assert sorted(json.loads((c.path / "index.json").read_text())["bands"] for c in list_caches()) == \
         [[1]] + [[4, 3, 2]] * len(caches)
+    listing = run("cache").stdout  # the caches of one folder at one size are told apart by their bands
+    assert listing.count("px (TIFF bands 4,3,2) from") == len(caches) and listing.count("px (TIFF bands 1) from") == 1
     run("pretrain", "--method", "temporal-order", "--data", data, "--out", tmp_path / "video", "--bands", "4,3,2",
         "--image-size", "16", check_error="data.bands chooses bands of TIFF images; temporal-order reads its own "
                                           "data (videos, frames or interactions): leave out --bands")

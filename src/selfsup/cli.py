@@ -268,14 +268,14 @@ def _cache(args) -> int:
     if args.json:
         def described(e):
             return {"path": str(e.path), "source": e.source, "images": e.images, "size": e.size, "bytes": e.bytes,
-                    "last_used": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.last_used))}
+                    "last_used": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.last_used)), "bands": e.bands}
         print(json.dumps({"cache_dir": str(root), "caches": [described(e) for e in kept],
                           "removed": [described(e) for e in removed],
                           "unfinished_builds": [{"path": str(path), "bytes": held} for path, held in building]}))
         return 0
     for e in kept:
         print(f"{_bytes(e.bytes):>9}  used {time.strftime('%Y-%m-%d', time.localtime(e.last_used))}  "
-              f"{e.images:,} images of {e.size} px from {e.source}  ({e.path.name})")
+              f"{e.images:,} images of {e.size} px{_bands(e.bands)} from {e.source}  ({e.path.name})")
     if removed:
         print(f"removed {plural(len(removed), 'cache')} unused for {args.remove_unused_days:g} days: "
               f"{_bytes(sum(e.bytes for e in removed))} freed")
@@ -284,6 +284,10 @@ def _cache(args) -> int:
         print(f"and {plural(len(building), 'unfinished build')}, {_bytes(sum(held for _, held in building))} "
               f"(.building-*: under way, or killed on another machine, which removes it when it builds next)")
     return 0
+
+
+def _bands(bands: list[int] | None) -> str:
+    return f" (TIFF bands {','.join(map(str, bands))})" if bands else ""
 
 
 def _bytes(count: int) -> str:

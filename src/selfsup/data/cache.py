@@ -663,6 +663,7 @@ class CacheEntry:
     size: int  # pixels per side
     bytes: int
     last_used: float  # seconds since the epoch
+    bands: list[int] | None = None  # the TIFF bands chosen (--bands), where they were
 
 
 def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
@@ -678,7 +679,7 @@ def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
             meta = json.loads(index.read_text())
             held = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
             entries.append(CacheEntry(folder, str(meta.get("source", "?")), len(meta.get("names", [])),
-                                      int(meta.get("size", 0)), held, index.stat().st_mtime))
+                                      int(meta.get("size", 0)), held, index.stat().st_mtime, meta.get("bands")))
         except (OSError, ValueError):
             continue  # being replaced or damaged: the next run that opens it deals with it
     return sorted(entries, key=lambda e: -e.last_used)
