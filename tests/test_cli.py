@@ -246,6 +246,10 @@ def test_tiff_bands_chosen_at_pretraining_follow_the_encoder_into_every_command(
                "--bands", "4,3,2", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "bands:\n  - 4\n  - 3\n  - 2\n" in (out / "config.yaml").read_text()
+    proc = run("pretrain", "--out", out, "--resume", "--bands", "4,3,2", "--no-progress")  # the same: resumed
+    assert proc.returncode == 0 and "cannot change" not in proc.stderr, proc.stderr
+    run("pretrain", "--out", out, "--resume", "--bands", "1,2,3",
+        check_error="data.bands cannot change (saved [4, 3, 2], given (1, 2, 3))")
     common = ["--data", data, "--no-progress", "--json"]
     proc = run("eval", "knn", "--checkpoint", out, "--train", data, "--test", data, "--no-progress", "--json")
     assert json.loads(proc.stdout)["bands"] == [4, 3, 2]  # in the record too

@@ -556,3 +556,16 @@ def test_picture_titles_are_shortened_from_the_middle():
     assert _short(long_file).startswith("x/a_very") and _short(long_file).endswith("001.png")
     for name in [*names, long_file, "IMG_0001_" + "W" * 30 + ".JPG", "/" + "deep/" * 20 + "f.png"]:
         assert _points(_short(name)) <= TITLE_WIDTH and "…" in _short(name), name
+
+
+def test_embeddings_made_without_tifffile_are_not_reused_with_it(labelled_folder, tmp_path):
+    """They skipped the TIFFs that tifffile reads: a cluster or search kept skipping them."""
+    from types import SimpleNamespace
+
+    from selfsup.curate.embedding import embedding_dir
+    from selfsup.data import open_source
+    from test_data import without_tiff_readers
+    encoder, source = SimpleNamespace(key="k", description="d", image_size=16), open_source(labelled_folder)
+    with without_tiff_readers():
+        before = embedding_dir(tmp_path, encoder, source)
+    assert embedding_dir(tmp_path, encoder, source) != before

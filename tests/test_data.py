@@ -284,7 +284,8 @@ def test_tiffs_pillow_cannot_decode_are_told_apart_from_damaged_files_without_ti
     cache = load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
     assert cache.names == ["gdal.tif", "good.tif"] and cache.skipped == ["cut.tif"]
     err = capsys.readouterr().err
-    assert "was built without (imagecodecs and tifffile, which read 1 TIFFs it skipped); decoding the images again" in err
+    assert ("was built without (imagecodecs and tifffile, which read TIFFs it skipped or read in part); decoding "
+            "the images again") in err
     load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
     assert "decoding the images again" not in capsys.readouterr().err  # once
 
@@ -374,6 +375,71 @@ def test_the_bands_asked_for_are_read_as_red_green_blue_or_gray_in_every_layout(
     Image.fromarray(rgb).save(buffer, format="TIFF")
     np.testing.assert_array_equal(decode_image(buffer.getvalue(), 16, (3, 2, 1))[0], rgb[..., ::-1])
     np.testing.assert_array_equal(decode_image(png_bytes(Image.fromarray(rgb)), 16, (3, 2, 1))[0], rgb)
+
+
+def test_bands_read_a_jpeg_tiff_as_rgb_a_palette_by_its_colours_and_skip_cmyk_saying_why(tmp_path, capsys):
+    """These were all skipped without a word: tifffile gives JPEG's YCbCr as RGB, and a palette's
+    indices, whose colours are in the file's table."""
+    pytest.importorskip("tifffile")
+    pytest.importorskip("imagecodecs")
+    from selfsup.data.cache import TIFF_COLOUR, decode_noting
+    y, x = np.mgrid[0:32, 0:32]
+    gradient = np.stack([x * 8, y * 8, 255 - x * 8], axis=-1).astype(np.uint8)
+    jpeg = tifffile_bytes(gradient, photometric="rgb", compression="jpeg")
+    by_pillow = decode_image(jpeg, 32)[0]
+    np.testing.assert_array_equal(decode_image(jpeg, 32, (3, 2, 1))[0], by_pillow[..., ::-1])
+    indices = np.random.default_rng(0).integers(0, 4, (32, 32)).astype(np.uint8)
+    table = np.zeros((3, 256), np.uint16)
+    table[:, :4] = [[0, 65535, 0, 65535], [0, 0, 65535, 65535], [65535, 0, 0, 65535]]
+    palette = tifffile_bytes(indices, photometric="palette", colormap=table)
+    np.testing.assert_array_equal(decode_image(palette, 32, (1, 2, 3))[0], np.moveaxis(table[:, indices] >> 8, 0, -1))
+    cmyk = tifffile_bytes(np.zeros((32, 32, 4), np.uint8), photometric="separated")
+    assert decode_noting(cmyk, 32, (1, 2, 3)) == (None, [TIFF_COLOUR])
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "tiles" / "cmyk.tif").write_bytes(cmyk)
+    (tmp_path / "tiles" / "jpeg.tif").write_bytes(jpeg)
+    load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False, bands=(3, 2, 1))
+    assert ("1 of them are TIFFs in CMYK, Lab or another colour space whose bands --bands cannot choose from "
+            "(e.g. 'cmyk.tif')") in capsys.readouterr().err
+
+
+def test_the_gigapixel_bound_is_checked_before_a_plane_is_read(monkeypatch):
+    """A 33,000-pixel tile was read whole (GBs) before being refused for its size."""
+    tifffile = pytest.importorskip("tifffile")
+    import selfsup.data.cache as cache
+    read = []
+    real = tifffile.TiffPageSeries.asarray
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: read.append(1) or real(*a, **k))
+    four = tifffile_bytes(np.zeros((40, 40, 4), np.uint16), photometric="minisblack", planarconfig="contig")
+    assert cache.decode_image(four, 16) is not None and read == [1]
+    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 39 * 39)
+    assert cache.decode_image(four, 16) is None and read == [1]
+
+
+def test_a_channel_stack_cached_before_tifffile_is_decoded_again_in_colour(tmp_path):
+    """Read without tifffile, a microscope's stack gave its first page, gray; the cache kept it so."""
+    pytest.importorskip("tifffile")
+    (tmp_path / "stacks").mkdir()
+    channels = np.stack([np.full((16, 16), v, np.uint8) for v in (200, 120, 10)])
+    (tmp_path / "stacks" / "cells.tif").write_bytes(tifffile_bytes(channels, imagej=True, metadata={"axes": "CYX"}))
+    with without_tiff_readers():
+        gray = load_cache(open_source(tmp_path / "stacks"), 16, show_progress=False)
+    assert (gray.images[0] == 200).all()
+    assert (load_cache(open_source(tmp_path / "stacks"), 16, show_progress=False).images[0] == [200, 120, 10]).all()
+
+
+def test_when_no_tiff_decodes_the_error_says_what_would_read_them(tmp_path):
+    pytest.importorskip("tifffile")
+    (tmp_path / "tiles").mkdir()
+    for k in range(2):
+        tile = field_tile(np.random.default_rng(k), bands=4)
+        (tmp_path / "tiles" / f"t{k}.tif").write_bytes(tiff16(tile, photometric=1, extra=(0, 0, 0)))
+    with pytest.raises(UserError, match=r"^none of the 2 image files in '.*tiles' could be decoded; 2 of them are "
+                                        r"TIFFs with fewer bands than --bands asks for: choose others$"):
+        load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False, bands=(9, 1, 1))
+    with without_tiff_readers(), pytest.raises(UserError, match=r"could be decoded; 2 of them are TIFFs in a layout "
+                                                                r"Pillow cannot decode: pip install 'selfsup\[tiff\]'"):
+        load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False)
 
 
 def test_bands_given_for_images_none_of_which_is_a_tiff_are_said_to_do_nothing(labelled_folder, capsys):
@@ -603,28 +669,40 @@ def test_a_text_file_listing_images_is_a_source(labelled_folder, tmp_path):
         open_source(listing)
 
 
-def test_a_ctrl_c_while_the_decoding_workers_are_forked_is_not_lost():
-    """Python drops a KeyboardInterrupt raised in a fork handler; decode_stream notes a SIGINT that
-    comes while its pool starts and raises it after, so it reaches the caller (the workers stop)."""
+class Stopped(Exception):
+    """What a run's stop handler raises (RunStopped, before training)."""
+
+
+def _raise_stopped(number, frame):
+    raise Stopped(number)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_decoding_workers_are_forked_is_not_lost(name):
+    """Python drops an exception raised in a fork handler (KeyboardInterrupt from Ctrl-C, or a run's
+    stop request from SIGTERM); decode_stream notes a signal that comes while its pool starts and
+    delivers it again after, so it reaches the caller (the workers stop)."""
     import signal
 
     from selfsup.data.cache import decode_stream
+    number = getattr(signal, name)
+    handler, raised = (signal.default_int_handler, KeyboardInterrupt) if name == "SIGINT" else (_raise_stopped, Stopped)
     armed = {"once": True}
 
-    def interrupt_at_fork():
+    def signal_at_fork():
         if armed["once"]:
             armed["once"] = False
-            os.kill(os.getpid(), signal.SIGINT)
-    os.register_at_fork(after_in_parent=interrupt_at_fork)
+            os.kill(os.getpid(), number)
+    os.register_at_fork(after_in_parent=signal_at_fork)
     items = [(f"{i}.png", png_bytes(Image.new("RGB", (8, 8), (i, i, i)))) for i in range(8)]
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    before = signal.signal(number, handler)  # Python's own, or a run's, whatever ran before
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(raised):
             list(decode_stream(items, 8, workers=2))
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # its own handler given back
+        assert signal.getsignal(number) is handler  # its own handler given back
     finally:
         armed["once"] = False
-        signal.signal(signal.SIGINT, before)
+        signal.signal(number, before)
 
 
 # ---------------------------------------------------------------------------------------------

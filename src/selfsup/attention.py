@@ -52,16 +52,17 @@ def read_images(path: str | Path, size: int, limit: int, bands=None) -> tuple[np
     """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
     crop; of TIFFs, `bands`) of an image file, a folder or a tar, with their names and the source
     they were read from; the files that do not decode are skipped, and counted in one warning."""
-    from .data import decode_image
-    from .data.cache import warn_skipped
+    from .data.cache import decode_noting, warn_skipped
     from .data.sources import open_file_or_source
 
     path = Path(path).expanduser()
     source = open_file_or_source(path)
     items = source.read()
-    decoded, skipped = [], []
+    decoded, skipped, notes = [], [], {}
     for name, data in items:
-        pixels = decode_image(data, size, bands)
+        pixels, noted = decode_noting(data, size, bands)
+        for note in noted:
+            notes.setdefault(note, []).append(name)
         if pixels is None:
             skipped.append(name)
         else:
@@ -70,7 +71,7 @@ def read_images(path: str | Path, size: int, limit: int, bands=None) -> tuple[np
                 break
     if not decoded and source.one_file:  # the error names the file: a warning about it would say it twice
         raise UserError(source.none_decoded())
-    warn_skipped(skipped, len(decoded) + len(skipped), repr(str(path)))
+    warn_skipped(skipped, len(decoded) + len(skipped), repr(str(path)), notes=notes)
     if not decoded:
         raise UserError(f"no decodable image in {str(path)!r}; give an image, a folder of images or a tar of one")
     return np.stack([pixels for _, pixels in decoded]), [name for name, _ in decoded], source
@@ -140,7 +141,7 @@ def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
 
 @torch.no_grad()
 def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_size: int | None = None,
-                        device: str = "auto", max_images: int = 32) -> dict:
+                        device: str = "auto", max_images: int = 32, bands=None) -> dict:
     """Write OUT/<image name>.png for each of the first `max_images` images under `images`, at the
     encoder's training size unless `image_size` is given (positions are resampled)."""
     from .backbones.vit import check_image_size
@@ -153,7 +154,7 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     if image_size is not None and image_size < 1:
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}; leave it out "
                         f"for the encoder's training size")
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint, bands=bands)  # bands: of TIFFs, by default the encoder's own
     backbone = encoder.backbone
     if backbone.kind != "vit" or not hasattr(backbone.net, "blocks"):
         raise UserError(f"attention maps need a ViT encoder (vit-tiny, vit-small, vit-base); {checkpoint} "

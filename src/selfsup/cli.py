@@ -179,6 +179,7 @@ def add_attention_parser(commands, common) -> None:
     p.add_argument("--image-size", type=int, help="default: the encoder's training size (any multiple of the patch size)")
     p.add_argument("--max-images", type=int, default=32, help="draw the first N images (default %(default)s)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--bands", type=parse_bands, help=BANDS_HELP)
     common(p)
     p.set_defaults(run=_attention)
 
@@ -188,7 +189,7 @@ def _attention(args) -> int:
     from .console import plural
 
     result = save_attention_maps(args.checkpoint, args.images, args.out, image_size=args.image_size,
-                                 device=args.device, max_images=args.max_images)
+                                 device=args.device, max_images=args.max_images, bands=args.bands)
     print(json.dumps(result) if args.json else f"wrote {plural(result['images'], 'attention picture')} "
           f"({result['heads']} heads, {result['image_size']} px) to {result['out']}")
     return 0

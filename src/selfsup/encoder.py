@@ -57,7 +57,8 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
     DataConfig.bands); by default those it was trained on (a checkpoint's, an export's)."""
     encoder = _load_encoder(str(spec), image_size, small_stem, seed, backbone)
     if bands and tuple(bands) != encoder.bands:
-        encoder = dataclasses.replace(encoder, bands=tuple(bands), key=encoder.key and f"{encoder.key}|bands={bands}")
+        shown = ",".join(map(str, bands))  # a list or a tuple: one key
+        encoder = dataclasses.replace(encoder, bands=tuple(bands), key=encoder.key and f"{encoder.key}|bands={shown}")
     return encoder
 
 

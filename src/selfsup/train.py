@@ -126,7 +126,7 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
             if (section, key) in RESUMABLE_KEYS:
                 field_name = "method_config" if section == cfg.method else section  # RunConfig's name for it
                 allowed.setdefault(field_name, {})[key] = value
-            elif saved.get(section, {}).get(key) != value:
+            elif saved.get(section, {}).get(key) != (list(value) if isinstance(value, tuple) else value):  # YAML: lists
                 longer = ""
                 if (section, key) == ("train", "epochs"):  # the schedules end at the last epoch
                     longer = f"; to train for {value} epochs, {new_run_command(out, value)}"

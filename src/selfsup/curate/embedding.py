@@ -9,6 +9,7 @@ is never held as a pixel cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..console import progress_bar
-from ..data.cache import CACHE_FORMAT, decode_stream, warn_skipped
+from ..data.cache import CACHE_FORMAT, decode_stream, tiff_readers, warn_skipped
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
@@ -35,14 +36,16 @@ class Embedded:
 
 
 def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
+    # The TIFF readers installed decide what decodes: embeddings made without tifffile are not reused with it.
     key = hashlib.sha256(f"{encoder.key or encoder.description}|{encoder.image_size}|{source.fingerprint}"
-                         f"|decoding {CACHE_FORMAT}".encode()).hexdigest()[:16]
+                         f"|decoding {CACHE_FORMAT}|{'+'.join(tiff_readers())}".encode()).hexdigest()[:16]
     return root / f"{source.path.name.split('.')[0]}-{key}"
 
 
 def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int):
+    notes: dict[str, list[str]] = {}  # what was decoded in part, or why not (see decode_noting)
     decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512,
-                                 bands=encoder.bands))
+                                 notes=notes, bands=encoder.bands))
     kept = [(n, d[0]) for n, d in decoded if d is not None]
     skipped = [n for n, d in decoded if d is None]
     if kept:
@@ -51,27 +54,28 @@ def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device
         vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
     else:
         vectors = np.zeros((0, encoder.backbone.feature_dim), np.float32)
-    return [n for n, _ in kept], vectors, skipped
+    return [n for n, _ in kept], vectors, skipped, notes
 
 
 def _load_chunk(path: Path, wanted: list[str]):
-    """(names, vectors, skipped) saved in `path` when they are those of the files `wanted`."""
+    """(names, vectors, skipped, notes) saved in `path` when they are those of the files `wanted`."""
     if not path.exists():
         return None
     try:  # a chunk cut short or not ours (objects are never unpickled) is embedded again
         with np.load(path) as saved:
             names, skipped, vectors = saved["names"].tolist(), saved["skipped"].tolist(), saved["vectors"]
+            notes = json.loads(str(saved["notes"])) if "notes" in saved.files else {}  # older chunks: none
     except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile):
         return None
     if sorted(names + skipped) != sorted(wanted) or vectors.ndim != 2 or len(vectors) != len(names):
         return None
-    return names, vectors, skipped
+    return names, vectors, skipped, notes
 
 
 def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, chunk_size: int = 4096,
                  workers: int = 0, show_progress: bool = True, desc: str = "embedding") -> Embedded:
     work_dir.mkdir(parents=True, exist_ok=True)
-    names, vectors, skipped = [], [], []
+    names, vectors, skipped, notes = [], [], [], {}
     bar = progress_bar(len(source.names), f"{desc} ({source.describe()})", enabled=show_progress)
     encoder.backbone.to(device)
     for number, start in enumerate(range(0, len(source.names), chunk_size)):
@@ -81,7 +85,7 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
             saved = _embed_chunk(encoder, source, wanted, device, workers)
             with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, names=np.array(saved[0], dtype=str), vectors=saved[1],
-                         skipped=np.array(saved[2], dtype=str))
+                         skipped=np.array(saved[2], dtype=str), notes=np.array(json.dumps(saved[3])))
         # In the source's order, whatever order the files were read in (a tar's is its archive
         # order): the same images in a folder or a tar give the same rows, so the same choices.
         position = {name: i for i, name in enumerate(wanted)}
@@ -89,10 +93,12 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         names += [saved[0][i] for i in order]
         vectors.append(saved[1][order])
         skipped += saved[2]
+        for note, noted in saved[3].items():
+            notes.setdefault(note, []).extend(noted)
         bar.update(min(chunk_size, len(source.names) - start))
     bar.close()
     if not names:  # its chunks hold only names that failed: nothing worth resuming from
         shutil.rmtree(work_dir, ignore_errors=True)
         raise UserError(source.none_decoded())
-    warn_skipped(skipped, len(source.names), repr(source.describe()))
+    warn_skipped(skipped, len(source.names), repr(source.describe()), notes=notes)
     return Embedded(names, np.concatenate(vectors), skipped, encoder.bands)

@@ -68,6 +68,9 @@ NOT_TIFF = "not_tiff"  # an image `bands` does not apply to
 Bands = tuple[int, ...] | None  # 1-based bands of a TIFF read as red, green, blue (or one as gray); None: 1, 2, 3
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 RGB_BANDS = 3
+MIN_IS_WHITE, MIN_IS_BLACK, RGB, PALETTE, YCBCR = 0, 1, 2, 3, 6  # TIFF's photometric interpretations
+JPEG_COMPRESSION = 7
+TIFF_COLOUR = "tiff_colour"  # a TIFF in CMYK, Lab, ...: no bands to read as red, green and blue
 
 
 @dataclass
@@ -198,8 +201,8 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     if chosen is None:
         return None, [FEW_BANDS]
     height, width = chosen.shape[:2]
-    if height * width > LARGEST_IMAGE_PIXELS or photometric not in (0, 1, 2):
-        return None, []  # colour that is not gray or RGB (CMYK, Lab, a palette), or over a gigapixel
+    if photometric not in (MIN_IS_WHITE, MIN_IS_BLACK, RGB):
+        return None, [TIFF_COLOUR] if bands else []  # without bands: Pillow's to read, had it been able
     if chosen.dtype == np.uint8:
         pixels = chosen
     elif chosen.dtype == bool:
@@ -208,7 +211,7 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
         pixels = stretch_integers(chosen)
     else:
         pixels = stretch(chosen.astype(np.float64))
-    if photometric == 0:  # MinIsWhite: 0 is white
+    if photometric == MIN_IS_WHITE:  # 0 is white
         pixels = 255 - pixels
     img = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels))
     out = fit_square(img.convert("RGB"), size)
@@ -221,36 +224,52 @@ def first_plane_bands(data: bytes, bands: Bands = None) -> tuple[np.ndarray | No
     """(height, width, 1 or 3) samples of the first plane of a TIFF's first image (the first of
     each z-slice, time point, ...): `bands` (1-based), or its first band or first three (None
     where it holds fewer than `bands` asks for); the number of bands it holds; its photometric
-    interpretation; how many of its bands are pages; whether it holds more planes. Bands are
-    samples of a pixel (a GDAL tile's) or pages (a microscope's channels)."""
+    interpretation (a palette's colours and JPEG's YCbCr come as RGB); how many of its bands are
+    pages; whether it holds more planes. Bands are samples of a pixel (a GDAL tile's) or pages (a
+    microscope's channels)."""
     import tifffile  # ImportError: the caller's to say
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         series, page = tif.series[0], tif.series[0].keyframe
-        axes, shape = series.get_axes(False), series.get_shape(False)
-        outer = len(shape)  # the series' axes before the page's own: which page holds which plane
-        while outer > 0 and math.prod(shape[outer - 1:]) <= page.size:
-            outer -= 1
-        channels = math.prod(n for axis, n in zip(axes[:outer], shape[:outer]) if axis == "C")
-        planes_in_all = math.prod(n for axis, n in zip(axes[:outer], shape[:outer]) if axis != "C")
-        needed = max(bands) if bands else RGB_BANDS  # channel pages past it are not read
-        reading = [range(min(n, needed)) if axis == "C" else range(1) for axis, n in zip(axes[:outer], shape[:outer])]
-        keys = [int(np.ravel_multi_index(i, shape[:outer])) for i in itertools.product(*reading)] if outer else [0]
-        planes = series.asarray(key=keys).reshape(len(keys), *page.shape)
-        photometric = int(page.photometric)
-    for axis in reversed(range(len(page.axes))):  # a depth inside a page: its first slice
-        if page.axes[axis] not in "YXS":
-            planes = planes.take(0, axis=axis + 1)
-    kept = [a for a in page.axes if a in "YXS"]
-    planes = planes.transpose(0, *(1 + kept.index(a) for a in "YX"), *([1 + kept.index("S")] if "S" in kept else []))
-    samples = planes.shape[3] if planes.ndim == 4 else 1
-    held = np.moveaxis(planes.reshape(*planes.shape[:3], samples), 0, 2).reshape(*planes.shape[1:3], -1)
+        sides = dict(zip(page.axes, page.shape))
+        if sides.get("Y", 1) * sides.get("X", 1) > LARGEST_IMAGE_PIXELS:  # before reading a plane of GBs
+            raise ValueError("over a gigapixel")
+        held, total, channel_pages, more_planes = _first_plane(series, page, max(bands) if bands else RGB_BANDS)
+        photometric, colormap, compression = int(page.photometric), page.colormap, int(page.compression)
+    if photometric == PALETTE and colormap is not None:  # its colour table, 16 bits per entry
+        held, total, photometric = np.moveaxis(colormap[:, held[..., 0]] >> 8, 0, -1).astype(np.uint8), 3, RGB
+    elif photometric == YCBCR and compression == JPEG_COMPRESSION:  # tifffile decodes JPEG's YCbCr to RGB
+        photometric = RGB
     if bands:
         chosen = held[..., [b - 1 for b in bands]] if max(bands) <= held.shape[2] else None
     else:
         chosen = held[..., :RGB_BANDS] if held.shape[2] >= RGB_BANDS else held[..., :1]
-    more_planes = planes_in_all > 1 or any(a not in "YXS" and n > 1 for a, n in zip(page.axes, page.shape))
-    return chosen, channels * samples, photometric, channels, more_planes
+    return chosen, total, photometric, channel_pages, more_planes
+
+
+def _first_plane(series, page, needed: int) -> tuple[np.ndarray, int, int, bool]:
+    """(height, width, bands) of a tifffile series' first plane, with up to `needed` of its channel
+    pages; how many bands it holds; how many of them are pages; whether it has more planes."""
+    axes, shape = series.get_axes(False), series.get_shape(False)
+    outer = len(shape)  # the series' axes before the page's own say which page holds which plane
+    while outer > 0 and math.prod(shape[outer - 1:]) <= page.size:
+        outer -= 1
+    pages_by_axis = list(zip(axes[:outer], shape[:outer]))
+    channels = math.prod(n for axis, n in pages_by_axis if axis == "C")
+    more_planes = math.prod(n for axis, n in pages_by_axis if axis != "C") > 1 or \
+        any(axis not in "YXS" and n > 1 for axis, n in zip(page.axes, page.shape))
+    reading = [range(min(n, needed)) if axis == "C" else range(1) for axis, n in pages_by_axis]
+    keys = [int(np.ravel_multi_index(i, shape[:outer])) for i in itertools.product(*reading)] if outer else [0]
+    planes = series.asarray(key=keys).reshape(len(keys), *page.shape)  # (pages, *the page's axes)
+    for axis in reversed(range(len(page.axes))):  # a depth inside a page: its first slice
+        if page.axes[axis] not in "YXS":
+            planes = planes.take(0, axis=axis + 1)
+    kept = [a for a in page.axes if a in "YXS"]
+    order = [1 + kept.index(a) for a in "YX"] + ([1 + kept.index("S")] if "S" in kept else [])
+    planes = planes.transpose(0, *order)  # (pages, Y, X[, S])
+    samples = planes.shape[3] if planes.ndim == 4 else 1
+    held = np.moveaxis(planes.reshape(*planes.shape[:3], samples), 0, 2).reshape(*planes.shape[1:3], -1)
+    return held, channels * samples, channels, more_planes
 
 
 def unknown_tiff_layout(data: bytes) -> bool:
@@ -410,20 +429,24 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
         for chunk in map(_decode_chunk, _chunks(items, size, bands)):
             yield from chunk
         return
-    # A Ctrl-C that lands while the workers are forked is raised inside a fork handler, where
-    # Python drops it: note it then, and raise it once the pool exists (which then stops them).
-    interrupted, previous = [], None
+    # A Ctrl-C (or a stop signal a handler turns into an exception) that lands while the workers
+    # are forked is raised inside a fork handler, where Python drops it: note it then, and deliver
+    # it again once the pool exists (whose workers then stop with it).
+    arrived, previous = [], {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            number = getattr(signal, name, None)
+            if number is not None and callable(signal.getsignal(number)):
+                previous[number] = signal.signal(number, lambda number, _: arrived.append(number))
     try:
         pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
             workers, initializer=_signals_as_by_default)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     try:
-        if interrupted:
-            raise KeyboardInterrupt
+        for number in arrived[:1]:
+            signal.raise_signal(number)  # to the handler put back: KeyboardInterrupt, RunStopped, ...
         for chunk in pool.imap(_decode_chunk, _chunks(items, size, bands)):
             yield from chunk
     finally:
@@ -582,9 +605,11 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
 
 
 def readable_now(meta: dict) -> bool:
-    """Whether a cache skipped TIFFs that a package installed since it was built would read."""
-    skipped_tiffs = bool(meta.get("notes", {}).get(TIFF_LAYOUT))
-    return skipped_tiffs and bool(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
+    """Whether a cache skipped TIFFs, or read a stack's first page alone, that a package installed
+    since it was built would read (in full: a microscope's channels)."""
+    notes = meta.get("notes", {})
+    partly_read = bool(notes.get(TIFF_LAYOUT) or notes.get(FIRST_PAGE))
+    return partly_read and bool(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
@@ -738,9 +763,11 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
             f"; {len(layouts):,} of them are valid TIFFs in a layout Pillow cannot decode (e.g. {layouts[0]!r}; "
             f"16-bit with 4 bands, as GDAL writes them, or LZW-compressed): pip install 'selfsup[tiff]' "
             f"(tifffile and imagecodecs) to read them")
-        few = notes.get(FEW_BANDS, [])
+        few, colour = notes.get(FEW_BANDS, []), notes.get(TIFF_COLOUR, [])
         valid += "" if not few else (f"; {len(few):,} of them are TIFFs with fewer bands than asked for "
                                      f"(e.g. {few[0]!r})")
+        valid += "" if not colour else (f"; {len(colour):,} of them are TIFFs in CMYK, Lab or another colour "
+                                        f"space whose bands --bands cannot choose from (e.g. {colour[0]!r})")
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
              f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
     if notes.get(FIRST_PAGE):
@@ -762,6 +789,16 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
              f"RGB or grayscale PNG or TIFF without alpha to use all their bits")
 
 
+def _what_to_do(notes: dict, kind: str) -> str:
+    """When no file decodes: what the notes say would make them decode, else to check them."""
+    if notes.get(TIFF_LAYOUT):
+        return (f"{len(notes[TIFF_LAYOUT]):,} of them are TIFFs in a layout Pillow cannot decode: pip install "
+                f"'selfsup[tiff]' (tifffile and imagecodecs) to read them")
+    if notes.get(FEW_BANDS):
+        return f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than --bands asks for: choose others"
+    return f"check that they are {kind}s"
+
+
 def read_built(target: Path, description: str, kind: str = "image") -> ImageCache:
     """The cache written in `target` (images.u8 and index.json), memory-mapped, named by
     `description`: the data as this caller names it, not as whoever built the cache did (a cache
@@ -777,12 +814,12 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
         raise DamagedCache(f"images.u8 holds {held:,} bytes where its index says {expected:,}")
     if readable_now(meta):
         installed = sorted(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
-        raise OutdatedCache(f"{' and '.join(installed)}, which read {len(meta['notes'][TIFF_LAYOUT]):,} TIFFs it skipped")
+        raise OutdatedCache(f"{' and '.join(installed)}, which read TIFFs it skipped or read in part")
     if names:  # else the error below says it all
         warn_skipped(meta["skipped"], files, description, kind, meta.get("notes"))
     if not names:
         raise UserError(f"none of the {len(meta['skipped']):,} {kind} files in {description!r} "
-                        f"could be decoded; check that they are {kind}s")
+                        f"could be decoded; {_what_to_do(meta.get('notes') or {}, kind)}")
     images = np.memmap(target / "images.u8", dtype=np.uint8, mode="r", shape=(len(names), size, size, 3))
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],

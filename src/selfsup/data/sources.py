@@ -482,10 +482,10 @@ def labels_listed_in(path: str | Path) -> list[tuple[str, str]] | None:
     import csv
     rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
     header = rows[0] if rows else []
-    labels = [column.strip().lower() for column in header]  # "Label" too: a person's own column
-    if "file" not in header or "label" not in labels:
+    columns = [column.strip().lower() for column in header]  # "Label", "File" too: a person's own columns
+    if "file" not in columns or "label" not in columns:
         return None
-    file, label = header.index("file"), labels.index("label")
+    file, label = columns.index("file"), columns.index("label")
     return [(row[file], row[label].strip()) for row in rows[1:] if len(row) > max(file, label) and row[label].strip()]
 
 

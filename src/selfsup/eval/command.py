@@ -166,7 +166,7 @@ def describe(result: dict) -> str:
                  f"{result['test_images']:,} test images): {result['plot']}"]
         for line in result["lines"]:
             lines.append(f"  {line['encoder']}")
-            lines += [f"    {_count(p['labels_per_class']):>8} label{'' if p['labels_per_class'] == 1 else 's'}/class  "
+            lines += [f"    {_count(p['labels_per_class']):>8} {'label/class ' if p['labels_per_class'] == 1 else 'labels/class'}  "
                       f"top-1 {_figure({**p, 'seeds': seeds}, 'top1')}" for p in line["points"]]
         return "\n".join(lines)
     validation = f", {result['val_images']:,} for validation" if result.get("val_images") else ""
