@@ -31,6 +31,14 @@ def join(rank: int, world: int, port: int) -> None:
     torch_dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def leave() -> None:
+    """Both processes done with their collectives before either tears gloo down: a process that
+    left while the other still sent aborted once ("terminate called without an active exception",
+    SIGABRT) in a CI run."""
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()
+
+
 def spawn(fn, *args, world: int = 2) -> None:
     mp.spawn(fn, args=(world, free_port(), *args), nprocs=world, join=True)
 
@@ -70,7 +78,7 @@ def gather_worker(rank, world, port, result_file):
     losses = [torch.zeros(()) for _ in range(world)]
     torch_dist.all_gather(losses, loss)
     torch.save({"loss": torch.stack(losses).mean(), "grads": grads, "weights": weights}, f"{result_file}.{rank}")
-    torch_dist.destroy_process_group()
+    leave()
 
 
 def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
@@ -301,7 +309,7 @@ def sinkhorn_worker(rank, world, port, result_file):
     from selfsup.losses import sinkhorn_knopp
     mine = sinkhorn_rows()[:7] if rank == 0 else sinkhorn_rows()[7:]  # 7 rows and 4 rows
     torch.save(sinkhorn_knopp(mine.float(), 0.04, iterations=3), f"{result_file}.{rank}")
-    torch_dist.destroy_process_group()
+    leave()
 
 
 def test_sinkhorn_knopp_over_two_unequal_processes_equals_one_process_with_all_rows(tmp_path):
@@ -329,7 +337,7 @@ def centre_worker(rank, world, port, result_file):
     second = dino_center(first, rows[6:8] if rank == 0 else rows[8:], 0.9)  # 2 rows and 1
     nothing = dino_center(second, rows[:0], 0.9)  # no process has a row
     torch.save(torch.stack([first, second, nothing]), f"{result_file}.{rank}")
-    torch_dist.destroy_process_group()
+    leave()
 
 
 def test_dino_centre_over_processes_with_unequal_and_empty_rows_equals_one_process(tmp_path):
@@ -371,7 +379,7 @@ def refusal_worker(rank, world, port, root, result_file):
     attempt("batch", lambda: run_pretraining(tiny_user(f"{root}/data", f"{root}/run2", batch_size=7)))
     with open(f"{result_file}.{rank}", "w") as f:
         json.dump(said, f)
-    torch_dist.destroy_process_group()
+    leave()
 
 
 def test_refusals_under_two_processes_come_once_from_the_first(tmp_path):
@@ -429,7 +437,7 @@ def shuffle_worker(rank, world, port, result_file):
     torch.save({"keys": keys_shuffled_across_processes(MinusGroupMean(), mine, 2, generator),
                 "row_wise": keys_shuffled_across_processes(row_wise, mine, 2, generator),
                 "expected": row_wise(mine)}, f"{result_file}.{rank}")
-    torch_dist.destroy_process_group()
+    leave()
 
 
 def test_moco_v2_key_groups_mix_the_processes_images_and_keys_return_to_their_images(tmp_path):
@@ -473,7 +481,7 @@ def queue_broadcast_worker(rank, world, port, result_file):
     wrapped(torch.randn(6, 4, generator=torch.Generator().manual_seed(0))).sum().backward()  # the same batch
     torch.save({"queue": model.queue.keys[0, 0].item(), "bn": model.net[1].running_mean[0].item()},
                f"{result_file}.{rank}")
-    torch_dist.destroy_process_group()
+    leave()
 
 
 def test_ddp_does_not_broadcast_the_queue_but_still_the_batchnorm_statistics(tmp_path):
