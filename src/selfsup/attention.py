@@ -52,17 +52,14 @@ def read_images(path: str | Path, size: int, limit: int, bands=None) -> tuple[np
     """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
     crop; of TIFFs, `bands`) of an image file, a folder or a tar, with their names and the source
     they were read from; the files that do not decode are skipped, and counted in one warning."""
-    from .data.cache import decode_noting, warn_skipped
+    from .data.cache import decode_stream, warn_skipped
     from .data.sources import open_file_or_source
 
     path = Path(path).expanduser()
     source = open_file_or_source(path)
     items = source.read()
     decoded, skipped, notes = [], [], {}
-    for name, data in items:
-        pixels, noted = decode_noting(data, size, bands)
-        for note in noted:
-            notes.setdefault(note, []).append(name)
+    for name, pixels in decode_stream(items, size, parallel=False, notes=notes, bands=bands):
         if pixels is None:
             skipped.append(name)
         else:
