@@ -76,9 +76,11 @@ def png_bytes(img: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def stretched(values: np.ndarray) -> np.ndarray:
-    """By hand, in float64: `values` from their 0.05th to their 99.95th percentile onto 0..255."""
-    low, high = np.percentile(values[np.isfinite(values)], (0.05, 99.95))
+def stretched(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """By hand, in float64: `values` from the 0.05th to the 99.95th percentile of those of the
+    pixels `where` is true (all when None) onto 0..255."""
+    considered = values if where is None else values[where]
+    low, high = np.percentile(considered[np.isfinite(considered)], (0.05, 99.95))
     return np.round((np.clip(values, low, high) - low) * (255 / (high - low)))
 
 
@@ -331,6 +333,57 @@ def test_tiffs_pillow_cannot_decode_are_read_by_tifffile_from_their_first_three_
     np.testing.assert_array_equal(out, expected[:, 2:18])  # the centre square of 16 x 20
     assert side == 16 and gray == (layout == "one band of int32")
     assert notes == ([] if layout == "one band of int32" else [FIRST_BANDS]) + ([FIRST_PAGE] if "z-stack" in layout else [])
+
+
+NODATA_LAYOUTS = {  # dtype, bands, the GDAL_NODATA text, options: read by Pillow unless tifffile is named
+    "16-bit gray": (np.uint16, 1, "65535", {}),
+    "int16 elevation": (np.int16, 1, "-32768", {}),
+    "float elevation": (np.float32, 1, "-9999", {}),
+    "8-bit RGB": (np.uint8, 3, "255", {"photometric": "rgb"}),
+    "16-bit RGB": (np.uint16, 3, "0", {"photometric": "rgb"}),
+    "16-bit, 4 bands (tifffile)": (np.uint16, 4, "0", {"photometric": "minisblack", "planarconfig": "contig"}),
+    "float, 5 planes (tifffile)": (np.float32, 5, "-3.4028234663852886e+38", {"photometric": "minisblack",
+                                                                             "planarconfig": "separate"}),
+}
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("layout", NODATA_LAYOUTS)
+def test_gdal_nodata_pixels_are_black_and_left_out_of_the_stretch(layout, seed):
+    """A tile's corner beyond the scene's edge holds GDAL_NODATA (-9999 in a DEM, 65535 or 0 in
+    16-bit bands): counted in the percentiles, it would leave the scene one flat shade. By hand, in
+    float64: the scene's pixels stretched between its own percentiles, the rest black."""
+    pytest.importorskip("tifffile")
+    dtype, bands, nodata, options = NODATA_LAYOUTS[layout]
+    rng = np.random.default_rng(seed)
+    height, width = 18, 24
+    low = {np.uint8: 1, np.uint16: 1, np.int16: -400, np.float32: -50.0}[dtype]
+    scene = rng.uniform(low, low + rng.uniform(100, 4000 if dtype != np.uint8 else 250), (height, width, bands))
+    scene = scene.astype(dtype) if dtype == np.float32 else scene.round().astype(dtype)
+    rows, columns = np.indices((height, width))
+    inside = rows + columns >= rng.integers(4, 14)  # the scene's edge crosses the tile's corner
+    samples = np.where(inside[..., None], scene, np.array(float(nodata)).astype(dtype))
+    array = samples[..., 0] if bands == 1 else np.moveaxis(samples, 2, 0) if "planes" in layout else samples
+    data = tifffile_bytes(array, extratags=[(42113, "s", 0, nodata, True)], **options)
+    if "tifffile" not in layout:  # the path this layout is meant to take
+        Image.open(io.BytesIO(data)).load()
+    out, _, _ = decode_image(data, height)
+    first = samples[..., :3] if bands >= 3 else samples[..., :1]
+    expected = first.astype(np.float64) if dtype == np.uint8 else stretched(first.astype(np.float64), inside)
+    expected = np.where(inside[..., None], expected, 0)
+    expected = np.repeat(expected, 3, axis=2) if expected.shape[2] == 1 else expected
+    left = (width - height) // 2
+    np.testing.assert_allclose(out, expected[:, left:left + height], atol=1 if dtype == np.float32 else 0)
+    assert out.max() == 255 or dtype == np.uint8  # the scene spans the whole range
+
+
+def test_a_gdal_nodata_value_no_pixel_holds_or_no_sample_can_hold_changes_nothing():
+    pytest.importorskip("tifffile")
+    samples = np.random.default_rng(0).integers(100, 3000, (12, 12)).astype(np.uint16)
+    plain = decode_image(tifffile_bytes(samples), 12)[0]
+    for nodata in ("7", "-1", "70000", "0.5", "nan", "none"):
+        tagged = tifffile_bytes(samples, extratags=[(42113, "s", 0, nodata, True)])
+        np.testing.assert_array_equal(decode_image(tagged, 12)[0], plain)
 
 
 def test_tiffs_read_by_their_first_bands_are_counted_in_one_warning(tmp_path, capsys):

@@ -29,6 +29,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, TiffImagePlugin
@@ -40,7 +41,8 @@ from .sources import ImageSource
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
 # 3: 16-bit colour decoded in full; deep images stretched between percentiles; transparency composited.
-CACHE_FORMAT = 3
+# 4: GDAL's nodata pixels left out of the stretch, and black.
+CACHE_FORMAT = 4
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
 GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
@@ -70,6 +72,10 @@ TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, ei
 RGB_BANDS = 3
 MIN_IS_WHITE, MIN_IS_BLACK, RGB, PALETTE, YCBCR = 0, 1, 2, 3, 6  # TIFF's photometric interpretations
 JPEG_COMPRESSION = 7
+# GDAL's tag: as text, the sample value of pixels outside the scene (a tile's corners beyond the
+# scene's edge, a masked cloud). Counted in the stretch, -9999 in a DEM or 65535 in a 16-bit tile
+# would leave the scene itself one flat shade.
+GDAL_NODATA = 42113
 TIFF_COLOUR = "tiff_colour"  # a TIFF in CMYK, Lab, ...: no bands to read as red, green and blue
 
 
@@ -150,9 +156,10 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
                     by_channel = decode_tiff_bands(data, size, channel_pages_only=True)
                     if by_channel[0] is not None:
                         return by_channel
-                colour = sixteen_bit_colour(opened, data)  # from the tiles, before anything loads the pixels
+                nodata = opened.tag_v2.get(GDAL_NODATA) if opened.format == "TIFF" else None
+                colour = sixteen_bit_colour(opened, data, nodata)  # from the tiles, before anything loads the pixels
                 notes += [TOP_BYTE] if colour and not colour[1] else []
-                img = to_rgb8(colour[0] if colour else opened)
+                img = to_rgb8(colour[0]) if colour else to_rgb8(opened, nodata)
                 img.load()  # `opened` itself when already RGB, and its file is closed below
                 # Read after loading: Pillow's TIFF loader turns the pixels upright itself and then
                 # drops the tag, which read before would turn them a second time.
@@ -191,7 +198,7 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     two), one band as gray; FIRST_PAGE when it has more planes. Deep samples are stretched jointly,
     as Pillow's are. TIFF_LAYOUT when a package to read it is missing."""
     try:
-        chosen, total, photometric, channel_pages, more_planes = first_plane_bands(data, bands)
+        chosen, total, photometric, channel_pages, more_planes, nodata = first_plane_bands(data, bands)
     except ImportError:
         return None, [TIFF_LAYOUT] if not channel_pages_only and unknown_tiff_layout(data) else []
     except Exception as e:  # noqa: BLE001 - damaged, or a compression only imagecodecs reads
@@ -203,16 +210,18 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     height, width = chosen.shape[:2]
     if photometric not in (MIN_IS_WHITE, MIN_IS_BLACK, RGB):
         return None, [TIFF_COLOUR] if bands else []  # without bands: Pillow's to read, had it been able
+    inside = inside_scene(chosen, nodata)
     if chosen.dtype == np.uint8:
         pixels = chosen
     elif chosen.dtype == bool:
         pixels = chosen.astype(np.uint8) * 255
     elif chosen.dtype == np.uint16:
-        pixels = stretch_integers(chosen)
+        pixels = stretch_integers(chosen, inside)
     else:
-        pixels = stretch(chosen.astype(np.float64))
+        pixels = stretch(chosen.astype(np.float64), inside)
     if photometric == MIN_IS_WHITE:  # 0 is white
         pixels = 255 - pixels
+    pixels = black_outside(pixels, inside)
     img = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels))
     out = fit_square(img.convert("RGB"), size)
     gray = pixels.shape[2] == 1 or bool((out[..., :1] == out[..., 1:]).all())
@@ -220,13 +229,19 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     return (out, gray, min(height, width)), notes + ([FIRST_PAGE] if more_planes else [])
 
 
-def first_plane_bands(data: bytes, bands: Bands = None) -> tuple[np.ndarray | None, int, int, int, bool]:
-    """(height, width, 1 or 3) samples of the first plane of a TIFF's first image (the first of
-    each z-slice, time point, ...): `bands` (1-based), or its first band or first three (None
-    where it holds fewer than `bands` asks for); the number of bands it holds; its photometric
-    interpretation (a palette's colours and JPEG's YCbCr come as RGB); how many of its bands are
-    pages; whether it holds more planes. Bands are samples of a pixel (a GDAL tile's) or pages (a
-    microscope's channels)."""
+class FirstPlane(NamedTuple):
+    chosen: np.ndarray | None  # (height, width, 1 or 3); None where the TIFF holds fewer bands than asked
+    total: int  # the bands it holds
+    photometric: int  # a palette's colours and JPEG's YCbCr come as RGB
+    channel_pages: int  # how many of its bands are pages
+    more_planes: bool
+    nodata: str | None  # its GDAL_NODATA text
+
+
+def first_plane_bands(data: bytes, bands: Bands = None) -> FirstPlane:
+    """The samples of the first plane of a TIFF's first image (the first of each z-slice, time
+    point, ...): `bands` (1-based), or its first band or first three. Bands are samples of a pixel
+    (a GDAL tile's) or pages (a microscope's channels)."""
     import tifffile  # ImportError: the caller's to say
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -236,15 +251,17 @@ def first_plane_bands(data: bytes, bands: Bands = None) -> tuple[np.ndarray | No
             raise ValueError("over a gigapixel")
         held, total, channel_pages, more_planes = _first_plane(series, page, max(bands) if bands else RGB_BANDS)
         photometric, colormap, compression = int(page.photometric), page.colormap, int(page.compression)
+        nodata = page.tags.valueof(GDAL_NODATA)
     if photometric == PALETTE and colormap is not None:  # its colour table, 16 bits per entry
         held, total, photometric = np.moveaxis(colormap[:, held[..., 0]] >> 8, 0, -1).astype(np.uint8), 3, RGB
+        nodata = None  # an index, not a colour
     elif photometric == YCBCR and compression == JPEG_COMPRESSION:  # tifffile decodes JPEG's YCbCr to RGB
         photometric = RGB
     if bands:
         chosen = held[..., [b - 1 for b in bands]] if max(bands) <= held.shape[2] else None
     else:
         chosen = held[..., :RGB_BANDS] if held.shape[2] >= RGB_BANDS else held[..., :1]
-    return chosen, total, photometric, channel_pages, more_planes
+    return FirstPlane(chosen, total, photometric, channel_pages, more_planes, nodata)
 
 
 def _first_plane(series, page, needed: int) -> tuple[np.ndarray, int, int, bool]:
@@ -311,7 +328,7 @@ def _low_bytes(data: bytes) -> np.ndarray | None:
         return None
 
 
-def sixteen_bit_colour(img: Image.Image, data: bytes) -> tuple[Image.Image, bool] | None:
+def sixteen_bit_colour(img: Image.Image, data: bytes, nodata: str | None = None) -> tuple[Image.Image, bool] | None:
     """A 16-bit RGB(A) image (PNG, TIFF) as 8-bit, its colour stretched from all 16 bits of each
     sample, and True; or stretched from the top bytes Pillow keeps, and False, where Pillow cannot
     read the low ones (16-bit gray with alpha, premultiplied alpha). None for other images.
@@ -327,7 +344,9 @@ def sixteen_bit_colour(img: Image.Image, data: bytes) -> tuple[Image.Image, bool
     pixels = top.copy()  # alpha keeps its top byte: a 16-bit alpha spans its whole range by definition
     # Only what can be seen sets the range: not the colour the file keeps under transparent pixels.
     visible = top[..., 3] > 0 if top.shape[-1] == 4 else None
-    pixels[..., :3] = stretch_integers(values[..., :3], visible)
+    inside = inside_scene(values[..., :3], nodata) if low is not None else None  # a top byte is no sample value
+    where = inside if visible is None else visible if inside is None else visible & inside
+    pixels[..., :3] = black_outside(stretch_integers(values[..., :3], where), inside)
     return Image.fromarray(pixels, img.mode), low is not None
 
 
@@ -355,12 +374,14 @@ def stretch_integers(values: np.ndarray, where: np.ndarray | None = None) -> np.
     return table.astype(np.uint8)[values]
 
 
-def stretch(values: np.ndarray) -> np.ndarray:
-    """`values` as uint8, stretched jointly between STRETCH_PERCENTILES of the finite ones (from
-    their minimum to their maximum where those percentiles coincide: a sparse signal on an even
-    field); NaN as the bottom, +-inf at the ends. PIL's conversion would clip every value above 255
-    to white, and a fixed divisor would leave 12-bit data nearly black."""
-    finite = values[np.isfinite(values)]
+def stretch(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """`values` (H, W[, C]) as uint8, stretched jointly between STRETCH_PERCENTILES of the finite
+    ones of the pixels `where` (H, W) is true (all when None); from their minimum to their maximum
+    where those percentiles coincide (a sparse signal on an even field); NaN as the bottom, +-inf
+    at the ends. PIL's conversion would clip every value above 255 to white, and a fixed divisor
+    would leave 12-bit data nearly black."""
+    considered = values if where is None else values[where]
+    finite = considered[np.isfinite(considered)]
     low, high = np.percentile(finite, STRETCH_PERCENTILES) if finite.size else (0.0, 0.0)
     if high <= low and finite.size:
         low, high = finite.min(), finite.max()
@@ -369,17 +390,54 @@ def stretch(values: np.ndarray) -> np.ndarray:
     return np.round(scaled).astype(np.uint8)
 
 
-def to_rgb8(img: Image.Image) -> Image.Image:
+def to_rgb8(img: Image.Image, nodata: str | None = None) -> Image.Image:
     """`img` as 8-bit RGB: a 16-bit, 32-bit or float image (scans, microscopy) stretched, and an
     image with transparency composited over BACKGROUND (so is a 4th band stored as alpha, such as
-    a satellite tile's near infrared in an RGBA file)."""
+    a satellite tile's near infrared in an RGBA file). Pixels that hold the GDAL_NODATA value
+    `nodata` are black, and left out of the stretch."""
     if img.mode in HIGH_DEPTH_MODES:
         values = np.asarray(img)  # 16-bit samples from a histogram; 32-bit ints and floats in float64
-        img = Image.fromarray(stretch_integers(values) if values.dtype.kind == "u" and values.itemsize == 2
-                              else stretch(values.astype(np.float64)))  # 2-D uint8: mode L
+        inside = inside_scene(values, nodata)
+        img = Image.fromarray(black_outside(  # 2-D uint8: mode L
+            stretch_integers(values, inside) if values.dtype.kind == "u" and values.itemsize == 2
+            else stretch(values.astype(np.float64), inside), inside))
+    elif nodata is not None and img.mode in ("L", "RGB"):
+        inside = inside_scene(np.asarray(img), nodata)
+        img = img if inside is None else Image.fromarray(black_outside(np.asarray(img), inside))
     if img.mode in ALPHA_MODES or "transparency" in img.info:  # a palette's or a colour key's too
         img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))
     return img if img.mode == "RGB" else img.convert("RGB")  # no copy of what is RGB: a gigapixel is 3 GB
+
+
+def inside_scene(values: np.ndarray, nodata: str | None) -> np.ndarray | None:
+    """(H, W) of `values` (H, W[, C]): False where every band of a pixel holds the value that the
+    GDAL_NODATA text `nodata` names, compared in the samples' own type as GDAL does; None where no
+    pixel does, or no sample of that type can hold it (NaN needs no mask: it is not finite)."""
+    if nodata is None:
+        return None
+    try:
+        value = float(str(nodata).strip(" \0").replace(",", "."))  # some writers use a decimal comma
+    except ValueError:
+        return None
+    if values.dtype.kind in "ui":
+        if not math.isfinite(value) or value != int(value) or not (
+                np.iinfo(values.dtype).min <= value <= np.iinfo(values.dtype).max):
+            return None
+        value = int(value)
+    elif values.dtype.kind == "f":
+        value = values.dtype.type(value)
+    else:
+        return None
+    outside = values == value
+    outside = outside.all(axis=2) if outside.ndim == 3 else outside
+    return ~outside if outside.any() else None
+
+
+def black_outside(pixels: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
+    """uint8 `pixels` (H, W[, C]) with those outside the scene black."""
+    if inside is None:
+        return pixels
+    return np.where(inside[..., None] if pixels.ndim == 3 else inside, pixels, np.uint8(0))
 
 
 def fit_square(img: Image.Image, size: int) -> np.ndarray:
