@@ -648,6 +648,25 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(labelled_folder, tm
     assert isinstance(changed.images, np.memmap)
 
 
+def test_a_split_read_as_its_own_folder_shares_the_cache_of_the_dataset_split(split_folder, tmp_path):
+    """`pretrain --data D/train` then `eval --data D` (or the other way round): the same images,
+    decoded once; a change to test/ does not make train/ decode again, a change to train/ does."""
+    cache_dir = tmp_path / "c"
+    as_split, as_folder = open_source(split_folder), open_source(split_folder / "train")
+    assert as_split.split == "train" and as_folder.split is None
+    assert as_split.fingerprint == as_folder.fingerprint and as_split.names == as_folder.names
+    first = load_cache(as_split, 16, cache_dir, show_progress=False)
+    again = load_cache(as_folder, 16, cache_dir, show_progress=False)
+    assert len(list(cache_dir.iterdir())) == 1 and np.array_equal(first.images, again.images)
+    assert open_splits(split_folder)["test"].fingerprint == open_source(split_folder / "test").fingerprint
+    assert open_splits(split_folder)["test"].fingerprint != as_split.fingerprint
+    write_dataset(split_folder / "test", per_class=7, seed=3)
+    assert open_source(split_folder).fingerprint == as_split.fingerprint
+    write_dataset(split_folder / "train", per_class=17, seed=4)
+    assert open_source(split_folder).fingerprint == open_source(split_folder / "train").fingerprint != \
+        as_split.fingerprint
+
+
 def test_unwritable_cache_dir_is_a_clear_error(labelled_folder, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

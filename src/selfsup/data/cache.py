@@ -520,10 +520,13 @@ def _signals_as_by_default() -> None:
 
 
 def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.path.name.split(".")[0])[:40] or "data"
+    # A folder's split is named as its folder read on its own (their fingerprints agree): one cache.
+    in_folder = source.split is not None and source.path.is_dir()
+    named = source.path / source.split if in_folder else source.path
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", named.name.split(".")[0])[:40] or "data"
     chosen = f"|bands={','.join(map(str, bands))}" if bands else ""  # no bands: the keys caches had before
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}{chosen}".encode()).hexdigest()[:16]
-    return f"{stem}{'-' + source.split if source.split else ''}-{size}px-{digest}"
+    return f"{stem}{'-' + source.split if source.split and not in_folder else ''}-{size}px-{digest}"
 
 
 STAGING = ".building-"  # the start of a cache's name while it is built (then: host, builder)

@@ -330,23 +330,42 @@ def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None
     return sorted(listed)
 
 
-def _listing(path: Path) -> tuple[list[str], str, str, dict[str, str]]:
-    """(sorted image names, tar prefix, fingerprint of the files, a tar's followed links) for a
-    folder or a tar."""
+class FolderDigests:
+    """walk_folder's digest of a folder's files, and one of each top folder's files named
+    relative to it: D/train read on its own then has the fingerprint of D's train split, and the
+    same images share one cache."""
+
+    def __init__(self) -> None:
+        self.whole, self.tops = hashlib.sha256(), {}
+
+    def update(self, line: bytes) -> None:  # "name\0size\0mtime\0mode\n", the name relative to the folder
+        self.whole.update(line)
+        top, slash, rest = line.partition(b"/")
+        if slash and b"\0" not in top:
+            self.tops.setdefault(top.decode(), hashlib.sha256()).update(rest)
+
+    def hexdigests(self) -> dict[str | None, str]:
+        return {None: self.whole.hexdigest(), **{top: d.hexdigest() for top, d in self.tops.items()}}
+
+
+def _listing(path: Path) -> tuple[list[str], str, dict[str | None, str], dict[str, str]]:
+    """(sorted image names, tar prefix, digests of the files, a tar's followed links) for a folder
+    or a tar: the digest of all files (None) and, for a folder, of each top folder's."""
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder of images or a tar of one")
-    digest = hashlib.sha256()
     if path.is_dir():
-        return walk_folder(path, is_image_name, digest), "", digest.hexdigest(), {}
+        digests = FolderDigests()
+        return walk_folder(path, is_image_name, digests), "", digests.hexdigests(), {}
+    digest = hashlib.sha256()
     if is_list_path(path) and path.is_file():
-        return _listed_files(path, digest), "", digest.hexdigest(), {}
+        return _listed_files(path, digest), "", {None: digest.hexdigest()}, {}
     if is_tar_path(path):
         members, links = _tar_images(path)
         prefix = _common_folder(members)
         digest.update(repr(_stat_key(path)).encode())
         if links:  # the images they add: a cache of the same archive listed without them is not this one
             digest.update(repr(sorted(links.items())).encode())
-        return sorted(n[len(prefix):] for n in members), prefix, digest.hexdigest(), links
+        return sorted(n[len(prefix):] for n in members), prefix, {None: digest.hexdigest()}, links
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
                     f"or a .txt list of image paths" + (" (put a single image in a folder of its own)"
                                                        if is_image_name(path.name) else ""))
@@ -383,14 +402,17 @@ def splits_in(names: list[str]) -> list[str]:
     return []
 
 
-def _make_source(path: Path, split: str | None, names: list[str], prefix: str, digest: str,
+def _make_source(path: Path, split: str | None, names: list[str], prefix: str, digests: dict[str | None, str],
                  tar_links: dict[str, str] | None = None) -> ImageSource:
     if split is not None:
         names = [n[len(split) + 1:] for n in names if n.startswith(split + "/")]
     if not names:
         where = f"{path}/{split}" if split else str(path)
         raise UserError(f"no images found in {where!r} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    fingerprint = hashlib.sha256(f"{digest}|split={split}".encode()).hexdigest()[:20]
+    if split in digests:  # a folder's split: the fingerprint of its folder read on its own
+        fingerprint = hashlib.sha256(f"{digests[split]}|split=None".encode()).hexdigest()[:20]
+    else:
+        fingerprint = hashlib.sha256(f"{digests[None]}|split={split}".encode()).hexdigest()[:20]
     return ImageSource(path=path, split=split, names=names, fingerprint=fingerprint,
                        archive_prefix=prefix + (f"{split}/" if split else ""), tar_links=tar_links or {})
 
@@ -403,14 +425,14 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False)
     every image under `path` whatever its layout.
     """
     path = Path(path).expanduser()
-    names, prefix, digest, links = _listing(path)
+    names, prefix, digests, links = _listing(path)
     splits = [] if whole or is_list_path(path) else splits_in(names)
     if split is None and splits:
         split = "train"
     if split is not None and split not in splits:
         raise UserError(f"{str(path)!r} has no {split}/ folder next to train/ and test/ "
                         f"(it holds: {', '.join(sorted({n.split('/', 1)[0] for n in names})[:8])})")
-    return _make_source(path, split, names, prefix, digest, links)
+    return _make_source(path, split, names, prefix, digests, links)
 
 
 def open_file_or_source(path: str | Path) -> ImageSource:
@@ -418,7 +440,7 @@ def open_file_or_source(path: str | Path) -> ImageSource:
     path = Path(path).expanduser()
     if path.is_file() and is_image_name(path.name):
         digest = hashlib.sha256(repr(_stat_key(path)).encode())
-        source = _make_source(path.parent, None, [path.name], "", digest.hexdigest())
+        source = _make_source(path.parent, None, [path.name], "", {None: digest.hexdigest()})
         source.one_file = True
         return source
     if not path.exists():  # one image is as good an answer as a folder here
@@ -429,8 +451,8 @@ def open_file_or_source(path: str | Path) -> ImageSource:
 def open_splits(path: str | Path) -> dict[str, ImageSource]:
     """Every split of a dataset root holding train/ and test/ (or val/); {} for any other layout."""
     path = Path(path).expanduser()
-    names, prefix, digest, links = _listing(path)
-    return {split: _make_source(path, split, names, prefix, digest, links) for split in splits_in(names)}
+    names, prefix, digests, links = _listing(path)
+    return {split: _make_source(path, split, names, prefix, digests, links) for split in splits_in(names)}
 
 
 def names_listed_in(path: str | Path, option: str, allow_empty: bool = False,
