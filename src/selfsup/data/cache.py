@@ -6,7 +6,7 @@ pixels, never files: a batch is a slice of a memory map (so a dataset larger tha
 views are made from it on the model's device. The cache is keyed by the source's fingerprint
 (names, sizes and modification times of its files), so it is rebuilt when the source changes.
 Files that cannot be decoded are skipped, counted and reported in one warning; so are those
-decoded in part (a multi-page TIFF's first page).
+decoded in part (a multi-page TIFF's first page, a multi-frame DICOM's first frame).
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from PIL import Image, TiffImagePlugin
 from ..console import progress_bar, warn
 from ..errors import UserError
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
+from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers, installed,
+                    is_dicom, syntax_name)
 from .sources import ImageSource
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -137,12 +139,19 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
     """decode_image's answer, and what it could not do in full: FIRST_PAGE (a multi-page TIFF),
     TOP_BYTE (16-bit samples read from their top bytes), TIFF_LAYOUT (a TIFF Pillow cannot open),
     FIRST_BANDS (a TIFF's first three of more bands), FEW_BANDS (fewer than `bands` asks),
-    NOT_TIFF (`bands` given for an image that is not a TIFF)."""
+    NOT_TIFF (`bands` given for an image that is not a TIFF); and decode_dicom's for DICOM files
+    (FIRST_FRAME, DICOM_READER, DICOM_CODEC + a transfer syntax)."""
     if bands and data[:4] in TIFF_MAGIC:
         return decode_tiff_bands(data, size, bands=bands)
     if bands:
         decoded, notes = decode_noting(data, size)
         return decoded, notes + [NOT_TIFF]
+    if is_dicom(data):
+        display, notes = decode_dicom(data, LARGEST_IMAGE_PIXELS)
+        if display is None:
+            return None, notes
+        pixels, gray = display
+        return (fit_square(Image.fromarray(pixels), size), gray, min(pixels.shape[:2])), notes
     guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS // 2  # Pillow refuses twice its value
     try:
@@ -179,13 +188,6 @@ def tiff_readers() -> list[str]:
     """The optional packages installed that read TIFFs Pillow cannot (`pip install 'selfsup[tiff]'`):
     tifffile reads any layout (GDAL's multi-band tiles, microscopes' channel stacks), imagecodecs
     lets it decompress LZW, JPEG, zstd, ..."""
-    from importlib.util import find_spec
-
-    def installed(name: str) -> bool:
-        try:
-            return find_spec(name) is not None
-        except ValueError:  # in sys.modules as None: import blocked
-            return False
     return [name for name in ("tifffile", "imagecodecs") if installed(name)]
 
 
@@ -661,16 +663,24 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
                 "labels": [index[n.split("/", 1)[0]] for n in names] if classes else None,
                 "grayscale_rows": grayscale_rows, "median_side": int(np.median(sides)) if sides else None,
                 "notes": notes, "pixels_sha256": digest.hexdigest(), "tiff_readers": tiff_readers(),
-                "bands": list(bands) if bands else None}
+                "dicom_readers": dicom_readers(), "bands": list(bands) if bands else None}
         publish(staging, target, meta)
 
 
-def readable_now(meta: dict) -> bool:
+def readable_now(meta: dict) -> str:
     """Whether a cache skipped TIFFs, or read a stack's first page alone, that a package installed
-    since it was built would read (in full: a microscope's channels)."""
-    notes = meta.get("notes", {})
-    partly_read = bool(notes.get(TIFF_LAYOUT) or notes.get(FIRST_PAGE))
-    return partly_read and bool(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
+    since it was built would read (in full: a microscope's channels); or skipped DICOM files that
+    pydicom, or a decoder of their compression, installed since would read. Said as those
+    packages and what they would read; '' where none would."""
+    notes = {note: names for note, names in meta.get("notes", {}).items() if names}
+    reasons = []
+    tiff = sorted(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
+    if tiff and (TIFF_LAYOUT in notes or FIRST_PAGE in notes):
+        reasons.append(f"{' and '.join(tiff)}, which read TIFFs it skipped or read in part")
+    dicom = sorted(set(dicom_readers()) - set(meta.get("dicom_readers", [])))
+    if dicom and any(note == DICOM_READER or note.startswith(DICOM_CODEC) for note in notes):
+        reasons.append(f"{' and '.join(dicom)}, which read DICOM files it skipped")
+    return "; ".join(reasons)
 
 
 def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = None,
@@ -829,6 +839,7 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
                                      f"(e.g. {few[0]!r})")
         valid += "" if not colour else (f"; {len(colour):,} of them are TIFFs in CMYK, Lab or another colour "
                                         f"space whose bands --bands cannot choose from (e.g. {colour[0]!r})")
+        valid += _unread_dicoms(notes)
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
              f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
     if notes.get(FIRST_PAGE):
@@ -836,6 +847,10 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
              f"{notes[FIRST_PAGE][0]!r}), of which only the first page is used (the first plane's channels, where "
              f"they are pages); save each page or plane (of a z-stack, a time series) as a file of its own to use "
              f"the others")
+    if notes.get(FIRST_FRAME):
+        warn(f"{len(notes[FIRST_FRAME]):,} of {files:,} files in {description} are multi-frame DICOM files (e.g. "
+             f"{notes[FIRST_FRAME][0]!r}: an enhanced CT or MR series, a cine loop), of which only the first frame "
+             f"is used; save each frame as a file of its own to use the others")
     if notes.get(NOT_TIFF) and len(notes[NOT_TIFF]) == files:
         warn(f"none of the {files:,} files in {description} is a TIFF: the bands chosen (--bands) apply to TIFFs "
              f"alone, and these are read as they are")
@@ -850,6 +865,22 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
              f"RGB or grayscale PNG or TIFF without alpha to use all their bits")
 
 
+def _unread_dicoms(notes: dict, examples: bool = True) -> str:
+    """"; N of them are DICOM files ..." for each reason (decode_dicom's notes) DICOM files were
+    skipped for, with what to install; '' where none were."""
+    said = ""
+    for note, names in sorted(notes.items()):
+        example = f" (e.g. {names[0]!r})" if examples and names else ""
+        if note == DICOM_READER and names:
+            said += (f"; {len(names):,} of them are DICOM files{example}: pip install 'selfsup[dicom]' (pydicom) "
+                     f"to read them")
+        elif note.startswith(DICOM_CODEC) and names:
+            syntax = note[len(DICOM_CODEC):]
+            said += (f"; {len(names):,} of them are DICOM files compressed as {syntax_name(syntax)}{example}, which "
+                     f"no installed package decodes: {codec_hint(syntax)}")
+    return said
+
+
 def _what_to_do(notes: dict, kind: str) -> str:
     """When no file decodes: what the notes say would make them decode, else to check them."""
     if notes.get(TIFF_LAYOUT):
@@ -857,6 +888,9 @@ def _what_to_do(notes: dict, kind: str) -> str:
                 f"'selfsup[tiff]' (tifffile and imagecodecs) to read them")
     if notes.get(FEW_BANDS):
         return f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than --bands asks for: choose others"
+    dicoms = _unread_dicoms(notes, examples=False)
+    if dicoms:
+        return dicoms[2:]  # without its "; "
     return f"check that they are {kind}s"
 
 
@@ -873,9 +907,9 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
         raise DamagedCache(f"its index cannot be read: {type(e).__name__}") from None
     if held != expected:
         raise DamagedCache(f"images.u8 holds {held:,} bytes where its index says {expected:,}")
-    if readable_now(meta):
-        installed = sorted(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
-        raise OutdatedCache(f"{' and '.join(installed)}, which read TIFFs it skipped or read in part")
+    newly_readable = readable_now(meta)
+    if newly_readable:
+        raise OutdatedCache(newly_readable)
     if names:  # else the error below says it all
         warn_skipped(meta["skipped"], files, description, kind, meta.get("notes"))
     if not names:

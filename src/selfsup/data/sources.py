@@ -20,7 +20,8 @@ from ..console import plural, warn
 from ..errors import UserError
 from ..outputs import os_reason
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # a GIF: its first frame
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",  # a GIF: its first frame
+                  ".dcm", ".dicom"}  # DICOM, with pydicom (selfsup[dicom]): its first frame
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 SPLIT_NAMES = ("train", "val", "test")
 SKIPPED_FOLDERS = {"__MACOSX"}  # the resource forks macOS puts into archives; like hidden folders

@@ -1,0 +1,205 @@
+"""DICOM files (CT, MR, X-ray, ultrasound) decoded as they are displayed: PS3.3 C.11's pipeline.
+
+A scanner stores sample values whose meaning the file itself gives: the Modality LUT (Rescale
+Slope and Intercept: a CT's Hounsfield units) turns them into values of the modality, and the
+VOI transform (a window, C.11.2.1.2) chooses which of those the display shows from black to
+white: a lung or a bone window, as the scanner or the radiologist chose it. Without a window,
+the modality's values are stretched between percentiles as any deep image is. MONOCHROME1 (0 is
+white: many X-rays) is inverted so that 0 is black as in MONOCHROME2. Of a multi-frame file (an
+enhanced CT series, a cine loop) only the first frame is read. pydicom is an optional package
+(`pip install 'selfsup[dicom]'`); without it, and for a compression that no installed package
+decodes, DICOM files are skipped and the notes say what to install.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from importlib.util import find_spec
+
+import numpy as np
+
+# What decode_dicom could not do in full, by file, as decode_noting's notes are
+FIRST_FRAME = "first_frame"  # a multi-frame file: its first frame read
+DICOM_READER = "dicom_reader"  # a DICOM file, and pydicom is not installed: skipped
+DICOM_CODEC = "dicom_codec:"  # + the transfer syntax's UID: compressed as no installed package decodes; skipped
+DICOM_MAGIC_AT = 128  # "DICM" after the preamble of a DICOM file (PS3.10 7.1)
+# The packages that pydicom's decoders use (module names), as its plugin table lists them
+CODEC_MODULES = ("pylibjpeg", "libjpeg", "openjpeg", "gdcm", "jpeg_ls")
+# Compressed transfer syntaxes, by UID, and what decodes them (pydicom 3's plugin table; Pillow, a
+# dependency, decodes JPEG baseline and JPEG 2000 where it was built with libjpeg and openjpeg)
+JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # baseline 8-bit, extended 12-bit
+                 "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # lossless, lossless SV1
+                 "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}  # JPEG-LS lossless, near-lossless
+JPEG_2000_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 lossless, lossy
+                      "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}  # HTJ2K
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+def installed(name: str) -> bool:
+    """Whether the module `name` can be imported (False where sys.modules blocks it with None)."""
+    try:
+        return find_spec(name) is not None
+    except ValueError:  # in sys.modules as None: import blocked
+        return False
+
+
+def dicom_readers() -> list[str]:
+    """The optional packages installed that decide which DICOM files decode: pydicom (`pip install
+    'selfsup[dicom]'`), and the decoders of compressed pixel data it uses."""
+    return [name for name in ("pydicom", *CODEC_MODULES) if installed(name)]
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM file by content: "DICM" after the 128-byte preamble, or a bare data set (no
+    preamble nor file meta, as older software wrote them) whose first element is of group 0008."""
+    return data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == b"DICM" or _bare_data_set(data)
+
+
+def _bare_data_set(data: bytes) -> bool:
+    # Group 0008 (little endian), then an explicit VR (two capitals) or an implicit length that
+    # fits in the file: what pydicom's force=True would read as a data set, and no other format starts so.
+    if len(data) < 8 or data[:2] != b"\x08\x00" or data[3] != 0:
+        return False
+    explicit = data[4:6].isalpha() and data[4:6].isupper()
+    return explicit or int.from_bytes(data[4:8], "little") <= len(data) - 8
+
+
+def codec_hint(uid: str) -> str:
+    """What to install to decode pixel data compressed as the transfer syntax `uid`."""
+    if uid in JPEG_SYNTAXES:
+        return "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm) to read them"
+    if uid in JPEG_2000_SYNTAXES:
+        return "pip install pylibjpeg pylibjpeg-openjpeg to read them"
+    return "no package that pydicom uses decodes it: convert them to an uncompressed transfer syntax to read them"
+
+
+def syntax_name(uid: str) -> str:
+    """The transfer syntax `uid` by name and UID, e.g. "JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)"."""
+    try:
+        from pydicom.uid import UID
+        name = UID(uid).name
+    except ImportError:  # a cache read on a machine without pydicom
+        return uid
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def decode_dicom(data: bytes, largest_image: int) -> tuple[tuple[np.ndarray, bool] | None, list[str]]:
+    """The display of a DICOM file, (H, W) or (H, W, 3) uint8, and whether it is grayscale; None
+    where it cannot be decoded: damaged, no pixel data, over `largest_image` pixels, a photometric
+    interpretation other than MONOCHROME1/2, RGB or YBR (which pydicom gives as RGB). Notes:
+    DICOM_READER without pydicom, DICOM_CODEC + UID for a compression no installed package
+    decodes, FIRST_FRAME for a multi-frame file."""
+    try:
+        import pydicom
+    except ImportError:
+        return None, [DICOM_READER]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged file's complaints: it is skipped all the same
+            return _display(pydicom, data, largest_image)
+    except Exception:  # noqa: BLE001 - damaged, or pixel data that does not agree with its header
+        return None, []
+
+
+def _display(pydicom, data: bytes, largest_image: int) -> tuple[tuple[np.ndarray, bool] | None, list[str]]:
+    """decode_dicom's answer, where reading or decoding may raise."""
+    from pydicom.pixels import get_decoder, pixel_array
+    ds = read_data_set(pydicom, data)
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    try:
+        readable = get_decoder(syntax).is_available
+    except NotImplementedError:  # a syntax pydicom has no decoder for (MPEG video, JPIP)
+        readable = False
+    if not readable:
+        return None, [DICOM_CODEC + syntax]
+    if int(ds.Rows) * int(ds.Columns) > largest_image:  # before decoding a frame of GBs
+        return None, []
+    frame = pixel_array(ds, index=0)  # (H, W) or (H, W, 3); YBR as RGB
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if photometric in MONOCHROME and frame.ndim == 2:
+        pixels = grayscale_display(frame, ds, invert=photometric == "MONOCHROME1")
+    elif frame.ndim == 3 and frame.shape[2] == 3 and (photometric == "RGB" or photometric.startswith("YBR")):
+        pixels = colour_display(frame)
+    else:
+        return None, []
+    gray = pixels.ndim == 2 or bool((pixels[..., :1] == pixels[..., 1:]).all())
+    return (pixels, gray), [FIRST_FRAME] if int(ds.get("NumberOfFrames") or 1) > 1 else []
+
+
+def read_data_set(pydicom, data: bytes):
+    """The data set of a DICOM file. force=True only for a bare data set (is_dicom), whose
+    transfer syntax its encoding then says; forced on other bytes, pydicom reads anything as one."""
+    if data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == b"DICM":
+        return pydicom.dcmread(io.BytesIO(data))
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:  # no file meta: uncompressed, as it was read
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else
+                                          pydicom.uid.ExplicitVRBigEndian)
+    return ds
+
+
+def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
+    """(H, W) uint8 of a MONOCHROME frame: the Modality LUT, then the data set's first window
+    (C.11.2.1.2), or without one a percentile stretch (8-bit samples without a Modality LUT are
+    shown as they are, as an 8-bit gray PNG is; fewer bits, a 1-bit mask's, are stretched);
+    MONOCHROME1 (`invert`) then turned so that 0 is black."""
+    from pydicom.pixels import apply_modality_lut
+
+    from .cache import stretch, stretch_integers  # cache imports this module: taken at call time
+    values = apply_modality_lut(frame, ds)  # a CT's Hounsfield units; the samples where it has none
+    window = first_window(ds)
+    if window is not None:
+        pixels = apply_window(values, *window)
+    elif values.dtype == np.uint8 and int(ds.get("BitsStored") or 8) == 8:
+        pixels = values
+    elif values.dtype == np.uint16:
+        pixels = stretch_integers(values)
+    else:
+        pixels = stretch(values.astype(np.float64))
+    return 255 - pixels if invert else pixels
+
+
+def colour_display(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 of an RGB frame: 8-bit as it is, deeper samples stretched jointly."""
+    from .cache import stretch, stretch_integers
+    if frame.dtype == np.uint8:
+        return frame
+    return stretch_integers(frame) if frame.dtype == np.uint16 else stretch(frame.astype(np.float64))
+
+
+def first_window(ds) -> tuple[float, float, str] | None:
+    """(centre, width, VOI LUT function) of the data set's first window; None without one, or
+    with a width the function does not define (LINEAR needs at least 1, the others more than 0)."""
+    try:
+        centre, width = (_first(ds.get(keyword)) for keyword in ("WindowCenter", "WindowWidth"))
+    except (TypeError, ValueError, IndexError):  # none, empty, or not a number
+        return None
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    function = function if function in ("LINEAR_EXACT", "SIGMOID") else "LINEAR"
+    if not (np.isfinite(centre) and np.isfinite(width)) or (width < 1 if function == "LINEAR" else width <= 0):
+        return None
+    return centre, width, function
+
+
+def _first(value) -> float:
+    """A number of a data set, the first where it holds several (a window for lungs, then for bone)."""
+    return float(value[0] if isinstance(value, Sequence) and not isinstance(value, str) else value)
+
+
+def apply_window(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
+    """`values` (the Modality LUT's output) through the window onto 0..255, uint8 (PS3.3
+    C.11.2.1.2.1 LINEAR, C.11.2.1.3.2 LINEAR_EXACT, C.11.2.1.3.1 SIGMOID, with y_min 0, y_max 255)."""
+    x = values.astype(np.float64)
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # far below the centre: exp overflows, and the output is 0
+            y = 255 / (1 + np.exp(-4 * (x - centre) / width))
+    elif function == "LINEAR_EXACT":
+        y = np.clip((x - centre) / width + 0.5, 0, 1) * 255
+    elif width == 1:  # LINEAR's ramp is empty: below or at c - 0.5 black, above it white
+        y = np.where(x > centre - 0.5, 255.0, 0.0)
+    else:  # x <= c - 0.5 - (w-1)/2: 0; x > c - 0.5 + (w-1)/2: 255; else ((x - (c-0.5)) / (w-1) + 0.5) * 255
+        y = np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0, 1) * 255
+    return np.round(y).astype(np.uint8)

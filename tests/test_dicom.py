@@ -1,0 +1,360 @@
+"""DICOM files: PS3.3 C.11's display (Modality LUT, window, MONOCHROME1), the first frame, colour,
+compressions no package decodes, and a folder of scans through the cache and a pretraining run.
+
+The files are written by pydicom itself; the expected pixels are computed here by hand in float64
+from the standard's formulas, and checked against pydicom's own apply_windowing where that is
+defined on 0..255."""
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from selfsup.data import load_cache, open_images, open_source
+from selfsup.errors import UserError
+
+EXPLICIT, RLE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"  # Explicit VR Little Endian, RLE Lossless
+JPEG_LS, MPEG2 = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.100"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def syntaxes() -> list[str]:
+    """The transfer syntaxes written: uncompressed, and RLE Lossless where pydicom can encode it."""
+    try:
+        from pydicom.pixels import get_encoder
+        return [EXPLICIT] + ([RLE] if get_encoder(RLE).is_available else [])
+    except ImportError:
+        return [EXPLICIT]
+
+
+def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+                syntax: str = EXPLICIT, preamble: bool = True, **elements) -> bytes:
+    """A DICOM file of `pixels` ((frames,) rows, columns (, 3)) with the data elements `elements`."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CT_IMAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    if syntax == RLE:
+        ds.compress(RLE)
+    buffer = io.BytesIO()
+    if preamble:
+        ds.save_as(buffer, enforce_file_format=True)
+    else:  # a bare data set, as older software wrote them: no preamble, no file meta
+        del ds.file_meta
+        ds.save_as(buffer, implicit_vr=True, little_endian=True)
+    return buffer.getvalue()
+
+
+def window_by_hand(x: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT), C.11.2.1.3.1 (SIGMOID), onto
+    y_min = 0, y_max = 255, case by case as the standard writes them, in float64, rounded."""
+    x, y = x.astype(np.float64), np.zeros(x.shape)
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):  # exp(large): 0
+            return np.round(255 / (1 + np.exp(-4 * (x - centre) / width)))
+    if function == "LINEAR":
+        below, above = x <= centre - 0.5 - (width - 1) / 2, x > centre - 0.5 + (width - 1) / 2
+        ramp = lambda v: ((v - (centre - 0.5)) / (width - 1) + 0.5) * 255  # noqa: E731
+    else:
+        below, above = x <= centre - width / 2, x > centre + width / 2
+        ramp = lambda v: ((v - centre) / width + 0.5) * 255  # noqa: E731
+    between = ~below & ~above
+    y[above] = 255
+    y[between] = ramp(x[between])
+    return np.round(y)
+
+
+def stretched_by_hand(values: np.ndarray) -> np.ndarray:
+    """From the 0.05th to the 99.95th percentile of `values`, onto 0..255, in float64."""
+    low, high = np.percentile(values.astype(np.float64), (0.05, 99.95))
+    return np.round((np.clip(values, low, high) - low) * (255 / (high - low)))
+
+
+def decode(data: bytes, size: int = 24):
+    from selfsup.data.cache import decode_noting
+    return decode_noting(data, size)
+
+
+def ct_slices(rng: np.random.Generator, frames: int = 1) -> tuple[np.ndarray, float, float]:
+    """12-bit stored CT samples (frames, 24, 24) uint16 and a Rescale Slope and Intercept."""
+    slope, intercept = rng.choice([1.0, 0.5, 2.5]), rng.choice([-1024.0, -1000.0, 0.0])
+    stored = rng.integers(0, 4096, size=(frames, 24, 24)).astype(np.uint16)
+    return stored, float(slope), float(intercept)
+
+
+@pytest.mark.parametrize("syntax", syntaxes())
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_first_window_is_applied_to_the_modality_values_as_the_standard_defines_it(seed, function, syntax):
+    """A CT's samples, through Rescale Slope/Intercept to Hounsfield units, then its first window
+    (a lung window, say, where a bone window follows) onto 0..255."""
+    pytest.importorskip("pydicom")
+    from pydicom.pixels import apply_windowing
+    rng = np.random.default_rng(seed)
+    stored, slope, intercept = ct_slices(rng)
+    stored = stored[0]
+    hu = stored * slope + intercept
+    centre = float(rng.uniform(hu.min(), hu.max()))
+    width = float(rng.choice([1.0, rng.uniform(1, 200), rng.uniform(200, 3000)]))
+    if function != "LINEAR":
+        width = max(width, 0.5)
+    data = dicom_bytes(stored, bits_stored=12, syntax=syntax, RescaleSlope=slope, RescaleIntercept=intercept,
+                       WindowCenter=[round(centre, 2), 300], WindowWidth=[round(width, 2), 1500],
+                       VOILUTFunction=function)
+    (pixels, gray, side), notes = decode(data)
+    expected = window_by_hand(hu, round(centre, 2), round(width, 2), function)
+    assert gray and side == 24 and notes == []
+    assert (pixels == expected[..., None]).all()
+    # pydicom's windowing maps onto the range of the stored bits, rescaled: brought back to 0..255
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(data))
+    y_min, y_max = intercept, 4095 * slope + intercept
+    with np.errstate(over="ignore"):
+        theirs = (apply_windowing(hu, ds) - y_min) * (255 / (y_max - y_min))
+    assert np.abs(pixels[..., 0] - theirs).max() <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("syntax", syntaxes())
+@pytest.mark.parametrize("seed", range(3))
+def test_without_a_window_the_modality_values_are_stretched_between_percentiles(seed, syntax):
+    rng = np.random.default_rng(seed)
+    stored, slope, intercept = ct_slices(rng)
+    data = dicom_bytes(stored[0], bits_stored=12, syntax=syntax, RescaleSlope=slope, RescaleIntercept=intercept)
+    (pixels, gray, _), _ = decode(data)
+    assert gray and np.abs(pixels[..., 0] - stretched_by_hand(stored[0] * slope + intercept)).max() == 0
+    plain = rng.integers(100, 900, size=(24, 24)).astype(np.uint16)  # no Modality LUT: the samples
+    (pixels, _, _), _ = decode(dicom_bytes(plain, bits_stored=10, syntax=syntax))
+    assert (pixels[..., 0] == stretched_by_hand(plain)).all()
+    eight = rng.integers(0, 256, size=(24, 24)).astype(np.uint8)  # 8-bit, as an 8-bit gray PNG: as it is
+    (pixels, _, _), _ = decode(dicom_bytes(eight, syntax=syntax))
+    assert (pixels == eight[..., None]).all()
+
+
+@pytest.mark.parametrize("syntax", syntaxes())
+@pytest.mark.parametrize("seed", range(3))
+def test_signed_samples_keep_their_sign(seed, syntax):
+    """Pixel Representation 1, 12 bits stored in 16: -2048..2047, read as such, not as 0..65535."""
+    rng = np.random.default_rng(seed)
+    signed = rng.integers(-2048, 2048, size=(24, 24)).astype(np.int16)
+    (pixels, _, _), _ = decode(dicom_bytes(signed, bits_stored=12, syntax=syntax))
+    assert (pixels[..., 0] == stretched_by_hand(signed)).all()
+    centre, width = float(rng.integers(-500, 500)), float(rng.integers(50, 1000))
+    data = dicom_bytes(signed, bits_stored=12, syntax=syntax, RescaleSlope=1, RescaleIntercept=-24,
+                       WindowCenter=centre, WindowWidth=width)
+    (pixels, _, _), _ = decode(data)
+    assert (pixels[..., 0] == window_by_hand(signed - 24.0, centre, width, "LINEAR")).all()
+
+
+@pytest.mark.parametrize("syntax", syntaxes())
+@pytest.mark.parametrize("seed", range(3))
+def test_monochrome1_is_inverted_so_that_0_is_black(seed, syntax):
+    """An X-ray in MONOCHROME1 (low values white) shows as the same picture in MONOCHROME2 does."""
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, 4096, size=(24, 24)).astype(np.uint16)
+    (pixels, gray, _), _ = decode(dicom_bytes(samples, "MONOCHROME1", bits_stored=12, syntax=syntax))
+    assert gray and (pixels[..., 0] == 255 - stretched_by_hand(samples)).all()
+    centre, width = float(rng.integers(1000, 3000)), float(rng.integers(100, 2000))
+    data = dicom_bytes(samples, "MONOCHROME1", bits_stored=12, syntax=syntax, WindowCenter=centre, WindowWidth=width)
+    (pixels, _, _), _ = decode(data)
+    assert (pixels[..., 0] == 255 - window_by_hand(samples, centre, width, "LINEAR")).all()
+
+
+@pytest.mark.parametrize("syntax", syntaxes())
+@pytest.mark.parametrize("seed", range(3))
+def test_of_a_multi_frame_file_the_first_frame_is_used_and_noted(seed, syntax):
+    rng = np.random.default_rng(seed)
+    stored, slope, intercept = ct_slices(rng, frames=3)
+    data = dicom_bytes(stored, bits_stored=12, syntax=syntax, RescaleSlope=slope, RescaleIntercept=intercept,
+                       WindowCenter=40, WindowWidth=400)
+    (pixels, gray, _), notes = decode(data)
+    from selfsup.data.dicom import FIRST_FRAME
+    assert notes == [FIRST_FRAME] and gray
+    assert (pixels[..., 0] == window_by_hand(stored[0] * slope + intercept, 40, 400, "LINEAR")).all()
+
+
+@pytest.mark.parametrize("syntax", syntaxes())
+@pytest.mark.parametrize("seed", range(3))
+def test_colour_dicoms_are_rgb_8_bit_as_they_are_and_deeper_stretched_jointly(seed, syntax):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, size=(24, 24, 3)).astype(np.uint8)
+    (pixels, gray, _), notes = decode(dicom_bytes(rgb, "RGB", syntax=syntax))
+    assert not gray and notes == [] and (pixels == rgb).all()
+    deep = rng.integers(0, 4096, size=(24, 24, 3)).astype(np.uint16)  # e.g. a 12-bit microscope slide
+    (pixels, _, _), _ = decode(dicom_bytes(deep, "RGB", bits_stored=12, syntax=syntax))
+    assert (pixels == stretched_by_hand(deep)).all()  # one range for the three channels
+    from pydicom.pixels import convert_color_space  # an ultrasound's YCbCr: given as RGB
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    (pixels, gray, _), _ = decode(dicom_bytes(ybr, "YBR_FULL", syntax=syntax))
+    assert not gray and np.abs(pixels.astype(int) - rgb).max() <= 2
+
+
+def test_dicoms_are_known_by_content_with_or_without_a_preamble_and_damaged_ones_are_skipped():
+    samples = np.random.default_rng(0).integers(0, 4096, size=(24, 24)).astype(np.uint16)
+    full = dicom_bytes(samples, bits_stored=12, WindowCenter=2000, WindowWidth=1000)
+    bare = dicom_bytes(samples, bits_stored=12, WindowCenter=2000, WindowWidth=1000, preamble=False)
+    assert bare[:2] == b"\x08\x00" and b"DICM" not in bare[:200]
+    assert (decode(bare)[0][0] == decode(full)[0][0]).all()
+    assert decode(full[:len(full) - 100]) == (None, [])  # cut short: damaged, as any image
+    assert decode(full[:400]) == (None, [])  # no pixel data
+    assert decode(b"\x08\x00\x05\x00" + b"\xff" * 200) == (None, [])  # no data set behind its first bytes
+    assert decode(b"\0" * 128 + b"DICM" + b"\xff" * 60) == (None, [])
+
+
+def test_the_gigapixel_bound_is_checked_before_a_frame_is_decoded(monkeypatch):
+    pytest.importorskip("pydicom")
+    import pydicom.pixels
+
+    from selfsup.data import cache
+    data = dicom_bytes(np.zeros((40, 40), np.uint16))
+    decoded = []
+    real = pydicom.pixels.pixel_array
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 39 * 39)
+    assert decode(data) == (None, []) and decoded == []
+    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 40 * 40)
+    assert decode(data)[0] is not None and decoded == [1]
+
+
+@contextlib.contextmanager
+def without_pydicom():
+    """As on a machine without `selfsup[dicom]`: pydicom cannot be imported."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in sys.modules if n == "pydicom" or n.startswith("pydicom.")]:
+            patch.setitem(sys.modules, name, None)
+        yield
+
+
+def scans(folder: Path, count: int = 3, seed: int = 0) -> Path:
+    """`count` CT slices with a window, as .dcm files in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        stored, slope, intercept = ct_slices(rng)
+        (folder / f"slice{k}.dcm").write_bytes(dicom_bytes(
+            stored[0], bits_stored=12, RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=40,
+            WindowWidth=400))
+    return folder
+
+
+def test_without_pydicom_dicoms_are_skipped_saying_what_to_install_and_decoded_once_it_is(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    scans(tmp_path / "mixed", count=2)
+    (tmp_path / "mixed" / "photo.png").write_bytes(png_bytes())
+    with without_pydicom():
+        cache = load_cache(open_source(tmp_path / "mixed"), 24, show_progress=False)
+    assert cache.names == ["photo.png"] and cache.skipped == ["slice0.dcm", "slice1.dcm"]
+    err = capsys.readouterr().err
+    assert ("skipped 2 of 3 files" in err and "2 of them are DICOM files (e.g. 'slice0.dcm'): pip install "
+            "'selfsup[dicom]' (pydicom) to read them" in err)
+    cache = load_cache(open_source(tmp_path / "mixed"), 24, show_progress=False)  # installed since
+    assert cache.names == ["photo.png", "slice0.dcm", "slice1.dcm"] and cache.skipped == []
+    assert "was built without (pydicom, which read DICOM files it skipped); decoding the images again" in \
+        capsys.readouterr().err
+    load_cache(open_source(tmp_path / "mixed"), 24, show_progress=False)
+    assert "decoding the images again" not in capsys.readouterr().err  # once
+    scans(tmp_path / "only", count=2)
+    with without_pydicom(), pytest.raises(UserError, match=r"^none of the 2 image files in '.*only' could be decoded; "
+                                                          r"2 of them are DICOM files: pip install 'selfsup\[dicom\]'"):
+        load_cache(open_source(tmp_path / "only"), 24, show_progress=False)
+
+
+def test_dicom_files_are_known_by_content_and_counted_without_pydicom(tmp_path, capsys):
+    """Runs where pydicom is not installed: the files need not be written by it to be known."""
+    (tmp_path / "scans").mkdir()
+    for k in range(2):
+        (tmp_path / "scans" / f"s{k}.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)))
+    (tmp_path / "scans" / "photo.png").write_bytes(png_bytes())
+    with without_pydicom():
+        assert len(load_cache(open_source(tmp_path / "scans"), 24, show_progress=False)) == 1
+    assert "2 of them are DICOM files (e.g. 's0.dcm'): pip install 'selfsup[dicom]'" in capsys.readouterr().err
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encapsulated(syntax: str) -> bytes:
+    """A DICOM file whose pixel data claims to be compressed as `syntax` (not decodable: no decoder is asked)."""
+    pydicom = pytest.importorskip("pydicom")
+    data = dicom_bytes(np.zeros((24, 24), np.uint16))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8 not decoded \xff\xd9\x00"])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_compression_no_installed_package_decodes_is_skipped_naming_it_and_what_to_install(
+        tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pydicom")
+    from pydicom.pixels.decoders.base import Decoder
+    available = Decoder.is_available
+    monkeypatch.setattr(Decoder, "is_available", property(lambda d: d.UID != JPEG_LS and available.fget(d)))
+    scans(tmp_path / "scans", count=1)
+    (tmp_path / "scans" / "ls1.dcm").write_bytes(encapsulated(JPEG_LS))  # as on a machine without a JPEG-LS decoder
+    (tmp_path / "scans" / "ls2.dcm").write_bytes(encapsulated(JPEG_LS))
+    (tmp_path / "scans" / "video.dcm").write_bytes(encapsulated(MPEG2))  # a syntax pydicom has no decoder for
+    cache = load_cache(open_source(tmp_path / "scans"), 24, show_progress=False)
+    assert cache.names == ["slice0.dcm"]
+    err = capsys.readouterr().err
+    assert ("2 of them are DICOM files compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) "
+            "(e.g. 'ls1.dcm'), which no installed package decodes: pip install pylibjpeg pylibjpeg-libjpeg "
+            "(or python-gdcm) to read them") in err
+    assert ("1 of them are DICOM files compressed as MPEG2 Main Profile / Main Level (1.2.840.10008.1.2.4.100) "
+            "(e.g. 'video.dcm'), which no installed package decodes: no package that pydicom uses decodes it") in err
+    from selfsup.data import cache as cache_module
+    monkeypatch.setattr(cache_module, "dicom_readers", lambda: ["jpeg_ls", "pydicom"])  # a decoder installed since
+    load_cache(open_source(tmp_path / "scans"), 24, show_progress=False)
+    assert "was built without (jpeg_ls, which read DICOM files it skipped)" in capsys.readouterr().err
+
+
+def test_the_embeddings_key_names_the_dicom_readers(monkeypatch, tmp_path):
+    from selfsup.curate import embedding
+    encoder = SimpleNamespace(key="k", description="d", image_size=16)
+    source = SimpleNamespace(path=tmp_path / "scans", fingerprint="f")
+    monkeypatch.setattr(embedding, "dicom_readers", lambda: [])
+    before = embedding.embedding_dir(tmp_path, encoder, source)
+    monkeypatch.setattr(embedding, "dicom_readers", lambda: ["pydicom"])
+    assert embedding.embedding_dir(tmp_path, encoder, source) != before
+
+
+def test_bands_do_not_apply_to_dicoms_and_say_so(tmp_path, capsys):
+    pytest.importorskip("tifffile")
+    cache = load_cache(open_source(scans(tmp_path / "scans")), 24, show_progress=False, bands=(1, 2, 3))
+    assert len(cache) == 3
+    assert "none of the 3 files in" in capsys.readouterr().err
+
+
+def test_a_folder_of_scans_is_cached_and_pretrained_on_with_its_multi_frame_files_counted(tmp_path, capsys):
+    scans(tmp_path / "scans" / "ct", count=6)
+    stored = np.random.default_rng(9).integers(0, 4096, size=(3, 24, 24)).astype(np.uint16)
+    (tmp_path / "scans" / "xray").mkdir()
+    for k in range(6):
+        (tmp_path / "scans" / "xray" / f"cine{k}.DICOM").write_bytes(
+            dicom_bytes(stored, "MONOCHROME1", bits_stored=12))
+    cache = open_images(tmp_path / "scans", 16, show_progress=False)
+    assert len(cache) == 12 and cache.grayscale == 12 and cache.classes == ["ct", "xray"]
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and ("6 of 12 files in" in err and "are multi-frame DICOM files (e.g. "
+                                           "'xray/cine0.DICOM'" in err and "only the first frame is used" in err)
+    from selfsup.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["pretrain", "--method", "simclr", "--data", str(tmp_path / "scans"),
+                     "--out", str(tmp_path / "run"), "--backbone", "resnet18", "--no-small-stem", "--epochs", "1", "--batch-size", "4",
+                     "--image-size", "16", "--device", "cpu", "--no-progress", "--json"])
+    assert code == 0 and Path(json.loads(out.getvalue())["checkpoint"]).is_file()
