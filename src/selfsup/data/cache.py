@@ -668,10 +668,10 @@ def _build(source: ImageSource, size: int, target: Path, workers: int, show_prog
 
 
 def readable_now(meta: dict) -> str:
-    """Whether a cache skipped TIFFs, or read a stack's first page alone, that a package installed
-    since it was built would read (in full: a microscope's channels); or skipped DICOM files that
-    pydicom, or a decoder of their compression, installed since would read. Said as those
-    packages and what they would read; '' where none would."""
+    """The packages installed since a cache was built that would read more than it did, and what
+    ('' where none would): TIFFs it skipped, or of which it read a stack's first page alone (in
+    full: a microscope's channels); DICOM files it skipped without pydicom, or without a decoder
+    of their compression."""
     notes = {note: names for note, names in meta.get("notes", {}).items() if names}
     reasons = []
     tiff = sorted(set(tiff_readers()) - set(meta.get("tiff_readers", [])))
