@@ -19,6 +19,8 @@ from importlib.util import find_spec
 
 import numpy as np
 
+from .stretch import stretch, stretch_integers
+
 # What decode_dicom could not do in full, by file, as decode_noting's notes are
 FIRST_FRAME = "first_frame"  # a multi-frame file: its first frame read
 DICOM_READER = "dicom_reader"  # a DICOM file, and pydicom is not installed: skipped
@@ -148,7 +150,6 @@ def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
     MONOCHROME1 (`invert`) then turned so that 0 is black."""
     from pydicom.pixels import apply_modality_lut
 
-    from .cache import stretch, stretch_integers  # cache imports this module: taken at call time
     values = apply_modality_lut(frame, ds)  # a CT's Hounsfield units; the samples where it has none
     window = first_window(ds)
     if window is not None:
@@ -164,7 +165,6 @@ def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
 
 def colour_display(frame: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 of an RGB frame: 8-bit as it is, deeper samples stretched jointly."""
-    from .cache import stretch, stretch_integers
     if frame.dtype == np.uint8:
         return frame
     return stretch_integers(frame) if frame.dtype == np.uint16 else stretch(frame.astype(np.float64))
