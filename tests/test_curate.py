@@ -105,6 +105,44 @@ def test_nearest_matches_float64_brute_force_with_ties_and_short_galleries(seed,
     assert sims.shape == idx.shape == (0, min(3, n))
 
 
+@pytest.mark.parametrize("query_rows", [None, 3])
+def test_exact_search_keeps_every_product_under_the_block_budget(monkeypatch, query_rows):
+    """With a policy's fixed queries per product (eval retrieval: 1,024) the block grew with the
+    gallery, 4 GB for a million images; the gallery is now cut, and the neighbours and their
+    similarities are bit for bit those of one product with the whole gallery."""
+    queries, gallery = unit(10, 8, 0), unit(500, 8, 1)
+    budget = 4 * 3 * 40  # 3 queries by 40 gallery rows
+    policy = dataclasses.replace(search.CURATION, query_rows=query_rows)
+    rows = query_rows or budget // 4 // len(gallery) or 1  # the queries a product takes under that budget
+    whole_sims, whole_idx, _ = search.nearest(queries, gallery, 7, "exact",
+                                              policy=dataclasses.replace(policy, query_rows=rows))
+    largest, matmul = [0], torch.Tensor.__matmul__
+
+    def noting(a, b):
+        product = matmul(a, b)
+        largest[0] = max(largest[0], product.numel())
+        return product
+
+    monkeypatch.setattr(search, "BLOCK_BYTES", budget)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", noting)
+    sims, idx, _ = search.nearest(queries, gallery, 7, "exact", policy=policy)
+    assert 0 < largest[0] <= 3 * 40
+    np.testing.assert_array_equal(sims, whole_sims)
+    np.testing.assert_array_equal(idx, whole_idx)
+    sims, idx, _ = search.nearest(queries, gallery[:2], 7, "exact", policy=policy)  # fewer rows than k
+    np.testing.assert_array_equal(idx, search.nearest(queries, gallery[:2], 7, "exact")[1])
+
+
+def test_block_shape_of_a_million_gallery_images():
+    from selfsup.eval.retrieval import RETRIEVAL_SEARCH
+
+    for policy in (search.CURATION, RETRIEVAL_SEARCH):
+        rows, columns = search.block_shape(1_000_000, policy.query_rows)
+        assert 4 * rows * columns <= search.BLOCK_BYTES
+    assert search.block_shape(1_000_000, RETRIEVAL_SEARCH.query_rows)[0] == 1024  # its products keep their rows
+    assert search.block_shape(1_000_000, None) == (134, 1_000_000)  # as before: queries fill the block
+
+
 def test_faiss_inverted_file_index_recalls_the_exact_neighbours():
     pytest.importorskip("faiss")
     queries, gallery = unit(50, 16, 1), unit(3000, 16, 2)
