@@ -143,6 +143,22 @@ def test_block_shape_of_a_million_gallery_images():
     assert search.block_shape(1_000_000, None) == (134, 1_000_000)  # as before: queries fill the block
 
 
+def test_centred_makes_one_copy_and_the_same_vectors(monkeypatch):
+    """The vectors of a million images are 2 GB: renormalising them all at once held two more copies."""
+    import tracemalloc
+
+    monkeypatch.setattr(search, "NORM_ROWS", 1000, raising=False)
+    x = unit(20_000, 64, 0) * 3
+    mean = x.mean(axis=0)
+    expected = (x - mean) / np.linalg.norm(x - mean, axis=1, keepdims=True).clip(1e-12)
+    tracemalloc.start()
+    got = search.centred(x, mean)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, expected)
+    assert peak < 1.5 * x.nbytes
+
+
 def test_faiss_inverted_file_index_recalls_the_exact_neighbours():
     pytest.importorskip("faiss")
     queries, gallery = unit(50, 16, 1), unit(3000, 16, 2)

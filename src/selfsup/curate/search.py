@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 BLOCK_BYTES = 512 * 2**20  # exact search: the (queries x gallery) float32 similarity block, at most
+NORM_ROWS = 65_536  # rows renormalised at a time by `centred`
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,11 @@ def centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     images of a collection share no longer makes unrelated images look alike."""
     if mean is None:
         return vectors
-    out = vectors - mean
-    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+    out = vectors - mean  # (N, D): the one copy; the rest is done in place, a block of rows at a time
+    for start in range(0, len(out), NORM_ROWS):  # np.linalg.norm of all rows at once makes two more copies
+        block = out[start:start + NORM_ROWS]
+        block /= np.linalg.norm(block, axis=1, keepdims=True).clip(1e-12)
+    return out
 
 
 def kmeans(x: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0, init: str = "random",
