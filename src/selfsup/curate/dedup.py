@@ -26,16 +26,18 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | N
     the threshold or holds every row. So a picture with hundreds of copies is one group."""
     if len(vectors) < 2:
         return []
-    close: list[set[int]] = [set() for _ in range(len(vectors))]
+    close: dict[int, set[int]] = {}  # rows with a near-duplicate only: a million empty sets hold 200 MB
     rows_to_search = np.arange(len(vectors))
     k = min(neighbours + 1, len(vectors))
     while len(rows_to_search):
-        sims, idx, _ = nearest(vectors[rows_to_search], vectors, k, backend, device)
+        # The first pass searches every row: `vectors` itself, not a copy of it (2 GB for a million rows).
+        queries = vectors if len(rows_to_search) == len(vectors) else vectors[rows_to_search]
+        sims, idx, _ = nearest(queries, vectors, k, backend, device)
         rows, cols = np.nonzero(sims >= threshold)
         for i, j in zip(rows_to_search[rows].tolist(), idx[rows, cols].tolist()):
             if i != j:
-                close[i].add(j)
-                close[j].add(i)
+                close.setdefault(i, set()).add(j)
+                close.setdefault(j, set()).add(i)
         if k == len(vectors):
             break
         rows_to_search = rows_to_search[sims[:, -1] >= threshold]
@@ -46,7 +48,7 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | N
     for i in visit:
         if grouped[i]:
             continue
-        copies = sorted(j for j in close[i] if not grouped[j])
+        copies = sorted(j for j in close.get(i, ()) if not grouped[j])
         grouped[i] = True
         grouped[copies] = True
         if copies:
