@@ -14,7 +14,7 @@ from conftest import CLASSES, make_tar
 from selfsup.cli import main
 from selfsup.curate.search import kmeans
 from selfsup.errors import UserError
-from selfsup.explore import cluster_agreement, cluster_images, folder_classes, search_images
+from selfsup.explore import cluster_agreement, cluster_images, cosine_to_centre, folder_classes, search_images
 
 ENCODER = {"checkpoint": "random:resnet18-half", "image_size": 24, "show_progress": False}
 
@@ -287,3 +287,19 @@ def test_a_damaged_embedding_chunk_is_embedded_again(labelled_folder, tmp_path, 
             np.savez(f, names=np.array(["x"]), vectors=np.zeros((1, 2)))
     again = cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
     assert again["sizes"] == first["sizes"] and chunk.read_bytes() == good
+
+
+def test_cosine_to_centre_is_the_rowwise_product_without_its_copies():
+    """At once, each row's centre and the products were two more (N, D) copies of the embeddings."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 64)).astype(np.float32)
+    centroids = rng.normal(size=(7, 64)).astype(np.float32)
+    assignment = rng.integers(0, 7, len(x))
+    tracemalloc.start()
+    got = cosine_to_centre(x, centroids, assignment, rows=1000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, (x * centroids[assignment]).sum(1))
+    assert peak < 0.2 * x.nbytes

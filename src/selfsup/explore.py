@@ -95,6 +95,15 @@ def folder_classes(names: list[str]) -> list[str] | None:
     return classes if len(set(classes)) >= 2 else None
 
 
+def cosine_to_centre(vectors: np.ndarray, centroids: np.ndarray, assignment: np.ndarray,
+                     rows: int = 65_536) -> np.ndarray:
+    """(N,) each row's cosine to its cluster's centre, a block of rows at a time: at once, the
+    centre of every row and the products would be two more (N, D) copies (4 GB for a million
+    512-d embeddings)."""
+    return np.concatenate([(vectors[start:start + rows] * centroids[assignment[start:start + rows]]).sum(1)
+                           for start in range(0, len(vectors), rows)])
+
+
 def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, shown: int = 8,
                    device: str = "auto", backbone: str | None = None, image_size: int | None = None,
                    small_stem: bool | None = None, show_progress: bool = True, bands=None) -> dict:
@@ -125,7 +134,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     number = np.empty(clusters, dtype=np.int64)
     number[by_size] = np.arange(clusters)
     assignment, centroids = number[assignment], centroids[by_size]
-    similarity = (vectors * centroids[assignment]).sum(1)
+    similarity = cosine_to_centre(vectors, centroids, assignment)
 
     order = np.lexsort((-similarity, assignment))  # by cluster, then nearest the centre first
     csv_path = out / "clusters.csv"
