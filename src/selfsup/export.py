@@ -80,7 +80,8 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
                        bands=encoder.bands)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 batch_size=batch_size, show_progress=show_progress, desc="embedding")
-    vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
+    # features are float32 already: astype without copy=False made a third (N, D) copy
+    vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32, copy=False)
     with atomic_path(out) as tmp:
         save_npy(tmp, vectors)
     with atomic_path(names_file) as tmp:
