@@ -114,6 +114,20 @@ def test_protocols_on_a_random_encoder(split_folder, capsys):
 
 
 
+def test_a_random_baseline_left_at_its_default_size_on_small_images_is_warned(split_folder, capsys):
+    """random: draws at 224 px unless told: on 24-pixel images it sees them enlarged 9x, and beats
+    runs trained at 24 px for that alone. Said, with the size to pass; the text names the size."""
+    from selfsup.eval.command import describe
+
+    result = evaluate_knn("random:resnet18", data=split_folder, k=5, device="cpu", show_progress=False)
+    err = capsys.readouterr().err
+    assert "random:resnet18 is evaluated at 224 px, while the images are mostly 24 px" in err
+    assert "pass --image-size 24" in err
+    assert describe(result).splitlines()[0] == "knn evaluation of random:resnet18 (random initialisation) at 224 px"
+    evaluate_knn("random:resnet18", data=split_folder, image_size=24, k=5, device="cpu", show_progress=False)
+    assert "is evaluated at" not in capsys.readouterr().err
+
+
 def test_retrieval_keeps_a_k_equal_to_the_gallery_and_writes_the_first_seeds_neighbours(split_folder, tmp_path):
     """precision@6 of a gallery of 6 images is defined (every image is a neighbour): kept. With
     --seeds 2, the neighbour lists are the first seed's, not overwritten by the second's."""

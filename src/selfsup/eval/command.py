@@ -171,7 +171,7 @@ def describe(result: dict) -> str:
         return "\n".join(lines)
     validation = f", {result['val_images']:,} for validation" if result.get("val_images") else ""
     budget = result["budget"] if result["classes"] else "no labels"
-    lines = [f"{result['protocol']} evaluation of {result['encoder']}",
+    lines = [f"{result['protocol']} evaluation of {result['encoder']} at {result['image_size']} px",
              f"  {budget}: {result['labelled_images']:,} of {result['train_images']:,} training images"
              f"{validation}; {result['test_images']:,} test images, "
              f"{plural(result['classes'], 'class', 'classes')}; {plural(seeds, 'seed')}"]

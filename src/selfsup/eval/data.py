@@ -159,4 +159,9 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
                                             labels_required, encoder.bands)
+    side = train_cache.median_side
+    if image_size is None and spec.startswith(("random:", "weights:")) and side and 2 * side <= encoder.image_size:
+        # A baseline enlarged 7x sees more pixels than the runs it is compared with, trained at 32 px.
+        warn(f"{spec} is evaluated at {encoder.image_size} px, while the images are mostly {side} px on their "
+             f"shorter side; pass --image-size {side} to evaluate it as runs trained at {side} px are")
     return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)
