@@ -416,6 +416,7 @@ def test_a_result_of_an_older_checkpoint_is_not_the_runs(tmp_path, split_folder,
     record = read_evals(run)[-1]["provenance"]
     assert record["device"] == "cpu" and record["versions"]["python"] == provenance()["versions"]["python"]
     assert set(record) == {"command", "versions", "host", "device", "processes", "git_commit"}
+    assert {"numpy", "pillow"} <= set(record["versions"])  # they draw the label subsets and decode the images
     assert record["processes"] == 1
     assert main(["eval", "knn", "--checkpoint", str(run), "--data", str(split_folder), "--k", "5", "--device", "cpu",
                  "--no-progress"]) == 0

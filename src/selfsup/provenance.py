@@ -63,7 +63,9 @@ def provenance(device=None) -> dict:
     """The block: command line (or "python API"), versions, host, device and selfsup's commit."""
     from . import __version__  # the code that runs, not whatever copy pip installed elsewhere
 
-    versions = {"selfsup": __version__, **{name: _version(name) for name in ("torch", "torchvision", "timm")}}
+    # numpy draws the label subsets and Pillow decodes the images: a rerun needs theirs too.
+    versions = {"selfsup": __version__, **{name: _version(name) for name in ("torch", "torchvision", "timm", "numpy",
+                                                                              "pillow")}}
     return {"command": COMMAND if COMMAND is not None else "python API",
             "versions": {**versions, "python": platform.python_version()}, "host": socket.gethostname(),
             "device": None if device is None else str(device),
