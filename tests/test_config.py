@@ -204,3 +204,18 @@ def test_a_vit_preset_given_with_a_resnet_is_said(capsys):
     C.resolve({"method": "dino", "backbone": {"name": "resnet18"}, "data": {"image_size": 32}})  # chosen: silent
     C.resolve({"method": "dino", "preset": "cifar-vit", "backbone": {"name": "vit-tiny"}, "data": {"image_size": 32}})
     assert "recipe for a ViT" not in capsys.readouterr().err
+
+
+def test_the_start_line_names_the_network_and_crops_that_presets_set_per_method():
+    """--backbone vit-small alone gives dino patches of 4 at 32 px and multi-crop, simclr neither:
+    a comparison must see that on the start line, not only in config.yaml."""
+    from selfsup.train import network_and_views
+
+    def said(method: str, backbone: str, size: int) -> str:
+        return network_and_views(C.resolve({"method": method, "backbone": {"name": backbone},
+                                            "data": {"image_size": size, "path": "x"}}))
+
+    assert said("dino", "vit-tiny", 32) == "vit-tiny/4 at 32 px (drop path 0.1), 2 x 32 px + 6 x 16 px crops"
+    assert said("simclr", "resnet18", 32) == "resnet18 at 32 px"
+    assert said("dino", "resnet50", 224) == "resnet50 at 224 px, 2 x 224 px + 8 x 96 px crops"
+    assert said("mae", "vit-tiny", 64) == "vit-tiny/4 at 64 px"

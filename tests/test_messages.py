@@ -65,7 +65,7 @@ def test_start_monitor_and_done_lines_and_resuming_a_finished_run(labelled_folde
     proc = run("pretrain", *tiny_flags(labelled_folder, out))
     assert proc.returncode == 0, proc.stderr
     start, monitor = proc.stderr.splitlines()[:2]
-    assert ", 1 epoch x 4 steps of 8," in start
+    assert ", resnet18 at 16 px, 1 epoch x 4 steps of 8," in start
     assert monitor == "monitor: kNN on 1 held-out image (5 %, not pretrained on), 3 classes from subfolders " \
                       "(circle, square, stripes)"
     assert proc.stdout.startswith("done: epoch 1, loss ") and "{" not in proc.stdout

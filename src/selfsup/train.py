@@ -226,6 +226,19 @@ def same_data(a: dict, b: dict) -> bool:
     return (a["images"], a["names_sha256"]) == (b["images"], b["names_sha256"])
 
 
+def network_and_views(cfg: RunConfig) -> str:
+    """What two runs compared must share, for the start line: "vit-small/16 at 64 px (drop path
+    0.1), 2 x 64 px + 6 x 16 px crops" (presets set some of it per method)."""
+    b = cfg.backbone
+    said = f"{b.name}{f'/{b.patch_size}' if b.patch_size else ''} at {cfg.data.image_size} px"
+    said += f" (drop path {b.drop_path_rate:g})" if b.drop_path_rate else ""
+    local = getattr(cfg.method_config, "local_crops", 0)
+    if local:
+        said += (f", {cfg.method_config.global_crops} x {cfg.data.image_size} px + {local} x "
+                 f"{cfg.method_config.local_size} px crops")
+    return said
+
+
 def write_run_provenance(cfg: RunConfig, device: torch.device, resumed: bool) -> None:
     """RUN_DIR/run.json: the command, versions, host and device that started the run, and those of
     each --resume after (a run finished on another machine or version says so)."""
@@ -581,10 +594,11 @@ class Trainer:
                                              if self.world > 1 else "")
         data = plural(len(self.train_idx), "image") if self.samples is None else \
             f"{plural(len(self.samples.rows), 'sample')} of {plural(len(self.train_idx), 'image')}"
-        say(f"selfsup: {cfg.method} on {data} ({self.cache.source}), "
-            f"{cfg.backbone.name}, {plural(cfg.train.epochs, 'epoch')} x {plural(len(self.stream), 'step')} of {batch}, "
+        say(f"selfsup: {cfg.method} on {data} ({self.cache.source}), {network_and_views(cfg)}, "
+            f"{plural(cfg.train.epochs, 'epoch')} x {plural(len(self.stream), 'step')} of {batch}, "
             f"peak lr {self.lr:.4g} = {cfg.optim.lr} per {cfg.optim.lr_reference_batch} images, "
-            f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}), "
+            f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}"
+            f"{f', warm-up {cfg.optim.warmup_epochs:g} epochs' if cfg.optim.warmup_epochs else ''}), "
             f"device {self.device}, preset {cfg.preset}")
         if len(self.holdout_idx):
             # The classes are the first level of folders, which may not be classes at all
