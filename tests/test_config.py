@@ -219,3 +219,15 @@ def test_the_start_line_names_the_network_and_crops_that_presets_set_per_method(
     assert said("simclr", "resnet18", 32) == "resnet18 at 32 px"
     assert said("dino", "resnet50", 224) == "resnet50 at 224 px, 2 x 224 px + 8 x 96 px crops"
     assert said("mae", "vit-tiny", 64) == "vit-tiny/4 at 64 px"
+
+
+def test_a_presets_patch_size_that_does_not_fit_the_image_says_it_is_the_presets():
+    """iBOT's imagenet preset takes DINOv2's 14-pixel patches (224 = 16 x 14): at 96 px the error
+    must not read as if the user had asked for 14."""
+    user = {"method": "ibot", "backbone": {"name": "vit-small"}, "data": {"image_size": 96, "path": "x"}}
+    with pytest.raises(UserError, match=r"patch size 14 \(the imagenet preset's\) needs image sides that are "
+                                        r"multiples of 14, got 96x96; use --image-size 84 or 98"):
+        C.resolve(user)
+    with pytest.raises(UserError, match=r"patch size 14 needs"):  # the user's own 14
+        C.resolve({**user, "method": "simclr", "backbone": {"name": "vit-small", "patch_size": 14}})
+    assert C.resolve({**user, "backbone": {"name": "vit-small", "patch_size": 16}}).backbone.patch_size == 16

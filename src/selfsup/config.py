@@ -380,7 +380,11 @@ def resolve(user: dict) -> RunConfig:
                             f"(set its size with --patch-size)")
         if cfg.backbone.patch_size is None:
             cfg = override(cfg, {"backbone": {"patch_size": default_patch_size(cfg.data.image_size)}})
-        check_image_size(cfg.data.image_size, cfg.data.image_size, cfg.backbone.patch_size, cfg.backbone.name)
+        # A preset's patch size is for its paper's image size (iBOT's 14 at 224): say whose it is.
+        chosen_by_preset = user.get("backbone", {}).get("patch_size") is None and preset.get("backbone", {}).get(
+            "patch_size") == cfg.backbone.patch_size
+        check_image_size(cfg.data.image_size, cfg.data.image_size, cfg.backbone.patch_size, cfg.backbone.name,
+                         whose=f" (the {preset_name} preset's)" if chosen_by_preset else "")
     if hasattr(method, "check_config"):  # what the method cannot run is refused before data is read
         method.check_config(cfg)
     _refuse_options_of_other_optimizers(cfg.optim, user.get("optim", {}), preset.get("optim", {}))

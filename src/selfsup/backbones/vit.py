@@ -44,15 +44,16 @@ def default_patch_size(image_size: int) -> int:
 
 
 def check_image_size(height: int, width: int, patch_size: int, name: str = "this ViT", option: str = "--image-size",
-                     other_patch_sizes: bool = True) -> None:
+                     other_patch_sizes: bool = True, whose: str = "") -> None:
     """Refuse sides that are not a whole number of patches, suggesting the nearest valid values of
-    `option` (and another --patch-size, where the command has that option)."""
+    `option` (and another --patch-size, where the command has that option); `whose` says where
+    the patch size came from."""
     if height % patch_size or width % patch_size or min(height, width) < patch_size:
         side = max(height, width, patch_size)
         lower, upper = max(patch_size, side // patch_size * patch_size), -(-side // patch_size) * patch_size
         sizes = f"{lower} or {upper}" if lower != upper else str(lower)
         patch_hint = f", or a --patch-size that divides {side}" if other_patch_sizes else ""
-        raise UserError(f"{name} with patch size {patch_size} needs image sides that are multiples of "
+        raise UserError(f"{name} with patch size {patch_size}{whose} needs image sides that are multiples of "
                         f"{patch_size}, got {height}x{width}; use {option} {sizes}{patch_hint}")
 
 
