@@ -230,4 +230,4 @@ def test_a_presets_patch_size_that_does_not_fit_the_image_says_it_is_the_presets
         C.resolve(user)
     with pytest.raises(UserError, match=r"patch size 14 needs"):  # the user's own 14
         C.resolve({**user, "method": "simclr", "backbone": {"name": "vit-small", "patch_size": 14}})
-    assert C.resolve({**user, "backbone": {"name": "vit-small", "patch_size": 16}}).backbone.patch_size == 16
+    assert C.resolve({**user, "method": "mae", "backbone": {"name": "vit-small", "patch_size": 16}}).backbone.patch_size == 16
