@@ -236,3 +236,31 @@ def test_features_that_cannot_be_kept_are_used_and_said_once(split_folder, tmp_p
     warnings = [l for l in capsys.readouterr().err.splitlines() if "not kept" in l]
     assert len(warnings) == 2 and "(No space left on device); free space there" in warnings[0]
     assert not list((tmp_path / "cache" / "features").glob("*.npy"))
+
+
+def test_records_name_the_weights_so_two_runs_of_the_same_weights_are_seen_equal(tmp_path, split_folder):
+    """Two runs that trained the same weights in other folders have checkpoints that differ (each
+    holds its --out): the record's weights digest is what tells a rerun matched."""
+    import shutil
+
+    from selfsup.config import merge_dicts
+    from selfsup.eval.record import read_evals
+    from selfsup.train import run_pretraining
+    from conftest import TINY_RUN
+
+    first = tmp_path / "first"
+    run_pretraining(merge_dicts(TINY_RUN, {"out": str(first), "data": {"path": str(split_folder)}}))
+    again = tmp_path / "again"
+    shutil.copytree(first, again)
+    checkpoint = torch.load(again / "last.pt", weights_only=True)
+    checkpoint["config"]["out"] = str(again)
+    torch.save(checkpoint, again / "last.pt")
+    for run in (first, again):
+        evaluate_knn(run, data=split_folder, k=5, device="cpu", show_progress=False)
+    a, b = (read_evals(run)[-1] for run in (first, again))
+    assert a["checkpoint_sha256"] != b["checkpoint_sha256"]
+    assert a["encoder_weights_sha256"] == b["encoder_weights_sha256"]
+    checkpoint["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in checkpoint["model"].items()}
+    torch.save(checkpoint, again / "last.pt")
+    evaluate_knn(again, data=split_folder, k=5, device="cpu", show_progress=False)
+    assert read_evals(again)[-1]["encoder_weights_sha256"] != a["encoder_weights_sha256"]

@@ -12,6 +12,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from ..console import warn
 from ..outputs import append_json_line, os_reason, read_json_lines
 
@@ -51,7 +53,22 @@ def checkpoint_identity(encoder) -> dict:
     (epoch, batch, step), which the report shows. {} for encoders that are not checkpoints."""
     if encoder.checkpoint is None:
         return {}
-    return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"]}
+    return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"],
+            "encoder_weights_sha256": weights_sha256(encoder.backbone)}
+
+
+def weights_sha256(network) -> str:
+    """The SHA-256 of a network's weights and buffers (names, types, shapes, values): the same
+    for two runs that trained the same weights, whose checkpoints differ in what else they hold
+    (their run folder, the optimizer's state)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{values.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())  # bytes, so bfloat16 is hashed as stored
+    return digest.hexdigest()
 
 
 def bands_shown(encoder) -> dict:
