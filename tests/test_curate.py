@@ -244,6 +244,34 @@ def test_a_picture_with_more_copies_than_the_first_search_is_one_group(copies):
     assert duplicates_to_drop(duplicate_groups(vectors[:60], threshold=-1.0, neighbours=4)) == set(range(1, 60))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_one_picture_saved_thousands_of_times_is_searched_once(monkeypatch, seed):
+    """A placeholder repeated through a scraped folder: its M identical embeddings were each
+    searched with k past M, M x M pairs held (1.2 GB of arrays and 10^8 set entries at M =
+    10,000). Searched once, with the same groups as the definition, near copies included."""
+    from selfsup.curate import dedup
+
+    rng = np.random.default_rng(seed)
+    distinct = unit(120, 16, seed)
+    placeholder = np.repeat(distinct[:1], 1500, axis=0)
+    near = distinct[1:2] + 0.01 * rng.normal(size=(30, 16)).astype(np.float32)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    vectors = np.concatenate([distinct, placeholder, np.repeat(distinct[1:2], 40, axis=0), near])
+    vectors = vectors[rng.permutation(len(vectors))]
+    largest, search_nearest = [], dedup.nearest
+
+    def noting(queries, gallery, k, backend, device):
+        largest.append(len(gallery))
+        return search_nearest(queries, gallery, k, backend, device)
+
+    monkeypatch.setattr(dedup, "nearest", noting)
+    groups = duplicate_groups(vectors, threshold=0.95, neighbours=4, backend="exact")
+    assert max(largest) <= 120 + 30  # the distinct vectors only
+    assert groups == star_groups_by_brute_force(vectors, 0.95)
+    assert sorted(len(g) for g in groups)[-1] == 1501  # the picture and its 1,500 copies
+    assert duplicate_groups(vectors, threshold=1.5, backend="exact") == []  # not even identical rows reach 1.5
+
+
 def test_near_any_and_retrieval_against_brute_force():
     pool, seeds = unit(300, 8, 3), unit(4, 8, 4)
     idx = nearest_to_seeds(seeds, pool, 6, backend="exact")

@@ -11,6 +11,8 @@ of the order of the files.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .search import nearest
@@ -23,10 +25,55 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | N
 
     Each row's `neighbours` nearest are searched first; a row whose farthest neighbour found is
     still above the threshold is searched again with twice as many, until its list ends below
-    the threshold or holds every row. So a picture with hundreds of copies is one group."""
+    the threshold or holds every row. So a picture with hundreds of copies is one group. Rows
+    that are the same vector (one file saved many times: a placeholder through a scraped folder)
+    are searched once: M of them searched among themselves were M x M pairs to hold."""
     if len(vectors) < 2:
         return []
-    close: dict[int, set[int]] = {}  # rows with a near-duplicate only: a million empty sets hold 200 MB
+    first, same_as = identical_rows(vectors)
+    distinct = vectors if len(first) == len(vectors) else vectors[first]
+    close = _close_pairs(distinct, threshold, neighbours, backend, device)  # between distinct vectors
+    by_vector = np.argsort(same_as, kind="stable")  # the rows of distinct vector u: by_vector[starts[u]:starts[u + 1]]
+    starts = np.searchsorted(same_as[by_vector], np.arange(len(first) + 1))
+    # Identical rows are each other's copies where a vector reaches the threshold with itself (not above 1).
+    self_close = np.einsum("ij,ij->i", distinct, distinct) >= threshold if len(first) < len(vectors) else None
+
+    def rows_near(u: int) -> list[int]:
+        near = [v for v in close.get(u, ())] + ([u] if self_close is not None and self_close[u] else [])
+        return [int(j) for v in near for j in by_vector[starts[v]:starts[v + 1]]]
+
+    visit = sorted(range(len(vectors)), key=lambda i: names[i]) if names is not None else range(len(vectors))
+    grouped = np.zeros(len(vectors), dtype=bool)
+    groups = []
+    for i in visit:
+        if grouped[i]:
+            continue
+        copies = sorted(j for j in rows_near(same_as[i]) if j != i and not grouped[j])
+        grouped[i] = True
+        grouped[copies] = True
+        if copies:
+            groups.append([i, *copies])
+    return sorted(groups, key=lambda g: g[0])
+
+
+def identical_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, same_as): the first row of each distinct vector, in row order, and for each row the
+    index in `first` of its vector; rows are told apart by a 128-bit digest of their bytes (not
+    by sorting the rows, which copies a pool of GBs)."""
+    digests = np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in vectors], dtype="S16")
+    _, at, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    by_row = np.argsort(at)  # distinct vectors numbered in the order of their first rows
+    number = np.empty_like(by_row)
+    number[by_row] = np.arange(len(by_row))
+    return at[by_row], number[inverse.reshape(-1)]
+
+
+def _close_pairs(vectors: np.ndarray, threshold: float, neighbours: int, backend: str, device) -> dict[int, set[int]]:
+    """{row: the other rows whose cosine similarity with it reaches the threshold}, for the rows
+    that have some (a million empty sets hold 200 MB)."""
+    close: dict[int, set[int]] = {}
+    if len(vectors) < 2:
+        return close
     rows_to_search = np.arange(len(vectors))
     k = min(neighbours + 1, len(vectors))
     while len(rows_to_search):
@@ -42,18 +89,7 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | N
             break
         rows_to_search = rows_to_search[sims[:, -1] >= threshold]
         k = min(2 * k, len(vectors))
-    visit = sorted(range(len(vectors)), key=lambda i: names[i]) if names is not None else range(len(vectors))
-    grouped = np.zeros(len(vectors), dtype=bool)
-    groups = []
-    for i in visit:
-        if grouped[i]:
-            continue
-        copies = sorted(j for j in close.get(i, ()) if not grouped[j])
-        grouped[i] = True
-        grouped[copies] = True
-        if copies:
-            groups.append([i, *copies])
-    return sorted(groups, key=lambda g: g[0])
+    return close
 
 
 def kept_similarities(vectors: np.ndarray, groups: list[list[int]]) -> list[list[float]]:
