@@ -321,6 +321,54 @@ def test_comparison_keeps_other_image_sizes_and_settings_apart(tmp_path):
     assert first["image size"] == "32 px" and first["other"] == "epochs 20"
 
 
+def test_a_test_set_replaced_in_place_is_another_column(tmp_path, split_folder):
+    # Two kNN results on D/test, the folder's images replaced between them, shared one column
+    # "knn k=5 (all labels, 16 px) on D/test": the records' pixel digests now tell them apart.
+    from conftest import write_dataset
+    from selfsup.report.tables import comparison_rows
+
+    run = pretrained_run(tmp_path / "run", split_folder)
+    common = dict(data=split_folder, k=(5,), device="cpu", show_progress=False)
+    evaluate_knn(run, **common)
+    shutil.rmtree(split_folder / "test")
+    write_dataset(split_folder / "test", per_class=6, seed=3)  # other images, same names
+    evaluate_knn(run, **common)
+    first, second = read_evals(run)
+    assert first["test_pixels_sha256"] != second["test_pixels_sha256"]
+    headers, [row] = comparison_rows([run], ["run"])
+    figures = {h: v for h, v in zip(headers, row) if h.startswith("knn")}
+    test, when = split_folder / "test", [r["time"].replace("T", " ")[:16] for r in (first, second)]
+    assert figures == {
+        f"knn k=5 (all labels, 16 px) on {test} (images as of {when[0]}, sha256 {first['test_pixels_sha256'][:8]})":
+            first["top1"],
+        f"knn k=5 (all labels, 16 px) on {test} (images as of {when[1]}, sha256 {second['test_pixels_sha256'][:8]})":
+            second["top1"]}
+
+
+def test_columns_of_other_images_name_them_and_older_records_keep_their_column(tmp_path):
+    from selfsup.report.tables import comparison_rows
+
+    def knn(top1, time, test_pixels=None, train_pixels=None):
+        digests = {"test_pixels_sha256": test_pixels, "train_pixels_sha256": train_pixels} if test_pixels else {}
+        return {"protocol": "knn", "budget": "all labels", "k": 200, "top1": top1, "time": time,
+                "test_data": "/d/test", "train_data": "/d/train", **digests}
+
+    a = fake_run(tmp_path / "a", [knn(0.5, "2026-01-02T10:00:00", "a" * 64, "c" * 64)])
+    b = fake_run(tmp_path / "b", [knn(0.6, "2026-01-01T09:00:00", "a" * 64, "d" * 64)])
+    c = fake_run(tmp_path / "c", [knn(0.7, "2026-02-01T09:00:00", "b" * 64, "c" * 64)])
+    old = fake_run(tmp_path / "old", [knn(0.8, "2025-01-01T09:00:00")])
+    headers, rows = comparison_rows([a, b, c, old], ["a", "b", "c", "old"])
+    assert {h: [r[i] for r in rows] for i, h in enumerate(headers) if h.startswith("knn")} == {
+        "knn k=200 (all labels) on /d/test (images as of 2026-01-01 09:00, sha256 aaaaaaaa), labels from "
+        "/d/train (images as of 2026-01-02 10:00, sha256 cccccccc)": [0.5, None, None, None],
+        "knn k=200 (all labels) on /d/test (images as of 2026-01-01 09:00, sha256 aaaaaaaa), labels from "
+        "/d/train (images as of 2026-01-01 09:00, sha256 dddddddd)": [None, 0.6, None, None],
+        "knn k=200 (all labels) on /d/test (images as of 2026-02-01 09:00, sha256 bbbbbbbb)": [None, None, 0.7, None],
+        "knn k=200 (all labels) on /d/test (images not recorded: an older eval)": [None, None, None, 0.8]}
+    headers, rows = comparison_rows([old, old], ["old", "again"])  # records without digests: as before
+    assert headers[-1] == "knn k=200 (all labels) on /d/test" and [r[-1] for r in rows] == [0.8, 0.8]
+
+
 def test_report_cells_keep_small_values_exact():
     from selfsup.report.html import number
     assert number(0.00015) == "0.00015" and number(5e-4) == "0.0005" and number(1e-6) == "1e-06"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -84,10 +85,20 @@ def _headline(result: dict) -> float | None:
     return result.get("map") if result["protocol"] == "retrieval" else result.get("top1")
 
 
-def _column(result: dict) -> tuple:
+class Column(NamedTuple):
+    """What a figure is comparable with (see `_column`)."""
+    name: str  # protocol, k, budget, image size, seeds, settings: 'knn k=200 (all labels, 32 px)'
+    train: str | None
+    test: str | None
+    train_pixels: str | None  # the SHA-256 of the images' pixels (None: a record made before it was kept)
+    test_pixels: str | None
+
+
+def _column(result: dict) -> Column:
     """What a result's figure is comparable with: the same protocol (and k for kNN), label budget,
     image size, number of seeds, settings, training and test data (one name however the folder
-    was given). Results that differ in any of these never share a column."""
+    was given) and the same images in them (a folder replaced in place is other data). Results
+    that differ in any of these never share a column."""
     from ..eval.record import data_name
 
     k = f" k={result.get('k')}" if result["protocol"] == "knn" else ""
@@ -95,7 +106,8 @@ def _column(result: dict) -> tuple:
     seeds = [f"{result['seeds']} seeds"] if result.get("seeds", 1) > 1 else []  # a mean over seeds is another figure
     details = ", ".join([result.get("budget", "all labels"), *size, *seeds, *_settings(result)])
     train, test = (data_name(d) if d else d for d in (result.get("train_data"), result.get("test_data")))
-    return f"{result['protocol']}{k} ({details})", train, test
+    return Column(f"{result['protocol']}{k} ({details})", train, test, result.get("train_pixels_sha256"),
+                  result.get("test_pixels_sha256"))
 
 
 def read_run_config(run: Path) -> dict | None:
@@ -121,7 +133,7 @@ def run_evals(run: Path) -> list[dict]:
 
 
 def _run_facts(run: Path) -> tuple[dict, dict]:
-    """(what the run is, its latest headline figure in each column)."""
+    """(what the run is, its latest record with a headline figure in each column)."""
     from ..train import read_metrics
 
     cfg = read_run_config(run) or {}
@@ -130,26 +142,45 @@ def _run_facts(run: Path) -> tuple[dict, dict]:
     facts = {"method": cfg.get("method"), "backbone": (cfg.get("backbone") or {}).get("name"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
-    figures = {_column(r): _headline(r) for r in run_evals(run)  # in time order: the latest stays
-               if r.get("protocol") != "curve" and _headline(r) is not None and r["current"]}
-    return facts, figures
+    latest = {_column(r): r for r in run_evals(run)  # in time order: the latest stays
+              if r.get("protocol") != "curve" and _headline(r) is not None and r["current"]}
+    return facts, latest
 
 
-def _header(column: tuple, columns: list[tuple]) -> str:
+def _images(digest: str | None, seen: dict[str, str]) -> str:
+    """Which images a column's data were, for a person: '(images as of 2026-11-27 14:03, sha256
+    1a2b3c4d)', the time of the first result shown that was made on them."""
+    if digest is None:
+        return "(images not recorded: an older eval)"
+    when = seen.get(digest, "").replace("T", " ")[:16]
+    return f"(images as of {when}, sha256 {digest[:8]})" if when else f"(images sha256 {digest[:8]})"
+
+
+def _header(column: Column, columns: list[Column], seen: dict[str, str]) -> str:
     """'knn k=200 (all labels) on TEST', naming the training data too where another column has the
-    same name with other training data."""
-    name, train, test = column
-    header = f"{name} on {test}" if test else name
-    if any(c[0] == name and c[2] == test and c[1] != train for c in columns):
-        header += f", labels from {train}"
+    same name with other training data, and telling the images apart where another column has the
+    same data path with other images (a folder replaced in place between two evaluations)."""
+    rivals = [c for c in columns if c.name == column.name and c.test == column.test]
+    header = f"{column.name} on {column.test}" if column.test else column.name
+    if any(c.test_pixels != column.test_pixels for c in rivals):
+        header += " " + _images(column.test_pixels, seen)
+    rivals = [c for c in rivals if c.test_pixels == column.test_pixels]
+    if any(c.train != column.train or c.train_pixels != column.train_pixels for c in rivals):
+        header += f", labels from {column.train}"
+        if any(c.train == column.train and c.train_pixels != column.train_pixels for c in rivals):
+            header += " " + _images(column.train_pixels, seen)
     return header
 
 
 def comparison_rows(runs: list[Path], names: list[str]) -> tuple[list[str], list[list]]:
     """(headers, one row per run): what each run is, and its latest figure per protocol, label
     budget and data (top-1; mAP for retrieval)."""
-    facts, figures = zip(*(_run_facts(run) for run in runs))
-    columns = list(dict.fromkeys(c for f in figures for c in f))
-    headers = list(facts[0]) + [_header(c, columns) for c in columns]
-    rows = [[name, *f.values(), *(g.get(c) for c in columns)] for name, f, g in zip(names, facts, figures)]
+    facts, latest = zip(*(_run_facts(run) for run in runs))
+    columns = list(dict.fromkeys(c for f in latest for c in f))
+    seen = {}  # the pixels' digest: when the first result shown on those images was made
+    for r in sorted((r for f in latest for r in f.values() if "time" in r), key=lambda r: r["time"], reverse=True):
+        seen.update({r[k]: r["time"] for k in ("train_pixels_sha256", "test_pixels_sha256") if r.get(k)})
+    headers = list(facts[0]) + [_header(c, columns, seen) for c in columns]
+    rows = [[name, *f.values(), *(_headline(g[c]) if c in g else None for c in columns)]
+            for name, f, g in zip(names, facts, latest)]
     return ["run"] + headers, rows
