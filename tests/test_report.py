@@ -416,6 +416,33 @@ def test_the_report_draws_the_latest_curve_of_each_protocol_and_settings_of_the_
     assert is_current({"protocol": "knn"}, "b" * 64)
 
 
+def test_a_curve_leaves_out_the_lines_of_runs_that_trained_on(tmp_path, split_folder):
+    # `eval curve --checkpoint A B` records both lines into each run; B then trained on in its
+    # folder: A's section still drew B's old line, under B's name. Each line is now checked
+    # against its own run's last.pt.
+    from selfsup.report import tables
+    from selfsup.report.build import _label_efficiency
+
+    a, b = pretrained_run(tmp_path / "a", split_folder), pretrained_run(tmp_path / "b", split_folder)
+    label_efficiency_curve([a, b], data=split_folder, protocol="knn", per_class=(1, 4), seeds=1, device="cpu",
+                           show_progress=False, out=tmp_path / "curve.png", protocol_options={"k": (5,)})
+    assert "not last.pt now" not in _label_efficiency(tables.run_evals(a))
+    checkpoint = torch.load(b / "last.pt", weights_only=True)  # B trains on
+    checkpoint["position"]["epoch"] += 1
+    torch.save(checkpoint, b / "last.pt")
+    assert tables.latest_curves(tables.run_evals(b)) == []  # B's own section: not its curve now (as before)
+    [curve] = tables.latest_curves(tables.run_evals(a))
+    assert f"left out (not last.pt now): {curve['lines'][1]['encoder']}" in _label_efficiency(tables.run_evals(a))
+    shown, stale = tables.current_lines(curve)
+    assert [line["checkpoint"] for line in shown["lines"]] == [str(a)] and stale == [curve["lines"][1]["encoder"]]
+    # Lines now name their run folder, whole; older records' are found by the checkpoint's path,
+    # else counted as current.
+    assert [line["run_dir"] for line in read_evals(a)[-1]["lines"]] == [str(a.resolve()), str(b.resolve())]
+    older = {"checkpoint": "x", "current": True, "lines": [{"checkpoint": str(b), "checkpoint_sha256": "0" * 64},
+                                                           {"checkpoint": "gone", "checkpoint_sha256": "0" * 64}]}
+    assert [line["current"] for line in tables._lines_marked(older)] == [False, True]
+
+
 class Stop(Exception):
     """Stands in for a Ctrl-C in the middle of a run."""
 

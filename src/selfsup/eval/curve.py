@@ -14,7 +14,7 @@ from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
 from .data import Setup, check_options, prepare
 from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol, setting_defaults
-from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
+from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result, run_folder
 from .subsets import Budget, make_split
 
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
@@ -86,9 +86,16 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
                                     **protocol_options) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
-                    **checkpoint_identity(setup.encoder),
+                    **checkpoint_identity(setup.encoder), **_run_dir(spec),
                     "points": [{k: r[k] for k in POINT_KEYS if k in r} for r in runs]}  # top-5: > 5 classes
     return lines, setup, runs
+
+
+def _run_dir(spec: str) -> dict:
+    """The line's run folder, whole (the report checks each line against its run's last.pt, from
+    whatever folder it is written); {} for encoders that are not runs."""
+    folder = run_folder(spec)
+    return {"run_dir": str(folder.resolve())} if folder else {}
 
 
 def _check_budgets(setup, budgets: list[Budget], protocol: str, protocol_options: dict) -> None:

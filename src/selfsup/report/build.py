@@ -13,7 +13,8 @@ from ..console import plural
 from ..errors import UserError
 from ..outputs import atomic_path, named_output, output_file
 from . import figures, html
-from .tables import EVAL_HEADERS, comparison_rows, eval_rows, latest_curves, read_run_config, run_evals
+from .tables import (EVAL_HEADERS, comparison_rows, current_lines, eval_rows, latest_curves, read_run_config,
+                     run_evals)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt")
 
@@ -84,13 +85,19 @@ def _curves(run: Path, metrics: list[dict]) -> str:
 
 
 def _label_efficiency(evals: list[dict]) -> str:
-    from ..eval.curve import plot_label_efficiency
-
     curves = latest_curves(evals)
     if not curves:
         return html.note("no label-efficiency curve recorded (selfsup eval curve --checkpoint RUN_DIR ...)")
-    return "".join(html.image(figures.via_file(plot_label_efficiency, c), f"label-efficiency curve, "
-                              f"{c['curve_protocol']}") for c in curves)
+    return "".join(_curve_image(c) for c in curves)
+
+
+def _curve_image(curve: dict) -> str:
+    from ..eval.curve import plot_label_efficiency
+
+    shown, stale = current_lines(curve)
+    caption = f"left out (not last.pt now): {'; '.join(stale)}" if stale else None
+    return html.image(figures.via_file(plot_label_efficiency, shown), f"label-efficiency curve, "
+                      f"{curve['curve_protocol']}", caption)
 
 
 def _labelled_data(cfg: dict, data, train, test) -> dict | None:

@@ -81,6 +81,14 @@ def latest_curves(evals: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
+def current_lines(curve: dict) -> tuple[dict, list[str]]:
+    """(the curve with only its current lines, the encoders of those left out): a line of a
+    checkpoint its run has moved on from is not the run's, as in the comparison table."""
+    lines = curve.get("lines", [])
+    stale = [line["encoder"] for line in lines if not line.get("current", True)]
+    return {**curve, "lines": [line for line in lines if line.get("current", True)]}, stale
+
+
 def _headline(result: dict) -> float | None:
     return result.get("map") if result["protocol"] == "retrieval" else result.get("top1")
 
@@ -129,7 +137,26 @@ def run_evals(run: Path) -> list[dict]:
     from ..eval.record import current_checkpoint_sha256, is_current, read_evals
 
     now = current_checkpoint_sha256(run)
-    return [{**r, "current": is_current(r, now)} for r in read_evals(run)]
+    records = [{**r, "current": is_current(r, now)} for r in read_evals(run)]
+    return [{**r, "lines": _lines_marked(r)} if r.get("protocol") == "curve" else r for r in records]
+
+
+def _lines_marked(curve: dict) -> list[dict]:
+    """A curve's lines, each marked "current" against its own run's last.pt: a curve recorded into
+    several runs holds the others' lines, which go stale when one of them trains on. The record's
+    own line is as current as the record; a line whose run cannot be found (moved, or an older
+    record's relative path) cannot tell, and counts as current."""
+    from ..eval.record import current_checkpoint_sha256, is_current, run_folder
+
+    marked = []
+    for line in curve.get("lines", []):
+        if line.get("checkpoint") == curve.get("checkpoint"):
+            current = curve["current"]
+        else:
+            folder = line.get("run_dir") or run_folder(line.get("checkpoint", "random:"))
+            current = folder is None or is_current(line, current_checkpoint_sha256(folder))
+        marked.append({**line, "current": current})
+    return marked
 
 
 def _run_facts(run: Path) -> tuple[dict, dict]:
