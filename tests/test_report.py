@@ -369,6 +369,25 @@ def test_columns_of_other_images_name_them_and_older_records_keep_their_column(t
     assert headers[-1] == "knn k=200 (all labels) on /d/test" and [r[-1] for r in rows] == [0.8, 0.8]
 
 
+def test_comparison_says_what_each_run_was_trained_at(tmp_path):
+    # Image size, batch size, preset and a ViT's patch size were missing: two runs looked alike.
+    from selfsup.config import dump_yaml, resolve
+    from selfsup.report.tables import comparison_rows
+
+    vit = fake_run(tmp_path / "vit", [])
+    (vit / "config.yaml").write_text(dump_yaml(resolve({"method": "dino", "backbone": {"name": "vit-small"},
+                                                        "data": {"image_size": 32}, "train": {"batch_size": 64}})))
+    resnet = fake_run(tmp_path / "resnet", [])
+    (resnet / "config.yaml").write_text(dump_yaml(resolve({"method": "simclr", "preset": "imagenet",
+                                                           "data": {"image_size": 64}})))
+    headers, rows = comparison_rows([vit, resnet, fake_run(tmp_path / "bare", [])], ["vit", "resnet", "bare"])
+    assert headers == ["run", "method", "backbone", "preset", "image size", "batch size", "epochs", "final loss",
+                       "online kNN"]
+    assert [r[:6] for r in rows] == [["vit", "dino", "vit-small/4", "cifar-vit", 32, 64],
+                                     ["resnet", "simclr", "resnet50", "imagenet", 64, 256],
+                                     ["bare", "simclr", "resnet18", None, None, None]]
+
+
 def test_report_cells_keep_small_values_exact():
     from selfsup.report.html import number
     assert number(0.00015) == "0.00015" and number(5e-4) == "0.0005" and number(1e-6) == "1e-06"

@@ -164,14 +164,23 @@ def _run_facts(run: Path) -> tuple[dict, dict]:
     from ..train import read_metrics
 
     cfg = read_run_config(run) or {}
+    section = lambda name: cfg.get(name) or {}  # noqa: E731
     metrics = read_metrics(run)
     knn = [m["knn_top1"] for m in metrics if "knn_top1" in m]
-    facts = {"method": cfg.get("method"), "backbone": (cfg.get("backbone") or {}).get("name"),
+    facts = {"method": cfg.get("method"), "backbone": _backbone(section("backbone")), "preset": cfg.get("preset"),
+             "image size": section("data").get("image_size"), "batch size": section("train").get("batch_size"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
     latest = {_column(r): r for r in run_evals(run)  # in time order: the latest stays
               if r.get("protocol") != "curve" and _headline(r) is not None and r["current"]}
     return facts, latest
+
+
+def _backbone(section: dict) -> str | None:
+    """The backbone's name, with a ViT's patch size: 'vit-small/16' (its config holds the size
+    training used; a ResNet's is None)."""
+    name, patch = section.get("name"), section.get("patch_size")
+    return f"{name}/{patch}" if name and patch else name
 
 
 def _images(digest: str | None, seen: dict[str, str]) -> str:
