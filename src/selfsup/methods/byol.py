@@ -39,7 +39,9 @@ class Config:
 def _cifar() -> dict:
     # lightly's CIFAR-10 benchmark (kNN 0.868 at 200 epochs, batch 512): its SGD recipe, heads
     # 1024 -> 256, constant momentum 0.99, no blur on 32-pixel images. Its loss, 0.5 (-cos - cos),
-    # is a quarter of BYOL's, so its steps are taken at a quarter of the rate (loss_scale).
+    # is a quarter of BYOL's, so its steps are taken at a quarter of the rate (loss_scale). Not its
+    # views: that benchmark gives BYOL SimCLR's (jitter 0.4, 0.4, 0.4, 0.1, no solarization); these
+    # are BYOL's own asymmetric pair without blur (`--set byol.view_2.solarize_prob=0`, ... for lightly's).
     return {
         **lightly_cifar_recipe(loss_scale=4.0),
         "byol": {"momentum": 0.99, "momentum_final": 0.99, "projection_hidden_dim": 1024,
