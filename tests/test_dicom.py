@@ -360,3 +360,23 @@ def test_a_folder_of_scans_is_cached_and_pretrained_on_with_its_multi_frame_file
                      "--out", str(tmp_path / "run"), "--backbone", "resnet18", "--no-small-stem", "--epochs", "1", "--batch-size", "4",
                      "--image-size", "16", "--device", "cpu", "--no-progress", "--json"])
     assert code == 0 and Path(json.loads(out.getvalue())["checkpoint"]).is_file()
+
+
+def test_dicom_files_without_a_suffix_are_found_by_their_mark(tmp_path):
+    """Scanners and PACS exports name files IM0001 or by UID (1.2.840...): found by the "DICM" at
+    byte 128, and nothing else without a suffix (a README, DICOMDIR, a hidden file) is taken."""
+    folder = tmp_path / "export"
+    (folder / "series1").mkdir(parents=True)
+    stored = np.random.default_rng(0).integers(0, 4096, size=(20, 20)).astype(np.uint16)
+    for name in ("IM0001", "IM0002", "1.2.840.113619.2.55.3.7"):
+        (folder / "series1" / name).write_bytes(dicom_bytes(stored, bits_stored=12))
+    (folder / "DICOMDIR").write_bytes(dicom_bytes(stored, bits_stored=12))  # an index: no picture to take
+    (folder / "README").write_text("scans from the CT room")
+    (folder / ".DS_Store").write_bytes(b"\0" * 200)
+    (folder / "series1" / "notes.2").write_text("x" * 200)
+    source = open_source(folder)
+    assert source.names == ["series1/1.2.840.113619.2.55.3.7", "series1/IM0001", "series1/IM0002"]
+    cache = load_cache(source, 16, tmp_path / "cache", show_progress=False)
+    assert len(cache) == 3 and cache.skipped == []
+    from selfsup.data.sources import open_file_or_source
+    assert open_file_or_source(folder / "series1" / "IM0001").names == ["IM0001"]

@@ -52,10 +52,15 @@ def dicom_readers() -> list[str]:
     return [name for name in ("pydicom", *CODEC_MODULES) if installed(name)]
 
 
+def is_dicom_file_start(data: bytes) -> bool:
+    """The first DICOM_MAGIC_AT + 4 bytes of a file are a DICOM file's (its preamble, then "DICM")."""
+    return data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == b"DICM"
+
+
 def is_dicom(data: bytes) -> bool:
     """A DICOM file by content: "DICM" after the 128-byte preamble, or a bare data set (no
     preamble nor file meta, as older software wrote them) whose first element is of group 0008."""
-    return data[DICOM_MAGIC_AT:DICOM_MAGIC_AT + 4] == b"DICM" or _bare_data_set(data)
+    return is_dicom_file_start(data) or _bare_data_set(data)
 
 
 def _bare_data_set(data: bytes) -> bool:

@@ -19,6 +19,7 @@ from typing import Iterator
 from ..console import plural, warn
 from ..errors import UserError
 from ..outputs import os_reason
+from .dicom import DICOM_MAGIC_AT, is_dicom_file_start
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",  # a GIF: its first frame
                   ".dcm", ".dicom"}  # DICOM, with pydicom (selfsup[dicom]): its first frame
@@ -31,6 +32,25 @@ NOT_FOLDER_NAMES = frozenset({"", ".", ".."})
 
 def is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not PurePosixPath(name).name.startswith(".")
+
+
+def is_unnamed_dicom(path: Path) -> bool:
+    """A file without a suffix that holds a DICOM file's mark: scanners and PACS exports name
+    their files IM0001 or 1.2.840.113619.2.55... (a UID, whose dots are no suffix). DICOMDIR, the
+    index of a DICOM folder, holds no picture."""
+    name = path.name
+    if name.startswith(".") or name.upper() == "DICOMDIR" or not _without_suffix(name):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return is_dicom_file_start(f.read(DICOM_MAGIC_AT + 4))
+    except OSError:
+        return False
+
+
+def _without_suffix(name: str) -> bool:
+    suffix = PurePosixPath(name).suffix
+    return suffix == "" or suffix[1:].isdigit()  # "1.2.840.10008.5" ends in a number, not a file type
 
 
 def is_tar_path(path: Path) -> bool:
@@ -286,9 +306,11 @@ def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
              f"them")
 
 
-def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None = None) -> list[str]:
-    """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s
-    (hidden folders skipped); each file's name, size, mtime and permissions go into `digest`, so
+def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None = None,
+                keep_by_content=None) -> list[str]:
+    """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s, or
+    whose content `keep_by_content(file path)` keeps (DICOM files without a suffix; hidden folders
+    skipped); each file's name, size, mtime and permissions go into `digest`, so
     that a changed file (or one made readable) changes the fingerprint. Files that cannot be used
     (a dangling link, a name that is not UTF-8, a folder that cannot be read) are left out, said
     in one warning, or, given `left_out`, added to it as (name, why) for the caller to say: a
@@ -309,7 +331,7 @@ def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _skipped_folder(d))
         for filename in filenames:
-            if not keep(filename):
+            if not keep(filename) and not (keep_by_content and keep_by_content(Path(dirpath) / filename)):
                 continue
             full = Path(dirpath) / filename
             rel = full.relative_to(path).as_posix()
@@ -356,7 +378,8 @@ def _listing(path: Path) -> tuple[list[str], str, dict[str | None, str], dict[st
         raise UserError(f"data path {str(path)!r} does not exist; give a folder of images or a tar of one")
     if path.is_dir():
         digests = FolderDigests()
-        return walk_folder(path, is_image_name, digests), "", digests.hexdigests(), {}
+        return walk_folder(path, is_image_name, digests, keep_by_content=is_unnamed_dicom), "", \
+            digests.hexdigests(), {}
     digest = hashlib.sha256()
     if is_list_path(path) and path.is_file():
         return _listed_files(path, digest), "", {None: digest.hexdigest()}, {}
@@ -439,7 +462,7 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False)
 def open_file_or_source(path: str | Path) -> ImageSource:
     """`open_source(path, whole=True)`, or, for a single image file, a source of that one image."""
     path = Path(path).expanduser()
-    if path.is_file() and is_image_name(path.name):
+    if path.is_file() and (is_image_name(path.name) or is_unnamed_dicom(path)):
         digest = hashlib.sha256(repr(_stat_key(path)).encode())
         source = _make_source(path.parent, None, [path.name], "", {None: digest.hexdigest()})
         source.one_file = True
