@@ -237,3 +237,26 @@ def test_a_resumed_run_carries_the_colour_counts(tmp_path, monkeypatch):
     assert int(at_interruption["model"]["ab_counts"].sum()) == at_interruption["position"]["step"] * per_step
     assert int(whole["model"]["ab_counts"].sum()) == whole["position"]["step"] * per_step
     assert_same_state(whole, resumed)
+
+
+def test_a_colorization_encoder_exports_to_onnx_with_its_lab_conversion(tmp_path):
+    """Both branches and the RGB -> Lab conversion in one graph (an inverse taken in the forward
+    pass once stopped the export), checked with onnxruntime against the encoder."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from selfsup.encoder import load_encoder
+    from selfsup.export import RGBInput, export_encoder
+    from selfsup.train import run_pretraining
+
+    data = write_dataset(tmp_path / "data", per_class=4, size=16)
+    run_pretraining({"method": "colorization", "out": str(tmp_path / "run"),
+                     "data": {"path": str(data), "image_size": 16, "holdout_fraction": 0.0},
+                     "backbone": {"name": "resnet18-half", "small_stem": False},
+                     "train": {"epochs": 1, "batch_size": 4, "progress": False}})
+    encoder = load_encoder(tmp_path / "run")
+    export_encoder(encoder, tmp_path / "encoder.onnx")
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = RGBInput(encoder.backbone).eval()(images).numpy()
+    features = ort.InferenceSession(str(tmp_path / "encoder.onnx")).run(None, {"images": images.numpy()})[0]
+    np.testing.assert_allclose(features, expected, atol=1e-4, rtol=1e-4)

@@ -250,3 +250,58 @@ def test_weights_keep_the_architecture_their_export_records(trained, tmp_path, c
     # Refused where every command loads its encoder (curate too), not only by eval and embed.
     with pytest.raises(UserError, match="'random:resnet18' holds a resnet18, not a resnet50"):
         load_encoder("random:resnet18", backbone="resnet50")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet18-half"])
+def test_an_onnx_export_takes_rgb_in_0_1_for_any_batch_and_gives_the_encoders_features(trained, tmp_path, capsys,
+                                                                                         backbone):
+    """Runtimes without PyTorch: the graph normalises as training did, so its users feed pixels
+    in [0, 1]; checked with onnxruntime against the encoder on the normalised images."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from selfsup.cli import main
+    from selfsup.views import IMAGENET_MEAN, IMAGENET_STD
+
+    run = trained[1][backbone]
+    out = tmp_path / "encoder.onnx"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    encoder = load_encoder(run)
+    session = ort.InferenceSession(str(out))
+    assert [i.name for i in session.get_inputs()] == ["images"] and written["out"] == str(out)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["image_size"] == str(encoder.image_size) and meta["backbone"] == encoder.backbone.name
+    for batch in (1, 5):
+        images = torch.rand(batch, 3, encoder.image_size, encoder.image_size, generator=torch.Generator().manual_seed(batch))
+        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        with torch.no_grad():
+            expected = encoder.backbone.eval()((images - mean) / std).numpy()
+        features = session.run(None, {"images": images.numpy()})[0]
+        assert features.shape == (batch, encoder.backbone.feature_dim)
+        np.testing.assert_allclose(features, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_an_onnx_export_without_its_packages_says_what_to_install(trained, tmp_path, monkeypatch):
+    import sys
+
+    from selfsup.errors import UserError
+    from selfsup.export import export_encoder
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(UserError, match=r"pip install 'selfsup\[onnx\]'"):
+        export_encoder(trained[1]["resnet18"], tmp_path / "encoder.onnx")
+    assert not (tmp_path / "encoder.onnx").exists()
+
+
+def test_a_vit_exports_to_onnx_with_its_class_token_features(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from selfsup.export import RGBInput, export_encoder
+
+    encoder = load_encoder("random:vit-tiny", 32)
+    export_encoder(encoder, tmp_path / "vit.onnx")
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = RGBInput(encoder.backbone).eval()(images).numpy()
+    features = ort.InferenceSession(str(tmp_path / "vit.onnx")).run(None, {"images": images.numpy()})[0]
+    np.testing.assert_allclose(features, expected, atol=1e-4, rtol=1e-4)

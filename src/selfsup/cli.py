@@ -378,13 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_parser(commands, _common)
     add_attention_parser(commands, _common)
 
-    p = commands.add_parser("export", help="write the encoder's weights as safetensors",
+    p = commands.add_parser("export", help="write the encoder's weights as safetensors (or the encoder as ONNX)",
                             description="Write the encoder of a checkpoint as a safetensors file: the keys of the "
                                         "plain torchvision or timm model, with its architecture, image size and "
                                         "normalisation in the file's metadata (see the README on loading it "
-                                        "without selfsup).")
+                                        "without selfsup). An --out ending in .onnx writes an ONNX graph instead, "
+                                        "taking RGB in [0, 1] (pip install 'selfsup[onnx]').")
     p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint or run folder")
-    p.add_argument("--out", required=True, help="a .safetensors file, or a folder to write encoder.safetensors in")
+    p.add_argument("--out", required=True, help="a .safetensors file, or a folder to write encoder.safetensors in, "
+                                                "or an .onnx file")
     _common(p)
     p.set_defaults(run=_export)
 

@@ -2,19 +2,23 @@
 
 `export_encoder` writes the backbone's state dict as safetensors, with what is needed to rebuild
 the model in the file's metadata. The keys are those of the plain torchvision/timm model with
-its classifier removed, so no selfsup code is needed to use it (README.md shows how).
+its classifier removed, so no selfsup code is needed to use it (README.md shows how). Given an
+.onnx file it writes the encoder as an ONNX graph instead, for runtimes without PyTorch.
 `embed_images` writes one L2-normalised feature vector per image to a .npy file and the list of
 files, one per line, beside it. `--out` may name a folder (one that exists, or a path ending in
 '/'): the files are then written inside it under fixed names.
 """
 from __future__ import annotations
 
+import importlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
 
 from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
@@ -29,12 +33,26 @@ EMBEDDINGS_FILE = "embeddings.npy"
 
 def export_encoder(checkpoint, out: str | Path) -> dict:
     """Write the encoder's weights to `out` (a .safetensors file, or a folder to write
-    encoder.safetensors in); returns the metadata written, and the file's path as "out"."""
+    encoder.safetensors in; an .onnx file: see export_onnx); returns the metadata written, and the
+    file's path as "out"."""
+    if str(out).lower().endswith(".onnx"):
+        return export_onnx(checkpoint, out)
     out = output_file(named_output(out, ".safetensors", ENCODER_FILE))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
-    cfg = encoder.config
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
-    metadata = {
+    metadata = _metadata(encoder)
+    # Serialised here and written by Python: safetensors' own file writing fails with a
+    # SafetensorError (a traceback), not an OSError that atomic_path turns into one line.
+    serialised = save(state, metadata=metadata)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(serialised)
+    return {"out": str(out), **metadata}
+
+
+def _metadata(encoder: Encoder) -> dict[str, str]:
+    """What rebuilds and feeds the encoder, as text: architecture, image size, normalisation."""
+    cfg = encoder.config
+    return {
         "format": "selfsup-encoder",
         "backbone": encoder.backbone.name,
         "small_stem": json.dumps(encoder.backbone.small_stem),  # null: no ResNet stem (ViTs, other timm models)
@@ -46,11 +64,47 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
         "mean": json.dumps(IMAGENET_MEAN),
         "std": json.dumps(IMAGENET_STD),
     }
-    # Serialised here and written by Python: safetensors' own file writing fails with a
-    # SafetensorError (a traceback), not an OSError that atomic_path turns into one line.
-    serialised = save(state, metadata=metadata)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(serialised)
+
+
+class RGBInput(nn.Module):
+    """The backbone, taking RGB in [0, 1] and normalising it as training did: an ONNX graph's
+    users need no constants beside it."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images - self.mean) / self.std)
+
+
+def export_onnx(checkpoint, out: str | Path) -> dict:
+    """Write the encoder to `out`, an .onnx file: input "images", float32 (N, 3, S, S) RGB in
+    [0, 1] for any N, S the image size it was trained at; output "features", (N, D) pooled (not
+    L2-normalised); the safetensors metadata in the graph's metadata_props."""
+    try:
+        import onnx
+        importlib.import_module("onnxscript")  # torch.onnx's exporter needs it
+    except ImportError:
+        raise UserError("writing ONNX needs the onnx and onnxscript packages: pip install 'selfsup[onnx]' "
+                        "(or write a .safetensors file)") from None
+    out = output_file(Path(out))
+    encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
+    metadata = {**_metadata(encoder), "input": "images: float32 (N, 3, S, S), RGB in [0, 1], normalised inside",
+                "output": "features: float32 (N, feature_dim), pooled, not L2-normalised"}
+    model = RGBInput(encoder.backbone).cpu().eval()
+    example = torch.rand(2, 3, encoder.image_size, encoder.image_size)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
+                                    output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    verbose=False)
+        graph = program.model_proto
+        for key, value in metadata.items():
+            graph.metadata_props.add(key=key, value=value)
+        onnx.save(graph, str(tmp))
     return {"out": str(out), **metadata}
 
 

@@ -224,10 +224,14 @@ SRGB_TO_XYZ = ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.11
 _DELTA = 6 / 29  # the CIE's f(t) is a cube root above DELTA**3 and linear below
 
 
+# Inverted once, in float64: an inverse taken in the forward pass was a step no ONNX export takes.
+XYZ_TO_SRGB = tuple(map(tuple, np.linalg.inv(np.array(SRGB_TO_XYZ, dtype=np.float64)).tolist()))
+
+
 def _matrices(device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m = torch.tensor(SRGB_TO_XYZ, dtype=torch.float64)
     white = m.sum(1)
-    return m.to(device, dtype), torch.linalg.inv(m).to(device, dtype), white.to(device, dtype)
+    return m.to(device, dtype), torch.tensor(XYZ_TO_SRGB, dtype=dtype, device=device), white.to(device, dtype)
 
 
 def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
