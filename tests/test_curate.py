@@ -251,25 +251,30 @@ def test_one_picture_saved_thousands_of_times_is_searched_once(monkeypatch, seed
     10,000). Searched once, with the same groups as the definition, near copies included."""
     from selfsup.curate import dedup
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed + 100)  # not unit()'s stream: noise along a vector is no noise
     distinct = unit(120, 16, seed)
     placeholder = np.repeat(distinct[:1], 1500, axis=0)
     near = distinct[1:2] + 0.01 * rng.normal(size=(30, 16)).astype(np.float32)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
     vectors = np.concatenate([distinct, placeholder, np.repeat(distinct[1:2], 40, axis=0), near])
     vectors = vectors[rng.permutation(len(vectors))]
-    largest, search_nearest = [], dedup.nearest
+    searches, search_nearest = [], dedup.nearest
 
     def noting(queries, gallery, k, backend, device):
-        largest.append(len(gallery))
+        searches.append((queries is gallery, len(queries) * k))
         return search_nearest(queries, gallery, k, backend, device)
 
     monkeypatch.setattr(dedup, "nearest", noting)
     groups = duplicate_groups(vectors, threshold=0.95, neighbours=4, backend="exact")
-    assert max(largest) <= 120 + 30  # the distinct vectors only
+    assert searches[0][0]  # the pool itself, not a copy of it
+    # Searched again: the picture's first row and its 30 near copies, with k past 1,541; its
+    # 1,500 other rows each past 1,541 would be 1,500 x 2,048 results.
+    assert sum(cells for _, cells in searches[1:]) <= 40 * 2048
     assert groups == star_groups_by_brute_force(vectors, 0.95)
     assert sorted(len(g) for g in groups)[-1] == 1501  # the picture and its 1,500 copies
     assert duplicate_groups(vectors, threshold=1.5, backend="exact") == []  # not even identical rows reach 1.5
+    exact = duplicate_groups(vectors, threshold=1.0, backend="exact")  # whatever their rounding: a cosine of 1
+    assert sorted(len(g) for g in exact) == [41, 1501]
 
 
 def test_near_any_and_retrieval_against_brute_force():

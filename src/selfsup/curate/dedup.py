@@ -27,19 +27,17 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, names: list[str] | N
     still above the threshold is searched again with twice as many, until its list ends below
     the threshold or holds every row. So a picture with hundreds of copies is one group. Rows
     that are the same vector (one file saved many times: a placeholder through a scraped folder)
-    are searched once: M of them searched among themselves were M x M pairs to hold."""
+    are copies of each other at any threshold up to 1, and only the first of them is searched
+    again: M of them each searched past M neighbours were M x M pairs to hold."""
     if len(vectors) < 2:
         return []
     first, same_as = identical_rows(vectors)
-    distinct = vectors if len(first) == len(vectors) else vectors[first]
-    close = _close_pairs(distinct, threshold, neighbours, backend, device)  # between distinct vectors
-    by_vector = np.argsort(same_as, kind="stable")  # the rows of distinct vector u: by_vector[starts[u]:starts[u + 1]]
+    close = _close_vectors(vectors, first, same_as, threshold, neighbours, backend, device)
+    by_vector = np.argsort(same_as, kind="stable")  # the rows of vector u: by_vector[starts[u]:starts[u + 1]]
     starts = np.searchsorted(same_as[by_vector], np.arange(len(first) + 1))
-    # Identical rows are each other's copies where a vector reaches the threshold with itself (not above 1).
-    self_close = np.einsum("ij,ij->i", distinct, distinct) >= threshold if len(first) < len(vectors) else None
 
     def rows_near(u: int) -> list[int]:
-        near = [v for v in close.get(u, ())] + ([u] if self_close is not None and self_close[u] else [])
+        near = [*close.get(u, ()), *([u] if threshold <= 1 else [])]  # identical rows: a cosine of exactly 1
         return [int(j) for v in near for j in by_vector[starts[v]:starts[v + 1]]]
 
     visit = sorted(range(len(vectors)), key=lambda i: names[i]) if names is not None else range(len(vectors))
@@ -68,26 +66,28 @@ def identical_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return at[by_row], number[inverse.reshape(-1)]
 
 
-def _close_pairs(vectors: np.ndarray, threshold: float, neighbours: int, backend: str, device) -> dict[int, set[int]]:
-    """{row: the other rows whose cosine similarity with it reaches the threshold}, for the rows
-    that have some (a million empty sets hold 200 MB)."""
+def _close_vectors(vectors: np.ndarray, first: np.ndarray, same_as: np.ndarray, threshold: float,
+                   neighbours: int, backend: str, device) -> dict[int, set[int]]:
+    """{distinct vector: the other distinct vectors whose cosine similarity with it reaches the
+    threshold}, for those that have some (a million empty sets hold 200 MB). Every row is searched
+    first, the pool itself as the queries (a copy of it is 2 GB for a million rows); a row searched
+    again is the first of its vector's rows, whose copies would find the same."""
     close: dict[int, set[int]] = {}
-    if len(vectors) < 2:
-        return close
+    searched_again = np.zeros(len(vectors), dtype=bool)
+    searched_again[first] = True
     rows_to_search = np.arange(len(vectors))
     k = min(neighbours + 1, len(vectors))
     while len(rows_to_search):
-        # The first pass searches every row: `vectors` itself, not a copy of it (2 GB for a million rows).
         queries = vectors if len(rows_to_search) == len(vectors) else vectors[rows_to_search]
         sims, idx, _ = nearest(queries, vectors, k, backend, device)
         rows, cols = np.nonzero(sims >= threshold)
-        for i, j in zip(rows_to_search[rows].tolist(), idx[rows, cols].tolist()):
-            if i != j:
-                close.setdefault(i, set()).add(j)
-                close.setdefault(j, set()).add(i)
+        for u, v in zip(same_as[rows_to_search[rows]].tolist(), same_as[idx[rows, cols]].tolist()):
+            if u != v:
+                close.setdefault(u, set()).add(v)
+                close.setdefault(v, set()).add(u)
         if k == len(vectors):
             break
-        rows_to_search = rows_to_search[sims[:, -1] >= threshold]
+        rows_to_search = rows_to_search[(sims[:, -1] >= threshold) & searched_again[rows_to_search]]
         k = min(2 * k, len(vectors))
     return close
 
