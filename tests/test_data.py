@@ -1040,3 +1040,20 @@ def test_removing_unused_caches_also_removes_old_half_written_features(tmp_path)
     os.utime(old, (a_month_ago, a_month_ago))
     remove_unused_caches(tmp_path, 30)
     assert not old.exists() and new.exists()  # a recent one may be a write going on now
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_tiff_whose_0_is_white_is_turned_over_at_any_depth_and_its_nodata_compared_as_stored(seed):
+    """Pillow turns an 8-bit MINISWHITE TIFF over and leaves a 16-bit one as stored: both come out
+    with 0 as white. GDAL's nodata names a stored value, not a shown one."""
+    pytest.importorskip("tifffile")
+    rng = np.random.default_rng(seed)
+    deep = rng.integers(100, 4000, (12, 12)).astype(np.uint16)
+    data = tifffile_bytes(deep, photometric="miniswhite")
+    Image.open(io.BytesIO(data)).load()  # read by Pillow
+    np.testing.assert_array_equal(decode_image(data, 12)[0][..., 0], 255 - stretched(deep.astype(np.float64)))
+    shallow = rng.integers(1, 256, (12, 12)).astype(np.uint8)
+    shallow[:3] = 0  # beyond the scene's edge, stored as 0: shown white by MINISWHITE, black as nodata
+    out = decode_image(tifffile_bytes(shallow, photometric="miniswhite",
+                                      extratags=[(42113, "s", 0, "0", True)]), 12)[0][..., 0]
+    assert (out[:3] == 0).all() and (out[3:] == 255 - shallow[3:]).all()

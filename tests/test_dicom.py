@@ -380,3 +380,20 @@ def test_dicom_files_without_a_suffix_are_found_by_their_mark(tmp_path):
     assert len(cache) == 3 and cache.skipped == []
     from selfsup.data.sources import open_file_or_source
     assert open_file_or_source(folder / "series1" / "IM0001").names == ["IM0001"]
+
+
+def test_an_image_that_starts_as_a_bare_data_set_is_still_read_by_pillow():
+    """A TGA with an 8-byte ID field starts 08 00 ..: a bare DICOM data set by its first bytes,
+    which pydicom cannot read; it is an image all the same."""
+    from PIL import Image
+
+    from selfsup.data.cache import decode_image
+    from selfsup.data.dicom import is_dicom
+
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TGA", id_section=b"12345678")
+    assert is_dicom(buffer.getvalue())
+    out, gray, side = decode_image(buffer.getvalue(), 20)
+    np.testing.assert_array_equal(out, pixels)
+    assert not gray and side == 20

@@ -40,7 +40,7 @@ from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
 from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers, installed,
                     is_dicom, syntax_name)
 from .sources import ImageSource
-from .stretch import black_outside, inside_scene, stretch, stretch_integers
+from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
 # 3: 16-bit colour decoded in full; deep images stretched between percentiles; transparency composited.
@@ -69,6 +69,7 @@ Bands = tuple[int, ...] | None  # 1-based bands of a TIFF read as red, green, bl
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 RGB_BANDS = 3
 MIN_IS_WHITE, MIN_IS_BLACK, RGB, PALETTE, YCBCR = 0, 1, 2, 3, 6  # TIFF's photometric interpretations
+PHOTOMETRIC_TAG = 262
 JPEG_COMPRESSION = 7
 # GDAL's tag: as text, the sample value of pixels outside the scene (a tile's corners beyond the
 # scene's edge, a masked cloud). Counted in the stretch, -9999 in a DEM or 65535 in a 16-bit tile
@@ -142,12 +143,14 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
     if bands:
         decoded, notes = decode_noting(data, size)
         return decoded, notes + [NOT_TIFF]
-    if is_dicom(data):
+    if data[:4] not in TIFF_MAGIC and is_dicom(data):  # a DICOM file whose preamble is a TIFF's is read as a TIFF
         display, notes = decode_dicom(data, LARGEST_IMAGE_PIXELS)
-        if display is None:
+        if display is not None:
+            pixels, gray = display
+            return (fit_square(Image.fromarray(pixels), size), gray, min(pixels.shape[:2])), notes
+        if notes:  # a DICOM file, which a package would read
             return None, notes
-        pixels, gray = display
-        return (fit_square(Image.fromarray(pixels), size), gray, min(pixels.shape[:2])), notes
+        # else not DICOM after all (a TGA can start as a bare data set does): Pillow's to try
     guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS // 2  # Pillow refuses twice its value
     try:
@@ -161,10 +164,11 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
                     by_channel = decode_tiff_bands(data, size, channel_pages_only=True)
                     if by_channel[0] is not None:
                         return by_channel
-                nodata = opened.tag_v2.get(GDAL_NODATA) if opened.format == "TIFF" else None
+                tags = opened.tag_v2 if opened.format == "TIFF" else {}
+                nodata, min_is_white = tags.get(GDAL_NODATA), tags.get(PHOTOMETRIC_TAG) == MIN_IS_WHITE
                 colour = sixteen_bit_colour(opened, data, nodata)  # from the tiles, before anything loads the pixels
                 notes += [TOP_BYTE] if colour and not colour[1] else []
-                img = to_rgb8(colour[0]) if colour else to_rgb8(opened, nodata)
+                img = to_rgb8(colour[0]) if colour else to_rgb8(opened, nodata, min_is_white)
                 img.load()  # `opened` itself when already RGB, and its file is closed below
                 # Read after loading: Pillow's TIFF loader turns the pixels upright itself and then
                 # drops the tag, which read before would turn them a second time.
@@ -209,14 +213,7 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     if photometric not in (MIN_IS_WHITE, MIN_IS_BLACK, RGB):
         return None, [TIFF_COLOUR] if bands else []  # without bands: Pillow's to read, had it been able
     inside = inside_scene(chosen, nodata)
-    if chosen.dtype == np.uint8:
-        pixels = chosen
-    elif chosen.dtype == bool:
-        pixels = chosen.astype(np.uint8) * 255
-    elif chosen.dtype == np.uint16:
-        pixels = stretch_integers(chosen, inside)
-    else:
-        pixels = stretch(chosen.astype(np.float64), inside)
+    pixels = to_uint8(chosen, inside)
     if photometric == MIN_IS_WHITE:  # 0 is white
         pixels = 255 - pixels
     pixels = black_outside(pixels, inside)
@@ -348,19 +345,20 @@ def sixteen_bit_colour(img: Image.Image, data: bytes, nodata: str | None = None)
     return Image.fromarray(pixels, img.mode), low is not None
 
 
-def to_rgb8(img: Image.Image, nodata: str | None = None) -> Image.Image:
+def to_rgb8(img: Image.Image, nodata: str | None = None, min_is_white: bool = False) -> Image.Image:
     """`img` as 8-bit RGB: a 16-bit, 32-bit or float image (scans, microscopy) stretched, and an
     image with transparency composited over BACKGROUND (so is a 4th band stored as alpha, such as
     a satellite tile's near infrared in an RGBA file). Pixels that hold the GDAL_NODATA value
-    `nodata` are black, and left out of the stretch."""
+    `nodata` are black, and left out of the stretch. `min_is_white`: a TIFF whose 0 is white,
+    which Pillow turns over at 8 bits and leaves as stored deeper."""
     if img.mode in HIGH_DEPTH_MODES:
-        values = np.asarray(img)  # 16-bit samples from a histogram; 32-bit ints and floats in float64
+        values = np.asarray(img)
         inside = inside_scene(values, nodata)
-        img = Image.fromarray(black_outside(  # 2-D uint8: mode L
-            stretch_integers(values, inside) if values.dtype.kind == "u" and values.itemsize == 2
-            else stretch(values.astype(np.float64), inside), inside))
+        pixels = to_uint8(values, inside)
+        img = Image.fromarray(black_outside(255 - pixels if min_is_white else pixels, inside))  # mode L
     elif nodata is not None and img.mode in ("L", "RGB"):
-        inside = inside_scene(np.asarray(img), nodata)
+        stored = 255 - np.asarray(img) if min_is_white and img.mode == "L" else np.asarray(img)
+        inside = inside_scene(stored, nodata)
         img = img if inside is None else Image.fromarray(black_outside(np.asarray(img), inside))
     if img.mode in ALPHA_MODES or "transparency" in img.info:  # a palette's or a colour key's too
         img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))

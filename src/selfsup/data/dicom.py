@@ -19,7 +19,7 @@ from importlib.util import find_spec
 
 import numpy as np
 
-from .stretch import stretch, stretch_integers
+from .stretch import stretch_integers, to_uint8
 
 # What decode_dicom could not do in full, by file, as decode_noting's notes are
 FIRST_FRAME = "first_frame"  # a multi-frame file: its first frame read
@@ -159,20 +159,16 @@ def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
     window = first_window(ds)
     if window is not None:
         pixels = apply_window(values, *window)
-    elif values.dtype == np.uint8 and int(ds.get("BitsStored") or 8) == 8:
-        pixels = values
-    elif values.dtype == np.uint16:
+    elif values.dtype == np.uint8 and int(ds.get("BitsStored") or 8) < 8:
         pixels = stretch_integers(values)
     else:
-        pixels = stretch(values.astype(np.float64))
+        pixels = to_uint8(values)
     return 255 - pixels if invert else pixels
 
 
 def colour_display(frame: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 of an RGB frame: 8-bit as it is, deeper samples stretched jointly."""
-    if frame.dtype == np.uint8:
-        return frame
-    return stretch_integers(frame) if frame.dtype == np.uint16 else stretch(frame.astype(np.float64))
+    return to_uint8(frame)
 
 
 def first_window(ds) -> tuple[float, float, str] | None:

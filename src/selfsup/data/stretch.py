@@ -53,6 +53,19 @@ def stretch(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     return np.round(scaled).astype(np.uint8)
 
 
+def to_uint8(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """Samples of any type as uint8: 8-bit as they are, bool as 0 and 255, deeper ones stretched
+    between percentiles of the pixels `where` is true (unsigned 16-bit from a histogram, 32-bit
+    and floats in float64)."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == bool:
+        return values.astype(np.uint8) * 255
+    if values.dtype == np.uint16:
+        return stretch_integers(values, where)
+    return stretch(values.astype(np.float64), where)
+
+
 def inside_scene(values: np.ndarray, nodata: str | None) -> np.ndarray | None:
     """(H, W) of `values` (H, W[, C]): False where every band of a pixel holds the value that the
     GDAL_NODATA text `nodata` names, compared in the samples' own type as GDAL does; None where no
@@ -60,7 +73,7 @@ def inside_scene(values: np.ndarray, nodata: str | None) -> np.ndarray | None:
     if nodata is None:
         return None
     try:
-        value = float(str(nodata).strip(" \0").replace(",", "."))  # some writers use a decimal comma
+        value = float(str(nodata).strip(" \0"))
     except ValueError:
         return None
     if values.dtype.kind in "ui":
