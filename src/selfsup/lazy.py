@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.util import find_spec
+
+
+def installed(name: str) -> bool:
+    """Whether the module `name` can be imported (False where sys.modules blocks it with None)."""
+    try:
+        return find_spec(name) is not None
+    except ValueError:  # in sys.modules as None: import blocked
+        return False
 
 
 def lazy_exports(package: str, exports: dict[str, str]):

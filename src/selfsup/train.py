@@ -226,6 +226,11 @@ def same_data(a: dict, b: dict) -> bool:
     return (a["images"], a["names_sha256"]) == (b["images"], b["names_sha256"])
 
 
+def _warm_up(epochs: float) -> str:
+    """', warm-up 10 epochs' (or 1 epoch, 0.5 epochs); '' without one."""
+    return f", warm-up {epochs:g} epoch{'' if epochs == 1 else 's'}" if epochs else ""
+
+
 def network_and_views(cfg: RunConfig) -> str:
     """What two runs compared must share, for the start line: "vit-small/16 at 64 px (drop path
     0.1), 2 x 64 px + 6 x 16 px crops" (presets set some of it per method)."""
@@ -598,7 +603,7 @@ class Trainer:
             f"{plural(cfg.train.epochs, 'epoch')} x {plural(len(self.stream), 'step')} of {batch}, "
             f"peak lr {self.lr:.4g} = {cfg.optim.lr} per {cfg.optim.lr_reference_batch} images, "
             f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}"
-            f"{f', warm-up {cfg.optim.warmup_epochs:g} epochs' if cfg.optim.warmup_epochs else ''}), "
+            f"{_warm_up(cfg.optim.warmup_epochs)}), "
             f"device {self.device}, preset {cfg.preset}")
         if len(self.holdout_idx):
             # The classes are the first level of folders, which may not be classes at all

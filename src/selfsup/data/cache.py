@@ -36,8 +36,9 @@ from PIL import Image, TiffImagePlugin
 
 from ..console import progress_bar, warn
 from ..errors import UserError
+from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
-from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers, installed,
+from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers,
                     is_dicom, syntax_name)
 from .sources import ImageSource
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
@@ -628,7 +629,8 @@ class DamagedCache(Exception):
 
 
 class OutdatedCache(DamagedCache):
-    """A cache that skipped TIFFs a package installed since it was built reads (readable_now)."""
+    """A cache that skipped TIFFs or DICOM files that a package installed since it was built
+    reads (readable_now)."""
 
 
 def open_built(target: Path, build, description: str, kind: str = "image") -> ImageCache:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
-from importlib.util import find_spec
 
 import numpy as np
 
+from ..lazy import installed
 from .stretch import stretch_integers, to_uint8
 
 # What decode_dicom could not do in full, by file, as decode_noting's notes are
@@ -36,14 +36,6 @@ JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # baseline
 JPEG_2000_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 lossless, lossy
                       "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}  # HTJ2K
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-
-
-def installed(name: str) -> bool:
-    """Whether the module `name` can be imported (False where sys.modules blocks it with None)."""
-    try:
-        return find_spec(name) is not None
-    except ValueError:  # in sys.modules as None: import blocked
-        return False
 
 
 def dicom_readers() -> list[str]:

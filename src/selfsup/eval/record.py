@@ -7,6 +7,7 @@ them back. Encoders that are not runs (random:, weights:) are not recorded.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from functools import lru_cache
@@ -61,8 +62,6 @@ def weights_sha256(network) -> str:
     """The SHA-256 of a network's weights and buffers (names, types, shapes, values): the same
     for two runs that trained the same weights, whose checkpoints differ in what else they hold
     (their run folder, the optimizer's state)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(network.state_dict().items()):
         values = tensor.detach().cpu().contiguous().reshape(-1)

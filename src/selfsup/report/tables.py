@@ -164,16 +164,21 @@ def _run_facts(run: Path) -> tuple[dict, dict]:
     from ..train import read_metrics
 
     cfg = read_run_config(run) or {}
-    section = lambda name: cfg.get(name) or {}  # noqa: E731
     metrics = read_metrics(run)
     knn = [m["knn_top1"] for m in metrics if "knn_top1" in m]
-    facts = {"method": cfg.get("method"), "backbone": _backbone(section("backbone")), "preset": cfg.get("preset"),
-             "image size": section("data").get("image_size"), "batch size": section("train").get("batch_size"),
+    facts = {"method": cfg.get("method"), "backbone": _backbone(_section(cfg, "backbone")),
+             "preset": cfg.get("preset"), "image size": _section(cfg, "data").get("image_size"),
+             "batch size": _section(cfg, "train").get("batch_size"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
     latest = {_column(r): r for r in run_evals(run)  # in time order: the latest stays
               if r.get("protocol") != "curve" and _headline(r) is not None and r["current"]}
     return facts, latest
+
+
+def _section(cfg: dict, name: str) -> dict:
+    """A section of a run's config; {} where it is missing or empty (a hand-written config.yaml)."""
+    return cfg.get(name) or {}
 
 
 def _backbone(section: dict) -> str | None:
