@@ -777,6 +777,50 @@ def test_a_signal_while_the_decoding_workers_are_forked_is_not_lost(name):
         signal.signal(number, before)
 
 
+LATE_WORKERS = """
+import io, os, signal, time
+from PIL import Image
+from selfsup.data import cache
+
+reset = cache._signals_as_by_default
+def late_reset():  # a worker slow to start: Pool.terminate's SIGTERM comes before its own handlers
+    time.sleep(1.0)
+    reset()
+cache._signals_as_by_default = late_reset
+
+class Stopped(Exception):
+    pass
+def stop(number, frame):
+    raise Stopped
+armed = {"once": True}
+def signal_at_fork():
+    if armed["once"]:
+        armed["once"] = False
+        os.kill(os.getpid(), signal.SIGTERM)
+os.register_at_fork(after_in_parent=signal_at_fork)
+signal.signal(signal.SIGTERM, stop)
+buffer = io.BytesIO()
+Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+try:
+    list(cache.decode_stream([(f"{i}.png", buffer.getvalue()) for i in range(8)], 8, workers=2))
+except Stopped:
+    print("stopped")
+"""
+
+
+def test_a_stop_that_reaches_the_decoding_workers_before_their_own_handlers_ends_them():
+    """The workers are forked with the handler that notes a signal for the parent; Pool.terminate's
+    SIGTERM landing before a worker put in its own was noted there and lost, and terminate waited
+    for the worker for ever (seen once in a full test run, 18 minutes)."""
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    proc = subprocess.run([sys.executable, "-c", LATE_WORKERS], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(src)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "stopped", proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Files that cannot be used, and caches that others share, lose or find damaged
 

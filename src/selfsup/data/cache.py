@@ -416,12 +416,21 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
     # A Ctrl-C (or a stop signal a handler turns into an exception) that lands while the workers
     # are forked is raised inside a fork handler, where Python drops it: note it then, and deliver
     # it again once the pool exists (whose workers then stop with it).
-    arrived, previous = [], {}
+    arrived, previous, parent = [], {}, os.getpid()
+
+    def note_or_end(number, _frame):
+        if os.getpid() != parent:
+            # A worker that has this handler from its fork and not yet its own (Pool.terminate can
+            # come that early): ending as by default, where keeping the signal hung terminate.
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+        arrived.append(number)
+
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
             number = getattr(signal, name, None)
             if number is not None and callable(signal.getsignal(number)):
-                previous[number] = signal.signal(number, lambda number, _: arrived.append(number))
+                previous[number] = signal.signal(number, note_or_end)
     try:
         pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
             workers, initializer=_signals_as_by_default)
