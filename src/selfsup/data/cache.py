@@ -40,7 +40,7 @@ from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
 from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers,
                     is_dicom, syntax_name)
-from .sources import ImageSource
+from .sources import SPLIT_NAMES, ImageSource
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -458,7 +458,9 @@ def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
     # A folder's split is named as its folder read on its own (their fingerprints agree): one cache.
     in_folder = source.split is not None and source.path.is_dir()
     named = source.path / source.split if in_folder else source.path
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", named.name.split(".")[0])[:40] or "data"
+    # "cifar-train", not "train": a split's folder says little without the dataset's.
+    name = f"{named.parent.name}-{named.name}" if named.name in SPLIT_NAMES and named.parent.name else named.name
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.split(".")[0])[:40] or "data"
     chosen = f"|bands={','.join(map(str, bands))}" if bands else ""  # no bands: the keys caches had before
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}{chosen}".encode()).hexdigest()[:16]
     return f"{stem}{'-' + source.split if source.split and not in_folder else ''}-{size}px-{digest}"
