@@ -671,6 +671,8 @@ def test_embeddings_made_without_tifffile_are_not_reused_with_it(labelled_folder
     from selfsup.data import open_source
     from test_data import without_tiff_readers
     encoder, source = SimpleNamespace(key="k", description="d", image_size=16), open_source(labelled_folder)
+    tiles = SimpleNamespace(path=tmp_path / "tiles", fingerprint="f", names=["a/1.tif", "b/2.png"])
     with without_tiff_readers():
-        before = embedding_dir(tmp_path, encoder, source)
-    assert embedding_dir(tmp_path, encoder, source) != before
+        before, pngs_before = embedding_dir(tmp_path, encoder, tiles), embedding_dir(tmp_path, encoder, source)
+    assert embedding_dir(tmp_path, encoder, tiles) != before
+    assert embedding_dir(tmp_path, encoder, source) == pngs_before  # no TIFF among them: no new embedding

@@ -324,14 +324,20 @@ def test_a_compression_no_installed_package_decodes_is_skipped_naming_it_and_wha
     assert "decoding the images again" not in capsys.readouterr().err
 
 
-def test_the_embeddings_key_names_the_dicom_readers(monkeypatch, tmp_path):
+@pytest.mark.parametrize("names, keyed", [(["a/1.dcm", "b/2.png"], True), (["series/IM0001"], True),
+                                          (["a/1.png", "b/2.jpg"], False)])
+def test_the_embeddings_key_names_the_dicom_readers_where_the_pool_may_hold_dicoms(monkeypatch, tmp_path, names,
+                                                                                   keyed):
+    """Embeddings made without pydicom skipped the DICOM files: not reused once it is installed.
+    A pool of JPEGs is not embedded again for it (hours at a million images)."""
     from selfsup.curate import embedding
+    from selfsup.data import cache as cache_module
     encoder = SimpleNamespace(key="k", description="d", image_size=16)
-    source = SimpleNamespace(path=tmp_path / "scans", fingerprint="f")
-    monkeypatch.setattr(embedding, "dicom_readers", lambda: [])
+    source = SimpleNamespace(path=tmp_path / "scans", fingerprint="f", names=names)
+    monkeypatch.setattr(cache_module, "dicom_readers", lambda: [])
     before = embedding.embedding_dir(tmp_path, encoder, source)
-    monkeypatch.setattr(embedding, "dicom_readers", lambda: ["pydicom"])
-    assert embedding.embedding_dir(tmp_path, encoder, source) != before
+    monkeypatch.setattr(cache_module, "dicom_readers", lambda: ["pydicom"])
+    assert (embedding.embedding_dir(tmp_path, encoder, source) != before) == keyed
 
 
 def test_bands_do_not_apply_to_dicoms_and_say_so(tmp_path, capsys):

@@ -28,7 +28,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +40,7 @@ from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
 from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers,
                     is_dicom, syntax_name)
-from .sources import SPLIT_NAMES, ImageSource
+from .sources import SPLIT_NAMES, ImageSource, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -190,6 +190,16 @@ def tiff_readers() -> list[str]:
     tifffile reads any layout (GDAL's multi-band tiles, microscopes' channel stacks), imagecodecs
     lets it decompress LZW, JPEG, zstd, ..."""
     return [name for name in ("tifffile", "imagecodecs") if installed(name)]
+
+
+def readers_for(names: list[str]) -> list[str]:
+    """The optional packages installed that decide what these files decode to: the TIFF readers
+    where some are TIFFs, the DICOM readers where some are or may be DICOM files (a name without
+    a suffix). Installing pydicom does not make a pool of JPEGs embed again."""
+    suffixes = {PurePosixPath(name).suffix.lower() for name in names}
+    readers = tiff_readers() if suffixes & {".tif", ".tiff"} else []
+    dicom = suffixes & {".dcm", ".dicom"} or any(without_suffix(PurePosixPath(name).name) for name in names)
+    return readers + (dicom_readers() if dicom else [])
 
 
 def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, bands: Bands = None

@@ -39,7 +39,7 @@ def is_unnamed_dicom(path: Path) -> bool:
     their files IM0001 or 1.2.840.113619.2.55... (a UID, whose dots are no suffix). DICOMDIR, the
     index of a DICOM folder, holds no picture."""
     name = path.name
-    if name.startswith(".") or name.upper() == "DICOMDIR" or not _without_suffix(name):
+    if name.startswith(".") or name.upper() == "DICOMDIR" or not without_suffix(name):
         return False
     try:
         with open(path, "rb") as f:
@@ -48,7 +48,7 @@ def is_unnamed_dicom(path: Path) -> bool:
         return False
 
 
-def _without_suffix(name: str) -> bool:
+def without_suffix(name: str) -> bool:
     suffix = PurePosixPath(name).suffix
     return suffix == "" or suffix[1:].isdigit()  # "1.2.840.10008.5" ends in a number, not a file type
 
