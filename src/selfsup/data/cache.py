@@ -10,6 +10,7 @@ decoded in part (a multi-page TIFF's first page, a multi-frame DICOM's first fra
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import itertools
@@ -425,43 +426,114 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
         return
     # A Ctrl-C (or a stop signal a handler turns into an exception) that lands while the workers
     # are forked is raised inside a fork handler, where Python drops it: note it then, and deliver
-    # it again once the pool exists (whose workers then stop with it).
+    # it again once the workers exist (which then stop with it).
     arrived, previous, parent = [], {}, os.getpid()
 
-    def note_or_end(number, _frame):
-        if os.getpid() != parent:
-            # A worker that has this handler from its fork and not yet its own (Pool.terminate can
-            # come that early): ending as by default, where keeping the signal hung terminate.
-            signal.signal(number, signal.SIG_DFL)
-            os.kill(os.getpid(), number)
+    def note(number, _frame):
+        if os.getpid() != parent:  # a worker forked with this handler, before its own
+            _worker_signal(number)
+            return
         arrived.append(number)
 
     if threading.current_thread() is threading.main_thread():
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-            number = getattr(signal, name, None)
-            if number is not None and callable(signal.getsignal(number)):
-                previous[number] = signal.signal(number, note_or_end)
+        for number in STOP_SIGNALS:
+            if callable(signal.getsignal(number)):
+                previous[number] = signal.signal(number, note)
     try:
-        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
-            workers, initializer=_signals_as_by_default)
+        pool = DecodeWorkers(workers, multiprocessing.get_context("fork" if os.name == "posix" else "spawn"))
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
     try:
         for number in arrived[:1]:
             signal.raise_signal(number)  # to the handler put back: KeyboardInterrupt, RunStopped, ...
-        for chunk in pool.imap(_decode_chunk, _chunks(items, size, bands)):
+        for chunk in pool.imap(_chunks(items, size, bands)):
             yield from chunk
     finally:
-        pool.terminate()
+        pool.close()
 
 
-def _signals_as_by_default() -> None:
-    """In a decoding worker: SIGTERM (Pool.terminate's) and SIGUSR1 end it, whatever handler the
-    parent had when it forked (a pretraining run's stop request)."""
-    for name in ("SIGTERM", "SIGUSR1"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+# Ctrl-C, and a scheduler's stop (SLURM's scancel, a preemption), reach the whole process group.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+def _worker_signal(number: int) -> None:
+    """A decoding worker's part in a stop signal: none in Ctrl-C's or a run's stop request (the
+    parent's to act on, which then kills the workers); SIGTERM ends it, as by default."""
+    if number == getattr(signal, "SIGTERM", None):
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+    else:
+        signal.signal(number, signal.SIG_IGN)
+
+
+def _decode_worker(tasks, results) -> None:
+    """A decoding process: chunks of (name, bytes) in, decoded chunks out, until its task pipe closes."""
+    for number in STOP_SIGNALS:
+        if number != getattr(signal, "SIGTERM", None):
+            signal.signal(number, signal.SIG_IGN)
+        else:
+            signal.signal(number, signal.SIG_DFL)
+    while True:
+        try:
+            chunk = tasks.recv()
+        except (EOFError, OSError):
+            return
+        results.send(_decode_chunk(chunk))
+
+
+class DecodeWorkers:
+    """Processes that decode chunks of images for the main thread, which alone feeds and reads
+    them, one chunk in flight each: no helper threads and no locks shared with them, so stopping
+    is killing them. (multiprocessing.Pool's terminate could wait for ever: its task thread blocked
+    writing a chunk of image bytes that no stopped worker would read, or a queue's lock was left
+    taken by a worker a signal ended.)"""
+
+    def __init__(self, count: int, context):
+        self.links = []  # (process, its task pipe's writing end, its result pipe's reading end)
+        try:
+            for _ in range(count):
+                task_reader, task_writer = context.Pipe(duplex=False)
+                result_reader, result_writer = context.Pipe(duplex=False)
+                process = context.Process(target=_decode_worker, args=(task_reader, result_writer), daemon=True)
+                process.start()
+                task_reader.close()
+                result_writer.close()
+                self.links.append((process, task_writer, result_reader))
+        except BaseException:
+            self.close()
+            raise
+
+    def imap(self, chunks):
+        """The decoded chunks, in the order of `chunks`. A worker gets its next chunk as soon as its
+        last one is read back, before that one is handed on."""
+        chunks = iter(chunks)
+        in_flight = collections.deque(worker for worker in range(len(self.links)) if self._send(worker, chunks))
+        while in_flight:
+            worker = in_flight.popleft()
+            process, _, results = self.links[worker]
+            try:
+                decoded = results.recv()
+            except EOFError:
+                raise RuntimeError(f"a decoding worker ended unexpectedly (exit code {process.exitcode})") from None
+            if self._send(worker, chunks):
+                in_flight.append(worker)
+            yield decoded
+
+    def _send(self, worker: int, chunks) -> bool:
+        chunk = next(chunks, None)
+        if chunk is not None:
+            self.links[worker][1].send(chunk)
+        return chunk is not None
+
+    def close(self) -> None:
+        for process, _, _ in self.links:
+            if process.is_alive():
+                process.kill()
+        for process, tasks, results in self.links:
+            process.join()
+            tasks.close()
+            results.close()
 
 
 def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
