@@ -1154,3 +1154,23 @@ def test_a_tiff_whose_0_is_white_is_turned_over_at_any_depth_and_its_nodata_comp
     out = decode_image(tifffile_bytes(shallow, photometric="miniswhite",
                                       extratags=[(42113, "s", 0, "0", True)]), 12)[0][..., 0]
     assert (out[:3] == 0).all() and (out[3:] == 255 - shallow[3:]).all()
+
+
+def test_big_endian_16_bit_samples_are_stretched_from_a_histogram_as_little_endian_ones(monkeypatch):
+    """An "MM" TIFF gives Pillow's I;16B: no float64 copy of a big scan for it either."""
+    from selfsup.data import stretch as stretch_module
+    samples = np.random.default_rng(0).integers(0, 4096, (8, 8)).astype(np.uint16)
+    calls, original = [], stretch_module.stretch_integers
+    monkeypatch.setattr(stretch_module, "stretch_integers", lambda values, where=None: calls.append(values.dtype)
+                        or original(values, where))
+    assert (stretch_module.to_uint8(samples.astype(">u2")) == stretch_module.to_uint8(samples)).all()
+    assert calls == [np.dtype(">u2"), np.dtype("<u2")]
+
+
+def test_a_split_of_a_dotted_dataset_folder_keeps_the_split_in_its_cache_name(tmp_path):
+    from selfsup.data.cache import _cache_key
+    write_dataset(tmp_path / "imagenet.v2" / "train", per_class=2)
+    write_dataset(tmp_path / "imagenet.v2" / "test", per_class=2)
+    names = {split: _cache_key(open_splits(tmp_path / "imagenet.v2")[split], 32).split("-32px-")[0]
+             for split in ("train", "test")}
+    assert names == {"train": "imagenet-train", "test": "imagenet-test"}

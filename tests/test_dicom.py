@@ -403,3 +403,24 @@ def test_an_image_that_starts_as_a_bare_data_set_is_still_read_by_pillow():
     out, gray, side = decode_image(buffer.getvalue(), 20)
     np.testing.assert_array_equal(out, pixels)
     assert not gray and side == 20
+
+
+def test_a_pipe_without_a_suffix_is_not_opened_to_look_for_a_dicom_mark(tmp_path):
+    import os
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    os.mkfifo(folder / "pipe")  # opening it to read would wait for a writer for ever
+    assert open_source(tmp_path).names == ["series/IM0001"]
+
+
+def test_without_pydicom_an_image_that_starts_as_a_bare_data_set_is_still_read(monkeypatch):
+    from PIL import Image
+
+    from selfsup.data.cache import decode_noting
+
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 12), (10, 20, 30)).save(buffer, format="TGA", id_section=b"12345678")
+    (out, _, _), notes = decode_noting(buffer.getvalue(), 12)
+    assert notes == [] and tuple(out[0, 0]) == (10, 20, 30)

@@ -305,3 +305,22 @@ def test_a_vit_exports_to_onnx_with_its_class_token_features(tmp_path):
         expected = RGBInput(encoder.backbone).eval()(images).numpy()
     features = ort.InferenceSession(str(tmp_path / "vit.onnx")).run(None, {"images": images.numpy()})[0]
     np.testing.assert_allclose(features, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_export_out_names_the_onnx_suffix_and_a_folder_named_onnx_takes_the_safetensors(trained, tmp_path, capsys):
+    from selfsup.cli import main
+
+    assert main(["export", "--checkpoint", str(trained[1]["resnet18"]), "--out", str(tmp_path / "e.pt")]) == 2
+    assert "must end in .safetensors or .onnx, or name a folder" in capsys.readouterr().err
+    (tmp_path / "d.onnx").mkdir()
+    assert main(["export", "--checkpoint", str(trained[1]["resnet18"]), "--out", str(tmp_path / "d.onnx")]) == 0
+    assert (tmp_path / "d.onnx" / "encoder.safetensors").is_file()
+
+
+def test_onnx_export_on_a_torch_without_its_exporter_is_one_line(trained, tmp_path, monkeypatch):
+    from selfsup.errors import UserError
+    from selfsup.export import export_encoder
+
+    monkeypatch.setattr(torch, "__version__", "2.4.1")
+    with pytest.raises(UserError, match=r"needs torch 2.6 or newer .* this is torch 2.4.1"):
+        export_encoder(trained[1]["resnet18"], tmp_path / "e.onnx")

@@ -35,9 +35,9 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
     """Write the encoder's weights to `out` (a .safetensors file, or a folder to write
     encoder.safetensors in; an .onnx file: see export_onnx); returns the metadata written, and the
     file's path as "out"."""
-    if str(out).lower().endswith(".onnx"):
+    if str(out).lower().endswith(".onnx") and not Path(out).expanduser().is_dir():
         return export_onnx(checkpoint, out)
-    out = output_file(named_output(out, ".safetensors", ENCODER_FILE))
+    out = output_file(named_output(out, ".safetensors", ENCODER_FILE, or_else="or .onnx"))
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
     metadata = _metadata(encoder)
@@ -84,6 +84,9 @@ def export_onnx(checkpoint, out: str | Path) -> dict:
     """Write the encoder to `out`, an .onnx file: input "images", float32 (N, 3, S, S) RGB in
     [0, 1] for any N, S the image size it was trained at; output "features", (N, D) pooled (not
     L2-normalised); the safetensors metadata in the graph's metadata_props."""
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6):
+        raise UserError(f"writing ONNX needs torch 2.6 or newer (its torch.export-based exporter); this is "
+                        f"torch {torch.__version__}: upgrade it, or write a .safetensors file")
     try:
         import onnx
         importlib.import_module("onnxscript")  # torch.onnx's exporter needs it

@@ -120,16 +120,18 @@ def refuse_out_inside(out, source, given) -> None:
                         f"copies would become images of them; choose a folder outside")
 
 
-def named_output(out: str | Path, suffix: str, default_name: str) -> Path:
+def named_output(out: str | Path, suffix: str, default_name: str, or_else: str = "") -> Path:
     """The file `--out` names: inside it (`default_name`) when it is a folder or ends in '/';
     else `out` itself, which must end in `suffix`. Without a suffix would be a file name that
-    no other tool recognises, and another suffix a file that its readers reject."""
+    no other tool recognises, and another suffix a file that its readers reject. `or_else`: the
+    other suffixes the command takes, for the message ("or .onnx")."""
     text = str(out)
     path = Path(out).expanduser()
     if path.is_dir() or text.endswith(("/", os.sep)):
         return path / default_name
     if path.suffix != suffix:
-        raise UserError(f"--out {text!r} must end in {suffix}, or name a folder (end it in '/') to write "
+        raise UserError(f"--out {text!r} must end in {suffix}{' ' + or_else if or_else else ''}, or name a "
+                        f"folder (end it in '/') to write "
                         f"{default_name} in")
     return path
 

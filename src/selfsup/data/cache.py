@@ -39,14 +39,15 @@ from ..console import progress_bar, warn
 from ..errors import UserError
 from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
-from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers,
+from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers, is_dicom_file_start,
                     is_dicom, syntax_name)
 from .sources import SPLIT_NAMES, ImageSource, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
 # 3: 16-bit colour decoded in full; deep images stretched between percentiles; transparency composited.
-# 4: GDAL's nodata pixels left out of the stretch, and black.
+# 4: GDAL's nodata pixels left out of the stretch, and black; MINISWHITE turned over at any depth;
+#    DICOM files.
 CACHE_FORMAT = 4
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
 GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
@@ -150,7 +151,7 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
         if display is not None:
             pixels, gray = display
             return (fit_square(Image.fromarray(pixels), size), gray, min(pixels.shape[:2])), notes
-        if notes:  # a DICOM file, which a package would read
+        if notes and (notes != [DICOM_READER] or is_dicom_file_start(data)):  # a DICOM file a package would read
             return None, notes
         # else not DICOM after all (a TGA can start as a bare data set does): Pillow's to try
     guard = Image.MAX_IMAGE_PIXELS
@@ -541,8 +542,9 @@ def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
     in_folder = source.split is not None and source.path.is_dir()
     named = source.path / source.split if in_folder else source.path
     # "cifar-train", not "train": a split's folder says little without the dataset's.
-    name = f"{named.parent.name}-{named.name}" if named.name in SPLIT_NAMES and named.parent.name else named.name
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.split(".")[0])[:40] or "data"
+    name = named.name.split(".")[0]  # a tar's suffix, or a dotted folder's tail
+    name = f"{named.parent.name.split('.')[0]}-{name}" if name in SPLIT_NAMES and named.parent.name else name
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
     chosen = f"|bands={','.join(map(str, bands))}" if bands else ""  # no bands: the keys caches had before
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}{chosen}".encode()).hexdigest()[:16]
     return f"{stem}{'-' + source.split if source.split and not in_folder else ''}-{size}px-{digest}"

@@ -42,6 +42,8 @@ def is_unnamed_dicom(path: Path) -> bool:
     if name.startswith(".") or name.upper() == "DICOMDIR" or not without_suffix(name):
         return False
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe would wait for ever to be read
+            return False
         with open(path, "rb") as f:
             return is_dicom_file_start(f.read(DICOM_MAGIC_AT + 4))
     except OSError:
@@ -49,6 +51,7 @@ def is_unnamed_dicom(path: Path) -> bool:
 
 
 def without_suffix(name: str) -> bool:
+    """A file name without a file type's suffix: none, or a number (a UID's last part)."""
     suffix = PurePosixPath(name).suffix
     return suffix == "" or suffix[1:].isdigit()  # "1.2.840.10008.5" ends in a number, not a file type
 

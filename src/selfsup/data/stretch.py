@@ -61,7 +61,7 @@ def to_uint8(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         return values
     if values.dtype == bool:
         return values.astype(np.uint8) * 255
-    if values.dtype == np.uint16:
+    if values.dtype.kind == "u" and values.itemsize == 2:  # either byte order: an "MM" TIFF's too
         return stretch_integers(values, where)
     return stretch(values.astype(np.float64), where)
 
