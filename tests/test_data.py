@@ -784,9 +784,9 @@ from PIL import Image
 from selfsup.data import cache
 
 work = cache._decode_worker
-def late_worker(tasks, results):  # slow to start: the workers are stopped before they have their own handlers
+def late_worker(tasks, results, parent_ends):  # slow to start: stopped before they have their own handlers
     time.sleep(1.0)
-    work(tasks, results)
+    work(tasks, results, parent_ends)
 cache._decode_worker = late_worker
 
 class Stopped(Exception):
@@ -872,6 +872,46 @@ def test_a_stop_signal_to_the_whole_process_group_while_decoding_stops_the_paren
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         assert proc.returncode == 0 and out.strip() == "stopped", err
+
+
+ORPHANED = """
+import io, os, sys
+from PIL import Image
+from selfsup.data.cache import decode_stream
+buffer = io.BytesIO()
+Image.effect_noise((64, 64), 40).convert("RGB").save(buffer, format="PNG")
+for i, _ in enumerate(decode_stream(iter([(f"{i}.png", buffer.getvalue()) for i in range(50000)]), 32, workers=3)):
+    if i == 200:
+        print(os.getpid(), flush=True)
+"""
+
+
+def test_decoding_workers_end_when_their_parent_is_killed():
+    """kill -9 of a run (an out-of-memory kill, a scheduler's): its workers see their task pipes
+    close and end, rather than wait for ever (a fork copies the parent's ends of the pipes: each
+    worker held its own, and those of the workers forked before it, open)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    proc = subprocess.Popen([sys.executable, "-c", ORPHANED], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(src)})
+    try:
+        parent = int(proc.stdout.readline())
+        workers = [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        assert len(workers) == 3
+        os.kill(parent, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                  for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                       for pid in workers)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------

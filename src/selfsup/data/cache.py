@@ -468,8 +468,13 @@ def _worker_signal(number: int) -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
-def _decode_worker(tasks, results) -> None:
-    """A decoding process: chunks of (name, bytes) in, decoded chunks out, until its task pipe closes."""
+def _decode_worker(tasks, results, parent_ends) -> None:
+    """A decoding process: chunks of (name, bytes) in, decoded chunks out, until its task pipe
+    closes (the parent is done, or gone). `parent_ends`: the parent's ends of its own pipes and of
+    those of the workers forked before it, which a fork copies: closed, so that each pipe closes
+    when the parent's end does."""
+    for pipe in parent_ends:
+        pipe.close()
     for number in STOP_SIGNALS:
         if number != getattr(signal, "SIGTERM", None):
             signal.signal(number, signal.SIG_IGN)
@@ -478,9 +483,9 @@ def _decode_worker(tasks, results) -> None:
     while True:
         try:
             chunk = tasks.recv()
-        except (EOFError, OSError):
+            results.send(_decode_chunk(chunk))
+        except (EOFError, OSError):  # the parent closed its ends, or ended
             return
-        results.send(_decode_chunk(chunk))
 
 
 class DecodeWorkers:
@@ -496,7 +501,9 @@ class DecodeWorkers:
             for _ in range(count):
                 task_reader, task_writer = context.Pipe(duplex=False)
                 result_reader, result_writer = context.Pipe(duplex=False)
-                process = context.Process(target=_decode_worker, args=(task_reader, result_writer), daemon=True)
+                parent_ends = [task_writer, result_reader, *(pipe for _, *pipes in self.links for pipe in pipes)]
+                process = context.Process(target=_decode_worker, args=(task_reader, result_writer, parent_ends),
+                                          daemon=True)
                 process.start()
                 task_reader.close()
                 result_writer.close()
