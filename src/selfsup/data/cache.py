@@ -370,9 +370,9 @@ def to_rgb8(img: Image.Image, nodata: str | None = None, min_is_white: bool = Fa
         pixels = to_uint8(values, inside)
         img = Image.fromarray(black_outside(255 - pixels if min_is_white else pixels, inside))  # mode L
     elif nodata is not None and img.mode in ("L", "RGB"):
-        stored = 255 - np.asarray(img) if min_is_white and img.mode == "L" else np.asarray(img)
-        inside = inside_scene(stored, nodata)
-        img = img if inside is None else Image.fromarray(black_outside(np.asarray(img), inside))
+        shown = np.asarray(img)
+        inside = inside_scene(255 - shown if min_is_white and img.mode == "L" else shown, nodata)
+        img = img if inside is None else Image.fromarray(black_outside(shown, inside))
     if img.mode in ALPHA_MODES or "transparency" in img.info:  # a palette's or a colour key's too
         img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))
     return img if img.mode == "RGB" else img.convert("RGB")  # no copy of what is RGB: a gigapixel is 3 GB
@@ -432,7 +432,9 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
 
     def note(number, _frame):
         if os.getpid() != parent:  # a worker forked with this handler, before its own
-            _worker_signal(number)
+            signal.signal(number, _in_a_worker(number))
+            if _in_a_worker(number) == signal.SIG_DFL:
+                os.kill(os.getpid(), number)  # ended, as it would have been by default
             return
         arrived.append(number)
 
@@ -458,14 +460,10 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
-def _worker_signal(number: int) -> None:
-    """A decoding worker's part in a stop signal: none in Ctrl-C's or a run's stop request (the
+def _in_a_worker(number: int):
+    """A decoding worker's handling of a stop signal: none of Ctrl-C's or a run's stop request (the
     parent's to act on, which then kills the workers); SIGTERM ends it, as by default."""
-    if number == getattr(signal, "SIGTERM", None):
-        signal.signal(number, signal.SIG_DFL)
-        os.kill(os.getpid(), number)
-    else:
-        signal.signal(number, signal.SIG_IGN)
+    return signal.SIG_DFL if number == getattr(signal, "SIGTERM", None) else signal.SIG_IGN
 
 
 def _decode_worker(tasks, results, parent_ends) -> None:
@@ -476,10 +474,7 @@ def _decode_worker(tasks, results, parent_ends) -> None:
     for pipe in parent_ends:
         pipe.close()
     for number in STOP_SIGNALS:
-        if number != getattr(signal, "SIGTERM", None):
-            signal.signal(number, signal.SIG_IGN)
-        else:
-            signal.signal(number, signal.SIG_DFL)
+        signal.signal(number, _in_a_worker(number))
     while True:
         try:
             chunk = tasks.recv()
