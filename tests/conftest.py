@@ -147,3 +147,17 @@ def log_softmax64(x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     m = x.max(axis=-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def assert_onnx_gives_the_encoders_features(onnx_path: Path, encoder) -> None:
+    """onnxruntime's features from the graph at `onnx_path` equal the encoder's own, on the same
+    RGB images in [0, 1] normalised as the graph does."""
+    ort = pytest.importorskip("onnxruntime")
+    from selfsup.export import RGBInput
+
+    size = encoder.image_size
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = RGBInput(encoder.backbone).eval()(images).numpy()
+    features = ort.InferenceSession(str(onnx_path)).run(None, {"images": images.numpy()})[0]
+    np.testing.assert_allclose(features, expected, atol=1e-4, rtol=1e-4)

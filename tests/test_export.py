@@ -294,17 +294,14 @@ def test_an_onnx_export_without_its_packages_says_what_to_install(trained, tmp_p
 
 
 def test_a_vit_exports_to_onnx_with_its_class_token_features(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from selfsup.export import RGBInput, export_encoder
+    from conftest import assert_onnx_gives_the_encoders_features
+    from selfsup.export import export_encoder
 
     encoder = load_encoder("random:vit-tiny", 32)
     export_encoder(encoder, tmp_path / "vit.onnx")
-    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = RGBInput(encoder.backbone).eval()(images).numpy()
-    features = ort.InferenceSession(str(tmp_path / "vit.onnx")).run(None, {"images": images.numpy()})[0]
-    np.testing.assert_allclose(features, expected, atol=1e-4, rtol=1e-4)
+    assert_onnx_gives_the_encoders_features(tmp_path / "vit.onnx", encoder)
 
 
 def test_export_out_names_the_onnx_suffix_and_a_folder_named_onnx_takes_the_safetensors(trained, tmp_path, capsys):
