@@ -181,6 +181,46 @@ def test_of_a_multi_frame_file_the_first_frame_is_used_and_noted(seed, syntax):
     assert (pixels[..., 0] == window_by_hand(stored[0] * slope + intercept, 40, 400, "LINEAR")).all()
 
 
+def item(**elements):
+    """A sequence item (a pydicom Dataset) holding `elements`."""
+    from pydicom.dataset import Dataset
+    entry = Dataset()
+    for keyword, value in elements.items():
+        setattr(entry, keyword, value)
+    return entry
+
+
+@pytest.mark.parametrize("where", ["shared", "per-frame", "both", "split"])
+@pytest.mark.parametrize("function", ["LINEAR", "SIGMOID"])
+@pytest.mark.parametrize("seed", range(3))
+def test_an_enhanced_multi_frame_file_shows_its_first_frame_through_that_frames_rescale_and_window(
+        seed, function, where):
+    """An Enhanced CT keeps its rescale and window in functional groups (PS3.3 C.7.6.16): those
+    shared by all frames, or each frame's own, which win; the first frame's are the ones used."""
+    pytest.importorskip("pydicom")
+    rng = np.random.default_rng(seed)
+    stored, slope, intercept = ct_slices(rng, frames=3)
+    centre, width = float(rng.integers(-200, 800)), float(rng.integers(50, 2000))
+
+    def groups(slope=None, intercept=None, centre=None, width=None):  # an item of a functional groups sequence
+        rescale = item(RescaleSlope=slope, RescaleIntercept=intercept, RescaleType="HU")
+        window = item(WindowCenter=centre, WindowWidth=width, VOILUTFunction=function)
+        return item(**({"PixelValueTransformationSequence": [rescale]} if slope is not None else {}),
+                    **({"FrameVOILUTSequence": [window]} if centre is not None else {}))
+
+    decoy = groups(3.0, 500.0, -900.0, 10.0)  # another frame's, or overridden: never applied
+    shared, first = {"shared": (groups(slope, intercept, centre, width), groups()),
+                     "per-frame": (groups(), groups(slope, intercept, centre, width)),
+                     "both": (decoy, groups(slope, intercept, centre, width)),
+                     "split": (groups(slope, intercept), groups(centre=centre, width=width))}[where]
+    data = dicom_bytes(stored, bits_stored=12, SharedFunctionalGroupsSequence=[shared],
+                       PerFrameFunctionalGroupsSequence=[first, decoy, decoy])
+    (pixels, gray, _), notes = decode(data)
+    from selfsup.data.dicom import FIRST_FRAME
+    assert notes == [FIRST_FRAME] and gray
+    assert (pixels[..., 0] == window_by_hand(stored[0] * slope + intercept, centre, width, function)).all()
+
+
 @pytest.mark.parametrize("syntax", syntaxes())
 @pytest.mark.parametrize("seed", range(3))
 def test_colour_dicoms_are_rgb_8_bit_as_they_are_and_deeper_stretched_jointly(seed, syntax):

@@ -6,7 +6,8 @@ VOI transform (a window, C.11.2.1.2) chooses which of those the display shows fr
 white: a lung or a bone window, as the scanner or the radiologist chose it. Without a window,
 the modality's values are stretched between percentiles as any deep image is. MONOCHROME1 (0 is
 white: many X-rays) is inverted so that 0 is black as in MONOCHROME2. Of a multi-frame file (an
-enhanced CT series, a cine loop) only the first frame is read. pydicom is an optional package
+enhanced CT series, a cine loop) only the first frame is read, with its own rescale and window
+where an enhanced object keeps them (its functional groups). pydicom is an optional package
 (`pip install 'selfsup[dicom]'`); without it, and for a compression that no installed package
 decodes, DICOM files are skipped and the notes say what to install.
 """
@@ -36,6 +37,9 @@ JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # baseline
 JPEG_2000_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 lossless, lossy
                       "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}  # HTJ2K
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Where an enhanced multi-frame object keeps, frame by frame, its rescale and its window (PS3.3
+# C.7.6.16.2.9 Pixel Value Transformation, C.7.6.16.2.10 Frame VOI LUT functional groups)
+FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
 
 def dicom_readers() -> list[str]:
@@ -116,6 +120,7 @@ def _display(pydicom, data: bytes, largest_image: int) -> tuple[tuple[np.ndarray
         return None, []
     frame = pixel_array(ds, index=0)  # (H, W) or (H, W, 3); YBR as RGB
     photometric = str(ds.PhotometricInterpretation).strip().upper()
+    adopt_first_frame_groups(ds)  # an enhanced CT's or MR's rescale and window, where the display reads them
     if photometric in MONOCHROME and frame.ndim == 2:
         pixels = grayscale_display(frame, ds, invert=photometric == "MONOCHROME1")
     elif frame.ndim == 3 and frame.shape[2] == 3 and (photometric == "RGB" or photometric.startswith("YBR")):
@@ -138,6 +143,18 @@ def read_data_set(pydicom, data: bytes):
                                           pydicom.uid.ExplicitVRLittleEndian if little else
                                           pydicom.uid.ExplicitVRBigEndian)
     return ds
+
+
+def adopt_first_frame_groups(ds) -> None:
+    """Puts at the top level of `ds` the rescale and window of its first frame where an enhanced
+    multi-frame object (Enhanced CT, MR, XA, ...) keeps them: in the functional groups FRAME_GROUPS
+    shared by all frames (SharedFunctionalGroupsSequence) or the first frame's own
+    (PerFrameFunctionalGroupsSequence[0]), which win (PS3.3 C.7.6.16)."""
+    for groups in (ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")):
+        for keyword in FRAME_GROUPS:
+            items = groups[0].get(keyword) if groups else None
+            for element in items[0] if items else ():
+                ds[element.tag] = element
 
 
 def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
