@@ -7,6 +7,7 @@ defined on 0..255."""
 import contextlib
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -137,6 +138,72 @@ def test_without_a_window_the_modality_values_are_stretched_between_percentiles(
     eight = rng.integers(40, 120, size=(24, 24)).astype(np.uint8)  # 8-bit, as an 8-bit gray PNG: as it is
     (pixels, _, _), _ = decode(dicom_bytes(eight, syntax=syntax))
     assert (pixels == eight[..., None]).all()
+
+
+def voi_lut_by_hand(x: np.ndarray, first: int, entries: np.ndarray, bits: int) -> np.ndarray:
+    """PS3.3 C.11.2.1.1 value by value: an input at or below the first value mapped gives the
+    first entry, at or above first + N - 1 the last, between them entry (input - first); a
+    fraction (a rescale of 0.5) taken down to its integer; the output range 0..2^bits-1 onto 0..255."""
+    out, last = np.empty(x.shape), first + len(entries) - 1
+    for at, value in np.ndenumerate(x.astype(np.float64)):
+        k = math.floor(value)
+        y = entries[0] if k <= first else entries[-1] if k >= last else entries[k - first]
+        out[at] = round(float(y) * 255 / (2 ** bits - 1))
+    return out
+
+
+VOI_SAMPLES = ["unsigned", "rescaled", "signed", "16-bit", "signed, positive output"]
+
+
+@pytest.mark.parametrize("encoding", ["US", "OW", "implicit"])
+@pytest.mark.parametrize("samples", VOI_SAMPLES)
+@pytest.mark.parametrize("seed", range(3))
+def test_without_a_window_the_first_voi_lut_maps_the_modality_values(seed, samples, encoding):
+    """A VOI LUT Sequence (an X-ray's, a mammogram's): its first LUT maps the Modality LUT's output,
+    from its first value mapped (signed where that output may be negative, whether written as US or
+    SS) onward; its output range 0..2^bits-1 is shown as 0..255. A window, where the file also holds
+    one, is shown instead."""
+    pydicom = pytest.importorskip("pydicom")
+    rng = np.random.default_rng(seed)
+    stored, slope, intercept = ct_slices(rng)
+    stored, bits_stored, signed = stored[0], 12, samples.startswith("signed")
+    if signed:
+        stored = stored.astype(np.int16) - 2048
+    if samples == "16-bit":
+        stored, bits_stored = rng.integers(30000, 65536, size=stored.shape).astype(np.uint16), 16
+    slope, intercept = {"unsigned": (1.0, 0.0), "16-bit": (1.0, 0.0), "signed, positive output": (1.0, 40000.0)}.get(
+        samples, (slope, intercept))
+    x = stored * slope + intercept
+    lowest = (-2048 if signed else 0) * slope + intercept  # of the Modality LUT's output, over all stored values
+    span = int(x.max() - x.min())
+    first = int(rng.integers(x.min() - span // 10, x.min() + span // 3))
+    first = first if lowest < 0 else max(first, 0)  # the input is never negative: nor is the first value mapped
+    count = int(rng.integers(span // 3, span))
+    if samples == "16-bit" and seed == 0 and encoding != "US":  # a full table: 2^16 entries, counted as 0 (as OW:
+        # as US, its 128 KiB would not fit an explicit VR element's 16-bit length)
+        first, count = 0, 1 << 16
+    bits = (8, 12, 16)[(seed + VOI_SAMPLES.index(samples)) % 3]  # each case meets each depth
+    entries = rng.integers(0, 2 ** bits, size=count)  # any shape: a LUT may fall as well as rise
+    lut = pydicom.dataset.Dataset()
+    written = (first + 2 ** 15) % 2 ** 16 - 2 ** 15 if signed else first % 2 ** 16  # pydicom writes SS where signed
+    lut.LUTDescriptor = [count % 2 ** 16, written, bits]
+    if encoding == "US":
+        lut.add_new(0x00283006, "US", [int(e) for e in entries])
+    elif encoding == "OW" and bits == 8:  # 8-bit entries packed two a word, as 8 bits allocated store them
+        lut.add_new(0x00283006, "OW", entries.astype(np.uint8).tobytes() + b"\0" * (count % 2))
+    else:
+        lut.add_new(0x00283006, "OW", entries.astype("<u2").tobytes())
+    elements = dict(bits_stored=bits_stored, preamble=encoding != "implicit", RescaleSlope=slope,
+                    RescaleIntercept=intercept, VOILUTSequence=[lut])
+    expected = voi_lut_by_hand(x, first, entries, bits)
+    (pixels, gray, _), notes = decode(dicom_bytes(stored, **elements))
+    assert gray and notes == [] and (pixels[..., 0] == expected).all()
+    (pixels, _, _), _ = decode(dicom_bytes(stored, "MONOCHROME1", **elements))
+    assert (pixels[..., 0] == 255 - expected).all()
+    (pixels, _, _), _ = decode(dicom_bytes(stored, **elements, WindowCenter=0, WindowWidth=0))  # no window: the LUT
+    assert (pixels[..., 0] == expected).all()
+    (pixels, _, _), _ = decode(dicom_bytes(stored, **elements, WindowCenter=100, WindowWidth=400))
+    assert (pixels[..., 0] == window_by_hand(x, 100, 400, "LINEAR")).all()
 
 
 @pytest.mark.parametrize("syntax", syntaxes())

@@ -3,13 +3,14 @@
 A scanner stores sample values whose meaning the file itself gives: the Modality LUT (Rescale
 Slope and Intercept: a CT's Hounsfield units) turns them into values of the modality, and the
 VOI transform (a window, C.11.2.1.2) chooses which of those the display shows from black to
-white: a lung or a bone window, as the scanner or the radiologist chose it. Without a window,
-the modality's values are stretched between percentiles as any deep image is. MONOCHROME1 (0 is
-white: many X-rays) is inverted so that 0 is black as in MONOCHROME2. Of a multi-frame file (an
-enhanced CT series, a cine loop) only the first frame is read, with its own rescale and window
-where an enhanced object keeps them (its functional groups). pydicom is an optional package
-(`pip install 'selfsup[dicom]'`); without it, and for a compression that no installed package
-decodes, DICOM files are skipped and the notes say what to install.
+white: a lung or a bone window, as the scanner or the radiologist chose it, or a lookup table
+(a VOI LUT, an X-ray's or a mammogram's). Without either, the modality's values are stretched
+between percentiles as any deep image is. MONOCHROME1 (0 is white: many X-rays) is inverted so
+that 0 is black as in MONOCHROME2. Of a multi-frame file (an enhanced CT series, a cine loop) only
+the first frame is read, with its own rescale and window where an enhanced object keeps them (its
+functional groups). pydicom is an optional package (`pip install 'selfsup[dicom]'`); without it,
+and for a compression that no installed package decodes, DICOM files are skipped and the notes
+say what to install.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Where an enhanced multi-frame object keeps, frame by frame, its rescale and its window (PS3.3
 # C.7.6.16.2.9 Pixel Value Transformation, C.7.6.16.2.10 Frame VOI LUT functional groups)
 FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian: its OW data (a LUT's) are big-endian words
 
 
 def dicom_readers() -> list[str]:
@@ -159,20 +161,84 @@ def adopt_first_frame_groups(ds) -> None:
 
 def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
     """(H, W) uint8 of a MONOCHROME frame: the Modality LUT, then the data set's first window
-    (C.11.2.1.2), or without one a percentile stretch (8-bit samples without a Modality LUT are
-    shown as they are, as an 8-bit gray PNG is; fewer bits, a 1-bit mask's, are stretched);
-    MONOCHROME1 (`invert`) then turned so that 0 is black."""
+    (C.11.2.1.2), else its first VOI LUT (C.11.2.1.1), else a percentile stretch (8-bit samples
+    without a Modality LUT are shown as they are, as an 8-bit gray PNG is; fewer bits, a 1-bit
+    mask's, are stretched); MONOCHROME1 (`invert`) then turned so that 0 is black."""
     from pydicom.pixels import apply_modality_lut
 
     values = apply_modality_lut(frame, ds)  # a CT's Hounsfield units; the samples where it has none
     window = first_window(ds)
+    # A file may hold both, alternative views of which a viewer may show either (C.11.2): the window here
+    voi_lut = first_voi_lut(ds) if window is None else None
     if window is not None:
         pixels = apply_window(values, *window)
+    elif voi_lut is not None:
+        first, entries, bits = voi_lut
+        pixels = to_8_bits(look_up(values, first, entries), bits)
     elif values.dtype == np.uint8 and int(ds.get("BitsStored") or 8) < 8:
         pixels = stretch_integers(values)
     else:
         pixels = to_uint8(values)
     return 255 - pixels if invert else pixels
+
+
+def first_voi_lut(ds) -> tuple[int, np.ndarray, int] | None:
+    """(first input value mapped, entries (N,) int64, bits per entry) of the data set's first VOI LUT
+    (VOI LUT Sequence, PS3.3 C.11.2.1.1); None without one."""
+    lut = (ds.get("VOILUTSequence") or [None])[0]
+    if lut is None or "LUTDescriptor" not in lut or "LUTData" not in lut:
+        return None
+    count, first, bits = (int(value) for value in lut.LUTDescriptor)
+    entries = lut_entries(lut.LUTData, count or 1 << 16, is_big_endian(ds))
+    # its input is the Modality LUT's output, and its first value mapped signed (SS) where that may be negative
+    if not len(entries) or not 1 <= bits <= 16:
+        return None
+    return first_mapped(first, signed=modality_may_be_negative(ds)), entries, bits
+
+
+def modality_may_be_negative(ds) -> bool:
+    """Whether the Modality LUT's output may be negative, over the whole range of the stored samples."""
+    from pydicom.pixels import apply_modality_lut
+
+    bits, signed = int(ds.get("BitsStored") or 16), int(ds.get("PixelRepresentation") or 0) == 1
+    ends = np.array([-(1 << bits - 1), (1 << bits - 1) - 1] if signed else [0, (1 << bits) - 1])
+    return bool(np.min(apply_modality_lut(ends, ds)) < 0)
+
+
+def first_mapped(value: int, signed: bool) -> int:
+    """A LUT Descriptor's first value mapped, written as US or SS, as the input it maps: signed or not."""
+    value %= 1 << 16
+    return value - (1 << 16) if signed and value >= 1 << 15 else value
+
+
+def is_big_endian(ds) -> bool:
+    """Whether the data set was written big endian, and so its OW data (LUT Data) in big-endian words."""
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) == BIG_ENDIAN
+
+
+def lut_entries(data, count: int, big_endian: bool) -> np.ndarray:
+    """The `count` entries of LUT Data as int64 (N,): numbers (US), or OW bytes holding one 16-bit word
+    each, or where there are fewer than two bytes an entry, two 8-bit entries a word, the first in its
+    low byte (PS3.3 C.7.6.3.1.5: as 8 bits allocated would store them)."""
+    if not isinstance(data, bytes):
+        return np.atleast_1d(np.asarray(data, np.int64))[:count]
+    words = np.frombuffer(data[:len(data) // 2 * 2], ">u2" if big_endian else "<u2")
+    packed = words.astype("<u2").view(np.uint8) if len(data) < 2 * count else words
+    return packed[:count].astype(np.int64)
+
+
+def look_up(values: np.ndarray, first: int, entries: np.ndarray) -> np.ndarray:
+    """The `entries` of a LUT for `values` (PS3.3 C.11.2.1.1): `first` and the values below it map to the
+    first entry, each value above to the next entry, values past the last to the last; between two
+    integers a value maps as the lower one does."""
+    index = np.clip(np.floor(values.astype(np.float64)) - first, 0, len(entries) - 1).astype(np.intp)
+    return entries[index]
+
+
+def to_8_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """A LUT's output, whose range is 0 .. 2^bits - 1, onto 0..255, uint8."""
+    top = (1 << bits) - 1
+    return np.round(np.clip(values, 0, top) * (255 / top)).astype(np.uint8)
 
 
 def colour_display(frame: np.ndarray) -> np.ndarray:
