@@ -304,6 +304,75 @@ def test_colour_dicoms_are_rgb_8_bit_as_they_are_and_deeper_stretched_jointly(se
     assert not gray and np.abs(pixels.astype(int) - rgb).max() <= 2
 
 
+def palette_by_hand(index: np.ndarray, first: int, entries: np.ndarray, bits: int) -> np.ndarray:
+    """PS3.3 C.7.6.3.1.5 value by value: an index at or below the first value mapped gives the
+    first entry, at or above first + N - 1 the last, between them entry (index - first); the
+    entries' range 0..2^bits-1 onto 0..255."""
+    out, last = np.empty(index.shape), first + len(entries) - 1
+    for at, k in np.ndenumerate(index.astype(np.int64)):
+        y = entries[0] if k <= first else entries[-1] if k >= last else entries[k - first]
+        out[at] = round(float(y) * 255 / (2 ** bits - 1))
+    return out
+
+
+def palette_elements(rng: np.random.Generator, first: int, count: int, bits: int, layout: str) -> tuple[dict, list]:
+    """The red, green and blue Palette Color Lookup Table Descriptors and Data of random tables of
+    `count` `bits`-bit entries, as data set elements, and the tables; 8-bit entries packed a byte
+    each (`layout` "packed") or in 16-bit words, the high byte 0 ("words"), as PS3.3 allows both."""
+    elements, tables = {}, []
+    for colour in ("Red", "Green", "Blue"):
+        entries = rng.integers(0, 2 ** bits, size=count)
+        data = (entries.astype(np.uint8).tobytes() + b"\0" * (count % 2) if layout == "packed" else
+                entries.astype("<u2").tobytes())
+        elements[f"{colour}PaletteColorLookupTableDescriptor"] = [count % 2 ** 16, first, bits]
+        elements[f"{colour}PaletteColorLookupTableData"] = data
+        tables.append(entries)
+    return elements, tables
+
+
+@pytest.mark.parametrize("table", ["8-bit packed", "8-bit words", "16-bit"])
+@pytest.mark.parametrize("indices", ["8-bit", "12-bit", "signed"])
+@pytest.mark.parametrize("seed", range(3))
+def test_palette_colour_maps_each_index_through_the_red_green_and_blue_tables(seed, indices, table):
+    """PALETTE COLOR (an ultrasound's or a nuclear medicine image's): each stored value is an index
+    into three tables; from the first value mapped onward, clamped to the tables' ends; 16-bit
+    entries onto 0..255. The tables' lengths need not match the indices' range."""
+    pytest.importorskip("pydicom")
+    rng = np.random.default_rng(seed)
+    top = {"8-bit": 255, "12-bit": 4095, "signed": 2047}[indices]
+    index = rng.integers(-2048 if indices == "signed" else 0, top + 1, size=(24, 24))
+    index = index.astype({"8-bit": np.uint8, "12-bit": np.uint16, "signed": np.int16}[indices])
+    low = int(index.min())
+    first = int(rng.integers(low, low + (top - low) // 4)) if seed else (low if indices == "signed" else 0)
+    count = int(rng.integers(16, top - first + 64))  # some indices past the end
+    count = 1 << 16 if (seed, indices) == (0, "12-bit") else count  # a full table: 2^16 entries, counted as 0
+    bits = 16 if table == "16-bit" else 8
+    elements, tables = palette_elements(rng, first, count, bits, "packed" if table == "8-bit packed" else "words")
+    data = dicom_bytes(index, "PALETTE COLOR", bits_stored=12 if indices != "8-bit" else 8, **elements)
+    (pixels, gray, _), notes = decode(data)
+    expected = np.stack([palette_by_hand(index, first, entries, bits) for entries in tables], axis=-1)
+    assert notes == [] and not gray and pixels.shape == (24, 24, 3)
+    assert (pixels == expected).all()
+
+
+def test_a_segmented_palette_is_skipped_and_counted(tmp_path, capsys):
+    """Segmented tables (PS3.3 C.7.9.2) are not read: such a file is skipped, and the warning says why."""
+    pytest.importorskip("pydicom")
+    from selfsup.data.dicom import SEGMENTED_PALETTE
+    index = np.random.default_rng(0).integers(0, 256, size=(24, 24)).astype(np.uint8)
+    segment = np.array([0, 2, 0, 255], "<u2").tobytes()  # a discrete segment of 2 entries: black, then full
+    segmented = {f"{colour}PaletteColorLookupTableDescriptor": [256, 0, 8] for colour in ("Red", "Green", "Blue")}
+    segmented |= {f"Segmented{colour}PaletteColorLookupTableData": segment for colour in ("Red", "Green", "Blue")}
+    data = dicom_bytes(index, "PALETTE COLOR", **segmented)
+    assert decode(data) == (None, [SEGMENTED_PALETTE])
+    scans(tmp_path / "scans", count=1)
+    (tmp_path / "scans" / "pet.dcm").write_bytes(data)
+    cache = load_cache(open_source(tmp_path / "scans"), 24, show_progress=False)
+    assert cache.names == ["slice0.dcm"] and cache.skipped == ["pet.dcm"]
+    assert ("1 of them are DICOM files coloured by a segmented palette (e.g. 'pet.dcm'), which selfsup does not "
+            "read: convert them to RGB to use them") in capsys.readouterr().err
+
+
 def test_dicoms_are_known_by_content_with_or_without_a_preamble_and_damaged_ones_are_skipped():
     samples = np.random.default_rng(0).integers(0, 4096, size=(24, 24)).astype(np.uint16)
     full = dicom_bytes(samples, bits_stored=12, WindowCenter=2000, WindowWidth=1000)

@@ -39,8 +39,8 @@ from ..console import progress_bar, warn
 from ..errors import UserError
 from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
-from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, codec_hint, decode_dicom, dicom_readers, is_dicom_file_start,
-                    is_dicom, syntax_name)
+from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, SEGMENTED_PALETTE, codec_hint, decode_dicom, dicom_readers,
+                    is_dicom, is_dicom_file_start, syntax_name)
 from .sources import SPLIT_NAMES, ImageSource, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
@@ -140,7 +140,7 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
     TOP_BYTE (16-bit samples read from their top bytes), TIFF_LAYOUT (a TIFF Pillow cannot open),
     FIRST_BANDS (a TIFF's first three of more bands), FEW_BANDS (fewer than `bands` asks),
     NOT_TIFF (`bands` given for an image that is not a TIFF); and decode_dicom's for DICOM files
-    (FIRST_FRAME, DICOM_READER, DICOM_CODEC + a transfer syntax)."""
+    (FIRST_FRAME, DICOM_READER, DICOM_CODEC + a transfer syntax, SEGMENTED_PALETTE)."""
     if bands and data[:4] in TIFF_MAGIC:
         return decode_tiff_bands(data, size, bands=bands)
     if bands:
@@ -900,6 +900,9 @@ def _unread_dicoms(notes: dict, examples: bool = True) -> str:
             syntax = note[len(DICOM_CODEC):]
             said += (f"; {len(names):,} of them are DICOM files compressed as {syntax_name(syntax)}{example}, which "
                      f"no installed package decodes: {codec_hint(syntax)}")
+        elif note == SEGMENTED_PALETTE and names:
+            said += (f"; {len(names):,} of them are DICOM files coloured by a segmented palette{example}, which "
+                     f"selfsup does not read: convert them to RGB to use them")
     return said
 
 

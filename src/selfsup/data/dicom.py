@@ -1,16 +1,17 @@
 """DICOM files (CT, MR, X-ray, ultrasound) decoded as they are displayed: PS3.3 C.11's pipeline.
 
 A scanner stores sample values whose meaning the file itself gives: the Modality LUT (Rescale
-Slope and Intercept: a CT's Hounsfield units) turns them into values of the modality, and the
-VOI transform (a window, C.11.2.1.2) chooses which of those the display shows from black to
-white: a lung or a bone window, as the scanner or the radiologist chose it, or a lookup table
-(a VOI LUT, an X-ray's or a mammogram's). Without either, the modality's values are stretched
-between percentiles as any deep image is. MONOCHROME1 (0 is white: many X-rays) is inverted so
-that 0 is black as in MONOCHROME2. Of a multi-frame file (an enhanced CT series, a cine loop) only
-the first frame is read, with its own rescale and window where an enhanced object keeps them (its
-functional groups). pydicom is an optional package (`pip install 'selfsup[dicom]'`); without it,
-and for a compression that no installed package decodes, DICOM files are skipped and the notes
-say what to install.
+Slope and Intercept: a CT's Hounsfield units) turns them into values of the modality, and the VOI
+transform (a window, C.11.2.1.2) chooses which of those the display shows from black to white: a
+lung or a bone window, as the scanner or the radiologist chose it, or a lookup table (a VOI LUT,
+an X-ray's or a mammogram's). Without either, the modality's values are stretched between
+percentiles as any deep image is. MONOCHROME1 (0 is white: many X-rays) is inverted so that 0 is
+black as in MONOCHROME2; PALETTE COLOR (an ultrasound's Doppler, a PET's colour scale) shows its
+indices through its red, green and blue tables. Of a multi-frame file (an enhanced CT series, a
+cine loop) only the first frame is read, with its own rescale and window where an enhanced object
+keeps them (its functional groups). pydicom is an optional package (`pip install
+'selfsup[dicom]'`); without it, and for a compression that no installed package decodes, DICOM
+files are skipped and the notes say what to install.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .stretch import stretch_integers, to_uint8
 FIRST_FRAME = "first_frame"  # a multi-frame file: its first frame read
 DICOM_READER = "dicom_reader"  # a DICOM file, and pydicom is not installed: skipped
 DICOM_CODEC = "dicom_codec:"  # + the transfer syntax's UID: compressed as no installed package decodes; skipped
+SEGMENTED_PALETTE = "dicom_segmented_palette"  # PALETTE COLOR whose tables are segmented (C.7.9.2): skipped
 DICOM_MAGIC_AT = 128  # "DICM" after the preamble of a DICOM file (PS3.10 7.1)
 # The packages that pydicom's decoders use (module names), as its plugin table lists them
 CODEC_MODULES = ("pylibjpeg", "libjpeg", "openjpeg", "gdcm", "jpeg_ls")
@@ -92,9 +94,10 @@ def syntax_name(uid: str) -> str:
 def decode_dicom(data: bytes, largest_image: int) -> tuple[tuple[np.ndarray, bool] | None, list[str]]:
     """The display of a DICOM file, (H, W) or (H, W, 3) uint8, and whether it is grayscale; None
     where it cannot be decoded: damaged, no pixel data, over `largest_image` pixels, a photometric
-    interpretation other than MONOCHROME1/2, RGB or YBR (which pydicom gives as RGB). Notes:
-    DICOM_READER without pydicom, DICOM_CODEC + UID for a compression no installed package
-    decodes, FIRST_FRAME for a multi-frame file."""
+    interpretation other than MONOCHROME1/2, PALETTE COLOR, RGB or YBR (which pydicom gives as
+    RGB). Notes: DICOM_READER without pydicom, DICOM_CODEC + UID for a compression no installed
+    package decodes, SEGMENTED_PALETTE for a palette this module does not read, FIRST_FRAME for a
+    multi-frame file."""
     try:
         import pydicom
     except ImportError:
@@ -127,6 +130,10 @@ def _display(pydicom, data: bytes, largest_image: int) -> tuple[tuple[np.ndarray
         pixels = grayscale_display(frame, ds, invert=photometric == "MONOCHROME1")
     elif frame.ndim == 3 and frame.shape[2] == 3 and (photometric == "RGB" or photometric.startswith("YBR")):
         pixels = colour_display(frame)
+    elif photometric == "PALETTE COLOR" and frame.ndim == 2:
+        if "RedPaletteColorLookupTableData" not in ds:  # segmented, as some PET and ultrasound palettes are
+            return None, [SEGMENTED_PALETTE] if "SegmentedRedPaletteColorLookupTableData" in ds else []
+        pixels = palette_display(frame, ds)
     else:
         return None, []
     gray = pixels.ndim == 2 or bool((pixels[..., :1] == pixels[..., 1:]).all())
@@ -244,6 +251,19 @@ def to_8_bits(values: np.ndarray, bits: int) -> np.ndarray:
 def colour_display(frame: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 of an RGB frame: 8-bit as it is, deeper samples stretched jointly."""
     return to_uint8(frame)
+
+
+def palette_display(frame: np.ndarray, ds) -> np.ndarray:
+    """(H, W, 3) uint8 of a PALETTE COLOR frame: its stored values, indices, through the red, green
+    and blue Palette Color Lookup Tables (PS3.3 C.7.6.3.1.5, C.7.6.3.1.6), whose 8- or 16-bit
+    entries are shown as 0..255."""
+    signed, big = int(ds.get("PixelRepresentation") or 0) == 1, is_big_endian(ds)
+    channels = []
+    for colour in ("Red", "Green", "Blue"):
+        count, first, bits = (int(value) for value in getattr(ds, f"{colour}PaletteColorLookupTableDescriptor"))
+        entries = lut_entries(getattr(ds, f"{colour}PaletteColorLookupTableData"), count or 1 << 16, big)
+        channels.append(to_8_bits(look_up(frame, first_mapped(first, signed), entries), bits))
+    return np.stack(channels, axis=-1)  # (H, W, 3)
 
 
 def first_window(ds) -> tuple[float, float, str] | None:
