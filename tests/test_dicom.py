@@ -5,6 +5,7 @@ The files are written by pydicom itself; the expected pixels are computed here b
 from the standard's formulas, and checked against pydicom's own apply_windowing where that is
 defined on 0..255."""
 import contextlib
+import copy
 import io
 import json
 import math
@@ -19,6 +20,7 @@ from selfsup.data import load_cache, open_images, open_source
 from selfsup.errors import UserError
 
 EXPLICIT, RLE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"  # Explicit VR Little Endian, RLE Lossless
+BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian
 JPEG_LS, MPEG2 = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.100"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -46,6 +48,12 @@ def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_store
         setattr(ds, keyword, value)
     if syntax == RLE:
         ds.compress(RLE)
+    if syntax == BIG_ENDIAN:  # pydicom writes the elements big endian; 16-bit Pixel Data and OW words it keeps as
+        ds = copy.deepcopy(ds)  # the bytes they are: swapped here (in a copy: the items are the caller's)
+        ds.file_meta.TransferSyntaxUID = BIG_ENDIAN
+        for element in ds.iterall():
+            if element.VR == "OW" or element.tag == 0x7FE00010 and ds.BitsAllocated == 16:
+                element.value = np.frombuffer(element.value, "<u2").astype(">u2").tobytes()
     buffer = io.BytesIO()
     if preamble:
         ds.save_as(buffer, enforce_file_format=True)
@@ -371,6 +379,38 @@ def test_a_segmented_palette_is_skipped_and_counted(tmp_path, capsys):
     assert cache.names == ["slice0.dcm"] and cache.skipped == ["pet.dcm"]
     assert ("1 of them are DICOM files coloured by a segmented palette (e.g. 'pet.dcm'), which selfsup does not "
             "read: convert them to RGB to use them") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_big_endian_file_shows_as_the_same_samples_little_endian_do(seed):
+    """Explicit VR Big Endian (retired, still in old archives): 16-bit samples, signed or not, and
+    the OW words of a VOI LUT or a palette decode to the display their little-endian file has."""
+    pydicom = pytest.importorskip("pydicom")
+    rng = np.random.default_rng(seed)
+    stored, slope, intercept = ct_slices(rng)
+    stored, hu = stored[0], stored[0] * slope + intercept
+    signed = stored.astype(np.int16) - 2048
+    first, bits = int(rng.integers(0, 1000)), 16
+    entries = rng.integers(0, 2 ** bits, size=int(rng.integers(500, 4000)))
+    lut = pydicom.dataset.Dataset()
+    lut.LUTDescriptor = [len(entries), first, bits]
+    lut.add_new(0x00283006, "OW", entries.astype("<u2").tobytes())
+    palette, tables = palette_elements(rng, first, len(entries), bits, "words")
+    rescale = dict(RescaleSlope=slope, RescaleIntercept=intercept)
+    cases = [  # ((12-bit samples, photometric interpretation, elements), the display by hand)
+        ((stored, "MONOCHROME2", dict(rescale, WindowCenter=40, WindowWidth=400)),
+         window_by_hand(hu, 40, 400, "LINEAR")),
+        ((stored, "MONOCHROME2", rescale), stretched_by_hand(hu)),
+        ((signed, "MONOCHROME2", {}), stretched_by_hand(signed)),
+        ((stored, "MONOCHROME2", dict(VOILUTSequence=[lut])), voi_lut_by_hand(stored, first, entries, bits)),
+        ((stored, "PALETTE COLOR", palette),
+         np.stack([palette_by_hand(stored, first, table, bits) for table in tables], axis=-1))]
+    for (samples, photometric, elements), expected in cases:
+        big, little = (dicom_bytes(samples, photometric, 12, syntax, **elements) for syntax in (BIG_ENDIAN, EXPLICIT))
+        assert pydicom.dcmread(io.BytesIO(big)).original_encoding == (False, False)  # explicit VR, big endian
+        (pixels, _, _), notes = decode(big)
+        assert notes == [] and (pixels == decode(little)[0][0]).all()
+        assert (pixels == (expected if expected.ndim == 3 else expected[..., None])).all()
 
 
 def test_dicoms_are_known_by_content_with_or_without_a_preamble_and_damaged_ones_are_skipped():
