@@ -1,4 +1,5 @@
-"""DICOM files: PS3.3 C.11's display (Modality LUT, window, MONOCHROME1), the first frame, colour,
+"""DICOM files: PS3.3 C.11's display (Modality LUT, window, VOI LUT, MONOCHROME1), the first frame
+(an enhanced object's through its functional groups), colour, palette colour, big endian,
 compressions no package decodes, and a folder of scans through the cache and a pretraining run.
 
 The files are written by pydicom itself; the expected pixels are computed here by hand in float64
