@@ -397,6 +397,7 @@ def test_a_big_endian_file_shows_as_the_same_samples_little_endian_do(seed):
     lut.LUTDescriptor = [len(entries), first, bits]
     lut.add_new(0x00283006, "OW", entries.astype("<u2").tobytes())
     palette, tables = palette_elements(rng, first, len(entries), bits, "words")
+    packed, packed_tables = palette_elements(rng, first, len(entries) | 1, 8, "packed")  # an odd count: padded
     rescale = dict(RescaleSlope=slope, RescaleIntercept=intercept)
     cases = [  # ((12-bit samples, photometric interpretation, elements), the display by hand)
         ((stored, "MONOCHROME2", dict(rescale, WindowCenter=40, WindowWidth=400)),
@@ -405,7 +406,9 @@ def test_a_big_endian_file_shows_as_the_same_samples_little_endian_do(seed):
         ((signed, "MONOCHROME2", {}), stretched_by_hand(signed)),
         ((stored, "MONOCHROME2", dict(VOILUTSequence=[lut])), voi_lut_by_hand(stored, first, entries, bits)),
         ((stored, "PALETTE COLOR", palette),
-         np.stack([palette_by_hand(stored, first, table, bits) for table in tables], axis=-1))]
+         np.stack([palette_by_hand(stored, first, table, bits) for table in tables], axis=-1)),
+        ((stored, "PALETTE COLOR", packed),  # 8-bit entries two a word: the word's bytes swapped in the file
+         np.stack([palette_by_hand(stored, first, table, 8) for table in packed_tables], axis=-1))]
     for (samples, photometric, elements), expected in cases:
         big, little = (dicom_bytes(samples, photometric, 12, syntax, **elements) for syntax in (BIG_ENDIAN, EXPLICIT))
         assert pydicom.dcmread(io.BytesIO(big)).original_encoding == (False, False)  # explicit VR, big endian

@@ -197,9 +197,9 @@ def first_voi_lut(ds) -> tuple[int, np.ndarray, int] | None:
         return None
     count, first, bits = (int(value) for value in lut.LUTDescriptor)
     entries = lut_entries(lut.LUTData, count or 1 << 16, is_big_endian(ds))
-    # its input is the Modality LUT's output, and its first value mapped signed (SS) where that may be negative
     if not len(entries) or not 1 <= bits <= 16:
         return None
+    # its input is the Modality LUT's output, and its first value mapped signed (SS) where that may be negative
     return first_mapped(first, signed=modality_may_be_negative(ds)), entries, bits
 
 
