@@ -560,6 +560,21 @@ def test_the_embeddings_key_names_the_dicom_readers_where_the_pool_may_hold_dico
     assert (embedding.embedding_dir(tmp_path, encoder, source) != before) == keyed
 
 
+@pytest.mark.parametrize("names, keyed", [(["a/1.dcm", "b/2.png"], True), (["series/IM0001"], True),
+                                          (["a/1.png", "b/2.jpg"], False)])
+def test_a_new_dicom_display_decodes_again_only_the_pools_that_may_hold_dicoms(monkeypatch, tmp_path, names, keyed):
+    """When a DICOM file's display changes (DICOM_DISPLAY), caches and embeddings of pools that may
+    hold DICOM files are made again; a pool of JPEGs keeps its cache and its embeddings."""
+    from selfsup.curate import embedding
+    from selfsup.data import cache as cache_module
+    encoder = SimpleNamespace(key="k", description="d", image_size=16)
+    source = SimpleNamespace(path=tmp_path / "scans", fingerprint="f", names=names, split=None)
+    before = embedding.embedding_dir(tmp_path, encoder, source), cache_module._cache_key(source, 16)
+    monkeypatch.setattr(cache_module, "DICOM_DISPLAY", cache_module.DICOM_DISPLAY + 1)
+    after = embedding.embedding_dir(tmp_path, encoder, source), cache_module._cache_key(source, 16)
+    assert [a != b for a, b in zip(after, before)] == [keyed, keyed]
+
+
 def test_bands_do_not_apply_to_dicoms_and_say_so(tmp_path, capsys):
     pytest.importorskip("tifffile")
     cache = load_cache(open_source(scans(tmp_path / "scans")), 24, show_progress=False, bands=(1, 2, 3))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..console import progress_bar
-from ..data.cache import CACHE_FORMAT, decode_stream, readers_for, warn_skipped
+from ..data.cache import CACHE_FORMAT, decode_stream, dicom_display_key, readers_for, warn_skipped
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
@@ -39,7 +39,8 @@ def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
     # The readers installed decide what decodes: embeddings made without tifffile (or pydicom) are
     # not reused with it, where the pool holds files it reads.
     key = hashlib.sha256(f"{encoder.key or encoder.description}|{encoder.image_size}|{source.fingerprint}"
-                         f"|decoding {CACHE_FORMAT}|{'+'.join(readers_for(source.names))}".encode()).hexdigest()[:16]
+                         f"|decoding {CACHE_FORMAT}|{'+'.join(readers_for(source.names))}"
+                         f"{dicom_display_key(source.names)}".encode()).hexdigest()[:16]
     return root / f"{source.path.name.split('.')[0]}-{key}"
 
 

@@ -39,8 +39,8 @@ from ..console import progress_bar, warn
 from ..errors import UserError
 from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
-from .dicom import (DICOM_CODEC, DICOM_READER, FIRST_FRAME, SEGMENTED_PALETTE, codec_hint, decode_dicom, dicom_readers,
-                    is_dicom, is_dicom_file_start, syntax_name)
+from .dicom import (DICOM_CODEC, DICOM_DISPLAY, DICOM_READER, FIRST_FRAME, SEGMENTED_PALETTE, codec_hint, decode_dicom,
+                    dicom_readers, is_dicom, is_dicom_file_start, syntax_name)
 from .sources import SPLIT_NAMES, ImageSource, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
@@ -200,8 +200,19 @@ def readers_for(names: list[str]) -> list[str]:
     a suffix). Installing pydicom does not make a pool of JPEGs embed again."""
     suffixes = {PurePosixPath(name).suffix.lower() for name in names}
     readers = tiff_readers() if suffixes & {".tif", ".tiff"} else []
-    dicom = suffixes & {".dcm", ".dicom"} or any(without_suffix(PurePosixPath(name).name) for name in names)
-    return readers + (dicom_readers() if dicom else [])
+    return readers + (dicom_readers() if may_hold_dicom(names) else [])
+
+
+def may_hold_dicom(names: list[str]) -> bool:
+    """Whether some of these files are or may be DICOM files: a .dcm or .dicom, or a name without a suffix."""
+    paths = [PurePosixPath(name) for name in names]
+    return any(path.suffix.lower() in {".dcm", ".dicom"} or without_suffix(path.name) for path in paths)
+
+
+def dicom_display_key(names: list[str]) -> str:
+    """What a cache's or embeddings' key adds for these files: the DICOM display's version where they
+    may hold DICOM files (only such pools are decoded again when it changes), else nothing."""
+    return f"|dicom display {DICOM_DISPLAY}" if may_hold_dicom(names) else ""
 
 
 def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, bands: Bands = None
@@ -548,7 +559,8 @@ def _cache_key(source: ImageSource, size: int, bands: Bands = None) -> str:
     name = f"{named.parent.name.split('.')[0]}-{name}" if name in SPLIT_NAMES and named.parent.name else name
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
     chosen = f"|bands={','.join(map(str, bands))}" if bands else ""  # no bands: the keys caches had before
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{source.fingerprint}|{size}{chosen}".encode()).hexdigest()[:16]
+    key = f"{CACHE_FORMAT}|{source.fingerprint}|{size}{chosen}{dicom_display_key(source.names)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return f"{stem}{'-' + source.split if source.split and not in_folder else ''}-{size}px-{digest}"
 
 

@@ -43,6 +43,9 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Where an enhanced multi-frame object keeps, frame by frame, its rescale and its window (PS3.3
 # C.7.6.16.2.9 Pixel Value Transformation, C.7.6.16.2.10 Frame VOI LUT functional groups)
 FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+# Raised whenever a DICOM file's display changes, so that caches and embeddings of pools holding
+# DICOM files are decoded again (and only theirs). 2: functional groups, VOI LUT Sequence, palettes.
+DICOM_DISPLAY = 2
 BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian: its OW data (a LUT's) are big-endian words
 
 
