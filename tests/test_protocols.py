@@ -415,6 +415,26 @@ def test_retrieval_and_curve_through_the_command_line(tmp_path, split_folder, ca
     assert capsys.readouterr().err.startswith(f"selfsup: error: cannot create '{tmp_path / 'file'}' (")
 
 
+def test_a_curve_point_names_its_label_subsets_as_a_single_evaluation_does(tmp_path, split_folder, capsys):
+    # Curve records held no subset files: a rerun could not tell whether it drew the same labels.
+    # Each point now keeps its files, each seed the digest of its images' names, its seeds and k.
+    import hashlib
+    [line] = main_curve_lines(tmp_path, split_folder, capsys)
+    single = evaluate_knn("random:resnet18", data=split_folder, per_class=4, seeds=2, image_size=16, device="cpu",
+                          show_progress=False)
+    one, four = line["points"]
+    assert four["subsets"] == single["subsets"] and len(set(one["subsets"] + four["subsets"])) == 4
+    digests = [s["subset_sha256"] for s in four["per_seed"]]
+    assert digests == [s["subset_sha256"] for s in single["per_seed"]]
+    assert len(set(digests + [s["subset_sha256"] for s in one["per_seed"]])) == 4  # per seed, per budget
+    for file, digest in zip(four["subsets"], digests):  # the digest is of the file's names, training then validation
+        listed = json.loads(open(file).read())
+        assert hashlib.sha256("\n".join(["train", *listed["train"], "val", *listed["val"]]).encode()).hexdigest() == digest
+    assert (four["seeds"], four["k"], four["k_asked"], four["labelled_images"]) == (2, 12, 200, 12)
+    assert (line["train_pixels_sha256"], line["test_pixels_sha256"]) == \
+        (single["train_pixels_sha256"], single["test_pixels_sha256"])
+
+
 def test_options_out_of_range_are_one_line_errors_before_any_image_is_read(tmp_path, capsys):
     missing = tmp_path / "no-data"  # read only after the options are checked: its error must not come first
     (tmp_path / "file").write_text("")

@@ -20,8 +20,10 @@ from .subsets import Budget, make_split
 PROTOCOLS = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes that suits a plot
-POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "top1", "top1_std", "top1_ci", "top5", "top5_std",
-              "per_seed")
+# A point's own seeds (kNN with every label runs once), kNN's k used and asked, and the subset
+# files with each seed's subset_sha256 (in per_seed): what a single evaluation's record holds.
+POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "val_images", "seeds", "k", "k_asked", "top1",
+              "top1_std", "top1_ci", "top5", "top5_std", "subsets", "per_seed")
 
 
 def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, protocol: str = "linear",
@@ -51,9 +53,9 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
                   "test_data": data_name(setup.test.source), **data_digests(setup), **settings, "lines": lines}
         result["plot"] = str(plot_label_efficiency(result, out))
     if record:
-        for line in lines:  # each run's record names its own checkpoint, for the report to tell it is current
-            record_result(line["checkpoint"], {**result, **{k: v for k, v in line.items() if k.startswith("checkpoint_")}},
-                          setup.device)
+        for line in lines:  # each run's record names its own checkpoint and images, as its own line does
+            own = {k: v for k, v in line.items() if k.startswith("checkpoint_") or k.endswith("_pixels_sha256")}
+            record_result(line["checkpoint"], {**result, **own}, setup.device)
     return result
 
 
@@ -86,7 +88,7 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
                                     **protocol_options) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
-                    **checkpoint_identity(setup.encoder), **_run_dir(spec),
+                    **checkpoint_identity(setup.encoder), **_run_dir(spec), **data_digests(setup),
                     "points": [{k: r[k] for k in POINT_KEYS if k in r} for r in runs]}  # top-5: > 5 classes
     return lines, setup, runs
 

@@ -28,7 +28,7 @@ from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
 from .retrieval import mean_average_precision, precision_at_k, retrieve
 from .stats import summarise
-from .subsets import Budget, Split, listed_split, make_split, save_split, warn_of_unused_labels
+from .subsets import Budget, Split, listed_split, make_split, save_split, split_sha256, warn_of_unused_labels
 
 DEFAULT_VAL_FRACTION = 0.1
 KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
@@ -151,7 +151,9 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
     split, classes = splits[-1][0], len(setup.train.classes)
     if classes <= 5:  # every class is in the top 5: top-5 is 1 whatever the encoder, no figure
         figures = [{k: v for k, v in f.items() if k != "top5" and not k.endswith("_top5")} for f in figures]
-    per_seed = [{**f, "seed": split.seed} for f, (split, _) in zip(figures, splits)]
+    # Each seed's labelled images by name: a rerun tells whether it had the same (see split_sha256).
+    per_seed = [{**f, "seed": split.seed, "subset_sha256": split_sha256(split, setup.train)}
+                for f, (split, _) in zip(figures, splits)]
     summary = summarise(figures, ("top1", "top5"), len(setup.test))
     interval = {"interval": "95 % Wilson score interval on the test images"} if "top1_ci" in summary else {}
     return {"protocol": name, "encoder": setup.encoder.description, "image_size": setup.encoder.image_size,

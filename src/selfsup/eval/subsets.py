@@ -158,6 +158,16 @@ def warn_of_unused_labels(cache: ImageCache, subset: str) -> None:
     warn(f"--subset {subset}: its 'label' column is not used, the labels come from the class folders{differ}")
 
 
+def split_sha256(split: Split, cache: ImageCache) -> str:
+    """The SHA-256 of the file names of a split's labelled images and of its validation images:
+    equal for two evaluations that used the same labels, whichever JSON file listed them (a
+    subset file is rewritten in place by the next evaluation of the same budget and seed)."""
+    import hashlib
+
+    listed = "\n".join(["train", *(cache.names[i] for i in split.train), "val", *(cache.names[i] for i in split.val)])
+    return hashlib.sha256(listed.encode()).hexdigest()
+
+
 def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: float, cache_dir=None) -> Path:
     """Write the split's file names as JSON beside the image cache; returns the file."""
     data_key = Path(getattr(cache.images, "filename", None) or "unknown/x").parent.name
