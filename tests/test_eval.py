@@ -114,6 +114,29 @@ def test_protocols_on_a_random_encoder(split_folder, capsys):
 
 
 
+def test_a_random_baseline_names_its_seed_and_weights_in_results_and_curve_lines(split_folder, tmp_path):
+    """Which random: baseline a figure is of was not recorded: its seed (and the torch that drew
+    it) fix its weights. The result and a curve's line name the seed and the weights' SHA-256."""
+    from selfsup.encoder import load_encoder
+    from selfsup.eval import label_efficiency_curve
+    from selfsup.eval.record import checkpoint_identity, weights_sha256
+
+    common = dict(data=split_folder, image_size=16, device="cpu", show_progress=False)
+    result = evaluate_knn("random:resnet18", k=5, **common)
+    drawn = {seed: weights_sha256(load_encoder("random:resnet18", image_size=16, seed=seed).backbone)
+             for seed in (0, 1)}
+    assert (result["init_seed"], result["encoder_weights_sha256"]) == (0, drawn[0]) and drawn[0] != drawn[1]
+    assert "checkpoint_sha256" not in result
+    other = load_encoder("random:resnet18", image_size=16, seed=1)
+    assert checkpoint_identity(other) == {"init_seed": 1, "encoder_weights_sha256": drawn[1]}
+    assert other.description == "random:resnet18 (random initialisation, seed 1)"
+    curve = label_efficiency_curve("random:resnet18", protocol="knn", per_class=(2,), seeds=1,
+                                   out=tmp_path / "c.png", **common)
+    [line] = curve["lines"]
+    assert (line["init_seed"], line["encoder_weights_sha256"]) == (0, drawn[0])
+    assert line["encoder"] == "random:resnet18 (random initialisation, seed 0)"
+
+
 def test_a_random_baseline_left_at_its_default_size_on_small_images_is_warned(split_folder, capsys):
     """random: draws at 224 px unless told: on 24-pixel images it sees them enlarged 9x, and beats
     runs trained at 24 px for that alone. Said, with the size to pass; the text names the size."""
@@ -123,7 +146,8 @@ def test_a_random_baseline_left_at_its_default_size_on_small_images_is_warned(sp
     err = capsys.readouterr().err
     assert "random:resnet18 is evaluated at 224 px, while the images are mostly 24 px" in err
     assert "pass --image-size 24" in err
-    assert describe(result).splitlines()[0] == "knn evaluation of random:resnet18 (random initialisation) at 224 px"
+    assert describe(result).splitlines()[0] == \
+        "knn evaluation of random:resnet18 (random initialisation, seed 0) at 224 px"
     evaluate_knn("random:resnet18", data=split_folder, image_size=24, k=5, device="cpu", show_progress=False)
     assert "is evaluated at" not in capsys.readouterr().err
 

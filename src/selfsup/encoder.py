@@ -33,6 +33,7 @@ class Encoder:
     # A checkpoint's identity, for records: {"sha256": of the file, "position": {epoch, batch, step}}.
     checkpoint: dict | None = None
     bands: tuple[int, ...] | None = None  # the TIFF bands it sees as red, green, blue (data.bands)
+    init_seed: int | None = None  # a random: encoder's: the torch seed its weights were drawn with
 
     def __post_init__(self):
         # For inference, as a user of `load_encoder` calls it: BatchNorm on its running statistics,
@@ -75,7 +76,8 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
         import timm
 
         key = f"{spec}|{size}|{stem}|{seed}|torch {torch.__version__}|timm {timm.__version__}"
-        return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation)", key=key)
+        return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation, seed {seed})",
+                       key=key, init_seed=seed)
     checkpoint = load_checkpoint(spec, with_sha256=True)
     cfg = config_lib.from_dict(checkpoint["config"])
     if small_stem is not None and small_stem != bool(cfg.backbone.small_stem):

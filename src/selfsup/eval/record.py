@@ -51,7 +51,10 @@ def data_digests(setup) -> dict:
 def checkpoint_identity(encoder) -> dict:
     """The evaluated checkpoint, for a record: its file's SHA-256 (what tells it from a later
     last.pt of the same run; a copied run keeps it, unlike a modification time) and its position
-    (epoch, batch, step), which the report shows. {} for encoders that are not checkpoints."""
+    (epoch, batch, step), which the report shows. A random: baseline's seed and weights' SHA-256
+    (which also change with the torch or timm that drew them); {} for weights: encoders."""
+    if encoder.init_seed is not None:
+        return {"init_seed": encoder.init_seed, "encoder_weights_sha256": weights_sha256(encoder.backbone)}
     if encoder.checkpoint is None:
         return {}
     return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"],
