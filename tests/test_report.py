@@ -167,7 +167,8 @@ def test_report_of_two_runs_renders_with_its_tables_and_images(tmp_path, split_f
         assert f">{heading}<" in text
     facts, errors = render(out, tmp_path / "screenshot.png")
     assert errors == []
-    assert facts["tables"] == ["comparison"] + ["config", "evals"] * 2 and facts["rows"] == 2
+    assert facts["tables"] == ["comparison"] + ["config", "evals"] * 2
+    assert facts["rows"] == 3  # the two runs, and the random: baseline of their curve
     assert facts["images"] == 10 and facts["undecoded"] == []  # per run: curves, curve, neighbours, map, picture
     shot = np.asarray(Image.open(tmp_path / "screenshot.png").convert("L"))
     assert shot.shape[1] == 1280 and shot.shape[0] > 600 and shot.std() > 10 and facts["height"] > 4000
@@ -419,6 +420,59 @@ def test_settings_seeds_and_one_test_set_named_two_ways_make_the_columns(tmp_pat
         "linear (4 per class, 32 px, 3 seeds) on /d/cifar/test": 0.35}
 
 
+def test_curve_points_are_figures_in_the_comparison_beside_single_evaluations_and_baselines_are_rows(tmp_path):
+    # Curve points never entered the comparison table, nor did the random: baseline drawn beside
+    # the runs. A point is the figure a single evaluation at its budget gives: one column; each
+    # baseline is a row, named with its seed.
+    from selfsup.report.tables import comparison_rows
+
+    data = {"test_data": "/d/test", "train_data": "/d/train", "test_pixels_sha256": "t" * 64,
+            "train_pixels_sha256": "u" * 64}
+
+    def point(per_class, top1, k=None, seeds=3):
+        return {"budget": f"{per_class} per class", "top1": top1, "seeds": seeds, **({"k": k} if k else {}),
+                "per_seed": [{"top1": top1, "seed": s} for s in range(seeds)]}
+
+    def line(spec, *points, size=32, **extra):
+        return {"encoder": f"{spec} (random initialisation, seed 0)" if spec.startswith("random:") else spec,
+                "checkpoint": spec, "image_size": size, "points": list(points), **extra}
+
+    def curve(time, own, lines, protocol="linear", **extra):
+        return {"protocol": "curve", "curve_protocol": protocol, "seeds": 3, "time": time, "checkpoint": own,
+                "lines": lines, **data, **extra}
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    linear = {"protocol": "linear", "budget": "10 per class", "image_size": 32, "seeds": 3, **data}
+    random = line("random:resnet18", point(1, 0.11), point(10, 0.21), init_seed=0, encoder_weights_sha256="r" * 64)
+    fake_run(a, [{**linear, "top1": 0.5, "time": "2026-01-01T00:00:00"},
+                 curve("2026-01-02T00:00:00", str(a), [line(str(a), point(1, 0.3), point(10, 0.6)),
+                                                       line(str(b), point(1, 0.9), point(10, 0.9)), random]),
+                 curve("2026-01-03T00:00:00", str(a), [line(str(a), point(1, 0.4, k=3), point(10, 0.7, k=30),
+                                                       {**point(16, 0.75, k=48, seeds=1), "budget": "all labels"})],
+                       protocol="knn", temperature=0.1),
+                 curve("2026-01-03T00:00:00", str(a), [line(str(a), point(1, 0.8))], protocol="knn")])  # no k: older
+    fake_run(b, [{**linear, "top1": 0.55, "time": "2026-01-04T00:00:00"},
+                 curve("2026-01-05T00:00:00", str(b), [line(str(b), point(1, 0.35)),
+                                                       line("random:resnet18", point(1, 0.12), init_seed=0,
+                                                            encoder_weights_sha256="r" * 64)])])
+    headers, rows = comparison_rows([a, b], ["a", "b"])
+    table = {h: [r[i] for r in rows] for i, h in enumerate(headers) if " on " in h}
+    assert table == {"linear (10 per class, 32 px, 3 seeds) on /d/test": [0.6, 0.55, 0.21],
+                     "linear (1 per class, 32 px, 3 seeds) on /d/test": [0.3, 0.35, 0.12],
+                     "knn k=3 (1 per class, 32 px, 3 seeds, T=0.1) on /d/test": [0.4, None, None],
+                     "knn k=30 (10 per class, 32 px, 3 seeds, T=0.1) on /d/test": [0.7, None, None],
+                     "knn k=48 (all labels, 32 px, T=0.1) on /d/test": [0.75, None, None]}  # run once
+    assert [r[:5] for r in rows] == [["a", "simclr", "resnet18", None, None], ["b", "simclr", "resnet18", None, None],
+                                     ["random:resnet18 (random initialisation, seed 0)", "random init", "resnet18",
+                                      None, 32]]
+    # A baseline drawn otherwise (another seed or torch: other weights) is another row, told apart.
+    fake_run(tmp_path / "c", [curve("2026-01-06T00:00:00", "x", [line("random:resnet18", point(1, 0.13),
+                                                                      encoder_weights_sha256="s" * 64)])])
+    _, rows = comparison_rows([a, tmp_path / "c"], ["a", "c"])
+    assert [r[0] for r in rows[2:]] == ["random:resnet18 (random initialisation, seed 0), weights sha256 rrrrrrrr",
+                                        "random:resnet18 (random initialisation, seed 0), weights sha256 ssssssss"]
+
+
 def test_the_report_draws_the_latest_curve_of_each_protocol_and_settings_of_the_current_checkpoint():
     """A curve with other settings (a linear probe of 20 epochs, kNN at T=0.1) is another curve, not
     a newer one of the defaults'; a curve of a checkpoint the run has moved on from is left out.
@@ -460,6 +514,30 @@ def test_a_curve_leaves_out_the_lines_of_runs_that_trained_on(tmp_path, split_fo
     older = {"checkpoint": "x", "current": True, "lines": [{"checkpoint": str(b), "checkpoint_sha256": "0" * 64},
                                                            {"checkpoint": "gone", "checkpoint_sha256": "0" * 64}]}
     assert [line["current"] for line in tables._lines_marked(older)] == [False, True]
+
+
+def test_a_curve_records_each_run_with_its_own_images_so_its_points_join_the_runs_columns(tmp_path, split_folder):
+    # A curve of runs trained at 16 and 24 px recorded the last encoder's pixel digests (its
+    # images at 24 px) into every run: the 16 px run's points were on "other images" than its
+    # own kNN at the same budget, a column apart. Each run's record now holds its own line's.
+    from selfsup.report.tables import comparison_rows
+
+    a = pretrained_run(tmp_path / "a", split_folder)
+    b = tmp_path / "b"
+    run_pretraining(merge_dicts(TINY_RUN, {"out": str(b), "data": {"path": str(split_folder), "image_size": 24},
+                                           "train": {"epochs": 1}}))
+    common = dict(data=split_folder, device="cpu", show_progress=False)
+    curve = label_efficiency_curve([a, b], protocol="knn", per_class=(2,), seeds=1, out=tmp_path / "c.png",
+                                   protocol_options={"k": (5,)}, **common)
+    single = evaluate_knn(a, k=(5,), per_class=2, **common)
+    recorded = read_evals(a)[0]
+    assert recorded["test_pixels_sha256"] == curve["lines"][0]["test_pixels_sha256"] == single["test_pixels_sha256"]
+    assert curve["lines"][1]["test_pixels_sha256"] != single["test_pixels_sha256"]  # 24 px images
+    headers, rows = comparison_rows([a, b], ["a", "b"])
+    test = split_folder / "test"
+    assert {h: [r[i] for r in rows] for i, h in enumerate(headers) if h.startswith("knn")} == {
+        f"knn k=5 (2 per class, 16 px) on {test}": [single["top1"], None],
+        f"knn k=5 (2 per class, 24 px) on {test}": [None, curve["lines"][1]["points"][0]["top1"]]}
 
 
 class Stop(Exception):

@@ -159,8 +159,10 @@ def _lines_marked(curve: dict) -> list[dict]:
     return marked
 
 
-def _run_facts(run: Path) -> tuple[dict, dict]:
-    """(what the run is, its latest record with a headline figure in each column)."""
+def _run_facts(run: Path) -> tuple[dict, dict, list[tuple[dict, dict]]]:
+    """(what the run is, its latest figure in each column, its current curves' baseline lines
+    with their curve). A curve's points are figures like any evaluation's: a linear probe at 10
+    labels per class over 3 seeds, from `eval curve` or `eval linear`, is one column."""
     from ..train import read_metrics
 
     cfg = read_run_config(run) or {}
@@ -171,9 +173,56 @@ def _run_facts(run: Path) -> tuple[dict, dict]:
              "batch size": _section(cfg, "train").get("batch_size"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
-    latest = {_column(r): r for r in run_evals(run)  # in time order: the latest stays
-              if r.get("protocol") != "curve" and _headline(r) is not None and r["current"]}
-    return facts, latest
+    records = [r for r in run_evals(run) if r["current"]]
+    results = [p for r in records for p in (_own_points(r) if r.get("protocol") == "curve" else [r])]
+    latest = {_column(r): r for r in results if _headline(r) is not None}  # in time order: the latest stays
+    baselines = [(r, line) for r in records if r.get("protocol") == "curve" for line in r["lines"]
+                 if str(line.get("checkpoint", "")).startswith(BASELINES)]
+    return facts, latest, baselines
+
+
+BASELINES = ("random:", "weights:")  # encoders that are not runs: a curve's lines are their only records
+
+
+def _own_points(curve: dict) -> list[dict]:
+    """The curve's points of the run it was recorded into, as results (see `_points`)."""
+    return [p for line in curve.get("lines", []) if line.get("checkpoint") == curve.get("checkpoint")
+            for p in _points(curve, line)]
+
+
+def _points(curve: dict, line: dict) -> list[dict]:
+    """A line's points as the results a single evaluation at each budget gives: the curve's
+    protocol and settings, the line's image size and images, each point's budget, seeds and k.
+    A kNN point of a record made before points kept their k (which a small budget cuts) has no
+    column it surely belongs to: left out."""
+    from ..eval.protocols import setting_defaults
+
+    protocol = curve.get("curve_protocol")
+    settings = {k: curve[k] for k in setting_defaults(protocol) if k in curve}
+    images = {k: line.get(k, curve.get(k)) for k in ("train_pixels_sha256", "test_pixels_sha256")}
+    return [{"protocol": protocol, "budget": p.get("budget", "all labels"), "k": p.get("k"),
+             "image_size": line.get("image_size"), "seeds": p.get("seeds", len(p.get("per_seed") or [None])),
+             **settings, "top1": p.get("top1"), "time": curve.get("time"), "train_data": curve.get("train_data"),
+             "test_data": curve.get("test_data"), **images}
+            for p in line.get("points", []) if protocol != "knn" or "k" in p]
+
+
+def _baseline_rows(found: list[tuple[dict, dict]], keys: list[str]) -> list[tuple[str, dict, dict]]:
+    """(name, facts, latest figure per column) of each random: or weights: encoder in the runs'
+    curves: one row per baseline (its spec, image size and weights, which its seed draws), the
+    latest figure of each column from whichever run's curve holds it."""
+    rows: dict[tuple, tuple[str, dict, dict]] = {}
+    for curve, line in sorted(found, key=lambda f: f[0].get("time", "")):
+        spec = line["checkpoint"]
+        key = (spec, line.get("image_size"), line.get("encoder_weights_sha256"), tuple(line.get("bands") or ()))
+        facts = {**dict.fromkeys(keys), "method": "random init" if spec.startswith("random:") else "weights",
+                 "backbone": spec.split(":", 1)[1] if spec.startswith("random:") else None,
+                 "image size": line.get("image_size")}
+        name, _, latest = rows.setdefault(key, (line.get("encoder", spec), facts, {}))
+        latest.update({_column(r): r for r in _points(curve, line) if _headline(r) is not None})
+    names = [name for name, _, _ in rows.values()]
+    return [(name if names.count(name) == 1 else f"{name}, weights sha256 {(key[2] or '?')[:8]}", facts, latest)
+            for key, (name, facts, latest) in rows.items()]
 
 
 def _section(cfg: dict, name: str) -> dict:
@@ -214,9 +263,12 @@ def _header(column: Column, columns: list[Column], seen: dict[str, str]) -> str:
 
 
 def comparison_rows(runs: list[Path], names: list[str]) -> tuple[list[str], list[list]]:
-    """(headers, one row per run): what each run is, and its latest figure per protocol, label
-    budget and data (top-1; mAP for retrieval)."""
-    facts, latest = zip(*(_run_facts(run) for run in runs))
+    """(headers, one row per run, then one per baseline in their curves): what each is, and its
+    latest figure per protocol, label budget and data (top-1; mAP for retrieval)."""
+    facts, latest, found = zip(*(_run_facts(run) for run in runs))
+    baselines = _baseline_rows([f for fs in found for f in fs], list(facts[0]))
+    names = [*names, *(name for name, _, _ in baselines)]
+    facts, latest = [*facts, *(f for _, f, _ in baselines)], [*latest, *(g for _, _, g in baselines)]
     columns = list(dict.fromkeys(c for f in latest for c in f))
     seen = {}  # the pixels' digest: when the first result shown on those images was made
     for r in sorted((r for f in latest for r in f.values() if "time" in r), key=lambda r: r["time"], reverse=True):
