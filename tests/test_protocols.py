@@ -530,6 +530,25 @@ def test_a_curve_gives_size_and_stem_to_random_encoders_and_a_run_keeps_its_own(
         evaluate_knn(run.out, data=split_folder, small_stem=False, show_progress=False)
 
 
+def test_evaluating_a_run_on_the_images_it_was_pretrained_on_is_said(tmp_path, split_folder, capsys):
+    # A run pretrained on the test folder was scored on images it had seen, without a word; the
+    # records now keep its pretraining images' digest, and a match with the test images is said.
+    import selfsup
+    common = dict(data=split_folder, k=(5,), device="cpu", show_progress=False)
+    runs = {name: selfsup.pretrain(method="simclr", data=split_folder / name, out=tmp_path / name, epochs=1,
+                                   batch_size=8, image_size=16, backbone="resnet18-half", show_progress=False).out
+            for name in ("train", "test")}
+    capsys.readouterr()
+    result = evaluate_knn(runs["train"], **common)
+    assert "pretrained on the test images" not in capsys.readouterr().err
+    assert result["pretrain_pixels_sha256"] == result["train_pixels_sha256"]  # pretrained on the training split
+    result = evaluate_knn(runs["test"], **common)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert result["pretrain_pixels_sha256"] == result["test_pixels_sha256"] == \
+        torch.load(runs["test"] / "last.pt", weights_only=True)["data"]["pixels_sha256"]
+    assert len(err) == 1 and f"{runs['test']} was pretrained on the test images ({split_folder} [test])" in err[0], err
+
+
 def test_an_unknown_keyword_names_the_public_function_before_any_image_is_read(tmp_path):
     from selfsup.eval import label_efficiency_curve
     for function in (evaluate_knn, evaluate_linear, evaluate_finetune, evaluate_retrieval, label_efficiency_curve):

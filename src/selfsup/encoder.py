@@ -30,7 +30,8 @@ class Encoder:
     config: RunConfig | None = None  # the training run's config, when there was one
     # Names the weights and how images are prepared, so features can be cached (None: never cached).
     key: str | None = None
-    # A checkpoint's identity, for records: {"sha256": of the file, "position": {epoch, batch, step}}.
+    # A checkpoint's identity, for records: {"sha256": of the file, "position": {epoch, batch, step},
+    # "data": what it was pretrained on, {images, names_sha256, pixels_sha256} (None: an older run)}.
     checkpoint: dict | None = None
     bands: tuple[int, ...] | None = None  # the TIFF bands it sees as red, green, blue (data.bands)
     init_seed: int | None = None  # a random: encoder's: the torch seed its weights were drawn with
@@ -97,7 +98,8 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
     encoder = Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
                       f"{cfg.method} {cfg.backbone.name}, {trained} ({spec})", cfg,
                       key=f"checkpoint|{_file_key(path)}" + (f"|{size}px" if size != cfg.data.image_size else ""),
-                      checkpoint={"sha256": checkpoint["file_sha256"], "position": checkpoint.get("position")},
+                      checkpoint={"sha256": checkpoint["file_sha256"], "position": checkpoint.get("position"),
+                                  "data": checkpoint.get("data")},
                       bands=cfg.data.bands)
     _refuse_other_backbone(spec, encoder.backbone.name, backbone)
     return encoder

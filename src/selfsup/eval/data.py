@@ -129,6 +129,18 @@ class Setup:
         return self._features
 
 
+def _warn_if_pretrained_on(test: ImageCache, encoder: Encoder, spec: str) -> None:
+    """A run pretrained on the test images has seen them (without labels): said, since its
+    figures then are not of unseen images, unlike those of runs pretrained on the training split.
+    Known by the pixels' digests: equal only for the same images decoded at the same size."""
+    from .record import pretrain_pixels_sha256
+
+    pretrained = pretrain_pixels_sha256(encoder)
+    if pretrained is not None and pretrained == test.pixels_sha256:
+        warn(f"{spec} was pretrained on the test images ({test.source}): its figures are not of images it has "
+             f"not seen; pretrain on the training images (a --data root holding train/ uses train/ alone)")
+
+
 def check_options(caller: str, options: dict) -> None:
     """Refuse, naming the public function, keyword arguments that `prepare` does not take."""
     import inspect
@@ -159,6 +171,7 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
                                             labels_required, encoder.bands)
+    _warn_if_pretrained_on(test_cache, encoder, spec)
     side = train_cache.median_side
     if image_size is None and spec.startswith(("random:", "weights:")) and side and 2 * side <= encoder.image_size:
         # A baseline enlarged 7x sees more pixels than the runs it is compared with, trained at 32 px.

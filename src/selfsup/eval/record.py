@@ -51,14 +51,22 @@ def data_digests(setup) -> dict:
 def checkpoint_identity(encoder) -> dict:
     """The evaluated checkpoint, for a record: its file's SHA-256 (what tells it from a later
     last.pt of the same run; a copied run keeps it, unlike a modification time) and its position
-    (epoch, batch, step), which the report shows. A random: baseline's seed and weights' SHA-256
+    (epoch, batch, step), which the report shows, and the pixels' SHA-256 of the images it was
+    pretrained on. A random: baseline's seed and weights' SHA-256
     (which also change with the torch or timm that drew them); {} for weights: encoders."""
     if encoder.init_seed is not None:
         return {"init_seed": encoder.init_seed, "encoder_weights_sha256": weights_sha256(encoder.backbone)}
     if encoder.checkpoint is None:
         return {}
     return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"],
-            "encoder_weights_sha256": weights_sha256(encoder.backbone)}
+            "encoder_weights_sha256": weights_sha256(encoder.backbone),
+            "pretrain_pixels_sha256": pretrain_pixels_sha256(encoder)}
+
+
+def pretrain_pixels_sha256(encoder) -> str | None:
+    """The SHA-256 of the decoded pixels the checkpoint was pretrained on (None: not a checkpoint,
+    or one written before it was kept)."""
+    return ((encoder.checkpoint or {}).get("data") or {}).get("pixels_sha256")
 
 
 def weights_sha256(network) -> str:
