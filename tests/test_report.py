@@ -489,6 +489,24 @@ def test_the_report_draws_the_latest_curve_of_each_protocol_and_settings_of_the_
     assert is_current({"protocol": "knn"}, "b" * 64)
 
 
+def test_a_curve_on_other_data_or_images_is_drawn_beside_the_others_and_named_by_them():
+    # The latest curve of a protocol hid an earlier one on other data, or on the same folder's
+    # images before they were replaced: as a column of the comparison, a curve is of its data.
+    from selfsup.report.tables import curve_titles, latest_curves
+
+    def curve(n, test, pixels, train="/d/train"):
+        return {"protocol": "curve", "curve_protocol": "knn", "n": n, "seeds": 1, "test_data": test,
+                "train_data": train, "test_pixels_sha256": pixels, "train_pixels_sha256": "c" * 64}
+
+    evals = [curve(1, "/d/test", "a" * 64), curve(2, "/e/test", "a" * 64), curve(3, "/d/test", "b" * 64),
+             curve(4, "/d/test", "b" * 64), curve(5, "/e/test", "a" * 64, train="/e/train")]
+    shown = latest_curves(evals)
+    assert [c["n"] for c in shown] == [1, 2, 4, 5]
+    assert curve_titles(shown) == ["knn on /d/test (images sha256 aaaaaaaa)", "knn on /e/test, labels from /d/train",
+                                   "knn on /d/test (images sha256 bbbbbbbb)", "knn on /e/test, labels from /e/train"]
+    assert curve_titles(latest_curves(evals[:1])) == ["knn on /d/test"]
+
+
 def test_a_curve_leaves_out_the_lines_of_runs_that_trained_on(tmp_path, split_folder):
     # `eval curve --checkpoint A B` records both lines into each run; B then trained on in its
     # folder: A's section still drew B's old line, under B's name. Each line is now checked
@@ -499,7 +517,8 @@ def test_a_curve_leaves_out_the_lines_of_runs_that_trained_on(tmp_path, split_fo
     a, b = pretrained_run(tmp_path / "a", split_folder), pretrained_run(tmp_path / "b", split_folder)
     label_efficiency_curve([a, b], data=split_folder, protocol="knn", per_class=(1, 4), seeds=1, device="cpu",
                            show_progress=False, out=tmp_path / "curve.png", protocol_options={"k": (5,)})
-    assert "not last.pt now" not in _label_efficiency(tables.run_evals(a))
+    drawn = _label_efficiency(tables.run_evals(a))
+    assert "not last.pt now" not in drawn and f"<figcaption>knn on {split_folder / 'test'}</figcaption>" in drawn
     checkpoint = torch.load(b / "last.pt", weights_only=True)  # B trains on
     checkpoint["position"]["epoch"] += 1
     torch.save(checkpoint, b / "last.pt")

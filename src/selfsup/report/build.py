@@ -13,8 +13,8 @@ from ..console import plural
 from ..errors import UserError
 from ..outputs import atomic_path, named_output, output_file
 from . import figures, html
-from .tables import (EVAL_HEADERS, comparison_rows, current_lines, eval_rows, latest_curves, read_run_config,
-                     run_evals)
+from .tables import (EVAL_HEADERS, comparison_rows, current_lines, curve_titles, eval_rows, latest_curves,
+                     read_run_config, run_evals)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt")
 
@@ -88,16 +88,15 @@ def _label_efficiency(evals: list[dict]) -> str:
     curves = latest_curves(evals)
     if not curves:
         return html.note("no label-efficiency curve recorded (selfsup eval curve --checkpoint RUN_DIR ...)")
-    return "".join(_curve_image(c) for c in curves)
+    return "".join(_curve_image(c, title) for c, title in zip(curves, curve_titles(curves)))
 
 
-def _curve_image(curve: dict) -> str:
+def _curve_image(curve: dict, title: str) -> str:
     from ..eval.curve import plot_label_efficiency
 
     shown, stale = current_lines(curve)
-    caption = f"left out (not last.pt now): {'; '.join(stale)}" if stale else None
-    return html.image(figures.via_file(plot_label_efficiency, shown), f"label-efficiency curve, "
-                      f"{curve['curve_protocol']}", caption)
+    caption = title + (f"; left out (not last.pt now): {'; '.join(stale)}" if stale else "")
+    return html.image(figures.via_file(plot_label_efficiency, shown), f"label-efficiency curve, {title}", caption)
 
 
 def _labelled_data(cfg: dict, data, train, test) -> dict | None:

@@ -74,11 +74,27 @@ def eval_rows(evals: list[dict]) -> list[list]:
 
 
 def latest_curves(evals: list[dict]) -> list[dict]:
-    """The last label-efficiency curve recorded for each protocol (kNN, linear, fine-tuning) and
-    its settings, of the run's current checkpoint."""
-    latest = {(r.get("curve_protocol"), *_settings(r)): r for r in evals
-              if r.get("protocol") == "curve" and r.get("current", True)}
+    """The last label-efficiency curve recorded for each protocol (kNN, linear, fine-tuning), its
+    settings and its data (their paths and images: a curve on other images is not a newer one),
+    of the run's current checkpoint."""
+    latest = {_curve_column(r): r for r in evals if r.get("protocol") == "curve" and r.get("current", True)}
     return list(latest.values())
+
+
+def _curve_column(curve: dict) -> Column:
+    """What a curve is comparable with, as a column of the comparison is (see `_column`)."""
+    from ..eval.record import data_name
+
+    train, test = (data_name(d) if d else d for d in (curve.get("train_data"), curve.get("test_data")))
+    return Column(", ".join([str(curve.get("curve_protocol")), *_settings(curve)]), train, test,
+                  curve.get("train_pixels_sha256"), curve.get("test_pixels_sha256"))
+
+
+def curve_titles(curves: list[dict]) -> list[str]:
+    """Each curve's protocol, settings and test data: 'linear, epochs 20 on /d/test', naming its
+    images and training data where another curve shown has the same name with others."""
+    columns = [_curve_column(c) for c in curves]
+    return [_header(c, columns, {}) for c in columns]
 
 
 def current_lines(curve: dict) -> tuple[dict, list[str]]:
