@@ -120,6 +120,24 @@ def test_a_refused_start_leaves_no_empty_run_folder(labelled_folder, tmp_path):
     assert mine.is_dir() and (kept / "notes.txt").read_text() == "mine" and not (kept / "run").exists()
 
 
+def test_a_refused_pretrain_shows_its_error_alone_and_a_valid_one_every_warning(labelled_folder, tmp_path):
+    """A warning read just before the error that ends the command is noise: the error comes alone."""
+    # --lr 0 warns while the config is resolved; --data, checked later, is refused.
+    one_error_line(run("pretrain", *tiny_flags(tmp_path / "nowhere", tmp_path / "a"), "--lr", "0"))
+    one_error_line(run("pretrain", *tiny_flags(labelled_folder, labelled_folder / "run"), "--lr", "0"))  # out in data
+    one_error_line(run("pretrain", *tiny_flags(labelled_folder, tmp_path / "b"), "--lr", "0",
+                       "--set", "train.compile_mode=max-autotune"))  # refused after resolution
+    # 24-pixel images at 48 px warn once they are decoded; a batch larger than the images is refused after.
+    line = one_error_line(run("pretrain", *tiny_flags(labelled_folder, tmp_path / "c"), "--image-size", "48",
+                              "--batch-size", "64"))
+    assert "is larger than the" in line
+    proc = run("pretrain", *tiny_flags(labelled_folder, tmp_path / "d"), "--lr", "0", "--image-size", "48")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and "learning rate is 0" in warnings[0] and "mostly 24 px" in warnings[1]
+    assert proc.stderr.index("learning rate is 0") < proc.stderr.index("mostly 24 px") < proc.stderr.index("selfsup: ")
+
+
 def test_demo_text_is_true_and_its_table_aligned(tmp_path, monkeypatch):
     import selfsup
     import selfsup.eval

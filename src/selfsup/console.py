@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
@@ -22,10 +23,31 @@ def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+_held: list[str] | None = None  # warnings said inside warnings_after_checks(), not yet shown
+
+
 def warn(message: str) -> None:
+    if _held is not None:
+        _held.append(message)
     # Under torchrun every process reads the same data and config: one warning, from the first.
-    if first_process():
+    elif first_process():
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def warnings_after_checks():
+    """Warnings said in the block are shown when it ends without an error, in the order said; when
+    a check in it refuses, they are dropped. So a command whose input is refused shows the error
+    alone (not a preset's warm-up adjusted, then `--data` missing), and a valid one every warning."""
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+        held = _held
+    finally:
+        _held = outer
+    for message in held:
+        warn(message)
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "img", enabled: bool = True, initial: int = 0):

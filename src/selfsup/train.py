@@ -32,7 +32,7 @@ from . import dist, monitor, tensorboard_log
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .console import plural, progress_bar, say, warn
+from .console import plural, progress_bar, say, warn, warnings_after_checks
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used, require_tiff_reader
 from .data.loader import SampleBatch, map_side
@@ -188,6 +188,10 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
         raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
     cfg = _absolute_paths(cfg)
     data = Path(cfg.data.path)
+    if not data.exists():  # here, not when the data is opened: before the config's warnings are said
+        images = not hasattr(get_method(cfg.method), "open_data")  # a method with its own data (clips) says its kind
+        raise UserError(f"data path {str(data)!r} does not exist; give "
+                        + ("a folder of images or a tar of one" if images else f"the folder or tar of {cfg.method}'s data"))
     if data.is_dir() and lies_inside(out, data):
         raise UserError(f"--out {str(out)!r} lies inside --data {str(data)!r}: the run's pictures would become "
                         f"images of the data (and its next --resume would be refused); choose a run folder "
@@ -303,9 +307,21 @@ class Trainer:
         self.next_stop_check, self.stop_check_from = 0, (0.0, 0)  # torchrun: when the processes next agree
         torch.manual_seed(cfg.train.seed)
         method_module = get_method(cfg.method)
+        # Decoding's warnings (files skipped) are said at once: they may explain a refusal below.
         self.cache = self._open_data(getattr(method_module, "open_data", open_images))
-        self._check_same_data()
-        dist.on_every_process(lambda: self._prepare_data(method_module))  # its refusals stop every process
+        with warnings_after_checks():  # what the data, the method or the checkpoint refuse comes first
+            self._check_same_data()
+            dist.on_every_process(lambda: self._prepare_data(method_module))  # its refusals stop every process
+            self._build(checkpoint)
+        if cfg.train.compile:
+            for module in self.method.modules():
+                if isinstance(module, Backbone):  # the heavy part; heads and losses stay eager
+                    module.compile(mode=cfg.train.compile_mode)
+            compile_views()
+
+    def _build(self, checkpoint: dict | None) -> None:
+        """The method, its optimizer and the run's position: new, or restored from `checkpoint`."""
+        cfg = self.cfg
         self.method = build_method(cfg)
         for name, value in (self.samples.buffers if self.samples is not None else {}).items():
             self.method.register_buffer(name, torch.from_numpy(value))
@@ -332,11 +348,6 @@ class Trainer:
             self._restore(checkpoint)
         elif dist.is_main():  # a new run where one died before its first checkpoint: its lines go
             self._trim_metrics(0)
-        if cfg.train.compile:
-            for module in self.method.modules():
-                if isinstance(module, Backbone):  # the heavy part; heads and losses stay eager
-                    module.compile(mode=cfg.train.compile_mode)
-            compile_views()
 
     def _prepare_data(self, method_module) -> None:
         """The images to train on (the method's own checks and samples), and the batches."""
@@ -764,7 +775,7 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
     config_lib.check_sections(user, "config")
     dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
     with removed_if_left_empty(user.get("out"), keep_on=(RunFolderBusy,)):
-        with stopped_at_once():
+        with stopped_at_once(), warnings_after_checks():  # a refused config or folder: its error alone
             cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
         with run_folder_lock(Path(cfg.out)):
             with stopped_at_once():  # decoding the images may take hours
