@@ -161,7 +161,7 @@ def test_a_warm_up_not_shorter_than_the_run(capsys):
 def test_a_learning_rate_of_zero_is_run_but_said(capsys):
     """lr 0 trains nothing: allowed (a speed measurement), never silently."""
     assert C.resolve({"data": {"image_size": 32}, "optim": {"lr": 0.0}}).optim.lr == 0
-    assert "the learning rate is 0 (--lr / optim.lr): the weights will not change" in capsys.readouterr().err
+    assert "the learning rate is 0 (lr= / optim.lr): the weights will not change" in capsys.readouterr().err
     C.resolve({"data": {"image_size": 32}, "optim": {"lr": 1e-9}})
     assert "learning rate" not in capsys.readouterr().err
 
@@ -199,7 +199,7 @@ def test_options_of_another_optimizer_are_refused():
 def test_a_vit_preset_given_with_a_resnet_is_said(capsys):
     cfg = C.resolve({"method": "dino", "preset": "cifar-vit", "backbone": {"name": "resnet18"}})
     assert cfg.preset == "cifar-vit" and cfg.backbone.patch_size is None
-    assert ("warning: --preset cifar-vit is dino's recipe for a ViT; resnet18 is trained with it as asked (cifar is "
+    assert ("warning: preset='cifar-vit' is dino's recipe for a ViT; resnet18 is trained with it as asked (cifar is "
             "the recipe for a ResNet)") in capsys.readouterr().err
     C.resolve({"method": "dino", "backbone": {"name": "resnet18"}, "data": {"image_size": 32}})  # chosen: silent
     C.resolve({"method": "dino", "preset": "cifar-vit", "backbone": {"name": "vit-tiny"}, "data": {"image_size": 32}})

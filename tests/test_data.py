@@ -500,7 +500,7 @@ def test_bands_given_for_images_none_of_which_is_a_tiff_are_said_to_do_nothing(l
     load_cache(open_source(labelled_folder), 16, show_progress=False, bands=(3, 2, 1))
     err = capsys.readouterr().err
     assert "warning: none of the 36 files in" in err
-    assert "is a TIFF: the bands chosen (--bands) apply to TIFFs alone, and these are read as they are" in err
+    assert "is a TIFF: the bands chosen (bands=) apply to TIFFs alone, and these are read as they are" in err
 
 
 def test_a_cache_of_chosen_bands_is_its_own_and_counts_tiffs_without_them(tmp_path, capsys):
@@ -547,8 +547,8 @@ def test_the_cache_knows_how_large_the_images_were_and_training_warns_of_a_large
             "backbone": {"name": "resnet18-half"}, "train": {"batch_size": 4, "progress": False}}
     Trainer(resolve(user), None, show_progress=False)
     err = capsys.readouterr().err
-    assert "the images are mostly 22 px on their shorter side, enlarged 2x to --image-size 48" in err
-    assert "pass --image-size 22" in err
+    assert "the images are mostly 22 px on their shorter side, enlarged 2x to image_size=48" in err
+    assert "pass image_size=22" in err
     Trainer(resolve({**user, "data": {**user["data"], "image_size": 32}}), None, show_progress=False)
     assert "enlarged" not in capsys.readouterr().err  # less than twice: no warning
 

@@ -145,7 +145,7 @@ def test_a_random_baseline_left_at_its_default_size_on_small_images_is_warned(sp
     result = evaluate_knn("random:resnet18", data=split_folder, k=5, device="cpu", show_progress=False)
     err = capsys.readouterr().err
     assert "random:resnet18 is evaluated at 224 px, while the images are mostly 24 px" in err
-    assert "pass --image-size 24" in err
+    assert "pass image_size=24" in err  # from Python: the keyword
     assert describe(result).splitlines()[0] == \
         "knn evaluation of random:resnet18 (random initialisation, seed 0) at 224 px"
     evaluate_knn("random:resnet18", data=split_folder, image_size=24, k=5, device="cpu", show_progress=False)

@@ -138,6 +138,27 @@ def test_a_refused_pretrain_shows_its_error_alone_and_a_valid_one_every_warning(
     assert proc.stderr.index("learning rate is 0") < proc.stderr.index("mostly 24 px") < proc.stderr.index("selfsup: ")
 
 
+def test_a_warning_names_the_flag_in_a_command_and_the_keyword_in_python(split_folder, capsys):
+    """'use --seeds' means nothing to a caller of selfsup.evaluate_knn, who passes seeds=."""
+    from selfsup import console, evaluate_knn, provenance
+
+    options = {"image_size": 16, "small_stem": False, "k": 5, "device": "cpu", "show_progress": False}
+    evaluate_knn("random:resnet18", data=split_folder, seeds=2, **options)
+    assert "(seeds= draws label subsets, with fraction= or per_class=)" in capsys.readouterr().err
+    proc = run("eval", "knn", "--checkpoint", "random:resnet18", "--data", split_folder, "--seeds", 2,
+               "--image-size", 16, "--no-small-stem", "--k", 5, "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "(--seeds draws label subsets, with --fraction or --per-class)" in proc.stderr
+    assert console.setting("optim.warmup_epochs", "N") == "config={'optim': {'warmup_epochs': N}}"
+    assert console.option("bands", (4, 3, 2)) == "bands=(4, 3, 2)" and console.option("k", python="ks") == "ks="
+    provenance.COMMAND = ["selfsup", "pretrain"]
+    try:
+        assert console.setting("optim.warmup_epochs", "N") == "--set optim.warmup_epochs=N"
+        assert console.option("bands", (4, 3, 2)) == "--bands 4,3,2" and console.option("k", python="ks") == "--k"
+    finally:
+        provenance.COMMAND = None
+
+
 def test_demo_text_is_true_and_its_table_aligned(tmp_path, monkeypatch):
     import selfsup
     import selfsup.eval

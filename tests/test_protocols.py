@@ -505,7 +505,7 @@ def test_a_run_folder_that_cannot_be_written_still_gets_its_result(tmp_path, cap
     (run / EVALS_FILE).mkdir()  # unwritable whoever runs the test (root ignores permissions)
     assert record_result(str(run / "last.pt"), {"top1": 0.5}) is None
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "could not add the result to" in err[0] and "--no-record" in err[0]
+    assert len(err) == 1 and "could not add the result to" in err[0] and "(record=False skips this)" in err[0]
 
 
 def test_a_curve_gives_size_and_stem_to_random_encoders_and_a_run_keeps_its_own(tmp_path, split_folder, capsys):

@@ -368,9 +368,9 @@ def resolve(user: dict) -> RunConfig:
                             f"or choose --backbone vit-tiny|vit-small|vit-base)")
         cfg = override(cfg, {"backbone": {"patch_size": None}})  # a ViT preset's, when the user chose a ResNet
         if preset_name.endswith("-vit"):  # allowed (a ViT recipe may be wanted), not unsaid
-            from .console import warn
-            warn(f"--preset {preset_name} is {method_name}'s recipe for a ViT; {cfg.backbone.name} is trained with "
-                 f"it as asked ({preset_name.removesuffix('-vit')} is the recipe for a ResNet)")
+            from .console import option, warn
+            warn(f"{option('preset', preset_name)} is {method_name}'s recipe for a ViT; {cfg.backbone.name} is "
+                 f"trained with it as asked ({preset_name.removesuffix('-vit')} is the recipe for a ResNet)")
         if user.get("backbone", {}).get("drop_path_rate"):
             raise no_blocks_to_drop(cfg.backbone.name)
         cfg = override(cfg, {"backbone": {"drop_path_rate": 0.0}})
@@ -397,9 +397,9 @@ def resolve(user: dict) -> RunConfig:
         size = cfg.data.image_size
         cfg = override(cfg, {"data": {"cache_size": size if size <= 64 else round(size * 8 / 7)}})
     if cfg.optim.lr == 0:
-        from .console import warn
-        warn("the learning rate is 0 (--lr / optim.lr): the weights will not change, so the run measures speed, "
-             "not learning")
+        from .console import option, warn
+        warn(f"the learning rate is 0 ({option('lr')} / optim.lr): the weights will not change, so the run measures "
+             f"speed, not learning")
     return _warmup_within_run(cfg, user, preset)
 
 
@@ -430,10 +430,10 @@ def _warmup_within_run(cfg: RunConfig, user: dict, preset: dict) -> RunConfig:
                         f"(e.g. --set optim.warmup_epochs={epochs / 10:g})")
     planned = preset.get("train", {}).get("epochs", TrainConfig().epochs)
     shorter = round(epochs * (warmup / planned if planned > warmup else 0.1), 4)
-    from .console import warn
+    from .console import setting, warn
     warn(f"the {cfg.preset} preset warms up over {warmup:g} epochs, not fewer than this run's {epochs}: over "
-         f"{shorter:g} instead, its share of the {planned} epochs it was made for (--set optim.warmup_epochs=N "
-         f"chooses)")
+         f"{shorter:g} instead, its share of the {planned} epochs it was made for "
+         f"({setting('optim.warmup_epochs', 'N')} chooses)")
     return override(cfg, {"optim": {"warmup_epochs": shorter}})
 
 

@@ -23,6 +23,36 @@ def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def said_as(command_line: str, python: str) -> str:
+    """What a message names for the reader to type: the command line's words when a command runs,
+    Python's when selfsup is called from Python (where a flag means nothing)."""
+    from . import provenance
+
+    return command_line if provenance.COMMAND is not None else python
+
+
+_NO_VALUE = object()
+
+
+def option(name: str, value: object = _NO_VALUE, python: str | None = None) -> str:
+    """An option as the reader gives it: `--image-size 32` in a command, `image_size=32` from Python
+    (`python`: the keyword there, where it differs from the flag's name). Without a value the flag
+    or keyword alone (`--image-size`, `image_size=`)."""
+    flag, keyword = "--" + name.replace("_", "-"), python or name
+    if value is _NO_VALUE:
+        return said_as(flag, f"{keyword}=")
+    shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+    return said_as(f"{flag} {shown}", f"{keyword}={value!r}")
+
+
+def setting(key: str, value: str) -> str:
+    """A config value as the reader sets it: `--set optim.lr=0.3` in a command, the `config` dict's
+    nesting from Python (`config={'optim': {'lr': 0.3}}`); `value` is shown as given ('N')."""
+    parts = key.split(".")
+    nested = "".join(f"{{'{part}': " for part in parts) + value + "}" * len(parts)
+    return said_as(f"--set {key}={value}", f"config={nested}")
+
+
 _held: list[str] | None = None  # warnings said inside warnings_after_checks(), not yet shown
 
 

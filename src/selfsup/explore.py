@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import plural, say, warn
+from .console import option, plural, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
@@ -146,7 +146,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     sizes = sizes[by_size]
     if (sizes == 0).any():
         warn(f"k-means left {plural(int((sizes == 0).sum()), 'cluster')} empty: the images hold fewer distinct "
-             f"groups than --clusters {clusters}; choose fewer")
+             f"groups than {option('clusters', clusters)}; choose fewer")
     starts = np.searchsorted(assignment[order], np.arange(clusters))  # where each cluster begins in `order`
     rows = []
     for c in range(min(clusters, CLUSTERS_DRAWN)):

@@ -32,7 +32,7 @@ from . import dist, monitor, tensorboard_log
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .console import plural, progress_bar, say, warn, warnings_after_checks
+from .console import option, plural, progress_bar, say, warn, warnings_after_checks
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used, require_tiff_reader
 from .data.loader import SampleBatch, map_side
@@ -355,9 +355,9 @@ class Trainer:
         self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
         side, size = self.cache.median_side, cfg.data.image_size
         if side and 2 * side <= size and dist.is_main():  # e.g. CIFAR's 32-pixel images at the default 224
-            warn(f"the images are mostly {side} px on their shorter side, enlarged {size / side:.0f}x to --image-size "
-                 f"{size} at {(size / side) ** 2:.0f}x the compute of --image-size {side}; pass --image-size {side} "
-                 f"unless that is meant")
+            warn(f"the images are mostly {side} px on their shorter side, enlarged {size / side:.0f}x to "
+                 f"{option('image_size', size)} at {(size / side) ** 2:.0f}x the compute of "
+                 f"{option('image_size', side)}; pass {option('image_size', side)} unless that is meant")
         if hasattr(method_module, "check_data"):
             method_module.check_data(cfg.method_config, self.cache, self.train_idx)
         if hasattr(method_module, "training_rows"):  # a method that cannot learn from some images

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
-from ..console import progress_bar, warn
+from ..console import option, progress_bar, warn
 from ..errors import UserError
 from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
@@ -886,12 +886,13 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
              f"{notes[FIRST_FRAME][0]!r}: an enhanced CT or MR series, a cine loop), of which only the first frame "
              f"is used; save each frame as a file of its own to use the others")
     if notes.get(NOT_TIFF) and len(notes[NOT_TIFF]) == files:
-        warn(f"none of the {files:,} files in {description} is a TIFF: the bands chosen (--bands) apply to TIFFs "
-             f"alone, and these are read as they are")
+        warn(f"none of the {files:,} files in {description} is a TIFF: the bands chosen ({option('bands')}) apply "
+             f"to TIFFs alone, and these are read as they are")
     if notes.get(FIRST_BANDS):
         warn(f"{len(notes[FIRST_BANDS]):,} of {files:,} files in {description} are TIFFs with two or more than "
              f"three bands (e.g. {notes[FIRST_BANDS][0]!r}), of which bands 1, 2 and 3 were read as red, green "
-             f"and blue (of two, the first as gray); to choose others, pretrain with --bands (e.g. --bands 4,3,2)")
+             f"and blue (of two, the first as gray); to choose others, pretrain with {option('bands')} "
+             f"(e.g. {option('bands', (4, 3, 2))})")
     if notes.get(TOP_BYTE):
         warn(f"{len(notes[TOP_BYTE]):,} of {files:,} files in {description} hold 16 bits per sample in a layout "
              f"of which Pillow reads the top 8 bits only (e.g. {notes[TOP_BYTE][0]!r}: gray with alpha, or "

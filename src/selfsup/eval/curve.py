@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..console import plural, warn
+from ..console import option, plural, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
@@ -115,7 +115,7 @@ def _baseline_size(spec: str, run_sizes: set[int]) -> int | None:
         return next(iter(run_sizes))
     if run_sizes:
         warn(f"the runs were trained at different image sizes ({', '.join(map(str, sorted(run_sizes)))} px): "
-             f"{spec} is evaluated at 224 px; give --image-size to choose its size")
+             f"{spec} is evaluated at 224 px; give {option('image_size')} to choose its size")
     return None
 
 

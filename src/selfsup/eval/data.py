@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..console import plural, warn
+from ..console import option, plural, warn
 from ..data import ImageCache, load_cache, open_source, open_splits
 from ..encoder import Encoder, load_encoder
 from ..errors import UserError, nearest
@@ -176,5 +176,5 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
     if image_size is None and spec.startswith(("random:", "weights:")) and side and 2 * side <= encoder.image_size:
         # A baseline enlarged 7x sees more pixels than the runs it is compared with, trained at 32 px.
         warn(f"{spec} is evaluated at {encoder.image_size} px, while the images are mostly {side} px on their "
-             f"shorter side; pass --image-size {side} to evaluate it as runs trained at {side} px are")
+             f"shorter side; pass {option('image_size', side)} to evaluate it as runs trained at {side} px are")
     return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import load_yaml, override, ranged
-from ..console import plural, warn
+from ..console import option, plural, warn
 from ..errors import UserError
 from ..outputs import atomic_path, output_file, removed_if_left_empty
 from .data import Setup, check_options, prepare
@@ -171,9 +171,9 @@ def _seeds_that_differ(protocol: str, budget: Budget, seeds: int) -> int:
     """kNN and retrieval have no randomness of their own: with every label (or a listed subset),
     each seed would repeat the first one's result (and report a spread of 0), so they run once."""
     if (budget.everything or budget.subset) and seeds > 1:
-        labels = "the labels of --subset" if budget.subset else "all labels"
+        labels = f"the labels of {option('subset')}" if budget.subset else "all labels"
         warn(f"{protocol} with {labels} gives the same result for every seed: run once, not {seeds} times "
-             f"(--seeds draws label subsets, with --fraction or --per-class)")
+             f"({option('seeds')} draws label subsets, with {option('fraction')} or {option('per_class')})")
         return 1
     return seeds
 
@@ -276,7 +276,7 @@ def retrieval_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1, 
     if beyond and setup.labelled:  # precision@50 of a 10-image gallery has no meaning: said, not left out silently
         result.update(ks=[k for k in ks if k not in beyond], ks_asked=list(ks))
         warn(f"retrieval: no precision@{'/'.join(map(str, beyond))}: the gallery has "
-             f"{plural(result['labelled_images'], 'image')}; ask for --k up to that")
+             f"{plural(result['labelled_images'], 'image')}; ask for {option('k', python='ks')} up to that")
     return result
 
 

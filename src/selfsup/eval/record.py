@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..console import warn
+from ..console import said_as, warn
 from ..outputs import append_json_line, os_reason, read_json_lines
 
 EVALS_FILE = "evals.jsonl"
@@ -124,7 +124,7 @@ def record_result(spec: str, result: dict, device=None) -> Path | None:
         append_json_line(path, line)
     except OSError as e:  # a run folder shared read-only: the result is still reported
         warn(f"could not add the result to {str(path)!r} ({os_reason(e)}); `selfsup report` will not show it "
-             f"(--no-record skips this)")
+             f"({said_as('--no-record', 'record=False')} skips this)")
         return None
     return path
 

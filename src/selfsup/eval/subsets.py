@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..console import warn
+from ..console import option, warn
 from ..data import ImageCache
 from ..data.cache import CACHE_REMEDY, cache_folder
 from ..data.sources import labels_listed_in, names_listed_in, row_finder, rows_of_names
@@ -138,7 +138,7 @@ def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: flo
 def _warn_of_absent_classes(cache: ImageCache, rows: np.ndarray, subset: str) -> None:
     absent = [name for c, name in enumerate(cache.classes) if not (cache.labels[rows] == c).any()]
     if absent:
-        warn(f"--subset {subset} holds no image of {len(absent)} of the {len(cache.classes)} classes "
+        warn(f"{option('subset', subset)} holds no image of {len(absent)} of the {len(cache.classes)} classes "
              f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): they count as errors on the test set")
 
 
@@ -155,7 +155,7 @@ def warn_of_unused_labels(cache: ImageCache, subset: str) -> None:
     verb = "names" if disagree == 1 else "name"
     differ = f"; {disagree:,} of its {len(folders):,} labelled rows {verb} another class than their folder" \
         if disagree else ""
-    warn(f"--subset {subset}: its 'label' column is not used, the labels come from the class folders{differ}")
+    warn(f"{option('subset', subset)}: its 'label' column is not used, the labels come from the class folders{differ}")
 
 
 def split_sha256(split: Split, cache: ImageCache) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..backbones.vit import encode, patch_size_of
 from ..config import RunConfig, ranged
-from ..console import warn
+from ..console import option, warn
 from ..errors import UserError
 from ..losses import byol_loss, cross_view_entropy, ibot_patch_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_update, forward_by_size
@@ -100,8 +100,8 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
     teacher_cfg = from_dict(checkpoint["config"])
     if teacher_cfg.data.image_size != image_size:
         warn(f"the teacher {config.teacher!r} was trained on {teacher_cfg.data.image_size}-pixel images and "
-             f"teaches on {image_size}-pixel crops here (its features may differ there); --image-size "
-             f"{teacher_cfg.data.image_size} keeps its size")
+             f"teaches on {image_size}-pixel crops here (its features may differ there); "
+             f"{option('image_size', teacher_cfg.data.image_size)} keeps its size")
     if teacher_cfg.method == "distill":  # a distilled student teaches with its kept encoder, its EMA
         return nn.ModuleDict({"backbone": encoder_from_state(teacher_cfg, checkpoint["model"])})
     method = restore_method(teacher_cfg, checkpoint["model"])

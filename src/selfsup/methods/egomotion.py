@@ -21,7 +21,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
-from ..console import warn
+from ..console import setting, warn
 from ..data.video import VideoCache, open_clips
 from ..errors import UserError
 from ..losses.equivariance import closest_map, equivariance_loss
@@ -78,7 +78,7 @@ def samples(config: Config, cache: VideoCache, seed: int) -> Samples:
                         f"motion to learn from; egomotion needs clips whose readings differ (turns, forward, still)")
     if made < config.motion_classes:
         warn(f"the motion readings make only {made} distinct motion classes of the {config.motion_classes} asked "
-             f"for; the maps of the others learn nothing: --set egomotion.motion_classes={made}")
+             f"for; the maps of the others learn nothing: {setting('egomotion.motion_classes', str(made))}")
     label = np.full(len(pairs.rows), -1, dtype=np.int64)
     if config.supervised_weight > 0:
         label = _few_labels(cache, pairs.rows[:, 0], config.labelled_clips_per_class)
