@@ -113,7 +113,6 @@ def test_protocols_on_a_random_encoder(split_folder, capsys):
     assert 0 <= linear["top1"] <= 1 and linear["train_images"] == 48
 
 
-
 def test_a_random_baseline_names_its_seed_and_weights_in_results_and_curve_lines(split_folder, tmp_path):
     """Which random: baseline a figure is of was not recorded: its seed (and the torch that drew
     it) fix its weights. The result and a curve's line name the seed and the weights' SHA-256."""
@@ -137,19 +136,47 @@ def test_a_random_baseline_names_its_seed_and_weights_in_results_and_curve_lines
     assert line["encoder"] == "random:resnet18 (random initialisation, seed 0)"
 
 
-def test_a_random_baseline_left_at_its_default_size_on_small_images_is_warned(split_folder, capsys):
-    """random: draws at 224 px unless told: on 24-pixel images it sees them enlarged 9x, and beats
-    runs trained at 24 px for that alone. Said, with the size to pass; the text names the size."""
+def test_a_random_baseline_takes_the_images_size_and_weights_their_own_with_a_warning(split_folder, tmp_path,
+                                                                                         capsys):
+    """random: has no size of its own: it takes the images' (24 px here, as a run on them trains), not
+    224, at which it would see them enlarged 9x and beat runs trained at 24 px for that alone. weights:
+    keeps the size it was made at, as timm's models do, and says what enlarging the images costs."""
+    import torchvision
     from selfsup.eval.command import describe
 
     result = evaluate_knn("random:resnet18", data=split_folder, k=5, device="cpu", show_progress=False)
-    err = capsys.readouterr().err
-    assert "random:resnet18 is evaluated at 224 px, while the images are mostly 24 px" in err
-    assert "pass image_size=24" in err  # from Python: the keyword
     assert describe(result).splitlines()[0] == \
-        "knn evaluation of random:resnet18 (random initialisation, seed 0) at 224 px"
-    evaluate_knn("random:resnet18", data=split_folder, image_size=24, k=5, device="cpu", show_progress=False)
+        "knn evaluation of random:resnet18 (random initialisation, seed 0) at 24 px"
     assert "is evaluated at" not in capsys.readouterr().err
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    result = evaluate_knn(f"weights:{weights}", backbone="resnet18", data=split_folder, k=5, device="cpu",
+                          show_progress=False)
+    assert result["image_size"] == 224
+    err = capsys.readouterr().err
+    assert "resnet18.pth is evaluated at 224 px, its own size, while the images are mostly 24 px" in err
+    assert "enlarged 9x, at 87x the compute; pass image_size=24" in err  # from Python: the keyword
+
+
+def test_a_random_encoders_size_follows_the_images(tmp_path):
+    from PIL import Image
+    from selfsup.data.sources import open_source
+    from selfsup.encoder import random_size
+
+    def images(side, count=5):
+        folder = tmp_path / f"side{side}"
+        folder.mkdir()
+        for i in range(count):
+            Image.new("RGB", (side + 3 * i, side)).save(folder / f"{i}.png")  # the shorter side: `side`
+        return open_source(folder)
+
+    small, odd, large = images(24), images(50), images(600)
+    sizes = random_size("resnet18", small), random_size("resnet18", odd), random_size("resnet50", large)
+    assert sizes == (24, 50, 224)
+    assert (random_size("vit-tiny", odd), random_size("vit-small", large)) == (48, 224)  # whole patches of 4, of 16
+    assert random_size("timm:resnet18", small) is None  # a timm model: its own default, 224
+    (tmp_path / "side24" / "3.png").write_bytes(b"not a png")  # unreadable ones are passed over
+    assert random_size("resnet18", open_source(tmp_path / "side24")) == 24
 
 
 def test_retrieval_keeps_a_k_equal_to_the_gallery_and_writes_the_first_seeds_neighbours(split_folder, tmp_path):

@@ -158,13 +158,11 @@ def _export(args) -> int:
 
 def _embed(args) -> int:
     from .console import plural
-    from .encoder import load_encoder
     from .export import embed_images
 
-    encoder = load_encoder(args.checkpoint, image_size=args.image_size, small_stem=args.small_stem,
-                           backbone=args.backbone, bands=args.bands)
-    result = embed_images(encoder, args.data, args.out, device=args.device, batch_size=args.batch_size,
-                          cache_dir=args.cache_dir, show_progress=not args.no_progress)
+    result = embed_images(args.checkpoint, args.data, args.out, device=args.device, batch_size=args.batch_size,
+                          cache_dir=args.cache_dir, show_progress=not args.no_progress, image_size=args.image_size,
+                          small_stem=args.small_stem, backbone=args.backbone, bands=args.bands)
     print(json.dumps(result) if args.json else
           f"wrote {plural(result['count'], 'embedding')} of dimension {result['dim']} to {result['embeddings']} "
           f"(file list: {result['files']})")

@@ -53,15 +53,37 @@ def _file_key(path: Path) -> str:
 
 
 def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bool | None = None,
-                 seed: int = 0, backbone: str | None = None, bands: tuple[int, ...] | None = None) -> Encoder:
+                 seed: int = 0, backbone: str | None = None, bands: tuple[int, ...] | None = None,
+                 images=None) -> Encoder:
     """The encoder of a selfsup checkpoint, `random:BACKBONE` at random initialisation, or
     `weights:FILE` (a plain state dict of `backbone`). `bands`: the TIFF bands it is shown (see
-    DataConfig.bands); by default those it was trained on (a checkpoint's, an export's)."""
-    encoder = _load_encoder(str(spec), image_size, small_stem, seed, backbone)
+    DataConfig.bands); by default those it was trained on (a checkpoint's, an export's). `images`:
+    the ImageSource it will embed, whose size a random: encoder takes without `image_size`
+    (see `random_size`)."""
+    spec = str(spec)
+    if image_size is None and images is not None and spec.startswith("random:"):
+        image_size = random_size(spec[len("random:"):], images)
+    encoder = _load_encoder(spec, image_size, small_stem, seed, backbone)
     if bands and tuple(bands) != encoder.bands:
         shown = ",".join(map(str, bands))  # a list or a tuple: one key
         encoder = dataclasses.replace(encoder, bands=tuple(bands), key=encoder.key and f"{encoder.key}|bands={shown}")
     return encoder
+
+
+def random_size(backbone: str, images) -> int | None:
+    """The image size of a random: encoder of selfsup's own backbones, from the images it embeds: their
+    median shorter side, at most 224 (a ViT's: a multiple of its patch size), the size a run on them
+    would train at; None (224) for a timm: model, which may need its own, or images of unknown size."""
+    from .backbones.vit import VITS, default_patch_size
+    from .data.cache import typical_side
+
+    if backbone.startswith("timm:"):
+        return None
+    side = typical_side(images)
+    if side is None:
+        return None
+    size = max(8, min(side, 224))
+    return size - size % default_patch_size(size) if backbone in VITS else size
 
 
 def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, seed: int,

@@ -50,7 +50,9 @@ def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device
     from .train import resolve_device
 
     device = resolve_device(device)
-    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands)
+    largest = max(sources.values(), key=lambda source: len(source.names))  # a random: encoder takes its size
+    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands,
+                           images=largest)
     folders = {what: embedding_dir(out / "embeddings", encoder, src) for what, src in sources.items()}
     embedded = {what: embed_source(encoder, src, folders[what], device, chunk_size=EMBED_CHUNK,
                                    show_progress=show_progress, desc=f"embedding {what}")

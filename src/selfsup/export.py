@@ -24,7 +24,7 @@ from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
 from .errors import UserError
 from .eval.features import extract_features
-from .outputs import atomic_path, named_output, output_file, save_npy
+from .outputs import atomic_path, named_output, output_file, removed_if_left_empty, save_npy
 from .views import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_FILE = "encoder.safetensors"  # the name inside an --out folder
@@ -121,19 +121,25 @@ def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "auto", batch_size: int = 256,
-                 cache_dir=None, show_progress: bool = True) -> dict:
+                 cache_dir=None, show_progress: bool = True, image_size: int | None = None,
+                 small_stem: bool | None = None, backbone: str | None = None, bands=None) -> dict:
     """Write (N, D) float32 L2-normalised embeddings to `out` (a .npy file, or a folder to write
     embeddings.npy in) and the N file names beside it, with suffix .files.txt instead of .npy;
-    images that cannot be decoded are skipped and counted."""
+    images that cannot be decoded are skipped and counted. `image_size`, `small_stem`: for random:
+    and weights: encoders (a random: one takes the images' size); `backbone`: a weights: file's
+    architecture; `bands`: the TIFF bands shown (see load_encoder)."""
     from .train import resolve_device
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     out = named_output(out, ".npy", EMBEDDINGS_FILE)
-    out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
-    encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
+    with removed_if_left_empty(out.parent):  # the folder made for --out, when the data or encoder is refused
+        out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
+        source = open_source(data, whole=True)  # before the encoder: a random: one takes the images' size
+        encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(
+            checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands, images=source)
     device = resolve_device(device)
-    cache = load_cache(open_source(data, whole=True), encoder.cache_size, cache_dir, show_progress=show_progress,
+    cache = load_cache(source, encoder.cache_size, cache_dir, show_progress=show_progress,
                        bands=encoder.bands)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 batch_size=batch_size, show_progress=show_progress, desc="embedding")

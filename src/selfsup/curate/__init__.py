@@ -96,11 +96,11 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
         out = output_folder(out)
         _check_inputs_are_not_outputs(out, {"pool": pool, "seed set": seed_set, "excluded set": exclude})
         device = resolve_device(device)
-        encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone,
-                               bands=bands)
         sources = {"pool": _open(pool, "pool"), "seed set": _open(seed_set, "seed set")}
         if exclude:
             sources["excluded set"] = _open(exclude, "excluded set")
+        encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone,
+                               bands=bands, images=sources["pool"])  # a random: encoder: the pool's size
         for what, given in (("pool", pool), ("seed set", seed_set), ("excluded set", exclude)):
             if what in sources:  # its pictures would join the pool, or the seed set
                 refuse_out_inside(out, sources[what], given)

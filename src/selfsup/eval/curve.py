@@ -110,12 +110,13 @@ def _check_budgets(setup, budgets: list[Budget], protocol: str, protocol_options
 
 def _baseline_size(spec: str, run_sizes: set[int]) -> int | None:
     """The image size of a random: encoder without --image-size: the runs' size when they share
-    one, else random:'s own default (224), said in a warning."""
+    one, else the images' own (see encoder.random_size), said in a warning when the runs differ."""
     if len(run_sizes) == 1:
         return next(iter(run_sizes))
     if run_sizes:
         warn(f"the runs were trained at different image sizes ({', '.join(map(str, sorted(run_sizes)))} px): "
-             f"{spec} is evaluated at 224 px; give {option('image_size')} to choose its size")
+             f"{spec} is evaluated at the images' own size (224 px for a timm: model); give {option('image_size')} "
+             f"to choose its size")
     return None
 
 

@@ -21,9 +21,7 @@ from ..errors import UserError, nearest
 from .features import cached_features
 
 
-def _open(path, split: str | None, size: int, cache_dir, show_progress: bool, labels_required: bool,
-          bands=None) -> ImageCache:
-    source = open_source(path, split)
+def _open(source, size: int, cache_dir, show_progress: bool, labels_required: bool, bands=None) -> ImageCache:
     if labels_required and not source.classes:  # before decoding anything
         raise UserError(f"{source.describe()!r} has no class labels: {source.why_no_classes()}; evaluation "
                         f"needs a folder with one subfolder per class (or a tar of one)")
@@ -46,14 +44,22 @@ def _locate(train, test, data) -> tuple:
     return train, None, test, "test" if "test" in open_splits(test) else None
 
 
-def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
-                  labels_required: bool = True, bands=None) -> tuple[ImageCache, ImageCache]:
-    """(train, test) image caches (of TIFFs, `bands`), checked to have the same classes, named by
-    absolute paths (the `train_data`, `test_data` of results, which the report compares)."""
+def labelled_sources(train=None, test=None, data=None) -> tuple:
+    """(train, test) ImageSources of --train/--test or --data, named by absolute paths (the
+    `train_data`, `test_data` of results, which the report compares)."""
     train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p))) for p in (train, test, data))
     train, train_split, test, test_split = _locate(train, test, data)
-    train_cache = _open(train, train_split, size, cache_dir, show_progress, labels_required, bands)
-    test_cache = _open(test, test_split, size, cache_dir, show_progress, labels_required, bands)
+    return open_source(train, train_split), open_source(test, test_split)
+
+
+def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
+                  labels_required: bool = True, bands=None,
+                  sources: tuple | None = None) -> tuple[ImageCache, ImageCache]:
+    """(train, test) image caches (of TIFFs, `bands`), checked to have the same classes; `sources`:
+    those of labelled_sources, when listed already."""
+    train_source, test_source = sources or labelled_sources(train, test, data)
+    train_cache = _open(train_source, size, cache_dir, show_progress, labels_required, bands)
+    test_cache = _open(test_source, size, cache_dir, show_progress, labels_required, bands)
     if train_cache.labels is None or test_cache.labels is None:
         return train_cache, test_cache
     train_cache, test_cache = _drop_unreadable_classes(train_cache, test_cache)
@@ -162,19 +168,26 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
     before any image is read."""
     from ..train import resolve_device
 
+    sources = None  # listed after the encoder is known good, but for a random: one, which takes their size
     if isinstance(checkpoint, Encoder):
         encoder, spec = checkpoint, checkpoint.description
     else:
-        encoder, spec = load_encoder(checkpoint, image_size, small_stem, backbone=backbone, bands=bands), str(checkpoint)
+        spec = str(checkpoint)
+        if spec.startswith("random:") and image_size is None:
+            sources = labelled_sources(train, test, data)
+        encoder = load_encoder(checkpoint, image_size, small_stem, backbone=backbone, bands=bands,
+                               images=sources and sources[0])
     if check_encoder is not None:
         check_encoder(encoder)
     device = resolve_device(device)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
-                                            labels_required, encoder.bands)
+                                            labels_required, encoder.bands, sources)
     _warn_if_pretrained_on(test_cache, encoder, spec)
-    side = train_cache.median_side
-    if image_size is None and spec.startswith(("random:", "weights:")) and side and 2 * side <= encoder.image_size:
-        # A baseline enlarged 7x sees more pixels than the runs it is compared with, trained at 32 px.
-        warn(f"{spec} is evaluated at {encoder.image_size} px, while the images are mostly {side} px on their "
-             f"shorter side; pass {option('image_size', side)} to evaluate it as runs trained at {side} px are")
+    side, size = train_cache.median_side, encoder.image_size
+    if image_size is None and spec.startswith(("random:", "weights:")) and side and 2 * side <= size:
+        # Weights made at 224 px (or a timm: model's own size): enlarged 7x, the images cost 49 times the
+        # compute of their own size, and the encoder sees more pixels than runs trained at that size.
+        warn(f"{spec} is evaluated at {size} px, its own size, while the images are mostly {side} px on their "
+             f"shorter side: enlarged {size / side:.0f}x, at {(size / side) ** 2:.0f}x the compute; pass "
+             f"{option('image_size', side)} to evaluate it as runs trained at {side} px are")
     return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)
