@@ -480,8 +480,9 @@ def test_fine_tuning_options_for_the_other_kind_of_encoder_are_refused_before_an
                                ("random:vit-tiny", {"encoder_lr_ratio": 0.5, "layer_decay": 1.0})]:
         with pytest.raises(UserError, match="does not exist"):
             evaluate_finetune(checkpoint, data=missing, config=config, image_size=32, show_progress=False)
+    # (With --image-size: without it a random: encoder takes the images' size, so their listing comes first.)
     assert main(["eval", "finetune", "--checkpoint", "random:resnet18", "--data", str(missing), "--layer-decay", "0.5",
-                 "--no-progress"]) == 2
+                 "--image-size", "32", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: --layer-decay is for ViT encoders"), err
 
