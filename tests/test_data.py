@@ -1044,11 +1044,26 @@ def test_a_build_killed_on_this_machine_is_cleared_by_the_next(labelled_folder, 
     assert not abandoned.exists() and not quiet.exists()
     assert building.exists() and elsewhere.exists() and namespace.exists() and older.exists()
     assert main(["cache", "--cache-dir", str(cache_dir)]) == 0  # the disk they hold is said, not hidden
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("and 4 unfinished builds, 400 B (")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "and 4 unfinished builds, 400 B (.building-*: 4 under way, or killed on another machine, which removes it "
+        "when it builds next)")
     abandoned.mkdir()
-    assert main(["cache", "--cache-dir", str(cache_dir), "--json"]) == 0  # a listing clears it too
-    assert len(__import__("json").loads(capsys.readouterr().out)["unfinished_builds"]) == 4
-    assert not abandoned.exists()
+    (abandoned / "images.u8").write_bytes(b"\0" * 100)
+    for listing in (["--json"], []):  # a listing says what is dead and how to remove it, and removes nothing
+        assert main(["cache", "--cache-dir", str(cache_dir), *listing]) == 0
+        assert abandoned.exists()
+    builds = __import__("json").loads(capsys.readouterr().out.splitlines()[0])["unfinished_builds"]
+    assert [b["path"] for b in builds if b["dead"]] == [str(abandoned)] and len(builds) == 5
+    assert capsys.readouterr().out == ""
+    main(["cache", "--cache-dir", str(cache_dir)])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"and 5 unfinished builds, 500 B (.building-*: 1 dead build, 100 B, killed on this machine: selfsup cache "
+        f"--cache-dir {cache_dir} --remove-dead-builds removes them, as does the next build here; 4 under way, or "
+        f"killed on another machine, which removes it when it builds next)")
+    assert main(["cache", "--cache-dir", str(cache_dir), "--remove-dead-builds"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 dead build (killed on this machine): 100 B freed" in out and "dead" not in out.splitlines()[-1]
+    assert not abandoned.exists() and building.exists() and elsewhere.exists() and namespace.exists()
 
 
 def test_a_full_disk_while_building_the_cache_names_the_cache_folder(labelled_folder, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@
     selfsup search --checkpoint CKPT --query PATH --gallery PATH --out DIR
     selfsup select --checkpoint CKPT --data PATH --budget B --out DIR [--labelled FILE ...]
     selfsup curate --pool PATH --seed-set PATH --checkpoint CKPT --out DIR
-    selfsup cache [--remove-unused-days N]
+    selfsup cache [--remove-unused-days N] [--remove-dead-builds]
     selfsup demo
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -252,7 +253,7 @@ def _cache(args) -> int:
     import time
 
     from .console import plural
-    from .data.cache import cache_folder, list_caches, remove_unused_caches, unfinished_builds
+    from .data.cache import cache_folder, list_caches, remove_dead_builds, remove_unused_caches, unfinished_builds
 
     root = cache_folder(args.cache_dir)
     if root.exists() and not root.is_dir():
@@ -262,6 +263,8 @@ def _cache(args) -> int:
         return 0
     if args.remove_unused_days is not None and args.remove_unused_days < 0:
         raise UserError(f"--remove-unused-days must be 0 or more, got {args.remove_unused_days:g}")
+    # Removing is asked for, never done by the listing; --remove-unused-days frees dead builds too.
+    cleared = remove_dead_builds(root) if args.remove_dead_builds or args.remove_unused_days is not None else []
     removed = [] if args.remove_unused_days is None else remove_unused_caches(root, args.remove_unused_days)
     kept, building = list_caches(root), unfinished_builds(root)
     if args.json:
@@ -270,7 +273,9 @@ def _cache(args) -> int:
                     "last_used": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.last_used)), "bands": e.bands}
         print(json.dumps({"cache_dir": str(root), "caches": [described(e) for e in kept],
                           "removed": [described(e) for e in removed],
-                          "unfinished_builds": [{"path": str(path), "bytes": held} for path, held in building]}))
+                          "removed_builds": [{"path": str(b.path), "bytes": b.bytes} for b in cleared],
+                          "unfinished_builds": [{"path": str(b.path), "bytes": b.bytes, "dead": b.dead}
+                                                for b in building]}))
         return 0
     for e in kept:
         print(f"{_bytes(e.bytes):>9}  used {time.strftime('%Y-%m-%d', time.localtime(e.last_used))}  "
@@ -278,11 +283,30 @@ def _cache(args) -> int:
     if removed:
         print(f"removed {plural(len(removed), 'cache')} unused for {args.remove_unused_days:g} days: "
               f"{_bytes(sum(e.bytes for e in removed))} freed")
+    if cleared:
+        print(f"removed {plural(len(cleared), 'dead build')} (killed on this machine): "
+              f"{_bytes(sum(b.bytes for b in cleared))} freed")
     print(f"{plural(len(kept), 'cache')}, {_bytes(sum(e.bytes for e in kept))}, in {root}")
     if building:
-        print(f"and {plural(len(building), 'unfinished build')}, {_bytes(sum(held for _, held in building))} "
-              f"(.building-*: under way, or killed on another machine, which removes it when it builds next)")
+        print(f"and {plural(len(building), 'unfinished build')}, {_bytes(sum(b.bytes for b in building))} "
+              f"({_unfinished(building, args.cache_dir)})")
     return 0
+
+
+def _unfinished(building: list, cache_dir: str | None) -> str:
+    """What the unfinished builds of `selfsup cache` are, and what removes them."""
+    from .console import plural
+
+    dead = [b for b in building if b.dead]
+    parts = []
+    if dead:
+        where = f" --cache-dir {shlex.quote(cache_dir)}" if cache_dir else ""
+        parts.append(f"{plural(len(dead), 'dead build')}, {_bytes(sum(b.bytes for b in dead))}, killed on this "
+                     f"machine: selfsup cache{where} --remove-dead-builds removes them, as does the next build here")
+    if len(dead) < len(building):
+        parts.append(f"{len(building) - len(dead):,} under way, or killed on another machine, which removes it "
+                     f"when it builds next")
+    return ".building-*: " + "; ".join(parts)
 
 
 def _bands(bands: list[int] | None) -> str:
@@ -476,11 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("cache", help="list the decoded-image caches, and remove those no longer used",
                             description="List the caches of decoded images (one per dataset and image size), "
-                                        "most recently used first, with their size on disk. A run that needs a "
-                                        "removed cache decodes its images again.")
+                                        "most recently used first, with their size on disk, and the unfinished "
+                                        "builds; the listing removes nothing. A run that needs a removed cache "
+                                        "decodes its images again.")
     p.add_argument("--cache-dir", help="default $SELFSUP_CACHE or ~/.cache/selfsup")
     p.add_argument("--remove-unused-days", type=float, metavar="DAYS",
-                   help="remove the caches no run has opened or checkpointed with for this many days")
+                   help="remove the caches no run has opened or checkpointed with for this many days (and the "
+                        "dead builds)")
+    p.add_argument("--remove-dead-builds", action="store_true",
+                   help="remove the unfinished builds left by builds killed on this machine (listed as dead)")
     _common(p)
     p.set_defaults(run=_cache)
 

@@ -612,19 +612,19 @@ def _builder(pid: int | None = None) -> str:
     return f"{os.getpid() if pid is None else pid}.{_process_table()}"
 
 
-def _remove_abandoned_builds(folder: Path, quiet_seconds: float = 600) -> None:
-    """Remove build folders of this machine whose process has ended: at once when its PID was
-    taken from this table of processes (see _process_table), so that a build killed a moment ago
-    does not hold its disk through the next; otherwise (another PID namespace under the same host
-    name, or a folder named before tables were) only once nothing has written to it for
-    `quiet_seconds`. Other machines' builds are theirs to remove: a PID says nothing here."""
-    prefix, table = _staging_prefix(), _process_table()
-    for entry in folder.glob(prefix + "*"):
-        pid, _, its_table = entry.name[len(prefix):].split("-", 1)[0].partition(".")
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        if its_table == table or time.time() - _last_write(entry) > quiet_seconds:
-            shutil.rmtree(entry, ignore_errors=True)
+def _abandoned(build: Path, quiet_seconds: float = 600) -> bool:
+    """Whether the build folder `build` is this machine's and its process has ended: known at once
+    when its PID was taken from this table of processes (see _process_table), so that a build
+    killed a moment ago does not hold its disk through the next; otherwise (another PID namespace
+    under the same host name, or a folder named before tables were) only once nothing has written
+    to it for `quiet_seconds`. Other machines' builds are theirs to judge: a PID says nothing here."""
+    prefix = _staging_prefix()
+    if not build.name.startswith(prefix):
+        return False
+    pid, _, its_table = build.name[len(prefix):].split("-", 1)[0].partition(".")
+    if not pid.isdigit() or _alive(int(pid)):
+        return False
+    return its_table == _process_table() or time.time() - _last_write(build) > quiet_seconds
 
 
 def _last_write(folder: Path) -> float:
@@ -648,7 +648,7 @@ def make_staging(target: Path, kind: str = "image") -> Path:
     """A new temporary folder beside `target`, to build a cache in and rename into place."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_builds(target.parent)
+        remove_dead_builds(target.parent)  # a build killed here frees its disk for this one
         return Path(tempfile.mkdtemp(prefix=f"{_staging_prefix()}{_builder()}-", dir=target.parent))
     except OSError as e:
         raise _cannot_write_cache(target, e, kind) from None
@@ -834,19 +834,32 @@ def list_caches(root: str | Path | None = None) -> list[CacheEntry]:
     return sorted(entries, key=lambda e: -e.last_used)
 
 
-def unfinished_builds(root: str | Path | None = None) -> list[tuple[Path, int]]:
-    """(folder, bytes) of each cache being built under `root`, or left by a build killed
-    elsewhere (those this machine knows ended are removed first): disk list_caches does not count."""
+class UnfinishedBuild(NamedTuple):
+    path: Path
+    bytes: int
+    dead: bool  # left by a build killed on this machine (see _abandoned); else under way, or another machine's
+
+
+def unfinished_builds(root: str | Path | None = None) -> list[UnfinishedBuild]:
+    """Each cache being built under `root`, or left by a killed build: disk list_caches does not
+    count. Only looked at: remove_dead_builds removes the dead ones, as does the next build here."""
     root = cache_folder(root)
-    if root.is_dir():
-        _remove_abandoned_builds(root)
     builds = []
     for folder in sorted(root.glob(STAGING + "*")) if root.is_dir() else []:
         try:
-            builds.append((folder, sum(f.stat().st_size for f in folder.iterdir() if f.is_file())))
+            held = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            builds.append(UnfinishedBuild(folder, held, _abandoned(folder)))
         except OSError:  # published or removed meanwhile
             continue
     return builds
+
+
+def remove_dead_builds(root: str | Path | None = None) -> list[UnfinishedBuild]:
+    """Remove the build folders under `root` left by builds killed on this machine; returns them."""
+    dead = [build for build in unfinished_builds(root) if build.dead]
+    for build in dead:
+        shutil.rmtree(build.path, ignore_errors=True)
+    return [build for build in dead if not build.path.exists()]
 
 
 def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntry]:
@@ -855,8 +868,7 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
     subsets/), and builds abandoned on this machine; returns the caches removed. A run that needs
     one again decodes its images again."""
     root = cache_folder(root)
-    if root.is_dir():
-        _remove_abandoned_builds(root)
+    remove_dead_builds(root)
     cutoff = time.time() - days * 86400
     removed = []
     for entry in list_caches(root):
