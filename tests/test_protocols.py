@@ -19,7 +19,7 @@ from selfsup.eval.data import Setup
 from selfsup.eval.finetune import FinetuneConfig, freeze, param_groups, Classifier
 from selfsup.eval.linear import predict_linear, sweep_linear, train_linear
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.retrieval import RETRIEVAL_SEARCH, mean_average_precision, precision_at_k, unit_rows
+from selfsup.eval.retrieval import RETRIEVAL_SEARCH, mean_average_precision, precision_at_k, ranking_keys, unit_rows
 from selfsup.eval.stats import wilson_interval
 from selfsup.eval.subsets import Budget, make_split, save_split
 
@@ -142,6 +142,40 @@ def test_retrieval_metrics_match_brute_force_float64(seed):
     got_map = mean_average_precision(torch.from_numpy(queries), torch.from_numpy(gallery), torch.from_numpy(q_labels),
                                      torch.from_numpy(g_labels), max_elements=500)
     assert got_map == pytest.approx(np.mean(aps), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_map_with_ties_ranks_them_in_gallery_order(seed):
+    """Tied scores (signed one-hot vectors score -1, 0 or 1 exactly; repeated gallery rows score
+    alike) are ranked in gallery order, as a stable argsort ranks them; AP in float64 by hand."""
+    rng = np.random.default_rng(seed)
+    g, q, d, c = int(rng.integers(20, 200)), int(rng.integers(1, 40)), int(rng.integers(2, 6)), int(rng.integers(1, 5))
+    if seed % 2:
+        gallery = np.eye(d)[rng.integers(0, d, g)] * rng.choice([-1.0, 1.0], (g, 1))
+        queries = np.eye(d)[rng.integers(0, d, q)] * rng.choice([-1.0, 1.0], (q, 1))
+    else:
+        gallery = rng.normal(size=(g // 4, d))[rng.integers(0, g // 4, g)]
+        queries = gallery[rng.integers(0, g, q)]
+    q_labels, g_labels = rng.integers(0, c + 1, q), rng.integers(0, c, g)  # label c: none in the gallery
+    chunk = int(rng.integers(1, q + 1))
+    unit_q, unit_g = (torch.nn.functional.normalize(torch.from_numpy(x).float(), dim=1) for x in (queries, gallery))
+    sims = torch.cat([unit_q[i:i + chunk] @ unit_g.T for i in range(0, q, chunk)]).double().numpy()
+    order = np.argsort(-sims, axis=1, kind="stable")
+    relevant = g_labels[order] == q_labels[:, None]
+    aps = [np.mean([relevant[i, :r + 1].sum() / (r + 1) for r in np.flatnonzero(relevant[i])])
+           for i in range(q) if relevant[i].any()]
+    got = mean_average_precision(torch.from_numpy(queries), torch.from_numpy(gallery), torch.from_numpy(q_labels),
+                                 torch.from_numpy(g_labels), max_elements=chunk * g)
+    assert got == pytest.approx(np.mean(aps) if aps else 0.0, abs=1e-12)
+
+
+def test_ranking_keys_order_as_a_stable_sort_from_the_highest():
+    rng = np.random.default_rng(0)
+    values = np.array([-np.inf, -2.5, -1, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1, np.inf], np.float32)
+    for _ in range(100):
+        scores = rng.choice(values, int(rng.integers(1, 300)))
+        keys = ranking_keys(scores, np.arange(len(scores)))
+        assert np.array_equal(np.argsort(keys), np.argsort(-scores, kind="stable"))
 
 
 def test_few_label_knn_matches_brute_force_on_the_subset():
