@@ -4,7 +4,7 @@ eval retrieval) on N synthetic unit vectors of dimension D: one JSON line. Linux
 
     PYTHONPATH=src python bench/embedding_memory.py PATH N D      # e.g. cluster 1000000 512
 
-PATH: nearest_curation, dedup, dedup_overhead, retrieve, eval_retrieve, eval_retrieve_exact,
+PATH: nearest_curation, dedup, dedup_overhead, curate_vectors, retrieve, eval_retrieve, eval_retrieve_exact,
 eval_map, cluster, select_kcenter, select_typiclust (see the branches below).
 Figures: BENCHMARKS.md, "Memory of the embedding commands at 10^5 and 10^6"."""
 import json, sys, time
@@ -33,6 +33,26 @@ elif path == "dedup_overhead":  # duplicate_groups with the search stubbed (each
         return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64), "stub"
     dedup.nearest = stub
     extra["groups"] = len(dedup.duplicate_groups(v, 0.95, [f"{i:07d}" for i in range(n)], backend="exact"))
+elif path == "curate_vectors":  # curate() from its embeddings to its outputs: centring, dedup (search stubbed:
+    # the 50 planted copies are found without it), 1,000 seeds' 10 nearest (exact); embedding and writing stubbed
+    import tempfile, types
+    from selfsup import curate as c
+    from selfsup.curate import dedup
+    from selfsup.curate.embedding import Embedded
+    dedup.nearest = lambda q, g, k, backend, device: (np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64), "stub")
+    names = [f"{i:07d}.png" for i in range(n)]
+    source = types.SimpleNamespace(names=names, file_path=lambda name: name)
+    seeds = Embedded(names[:1000], v[:1000].copy(), [])
+    c.load_encoder = lambda *a, **k: types.SimpleNamespace(bands=None)
+    c._open = lambda given, what: source
+    c.refuse_out_inside = lambda *a: None
+    c.embedding_dir = lambda *a: None
+    c.embed_source = lambda encoder, src, *a, **k: Embedded(names, v, []) if "pool" in k["desc"] else seeds
+    c._write_outputs = lambda *a: {"data": "stub"}
+    c._write_removed = lambda *a: {}
+    summary = c.curate("pool", "seeds", "checkpoint", tempfile.mkdtemp(), config=c.CurateConfig(backend="exact"),
+                       device="cpu", show_progress=False)
+    extra.update(seeds=1000, removed=summary["removed_as_duplicates"], retrieved=summary["retrieved"])
 elif path == "retrieve":  # curate's nearest-neighbour retrieval: 1,000 seeds
     from selfsup.curate.retrieve import nearest_to_seeds
     nearest_to_seeds(v[:1000], v, 10, "exact"); extra["seeds"] = 1000

@@ -113,12 +113,17 @@ def _faiss_search(queries: np.ndarray, gallery: np.ndarray, k: int, inverted_fil
     return sims, idx.astype(np.int64)
 
 
-def centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+def centred(vectors: np.ndarray, mean: np.ndarray | None, in_place: bool = False) -> np.ndarray:
     """`vectors` minus `mean`, renormalised (unchanged when `mean` is None): the direction that all
-    images of a collection share no longer makes unrelated images look alike."""
+    images of a collection share no longer makes unrelated images look alike. `in_place`: written
+    over `vectors` (the same floats) by a caller that has no further use for them."""
     if mean is None:
         return vectors
-    out = vectors - mean  # (N, D): the one copy; the rest is done in place, a block of rows at a time
+    if in_place:
+        out = vectors
+        out -= mean
+    else:
+        out = vectors - mean  # (N, D): the one copy; the rest is done in place, a block of rows at a time
     for start in range(0, len(out), NORM_ROWS):  # np.linalg.norm of all rows at once makes two more copies
         block = out[start:start + NORM_ROWS]
         block /= np.linalg.norm(block, axis=1, keepdims=True).clip(1e-12)
