@@ -5,7 +5,7 @@ eval retrieval) on N synthetic unit vectors of dimension D: one JSON line. Linux
     PYTHONPATH=src python bench/embedding_memory.py PATH N D      # e.g. cluster 1000000 512
 
 PATH: nearest_curation, dedup, dedup_overhead, curate_vectors, retrieve, eval_retrieve, eval_retrieve_exact,
-eval_map, cluster, select_kcenter, select_typiclust (see the branches below).
+eval_map, cluster, select_kcenter, select_typiclust, select_typiclust_overhead (see the branches below).
 Figures: BENCHMARKS.md, "Memory of the embedding commands at 10^5 and 10^6"."""
 import json, sys, time
 import numpy as np, torch
@@ -78,6 +78,12 @@ elif path == "select_kcenter":
     from selfsup.selection import choose
     labelled = np.zeros(n, bool); labelled[rng.choice(n, 1000, replace=False)] = True
     choose(v, 20, labelled, "kcenter")
+elif path == "select_typiclust_overhead":  # TypiClust's choosing, budget 1,000 in 500 groups, with k-means and
+    # typicality stubbed (random groups; every typicality 0): what the choices cost beside them
+    from selfsup import selection
+    selection.kmeans = lambda x, k, **kw: (None, rng.integers(0, k, len(x)))
+    selection.typicality = lambda x, k: torch.zeros(len(x))
+    selection.choose(v, 1000, np.zeros(n, bool), "typiclust")
 elif path == "select_typiclust":
     from selfsup.selection import choose
     choose(v, 20, np.zeros(n, bool), "typiclust")

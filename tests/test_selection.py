@@ -80,6 +80,20 @@ def test_typiclust_choice_against_an_independent_float64_implementation(seed, mo
     assert 19 not in got.clusters.tolist()  # the group of 3 is passed over
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_typiclust_over_several_passes_and_empty_groups_against_float64(seed, monkeypatch):
+    """Groups visited again and again (a budget four times their number) and group numbers that
+    k-means left empty: each group's rows are found once, not by a scan of the pool per choice."""
+    rng = np.random.default_rng(seed)
+    x = unit_rows(rng, 300, 16)
+    labelled = np.zeros(300, dtype=bool)
+    labelled[rng.choice(300, 6, replace=False)] = True
+    groups = rng.choice([0, 1, 2, 4, 6, 7, 8, 9, 11], 300)  # 3, 5 and 10 empty; 12 .. 45 too
+    monkeypatch.setattr(selection, "kmeans", lambda x, k, **kw: (None, groups))
+    got = choose_typiclust(x, 40, labelled, seed=seed)
+    assert got.rows.tolist() == typiclust64(x, groups, 40, labelled)
+
+
 def planted_groups(rng, sizes, dim=16, spread=0.08):
     """Points around orthogonal directions, `sizes[g]` around the g-th; the distance of each to its
     group's centre."""

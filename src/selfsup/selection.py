@@ -90,6 +90,8 @@ def choose_typiclust(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int
     groups = typiclust_groups(int(labelled.sum()), budget, len(x))
     _, group_of = kmeans(x, groups, seed=seed, init="k-means++", restarts=3)
     sizes = np.bincount(group_of, minlength=groups)
+    by_group = np.argsort(group_of, kind="stable")  # each group's rows, ascending: found once, not per choice
+    members_of = np.split(by_group, np.cumsum(sizes)[:-1])
     labels_in = np.bincount(group_of[labelled], minlength=groups)
     eligible = sizes > MIN_CLUSTER_SIZE
     by_need = sorted(range(groups), key=lambda g: (labels_in[g], -sizes[g], g))  # fewest labels, then largest
@@ -103,8 +105,8 @@ def choose_typiclust(x: np.ndarray, budget: int, labelled: np.ndarray, seed: int
     while len(rows) < budget:  # a pass takes one image from each group; more passes if the budget asks
         before = len(rows)
         for g in visit:
-            picked = _most_typical(x_t, np.flatnonzero((group_of == g) & ~taken),
-                                   np.flatnonzero((group_of == g) & taken), allow_copies)
+            members = members_of[g]
+            picked = _most_typical(x_t, members[~taken[members]], members[taken[members]], allow_copies)
             if picked is None:  # nothing left here but copies of what is labelled or chosen: used up
                 continue
             best, score = picked
