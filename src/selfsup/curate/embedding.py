@@ -44,15 +44,16 @@ def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
     return root / f"{source.path.name.split('.')[0]}-{key}"
 
 
-def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int):
+def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int, bar):
     notes: dict[str, list[str]] = {}  # what was decoded in part, or why not (see decode_noting)
     decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512,
                                  notes=notes, bands=encoder.bands))
     kept = [(n, d[0]) for n, d in decoded if d is not None]
     skipped = [n for n, d in decoded if d is None]
-    if kept:
+    bar.update(len(skipped))
+    if kept:  # the bar moves with each batch embedded: a chunk of 4,096 images takes minutes on a CPU
         pixels = np.stack([p for _, p in kept])
-        features = extract_features(encoder.backbone, pixels, encoder.image_size, device)
+        features = extract_features(encoder.backbone, pixels, encoder.image_size, device, bar=bar)
         vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
     else:
         vectors = np.zeros((0, encoder.backbone.feature_dim), np.float32)
@@ -84,10 +85,12 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         done, wanted = work_dir / f"chunk-{number:06d}.npz", source.names[start:start + chunk_size]
         saved = _load_chunk(done, wanted)
         if saved is None:  # not embedded yet, or in chunks of another size
-            saved = _embed_chunk(encoder, source, wanted, device, workers)
+            saved = _embed_chunk(encoder, source, wanted, device, workers, bar)
             with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, names=np.array(saved[0], dtype=str), vectors=saved[1],
                          skipped=np.array(saved[2], dtype=str), notes=np.array(json.dumps(saved[3])))
+        else:
+            bar.update(len(wanted))
         # In the source's order, whatever order the files were read in (a tar's is its archive
         # order): the same images in a folder or a tar give the same rows, so the same choices.
         position = {name: i for i, name in enumerate(wanted)}
@@ -97,7 +100,6 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         skipped += saved[2]
         for note, noted in saved[3].items():
             notes.setdefault(note, []).extend(noted)
-        bar.update(min(chunk_size, len(source.names) - start))
     bar.close()
     if not names:  # its chunks hold only names that failed: nothing worth resuming from
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -20,16 +20,18 @@ from ..views import eval_view
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, images: np.ndarray, image_size: int, device: torch.device,
                      indices: np.ndarray | None = None, batch_size: int = 256,
-                     show_progress: bool = False, desc: str = "features") -> torch.Tensor:
+                     show_progress: bool = False, desc: str = "features", bar=None) -> torch.Tensor:
     """(N, D) float32 features on the CPU of `images[indices]` ((N, S, S, 3) uint8), each centre-
-    cropped to `image_size`. The encoder is put in eval mode and returned to its previous mode."""
+    cropped to `image_size`. The encoder is put in eval mode and returned to its previous mode.
+    `bar`: a caller's open progress bar, advanced a batch at a time, in place of one of its own."""
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
     was_training = encoder.training
     encoder.eval()
     device = torch.device(device)
     bf16 = device.type == "cuda"
     out = []
-    bar = progress_bar(len(indices), desc, enabled=show_progress)
+    own_bar = bar is None
+    bar = progress_bar(len(indices), desc, enabled=show_progress) if own_bar else bar
     try:
         for start in range(0, len(indices), batch_size):
             idx = indices[start:start + batch_size]
@@ -39,7 +41,8 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray, image_size: i
             out.append(features.float().cpu())
             bar.update(len(idx))
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         encoder.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))
 
