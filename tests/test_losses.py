@@ -146,3 +146,33 @@ def test_contrastive_losses_compute_in_float32_inside_bf16_autocast(seed):
     for name, value in in_autocast.items():
         assert value.dtype == torch.float32
         assert value.item() == pytest.approx(outside[name].item(), rel=1e-6), name
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("output_batch_norm", [False, True])
+def test_simclr_scores_each_view_against_the_other_view_of_its_image(seed, output_batch_norm):
+    """The method's loss is eq. 1 on z = g(f(x)) of the two views it drew, both views as one batch
+    of 2N (global BN), against the float64 reference: not a view with itself, nor with a view of
+    another image as its positive."""
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    from selfsup.methods.common import Batch, Progress
+    from selfsup.views import make_view
+
+    cfg = resolve({"method": "simclr", "backbone": {"name": "resnet18-half", "small_stem": False},
+                   "data": {"image_size": 16},
+                   "simclr": {"projection_hidden_dim": 32, "projection_dim": 16, "temperature": 0.3,
+                              "projection_output_batch_norm": output_batch_norm}})
+    torch.manual_seed(seed)
+    method = build_method(cfg)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (6, 16, 16, 3), generator=g, dtype=torch.uint8)
+    loss = method(Batch(images, torch.Generator().manual_seed(seed)), Progress(0, 1, 1)).loss
+    again = torch.Generator().manual_seed(seed)  # the same two views, drawn again
+    x_a, x_b = (make_view(images, cfg.method_config.views, 16, again) for _ in range(2))
+    with torch.no_grad():
+        z_a, z_b = method.projection(method.backbone(torch.cat([x_a, x_b]))).double().chunk(2)
+    expected = reference_nt_xent(z_a.numpy(), z_b.numpy(), 0.3)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    # A test that can tell: the positive shifted to another image's view scores differently.
+    assert abs(loss.item() - reference_nt_xent(z_a.numpy(), np.roll(z_b.numpy(), 1, axis=0), 0.3)) > 1e-3
