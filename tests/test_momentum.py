@@ -3,6 +3,7 @@ losses against float64 references, the EMA teacher and its schedule, the queue, 
 DINO's centre and collapse, exact resume, bad input."""
 import math
 import tarfile
+from collections import deque
 
 import numpy as np
 import pytest
@@ -469,6 +470,32 @@ def test_moco_v2_keys_of_a_step_are_not_negatives_of_that_step(symmetric):
     queue_after = method.queue.keys[:5 + pushed].double().numpy()
     np.testing.assert_allclose(queue_after[5:], np.concatenate(keys), rtol=1e-5, atol=1e-6)  # enqueued after
     assert abs(out.loss.item() - reference(queue_after)) > 1e-2  # so the test can tell them apart
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_moco_v2s_negatives_are_the_queue_size_newest_keys_of_earlier_steps(seed):
+    """MoCo's K (He et al. 2020: 65,536, with T = 0.2 and m = 0.999 in v2): once more than K keys
+    were pushed, each query meets exactly the K newest keys of earlier steps, kept here by hand in
+    a bounded deque; older ones are gone."""
+    from selfsup.methods import moco_v2
+    paper = moco_v2.Config()
+    assert (paper.queue_size, paper.temperature, paper.momentum, paper.momentum_final) == (65536, 0.2, 0.999, 0.999)
+    rng = np.random.default_rng(seed)
+    size, n = int(rng.integers(3, 12)), 4  # the queue wraps around within the 4 steps below
+    method, cfg = small_method("moco-v2", bn_groups=1, symmetric=False, queue_size=size)
+    assert len(method.queue) == size
+    queries, keys = [], []
+    method.online.register_forward_hook(lambda module, args, out: queries.append(out.detach().double().numpy()))
+    method.target.register_forward_hook(lambda module, args, out: keys.append(unit(out.detach().double().numpy())))
+    earlier, temperature = deque(maxlen=size), cfg.method_config.temperature
+    for step in range(4):
+        loss = method(random_batch(n=n, seed=10 * seed + step), Progress(step, 10, 1)).loss
+        q, k = queries[-1], keys[-1]
+        expected = np.mean([-log_softmax64(np.array([unit(q[i]) @ k[i]] + [unit(q[i]) @ row for row in earlier])
+                                           / temperature)[0] for i in range(n)])
+        assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6), f"step {step}"
+        earlier.extend(k)
+    assert len(earlier) == size < 4 * n
 
 
 # ---------------------------------------------------------------------------------------------
