@@ -173,6 +173,35 @@ def test_dino_method_updates_its_centre_from_this_steps_teacher_outputs():
     torch.testing.assert_close(method.center, expected)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_dinos_steps_centre_and_sharpen_the_teacher_with_the_centre_before_each_step(seed):
+    """A step in the teacher temperature's warm-up (0.04 -> 0.07 over 30 of 100 epochs), then one
+    after it: each loss is algorithm 1 in float64 on the heads' outputs for the step's crops, run
+    here (the student's backbone on the 2 global crops together and the 2 local ones together,
+    its head on all; the teacher on the global ones), centred by the centre as it stood before the step and sharpened by T_t
+    written here; then the centre moves to m c + (1 - m) mean(t) over both global crops."""
+    rng = np.random.default_rng(seed)
+    method, cfg = small_method("dino", teacher_temperature_start=0.04, teacher_temperature=0.07,
+                               teacher_temperature_warmup_epochs=30.0, student_temperature=0.1)
+    c = cfg.method_config
+    for i, step in enumerate([int(rng.integers(0, 300)), int(rng.integers(300, 1000))]):
+        batch = random_batch(seed=10 * seed + i)
+        replay = torch.Generator().set_state(batch.generator.get_state())
+        with torch.no_grad():
+            crops = c.make_crops(batch.images, 16, replay)  # [global 1, global 2, local 1, local 2], (8, 3, s, s) each
+            student, teacher = method.student, method.teacher
+            features = torch.cat([student.backbone(torch.cat(crops[:2])), student.backbone(torch.cat(crops[2:]))])
+            s = student.head(features).double().view(4, 8, -1).numpy()
+            t = teacher.head(teacher.backbone(torch.cat(crops[:2]))).double().view(2, 8, -1).numpy()
+        centre = method.center.double().numpy().copy()
+        loss = method(batch, Progress(step, 1000, 100)).loss
+        t_t = 0.04 + min(1.0, (step / 1000 * 100) / 30) * (0.07 - 0.04)
+        assert loss.item() == pytest.approx(reference_dino_loss(s, t, centre, 0.1, t_t), rel=1e-5)
+        expected_centre = c.center_momentum * centre + (1 - c.center_momentum) * t.reshape(16, -1).mean(0)
+        np.testing.assert_allclose(method.center.double().numpy(), expected_centre, rtol=1e-5, atol=1e-7)
+    assert np.abs(centre).max() > 1e-3  # the second step was centred by a centre that is not zero
+
+
 # ---------------------------------------------------------------------------------------------
 # The EMA teacher and its schedule
 
