@@ -242,6 +242,27 @@ def test_momentum_schedule_first_middle_last_step(base):
     assert ema_momentum(Progress(99, total, 10), base, final=base) == pytest.approx(base)  # MoCo v2
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_byols_target_moves_by_the_papers_cosine_from_0_996_to_1(seed):
+    """BYOL sec. 3.2: after step k of K, target <- tau target + (1 - tau) online with
+    tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2, tau_base = 0.996 (the Config's defaults)."""
+    from selfsup.methods import byol
+    assert (byol.Config().momentum, byol.Config().momentum_final) == (0.996, 1.0)
+    rng = np.random.default_rng(seed)
+    method, _ = small_method("byol", momentum=0.996, momentum_final=1.0)  # the CIFAR preset's is constant
+    total = int(rng.integers(10, 10_000))
+    for step in (0, int(rng.integers(1, total)), total):
+        with torch.no_grad():
+            for p in method.online.parameters():
+                p.add_(torch.randn_like(p))
+        before = [p.detach().double().clone() for p in method.target.parameters()]
+        method.after_step(Progress(step, total, 10))
+        tau = 1 - (1 - 0.996) * (math.cos(math.pi * step / total) + 1) / 2
+        for t, b, s in zip(method.target.parameters(), before, method.online.parameters()):
+            torch.testing.assert_close(t.double(), tau * b + (1 - tau) * s.detach().double(), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(t.double(), b) for t, b in zip(method.target.parameters(), before))  # tau = 1 at K
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_teacher_gets_no_gradient_and_moves_only_by_ema(name):
     method, cfg = small_method(name)
