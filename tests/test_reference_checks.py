@@ -372,12 +372,19 @@ def test_one_round_of_block_masking_hides_one_rectangle_of_beits_area_and_aspect
     assert kept > 100
 
 
-def test_mae_mask_at_224_with_16_pixel_patches_keeps_49_of_196():
-    """README's arithmetic: (224 / 16)^2 = 196 patches, int(196 x (1 - 0.75)) = 49 visible."""
+@pytest.mark.parametrize("seed", range(3))
+def test_mae_mask_at_224_with_16_pixel_patches_keeps_49_of_196(seed):
+    """README's arithmetic: (224 / 16)^2 = 196 patches, int(196 x (1 - 0.75)) = 49 visible, a
+    different 49 in each image; and the official code's rounding of the float product, which
+    num_visible's docstring warns of: 100 patches at 0.9 leave 9 visible, not 10."""
     assert (224 // 16) ** 2 == 196 and num_visible(196, 0.75) == 49
-    mask = random_patch_mask(6, 196, 0.75, torch.Generator().manual_seed(0))
+    assert num_visible(100, 0.9) == 9 and 100 * (1 - 0.9) < 10
+    mask = random_patch_mask(6, 196, 0.75, torch.Generator().manual_seed(seed))
     assert ((~mask).sum(1) == 49).all()
-    assert visible_indices(mask, 49).shape == (6, 49)
+    keep = visible_indices(mask, 49)
+    assert keep.shape == (6, 49) and len({tuple(row.tolist()) for row in keep}) == 6
+    for row, kept in zip(mask, keep):
+        assert not row[kept].any() and int(row.sum()) == 196 - 49
 
 
 def test_the_readme_arithmetic_runs_as_written_and_prints_what_it_says(capsys):
