@@ -15,6 +15,14 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z, dim=-1)).mean()
 
 
+def center_and_sharpen(teacher: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DINO's targets (Caron et al. 2021, sec. 3.1): the teacher's logits (..., K) centred and
+    sharpened, softmax((t - center) / temperature) over the prototypes, without gradient.
+    Centring alone would push every image towards the uniform distribution and sharpening (a low
+    temperature) alone towards one prototype: together they keep the teacher from collapsing."""
+    return F.softmax((full_precision(teacher.detach()) - center) / temperature, dim=-1)
+
+
 def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
               student_temperature: float, teacher_temperature: float) -> torch.Tensor:
     """DINO's loss (Caron et al. 2021, eq. 3 and algorithm 1), averaged over view pairs and images.
@@ -24,8 +32,7 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
     centred and sharpened, softmax((t - center) / teacher_temperature), and given no gradient;
     each student crop's log-softmax(s / student_temperature) is scored by cross-entropy against
     every teacher crop except itself."""
-    targets = F.softmax((full_precision(teacher.detach()) - center) / teacher_temperature, dim=-1)  # (T, B, K)
-    return cross_view_entropy(student, targets, student_temperature)
+    return cross_view_entropy(student, center_and_sharpen(teacher, center, teacher_temperature), student_temperature)
 
 
 @float32_math

@@ -3,9 +3,10 @@
     crops = V global crops + L local crops of x    # multi-crop, each with its own recipe
     s = h(f(crops))                                # student: backbone f, DINO head h, all crops
     t = h'(f'(crops[:V]))                          # teacher: an EMA of (f, h), global crops only
-    loss = dino_loss(s, t, center, T_s, T_t)       # CE(softmax((t - center)/T_t), softmax(s/T_s))
-                                                   # over all pairs of different views
-    center = m_c center + (1 - m_c) mean(t)        # centring and sharpening prevent collapse
+    q = softmax((t - center) / T_t)                # centred and sharpened (T_t < T_s), no gradient
+    loss = mean over pairs of different views (u != v) of CE(q_u, softmax(s_v / T_s))
+    center = m_c center + (1 - m_c) mean(t)        # after the loss; centring and sharpening
+                                                   # together prevent collapse
     after the optimizer step: (f', h') <- m (f', h') + (1 - m) (f, h), m a cosine from 0.996 to 1
 
 The teacher temperature T_t warms up linearly over the first epochs; the last layer of the
@@ -17,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
 from ..errors import UserError
-from ..losses import dino_center, dino_loss
+from ..losses import center_and_sharpen, cross_view_entropy, dino_center
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
 from .common import Batch, MethodOutput, MultiCropConfig, Progress, check_multi_crop, lightly_cifar_recipe
 
@@ -154,12 +154,13 @@ class Method(nn.Module):
             t = self.teacher.head(self.teacher.backbone(torch.cat(crops[:c.global_crops])))
             t = t.view(c.global_crops, n, -1)  # (V, B, K)
         temperature = teacher_temperature(c, progress)
-        loss = dino_loss(s, t, self.center, c.student_temperature, temperature)
+        q = center_and_sharpen(t, self.center, temperature)  # (V, B, K)
+        loss = cross_view_entropy(s, q, c.student_temperature)
         # For the collapse monitor: the prototype the teacher expects for each image, its centred,
         # sharpened distribution averaged over the prototypes (B, bottleneck). Collapse, to one
         # prototype or to uniform, makes it the same for every image; unlike the distribution
         # itself, its spread does not shrink when the prototypes outnumber the batch.
-        expected = F.softmax((t[0] - self.center) / temperature, dim=-1) @ self.teacher.head.last_layer.weight
+        expected = q[0] @ self.teacher.head.last_layer.weight
         self.center.copy_(dino_center(self.center, t, c.center_momentum))  # after the loss, as in DINO
         metrics = {"momentum": torch.tensor(ema_momentum(progress, c.momentum, c.momentum_final)),
                    "teacher_temperature": torch.tensor(temperature)}

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import Backbone
 from ..backbones.vit import encode, patch_size_of
 from ..config import RunConfig, ranged
 from ..errors import UserError
-from ..losses import cross_view_entropy, dino_center, ibot_patch_loss, koleo_loss, sinkhorn_knopp
+from ..losses import center_and_sharpen, cross_view_entropy, dino_center, ibot_patch_loss, koleo_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
 from ..views import block_mask
 from .common import Batch, MethodOutput, MultiCropConfig, Progress, check_multi_crop
@@ -171,7 +170,7 @@ class Method(nn.Module):
         if self.config.centering == "sinkhorn":
             flat = logits.reshape(-1, logits.shape[-1])
             return sinkhorn_knopp(flat, temperature, self.config.sinkhorn_iterations).view_as(logits)
-        return F.softmax((logits.float() - center) / temperature, dim=-1)
+        return center_and_sharpen(logits, center, temperature)
 
     def forward(self, batch: Batch, progress: Progress) -> MethodOutput:
         c, n = self.config, len(batch.images)
