@@ -120,7 +120,10 @@ check_config = check_multi_crop  # local crops the backbone cannot take are refu
 
 
 def teacher_temperature(config: Config, progress: Progress) -> float:
-    """Linear from `teacher_temperature_start` to `teacher_temperature` over the warm-up epochs."""
+    """Linear from `teacher_temperature_start` to `teacher_temperature` over the warm-up epochs,
+    step by step as DINOv2 (and VISSL's DINO) warm it up. main_dino.py moves it once per epoch
+    (np.linspace over the W warm-up epochs, so it arrives at epoch W - 1, not W); the presets hold
+    it constant at 0.04 as main_dino.py's defaults, where the two agree."""
     warmup = config.teacher_temperature_warmup_epochs
     t = min(1.0, progress.epoch / warmup) if warmup > 0 else 1.0
     return config.teacher_temperature_start + t * (config.teacher_temperature - config.teacher_temperature_start)
