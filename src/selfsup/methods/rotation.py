@@ -64,6 +64,7 @@ class Method(nn.Module):
         logits = self.classifier(features)  # (4B, 4)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(1) == labels).float().mean()
+        # The collapse monitor watches the upright images: `all_rotations` puts label 0 first.
         return MethodOutput(loss=loss, metrics={"pretext_acc": accuracy},
                             embedding=features[:len(x)].detach())
 

@@ -1,7 +1,8 @@
 """SimCLR (Chen, Kornblith, Norouzi, Hinton 2020): two views, one encoder, NT-Xent.
 
     x_a, x_b = view(x), view(x)                  # two random augmentations of every image
-    z_a, z_b = g(f(x_a)), g(f(x_b))              # encoder f, projection MLP g
+    z_a, z_b = g(f(x_a)), g(f(x_b))              # encoder f, projection MLP g; both views as one
+                                                 # batch of 2N, so BatchNorm sees them together
     loss = nt_xent(z_a, z_b, temperature)        # each view's positive is the other view of its
                                                  # image; the other 2N-2 views are negatives
 """
