@@ -12,6 +12,6 @@ from .dinov2 import ibot_patch_loss, koleo_loss, sinkhorn_knopp
 from .reconstruction import masked_mse
 from .equivariance import equivariance_loss
 
-__all__ = ["cosine_similarity", "nt_xent", "nt_xent_logits", "masked_mse",
-           "info_nce", "info_nce_queue", "byol_loss", "center_and_sharpen", "dino_center", "dino_loss", "cross_view_entropy",
+__all__ = ["cosine_similarity", "nt_xent", "nt_xent_logits", "masked_mse", "info_nce", "info_nce_queue",
+           "byol_loss", "center_and_sharpen", "dino_center", "dino_loss", "cross_view_entropy",
            "equivariance_loss", "ibot_patch_loss", "koleo_loss", "sinkhorn_knopp"]
