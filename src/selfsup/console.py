@@ -37,20 +37,39 @@ _NO_VALUE = object()
 def option(name: str, value: object = _NO_VALUE, python: str | None = None) -> str:
     """An option as the reader gives it: `--image-size 32` in a command, `image_size=32` from Python
     (`python`: the keyword there, where it differs from the flag's name). Without a value the flag
-    or keyword alone (`--image-size`, `image_size=`)."""
+    or keyword alone (`--image-size`, `image_size=`); a switch's True or False as the flag alone or
+    its --no- form (`--resume`, `--no-small-stem`)."""
     flag, keyword = "--" + name.replace("_", "-"), python or name
     if value is _NO_VALUE:
         return said_as(flag, f"{keyword}=")
+    if isinstance(value, bool):
+        return said_as(flag if value else "--no-" + flag[2:], f"{keyword}={value}")
     shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
     return said_as(f"{flag} {shown}", f"{keyword}={value!r}")
 
 
-def setting(key: str, value: str) -> str:
+def path_option(name: str, path) -> str:
+    """An option with a path, quoted as in a message: `--out 'runs/a'` in a command, `out='runs/a'`
+    from Python."""
+    return said_as(f"--{name.replace('_', '-')} {str(path)!r}", f"{name}={str(path)!r}")
+
+
+def one_of(name: str, values, python: str | None = None) -> str:
+    """An option with the values to choose from: `--backbone vit-tiny|vit-small` in a command,
+    `backbone='vit-tiny' or 'vit-small'` from Python."""
+    values = [str(v) for v in values]
+    shown = ", ".join(map(repr, values[:-1])) + " or " + repr(values[-1]) if len(values) > 1 else repr(values[0])
+    return said_as(f"--{name.replace('_', '-')} {'|'.join(values)}", f"{python or name}={shown}")
+
+
+def setting(key: str, value: str | bool) -> str:
     """A config value as the reader sets it: `--set optim.lr=0.3` in a command, the `config` dict's
-    nesting from Python (`config={'optim': {'lr': 0.3}}`); `value` is shown as given ('N')."""
+    nesting from Python (`config={'optim': {'lr': 0.3}}`); `value` is shown as given ('N'), a bool
+    as each writes it (`=false`, `False`)."""
     parts = key.split(".")
-    nested = "".join(f"{{'{part}': " for part in parts) + value + "}" * len(parts)
-    return said_as(f"--set {key}={value}", f"config={nested}")
+    written = str(value).lower() if isinstance(value, bool) else value
+    nested = "".join(f"{{'{part}': " for part in parts) + str(value) + "}" * len(parts)
+    return said_as(f"--set {key}={written}", f"config={nested}")
 
 
 _held: list[str] | None = None  # warnings said inside warnings_after_checks(), not yet shown
