@@ -108,11 +108,11 @@ def test_unreadable_checkpoints_say_why_and_what_each_command_takes_instead(tmp_
     with pytest.raises(UserError, match=r"cannot be read as a selfsup checkpoint: it is damaged or cut short"):
         load_checkpoint(cut)
     (tmp_path / "w.safetensors").write_bytes(b"{}")
-    with pytest.raises(UserError, match=r"is a weights file, not a selfsup checkpoint.*weights:FILE\)$"):
+    with pytest.raises(UserError, match=r"is a weights file, not a selfsup checkpoint.*weights:FILE' with backbone=NAME\)$"):
         load_checkpoint(tmp_path / "w.safetensors")
     plain = tmp_path / "plain.pt"
     torch.save({"conv.weight": torch.zeros(3)}, plain)
-    with pytest.raises(UserError, match=r"\(plain weights: use --checkpoint weights:FILE\)$"):
+    with pytest.raises(UserError, match=r"\(plain weights: give 'weights:FILE' with backbone=NAME\)$"):
         load_checkpoint(plain)
     run("pretrain", "--method", "distill", "--teacher", plain, "--data", write_dataset(tmp_path / "d", per_class=4),
         "--out", tmp_path / "student", "--batch-size", "4", "--image-size", "16", "--no-progress", check_error="use --teacher weights:FILE --set distill.teacher_backbone=NAME")

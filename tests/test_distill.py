@@ -41,9 +41,9 @@ def distill_run(root, out, teacher, backbone, epochs=2, **distill):
 def test_feature_teacher_of_another_width_needs_the_projection_option(teachers, tmp_path):
     root, _ = teachers
     half = {"name": "resnet18-half", "small_stem": False}
-    with pytest.raises(UserError, match=r"512 dimensions and the student's 256; .*--set distill.projection=true"):
+    with pytest.raises(UserError, match=r"512 dimensions and the student's 256; .*config=\{'distill': \{'projection': True\}\}"):
         run_pretraining(distill_run(root, tmp_path / "a", root / "simclr", half))
-    with pytest.raises(UserError, match="--method distill needs a teacher"):
+    with pytest.raises(UserError, match="method='distill' needs a teacher"):
         run_pretraining(distill_run(root, tmp_path / "b", "", half))
 
 
@@ -204,7 +204,7 @@ def test_a_distilled_run_teaches_with_its_ema_and_resumes_after_its_teacher_move
         assert torch.equal(value, state[f"student_ema.backbone.{key}"])
     # The teacher's file moved: a clear error on --resume, then its new place is accepted.
     shutil.move(tmp_path / "dino", tmp_path / "moved")
-    with pytest.raises(UserError, match="does not exist; give its place with --teacher PATH"):
+    with pytest.raises(UserError, match="does not exist; give its place with teacher=PATH"):
         run_pretraining(user, resume=True)
     moved = {**user, "distill": {**user["distill"], "teacher": str(tmp_path / "moved")}}
     run_pretraining(moved, resume=True)
@@ -213,7 +213,7 @@ def test_a_distilled_run_teaches_with_its_ema_and_resumes_after_its_teacher_move
 
 def test_a_missing_teacher_is_refused_from_the_config_before_any_image_is_read(tmp_path):
     from selfsup.config import resolve
-    with pytest.raises(UserError, match=r"the teacher '.*nowhere' does not exist; give its place with --teacher"):
+    with pytest.raises(UserError, match=r"the teacher '.*nowhere' does not exist; give its place with teacher="):
         resolve({"method": "distill", "data": {"path": str(tmp_path / "no-data"), "image_size": 16},
                  "distill": {"teacher": str(tmp_path / "nowhere")}})
 

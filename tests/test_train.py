@@ -116,12 +116,12 @@ def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path, uninterrupted
 
 
 def test_batch_larger_than_dataset(labelled_folder, tmp_path):
-    with pytest.raises(UserError, match=r"--batch-size 64 is larger than the 35 training images"):
+    with pytest.raises(UserError, match=r"batch_size=64 is larger than the 35 training images"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"batch_size": 64}))
 
 
 def test_resume_without_checkpoint_and_rerun_without_resume(labelled_folder, tmp_path):
-    with pytest.raises(UserError, match="--resume: no checkpoint"):
+    with pytest.raises(UserError, match="resume=True: no checkpoint"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run"), resume=True)
     run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1}))
     with pytest.raises(UserError, match="already holds a run"):
@@ -145,12 +145,12 @@ def test_resume_on_other_data_is_refused(labelled_folder, tmp_path):
     for folder in labelled_folder.iterdir():
         folder.rename(renamed / f"x{folder.name}")
     with pytest.raises(UserError, match=r"holds 36 images, as many as this run was trained on, but not the same "
-                                        r"files \(renamed, or others\); resume with the run's data \(--data PATH"):
+                                        r"files \(renamed, or others\); resume with the run's data \(data=PATH"):
         run_pretraining(tiny(renamed, tmp_path / "run", train={"epochs": 1}), resume=True)
     # The data gone from where the run found it: --data says where it is now.
     labelled_folder.rmdir()
-    with pytest.raises(UserError, match=r"--resume: the run's data, '.*', does not exist; if the data moved, "
-                                        r"resume with --data PATH where it is now"):
+    with pytest.raises(UserError, match=r"resume=True: the run's data, '.*', does not exist; if the data moved, "
+                                        r"resume with data=PATH where it is now"):
         run_pretraining({"out": str(tmp_path / "run")}, resume=True)
     for folder in renamed.iterdir():
         folder.rename(renamed / folder.name[1:])
@@ -164,16 +164,16 @@ def test_a_run_folder_that_holds_images_is_refused(labelled_folder, tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.JPG").write_bytes(b"")
     (tmp_path / "photos" / "notes.txt").write_text("")
-    with pytest.raises(UserError, match=r"^--out '.*photos' holds images \(e.g. 'a.JPG'\): the run's files would "
+    with pytest.raises(UserError, match=r"^out='.*photos' holds images \(e.g. 'a.JPG'\): the run's files would "
                                         r"mix with them, and its pictures become images of that folder; choose a "
-                                        r"new or empty --out$"):
+                                        r"new or empty out=$"):
         run_pretraining(tiny(labelled_folder, tmp_path / "photos"))
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.JPG", "notes.txt"]
 
 
 def test_a_run_folder_that_is_a_file_is_refused(labelled_folder, tmp_path):
     (tmp_path / "run").write_text("notes")
-    with pytest.raises(UserError, match=r"^--out '.*run' is a file, not a folder; choose another --out$"):
+    with pytest.raises(UserError, match=r"^out='.*run' is a file, not a folder; choose another out=$"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run"))
     assert (tmp_path / "run").read_text() == "notes"
 
@@ -389,7 +389,7 @@ def test_a_run_whose_loss_diverges_stops_in_one_line_before_saving_it(tmp_path, 
 
 def test_a_run_folder_inside_its_data_is_refused(labelled_folder, tmp_path):
     for out in (labelled_folder, labelled_folder / "runs" / "a"):
-        with pytest.raises(UserError, match="lies inside --data .*choose a run folder outside the data"):
+        with pytest.raises(UserError, match="lies inside data='.*choose a run folder outside the data"):
             run_pretraining(tiny(labelled_folder, out))
     assert not (labelled_folder / "runs").exists()
 
@@ -471,7 +471,7 @@ def test_tensorboard_turned_on_at_resume_draws_the_epochs_before_it(labelled_fol
 
 def test_tensorboard_without_its_package_is_refused_before_any_work(labelled_folder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what `import` meets without the package
-    with pytest.raises(UserError, match=r"--tensorboard needs the tensorboard package: pip install"):
+    with pytest.raises(UserError, match=r"tensorboard=True needs the tensorboard package: pip install"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"tensorboard": True}))
     assert not (tmp_path / "run").exists()
     pytest.importorskip("tensorboard")
@@ -479,7 +479,7 @@ def test_tensorboard_without_its_package_is_refused_before_any_work(labelled_fol
     run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1, "tensorboard": True}))
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # resumed where the package is missing
     with pytest.raises(UserError, match=r"this run writes TensorBoard scalars, which need the tensorboard package: "
-                                        r"pip install .*; or resume with --set train.tensorboard=false"):
+                                        r"pip install .*; or resume with config=\{'train': \{'tensorboard': False\}\}"):
         run_pretraining({"out": str(tmp_path / "run")}, resume=True)
 
 
@@ -492,7 +492,7 @@ def test_the_compile_mode_reaches_the_backbone_and_needs_compile(labelled_folder
     run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1, "compile": True,
                                                                     "compile_mode": "reduce-overhead"}))
     assert modes == ["reduce-overhead"]
-    with pytest.raises(UserError, match="compile_mode 'max-autotune' applies to a compiled run: add --compile"):
+    with pytest.raises(UserError, match="compile_mode 'max-autotune' applies to a compiled run: add compile=True"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run2", train={"compile_mode": "max-autotune"}))
     with pytest.raises(UserError, match="compile_mode"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run3", train={"compile": True, "compile_mode": "fast"}))

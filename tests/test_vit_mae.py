@@ -117,9 +117,9 @@ def test_patchify_follows_the_patch_embedding_token_order():
 
 
 def test_image_size_not_a_multiple_of_the_patch_size_is_refused():
-    with pytest.raises(UserError, match=r"multiples of 4, got 30x30; use --image-size 28 or 32"):
+    with pytest.raises(UserError, match=r"multiples of 4, got 30x30; use image_size=28 or 32"):
         build_backbone(BackboneConfig(name="vit-tiny", patch_size=4), 30)
-    with pytest.raises(UserError, match=r"vit-small with patch size 16 needs .* got 100x100; use --image-size 96 or 112"):
+    with pytest.raises(UserError, match=r"vit-small with patch size 16 needs .* got 100x100; use image_size=96 or 112"):
         resolve({"backbone": {"name": "vit-small"}, "data": {"image_size": 100}})  # before any data is read
     backbone = vit()
     with pytest.raises(UserError, match="multiples of 4, got 18x16"):
@@ -402,10 +402,10 @@ def test_attention_refuses_to_write_its_maps_over_the_images(tmp_path, capsys):
         Image.fromarray(pixels).save(images / name)
     before = {p.name: p.read_bytes() for p in images.iterdir()}
     with pytest.raises(UserError, match=r"^the attention map .*photo.png' would replace the image 'photo.png'; "
-                                        r"give --out another folder$"):
+                                        r"give out= another folder$"):
         save_attention_maps("random:vit-tiny", images / "photo.png", images, image_size=32, device="cpu")
     (tmp_path / "link").symlink_to(images)  # the same folder by another name
-    with pytest.raises(UserError, match=r"^--out .*link' is the folder the images are read from"):
+    with pytest.raises(UserError, match=r"^out='.*link' is the folder the images are read from"):
         save_attention_maps("random:vit-tiny", images, tmp_path / "link", image_size=32, device="cpu")
     maps = tmp_path / "maps"  # a hard link: the same file under another folder
     maps.mkdir()
@@ -445,9 +445,9 @@ def test_attention_refuses_a_non_positive_image_size_and_names_only_its_own_opti
     from selfsup.attention import save_attention_maps
 
     for size in (0, -32):
-        with pytest.raises(UserError, match=rf"--image-size must be a positive number of pixels, got {size}"):
+        with pytest.raises(UserError, match=rf"image_size= must be a positive number of pixels, got {size}"):
             save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=size)
-    with pytest.raises(UserError, match=r"vit-tiny with patch size 16 .* got 40x40; use --image-size 32 or 48$"):
+    with pytest.raises(UserError, match=r"vit-tiny with patch size 16 .* got 40x40; use image_size=32 or 48$"):
         save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=40)  # no --patch-size here
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
+from .console import option, path_option
 from .errors import UserError
 from .outputs import output_folder
 from .viz import pyplot, save_figure
@@ -97,7 +98,7 @@ def _check_images_are_kept(source: ImageSource, images: Path, out: Path, file_na
     """A UserError when the maps would be written over the images they are drawn from: --out is
     the folder given as --images, or a map's file is an image's (photo.png in its own folder)."""
     if images.is_dir() and out.is_dir() and os.path.samefile(images, out):
-        raise UserError(f"--out {str(out)!r} is the folder the images are read from; give the maps a folder "
+        raise UserError(f"{path_option('out', str(out))} is the folder the images are read from; give the maps a folder "
                         f"of their own")
     targets = {}  # (device, inode) of each map's file already there: what writing it would replace
     for name in file_names:
@@ -115,7 +116,7 @@ def _check_images_are_kept(source: ImageSource, images: Path, out: Path, file_na
             continue
         if (st.st_dev, st.st_ino) in targets:
             raise UserError(f"the attention map {str(targets[(st.st_dev, st.st_ino)])!r} would replace the image "
-                            f"{name!r}; give --out another folder")
+                            f"{name!r}; give {option('out')} another folder")
 
 
 def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
@@ -147,9 +148,9 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     from .views import denormalize, eval_view
 
     if max_images < 1:
-        raise UserError(f"--max-images must be at least 1, got {max_images}")
+        raise UserError(f"{option('max_images')} must be at least 1, got {max_images}")
     if image_size is not None and image_size < 1:
-        raise UserError(f"--image-size must be a positive number of pixels, got {image_size}; leave it out "
+        raise UserError(f"{option('image_size')} must be a positive number of pixels, got {image_size}; leave it out "
                         f"for the encoder's training size")
     encoder = load_encoder(checkpoint, bands=bands)  # bands: of TIFFs, by default the encoder's own
     backbone = encoder.backbone

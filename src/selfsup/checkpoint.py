@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .console import option, said_as
 from .errors import UserError
 from .outputs import NO_ROOM, current_umask, os_reason
 
@@ -34,7 +35,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write to {str(path.parent)!r} ({os_reason(e)}); choose a writable --out") from None
+        raise UserError(f"cannot write to {str(path.parent)!r} ({os_reason(e)}); choose a writable {option('out')}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             _save_reporting_write_errors(obj, f)
@@ -45,7 +46,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     except OSError as e:  # a full disk, most often: the previous checkpoint is still there
         kept = "; the previous checkpoint is kept there" if path.exists() else ""
         free = f"free space in {str(path.parent)!r} or " if e.errno in NO_ROOM else ""
-        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); {free}choose a writable --out") from None
+        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); {free}choose a writable {option('out')}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -75,7 +76,9 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
     save_atomic({"format": FORMAT, "version": VERSION, **content}, path)
 
 
-PLAIN_WEIGHTS = "plain weights: use --checkpoint weights:FILE"
+def plain_weights_remedy() -> str:
+    """How an encoder is given as a plain weights file instead of a checkpoint."""
+    return "plain weights: " + said_as("use --checkpoint weights:FILE", "give 'weights:FILE' with backbone=NAME")
 
 
 def file_sha256(file) -> str:
@@ -90,13 +93,15 @@ def file_sha256(file) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: str | None = PLAIN_WEIGHTS,
+def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: str | None = None,
                     with_sha256: bool = False) -> dict:
     """The checkpoint at `path`, refusing files selfsup did not write (and never unpickling them).
-    `plain_weights`: how the caller's command takes a plain weights file instead, if it does.
+    `plain_weights`: how the caller takes a plain weights file instead ("" where it does not; by
+    default as an encoder, `plain_weights_remedy()`).
     `with_sha256`: add "file_sha256", the digest of the very bytes loaded (a run still training
     may replace last.pt between a load and a second read)."""
     path = Path(path)
+    plain_weights = plain_weights_remedy() if plain_weights is None else plain_weights
     instead = f" ({plain_weights})" if plain_weights else ""
     if path.is_dir():
         if (path / "last.pt").is_file():
@@ -123,7 +128,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: 
         raise UserError(f"{str(path)!r} was written by a newer selfsup (format {content['version']}); upgrade selfsup")
     if method is not None and content.get("method") != method:
         raise UserError(f"checkpoint {str(path)!r} was written by method {content.get('method')!r}, "
-                        f"not {method!r}; give a {method} checkpoint or use --method {content.get('method')}")
+                        f"not {method!r}; give a {method} checkpoint or use {option('method', content.get('method'))}")
     if with_sha256:
         content["file_sha256"] = sha256
     return content

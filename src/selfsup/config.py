@@ -194,9 +194,10 @@ def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
 def _flag_of(key: str) -> str:
     """' (--flag)' when a pretrain flag sets the config key `key`, so an error names what was typed."""
     from .cli import PRETRAIN_FLAGS
+    from .console import option
 
     flag = next((flag for flag, k in PRETRAIN_FLAGS.items() if k == key), None)
-    return f" (--{flag.replace('_', '-')})" if flag else ""
+    return f" ({option(flag)})" if flag else ""
 
 
 def override(obj: Any, changes: dict, where: str = "") -> Any:
@@ -318,8 +319,9 @@ def with_method_flags(user: dict, method_name: str) -> dict:
     for key in options if isinstance(options, dict) else ():
         if key not in valid:
             having = [m for m in METHODS if key in options_of(m)]
-            raise UserError(f"--{key.replace('_', '-')} is not an option of {method_name}; drop it"
-                            + (f", or use --method {'|'.join(having)}" if having else ""))
+            from .console import one_of, option
+            raise UserError(f"{option(key)} is not an option of {method_name}; drop it"
+                            + (f", or use {one_of('method', having)}" if having else ""))
     return merge_dicts(user, {method_name: options})
 
 
@@ -364,8 +366,9 @@ def resolve(user: dict) -> RunConfig:
     check_backbone_name(cfg.backbone.name)
     if cfg.backbone.name.startswith("resnet"):
         if user.get("backbone", {}).get("patch_size") is not None:
-            raise UserError(f"--patch-size is for ViTs; {cfg.backbone.name} has no patches (drop the option, "
-                            f"or choose --backbone vit-tiny|vit-small|vit-base)")
+            from .console import one_of, option
+            raise UserError(f"{option('patch_size')} is for ViTs; {cfg.backbone.name} has no patches (drop the "
+                            f"option, or choose {one_of('backbone', VITS)})")
         cfg = override(cfg, {"backbone": {"patch_size": None}})  # a ViT preset's, when the user chose a ResNet
         if preset_name.endswith("-vit"):  # allowed (a ViT recipe may be wanted), not unsaid
             from .console import option, warn
@@ -376,8 +379,9 @@ def resolve(user: dict) -> RunConfig:
         cfg = override(cfg, {"backbone": {"drop_path_rate": 0.0}})
     if cfg.backbone.name in VITS:
         if user.get("backbone", {}).get("small_stem"):
-            raise UserError(f"--small-stem is for ResNets; {cfg.backbone.name} starts with its patch embedding "
-                            f"(set its size with --patch-size)")
+            from .console import option
+            raise UserError(f"{option('small_stem')} is for ResNets; {cfg.backbone.name} starts with its patch "
+                            f"embedding (set its size with {option('patch_size')})")
         if cfg.backbone.patch_size is None:
             cfg = override(cfg, {"backbone": {"patch_size": default_patch_size(cfg.data.image_size)}})
         # A preset's patch size is for its paper's image size (iBOT's 14 at 224): say whose it is.
@@ -414,8 +418,10 @@ def _refuse_options_of_other_optimizers(optim: OptimConfig, given: dict, preset:
         usual = preset.get(option, getattr(OptimConfig(), option))
         changed = getattr(optim, option) != (tuple(usual) if isinstance(usual, list) else usual)
         if option in given and changed and name not in takers:
-            raise UserError(f"optim.{option} is for {' and '.join(takers)}; the optimizer is {name} (--optimizer), "
-                            f"which has none: leave it out, or choose --optimizer {'|'.join(takers)}")
+            from .console import one_of, option as flag
+            raise UserError(f"optim.{option} is for {' and '.join(takers)}; the optimizer is {name} "
+                            f"({flag('optimizer')}), which has none: leave it out, or choose "
+                            f"{one_of('optimizer', takers)}")
 
 
 def _warmup_within_run(cfg: RunConfig, user: dict, preset: dict) -> RunConfig:
@@ -424,10 +430,11 @@ def _warmup_within_run(cfg: RunConfig, user: dict, preset: dict) -> RunConfig:
     warmup, epochs = cfg.optim.warmup_epochs, cfg.train.epochs
     if warmup < epochs:
         return cfg
+    from .console import setting
     if "warmup_epochs" in user.get("optim", {}):
         raise UserError(f"optim.warmup_epochs {warmup:g} is not shorter than the run's {epochs} epochs: the learning "
                         f"rate would never reach its peak, nor decay; set it below {epochs} "
-                        f"(e.g. --set optim.warmup_epochs={epochs / 10:g})")
+                        f"(e.g. {setting('optim.warmup_epochs', f'{epochs / 10:g}')})")
     planned = preset.get("train", {}).get("epochs", TrainConfig().epochs)
     shorter = round(epochs * (warmup / planned if planned > warmup else 0.1), 4)
     from .console import setting, warn

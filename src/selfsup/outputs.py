@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
+from .console import option, path_option
 from .errors import UserError
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT}  # a full disk or quota (EFBIG, a size limit, is not helped by freeing space)
@@ -35,7 +36,7 @@ def output_folder(path: str | Path) -> Path:
     """`path` as a folder that exists, created with its parents; a UserError when it cannot be."""
     path = Path(path).expanduser()
     if path.is_file():
-        raise UserError(f"{str(path)!r} is a file; --out takes a folder (a new name will do)")
+        raise UserError(f"{str(path)!r} is a file; {option('out')} takes a folder (a new name will do)")
     return _make_folder(path)
 
 
@@ -43,7 +44,7 @@ def _make_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {str(path)!r} ({os_reason(e)}); choose a writable --out") from None
+        raise UserError(f"cannot create {str(path)!r} ({os_reason(e)}); choose a writable {option('out')}") from None
     return path
 
 
@@ -53,13 +54,13 @@ def output_file(path: str | Path) -> Path:
     or virtual file systems such as /proc). A UserError otherwise."""
     path = Path(path).expanduser()
     if path.is_dir():
-        raise UserError(f"{str(path)!r} is a folder; --out takes a file name (one inside it will do)")
+        raise UserError(f"{str(path)!r} is a folder; {option('out')} takes a file name (one inside it will do)")
     folder = _make_folder(path.parent)
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
             pass
     except OSError as e:
-        raise cannot_write(f"in {str(folder)!r}", e, "choose a writable --out") from None
+        raise cannot_write(f"in {str(folder)!r}", e, f"choose a writable {option('out')}") from None
     return path
 
 
@@ -70,10 +71,12 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: Path, remedy: str = "choose another --out"):
+def atomic_path(path: Path, remedy: str | None = None):
     """A temporary path beside `path` to write to; renamed to `path` when the block ends without
     an error, removed otherwise, so a failed or killed write leaves neither half a file nor the
-    temporary one behind. A write that fails is a UserError ending with `remedy`."""
+    temporary one behind. A write that fails is a UserError ending with `remedy` (by default,
+    choose another --out)."""
+    remedy = remedy or f"choose another {option('out')}"
     # A fresh name, created here (O_EXCL): a link planted under a predictable name in a folder
     # others can write to (a shared cache) cannot redirect the write.
     try:
@@ -116,7 +119,7 @@ def refuse_out_inside(out, source, given) -> None:
         return
     root = (source.path / source.split if source.split else source.path).resolve()
     if lies_inside(out, root):
-        raise UserError(f"--out {str(out)!r} lies inside the images read from {str(root)!r}: its pictures and "
+        raise UserError(f"{path_option('out', str(out))} lies inside the images read from {str(root)!r}: its pictures and "
                         f"copies would become images of them; choose a folder outside")
 
 
@@ -130,13 +133,13 @@ def named_output(out: str | Path, suffix: str, default_name: str, or_else: str =
     if path.is_dir() or text.endswith(("/", os.sep)):
         return path / default_name
     if path.suffix != suffix:
-        raise UserError(f"--out {text!r} must end in {suffix}{' ' + or_else if or_else else ''}, or name a "
+        raise UserError(f"{path_option('out', text)} must end in {suffix}{' ' + or_else if or_else else ''}, or name a "
                         f"folder (end it in '/') to write "
                         f"{default_name} in")
     return path
 
 
-def write_text_atomically(path: Path, text: str, remedy: str = "choose another --out") -> None:
+def write_text_atomically(path: Path, text: str, remedy: str | None = None) -> None:
     """`path` holds `text`, whole, or what it held before (see atomic_path)."""
     with atomic_path(path, remedy) as tmp:
         tmp.write_text(text)

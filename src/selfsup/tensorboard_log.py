@@ -22,8 +22,12 @@ def summary_writer(resuming: bool = False):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        without = ("resume with --set train.tensorboard=false" if resuming else "run without --tensorboard")
-        raise UserError(f"{'this run writes TensorBoard scalars, which need' if resuming else '--tensorboard needs'} "
+        from .console import option, setting
+
+        without = (f"resume with {setting('train.tensorboard', False)}" if resuming
+                   else f"run without {option('tensorboard', True)}")
+        needs = "this run writes TensorBoard scalars, which need" if resuming else f"{option('tensorboard', True)} needs"
+        raise UserError(f"{needs} "
                         f"the tensorboard package: {INSTALL}; or {without} (metrics.jsonl and curves.png hold the "
                         f"same figures)") from None
     return SummaryWriter

@@ -32,7 +32,7 @@ from . import dist, monitor, tensorboard_log
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .console import option, plural, progress_bar, say, warn, warnings_after_checks
+from .console import option, path_option, plural, progress_bar, said_as, say, setting, warn, warnings_after_checks
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used, require_tiff_reader
 from .data.loader import SampleBatch, map_side
@@ -60,7 +60,6 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 STOP_CHECK_SECONDS = 2.0  # under torchrun: about how often the processes agree on a stop
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000
-RUN_FOLDER_REMEDY = "choose a writable --out"
 
 
 @dataclass
@@ -78,6 +77,10 @@ class RunResult:
     metrics: list[dict] = field(default_factory=list)
 
 
+def run_folder_remedy() -> str:
+    return f"choose a writable {option('out')}"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,7 +91,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} is not available on this machine; use --device cpu")
+        raise UserError(f"device {name!r} is not available on this machine; use {option('device', 'cpu')}")
     return device
 
 
@@ -104,19 +107,21 @@ def autocast_for(device: torch.device, precision: str):
 def new_run_command(out: Path, epochs) -> str:
     """How to train a finished or resumed run for other epochs: its schedules end at its last
     epoch, so a new run from its config, not --resume."""
-    return f"start a new run: selfsup pretrain --config {out / 'config.yaml'} --epochs {epochs} --out NEW_DIR"
+    config = out / "config.yaml"
+    return "start a new run: " + said_as(f"selfsup pretrain --config {config} --epochs {epochs} --out NEW_DIR",
+                                         f"selfsup.pretrain(config={str(config)!r}, epochs={epochs}, out=NEW_DIR)")
 
 
 def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
-    checkpoint = load_checkpoint(out / "last.pt", plain_weights=None)
+    checkpoint = load_checkpoint(out / "last.pt", plain_weights="")
     cfg = config_lib.from_dict(checkpoint["config"])
     saved = config_lib.to_dict(cfg)
     user = config_lib.with_method_flags(user, cfg.method)
     if "method" in user and user["method"] != cfg.method:
         raise UserError(f"{out / 'last.pt'} was written by method {cfg.method!r}, not {user['method']!r}; "
-                        f"resume it with --method {cfg.method} or start a new run in another --out")
+                        f"resume it with {option('method', cfg.method)} or start a new run in another {option('out')}")
     if user.get("preset", "auto") not in ("auto", cfg.preset):
-        raise UserError(f"--resume continues the run as configured; its preset cannot change (saved "
+        raise UserError(f"{option('resume', True)} continues the run as configured; its preset cannot change (saved "
                         f"{cfg.preset!r}, given {user['preset']!r})")
     allowed = {}
     for section, values in user.items():
@@ -130,13 +135,13 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
                 longer = ""
                 if (section, key) == ("train", "epochs"):  # the schedules end at the last epoch
                     longer = f"; to train for {value} epochs, {new_run_command(out, value)}"
-                raise UserError(f"--resume continues the run as configured; {section}.{key} cannot change "
+                raise UserError(f"{option('resume', True)} continues the run as configured; {section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r}){longer}")
     cfg = _absolute_paths(dataclasses.replace(config_lib.override(cfg, allowed), out=str(out)))
     if not Path(cfg.data.path).exists():
-        given = "the data given with --data" if "path" in user.get("data", {}) else "the run's data"
-        raise UserError(f"--resume: {given}, {cfg.data.path!r}, does not exist; if the data moved, resume with "
-                        f"--data PATH where it is now")
+        given = f"the data given with {option('data')}" if "path" in user.get("data", {}) else "the run's data"
+        raise UserError(f"{option('resume', True)}: {given}, {cfg.data.path!r}, does not exist; if the data moved, "
+                        f"resume with {said_as('--data PATH', 'data=PATH')} where it is now")
     return cfg, checkpoint
 
 
@@ -155,37 +160,37 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     """The resolved config and, when resuming, the checkpoint to continue from."""
     cfg, checkpoint = _config_and_checkpoint(user, resume)
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
-        raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add --compile")
+        raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add {option('compile', True)}")
     if cfg.train.tensorboard:
         tensorboard_log.summary_writer(resuming=resume)
     require_tiff_reader(cfg.data.bands)
     if cfg.data.bands and hasattr(get_method(cfg.method), "open_data"):
         raise UserError(f"data.bands chooses bands of TIFF images; {cfg.method} reads its own data "
-                        f"(videos, frames or interactions): leave out --bands")
+                        f"(videos, frames or interactions): leave out {option('bands')}")
     batch, world = cfg.train.batch_size, dist.world_size()
     if batch % world:
         raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
                         f"a number of processes that divides {batch}"
-                        + ("" if resume else f", or choose a --batch-size that {world} divides"))
+                        + ("" if resume else f", or choose a {option('batch_size')} that {world} divides"))
     return cfg, checkpoint
 
 
 def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     out = user.get("out")
     if not out:
-        raise UserError("give a run folder with --out RUN_DIR")
+        raise UserError(f"give a run folder with {said_as('--out RUN_DIR', 'out=RUN_DIR')}")
     out = Path(out).expanduser()
     if resume:
         if not (out / "last.pt").is_file():
-            raise UserError(f"--resume: no checkpoint in {str(out)!r} (expected {out / 'last.pt'}); "
-                            f"start a new run without --resume")
+            raise UserError(f"{option('resume', True)}: no checkpoint in {str(out)!r} (expected {out / 'last.pt'}); "
+                            f"start a new run without {option('resume')}")
         return _restore_config(user, out)
     if (out / "last.pt").exists():
-        raise UserError(f"{str(out)!r} already holds a run (last.pt); continue it with --resume "
-                        f"or choose another --out")
+        raise UserError(f"{str(out)!r} already holds a run (last.pt); continue it with {option('resume', True)} "
+                        f"or choose another {option('out')}")
     cfg = config_lib.resolve(user)
     if not cfg.data.path:
-        raise UserError("give the images to pretrain on with --data PATH (a folder or a tar)")
+        raise UserError(f"give the images to pretrain on with {said_as('--data PATH', 'data=PATH')} (a folder or a tar)")
     cfg = _absolute_paths(cfg)
     data = Path(cfg.data.path)
     if not data.exists():  # here, not when the data is opened: before the config's warnings are said
@@ -193,24 +198,25 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
         raise UserError(f"data path {str(data)!r} does not exist; give "
                         + ("a folder of images or a tar of one" if images else f"the folder or tar of {cfg.method}'s data"))
     if data.is_dir() and lies_inside(out, data):
-        raise UserError(f"--out {str(out)!r} lies inside --data {str(data)!r}: the run's pictures would become "
-                        f"images of the data (and its next --resume would be refused); choose a run folder "
+        raise UserError(f"{path_option('out', str(out))} lies inside {path_option('data', str(data))}: the run's pictures "
+                        f"would become images of the data (and its next {option('resume')} would be refused); "
+                        f"choose a run folder "
                         f"outside the data")
     written = out / "config.yaml"
     if written.is_file() and not written.read_text().startswith(config_lib.RUN_CONFIG_HEADER):
         raise UserError(f"{str(out)!r} holds a config.yaml that selfsup did not write, which the run's own "
-                        f"would replace; choose another --out")
+                        f"would replace; choose another {option('out')}")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
+        raise UserError(f"{path_option('out', str(out))} is a file, not a folder; choose another {option('out')}")
     image = next((f.name for f in sorted(out.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES), None) \
         if out.is_dir() else None
     if image:
-        raise UserError(f"--out {str(out)!r} holds images (e.g. {image!r}): the run's files would mix with them, "
-                        f"and its pictures become images of that folder; choose a new or empty --out")
+        raise UserError(f"{path_option('out', str(out))} holds images (e.g. {image!r}): the run's files would mix with "
+                        f"them, and its pictures become images of that folder; choose a new or empty {option('out')}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to the run folder {str(out)!r} ({os_reason(e)}); {RUN_FOLDER_REMEDY}") from None
+        raise UserError(f"cannot write to the run folder {str(out)!r} ({os_reason(e)}); {run_folder_remedy()}") from None
     return cfg, None
 
 
@@ -220,7 +226,7 @@ def write_run_config(cfg: RunConfig) -> None:
     is now, the device, ...): `--config` then starts a new run from there. run.json keeps each
     resume's command."""
     if dist.is_main():  # a failed write is a one-line UserError (atomic_path)
-        write_text_atomically(Path(cfg.out) / "config.yaml", config_lib.dump_yaml(cfg), RUN_FOLDER_REMEDY)
+        write_text_atomically(Path(cfg.out) / "config.yaml", config_lib.dump_yaml(cfg), run_folder_remedy())
 
 
 def same_data(a: dict, b: dict) -> bool:
@@ -265,7 +271,7 @@ def write_run_provenance(cfg: RunConfig, device: torch.device, resumed: bool) ->
         content["resumed"].append(entry)
     else:
         content["started"] = entry
-    write_text_atomically(path, json.dumps(content, indent=1), RUN_FOLDER_REMEDY)
+    write_text_atomically(path, json.dumps(content, indent=1), run_folder_remedy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,10 +376,10 @@ class Trainer:
                                   side=None if self.samples is None else self.samples.side)
         if len(self.stream) == 0:
             what = "training images" if self.samples is None else f"training samples of {cfg.method}"
-            more = getattr(method_module, "MORE_SAMPLES", None)  # the option that draws more samples
-            raise UserError(f"--batch-size {cfg.train.batch_size} is larger than the {len(stream_over):,} "
-                            f"{what} in {cfg.data.path}; lower --batch-size"
-                            + (f" or raise {more}" if more else ""))
+            more = getattr(method_module, "MORE_SAMPLES", None)  # the config key that draws more samples
+            raise UserError(f"{option('batch_size', cfg.train.batch_size)} is larger than the {len(stream_over):,} "
+                            f"{what} in {cfg.data.path}; lower {option('batch_size')}"
+                            + (f" or raise {setting(more, 'N')}" if more else ""))
 
     def _check_same_data(self) -> None:
         """Every process must read the same images (node-local copies may differ)."""
@@ -437,21 +443,23 @@ class Trainer:
         if saved is not None and not same_data(saved, now):
             which = (f"not the {saved['images']:,} images this run was trained on" if now["images"] != saved["images"]
                      else "as many as this run was trained on, but not the same files (renamed, or others)")
-            raise UserError(f"--resume: {self.cfg.data.path} holds {now['images']:,} images, {which}; resume with the "
-                            f"run's data (--data PATH where it is now), or start a new run in another --out")
+            raise UserError(f"{option('resume', True)}: {self.cfg.data.path} holds {now['images']:,} images, {which}; "
+                            f"resume with the run's data ({said_as('--data PATH', 'data=PATH')} where it is now), or "
+                            f"start a new run in another {option('out')}")
         self.method.load_state_dict(checkpoint["model"])
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError:  # parameters regrouped since (e.g. which are weight-decayed)
-            raise UserError(f"--resume: {self.out / 'last.pt'} holds an optimizer state that this selfsup version "
-                            f"groups otherwise; finish the run with the version that started it, or start a new "
-                            f"run in another --out") from None
+            raise UserError(f"{option('resume', True)}: {self.out / 'last.pt'} holds an optimizer state that this "
+                            f"selfsup version groups otherwise; finish the run with the version that started it, or "
+                            f"start a new run in another {option('out')}") from None
         self.position = Position(**checkpoint["position"])
         at, steps = self.position, len(self.stream)
         if at.step != at.epoch * steps + at.batch:  # the same data read otherwise (e.g. images now left out)
-            raise UserError(f"--resume: the run was at step {at.step}, batch {at.batch} of epoch {at.epoch + 1}, which "
-                            f"{steps} steps per epoch (what its data gives now) cannot reach; finish it with the "
-                            f"selfsup version that started it, or start a new run in another --out")
+            raise UserError(f"{option('resume', True)}: the run was at step {at.step}, batch {at.batch} of epoch "
+                            f"{at.epoch + 1}, which {steps} steps per epoch (what its data gives now) cannot reach; "
+                            f"finish it with the selfsup version that started it, or start a new run in another "
+                            f"{option('out')}")
         torch.set_rng_state(checkpoint["rng"]["torch"])
         views = checkpoint["rng"].get("views_per_rank", [checkpoint["rng"]["views"]])
         if len(views) == self.world:
@@ -485,11 +493,13 @@ class Trainer:
         loss = dist.all_reduce_sum(self.epoch_sums.get("loss", torch.zeros((), device=self.device)).detach().float())
         if torch.isfinite(loss):
             return
-        cfg, saved = self.cfg, (self.out / "last.pt").is_file()
+        saved, config, lr = (self.out / "last.pt").is_file(), self.out / "config.yaml", self.cfg.optim.lr
+        lower = lr / 4
         dist.refuse(f"the loss became {loss.item()} in epoch {self.position.epoch + 1}: the run diverged"
                     f"{' (last.pt holds its last finite state)' if saved else ''}; start a new run with a "
-                    f"lower learning rate: selfsup pretrain --config {self.out / 'config.yaml'} --lr "
-                    f"{cfg.optim.lr / 4:g} --out NEW_DIR (this one: --lr {cfg.optim.lr:g})")
+                    f"lower learning rate: " + said_as(
+                        f"selfsup pretrain --config {config} --lr {lower:g} --out NEW_DIR (this one: --lr {lr:g})",
+                        f"selfsup.pretrain(config={str(config)!r}, lr={lower:g}, out=NEW_DIR) (this one: lr={lr:g})"))
 
     def save(self) -> None:
         self._stop_if_diverged()
@@ -827,7 +837,7 @@ def run_folder_lock(out: Path):
         except BlockingIOError:
             os.close(descriptor)
             raise RunFolderBusy(f"another selfsup run is writing to {str(out)!r}; wait for it to end (then "
-                                f"--resume it, if it stopped), or choose another --out") from None
+                                f"{option('resume', True)} it, if it stopped), or choose another {option('out')}") from None
         except OSError:  # a file system without locks (some network ones): unguarded, as before
             pass
         return descriptor

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import BackboneConfig
+from ..console import one_of, option
 from ..errors import UserError, nearest, unknown_choice
 from .vit import TIMM_VIT_FAMILIES, VITS, build_vit, check_image_size, set_drop_path
 
@@ -120,7 +121,7 @@ def _timm_small_stem(net: nn.Module, cfg: BackboneConfig) -> bool | None:
     if cfg.small_stem:
         if not (isinstance(net.conv1, nn.Conv2d) and isinstance(net.maxpool, nn.MaxPool2d)):
             raise UserError(f"{cfg.name} has a deep stem that selfsup cannot replace by the small one; "
-                            f"drop --small-stem, or choose a timm ResNet with a single-convolution stem")
+                            f"drop {option('small_stem')}, or choose a timm ResNet with a single-convolution stem")
         _small_stem(net)
     return bool(cfg.small_stem)
 
@@ -154,7 +155,7 @@ def no_blocks_to_drop(name: str) -> UserError:
     """backbone.drop_path_rate on a network without ViT blocks: refused when the config is resolved
     (selfsup's ResNets, before data is read) or, for a timm CNN, when it is built."""
     return UserError(f"backbone.drop_path_rate drops the blocks of a ViT; {name} has none (drop the option, "
-                     f"or choose --backbone vit-tiny|vit-small|vit-base)")
+                     f"or choose {one_of('backbone', VITS)})")
 
 
 def check_backbone_name(name: str) -> None:

@@ -43,18 +43,21 @@ def default_patch_size(image_size: int) -> int:
     return 16 if image_size >= 64 else 4
 
 
-def check_image_size(height: int, width: int, patch_size: int, name: str = "this ViT", option: str = "--image-size",
+def check_image_size(height: int, width: int, patch_size: int, name: str = "this ViT", option: str = "image_size",
                      other_patch_sizes: bool = True, whose: str = "") -> None:
     """Refuse sides that are not a whole number of patches, suggesting the nearest valid values of
-    `option` (and another --patch-size, where the command has that option); `whose` says where
+    `option` (and another patch size, where the command has that option); `whose` says where
     the patch size came from."""
+    from ..console import option as named, said_as
+
     if height % patch_size or width % patch_size or min(height, width) < patch_size:
         side = max(height, width, patch_size)
         lower, upper = max(patch_size, side // patch_size * patch_size), -(-side // patch_size) * patch_size
         sizes = f"{lower} or {upper}" if lower != upper else str(lower)
-        patch_hint = f", or a --patch-size that divides {side}" if other_patch_sizes else ""
+        patch_hint = f", or a {named('patch_size')} that divides {side}" if other_patch_sizes else ""
+        use = said_as(f"{named(option)} {sizes}", f"{named(option)}{sizes}")
         raise UserError(f"{name} with patch size {patch_size}{whose} needs image sides that are multiples of "
-                        f"{patch_size}, got {height}x{width}; use {option} {sizes}{patch_hint}")
+                        f"{patch_size}, got {height}x{width}; use {use}{patch_hint}")
 
 
 def build_vit(name: str) -> Callable[[BackboneConfig, int], "Backbone"]:

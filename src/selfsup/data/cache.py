@@ -109,7 +109,8 @@ class ImageCache:
         return self.images.shape[1]
 
 
-CACHE_REMEDY = "set --cache-dir or $SELFSUP_CACHE to a writable folder"
+def cache_remedy() -> str:
+    return f"set {option('cache_dir')} or $SELFSUP_CACHE to a writable folder"
 
 
 def cache_folder(cache_dir: str | Path | None = None) -> Path:
@@ -655,7 +656,7 @@ def make_staging(target: Path, kind: str = "image") -> Path:
 
 
 def _cannot_write_cache(target: Path, e: OSError, kind: str) -> UserError:
-    return cannot_write(f"the {kind} cache in {str(target.parent)!r}", e, CACHE_REMEDY)
+    return cannot_write(f"the {kind} cache in {str(target.parent)!r}", e, cache_remedy())
 
 
 @contextmanager
@@ -786,7 +787,7 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
             return read_built(target, description, kind)
         except DamagedCache as again:
             raise UserError(f"the {kind} cache {str(target)!r} was decoded again and is still damaged ({again}); "
-                            f"check the free space and the disk of the cache folder, or set --cache-dir") from None
+                            f"check the free space and the disk of the cache folder, or set {option('cache_dir')}") from None
 
 
 def _mark_used(target: Path) -> None:
@@ -903,7 +904,7 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
         valid += "" if not few else (f"; {len(few):,} of them are TIFFs with fewer bands than asked for "
                                      f"(e.g. {few[0]!r})")
         valid += "" if not colour else (f"; {len(colour):,} of them are TIFFs in CMYK, Lab or another colour "
-                                        f"space whose bands --bands cannot choose from (e.g. {colour[0]!r})")
+                                        f"space whose bands {option('bands')} cannot choose from (e.g. {colour[0]!r})")
         valid += _unread_dicoms(notes)
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
              f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
@@ -956,7 +957,7 @@ def _what_to_do(notes: dict, kind: str) -> str:
         return (f"{len(notes[TIFF_LAYOUT]):,} of them are TIFFs in a layout Pillow cannot decode: pip install "
                 f"'selfsup[tiff]' (tifffile and imagecodecs) to read them")
     if notes.get(FEW_BANDS):
-        return f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than --bands asks for: choose others"
+        return f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than {option('bands')} asks for: choose others"
     dicoms = _unread_dicoms(notes, examples=False)
     if dicoms:
         return dicoms[2:]  # without its "; "

@@ -11,7 +11,7 @@ import torch
 
 from ..console import progress_bar, warn
 from ..data import ImageCache
-from ..data.cache import CACHE_REMEDY, cache_folder
+from ..data.cache import cache_folder, cache_remedy
 from ..errors import UserError
 from ..outputs import atomic_path, os_reason, save_npy
 from ..views import eval_view
@@ -90,7 +90,7 @@ def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=
     if path is not None:
         try:  # the features are computed: a cache that cannot keep them (a full disk) costs time next time, no more
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path, CACHE_REMEDY) as tmp:
+            with atomic_path(path, cache_remedy()) as tmp:
                 save_npy(tmp, features.numpy())
         except (OSError, UserError) as e:
             warn(f"the features are not kept for the next evaluation: {e if isinstance(e, UserError) else os_reason(e)}")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..console import option, warn
+from ..console import option, said_as, warn
 from ..data import ImageCache
-from ..data.cache import CACHE_REMEDY, cache_folder
+from ..data.cache import cache_folder, cache_remedy
 from ..data.sources import labels_listed_in, names_listed_in, row_finder, rows_of_names
 from ..errors import UserError
 from ..outputs import atomic_path
@@ -183,6 +183,6 @@ def save_split(split: Split, cache: ImageCache, budget: Budget, val_fraction: fl
     content = {"source": cache.source, "budget": budget.describe(), "seed": split.seed,
                "val_fraction": val_fraction, "train": [cache.names[i] for i in split.train],
                "val": [cache.names[i] for i in split.val]}
-    with atomic_path(path, CACHE_REMEDY) as tmp:
+    with atomic_path(path, cache_remedy()) as tmp:
         tmp.write_text(json.dumps(content, indent=0))
     return path

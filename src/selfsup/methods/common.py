@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig, ranged
+from ..console import option
 from ..errors import UserError
 from ..views import ViewConfig, dino_global_view_1, dino_global_view_2, dino_local_view, multi_crop
 
@@ -59,11 +60,12 @@ def check_multi_crop(cfg: RunConfig) -> None:
     if not c.local_crops:
         return
     if c.local_size > size:
-        raise UserError(f"--local-size {c.local_size} is larger than the global crops (--image-size {size}); "
+        raise UserError(f"{option('local_size', c.local_size)} is larger than the global crops "
+                        f"({option('image_size', size)}); "
                         f"local crops must be at most {size} pixels")
     if cfg.backbone.name in VITS:
         check_image_size(c.local_size, c.local_size, cfg.backbone.patch_size, cfg.backbone.name,
-                         option="--local-size", other_patch_sizes=False)
+                         option="local_size", other_patch_sizes=False)
 
 
 def two_views(network: Callable[[torch.Tensor], torch.Tensor], x1: torch.Tensor, x2: torch.Tensor,

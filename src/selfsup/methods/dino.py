@@ -22,6 +22,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
+from ..console import option
 from ..errors import UserError
 from ..losses import center_and_sharpen, cross_view_entropy, dino_center
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
@@ -140,7 +141,7 @@ class Method(nn.Module):
         if c.local_crops and getattr(getattr(backbone.net, "patch_embed", None), "strict_img_size", False):
             raise UserError(f"dino.local_crops needs a backbone that also takes {c.local_size}-pixel crops; "
                             f"{backbone.name} takes {image_size}-pixel images only: use vit-tiny, vit-small or "
-                            f"vit-base (positions resampled), or --local-crops 0")
+                            f"vit-base (positions resampled), or {option('local_crops', 0)}")
         head = DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers,
                         c.head_batch_norm, c.norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})

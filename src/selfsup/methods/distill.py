@@ -26,7 +26,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..backbones.vit import encode, patch_size_of
 from ..config import RunConfig, ranged
-from ..console import option, warn
+from ..console import option, said_as, setting, warn
 from ..errors import UserError
 from ..losses import byol_loss, cross_view_entropy, ibot_patch_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_update, forward_by_size
@@ -73,15 +73,17 @@ PRESETS = {"cifar": _cifar, "imagenet": _imagenet}
 def check_config(cfg: RunConfig) -> None:
     check_multi_crop(cfg)
     if not cfg.method_config.teacher:
-        raise UserError("--method distill needs a teacher: --teacher CKPT (a selfsup checkpoint or run folder, "
-                        "or weights:FILE with --set distill.teacher_backbone=NAME)")
+        raise UserError(f"{option('method', 'distill')} needs a teacher: {said_as('--teacher CKPT', 'teacher=CKPT')} "
+                        f"(a selfsup checkpoint or run folder, or weights:FILE with "
+                        f"{setting('distill.teacher_backbone', 'NAME')})")
     check_teacher_exists(cfg.method_config.teacher)  # before the data is decoded, not after
 
 
 def check_teacher_exists(teacher: str) -> None:
     if not teacher.startswith(("weights:", "random:")) and not Path(teacher).expanduser().exists():
-        raise UserError(f"the teacher {teacher!r} does not exist; give its place with --teacher PATH "
-                        f"(also with --resume: the run's checkpoint holds the teacher's weights)")
+        raise UserError(f"the teacher {teacher!r} does not exist; give its place with "
+                        f"{said_as('--teacher PATH', 'teacher=PATH')} (also with {option('resume', True)}: the run's "
+                        f"checkpoint holds the teacher's weights)")
 
 
 def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
@@ -95,8 +97,9 @@ def load_teacher(config: Config, image_size: int) -> nn.ModuleDict:
         return nn.ModuleDict({"backbone": load_encoder(config.teacher, image_size=image_size,
                                                        backbone=config.teacher_backbone).backbone})
     check_teacher_exists(config.teacher)
-    checkpoint = load_checkpoint(config.teacher, plain_weights="plain weights: use --teacher weights:FILE "
-                                                              "--set distill.teacher_backbone=NAME")
+    instead = said_as("use --teacher weights:FILE --set distill.teacher_backbone=NAME",
+                      "give teacher='weights:FILE' with config={'distill': {'teacher_backbone': NAME}}")
+    checkpoint = load_checkpoint(config.teacher, plain_weights=f"plain weights: {instead}")
     teacher_cfg = from_dict(checkpoint["config"])
     if teacher_cfg.data.image_size != image_size:
         warn(f"the teacher {config.teacher!r} was trained on {teacher_cfg.data.image_size}-pixel images and "
@@ -137,7 +140,7 @@ class Method(nn.Module):
             head = nn.Linear(backbone.feature_dim, t_backbone.feature_dim)
         elif backbone.feature_dim != t_backbone.feature_dim:
             raise UserError(f"the teacher's features have {t_backbone.feature_dim} dimensions and the student's "
-                            f"{backbone.feature_dim}; add a learned projection with --set distill.projection=true")
+                            f"{backbone.feature_dim}; add a learned projection with {setting('distill.projection', True)}")
         else:
             head = nn.Identity()
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})

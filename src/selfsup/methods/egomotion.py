@@ -21,7 +21,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
-from ..console import setting, warn
+from ..console import option, setting, warn
 from ..data.video import VideoCache, open_clips
 from ..errors import UserError
 from ..losses.equivariance import closest_map, equivariance_loss
@@ -62,7 +62,8 @@ PRESETS = rotation.PRESETS
 
 def check_data(config: Config, cache, train_idx) -> None:
     if not isinstance(cache, VideoCache):
-        raise UserError("egomotion needs clips with motion signals: give --data a folder of videos or frame folders")
+        raise UserError(f"egomotion needs clips with motion signals: give {option('data')} a folder of videos or frame "
+                        f"folders")
     if config.supervised_weight > 0 and (cache.labels is None or len(cache.classes) > config.supervised_classes):
         raise UserError(f"egomotion.supervised_weight > 0 needs clips in class folders (CLASS/CLIP) and "
                         f"egomotion.supervised_classes >= their number ({len(cache.classes)})")

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
+from ..console import option
 from ..errors import UserError
 from ..losses import masked_mse
 from ..viz import save_image_grid
@@ -83,7 +84,7 @@ class Method(nn.Module):
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
         if backbone.kind != "cnn":
-            raise UserError(f"inpainting decodes pixels from a feature map: use a convolutional --backbone, "
+            raise UserError(f"inpainting decodes pixels from a feature map: use a convolutional {option('backbone')}, "
                             f"not {backbone.name!r}")
         self.config, self.image_size = config, image_size
         self.backbone = backbone

@@ -28,6 +28,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..config import ranged
 from ..data.interactions import InteractionCache, open_interactions
+from ..console import said_as
 from ..errors import UserError
 from ..nn import mlp
 from ..views.pipeline import IMAGENET_MEAN, IMAGENET_STD, to_float
@@ -65,7 +66,8 @@ PRESETS = rotation.PRESETS
 
 def check_data(config: Config, cache, train_idx) -> None:
     if not isinstance(cache, InteractionCache):
-        raise UserError("interaction needs interaction records: `selfsup synth interaction --out DIR`, then --data DIR")
+        raise UserError(f"interaction needs interaction records: `selfsup synth interaction --out DIR`, then "
+                        f"{said_as('--data DIR', 'data=DIR')}")
 
 
 def samples(config: Config, cache: InteractionCache, seed: int) -> Samples:

@@ -24,6 +24,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..backbones.vit import VITS, encode, patch_size_of, patchify, sincos_positions, unpatchify
 from ..config import RunConfig, ranged
+from ..console import option, said_as
 from ..errors import UserError
 from ..losses import masked_mse
 from ..views import ViewConfig, denormalize, eval_view, light_views, make_view
@@ -81,8 +82,8 @@ def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: to
 
 def _check(config: Config, backbone: str, image_size: int, patch_size: int | None) -> None:
     if backbone not in VITS:
-        raise UserError(f"mae needs a ViT backbone ({', '.join(VITS)}, with --patch-size N), "
-                        f"not {backbone!r}; use e.g. --backbone vit-tiny")
+        raise UserError(f"mae needs a ViT backbone ({', '.join(VITS)}, with {said_as('--patch-size N', 'patch_size=N')}), "
+                        f"not {backbone!r}; use e.g. {option('backbone', 'vit-tiny')}")
     patches = (image_size // patch_size) ** 2
     if not 0 < num_visible(patches, config.mask_ratio) < patches:
         raise UserError(f"mae.mask_ratio {config.mask_ratio} leaves no visible or no hidden patch of "

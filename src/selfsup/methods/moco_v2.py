@@ -24,6 +24,7 @@ from torch import nn
 from .. import dist
 from ..backbones import Backbone
 from ..config import ranged
+from ..console import setting
 from ..errors import UserError
 from ..losses import info_nce_queue
 from ..nn import Queue, ema_copy, ema_momentum, ema_update, mlp
@@ -81,7 +82,7 @@ def check_data(config: Config, cache, train_idx) -> None:
     if config.queue_size > n:
         raise UserError(f"moco-v2.queue_size {config.queue_size:,} is longer than the {n:,} training images, so "
                         f"images would be their own negatives; set it to at most {n:,} "
-                        f"(e.g. --set moco-v2.queue_size={n // 2})")
+                        f"(e.g. {setting('moco-v2.queue_size', str(n // 2))})")
 
 
 def forward_in_groups(net: nn.Module, x: torch.Tensor, groups: int,

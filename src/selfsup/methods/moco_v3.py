@@ -23,6 +23,7 @@ from torch import nn
 from ..backbones import Backbone, zero_init_residual
 from ..backbones.vit import sincos_positions
 from ..config import ranged
+from ..console import setting
 from ..errors import UserError
 from ..losses import info_nce
 from ..nn import ema_copy, ema_momentum, ema_update, mlp
@@ -104,7 +105,7 @@ def _fix_positions(backbone: Backbone, image_size: int) -> None:
     positions = sincos_positions(grid, backbone.feature_dim)  # (1, 1+N, D), zeros for the class token
     if getattr(net, "pos_embed", None) is None or net.pos_embed.shape != positions.shape:
         raise UserError(f"moco-v3.fixed_positions needs a ViT with one position per patch and one for its "
-                        f"class token; {backbone.name} has other positions: add --set moco-v3.fixed_positions=false")
+                        f"class token; {backbone.name} has other positions: add {setting('moco-v3.fixed_positions', False)}")
     net.pos_embed.data.copy_(positions)
     net.pos_embed.requires_grad_(False)
 
@@ -123,7 +124,7 @@ def _xavier_init(backbone: Backbone) -> None:
     projection = getattr(net.patch_embed, "proj", None)  # a convolution: one linear map per patch
     if not isinstance(projection, nn.Conv2d):
         raise UserError(f"moco-v3.xavier_init needs a ViT whose patch embedding is one convolution; {backbone.name} "
-                        f"has another: add --set moco-v3.xavier_init=false")
+                        f"has another: add {setting('moco-v3.xavier_init', False)}")
     bound = math.sqrt(6 / (projection.weight[0].numel() + projection.weight.shape[0]))
     nn.init.uniform_(projection.weight, -bound, bound)
     if projection.bias is not None:

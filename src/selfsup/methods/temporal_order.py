@@ -18,7 +18,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import RunConfig, ranged
-from ..console import warn
+from ..console import option, warn
 from ..data.video import VideoCache, open_clips
 from ..errors import UserError
 from ..nn import mlp
@@ -28,7 +28,7 @@ from .common import Batch, MethodOutput, Progress, Samples
 
 # The trainer reads clips, not single images; motion CSVs, which this method does not use, stay unread.
 open_data = functools.partial(open_clips, motion=False)
-MORE_SAMPLES = "--set temporal-order.tuples_per_clip=N"  # named when the batch outgrows the tuples
+MORE_SAMPLES = "temporal-order.tuples_per_clip"  # named when the batch outgrows the tuples
 
 
 @dataclass
@@ -78,7 +78,7 @@ def check_config(cfg: RunConfig) -> None:
 
 def check_data(config: Config, cache, train_idx) -> None:
     if not isinstance(cache, VideoCache):
-        raise UserError("temporal-order needs clips: give --data a folder of videos or of frame folders")
+        raise UserError(f"temporal-order needs clips: give {option('data')} a folder of videos or of frame folders")
     if config.max_span < (config.tuple_length + 1) * config.min_gap:
         raise UserError(f"temporal-order.max_span {config.max_span} cannot hold {config.tuple_length + 2} frames "
                         f"{config.min_gap} apart; raise it to {(config.tuple_length + 1) * config.min_gap}")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..console import option
 from ..errors import UserError
 from ..losses.precision import float32_math
 from .pipeline import IMAGENET_MEAN, IMAGENET_STD, ViewConfig
@@ -102,7 +103,7 @@ def tile_grid(size: int, gap: float, jitter: float, task: str) -> TileGrid:
         smallest = next(s for s in itertools.count(size + 1) if _grid(s, gap, jitter).tile >= MIN_TILE)
         raise UserError(f"{task} needs images of at least {smallest} pixels for a 3x3 grid of tiles of "
                         f"{MIN_TILE}+ pixels with gap {gap} and jitter {jitter} (fractions of a cell); "
-                        f"got {size}: use --image-size {smallest} or more, or lower {task}.gap and {task}.jitter")
+                        f"got {size}: use {option('image_size', smallest)} or more, or lower {task}.gap and {task}.jitter")
     return grid
 
 
