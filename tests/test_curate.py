@@ -482,7 +482,7 @@ def test_bad_input(planted, tmp_path):
     with pytest.raises(UserError, match="seed set .* holds no images"):
         curate(root / "pool", tmp_path / "empty", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
-    with pytest.raises(UserError, match=r"^--pool: data path .*nowhere' does not exist"):
+    with pytest.raises(UserError, match=r"^pool: data path .*nowhere' does not exist"):
         curate(tmp_path / "nowhere", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
     for option, value, bounds in [("k", 0, r"\[1, inf\]"), ("per_cluster", 0, r"\[1, inf\]"),
@@ -490,15 +490,15 @@ def test_bad_input(planted, tmp_path):
         with pytest.raises(UserError, match=f"curate.{option} must be in {bounds}, got {value}"):
             curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
                    config=CurateConfig(**{option: value}), show_progress=False)
-    with pytest.raises(UserError, match=r"^--exclude: data path .*nowhere' does not exist"):
+    with pytest.raises(UserError, match=r"^exclude: data path .*nowhere' does not exist"):
         curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", exclude=tmp_path / "nowhere",
                image_size=32, show_progress=False)
     (tmp_path / "notes.md").write_text("")
-    with pytest.raises(UserError, match=r"^--seed-set: data path .* is a file, not a folder of images"):
+    with pytest.raises(UserError, match=r"^seed_set: data path .* is a file, not a folder of images"):
         curate(root / "pool", tmp_path / "notes.md", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(UserError, match="cannot create .*; choose a writable --out"):
+    with pytest.raises(UserError, match="cannot create .*; choose a writable out="):
         curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "a-file" / "out", image_size=32,
                show_progress=False)
 
@@ -509,7 +509,7 @@ def test_an_out_folder_inside_an_input_folder_is_refused(planted, tmp_path):
     pool = tmp_path / "pool"
     some_pictures(planted, pool)
     for inputs in ({"pool": pool, "seed_set": root / "seeds"}, {"pool": root / "pool", "seed_set": pool}):
-        with pytest.raises(UserError, match=r"^--out '.*pool/cur' lies inside the images read from '.*pool': its "
+        with pytest.raises(UserError, match=r"^out='.*pool/cur' lies inside the images read from '.*pool': its "
                                             r"pictures and copies would become images of them; choose a folder outside$"):
             curate(inputs["pool"], inputs["seed_set"], "random:resnet18", pool / "cur", image_size=32,
                    show_progress=False)
@@ -615,13 +615,13 @@ def test_curate_refuses_an_input_that_is_one_of_its_own_outputs(planted, tmp_pat
     make_tar(tmp_path / "pics", out / "curated.tar", mode="w")
     (out / "curated.txt").write_text("".join(f"{p}\n" for p in pictures))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    for given, option in [({"pool": out / "curated.tar"}, "--pool"), ({"pool": out / "curated.txt"}, "--pool"),
-                          ({"seed_set": out / "curated.txt"}, "--seed-set"),
-                          ({"exclude": out / "curated.tar"}, "--exclude")]:
+    for given, option in [({"pool": out / "curated.tar"}, "pool="), ({"pool": out / "curated.txt"}, "pool="),
+                          ({"seed_set": out / "curated.txt"}, "seed_set="),
+                          ({"exclude": out / "curated.tar"}, "exclude=")]:
         name = next(iter(given.values())).name
         inputs = {"pool": tmp_path / "pics", "seed_set": root / "seeds", **given}
-        with pytest.raises(UserError, match=rf"^{option} '.*{name}' is the {name} this run writes in --out; "
-                                            rf"choose another --out"):
+        with pytest.raises(UserError, match=rf"^{option}'.*{name}' is the {name} this run writes in out=; "
+                                            rf"choose another out="):
             curate(inputs["pool"], inputs["seed_set"], "random:resnet18", out, exclude=inputs.get("exclude"),
                    image_size=32, device="cpu", show_progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -88,10 +88,10 @@ def test_the_curve_refuses_a_budget_or_seeds_before_running_any_protocol(split_f
         raise AssertionError("a protocol ran before the budgets were checked")
 
     monkeypatch.setattr(curve, "PROTOCOLS", {name: must_not_run for name in curve.PROTOCOLS})
-    with pytest.raises(UserError, match="--seeds must be at least 1, got 0"):
+    with pytest.raises(UserError, match="seeds= must be at least 1, got 0"):
         label_efficiency_curve("random:resnet18", data=tmp_path / "no-data", seeds=0, out=tmp_path / "c.png", **TINY)
     for protocol in ("knn", "linear"):  # 16 training images per class (the linear probe keeps some to validate)
-        with pytest.raises(UserError, match="--per-class 17 is more than class 'circle' has"):
+        with pytest.raises(UserError, match="per_class=17 is more than class 'circle' has"):
             label_efficiency_curve("random:resnet18", data=split_folder, protocol=protocol, per_class=(1, 17),
                                    seeds=1, out=tmp_path / "c.png", **TINY)
 
@@ -145,7 +145,7 @@ def test_results_name_train_and_test_data_by_absolute_paths(split_folder, monkey
 
 def test_data_together_with_train_or_test_is_refused(tmp_path):
     from selfsup.eval.data import open_labelled
-    with pytest.raises(UserError, match=r"^give either --data .* or --train and --test, not both$"):
+    with pytest.raises(UserError, match=r"^give either data= .* or train= and test=, not both$"):
         open_labelled(16, train=tmp_path, data=tmp_path)
 
 
@@ -239,7 +239,7 @@ def test_the_budget_of_a_class_without_images_is_refused_in_words_that_hold():
     # "0 training images (1 after the -1 held out for validation; ...)"
     import numpy as np
     from selfsup.eval.subsets import Budget, make_split
-    with pytest.raises(UserError, match=r"^--per-class 2 needs images of class 'a', which has no training image; "):
+    with pytest.raises(UserError, match=r"^per_class=2 needs images of class 'a', which has no training image; "):
         make_split(np.array([1, 1, 1]), ["a", "b"], Budget(per_class=2), 0, 0.1)
 
 

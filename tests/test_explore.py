@@ -180,7 +180,7 @@ def test_search_cuts_k_to_the_gallery_and_refuses_a_gallery_of_only_the_query(la
     summary = search_images(labelled_folder / "circle", labelled_folder / "circle", out=tmp_path / "run", k=50,
                             **ENCODER)
     assert summary["k"] == 11 and summary["k_asked"] == 50
-    assert "11 neighbours each (--k 50 asked) among 12 gallery images" in capsys.readouterr().err
+    assert "11 neighbours each (k=50 asked) among 12 gallery images" in capsys.readouterr().err
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "x.png").write_bytes((labelled_folder / "circle" / "000.png").read_bytes())

@@ -102,7 +102,7 @@ def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, t
                                                   show_progress=False)):
             with pytest.raises(UserError, match=re.escape(message)):
                 call()
-    with pytest.raises(UserError, match="--batch-size must be at least 1, got 0"):
+    with pytest.raises(UserError, match="batch_size= must be at least 1, got 0"):
         selfsup.embed_images(gone, data, tmp_path / "e.npy", batch_size=0)
     assert main(["export", "--checkpoint", str(runs["resnet18"]), "--out", str(tmp_path / "enc.pt")]) == 2
     err = capsys.readouterr().err.strip()
@@ -145,7 +145,7 @@ def test_embed_on_a_full_disk_says_why_and_keeps_the_previous_file(trained, tmp_
     before = out.read_bytes()  # tens of KB: 512 floats an image
     with files_limited_to(4096), pytest.raises(UserError) as error:  # numpy's own fwrite said "(None)"
         selfsup.embed_images(runs["resnet18"], data, out, cache_dir=tmp_path / "c", show_progress=False)
-    assert str(error.value) == f"cannot write {str(out)!r} (File too large); choose another --out"
+    assert str(error.value) == f"cannot write {str(out)!r} (File too large); choose another out="
     assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -186,7 +186,7 @@ def test_a_small_stem_a_timm_resnet_cannot_take_is_refused_and_others_have_none(
     from selfsup.config import BackboneConfig
     from selfsup.errors import UserError
 
-    with pytest.raises(UserError, match=r"timm:resnet26d has a deep stem .*; drop --small-stem"):
+    with pytest.raises(UserError, match=r"timm:resnet26d has a deep stem .*; drop small_stem="):
         build_backbone(BackboneConfig("timm:resnet26d", small_stem=True), 16)
     assert build_backbone(BackboneConfig("timm:resnet26d", small_stem=False), 16).small_stem is False
     for name, patch_size in [("vit-tiny", 4), ("timm:vit_tiny_patch16_224", 4)]:
@@ -236,7 +236,7 @@ def test_weights_keep_the_architecture_their_export_records(trained, tmp_path, c
     exported = tmp_path / "half.safetensors"
     assert main(["export", "--checkpoint", str(runs["resnet18-half"]), "--out", str(exported)]) == 0
     with pytest.raises(UserError, match=r"holds a resnet18-half \(written by selfsup export, which records it\); "
-                                        r"drop --backbone resnet18$"):
+                                        r"drop backbone='resnet18'$"):
         load_encoder(f"weights:{exported}", backbone="resnet18")
     plain = tmp_path / "plain.pt"
     torch.save(load_encoder(runs["resnet18"]).backbone.net.state_dict(), plain)

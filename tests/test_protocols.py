@@ -94,7 +94,7 @@ def test_saved_subset_names_the_files():
 
 def test_budgets_that_cannot_be_met_are_refused():
     labels = np.repeat(np.arange(2), [10, 4])
-    with pytest.raises(UserError, match=r"--per-class 5 is more than class 'b' has: 4 training images \(3 after"):
+    with pytest.raises(UserError, match=r"per_class=5 is more than class 'b' has: 4 training images \(3 after"):
         make_split(labels, ["a", "b"], Budget(per_class=5), 0, 0.1)
     make_split(labels, ["a", "b"], Budget(per_class=4), 0, 0.0)  # without validation, 4 fit
     for bad in [dict(fraction=0.5, per_class=2), dict(fraction=0.0), dict(fraction=1.5), dict(per_class=0)]:
@@ -227,7 +227,7 @@ def test_linear_sweep_keeps_the_best_on_validation_and_never_sees_test():
     best = max(accuracies.values())
     assert chosen["val_top1"] == pytest.approx(best)
     assert (chosen["lr"], chosen["weight_decay"]) == next(k for k, v in accuracies.items() if v == best)
-    with pytest.raises(UserError, match="give one --lr and one --weight-decay"):
+    with pytest.raises(UserError, match="give one lr= and one weight_decay="):
         sweep_linear(x[train], labels[train], x[:0], labels[:0], 4, lrs, wds)
 
 
@@ -595,7 +595,7 @@ def test_an_unknown_keyword_names_the_public_function_before_any_image_is_read(t
 def test_fine_tuning_options_from_a_yaml_file_are_checked_like_a_dict(tmp_path):
     missing = tmp_path / "no-data"
     (tmp_path / "ft.yaml").write_text("layer_decay: 0.65\n")
-    with pytest.raises(UserError, match="--layer-decay is for ViT encoders and this one is a CNN"):
+    with pytest.raises(UserError, match="config\\['layer_decay'\\] is for ViT encoders and this one is a CNN"):
         evaluate_finetune("random:resnet18", data=missing, config=tmp_path / "ft.yaml", image_size=32,
                           show_progress=False)
     (tmp_path / "ft.yaml").write_text("epochs: 3\nfreeze_stages: 2\n")

@@ -194,7 +194,7 @@ def test_report_notes_what_it_cannot_draw_and_refuses_non_runs(tmp_path, capsys)
     from selfsup.report.build import _check_run
     (run / "last.pt").write_bytes(b"")
     assert _check_run(run / "last.pt") == run  # a checkpoint, as every other command takes: its run
-    with pytest.raises(UserError, match=r"^--out '.*r.png' must end in .html, or name a folder \(end it in '/'\) "
+    with pytest.raises(UserError, match=r"^out='.*r.png' must end in .html, or name a folder \(end it in '/'\) "
                                         r"to write report.html in$"):
         build_report([run], tmp_path / "r.png")
     assert not (tmp_path / "r.png").exists()

@@ -168,7 +168,7 @@ def test_random_choice_is_seeded_and_skips_labelled_images():
 def test_budgets_beyond_the_unlabelled_images_are_refused():
     labelled = np.zeros(10, dtype=bool)
     labelled[:4] = True
-    with pytest.raises(UserError, match="--budget must lie between 1 and the 6 unlabelled images of the pool, got 7"):
+    with pytest.raises(UserError, match="budget= must lie between 1 and the 6 unlabelled images of the pool, got 7"):
         choose(unit_rows(np.random.default_rng(0), 10, 4), 7, labelled)
     for strategy in ("typiclust", "kcenter", "random"):  # all of what is left, each once
         got = choose(unit_rows(np.random.default_rng(0), 10, 4), 6, labelled, strategy)
@@ -370,7 +370,7 @@ def test_labelled_files_of_every_kind(labelled_folder, tmp_path, capsys):
     assert not chosen & {"circle/001.png", "square/002.png", "circle/a\\b.png"}
     assert select_images(labelled_folder, out=tmp_path / "sel", budget=3, labelled=str(listed),
                          **ENCODER)["labelled"] == 1
-    with pytest.raises(UserError, match=r"--seed must lie in \[0, 2\^32\), got -1"):
+    with pytest.raises(UserError, match=r"seed= must lie in \[0, 2\^32\), got -1"):
         select_images(labelled_folder, out=tmp_path / "sel2", budget=3, seed=-1, **ENCODER)
 
 

@@ -16,7 +16,7 @@ from . import config as config_lib
 from .backbones import Backbone, build_backbone
 from .checkpoint import load_checkpoint
 from .config import BackboneConfig, RunConfig
-from .console import plural
+from .console import option, plural, said_as
 from .errors import UserError
 from .methods import get_method, restore_method
 
@@ -104,7 +104,7 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
     checkpoint = load_checkpoint(spec, with_sha256=True)
     cfg = config_lib.from_dict(checkpoint["config"])
     if small_stem is not None and small_stem != bool(cfg.backbone.small_stem):
-        flag = "--small-stem" if small_stem else "--no-small-stem"
+        flag = option("small_stem", small_stem)
         raise UserError(f"{spec} was trained {'with' if cfg.backbone.small_stem else 'without'} the small stem, "
                         f"which its weights fix; drop {flag} (it is for random: and weights: encoders)")
     epoch = checkpoint.get("position", {}).get("epoch")
@@ -130,7 +130,7 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
 def _refuse_other_backbone(spec: str, held: str, backbone: str | None) -> None:
     """`backbone` names the architecture of a weights: file; for any other encoder it must agree."""
     if backbone is not None and backbone != held:
-        raise UserError(f"{spec!r} holds a {held}, not a {backbone}; leave out --backbone "
+        raise UserError(f"{spec!r} holds a {held}, not a {backbone}; leave out {option('backbone')} "
                         f"(it is for weights:FILE) or give the matching encoder")
 
 
@@ -150,13 +150,14 @@ def _from_weights(path: Path, name: str | None, image_size: int | None, small_st
     saved = exported_settings(metadata)
     if name and saved.get("backbone") and name != saved["backbone"]:
         raise UserError(f"{str(path)!r} holds a {saved['backbone']} (written by selfsup export, which records it); "
-                        f"drop --backbone {name}")
+                        f"drop {option('backbone', name)}")
     name = name or saved.get("backbone")
     if name and name.startswith("split-brain "):  # what `selfsup export` names a colorization encoder
         raise UserError(f"{str(path)!r} holds a colorization encoder, two networks that weights:FILE cannot "
                         f"load; evaluate the checkpoint of its run instead")
     if not name:
-        raise UserError(f"say which architecture {str(path)!r} holds with --backbone NAME (e.g. resnet50)")
+        raise UserError(f"say which architecture {str(path)!r} holds with "
+                        f"{said_as('--backbone NAME', 'backbone=NAME')} (e.g. resnet50)")
     size = image_size or saved.get("image_size") or 224
     stem = next((s for s in (small_stem, saved.get("small_stem"), infer_small_stem(state)) if s is not None),
                 config_lib.default_small_stem(name, size))

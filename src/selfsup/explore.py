@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import option, plural, say, warn
+from .console import option, plural, said_as, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
@@ -36,11 +36,12 @@ EMBED_CHUNK = 1024  # images embedded between two saves: what a killed run can l
 
 
 def open_option(path, option: str, opener=open_file_or_source) -> ImageSource:
-    """`opener(path)`, its errors named after the command-line option that gave the path."""
+    """`opener(path)`, its errors named after the option that gave the path (`option`: its name,
+    data; said as --data in a command)."""
     try:
         return opener(path)
     except UserError as e:
-        raise UserError(f"{option}: {e}") from None
+        raise UserError(f"{said_as('--' + option.replace('_', '-'), option)}: {e}") from None
 
 
 def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
@@ -113,20 +114,20 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     OUT/clusters.csv, OUT/clusters.png and OUT/summary.json and returns the summary. `bands`: the
     TIFF bands shown to the encoder (by default those it was trained on)."""
     if clusters < 2:
-        raise UserError(f"--clusters must be at least 2, got {clusters}")
+        raise UserError(f"{option('clusters')} must be at least 2, got {clusters}")
     if shown < 1:
-        raise UserError(f"--shown must be at least 1, got {shown}")
+        raise UserError(f"{option('shown')} must be at least 1, got {shown}")
     with removed_if_left_empty(out):  # a refused start leaves no folder behind
-        source = open_option(data, "--data")
+        source = open_option(data, "data")
         refuse_out_inside(out, source, data)
         out = output_folder(out)
         if len(source.names) < clusters:
-            raise UserError(f"--clusters {clusters} is more than the {plural(len(source.names), 'image')} in "
+            raise UserError(f"{option('clusters', clusters)} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}; choose fewer clusters")
         embedded = embed_sources(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
                                  show_progress, bands)["images"]
     if len(embedded.names) < clusters:
-        raise UserError(f"--clusters {clusters} is more than the {plural(len(embedded.names), 'image')} that "
+        raise UserError(f"{option('clusters', clusters)} is more than the {plural(len(embedded.names), 'image')} that "
                         f"could be decoded; choose fewer clusters")
     vectors = centred(embedded.vectors, embedded.vectors.mean(axis=0))
     centroids, assignment = kmeans(vectors, clusters, seed=seed, init="k-means++", restarts=3)
@@ -180,9 +181,9 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
     under `gallery`; a query image that is itself in the gallery is not its own neighbour.
     Writes OUT/neighbours.csv, OUT/neighbours.png and returns a summary. `bands`: as cluster_images'."""
     if k < 1:
-        raise UserError(f"--k must be at least 1, got {k}")
+        raise UserError(f"{option('k')} must be at least 1, got {k}")
     with removed_if_left_empty(out):
-        sources = {"query": open_option(query, "--query"), "gallery": open_option(gallery, "--gallery")}
+        sources = {"query": open_option(query, "query"), "gallery": open_option(gallery, "gallery")}
         refuse_out_inside(out, sources["query"], query)
         refuse_out_inside(out, sources["gallery"], gallery)
         out = output_folder(out)
@@ -216,7 +217,7 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
     drawn = f", the first {QUERIES_DRAWN}" if len(results) > QUERIES_DRAWN else ""
     picture = draw_rows(rows, out / "neighbours.png", f"queries{drawn} and their most similar gallery images",
                         bands=found.bands)
-    asked = f" (--k {k} asked)" if used < k else ""
+    asked = f" ({option('k', k)} asked)" if used < k else ""
     say(f"search: {plural(len(results), 'query', 'queries')}, {plural(used, 'neighbour')} each{asked} among "
         f"{plural(len(found.names), 'gallery image')}")
     return {"queries": len(results), "gallery": len(found.names), "k": used, "k_asked": k,

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from .console import option
 from .data import load_cache, open_source
 from .encoder import Encoder, load_encoder
 from .errors import UserError
@@ -131,7 +132,7 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     from .train import resolve_device
 
     if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UserError(f"{option('batch_size')} must be at least 1, got {batch_size}")
     out = named_output(out, ".npy", EMBEDDINGS_FILE)
     with removed_if_left_empty(out.parent):  # the folder made for --out, when the data or encoder is refused
         out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))

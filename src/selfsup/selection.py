@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .console import plural, say, warn
+from .console import option, plural, said_as, say, warn
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
@@ -181,7 +181,7 @@ def choose_random(budget: int, labelled: np.ndarray, seed: int = 0) -> Choice:
 
 def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
-        raise UserError(f"unknown --strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown {said_as('--strategy', 'strategy')} {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "typiclust", seed: int = 0) -> Choice:
@@ -189,9 +189,9 @@ def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "ty
     _check_strategy(strategy)
     unlabelled = int((~labelled).sum())
     if unlabelled == 0:
-        raise UserError("every image of the pool is labelled already (--labelled): nothing is left to choose")
+        raise UserError(f"every image of the pool is labelled already ({option('labelled')}): nothing is left to choose")
     if not 1 <= budget <= unlabelled:
-        raise UserError(f"--budget must lie between 1 and the {plural(unlabelled, 'unlabelled image')} of the pool, "
+        raise UserError(f"{option('budget')} must lie between 1 and the {plural(unlabelled, 'unlabelled image')} of the pool, "
                         f"got {budget}")
     if strategy == "random":
         return choose_random(budget, labelled, seed)
@@ -210,24 +210,25 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     Writes OUT/to_label.csv, OUT/to_label.png, OUT/summary.json (and OUT/to_label/ with `copy`)."""
     _check_strategy(strategy)
     if budget < 1:
-        raise UserError(f"--budget must be at least 1, got {budget}")
+        raise UserError(f"{option('budget')} must be at least 1, got {budget}")
     if not 0 <= seed < 2**32:
-        raise UserError(f"--seed must lie in [0, 2^32), got {seed}")
+        raise UserError(f"{option('seed')} must lie in [0, 2^32), got {seed}")
     if isinstance(labelled, (str, Path)):
         labelled = [labelled]
-    listed = [name for path in labelled for name in names_listed_in(path, "--labelled", allow_empty=True)]
+    listed = [name for path in labelled for name in names_listed_in(path, "labelled", allow_empty=True)]
     with removed_if_left_empty(out):
-        source = open_option(data, "--data", open_source)  # a dataset root gives its train/ images
+        source = open_option(data, "data", open_source)  # a dataset root gives its train/ images
         refuse_out_inside(out, source, data)
         out = output_folder(out)
         if budget > len(source.names):
-            raise UserError(f"--budget {budget:,} is more than the {plural(len(source.names), 'image')} in "
+            asked = said_as(f"--budget {budget:,}", f"budget={budget}")
+            raise UserError(f"{asked} is more than the {plural(len(source.names), 'image')} in "
                             f"{source.describe()!r}")
         embedded = embed_sources(checkpoint, {"pool": source}, out, device, backbone, image_size, small_stem,
                                  show_progress, bands)["pool"]
     names = embedded.names
     is_labelled = np.zeros(len(names), dtype=bool)
-    is_labelled[rows_of_names(names, listed, repr(source.describe()), source.split, "--labelled")] = True
+    is_labelled[rows_of_names(names, listed, repr(source.describe()), source.split, "labelled")] = True
     choice = choose(embedded.vectors, budget, is_labelled, strategy, seed)
 
     csv_path = out / "to_label.csv"
@@ -280,7 +281,7 @@ def _copy_out(source, names: list[str], out: Path) -> Path:
     """The chosen images' files under OUT/to_label/, in their own subfolders: a folder to hand
     out. Names that lead elsewhere (a .txt list's absolute or ../ paths, a tar's /member) are
     copied inside it too, never over the files they name, and two chosen files never onto one copy."""
-    where = distinct_copy_paths(names, "to_label", "--out")
+    where = distinct_copy_paths(names, "to_label", said_as("--out", "the out folder"))
     for name, data in source.read(names):
         target = out / where[name]
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT, LOAD_ERRORS
+from .console import option, said_as
 from .errors import UserError
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "last_linear.")
@@ -45,7 +46,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         # Checked before unwrapping: its "model" holds the method's whole state (heads, teacher,
         # ...), whose key mismatch would wrongly blame --backbone.
         raise UserError(f"{str(path)!r} is a selfsup checkpoint, not a weights file; pass it without weights: "
-                        f"(--checkpoint {path})")
+                        f"({said_as(f'--checkpoint {path}', repr(str(path)))})")
     for key in WRAPPER_KEYS:
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]
@@ -79,7 +80,8 @@ def load_matching(net: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
             parts.append(f"{len(reshaped)} of other shapes (e.g. {k!r}: {_shape(state[k])} in the file, "
                          f"{_shape(own[k])} in {backbone})")
         raise UserError(f"{str(path)!r} does not fit backbone {backbone!r}: {'; '.join(parts)}; "
-                        f"give the --backbone the weights were made for (and --small-stem if it has one)")
+                        f"give the {option('backbone')} the weights were made for (and {option('small_stem', True)} "
+                        f"if it has one)")
     net.load_state_dict(state, strict=True)
 
 

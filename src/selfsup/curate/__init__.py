@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import override, ranged
-from ..console import plural, say
+from ..console import option, path_option, plural, said_as, say
 from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
@@ -69,7 +69,7 @@ class Summary:
     outputs: dict = field(default_factory=dict)
 
 
-OPTIONS = {"pool": "--pool", "seed set": "--seed-set", "excluded set": "--exclude"}
+OPTIONS = {"pool": "pool", "seed set": "seed_set", "excluded set": "exclude"}  # what: its option's name
 OUTPUT_FILES = ("curated.txt", "curated.tar", "summary.json", "duplicates.txt", "excluded.txt", "duplicates.png",
                 "retrieved.png")  # what a run writes in --out, replacing what was there
 
@@ -80,7 +80,8 @@ def _open(path, what: str):
     except UserError as e:
         if "no images found" in str(e):
             raise UserError(f"the {what} {str(path)!r} holds no images; give at least one") from None
-        raise UserError(f"{OPTIONS[what]}: {e}") from None
+        name = OPTIONS[what]
+        raise UserError(f"{said_as('--' + name.replace('_', '-'), name)}: {e}") from None
 
 
 def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig | None = None,
@@ -126,7 +127,8 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                                                config.backend, device)).tolist())
     kept = np.array(sorted(set(range(len(pool_e.names))) - dropped - excluded), dtype=np.int64)
     if len(kept) == 0:
-        raise UserError("every pool image was removed as a duplicate or excluded; lower --threshold")
+        raise UserError(f"every pool image was removed as a duplicate or excluded; lower "
+                        f"{said_as('--threshold', 'threshold in config=CurateConfig(...)')}")
     similarities = kept_similarities(vectors["pool"], groups[:8])  # shown under the duplicates
     candidates = rows_to_front(vectors["pool"], kept)  # the pool's rows are no longer in order past here
     selected, per, rows = _retrieve(vectors["seed set"], candidates, kept, config)
@@ -165,8 +167,9 @@ def _check_inputs_are_not_outputs(out: Path, inputs: dict) -> None:
     for what, given in inputs.items():
         for name in OUTPUT_FILES if given else ():
             if _same_file(Path(given).expanduser(), out / name):
-                raise UserError(f"{OPTIONS[what]} {str(given)!r} is the {name} this run writes in --out; "
-                                f"choose another --out, or copy it elsewhere and give the copy")
+                raise UserError(f"{path_option(OPTIONS[what], given)} is the "
+                                f"{name} this run writes in {option('out')}; choose another {option('out')}, or copy "
+                                f"it elsewhere and give the copy")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..console import plural, warn
+from ..console import option as console_option, path_option, plural, warn
 from ..errors import UserError
 from ..outputs import os_reason
 from .dicom import DICOM_MAGIC_AT, is_dicom_file_start
@@ -488,14 +488,16 @@ def names_listed_in(path: str | Path, option: str, allow_empty: bool = False,
     --subset, select's --labelled): a CSV with a `file` column (what `selfsup select`, `cluster`
     and `search` write), a JSON label subset as eval saves them (the names of its `json_lists`:
     all its labelled images, training and validation) or a text file of one name per line; each
-    name relative to the source's root."""
+    name relative to the source's root. `option`: the option's name (subset), named in errors as
+    the reader gives it (--subset FILE, subset=FILE)."""
     path = Path(path).expanduser()
+    option = path_option(option, path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise UserError(f"{option} {str(path)!r} does not exist") from None
+        raise UserError(f"{option} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{option} {str(path)!r} cannot be read as text ({e})") from None
+        raise UserError(f"{option} cannot be read as text ({e})") from None
     kind = path.suffix.lower()
     if kind == ".json":
         import json
@@ -505,20 +507,20 @@ def names_listed_in(path: str | Path, option: str, allow_empty: bool = False,
             if not all(isinstance(subset[key], list) for key in json_lists):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise UserError(f"{option} {str(path)!r} is not a label subset written by selfsup eval (JSON with a "
+            raise UserError(f"{option} is not a label subset written by selfsup eval (JSON with a "
                             f"'train' and a 'val' list of file names)") from None
     elif kind == ".csv":
         import csv
         rows = list(csv.reader(text.splitlines()))
         if not rows or "file" not in rows[0]:
-            raise UserError(f"{option} {str(path)!r} has no 'file' column in its first line; give a CSV with a "
+            raise UserError(f"{option} has no 'file' column in its first line; give a CSV with a "
                             f"header such as selfsup select's to_label.csv, or a .txt of one name per line")
         column = rows[0].index("file")
         names = [row[column] for row in rows[1:] if len(row) > column and row[column]]
     else:
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not all(isinstance(n, str) for n in names) or not (names or allow_empty):
-        raise UserError(f"{option} {str(path)!r} lists no file names")
+        raise UserError(f"{option} lists no file names")
     return names
 
 
@@ -555,7 +557,8 @@ def row_finder(names: list[str], split: str | None):
 
 
 def rows_of_names(names: list[str], listed: list[str], source: str, split: str | None, option: str) -> list[int]:
-    """The rows of `names` (a source's images) that `listed` names, each once, sorted (see _resolved)."""
+    """The rows of `names` (a source's images) that `listed` names, each once, sorted (see _resolved);
+    `option`: the name of the option that listed them (subset)."""
     row_of = {n: i for i, n in enumerate(names)}
     rows, unknown = set(), []
     for name in (_resolved(n, row_of, split) for n in listed):
@@ -564,6 +567,7 @@ def rows_of_names(names: list[str], listed: list[str], source: str, split: str |
         else:
             unknown.append(name)
     if unknown:
-        raise UserError(f"{option} names {plural(len(unknown), 'file')} not among the decoded images of {source}, "
+        raise UserError(f"{console_option(option)} names {plural(len(unknown), 'file')} not among the decoded "
+                        f"images of {source}, "
                         f"e.g. {unknown[0]!r}; names are relative to its root, as in {names[0]!r}")
     return sorted(rows)

@@ -38,9 +38,9 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     if protocol not in PROTOCOLS:
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
     if per_class and fractions:
-        raise UserError("give label budgets as --per-class or as --fraction, not both")
+        raise UserError(f"give label budgets as {option('per_class')} or as {option('fraction', python='fractions')}, not both")
     if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
+        raise UserError(f"{option('seeds')} must be at least 1, got {seeds}")
     with removed_if_left_empty(_plot_path(out).parent):  # a refused curve leaves no empty folder behind
         output_file(_plot_path(out))  # before the protocols run, not after
         budgets = [Budget(per_class=k) for k in per_class] if per_class else \
@@ -148,5 +148,5 @@ def _plot_path(out: str | Path) -> Path:
     out = Path(out).expanduser()
     if out.suffix and out.suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"cannot write the plot as {out.suffix!r} ({str(out)!r}); "
-                        f"give --out a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file")
+                        f"give {option('out')} a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file")
     return out if out.suffix else out.with_suffix(".png")

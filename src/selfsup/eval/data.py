@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..console import option, plural, warn
+from ..console import option, plural, said_as, warn
 from ..data import ImageCache, load_cache, open_source, open_splits
 from ..encoder import Encoder, load_encoder
 from ..errors import UserError, nearest
@@ -32,15 +32,18 @@ def _locate(train, test, data) -> tuple:
     """(train path, train split, test path, test split) from --train/--test or --data."""
     if data is not None:
         if train is not None or test is not None:
-            raise UserError("give either --data (a folder holding train/ and test/) or --train and --test, not both")
+            raise UserError(f"give either {option('data')} (a folder holding train/ and test/) or {option('train')} and "
+                            f"{option('test')}, not both")
         splits = open_splits(data)
         test_split = "test" if "test" in splits else "val"
         if "train" not in splits or test_split not in splits:
             raise UserError(f"{str(data)!r} must hold train/ and test/ (or val/) folders; "
-                            f"or give --train and --test separately")
+                            f"or give {option('train')} and {option('test')} separately")
         return data, "train", data, test_split
     if train is None or test is None:
-        raise UserError("give labelled data: --train PATH and --test PATH, or --data PATH holding train/ and test/")
+        raise UserError(f"give labelled data: {said_as('--train PATH', 'train=PATH')} and "
+                        f"{said_as('--test PATH', 'test=PATH')}, or {said_as('--data PATH', 'data=PATH')} holding "
+                        f"train/ and test/")
     return train, None, test, "test" if "test" in open_splits(test) else None
 
 
@@ -144,7 +147,7 @@ def _warn_if_pretrained_on(test: ImageCache, encoder: Encoder, spec: str) -> Non
     pretrained = pretrain_pixels_sha256(encoder)
     if pretrained is not None and pretrained == test.pixels_sha256:
         warn(f"{spec} was pretrained on the test images ({test.source}): its figures are not of images it has "
-             f"not seen; pretrain on the training images (a --data root holding train/ uses train/ alone)")
+             f"not seen; pretrain on the training images (a {option('data')} root holding train/ uses train/ alone)")
 
 
 def check_options(caller: str, options: dict) -> None:

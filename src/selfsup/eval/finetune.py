@@ -23,6 +23,7 @@ from torch import nn
 
 from ..backbones.vit import set_drop_path
 from ..config import ranged
+from ..console import said_as
 from ..errors import UserError
 from ..optim import warmup_cosine
 from ..views import ViewConfig, make_view
@@ -63,6 +64,16 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))  # (B, C)
 
 
+def finetune_option(name: str, value: object = None) -> str:
+    """A fine-tuning option as the reader gives it: `--freeze-stages 0` in a command, the key of
+    evaluate_finetune's `config` dict from Python (`config={'freeze_stages': 0}`); without a value,
+    `--freeze-stages` or `config['freeze_stages']`."""
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        return said_as(flag, f"config[{name!r}]")
+    return said_as(f"{flag} {value}", f"config={{{name!r}: {value!r}}}")
+
+
 def stages(net: nn.Module) -> tuple[list[nn.Module | nn.Parameter], list[nn.Module]]:
     """(stem, stages) of a ResNet (conv1/bn1, layer1..4) or a timm ViT (embedding, blocks)."""
     if all(hasattr(net, f"layer{i}") for i in range(1, 5)):
@@ -71,7 +82,8 @@ def stages(net: nn.Module) -> tuple[list[nn.Module | nn.Parameter], list[nn.Modu
         stem = [net.patch_embed] + [getattr(net, n) for n in ("cls_token", "reg_token", "pos_embed")
                                     if getattr(net, n, None) is not None]
         return stem, list(net.blocks)
-    raise UserError(f"--freeze-stages knows ResNets and ViTs, not {type(net).__name__}; use --freeze-stages 0")
+    raise UserError(f"{finetune_option('freeze_stages')} knows ResNets and ViTs, not {type(net).__name__}; use "
+                    f"{finetune_option('freeze_stages', 0)}")
 
 
 def freeze(net: nn.Module, n: int) -> list[nn.Module]:
@@ -81,7 +93,7 @@ def freeze(net: nn.Module, n: int) -> list[nn.Module]:
         return []
     stem, blocks = stages(net)
     if n > len(blocks):
-        raise UserError(f"--freeze-stages {n} is more than the {len(blocks)} stages of this backbone")
+        raise UserError(f"{finetune_option('freeze_stages', n)} is more than the {len(blocks)} stages of this backbone")
     frozen = stem + blocks[:n]
     for part in frozen:
         for p in ([part] if isinstance(part, nn.Parameter) else part.parameters()):

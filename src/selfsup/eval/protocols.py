@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..outputs import atomic_path, output_file, removed_if_left_empty
 from .data import Setup, check_options, prepare
 from .features import extract_features
-from .finetune import FinetuneConfig, finetune
+from .finetune import FinetuneConfig, finetune, finetune_option
 from .knn import knn_scores, topk_accuracy
 from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
@@ -97,16 +97,16 @@ def _finetune_options(config: FinetuneConfig | dict | None) -> FinetuneConfig:
 
 def _refuse_other_kind(given: set[str], encoder, config: FinetuneConfig) -> None:
     """A fine-tuning option set for the other kind of encoder would be ignored: refused."""
-    flag = {name: "--" + name.replace("_", "-") for name in given}
+    flag = {name: finetune_option(name) for name in given}
     vit_only = sorted(given & set(VIT_ONLY_FINETUNE_SETTINGS))
     if encoder.backbone.kind != "vit" and vit_only:
         raise UserError(f"{flag[vit_only[0]]} is for ViT encoders and this one is a CNN ({encoder.description}), "
-                        f"whose encoder learns at --encoder-lr-ratio times the head's rate; leave "
+                        f"whose encoder learns at {finetune_option('encoder_lr_ratio')} times the head's rate; leave "
                         f"{flag[vit_only[0]]} out")
     if encoder.backbone.kind == "vit" and "encoder_lr_ratio" in given and config.layer_decay < 1:
-        raise UserError(f"--encoder-lr-ratio is for CNN encoders; a ViT is fine-tuned with layer-wise decay "
-                        f"(--layer-decay {config.layer_decay:g}): leave it out, or add --layer-decay 1 to train "
-                        f"every block at that ratio")
+        raise UserError(f"{finetune_option('encoder_lr_ratio')} is for CNN encoders; a ViT is fine-tuned with "
+                        f"layer-wise decay ({finetune_option('layer_decay', f'{config.layer_decay:g}')}): leave it "
+                        f"out, or add {finetune_option('layer_decay', 1)} to train every block at that ratio")
 
 
 def _retrieval_options(ks, out) -> tuple[tuple[int, ...], Path | None]:
@@ -129,7 +129,8 @@ def _split(setup: Setup, budget: Budget, seed: int, val_fraction: float) -> tupl
     (unlabelled training images: all of them, no file)."""
     if setup.train.labels is None:
         if not budget.everything:
-            raise UserError("--fraction, --per-class and --subset need training images laid out by class")
+            raise UserError(f"{option('fraction')}, {option('per_class')} and {option('subset')} need training images "
+                            f"laid out by class")
         return Split(np.arange(len(setup.train)), np.arange(0), seed), None
     if budget.subset:
         split = listed_split(setup.train, budget, seed, val_fraction)
@@ -142,7 +143,7 @@ def run_seeds(name: str, setup: Setup, budget: Budget, seeds: int, val_fraction:
               settings: dict) -> dict:
     """Run `one_seed(split) -> figures` for seeds 0..seeds-1 and summarise them."""
     if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
+        raise UserError(f"{option('seeds')} must be at least 1, got {seeds}")
     splits = [_split(setup, budget, seed, val_fraction) for seed in range(seeds)]
     if budget.subset and setup.train.labels is not None:
         warn_of_unused_labels(setup.train, budget.subset)

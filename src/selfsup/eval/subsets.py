@@ -35,14 +35,14 @@ class Budget:
     subset: str | None = None
 
     def __post_init__(self):
-        given = [flag for flag, value in (("--fraction", self.fraction), ("--per-class", self.per_class),
-                                          ("--subset", self.subset)) if value is not None]
+        given = [option(name) for name, value in (("fraction", self.fraction), ("per_class", self.per_class),
+                                                  ("subset", self.subset)) if value is not None]
         if len(given) > 1:
             raise UserError(f"give {' or '.join(given)}, not both")
         if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise UserError(f"--fraction must lie in (0, 1], got {self.fraction}")
+            raise UserError(f"{option('fraction')} must lie in (0, 1], got {self.fraction}")
         if self.per_class is not None and self.per_class < 1:
-            raise UserError(f"--per-class must be at least 1, got {self.per_class}")
+            raise UserError(f"{option('per_class')} must be at least 1, got {self.per_class}")
 
     @property
     def everything(self) -> bool:
@@ -53,7 +53,7 @@ class Budget:
             return "all labels"
         if self.subset:  # the count and a digest of the names: two lists never share a report column
             import hashlib
-            names = sorted(set(names_listed_in(self.subset, "--subset")))
+            names = sorted(set(names_listed_in(self.subset, "subset")))
             digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:8]
             return f"the {len(names):,} labels listed in {Path(self.subset).name} ({digest})"
         return f"{self.per_class} per class" if self.per_class else f"{self.fraction:g} of the labels"
@@ -80,8 +80,9 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
         return pool
     k = budget.per_class if budget.per_class else max(1, round(budget.fraction * n))
     if k > pool:
-        held = f" ({pool} after the {val} held out for validation; --val-fraction 0 holds none)" if val else ""
-        asked = f"--per-class {k}" if budget.per_class else f"--fraction {budget.fraction:g} ({k} images)"
+        held = f" ({pool} after the {val} held out for validation; {option('val_fraction', 0)} holds none)" if val else ""
+        asked = option("per_class", k) if budget.per_class else \
+            said_as(f"--fraction {budget.fraction:g}", f"fraction={budget.fraction:g}") + f" ({k} images)"
         if n == 0:
             raise UserError(f"{asked} needs images of class {class_name!r}, which has no training image; "
                             f"add some, or remove its folder")
@@ -93,7 +94,7 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
 def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int, val_fraction: float) -> Split:
     """The labelled subset and validation split for `seed` (see the module's docstring)."""
     if not 0 <= val_fraction <= 0.5:
-        raise UserError(f"--val-fraction must lie in [0, 0.5], got {val_fraction}")
+        raise UserError(f"{option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
     train, val = [], []
     for c, order in enumerate(class_orders(labels, len(classes), seed)):
         n = len(order)
@@ -111,20 +112,20 @@ def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: flo
     and whose seed is the split's (a probe seeds its generator with it: one seed of --seeds N,
     rerun from its file, gives that seed's figure)."""
     if not 0 <= val_fraction <= 0.5:
-        raise UserError(f"--val-fraction must lie in [0, 0.5], got {val_fraction}")
+        raise UserError(f"{option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
 
     def rows(names: list[str]) -> np.ndarray:
-        return np.array(rows_of_names(cache.names, names, repr(cache.source), "train", "--subset"), dtype=np.int64)
+        return np.array(rows_of_names(cache.names, names, repr(cache.source), "train", "subset"), dtype=np.int64)
 
     if budget.subset.lower().endswith(".json"):  # a split eval saved: its own training and validation images
-        train = rows(names_listed_in(budget.subset, "--subset", json_lists=("train",)))
-        val = rows(names_listed_in(budget.subset, "--subset", allow_empty=True, json_lists=("val",)))
+        train = rows(names_listed_in(budget.subset, "subset", json_lists=("train",)))
+        val = rows(names_listed_in(budget.subset, "subset", allow_empty=True, json_lists=("val",)))
         _warn_of_absent_classes(cache, np.concatenate([train, val]), budget.subset)
         content = json.loads(Path(budget.subset).expanduser().read_text(encoding="utf-8-sig"))
         saved = content.get("seed") if isinstance(content, dict) else None
         # `seed` counts the --seeds asked (0, 1, ...): the file's own seed first, then the ones after it.
         return Split(train, val, saved + seed if isinstance(saved, int) else seed)
-    listed = rows(names_listed_in(budget.subset, "--subset"))
+    listed = rows(names_listed_in(budget.subset, "subset"))
     train, val = [], []
     for c in range(len(cache.classes)):
         order = np.random.default_rng([seed, c]).permutation(listed[cache.labels[listed] == c])
