@@ -159,6 +159,76 @@ def test_a_warning_names_the_flag_in_a_command_and_the_keyword_in_python(split_f
         provenance.COMMAND = None
 
 
+def _same_error_both_ways(tmp_path):
+    """(name, call from Python, command line, what Python's message says, what the command's says):
+    one error each, raised before any image is embedded or step trained."""
+    import torch
+
+    import selfsup
+    from selfsup.curate import curate
+    from selfsup.export import embed_images, export_encoder
+    from selfsup.selection import select_images
+
+    from conftest import write_dataset
+
+    data, split = write_dataset(tmp_path / "images", per_class=2), tmp_path / "split"
+    for part in ("train", "test"):
+        write_dataset(split / part, per_class=2)
+    plain = tmp_path / "plain.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, plain)
+    out, nowhere, encoder = tmp_path / "out", tmp_path / "nowhere", ["--checkpoint", "random:resnet18"]
+    return [
+        ("pretrain without data", lambda: selfsup.pretrain(out=out),
+         ["pretrain", "--out", out], "with data=PATH (a folder", "with --data PATH (a folder"),
+        ("resume without a run", lambda: selfsup.pretrain(out=out, resume=True),
+         ["pretrain", "--out", out, "--resume"], "resume=True: no checkpoint in", "--resume: no checkpoint in"),
+        ("a ResNet option on a ViT", lambda: selfsup.pretrain(data=data, out=out, backbone="vit-tiny", small_stem=True),
+         ["pretrain", "--data", data, "--out", out, "--backbone", "vit-tiny", "--small-stem"],
+         "small_stem= is for ResNets; vit-tiny starts with its patch embedding (set its size with patch_size=)",
+         "--small-stem is for ResNets; vit-tiny starts with its patch embedding (set its size with --patch-size)"),
+        ("another method's option", lambda: selfsup.pretrain(method="byol", data=data, out=out, local_crops=2),
+         ["pretrain", "--method", "byol", "--data", data, "--out", out, "--local-crops", "2"],
+         "local_crops= is not an option of byol; drop it, or use method='dino', 'ibot' or 'distill'",
+         "--local-crops is not an option of byol; drop it, or use --method dino|ibot|distill"),
+        ("eval data given twice", lambda: selfsup.evaluate_knn("random:resnet18", train=split / "train",
+                                                                 test=split / "test", data=split, image_size=16),
+         ["eval", "knn", *encoder, "--train", split / "train", "--test", split / "test", "--data", split,
+          "--image-size", 16], "give either data= (a folder holding train/ and test/) or train= and test=, not both",
+         "give either --data (a folder holding train/ and test/) or --train and --test, not both"),
+        ("eval budgets given twice", lambda: selfsup.evaluate_linear("random:resnet18", data=split, fraction=0.5,
+                                                                      per_class=1, image_size=16),
+         ["eval", "linear", *encoder, "--data", split, "--fraction", 0.5, "--per-class", 1, "--image-size", 16],
+         "give fraction= or per_class=, not both", "give --fraction or --per-class, not both"),
+        ("embed's batch size", lambda: embed_images("random:resnet18", data, out / "e.npy", batch_size=0),
+         ["embed", *encoder, "--data", data, "--out", out / "e.npy", "--batch-size", 0],
+         "batch_size= must be at least 1, got 0", "--batch-size must be at least 1, got 0"),
+        ("export's file name", lambda: export_encoder("random:resnet18", out / "encoder.txt"),
+         ["export", *encoder, "--out", out / "encoder.txt"],
+         f"out={str(out / 'encoder.txt')!r} must end in .safetensors", f"--out {str(out / 'encoder.txt')!r} must end in"),
+        ("weights without their architecture", lambda: selfsup.load_encoder(f"weights:{plain}"),
+         ["embed", "--checkpoint", f"weights:{plain}", "--data", data, "--out", out / "e.npy"],
+         "holds with backbone=NAME (e.g. resnet50)", "holds with --backbone NAME (e.g. resnet50)"),
+        ("curate's missing pool", lambda: curate(nowhere, data, "random:resnet18", out),
+         ["curate", "--pool", nowhere, "--seed-set", data, *encoder, "--out", out],
+         "pool: data path", "--pool: data path"),
+        ("select's budget", lambda: select_images(data, "random:resnet18", out, budget=0),
+         ["select", *encoder, "--data", data, "--budget", 0, "--out", out],
+         "budget= must be at least 1, got 0", "--budget must be at least 1, got 0"),
+    ]
+
+
+def test_an_error_names_the_keyword_in_python_and_the_flag_in_a_command(tmp_path):
+    """'lower --batch-size' is advice a caller of selfsup.pretrain cannot act on: from Python an
+    error names the keyword (or config dict) passed, and the command line's the flag, as it did."""
+    for name, call, argv, in_python, in_command in _same_error_both_ways(tmp_path):
+        with pytest.raises(UserError) as error:
+            call()
+        assert in_python in str(error.value), name
+        assert "--" not in str(error.value), name  # no flag at all, where none can be typed
+        line = one_error_line(run(*argv))
+        assert in_command in line, name
+
+
 def test_demo_text_is_true_and_its_table_aligned(tmp_path, monkeypatch):
     import selfsup
     import selfsup.eval
