@@ -193,11 +193,11 @@ def test_a_refused_run_writes_nothing_and_keeps_the_users_files(labelled_folder,
                           ({"simclr": {"temperature": 0}}, r"simclr.temperature must be in \[1e-06, inf\]"),
                           ({"simclr": {"views": {"flip_prob": 5}}}, r"simclr.views.flip_prob must be in \[0.0, 1.0\]"),
                           ({"simclr": {"views": {"crop_scale": [0.9, 0.1]}}}, "crop_scale must be in increasing order"),
-                          ({"backbone": {"name": "resnet18", "patch_size": 4}}, "--patch-size is for ViTs"),
+                          ({"backbone": {"name": "resnet18", "patch_size": 4}}, "patch_size= is for ViTs"),
                           ({"method": "egomotion", "egomotion": {"crop_scale": [0.9, 0.2]}},
                            "egomotion.crop_scale must be in increasing order"),
                           ({"backbone": {"name": "vit-tiny", "patch_size": 0}},
-                           r"backbone.patch_size \(--patch-size\) must be in \[1, inf\]")]:
+                           r"backbone.patch_size \(patch_size=\) must be in \[1, inf\]")]:
         with pytest.raises(UserError, match=message):
             run_pretraining(merge_dicts(tiny(tmp_path / "nowhere", tmp_path / "r"), user))
 
@@ -379,8 +379,8 @@ def test_a_run_whose_loss_diverges_stops_in_one_line_before_saving_it(tmp_path, 
         return loss * float("nan") if steps["n"] > 2 else loss
     monkeypatch.setattr(simclr, "nt_xent", diverging)
     with pytest.raises(UserError, match=r"^the loss became nan in epoch 2: the run diverged \(last.pt holds its "
-                                        r"last finite state\); start a new run with a lower learning rate: selfsup "
-                                        r"pretrain --config .*config.yaml --lr 0.03 --out NEW_DIR \(this one: --lr 0.12\)$"):
+                                        r"last finite state\); start a new run with a lower learning rate: selfsup\.pretrain\("
+                                        r"config='.*config.yaml', lr=0.03, out=NEW_DIR\) \(this one: lr=0.12\)$"):
         run_pretraining(user)
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert saved["position"] == {"epoch": 1, "batch": 0, "step": 2}  # after epoch 1, the last finite step
@@ -513,7 +513,7 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_line_and_keeps_the_pr
     assert done.returncode == 0, done.stderr
     # A size limit (EFBIG), not a full disk: freeing space would not help, so it is not suggested.
     assert done.stdout.strip() == (f"cannot write {str(tmp_path / 'last.pt')!r} (File too large; the previous "
-                                   f"checkpoint is kept there); choose a writable --out")
+                                   f"checkpoint is kept there); choose a writable out=")
     assert torch.load(tmp_path / "last.pt", weights_only=True)["weights"].shape == (10,)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 
@@ -555,7 +555,7 @@ def test_a_second_run_into_the_folder_a_run_writes_to_is_refused(labelled_folder
     out.mkdir()
     with run_folder_lock(out):  # as a run in another process holds it
         with pytest.raises(UserError, match=r"^another selfsup run is writing to '.*run'; wait for it to end "
-                                            r"\(then --resume it, if it stopped\), or choose another --out$"):
+                                            r"\(then resume it with resume=True, if it stopped\), or choose another out=$"):
             run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))
         assert out.is_dir() and not any(out.iterdir())  # left as it was, not removed
     run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))  # free again: it runs

@@ -837,7 +837,8 @@ def run_folder_lock(out: Path):
         except BlockingIOError:
             os.close(descriptor)
             raise RunFolderBusy(f"another selfsup run is writing to {str(out)!r}; wait for it to end (then "
-                                f"{option('resume', True)} it, if it stopped), or choose another {option('out')}") from None
+                                f"{said_as('--resume it', 'resume it with resume=True')}, if it stopped), or choose another "
+                                f"{option('out')}") from None
         except OSError:  # a file system without locks (some network ones): unguarded, as before
             pass
         return descriptor
