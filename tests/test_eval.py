@@ -179,6 +179,27 @@ def test_a_random_encoders_size_follows_the_images(tmp_path):
     assert random_size("resnet18", open_source(tmp_path / "side24")) == 24
 
 
+def test_a_random_encoders_size_reads_only_the_headers_of_a_folders_images(tmp_path, monkeypatch):
+    """A folder's images are sized from their headers, not read whole: 32 satellite tiles or
+    mammograms of hundreds of MB each were read in full before each evaluation, for a size."""
+    import pathlib
+    from PIL import Image
+    from selfsup.data.sources import open_source
+    from selfsup.encoder import random_size
+
+    for i in range(5):
+        Image.new("RGB", (40 + i, 30)).save(tmp_path / f"{i}.png")
+    with open(tmp_path / "0.png", "ab") as f:
+        f.write(b"\0" * (1 << 20))  # what follows the header is never read
+    source = open_source(tmp_path)
+
+    def whole(path):
+        raise AssertionError(f"{path} read whole for its size")
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", whole)
+    assert random_size("resnet18", source) == 30
+
+
 def test_retrieval_keeps_a_k_equal_to_the_gallery_and_writes_the_first_seeds_neighbours(split_folder, tmp_path):
     """precision@6 of a gallery of 6 images is defined (every image is a neighbour): kept. With
     --seeds 2, the neighbour lists are the first seed's, not overwritten by the second's."""

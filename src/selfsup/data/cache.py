@@ -556,17 +556,21 @@ def typical_side(source: ImageSource, sample: int = 32) -> int | None:
     first, read in one pass that stops there), from their headers alone, in milliseconds; None
     when none opens so (DICOM, TIFFs that Pillow cannot read)."""
     tar = is_tar_path(source.path)
-    names = None if tar else source.names[::max(1, len(source.names) // sample)][:sample]
-    reader, sides = source.read(names), []
+    reader = source.read() if tar else None
+    # A folder's files are opened by path: Pillow reads their headers, not a tile's or a scan's GBs.
+    files = (io.BytesIO(data) for _, data in reader) if tar else \
+        (source.file_path(name) for name in source.names[::max(1, len(source.names) // sample)])
+    sides = []
     try:
-        for _, data in itertools.islice(reader, sample):
+        for file in itertools.islice(files, sample):
             try:
-                with Image.open(io.BytesIO(data)) as img:
+                with Image.open(file) as img:
                     sides.append(min(img.size))
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except (OSError, ValueError, Image.DecompressionBombError):  # not an image Pillow reads, or gone
                 continue
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
     return int(np.median(sides)) if sides else None
 
 
