@@ -752,5 +752,5 @@ def test_queue_longer_than_the_dataset_is_refused(tmp_path):
     bigger = write_dataset(tmp_path / "data24", per_class=8, size=16)  # 24 images: 6 held out
     held_out = merge_dicts(tiny("moco-v2", bigger, tmp_path / "run2", **{"moco-v2": {"queue_size": 24}}),
                            {"data": {"holdout_fraction": 0.25}})
-    with pytest.raises(UserError, match=r"queue_size 24 is longer than the 18 training images.*queue_size=9"):
+    with pytest.raises(UserError, match=r"queue_size 24 is longer than the 18 training images.*'queue_size': 9"):
         run_pretraining(held_out, show_progress=False)

@@ -502,10 +502,10 @@ def test_options_out_of_range_are_one_line_errors_before_any_image_is_read(tmp_p
 def test_fine_tuning_options_for_the_other_kind_of_encoder_are_refused_before_any_image_is_read(tmp_path, capsys):
     missing = tmp_path / "no-data"
     for checkpoint, config, message in [
-        ("random:resnet18", {"layer_decay": 0.65}, "--layer-decay is for ViT encoders and this one is a CNN"),
-        ("random:resnet18", {"drop_path_rate": 0.2}, "--drop-path-rate is for ViT encoders"),
-        ("random:vit-tiny", {"encoder_lr_ratio": 0.5}, "--encoder-lr-ratio is for CNN encoders; a ViT is fine-tuned "
-                                                       "with layer-wise decay (--layer-decay 0.75)"),
+        ("random:resnet18", {"layer_decay": 0.65}, "config['layer_decay'] is for ViT encoders and this one is a CNN"),
+        ("random:resnet18", {"drop_path_rate": 0.2}, "config['drop_path_rate'] is for ViT encoders"),
+        ("random:vit-tiny", {"encoder_lr_ratio": 0.5}, "config['encoder_lr_ratio'] is for CNN encoders; a ViT is "
+                                                       "fine-tuned with layer-wise decay (config={'layer_decay': 0.75})"),
     ]:
         with pytest.raises(UserError, match=re.escape(message)):
             evaluate_finetune(checkpoint, data=missing, config=config, image_size=32, show_progress=False)

@@ -105,7 +105,7 @@ def _refuse_other_kind(given: set[str], encoder, config: FinetuneConfig) -> None
                         f"{flag[vit_only[0]]} out")
     if encoder.backbone.kind == "vit" and "encoder_lr_ratio" in given and config.layer_decay < 1:
         raise UserError(f"{finetune_option('encoder_lr_ratio')} is for CNN encoders; a ViT is fine-tuned with "
-                        f"layer-wise decay ({finetune_option('layer_decay', f'{config.layer_decay:g}')}): leave it "
+                        f"layer-wise decay ({finetune_option('layer_decay', config.layer_decay)}): leave it "
                         f"out, or add {finetune_option('layer_decay', 1)} to train every block at that ratio")
 
 

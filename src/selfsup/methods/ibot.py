@@ -26,7 +26,7 @@ from torch import nn
 from ..backbones import Backbone
 from ..backbones.vit import encode, patch_size_of
 from ..config import RunConfig, ranged
-from ..console import one_of, option, said_as
+from ..console import one_of, said_as
 from ..errors import UserError
 from ..losses import center_and_sharpen, cross_view_entropy, dino_center, ibot_patch_loss, koleo_loss, sinkhorn_knopp
 from ..nn import DINOHead, ema_copy, ema_momentum, ema_update, forward_by_size
@@ -124,7 +124,7 @@ def check_config(cfg: RunConfig) -> None:
 
     if cfg.backbone.name not in VITS:
         vits = said_as(f"--backbone {', '.join(VITS)}", one_of("backbone", VITS))
-        raise UserError(f"{option('method', 'ibot')} masks patch tokens and needs a ViT: {vits} "
+        raise UserError(f"ibot masks patch tokens and needs a ViT: {vits} "
                         f"(got {cfg.backbone.name})")
     check_multi_crop(cfg)
 
@@ -149,7 +149,7 @@ class Method(nn.Module):
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
         if backbone.kind != "vit" or not hasattr(backbone.net, "patch_embed"):
-            raise UserError(f"{option('method', 'ibot')} needs a ViT backbone (vit-tiny, vit-small, vit-base), "
+            raise UserError(f"ibot needs a ViT backbone (vit-tiny, vit-small, vit-base), "
                             f"got {backbone.name}")
         self.config, self.image_size, c = config, image_size, config
         self.grid = (image_size // patch_size_of(backbone.net),) * 2
