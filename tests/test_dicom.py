@@ -149,6 +149,17 @@ def test_without_a_window_the_modality_values_are_stretched_between_percentiles(
     assert (pixels == eight[..., None]).all()
 
 
+@pytest.mark.parametrize("descriptor", [[16, 0], [16, 0, 8, 1]])
+def test_a_voi_lut_with_a_damaged_descriptor_is_left_for_the_stretch(descriptor):
+    """A LUT Descriptor holds three values; a file whose descriptor does not is still shown, as a
+    file without a LUT is, not skipped."""
+    stored = np.random.default_rng(3).integers(100, 900, size=(24, 24)).astype(np.uint16)
+    lut = item(LUTDescriptor=descriptor)
+    lut.add_new(0x00283006, "US", list(range(16)))  # LUT Data
+    (pixels, gray, _), _ = decode(dicom_bytes(stored, bits_stored=10, VOILUTSequence=[lut]))
+    assert gray and (pixels[..., 0] == stretched_by_hand(stored)).all()
+
+
 def voi_lut_by_hand(x: np.ndarray, first: int, entries: np.ndarray, bits: int) -> np.ndarray:
     """PS3.3 C.11.2.1.1 value by value: an input at or below the first value mapped gives the
     first entry, at or above first + N - 1 the last, between them entry (input - first); a

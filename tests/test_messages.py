@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -151,10 +152,12 @@ def test_a_warning_names_the_flag_in_a_command_and_the_keyword_in_python(split_f
     assert "(--seeds draws label subsets, with --fraction or --per-class)" in proc.stderr
     assert console.setting("optim.warmup_epochs", "N") == "config={'optim': {'warmup_epochs': N}}"
     assert console.option("bands", (4, 3, 2)) == "bands=(4, 3, 2)" and console.option("k", python="ks") == "ks="
+    assert console.option("subset", Path("to-label/x.csv")) == "subset='to-label/x.csv'"  # not PosixPath(...)
     provenance.COMMAND = ["selfsup", "pretrain"]
     try:
         assert console.setting("optim.warmup_epochs", "N") == "--set optim.warmup_epochs=N"
         assert console.option("bands", (4, 3, 2)) == "--bands 4,3,2" and console.option("k", python="ks") == "--k"
+        assert console.option("subset", Path("to-label/x.csv")) == "--subset to-label/x.csv"
     finally:
         provenance.COMMAND = None
 

@@ -44,6 +44,8 @@ def option(name: str, value: object = _NO_VALUE, python: str | None = None) -> s
         return said_as(flag, f"{keyword}=")
     if isinstance(value, bool):
         return said_as(flag if value else "--no-" + flag[2:], f"{keyword}={value}")
+    if isinstance(value, os.PathLike):  # 'x.csv', not PosixPath('x.csv')
+        value = str(value)
     shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
     return said_as(f"{flag} {shown}", f"{keyword}={value!r}")
 

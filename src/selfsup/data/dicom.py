@@ -198,6 +198,8 @@ def first_voi_lut(ds) -> tuple[int, np.ndarray, int] | None:
     lut = (ds.get("VOILUTSequence") or [None])[0]
     if lut is None or "LUTDescriptor" not in lut or "LUTData" not in lut:
         return None
+    if len(lut.LUTDescriptor) != 3:  # damaged: shown with the stretch, as without a LUT
+        return None
     count, first, bits = (int(value) for value in lut.LUTDescriptor)
     entries = lut_entries(lut.LUTData, count or 1 << 16, is_big_endian(ds))
     if not len(entries) or not 1 <= bits <= 16:

@@ -190,7 +190,9 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
     if image_size is None and spec.startswith(("random:", "weights:")) and side and 2 * side <= size:
         # Weights made at 224 px (or a timm: model's own size): enlarged 7x, the images cost 49 times the
         # compute of their own size, and the encoder sees more pixels than runs trained at that size.
-        warn(f"{spec} is evaluated at {size} px, its own size, while the images are mostly {side} px on their "
+        # random: of selfsup's backbones takes the images' size, unless their headers do not tell it (DICOM)
+        which = "its own size" if spec.startswith(("weights:", "random:timm:")) else "the default size"
+        warn(f"{spec} is evaluated at {size} px, {which}, while the images are mostly {side} px on their "
              f"shorter side: enlarged {size / side:.0f}x, at {(size / side) ** 2:.0f}x the compute; pass "
              f"{option('image_size', side)} to evaluate it as runs trained at {side} px are")
     return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)
