@@ -108,7 +108,8 @@ def test_unreadable_checkpoints_say_why_and_what_each_command_takes_instead(tmp_
     with pytest.raises(UserError, match=r"cannot be read as a selfsup checkpoint: it is damaged or cut short"):
         load_checkpoint(cut)
     (tmp_path / "w.safetensors").write_bytes(b"{}")
-    with pytest.raises(UserError, match=r"is a weights file, not a selfsup checkpoint.*weights:FILE' with backbone=NAME\)$"):
+    with pytest.raises(UserError, match=r"is a weights file, not a selfsup checkpoint"
+                                        r".*weights:FILE' with backbone=NAME\)$"):
         load_checkpoint(tmp_path / "w.safetensors")
     plain = tmp_path / "plain.pt"
     torch.save({"conv.weight": torch.zeros(3)}, plain)

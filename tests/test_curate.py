@@ -470,7 +470,8 @@ def test_embedding_progress_moves_with_each_batch_and_counts_every_file(planted,
     encoder = load_encoder("random:resnet18", image_size=64, small_stem=False)
     embedded = embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=40)
     assert len(embedded.skipped) == 1 and sum(moves) == 50
-    assert sorted(m for m in moves if m) == sorted([1, 16, 16, 7, 10])  # chunk of 40 (one file skipped): 16 + 16 + 7; then 10
+    # chunk of 40 (one file skipped): 16 + 16 + 7; then 10
+    assert sorted(m for m in moves if m) == sorted([1, 16, 16, 7, 10])
     moves.clear()
     embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=40)  # both chunks saved
     assert moves == [40, 10]

@@ -41,7 +41,8 @@ def distill_run(root, out, teacher, backbone, epochs=2, **distill):
 def test_feature_teacher_of_another_width_needs_the_projection_option(teachers, tmp_path):
     root, _ = teachers
     half = {"name": "resnet18-half", "small_stem": False}
-    with pytest.raises(UserError, match=r"512 dimensions and the student's 256; .*config=\{'distill': \{'projection': True\}\}"):
+    with pytest.raises(UserError, match=r"512 dimensions and the student's 256; "
+                                        r".*config=\{'distill': \{'projection': True\}\}"):
         run_pretraining(distill_run(root, tmp_path / "a", root / "simclr", half))
     with pytest.raises(UserError, match="method='distill' needs a teacher"):
         run_pretraining(distill_run(root, tmp_path / "b", "", half))

@@ -178,8 +178,9 @@ def test_dinos_steps_centre_and_sharpen_the_teacher_with_the_centre_before_each_
     """A step in the teacher temperature's warm-up (0.04 -> 0.07 over 30 of 100 epochs), then one
     after it: each loss is algorithm 1 in float64 on the heads' outputs for the step's crops, run
     here (the student's backbone on the 2 global crops together and the 2 local ones together,
-    its head on all; the teacher on the global ones), centred by the centre as it stood before the step and sharpened by T_t
-    written here; then the centre moves to m c + (1 - m) mean(t) over both global crops."""
+    its head on all; the teacher on the global ones), centred by the centre as it stood before the
+    step and sharpened by T_t written here; then the centre moves to m c + (1 - m) mean(t) over
+    both global crops."""
     rng = np.random.default_rng(seed)
     method, cfg = small_method("dino", teacher_temperature_start=0.04, teacher_temperature=0.07,
                                teacher_temperature_warmup_epochs=30.0, student_temperature=0.1)
@@ -360,7 +361,8 @@ def test_moco_v3_initialises_a_vit_as_the_official_code():
 def test_moco_v3_fixed_positions_on_a_vit_with_other_positions_is_refused():
     cfg = resolve({"method": "moco-v3", "backbone": {"name": "timm:vit_small_patch14_reg4_dinov2", "patch_size": 4},
                    "data": {"image_size": 16}, "moco-v3": SMALL["moco-v3"]})
-    with pytest.raises(UserError, match=r"has other positions: add config=\{'moco-v3': \{'fixed_positions': False\}\}$"):
+    with pytest.raises(UserError, match=r"has other positions: "
+                                        r"add config=\{'moco-v3': \{'fixed_positions': False\}\}$"):
         build_method(cfg)
 
 

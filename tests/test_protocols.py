@@ -463,7 +463,8 @@ def test_a_curve_point_names_its_label_subsets_as_a_single_evaluation_does(tmp_p
     assert len(set(digests + [s["subset_sha256"] for s in one["per_seed"]])) == 4  # per seed, per budget
     for file, digest in zip(four["subsets"], digests):  # the digest is of the file's names, training then validation
         listed = json.loads(open(file).read())
-        assert hashlib.sha256("\n".join(["train", *listed["train"], "val", *listed["val"]]).encode()).hexdigest() == digest
+        assert hashlib.sha256("\n".join(["train", *listed["train"], "val", *listed["val"]]).encode()).hexdigest() == \
+            digest
     assert (four["seeds"], four["k"], four["k_asked"], four["labelled_images"]) == (2, 12, 200, 12)
     assert (line["train_pixels_sha256"], line["test_pixels_sha256"]) == \
         (single["train_pixels_sha256"], single["test_pixels_sha256"])
@@ -505,7 +506,8 @@ def test_fine_tuning_options_for_the_other_kind_of_encoder_are_refused_before_an
         ("random:resnet18", {"layer_decay": 0.65}, "config['layer_decay'] is for ViT encoders and this one is a CNN"),
         ("random:resnet18", {"drop_path_rate": 0.2}, "config['drop_path_rate'] is for ViT encoders"),
         ("random:vit-tiny", {"encoder_lr_ratio": 0.5}, "config['encoder_lr_ratio'] is for CNN encoders; a ViT is "
-                                                       "fine-tuned with layer-wise decay (config={'layer_decay': 0.75})"),
+                                                       "fine-tuned with layer-wise decay "
+                                                       "(config={'layer_decay': 0.75})"),
     ]:
         with pytest.raises(UserError, match=re.escape(message)):
             evaluate_finetune(checkpoint, data=missing, config=config, image_size=32, show_progress=False)

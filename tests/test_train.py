@@ -379,7 +379,8 @@ def test_a_run_whose_loss_diverges_stops_in_one_line_before_saving_it(tmp_path, 
         return loss * float("nan") if steps["n"] > 2 else loss
     monkeypatch.setattr(simclr, "nt_xent", diverging)
     with pytest.raises(UserError, match=r"^the loss became nan in epoch 2: the run diverged \(last.pt holds its "
-                                        r"last finite state\); start a new run with a lower learning rate: selfsup\.pretrain\("
+                                        r"last finite state\); start a new run with a lower learning rate: "
+                                        r"selfsup\.pretrain\("
                                         r"config='.*config.yaml', lr=0.03, out=NEW_DIR\) \(this one: lr=0.12\)$"):
         run_pretraining(user)
     saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
@@ -555,7 +556,8 @@ def test_a_second_run_into_the_folder_a_run_writes_to_is_refused(labelled_folder
     out.mkdir()
     with run_folder_lock(out):  # as a run in another process holds it
         with pytest.raises(UserError, match=r"^another selfsup run is writing to '.*run'; wait for it to end "
-                                            r"\(then resume it with resume=True, if it stopped\), or choose another out=$"):
+                                            r"\(then resume it with resume=True, if it stopped\), "
+                                            r"or choose another out=$"):
             run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))
         assert out.is_dir() and not any(out.iterdir())  # left as it was, not removed
     run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))  # free again: it runs

@@ -317,4 +317,5 @@ def test_egomotion_refuses_readings_that_never_change_and_warns_of_fewer_classes
     (tmp_path / "clip1.csv").write_text("frame,yaw\n" + "".join(f"{t},-0.5\n" for t in range(6)))  # two motions
     egomotion.samples(config, open_clips(tmp_path, 16, show_progress=False), seed=0)
     assert ("the motion readings make only 2 distinct motion classes of the 6 asked for; "
-            "the maps of the others learn nothing: config={'egomotion': {'motion_classes': 2}}") in capsys.readouterr().err
+            "the maps of the others learn nothing: "
+            "config={'egomotion': {'motion_classes': 2}}") in capsys.readouterr().err

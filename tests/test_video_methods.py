@@ -453,7 +453,8 @@ def test_trainer_streams_samples_and_resumes_exactly(clips, tmp_path, monkeypatc
     assert_same_state(whole, resumed)
     from selfsup.train import run_pretraining
     too_big = {**user, "out": str(tmp_path / "big"), "train": {**user["train"], "batch_size": 512}}
-    with pytest.raises(UserError, match=r"lower batch_size= or raise config=\{'temporal-order': \{'tuples_per_clip': N\}\}"):
+    with pytest.raises(UserError, match=r"lower batch_size= or raise "
+                                        r"config=\{'temporal-order': \{'tuples_per_clip': N\}\}"):
         run_pretraining(too_big)
 
 

@@ -98,7 +98,8 @@ def _check_images_are_kept(source: ImageSource, images: Path, out: Path, file_na
     """A UserError when the maps would be written over the images they are drawn from: --out is
     the folder given as --images, or a map's file is an image's (photo.png in its own folder)."""
     if images.is_dir() and out.is_dir() and os.path.samefile(images, out):
-        raise UserError(f"{path_option('out', str(out))} is the folder the images are read from; give the maps a folder "
+        raise UserError(f"{path_option('out', str(out))} is the folder the images are read from; "
+                        f"give the maps a folder "
                         f"of their own")
     targets = {}  # (device, inode) of each map's file already there: what writing it would replace
     for name in file_names:

@@ -35,7 +35,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write to {str(path.parent)!r} ({os_reason(e)}); choose a writable {option('out')}") from None
+        raise UserError(f"cannot write to {str(path.parent)!r} ({os_reason(e)}); "
+                        f"choose a writable {option('out')}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             _save_reporting_write_errors(obj, f)
@@ -46,7 +47,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     except OSError as e:  # a full disk, most often: the previous checkpoint is still there
         kept = "; the previous checkpoint is kept there" if path.exists() else ""
         free = f"free space in {str(path.parent)!r} or " if e.errno in NO_ROOM else ""
-        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); {free}choose a writable {option('out')}") from None
+        raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); "
+                        f"{free}choose a writable {option('out')}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -119,7 +119,8 @@ def refuse_out_inside(out, source, given) -> None:
         return
     root = (source.path / source.split if source.split else source.path).resolve()
     if lies_inside(out, root):
-        raise UserError(f"{path_option('out', str(out))} lies inside the images read from {str(root)!r}: its pictures and "
+        raise UserError(f"{path_option('out', str(out))} lies inside the images read from {str(root)!r}: "
+                        f"its pictures and "
                         f"copies would become images of them; choose a folder outside")
 
 

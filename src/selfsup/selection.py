@@ -181,7 +181,8 @@ def choose_random(budget: int, labelled: np.ndarray, seed: int = 0) -> Choice:
 
 def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
-        raise UserError(f"unknown {said_as('--strategy', 'strategy')} {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown {said_as('--strategy', 'strategy')} {strategy!r}; "
+                        f"choose one of {', '.join(STRATEGIES)}")
 
 
 def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "typiclust", seed: int = 0) -> Choice:
@@ -189,9 +190,11 @@ def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "ty
     _check_strategy(strategy)
     unlabelled = int((~labelled).sum())
     if unlabelled == 0:
-        raise UserError(f"every image of the pool is labelled already ({option('labelled')}): nothing is left to choose")
+        raise UserError(f"every image of the pool is labelled already ({option('labelled')}): "
+                        f"nothing is left to choose")
     if not 1 <= budget <= unlabelled:
-        raise UserError(f"{option('budget')} must lie between 1 and the {plural(unlabelled, 'unlabelled image')} of the pool, "
+        raise UserError(f"{option('budget')} must lie between 1 and the {plural(unlabelled, 'unlabelled image')} "
+                        f"of the pool, "
                         f"got {budget}")
     if strategy == "random":
         return choose_random(budget, labelled, seed)

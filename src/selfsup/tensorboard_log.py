@@ -26,7 +26,8 @@ def summary_writer(resuming: bool = False):
 
         without = (f"resume with {setting('train.tensorboard', False)}" if resuming
                    else f"run without {option('tensorboard', True)}")
-        needs = "this run writes TensorBoard scalars, which need" if resuming else f"{option('tensorboard', True)} needs"
+        needs = ("this run writes TensorBoard scalars, which need" if resuming
+                 else f"{option('tensorboard', True)} needs")
         raise UserError(f"{needs} "
                         f"the tensorboard package: {INSTALL}; or {without} (metrics.jsonl and curves.png hold the "
                         f"same figures)") from None

@@ -135,7 +135,8 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
                 longer = ""
                 if (section, key) == ("train", "epochs"):  # the schedules end at the last epoch
                     longer = f"; to train for {value} epochs, {new_run_command(out, value)}"
-                raise UserError(f"{option('resume', True)} continues the run as configured; {section}.{key} cannot change "
+                raise UserError(f"{option('resume', True)} continues the run as configured; "
+                                f"{section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r}){longer}")
     cfg = _absolute_paths(dataclasses.replace(config_lib.override(cfg, allowed), out=str(out)))
     if not Path(cfg.data.path).exists():
@@ -160,7 +161,8 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     """The resolved config and, when resuming, the checkpoint to continue from."""
     cfg, checkpoint = _config_and_checkpoint(user, resume)
     if cfg.train.compile_mode != "default" and not cfg.train.compile:
-        raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: add {option('compile', True)}")
+        raise UserError(f"train.compile_mode {cfg.train.compile_mode!r} applies to a compiled run: "
+                        f"add {option('compile', True)}")
     if cfg.train.tensorboard:
         tensorboard_log.summary_writer(resuming=resume)
     require_tiff_reader(cfg.data.bands)
@@ -190,15 +192,18 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
                         f"or choose another {option('out')}")
     cfg = config_lib.resolve(user)
     if not cfg.data.path:
-        raise UserError(f"give the images to pretrain on with {said_as('--data PATH', 'data=PATH')} (a folder or a tar)")
+        raise UserError(f"give the images to pretrain on with {said_as('--data PATH', 'data=PATH')} "
+                        f"(a folder or a tar)")
     cfg = _absolute_paths(cfg)
     data = Path(cfg.data.path)
     if not data.exists():  # here, not when the data is opened: before the config's warnings are said
         images = not hasattr(get_method(cfg.method), "open_data")  # a method with its own data (clips) says its kind
         raise UserError(f"data path {str(data)!r} does not exist; give "
-                        + ("a folder of images or a tar of one" if images else f"the folder or tar of {cfg.method}'s data"))
+                        + ("a folder of images or a tar of one" if images
+                           else f"the folder or tar of {cfg.method}'s data"))
     if data.is_dir() and lies_inside(out, data):
-        raise UserError(f"{path_option('out', str(out))} lies inside {path_option('data', str(data))}: the run's pictures "
+        raise UserError(f"{path_option('out', str(out))} lies inside {path_option('data', str(data))}: "
+                        f"the run's pictures "
                         f"would become images of the data (and its next {option('resume')} would be refused); "
                         f"choose a run folder "
                         f"outside the data")
@@ -216,7 +221,8 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to the run folder {str(out)!r} ({os_reason(e)}); {run_folder_remedy()}") from None
+        raise UserError(f"cannot write to the run folder {str(out)!r} ({os_reason(e)}); "
+                        f"{run_folder_remedy()}") from None
     return cfg, None
 
 
@@ -837,8 +843,8 @@ def run_folder_lock(out: Path):
         except BlockingIOError:
             os.close(descriptor)
             raise RunFolderBusy(f"another selfsup run is writing to {str(out)!r}; wait for it to end (then "
-                                f"{said_as('--resume it', 'resume it with resume=True')}, if it stopped), or choose another "
-                                f"{option('out')}") from None
+                                f"{said_as('--resume it', 'resume it with resume=True')}, if it stopped), "
+                                f"or choose another {option('out')}") from None
         except OSError:  # a file system without locks (some network ones): unguarded, as before
             pass
         return descriptor

@@ -791,7 +791,8 @@ def open_built(target: Path, build, description: str, kind: str = "image") -> Im
             return read_built(target, description, kind)
         except DamagedCache as again:
             raise UserError(f"the {kind} cache {str(target)!r} was decoded again and is still damaged ({again}); "
-                            f"check the free space and the disk of the cache folder, or set {option('cache_dir')}") from None
+                            f"check the free space and the disk of the cache folder, "
+                            f"or set {option('cache_dir')}") from None
 
 
 def _mark_used(target: Path) -> None:
@@ -961,7 +962,8 @@ def _what_to_do(notes: dict, kind: str) -> str:
         return (f"{len(notes[TIFF_LAYOUT]):,} of them are TIFFs in a layout Pillow cannot decode: pip install "
                 f"'selfsup[tiff]' (tifffile and imagecodecs) to read them")
     if notes.get(FEW_BANDS):
-        return f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than {option('bands')} asks for: choose others"
+        return (f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than {option('bands')} asks for: "
+                f"choose others")
     dicoms = _unread_dicoms(notes, examples=False)
     if dicoms:
         return dicoms[2:]  # without its "; "

@@ -38,7 +38,8 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     if protocol not in PROTOCOLS:
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
     if per_class and fractions:
-        raise UserError(f"give label budgets as {option('per_class')} or as {option('fraction', python='fractions')}, not both")
+        raise UserError(f"give label budgets as {option('per_class')} "
+                        f"or as {option('fraction', python='fractions')}, not both")
     if seeds < 1:
         raise UserError(f"{option('seeds')} must be at least 1, got {seeds}")
     with removed_if_left_empty(_plot_path(out).parent):  # a refused curve leaves no empty folder behind

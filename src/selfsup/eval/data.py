@@ -32,8 +32,8 @@ def _locate(train, test, data) -> tuple:
     """(train path, train split, test path, test split) from --train/--test or --data."""
     if data is not None:
         if train is not None or test is not None:
-            raise UserError(f"give either {option('data')} (a folder holding train/ and test/) or {option('train')} and "
-                            f"{option('test')}, not both")
+            raise UserError(f"give either {option('data')} (a folder holding train/ and test/) "
+                            f"or {option('train')} and {option('test')}, not both")
         splits = open_splits(data)
         test_split = "test" if "test" in splits else "val"
         if "train" not in splits or test_split not in splits:

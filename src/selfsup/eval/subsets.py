@@ -80,7 +80,8 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
         return pool
     k = budget.per_class if budget.per_class else max(1, round(budget.fraction * n))
     if k > pool:
-        held = f" ({pool} after the {val} held out for validation; {option('val_fraction', 0)} holds none)" if val else ""
+        held = (f" ({pool} after the {val} held out for validation; {option('val_fraction', 0)} holds none)"
+                if val else "")
         asked = option("per_class", k) if budget.per_class else \
             said_as(f"--fraction {budget.fraction:g}", f"fraction={budget.fraction:g}") + f" ({k} images)"
         if n == 0:

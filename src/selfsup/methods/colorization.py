@@ -129,7 +129,8 @@ class Method(nn.Module):
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
         if backbone.kind != "cnn":
-            raise UserError(f"colorization predicts colours from a feature map: use a convolutional {option('backbone')}, "
+            raise UserError(f"colorization predicts colours from a feature map: "
+                            f"use a convolutional {option('backbone')}, "
                             f"not {backbone.name!r}")
         self.config, self.image_size = config, image_size
         net = SplitBrain(with_input_channels(backbone, 1), with_input_channels(backbone, 2))

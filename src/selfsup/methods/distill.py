@@ -140,7 +140,8 @@ class Method(nn.Module):
             head = nn.Linear(backbone.feature_dim, t_backbone.feature_dim)
         elif backbone.feature_dim != t_backbone.feature_dim:
             raise UserError(f"the teacher's features have {t_backbone.feature_dim} dimensions and the student's "
-                            f"{backbone.feature_dim}; add a learned projection with {setting('distill.projection', True)}")
+                            f"{backbone.feature_dim}; add a learned projection with "
+                            f"{setting('distill.projection', True)}")
         else:
             head = nn.Identity()
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})

@@ -82,7 +82,8 @@ def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: to
 
 def _check(config: Config, backbone: str, image_size: int, patch_size: int | None) -> None:
     if backbone not in VITS:
-        raise UserError(f"mae needs a ViT backbone ({', '.join(VITS)}, with {said_as('--patch-size N', 'patch_size=N')}), "
+        raise UserError(f"mae needs a ViT backbone ({', '.join(VITS)}, "
+                        f"with {said_as('--patch-size N', 'patch_size=N')}), "
                         f"not {backbone!r}; use e.g. {option('backbone', 'vit-tiny')}")
     patches = (image_size // patch_size) ** 2
     if not 0 < num_visible(patches, config.mask_ratio) < patches:

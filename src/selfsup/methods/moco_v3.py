@@ -105,7 +105,8 @@ def _fix_positions(backbone: Backbone, image_size: int) -> None:
     positions = sincos_positions(grid, backbone.feature_dim)  # (1, 1+N, D), zeros for the class token
     if getattr(net, "pos_embed", None) is None or net.pos_embed.shape != positions.shape:
         raise UserError(f"moco-v3.fixed_positions needs a ViT with one position per patch and one for its "
-                        f"class token; {backbone.name} has other positions: add {setting('moco-v3.fixed_positions', False)}")
+                        f"class token; {backbone.name} has other positions: "
+                        f"add {setting('moco-v3.fixed_positions', False)}")
     net.pos_embed.data.copy_(positions)
     net.pos_embed.requires_grad_(False)
 

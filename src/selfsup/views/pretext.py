@@ -103,7 +103,8 @@ def tile_grid(size: int, gap: float, jitter: float, task: str) -> TileGrid:
         smallest = next(s for s in itertools.count(size + 1) if _grid(s, gap, jitter).tile >= MIN_TILE)
         raise UserError(f"{task} needs images of at least {smallest} pixels for a 3x3 grid of tiles of "
                         f"{MIN_TILE}+ pixels with gap {gap} and jitter {jitter} (fractions of a cell); "
-                        f"got {size}: use {option('image_size', smallest)} or more, or lower {task}.gap and {task}.jitter")
+                        f"got {size}: use {option('image_size', smallest)} or more, "
+                        f"or lower {task}.gap and {task}.jitter")
     return grid
 
 
