@@ -446,7 +446,6 @@ def test_curation_resumes_after_an_interruption(planted, monkeypatch):
 def test_embedding_progress_moves_with_each_batch_and_counts_every_file(planted, tmp_path, monkeypatch):
     """A chunk of 4,096 images takes minutes on a CPU: the bar moved once per chunk. It now moves
     per batch of features (and by a chunk at once when the chunk was saved by an earlier run)."""
-    import functools
     from selfsup.data.sources import open_file_or_source
     from selfsup.encoder import load_encoder
 
@@ -461,14 +460,12 @@ def test_embedding_progress_moves_with_each_batch_and_counts_every_file(planted,
             pass
 
     monkeypatch.setattr(embedding_module, "progress_bar", lambda *a, **k: Bar())
-    monkeypatch.setattr(embedding_module, "extract_features",
-                        functools.partial(embedding_module.extract_features, batch_size=16))
     (tmp_path / "pool").mkdir()
     for i, name in enumerate(sorted((root / "pool").iterdir())[:50]):
         (tmp_path / "pool" / name.name).write_bytes(name.read_bytes() if i != 7 else b"not an image")
     source = open_file_or_source(tmp_path / "pool")
     encoder = load_encoder("random:resnet18", image_size=64, small_stem=False)
-    embedded = embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=40)
+    embedded = embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=40, batch_size=16)
     assert len(embedded.skipped) == 1 and sum(moves) == 50
     # chunk of 40 (one file skipped): 16 + 16 + 7; then 10
     assert sorted(m for m in moves if m) == sorted([1, 16, 16, 7, 10])

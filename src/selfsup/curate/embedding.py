@@ -44,7 +44,8 @@ def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
     return root / f"{source.path.name.split('.')[0]}-{key}"
 
 
-def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int, bar):
+def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int, bar,
+                 batch_size: int = 256):
     notes: dict[str, list[str]] = {}  # what was decoded in part, or why not (see decode_noting)
     decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512,
                                  notes=notes, bands=encoder.bands))
@@ -53,7 +54,8 @@ def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device
     bar.update(len(skipped))
     if kept:  # the bar moves with each batch embedded: a chunk of 4,096 images takes minutes on a CPU
         pixels = np.stack([p for _, p in kept])
-        features = extract_features(encoder.backbone, pixels, encoder.image_size, device, bar=bar)
+        features = extract_features(encoder.backbone, pixels, encoder.image_size, device, batch_size=batch_size,
+                                    bar=bar)
         vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32)
     else:
         vectors = np.zeros((0, encoder.backbone.feature_dim), np.float32)
@@ -76,7 +78,11 @@ def _load_chunk(path: Path, wanted: list[str]):
 
 
 def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, chunk_size: int = 4096,
-                 workers: int = 0, show_progress: bool = True, desc: str = "embedding") -> Embedded:
+                 workers: int = 0, show_progress: bool = True, desc: str = "embedding",
+                 batch_size: int = 256) -> Embedded:
+    """The L2-normalised embeddings of every file of `source`, in the source's order, made
+    `chunk_size` files at a time (`batch_size` images a forward pass) and each chunk saved in
+    `work_dir`, from which a rerun takes the chunks already done."""
     work_dir.mkdir(parents=True, exist_ok=True)
     names, vectors, skipped, notes = [], [], [], {}
     bar = progress_bar(len(source.names), f"{desc} ({source.describe()})", enabled=show_progress)
@@ -85,7 +91,7 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         done, wanted = work_dir / f"chunk-{number:06d}.npz", source.names[start:start + chunk_size]
         saved = _load_chunk(done, wanted)
         if saved is None:  # not embedded yet, or in chunks of another size
-            saved = _embed_chunk(encoder, source, wanted, device, workers, bar)
+            saved = _embed_chunk(encoder, source, wanted, device, workers, bar, batch_size)
             with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
                 np.savez(f, names=np.array(saved[0], dtype=str), vectors=saved[1],
                          skipped=np.array(saved[2], dtype=str), notes=np.array(json.dumps(saved[3])))
