@@ -750,6 +750,12 @@ def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = No
     return open_built(target, lambda: _build(source, size, target, workers, show_progress, bands), source.describe())
 
 
+def cache_built(source: ImageSource, size: int, cache_dir: str | Path | None = None, bands: Bands = None) -> bool:
+    """Whether `source` at `size` pixels (of TIFFs, `bands`) has a published cache already (one
+    that a pretraining run on it left): load_cache would then decode nothing."""
+    return (cache_folder(cache_dir) / _cache_key(source, size, bands) / "index.json").is_file()
+
+
 def require_tiff_reader(bands: Bands) -> None:
     """Bands are chosen by tifffile: without it, the run would skip every TIFF."""
     if bands and "tifffile" not in tiff_readers():
