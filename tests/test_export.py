@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -87,6 +88,101 @@ def test_embed_writes_unit_vectors_and_the_file_list(trained, tmp_path):
     assert names[0] == "circle/000.png"
 
 
+@pytest.fixture(scope="module")
+def forty(tmp_path_factory):
+    """40 files of a folder: 37 PNGs of several sizes and 3 that do not decode, among them."""
+    root = tmp_path_factory.mktemp("forty") / "images"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        if i in (5, 17, 33):
+            (root / f"{i:03d}.png").write_bytes(b"not an image")
+        else:
+            side = int(rng.integers(16, 40))
+            Image.fromarray(rng.integers(0, 256, (side, side + i % 5, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root, load_encoder("random:resnet18-half", 16)
+
+
+def _embedded(out: Path):
+    return np.load(out), (out.parent / (out.stem + ".files.txt")).read_text().splitlines()
+
+
+def test_embed_streams_without_a_cache_and_agrees_with_the_cache(forty, tmp_path, monkeypatch, capsys):
+    from selfsup.data import load_cache, open_source
+    data, encoder = forty
+    streamed = selfsup.embed_images(encoder, data, tmp_path / "s.npy", device="cpu", cache_dir=tmp_path / "none",
+                                    show_progress=False, chunk_size=16)
+    assert not (tmp_path / "none").exists() and not (tmp_path / "s.parts").exists()  # no cache, no parts left
+    assert capsys.readouterr().err.count("skipped 3 of 40 files") == 1  # once, not once a chunk
+    load_cache(open_source(data, whole=True), encoder.cache_size, tmp_path / "c", show_progress=False)
+    capsys.readouterr()  # the build's own warning
+    # With the cache built, nothing is decoded again: the decoders of both paths fail if called.
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+    monkeypatch.setattr("selfsup.data.cache.decode_stream", no_decoding)
+    monkeypatch.setattr("selfsup.curate.embedding.decode_stream", no_decoding)
+    cached = selfsup.embed_images(encoder, data, tmp_path / "c.npy", device="cpu", cache_dir=tmp_path / "c",
+                                  show_progress=False, batch_size=7)
+    assert not (tmp_path / "c.parts").exists() and capsys.readouterr().err.count("skipped 3 of 40 files") == 1
+    assert streamed == {**cached, "embeddings": str(tmp_path / "s.npy"), "files": str(tmp_path / "s.files.txt")}
+    assert streamed["count"] == 37 and streamed["skipped"] == 3
+    (s_vectors, s_names), (c_vectors, c_names) = _embedded(tmp_path / "s.npy"), _embedded(tmp_path / "c.npy")
+    assert s_names == c_names == [f"{i:03d}.png" for i in range(40) if i not in (5, 17, 33)]
+    assert s_vectors.dtype == c_vectors.dtype == np.float32
+    np.testing.assert_allclose(s_vectors, c_vectors, atol=1e-5, rtol=0)
+
+
+def test_embed_of_a_tar_gives_the_source_order_from_either_path(forty, tmp_path):
+    import tarfile
+    from selfsup.data import load_cache, open_source
+    folder, encoder = forty
+    data = tmp_path / "images.tar"
+    with tarfile.open(data, "w") as tar:  # archive order: the reverse of the sorted names
+        for path in sorted(folder.iterdir(), reverse=True):
+            tar.add(path, arcname=path.name)
+    selfsup.embed_images(encoder, data, tmp_path / "s.npy", device="cpu", cache_dir=tmp_path / "c",
+                         show_progress=False, chunk_size=16)
+    load_cache(open_source(data, whole=True), encoder.cache_size, tmp_path / "c", show_progress=False)
+    selfsup.embed_images(encoder, data, tmp_path / "c.npy", device="cpu", cache_dir=tmp_path / "c",
+                         show_progress=False)
+    (s_vectors, s_names), (c_vectors, c_names) = _embedded(tmp_path / "s.npy"), _embedded(tmp_path / "c.npy")
+    assert s_names == c_names == [f"{i:03d}.png" for i in range(40) if i not in (5, 17, 33)]
+    np.testing.assert_allclose(s_vectors, c_vectors, atol=1e-5, rtol=0)
+
+
+def test_a_killed_embed_resumes_from_its_finished_chunks(forty, tmp_path, monkeypatch):
+    import selfsup.curate.embedding as embedding
+    data, encoder = forty
+    whole = selfsup.embed_images(encoder, data, tmp_path / "whole.npy", device="cpu", cache_dir=tmp_path / "c",
+                                 show_progress=False, chunk_size=16)
+    embed_chunk, embedded = embedding._embed_chunk, []
+
+    def killed_after_the_first(encoder, source, names, *args, **kwargs):
+        if embedded:
+            raise KeyboardInterrupt
+        embedded.append(names)
+        return embed_chunk(encoder, source, names, *args, **kwargs)
+    monkeypatch.setattr(embedding, "_embed_chunk", killed_after_the_first)
+    out = tmp_path / "out" / "e.npy"
+    with pytest.raises(KeyboardInterrupt):
+        selfsup.embed_images(encoder, data, out, device="cpu", cache_dir=tmp_path / "c", show_progress=False,
+                             chunk_size=16)
+    assert not out.exists() and [p.name for p in (tmp_path / "out" / "e.parts").glob("*/*.npz")] == ["chunk-000000.npz"]
+
+    def counted(encoder, source, names, *args, **kwargs):
+        embedded.append(names)
+        return embed_chunk(encoder, source, names, *args, **kwargs)
+    monkeypatch.setattr(embedding, "_embed_chunk", counted)
+    resumed = selfsup.embed_images(encoder, data, out, device="cpu", cache_dir=tmp_path / "c", show_progress=False,
+                                   chunk_size=16)
+    assert embedded[1:] == [[f"{i:03d}.png" for i in range(16, 32)], [f"{i:03d}.png" for i in range(32, 40)]]
+    assert resumed["count"] == whole["count"] and resumed["skipped"] == whole["skipped"] == 3
+    (w_vectors, w_names), (r_vectors, r_names) = _embedded(tmp_path / "whole.npy"), _embedded(out)
+    assert r_names == w_names
+    np.testing.assert_allclose(r_vectors, w_vectors, atol=1e-5, rtol=0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["e.files.txt", "e.npy"]  # parts removed
+
+
 def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, tmp_path, capsys):
     from selfsup.cli import main
     from selfsup.errors import UserError
@@ -139,8 +235,11 @@ def test_export_on_a_full_disk_is_one_line_and_keeps_the_previous_file(trained, 
 
 def test_embed_on_a_full_disk_says_why_and_keeps_the_previous_file(trained, tmp_path):
     from selfsup.errors import UserError
+    from selfsup.data import load_cache, open_source
     data, runs = trained
     out = tmp_path / "emb.npy"
+    # From the image cache: what fails is the write of `out`, not of a chunk of OUT.parts/.
+    load_cache(open_source(data, whole=True), 16, tmp_path / "c", show_progress=False)
     selfsup.embed_images(runs["resnet18"], data, out, cache_dir=tmp_path / "c", show_progress=False)
     before = out.read_bytes()  # tens of KB: 512 floats an image
     with files_limited_to(4096), pytest.raises(UserError) as error:  # numpy's own fwrite said "(None)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from .console import option
+from .curate.embedding import embed_source, embedding_dir
 from .data import load_cache, open_source
+from .data.cache import cache_built
 from .encoder import Encoder, load_encoder
 from .errors import UserError
 from .eval.features import extract_features
@@ -30,6 +33,7 @@ from .views import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_FILE = "encoder.safetensors"  # the name inside an --out folder
 EMBEDDINGS_FILE = "embeddings.npy"
+EMBED_CHUNK = 4096  # images decoded and embedded between two saves of OUT.parts/: what a killed embed loses
 
 
 def export_encoder(checkpoint, out: str | Path) -> dict:
@@ -123,12 +127,18 @@ def load_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "auto", batch_size: int = 256,
                  cache_dir=None, show_progress: bool = True, image_size: int | None = None,
-                 small_stem: bool | None = None, backbone: str | None = None, bands=None) -> dict:
+                 small_stem: bool | None = None, backbone: str | None = None, bands=None,
+                 chunk_size: int = EMBED_CHUNK) -> dict:
     """Write (N, D) float32 L2-normalised embeddings to `out` (a .npy file, or a folder to write
     embeddings.npy in) and the N file names beside it, with suffix .files.txt instead of .npy;
     images that cannot be decoded are skipped and counted. `image_size`, `small_stem`: for random:
     and weights: encoders (a random: one takes the images' size); `backbone`: a weights: file's
-    architecture; `bands`: the TIFF bands shown (see load_encoder)."""
+    architecture; `bands`: the TIFF bands shown (see load_encoder).
+
+    Where the data has an image cache at the encoder's size (a run pretrained on it), the images
+    are read from it. Otherwise they are decoded `chunk_size` at a time and never cached: each
+    chunk's vectors are saved in OUT.parts/ (beside `out`, removed when the embedding is written),
+    from which a killed run resumes."""
     from .train import resolve_device
 
     if batch_size < 1:
@@ -140,15 +150,33 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
         encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(
             checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands, images=source)
     device = resolve_device(device)
-    cache = load_cache(source, encoder.cache_size, cache_dir, show_progress=show_progress,
-                       bands=encoder.bands)
-    features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
-                                batch_size=batch_size, show_progress=show_progress, desc="embedding")
-    # features are float32 already: astype without copy=False made a third (N, D) copy
-    vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32, copy=False)
+    parts = None if cache_built(source, encoder.cache_size, cache_dir, encoder.bands) else out.with_name(
+        out.stem + ".parts")  # a run pretrained on the data left its cache: reading it is free
+    if parts is None:
+        names, vectors, skipped = _embed_cached(encoder, source, device, batch_size, cache_dir, show_progress)
+    else:
+        with removed_if_left_empty(parts):  # none of the images decoded: no empty folder left
+            embedded = embed_source(encoder, source, embedding_dir(parts, encoder, source), device, chunk_size,
+                                    show_progress=show_progress, batch_size=batch_size)
+        names, vectors, skipped = embedded.names, embedded.vectors, embedded.skipped
     with atomic_path(out) as tmp:
         save_npy(tmp, vectors)
     with atomic_path(names_file) as tmp:
-        tmp.write_text("".join(name + "\n" for name in cache.names))
-    return {"embeddings": str(out), "files": str(names_file), "count": len(cache), "dim": vectors.shape[1],
-            "skipped": len(cache.skipped)}
+        tmp.write_text("".join(name + "\n" for name in names))
+    if parts is not None:
+        shutil.rmtree(parts, ignore_errors=True)  # written: nothing left to resume
+    return {"embeddings": str(out), "files": str(names_file), "count": len(names), "dim": vectors.shape[1],
+            "skipped": len(skipped)}
+
+
+def _embed_cached(encoder: Encoder, source, device, batch_size: int, cache_dir, show_progress: bool):
+    """(names, (N, D) L2-normalised vectors, skipped) from the source's image cache, in the
+    source's order (a tar's cache holds its archive order): the rows embed_source gives."""
+    cache = load_cache(source, encoder.cache_size, cache_dir, show_progress=show_progress, bands=encoder.bands)
+    position = {name: i for i, name in enumerate(source.names)}
+    rows = np.array(sorted(range(len(cache)), key=lambda row: position[cache.names[row]]), dtype=np.int64)
+    features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device, indices=rows,
+                                batch_size=batch_size, show_progress=show_progress, desc="embedding")
+    # features are float32 already: astype without copy=False made a third (N, D) copy
+    vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32, copy=False)
+    return [cache.names[row] for row in rows], vectors, cache.skipped
