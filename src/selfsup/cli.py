@@ -416,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write the encoder's features of every image, each divided by its L2 "
                                         "norm (so a dot product is a cosine similarity), as a float32 .npy "
                                         "array, one row per image, and the images' names, row by row, in the "
-                                        "same name with .files.txt for .npy.")
+                                        "same name with .files.txt for .npy. Without a decoded-image cache of the "
+                                        "data (a pretraining run's), the images are embedded 4,096 at a time and "
+                                        "saved in OUT.parts/ until the end: a killed embed resumes where it stopped.")
     _encoder_options(p)
     p.add_argument("--data", required=True, help="a folder of images, a tar of one, or a .txt list")
     p.add_argument("--out", required=True, help="a .npy file, or a folder to write embeddings.npy into")
