@@ -498,6 +498,25 @@ def test_without_pydicom_dicoms_are_skipped_saying_what_to_install_and_decoded_o
         load_cache(open_source(tmp_path / "only"), 24, show_progress=False)
 
 
+def test_embedding_a_folder_of_dicoms_without_pydicom_says_what_to_install(tmp_path):
+    """Embedding streams without a cache (selfsup embed, curate, cluster): when nothing decodes, it
+    says what would make the files decode, as a cache's build does."""
+    import selfsup
+    from selfsup.encoder import load_encoder
+    scans(tmp_path / "only", count=2)
+    encoder = load_encoder("random:resnet18-half", 16)
+    with without_pydicom(), pytest.raises(UserError, match=r"^none of the 2 files in '.*only' could be decoded as "
+                                                          r"images; 2 of them are DICOM files: pip install "
+                                                          r"'selfsup\[dicom\]'"):
+        selfsup.embed_images(encoder, tmp_path / "only", tmp_path / "e.npy", device="cpu", show_progress=False,
+                             cache_dir=tmp_path / "cache")
+    (tmp_path / "only" / "slice0.dcm").write_bytes(b"not an image")
+    (tmp_path / "only" / "slice1.dcm").write_bytes(b"nor this")
+    with pytest.raises(UserError, match=r"could be decoded as images; check that they are images$"):
+        selfsup.embed_images(encoder, tmp_path / "only", tmp_path / "e.npy", device="cpu", show_progress=False,
+                             cache_dir=tmp_path / "cache")
+
+
 def test_dicom_files_are_known_by_content_and_counted_without_pydicom(tmp_path, capsys):
     """Runs where pydicom is not installed: the files need not be written by it to be known."""
     (tmp_path / "scans").mkdir()

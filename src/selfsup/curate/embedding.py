@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..console import progress_bar
-from ..data.cache import CACHE_FORMAT, decode_stream, dicom_display_key, readers_for, warn_skipped
+from ..data.cache import CACHE_FORMAT, decode_stream, dicom_display_key, readers_for, warn_skipped, what_to_do
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError
@@ -109,6 +109,7 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
     bar.close()
     if not names:  # its chunks hold only names that failed: nothing worth resuming from
         shutil.rmtree(work_dir, ignore_errors=True)
-        raise UserError(source.none_decoded())
+        said = source.none_decoded()  # and, as a cache's build says, what would make them decode
+        raise UserError(said if source.one_file else f"{said}; {what_to_do(notes, 'image')}")
     warn_skipped(skipped, len(source.names), repr(source.describe()), notes=notes)
     return Embedded(names, np.concatenate(vectors), skipped, encoder.bands)

@@ -962,7 +962,7 @@ def _unread_dicoms(notes: dict, examples: bool = True) -> str:
     return said
 
 
-def _what_to_do(notes: dict, kind: str) -> str:
+def what_to_do(notes: dict, kind: str) -> str:
     """When no file decodes: what the notes say would make them decode, else to check them."""
     if notes.get(TIFF_LAYOUT):
         return (f"{len(notes[TIFF_LAYOUT]):,} of them are TIFFs in a layout Pillow cannot decode: pip install "
@@ -996,7 +996,7 @@ def read_built(target: Path, description: str, kind: str = "image") -> ImageCach
         warn_skipped(meta["skipped"], files, description, kind, meta.get("notes"))
     if not names:
         raise UserError(f"none of the {len(meta['skipped']):,} {kind} files in {description!r} "
-                        f"could be decoded; {_what_to_do(meta.get('notes') or {}, kind)}")
+                        f"could be decoded; {what_to_do(meta.get('notes') or {}, kind)}")
     images = np.memmap(target / "images.u8", dtype=np.uint8, mode="r", shape=(len(names), size, size, 3))
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     return ImageCache(images=images, names=names, labels=labels, classes=meta["classes"],
