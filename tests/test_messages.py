@@ -202,6 +202,14 @@ def _same_error_both_ways(tmp_path):
                                                                       per_class=1, image_size=16),
          ["eval", "linear", *encoder, "--data", split, "--fraction", 0.5, "--per-class", 1, "--image-size", 16],
          "give fraction= or per_class=, not both", "give --fraction or --per-class, not both"),
+        ("a curve's fraction out of range", lambda: selfsup.label_efficiency_curve(
+            "random:resnet18", data=split, fractions=(0.5, 2.0), out=out / "c.png", image_size=16),
+         ["eval", "curve", *encoder, "--data", split, "--fraction", 0.5, 2.0, "--out", out / "c.png",
+          "--image-size", 16], "fractions= must lie in (0, 1], got 2.0", "--fraction must lie in (0, 1], got 2.0"),
+        ("a curve's fraction larger than a class", lambda: selfsup.label_efficiency_curve(
+            "random:resnet18", data=split, fractions=(0.9,), out=out / "c.png", image_size=16),
+         ["eval", "curve", *encoder, "--data", split, "--fraction", 0.9, "--out", out / "c.png", "--image-size", 16],
+         "0.9 of fractions= (2 images) is more than class", "--fraction 0.9 (2 images) is more than class"),
         ("embed's batch size", lambda: embed_images("random:resnet18", data, out / "e.npy", batch_size=0),
          ["embed", *encoder, "--data", data, "--out", out / "e.npy", "--batch-size", 0],
          "batch_size= must be at least 1, got 0", "--batch-size must be at least 1, got 0"),

@@ -45,7 +45,7 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     with removed_if_left_empty(_plot_path(out).parent):  # a refused curve leaves no empty folder behind
         output_file(_plot_path(out))  # before the protocols run, not after
         budgets = [Budget(per_class=k) for k in per_class] if per_class else \
-            [Budget(fraction=f) for f in (fractions or DEFAULT_FRACTIONS)]
+            [Budget(fraction=f, fraction_keyword="fractions") for f in (fractions or DEFAULT_FRACTIONS)]
         lines, setup, runs = _curve_lines(checkpoints, train, test, data, protocol, budgets, seeds,
                                           protocol_options or {}, options)
         settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point

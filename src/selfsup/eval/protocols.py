@@ -174,7 +174,8 @@ def _seeds_that_differ(protocol: str, budget: Budget, seeds: int) -> int:
     if (budget.everything or budget.subset) and seeds > 1:
         labels = f"the labels of {option('subset')}" if budget.subset else "all labels"
         warn(f"{protocol} with {labels} gives the same result for every seed: run once, not {seeds} times "
-             f"({option('seeds')} draws label subsets, with {option('fraction')} or {option('per_class')})")
+             f"({option('seeds')} draws label subsets, with {option('fraction', python=budget.fraction_keyword)} or "
+             f"{option('per_class')})")
         return 1
     return seeds
 

@@ -12,7 +12,7 @@ labelled images. Each subset is written as JSON (file names) beside the image ca
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,9 @@ class Budget:
     fraction: float | None = None
     per_class: int | None = None
     subset: str | None = None
+    # The keyword that gave `fraction` from Python: evaluate_*'s fraction=, or the curve's
+    # fractions= (one of several); the command line's --fraction either way.
+    fraction_keyword: str = field(default="fraction", compare=False, repr=False)
 
     def __post_init__(self):
         given = [option(name) for name, value in (("fraction", self.fraction), ("per_class", self.per_class),
@@ -40,13 +43,20 @@ class Budget:
         if len(given) > 1:
             raise UserError(f"give {' or '.join(given)}, not both")
         if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise UserError(f"{option('fraction')} must lie in (0, 1], got {self.fraction}")
+            raise UserError(f"{option('fraction', python=self.fraction_keyword)} must lie in (0, 1], "
+                            f"got {self.fraction}")
         if self.per_class is not None and self.per_class < 1:
             raise UserError(f"{option('per_class')} must be at least 1, got {self.per_class}")
 
     @property
     def everything(self) -> bool:
         return self.per_class is None and self.subset is None and (self.fraction is None or self.fraction == 1)
+
+    def python_fraction(self) -> str:
+        """The fraction as a Python caller gave it: `fraction=0.1`, or `0.1 of fractions=`."""
+        if self.fraction_keyword == "fraction":
+            return f"fraction={self.fraction:g}"
+        return f"{self.fraction:g} of {self.fraction_keyword}="
 
     def describe(self) -> str:
         if self.everything:
@@ -83,7 +93,7 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
         held = (f" ({pool} after the {val} held out for validation; {option('val_fraction', 0)} holds none)"
                 if val else "")
         asked = option("per_class", k) if budget.per_class else \
-            said_as(f"--fraction {budget.fraction:g}", f"fraction={budget.fraction:g}") + f" ({k} images)"
+            said_as(f"--fraction {budget.fraction:g}", budget.python_fraction()) + f" ({k} images)"
         if n == 0:
             raise UserError(f"{asked} needs images of class {class_name!r}, which has no training image; "
                             f"add some, or remove its folder")
