@@ -183,6 +183,19 @@ def test_a_killed_embed_resumes_from_its_finished_chunks(forty, tmp_path, monkey
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["e.files.txt", "e.npy"]  # parts removed
 
 
+def test_an_embed_of_files_that_do_not_decode_leaves_no_folder_behind(tmp_path):
+    """Nothing decodes: refused, and neither OUT.parts/ nor the folders made for --out are left."""
+    data = tmp_path / "junk"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.png").write_bytes(b"not a png")
+    out = tmp_path / "new" / "deeper" / "e.npy"
+    with pytest.raises(selfsup.UserError, match="none of the 3 files"):
+        selfsup.embed_images("random:resnet18", data, out, device="cpu", image_size=16, cache_dir=tmp_path / "c",
+                             show_progress=False)
+    assert not (tmp_path / "new").exists()
+
+
 def test_outputs_are_checked_before_the_work_and_leave_nothing_behind(trained, tmp_path, capsys):
     from selfsup.cli import main
     from selfsup.errors import UserError

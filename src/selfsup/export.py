@@ -144,21 +144,23 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     if batch_size < 1:
         raise UserError(f"{option('batch_size')} must be at least 1, got {batch_size}")
     out = named_output(out, ".npy", EMBEDDINGS_FILE)
-    with removed_if_left_empty(out.parent):  # the folder made for --out, when the data or encoder is refused
+    # The folders made for --out go again when the data or the encoder is refused, or none of the
+    # images decodes; a killed run's OUT.parts/ holds its chunks, and stays.
+    with removed_if_left_empty(out.parent):
         out, names_file = output_file(out), output_file(out.with_name(out.stem + ".files.txt"))
         source = open_source(data, whole=True)  # before the encoder: a random: one takes the images' size
         encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(
             checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands, images=source)
-    device = resolve_device(device)
-    parts = None if cache_built(source, encoder.cache_size, cache_dir, encoder.bands) else out.with_name(
-        out.stem + ".parts")  # a run pretrained on the data left its cache: reading it is free
-    if parts is None:
-        names, vectors, skipped = _embed_cached(encoder, source, device, batch_size, cache_dir, show_progress)
-    else:
-        with removed_if_left_empty(parts):  # none of the images decoded: no empty folder left
-            embedded = embed_source(encoder, source, embedding_dir(parts, encoder, source), device, chunk_size,
-                                    show_progress=show_progress, batch_size=batch_size)
-        names, vectors, skipped = embedded.names, embedded.vectors, embedded.skipped
+        device = resolve_device(device)
+        parts = None if cache_built(source, encoder.cache_size, cache_dir, encoder.bands) else out.with_name(
+            out.stem + ".parts")  # a run pretrained on the data left its cache: reading it is free
+        if parts is None:
+            names, vectors, skipped = _embed_cached(encoder, source, device, batch_size, cache_dir, show_progress)
+        else:
+            with removed_if_left_empty(parts):  # none of the images decoded: no empty folder left
+                embedded = embed_source(encoder, source, embedding_dir(parts, encoder, source), device, chunk_size,
+                                        show_progress=show_progress, batch_size=batch_size)
+            names, vectors, skipped = embedded.names, embedded.vectors, embedded.skipped
     with atomic_path(out) as tmp:
         save_npy(tmp, vectors)
     with atomic_path(names_file) as tmp:
