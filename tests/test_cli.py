@@ -268,8 +268,14 @@ def test_tiff_bands_chosen_at_pretraining_follow_the_encoder_into_every_command(
     assert exported_settings(read_weights(tmp_path / "enc.safetensors")[1])["bands"] == (4, 3, 2)
     caches = list_caches()
     assert caches and all(json.loads((c.path / "index.json").read_text())["bands"] == [4, 3, 2] for c in caches)
-    # Other bands for a run's encoder, asked for: a cache of their own.
+    # Other bands for a run's encoder, asked for: what embed streams (no cache) is of those bands...
     proc = run("embed", "--checkpoint", out, "--bands", "1", "--out", tmp_path / "gray.npy", *common)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list_caches()) == len(caches)
+    assert np.load(tmp_path / "gray.npy").shape == np.load(tmp_path / "e.npy").shape
+    assert not np.allclose(np.load(tmp_path / "gray.npy"), np.load(tmp_path / "e.npy"), atol=1e-3)
+    # ... and what eval decodes into a cache, a cache of their own
+    proc = run("eval", "knn", "--checkpoint", out, "--bands", "1", "--train", data, "--test", data, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert sorted(json.loads((c.path / "index.json").read_text())["bands"] for c in list_caches()) == \
         [[1]] + [[4, 3, 2]] * len(caches)

@@ -132,22 +132,31 @@ def test_embed_streams_without_a_cache_and_agrees_with_the_cache(forty, tmp_path
     np.testing.assert_allclose(s_vectors, c_vectors, atol=1e-5, rtol=0)
 
 
-def test_embed_of_a_tar_gives_the_source_order_from_either_path(forty, tmp_path):
+def test_embed_of_a_tar_reads_it_once_and_gives_the_folders_rows(forty, tmp_path, monkeypatch):
+    """A stream of chunks would read a tar from its start for each (a .tar.gz decompressed again):
+    a tar is decoded into the cache in one pass, its rows in source order, as the folder's stream."""
     import tarfile
-    from selfsup.data import load_cache, open_source
+    from selfsup.data.sources import ImageSource
     folder, encoder = forty
     data = tmp_path / "images.tar"
     with tarfile.open(data, "w") as tar:  # archive order: the reverse of the sorted names
         for path in sorted(folder.iterdir(), reverse=True):
             tar.add(path, arcname=path.name)
-    selfsup.embed_images(encoder, data, tmp_path / "s.npy", device="cpu", cache_dir=tmp_path / "c",
+    selfsup.embed_images(encoder, folder, tmp_path / "f.npy", device="cpu", cache_dir=tmp_path / "c",
                          show_progress=False, chunk_size=16)
-    load_cache(open_source(data, whole=True), encoder.cache_size, tmp_path / "c", show_progress=False)
-    selfsup.embed_images(encoder, data, tmp_path / "c.npy", device="cpu", cache_dir=tmp_path / "c",
-                         show_progress=False)
-    (s_vectors, s_names), (c_vectors, c_names) = _embedded(tmp_path / "s.npy"), _embedded(tmp_path / "c.npy")
-    assert s_names == c_names == [f"{i:03d}.png" for i in range(40) if i not in (5, 17, 33)]
-    np.testing.assert_allclose(s_vectors, c_vectors, atol=1e-5, rtol=0)
+    assert not (tmp_path / "c").exists()  # the folder streamed
+    read, reads = ImageSource.read, []
+
+    def counted(self, *args, **kwargs):
+        reads.append(self.path)
+        return read(self, *args, **kwargs)
+    monkeypatch.setattr(ImageSource, "read", counted)
+    selfsup.embed_images(encoder, data, tmp_path / "t.npy", device="cpu", cache_dir=tmp_path / "c",
+                         show_progress=False, chunk_size=16)
+    assert reads == [data] and len(list((tmp_path / "c").iterdir())) == 1 and not (tmp_path / "t.parts").exists()
+    (f_vectors, f_names), (t_vectors, t_names) = _embedded(tmp_path / "f.npy"), _embedded(tmp_path / "t.npy")
+    assert f_names == t_names == [f"{i:03d}.png" for i in range(40) if i not in (5, 17, 33)]
+    np.testing.assert_allclose(f_vectors, t_vectors, atol=1e-5, rtol=0)
 
 
 def test_a_killed_embed_resumes_from_its_finished_chunks(forty, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from .console import option
 from .curate.embedding import embed_source, embedding_dir
 from .data import load_cache, open_source
 from .data.cache import cache_built
+from .data.sources import is_tar_path
 from .encoder import Encoder, load_encoder
 from .errors import UserError
 from .eval.features import extract_features
@@ -135,10 +136,10 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     and weights: encoders (a random: one takes the images' size); `backbone`: a weights: file's
     architecture; `bands`: the TIFF bands shown (see load_encoder).
 
-    Where the data has an image cache at the encoder's size (a run pretrained on it), the images
-    are read from it. Otherwise they are decoded `chunk_size` at a time and never cached: each
-    chunk's vectors are saved in OUT.parts/ (beside `out`, removed when the embedding is written),
-    from which a killed run resumes."""
+    Where the data has an image cache at the encoder's size (a run pretrained on it), or is a tar
+    (decoded into one in a single pass), the images are read from the cache. Otherwise they are
+    decoded `chunk_size` at a time and never cached: each chunk's vectors are saved in OUT.parts/
+    (beside `out`, removed when the embedding is written), from which a killed run resumes."""
     from .train import resolve_device
 
     if batch_size < 1:
@@ -152,8 +153,10 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
         encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(
             checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands, images=source)
         device = resolve_device(device)
-        parts = None if cache_built(source, encoder.cache_size, cache_dir, encoder.bands) else out.with_name(
-            out.stem + ".parts")  # a run pretrained on the data left its cache: reading it is free
+        # A run pretrained on the data left its cache: reading it is free. A tar is read from its start
+        # for every chunk of a stream (a .tar.gz decompressed again each time): decoded once into the cache.
+        cached = cache_built(source, encoder.cache_size, cache_dir, encoder.bands) or is_tar_path(source.path)
+        parts = None if cached else out.with_name(out.stem + ".parts")
         if parts is None:
             names, vectors, skipped = _embed_cached(encoder, source, device, batch_size, cache_dir, show_progress)
         else:
