@@ -185,7 +185,7 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     if resume:
         if not (out / "last.pt").is_file():
             raise UserError(f"{option('resume', True)}: no checkpoint in {str(out)!r} (expected {out / 'last.pt'}); "
-                            f"start a new run without {option('resume')}")
+                            f"start a new run without {option('resume', True)}")
         return _restore_config(user, out)
     if (out / "last.pt").exists():
         raise UserError(f"{str(out)!r} already holds a run (last.pt); continue it with {option('resume', True)} "
