@@ -173,7 +173,8 @@ def test_a_killed_embed_resumes_from_its_finished_chunks(forty, tmp_path, monkey
         return embed_chunk(encoder, source, names, *args, **kwargs)
     monkeypatch.setattr(embedding, "_embed_chunk", killed_after_the_first)
     out = tmp_path / "out" / "e.npy"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r"^call embed_images again with the same arguments to go on from "
+                                                 r"the 1 chunk of images embedded so far, kept in '.*e\.parts'$"):
         selfsup.embed_images(encoder, data, out, device="cpu", cache_dir=tmp_path / "c", show_progress=False,
                              chunk_size=16)
     assert not out.exists() and [p.name for p in (tmp_path / "out" / "e.parts").glob("*/*.npz")] == ["chunk-000000.npz"]

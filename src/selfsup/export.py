@@ -10,6 +10,7 @@ files, one per line, beside it. `--out` may name a folder (one that exists, or a
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .console import option
+from .console import option, plural, said_as
 from .curate.embedding import embed_source, embedding_dir
 from .data import load_cache, open_source
 from .data.cache import cache_built
@@ -160,7 +161,7 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
         if parts is None:
             names, vectors, skipped = _embed_cached(encoder, source, device, batch_size, cache_dir, show_progress)
         else:
-            with removed_if_left_empty(parts):  # none of the images decoded: no empty folder left
+            with removed_if_left_empty(parts), _resumable(parts):  # none decoded: no empty folder left
                 embedded = embed_source(encoder, source, embedding_dir(parts, encoder, source), device, chunk_size,
                                         show_progress=show_progress, batch_size=batch_size)
             names, vectors, skipped = embedded.names, embedded.vectors, embedded.skipped
@@ -172,6 +173,18 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
         shutil.rmtree(parts, ignore_errors=True)  # written: nothing left to resume
     return {"embeddings": str(out), "files": str(names_file), "count": len(names), "dim": vectors.shape[1],
             "skipped": len(skipped)}
+
+
+@contextlib.contextmanager
+def _resumable(parts: Path):
+    """A Ctrl-C says what the chunks saved in `parts` are for: the same call again goes on from them."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        done = len(list(parts.glob("*/chunk-*.npz")))
+        again = said_as("run the same command again", "call embed_images again with the same arguments")
+        raise KeyboardInterrupt(f"{again} to go on from the {plural(done, 'chunk')} of images embedded so far, "
+                                f"kept in {str(parts)!r}" if done else f"nothing was saved yet: {again}") from None
 
 
 def _embed_cached(encoder: Encoder, source, device, batch_size: int, cache_dir, show_progress: bool):
