@@ -590,6 +590,18 @@ def test_the_embeddings_key_names_the_dicom_readers_where_the_pool_may_hold_dico
     assert (embedding.embedding_dir(tmp_path, encoder, source) != before) == keyed
 
 
+def test_suffix_of_is_the_suffix_pathlib_gives():
+    """The keys of a pool look at every name (a million): suffix_of skips building paths, and must
+    say what PurePosixPath(name).suffix says of any name a listing gives (no empty or '.' parts)."""
+    from pathlib import PurePosixPath
+    from selfsup.data.sources import suffix_of
+    rng = np.random.default_rng(0)
+    parts = ["a", "IM0001", "..", ".hidden", "x.JPG", "1.2.840.10008.5", "tar.gz", "dir.d", "b.", "dcm", ".x.y"]
+    names = ["/".join(rng.choice(parts, size=int(rng.integers(1, 4)))) for _ in range(2000)]
+    names += ["x.dcm", "d/.dcm", "d.v2/IM1", "scan.DICOM", "a/b/c.tif", "trailing.", "a..b"]
+    assert [suffix_of(n) for n in names] == [PurePosixPath(n).suffix for n in names]
+
+
 @pytest.mark.parametrize("names, keyed", [(["a/1.dcm", "b/2.png"], True), (["series/IM0001"], True),
                                           (["a/1.png", "b/2.jpg"], False)])
 def test_a_new_dicom_display_decodes_again_only_the_pools_that_may_hold_dicoms(monkeypatch, tmp_path, names, keyed):

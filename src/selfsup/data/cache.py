@@ -29,7 +29,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -41,7 +41,7 @@ from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
 from .dicom import (DICOM_CODEC, DICOM_DISPLAY, DICOM_READER, FIRST_FRAME, SEGMENTED_PALETTE, codec_hint, decode_dicom,
                     dicom_readers, is_dicom, is_dicom_file_start, syntax_name)
-from .sources import SPLIT_NAMES, ImageSource, is_tar_path, without_suffix
+from .sources import SPLIT_NAMES, ImageSource, is_tar_path, suffix_of, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -199,15 +199,14 @@ def readers_for(names: list[str]) -> list[str]:
     """The optional packages installed that decide what these files decode to: the TIFF readers
     where some are TIFFs, the DICOM readers where some are or may be DICOM files (a name without
     a suffix). Installing pydicom does not make a pool of JPEGs embed again."""
-    suffixes = {PurePosixPath(name).suffix.lower() for name in names}
+    suffixes = {suffix_of(name).lower() for name in names}
     readers = tiff_readers() if suffixes & {".tif", ".tiff"} else []
     return readers + (dicom_readers() if may_hold_dicom(names) else [])
 
 
 def may_hold_dicom(names: list[str]) -> bool:
     """Whether some of these files are or may be DICOM files: a .dcm or .dicom, or a name without a suffix."""
-    paths = [PurePosixPath(name) for name in names]
-    return any(path.suffix.lower() in {".dcm", ".dicom"} or without_suffix(path.name) for path in paths)
+    return any(suffix_of(name).lower() in {".dcm", ".dicom"} or without_suffix(name) for name in names)
 
 
 def dicom_display_key(names: list[str]) -> str:

@@ -50,9 +50,17 @@ def is_unnamed_dicom(path: Path) -> bool:
         return False
 
 
+def suffix_of(name: str) -> str:
+    """PurePosixPath(name).suffix of a listed file's name, without building a path: the keys of a
+    pool look at each of its names (a million)."""
+    base = name.rpartition("/")[2]
+    dot = base.rfind(".")
+    return base[dot:] if 0 < dot < len(base) - 1 else ""
+
+
 def without_suffix(name: str) -> bool:
     """A file name without a file type's suffix: none, or a number (a UID's last part)."""
-    suffix = PurePosixPath(name).suffix
+    suffix = suffix_of(name)
     return suffix == "" or suffix[1:].isdigit()  # "1.2.840.10008.5" ends in a number, not a file type
 
 
