@@ -83,11 +83,16 @@ def latest_curves(evals: list[dict]) -> list[dict]:
 
 def _curve_column(curve: dict) -> Column:
     """What a curve is comparable with, as a column of the comparison is (see `_column`)."""
+    return Column(", ".join([str(curve.get("curve_protocol")), *_settings(curve)]), *_data_of(curve))
+
+
+def _data_of(record: dict) -> tuple:
+    """(training data, test data, their pixels' SHA-256) of a result or a curve: one name for a
+    folder however it was given."""
     from ..eval.record import data_name
 
-    train, test = (data_name(d) if d else d for d in (curve.get("train_data"), curve.get("test_data")))
-    return Column(", ".join([str(curve.get("curve_protocol")), *_settings(curve)]), train, test,
-                  curve.get("train_pixels_sha256"), curve.get("test_pixels_sha256"))
+    train, test = (data_name(d) if d else d for d in (record.get("train_data"), record.get("test_data")))
+    return train, test, record.get("train_pixels_sha256"), record.get("test_pixels_sha256")
 
 
 def curve_titles(curves: list[dict]) -> list[str]:
@@ -123,15 +128,11 @@ def _column(result: dict) -> Column:
     image size, number of seeds, settings, training and test data (one name however the folder
     was given) and the same images in them (a folder replaced in place is other data). Results
     that differ in any of these never share a column."""
-    from ..eval.record import data_name
-
     k = f" k={result.get('k')}" if result["protocol"] == "knn" else ""
     size = [f"{result['image_size']} px"] if result.get("image_size") else []
     seeds = [f"{result['seeds']} seeds"] if result.get("seeds", 1) > 1 else []  # a mean over seeds is another figure
     details = ", ".join([result.get("budget", "all labels"), *size, *seeds, *_settings(result)])
-    train, test = (data_name(d) if d else d for d in (result.get("train_data"), result.get("test_data")))
-    return Column(f"{result['protocol']}{k} ({details})", train, test, result.get("train_pixels_sha256"),
-                  result.get("test_pixels_sha256"))
+    return Column(f"{result['protocol']}{k} ({details})", *_data_of(result))
 
 
 def read_run_config(run: Path) -> dict | None:
