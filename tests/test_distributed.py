@@ -399,6 +399,70 @@ def test_refusals_under_two_processes_come_once_from_the_first(tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
+def left_group_worker(rank, world, port, root, result_file):
+    # As torchrun starts a process: its environment says the group, and selfsup joins it.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from selfsup.errors import UserError
+    from selfsup.train import run_pretraining
+    seen = {}
+    result = run_pretraining(tiny_user(f"{root}/data", f"{root}/run", epochs=1))
+    seen["after a run"] = {"joined": torch_dist.is_initialized(), "epoch": result.metrics[-1]["epoch"]}
+    try:  # a refusal on both processes: the first raises it, the others exit quietly
+        run_pretraining(tiny_user(f"{root}/data", f"{root}/run2", batch_size=7))
+    except (UserError, SystemExit) as e:
+        seen["after a refusal"] = {"joined": torch_dist.is_initialized(), "stopped by": type(e).__name__}
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump(seen, f)
+
+
+def test_a_run_joins_the_process_group_and_leaves_it_before_the_process_exits(tmp_path):
+    """A gloo group left for the interpreter's exit to tear down aborted a torchrun run that had
+    succeeded (SIGABRT, "terminate called without an active exception") in CI: run_pretraining
+    leaves the group it joined, after a run and after a refusal, and joins again for a second run."""
+    write_dataset(tmp_path / "data", per_class=8, size=16)
+    spawn(left_group_worker, str(tmp_path), str(tmp_path / "seen"))
+    first, second = (json.loads((tmp_path / f"seen.{r}").read_text()) for r in range(2))
+    assert first["after a run"] == second["after a run"] == {"joined": False, "epoch": 1}
+    assert first["after a refusal"] == {"joined": False, "stopped by": "UserError"}
+    assert second["after a refusal"] == {"joined": False, "stopped by": "SystemExit"}
+
+
+def peer_failure_worker(rank, world, port, root, result_file):
+    import contextlib
+    import io
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), SELFSUP_DIST_TIMEOUT_MINUTES="1")
+    torch.set_num_threads(1)
+    from selfsup import cli
+    from selfsup.train import Trainer
+    if rank == 1:
+        def broken_step(self, images):
+            raise RuntimeError("a bug on the second process")
+        Trainer.step = broken_step
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            outcome = cli.main(["pretrain", "--data", f"{root}/data", "--out", f"{root}/run", "--backbone", "resnet18",
+                                "--no-small-stem", "--image-size", "16", "--epochs", "1", "--batch-size", "8",
+                                "--device", "cpu", "--no-progress"])
+    except RuntimeError as e:
+        outcome = str(e)
+    with open(f"{result_file}.{rank}", "w") as f:
+        json.dump({"outcome": outcome, "said": said.getvalue(), "joined": torch_dist.is_initialized()}, f)
+
+
+def test_a_process_that_fails_stops_the_other_with_one_line_that_says_so(tmp_path):
+    write_dataset(tmp_path / "data", per_class=8, size=16)
+    spawn(peer_failure_worker, str(tmp_path), str(tmp_path / "seen"))
+    first, second = (json.loads((tmp_path / f"seen.{r}").read_text()) for r in range(2))
+    assert second["outcome"] == "a bug on the second process"  # a bug is a bug: its traceback, not a line
+    assert first["outcome"] == 2 and first["said"].splitlines()[-1].startswith(
+        "selfsup: error: another process of this torchrun job stopped"), first["said"]
+    assert not first["joined"] and not second["joined"]
+
+
 @pytest.mark.parametrize("command", [["eval", "knn", "--checkpoint", "random:resnet18", "--data", "nowhere"],
                                      ["embed", "--checkpoint", "random:resnet18", "--data", "x", "--out", "e.npy"]])
 def test_commands_other_than_pretrain_refuse_torchrun_once(command, monkeypatch, capsys):

@@ -111,7 +111,6 @@ def flags_to_config(values: dict) -> dict:
 
 
 def _pretrain(args) -> int:
-    from . import dist
     from .config import load_yaml, merge_dicts, parse_assignment
     from .train import run_pretraining
 
@@ -134,7 +133,9 @@ def _pretrain(args) -> int:
                                 "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
-    if dist.is_main():  # under torchrun: one result, not one per process
+    from .console import first_process
+
+    if first_process():  # under torchrun: one result, not one per process (the group is left by now)
         print(json.dumps(summary) if args.json else done_line(summary))
     return 0
 
@@ -541,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as e:  # under torchrun, a collective that lost the process which stopped
         from . import dist
-        if not (dist.is_distributed() and dist.is_peer_failure(e)):
+        if not (int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_peer_failure(e)):  # the group is left by now
             raise
         print("selfsup: error: another process of this torchrun job stopped (its message, if it had one, is "
               "above); fix what it says and launch again (with --resume if a checkpoint was written)",

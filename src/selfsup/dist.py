@@ -1,6 +1,8 @@
 """Cross-process helpers that are no-ops in a single process, so every loss runs in a CPU test."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 from datetime import timedelta
 
@@ -87,11 +89,11 @@ def broadcast_from_first(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def setup(device_name: str) -> None:
+def setup(device_name: str) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on
-    CPUs. A no-op in a single process or when already joined."""
+    CPUs. A no-op in a single process or when already joined. Whether it joined."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
-        return
+        return False
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank())
@@ -101,6 +103,33 @@ def setup(device_name: str) -> None:
     if not raw.isdigit() or int(raw) < 1:
         raise UserError(f"SELFSUP_DIST_TIMEOUT_MINUTES must be a whole number of minutes, 1 or more; got {raw!r}")
     torch_dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=int(raw)))
+    atexit.register(_leave_if_still_joined)  # for a Trainer made from Python, outside process_group()
+    return True
+
+
+def _leave_if_still_joined() -> None:
+    if is_distributed():
+        with contextlib.suppress(Exception):
+            torch_dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_name: str):
+    """Under torchrun: join the process group for the work inside and leave it after, while the
+    interpreter is whole. A gloo group left for the interpreter's exit to tear down aborted a run
+    that had succeeded ("terminate called without an active exception", SIGABRT: its worker
+    threads outlived Python's objects). A no-op in one process or when the caller joined the group."""
+    if not setup(device_name):
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that stopped the work is the one to report
+            torch_dist.destroy_process_group()
+        raise
+    torch_dist.barrier()  # every process done with its collectives before any closes its connections
+    torch_dist.destroy_process_group()
 
 
 def local_rank() -> int:

@@ -789,7 +789,11 @@ def read_metrics(out: str | Path) -> list[dict]:
 def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True) -> RunResult:
     """Resolve the config (or restore it from RUN_DIR/last.pt), then train to the last epoch."""
     config_lib.check_sections(user, "config")
-    dist.setup(user.get("train", {}).get("device", "auto"))  # under torchrun: join the group first
+    with dist.process_group(user.get("train", {}).get("device", "auto")):  # under torchrun: joined first
+        return _pretrain_in_process_group(user, resume, show_progress)
+
+
+def _pretrain_in_process_group(user: dict, resume: bool, show_progress: bool) -> RunResult:
     with removed_if_left_empty(user.get("out"), keep_on=(RunFolderBusy,)):
         with stopped_at_once(), warnings_after_checks():  # a refused config or folder: its error alone
             cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
