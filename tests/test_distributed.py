@@ -399,6 +399,12 @@ def test_refusals_under_two_processes_come_once_from_the_first(tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
+def ddp_wrappers_alive() -> int:
+    import gc
+    from torch.nn.parallel import DistributedDataParallel
+    return sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+
+
 def left_group_worker(rank, world, port, root, result_file):
     # As torchrun starts a process: its environment says the group, and selfsup joins it.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -408,7 +414,8 @@ def left_group_worker(rank, world, port, root, result_file):
     from selfsup.train import run_pretraining
     seen = {}
     result = run_pretraining(tiny_user(f"{root}/data", f"{root}/run", epochs=1))
-    seen["after a run"] = {"joined": torch_dist.is_initialized(), "epoch": result.metrics[-1]["epoch"]}
+    seen["after a run"] = {"joined": torch_dist.is_initialized(), "epoch": result.metrics[-1]["epoch"],
+                           "DDP wrappers left": ddp_wrappers_alive()}
     try:  # a refusal on both processes: the first raises it, the others exit quietly
         run_pretraining(tiny_user(f"{root}/data", f"{root}/run2", batch_size=7))
     except (UserError, SystemExit) as e:
@@ -424,7 +431,7 @@ def test_a_run_joins_the_process_group_and_leaves_it_before_the_process_exits(tm
     write_dataset(tmp_path / "data", per_class=8, size=16)
     spawn(left_group_worker, str(tmp_path), str(tmp_path / "seen"))
     first, second = (json.loads((tmp_path / f"seen.{r}").read_text()) for r in range(2))
-    assert first["after a run"] == second["after a run"] == {"joined": False, "epoch": 1}
+    assert first["after a run"] == second["after a run"] == {"joined": False, "epoch": 1, "DDP wrappers left": 0}
     assert first["after a refusal"] == {"joined": False, "stopped by": "UserError"}
     assert second["after a refusal"] == {"joined": False, "stopped by": "SystemExit"}
 
@@ -450,7 +457,8 @@ def peer_failure_worker(rank, world, port, root, result_file):
     except RuntimeError as e:
         outcome = str(e)
     with open(f"{result_file}.{rank}", "w") as f:
-        json.dump({"outcome": outcome, "said": said.getvalue(), "joined": torch_dist.is_initialized()}, f)
+        json.dump({"outcome": outcome, "said": said.getvalue(), "joined": torch_dist.is_initialized(),
+                   "DDP wrappers left": ddp_wrappers_alive()}, f)
 
 
 def test_a_process_that_fails_stops_the_other_with_one_line_that_says_so(tmp_path):
@@ -461,6 +469,7 @@ def test_a_process_that_fails_stops_the_other_with_one_line_that_says_so(tmp_pat
     assert first["outcome"] == 2 and first["said"].splitlines()[-1].startswith(
         "selfsup: error: another process of this torchrun job stopped"), first["said"]
     assert not first["joined"] and not second["joined"]
+    assert first["DDP wrappers left"] == 0  # the failed run's frames let go of it before the group went
 
 
 @pytest.mark.parametrize("command", [["eval", "knn", "--checkpoint", "random:resnet18", "--data", "nowhere"],

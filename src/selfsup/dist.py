@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
+import traceback
 from datetime import timedelta
 
 import torch
@@ -124,10 +126,15 @@ def process_group(device_name: str):
         return
     try:
         yield
-    except BaseException:
+    except BaseException as error:
+        # The failed run's frames hold its DDP wrapper, whose reducer must go before the group it
+        # uses; the traceback keeps its lines without them.
+        traceback.clear_frames(error.__traceback__)
+        gc.collect()
         with contextlib.suppress(Exception):  # the error that stopped the work is the one to report
             torch_dist.destroy_process_group()
         raise
+    gc.collect()  # the run's DDP wrapper, held in reference cycles, goes before the group it uses
     torch_dist.barrier()  # every process done with its collectives before any closes its connections
     torch_dist.destroy_process_group()
 

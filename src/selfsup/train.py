@@ -794,7 +794,9 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
 
 
 def _pretrain_in_process_group(user: dict, resume: bool, show_progress: bool) -> RunResult:
-    with removed_if_left_empty(user.get("out"), keep_on=(RunFolderBusy,)):
+    # Under torchrun the first process writes the run folder: another that failed first must not
+    # remove it, still empty, from under the first.
+    with removed_if_left_empty(user.get("out") if dist.is_main() else None, keep_on=(RunFolderBusy,)):
         with stopped_at_once(), warnings_after_checks():  # a refused config or folder: its error alone
             cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
         with run_folder_lock(Path(cfg.out)):
