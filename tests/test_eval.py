@@ -136,6 +136,52 @@ def test_a_random_baseline_names_its_seed_and_weights_in_results_and_curve_lines
     assert line["encoder"] == "random:resnet18 (random initialisation, seed 0)"
 
 
+def test_a_random_baselines_seed_is_chosen_in_its_spec_and_a_bad_one_says_what_to_type(split_folder, tmp_path,
+                                                                                      capsys):
+    """Every random: baseline was drawn with seed 0, so the spread of untrained draws could not be
+    seen. random:BACKBONE@seed=N draws with seed N: two seeds give other weights and features, one
+    seed the same twice (random:resnet18 is random:resnet18@seed=0, under one name and cache key)."""
+    from selfsup.cli import main
+    from selfsup.encoder import load_encoder
+    from selfsup.eval import label_efficiency_curve
+    from selfsup.eval.record import checkpoint_identity
+
+    images = torch.rand(4, 3, 16, 16)
+
+    def drawn(spec):
+        encoder = load_encoder(spec, image_size=16)
+        with torch.no_grad():
+            return encoder, checkpoint_identity(encoder), encoder.backbone(images)
+
+    (three, digest3, features3), (again, digest_again, features_again) = drawn("random:resnet18@seed=3"), \
+        drawn("random:resnet18@seed=3")
+    four, digest4, features4 = drawn("random:resnet18@seed=4")
+    assert digest3["init_seed"] == 3 and digest4["init_seed"] == 4 and digest3 == digest_again
+    assert digest3["encoder_weights_sha256"] != digest4["encoder_weights_sha256"]
+    assert torch.equal(features3, features_again) and not torch.allclose(features3, features4)
+    assert three.description == "random:resnet18 (random initialisation, seed 3)" and three.key == again.key != four.key
+    plain, zero = load_encoder("random:resnet18", image_size=16), load_encoder("random:resnet18@seed=0", image_size=16)
+    assert (plain.description, plain.key) == (zero.description, zero.key) and plain.init_seed == 0
+    assert load_encoder("random:resnet18@seed=3", image_size=16, seed=3).key == three.key
+    with pytest.raises(UserError, match="names seed 3 and seed=4 another"):
+        load_encoder("random:resnet18@seed=3", image_size=16, seed=4)
+
+    curve = label_efficiency_curve(["random:resnet18@seed=3", "random:resnet18@seed=4"], protocol="knn",
+                                   per_class=(2,), seeds=1, out=tmp_path / "c.png", data=split_folder,
+                                   image_size=16, device="cpu", show_progress=False)
+    assert [(line["checkpoint"], line["init_seed"], line["encoder"]) for line in curve["lines"]] == [
+        ("random:resnet18@seed=3", 3, "random:resnet18 (random initialisation, seed 3)"),
+        ("random:resnet18@seed=4", 4, "random:resnet18 (random initialisation, seed 4)")]
+    assert curve["lines"][0]["encoder_weights_sha256"] == digest3["encoder_weights_sha256"]
+
+    for bad in ("seed=-1", "seed=x", "seed=", "3", "sed=3", "seed=18446744073709551616"):
+        assert main(["eval", "knn", "--checkpoint", f"random:resnet18@{bad}", "--data", str(split_folder),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"selfsup: error: 'random:resnet18@{bad}': a random: encoder takes its seed as @seed=N, N a "
+                       f"whole number from 0 (below 2**64), e.g. random:resnet18@seed=3"), err
+
+
 def test_a_random_baseline_takes_the_images_size_and_weights_their_own_with_a_warning(split_folder, tmp_path,
                                                                                          capsys):
     """random: has no size of its own: it takes the images' (24 px here, as a run on them trains), not

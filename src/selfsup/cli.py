@@ -325,7 +325,8 @@ def _bytes(count: int) -> str:
 def _encoder_options(parser: argparse.ArgumentParser) -> None:
     """The encoder that embeds images, for the commands that embed images (embed, curate, cluster, search,
     select)."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint, run folder, random:BACKBONE or weights:FILE")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint, run folder, random:BACKBONE[@seed=N] or weights:FILE")
     parser.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture")
     parser.add_argument("--image-size", type=int, help="with random: or weights:, the input size")
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,

@@ -1,12 +1,14 @@
 """Getting an encoder to evaluate, export or embed with: from a checkpoint, or at random.
 
 An encoder spec is the path of a selfsup checkpoint (or a run folder), or `random:BACKBONE` for
-that architecture at random initialisation (the baseline every method must beat), or
-`weights:FILE` for a plain torchvision/timm weights file (see `selfsup.weights`).
+that architecture at random initialisation (the baseline every method must beat; drawn with
+torch seed 0, `random:BACKBONE@seed=N` with seed N), or `weights:FILE` for a plain
+torchvision/timm weights file (see `selfsup.weights`).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,16 +55,16 @@ def _file_key(path: Path) -> str:
 
 
 def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bool | None = None,
-                 seed: int = 0, backbone: str | None = None, bands: tuple[int, ...] | None = None,
+                 seed: int | None = None, backbone: str | None = None, bands: tuple[int, ...] | None = None,
                  images=None) -> Encoder:
-    """The encoder of a selfsup checkpoint, `random:BACKBONE` at random initialisation, or
-    `weights:FILE` (a plain state dict of `backbone`). `bands`: the TIFF bands it is shown (see
-    DataConfig.bands); by default those it was trained on (a checkpoint's, an export's). `images`:
-    the ImageSource it will embed, whose size a random: encoder takes without `image_size`
-    (see `random_size`)."""
+    """The encoder of a selfsup checkpoint, `random:BACKBONE` at random initialisation (drawn with
+    `seed`, or the N of `random:BACKBONE@seed=N`; 0 by default), or `weights:FILE` (a plain state
+    dict of `backbone`). `bands`: the TIFF bands it is shown (see DataConfig.bands); by default
+    those it was trained on (a checkpoint's, an export's). `images`: the ImageSource it will embed,
+    whose size a random: encoder takes without `image_size` (see `random_size`)."""
     spec = str(spec)
     if image_size is None and images is not None and spec.startswith("random:"):
-        image_size = random_size(spec[len("random:"):], images)
+        image_size = random_size(random_spec(spec)[0], images)
     encoder = _load_encoder(spec, image_size, small_stem, seed, backbone)
     if bands and tuple(bands) != encoder.bands:
         shown = ",".join(map(str, bands))  # a list or a tuple: one key
@@ -86,21 +88,26 @@ def random_size(backbone: str, images) -> int | None:
     return size - size % default_patch_size(size) if backbone in VITS else size
 
 
-def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, seed: int,
+def random_spec(spec: str) -> tuple[str, int | None]:
+    """(backbone, seed or None when not given) of `random:BACKBONE` or `random:BACKBONE@seed=N`.
+    The seed sits in the spec, not in a flag, so that one `eval curve` can draw several
+    (`random:resnet18@seed=0 random:resnet18@seed=1`) and every command that takes a spec takes it."""
+    backbone, at, suffix = spec[len("random:"):].rpartition("@")
+    if not at:
+        return suffix, None
+    given = re.fullmatch(r"seed=([0-9]+)", suffix)
+    if given is None or int(given[1]) >= 2**64:  # torch.manual_seed's range
+        raise UserError(f"{spec!r}: a random: encoder takes its seed as @seed=N, N a whole number from 0 "
+                        f"(below 2**64), e.g. random:{backbone or 'resnet18'}@seed=3")
+    return backbone, int(given[1])
+
+
+def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, seed: int | None,
                   backbone: str | None) -> Encoder:
     if spec.startswith("weights:"):
         return _from_weights(Path(spec[len("weights:"):]).expanduser(), backbone, image_size, small_stem)
     if spec.startswith("random:"):
-        _refuse_other_backbone(spec, spec[len("random:"):], backbone)
-        size = image_size or 224
-        stem = small_stem if small_stem is not None else config_lib.default_small_stem(spec[len("random:"):], size)
-        torch.manual_seed(seed)
-        backbone = build_backbone(BackboneConfig(name=spec[len("random:"):], small_stem=stem), size)
-        import timm
-
-        key = f"{spec}|{size}|{stem}|{seed}|torch {torch.__version__}|timm {timm.__version__}"
-        return Encoder(backbone, size, default_cache_size(size), f"{spec} (random initialisation, seed {seed})",
-                       key=key, init_seed=seed)
+        return _random_encoder(spec, image_size, small_stem, seed, backbone)
     checkpoint = load_checkpoint(spec, with_sha256=True)
     cfg = config_lib.from_dict(checkpoint["config"])
     if small_stem is not None and small_stem != bool(cfg.backbone.small_stem):
@@ -125,6 +132,27 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
                       bands=cfg.data.bands)
     _refuse_other_backbone(spec, encoder.backbone.name, backbone)
     return encoder
+
+
+def _random_encoder(spec: str, image_size: int | None, small_stem: bool | None, seed: int | None,
+                    backbone: str | None) -> Encoder:
+    """The backbone drawn with the spec's seed, else `seed` (the Python API's), else 0."""
+    name, spec_seed = random_spec(spec)
+    if seed is not None and spec_seed is not None and seed != spec_seed:
+        raise UserError(f"{spec!r} names seed {spec_seed} and seed={seed} another; give the seed once")
+    seed = spec_seed if spec_seed is not None else seed if seed is not None else 0
+    _refuse_other_backbone(spec, name, backbone)
+    size = image_size or 224
+    stem = small_stem if small_stem is not None else config_lib.default_small_stem(name, size)
+    torch.manual_seed(seed)
+    network = build_backbone(BackboneConfig(name=name, small_stem=stem), size)
+    import timm
+
+    # Named by the backbone and seed, not the spec as typed: random:resnet18 and random:resnet18@seed=0
+    # are one draw, with one name in reports and one feature cache.
+    key = f"random:{name}|{size}|{stem}|{seed}|torch {torch.__version__}|timm {timm.__version__}"
+    return Encoder(network, size, default_cache_size(size), f"random:{name} (random initialisation, seed {seed})",
+                   key=key, init_seed=seed)
 
 
 def _refuse_other_backbone(spec: str, held: str, backbone: str | None) -> None:

@@ -32,7 +32,8 @@ def add_eval_parser(commands, common) -> None:
                                          "label-efficiency curve)")
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("--checkpoint", required=True, nargs="+",
-                   help="checkpoint or run folder, random:BACKBONE, or weights:FILE (curve: several)")
+                   help="checkpoint or run folder, random:BACKBONE (drawn with seed 0; random:BACKBONE@seed=N "
+                        "with seed N), or weights:FILE (curve: several)")
     p.add_argument("--backbone", help="architecture of a weights:FILE (e.g. resnet50, timm:NAME)")
     p.add_argument("--train", help="labelled training images (one subfolder per class)")
     p.add_argument("--test", help="labelled test images (one subfolder per class)")
