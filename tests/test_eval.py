@@ -182,6 +182,48 @@ def test_a_random_baselines_seed_is_chosen_in_its_spec_and_a_bad_one_says_what_t
                        f"whole number from 0 (below 2**64), e.g. random:resnet18@seed=3"), err
 
 
+def test_a_weights_baseline_records_its_files_sha256(split_folder, tmp_path, monkeypatch):
+    """Which file a weights: baseline's figure is of was not recorded: a file replaced under the
+    same name gave results that read as the same baseline's. Its result and curve line hold the
+    SHA-256 of the file's bytes."""
+    import hashlib
+
+    from safetensors.torch import save_file
+    from selfsup.encoder import load_encoder
+    from selfsup.eval import label_efficiency_curve
+    from selfsup.eval.record import checkpoint_identity
+
+    file = tmp_path / "w.safetensors"
+    common = dict(backbone="resnet18", data=split_folder, image_size=16, device="cpu", show_progress=False)
+    digests = []
+    for seed in (1, 2):  # the second replaces the first under the same name
+        state = load_encoder("random:resnet18", image_size=16, small_stem=False, seed=seed).backbone.net.state_dict()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+        digests.append(hashlib.sha256(file.read_bytes()).hexdigest())
+        result = evaluate_knn(f"weights:{file}", k=5, **common)
+        assert result["weights_file_sha256"] == digests[-1] and "init_seed" not in result
+    assert digests[0] != digests[1]
+    assert checkpoint_identity(load_encoder(f"weights:{file}", image_size=16, backbone="resnet18")) == \
+        {"weights_file_sha256": digests[1]}
+    curve = label_efficiency_curve(f"weights:{file}", protocol="knn", per_class=(2,), seeds=1,
+                                   out=tmp_path / "c.png", **common)
+    assert curve["lines"][0]["weights_file_sha256"] == digests[1]
+
+    import os
+    import selfsup.weights
+
+    read_weights = selfsup.weights.read_weights
+
+    def read_then_replaced(path):  # another process writes the file while it is read
+        read = read_weights(path)
+        os.utime(file, ns=(0, 0))
+        return read
+
+    monkeypatch.setattr(selfsup.weights, "read_weights", read_then_replaced)
+    with pytest.raises(UserError, match="w.safetensors' changed while it was read; run again once it is written"):
+        load_encoder(f"weights:{file}", image_size=16, backbone="resnet18")
+
+
 def test_a_random_baseline_takes_the_images_size_and_weights_their_own_with_a_warning(split_folder, tmp_path,
                                                                                          capsys):
     """random: has no size of its own: it takes the images' (24 px here, as a run on them trains), not

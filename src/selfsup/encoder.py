@@ -37,6 +37,7 @@ class Encoder:
     checkpoint: dict | None = None
     bands: tuple[int, ...] | None = None  # the TIFF bands it sees as red, green, blue (data.bands)
     init_seed: int | None = None  # a random: encoder's: the torch seed its weights were drawn with
+    weights_file_sha256: str | None = None  # a weights: encoder's: the SHA-256 of the file it was loaded from
 
     def __post_init__(self):
         # For inference, as a user of `load_encoder` calls it: BatchNorm on its running statistics,
@@ -172,9 +173,9 @@ def _checkpoint_encoder(cfg: RunConfig, state: dict) -> Backbone:
 def _from_weights(path: Path, name: str | None, image_size: int | None, small_stem: bool | None) -> Encoder:
     """A backbone holding the weights of a plain weights file (settings from `selfsup export`
     metadata when present; else a 3x3 first convolution implies the small stem)."""
-    from .weights import exported_settings, infer_small_stem, load_matching, read_weights
+    from .weights import exported_settings, infer_small_stem, load_matching
 
-    state, metadata = read_weights(path)
+    state, metadata, sha256, file_key = _read_weights_file(path)
     saved = exported_settings(metadata)
     if name and saved.get("backbone") and name != saved["backbone"]:
         raise UserError(f"{str(path)!r} holds a {saved['backbone']} (written by selfsup export, which records it); "
@@ -192,4 +193,20 @@ def _from_weights(path: Path, name: str | None, image_size: int | None, small_st
     backbone = build_backbone(BackboneConfig(name=name, small_stem=stem, patch_size=saved.get("patch_size")), size)
     load_matching(backbone.net, state, path, name)
     return Encoder(backbone, size, default_cache_size(size), f"{name} weights ({path.name})",
-                   key=f"weights|{_file_key(path)}|{name}|{size}|{stem}", bands=saved.get("bands"))
+                   key=f"weights|{file_key}|{name}|{size}|{stem}", bands=saved.get("bands"),
+                   weights_file_sha256=sha256)
+
+
+def _read_weights_file(path: Path) -> tuple[dict, dict, str, str]:
+    """(state dict, metadata, the file's SHA-256, its key: path, size and time) of a weights file.
+    The digest is streamed (a file may be larger than memory holds twice), and a file replaced
+    while it was read is refused: its digest would not be of the weights loaded."""
+    from .checkpoint import file_sha256
+    from .weights import read_weights
+
+    before = _file_key(path) if path.is_file() else None  # a missing file: read_weights says so
+    state, metadata = read_weights(path)
+    sha256 = file_sha256(path)
+    if _file_key(path) != before:
+        raise UserError(f"{str(path)!r} changed while it was read; run again once it is written")
+    return state, metadata, sha256, before
