@@ -473,6 +473,41 @@ def test_curve_points_are_figures_in_the_comparison_beside_single_evaluations_an
                                         "random:resnet18 (random initialisation, seed 0), weights sha256 ssssssss"]
 
 
+def test_baselines_of_other_seeds_or_files_are_other_rows_and_one_draw_is_one_row(tmp_path):
+    """random:resnet18@seed=1 is another baseline than random:resnet18 (seed 0), which is the same
+    as random:resnet18@seed=0; a weights: file replaced under the same name is another baseline,
+    told apart by its file's SHA-256 (its rows had been merged into one)."""
+    from selfsup.report.tables import comparison_rows
+
+    data = {"test_data": "/d/test", "train_data": "/d/train"}
+
+    def line(spec, top1, **identity):
+        seed = identity.get("init_seed")
+        encoder = f"random:resnet18 (random initialisation, seed {seed})" if seed is not None else \
+            "resnet18 weights (w.safetensors)"
+        return {"encoder": encoder, "checkpoint": spec, "image_size": 32, **identity,
+                "points": [{"budget": "1 per class", "top1": top1, "seeds": 1}]}
+
+    def curve(time, *lines):
+        return {"protocol": "curve", "curve_protocol": "linear", "seeds": 1, "time": time, "checkpoint": "x",
+                "lines": list(lines), **data}
+
+    fake_run(tmp_path / "a", [
+        curve("2026-01-01T00:00:00", line("random:resnet18", 0.10, init_seed=0, encoder_weights_sha256="r" * 64),
+              line("random:resnet18@seed=1", 0.12, init_seed=1, encoder_weights_sha256="s" * 64),
+              line("weights:/w.safetensors", 0.50, weights_file_sha256="f" * 64)),
+        curve("2026-01-02T00:00:00", line("random:resnet18@seed=0", 0.11, init_seed=0,
+                                          encoder_weights_sha256="r" * 64),
+              line("weights:/w.safetensors", 0.60, weights_file_sha256="g" * 64))])
+    headers, rows = comparison_rows([tmp_path / "a"], ["a"])
+    column = headers.index("linear (1 per class, 32 px) on /d/test")
+    assert [(r[0], r[2], r[column]) for r in rows[1:]] == [
+        ("random:resnet18 (random initialisation, seed 0)", "resnet18", 0.11),  # the latest of the one draw
+        ("random:resnet18 (random initialisation, seed 1)", "resnet18", 0.12),
+        ("resnet18 weights (w.safetensors), file sha256 ffffffff", None, 0.50),
+        ("resnet18 weights (w.safetensors), file sha256 gggggggg", None, 0.60)]
+
+
 def test_the_report_draws_the_latest_curve_of_each_protocol_and_settings_of_the_current_checkpoint():
     """A curve with other settings (a linear probe of 20 epochs, kNN at T=0.1) is another curve, not
     a newer one of the defaults'; a curve of a checkpoint the run has moved on from is left out.

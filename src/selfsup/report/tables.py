@@ -226,20 +226,40 @@ def _points(curve: dict, line: dict) -> list[dict]:
 
 def _baseline_rows(found: list[tuple[dict, dict]], keys: list[str]) -> list[tuple[str, dict, dict]]:
     """(name, facts, latest figure per column) of each random: or weights: encoder in the runs'
-    curves: one row per baseline (its spec, image size and weights, which its seed draws), the
-    latest figure of each column from whichever run's curve holds it."""
+    curves: one row per baseline (see `_baseline_key`), the latest figure of each column from
+    whichever run's curve holds it; two rows of one name are told apart by their weights' digest."""
+    from ..encoder import random_spec
+
     rows: dict[tuple, tuple[str, dict, dict]] = {}
     for curve, line in sorted(found, key=lambda f: f[0].get("time", "")):
         spec = line["checkpoint"]
-        key = (spec, line.get("image_size"), line.get("encoder_weights_sha256"), tuple(line.get("bands") or ()))
         facts = {**dict.fromkeys(keys), "method": "random init" if spec.startswith("random:") else "weights",
-                 "backbone": spec.split(":", 1)[1] if spec.startswith("random:") else None,
+                 "backbone": random_spec(spec)[0] if spec.startswith("random:") else None,
                  "image size": line.get("image_size")}
-        name, _, latest = rows.setdefault(key, (line.get("encoder", spec), facts, {}))
+        name, _, latest = rows.setdefault(_baseline_key(line), (line.get("encoder", spec), facts, {}))
         latest.update({_column(r): r for r in _points(curve, line) if _headline(r) is not None})
     names = [name for name, _, _ in rows.values()]
-    return [(name if names.count(name) == 1 else f"{name}, weights sha256 {(key[2] or '?')[:8]}", facts, latest)
+    return [(name if names.count(name) == 1 else f"{name}, {_digest_named(key)}", facts, latest)
             for key, (name, facts, latest) in rows.items()]
+
+
+def _baseline_key(line: dict) -> tuple:
+    """What one baseline is: a random: one's backbone and seed (random:resnet18 and
+    random:resnet18@seed=0 are one draw), a weights: one's file and its SHA-256 (a file replaced
+    under the same name is another baseline), and for both the image size, the bands and the
+    weights' SHA-256 (the same seed draws other weights with another torch or timm)."""
+    from ..encoder import random_spec
+
+    spec = line["checkpoint"]
+    encoder = f"random:{random_spec(spec)[0]}" if spec.startswith("random:") else spec
+    return (encoder, line.get("init_seed"), line.get("image_size"), tuple(line.get("bands") or ()),
+            line.get("encoder_weights_sha256"), line.get("weights_file_sha256"))
+
+
+def _digest_named(key: tuple) -> str:
+    """The digest that tells a baseline from another of its name: its file's, else its weights'."""
+    weights, file = key[-2:]
+    return f"file sha256 {file[:8]}" if file else f"weights sha256 {(weights or '?')[:8]}"
 
 
 def _section(cfg: dict, name: str) -> dict:
