@@ -300,3 +300,73 @@ def test_the_defaults_eval_help_names_are_the_protocols_own(capsys):
                  f"finetune: passes (default {tune.epochs})", f"(default {tune.drop_path_rate})",
                  f"(default {tune.encoder_lr_ratio})", f"(default {tune.layer_decay};"):
         assert said in text, said
+
+
+CURVE_IN_BOTH = dict(data="DATA", per_class=(2,), seeds=1, image_size=16, small_stem=False, device="cpu",
+                     show_progress=False, record=False)
+
+
+@pytest.mark.parametrize("protocol, protocol_options, flags, in_python, in_command", [
+    ("linear", {"val_fraction": 0.7}, ["--val-fraction", 0.7],
+     "protocol_options['val_fraction'] must lie in [0, 0.5], got 0.7", "--val-fraction must lie in [0, 0.5], got 0.7"),
+    ("linear", {"val_fraction": 0.1}, ["--per-class", 15],  # 16 training images a class, 2 held out
+     "(14 after the 2 held out for validation; protocol_options={'val_fraction': 0} holds none)",
+     "(14 after the 2 held out for validation; --val-fraction 0 holds none)"),
+    ("linear", {"val_fraction": 0}, ["--val-fraction", 0],
+     "without a validation split (protocol_options={'val_fraction': 0}, or one labelled image per class) nothing "
+     "can choose among learning rates and weight decays; give one protocol_options['lr'] and one "
+     "protocol_options['weight_decay']",
+     "without a validation split (--val-fraction 0, or one labelled image per class) nothing can choose among "
+     "learning rates and weight decays; give one --lr and one --weight-decay"),
+    ("finetune", {"config": {"freeze_stages": 9}}, ["--freeze-stages", 9],
+     "protocol_options={'config': {'freeze_stages': 9}} is more than the 4 stages of this backbone",
+     "--freeze-stages 9 is more than the 4 stages of this backbone"),
+])
+def test_a_curve_from_python_names_protocol_options_keys_and_its_command_the_flags(
+        split_folder, tmp_path, capsys, protocol, protocol_options, flags, in_python, in_command):
+    """A curve's protocol settings are keys of protocol_options: 'val_fraction=' or
+    config={'freeze_stages': 9} named keywords the curve does not take."""
+    options = {**CURVE_IN_BOTH, "data": split_folder, "out": tmp_path / "c.png"}
+    if "--per-class" in flags:
+        options["per_class"] = (15,)
+    with pytest.raises(UserError) as error:
+        label_efficiency_curve("random:resnet18", protocol=protocol, protocol_options=protocol_options, **options)
+    assert in_python in str(error.value) and "--" not in str(error.value)
+    flags = flags if "--per-class" in flags else [*flags, "--per-class", 2]
+    err = error_of(capsys, "curve", "--protocol", protocol, *flags, "--checkpoint", "random:resnet18",
+                   "--data", split_folder, "--seeds", 1, "--image-size", 16, "--no-small-stem", "--device", "cpu",
+                   "--out", tmp_path / "c.png", "--no-progress", "--no-record")
+    assert in_command in err
+
+
+@pytest.mark.parametrize("protocol, call, message", [
+    ("linear", dict(protocol_options={"bogus": 1}),
+     "the linear protocol takes no protocol_options['bogus']; it takes val_fraction, lr, weight_decay, epochs, "
+     "batch_size"),
+    ("knn", dict(protocol_options={"val_fraction": 0.2}),
+     "the knn protocol takes no protocol_options['val_fraction']; it takes k, temperature"),
+    ("finetune", dict(protocol_options={"lr": 0.1}),
+     "the finetune protocol takes no protocol_options['lr']: fine-tuning's is protocol_options['config']['lr']"),
+    ("finetune", dict(protocol_options={"config": 3}),
+     "protocol_options['config'] takes a dict of fine-tuning options, a YAML file of them or a FinetuneConfig, "
+     "got int"),
+])
+def test_a_curve_refuses_protocol_options_its_protocol_does_not_take_before_any_image_is_read(
+        tmp_path, protocol, call, message):
+    with pytest.raises(UserError) as error:  # no data: refused before it is looked for
+        label_efficiency_curve("random:resnet18", protocol=protocol, data=tmp_path / "no-data",
+                               out=tmp_path / "c.png", **call)
+    assert str(error.value) == message
+    with pytest.raises(TypeError, match=r"^label_efficiency_curve\(\) takes the linear protocol's options in "
+                                        r"protocol_options: protocol_options=\{'val_fraction': 0.2\}, "
+                                        r"not val_fraction=$"):
+        label_efficiency_curve("random:resnet18", data=tmp_path / "no-data", val_fraction=0.2)
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_finetune_curve_takes_its_config_as_a_yaml_file_as_evaluate_finetune_does(split_folder, tmp_path):
+    (tmp_path / "ft.yaml").write_text("freeze_stages: 9\n")
+    with pytest.raises(UserError, match=r"^protocol_options=\{'config': \{'freeze_stages': 9\}\} is more than"):
+        label_efficiency_curve("random:resnet18", protocol="finetune", out=tmp_path / "c.png",
+                               protocol_options={"config": tmp_path / "ft.yaml"},
+                               **{**CURVE_IN_BOTH, "data": split_folder})

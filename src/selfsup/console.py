@@ -34,20 +34,55 @@ def said_as(command_line: str, python: str) -> str:
 _NO_VALUE = object()
 
 
-def option(name: str, value: object = _NO_VALUE, python: str | None = None) -> str:
+def option(name: str, value: object = _NO_VALUE, python: str | tuple[str, ...] | None = None) -> str:
     """An option as the reader gives it: `--image-size 32` in a command, `image_size=32` from Python
-    (`python`: the keyword there, where it differs from the flag's name). Without a value the flag
-    or keyword alone (`--image-size`, `image_size=`); a switch's True or False as the flag alone or
-    its --no- form (`--resume`, `--no-small-stem`)."""
-    flag, keyword = "--" + name.replace("_", "-"), python or name
+    (`python`: the keyword there, where it differs from the flag's name, or the keys that lead to it
+    in a dict argument: ('config', 'lr') reads `config={'lr': 0.1}`). Without a value the flag or
+    keyword alone (`--image-size`, `image_size=`, `config['lr']`); a switch's True or False as the
+    flag alone or its --no- form (`--resume`, `--no-small-stem`)."""
+    flag = "--" + name.replace("_", "-")
+    keys = (python,) if isinstance(python, str) else python or (name,)
     if value is _NO_VALUE:
-        return said_as(flag, f"{keyword}=")
-    if isinstance(value, bool):
-        return said_as(flag if value else "--no-" + flag[2:], f"{keyword}={value}")
+        return said_as(flag, f"{keys[0]}=" if len(keys) == 1 else keys[0] + "".join(f"[{k!r}]" for k in keys[1:]))
     if isinstance(value, os.PathLike):  # 'x.csv', not PosixPath('x.csv')
         value = str(value)
-    shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
-    return said_as(f"{flag} {shown}", f"{keyword}={value!r}")
+    if isinstance(value, bool):
+        command_line = flag if value else "--no-" + flag[2:]
+    else:
+        command_line = f"{flag} {','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}"
+    return said_as(command_line, f"{keys[0]}={_nested(keys[1:], value)}")
+
+
+def _nested(keys: tuple[str, ...], value: object) -> str:
+    """`value` inside dicts of `keys`, as Python writes it: {'config': {'lr': 0.1}}."""
+    shown = repr(value)
+    for key in reversed(keys):
+        shown = f"{{{key!r}: {shown}}}"
+    return shown
+
+
+# Where a Python caller gives an evaluation protocol's options: () as keywords of evaluate_*, or the
+# dict argument that holds them (label_efficiency_curve's protocol_options), set while the curve runs.
+_protocol_options_in: tuple[str, ...] = ()
+
+
+@contextmanager
+def protocol_options_in(keyword: str):
+    """In the block, `protocol_option` names a protocol's option, from Python, as a key of the dict
+    argument `keyword` (protocol_options={'val_fraction': 0}); a command's flags are unchanged."""
+    global _protocol_options_in
+    outer, _protocol_options_in = _protocol_options_in, (keyword,)
+    try:
+        yield
+    finally:
+        _protocol_options_in = outer
+
+
+def protocol_option(name: str, value: object = _NO_VALUE, within: tuple[str, ...] = ()) -> str:
+    """`option` of an evaluation protocol's option: from Python, a keyword of evaluate_* (`val_fraction=0`)
+    or a key of the curve's protocol_options (`protocol_options={'val_fraction': 0}`); `within`: the
+    dicts it is a key of there (fine-tuning's config: `config={'freeze_stages': 2}`)."""
+    return option(name, value, python=(*_protocol_options_in, *within, name))
 
 
 def path_option(name: str, path) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..console import option, plural, warn
+from ..console import option, plural, protocol_options_in, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
 from .data import Setup, check_options, prepare
-from .protocols import DEFAULT_VAL_FRACTION, finetune_protocol, knn_protocol, linear_protocol, setting_defaults
+from .protocols import (DEFAULT_VAL_FRACTION, checked_protocol_options, finetune_protocol, knn_protocol,
+                        linear_protocol, protocol_keywords, setting_defaults)
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result, run_folder
 from .subsets import Budget, make_split
 
@@ -34,20 +35,23 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
     100 %) for each encoder in `checkpoints`; plot top-1 against labels per class to `out`.
     `small_stem` is for the random: and weights: encoders among them: a run's checkpoint keeps the
     stem its weights were trained with."""
-    check_options("label_efficiency_curve", options)
     if protocol not in PROTOCOLS:
         raise unknown_choice("protocol for the curve", protocol, PROTOCOLS)
+    _refuse_protocol_keywords(protocol, options)
+    check_options("label_efficiency_curve", options)
     if per_class and fractions:
         raise UserError(f"give label budgets as {option('per_class')} "
                         f"or as {option('fraction', python='fractions')}, not both")
     if seeds < 1:
         raise UserError(f"{option('seeds')} must be at least 1, got {seeds}")
-    with removed_if_left_empty(_plot_path(out).parent):  # a refused curve leaves no empty folder behind
+    # From Python, a message names a protocol's option as the key of protocol_options it is.
+    with removed_if_left_empty(_plot_path(out).parent), protocol_options_in("protocol_options"):
+        protocol_options = checked_protocol_options(protocol, protocol_options or {})  # before any image is read
         output_file(_plot_path(out))  # before the protocols run, not after
         budgets = [Budget(per_class=k) for k in per_class] if per_class else \
             [Budget(fraction=f, fraction_keyword="fractions") for f in (fractions or DEFAULT_FRACTIONS)]
         lines, setup, runs = _curve_lines(checkpoints, train, test, data, protocol, budgets, seeds,
-                                          protocol_options or {}, options)
+                                          protocol_options, options)
         settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point
         result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
                   "classes": len(setup.test.classes), "train_data": data_name(setup.train.source),
@@ -58,6 +62,14 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
             own = {k: v for k, v in line.items() if k.startswith("checkpoint_") or k.endswith("_pixels_sha256")}
             record_result(line["checkpoint"], {**result, **own}, setup.device)
     return result
+
+
+def _refuse_protocol_keywords(protocol: str, options: dict) -> None:
+    """A protocol's option given as the curve's own keyword (val_fraction=0.2): said where it goes."""
+    for name in options:
+        if name in protocol_keywords(protocol):
+            raise TypeError(f"label_efficiency_curve() takes the {protocol} protocol's options in protocol_options: "
+                            f"protocol_options={{{name!r}: {options[name]!r}}}, not {name}=")
 
 
 def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Budget], seeds: int,

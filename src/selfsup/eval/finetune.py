@@ -23,7 +23,7 @@ from torch import nn
 
 from ..backbones.vit import set_drop_path
 from ..config import ranged
-from ..console import said_as
+from ..console import protocol_option
 from ..errors import UserError
 from ..optim import warmup_cosine
 from ..views import ViewConfig, make_view
@@ -65,13 +65,13 @@ class Classifier(nn.Module):
 
 
 def finetune_option(name: str, value: object = None) -> str:
-    """A fine-tuning option as the reader gives it: `--freeze-stages 0` in a command, the key of
-    evaluate_finetune's `config` dict from Python (`config={'freeze_stages': 0}`); without a value,
-    `--freeze-stages` or `config['freeze_stages']`."""
-    flag = "--" + name.replace("_", "-")
+    """A fine-tuning option as the reader gives it: `--freeze-stages 0` in a command, a key of the
+    `config` dict from Python (`config={'freeze_stages': 0}`, in a curve's protocol_options:
+    `protocol_options={'config': {'freeze_stages': 0}}`); without a value, `--freeze-stages` or
+    `config['freeze_stages']`."""
     if value is None:
-        return said_as(flag, f"config[{name!r}]")
-    return said_as(f"{flag} {value}", f"config={{{name!r}: {value!r}}}")
+        return protocol_option(name, within=("config",))
+    return protocol_option(name, value, within=("config",))
 
 
 def stages(net: nn.Module) -> tuple[list[nn.Module | nn.Parameter], list[nn.Module]]:

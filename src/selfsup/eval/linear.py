@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..console import option
+from ..console import protocol_option
 from ..errors import UserError
 from .knn import topk_accuracy
 
@@ -80,9 +80,9 @@ def sweep_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     the grid must be a single point."""
     grid = [(lr, wd) for lr in lrs for wd in weight_decays]
     if len(val_y) == 0 and len(grid) > 1:
-        raise UserError(f"without a validation split ({option('val_fraction', 0)}, or one labelled image per class) "
-                        f"nothing can choose among learning rates and weight decays; give one {option('lr')} and "
-                        f"one {option('weight_decay')}")
+        raise UserError(f"without a validation split ({protocol_option('val_fraction', 0)}, or one labelled image per "
+                        f"class) nothing can choose among learning rates and weight decays; give one "
+                        f"{protocol_option('lr')} and one {protocol_option('weight_decay')}")
     best = None
     for lr, wd in grid:
         head, mean, scale = train_linear(train_x, train_y, num_classes, lr=lr, weight_decay=wd, **kwargs)

@@ -10,15 +10,15 @@ the test set's size as `NAME_ci`. The public `evaluate_*` functions take an enco
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import load_yaml, override, ranged
-from ..console import option, plural, warn
-from ..errors import UserError
+from ..console import option, plural, protocol_option, warn
+from ..errors import UserError, nearest
 from ..outputs import atomic_path, output_file, removed_if_left_empty
 from .data import Setup, check_options, prepare
 from .features import extract_features
@@ -85,14 +85,46 @@ def _linear_options(lr, weight_decay, epochs: int, batch_size: int) -> tuple[tup
     return _values("linear", "lr", lr), _values("linear", "weight_decay", weight_decay)
 
 
-def _finetune_options(config: FinetuneConfig | dict | None) -> FinetuneConfig:
-    """A `FinetuneConfig`, given or from a dict of its fields, checked."""
+def _finetune_options(config: FinetuneConfig | dict | str | Path | None) -> FinetuneConfig:
+    """A `FinetuneConfig`, given or from a dict of its fields (or a YAML file of them), checked."""
     if isinstance(config, FinetuneConfig):
         return config
+    if isinstance(config, (str, Path)):
+        config = load_yaml(config)
     if config is not None and not isinstance(config, dict):
-        raise UserError(f"config= takes a dict of fine-tuning options, a YAML file of them or a FinetuneConfig, "
-                        f"got {type(config).__name__}")
+        raise UserError(f"{protocol_option('config')} takes a dict of fine-tuning options, a YAML file of them or a "
+                        f"FinetuneConfig, got {type(config).__name__}")
     return override(FinetuneConfig(), dict(config or {}), "finetune")
+
+
+def protocol_keywords(protocol: str) -> dict:
+    """The options of the knn, linear or finetune protocol function (those after its setup, budget
+    and seeds), with their defaults."""
+    import inspect
+
+    function = {"knn": knn_protocol, "linear": linear_protocol, "finetune": finetune_protocol}[protocol]
+    return {name: p.default for name, p in list(inspect.signature(function).parameters.items())[3:]}
+
+
+def checked_protocol_options(protocol: str, options: dict) -> dict:
+    """A curve's `options` for `protocol`, checked before any image is read: each one the protocol
+    takes, each value in range; a fine-tuning config (a dict or a YAML file of its fields) made a
+    `FinetuneConfig` once, for every point."""
+    takes = protocol_keywords(protocol)
+    for name in options:
+        if name not in takes:
+            tuned = protocol == "finetune" and name in {f.name for f in fields(FinetuneConfig)}
+            where = f": fine-tuning's is {protocol_option(name, within=('config',))}" if tuned else \
+                f"{nearest(name, takes)}; it takes {', '.join(takes)}"
+            raise UserError(f"the {protocol} protocol takes no {protocol_option(name)}{where}")
+    given = {**takes, **options}
+    if protocol == "knn":
+        _knn_options(given["k"], given["temperature"])
+    elif protocol == "linear":
+        _linear_options(given["lr"], given["weight_decay"], given["epochs"], given["batch_size"])
+    else:
+        return {**options, "config": _finetune_options(given["config"])}
+    return options
 
 
 def _refuse_other_kind(given: set[str], encoder, config: FinetuneConfig) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..console import option, said_as, warn
+from ..console import option, protocol_option, said_as, warn
 from ..data import ImageCache
 from ..data.cache import cache_folder, cache_remedy
 from ..data.sources import labels_listed_in, names_listed_in, row_finder, rows_of_names
@@ -90,7 +90,7 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
         return pool
     k = budget.per_class if budget.per_class else max(1, round(budget.fraction * n))
     if k > pool:
-        held = (f" ({pool} after the {val} held out for validation; {option('val_fraction', 0)} holds none)"
+        held = (f" ({pool} after the {val} held out for validation; {protocol_option('val_fraction', 0)} holds none)"
                 if val else "")
         asked = option("per_class", k) if budget.per_class else \
             said_as(f"--fraction {budget.fraction:g}", budget.python_fraction()) + f" ({k} images)"
@@ -105,7 +105,7 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
 def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int, val_fraction: float) -> Split:
     """The labelled subset and validation split for `seed` (see the module's docstring)."""
     if not 0 <= val_fraction <= 0.5:
-        raise UserError(f"{option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
+        raise UserError(f"{protocol_option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
     train, val = [], []
     for c, order in enumerate(class_orders(labels, len(classes), seed)):
         n = len(order)
@@ -123,7 +123,7 @@ def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: flo
     and whose seed is the split's (a probe seeds its generator with it: one seed of --seeds N,
     rerun from its file, gives that seed's figure)."""
     if not 0 <= val_fraction <= 0.5:
-        raise UserError(f"{option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
+        raise UserError(f"{protocol_option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
 
     def rows(names: list[str]) -> np.ndarray:
         return np.array(rows_of_names(cache.names, names, repr(cache.source), "train", "subset"), dtype=np.int64)
