@@ -496,7 +496,7 @@ def test_bad_input(planted, tmp_path):
         curate(root / "pool", tmp_path / "notes.md", "random:resnet18", tmp_path / "out", image_size=32,
                show_progress=False)
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(UserError, match="cannot create .*; choose a writable out="):
+    with pytest.raises(UserError, match="cannot create .*; choose a writable `out`"):
         curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "a-file" / "out", image_size=32,
                show_progress=False)
 
@@ -618,8 +618,8 @@ def test_curate_refuses_an_input_that_is_one_of_its_own_outputs(planted, tmp_pat
                           ({"exclude": out / "curated.tar"}, "exclude=")]:
         name = next(iter(given.values())).name
         inputs = {"pool": tmp_path / "pics", "seed_set": root / "seeds", **given}
-        with pytest.raises(UserError, match=rf"^{option}'.*{name}' is the {name} this run writes in out=; "
-                                            rf"choose another out="):
+        with pytest.raises(UserError, match=rf"^{option}'.*{name}' is the {name} this run writes in `out`; "
+                                            rf"choose another `out`"):
             curate(inputs["pool"], inputs["seed_set"], "random:resnet18", out, exclude=inputs.get("exclude"),
                    image_size=32, device="cpu", show_progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -452,7 +452,7 @@ def test_bands_read_a_jpeg_tiff_as_rgb_a_palette_by_its_colours_and_skip_cmyk_sa
     (tmp_path / "tiles" / "cmyk.tif").write_bytes(cmyk)
     (tmp_path / "tiles" / "jpeg.tif").write_bytes(jpeg)
     load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False, bands=(3, 2, 1))
-    assert ("1 of them are TIFFs in CMYK, Lab or another colour space whose bands bands= cannot choose from "
+    assert ("1 of them are TIFFs in CMYK, Lab or another colour space whose bands `bands` cannot choose from "
             "(e.g. 'cmyk.tif')") in capsys.readouterr().err
 
 
@@ -488,7 +488,7 @@ def test_when_no_tiff_decodes_the_error_says_what_would_read_them(tmp_path):
         tile = field_tile(np.random.default_rng(k), bands=4)
         (tmp_path / "tiles" / f"t{k}.tif").write_bytes(tiff16(tile, photometric=1, extra=(0, 0, 0)))
     with pytest.raises(UserError, match=r"^none of the 2 image files in '.*tiles' could be decoded; 2 of them are "
-                                        r"TIFFs with fewer bands than bands= asks for: choose others$"):
+                                        r"TIFFs with fewer bands than `bands` asks for: choose others$"):
         load_cache(open_source(tmp_path / "tiles"), 16, show_progress=False, bands=(9, 1, 1))
     with without_tiff_readers(), pytest.raises(UserError, match=r"could be decoded; 2 of them are TIFFs in a layout "
                                                                 r"Pillow cannot decode: pip install 'selfsup\[tiff\]'"):

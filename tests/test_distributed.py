@@ -394,7 +394,7 @@ def test_refusals_under_two_processes_come_once_from_the_first(tmp_path):
     assert first["data"].startswith("the processes read different data at ")
     assert "(process 0: 36 images, process 1: 33 images)" in first["data"] and second["data"] == "exit 2"
     assert first["batch"] == ("the batch size 7 must be divisible by the number of processes 2: launch a number "
-                              "of processes that divides 7, or choose a batch_size= that 2 divides")
+                              "of processes that divides 7, or choose a `batch_size` that 2 divides")
     assert second["batch"] == "exit 2"
     assert not (tmp_path / "run2").exists()
 

@@ -267,7 +267,7 @@ def test_embed_on_a_full_disk_says_why_and_keeps_the_previous_file(trained, tmp_
     before = out.read_bytes()  # tens of KB: 512 floats an image
     with files_limited_to(4096), pytest.raises(UserError) as error:  # numpy's own fwrite said "(None)"
         selfsup.embed_images(runs["resnet18"], data, out, cache_dir=tmp_path / "c", show_progress=False)
-    assert str(error.value) == f"cannot write {str(out)!r} (File too large); choose another out="
+    assert str(error.value) == f"cannot write {str(out)!r} (File too large); choose another `out`"
     assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 

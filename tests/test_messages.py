@@ -162,6 +162,30 @@ def test_a_warning_names_the_flag_in_a_command_and_the_keyword_in_python(split_f
         provenance.COMMAND = None
 
 
+def test_an_option_named_as_a_thing_or_inside_a_dict_reads_as_python_writes_it():
+    """'choose another out=' read as a value left out; a curve's protocol settings are keys of its
+    protocol_options, not keywords."""
+    from selfsup import console, provenance
+
+    assert console.named_option("out") == "`out`" and console.named_option("batch_size") == "`batch_size`"
+    assert console.option("lr", 0.1, python=("config", "lr")) == "config={'lr': 0.1}"
+    assert console.option("lr", python=("config", "lr")) == "config['lr']"
+    assert console.protocol_option("val_fraction", 0) == "val_fraction=0"
+    with console.protocol_options_in("protocol_options"):
+        assert console.protocol_option("val_fraction", 0) == "protocol_options={'val_fraction': 0}"
+        nested = console.protocol_option("freeze_stages", within=("config",))
+        assert nested == "protocol_options['config']['freeze_stages']"
+    assert console.protocol_option("val_fraction") == "val_fraction="  # the block's end restores the keywords
+    provenance.COMMAND = ["selfsup", "eval"]
+    try:
+        assert console.named_option("out") == "--out" and console.named_option("batch_size") == "--batch-size"
+        with console.protocol_options_in("protocol_options"):
+            assert console.protocol_option("val_fraction", 0) == "--val-fraction 0"
+            assert console.protocol_option("freeze_stages", 2, within=("config",)) == "--freeze-stages 2"
+    finally:
+        provenance.COMMAND = None
+
+
 def _same_error_both_ways(tmp_path):
     """(name, call from Python, command line, what Python's message says, what the command's says):
     one error each, raised before any image is embedded or step trained."""
@@ -180,6 +204,8 @@ def _same_error_both_ways(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save({"conv.weight": torch.zeros(3)}, plain)
     out, nowhere, encoder = tmp_path / "out", tmp_path / "nowhere", ["--checkpoint", "random:resnet18"]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
     return [
         ("pretrain without data", lambda: selfsup.pretrain(out=out),
          ["pretrain", "--out", out], "with data=PATH (a folder", "with --data PATH (a folder"),
@@ -226,6 +252,9 @@ def _same_error_both_ways(tmp_path):
         ("select's budget", lambda: select_images(data, "random:resnet18", out, budget=0),
          ["select", *encoder, "--data", data, "--budget", 0, "--out", out],
          "budget= must be at least 1, got 0", "--budget must be at least 1, got 0"),
+        ("a run folder that is a file", lambda: selfsup.pretrain(data=data, out=a_file),
+         ["pretrain", "--data", data, "--out", a_file],
+         "is a file, not a folder; choose another `out`", "is a file, not a folder; choose another --out"),
     ]
 
 

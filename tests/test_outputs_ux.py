@@ -289,8 +289,8 @@ def test_a_write_error_without_a_reason_is_told_by_its_message_and_no_room_by_it
     with pytest.raises(UserError) as error, atomic_path(tmp_path / "e.npy"):
         raise OSError("3200 requested and 992 written")  # as numpy's fwrite raises it: no errno, no strerror
     assert str(error.value) == (f"cannot write {str(tmp_path / 'e.npy')!r} (3200 requested and 992 written); "
-                                "choose another out=")  # from Python: the keyword
+                                "choose another `out`")  # from Python: the keyword
     with pytest.raises(UserError) as error, atomic_path(tmp_path / "e.npy"):
         raise OSError(errno.ENOSPC, None)  # an errno alone
-    assert "(No space left on device); free space there or choose another out=" in str(error.value)
+    assert "(No space left on device); free space there or choose another `out`" in str(error.value)
     assert list(tmp_path.iterdir()) == []

@@ -584,7 +584,7 @@ def test_evaluating_a_run_on_the_images_it_was_pretrained_on_is_said(tmp_path, s
     assert result["pretrain_pixels_sha256"] == result["test_pixels_sha256"] == \
         torch.load(runs["test"] / "last.pt", weights_only=True)["data"]["pixels_sha256"]
     assert len(err) == 1 and f"{runs['test']} was pretrained on the test images ({split_folder} [test])" in err[0], err
-    assert "(a data= root holding train/ uses train/ alone)" in err[0]  # from Python: the keyword, not --data
+    assert "(a `data` root holding train/ uses train/ alone)" in err[0]  # from Python: the keyword, not --data
 
 
 def test_an_unknown_keyword_names_the_public_function_before_any_image_is_read(tmp_path):

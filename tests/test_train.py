@@ -166,14 +166,14 @@ def test_a_run_folder_that_holds_images_is_refused(labelled_folder, tmp_path):
     (tmp_path / "photos" / "notes.txt").write_text("")
     with pytest.raises(UserError, match=r"^out='.*photos' holds images \(e.g. 'a.JPG'\): the run's files would "
                                         r"mix with them, and its pictures become images of that folder; choose a "
-                                        r"new or empty out=$"):
+                                        r"new or empty `out`$"):
         run_pretraining(tiny(labelled_folder, tmp_path / "photos"))
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.JPG", "notes.txt"]
 
 
 def test_a_run_folder_that_is_a_file_is_refused(labelled_folder, tmp_path):
     (tmp_path / "run").write_text("notes")
-    with pytest.raises(UserError, match=r"^out='.*run' is a file, not a folder; choose another out=$"):
+    with pytest.raises(UserError, match=r"^out='.*run' is a file, not a folder; choose another `out`$"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run"))
     assert (tmp_path / "run").read_text() == "notes"
 
@@ -514,7 +514,7 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_line_and_keeps_the_pr
     assert done.returncode == 0, done.stderr
     # A size limit (EFBIG), not a full disk: freeing space would not help, so it is not suggested.
     assert done.stdout.strip() == (f"cannot write {str(tmp_path / 'last.pt')!r} (File too large; the previous "
-                                   f"checkpoint is kept there); choose a writable out=")
+                                   f"checkpoint is kept there); choose a writable `out`")
     assert torch.load(tmp_path / "last.pt", weights_only=True)["weights"].shape == (10,)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 
@@ -557,7 +557,7 @@ def test_a_second_run_into_the_folder_a_run_writes_to_is_refused(labelled_folder
     with run_folder_lock(out):  # as a run in another process holds it
         with pytest.raises(UserError, match=r"^another selfsup run is writing to '.*run'; wait for it to end "
                                             r"\(then resume it with resume=True, if it stopped\), "
-                                            r"or choose another out=$"):
+                                            r"or choose another `out`$"):
             run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))
         assert out.is_dir() and not any(out.iterdir())  # left as it was, not removed
     run_pretraining(tiny(labelled_folder, out, train={"epochs": 1}))  # free again: it runs

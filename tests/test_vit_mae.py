@@ -129,7 +129,7 @@ def test_image_size_not_a_multiple_of_the_patch_size_is_refused():
 def test_timm_vit_of_an_image_size_not_a_multiple_of_its_patches_is_refused():
     # timm's patch embedding would silently drop the last 8 pixels of each side.
     with pytest.raises(UserError, match=r"timm:vit_tiny_patch16_224 with patch size 16 needs .* got 40x40; "
-                                        r"use image_size=32 or 48, or a patch_size= that divides 40"):
+                                        r"use image_size=32 or 48, or a `patch_size` that divides 40"):
         build_backbone(BackboneConfig(name="timm:vit_tiny_patch16_224"), 40)
     with pytest.raises(UserError, match=r"patch size 8 needs .* got 36x36"):
         build_backbone(BackboneConfig(name="timm:vit_tiny_patch16_224", patch_size=8), 36)

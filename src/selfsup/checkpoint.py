@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .console import option, said_as
+from .console import named_option, option, said_as
 from .errors import UserError
 from .outputs import NO_ROOM, current_umask, os_reason
 
@@ -36,7 +36,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write to {str(path.parent)!r} ({os_reason(e)}); "
-                        f"choose a writable {option('out')}") from None
+                        f"choose a writable {named_option('out')}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             _save_reporting_write_errors(obj, f)
@@ -48,7 +48,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         kept = "; the previous checkpoint is kept there" if path.exists() else ""
         free = f"free space in {str(path.parent)!r} or " if e.errno in NO_ROOM else ""
         raise UserError(f"cannot write {str(path)!r} ({os_reason(e)}{kept}); "
-                        f"{free}choose a writable {option('out')}") from None
+                        f"{free}choose a writable {named_option('out')}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -61,6 +61,13 @@ def _nested(keys: tuple[str, ...], value: object) -> str:
     return shown
 
 
+def named_option(name: str) -> str:
+    """An option named as a thing in a sentence (choose another --out): the flag in a command, the
+    keyword in backquotes from Python (choose another `out`), where `out=` would read as a value
+    left out."""
+    return said_as("--" + name.replace("_", "-"), f"`{name}`")
+
+
 # Where a Python caller gives an evaluation protocol's options: () as keywords of evaluate_*, or the
 # dict argument that holds them (label_efficiency_curve's protocol_options), set while the curve runs.
 _protocol_options_in: tuple[str, ...] = ()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
-from .console import option, path_option
+from .console import named_option, option, path_option
 from .errors import UserError
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT}  # a full disk or quota (EFBIG, a size limit, is not helped by freeing space)
@@ -44,7 +44,8 @@ def _make_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {str(path)!r} ({os_reason(e)}); choose a writable {option('out')}") from None
+        raise UserError(f"cannot create {str(path)!r} ({os_reason(e)}); "
+                        f"choose a writable {named_option('out')}") from None
     return path
 
 
@@ -60,7 +61,7 @@ def output_file(path: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
             pass
     except OSError as e:
-        raise cannot_write(f"in {str(folder)!r}", e, f"choose a writable {option('out')}") from None
+        raise cannot_write(f"in {str(folder)!r}", e, f"choose a writable {named_option('out')}") from None
     return path
 
 
@@ -76,7 +77,7 @@ def atomic_path(path: Path, remedy: str | None = None):
     an error, removed otherwise, so a failed or killed write leaves neither half a file nor the
     temporary one behind. A write that fails is a UserError ending with `remedy` (by default,
     choose another --out)."""
-    remedy = remedy or f"choose another {option('out')}"
+    remedy = remedy or f"choose another {named_option('out')}"
     # A fresh name, created here (O_EXCL): a link planted under a predictable name in a folder
     # others can write to (a shared cache) cannot redirect the write.
     try:

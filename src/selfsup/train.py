@@ -32,7 +32,8 @@ from . import dist, monitor, tensorboard_log
 from .backbones import Backbone
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .console import option, path_option, plural, progress_bar, said_as, say, setting, warn, warnings_after_checks
+from .console import (named_option, option, path_option, plural, progress_bar, said_as, say, setting, warn,
+                      warnings_after_checks)
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used, require_tiff_reader
 from .data.loader import SampleBatch, map_side
@@ -78,7 +79,7 @@ class RunResult:
 
 
 def run_folder_remedy() -> str:
-    return f"choose a writable {option('out')}"
+    return f"choose a writable {named_option('out')}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,7 +120,8 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
     user = config_lib.with_method_flags(user, cfg.method)
     if "method" in user and user["method"] != cfg.method:
         raise UserError(f"{out / 'last.pt'} was written by method {cfg.method!r}, not {user['method']!r}; "
-                        f"resume it with {option('method', cfg.method)} or start a new run in another {option('out')}")
+                        f"resume it with {option('method', cfg.method)} or start a new run in another "
+                        f"{named_option('out')}")
     if user.get("preset", "auto") not in ("auto", cfg.preset):
         raise UserError(f"{option('resume', True)} continues the run as configured; its preset cannot change (saved "
                         f"{cfg.preset!r}, given {user['preset']!r})")
@@ -173,7 +175,7 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     if batch % world:
         raise UserError(f"the batch size {batch} must be divisible by the number of processes {world}: launch "
                         f"a number of processes that divides {batch}"
-                        + ("" if resume else f", or choose a {option('batch_size')} that {world} divides"))
+                        + ("" if resume else f", or choose a {named_option('batch_size')} that {world} divides"))
     return cfg, checkpoint
 
 
@@ -189,7 +191,7 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
         return _restore_config(user, out)
     if (out / "last.pt").exists():
         raise UserError(f"{str(out)!r} already holds a run (last.pt); continue it with {option('resume', True)} "
-                        f"or choose another {option('out')}")
+                        f"or choose another {named_option('out')}")
     cfg = config_lib.resolve(user)
     if not cfg.data.path:
         raise UserError(f"give the images to pretrain on with {said_as('--data PATH', 'data=PATH')} "
@@ -204,20 +206,21 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     if data.is_dir() and lies_inside(out, data):
         raise UserError(f"{path_option('out', str(out))} lies inside {path_option('data', str(data))}: "
                         f"the run's pictures "
-                        f"would become images of the data (and its next {option('resume')} would be refused); "
+                        f"would become images of the data (and its next {option('resume', True)} would be refused); "
                         f"choose a run folder "
                         f"outside the data")
     written = out / "config.yaml"
     if written.is_file() and not written.read_text().startswith(config_lib.RUN_CONFIG_HEADER):
         raise UserError(f"{str(out)!r} holds a config.yaml that selfsup did not write, which the run's own "
-                        f"would replace; choose another {option('out')}")
+                        f"would replace; choose another {named_option('out')}")
     if out.exists() and not out.is_dir():
-        raise UserError(f"{path_option('out', str(out))} is a file, not a folder; choose another {option('out')}")
+        raise UserError(f"{path_option('out', str(out))} is a file, not a folder; choose another {named_option('out')}")
     image = next((f.name for f in sorted(out.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES), None) \
         if out.is_dir() else None
     if image:
         raise UserError(f"{path_option('out', str(out))} holds images (e.g. {image!r}): the run's files would mix with "
-                        f"them, and its pictures become images of that folder; choose a new or empty {option('out')}")
+                        f"them, and its pictures become images of that folder; choose a new or empty "
+                        f"{named_option('out')}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -451,14 +454,14 @@ class Trainer:
                      else "as many as this run was trained on, but not the same files (renamed, or others)")
             raise UserError(f"{option('resume', True)}: {self.cfg.data.path} holds {now['images']:,} images, {which}; "
                             f"resume with the run's data ({said_as('--data PATH', 'data=PATH')} where it is now), or "
-                            f"start a new run in another {option('out')}")
+                            f"start a new run in another {named_option('out')}")
         self.method.load_state_dict(checkpoint["model"])
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except ValueError:  # parameters regrouped since (e.g. which are weight-decayed)
             raise UserError(f"{option('resume', True)}: {self.out / 'last.pt'} holds an optimizer state that this "
                             f"selfsup version groups otherwise; finish the run with the version that started it, or "
-                            f"start a new run in another {option('out')}") from None
+                            f"start a new run in another {named_option('out')}") from None
         self.position = Position(**checkpoint["position"])
         at, steps = self.position, len(self.stream)
         if at.step != at.epoch * steps + at.batch:  # the same data read otherwise (e.g. images now left out)
@@ -850,7 +853,7 @@ def run_folder_lock(out: Path):
             os.close(descriptor)
             raise RunFolderBusy(f"another selfsup run is writing to {str(out)!r}; wait for it to end (then "
                                 f"{said_as('--resume it', 'resume it with resume=True')}, if it stopped), "
-                                f"or choose another {option('out')}") from None
+                                f"or choose another {named_option('out')}") from None
         except OSError:  # a file system without locks (some network ones): unguarded, as before
             pass
         return descriptor

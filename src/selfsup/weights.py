@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT, LOAD_ERRORS
-from .console import option, said_as
+from .console import named_option, option, said_as
 from .errors import UserError
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "classifier.", "last_linear.")
@@ -80,8 +80,8 @@ def load_matching(net: nn.Module, state: dict[str, torch.Tensor], path: str | Pa
             parts.append(f"{len(reshaped)} of other shapes (e.g. {k!r}: {_shape(state[k])} in the file, "
                          f"{_shape(own[k])} in {backbone})")
         raise UserError(f"{str(path)!r} does not fit backbone {backbone!r}: {'; '.join(parts)}; "
-                        f"give the {option('backbone')} the weights were made for (and {option('small_stem', True)} "
-                        f"if it has one)")
+                        f"give the {named_option('backbone')} the weights were made for (and "
+                        f"{option('small_stem', True)} if it has one)")
     net.load_state_dict(state, strict=True)
 
 

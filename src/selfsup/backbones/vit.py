@@ -48,13 +48,13 @@ def check_image_size(height: int, width: int, patch_size: int, name: str = "this
     """Refuse sides that are not a whole number of patches, suggesting the nearest valid values of
     `option` (and another patch size, where the command has that option); `whose` says where
     the patch size came from."""
-    from ..console import option as named, said_as
+    from ..console import named_option, option as named, said_as
 
     if height % patch_size or width % patch_size or min(height, width) < patch_size:
         side = max(height, width, patch_size)
         lower, upper = max(patch_size, side // patch_size * patch_size), -(-side // patch_size) * patch_size
         sizes = f"{lower} or {upper}" if lower != upper else str(lower)
-        patch_hint = f", or a {named('patch_size')} that divides {side}" if other_patch_sizes else ""
+        patch_hint = f", or a {named_option('patch_size')} that divides {side}" if other_patch_sizes else ""
         use = said_as(f"{named(option)} {sizes}", f"{named(option)}{sizes}")
         raise UserError(f"{name} with patch size {patch_size}{whose} needs image sides that are multiples of "
                         f"{patch_size}, got {height}x{width}; use {use}{patch_hint}")

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import override, ranged
-from ..console import option, path_option, plural, said_as, say
+from ..console import named_option, path_option, plural, said_as, say
 from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
@@ -168,8 +168,8 @@ def _check_inputs_are_not_outputs(out: Path, inputs: dict) -> None:
         for name in OUTPUT_FILES if given else ():
             if _same_file(Path(given).expanduser(), out / name):
                 raise UserError(f"{path_option(OPTIONS[what], given)} is the "
-                                f"{name} this run writes in {option('out')}; choose another {option('out')}, or copy "
-                                f"it elsewhere and give the copy")
+                                f"{name} this run writes in {named_option('out')}; choose another "
+                                f"{named_option('out')}, or copy it elsewhere and give the copy")
 
 
 def _same_file(a: Path, b: Path) -> bool:

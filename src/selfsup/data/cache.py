@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
-from ..console import option, progress_bar, warn
+from ..console import named_option, option, progress_bar, warn
 from ..errors import UserError
 from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
@@ -914,7 +914,8 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
         valid += "" if not few else (f"; {len(few):,} of them are TIFFs with fewer bands than asked for "
                                      f"(e.g. {few[0]!r})")
         valid += "" if not colour else (f"; {len(colour):,} of them are TIFFs in CMYK, Lab or another colour "
-                                        f"space whose bands {option('bands')} cannot choose from (e.g. {colour[0]!r})")
+                                        f"space whose bands {named_option('bands')} cannot choose from "
+                                        f"(e.g. {colour[0]!r})")
         valid += _unread_dicoms(notes)
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
              f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
@@ -967,7 +968,7 @@ def what_to_do(notes: dict, kind: str) -> str:
         return (f"{len(notes[TIFF_LAYOUT]):,} of them are TIFFs in a layout Pillow cannot decode: pip install "
                 f"'selfsup[tiff]' (tifffile and imagecodecs) to read them")
     if notes.get(FEW_BANDS):
-        return (f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than {option('bands')} asks for: "
+        return (f"{len(notes[FEW_BANDS]):,} of them are TIFFs with fewer bands than {named_option('bands')} asks for: "
                 f"choose others")
     dicoms = _unread_dicoms(notes, examples=False)
     if dicoms:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..console import option, plural, said_as, warn
+from ..console import named_option, option, plural, said_as, warn
 from ..data import ImageCache, load_cache, open_source, open_splits
 from ..encoder import Encoder, load_encoder
 from ..errors import UserError, nearest
@@ -147,7 +147,8 @@ def _warn_if_pretrained_on(test: ImageCache, encoder: Encoder, spec: str) -> Non
     pretrained = pretrain_pixels_sha256(encoder)
     if pretrained is not None and pretrained == test.pixels_sha256:
         warn(f"{spec} was pretrained on the test images ({test.source}): its figures are not of images it has "
-             f"not seen; pretrain on the training images (a {option('data')} root holding train/ uses train/ alone)")
+             f"not seen; pretrain on the training images (a {named_option('data')} root holding train/ uses "
+             f"train/ alone)")
 
 
 def check_options(caller: str, options: dict) -> None:

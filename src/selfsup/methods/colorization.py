@@ -35,7 +35,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
-from ..console import option, warn
+from ..console import named_option, warn
 from ..dist import all_reduce_sum
 from ..errors import UserError
 from ..viz import save_image_grid
@@ -80,7 +80,8 @@ def check_data(config: Config, cache, train_idx) -> None:
     gray = len(left_out)
     if gray and gray == len(train_idx):
         raise UserError(f"colorization needs colour images, but {gray:,} of the {len(train_idx):,} images in "
-                        f"{cache.source} are grayscale; give it colour images or choose another {option('method')}")
+                        f"{cache.source} are grayscale; give it colour images or choose another "
+                        f"{named_option('method')}")
     if gray:
         first = cache.names[left_out[0]]
         warn(f"colorization leaves out the {gray:,} grayscale images of the {len(train_idx):,} in {cache.source} "
@@ -130,7 +131,7 @@ class Method(nn.Module):
         super().__init__()
         if backbone.kind != "cnn":
             raise UserError(f"colorization predicts colours from a feature map: "
-                            f"use a convolutional {option('backbone')}, "
+                            f"use a convolutional {named_option('backbone')}, "
                             f"not {backbone.name!r}")
         self.config, self.image_size = config, image_size
         net = SplitBrain(with_input_channels(backbone, 1), with_input_channels(backbone, 2))

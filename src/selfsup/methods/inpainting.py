@@ -22,7 +22,7 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..config import ranged
-from ..console import option
+from ..console import named_option
 from ..errors import UserError
 from ..losses import masked_mse
 from ..viz import save_image_grid
@@ -84,8 +84,8 @@ class Method(nn.Module):
     def __init__(self, config: Config, backbone: Backbone, image_size: int):
         super().__init__()
         if backbone.kind != "cnn":
-            raise UserError(f"inpainting decodes pixels from a feature map: use a convolutional {option('backbone')}, "
-                            f"not {backbone.name!r}")
+            raise UserError(f"inpainting decodes pixels from a feature map: use a convolutional "
+                            f"{named_option('backbone')}, not {backbone.name!r}")
         self.config, self.image_size = config, image_size
         self.backbone = backbone
         steps = max(0, round(math.log2(image_size / feature_map_side(backbone, image_size))))
