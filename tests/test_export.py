@@ -443,3 +443,33 @@ def test_onnx_export_on_a_torch_without_its_exporter_is_one_line(trained, tmp_pa
     monkeypatch.setattr(torch, "__version__", "2.4.1")
     with pytest.raises(UserError, match=r"needs torch 2.6 or newer .* this is torch 2.4.1"):
         export_encoder(trained[1]["resnet18"], tmp_path / "e.onnx")
+
+
+def test_a_random_encoder_is_exported_at_the_size_given_and_without_one_says_it_took_224(trained, tmp_path, capsys):
+    """Export has no images to size a random: encoder by, as eval and embed do: it was drawn at
+    224 px (with the ImageNet stem) without a word, and the size went into the file."""
+    from selfsup.cli import main
+    from selfsup.errors import UserError
+    from selfsup.weights import exported_settings, read_weights
+
+    capsys.readouterr()
+    default = selfsup.export_encoder("random:resnet18", tmp_path / "default.safetensors")
+    assert (default["image_size"], default["small_stem"]) == ("224", "false")
+    assert capsys.readouterr().err == ("warning: random:resnet18 is exported at 224 px, the default: export has no "
+                                       "images to take its size from (eval and embed draw it at theirs); give "
+                                       "image_size=N for images of another size\n")
+    assert main(["export", "--checkpoint", "random:resnet18", "--out", str(tmp_path / "cli.safetensors")]) == 0
+    assert "give --image-size N for images of another size" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", "random:resnet18", "--image-size", "32", "--out",
+                 str(tmp_path / "small.safetensors"), "--json"]) == 0
+    said = capsys.readouterr()
+    assert said.err == "" and (json.loads(said.out)["image_size"], json.loads(said.out)["small_stem"]) == ("32", "true")
+    settings = exported_settings(read_weights(tmp_path / "small.safetensors")[1])
+    assert (settings["image_size"], settings["small_stem"]) == (32, True)  # what weights:FILE is loaded at
+    assert selfsup.export_encoder("random:resnet18", tmp_path / "big.safetensors", image_size=96,
+                                  small_stem=True)["small_stem"] == "true"
+    _, runs = trained
+    with pytest.raises(UserError, match=r"^image_size= is for random: and weights: encoders; .* is exported at the "
+                                        r"size it was trained at: leave it out$"):
+        selfsup.export_encoder(runs["resnet18"], tmp_path / "run.safetensors", image_size=32)
+    assert not (tmp_path / "run.safetensors").exists()

@@ -319,3 +319,25 @@ def test_egomotion_refuses_readings_that_never_change_and_warns_of_fewer_classes
     assert ("the motion readings make only 2 distinct motion classes of the 6 asked for; "
             "the maps of the others learn nothing: "
             "config={'egomotion': {'motion_classes': 2}}") in capsys.readouterr().err
+
+
+def test_the_typical_frame_side_is_read_from_headers_of_videos_and_of_frames(tmp_path, capsys):
+    """What a random: encoder is drawn at on clips (eval.video.equivariance_report), as eval draws
+    it at its images' median shorter side: no frame is decoded to know it."""
+    from selfsup.data.video import typical_frame_side
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i, size in enumerate((32, 48, 48)):
+        write_video(videos / f"{i}.mp4", 2, size=size)
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    frames = tmp_path / "frames"
+    write_frames(frames / "walk", 3, size=16)
+    write_frames(frames / "run", 3, size=24)
+    write_frames(frames / "jump", 3, size=24)
+    (frames / "jump" / "000099.png").write_bytes(b"not an image")
+    assert typical_frame_side(videos) == 48 and typical_frame_side(frames) == 24
+    assert typical_frame_side(make_tar(videos, tmp_path / "videos.tar")) == 48
+    assert typical_frame_side(make_tar(frames, tmp_path / "frames.tar.gz")) == 24
+    assert typical_frame_side(tmp_path / "missing") is None  # open_clips says what is wrong
+    assert capsys.readouterr().err == ""  # nor what it cannot read: open_clips says that too, once

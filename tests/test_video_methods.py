@@ -331,6 +331,19 @@ def test_equivariance_report_with_another_seed_or_of_a_checkpoint_without_centre
     assert seeds == [3] and set(report["learned"]) == set(report["fitted"]) == {0, 1, 2}
 
 
+def test_equivariance_report_draws_a_random_encoder_at_the_frames_size(clips):
+    """A random: baseline was drawn at 224 px whatever the clips: 16-pixel frames were decoded at
+    256 and enlarged 14x, where eval draws it at its images' size."""
+    from selfsup.data.cache import list_caches
+    from selfsup.eval.video import equivariance_report
+
+    report = equivariance_report("random:resnet18-half", clips)
+    assert set(report["fitted"]) and sum(report["pairs"].values()) > 0
+    assert [cache.size for cache in list_caches()] == [16]  # the frames decoded at their own size
+    equivariance_report("random:resnet18-half", clips, image_size=24)
+    assert sorted(cache.size for cache in list_caches()) == [16, 24]
+
+
 def motion_samples(monkeypatch, motion: np.ndarray, classes: int):
     """egomotion.samples on pairs with the given summed readings (yaw, forward), no clips needed."""
     from types import SimpleNamespace

@@ -352,6 +352,29 @@ def test_attention_keeps_images_of_one_stem_apart_and_counts_the_unreadable(tmp_
                                max_images=2)["images"] == 2
 
 
+def test_attention_draws_a_random_encoder_at_the_images_size_as_eval_does(tmp_path, capsys):
+    """A random: ViT was drawn at 224 px (patches of 16) whatever the images: 32-pixel ones were
+    enlarged 7x, and --image-size 32 gave a grid of 2x2 patches, where eval draws it at 32 px."""
+    from selfsup.attention import save_attention_maps
+    from selfsup.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i}.png")
+    drawn = save_attention_maps("random:vit-tiny", images, tmp_path / "own", device="cpu")
+    assert drawn["image_size"] == 32  # the shorter side
+    given = save_attention_maps("random:vit-tiny", images, tmp_path / "given", image_size=32, device="cpu")
+    assert given["image_size"] == 32
+    assert all((tmp_path / "own" / f"{i}.png").read_bytes() == (tmp_path / "given" / f"{i}.png").read_bytes()
+               for i in range(3))  # one encoder, of patches of 4: its 8x8 maps
+    capsys.readouterr()
+    assert main(["attention", "--checkpoint", "random:vit-tiny", "--images", str(images), "--out",
+                 str(tmp_path / "cli"), "--device", "cpu"]) == 0
+    assert "(3 heads, 32 px)" in capsys.readouterr().out
+
+
 def test_attention_gives_every_image_its_own_map_file_whatever_the_names():
     """a/b.png and a_b.png both became a_b.png.png (one map written over the other); A.png and
     a.png meet on a file system that ignores case."""
@@ -447,8 +470,8 @@ def test_attention_refuses_a_non_positive_image_size_and_names_only_its_own_opti
     for size in (0, -32):
         with pytest.raises(UserError, match=rf"image_size= must be a positive number of pixels, got {size}"):
             save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=size)
-    with pytest.raises(UserError, match=r"vit-tiny with patch size 16 .* got 40x40; use image_size=32 or 48$"):
-        save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=40)  # no --patch-size here
+    with pytest.raises(UserError, match=r"vit-tiny with patch size 4 .* got 42x42; use image_size=40 or 44$"):
+        save_attention_maps("random:vit-tiny", tmp_path, tmp_path / "maps", image_size=42)  # no --patch-size here
 
 
 def test_layer_decay_scales_follow_beit():

@@ -49,15 +49,17 @@ def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Ten
     return weights[:, :, 0, net.num_prefix_tokens:].reshape(b, attn.num_heads, *grid)
 
 
-def read_images(path: str | Path, size: int, limit: int, bands=None) -> tuple[np.ndarray, list[str], ImageSource]:
+def read_images(path: str | Path, size: int, limit: int, bands=None,
+                source: ImageSource | None = None) -> tuple[np.ndarray, list[str], ImageSource]:
     """The first `limit` decodable images (N, size, size, 3) uint8 (shorter side resized, centre
-    crop; of TIFFs, `bands`) of an image file, a folder or a tar, with their names and the source
-    they were read from; the files that do not decode are skipped, and counted in one warning."""
+    crop; of TIFFs, `bands`) of an image file, a folder or a tar (`source`: of `path`, where it is
+    open already), with their names and the source they were read from; the files that do not
+    decode are skipped, and counted in one warning."""
     from .data.cache import decode_stream, warn_skipped
     from .data.sources import open_file_or_source
 
     path = Path(path).expanduser()
-    source = open_file_or_source(path)
+    source = source or open_file_or_source(path)
     items = source.read()
     decoded, skipped, notes = [], [], {}
     for name, pixels in decode_stream(items, size, parallel=False, notes=notes, bands=bands):
@@ -142,8 +144,10 @@ def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> None:
 def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_size: int | None = None,
                         device: str = "auto", max_images: int = 32, bands=None) -> dict:
     """Write OUT/<image name>.png for each of the first `max_images` images under `images`, at the
-    encoder's training size unless `image_size` is given (positions are resampled)."""
+    encoder's training size unless `image_size` is given (positions are resampled); a random:
+    encoder is drawn at `image_size`, else at the images' own size (see encoder.random_size)."""
     from .backbones.vit import check_image_size
+    from .data.sources import open_file_or_source
     from .encoder import default_cache_size, load_encoder
     from .train import resolve_device
     from .views import denormalize, eval_view
@@ -153,7 +157,11 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     if image_size is not None and image_size < 1:
         raise UserError(f"{option('image_size')} must be a positive number of pixels, got {image_size}; leave it out "
                         f"for the encoder's training size")
-    encoder = load_encoder(checkpoint, bands=bands)  # bands: of TIFFs, by default the encoder's own
+    # A random: encoder is drawn at the size it is shown: the one given, else the images' own (listed
+    # first for it), as eval and embed draw it. `bands`: of TIFFs, by default the encoder's own.
+    drawn = str(checkpoint).startswith("random:")
+    source = open_file_or_source(images) if drawn and image_size is None else None
+    encoder = load_encoder(checkpoint, image_size=image_size if drawn else None, bands=bands, images=source)
     backbone = encoder.backbone
     if backbone.kind != "vit" or not hasattr(backbone.net, "blocks"):
         raise UserError(f"attention maps need a ViT encoder (vit-tiny, vit-small, vit-base); {checkpoint} "
@@ -162,7 +170,7 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     # The patch size is the checkpoint's: only the image size can change here.
     check_image_size(size, size, backbone.net.patch_embed.patch_size[0], backbone.name, other_patch_sizes=False)
     device = resolve_device(device)
-    pixels, names, source = read_images(images, default_cache_size(size), max_images, encoder.bands)
+    pixels, names, source = read_images(images, default_cache_size(size), max_images, encoder.bands, source)
     file_names = output_names(names)
     _check_images_are_kept(source, Path(images).expanduser(), Path(out).expanduser(), file_names)
     x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised

@@ -153,7 +153,7 @@ def done_line(summary: dict) -> str:
 def _export(args) -> int:
     from .export import export_encoder
 
-    metadata = export_encoder(args.checkpoint, args.out)
+    metadata = export_encoder(args.checkpoint, args.out, image_size=args.image_size, small_stem=args.small_stem)
     print(json.dumps(metadata) if args.json else f"wrote {metadata['out']} ({metadata['backbone']})")
     return 0
 
@@ -176,7 +176,8 @@ def add_attention_parser(commands, common) -> None:
     p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint (or run folder) with a ViT encoder")
     p.add_argument("--images", required=True, help="an image, a folder of images or a tar of one")
     p.add_argument("--out", required=True, help="folder for one PNG per image")
-    p.add_argument("--image-size", type=int, help="default: the encoder's training size (any multiple of the patch size)")
+    p.add_argument("--image-size", type=int, help="default: the encoder's training size, a random: one's the images' "
+                                                  "(any multiple of the patch size)")
     p.add_argument("--max-images", type=int, default=32, help="draw the first N images (default %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--bands", type=parse_bands, help=BANDS_HELP)
@@ -408,9 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "normalisation in the file's metadata (see the README on loading it "
                                         "without selfsup). An --out ending in .onnx writes an ONNX graph instead, "
                                         "taking RGB in [0, 1] (pip install 'selfsup[onnx]').")
-    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint or run folder")
+    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint or run folder, or random:BACKBONE")
     p.add_argument("--out", required=True, help="a .safetensors file, or a folder to write encoder.safetensors in, "
                                                 "or an .onnx file")
+    p.add_argument("--image-size", type=int, help="with random:, the input size: export has no images to take it "
+                                                  "from (default 224)")
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="with random: ResNets: the 3x3 stem without max-pool (default: up to 64 px)")
     _common(p)
     p.set_defaults(run=_export)
 

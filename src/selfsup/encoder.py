@@ -16,6 +16,7 @@ import torch
 
 from . import config as config_lib
 from .backbones import Backbone, build_backbone
+from .backbones.vit import VITS, check_image_size, default_patch_size
 from .checkpoint import load_checkpoint
 from .config import BackboneConfig, RunConfig
 from .console import option, plural, said_as
@@ -74,16 +75,20 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
 
 
 def random_size(backbone: str, images) -> int | None:
-    """The image size of a random: encoder of selfsup's own backbones, from the images it embeds: their
-    median shorter side, at most 224 (a ViT's: a multiple of its patch size), the size a run on them
-    would train at; None (224) for a timm: model, which may need its own, or images of unknown size."""
-    from .backbones.vit import VITS, default_patch_size
+    """The image size of a random: encoder from the images it embeds (an ImageSource): `size_for_side`
+    of their median shorter side, read from a few headers."""
     from .data.cache import typical_side
 
     if backbone.startswith("timm:"):
-        return None
-    side = typical_side(images)
-    if side is None:
+        return None  # its own size, whatever the images: no header is read
+    return size_for_side(backbone, typical_side(images))
+
+
+def size_for_side(backbone: str, side: int | None) -> int | None:
+    """The image size of a random: `backbone` for images of median shorter side `side`: that side,
+    at most 224 (a ViT's: a multiple of its patch size), the size a run on them would train at; None
+    (224) for a timm: model, which may need its own, or images of unknown size."""
+    if side is None or backbone.startswith("timm:"):
         return None
     size = max(8, min(side, 224))
     return size - size % default_patch_size(size) if backbone in VITS else size
@@ -122,7 +127,6 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
     # positions, so only whole patches are needed.
     size = image_size or cfg.data.image_size
     if size != cfg.data.image_size and cfg.backbone.patch_size:
-        from .backbones.vit import check_image_size
         check_image_size(size, size, cfg.backbone.patch_size, cfg.backbone.name, other_patch_sizes=False)
     cache_size = cfg.data.cache_size if size == cfg.data.image_size else default_cache_size(size)
     encoder = Encoder(_checkpoint_encoder(cfg, checkpoint["model"]), size, cache_size,
@@ -144,6 +148,8 @@ def _random_encoder(spec: str, image_size: int | None, small_stem: bool | None, 
     seed = spec_seed if spec_seed is not None else seed if seed is not None else 0
     _refuse_other_backbone(spec, name, backbone)
     size = image_size or 224
+    if name in VITS:  # drawn with the default patch size of its size: no command drawing one takes another
+        check_image_size(size, size, default_patch_size(size), name, other_patch_sizes=False)
     stem = small_stem if small_stem is not None else config_lib.default_small_stem(name, size)
     torch.manual_seed(seed)
     network = build_backbone(BackboneConfig(name=name, small_stem=stem), size)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .console import option, plural, said_as
+from .console import option, plural, said_as, warn
 from .curate.embedding import embed_source, embedding_dir
 from .data import load_cache, open_source
 from .data.cache import cache_built
@@ -38,14 +38,17 @@ EMBEDDINGS_FILE = "embeddings.npy"
 EMBED_CHUNK = 4096  # images decoded and embedded between two saves of OUT.parts/: what a killed embed loses
 
 
-def export_encoder(checkpoint, out: str | Path) -> dict:
+def export_encoder(checkpoint, out: str | Path, image_size: int | None = None,
+                   small_stem: bool | None = None) -> dict:
     """Write the encoder's weights to `out` (a .safetensors file, or a folder to write
     encoder.safetensors in; an .onnx file: see export_onnx); returns the metadata written, and the
-    file's path as "out"."""
+    file's path as "out". `image_size`, `small_stem`: for random: and weights: encoders (see
+    `exported_encoder`)."""
+    _refuse_another_size(checkpoint, image_size)
     if str(out).lower().endswith(".onnx") and not Path(out).expanduser().is_dir():
-        return export_onnx(checkpoint, out)
+        return export_onnx(checkpoint, out, image_size, small_stem)
     out = output_file(named_output(out, ".safetensors", ENCODER_FILE, or_else="or .onnx"))
-    encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
+    encoder = exported_encoder(checkpoint, image_size, small_stem)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
     metadata = _metadata(encoder)
     # Serialised here and written by Python: safetensors' own file writing fails with a
@@ -54,6 +57,30 @@ def export_encoder(checkpoint, out: str | Path) -> dict:
     with atomic_path(out) as tmp:
         tmp.write_bytes(serialised)
     return {"out": str(out), **metadata}
+
+
+def exported_encoder(checkpoint, image_size: int | None, small_stem: bool | None) -> Encoder:
+    """The encoder to export: a checkpoint's at its training size, a random: one at `image_size`, a
+    weights: file's at `image_size` or the size it was made at. Export has no images to take a
+    random: encoder's size from, as eval and embed do: without `image_size` it is drawn at 224 px
+    (and its stem follows: the small one up to 64 px), said in a warning, since the size is written
+    into the file for whoever loads it."""
+    if isinstance(checkpoint, Encoder):
+        return checkpoint
+    encoder, spec = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem), str(checkpoint)
+    if image_size is None and spec.startswith("random:") and not spec.startswith("random:timm:"):
+        warn(f"{spec} is exported at {encoder.image_size} px, the default: export has no images to take its size "
+             f"from (eval and embed draw it at theirs); give {said_as('--image-size N', 'image_size=N')} for "
+             f"images of another size")
+    return encoder
+
+
+def _refuse_another_size(checkpoint, image_size: int | None) -> None:
+    """A checkpoint is exported at its training size, the one its ViT positions are of."""
+    spec = str(checkpoint)
+    if image_size is not None and not isinstance(checkpoint, Encoder) and not spec.startswith(("random:", "weights:")):
+        raise UserError(f"{option('image_size')} is for random: and weights: encoders; {spec} is exported at the size "
+                        f"it was trained at: leave it out")
 
 
 def _metadata(encoder: Encoder) -> dict[str, str]:
@@ -87,10 +114,11 @@ class RGBInput(nn.Module):
         return self.backbone((images - self.mean) / self.std)
 
 
-def export_onnx(checkpoint, out: str | Path) -> dict:
+def export_onnx(checkpoint, out: str | Path, image_size: int | None = None, small_stem: bool | None = None) -> dict:
     """Write the encoder to `out`, an .onnx file: input "images", float32 (N, 3, S, S) RGB in
     [0, 1] for any N, S the image size it was trained at; output "features", (N, D) pooled (not
-    L2-normalised); the safetensors metadata in the graph's metadata_props."""
+    L2-normalised); the safetensors metadata in the graph's metadata_props. `image_size`,
+    `small_stem`: for random: and weights: encoders (see `exported_encoder`)."""
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6):
         raise UserError(f"writing ONNX needs torch 2.6 or newer (its torch.export-based exporter); this is "
                         f"torch {torch.__version__}: upgrade it, or write a .safetensors file")
@@ -100,8 +128,9 @@ def export_onnx(checkpoint, out: str | Path) -> dict:
     except ImportError:
         raise UserError("writing ONNX needs the onnx and onnxscript packages: pip install 'selfsup[onnx]' "
                         "(or write a .safetensors file)") from None
+    _refuse_another_size(checkpoint, image_size)
     out = output_file(Path(out))
-    encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint)
+    encoder = exported_encoder(checkpoint, image_size, small_stem)
     metadata = {**_metadata(encoder), "input": "images: float32 (N, 3, S, S), RGB in [0, 1], normalised inside",
                 "output": "features: float32 (N, feature_dim), pooled, not L2-normalised"}
     model = RGBInput(encoder.backbone).cpu().eval()

@@ -24,17 +24,19 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from ..console import progress_bar, warn
 from ..errors import UserError
 from .cache import ImageCache, building, cache_folder, fit_square, load_cache, open_built, publish
-from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_tar_path,
-                      open_source, walk_folder)
+from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_image_name,
+                      is_tar_path, open_source, walk_folder)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 VIDEO_CACHE_FORMAT = 3  # 2: names in a tar relative to its common folder; 3: grayscale_rows, median_side
@@ -180,6 +182,51 @@ def _video_listing(path: Path, left_out: list[tuple[str, str]]) -> tuple[list[st
         prefix = _common_folder(videos)
         return sorted(n[len(prefix):] for n in videos), prefix, digest.hexdigest()
     raise UserError(f"data path {str(path)!r} is a file, not a folder (or tar) of videos or frame folders")
+
+
+def typical_frame_side(path: str | Path, sample: int = 16) -> int | None:
+    """The median shorter side of the frames of the clips under `path`, as `cache.typical_side` reads
+    images': from the headers of a few videos (their streams', no frame decoded) or frames (spread
+    over a folder's; a tar's first, read in one pass that stops there); None when none tells it, or
+    `path` is not a folder or tar (open_clips says why)."""
+    path = Path(path).expanduser()
+    if not (path.is_dir() or is_tar_path(path)):
+        return None
+    videos, prefix, _ = _video_listing(path, [])  # quietly: open_clips says what it cannot use
+    if videos:
+        names, side_of = videos, _video_side
+    else:  # frame folders
+        names, prefix, side_of = _frame_names(path), "", _image_side
+    if path.is_dir():
+        files = [path / prefix / name for name in names[::max(1, len(names) // sample)][:sample]]
+    else:
+        files = [io.BytesIO(data) for _, data in itertools.islice(_read_members(path, set(names), prefix), sample)]
+    sides = [side for side in map(side_of, files) if side]
+    return int(np.median(sides)) if sides else None
+
+
+def _frame_names(path: Path) -> list[str]:
+    if path.is_dir():
+        return walk_folder(path, is_image_name, hashlib.sha256(), [])
+    return [name for name, _ in _tar_members(path) if is_image_name(name)]
+
+
+def _image_side(file) -> int | None:
+    try:
+        with Image.open(file) as img:
+            return min(img.size)
+    except (OSError, ValueError, Image.DecompressionBombError):  # not an image Pillow reads: open_clips says so
+        return None
+
+
+def _video_side(file) -> int | None:
+    av = _av()
+    try:
+        with av.open(file if isinstance(file, io.BytesIO) else str(file)) as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            return min(stream.width, stream.height) if stream is not None and stream.width else None
+    except Exception:  # noqa: BLE001 - as decode_video: any failure means "not a video we can use"
+        return None
 
 
 def _read_members(path: Path, wanted: set[str], prefix: str = ""):

@@ -69,7 +69,8 @@ def _features(backbone, images: np.ndarray, rows: np.ndarray, size: int, device,
 
 @torch.no_grad()
 def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap: int | None = None,
-                        seed: int | None = None, device: str = "cpu", cache_dir=None) -> dict:
+                        seed: int | None = None, device: str = "cpu", cache_dir=None,
+                        image_size: int | None = None) -> dict:
     """{"fitted": {class: rho}, "pairs": {class: n}} on the encoder's pooled features, and for an
     egomotion checkpoint also {"learned": {class: rho}} with its own maps on its embedding z.
 
@@ -78,12 +79,17 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
     own motion. `motion_classes`, `gap` or `seed` other than the run's make classes of their own
     by k-means on `data`, as for a checkpoint of another method, and the learned maps are not
     scored. (An egomotion checkpoint written before the centres were kept: k-means on `data` with
-    the run's settings, which gives the run's classes on the run's own clips only.)"""
-    from ..data.video import open_clips
-    from ..encoder import load_encoder
+    the run's settings, which gives the run's classes on the run's own clips only.) `image_size`:
+    the encoder's input size, by default a checkpoint's training size, a random: encoder's the
+    frames' own (see encoder.random_size)."""
+    from ..data.video import open_clips, typical_frame_side
+    from ..encoder import load_encoder, size_for_side
     from ..methods.egomotion import Config, samples
 
-    encoder = load_encoder(checkpoint)
+    spec = str(checkpoint)
+    if image_size is None and spec.startswith("random:"):  # the frames' size, as eval draws it at the images'
+        image_size = size_for_side(spec[len("random:"):], typical_frame_side(data))
+    encoder = load_encoder(checkpoint, image_size=image_size)
     cfg = encoder.config
     trained = cfg.method_config if cfg is not None and cfg.method == "egomotion" else None
     run_seed = cfg.train.seed if trained is not None else 0
