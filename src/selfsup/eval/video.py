@@ -83,12 +83,12 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
     the encoder's input size, by default a checkpoint's training size, a random: encoder's the
     frames' own (see encoder.random_size)."""
     from ..data.video import open_clips, typical_frame_side
-    from ..encoder import load_encoder, size_for_side
+    from ..encoder import load_encoder, random_spec, size_for_side
     from ..methods.egomotion import Config, samples
 
     spec = str(checkpoint)
     if image_size is None and spec.startswith("random:"):  # the frames' size, as eval draws it at the images'
-        image_size = size_for_side(spec[len("random:"):], typical_frame_side(data))
+        image_size = size_for_side(random_spec(spec)[0], typical_frame_side(data))
     encoder = load_encoder(checkpoint, image_size=image_size)
     cfg = encoder.config
     trained = cfg.method_config if cfg is not None and cfg.method == "egomotion" else None
