@@ -163,6 +163,11 @@ def test_a_random_baselines_seed_is_chosen_in_its_spec_and_a_bad_one_says_what_t
     plain, zero = load_encoder("random:resnet18", image_size=16), load_encoder("random:resnet18@seed=0", image_size=16)
     assert (plain.description, plain.key) == (zero.description, zero.key) and plain.init_seed == 0
     assert load_encoder("random:resnet18@seed=3", image_size=16, seed=3).key == three.key
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    load_encoder("random:resnet18@seed=3", image_size=16)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is left as it was
     with pytest.raises(UserError, match="names seed 3 and seed=4 another"):
         load_encoder("random:resnet18@seed=3", image_size=16, seed=4)
 

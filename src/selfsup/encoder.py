@@ -151,8 +151,9 @@ def _random_encoder(spec: str, image_size: int | None, small_stem: bool | None, 
     if name in VITS:  # drawn with the default patch size of its size: no command drawing one takes another
         check_image_size(size, size, default_patch_size(size), name, other_patch_sizes=False)
     stem = small_stem if small_stem is not None else config_lib.default_small_stem(name, size)
-    torch.manual_seed(seed)
-    network = build_backbone(BackboneConfig(name=name, small_stem=stem), size)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        network = build_backbone(BackboneConfig(name=name, small_stem=stem), size)
     import timm
 
     # Named by the backbone and seed, not the spec as typed: random:resnet18 and random:resnet18@seed=0
