@@ -733,3 +733,52 @@ def test_embeddings_made_without_tifffile_are_not_reused_with_it(labelled_folder
         before, pngs_before = embedding_dir(tmp_path, encoder, tiles), embedding_dir(tmp_path, encoder, source)
     assert embedding_dir(tmp_path, encoder, tiles) != before
     assert embedding_dir(tmp_path, encoder, source) == pngs_before  # no TIFF among them: no new embedding
+
+
+def shuffled_tar(folder: Path, out: Path, corrupt: tuple[str, ...] = ()) -> Path:
+    """A .tar.gz of `folder`'s files (and of `corrupt` members that are no images) in an order
+    unlike their sorted one, as an archive built by a crawl holds them."""
+    members = [(p.relative_to(folder).as_posix(), p.read_bytes()) for p in sorted(folder.rglob("*.png"))]
+    members += [(name, b"not an image") for name in corrupt]
+    np.random.default_rng(0).shuffle(members)
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_a_tar_is_read_once_for_all_its_chunks(labelled_folder, tmp_path, monkeypatch, capsys):
+    """Each chunk of a tar read it from its start (a .tar.gz decompressed again each time):
+    quadratic in its size. The chunks still to embed now share one pass, in archive order, and
+    the rows still come in the source's order, corrupt members skipped and counted."""
+    import selfsup.data.sources as sources_module
+    from selfsup.encoder import load_encoder
+
+    tar = shuffled_tar(labelled_folder, tmp_path / "pool.tar.gz", corrupt=("square/bad.png", "zz.png"))
+    source, folder = open_source(tar), open_source(labelled_folder)
+    assert source.read_order() != source.names  # chunks of the archive's order are not runs of the names
+    opened = []
+    open_tar = sources_module._open_tar
+    monkeypatch.setattr(sources_module, "_open_tar", lambda path: opened.append(path) or open_tar(path))
+    encoder = load_encoder("random:resnet18", image_size=24, small_stem=False)
+    first = embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=5, show_progress=False)
+    assert len(opened) == 1  # 8 chunks, one pass (there were 8)
+    assert "skipped 2 of 38 files" in capsys.readouterr().err and first.skipped == ["square/bad.png", "zz.png"]
+    from_folder = embedding_module.embed_source(encoder, folder, tmp_path / "emb-folder", "cpu", chunk_size=5,
+                                                show_progress=False)
+    assert first.names == from_folder.names == folder.names  # the rows of the same images in a folder
+    np.testing.assert_allclose(first.vectors, from_folder.vectors, atol=1e-5)  # other batches: not to the bit
+
+    chunks = sorted((tmp_path / "emb").glob("chunk-*.npz"))
+    assert len(chunks) == 8
+    for lost in (chunks[2], chunks[5]):  # a killed run: two chunks to embed again, still in one pass
+        lost.unlink()
+    opened.clear()
+    again = embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=5, show_progress=False)
+    assert len(opened) == 1 and again.names == first.names and again.skipped == first.skipped
+    assert np.array_equal(again.vectors, first.vectors)
+    opened.clear()
+    embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=5, show_progress=False)
+    assert opened == []  # every chunk saved: the tar is not read at all

@@ -183,8 +183,8 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
         encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(
             checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands, images=source)
         device = resolve_device(device)
-        # A run pretrained on the data left its cache: reading it is free. A tar is read from its start
-        # for every chunk of a stream (a .tar.gz decompressed again each time): decoded once into the cache.
+        # A run pretrained on the data left its cache: reading it is free. A tar is decoded into the cache in
+        # one pass (embed_source now reads a tar once too, without a cache; this choice predates it).
         cached = cache_built(source, encoder.cache_size, cache_dir, encoder.bands) or is_tar_path(source.path)
         parts = None if cached else out.with_name(out.stem + ".parts")
         if parts is None:

@@ -8,7 +8,10 @@ is never held as a pixel cache.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import shutil
 import zipfile
@@ -44,11 +47,11 @@ def embedding_dir(root: Path, encoder: Encoder, source: ImageSource) -> Path:
     return root / f"{source.path.name.split('.')[0]}-{key}"
 
 
-def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device, workers: int, bar,
-                 batch_size: int = 256):
+def _embed_chunk(encoder: Encoder, files, names: list[str], device, workers: int, bar, batch_size: int = 256):
+    """(names, vectors, skipped, notes) of the files `names`, which `files` yields as (name, bytes)."""
     notes: dict[str, list[str]] = {}  # what was decoded in part, or why not (see decode_noting)
-    decoded = list(decode_stream(source.read(names), encoder.cache_size, workers, parallel=len(names) >= 512,
-                                 notes=notes, bands=encoder.bands))
+    decoded = list(decode_stream(files, encoder.cache_size, workers, parallel=len(names) >= 512, notes=notes,
+                                 bands=encoder.bands))
     kept = [(n, d[0]) for n, d in decoded if d is not None]
     skipped = [n for n, d in decoded if d is None]
     bar.update(len(skipped))
@@ -60,6 +63,15 @@ def _embed_chunk(encoder: Encoder, source: ImageSource, names: list[str], device
     else:
         vectors = np.zeros((0, encoder.backbone.feature_dim), np.float32)
     return [n for n, _ in kept], vectors, skipped, notes
+
+
+def _read_in_runs(source: ImageSource, runs: list[list[str]]):
+    """For each of `runs` (lists of names, each and all together in `source.read_order()`), an
+    iterator over its files' (name, bytes), to be used up before the next: one `source.read` for
+    all, so a tar is read once however many runs it is cut into."""
+    with contextlib.closing(source.read([name for run in runs for name in run])) as files:
+        for run in runs:
+            yield itertools.islice(files, len(run))
 
 
 def _load_chunk(path: Path, wanted: list[str]):
@@ -82,34 +94,57 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
                  batch_size: int = 256) -> Embedded:
     """The L2-normalised embeddings of every file of `source`, in the source's order, made
     `chunk_size` files at a time (`batch_size` images a forward pass) and each chunk saved in
-    `work_dir`, from which a rerun takes the chunks already done."""
+    `work_dir`, from which a rerun takes the chunks already done. Chunks are cut in the order the
+    source reads its files (a tar's archive order), so the chunks still to embed read it in one pass."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    names, vectors, skipped, notes = [], [], [], {}
     bar = progress_bar(len(source.names), f"{desc} ({source.describe()})", enabled=show_progress)
     encoder.backbone.to(device)
-    for number, start in enumerate(range(0, len(source.names), chunk_size)):
-        done, wanted = work_dir / f"chunk-{number:06d}.npz", source.names[start:start + chunk_size]
-        saved = _load_chunk(done, wanted)
-        if saved is None:  # not embedded yet, or in chunks of another size
-            saved = _embed_chunk(encoder, source, wanted, device, workers, bar, batch_size)
-            with atomic_path(done) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-                np.savez(f, names=np.array(saved[0], dtype=str), vectors=saved[1],
-                         skipped=np.array(saved[2], dtype=str), notes=np.array(json.dumps(saved[3])))
-        else:
-            bar.update(len(wanted))
-        # In the source's order, whatever order the files were read in (a tar's is its archive
-        # order): the same images in a folder or a tar give the same rows, so the same choices.
-        position = {name: i for i, name in enumerate(wanted)}
-        order = sorted(range(len(saved[0])), key=lambda i: position[saved[0][i]])
-        names += [saved[0][i] for i in order]
-        vectors.append(saved[1][order])
-        skipped += saved[2]
-        for note, noted in saved[3].items():
-            notes.setdefault(note, []).extend(noted)
+    order = source.read_order()
+    wanted = [order[start:start + chunk_size] for start in range(0, len(order), chunk_size)]
+    paths = [work_dir / f"chunk-{number:06d}.npz" for number in range(len(wanted))]
+    chunks = [_load_chunk(path, names) for path, names in zip(paths, wanted)]
+    with contextlib.closing(_read_in_runs(source, [names for names, c in zip(wanted, chunks) if c is None])) as runs:
+        for number, names in enumerate(wanted):
+            if chunks[number] is None:  # not embedded yet, or in chunks of another size
+                chunks[number] = _embed_chunk(encoder, next(runs), names, device, workers, bar, batch_size)
+                _save_chunk(paths[number], *chunks[number])
+            else:
+                bar.update(len(names))
     bar.close()
+    names, vectors, skipped, notes = _in_source_order(source, chunks)
     if not names:  # its chunks hold only names that failed: nothing worth resuming from
         shutil.rmtree(work_dir, ignore_errors=True)
         said = source.none_decoded()  # and, as a cache's build says, what would make them decode
         raise UserError(said if source.one_file else f"{said}; {what_to_do(notes, 'image')}")
     warn_skipped(skipped, len(source.names), repr(source.describe()), notes=notes)
-    return Embedded(names, np.concatenate(vectors), skipped, encoder.bands)
+    return Embedded(names, vectors, skipped, encoder.bands)
+
+
+def _save_chunk(path: Path, names: list[str], vectors: np.ndarray, skipped: list[str], notes: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, names=np.array(names, dtype=str), vectors=vectors, skipped=np.array(skipped, dtype=str),
+                 notes=np.array(json.dumps(notes)))
+
+
+def _in_source_order(source: ImageSource, chunks: list) -> tuple[list[str], np.ndarray, list[str], dict]:
+    """(names, vectors, skipped, notes) of all the embedded `chunks`, in the source's order whatever
+    order the files were read in (a tar's is its archive order): the same images in a folder or a
+    tar give the same rows, so the same choices, and the same warnings. Each chunk is let go once its
+    vectors are placed (its place in `chunks` set to None): a concatenation, then a reordering, would
+    be two more (N, D) copies (2 GB each for a million 512-d vectors)."""
+    position = {name: i for i, name in enumerate(source.names)}
+    read = [name for chunk in chunks for name in chunk[0]]  # in the order read
+    order = np.argsort(np.fromiter(map(position.__getitem__, read), np.int64, len(read)), kind="stable")
+    row_of = np.empty_like(order)  # (N,) the row of each name read
+    row_of[order] = np.arange(len(order))
+    vectors, placed = np.empty((len(read), chunks[0][1].shape[1]), np.float32), 0
+    skipped, notes = [], {}
+    for number, (names, chunk_vectors, chunk_skipped, chunk_notes) in enumerate(chunks):
+        vectors[row_of[placed:placed + len(names)]] = chunk_vectors
+        placed += len(names)
+        skipped += chunk_skipped
+        for note, noted in chunk_notes.items():
+            notes.setdefault(note, []).extend(noted)
+        chunks[number] = None
+    in_order = functools.partial(sorted, key=position.__getitem__)
+    return [read[i] for i in order], vectors, in_order(skipped), {note: in_order(n) for note, n in notes.items()}
