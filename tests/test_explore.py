@@ -303,3 +303,45 @@ def test_cosine_to_centre_is_the_rowwise_product_without_its_copies():
     tracemalloc.stop()
     np.testing.assert_array_equal(got, (x * centroids[assignment]).sum(1))
     assert peak < 0.2 * x.nbytes
+
+
+def test_search_stats_each_file_once(labelled_folder, tmp_path, monkeypatch):
+    """Listing a folder stats each file (for its fingerprint); telling the query's own files in
+    the gallery stat'd each again, a second walk's time at a million files. The listing's stat is kept."""
+    query = tmp_path / "query"
+    query.mkdir()
+    os.link(labelled_folder / "circle" / "000.png", query / "hard.png")  # the gallery's file: not its neighbour
+    (query / "other.png").write_bytes((labelled_folder / "square" / "001.png").read_bytes())
+    files = {str(path) for path in [*labelled_folder.rglob("*.png"), *query.iterdir()]}
+    stats = []
+    stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        if str(path) in files:
+            stats.append(str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    search_images(query, labelled_folder, out=tmp_path / "run", k=3, **ENCODER)
+    assert sorted(stats) == sorted(files)  # each once (there were two passes)
+    found = {(r["query"], r["file"]) for r in read_csv(tmp_path / "run" / "neighbours.csv")}
+    assert ("hard.png", "circle/000.png") not in found and ("other.png", "square/001.png") in found
+
+
+def test_search_resolves_a_tar_path_once_a_source_not_once_a_member(labelled_folder, tmp_path, monkeypatch):
+    """A tar member's identity holds the tar's resolved path: resolved for every member, it was
+    an lstat of each folder on the way per member, the tar's counterpart of a second stat of each file."""
+    from pathlib import Path
+    tar = make_tar(labelled_folder, tmp_path / "gallery.tar")
+    resolved = []
+    resolve = Path.resolve
+
+    def counting_resolve(self, *args, **kwargs):
+        if self == tar:
+            resolved.append(self)
+        return resolve(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "resolve", counting_resolve)
+    search_images(tar, tar, out=tmp_path / "run", k=2, **ENCODER)
+    assert len(resolved) < 36, len(resolved)  # there were two for each of the 36 members (as a query, in the gallery)
+    assert not any(r["query"] == r["file"] for r in read_csv(tmp_path / "run" / "neighbours.csv"))

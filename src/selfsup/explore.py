@@ -16,6 +16,7 @@ direction all images share does not pull every group together.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +27,7 @@ from .console import option, plural, said_as, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
-from .data.sources import NOT_FOLDER_NAMES, ImageSource, open_file_or_source, splits_in
+from .data.sources import NOT_FOLDER_NAMES, ImageSource, is_tar_path, open_file_or_source, splits_in
 from .errors import UserError
 from .outputs import atomic_path, output_folder, refuse_out_inside, removed_if_left_empty, write_text_atomically
 
@@ -183,7 +184,10 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
     if k < 1:
         raise UserError(f"{option('k')} must be at least 1, got {k}")
     with removed_if_left_empty(out):
-        sources = {"query": open_option(query, "query"), "gallery": open_option(gallery, "gallery")}
+        # Each file's (device, inode) kept from the stat that lists it: _same_files needs them.
+        identified = functools.partial(open_file_or_source, identify=True)
+        sources = {"query": open_option(query, "query", identified),
+                   "gallery": open_option(gallery, "gallery", identified)}
         refuse_out_inside(out, sources["query"], query)
         refuse_out_inside(out, sources["gallery"], gallery)
         out = output_folder(out)
@@ -232,15 +236,17 @@ def _same_files(query: ImageSource, query_names: list[str], gallery: ImageSource
     same tar. A gallery may hold one file under several names (a.jpg and a link to it): all are
     the query's own rows."""
     rows_of: dict[tuple, set[int]] = {}
-    for i, n in enumerate(gallery_names):
-        rows_of.setdefault(_identity(gallery, n), set()).add(i)
-    same = {q: rows_of.get(_identity(query, n)) for q, n in enumerate(query_names)}
+    for i, identity in enumerate(_identities(gallery, gallery_names)):
+        rows_of.setdefault(identity, set()).add(i)
+    same = {q: rows_of.get(identity) for q, identity in enumerate(_identities(query, query_names))}
     return {q: rows for q, rows in same.items() if rows}
 
 
-def _identity(source: ImageSource, name: str) -> tuple:
-    path = source.file_path(name)
-    if path is None:  # a tar member
-        return ("tar", source.path.resolve(), source.archive_name(name))  # a link member: the member it reads
-    st = path.stat()
-    return ("file", st.st_dev, st.st_ino)
+def _identities(source: ImageSource, names: list[str]) -> list[tuple]:
+    """What tells each of `names` apart as a file: its (device, inode), or its tar and the member it
+    reads (a link member: the member it links to). The tar's path is resolved once, not per member:
+    each resolve is an lstat of each folder on the way."""
+    if is_tar_path(source.path):
+        archive = source.path.resolve()
+        return [("tar", archive, source.archive_name(name)) for name in names]
+    return [("file", *source.file_id(name)) for name in names]

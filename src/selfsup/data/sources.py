@@ -72,8 +72,9 @@ def is_list_path(path: Path) -> bool:
     return path.suffix.lower() == ".txt"
 
 
-def _listed_files(path: Path, digest) -> list[str]:
-    """Image paths from a .txt list (absolute, or relative to the list's folder), as given."""
+def _listed_files(path: Path, digest, identities: dict | None = None) -> list[str]:
+    """Image paths from a .txt list (absolute, or relative to the list's folder), as given;
+    `identities`: as walk_folder's."""
     names, seen, repeated = [], set(), 0
     try:
         text = path.read_text(encoding="utf-8")
@@ -98,6 +99,8 @@ def _listed_files(path: Path, digest) -> list[str]:
                             f"socket); list image files only")
         names.append(name)
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+        if identities is not None:
+            identities[name] = (st.st_dev, st.st_ino)
     if repeated:
         warn(f"{str(path)!r} lists {plural(repeated, 'image')} more than once; each is used once")
     return names
@@ -115,6 +118,8 @@ class ImageSource:
     one_file: bool = False  # a single image file given by itself: `path` is its folder, `names` its name
     # Inside a tar: {archive name of a link member: archive name of the regular member it reads}.
     tar_links: dict[str, str] = field(default_factory=dict)
+    # Opened with identify=True: {listed name: (device, inode)} of a folder's or a list's files.
+    file_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -205,6 +210,15 @@ class ImageSource:
         for number, (member, _) in enumerate(_tar_members(self.path)):  # listed when the source was opened
             place.setdefault(member, number)
         return sorted(self.names, key=lambda name: place.get(self.archive_name(name), len(place)))
+
+    def file_id(self, name: str) -> tuple[int, int]:
+        """(device, inode) of the file `name` (links followed): what tells one file under two names.
+        From the stat that listed it when the source was opened with identify=True; else stat'd now."""
+        listed = self.file_ids.get(f"{self.split}/{name}" if self.split else name)
+        if listed is not None:
+            return listed
+        st = self.file_path(name).stat()
+        return st.st_dev, st.st_ino
 
     def archive_name(self, name: str) -> str:
         """Inside a tar: the archive name of the regular member that the image `name` reads."""
@@ -329,14 +343,16 @@ def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
 
 
 def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None = None,
-                keep_by_content=None) -> list[str]:
+                keep_by_content=None, identities: dict | None = None) -> list[str]:
     """Sorted posix names, relative to `path`, of the files under it whose file name `keep`s, or
     whose content `keep_by_content(file path)` keeps (DICOM files without a suffix; hidden folders
     skipped); each file's name, size, mtime and permissions go into `digest`, so
     that a changed file (or one made readable) changes the fingerprint. Files that cannot be used
     (a dangling link, a name that is not UTF-8, a folder that cannot be read) are left out, said
     in one warning, or, given `left_out`, added to it as (name, why) for the caller to say: a
-    folder listed twice (for videos, then for frames) says each file once."""
+    folder listed twice (for videos, then for frames) says each file once. Given `identities`, each
+    listed file's (device, inode) goes into it by name, from the same stat: `selfsup search`
+    needs them, and a second stat of a million files is a second walk's time."""
     listed, seen = [], set()
     say_left_out = left_out is None
     left_out = [] if left_out is None else left_out
@@ -370,6 +386,8 @@ def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None
                 continue
             listed.append(rel)
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+            if identities is not None:
+                identities[rel] = (st.st_dev, st.st_ino)
     if say_left_out:
         _warn_left_out(left_out, path)
     return sorted(listed)
@@ -393,18 +411,20 @@ class FolderDigests:
         return {None: self.whole.hexdigest(), **{top: d.hexdigest() for top, d in self.tops.items()}}
 
 
-def _listing(path: Path) -> tuple[list[str], str, dict[str | None, str], dict[str, str]]:
+def _listing(path: Path, identities: dict | None = None
+             ) -> tuple[list[str], str, dict[str | None, str], dict[str, str]]:
     """(sorted image names, tar prefix, digests of the files, a tar's followed links) for a folder
-    or a tar: the digest of all files (None) and, for a folder, of each top folder's."""
+    or a tar: the digest of all files (None) and, for a folder, of each top folder's; `identities`:
+    as walk_folder's, for a folder or a list."""
     if not path.exists():
         raise UserError(f"data path {str(path)!r} does not exist; give a folder of images or a tar of one")
     if path.is_dir():
         digests = FolderDigests()
-        return walk_folder(path, is_image_name, digests, keep_by_content=is_unnamed_dicom), "", \
+        return walk_folder(path, is_image_name, digests, keep_by_content=is_unnamed_dicom, identities=identities), "", \
             digests.hexdigests(), {}
     digest = hashlib.sha256()
     if is_list_path(path) and path.is_file():
-        return _listed_files(path, digest), "", {None: digest.hexdigest()}, {}
+        return _listed_files(path, digest, identities), "", {None: digest.hexdigest()}, {}
     if is_tar_path(path):
         members, links = _tar_images(path)
         prefix = _common_folder(members)
@@ -463,26 +483,32 @@ def _make_source(path: Path, split: str | None, names: list[str], prefix: str, d
                        archive_prefix=prefix + (f"{split}/" if split else ""), tar_links=tar_links or {})
 
 
-def open_source(path: str | Path, split: str | None = None, whole: bool = False) -> ImageSource:
+def open_source(path: str | Path, split: str | None = None, whole: bool = False,
+                identify: bool = False) -> ImageSource:
     """List the images under `path` (a folder or a tar); non-image files are ignored.
 
     A dataset root holding train/ and test/ (or val/) gives its train/ split unless `split` names
     another, so that test images never leak into pretraining by accident; `whole=True` lists
-    every image under `path` whatever its layout.
+    every image under `path` whatever its layout. `identify=True` keeps each file's (device, inode)
+    from the stat that listed it (see ImageSource.file_id).
     """
     path = Path(path).expanduser()
-    names, prefix, digests, links = _listing(path)
+    identities = {} if identify else None
+    names, prefix, digests, links = _listing(path, identities)
     splits = [] if whole or is_list_path(path) else splits_in(names)
     if split is None and splits:
         split = "train"
     if split is not None and split not in splits:
         raise UserError(f"{str(path)!r} has no {split}/ folder next to train/ and test/ "
                         f"(it holds: {', '.join(sorted({n.split('/', 1)[0] for n in names})[:8])})")
-    return _make_source(path, split, names, prefix, digests, links)
+    source = _make_source(path, split, names, prefix, digests, links)
+    source.file_ids = identities or {}
+    return source
 
 
-def open_file_or_source(path: str | Path) -> ImageSource:
-    """`open_source(path, whole=True)`, or, for a single image file, a source of that one image."""
+def open_file_or_source(path: str | Path, identify: bool = False) -> ImageSource:
+    """`open_source(path, whole=True, identify=identify)`, or, for a single image file, a source of
+    that one image."""
     path = Path(path).expanduser()
     if path.is_file() and (is_image_name(path.name) or is_unnamed_dicom(path)):
         digest = hashlib.sha256(repr(_stat_key(path)).encode())
@@ -491,7 +517,7 @@ def open_file_or_source(path: str | Path) -> ImageSource:
         return source
     if not path.exists():  # one image is as good an answer as a folder here
         raise UserError(f"data path {str(path)!r} does not exist; give an image, a folder of images or a tar of one")
-    return open_source(path, whole=True)
+    return open_source(path, whole=True, identify=identify)
 
 
 def open_splits(path: str | Path) -> dict[str, ImageSource]:
