@@ -328,6 +328,25 @@ def test_search_stats_each_file_once(labelled_folder, tmp_path, monkeypatch):
     assert ("hard.png", "circle/000.png") not in found and ("other.png", "square/001.png") in found
 
 
+def test_cluster_centres_the_embeddings_without_a_copy(labelled_folder, tmp_path, monkeypatch):
+    """A centred copy beside the embeddings was a second (N, D) array held to the end (2 GB at
+    a million 512-d images): k-means now gets the embeddings themselves, centred over themselves."""
+    import selfsup.explore as explore
+    seen = {}
+    embed, cluster = explore.embed_sources, explore.kmeans
+
+    def clustering(x, *args, **kwargs):
+        seen["clustered"] = x
+        return cluster(x, *args, **kwargs)
+
+    monkeypatch.setattr(explore, "embed_sources", lambda *a, **k: seen.setdefault("embedded", embed(*a, **k)))
+    monkeypatch.setattr(explore, "kmeans", clustering)
+    cluster_images(labelled_folder, out=tmp_path / "run", clusters=3, **ENCODER)
+    assert np.shares_memory(seen["clustered"], seen["embedded"]["images"].vectors)
+    x = np.stack(list(embeddings(labelled_folder, tmp_path).values()))
+    np.testing.assert_allclose(seen["clustered"], centred(x, x.mean(0)), atol=1e-5)  # centred all the same
+
+
 def test_search_resolves_a_tar_path_once_a_source_not_once_a_member(labelled_folder, tmp_path, monkeypatch):
     """A tar member's identity holds the tar's resolved path: resolved for every member, it was
     an lstat of each folder on the way per member, the tar's counterpart of a second stat of each file."""

@@ -462,3 +462,31 @@ def test_distances_are_taken_after_centring_on_the_pools_mean(seed):
     centred = x - x.mean(0)
     centred /= np.linalg.norm(centred, axis=1, keepdims=True)
     assert choose(x, 10, labelled, "kcenter").rows.tolist() == kcenter64(centred, 10, labelled)
+
+
+@pytest.mark.parametrize("strategy", ["typiclust", "kcenter"])
+def test_select_centres_the_embeddings_without_a_copy(labelled_folder, tmp_path, monkeypatch, strategy):
+    """A centred copy beside the embeddings was a second (N, D) array held to the end (2 GB at a
+    million 512-d images): the strategy now gets the embeddings themselves, centred over themselves."""
+    seen = {}
+    embed, chooser = selection.embed_sources, getattr(selection, f"choose_{strategy}")
+
+    def choosing(x, *args, **kwargs):
+        seen["chosen from"] = x
+        return chooser(x, *args, **kwargs)
+
+    monkeypatch.setattr(selection, "embed_sources", lambda *a, **k: seen.setdefault("embedded", embed(*a, **k)))
+    monkeypatch.setattr(selection, f"choose_{strategy}", choosing)
+    select_images(labelled_folder, out=tmp_path / "sel", budget=3, strategy=strategy, **ENCODER)
+    assert np.shares_memory(seen["chosen from"], seen["embedded"]["pool"].vectors)
+
+
+def test_choose_centres_in_place_only_when_asked():
+    x = unit_rows(np.random.default_rng(0), 40, 8).astype(np.float32)
+    kept = x.copy()
+    assert np.array_equal(choose(x, 5, np.zeros(40, bool), "kcenter").rows,
+                          choose(x.copy(), 5, np.zeros(40, bool), "kcenter", in_place=True).rows)
+    assert np.array_equal(x, kept)  # not asked: left as it was
+    choose(x, 5, np.zeros(40, bool), "kcenter", in_place=True)
+    mean = kept.mean(0)
+    np.testing.assert_allclose(x, (kept - mean) / np.linalg.norm(kept - mean, axis=1, keepdims=True), atol=1e-6)

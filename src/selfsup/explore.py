@@ -130,7 +130,8 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     if len(embedded.names) < clusters:
         raise UserError(f"{option('clusters', clusters)} is more than the {plural(len(embedded.names), 'image')} that "
                         f"could be decoded; choose fewer clusters")
-    vectors = centred(embedded.vectors, embedded.vectors.mean(axis=0))
+    # Centred over the embeddings, which are not used again: a copy would be a second (N, D) held to the end.
+    vectors = centred(embedded.vectors, embedded.vectors.mean(axis=0), in_place=True)
     centroids, assignment = kmeans(vectors, clusters, seed=seed, init="k-means++", restarts=3)
     # Renumbered by size, largest first: cluster 0 is what the collection holds most of.
     sizes = np.bincount(assignment, minlength=clusters)

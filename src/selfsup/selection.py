@@ -185,8 +185,10 @@ def _check_strategy(strategy: str) -> None:
                         f"choose one of {', '.join(STRATEGIES)}")
 
 
-def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "typiclust", seed: int = 0) -> Choice:
-    """`budget` rows of `x` (L2-normalised embeddings of a pool) to label next, by `strategy`."""
+def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "typiclust", seed: int = 0,
+           in_place: bool = False) -> Choice:
+    """`budget` rows of `x` (L2-normalised embeddings of a pool) to label next, by `strategy`;
+    `in_place`: `x` is centred over itself (see `centred`) by a caller that has no further use for it."""
     _check_strategy(strategy)
     unlabelled = int((~labelled).sum())
     if unlabelled == 0:
@@ -198,7 +200,7 @@ def choose(x: np.ndarray, budget: int, labelled: np.ndarray, strategy: str = "ty
                         f"got {budget}")
     if strategy == "random":
         return choose_random(budget, labelled, seed)
-    vectors = centred(x, x.mean(axis=0))
+    vectors = centred(x, x.mean(axis=0), in_place=in_place)
     if strategy == "kcenter":
         return choose_kcenter(vectors, budget, labelled, seed)
     return choose_typiclust(vectors, budget, labelled, seed)
@@ -232,7 +234,8 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
     names = embedded.names
     is_labelled = np.zeros(len(names), dtype=bool)
     is_labelled[rows_of_names(names, listed, repr(source.describe()), source.split, "labelled")] = True
-    choice = choose(embedded.vectors, budget, is_labelled, strategy, seed)
+    # The embeddings are not used again: centred over themselves, not into a second (N, D) copy.
+    choice = choose(embedded.vectors, budget, is_labelled, strategy, seed, in_place=True)
 
     csv_path = out / "to_label.csv"
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
