@@ -26,7 +26,6 @@ from .console import option, plural, said_as, warn
 from .curate.embedding import embed_source, embedding_dir
 from .data import load_cache, open_source
 from .data.cache import cache_built
-from .data.sources import is_tar_path
 from .encoder import Encoder, load_encoder
 from .errors import UserError
 from .eval.features import extract_features
@@ -166,9 +165,9 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
     and weights: encoders (a random: one takes the images' size); `backbone`: a weights: file's
     architecture; `bands`: the TIFF bands shown (see load_encoder).
 
-    Where the data has an image cache at the encoder's size (a run pretrained on it), or is a tar
-    (decoded into one in a single pass), the images are read from the cache. Otherwise they are
-    decoded `chunk_size` at a time and never cached: each chunk's vectors are saved in OUT.parts/
+    Where the data has an image cache at the encoder's size (a run pretrained on it), the images
+    are read from the cache. Otherwise they are decoded `chunk_size` at a time (a tar read in one
+    pass) and never cached: each chunk's vectors are saved in OUT.parts/
     (beside `out`, removed when the embedding is written), from which a killed run resumes."""
     from .train import resolve_device
 
@@ -183,9 +182,9 @@ def embed_images(checkpoint, data: str | Path, out: str | Path, device: str = "a
         encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(
             checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone, bands=bands, images=source)
         device = resolve_device(device)
-        # A run pretrained on the data left its cache: reading it is free. A tar is decoded into the cache in
-        # one pass (embed_source now reads a tar once too, without a cache; this choice predates it).
-        cached = cache_built(source, encoder.cache_size, cache_dir, encoder.bands) or is_tar_path(source.path)
+        # A run pretrained on the data left its cache: reading it is free. Else the stream, which reads a
+        # folder or a tar once, and writes no cache of N x S x S x 3 bytes to disk.
+        cached = cache_built(source, encoder.cache_size, cache_dir, encoder.bands)
         parts = None if cached else out.with_name(out.stem + ".parts")
         if parts is None:
             names, vectors, skipped = _embed_cached(encoder, source, device, batch_size, cache_dir, show_progress)
