@@ -1229,3 +1229,31 @@ def test_a_split_of_a_dotted_dataset_folder_keeps_the_split_in_its_cache_name(tm
     names = {split: _cache_key(open_splits(tmp_path / "imagenet.v2")[split], 32).split("-32px-")[0]
              for split in ("train", "test")}
     assert names == {"train": "imagenet-train", "test": "imagenet-test"}
+
+
+def test_a_file_archived_twice_in_a_tar_is_one_image_its_last_copy(tmp_path, capsys):
+    """`tar -r` appends a changed file under its old name: tar extracts the last copy. It was
+    listed, read, trained on and embedded once per copy (two rows of one name)."""
+    import tarfile
+
+    def png(colour) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (16, 16), colour).save(out, "PNG")
+        return out.getvalue()
+
+    members = [("a/x.png", png("red")), ("a/y.png", png("blue")), ("b/z.png", png("green")),
+               ("a/x.png", png("white")), ("b/z.png", png("black")), ("b/z.png", png("yellow"))]
+    with tarfile.open(tmp_path / "appended.tar", "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    source = open_source(tmp_path / "appended.tar", whole=True)
+    assert source.names == ["a/x.png", "a/y.png", "b/z.png"]
+    assert capsys.readouterr().err.count("archived more than once") == 1
+    last = {name: data for name, data in members}  # a dict keeps each name's last value
+    assert dict(source.read()) == last and len(list(source.read())) == 3
+    assert list(source.read(["b/z.png"])) == [("b/z.png", last["b/z.png"])]
+    cache = load_cache(source, 16, tmp_path / "c", show_progress=False)
+    pixel = {name: tuple(cache.images[row][0, 0]) for row, name in enumerate(cache.names)}
+    assert pixel == {"a/x.png": (255, 255, 255), "a/y.png": (0, 0, 255), "b/z.png": (255, 255, 0)}

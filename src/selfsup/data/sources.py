@@ -192,9 +192,9 @@ class ImageSource:
         for name in self.names if names is None else names:
             readers.setdefault(self.archive_name(name), []).append(name)
         with _open_tar(self.path) as tar:
-            for member in tar:
+            for member in last_copies(self.path, tar):
                 # A link member is read at its target, before or after it in the archive: one pass.
-                if member.isfile() and _member_name(member) in readers:
+                if _member_name(member) in readers:
                     handle = tar.extractfile(member)
                     data = handle.read() if handle else b""
                     for name in readers[_member_name(member)]:
@@ -238,7 +238,22 @@ def _member_name(member: tarfile.TarInfo) -> str:
     return member.name[2:] if member.name.startswith("./") else member.name
 
 
-_TAR_LISTINGS: dict[tuple, tuple[list[tuple[str, int]], dict[str, str | None]]] = {}
+def last_copies(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The regular members of the open tar at `path`, in archive order, each name's last copy only:
+    a file archived again under its name (`tar -r` of a changed file) is extracted as its last
+    copy, and listed once (_read_tar_members)."""
+    copies_to_come = dict(_tar_listing(path)[2])
+    for member in tar:
+        if not member.isfile():
+            continue
+        name = _member_name(member)
+        if copies_to_come.get(name, 1) > 1:
+            copies_to_come[name] -= 1
+            continue
+        yield member
+
+
+_TAR_LISTINGS: dict[tuple, tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int]]] = {}
 
 
 def _tar_members(path: Path) -> list[tuple[str, int]]:
@@ -253,14 +268,16 @@ def _tar_others(path: Path) -> dict[str, str | None]:
     return _tar_listing(path)[1]
 
 
-def _tar_listing(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None]]:
+def _tar_listing(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int]]:
     key = _stat_key(path)
     if key not in _TAR_LISTINGS:
         _TAR_LISTINGS[key] = _read_tar_members(path)
     return _TAR_LISTINGS[key]
 
 
-def _read_tar_members(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None]]:
+def _read_tar_members(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int]]:
+    """(name, size) of each regular member, a name archived more than once at its last copy; the
+    other members' link targets; {name: copies} of the names archived more than once."""
     out, others = [], {}
     try:
         with _open_tar(path) as tar:
@@ -276,7 +293,24 @@ def _read_tar_members(path: Path) -> tuple[list[tuple[str, int]], dict[str, str 
                     raise tarfile.ReadError(f"its listing stops after {len(out):,} files, before the end")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{str(path)!r} is a damaged tar archive ({e}); re-create it or give a folder") from None
-    return out, others
+    return _at_last_copies(path, out, others)
+
+
+def _at_last_copies(path: Path, out: list[tuple[str, int]], others: dict[str, str | None]):
+    """`_read_tar_members`' lists with each name archived more than once at its last copy, as tar
+    extracts it (said in one warning), where it was listed, read and trained on once per copy."""
+    copies: dict[str, int] = {}
+    for name, _ in out:
+        copies[name] = copies.get(name, 0) + 1
+    copies = {name: count for name, count in copies.items() if count > 1}
+    if not copies:
+        return out, others, copies
+    example = next(iter(copies))
+    warn(f"{str(path)!r} holds {plural(len(copies), 'file')} archived more than once under one name "
+         f"(e.g. {example!r}, {copies[example]} copies, as `tar -r` appends a changed file); each is read "
+         f"from its last copy, as tar extracts it")
+    last = {name: number for number, (name, _) in enumerate(out)}
+    return [(name, size) for number, (name, size) in enumerate(out) if last[name] == number], others, copies
 
 
 def _link_target(member: tarfile.TarInfo) -> str | None:
@@ -431,6 +465,8 @@ def _listing(path: Path, identities: dict | None = None
         digest.update(repr(_stat_key(path)).encode())
         if links:  # the images they add: a cache of the same archive listed without them is not this one
             digest.update(repr(sorted(links.items())).encode())
+        if _tar_listing(path)[2]:  # a cache built before repeated names were read once held each copy
+            digest.update(b"last copies")
         return sorted(n[len(prefix):] for n in members), prefix, {None: digest.hexdigest()}, links
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
                     f"or a .txt list of image paths" + (" (put a single image in a folder of its own)"

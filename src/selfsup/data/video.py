@@ -36,7 +36,7 @@ from ..console import progress_bar, warn
 from ..errors import UserError
 from .cache import ImageCache, building, cache_folder, fit_square, load_cache, open_built, publish
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_image_name,
-                      is_tar_path, open_source, walk_folder)
+                      is_tar_path, last_copies, open_source, walk_folder)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 VIDEO_CACHE_FORMAT = 3  # 2: names in a tar relative to its common folder; 3: grayscale_rows, median_side
@@ -238,9 +238,9 @@ def _read_members(path: Path, wanted: set[str], prefix: str = ""):
                 yield name, (path / prefix / name).read_bytes()
         return
     with _open_tar(path) as tar:
-        for member in tar:
+        for member in last_copies(path, tar):
             name = _member_name(member)
-            if member.isfile() and name.startswith(prefix) and name[len(prefix):] in wanted:
+            if name.startswith(prefix) and name[len(prefix):] in wanted:
                 handle = tar.extractfile(member)
                 yield name[len(prefix):], handle.read() if handle else b""
 
