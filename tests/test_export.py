@@ -366,6 +366,13 @@ def test_weights_keep_the_architecture_their_export_records(trained, tmp_path, c
     assert main(["embed", "--checkpoint", f"weights:{plain}", "--backbone", "resnet18", "--data", str(data),
                  "--out", str(tmp_path / "plain.npy"), "--no-progress"]) == 0
     assert np.load(tmp_path / "plain.npy").shape[1] == 512
+    # export writes a plain file with the metadata that rebuilds it: loaded again without --backbone
+    assert main(["export", "--checkpoint", f"weights:{plain}", "--backbone", "resnet18", "--image-size", "16",
+                 "--out", str(tmp_path / "plain.safetensors")]) == 0
+    converted, x = load_encoder(f"weights:{tmp_path / 'plain.safetensors'}"), torch.rand(2, 3, 16, 16)
+    assert (converted.backbone.name, converted.image_size) == ("resnet18", 16)
+    with torch.no_grad():
+        torch.testing.assert_close(converted.backbone(x), load_encoder(runs["resnet18"]).backbone(x))
     assert main(["embed", "--checkpoint", str(runs["resnet18"]), "--backbone", "resnet50", "--data", str(data),
                  "--out", str(tmp_path / "other.npy"), "--no-progress"]) == 2
     assert "holds a resnet18, not a resnet50" in capsys.readouterr().err

@@ -153,7 +153,8 @@ def done_line(summary: dict) -> str:
 def _export(args) -> int:
     from .export import export_encoder
 
-    metadata = export_encoder(args.checkpoint, args.out, image_size=args.image_size, small_stem=args.small_stem)
+    metadata = export_encoder(args.checkpoint, args.out, image_size=args.image_size, small_stem=args.small_stem,
+                              backbone=args.backbone)
     print(json.dumps(metadata) if args.json else f"wrote {metadata['out']} ({metadata['backbone']})")
     return 0
 
@@ -409,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "normalisation in the file's metadata (see the README on loading it "
                                         "without selfsup). An --out ending in .onnx writes an ONNX graph instead, "
                                         "taking RGB in [0, 1] (pip install 'selfsup[onnx]').")
-    p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint or run folder, or random:BACKBONE")
+    p.add_argument("--checkpoint", required=True,
+                   help="a selfsup checkpoint or run folder, random:BACKBONE, or weights:FILE (with --backbone)")
+    p.add_argument("--backbone", help="with weights:FILE not written by selfsup export: its architecture "
+                                      "(e.g. resnet50, timm:NAME)")
     p.add_argument("--out", required=True, help="a .safetensors file, or a folder to write encoder.safetensors in, "
                                                 "or an .onnx file")
     p.add_argument("--image-size", type=int, help="with random:, the input size: export has no images to take it "

@@ -38,16 +38,17 @@ EMBED_CHUNK = 4096  # images decoded and embedded between two saves of OUT.parts
 
 
 def export_encoder(checkpoint, out: str | Path, image_size: int | None = None,
-                   small_stem: bool | None = None) -> dict:
+                   small_stem: bool | None = None, backbone: str | None = None) -> dict:
     """Write the encoder's weights to `out` (a .safetensors file, or a folder to write
     encoder.safetensors in; an .onnx file: see export_onnx); returns the metadata written, and the
     file's path as "out". `image_size`, `small_stem`: for random: and weights: encoders (see
-    `exported_encoder`)."""
+    `exported_encoder`); `backbone`: a weights: file's architecture (a torchvision or timm state
+    dict, which export writes with the metadata that rebuilds it)."""
     _refuse_another_size(checkpoint, image_size)
     if str(out).lower().endswith(".onnx") and not Path(out).expanduser().is_dir():
-        return export_onnx(checkpoint, out, image_size, small_stem)
+        return export_onnx(checkpoint, out, image_size, small_stem, backbone)
     out = output_file(named_output(out, ".safetensors", ENCODER_FILE, or_else="or .onnx"))
-    encoder = exported_encoder(checkpoint, image_size, small_stem)
+    encoder = exported_encoder(checkpoint, image_size, small_stem, backbone)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.net.state_dict().items()}
     metadata = _metadata(encoder)
     # Serialised here and written by Python: safetensors' own file writing fails with a
@@ -58,7 +59,8 @@ def export_encoder(checkpoint, out: str | Path, image_size: int | None = None,
     return {"out": str(out), **metadata}
 
 
-def exported_encoder(checkpoint, image_size: int | None, small_stem: bool | None) -> Encoder:
+def exported_encoder(checkpoint, image_size: int | None, small_stem: bool | None,
+                     backbone: str | None = None) -> Encoder:
     """The encoder to export: a checkpoint's at its training size, a random: one at `image_size`, a
     weights: file's at `image_size` or the size it was made at. Export has no images to take a
     random: encoder's size from, as eval and embed do: without `image_size` it is drawn at 224 px
@@ -66,7 +68,8 @@ def exported_encoder(checkpoint, image_size: int | None, small_stem: bool | None
     into the file for whoever loads it."""
     if isinstance(checkpoint, Encoder):
         return checkpoint
-    encoder, spec = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem), str(checkpoint)
+    encoder = load_encoder(checkpoint, image_size=image_size, small_stem=small_stem, backbone=backbone)
+    spec = str(checkpoint)
     if image_size is None and spec.startswith("random:") and not spec.startswith("random:timm:"):
         warn(f"{spec} is exported at {encoder.image_size} px, the default: export has no images to take its size "
              f"from (eval and embed draw it at theirs); give {said_as('--image-size N', 'image_size=N')} for "
@@ -113,11 +116,12 @@ class RGBInput(nn.Module):
         return self.backbone((images - self.mean) / self.std)
 
 
-def export_onnx(checkpoint, out: str | Path, image_size: int | None = None, small_stem: bool | None = None) -> dict:
+def export_onnx(checkpoint, out: str | Path, image_size: int | None = None, small_stem: bool | None = None,
+                backbone: str | None = None) -> dict:
     """Write the encoder to `out`, an .onnx file: input "images", float32 (N, 3, S, S) RGB in
     [0, 1] for any N, S the image size it was trained at; output "features", (N, D) pooled (not
     L2-normalised); the safetensors metadata in the graph's metadata_props. `image_size`,
-    `small_stem`: for random: and weights: encoders (see `exported_encoder`)."""
+    `small_stem`, `backbone`: as export_encoder's."""
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6):
         raise UserError(f"writing ONNX needs torch 2.6 or newer (its torch.export-based exporter); this is "
                         f"torch {torch.__version__}: upgrade it, or write a .safetensors file")
@@ -129,7 +133,7 @@ def export_onnx(checkpoint, out: str | Path, image_size: int | None = None, smal
                         "(or write a .safetensors file)") from None
     _refuse_another_size(checkpoint, image_size)
     out = output_file(Path(out))
-    encoder = exported_encoder(checkpoint, image_size, small_stem)
+    encoder = exported_encoder(checkpoint, image_size, small_stem, backbone)
     metadata = {**_metadata(encoder), "input": "images: float32 (N, 3, S, S), RGB in [0, 1], normalised inside",
                 "output": "features: float32 (N, feature_dim), pooled, not L2-normalised"}
     model = RGBInput(encoder.backbone).cpu().eval()
