@@ -226,6 +226,88 @@ def test_without_a_window_the_first_voi_lut_maps_the_modality_values(seed, sampl
     assert (pixels[..., 0] == window_by_hand(x, 100, 400, "LINEAR")).all()
 
 
+def modality_lut_by_hand(stored: np.ndarray, first: int, entries: np.ndarray) -> np.ndarray:
+    """PS3.3 C.11.1.1.1 value by value: a stored value at or below the first value mapped gives the
+    first entry, at or above first + N - 1 the last, between them entry (value - first)."""
+    out, last = np.empty(stored.shape, np.int64), first + len(entries) - 1
+    for at, k in np.ndenumerate(stored.astype(np.int64)):
+        out[at] = entries[0] if k <= first else entries[-1] if k >= last else entries[k - first]
+    return out
+
+
+def modality_lut(entries: np.ndarray, first: int, bits: int, layout: str):
+    """A Modality LUT Sequence item of `entries`: as US numbers, as OW 16-bit words, or (8-bit
+    entries) packed two a word, the first in the low byte, as 8 bits allocated store them."""
+    pydicom = pytest.importorskip("pydicom")
+    lut = pydicom.dataset.Dataset()
+    lut.LUTDescriptor = [len(entries) % 2 ** 16, first, bits]
+    lut.ModalityLUTType = "US"  # unspecified units
+    if layout == "US":
+        lut.add_new(0x00283006, "US", [int(e) for e in entries])
+    elif layout == "packed":
+        lut.add_new(0x00283006, "OW", entries.astype(np.uint8).tobytes() + b"\0" * (len(entries) % 2))
+    else:
+        lut.add_new(0x00283006, "OW", entries.astype("<u2").tobytes())
+    return lut
+
+
+MODALITY_TABLES = ["8-bit US", "8-bit packed", "8-bit words", "16-bit US", "16-bit words"]
+
+
+@pytest.mark.parametrize("table", MODALITY_TABLES)
+@pytest.mark.parametrize("samples", ["unsigned", "signed"])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_modality_lut_sequence_maps_the_stored_values_and_wins_over_a_rescale(seed, samples, table):
+    """A Modality LUT Sequence (a non-linear Modality LUT, PS3.3 C.11.1): the stored values from its
+    first value mapped (SS where the samples are signed) onward through its entries, those below
+    and past them clamped to its ends; its output is shown as any modality's values are (8-bit
+    entries as they are, deeper ones stretched; through a window or a VOI LUT where the file holds
+    one). A Rescale Slope and Intercept beside it, which the standard forbids, is not applied."""
+    pytest.importorskip("pydicom")
+    rng = np.random.default_rng(seed)
+    stored = rng.integers(0, 4096, size=(24, 24)).astype(np.uint16)
+    if samples == "signed":
+        stored = stored.astype(np.int16) - 2048
+    low, span = int(stored.min()), int(np.ptp(stored))
+    first = int(rng.integers(low + span // 10, low + span // 4)) or 1  # some values below it
+    count = int(rng.integers(span // 3, span // 2))  # and some past its end
+    bits = 8 if table.startswith("8") else 16
+    entries = rng.integers(0, 2 ** bits, size=count | (table == "8-bit packed"))  # packed: an odd count, padded
+    lut = modality_lut(entries, first, bits, table.split()[1])
+    y = modality_lut_by_hand(stored, first, entries)
+    assert (y == entries[0]).any() and (y == entries[-1]).any()
+    shown = y if bits == 8 else stretched_by_hand(y)
+    for rescale in ({}, dict(RescaleSlope=2.5, RescaleIntercept=-1024)):
+        (pixels, gray, _), notes = decode(dicom_bytes(stored, bits_stored=12, ModalityLUTSequence=[lut], **rescale))
+        assert gray and notes == [] and (pixels[..., 0] == shown).all()
+    centre, width = float(np.median(y)), float(np.ptp(y)) / 3
+    (pixels, _, _), _ = decode(dicom_bytes(stored, bits_stored=12, ModalityLUTSequence=[lut], WindowCenter=centre,
+                                           WindowWidth=width))
+    assert (pixels[..., 0] == window_by_hand(y, centre, width, "LINEAR")).all()
+    voi_first = int(np.median(y))  # the VOI LUT's input: the Modality LUT's output, unsigned (US)
+    written = voi_first - 2 ** 16 if samples == "signed" and voi_first >= 2 ** 15 else voi_first  # pydicom writes
+    voi = item(LUTDescriptor=[300, written, 12])  # SS where the samples are signed: the same 16 bits
+    voi_entries = rng.integers(0, 4096, size=300)
+    voi.add_new(0x00283006, "OW", voi_entries.astype("<u2").tobytes())
+    (pixels, _, _), _ = decode(dicom_bytes(stored, bits_stored=12, ModalityLUTSequence=[lut], VOILUTSequence=[voi]))
+    assert (pixels[..., 0] == voi_lut_by_hand(y, voi_first, voi_entries, 12)).all()
+
+
+@pytest.mark.parametrize("descriptor", [[16, 0], [16, 0, 8, 1], [16, 0, 0]])
+def test_a_modality_lut_with_a_damaged_descriptor_is_left_for_the_rescale(descriptor):
+    """A file whose Modality LUT Sequence cannot be read is shown as one without it: through its
+    rescale, else its samples stretched; not skipped."""
+    stored = np.random.default_rng(4).integers(100, 900, size=(24, 24)).astype(np.uint16)
+    lut = item(LUTDescriptor=descriptor)
+    lut.add_new(0x00283006, "US", list(range(16)))  # LUT Data
+    (pixels, gray, _), _ = decode(dicom_bytes(stored, bits_stored=10, ModalityLUTSequence=[lut]))
+    assert gray and (pixels[..., 0] == stretched_by_hand(stored)).all()
+    data = dicom_bytes(stored, bits_stored=10, ModalityLUTSequence=[lut], RescaleSlope=1, RescaleIntercept=-500,
+                       WindowCenter=0, WindowWidth=300)
+    (pixels, _, _), _ = decode(data)
+    assert (pixels[..., 0] == window_by_hand(stored - 500.0, 0, 300, "LINEAR")).all()
+
+
 @pytest.mark.parametrize("syntax", syntaxes())
 @pytest.mark.parametrize("seed", range(3))
 def test_signed_samples_keep_their_sign(seed, syntax):
@@ -396,7 +478,8 @@ def test_a_segmented_palette_is_skipped_and_counted(tmp_path, capsys):
 @pytest.mark.parametrize("seed", range(3))
 def test_a_big_endian_file_shows_as_the_same_samples_little_endian_do(seed):
     """Explicit VR Big Endian (retired, still in old archives): 16-bit samples, signed or not, and
-    the OW words of a VOI LUT or a palette decode to the display their little-endian file has."""
+    the OW words of a VOI LUT, a Modality LUT or a palette decode to the display their little-endian
+    file has."""
     pydicom = pytest.importorskip("pydicom")
     rng = np.random.default_rng(seed)
     stored, slope, intercept = ct_slices(rng)
@@ -419,7 +502,11 @@ def test_a_big_endian_file_shows_as_the_same_samples_little_endian_do(seed):
         ((stored, "PALETTE COLOR", palette),
          np.stack([palette_by_hand(stored, first, table, bits) for table in tables], axis=-1)),
         ((stored, "PALETTE COLOR", packed),  # 8-bit entries two a word: the word's bytes swapped in the file
-         np.stack([palette_by_hand(stored, first, table, 8) for table in packed_tables], axis=-1))]
+         np.stack([palette_by_hand(stored, first, table, 8) for table in packed_tables], axis=-1)),
+        ((stored, "MONOCHROME2", dict(ModalityLUTSequence=[modality_lut(entries, first, bits, "words")])),
+         stretched_by_hand(modality_lut_by_hand(stored, first, entries))),
+        ((stored, "MONOCHROME2", dict(ModalityLUTSequence=[modality_lut(packed_tables[0], first, 8, "packed")])),
+         modality_lut_by_hand(stored, first, packed_tables[0]))]
     for (samples, photometric, elements), expected in cases:
         big, little = (dicom_bytes(samples, photometric, 12, syntax, **elements) for syntax in (BIG_ENDIAN, EXPLICIT))
         assert pydicom.dcmread(io.BytesIO(big)).original_encoding == (False, False)  # explicit VR, big endian

@@ -1,17 +1,17 @@
 """DICOM files (CT, MR, X-ray, ultrasound) decoded as they are displayed: PS3.3 C.11's pipeline.
 
-A scanner stores sample values whose meaning the file itself gives: the Modality LUT (Rescale
-Slope and Intercept: a CT's Hounsfield units) turns them into values of the modality, and the VOI
-transform (a window, C.11.2.1.2) chooses which of those the display shows from black to white: a
-lung or a bone window, as the scanner or the radiologist chose it, or a lookup table (a VOI LUT,
-an X-ray's or a mammogram's). Without either, the modality's values are stretched between
-percentiles as any deep image is. MONOCHROME1 (0 is white: many X-rays) is inverted so that 0 is
-black as in MONOCHROME2; PALETTE COLOR (an ultrasound's Doppler, a PET's colour scale) shows its
-indices through its red, green and blue tables. Of a multi-frame file (an enhanced CT series, a
-cine loop) only the first frame is read, with its own rescale and window where an enhanced object
-keeps them (its functional groups). pydicom is an optional package (`pip install
-'selfsup[dicom]'`); without it, and for a compression that no installed package decodes, DICOM
-files are skipped and the notes say what to install.
+A scanner stores sample values whose meaning the file itself gives: the Modality LUT (Rescale Slope
+and Intercept: a CT's Hounsfield units; or a table, the Modality LUT Sequence, where the mapping is
+not linear) turns them into values of the modality, and the VOI transform (a window, C.11.2.1.2)
+chooses which of those the display shows from black to white: a lung or a bone window, as the
+scanner or the radiologist chose it, or a lookup table (a VOI LUT, an X-ray's or a mammogram's).
+Without either, the modality's values are stretched between percentiles as any deep image is.
+MONOCHROME1 (0 is white: many X-rays) is inverted so that 0 is black as in MONOCHROME2; PALETTE
+COLOR (an ultrasound's Doppler, a PET's colour scale) shows its indices through its red, green and
+blue tables. Of a multi-frame file (an enhanced CT series, a cine loop) only the first frame is
+read, with its own rescale and window where an enhanced object keeps them (its functional groups).
+pydicom is an optional package (`pip install 'selfsup[dicom]'`); without it, and for a compression
+that no installed package decodes, DICOM files are skipped and the notes say what to install.
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 # Raised whenever a DICOM file's display changes, so that caches and embeddings of pools holding
 # DICOM files are decoded again (and only theirs). 2: functional groups, VOI LUT Sequence, palettes.
-DICOM_DISPLAY = 2
+# 3: the Modality LUT Sequence read here (8-bit tables packed two a word, and depths other than 8 and
+# 16, were files skipped).
+DICOM_DISPLAY = 3
 BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian: its OW data (a LUT's) are big-endian words
 
 
@@ -174,9 +176,7 @@ def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
     (C.11.2.1.2), else its first VOI LUT (C.11.2.1.1), else a percentile stretch (8-bit samples
     without a Modality LUT are shown as they are, as an 8-bit gray PNG is; fewer bits, a 1-bit
     mask's, are stretched); MONOCHROME1 (`invert`) then turned so that 0 is black."""
-    from pydicom.pixels import apply_modality_lut
-
-    values = apply_modality_lut(frame, ds)  # a CT's Hounsfield units; the samples where it has none
+    values = modality_values(frame, ds)  # a CT's Hounsfield units; the samples where it has none
     window = first_window(ds)
     # A file may hold both, alternative views of which a viewer may show either (C.11.2): the window here
     voi_lut = first_voi_lut(ds) if window is None else None
@@ -185,36 +185,61 @@ def grayscale_display(frame: np.ndarray, ds, invert: bool) -> np.ndarray:
     elif voi_lut is not None:
         first, entries, bits = voi_lut
         pixels = to_8_bits(look_up(values, first, entries), bits)
-    elif values.dtype == np.uint8 and int(ds.get("BitsStored") or 8) < 8:
+    elif values is frame and values.dtype == np.uint8 and int(ds.get("BitsStored") or 8) < 8:
         pixels = stretch_integers(values)
     else:
         pixels = to_uint8(values)
     return 255 - pixels if invert else pixels
 
 
+def modality_values(stored: np.ndarray, ds) -> np.ndarray:
+    """The Modality LUT's output for `stored` values (PS3.3 C.11.1): through the first LUT of the
+    Modality LUT Sequence, 8-bit entries as uint8 and deeper ones as uint16 (its output range,
+    0..2^bits-1, is unsigned), else Rescale Slope and Intercept in float64, else `stored` itself.
+    The two are exclusive (C.11.1: no Rescale Intercept beside the sequence); a file holding both is
+    shown through its LUT, as it was when pydicom's apply_modality_lut read it. Read here, as the VOI
+    LUT is: pydicom's reads 8-bit entries only one a word, where 8 bits allocated pack two."""
+    signed = int(ds.get("PixelRepresentation") or 0) == 1  # the first value mapped is SS where the samples are
+    lut = first_lut(ds.get("ModalityLUTSequence"), signed, is_big_endian(ds))
+    if lut is not None:
+        first, entries, bits = lut
+        fits = bits <= 8 and entries.max() < 1 << 8
+        return look_up(stored, first, entries).astype(np.uint8 if fits else np.uint16)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        return stored.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return stored
+
+
 def first_voi_lut(ds) -> tuple[int, np.ndarray, int] | None:
     """(first input value mapped, entries (N,) int64, bits per entry) of the data set's first VOI LUT
     (VOI LUT Sequence, PS3.3 C.11.2.1.1); None without one."""
-    lut = (ds.get("VOILUTSequence") or [None])[0]
-    if lut is None or "LUTDescriptor" not in lut or "LUTData" not in lut:
-        return None
-    if len(lut.LUTDescriptor) != 3:  # damaged: shown with the stretch, as without a LUT
-        return None
-    count, first, bits = (int(value) for value in lut.LUTDescriptor)
-    entries = lut_entries(lut.LUTData, count or 1 << 16, is_big_endian(ds))
-    if not len(entries) or not 1 <= bits <= 16:
+    if not ds.get("VOILUTSequence"):
         return None
     # its input is the Modality LUT's output, and its first value mapped signed (SS) where that may be negative
-    return first_mapped(first, signed=modality_may_be_negative(ds)), entries, bits
+    return first_lut(ds.VOILUTSequence, modality_may_be_negative(ds), is_big_endian(ds))
+
+
+def first_lut(sequence, signed: bool, big_endian: bool) -> tuple[int, np.ndarray, int] | None:
+    """(first input value mapped, entries (N,) int64, bits per entry) of the first item of a
+    Modality or VOI LUT Sequence, its first value mapped read as `signed` or not; None without a
+    sequence, or with a LUT Descriptor or LUT Data damaged (the file is then shown as without it)."""
+    lut = (sequence or [None])[0]
+    if lut is None or "LUTDescriptor" not in lut or "LUTData" not in lut:
+        return None
+    if len(lut.LUTDescriptor) != 3:
+        return None
+    count, first, bits = (int(value) for value in lut.LUTDescriptor)
+    entries = lut_entries(lut.LUTData, count or 1 << 16, big_endian)
+    if not len(entries) or not 1 <= bits <= 16:
+        return None
+    return first_mapped(first, signed), entries, bits
 
 
 def modality_may_be_negative(ds) -> bool:
     """Whether the Modality LUT's output may be negative, over the whole range of the stored samples."""
-    from pydicom.pixels import apply_modality_lut
-
     bits, signed = int(ds.get("BitsStored") or 16), int(ds.get("PixelRepresentation") or 0) == 1
     ends = np.array([-(1 << bits - 1), (1 << bits - 1) - 1] if signed else [0, (1 << bits) - 1])
-    return bool(np.min(apply_modality_lut(ends, ds)) < 0)
+    return bool(np.min(modality_values(ends, ds)) < 0)
 
 
 def first_mapped(value: int, signed: bool) -> int:
