@@ -58,9 +58,9 @@ def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_store
     buffer = io.BytesIO()
     if preamble:
         ds.save_as(buffer, enforce_file_format=True)
-    else:  # a bare data set, as older software wrote them: no preamble, no file meta
-        del ds.file_meta
-        ds.save_as(buffer, implicit_vr=True, little_endian=True)
+    else:  # a bare data set, as older software wrote them: no preamble, no file meta; implicit VR little
+        del ds.file_meta  # endian, or explicit VR big endian (big endian is explicit VR alone)
+        ds.save_as(buffer, implicit_vr=syntax != BIG_ENDIAN, little_endian=syntax != BIG_ENDIAN)
     return buffer.getvalue()
 
 
@@ -527,6 +527,64 @@ def test_dicoms_are_known_by_content_with_or_without_a_preamble_and_damaged_ones
     assert decode(b"\0" * 128 + b"DICM" + b"\xff" * 60) == (None, [])
 
 
+def without_preamble(data: bytes, meta: bool) -> bytes:
+    """The Part 10 file `data` as older software wrote it: without its preamble and "DICM", its file
+    meta then its data set (`meta`), or its data set alone in explicit VR little endian."""
+    pydicom = pytest.importorskip("pydicom")
+    if meta:
+        return data[128 + 4:]
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.file_meta
+    ds.preamble = None  # as read, it would be written again
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def test_dicoms_without_a_preamble_are_read_and_files_named_so_that_are_not_are_skipped_saying_why(tmp_path, capsys):
+    """Files without the preamble and "DICM" (PS3.10 7.1), as older software wrote them: a data set
+    from the first byte, in implicit VR little endian, explicit VR little or big endian, or behind
+    its file meta. Named .dcm, or without a suffix, each shows as its Part 10 file does (without
+    pydicom, each is counted as a DICOM file to install it for). A file named .dcm that is neither
+    DICOM nor an image is skipped and the warning says so; one that only starts as a data set does
+    is skipped as damaged; a file without a suffix that is not DICOM is not taken."""
+    from selfsup.data.dicom import DICOM_READER
+    rng = np.random.default_rng(5)
+    stored, slope, intercept = ct_slices(rng)
+    elements = dict(bits_stored=12, RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=40, WindowWidth=400)
+    full = dicom_bytes(stored[0], **elements)
+    implicit, big = (dicom_bytes(stored[0], syntax=syntax, preamble=False, **elements) for syntax in (EXPLICIT,
+                                                                                                      BIG_ENDIAN))
+    files = {"implicit.dcm": implicit, "big.dcm": big, "explicit.dcm": without_preamble(full, meta=False),
+             "meta.dcm": without_preamble(full, meta=True), "series/IM0001": big, "series/IM0002": implicit}
+    assert [data[:2] for data in files.values()] == [b"\x08\x00", b"\x00\x08", b"\x08\x00", b"\x02\x00",
+                                                     b"\x00\x08", b"\x08\x00"]
+    expected = window_by_hand(stored[0] * slope + intercept, 40, 400, "LINEAR")
+    for name, data in files.items():
+        (pixels, gray, _), notes = decode(data)
+        assert gray and notes == [] and (pixels[..., 0] == expected).all(), name
+        with without_pydicom():
+            assert decode(data) == (None, [DICOM_READER]), name
+    folder = tmp_path / "scans"
+    (folder / "series").mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "report.dcm").write_text("Findings: none. " * 20)
+    (folder / "noise.dcm").write_bytes(rng.bytes(600))
+    (folder / "damaged.dcm").write_bytes(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\xff" * 200)  # a data set's start
+    (folder / "series" / "index").write_bytes(b"\x00\x08\x00\x10" + bytes(300))  # a tag, big endian, and no VR
+    (folder / "series" / "README").write_text("scans from the CT room")
+    source = open_source(folder)
+    assert source.names == sorted([*files, "report.dcm", "noise.dcm", "damaged.dcm"])
+    cache = load_cache(source, 24, tmp_path / "cache", show_progress=False)
+    assert cache.names == sorted(files) and cache.skipped == ["damaged.dcm", "noise.dcm", "report.dcm"]
+    assert all((cache.images[k, ..., 0] == cache.images[0, ..., 0]).all() for k in range(len(cache)))
+    err = capsys.readouterr().err
+    assert ("skipped 3 of 9 files in" in err and "that are not readable images (e.g. 'damaged.dcm'); 2 of them are "
+            "named as DICOM files but are not (e.g. 'noise.dcm'): neither 'DICM' at byte 128 nor a data set at their "
+            "start; going on with 6") in err
+
+
 def test_the_gigapixel_bound_is_checked_before_a_frame_is_decoded(monkeypatch):
     pytest.importorskip("pydicom")
     import pydicom.pixels
@@ -599,7 +657,8 @@ def test_embedding_a_folder_of_dicoms_without_pydicom_says_what_to_install(tmp_p
                              cache_dir=tmp_path / "cache")
     (tmp_path / "only" / "slice0.dcm").write_bytes(b"not an image")
     (tmp_path / "only" / "slice1.dcm").write_bytes(b"nor this")
-    with pytest.raises(UserError, match=r"could be decoded as images; check that they are images$"):
+    with pytest.raises(UserError, match=r"could be decoded as images; 2 of them are named as DICOM files but are not: "
+                                        r"neither 'DICM' at byte 128 nor a data set at their start$"):
         selfsup.embed_images(encoder, tmp_path / "only", tmp_path / "e.npy", device="cpu", show_progress=False,
                              cache_dir=tmp_path / "cache")
 

@@ -68,6 +68,8 @@ STRAIGHT_SAMPLES = {"RGB", "RGBA", "RGBX"}  # not premultiplied RGBa, nor LA;16B
 FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT, FIRST_BANDS = "first_page", "top_byte", "tiff_layout", "first_bands"
 FEW_BANDS = "few_bands"  # a TIFF that holds fewer bands than `bands` asks for: skipped
 NOT_TIFF = "not_tiff"  # an image `bands` does not apply to
+NOT_DICOM = "not_dicom"  # named as a DICOM file (.dcm), neither one by its content nor an image: skipped
+DICOM_SUFFIXES = (".dcm", ".dicom")
 Bands = tuple[int, ...] | None  # 1-based bands of a TIFF read as red, green, blue (or one as gray); None: 1, 2, 3
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 RGB_BANDS = 3
@@ -147,6 +149,7 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
     if bands:
         decoded, notes = decode_noting(data, size)
         return decoded, notes + [NOT_TIFF]
+    unread = []  # a bare data set's DICOM_READER, said where Pillow cannot read it either
     if data[:4] not in TIFF_MAGIC and is_dicom(data):  # a DICOM file whose preamble is a TIFF's is read as a TIFF
         display, notes = decode_dicom(data, LARGEST_IMAGE_PIXELS)
         if display is not None:
@@ -154,7 +157,7 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
             return (fit_square(Image.fromarray(pixels), size), gray, min(pixels.shape[:2])), notes
         if notes and (notes != [DICOM_READER] or is_dicom_file_start(data)):  # a DICOM file a package would read
             return None, notes
-        # else not DICOM after all (a TGA can start as a bare data set does): Pillow's to try
+        unread = notes  # else perhaps not DICOM after all (a TGA can start as a bare data set does): Pillow's to try
     guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS // 2  # Pillow refuses twice its value
     try:
@@ -183,7 +186,7 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
         # Gray pictures are often saved as RGB (most JPEGs): equal channels say so whatever the mode.
         return (pixels, gray or bool((pixels[..., :1] == pixels[..., 1:]).all()), side), notes
     except Exception:  # noqa: BLE001 - any failure to decode means "not an image we can use"
-        return decode_tiff_bands(data, size) if data[:4] in TIFF_MAGIC else (None, [])
+        return decode_tiff_bands(data, size) if data[:4] in TIFF_MAGIC else (None, unread)
     finally:
         Image.MAX_IMAGE_PIXELS = guard
 
@@ -206,7 +209,7 @@ def readers_for(names: list[str]) -> list[str]:
 
 def may_hold_dicom(names: list[str]) -> bool:
     """Whether some of these files are or may be DICOM files: a .dcm or .dicom, or a name without a suffix."""
-    return any(suffix_of(name).lower() in {".dcm", ".dicom"} or without_suffix(name) for name in names)
+    return any(suffix_of(name).lower() in DICOM_SUFFIXES or without_suffix(name) for name in names)
 
 
 def dicom_display_key(names: list[str]) -> str:
@@ -404,7 +407,18 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
 
 def _decode_chunk(args: tuple[list[tuple[str, bytes]], int, Bands]) -> list[tuple[str, tuple | None, list[str]]]:
     chunk, size, bands = args
-    return [(name, *decode_noting(data, size, bands)) for name, data in chunk]
+    return [(name, *decode_named(name, data, size, bands)) for name, data in chunk]
+
+
+def decode_named(name: str, data: bytes, size: int, bands: Bands = None
+                 ) -> tuple[tuple[np.ndarray, bool, int] | None, list[str]]:
+    """decode_noting's answer for the file `name`, and NOT_DICOM where it is named as a DICOM file
+    but is neither one by its content nor an image: a file put among the scans by mistake (a report,
+    a download's error page), which the warning then tells from a scan selfsup cannot read."""
+    decoded, notes = decode_noting(data, size, bands)
+    if decoded is None and not notes and suffix_of(name).lower() in DICOM_SUFFIXES and not is_dicom(data):
+        return None, [NOT_DICOM]
+    return decoded, notes
 
 
 def _chunks(items, size: int, bands: Bands, per_chunk: int = 64):
@@ -945,7 +959,8 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
 
 def _unread_dicoms(notes: dict, examples: bool = True) -> str:
     """"; N of them are DICOM files ..." for each reason (decode_dicom's notes) DICOM files were
-    skipped for, with what to install; '' where none were."""
+    skipped for, with what to install, and for files named as DICOM files that are not (NOT_DICOM);
+    '' where none were."""
     said = ""
     for note, names in sorted(notes.items()):
         example = f" (e.g. {names[0]!r})" if examples and names else ""
@@ -959,6 +974,9 @@ def _unread_dicoms(notes: dict, examples: bool = True) -> str:
         elif note == SEGMENTED_PALETTE and names:
             said += (f"; {len(names):,} of them are DICOM files coloured by a segmented palette{example}, which "
                      f"selfsup does not read: convert them to RGB to use them")
+        elif note == NOT_DICOM and names:
+            said += (f"; {len(names):,} of them are named as DICOM files but are not{example}: neither 'DICM' at "
+                     f"byte 128 nor a data set at their start")
     return said
 
 

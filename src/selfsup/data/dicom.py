@@ -46,9 +46,12 @@ FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 # Raised whenever a DICOM file's display changes, so that caches and embeddings of pools holding
 # DICOM files are decoded again (and only theirs). 2: functional groups, VOI LUT Sequence, palettes.
 # 3: the Modality LUT Sequence read here (8-bit tables packed two a word, and depths other than 8 and
-# 16, were files skipped).
+# 16, were files skipped); files without a preamble in big endian or with their file meta read.
 DICOM_DISPLAY = 3
 BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian: its OW data (a LUT's) are big-endian words
+# The value representations of PS3.5 6.2, as an explicit VR data element writes them after its tag
+VALUE_REPRESENTATIONS = frozenset(code.encode() for code in (
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()))
 
 
 def dicom_readers() -> list[str]:
@@ -63,18 +66,32 @@ def is_dicom_file_start(data: bytes) -> bool:
 
 
 def is_dicom(data: bytes) -> bool:
-    """A DICOM file by content: "DICM" after the 128-byte preamble, or a bare data set (no
-    preamble nor file meta, as older software wrote them) whose first element is of group 0008."""
-    return is_dicom_file_start(data) or _bare_data_set(data)
+    """A DICOM file by content: "DICM" after the 128-byte preamble, or a data set from its first
+    byte, without the preamble (see is_dicom_start)."""
+    return is_dicom_start(data, len(data))
 
 
-def _bare_data_set(data: bytes) -> bool:
-    # Group 0008 (little endian), then an explicit VR (two capitals) or an implicit length that
-    # fits in the file: what pydicom's force=True would read as a data set, and no other format starts so.
-    if len(data) < 8 or data[:2] != b"\x08\x00" or data[3] != 0:
+def is_dicom_start(head: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes whose first bytes are `head` (DICOM_MAGIC_AT + 4 of them, or
+    all) is a DICOM file by content: "DICM" after the preamble (PS3.10 7.1), or a data set from its
+    first byte, as older software wrote them without preamble nor file meta (or with file meta but
+    no preamble): what pydicom's force=True reads."""
+    return is_dicom_file_start(head) or _bare_data_set(head, size)
+
+
+def _bare_data_set(head: bytes, size: int) -> bool:
+    # A data set's first element, of group 0008 (0002 where the file meta is kept, always explicit VR
+    # little endian: PS3.10 7.1): little endian with an explicit VR or an implicit length that fits in
+    # the file, or big endian, which is explicit VR alone (PS3.5 A.3). Few other formats start so (a TGA
+    # with an 8-byte ID does): where pydicom then reads no data set, Pillow is left to try.
+    if len(head) < 8:
         return False
-    explicit = data[4:6].isalpha() and data[4:6].isupper()
-    return explicit or int.from_bytes(data[4:8], "little") <= len(data) - 8
+    explicit = head[4:6] in VALUE_REPRESENTATIONS
+    if head[:2] == b"\x08\x00" and head[3] == 0:  # (0008,00xx), little endian
+        return explicit or int.from_bytes(head[4:8], "little") <= size - 8
+    if head[:2] == b"\x00\x08" and head[2] == 0:  # (0008,00xx), big endian
+        return explicit
+    return head[:2] == b"\x02\x00" and head[3] == 0 and explicit  # (0002,00xx): file meta, no preamble
 
 
 def codec_hint(uid: str) -> str:

@@ -19,7 +19,7 @@ from typing import Iterator
 from ..console import option as console_option, path_option, plural, warn
 from ..errors import UserError
 from ..outputs import os_reason
-from .dicom import DICOM_MAGIC_AT, is_dicom_file_start
+from .dicom import DICOM_MAGIC_AT, is_dicom_start
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",  # a GIF: its first frame
                   ".dcm", ".dicom"}  # DICOM, with pydicom (selfsup[dicom]): its first frame
@@ -35,17 +35,19 @@ def is_image_name(name: str) -> bool:
 
 
 def is_unnamed_dicom(path: Path) -> bool:
-    """A file without a suffix that holds a DICOM file's mark: scanners and PACS exports name
+    """A file without a suffix that is a DICOM file by its first bytes (a preamble and "DICM", or
+    a data set from its first byte, as older software wrote them): scanners and PACS exports name
     their files IM0001 or 1.2.840.113619.2.55... (a UID, whose dots are no suffix). DICOMDIR, the
     index of a DICOM folder, holds no picture."""
     name = path.name
     if name.startswith(".") or name.upper() == "DICOMDIR" or not without_suffix(name):
         return False
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a pipe would wait for ever to be read
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # a pipe would wait for ever to be read
             return False
         with open(path, "rb") as f:
-            return is_dicom_file_start(f.read(DICOM_MAGIC_AT + 4))
+            return is_dicom_start(f.read(DICOM_MAGIC_AT + 4), status.st_size)
     except OSError:
         return False
 
