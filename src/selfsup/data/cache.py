@@ -972,8 +972,9 @@ def _unread_dicoms(notes: dict, examples: bool = True) -> str:
             said += (f"; {len(names):,} of them are DICOM files compressed as {syntax_name(syntax)}{example}, which "
                      f"no installed package decodes: {codec_hint(syntax)}")
         elif note == SEGMENTED_PALETTE and names:
-            said += (f"; {len(names):,} of them are DICOM files coloured by a segmented palette{example}, which "
-                     f"selfsup does not read: convert them to RGB to use them")
+            said += (f"; {len(names):,} of them are DICOM files coloured by a segmented palette{example} that "
+                     f"selfsup does not read (of 8-bit entries, or whose segments do not make its table): convert "
+                     f"them to RGB to use them")
         elif note == NOT_DICOM and names:
             said += (f"; {len(names):,} of them are named as DICOM files but are not{example}: neither 'DICM' at "
                      f"byte 128 nor a data set at their start")

@@ -8,10 +8,11 @@ scanner or the radiologist chose it, or a lookup table (a VOI LUT, an X-ray's or
 Without either, the modality's values are stretched between percentiles as any deep image is.
 MONOCHROME1 (0 is white: many X-rays) is inverted so that 0 is black as in MONOCHROME2; PALETTE
 COLOR (an ultrasound's Doppler, a PET's colour scale) shows its indices through its red, green and
-blue tables. Of a multi-frame file (an enhanced CT series, a cine loop) only the first frame is
-read, with its own rescale and window where an enhanced object keeps them (its functional groups).
-pydicom is an optional package (`pip install 'selfsup[dicom]'`); without it, and for a compression
-that no installed package decodes, DICOM files are skipped and the notes say what to install.
+blue tables (listed, or segmented). Of a multi-frame file (an enhanced CT series, a cine loop) only
+the first frame is read, with its own rescale and window where an enhanced object keeps them (its
+functional groups). pydicom is an optional package (`pip install 'selfsup[dicom]'`); without it, and
+for a compression that no installed package decodes, DICOM files are skipped and the notes say what
+to install.
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..lazy import installed
+from .segmented_lut import expand_segments
 from .stretch import stretch_integers, to_uint8
 
 # What decode_dicom could not do in full, by file, as decode_noting's notes are
 FIRST_FRAME = "first_frame"  # a multi-frame file: its first frame read
 DICOM_READER = "dicom_reader"  # a DICOM file, and pydicom is not installed: skipped
 DICOM_CODEC = "dicom_codec:"  # + the transfer syntax's UID: compressed as no installed package decodes; skipped
-SEGMENTED_PALETTE = "dicom_segmented_palette"  # PALETTE COLOR whose tables are segmented (C.7.9.2): skipped
+# PALETTE COLOR whose segmented tables (C.7.9.2) are not read: of 8-bit entries, or damaged; skipped
+SEGMENTED_PALETTE = "dicom_segmented_palette"
 DICOM_MAGIC_AT = 128  # "DICM" after the preamble of a DICOM file (PS3.10 7.1)
 # The packages that pydicom's decoders use (module names), as its plugin table lists them
 CODEC_MODULES = ("pylibjpeg", "libjpeg", "openjpeg", "gdcm", "jpeg_ls")
@@ -46,7 +49,8 @@ FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 # Raised whenever a DICOM file's display changes, so that caches and embeddings of pools holding
 # DICOM files are decoded again (and only theirs). 2: functional groups, VOI LUT Sequence, palettes.
 # 3: the Modality LUT Sequence read here (8-bit tables packed two a word, and depths other than 8 and
-# 16, were files skipped); files without a preamble in big endian or with their file meta read.
+# 16, were files skipped); files without a preamble in big endian or with their file meta read;
+# segmented palettes of 16-bit entries read.
 DICOM_DISPLAY = 3
 BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian: its OW data (a LUT's) are big-endian words
 # The value representations of PS3.5 6.2, as an explicit VR data element writes them after its tag
@@ -153,9 +157,9 @@ def _display(pydicom, data: bytes, largest_image: int) -> tuple[tuple[np.ndarray
     elif frame.ndim == 3 and frame.shape[2] == 3 and (photometric == "RGB" or photometric.startswith("YBR")):
         pixels = colour_display(frame)
     elif photometric == "PALETTE COLOR" and frame.ndim == 2:
-        if "RedPaletteColorLookupTableData" not in ds:  # segmented, as some PET and ultrasound palettes are
-            return None, [SEGMENTED_PALETTE] if "SegmentedRedPaletteColorLookupTableData" in ds else []
         pixels = palette_display(frame, ds)
+        if pixels is None:  # segmented, as some PET and ultrasound palettes are, in a way not read here
+            return None, [SEGMENTED_PALETTE] if "SegmentedRedPaletteColorLookupTableData" in ds else []
     else:
         return None, []
     gray = pixels.ndim == 2 or bool((pixels[..., :1] == pixels[..., 1:]).all())
@@ -300,17 +304,33 @@ def colour_display(frame: np.ndarray) -> np.ndarray:
     return to_uint8(frame)
 
 
-def palette_display(frame: np.ndarray, ds) -> np.ndarray:
+def palette_display(frame: np.ndarray, ds) -> np.ndarray | None:
     """(H, W, 3) uint8 of a PALETTE COLOR frame: its stored values, indices, through the red, green
     and blue Palette Color Lookup Tables (PS3.3 C.7.6.3.1.5, C.7.6.3.1.6), whose 8- or 16-bit
-    entries are shown as 0..255."""
+    entries are shown as 0..255; None where a table cannot be read (palette_entries)."""
     signed, big = int(ds.get("PixelRepresentation") or 0) == 1, is_big_endian(ds)
     channels = []
     for colour in ("Red", "Green", "Blue"):
         count, first, bits = (int(value) for value in getattr(ds, f"{colour}PaletteColorLookupTableDescriptor"))
-        entries = lut_entries(getattr(ds, f"{colour}PaletteColorLookupTableData"), count or 1 << 16, big)
+        entries = palette_entries(ds, colour, count or 1 << 16, bits, big)
+        if entries is None:
+            return None
         channels.append(to_8_bits(look_up(frame, first_mapped(first, signed), entries), bits))
     return np.stack(channels, axis=-1)  # (H, W, 3)
+
+
+def palette_entries(ds, colour: str, count: int, bits: int, big_endian: bool) -> np.ndarray | None:
+    """The entries (N,) int64 of the `colour` Palette Color Lookup Table: its data, or its segmented
+    data expanded where its entries are 16-bit (segmented_lut); None without either, or for segmented
+    data of 8-bit entries or whose segments do not make `count` entries."""
+    data = ds.get(f"{colour}PaletteColorLookupTableData")
+    if data is not None:
+        return lut_entries(data, count, big_endian)
+    segmented = ds.get(f"Segmented{colour}PaletteColorLookupTableData")
+    if not isinstance(segmented, bytes) or bits != 16:
+        return None
+    words = np.frombuffer(segmented[:len(segmented) // 2 * 2], ">u2" if big_endian else "<u2")
+    return expand_segments(words, count)
 
 
 def first_window(ds) -> tuple[float, float, str] | None:
