@@ -460,12 +460,13 @@ def test_palette_colour_maps_each_index_through_the_red_green_and_blue_tables(se
 SEGMENTED_RED = [0, 3, 100, 5000, 20000,  # @0 discrete: three entries
                  1, 4, 0,  # @5 linear: from 20000 (the entry before) down to 0 in 4 entries
                  1, 3, 65535,  # @8 linear: up to 65535 in 3
-                 2, 2, 10, 0,  # @11 indirect: the 2 segments at byte 10 (word 5) again, from 65535 now
-                 0, 2, 7, 9]  # @15 discrete
+                 1, 4, 0,  # @11 linear: down to 0 in 4, from 65535 now
+                 1, 3, 65535,  # @14 linear: up again
+                 0, 2, 7, 9]  # @17 discrete
 # Expanded by hand, C.7.9.2: a linear segment's k-th entry is y0 + (y1 - y0) k / n, rounded (halves up)
 EXPANDED_RED = [100, 5000, 20000, 15000, 10000, 5000, 0, 21845, 43690, 65535,
                 49151, 32768, 16384, 0, 21845, 43690, 65535, 7, 9]  # 65535 - 16383.75 k, then 0 up to 65535
-SEGMENTED_BLUE = [0, 1, 0, 1, 8, 65535, 0, 1, 0, 2, 1, 6, 0, 0, 1, 1234]  # the linear segment, at byte 6, again
+SEGMENTED_BLUE = [0, 1, 0, 1, 8, 65535, 0, 1, 0, 1, 8, 65535, 0, 1, 1234]
 EXPANDED_BLUE = [0, 8192, 16384, 24576, 32768, 40959, 49151, 57343, 65535,  # 8191.875 k
                  0, 8192, 16384, 24576, 32768, 40959, 49151, 57343, 65535, 1234]
 
@@ -483,10 +484,9 @@ def segmented_palette(red: list[int], green: list[int], blue: list[int], count: 
 @pytest.mark.parametrize("syntax", [EXPLICIT, BIG_ENDIAN])
 @pytest.mark.parametrize("indices", ["8-bit", "12-bit"])
 def test_a_segmented_palette_is_expanded_into_its_tables(indices, syntax):
-    """Segmented palettes (PS3.3 C.7.9.2, some PET and ultrasound files): discrete, linear (up and
-    down, from the entry before) and indirect segments (a run of earlier segments again, found by
-    their byte offset), expanded into 16-bit tables checked against their expansion by hand, then
-    read as any palette is."""
+    """Segmented palettes (PS3.3 C.7.9.2, some PET and ultrasound files): discrete and linear
+    segments (up and down, from the entry before), expanded into 16-bit tables checked against
+    their expansion by hand, then read as any palette is."""
     pytest.importorskip("pydicom")
     index = np.random.default_rng(6).integers(0, 30, size=(24, 24))  # some below the first value mapped, 3,
     index = index.astype(np.uint8 if indices == "8-bit" else np.uint16)  # some past its 19 entries
@@ -499,28 +499,28 @@ def test_a_segmented_palette_is_expanded_into_its_tables(indices, syntax):
     assert notes == [] and not gray and (pixels == expected).all()
 
 
-@pytest.mark.parametrize("fault", ["8-bit", "odd offset", "word offset", "indirect copied", "linear first",
-                                   "too few", "too many", "unknown opcode"])
+@pytest.mark.parametrize("fault", ["8-bit", "indirect", "linear first", "too few", "too many", "unknown opcode",
+                                   "cut short"])
 def test_a_segmented_palette_not_read_is_skipped_and_counted(tmp_path, capsys, fault):
     """Segmented data of 8-bit entries (how its segments sit in the OW words is not settled: readers
-    disagree) and segments that do not make the table the descriptor says are not read: such a file
-    is skipped, and the warning says why. An indirect segment's offset is in bytes (C.7.9.2.3): one
-    given in words, as some readers take it, points at no segment's start here (byte 8: word 4)."""
+    disagree), with an indirect segment (its offset is taken in bytes by some readers, in words by
+    others) or whose segments do not make the table the descriptor says is not read: such a file is
+    skipped, and the warning says why."""
     pytest.importorskip("pydicom")
     from selfsup.data.dicom import SEGMENTED_PALETTE
     index = np.random.default_rng(0).integers(0, 20, size=(24, 24)).astype(np.uint8)
     red, count, bits = list(SEGMENTED_RED), 19, 16
     if fault == "8-bit":
         bits = 8
-    elif fault in ("odd offset", "word offset"):
-        red[13] = {"odd offset": 11, "word offset": 8}[fault]  # word 8: the second linear segment
-    elif fault == "indirect copied":
-        red = red + [2, 1, 22, 0]  # the indirect segment at byte 22 (word 11) copied
-        count = 19 + 4
+    elif fault == "indirect":
+        red = red[:11] + [2, 2, 10, 0] + red[17:]  # the 2 segments at byte 10 (word 5) again: the same 19
     elif fault == "linear first":
         red = [1, 2, 7] + red
     elif fault == "unknown opcode":
-        red[15] = 3
+        red[17] = 3
+    elif fault == "cut short":
+        red = red[:-1]
+        count -= 1
     count += {"too few": 1, "too many": -1}.get(fault, 0)
     palette = segmented_palette(red, red, red, count=count, bits=bits)
     data = dicom_bytes(index, "PALETTE COLOR", **palette)
@@ -530,7 +530,8 @@ def test_a_segmented_palette_not_read_is_skipped_and_counted(tmp_path, capsys, f
     cache = load_cache(open_source(tmp_path / "scans"), 24, show_progress=False)
     assert cache.names == ["slice0.dcm"] and cache.skipped == ["pet.dcm"]
     assert ("1 of them are DICOM files coloured by a segmented palette (e.g. 'pet.dcm') that selfsup does not "
-            "read (of 8-bit entries, or whose segments do not make its table): convert them to RGB to use them"
+            "read (of 8-bit entries, with indirect segments, or whose segments do not make its table): convert them to "
+            "RGB to use them"
             ) in capsys.readouterr().err
 
 

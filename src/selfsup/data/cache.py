@@ -973,8 +973,8 @@ def _unread_dicoms(notes: dict, examples: bool = True) -> str:
                      f"no installed package decodes: {codec_hint(syntax)}")
         elif note == SEGMENTED_PALETTE and names:
             said += (f"; {len(names):,} of them are DICOM files coloured by a segmented palette{example} that "
-                     f"selfsup does not read (of 8-bit entries, or whose segments do not make its table): convert "
-                     f"them to RGB to use them")
+                     f"selfsup does not read (of 8-bit entries, with indirect segments, or whose segments do not make "
+                     f"its table): convert them to RGB to use them")
         elif note == NOT_DICOM and names:
             said += (f"; {len(names):,} of them are named as DICOM files but are not{example}: neither 'DICM' at "
                      f"byte 128 nor a data set at their start")

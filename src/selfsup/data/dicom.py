@@ -30,7 +30,8 @@ from .stretch import stretch_integers, to_uint8
 FIRST_FRAME = "first_frame"  # a multi-frame file: its first frame read
 DICOM_READER = "dicom_reader"  # a DICOM file, and pydicom is not installed: skipped
 DICOM_CODEC = "dicom_codec:"  # + the transfer syntax's UID: compressed as no installed package decodes; skipped
-# PALETTE COLOR whose segmented tables (C.7.9.2) are not read: of 8-bit entries, or damaged; skipped
+# PALETTE COLOR whose segmented tables (C.7.9.2) are not read: of 8-bit entries, with indirect
+# segments, or damaged; skipped
 SEGMENTED_PALETTE = "dicom_segmented_palette"
 DICOM_MAGIC_AT = 128  # "DICM" after the preamble of a DICOM file (PS3.10 7.1)
 # The packages that pydicom's decoders use (module names), as its plugin table lists them
@@ -50,7 +51,7 @@ FRAME_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 # DICOM files are decoded again (and only theirs). 2: functional groups, VOI LUT Sequence, palettes.
 # 3: the Modality LUT Sequence read here (8-bit tables packed two a word, and depths other than 8 and
 # 16, were files skipped); files without a preamble in big endian or with their file meta read;
-# segmented palettes of 16-bit entries read.
+# segmented palettes of 16-bit entries and discrete or linear segments read.
 DICOM_DISPLAY = 3
 BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian: its OW data (a LUT's) are big-endian words
 # The value representations of PS3.5 6.2, as an explicit VR data element writes them after its tag
@@ -322,7 +323,7 @@ def palette_display(frame: np.ndarray, ds) -> np.ndarray | None:
 def palette_entries(ds, colour: str, count: int, bits: int, big_endian: bool) -> np.ndarray | None:
     """The entries (N,) int64 of the `colour` Palette Color Lookup Table: its data, or its segmented
     data expanded where its entries are 16-bit (segmented_lut); None without either, or for segmented
-    data of 8-bit entries or whose segments do not make `count` entries."""
+    data of 8-bit entries, with indirect segments, or whose segments do not make `count` entries."""
     data = ds.get(f"{colour}PaletteColorLookupTableData")
     if data is not None:
         return lut_entries(data, count, big_endian)
