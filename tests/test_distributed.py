@@ -436,6 +436,27 @@ def test_a_run_joins_the_process_group_and_leaves_it_before_the_process_exits(tm
     assert second["after a refusal"] == {"joined": False, "stopped by": "SystemExit"}
 
 
+def late_refusal_worker(rank, world, port, root, late):
+    import time
+    join(rank, world, port)
+    from selfsup.errors import UserError
+    from selfsup.train import run_pretraining
+    if rank == late:  # the other process makes the run folder first
+        time.sleep(2)
+    try:
+        run_pretraining(tiny_user(f"{root}/data", f"{root}/run", batch_size=7))
+    except (UserError, SystemExit):
+        pass
+    leave()
+
+
+@pytest.mark.parametrize("late", [0, 1])
+def test_a_refused_run_leaves_no_folder_whichever_process_made_it(tmp_path, late):
+    write_dataset(tmp_path / "data", per_class=4, size=16)
+    spawn(late_refusal_worker, str(tmp_path), late)
+    assert not (tmp_path / "run").exists()
+
+
 def peer_failure_worker(rank, world, port, root, result_file):
     import contextlib
     import io

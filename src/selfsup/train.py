@@ -797,11 +797,13 @@ def run_pretraining(user: dict, resume: bool = False, show_progress: bool = True
 
 
 def _pretrain_in_process_group(user: dict, resume: bool, show_progress: bool) -> RunResult:
-    # Under torchrun the first process writes the run folder: another that failed first must not
-    # remove it, still empty, from under the first.
-    with removed_if_left_empty(user.get("out") if dist.is_main() else None, keep_on=(RunFolderBusy,)):
-        with stopped_at_once(), warnings_after_checks():  # a refused config or folder: its error alone
-            cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))
+    # Under torchrun every process may make the run folder, and each removes what it made on a
+    # refusal they all reach together; once training begins only the first, which writes into the
+    # folder, does: another that failed first would remove it, still empty, from under the first.
+    out, first = user.get("out"), dist.is_main()
+    with removed_if_left_empty(out if first else None, keep_on=(RunFolderBusy,)):
+        with removed_if_left_empty(None if first else out), stopped_at_once(), warnings_after_checks():
+            cfg, checkpoint = dist.on_every_process(lambda: prepare_run(user, resume))  # a refusal: its error alone
         with run_folder_lock(Path(cfg.out)):
             with stopped_at_once():  # decoding the images may take hours
                 trainer = Trainer(cfg, checkpoint, show_progress)
