@@ -132,6 +132,32 @@ def test_embed_streams_without_a_cache_and_agrees_with_the_cache(forty, tmp_path
     np.testing.assert_allclose(s_vectors, c_vectors, atol=1e-5, rtol=0)
 
 
+def test_embed_streams_where_the_cache_would_be_decoded_again(forty, tmp_path, monkeypatch):
+    """A cache that load_cache would build again (damaged, or outdated by a package installed since)
+    is not rebuilt in full by embed, which streams instead, writing nothing to the cache."""
+    from selfsup.data import load_cache, open_source
+    import selfsup.data.cache as cache_module
+    data, encoder = forty
+    load_cache(open_source(data, whole=True), encoder.cache_size, tmp_path / "c", show_progress=False)
+    (built,) = (tmp_path / "c").iterdir()
+    before = sorted(path.name for path in (tmp_path / "c").iterdir())
+
+    def no_cache_build(*args, **kwargs):
+        raise AssertionError("the cache was built again")
+    monkeypatch.setattr(cache_module, "_build", no_cache_build)
+    monkeypatch.setattr(cache_module, "readable_now", lambda meta: "pydicom, which reads DICOM files it skipped")
+    outdated = selfsup.embed_images(encoder, data, tmp_path / "o.npy", device="cpu", cache_dir=tmp_path / "c",
+                                    show_progress=False, chunk_size=16)
+    monkeypatch.undo()
+    monkeypatch.setattr(cache_module, "_build", no_cache_build)
+    with open(built / "images.u8", "ab") as images:
+        images.write(b"\0")  # a byte more than its index says: damaged
+    damaged = selfsup.embed_images(encoder, data, tmp_path / "d.npy", device="cpu", cache_dir=tmp_path / "c",
+                                   show_progress=False, chunk_size=16)
+    assert outdated["count"] == damaged["count"] == 37
+    assert sorted(path.name for path in (tmp_path / "c").iterdir()) == before
+
+
 def test_embed_of_a_tar_reads_it_once_and_gives_the_folders_rows(forty, tmp_path, monkeypatch):
     """A stream of chunks read a tar from its start for each (a .tar.gz decompressed again): the
     chunks share one pass, write no cache, and give the rows in source order, as the folder's."""

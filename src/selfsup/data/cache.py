@@ -764,9 +764,16 @@ def load_cache(source: ImageSource, size: int, cache_dir: str | Path | None = No
 
 
 def cache_built(source: ImageSource, size: int, cache_dir: str | Path | None = None, bands: Bands = None) -> bool:
-    """Whether `source` at `size` pixels (of TIFFs, `bands`) has a published cache already (one
-    that a pretraining run on it left): load_cache would then decode nothing."""
-    return (cache_folder(cache_dir) / _cache_key(source, size, bands) / "index.json").is_file()
+    """Whether `source` at `size` pixels (of TIFFs, `bands`) has a published cache that load_cache
+    would read as it is (one that a pretraining run on it left): whole, and not outdated by a
+    package installed since (see read_built), where load_cache would decode every image again."""
+    target = cache_folder(cache_dir) / _cache_key(source, size, bands)
+    try:
+        meta = json.loads((target / "index.json").read_text())
+        whole = (target / "images.u8").stat().st_size == len(meta["names"]) * meta["size"] ** 2 * 3
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return whole and not readable_now(meta)
 
 
 def require_tiff_reader(bands: Bands) -> None:
