@@ -370,3 +370,55 @@ def test_a_finetune_curve_takes_its_config_as_a_yaml_file_as_evaluate_finetune_d
         label_efficiency_curve("random:resnet18", protocol="finetune", out=tmp_path / "c.png",
                                protocol_options={"config": tmp_path / "ft.yaml"},
                                **{**CURVE_IN_BOTH, "data": split_folder})
+
+
+def test_a_curve_names_an_option_out_of_range_as_given_before_any_image_is_read(tmp_path, capsys):
+    missing = tmp_path / "no-data"  # read only after the options are checked: its error must not come first
+    for protocol, protocol_options, flags, in_python, in_command in [
+        ("linear", {"lr": -1}, ["--lr", -1], "protocol_options['lr'] must be in [0.0, inf], got -1.0",
+         "error: --lr must be in [0.0, inf], got -1.0"),
+        ("knn", {"k": 0}, ["--k", 0], "protocol_options['k'] must be in [1, inf], got 0", "error: --k must be in"),
+        ("finetune", {"config": {"freeze_stages": -1}}, ["--freeze-stages", -1],
+         "protocol_options['config']['freeze_stages'] must be in [0, inf], got -1", "error: --freeze-stages must be in"),
+        ("linear", {"val_fraction": 0.9}, ["--val-fraction", 0.9],
+         "protocol_options['val_fraction'] must lie in [0, 0.5], got 0.9", "error: --val-fraction must lie in"),
+        ("finetune", {"val_fraction": -1}, ["--val-fraction", -1],
+         "protocol_options['val_fraction'] must lie in [0, 0.5], got -1", "error: --val-fraction must lie in"),
+    ]:
+        with pytest.raises(UserError) as error:
+            label_efficiency_curve("random:resnet18", protocol=protocol, data=missing, protocol_options=protocol_options,
+                                   out=tmp_path / "c.png", **TINY)
+        assert str(error.value) == in_python
+        err = error_of(capsys, "curve", "--protocol", protocol, *flags, "--checkpoint", "random:resnet18",
+                       "--data", missing, "--out", tmp_path / "c.png", "--no-progress", "--no-record")
+        assert in_command in err
+
+
+def _fake_protocol(setup, budget, seeds, **options):
+    """A protocol's result at once, without training (the curve's warnings are what is tested)."""
+    return {"budget": budget.describe(), "labels_per_class": 2, "labelled_images": 6, "seeds": seeds, "top1": 0.5,
+            "top1_std": 0.0}
+
+
+def test_a_curve_warns_once_of_fine_tuning_options_some_of_its_encoders_do_not_use(split_folder, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import selfsup.eval.curve as curve
+
+    monkeypatch.setattr(curve, "PROTOCOLS", {name: _fake_protocol for name in curve.PROTOCOLS})
+    both = ["random:resnet18", "random:vit-tiny"]
+    options = {**TINY, "data": split_folder, "out": tmp_path / "c.png", "per_class": (2,), "seeds": 1}
+    result = label_efficiency_curve(both, protocol="finetune", **options,
+                                    protocol_options={"config": {"layer_decay": 0.5, "encoder_lr_ratio": 0.5}})
+    cnn, vit = (line["encoder"] for line in result["lines"])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: protocol_options['config']['layer_decay'] is for ViT encoders; {cnn} is fine-tuned "
+                        f"without it; protocol_options['config']['encoder_lr_ratio'] is for CNN encoders (and ViTs "
+                        f"with protocol_options={{'config': {{'layer_decay': 1}}}}); {vit} is fine-tuned without it"]
+    assert main(["eval", "curve", "--protocol", "finetune", "--checkpoint", *both, "--layer-decay", "0.5",
+                 "--data", str(split_folder), "--per-class", "2", "--seeds", "1", "--image-size", "16", "--no-small-stem",
+                 "--device", "cpu", "--out", str(tmp_path / "c.png"), "--no-progress", "--no-record"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: --layer-decay is for ViT encoders; {cnn} is fine-tuned without it"]
+    # Options that every encoder uses: no warning.
+    label_efficiency_curve(both, protocol="finetune", **options, protocol_options={"config": {"freeze_stages": 1}})
+    assert "warning:" not in capsys.readouterr().err

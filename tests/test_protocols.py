@@ -474,27 +474,34 @@ def test_options_out_of_range_are_one_line_errors_before_any_image_is_read(tmp_p
     missing = tmp_path / "no-data"  # read only after the options are checked: its error must not come first
     (tmp_path / "file").write_text("")
     for evaluate, options, message in [
-        (evaluate_knn, dict(k=0), "knn.k must be in [1, inf], got 0"),
-        (evaluate_knn, dict(k=(5, -3)), "knn.k must be in [1, inf], got -3"),
-        (evaluate_knn, dict(temperature=0), "knn.temperature must be in [1e-06, inf], got 0.0"),
-        (evaluate_knn, dict(temperature=-1), "knn.temperature must be in [1e-06, inf], got -1.0"),
-        (evaluate_retrieval, dict(ks=0), "retrieval.k must be in [1, inf], got 0"),
-        (evaluate_retrieval, dict(ks=(1, -3)), "retrieval.k must be in [1, inf], got -3"),
+        (evaluate_knn, dict(k=0), "k= must be in [1, inf], got 0"),
+        (evaluate_knn, dict(k=(5, -3)), "k= must be in [1, inf], got -3"),
+        (evaluate_knn, dict(temperature=0), "temperature= must be in [1e-06, inf], got 0.0"),
+        (evaluate_knn, dict(temperature=-1), "temperature= must be in [1e-06, inf], got -1.0"),
+        (evaluate_retrieval, dict(ks=0), "ks= must be in [1, inf], got 0"),
+        (evaluate_retrieval, dict(ks=(1, -3)), "ks= must be in [1, inf], got -3"),
         (evaluate_retrieval, dict(out=tmp_path), f"{str(tmp_path)!r} is a folder"),
         (evaluate_retrieval, dict(out=tmp_path / "file" / "nn.json"), f"cannot create {str(tmp_path / 'file')!r}"),
-        (evaluate_linear, dict(epochs=0), "linear.epochs must be in [1, inf], got 0"),
-        (evaluate_linear, dict(lr=(1e-3, -1)), "linear.lr must be in [0.0, inf], got -1.0"),
-        (evaluate_linear, dict(weight_decay=-1), "linear.weight_decay must be in [0.0, inf], got -1.0"),
-        (evaluate_linear, dict(batch_size=0), "linear.batch_size must be in [1, inf], got 0"),
-        (evaluate_finetune, dict(config={"epochs": 0}), "finetune.epochs must be in [1, inf], got 0"),
+        (evaluate_linear, dict(epochs=0), "epochs= must be in [1, inf], got 0"),
+        (evaluate_linear, dict(lr=(1e-3, -1)), "lr= must be in [0.0, inf], got -1.0"),
+        (evaluate_linear, dict(weight_decay=-1), "weight_decay= must be in [0.0, inf], got -1.0"),
+        (evaluate_linear, dict(batch_size=0), "batch_size= must be in [1, inf], got 0"),
+        (evaluate_finetune, dict(config={"epochs": 0}), "config['epochs'] must be in [1, inf], got 0"),
+        (evaluate_finetune, dict(config={"freeze_stages": -1}), "config['freeze_stages'] must be in [0, inf], got -1"),
+        (evaluate_linear, dict(val_fraction=0.9), "val_fraction= must lie in [0, 0.5], got 0.9"),
+        (evaluate_finetune, dict(val_fraction=-1), "val_fraction= must lie in [0, 0.5], got -1"),
     ]:
         with pytest.raises(UserError, match=re.escape(message)):
             evaluate("random:resnet18", data=missing, **options, **TINY)
-    for args, message in [(["knn", "--k", "-3"], "knn.k must be"), (["knn", "--temperature", "0"], "knn.temperature"),
-                          (["retrieval", "--k", "0"], "retrieval.k must be"),
+    for args, message in [(["knn", "--k", "-3"], "error: --k must be in [1, inf], got -3"),
+                          (["knn", "--temperature", "0"], "error: --temperature must be in"),
+                          (["retrieval", "--k", "0"], "error: --k must be in"),
                           (["retrieval", "--out", str(tmp_path / "file" / "nn.json")], "cannot create"),
-                          (["linear", "--batch-size", "0"], "linear.batch_size"),
-                          (["linear", "--lr", "-1"], "linear.lr")]:
+                          (["linear", "--batch-size", "0"], "error: --batch-size must be in"),
+                          (["linear", "--lr", "-1"], "error: --lr must be in [0.0, inf], got -1.0"),
+                          (["finetune", "--freeze-stages", "-1"], "error: --freeze-stages must be in [0, inf], got -1"),
+                          (["finetune", "--lr", "-1"], "error: --lr must be in [0.0, inf]"),
+                          (["linear", "--val-fraction", "0.9"], "error: --val-fraction must lie in [0, 0.5]")]:
         assert main(["eval", *args, "--checkpoint", "random:resnet18", "--data", str(missing), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: ") and message in err, err
@@ -526,7 +533,7 @@ def test_fine_tuning_options_for_the_other_kind_of_encoder_are_refused_before_an
 def test_knn_options_are_checked_whoever_calls_the_protocol():
     """The label-efficiency curve and other callers go through the protocols, not evaluate_*."""
     setup = synthetic_setup(np.eye(4), [0, 1, 2, 3], np.eye(4), [0, 1, 2, 3], 4)
-    with pytest.raises(UserError, match=re.escape("knn.temperature must be in")):
+    with pytest.raises(UserError, match=re.escape("temperature= must be in")):
         protocols.knn_protocol(setup, k=3, temperature=0.0)
     assert protocols.knn_protocol(setup, k=1, temperature=1e-6)["top1"] == 1.0  # a plain int k; no overflow
 

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -200,8 +200,10 @@ def _flag_of(key: str) -> str:
     return f" ({option(flag)})" if flag else ""
 
 
-def override(obj: Any, changes: dict, where: str = "") -> Any:
-    """A copy of the dataclass `obj` with `changes` (a nested dict) applied, strictly checked."""
+def override(obj: Any, changes: dict, where: str = "", named: Callable[[str], str] | None = None) -> Any:
+    """A copy of the dataclass `obj` with `changes` (a nested dict) applied, strictly checked. A value's
+    error names its config path (`where.key`), or `named(key)` where given: what the user typed for
+    that key (an evaluation's `--lr` or `lr=`), which a config path does not tell them."""
     if not isinstance(changes, dict):
         raise UserError(f"{where or 'config'} must be a mapping of keys to values, got {changes!r}")
     fields = {f.name: f for f in dataclasses.fields(obj)}
@@ -217,8 +219,9 @@ def override(obj: Any, changes: dict, where: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             updates[key] = override(current, value, path)
         else:
-            coerced = _coerce(value, hints[key], path)
-            _check_range(coerced, fields[key], path)
+            shown = named(key) if named else path
+            coerced = _coerce(value, hints[key], shown)
+            _check_range(coerced, fields[key], shown)
             updates[key] = coerced
     return dataclasses.replace(obj, **updates)
 

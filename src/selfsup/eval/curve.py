@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import load_yaml
 from ..console import option, plural, protocol_options_in, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
 from .data import Setup, check_options, prepare
-from .protocols import (DEFAULT_VAL_FRACTION, checked_protocol_options, finetune_protocol, knn_protocol,
-                        linear_protocol, protocol_keywords, setting_defaults)
+from .finetune import finetune_option
+from .protocols import (DEFAULT_VAL_FRACTION, VIT_ONLY_FINETUNE_SETTINGS, checked_protocol_options, finetune_protocol,
+                        for_other_kind, knn_protocol, linear_protocol, protocol_keywords, setting_defaults)
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result, run_folder
 from .subsets import Budget, make_split
 
@@ -46,12 +48,13 @@ def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, pro
         raise UserError(f"{option('seeds')} must be at least 1, got {seeds}")
     # From Python, a message names a protocol's option as the key of protocol_options it is.
     with removed_if_left_empty(_plot_path(out).parent), protocol_options_in("protocol_options"):
-        protocol_options = checked_protocol_options(protocol, protocol_options or {})  # before any image is read
+        protocol_options, tuned = _finetune_settings_read(protocol, protocol_options or {})
+        protocol_options = checked_protocol_options(protocol, protocol_options)  # before any image is read
         output_file(_plot_path(out))  # before the protocols run, not after
         budgets = [Budget(per_class=k) for k in per_class] if per_class else \
             [Budget(fraction=f, fraction_keyword="fractions") for f in (fractions or DEFAULT_FRACTIONS)]
         lines, setup, runs = _curve_lines(checkpoints, train, test, data, protocol, budgets, seeds,
-                                          protocol_options, options)
+                                          protocol_options, options, tuned)
         settings = {k: runs[0][k] for k in setting_defaults(protocol) if k in runs[0]}  # the same for every point
         result = {"protocol": "curve", "curve_protocol": protocol, "seeds": seeds, "test_images": len(setup.test),
                   "classes": len(setup.test.classes), "train_data": data_name(setup.train.source),
@@ -72,13 +75,39 @@ def _refuse_protocol_keywords(protocol: str, options: dict) -> None:
                             f"protocol_options={{{name!r}: {options[name]!r}}}, not {name}=")
 
 
+def _finetune_settings_read(protocol: str, protocol_options: dict) -> tuple[dict, set[str]]:
+    """(`protocol_options` with a fine-tuning config's YAML file read into a dict, the fine-tuning
+    options it sets): an option that some encoders of the curve ignore is warned of."""
+    config = protocol_options.get("config") if protocol == "finetune" else None
+    if isinstance(config, (str, Path)):  # read once, here: its keys are the options set
+        config = load_yaml(config)
+        protocol_options = {**protocol_options, "config": config}
+    return protocol_options, set(config) if isinstance(config, dict) else set()
+
+
+def _warn_of_settings_ignored(ignored_by: dict[str, list[str]]) -> None:
+    """One warning for the curve: a curve may mix ViTs and CNNs, so a fine-tuning option of one
+    kind is not refused (as evaluate_finetune does), but the encoders it does not apply to are named."""
+    if not ignored_by:
+        return
+    said = []
+    for name, encoders in ignored_by.items():
+        kind = "ViT encoders" if name in VIT_ONLY_FINETUNE_SETTINGS else \
+            f"CNN encoders (and ViTs with {finetune_option('layer_decay', 1)})"
+        said.append(f"{finetune_option(name)} is for {kind}; {' and '.join(encoders)} "
+                    f"{'is' if len(encoders) == 1 else 'are'} fine-tuned without it")
+    warn("; ".join(said))
+
+
 def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Budget], seeds: int,
-                 protocol_options: dict, options: dict) -> tuple[list[dict], Setup, list[dict]]:
-    """Each encoder's line of points (in the order given), the last encoder's setup and results."""
+                 protocol_options: dict, options: dict, tuned: set[str]) -> tuple[list[dict], Setup, list[dict]]:
+    """Each encoder's line of points (in the order given), the last encoder's setup and results.
+    `tuned`: the fine-tuning options given, to warn of those an encoder does not use."""
     specs = [str(s) for s in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
     # Runs first: their image size is the one a random: baseline should be drawn at (not 224).
     order = sorted(range(len(specs)), key=lambda i: specs[i].startswith("random:"))
     lines, setup, run_sizes, run_bands = [None] * len(specs), None, set(), set()
+    ignored_by: dict[str, list[str]] = {}  # a fine-tuning option: the encoders that do not use it
     for i in order:
         spec, spec_options = specs[i], dict(options)
         is_run = not spec.startswith(("random:", "weights:"))
@@ -92,6 +121,8 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
         setup = prepare(spec, train, test, data, **spec_options)
         if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
             _check_budgets(setup, budgets, protocol, protocol_options)
+        for name in for_other_kind(tuned, setup.encoder, protocol_options["config"]) if tuned else ():
+            ignored_by.setdefault(name, []).append(setup.encoder.description)
         if is_run:
             run_sizes.add(setup.encoder.image_size)
             run_bands.add(setup.encoder.bands)
@@ -103,6 +134,7 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
                     **checkpoint_identity(setup.encoder), **_run_dir(spec), **data_digests(setup),
                     "points": [{k: r[k] for k in POINT_KEYS if k in r} for r in runs]}  # top-5: > 5 classes
+    _warn_of_settings_ignored(ignored_by)
     return lines, setup, runs
 
 

@@ -28,7 +28,8 @@ from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result
 from .retrieval import mean_average_precision, precision_at_k, retrieve
 from .stats import summarise
-from .subsets import Budget, Split, listed_split, make_split, save_split, split_sha256, warn_of_unused_labels
+from .subsets import (Budget, Split, check_val_fraction, listed_split, make_split, save_split, split_sha256,
+                      warn_of_unused_labels)
 
 DEFAULT_VAL_FRACTION = 0.1
 KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
@@ -64,25 +65,31 @@ class Ranges:
     batch_size: int = ranged(1024, 1, None)
 
 
-def _values(protocol: str, name: str, value) -> tuple:
-    """`value`, one or several, as a tuple of checked values (an error names `protocol.name`)."""
+def _checked(options: dict, named=protocol_option) -> Ranges:
+    """`options` (Ranges' names) checked; an error names the option as the user gave it (`--lr`,
+    `lr=`, a curve's `protocol_options['lr']`), not the config path `linear.lr` they never typed."""
+    return override(Ranges(), options, named=named)
+
+
+def _values(name: str, value, named=protocol_option) -> tuple:
+    """`value`, one or several, as a tuple of checked values of the option `name`."""
     values = tuple(np.atleast_1d(value).tolist())
     if not values:
-        raise UserError(f"{protocol}.{name} needs at least one value")
+        raise UserError(f"{named(name)} needs at least one value")
     for v in values:
-        override(Ranges(), {name: v}, protocol)
+        _checked({name: v}, named)
     return values
 
 
 def _knn_options(k, temperature: float) -> tuple[tuple[int, ...], float]:
     """(the k, one or several, the last the headline; the temperature), checked."""
-    return _values("knn", "k", k), override(Ranges(), {"temperature": temperature}, "knn").temperature
+    return _values("k", k), _checked({"temperature": temperature}).temperature
 
 
 def _linear_options(lr, weight_decay, epochs: int, batch_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(learning rates, weight decays), each one or a grid, checked with the epochs and batch size."""
-    override(Ranges(), {"epochs": epochs, "batch_size": batch_size}, "linear")
-    return _values("linear", "lr", lr), _values("linear", "weight_decay", weight_decay)
+    _checked({"epochs": epochs, "batch_size": batch_size})
+    return _values("lr", lr), _values("weight_decay", weight_decay)
 
 
 def _finetune_options(config: FinetuneConfig | dict | str | Path | None) -> FinetuneConfig:
@@ -94,7 +101,7 @@ def _finetune_options(config: FinetuneConfig | dict | str | Path | None) -> Fine
     if config is not None and not isinstance(config, dict):
         raise UserError(f"{protocol_option('config')} takes a dict of fine-tuning options, a YAML file of them or a "
                         f"FinetuneConfig, got {type(config).__name__}")
-    return override(FinetuneConfig(), dict(config or {}), "finetune")
+    return override(FinetuneConfig(), dict(config or {}), "finetune", named=finetune_option)
 
 
 def protocol_keywords(protocol: str) -> dict:
@@ -118,6 +125,8 @@ def checked_protocol_options(protocol: str, options: dict) -> dict:
                 f"{nearest(name, takes)}; it takes {', '.join(takes)}"
             raise UserError(f"the {protocol} protocol takes no {protocol_option(name)}{where}")
     given = {**takes, **options}
+    if "val_fraction" in given:
+        check_val_fraction(given["val_fraction"])
     if protocol == "knn":
         _knn_options(given["k"], given["temperature"])
     elif protocol == "linear":
@@ -127,24 +136,32 @@ def checked_protocol_options(protocol: str, options: dict) -> dict:
     return options
 
 
+def for_other_kind(given: set[str], encoder, config: FinetuneConfig) -> list[str]:
+    """The fine-tuning options in `given` that `encoder` would ignore: ViTs' own on a CNN, the
+    encoder's rate ratio on a ViT fine-tuned with layer-wise decay."""
+    if encoder.backbone.kind != "vit":
+        return sorted(given & set(VIT_ONLY_FINETUNE_SETTINGS))
+    return ["encoder_lr_ratio"] if "encoder_lr_ratio" in given and config.layer_decay < 1 else []
+
+
 def _refuse_other_kind(given: set[str], encoder, config: FinetuneConfig) -> None:
     """A fine-tuning option set for the other kind of encoder would be ignored: refused."""
-    flag = {name: finetune_option(name) for name in given}
-    vit_only = sorted(given & set(VIT_ONLY_FINETUNE_SETTINGS))
-    if encoder.backbone.kind != "vit" and vit_only:
-        raise UserError(f"{flag[vit_only[0]]} is for ViT encoders and this one is a CNN ({encoder.description}), "
-                        f"whose encoder learns at {finetune_option('encoder_lr_ratio')} times the head's rate; leave "
-                        f"{flag[vit_only[0]]} out")
-    if encoder.backbone.kind == "vit" and "encoder_lr_ratio" in given and config.layer_decay < 1:
-        raise UserError(f"{finetune_option('encoder_lr_ratio')} is for CNN encoders; a ViT is fine-tuned with "
-                        f"layer-wise decay ({finetune_option('layer_decay', config.layer_decay)}): leave it "
-                        f"out, or add {finetune_option('layer_decay', 1)} to train every block at that ratio")
+    ignored = for_other_kind(given, encoder, config)
+    if not ignored:
+        return
+    if encoder.backbone.kind != "vit":
+        flag = finetune_option(ignored[0])
+        raise UserError(f"{flag} is for ViT encoders and this one is a CNN ({encoder.description}), whose encoder "
+                        f"learns at {finetune_option('encoder_lr_ratio')} times the head's rate; leave {flag} out")
+    raise UserError(f"{finetune_option('encoder_lr_ratio')} is for CNN encoders; a ViT is fine-tuned with "
+                    f"layer-wise decay ({finetune_option('layer_decay', config.layer_decay)}): leave it "
+                    f"out, or add {finetune_option('layer_decay', 1)} to train every block at that ratio")
 
 
 def _retrieval_options(ks, out) -> tuple[tuple[int, ...], Path | None]:
     """(the ranks of precision@k, one or several; the neighbours file or None), checked: the
     file, that it can be written."""
-    return _values("retrieval", "k", ks), None if out is None else output_file(out)
+    return _values("k", ks, named=lambda name: option(name, python="ks")), None if out is None else output_file(out)
 
 
 def reveal_test_labels(setup: Setup) -> torch.Tensor:
@@ -350,6 +367,7 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
     """Top-1/top-5 of a linear probe on frozen features (lr and weight decay: a value or a grid
     searched on the validation split)."""
     _linear_options(lr, weight_decay, epochs, batch_size)  # before any image is read
+    check_val_fraction(val_fraction)
     check_options("evaluate_linear", options)
     setup = prepare(checkpoint, train, test, data, **options)
     result = linear_protocol(setup, Budget(fraction, per_class, subset), seeds, val_fraction, lr, weight_decay,
@@ -368,6 +386,7 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
         config = load_yaml(config)
     given = set(config) if isinstance(config, dict) else set()
     config = _finetune_options(config)  # before any image is read
+    check_val_fraction(val_fraction)
     check_options("evaluate_finetune", options)
     setup = prepare(checkpoint, train, test, data, check_encoder=lambda e: _refuse_other_kind(given, e, config),
                     **options)

@@ -102,10 +102,14 @@ def _subset_count(n: int, pool: int, budget: Budget, class_name: str, val: int) 
     return k
 
 
-def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int, val_fraction: float) -> Split:
-    """The labelled subset and validation split for `seed` (see the module's docstring)."""
+def check_val_fraction(val_fraction: float) -> None:
     if not 0 <= val_fraction <= 0.5:
         raise UserError(f"{protocol_option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
+
+
+def make_split(labels: np.ndarray, classes: list[str], budget: Budget, seed: int, val_fraction: float) -> Split:
+    """The labelled subset and validation split for `seed` (see the module's docstring)."""
+    check_val_fraction(val_fraction)
     train, val = [], []
     for c, order in enumerate(class_orders(labels, len(classes), seed)):
         n = len(order)
@@ -122,8 +126,7 @@ def listed_split(cache: ImageCache, budget: Budget, seed: int, val_fraction: flo
     except in a subset JSON that eval saved, whose own validation images are taken as they are,
     and whose seed is the split's (a probe seeds its generator with it: one seed of --seeds N,
     rerun from its file, gives that seed's figure)."""
-    if not 0 <= val_fraction <= 0.5:
-        raise UserError(f"{protocol_option('val_fraction')} must lie in [0, 0.5], got {val_fraction}")
+    check_val_fraction(val_fraction)
 
     def rows(names: list[str]) -> np.ndarray:
         return np.array(rows_of_names(cache.names, names, repr(cache.source), "train", "subset"), dtype=np.int64)
