@@ -209,7 +209,7 @@ def test_a_weights_baseline_records_its_files_sha256(split_folder, tmp_path, mon
         assert result["weights_file_sha256"] == digests[-1] and "init_seed" not in result
     assert digests[0] != digests[1]
     assert checkpoint_identity(load_encoder(f"weights:{file}", image_size=16, backbone="resnet18")) == \
-        {"weights_file_sha256": digests[1]}
+        {"weights_file_sha256": digests[1], "encoder_weights_sha256": result["encoder_weights_sha256"]}
     curve = label_efficiency_curve(f"weights:{file}", protocol="knn", per_class=(2,), seeds=1,
                                    out=tmp_path / "c.png", **common)
     assert curve["lines"][0]["weights_file_sha256"] == digests[1]

@@ -506,3 +506,23 @@ def test_a_random_encoder_is_exported_at_the_size_given_and_without_one_says_it_
                                         r"size it was trained at: leave it out$"):
         selfsup.export_encoder(runs["resnet18"], tmp_path / "run.safetensors", image_size=32)
     assert not (tmp_path / "run.safetensors").exists()
+
+
+def test_an_exported_encoder_evaluated_as_weights_has_its_checkpoints_weights_sha256(trained, tmp_path):
+    """A weights: record held only its file's SHA-256, which no checkpoint's record holds: a run's
+    export evaluated as weights:FILE could not be matched with the run. Both records hold the
+    SHA-256 of the weights evaluated, equal for the two and not for another file."""
+    from selfsup.eval import evaluate_knn
+
+    data, runs = trained
+    exported, other = tmp_path / "encoder.safetensors", tmp_path / "other.safetensors"
+    selfsup.export_encoder(runs["resnet18"], exported)
+    selfsup.export_encoder("random:resnet18", other, image_size=16, small_stem=True)
+    common = dict(train=data, test=data, k=3, device="cpu", show_progress=False, record=False)
+    of_checkpoint = evaluate_knn(str(runs["resnet18"]), **common)
+    of_export = evaluate_knn(f"weights:{exported}", **common)
+    of_other = evaluate_knn(f"weights:{other}", **common)
+    assert "checkpoint_sha256" in of_checkpoint and "weights_file_sha256" in of_export
+    assert of_export["encoder_weights_sha256"] == of_checkpoint["encoder_weights_sha256"]
+    assert of_other["encoder_weights_sha256"] != of_checkpoint["encoder_weights_sha256"]
+    assert of_export["top1"] == of_checkpoint["top1"]

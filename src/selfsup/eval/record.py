@@ -54,11 +54,13 @@ def checkpoint_identity(encoder) -> dict:
     (epoch, batch, step), which the report shows, and the pixels' SHA-256 of the images it was
     pretrained on. A random: baseline's seed and weights' SHA-256 (which also change with the
     torch or timm that drew them); a weights: baseline's file's SHA-256 (the same file under any
-    name, and not a file replaced under the same name)."""
+    name, and not a file replaced under the same name). Each holds the SHA-256 of the weights
+    evaluated, so a run's exported encoder, evaluated as weights:FILE, matches its checkpoint."""
     if encoder.init_seed is not None:
         return {"init_seed": encoder.init_seed, "encoder_weights_sha256": weights_sha256(encoder.backbone)}
     if encoder.weights_file_sha256 is not None:
-        return {"weights_file_sha256": encoder.weights_file_sha256}
+        return {"weights_file_sha256": encoder.weights_file_sha256,
+                "encoder_weights_sha256": weights_sha256(encoder.backbone)}
     if encoder.checkpoint is None:
         return {}
     return {"checkpoint_sha256": encoder.checkpoint["sha256"], "checkpoint_position": encoder.checkpoint["position"],
