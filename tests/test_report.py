@@ -504,8 +504,55 @@ def test_baselines_of_other_seeds_or_files_are_other_rows_and_one_draw_is_one_ro
     assert [(r[0], r[2], r[column]) for r in rows[1:]] == [
         ("random:resnet18 (random initialisation, seed 0)", "resnet18", 0.11),  # the latest of the one draw
         ("random:resnet18 (random initialisation, seed 1)", "resnet18", 0.12),
-        ("resnet18 weights (w.safetensors), file sha256 ffffffff", None, 0.50),
-        ("resnet18 weights (w.safetensors), file sha256 gggggggg", None, 0.60)]
+        ("resnet18 weights (w.safetensors), file sha256 ffffffff", "resnet18", 0.50),
+        ("resnet18 weights (w.safetensors), file sha256 gggggggg", "resnet18", 0.60)]
+
+
+def test_baselines_of_one_name_are_named_by_what_differs_and_one_file_under_two_paths_is_one_row(tmp_path):
+    """Two rows of one name were told apart by a digest only: random: draws at two image sizes or
+    with other bands had the same weights' digest and so the same name, and one file under two
+    paths had the same file digest. Each is now named by what differs; a file whose lines hold
+    the network's weights' digest is one row under any path, and an older line's keeps its path."""
+    from selfsup.report.tables import comparison_rows
+
+    data = {"test_data": "/d/test", "train_data": "/d/train"}
+
+    def line(spec, top1, size=32, **identity):
+        encoder = "random:resnet18 (random initialisation, seed 0)" if spec.startswith("random:") else \
+            "resnet18 weights (w.safetensors)"
+        return {"encoder": encoder, "checkpoint": spec, "image_size": size, **identity,
+                "points": [{"budget": "1 per class", "top1": top1, "seeds": 1}]}
+
+    def curve(time, *lines):
+        return {"protocol": "curve", "curve_protocol": "linear", "seeds": 1, "time": time, "checkpoint": "x",
+                "lines": list(lines), **data}
+
+    drawn = dict(init_seed=0, encoder_weights_sha256="r" * 64)
+    fake_run(tmp_path / "a", [curve("2026-01-01T00:00:00", line("random:resnet18", 0.10, **drawn),
+                                    line("random:resnet18", 0.11, size=64, **drawn),
+                                    line("random:resnet18", 0.12, bands=[4, 3, 2], **drawn),
+                                    line("weights:/a/w.safetensors", 0.50, weights_file_sha256="f" * 64),
+                                    line("weights:/b/w.safetensors", 0.51, weights_file_sha256="f" * 64))])
+    _, rows = comparison_rows([tmp_path / "a"], ["a"])
+    assert [r[0] for r in rows[1:]] == [
+        "random:resnet18 (random initialisation, seed 0), at 32 px, bands 1,2,3",
+        "random:resnet18 (random initialisation, seed 0), at 64 px, bands 1,2,3",
+        "random:resnet18 (random initialisation, seed 0), at 32 px, bands 4,3,2",
+        "resnet18 weights (w.safetensors), weights:/a/w.safetensors",  # how each path was loaded is not known
+        "resnet18 weights (w.safetensors), weights:/b/w.safetensors"]
+
+    loaded = dict(weights_file_sha256="f" * 64, encoder_weights_sha256="e" * 64)
+    fake_run(tmp_path / "b", [curve("2026-01-01T00:00:00", line("weights:/a/w.safetensors", 0.50, **loaded),
+                                    line("weights:/a/w.safetensors", 0.40, size=64, **loaded)),
+                              curve("2026-01-02T00:00:00", line("weights:/b/w.safetensors", 0.52, **loaded),
+                                    line("weights:/b/w.safetensors", 0.30, weights_file_sha256="f" * 64,
+                                         encoder_weights_sha256="s" * 64))])  # loaded with another stem
+    headers, rows = comparison_rows([tmp_path / "b"], ["b"])
+    column = headers.index("linear (1 per class, 32 px) on /d/test")
+    assert [(r[0], r[column]) for r in rows[1:]] == [
+        ("resnet18 weights (w.safetensors), at 32 px, weights sha256 eeeeeeee", 0.52),  # the latest, of /b
+        ("resnet18 weights (w.safetensors), at 64 px, weights sha256 eeeeeeee", None),
+        ("resnet18 weights (w.safetensors), at 32 px, weights sha256 ssssssss", 0.30)]
 
 
 def test_the_report_draws_the_latest_curve_of_each_protocol_and_settings_of_the_current_checkpoint():

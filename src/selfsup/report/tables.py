@@ -227,39 +227,92 @@ def _points(curve: dict, line: dict) -> list[dict]:
 def _baseline_rows(found: list[tuple[dict, dict]], keys: list[str]) -> list[tuple[str, dict, dict]]:
     """(name, facts, latest figure per column) of each random: or weights: encoder in the runs'
     curves: one row per baseline (see `_baseline_key`), the latest figure of each column from
-    whichever run's curve holds it; two rows of one name are told apart by their weights' digest."""
-    from ..encoder import random_spec
-
-    rows: dict[tuple, tuple[str, dict, dict]] = {}
+    whichever run's curve holds it; rows of one name are told apart by what differs (see `_told_apart`)."""
+    rows: dict[BaselineKey, tuple[str, dict, dict]] = {}
     for curve, line in sorted(found, key=lambda f: f[0].get("time", "")):
-        spec = line["checkpoint"]
+        spec, key = line["checkpoint"], _baseline_key(line)
         facts = {**dict.fromkeys(keys), "method": "random init" if spec.startswith("random:") else "weights",
-                 "backbone": random_spec(spec)[0] if spec.startswith("random:") else None,
-                 "image size": line.get("image_size")}
-        name, _, latest = rows.setdefault(_baseline_key(line), (line.get("encoder", spec), facts, {}))
+                 "backbone": key.backbone, "image size": line.get("image_size")}
+        _, _, latest = rows.setdefault(key, (line.get("encoder", spec), facts, {}))
         latest.update({_column(r): r for r in _points(curve, line) if _headline(r) is not None})
-    names = [name for name, _, _ in rows.values()]
-    return [(name if names.count(name) == 1 else f"{name}, {_digest_named(key)}", facts, latest)
-            for key, (name, facts, latest) in rows.items()]
+    named = [(key, name) for key, (name, _, _) in rows.items()]
+    return [(_told_apart(key, name, named), facts, latest) for key, (name, facts, latest) in rows.items()]
 
 
-def _baseline_key(line: dict) -> tuple:
+class BaselineKey(NamedTuple):
+    """What one baseline is (see `_baseline_key`)."""
+    encoder: str | None  # random:NAME, or the weights: spec; None: a weights file known under any path by its digests
+    backbone: str | None
+    init_seed: int | None
+    image_size: int | None
+    bands: tuple[int, ...]
+    weights_sha256: str | None  # of the network evaluated (None: a record made before it was kept)
+    file_sha256: str | None  # a weights: file's
+
+
+def _baseline_key(line: dict) -> BaselineKey:
     """What one baseline is: a random: one's backbone and seed (random:resnet18 and
     random:resnet18@seed=0 are one draw), a weights: one's file and its SHA-256 (a file replaced
     under the same name is another baseline), and for both the image size, the bands and the
-    weights' SHA-256 (the same seed draws other weights with another torch or timm)."""
+    weights' SHA-256 (the same seed draws other weights with another torch or timm). A weights:
+    file is one baseline under any path where its line holds the network's weights' SHA-256 too,
+    which changes with the backbone's layers (--small-stem, a ViT's patch size); an older line,
+    without it, cannot tell how the file was loaded, and keeps its path."""
     from ..encoder import random_spec
 
     spec = line["checkpoint"]
-    encoder = f"random:{random_spec(spec)[0]}" if spec.startswith("random:") else spec
-    return (encoder, line.get("init_seed"), line.get("image_size"), tuple(line.get("bands") or ()),
-            line.get("encoder_weights_sha256"), line.get("weights_file_sha256"))
+    weights, file = line.get("encoder_weights_sha256"), line.get("weights_file_sha256")
+    if spec.startswith("random:"):
+        backbone = random_spec(spec)[0]
+        encoder = f"random:{backbone}"
+    else:
+        backbone = _weights_backbone(line)
+        encoder = None if weights and file else spec
+    return BaselineKey(encoder, backbone, line.get("init_seed"), line.get("image_size"),
+                       tuple(line.get("bands") or ()), weights, file)
 
 
-def _digest_named(key: tuple) -> str:
-    """The digest that tells a baseline from another of its name: its file's, else its weights'."""
-    weights, file = key[-2:]
-    return f"file sha256 {file[:8]}" if file else f"weights sha256 {(weights or '?')[:8]}"
+def _weights_backbone(line: dict) -> str | None:
+    """The backbone a weights: line's encoder was loaded as, from its name: 'resnet18 weights (w.safetensors)'."""
+    backbone, loaded, _ = line.get("encoder", "").partition(" weights (")
+    return backbone if loaded else None
+
+
+# What tells apart baselines of one name, in the order shown; the seed and the backbone, which
+# the name holds, only where all these leave two alike (a line of a record made before the seed was kept).
+_TOLD_BY = ("encoder", "image_size", "bands", "file_sha256", "weights_sha256")
+_TOLD_LAST_BY = ("init_seed", "backbone")
+
+
+def _told_apart(key: BaselineKey, name: str, named: list[tuple[BaselineKey, str]]) -> str:
+    """The baseline's name, followed, where other rows have the same name, by what differs: 'at 32
+    px', 'bands 4,3,2', its path, its file's or its weights' SHA-256. Each field of the key that
+    differs is shown, so two rows are never named alike."""
+    rivals = [k for k, n in named if n == name]
+    if len(rivals) == 1:
+        return name
+    fields = [f for f in _TOLD_BY if len({getattr(k, f) for k in rivals}) > 1]
+    if len({tuple(getattr(k, f) for f in fields) for k in rivals}) < len(rivals):
+        fields += [f for f in _TOLD_LAST_BY if len({getattr(k, f) for k in rivals}) > 1]
+    shown = (_field_named(f, getattr(key, f)) for f in fields)
+    return ", ".join([name, *(text for text in shown if text)])
+
+
+def _field_named(field: str, value) -> str:
+    """A field of a baseline's key for a person: one text per value (a weights file known under any
+    path shows none)."""
+    if field == "encoder":
+        return value or ""
+    if field == "image_size":
+        return f"at {value} px" if value else "image size not recorded"
+    if field == "bands":
+        return f"bands {','.join(map(str, value))}" if value else "bands 1,2,3"  # the default: the first three
+    if field == "init_seed":
+        return f"seed {value}" if value is not None else "seed not recorded"
+    if field == "backbone":
+        return f"backbone {value}" if value else "backbone not recorded"
+    kind = "file" if field == "file_sha256" else "weights"
+    return f"{kind} sha256 {value[:8]}" if value else f"{kind} sha256 not recorded"
 
 
 def _section(cfg: dict, name: str) -> dict:
