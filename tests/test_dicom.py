@@ -871,6 +871,46 @@ def test_dicom_files_without_a_suffix_are_found_by_their_mark(tmp_path):
     assert open_file_or_source(folder / "series1" / "IM0001").names == ["IM0001"]
 
 
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_dicom_files_without_a_suffix_in_a_tar_are_found_by_their_mark_in_the_one_listing_pass(
+        tmp_path, monkeypatch, suffix):
+    """In a tar as in a folder: the first bytes of each member without a suffix are looked at while
+    the archive is listed (no second pass), and the same files give the same names and pixels."""
+    import tarfile
+
+    import selfsup.data.sources as sources_module
+    from selfsup.data.cache import dicom_display_key
+
+    folder = tmp_path / "export"
+    (folder / "series1").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("IM0001", "1.2.840.113619.2.55.3.7", "slice.dcm"):
+        stored = rng.integers(0, 4096, size=(20, 20)).astype(np.uint16)
+        (folder / "series1" / name).write_bytes(dicom_bytes(stored, bits_stored=12))
+    (folder / "series1" / "IM0002").write_bytes(without_preamble(dicom_bytes(stored, bits_stored=12), meta=False))
+    (folder / "DICOMDIR").write_bytes(dicom_bytes(stored, bits_stored=12))  # an index: no picture to take
+    (folder / ".IM0003").write_bytes(dicom_bytes(stored, bits_stored=12))  # hidden
+    (folder / "README").write_text("scans from the CT room " * 20)
+    (folder / "photo.png").write_bytes(png_bytes())
+    tar = tmp_path / f"export{suffix}"
+    with tarfile.open(tar, "w:gz" if suffix == ".tar.gz" else "w") as archive:
+        archive.add(folder, arcname="export")
+    opened = []
+    open_tar = sources_module._open_tar
+    monkeypatch.setattr(sources_module, "_open_tar", lambda path: opened.append(path) or open_tar(path))
+    from_tar = open_source(tar)
+    assert len(opened) == 1  # listed, the DICOM marks looked at, in one pass
+    from_folder = open_source(folder)
+    assert from_tar.names == from_folder.names == [
+        "photo.png", "series1/1.2.840.113619.2.55.3.7", "series1/IM0001", "series1/IM0002", "series1/slice.dcm"]
+    assert dicom_display_key(from_tar.names) == dicom_display_key(from_folder.names) != ""
+    cache = load_cache(from_tar, 16, tmp_path / "cache-tar", show_progress=False)
+    direct = load_cache(from_folder, 16, tmp_path / "cache-folder", show_progress=False)
+    assert cache.names == direct.names == from_folder.names and cache.skipped == direct.skipped == []
+    np.testing.assert_array_equal(np.asarray(cache.images), np.asarray(direct.images))
+    assert len(opened) == 2  # and read in one more
+
 def test_an_image_that_starts_as_a_bare_data_set_is_still_read_by_pillow():
     """A TGA with an 8-byte ID field starts 08 00 ..: a bare DICOM data set by its first bytes,
     which pydicom cannot read; it is an image all the same."""

@@ -39,8 +39,7 @@ def is_unnamed_dicom(path: Path) -> bool:
     a data set from its first byte, as older software wrote them): scanners and PACS exports name
     their files IM0001 or 1.2.840.113619.2.55... (a UID, whose dots are no suffix). DICOMDIR, the
     index of a DICOM folder, holds no picture."""
-    name = path.name
-    if name.startswith(".") or name.upper() == "DICOMDIR" or not without_suffix(name):
+    if not may_be_unnamed_dicom(path.name):
         return False
     try:
         status = path.stat()
@@ -50,6 +49,12 @@ def is_unnamed_dicom(path: Path) -> bool:
             return is_dicom_start(f.read(DICOM_MAGIC_AT + 4), status.st_size)
     except OSError:
         return False
+
+
+def may_be_unnamed_dicom(name: str) -> bool:
+    """Whether a file of this name (its last part) is looked into for a DICOM file's first bytes."""
+    name = name.rpartition("/")[2]
+    return not name.startswith(".") and name.upper() != "DICOMDIR" and without_suffix(name)
 
 
 def suffix_of(name: str) -> str:
@@ -255,7 +260,10 @@ def last_copies(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
-_TAR_LISTINGS: dict[tuple, tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int]]] = {}
+# (name, size) of the regular members, the other members' link targets, {name: copies} of names archived more than
+# once, the names without a suffix whose (last copy's) content is a DICOM file's.
+TarListing = tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int], frozenset[str]]
+_TAR_LISTINGS: dict[tuple, TarListing] = {}
 
 
 def _tar_members(path: Path) -> list[tuple[str, int]]:
@@ -270,22 +278,31 @@ def _tar_others(path: Path) -> dict[str, str | None]:
     return _tar_listing(path)[1]
 
 
-def _tar_listing(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int]]:
+def _tar_unnamed_dicoms(path: Path) -> frozenset[str]:
+    """The regular members without a suffix that are DICOM files by content (is_unnamed_dicom)."""
+    return _tar_listing(path)[3]
+
+
+def _tar_listing(path: Path) -> TarListing:
     key = _stat_key(path)
     if key not in _TAR_LISTINGS:
         _TAR_LISTINGS[key] = _read_tar_members(path)
     return _TAR_LISTINGS[key]
 
 
-def _read_tar_members(path: Path) -> tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int]]:
+def _read_tar_members(path: Path) -> TarListing:
     """(name, size) of each regular member, a name archived more than once at its last copy; the
-    other members' link targets; {name: copies} of the names archived more than once."""
-    out, others = [], {}
+    other members' link targets; {name: copies} of the names archived more than once; the members
+    without a suffix that are DICOM files, by their first bytes read in this same pass (a second
+    pass would decompress the whole archive again)."""
+    out, others, dicom = [], {}, {}
     try:
         with _open_tar(path) as tar:
             for member in tar:
                 if member.isfile():
                     out.append((_member_name(member), member.size))
+                    if may_be_unnamed_dicom(out[-1][0]):  # a later copy of the name overwrites: tar extracts it
+                        dicom[out[-1][0]] = _starts_as_dicom(tar, member)
                 elif not member.isdir():
                     others[_member_name(member)] = _link_target(member)
             # A damaged header ends a streamed tar early without an error; after a real end only
@@ -295,7 +312,13 @@ def _read_tar_members(path: Path) -> tuple[list[tuple[str, int]], dict[str, str 
                     raise tarfile.ReadError(f"its listing stops after {len(out):,} files, before the end")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{str(path)!r} is a damaged tar archive ({e}); re-create it or give a folder") from None
-    return _at_last_copies(path, out, others)
+    return *_at_last_copies(path, out, others), frozenset(name for name, is_dicom in dicom.items() if is_dicom)
+
+
+def _starts_as_dicom(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
+    """Whether the member being streamed starts as a DICOM file; the stream then skips its rest."""
+    handle = tar.extractfile(member)
+    return handle is not None and is_dicom_start(handle.read(DICOM_MAGIC_AT + 4), member.size)
 
 
 def _at_last_copies(path: Path, out: list[tuple[str, int]], others: dict[str, str | None]):
@@ -469,6 +492,8 @@ def _listing(path: Path, identities: dict | None = None
             digest.update(repr(sorted(links.items())).encode())
         if _tar_listing(path)[2]:  # a cache built before repeated names were read once held each copy
             digest.update(b"last copies")
+        if _tar_unnamed_dicoms(path):  # a cache built before they were found by content lacks them
+            digest.update(b"unnamed dicoms")
         return sorted(n[len(prefix):] for n in members), prefix, {None: digest.hexdigest()}, links
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
                     f"or a .txt list of image paths" + (" (put a single image in a folder of its own)"
@@ -478,19 +503,25 @@ def _listing(path: Path, identities: dict | None = None
 def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
     """(the image members of a tar, {link member: the regular member it reads}); links are
     followed as in a folder, and members that cannot be used (a link to nothing or in a loop, a
-    device, a name that is not UTF-8) are left out, said in one warning."""
-    files, others = _tar_members(path), _tar_others(path)
+    device, a name that is not UTF-8) are left out, said in one warning. Members without a suffix
+    are images where they are DICOM files by content, as in a folder (is_unnamed_dicom), a link
+    where the member it reads is."""
+    files, others, dicom = _tar_members(path), _tar_others(path), _tar_unnamed_dicoms(path)
     regular = {name for name, _ in files}
     members, links, left_out = [], {}, []
     # A name archived both as a file and as a link (a tar appended to) is listed once, as the file.
     for name in [name for name, _ in files] + [name for name in others if name not in regular]:
-        if not is_image_name(name) or any(_skipped_folder(part) for part in name.split("/")[:-1]):
+        unnamed = not is_image_name(name) and may_be_unnamed_dicom(name)
+        if not (is_image_name(name) or unnamed) or any(_skipped_folder(part) for part in name.split("/")[:-1]):
             continue
         why = unusable_name(name)
         if why is None and name in others:
             target, why = _linked_member(name, regular, others)
             if target is not None:
                 links[name] = target
+        if unnamed and links.get(name, name) not in dicom:  # not a DICOM file, nor one that cannot be read
+            links.pop(name, None)
+            continue
         if why is None:
             members.append(name)
         else:
