@@ -2,6 +2,7 @@
 import dataclasses
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -485,7 +486,9 @@ def test_bad_input(planted, tmp_path):
                show_progress=False)
     for option, value, bounds in [("k", 0, r"\[1, inf\]"), ("per_cluster", 0, r"\[1, inf\]"),
                                   ("clusters", -1, r"\[0, inf\]"), ("threshold", 1.5, r"\[-1.0, 1.0\]")]:
-        with pytest.raises(UserError, match=f"curate.{option} must be in {bounds}, got {value}"):
+        # From Python the field of config=CurateConfig(...) is named, not a config path (curate.k).
+        named = re.escape(f"{option} in config=CurateConfig(...)")
+        with pytest.raises(UserError, match=f"^{named} must be in {bounds}, got {value}"):
             curate(root / "pool", root / "seeds", "random:resnet18", tmp_path / "out", image_size=32,
                    config=CurateConfig(**{option: value}), show_progress=False)
     with pytest.raises(UserError, match=r"^exclude: data path .*nowhere' does not exist"):
@@ -585,7 +588,11 @@ def test_curate_through_the_cli_with_a_tar_pool(planted, tmp_path):
     listed = (tmp_path / "out" / "curated.txt").read_text().split()
     assert len(open_source(summary["outputs"]["data"]).names) == len(listed) == summary["retrieved"]
     common = ["--pool", pool_tar, "--seed-set", root / "seeds", "--checkpoint", "random:resnet18", "--no-progress"]
-    run("curate", *common, "--out", tmp_path / "bad", "--k", "0", check_error="curate.k must be in [1, inf], got 0")
+    run("curate", *common, "--out", tmp_path / "bad", "--k", "0", check_error="--k must be in [1, inf], got 0")
+    run("curate", *common, "--out", tmp_path / "bad", "--threshold", "2",
+        check_error="--threshold must be in [-1.0, 1.0], got 2.0")
+    run("curate", *common, "--out", tmp_path / "bad", "--per-cluster", "0",
+        check_error="--per-cluster must be in [1, inf], got 0")
     (tmp_path / "a-file").write_text("")
     run("curate", *common, "--out", tmp_path / "a-file" / "x", check_error="choose a writable --out")
 

@@ -246,18 +246,23 @@ def test_report_options_and_out_are_checked_before_the_work(tmp_path, monkeypatc
     run = fake_run(tmp_path / "run", [])
     monkeypatch.setattr(selfsup.report.build, "_run_section", lambda *a: pytest.fail("the work began"))
     (tmp_path / "file").write_text("")
-    for options, message in [(dict(queries=0), "report.queries must be in [1, inf], got 0"),
-                             (dict(queries=-2), "report.queries must be in [1, inf], got -2"),
-                             (dict(max_points=1), "report.max_points must be in [3, inf], got 1"),
-                             (dict(neighbours=0), "report.neighbours must be in [1, inf], got 0"),
+    # Named as given from Python (queries=), not by a config path (report.queries) no one typed.
+    for options, message in [(dict(queries=0), "^queries= must be in [1, inf], got 0"),
+                             (dict(queries=-2), "^queries= must be in [1, inf], got -2"),
+                             (dict(max_points=1), "^max_points= must be in [3, inf], got 1"),
+                             (dict(neighbours=0), "^neighbours= must be in [1, inf], got 0"),
+                             (dict(queries="6"), "^queries= must be int, got '6'"),
                              (dict(out=tmp_path / "r.txt"), "must end in .html, or name a folder"),
                              (dict(out=tmp_path / "file" / "r.html"), f"cannot create {str(tmp_path / 'file')!r}")]:
-        with pytest.raises(UserError, match=re.escape(message)):
+        anchored = message.startswith("^")  # the whole message, from its start
+        with pytest.raises(UserError, match="^" * anchored + re.escape(message.removeprefix("^"))):
             build_report([run], **{"out": tmp_path / "r.html", **options})
-    for args in (["--queries", "0"], ["--max-points", "0"], ["--out", str(tmp_path / "file" / "r.html")]):
+    for args, message in [(["--queries", "0"], "--queries must be in [1, inf], got 0"),
+                          (["--max-points", "0"], "--max-points must be in [3, inf], got 0"),
+                          (["--out", str(tmp_path / "file" / "r.html")], "cannot create")]:
         assert main(["report", str(run), "--out", str(tmp_path / "r.html"), *args]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("selfsup: error: "), err
+        assert len(err.splitlines()) == 1 and err.startswith(f"selfsup: error: {message}"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run"]  # nothing written, no temporary file
 
 

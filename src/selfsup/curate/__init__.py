@@ -51,8 +51,15 @@ class CurateConfig:
 
     @classmethod
     def checked(cls, **values) -> "CurateConfig":
-        """A config from `values`, each checked against its range (a UserError naming it)."""
-        return override(cls(), values, "curate")
+        """A config from `values`, each checked against its range (a UserError naming it as the user
+        gave it: the flag in a command, the field of `config=CurateConfig(...)` from Python)."""
+        return override(cls(), values, named=config_option)
+
+
+def config_option(name: str) -> str:
+    """A CurateConfig field as the reader sets it: `--k` in a command, `k in config=CurateConfig(...)`
+    from Python (where curate() takes the fields in its `config`, not as keywords)."""
+    return said_as("--" + name.replace("_", "-"), f"{name} in config=CurateConfig(...)")
 
 
 @dataclass
@@ -128,7 +135,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
     kept = np.array(sorted(set(range(len(pool_e.names))) - dropped - excluded), dtype=np.int64)
     if len(kept) == 0:
         raise UserError(f"every pool image was removed as a duplicate or excluded; lower "
-                        f"{said_as('--threshold', 'threshold in config=CurateConfig(...)')}")
+                        f"{config_option('threshold')}")
     similarities = kept_similarities(vectors["pool"], groups[:8])  # shown under the duplicates
     candidates = rows_to_front(vectors["pool"], kept)  # the pool's rows are no longer in order past here
     selected, per, rows = _retrieve(vectors["seed set"], candidates, kept, config)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import override, ranged
-from ..console import plural
+from ..console import option, plural
 from ..errors import UserError
 from ..outputs import atomic_path, named_output, output_file
 from . import figures, html
@@ -180,7 +180,9 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
     runs = [_check_run(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not runs:
         raise UserError("give at least one run folder")
-    counts = override(Ranges(), {"queries": queries, "neighbours": neighbours, "max_points": max_points}, "report")
+    # Named as typed (--queries, queries=), not by the config path report.queries the user never wrote.
+    counts = override(Ranges(), {"queries": queries, "neighbours": neighbours, "max_points": max_points},
+                      named=option)
     out = output_file(named_output(out, ".html", "report.html"))  # before the pictures are drawn, not after
     names = _names(runs)
     options = dict(device=device, cache_dir=cache_dir, show_progress=show_progress, **asdict(counts))
