@@ -379,15 +379,16 @@ def test_a_curve_names_an_option_out_of_range_as_given_before_any_image_is_read(
          "error: --lr must be in [0.0, inf], got -1.0"),
         ("knn", {"k": 0}, ["--k", 0], "protocol_options['k'] must be in [1, inf], got 0", "error: --k must be in"),
         ("finetune", {"config": {"freeze_stages": -1}}, ["--freeze-stages", -1],
-         "protocol_options['config']['freeze_stages'] must be in [0, inf], got -1", "error: --freeze-stages must be in"),
+         "protocol_options['config']['freeze_stages'] must be in [0, inf], got -1",
+         "error: --freeze-stages must be in"),
         ("linear", {"val_fraction": 0.9}, ["--val-fraction", 0.9],
          "protocol_options['val_fraction'] must lie in [0, 0.5], got 0.9", "error: --val-fraction must lie in"),
         ("finetune", {"val_fraction": -1}, ["--val-fraction", -1],
          "protocol_options['val_fraction'] must lie in [0, 0.5], got -1", "error: --val-fraction must lie in"),
     ]:
         with pytest.raises(UserError) as error:
-            label_efficiency_curve("random:resnet18", protocol=protocol, data=missing, protocol_options=protocol_options,
-                                   out=tmp_path / "c.png", **TINY)
+            label_efficiency_curve("random:resnet18", protocol=protocol, data=missing,
+                                   protocol_options=protocol_options, out=tmp_path / "c.png", **TINY)
         assert str(error.value) == in_python
         err = error_of(capsys, "curve", "--protocol", protocol, *flags, "--checkpoint", "random:resnet18",
                        "--data", missing, "--out", tmp_path / "c.png", "--no-progress", "--no-record")
@@ -415,8 +416,8 @@ def test_a_curve_warns_once_of_fine_tuning_options_some_of_its_encoders_do_not_u
                         f"without it; protocol_options['config']['encoder_lr_ratio'] is for CNN encoders (and ViTs "
                         f"with protocol_options={{'config': {{'layer_decay': 1}}}}); {vit} is fine-tuned without it"]
     assert main(["eval", "curve", "--protocol", "finetune", "--checkpoint", *both, "--layer-decay", "0.5",
-                 "--data", str(split_folder), "--per-class", "2", "--seeds", "1", "--image-size", "16", "--no-small-stem",
-                 "--device", "cpu", "--out", str(tmp_path / "c.png"), "--no-progress", "--no-record"]) == 0
+                 "--data", str(split_folder), "--per-class", "2", "--seeds", "1", "--image-size", "16",
+                 "--no-small-stem", "--device", "cpu", "--out", str(tmp_path / "c.png"), "--no-progress", "--no-record"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: --layer-decay is for ViT encoders; {cnn} is fine-tuned without it"]
     # Options that every encoder uses: no warning.
