@@ -417,7 +417,8 @@ def test_a_curve_warns_once_of_fine_tuning_options_some_of_its_encoders_do_not_u
                         f"with protocol_options={{'config': {{'layer_decay': 1}}}}); {vit} is fine-tuned without it"]
     assert main(["eval", "curve", "--protocol", "finetune", "--checkpoint", *both, "--layer-decay", "0.5",
                  "--data", str(split_folder), "--per-class", "2", "--seeds", "1", "--image-size", "16",
-                 "--no-small-stem", "--device", "cpu", "--out", str(tmp_path / "c.png"), "--no-progress", "--no-record"]) == 0
+                 "--no-small-stem", "--device", "cpu", "--out", str(tmp_path / "c.png"), "--no-progress",
+                 "--no-record"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: --layer-decay is for ViT encoders; {cnn} is fine-tuned without it"]
     # Options that every encoder uses: no warning.

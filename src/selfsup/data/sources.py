@@ -14,7 +14,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from ..console import option as console_option, path_option, plural, warn
 from ..errors import UserError
@@ -249,7 +249,7 @@ def last_copies(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """The regular members of the open tar at `path`, in archive order, each name's last copy only:
     a file archived again under its name (`tar -r` of a changed file) is extracted as its last
     copy, and listed once (_read_tar_members)."""
-    copies_to_come = dict(_tar_listing(path)[2])
+    copies_to_come = dict(_tar_listing(path).copies)
     for member in tar:
         if not member.isfile():
             continue
@@ -260,27 +260,21 @@ def last_copies(path: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
-# (name, size) of the regular members, the other members' link targets, {name: copies} of names archived more than
-# once, the names without a suffix whose (last copy's) content is a DICOM file's.
-TarListing = tuple[list[tuple[str, int]], dict[str, str | None], dict[str, int], frozenset[str]]
+class TarListing(NamedTuple):
+    """What one pass over a tar tells (_read_tar_members), remembered per (path, size, mtime), since
+    listing a compressed tar means decompressing all of it."""
+    files: list[tuple[str, int]]  # (name, size) of the regular members, a name archived twice at its last copy
+    others: dict[str, str | None]  # members neither files nor folders: the member each links to (None: a device)
+    copies: dict[str, int]  # {name: copies} of the names archived more than once
+    unnamed_dicoms: frozenset[str]  # names without a suffix whose (last copy's) content is a DICOM file's
+
+
 _TAR_LISTINGS: dict[tuple, TarListing] = {}
 
 
 def _tar_members(path: Path) -> list[tuple[str, int]]:
-    """(name, size) of every file in the archive; remembered per (path, size, mtime), since
-    listing a compressed tar means decompressing all of it."""
-    return _tar_listing(path)[0]
-
-
-def _tar_others(path: Path) -> dict[str, str | None]:
-    """{name: the member it links to, or None for a device or a pipe} of the archive's members
-    that are neither files nor folders."""
-    return _tar_listing(path)[1]
-
-
-def _tar_unnamed_dicoms(path: Path) -> frozenset[str]:
-    """The regular members without a suffix that are DICOM files by content (is_unnamed_dicom)."""
-    return _tar_listing(path)[3]
+    """(name, size) of every file in the archive."""
+    return _tar_listing(path).files
 
 
 def _tar_listing(path: Path) -> TarListing:
@@ -312,7 +306,7 @@ def _read_tar_members(path: Path) -> TarListing:
                     raise tarfile.ReadError(f"its listing stops after {len(out):,} files, before the end")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{str(path)!r} is a damaged tar archive ({e}); re-create it or give a folder") from None
-    return *_at_last_copies(path, out, others), frozenset(name for name, is_dicom in dicom.items() if is_dicom)
+    return TarListing(*_at_last_copies(path, out, others), frozenset(name for name, yes in dicom.items() if yes))
 
 
 def _starts_as_dicom(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
@@ -490,9 +484,9 @@ def _listing(path: Path, identities: dict | None = None
         digest.update(repr(_stat_key(path)).encode())
         if links:  # the images they add: a cache of the same archive listed without them is not this one
             digest.update(repr(sorted(links.items())).encode())
-        if _tar_listing(path)[2]:  # a cache built before repeated names were read once held each copy
+        if _tar_listing(path).copies:  # a cache built before repeated names were read once held each copy
             digest.update(b"last copies")
-        if _tar_unnamed_dicoms(path):  # a cache built before they were found by content lacks them
+        if _tar_listing(path).unnamed_dicoms:  # a cache built before they were found by content lacks them
             digest.update(b"unnamed dicoms")
         return sorted(n[len(prefix):] for n in members), prefix, {None: digest.hexdigest()}, links
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
@@ -506,7 +500,7 @@ def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
     device, a name that is not UTF-8) are left out, said in one warning. Members without a suffix
     are images where they are DICOM files by content, as in a folder (is_unnamed_dicom), a link
     where the member it reads is."""
-    files, others, dicom = _tar_members(path), _tar_others(path), _tar_unnamed_dicoms(path)
+    files, others, _, dicom = _tar_listing(path)
     regular = {name for name, _ in files}
     members, links, left_out = [], {}, []
     # A name archived both as a file and as a link (a tar appended to) is listed once, as the file.
