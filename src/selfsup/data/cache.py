@@ -41,7 +41,7 @@ from ..lazy import installed
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
 from .dicom import (DICOM_CODEC, DICOM_DISPLAY, DICOM_READER, FIRST_FRAME, SEGMENTED_PALETTE, codec_hint, decode_dicom,
                     dicom_readers, is_dicom, is_dicom_file_start, syntax_name)
-from .sources import SPLIT_NAMES, ImageSource, is_tar_path, suffix_of, without_suffix
+from .sources import DICOM_SUFFIXES, SPLIT_NAMES, ImageSource, is_tar_path, suffix_of, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
@@ -69,7 +69,6 @@ FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT, FIRST_BANDS = "first_page", "top_byte", "tiff
 FEW_BANDS = "few_bands"  # a TIFF that holds fewer bands than `bands` asks for: skipped
 NOT_TIFF = "not_tiff"  # an image `bands` does not apply to
 NOT_DICOM = "not_dicom"  # named as a DICOM file (.dcm), neither one by its content nor an image: skipped
-DICOM_SUFFIXES = (".dcm", ".dicom")
 Bands = tuple[int, ...] | None  # 1-based bands of a TIFF read as red, green, blue (or one as gray); None: 1, 2, 3
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 RGB_BANDS = 3

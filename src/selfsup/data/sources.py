@@ -21,8 +21,9 @@ from ..errors import UserError
 from ..outputs import os_reason
 from .dicom import DICOM_MAGIC_AT, is_dicom_start
 
+DICOM_SUFFIXES = (".dcm", ".dicom")  # DICOM, with pydicom (selfsup[dicom]): its first frame
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",  # a GIF: its first frame
-                  ".dcm", ".dicom"}  # DICOM, with pydicom (selfsup[dicom]): its first frame
+                  *DICOM_SUFFIXES}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
 SPLIT_NAMES = ("train", "val", "test")
 SKIPPED_FOLDERS = {"__MACOSX"}  # the resource forks macOS puts into archives; like hidden folders

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import load_yaml
 from ..console import option, plural, protocol_options_in, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
 from .data import Setup, check_options, prepare
 from .finetune import finetune_option
-from .protocols import (DEFAULT_VAL_FRACTION, VIT_ONLY_FINETUNE_SETTINGS, checked_protocol_options, finetune_protocol,
-                        for_other_kind, knn_protocol, linear_protocol, protocol_keywords, setting_defaults)
+from .protocols import (DEFAULT_VAL_FRACTION, VIT_ONLY_FINETUNE_SETTINGS, checked_protocol_options,
+                        finetune_config_read, finetune_protocol, for_other_kind, knn_protocol, linear_protocol,
+                        protocol_keywords, setting_defaults)
 from .record import bands_shown, checkpoint_identity, data_digests, data_name, record_result, run_folder
 from .subsets import Budget, make_split
 
@@ -78,11 +78,10 @@ def _refuse_protocol_keywords(protocol: str, options: dict) -> None:
 def _finetune_settings_read(protocol: str, protocol_options: dict) -> tuple[dict, set[str]]:
     """(`protocol_options` with a fine-tuning config's YAML file read into a dict, the fine-tuning
     options it sets): an option that some encoders of the curve ignore is warned of."""
-    config = protocol_options.get("config") if protocol == "finetune" else None
-    if isinstance(config, (str, Path)):  # read once, here: its keys are the options set
-        config = load_yaml(config)
-        protocol_options = {**protocol_options, "config": config}
-    return protocol_options, set(config) if isinstance(config, dict) else set()
+    if protocol != "finetune" or "config" not in protocol_options:
+        return protocol_options, set()
+    config, given = finetune_config_read(protocol_options["config"])  # read once, here
+    return {**protocol_options, "config": config}, given
 
 
 def _warn_of_settings_ignored(ignored_by: dict[str, list[str]]) -> None:

@@ -104,6 +104,14 @@ def _finetune_options(config: FinetuneConfig | dict | str | Path | None) -> Fine
     return override(FinetuneConfig(), dict(config or {}), "finetune", named=finetune_option)
 
 
+def finetune_config_read(config) -> tuple[FinetuneConfig | dict | None, set[str]]:
+    """(`config` with a YAML file read into its dict, the fine-tuning options it sets): those that a
+    CNN or a ViT ignores are refused by evaluate_finetune and warned of by a curve."""
+    if isinstance(config, (str, Path)):
+        config = load_yaml(config)
+    return config, set(config) if isinstance(config, dict) else set()
+
+
 def protocol_keywords(protocol: str) -> dict:
     """The options of the knn, linear or finetune protocol function (those after its setup, budget
     and seeds), with their defaults."""
@@ -382,9 +390,7 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
     """Top-1/top-5 after fine-tuning the whole encoder with a new head. `config`: a
     `FinetuneConfig`, a dict of its fields (epochs, lr, encoder_lr_ratio, freeze_stages, ...) or a
     YAML file of them."""
-    if isinstance(config, (str, Path)):
-        config = load_yaml(config)
-    given = set(config) if isinstance(config, dict) else set()
+    config, given = finetune_config_read(config)
     config = _finetune_options(config)  # before any image is read
     check_val_fraction(val_fraction)
     check_options("evaluate_finetune", options)
