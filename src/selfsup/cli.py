@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -112,6 +111,7 @@ def flags_to_config(values: dict) -> dict:
 
 def _pretrain(args) -> int:
     from .config import load_yaml, merge_dicts, parse_assignment
+    from .console import first_process, launched_by_torchrun
     from .train import run_pretraining
 
     user = load_yaml(args.config) if args.config else {}
@@ -123,7 +123,7 @@ def _pretrain(args) -> int:
         result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
     except (KeyboardInterrupt, RunStopped) as stop:
         out = Path(args.out).expanduser()
-        launcher = "torchrun --nproc-per-node N -m selfsup" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "selfsup"
+        launcher = "torchrun --nproc-per-node N -m selfsup" if launched_by_torchrun() else "selfsup"
         resume = f"{launcher} pretrain --out {out} --resume"
         saved = (out / "last.pt").is_file()
         if isinstance(stop, RunStopped):  # a signal asked it to stop: it did, after a checkpoint if any
@@ -133,8 +133,6 @@ def _pretrain(args) -> int:
                                 "nothing was saved yet: run the same command again") from None
     last = result.metrics[-1] if result.metrics else {}
     summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
-    from .console import first_process
-
     if first_process():  # under torchrun: one result, not one per process (the group is left by now)
         print(json.dumps(summary) if args.json else done_line(summary))
     return 0
@@ -536,12 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from .console import first_process  # imports tqdm: a Ctrl-C may land here too
+        from .console import first_process, launched_by_torchrun  # imports tqdm: a Ctrl-C may land here too
 
         provenance.COMMAND = ["selfsup", *(sys.argv[1:] if argv is None else argv)]  # for records and run.json
 
         args = build_parser().parse_args(argv)  # inside: commands import PyTorch, seconds a Ctrl-C may hit
-        if args.command != "pretrain" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if args.command != "pretrain" and launched_by_torchrun():
             if not first_process():
                 return 2
             raise UserError(f"selfsup {args.command} runs in one process: run it without torchrun "
@@ -552,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as e:  # under torchrun, a collective that lost the process which stopped
         from . import dist
-        if not (int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_peer_failure(e)):  # the group is left by now
+        from .console import launched_by_torchrun
+        if not (launched_by_torchrun() and dist.is_peer_failure(e)):  # not dist.is_distributed(): the group is left
             raise
         print("selfsup: error: another process of this torchrun job stopped (its message, if it had one, is "
               "above); fix what it says and launch again (with --resume if a checkpoint was written)",

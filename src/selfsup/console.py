@@ -23,6 +23,12 @@ def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process among others (its WORLD_SIZE, read without PyTorch,
+    and true still once the process group is left)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def said_as(command_line: str, python: str) -> str:
     """What a message names for the reader to type: the command line's words when a command runs,
     Python's when selfsup is called from Python (where a flag means nothing)."""

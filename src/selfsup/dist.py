@@ -11,6 +11,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as torch_dist
 
+from .console import launched_by_torchrun
 from .errors import UserError
 
 
@@ -94,7 +95,7 @@ def broadcast_from_first(x: torch.Tensor) -> torch.Tensor:
 def setup(device_name: str) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on
     CPUs. A no-op in a single process or when already joined. Whether it joined."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    if not launched_by_torchrun() or is_distributed():
         return False
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
