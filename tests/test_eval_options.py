@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from selfsup.cli import main
+from selfsup.console import warn
 from selfsup.data import load_cache, open_source
 from selfsup.encoder import load_encoder
 from selfsup.errors import UserError
@@ -405,11 +406,23 @@ def test_a_curve_warns_once_of_fine_tuning_options_some_of_its_encoders_do_not_u
                                                                                      monkeypatch):
     import selfsup.eval.curve as curve
 
-    monkeypatch.setattr(curve, "PROTOCOLS", {name: _fake_protocol for name in curve.PROTOCOLS})
+    events = []  # warnings and protocol runs, in the order they happen
+
+    def protocol_run(*args, **kwargs):
+        events.append("protocol")
+        return _fake_protocol(*args, **kwargs)
+
+    def warning(message):
+        events.append("warning")
+        warn(message)
+
+    monkeypatch.setattr(curve, "PROTOCOLS", {name: protocol_run for name in curve.PROTOCOLS})
+    monkeypatch.setattr(curve, "warn", warning)
     both = ["random:resnet18", "random:vit-tiny"]
     options = {**TINY, "data": split_folder, "out": tmp_path / "c.png", "per_class": (2,), "seeds": 1}
     result = label_efficiency_curve(both, protocol="finetune", **options,
                                     protocol_options={"config": {"layer_decay": 0.5, "encoder_lr_ratio": 0.5}})
+    assert events == ["warning", "protocol", "protocol"]  # said before the first encoder's protocol runs
     cnn, vit = (line["encoder"] for line in result["lines"])
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: protocol_options['config']['layer_decay'] is for ViT encoders; {cnn} is fine-tuned "

@@ -105,8 +105,10 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
     specs = [str(s) for s in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
     # Runs first: their image size is the one a random: baseline should be drawn at (not 224).
     order = sorted(range(len(specs)), key=lambda i: specs[i].startswith("random:"))
-    lines, setup, run_sizes, run_bands = [None] * len(specs), None, set(), set()
+    setups, run_sizes, run_bands = {}, set(), set()
     ignored_by: dict[str, list[str]] = {}  # a fine-tuning option: the encoders that do not use it
+    # Every encoder is loaded and its images read before any protocol runs, so what is wrong with
+    # one of them, or ignored by it, is said at the start of a curve that may take hours.
     for i in order:
         spec, spec_options = specs[i], dict(options)
         is_run = not spec.startswith(("random:", "weights:"))
@@ -117,7 +119,7 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
                 spec_options["image_size"] = _baseline_size(spec, run_sizes)
             if spec_options.get("bands") is None and len(run_bands) == 1:  # shown what the runs were
                 spec_options["bands"] = next(iter(run_bands))
-        setup = prepare(spec, train, test, data, **spec_options)
+        setup = setups[i] = prepare(spec, train, test, data, **spec_options)
         if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
             _check_budgets(setup, budgets, protocol, protocol_options)
         for name in for_other_kind(tuned, setup.encoder, protocol_options["config"]) if tuned else ():
@@ -125,15 +127,18 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
         if is_run:
             run_sizes.add(setup.encoder.image_size)
             run_bands.add(setup.encoder.bands)
+    _warn_of_settings_ignored(ignored_by)
+    lines = [None] * len(specs)
+    for i in order:
+        setup = setups[i]
         # kNN has no randomness of its own: with every label, one run is each seed's (said quietly
         # here, where the seeds are for the other budgets).
         runs = [PROTOCOLS[protocol](setup, budget, 1 if protocol == "knn" and budget.everything else seeds,
                                     **protocol_options) for budget in budgets]
         lines[i] = {"encoder": setup.encoder.description, "checkpoint": setup.spec,
                     "image_size": setup.encoder.image_size, **bands_shown(setup.encoder),
-                    **checkpoint_identity(setup.encoder), **_run_dir(spec), **data_digests(setup),
+                    **checkpoint_identity(setup.encoder), **_run_dir(specs[i]), **data_digests(setup),
                     "points": [{k: r[k] for k in POINT_KEYS if k in r} for r in runs]}  # top-5: > 5 classes
-    _warn_of_settings_ignored(ignored_by)
     return lines, setup, runs
 
 
