@@ -3,7 +3,7 @@ decoder, on the CPU and (when there is one) on the GPU with nvJPEG, at several i
 
 For each source size, --images synthetic photographs-like JPEGs (smooth colour fields with
 edges and noise, quality 90) are decoded and brought to the cache's working resolution
-(--size, shorter side resized then centre-cropped, as `selfsup.data.cache.fit_square` does).
+(--size, shorter side resized then centre-cropped, as `selfsup.data.decode.fit_square` does).
 Prints one JSON line per (source size, decoder): images/s, and the mean absolute difference in
 grey levels from the Pillow result (decoders and resamplers differ slightly; a large value
 would mean a wrong result, not a slower one).
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from selfsup.data.cache import decode_stream
+from selfsup.data.decode import decode_stream
 
 
 def synthetic_jpegs(count: int, side: int, seed: int = 0) -> list[bytes]:

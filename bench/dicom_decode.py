@@ -3,7 +3,7 @@
 A synthetic 12-bit CT slice (--side pixels square: a disc of tissue in air, with noise, stored as
 signed 16-bit samples with a rescale to Hounsfield units and a soft-tissue window) is written as
 DICOM, uncompressed and RLE Lossless, and for comparison as a 16-bit gray PNG and an 8-bit gray
-PNG of the same picture; each is decoded --images times by `selfsup.data.cache.decode_image` at the
+PNG of the same picture; each is decoded --images times by `selfsup.data.decode.decode_image` at the
 cache's working size (--size). Prints one JSON line per encoding: images/s and milliseconds per image.
 
     python bench/dicom_decode.py [--side 512] [--size 256] [--images 200]
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from selfsup.data.cache import decode_image
+from selfsup.data.decode import decode_image
 
 RLE = "1.2.840.10008.1.2.5"
 

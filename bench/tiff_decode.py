@@ -1,7 +1,7 @@
 """Decoding satellite-style tiles into the cache: how fast each TIFF layout decodes, in one process.
 
 Synthetic 12-bit tiles (--side pixels square, a smooth field with noise) are written in the layouts
-a practitioner meets, and each is decoded --images times by `selfsup.data.cache.decode_image` at the
+a practitioner meets, and each is decoded --images times by `selfsup.data.decode.decode_image` at the
 cache's working size (--size): an 8-bit RGB PNG (the baseline), a 16-bit RGB TIFF (Pillow, all 16
 bits read), and 4-band 16-bit tiles that Pillow cannot decode and tifffile reads (GDAL's pixel-
 interleaved layout, uncompressed and LZW; one plane per band; and the same with --bands 4,3,2).
@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from selfsup.data.cache import decode_image
+from selfsup.data.decode import decode_image
 
 
 def tile(rng: np.random.Generator, side: int, bands: int) -> np.ndarray:

@@ -199,14 +199,14 @@ def test_what_lies_under_transparent_pixels_does_not_set_a_16_bit_stretch():
 def test_a_fully_transparent_16_bit_image_is_white_not_skipped():
     """Nothing is seen, so nothing sets the stretch: no percentile of no pixels (an IndexError,
     which skipped the file as undecodable), but the background everywhere."""
-    from selfsup.data.cache import stretch_integers
+    from selfsup.data.stretch import stretch_integers
     hidden = np.concatenate([field_tile(np.random.default_rng(2)), np.zeros((16, 16, 1), np.int64)], axis=2)
     decoded = decode_image(png16(hidden), 16)
     assert decoded is not None and (decoded[0] == 255).all() and decoded[1]
     assert (stretch_integers(np.full((2, 2, 3), 5, np.uint16), np.zeros((2, 2), bool)) == 0).all()
 
 def test_16_bit_samples_pillow_reads_in_part_are_stretched_and_counted_in_a_warning(tmp_path, capsys):
-    from selfsup.data.cache import TOP_BYTE, decode_noting
+    from selfsup.data.decode import TOP_BYTE, decode_noting
     gray_alpha = np.stack([field_tile(np.random.default_rng(2))[..., 0], np.full((16, 16), 65535)], axis=2)
     (decoded, notes) = decode_noting(png16(gray_alpha), 16)  # gray with alpha: top bytes only
     top = (gray_alpha[..., 0] >> 8).astype(np.float64)
@@ -326,7 +326,7 @@ def test_tiffs_pillow_cannot_decode_are_read_by_tifffile_from_their_first_three_
         "lzw, 4 bands": lambda: (tifffile_bytes(tile, photometric="minisblack", planarconfig="contig",
                                                 compression="lzw"), tile),
     }[layout]()
-    from selfsup.data.cache import FIRST_BANDS, FIRST_PAGE, decode_noting
+    from selfsup.data.decode import FIRST_BANDS, FIRST_PAGE, decode_noting
     (out, gray, side), notes = decode_noting(data, 16)
     expected = stretched(np.asarray(first, np.float64)[..., :3])
     expected = np.repeat(expected, 3, axis=2) if expected.shape[2] == 1 else expected
@@ -408,7 +408,7 @@ def test_the_bands_asked_for_are_read_as_red_green_blue_or_gray_in_every_layout(
     band or as a page per channel: those bands, in that order, stretched together (by hand from
     the array); one band as gray; a band the file does not hold: the file is skipped."""
     pytest.importorskip("tifffile")
-    from selfsup.data.cache import FEW_BANDS, decode_noting
+    from selfsup.data.decode import FEW_BANDS, decode_noting
     rng = np.random.default_rng(seed)
     six = rng.integers(0, 4096, (16, 20, 6)).astype(np.uint16)
     layouts = [tifffile_bytes(six, photometric="minisblack", planarconfig="contig"),
@@ -435,7 +435,7 @@ def test_bands_read_a_jpeg_tiff_as_rgb_a_palette_by_its_colours_and_skip_cmyk_sa
     indices, whose colours are in the file's table."""
     pytest.importorskip("tifffile")
     pytest.importorskip("imagecodecs")
-    from selfsup.data.cache import TIFF_COLOUR, decode_noting
+    from selfsup.data.decode import TIFF_COLOUR, decode_noting
     y, x = np.mgrid[0:32, 0:32]
     gradient = np.stack([x * 8, y * 8, 255 - x * 8], axis=-1).astype(np.uint8)
     jpeg = tifffile_bytes(gradient, photometric="rgb", compression="jpeg")
@@ -459,14 +459,14 @@ def test_bands_read_a_jpeg_tiff_as_rgb_a_palette_by_its_colours_and_skip_cmyk_sa
 def test_the_gigapixel_bound_is_checked_before_a_plane_is_read(monkeypatch):
     """A 33,000-pixel tile was read whole (GBs) before being refused for its size."""
     tifffile = pytest.importorskip("tifffile")
-    import selfsup.data.cache as cache
+    import selfsup.data.decode as decode
     read = []
     real = tifffile.TiffPageSeries.asarray
     monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: read.append(1) or real(*a, **k))
     four = tifffile_bytes(np.zeros((40, 40, 4), np.uint16), photometric="minisblack", planarconfig="contig")
-    assert cache.decode_image(four, 16) is not None and read == [1]
-    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 39 * 39)
-    assert cache.decode_image(four, 16) is None and read == [1]
+    assert decode.decode_image(four, 16) is not None and read == [1]
+    monkeypatch.setattr(decode, "LARGEST_IMAGE_PIXELS", 39 * 39)
+    assert decode.decode_image(four, 16) is None and read == [1]
 
 
 def test_a_channel_stack_cached_before_tifffile_is_decoded_again_in_colour(tmp_path):
@@ -558,13 +558,13 @@ def test_images_beyond_pillows_bomb_guard_decode_up_to_a_gigapixel(monkeypatch):
     14,000-pixel satellite tile); selfsup's own limit, a gigapixel, applies instead, and Pillow's
     setting is left as it was."""
     from PIL import Image as PILImage
-    from selfsup.data import cache
+    from selfsup.data import decode
     buffer = io.BytesIO()
     PILImage.new("RGB", (120, 100), (200, 30, 30)).save(buffer, format="PNG")
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # as if 12,000 pixels were a bomb
     pixels, _, side = decode_image(buffer.getvalue(), 16)
     assert side == 100 and (pixels[..., 0] == 200).all() and PILImage.MAX_IMAGE_PIXELS == 1000
-    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 10_000)  # beyond selfsup's own limit: skipped
+    monkeypatch.setattr(decode, "LARGEST_IMAGE_PIXELS", 10_000)  # beyond selfsup's own limit: skipped
     assert decode_image(buffer.getvalue(), 16) is None and PILImage.MAX_IMAGE_PIXELS == 1000
 
 
@@ -757,7 +757,7 @@ def test_a_signal_while_the_decoding_workers_are_forked_is_not_lost(name):
     delivers it again after, so it reaches the caller (the workers stop)."""
     import signal
 
-    from selfsup.data.cache import decode_stream
+    from selfsup.data.decode import decode_stream
     number = getattr(signal, name)
     handler, raised = (signal.default_int_handler, KeyboardInterrupt) if name == "SIGINT" else (_raise_stopped, Stopped)
     armed = {"once": True}
@@ -781,13 +781,13 @@ def test_a_signal_while_the_decoding_workers_are_forked_is_not_lost(name):
 LATE_WORKERS = """
 import io, os, signal, time
 from PIL import Image
-from selfsup.data import cache
+from selfsup.data import decode
 
-work = cache._decode_worker
+work = decode._decode_worker
 def late_worker(tasks, results, parent_ends):  # slow to start: stopped before they have their own handlers
     time.sleep(1.0)
     work(tasks, results, parent_ends)
-cache._decode_worker = late_worker
+decode._decode_worker = late_worker
 
 class Stopped(Exception):
     pass
@@ -803,7 +803,7 @@ signal.signal(signal.SIGTERM, stop)
 buffer = io.BytesIO()
 Image.new("RGB", (8, 8)).save(buffer, format="PNG")
 try:
-    list(cache.decode_stream([(f"{i}.png", buffer.getvalue()) for i in range(8)], 8, workers=2))
+    list(decode.decode_stream([(f"{i}.png", buffer.getvalue()) for i in range(8)], 8, workers=2))
 except Stopped:
     print("stopped")
 """
@@ -825,7 +825,7 @@ def test_workers_stopped_before_they_have_their_own_handlers_end():
 GROUP_STOPPED = """
 import io, signal, sys
 from PIL import Image
-from selfsup.data.cache import decode_stream
+from selfsup.data.decode import decode_stream
 
 class Stopped(Exception):
     pass
@@ -877,7 +877,7 @@ def test_a_stop_signal_to_the_whole_process_group_while_decoding_stops_the_paren
 ORPHANED = """
 import io, os, sys
 from PIL import Image
-from selfsup.data.cache import decode_stream
+from selfsup.data.decode import decode_stream
 buffer = io.BytesIO()
 Image.effect_noise((64, 64), 40).convert("RGB").save(buffer, format="PNG")
 for i, _ in enumerate(decode_stream(iter([(f"{i}.png", buffer.getvalue()) for i in range(50000)]), 32, workers=3)):

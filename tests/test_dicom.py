@@ -90,7 +90,7 @@ def stretched_by_hand(values: np.ndarray) -> np.ndarray:
 
 
 def decode(data: bytes, size: int = 24):
-    from selfsup.data.cache import decode_noting
+    from selfsup.data.decode import decode_noting
     return decode_noting(data, size)
 
 
@@ -649,14 +649,14 @@ def test_the_gigapixel_bound_is_checked_before_a_frame_is_decoded(monkeypatch):
     pytest.importorskip("pydicom")
     import pydicom.pixels
 
-    from selfsup.data import cache
+    from selfsup.data import decode as decode_module
     data = dicom_bytes(np.zeros((40, 40), np.uint16))
     decoded = []
     real = pydicom.pixels.pixel_array
     monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: decoded.append(1) or real(*a, **k))
-    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 39 * 39)
+    monkeypatch.setattr(decode_module, "LARGEST_IMAGE_PIXELS", 39 * 39)
     assert decode(data) == (None, []) and decoded == []
-    monkeypatch.setattr(cache, "LARGEST_IMAGE_PIXELS", 40 * 40)
+    monkeypatch.setattr(decode_module, "LARGEST_IMAGE_PIXELS", 40 * 40)
     assert decode(data)[0] is not None and decoded == [1]
 
 
@@ -787,12 +787,12 @@ def test_the_embeddings_key_names_the_dicom_readers_where_the_pool_may_hold_dico
     """Embeddings made without pydicom skipped the DICOM files: not reused once it is installed.
     A pool of JPEGs is not embedded again for it (hours at a million images)."""
     from selfsup.curate import embedding
-    from selfsup.data import cache as cache_module
+    from selfsup.data import decode as decode_module
     encoder = SimpleNamespace(key="k", description="d", image_size=16)
     source = SimpleNamespace(path=tmp_path / "scans", fingerprint="f", names=names)
-    monkeypatch.setattr(cache_module, "dicom_readers", lambda: [])
+    monkeypatch.setattr(decode_module, "dicom_readers", lambda: [])
     before = embedding.embedding_dir(tmp_path, encoder, source)
-    monkeypatch.setattr(cache_module, "dicom_readers", lambda: ["pydicom"])
+    monkeypatch.setattr(decode_module, "dicom_readers", lambda: ["pydicom"])
     assert (embedding.embedding_dir(tmp_path, encoder, source) != before) == keyed
 
 
@@ -814,11 +814,11 @@ def test_a_new_dicom_display_decodes_again_only_the_pools_that_may_hold_dicoms(m
     """When a DICOM file's display changes (DICOM_DISPLAY), caches and embeddings of pools that may
     hold DICOM files are made again; a pool of JPEGs keeps its cache and its embeddings."""
     from selfsup.curate import embedding
-    from selfsup.data import cache as cache_module
+    from selfsup.data import cache as cache_module, decode as decode_module
     encoder = SimpleNamespace(key="k", description="d", image_size=16)
     source = SimpleNamespace(path=tmp_path / "scans", fingerprint="f", names=names, split=None)
     before = embedding.embedding_dir(tmp_path, encoder, source), cache_module._cache_key(source, 16)
-    monkeypatch.setattr(cache_module, "DICOM_DISPLAY", cache_module.DICOM_DISPLAY + 1)
+    monkeypatch.setattr(decode_module, "DICOM_DISPLAY", decode_module.DICOM_DISPLAY + 1)
     after = embedding.embedding_dir(tmp_path, encoder, source), cache_module._cache_key(source, 16)
     assert [a != b for a, b in zip(after, before)] == [keyed, keyed]
 
@@ -880,7 +880,7 @@ def test_dicom_files_without_a_suffix_in_a_tar_are_found_by_their_mark_in_the_on
     import tarfile
 
     import selfsup.data.sources as sources_module
-    from selfsup.data.cache import dicom_display_key
+    from selfsup.data.decode import dicom_display_key
 
     folder = tmp_path / "export"
     (folder / "series1").mkdir(parents=True)
@@ -916,7 +916,7 @@ def test_an_image_that_starts_as_a_bare_data_set_is_still_read_by_pillow():
     which pydicom cannot read; it is an image all the same."""
     from PIL import Image
 
-    from selfsup.data.cache import decode_image
+    from selfsup.data.decode import decode_image
     from selfsup.data.dicom import is_dicom
 
     pixels = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
@@ -940,7 +940,7 @@ def test_a_pipe_without_a_suffix_is_not_opened_to_look_for_a_dicom_mark(tmp_path
 def test_without_pydicom_an_image_that_starts_as_a_bare_data_set_is_still_read(monkeypatch):
     from PIL import Image
 
-    from selfsup.data.cache import decode_noting
+    from selfsup.data.decode import decode_noting
 
     monkeypatch.setitem(sys.modules, "pydicom", None)
     buffer = io.BytesIO()

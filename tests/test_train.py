@@ -570,13 +570,13 @@ def test_a_scheduler_stop_while_the_images_are_decoded_says_so_and_leaves_no_fol
     would end the test's.)"""
     script = (
         "import os, signal, sys\n"
-        "import selfsup.data.cache as cache\n"
+        "import selfsup.data.decode as decode\n"
         "from selfsup.cli import main\n"
-        "real = cache.decode_noting\n"
+        "real = decode.decode_noting\n"
         "def decode_then_stop(*args):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler, a few images in\n"
         "    return real(*args)\n"
-        "cache.decode_noting = decode_then_stop\n"
+        "decode.decode_noting = decode_then_stop\n"
         f"sys.exit(main(['pretrain', '--data', {str(labelled_folder)!r}, '--out', {str(tmp_path / 'run')!r},"
         " '--image-size', '16', '--epochs', '1', '--no-progress']))\n")
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -77,7 +77,7 @@ def load_encoder(spec: str | Path, image_size: int | None = None, small_stem: bo
 def random_size(backbone: str, images) -> int | None:
     """The image size of a random: encoder from the images it embeds (an ImageSource): `size_for_side`
     of their median shorter side, read from a few headers."""
-    from .data.cache import typical_side
+    from .data.decode import typical_side
 
     if backbone.startswith("timm:"):
         return None  # its own size, whatever the images: no header is read

@@ -35,7 +35,8 @@ from .config import RunConfig
 from .console import (named_option, option, path_option, plural, progress_bar, said_as, say, setting, warn,
                       warnings_after_checks)
 from .data import BatchStream, ImageCache, open_images
-from .data.cache import mark_used, require_tiff_reader
+from .data.cache import mark_used
+from .data.decode import require_tiff_reader
 from .data.loader import SampleBatch, map_side
 from .data.sources import IMAGE_SUFFIXES
 from .errors import RunStopped, UserError

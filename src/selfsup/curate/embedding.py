@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..console import progress_bar
-from ..data.cache import CACHE_FORMAT, decode_stream, dicom_display_key, readers_for, warn_skipped, what_to_do
+from ..data.cache import CACHE_FORMAT
+from ..data.decode import decode_stream, dicom_display_key, readers_for, warn_skipped, what_to_do
 from ..data.sources import ImageSource
 from ..encoder import Encoder
 from ..errors import UserError

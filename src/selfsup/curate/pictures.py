@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.cache import decode_image
+from ..data.decode import decode_image
 from ..viz import pyplot, save_figure, text_font
 
 COLUMN_INCHES = 1.3  # each image's column in a picture

@@ -1,5 +1,6 @@
 """Images on disk → a memory-mapped uint8 cache → batches on the model's device."""
-from .cache import ImageCache, decode_image, load_cache, open_images
+from .cache import ImageCache, load_cache, open_images
+from .decode import decode_image
 from .loader import BatchStream, epoch_order
 from .sources import ImageSource, open_source, open_splits
 

@@ -34,7 +34,8 @@ from PIL import Image
 
 from ..console import progress_bar, warn
 from ..errors import UserError
-from .cache import ImageCache, building, cache_folder, fit_square, load_cache, open_built, publish
+from .cache import ImageCache, building, cache_folder, load_cache, open_built, publish
+from .decode import fit_square
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_image_name,
                       is_tar_path, last_copies, open_source, walk_folder)
 
@@ -185,7 +186,7 @@ def _video_listing(path: Path, left_out: list[tuple[str, str]]) -> tuple[list[st
 
 
 def typical_frame_side(path: str | Path, sample: int = 16) -> int | None:
-    """The median shorter side of the frames of the clips under `path`, as `cache.typical_side` reads
+    """The median shorter side of the frames of the clips under `path`, as `decode.typical_side` reads
     images': from the headers of a few videos (their streams', no frame decoded) or frames (spread
     over a folder's; a tar's first, read in one pass that stops there); None when none tells it, or
     `path` is not a folder or tar (open_clips says why)."""

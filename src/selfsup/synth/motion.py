@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ..console import progress_bar
-from ..data.cache import warn_skipped
+from ..data.decode import warn_skipped
 from ..data.sources import open_source
 from ..errors import UserError
 from . import new_output_folder
