@@ -1194,6 +1194,27 @@ def test_removing_unused_caches_also_removes_old_half_written_features(tmp_path)
     assert not old.exists() and new.exists()  # a recent one may be a write going on now
 
 
+def test_removing_unused_caches_passes_over_a_left_file_another_process_removes_first(tmp_path, monkeypatch):
+    """Two `selfsup cache --remove-unused-days` at once, or a write renaming its file: the file
+    listed is gone when it is looked at. Nothing is left to do about it, and nothing is said."""
+    from pathlib import Path
+
+    from selfsup.data.cache import remove_unused_caches
+    (tmp_path / "features").mkdir()
+    gone = tmp_path / "features" / ".x-1.npy.123.ab.tmp"
+    gone.write_bytes(b"0")
+    listed = Path.glob
+
+    def glob_then_removed(self, pattern):
+        found = list(listed(self, pattern))
+        for path in found:
+            path.unlink()  # by another process, between the listing and the look
+        return iter(found)
+
+    monkeypatch.setattr(Path, "glob", glob_then_removed)
+    assert remove_unused_caches(tmp_path, 30) == []
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_tiff_whose_0_is_white_is_turned_over_at_any_depth_and_its_nodata_compared_as_stored(seed):
     """Pillow turns an 8-bit MINISWHITE TIFF over and leaves a 16-bit one as stored: both come out

@@ -18,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,8 +402,9 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
                         derived.unlink(missing_ok=True)
     for folder in ("features", "subsets"):  # what a write killed midway left (.NAME.PID.*.tmp): GBs of features
         for left in root.glob(f"{folder}/.*.tmp"):
-            if left.stat().st_mtime < cutoff:
-                left.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # another process's clean-up or rename came first
+                if left.stat().st_mtime < cutoff:
+                    left.unlink(missing_ok=True)
     return removed
 
 
