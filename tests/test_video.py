@@ -16,9 +16,10 @@ from conftest import make_tar
 av = pytest.importorskip("av")
 
 
-def write_video(path, frames: int, size: int = 32, codec: str = "libx264") -> None:
-    """A clip whose frame t has a bright vertical bar at column 2t (mod size) on black."""
-    with av.open(str(path), "w") as container:
+def write_video(path, frames: int, size: int = 32, codec: str = "libx264", options: dict | None = None) -> None:
+    """A clip whose frame t has a bright vertical bar at column 2t (mod size) on black; `options`
+    are the muxer's (movflags=faststart: an mp4's index before its frames)."""
+    with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=10)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -56,11 +57,63 @@ def test_video_files_are_decoded_once_with_clip_and_frame_and_corrupt_ones_count
     assert cache.clip_names == ["a.mp4", "b.avi"] and len(cache) == 19
     assert cache.frame.tolist() == list(range(12)) + list(range(7))
     assert cache.clip.tolist() == [0] * 12 + [1] * 7
-    for row in range(12):  # the bright bar is where it was drawn (lossy codec: only roughly)
-        column_brightness = cache.images[row].astype(float).mean(axis=(0, 2))
-        assert abs(int(column_brightness.argmax()) - (2 * row + 0.5)) <= 1.5
+    assert_bars_drawn(cache.images[:12], 12)
     again = open_clips(tmp_path, 32, show_progress=False)  # reused, not decoded again
     assert np.array_equal(np.asarray(again.images), np.asarray(cache.images))
+
+
+def assert_bars_drawn(images, frames: int) -> None:
+    """The bright bar of write_video's frame t is in row t, where it was drawn (lossy codec: roughly)."""
+    for row in range(frames):
+        column_brightness = images[row].astype(float).mean(axis=(0, 2))
+        assert abs(int(column_brightness.argmax()) - (2 * row + 0.5)) <= 1.5
+
+
+def test_a_video_that_fails_part_way_through_decoding_is_skipped_whole_and_counted(tmp_path, capsys):
+    """Frames go to the cache as they are decoded: a video whose decoding fails after some frames
+    leaves none of them (the next clip's rows follow the last clip's), in a folder and in a tar."""
+    from selfsup.data.video import UndecodableVideo, decode_video
+
+    root = tmp_path / "clips"
+    root.mkdir()
+    write_video(root / "a.mp4", 12)
+    write_video(root / "c.mp4", 5)
+    write_video(tmp_path / "whole.mp4", 40, options={"movflags": "faststart"})
+    whole = (tmp_path / "whole.mp4").read_bytes()
+    (root / "b.mp4").write_bytes(whole[:len(whole) * 3 // 4])  # its index is whole, its last frames gone
+    frames = decode_video(root / "b.mp4", 32)
+    next(frames)  # PyAV decodes its first frames, then fails
+    with pytest.raises(UndecodableVideo):
+        list(frames)
+    for data in (root, make_tar(root, tmp_path / "clips.tar.gz")):
+        cache = open_clips(data, 32, cache_dir=tmp_path / "cache", show_progress=False)
+        assert "skipped 1 of 3 files" in capsys.readouterr().err and cache.skipped == ["b.mp4"]
+        assert cache.clip_names == ["a.mp4", "c.mp4"] and cache.frame.tolist() == list(range(12)) + list(range(5))
+        assert cache.images.shape == (17, 32, 32, 3)  # the cache file holds the kept clips' rows alone
+        assert_bars_drawn(cache.images[:12], 12)
+        assert_bars_drawn(cache.images[12:], 5)
+
+
+def test_building_the_cache_holds_a_frame_at_a_time_not_a_video(tmp_path):
+    """Python's peak while a 4x longer video is decoded into the cache is no higher (it held every
+    frame of a video before writing it: 21 GB for an hour at 256 px), from a folder or a tar."""
+    import tarfile
+    import tracemalloc
+
+    for frames in (2, 40, 160):
+        (tmp_path / f"v{frames}").mkdir()
+        write_video(tmp_path / f"v{frames}" / "clip.mp4", frames, size=64)
+        with tarfile.open(tmp_path / f"v{frames}.tar", "w") as tar:
+            tar.add(tmp_path / f"v{frames}" / "clip.mp4", arcname="clip.mp4")
+    open_clips(tmp_path / "v2", 64, cache_dir=tmp_path / "cache", show_progress=False)  # imports, first calls
+    for suffix in ("", ".tar"):
+        peaks = []
+        for frames in (40, 160):
+            tracemalloc.start()
+            open_clips(tmp_path / f"v{frames}{suffix}", 64, cache_dir=tmp_path / "cache", show_progress=False)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        assert peaks[1] - peaks[0] < 120 * 64 * 64 * 3 / 4, (suffix, peaks)  # not 120 frames more
 
 
 def test_frame_folders_in_class_folders_give_labels_frames_and_motion(tmp_path):

@@ -26,8 +26,12 @@ import hashlib
 import io
 import itertools
 import re
+import shutil
+import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image
@@ -42,6 +46,7 @@ from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_m
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 VIDEO_CACHE_FORMAT = 3  # 2: names in a tar relative to its common folder; 3: grayscale_rows, median_side
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+SPOOL_BYTES = 16 * 2**20  # a tar's video up to this size is decoded from memory, a larger one from disk
 
 
 @dataclass
@@ -200,9 +205,11 @@ def typical_frame_side(path: str | Path, sample: int = 16) -> int | None:
         names, prefix, side_of = _frame_names(path), "", _image_side
     if path.is_dir():
         files = [path / prefix / name for name in names[::max(1, len(names) // sample)][:sample]]
-    else:
-        files = [io.BytesIO(data) for _, data in itertools.islice(_read_members(path, set(names), prefix), sample)]
-    sides = [side for side in map(side_of, files) if side]
+        sides = [side_of(file) for file in files]
+    else:  # each member read while it is spooled: one at a time in memory, not `sample` whole videos
+        with closing(_member_files(path, set(names), prefix)) as members:
+            sides = [side_of(file) for _, file in itertools.islice(members, sample)]
+    sides = [side for side in sides if side]
     return int(np.median(sides)) if sides else None
 
 
@@ -223,27 +230,40 @@ def _image_side(file) -> int | None:
 def _video_side(file) -> int | None:
     av = _av()
     try:
-        with av.open(file if isinstance(file, io.BytesIO) else str(file)) as container:
+        with av.open(_av_input(file), "r") as container:
             stream = container.streams.video[0] if container.streams.video else None
             return min(stream.width, stream.height) if stream is not None and stream.width else None
     except Exception:  # noqa: BLE001 - as decode_video: any failure means "not a video we can use"
         return None
 
 
-def _read_members(path: Path, wanted: set[str], prefix: str = ""):
-    """(name, bytes) of the wanted files of a folder or a tar, in one pass; names are relative to
-    the folder `prefix` inside `path`."""
+def _member_files(path: Path, wanted: set[str], prefix: str = "", spool_dir: Path | None = None):
+    """(name, file) of the wanted files of a folder or a tar, in one pass; names are relative to
+    the folder `prefix` inside `path`. A folder's file is its path, read as the reader needs. A tar
+    is streamed, so its member cannot seek, as PyAV must (an mp4's index is often at its end): each
+    is copied into a temporary file, held in memory up to SPOOL_BYTES, else unnamed in `spool_dir`
+    (gone with the process, however it ends), and closed when the next is read."""
     if path.is_dir():
         for name in sorted(wanted):
             if (path / prefix / name).is_file():
-                yield name, (path / prefix / name).read_bytes()
+                yield name, path / prefix / name
         return
     with _open_tar(path) as tar:
         for member in last_copies(path, tar):
             name = _member_name(member)
             if name.startswith(prefix) and name[len(prefix):] in wanted:
-                handle = tar.extractfile(member)
-                yield name[len(prefix):], handle.read() if handle else b""
+                with tempfile.SpooledTemporaryFile(SPOOL_BYTES, dir=spool_dir) as spool:
+                    handle = tar.extractfile(member)
+                    if handle:
+                        shutil.copyfileobj(handle, spool)
+                    spool.seek(0)
+                    yield name[len(prefix):], spool
+
+
+def _read_members(path: Path, wanted: set[str], prefix: str = ""):
+    """(name, bytes) of the wanted files of a folder or a tar (small ones: motion CSVs), as _member_files."""
+    for name, file in _member_files(path, wanted, prefix):
+        yield name, file.read_bytes() if isinstance(file, Path) else file.read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,19 +279,47 @@ def _av():
     return av
 
 
-def decode_video(data: bytes, size: int) -> list[np.ndarray] | None:
-    """Every frame of a video as (size, size, 3) uint8, or None when it cannot be decoded."""
+def _av_input(file: Path | BinaryIO):
+    """What av.open reads `file` from: a path, which PyAV reads as it needs, made absolute, since FFmpeg
+    takes the head of a relative one such as `run:1/clip.mp4` for a protocol; else the open file (to
+    be opened with mode "r": PyAV takes a file's own mode, a temporary file's "w+b", for writing)."""
+    return str(file.absolute()) if isinstance(file, Path) else file
+
+
+class UndecodableVideo(Exception):
+    """A video PyAV cannot decode to its end (not a video, damaged, truncated)."""
+
+
+def decode_video(file: Path | BinaryIO, size: int) -> Iterator[np.ndarray]:
+    """Every frame of the video `file` (a path, or a file that can seek) as (size, size, 3) uint8,
+    one at a time as it is decoded: an hour of frames never sits in memory. No frame when it has no
+    video stream; UndecodableVideo where decoding fails, perhaps after some frames."""
     av = _av()
-    frames = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(_av_input(file), "r") as container:
             if not container.streams.video:
-                return None
+                return
             for frame in container.decode(container.streams.video[0]):
-                frames.append(fit_square(frame.to_image(), size))
-    except Exception:  # noqa: BLE001 - any failure to decode means "not a video we can use"
-        return None
-    return frames or None
+                yield fit_square(frame.to_image(), size)
+    except Exception as e:  # noqa: BLE001 - any failure to decode means "not a video we can use"
+        raise UndecodableVideo(str(e)) from e
+
+
+def _append_video(file: Path | BinaryIO, size: int, pixels: BinaryIO) -> int:
+    """Write the frames of the video `file` to the end of `pixels` as they are decoded; how many,
+    or 0 where there are none or decoding fails part-way, and then nothing is left written (no part
+    of a clip in the cache)."""
+    start, written = pixels.tell(), 0
+    try:
+        for frame in decode_video(file, size):
+            pixels.write(frame.tobytes())
+            written += 1
+    except UndecodableVideo:
+        written = 0
+    if not written:
+        pixels.truncate(start)
+        pixels.seek(start)
+    return written
 
 
 def _open_videos(path: Path, videos: list[str], prefix: str, fingerprint: str, size: int, cache_dir,
@@ -288,15 +336,14 @@ def _build_videos(path: Path, videos: list[str], prefix: str, size: int, target:
     names, skipped = [], []
     with building(target, "video") as staging:
         with (progress_bar(len(videos), f"decoding videos in {path}", unit="video", enabled=show_progress) as bar,
-              open(staging / "images.u8", "wb") as pixels):
-            for name, data in _read_members(path, set(videos), prefix):
-                frames = decode_video(data, size)
-                if frames is None:
-                    skipped.append(name)
+              open(staging / "images.u8", "wb") as pixels,
+              closing(_member_files(path, set(videos), prefix, spool_dir=staging)) as files):
+            for name, file in files:
+                frames = _append_video(file, size, pixels)
+                if frames:
+                    names.extend(f"{name}/{i:06d}" for i in range(frames))
                 else:
-                    for i, pixels_of_frame in enumerate(frames):
-                        pixels.write(pixels_of_frame.tobytes())
-                        names.append(f"{name}/{i:06d}")
+                    skipped.append(name)
                 bar.update(1)
         meta = {"format": VIDEO_CACHE_FORMAT, "source": str(path), "size": size, "names": names, "classes": [],
                 "labels": None, "skipped": sorted(skipped), "grayscale_rows": [], "median_side": None,
