@@ -326,7 +326,8 @@ def test_tiffs_pillow_cannot_decode_are_read_by_tifffile_from_their_first_three_
         "lzw, 4 bands": lambda: (tifffile_bytes(tile, photometric="minisblack", planarconfig="contig",
                                                 compression="lzw"), tile),
     }[layout]()
-    from selfsup.data.decode import FIRST_BANDS, FIRST_PAGE, decode_noting
+    from selfsup.data.decode import decode_noting
+    from selfsup.data.tiff import FIRST_BANDS, FIRST_PAGE
     (out, gray, side), notes = decode_noting(data, 16)
     expected = stretched(np.asarray(first, np.float64)[..., :3])
     expected = np.repeat(expected, 3, axis=2) if expected.shape[2] == 1 else expected
@@ -408,7 +409,8 @@ def test_the_bands_asked_for_are_read_as_red_green_blue_or_gray_in_every_layout(
     band or as a page per channel: those bands, in that order, stretched together (by hand from
     the array); one band as gray; a band the file does not hold: the file is skipped."""
     pytest.importorskip("tifffile")
-    from selfsup.data.decode import FEW_BANDS, decode_noting
+    from selfsup.data.decode import decode_noting
+    from selfsup.data.tiff import FEW_BANDS
     rng = np.random.default_rng(seed)
     six = rng.integers(0, 4096, (16, 20, 6)).astype(np.uint16)
     layouts = [tifffile_bytes(six, photometric="minisblack", planarconfig="contig"),
@@ -435,7 +437,8 @@ def test_bands_read_a_jpeg_tiff_as_rgb_a_palette_by_its_colours_and_skip_cmyk_sa
     indices, whose colours are in the file's table."""
     pytest.importorskip("tifffile")
     pytest.importorskip("imagecodecs")
-    from selfsup.data.decode import TIFF_COLOUR, decode_noting
+    from selfsup.data.decode import decode_noting
+    from selfsup.data.tiff import TIFF_COLOUR
     y, x = np.mgrid[0:32, 0:32]
     gradient = np.stack([x * 8, y * 8, 255 - x * 8], axis=-1).astype(np.uint8)
     jpeg = tifffile_bytes(gradient, photometric="rgb", compression="jpeg")

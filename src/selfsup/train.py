@@ -36,9 +36,9 @@ from .console import (named_option, option, path_option, plural, progress_bar, s
                       warnings_after_checks)
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used
-from .data.decode import require_tiff_reader
 from .data.loader import SampleBatch, map_side
 from .data.sources import IMAGE_SUFFIXES
+from .data.tiff import require_tiff_reader
 from .errors import RunStopped, UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy

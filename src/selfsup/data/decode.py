@@ -1,7 +1,7 @@
 """An image file's bytes -> (size, size, 3) uint8 pixels: the shorter side resized, then a centre crop.
 
-Pillow reads what it can; tifffile reads the TIFFs it cannot (GDAL's multi-band tiles, a
-microscope's channel pages) and the bands `--bands` chooses; DICOM files go to dicom.py. Deep
+Pillow reads what it can; tifffile (tiff.py) reads the TIFFs it cannot (GDAL's multi-band tiles,
+a microscope's channel pages) and the bands `--bands` chooses; DICOM files go to dicom.py. Deep
 samples (16-bit colour, 16/32-bit gray, floats) are stretched to 8 bits, transparency is
 composited over white, and a photo is turned upright by its EXIF orientation. What could not be
 done in full (a multi-page TIFF's first page, 16-bit samples read from their top bytes, ...) is
@@ -15,25 +15,24 @@ from __future__ import annotations
 import collections
 import io
 import itertools
-import math
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import warnings
-from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, TiffImagePlugin
+from PIL import Image
 
 from ..console import named_option, option, warn
-from ..errors import UserError
-from ..lazy import installed
 from .dicom import (DICOM_CODEC, DICOM_DISPLAY, DICOM_READER, FIRST_FRAME, SEGMENTED_PALETTE, codec_hint, decode_dicom,
                     dicom_readers, is_dicom, is_dicom_file_start, syntax_name)
 from .sources import DICOM_SUFFIXES, ImageSource, is_tar_path, suffix_of, without_suffix
 from .stretch import black_outside, inside_scene, stretch_integers, to_uint8
+from .tiff import (FEW_BANDS, FIRST_BANDS, FIRST_PAGE, GDAL_NODATA, MIN_IS_BLACK, MIN_IS_WHITE, PHOTOMETRIC_TAG, RGB,
+                   RGB_BANDS, TIFF_COLOUR, TIFF_LAYOUT, TIFF_MAGIC, Bands, first_plane_bands, require_tiff_reader,
+                   tiff_readers, unknown_tiff_layout)
 
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel of 16/32-bit ints or floats
 GRAYSCALE_MODES = {"1", "L", "LA", *HIGH_DEPTH_MODES}
@@ -51,21 +50,10 @@ BACKGROUND = (255, 255, 255, 255)
 LOW_BYTES = {";16B": ";16L", ";16L": ";16B", ";16N": ";16B" if sys.byteorder == "little" else ";16L"}
 STRAIGHT_SAMPLES = {"RGB", "RGBA", "RGBX"}  # not premultiplied RGBa, nor LA;16B (no low-byte reader)
 # What decode_image could not do in full, said once per dataset: the names of the files concerned
-FIRST_PAGE, TOP_BYTE, TIFF_LAYOUT, FIRST_BANDS = "first_page", "top_byte", "tiff_layout", "first_bands"
-FEW_BANDS = "few_bands"  # a TIFF that holds fewer bands than `bands` asks for: skipped
+# (and tiff.py's and dicom.py's notes)
+TOP_BYTE = "top_byte"  # 16-bit samples read from their top bytes
 NOT_TIFF = "not_tiff"  # an image `bands` does not apply to
 NOT_DICOM = "not_dicom"  # named as a DICOM file (.dcm), neither one by its content nor an image: skipped
-Bands = tuple[int, ...] | None  # 1-based bands of a TIFF read as red, green, blue (or one as gray); None: 1, 2, 3
-TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
-RGB_BANDS = 3
-MIN_IS_WHITE, MIN_IS_BLACK, RGB, PALETTE, YCBCR = 0, 1, 2, 3, 6  # TIFF's photometric interpretations
-PHOTOMETRIC_TAG = 262
-JPEG_COMPRESSION = 7
-# GDAL's tag: as text, the sample value of pixels outside the scene (a tile's corners beyond the
-# scene's edge, a masked cloud). Counted in the stretch, -9999 in a DEM or 65535 in a 16-bit tile
-# would leave the scene itself one flat shade.
-GDAL_NODATA = 42113
-TIFF_COLOUR = "tiff_colour"  # a TIFF in CMYK, Lab, ...: no bands to read as red, green and blue
 
 
 # A user's own scans and tiles, not uploads from strangers: Pillow's guard against decompression
@@ -136,20 +124,6 @@ def decode_noting(data: bytes, size: int, bands: Bands = None
         Image.MAX_IMAGE_PIXELS = guard
 
 
-def tiff_readers() -> list[str]:
-    """The optional packages installed that read TIFFs Pillow cannot (`pip install 'selfsup[tiff]'`):
-    tifffile reads any layout (GDAL's multi-band tiles, microscopes' channel stacks), imagecodecs
-    lets it decompress LZW, JPEG, zstd, ..."""
-    return [name for name in ("tifffile", "imagecodecs") if installed(name)]
-
-
-def require_tiff_reader(bands: Bands) -> None:
-    """Bands are chosen by tifffile: without it, the run would skip every TIFF."""
-    if bands and "tifffile" not in tiff_readers():
-        raise UserError(f"choosing TIFF bands ({','.join(map(str, bands))}) needs tifffile: "
-                        f"pip install 'selfsup[tiff]'")
-
-
 def readers_for(names: list[str]) -> list[str]:
     """The optional packages installed that decide what these files decode to: the TIFF readers
     where some are TIFFs, the DICOM readers where some are or may be DICOM files (a name without
@@ -179,7 +153,8 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     two), one band as gray; FIRST_PAGE when it has more planes. Deep samples are stretched jointly,
     as Pillow's are. TIFF_LAYOUT when a package to read it is missing."""
     try:
-        chosen, total, photometric, channel_pages, more_planes, nodata = first_plane_bands(data, bands)
+        plane = first_plane_bands(data, LARGEST_IMAGE_PIXELS, bands)
+        chosen, total, photometric, channel_pages, more_planes, nodata = plane
     except ImportError:
         return None, [TIFF_LAYOUT] if not channel_pages_only and unknown_tiff_layout(data) else []
     except Exception as e:  # noqa: BLE001 - damaged, or a compression only imagecodecs reads
@@ -201,82 +176,6 @@ def decode_tiff_bands(data: bytes, size: int, channel_pages_only: bool = False, 
     gray = pixels.shape[2] == 1 or bool((out[..., :1] == out[..., 1:]).all())
     notes = [FIRST_BANDS] if not bands and (total > RGB_BANDS or total == 2) else []
     return (out, gray, min(height, width)), notes + ([FIRST_PAGE] if more_planes else [])
-
-
-class FirstPlane(NamedTuple):
-    chosen: np.ndarray | None  # (height, width, 1 or 3); None where the TIFF holds fewer bands than asked
-    total: int  # the bands it holds
-    photometric: int  # a palette's colours and JPEG's YCbCr come as RGB
-    channel_pages: int  # how many of its bands are pages
-    more_planes: bool
-    nodata: str | None  # its GDAL_NODATA text
-
-
-def first_plane_bands(data: bytes, bands: Bands = None) -> FirstPlane:
-    """The samples of the first plane of a TIFF's first image (the first of each z-slice, time
-    point, ...): `bands` (1-based), or its first band or first three. Bands are samples of a pixel
-    (a GDAL tile's) or pages (a microscope's channels)."""
-    import tifffile  # ImportError: the caller's to say
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        series, page = tif.series[0], tif.series[0].keyframe
-        sides = dict(zip(page.axes, page.shape))
-        if sides.get("Y", 1) * sides.get("X", 1) > LARGEST_IMAGE_PIXELS:  # before reading a plane of GBs
-            raise ValueError("over a gigapixel")
-        held, total, channel_pages, more_planes = _first_plane(series, page, max(bands) if bands else RGB_BANDS)
-        photometric, colormap, compression = int(page.photometric), page.colormap, int(page.compression)
-        nodata = page.tags.valueof(GDAL_NODATA)
-    if photometric == PALETTE and colormap is not None:  # its colour table, 16 bits per entry
-        held, total, photometric = np.moveaxis(colormap[:, held[..., 0]] >> 8, 0, -1).astype(np.uint8), 3, RGB
-        nodata = None  # an index, not a colour
-    elif photometric == YCBCR and compression == JPEG_COMPRESSION:  # tifffile decodes JPEG's YCbCr to RGB
-        photometric = RGB
-    if bands:
-        chosen = held[..., [b - 1 for b in bands]] if max(bands) <= held.shape[2] else None
-    else:
-        chosen = held[..., :RGB_BANDS] if held.shape[2] >= RGB_BANDS else held[..., :1]
-    return FirstPlane(chosen, total, photometric, channel_pages, more_planes, nodata)
-
-
-def _first_plane(series, page, needed: int) -> tuple[np.ndarray, int, int, bool]:
-    """(height, width, bands) of a tifffile series' first plane, with up to `needed` of its channel
-    pages; how many bands it holds; how many of them are pages; whether it has more planes."""
-    axes, shape = series.get_axes(False), series.get_shape(False)
-    outer = len(shape)  # the series' axes before the page's own say which page holds which plane
-    while outer > 0 and math.prod(shape[outer - 1:]) <= page.size:
-        outer -= 1
-    pages_by_axis = list(zip(axes[:outer], shape[:outer]))
-    channels = math.prod(n for axis, n in pages_by_axis if axis == "C")
-    more_planes = math.prod(n for axis, n in pages_by_axis if axis != "C") > 1 or \
-        any(axis not in "YXS" and n > 1 for axis, n in zip(page.axes, page.shape))
-    reading = [range(min(n, needed)) if axis == "C" else range(1) for axis, n in pages_by_axis]
-    keys = [int(np.ravel_multi_index(i, shape[:outer])) for i in itertools.product(*reading)] if outer else [0]
-    planes = series.asarray(key=keys).reshape(len(keys), *page.shape)  # (pages, *the page's axes)
-    for axis in reversed(range(len(page.axes))):  # a depth inside a page: its first slice
-        if page.axes[axis] not in "YXS":
-            planes = planes.take(0, axis=axis + 1)
-    kept = [a for a in page.axes if a in "YXS"]
-    order = [1 + kept.index(a) for a in "YX"] + ([1 + kept.index("S")] if "S" in kept else [])
-    planes = planes.transpose(0, *order)  # (pages, Y, X[, S])
-    samples = planes.shape[3] if planes.ndim == 4 else 1
-    held = np.moveaxis(planes.reshape(*planes.shape[:3], samples), 0, 2).reshape(*planes.shape[1:3], -1)
-    return held, channels * samples, channels, more_planes
-
-
-def unknown_tiff_layout(data: bytes) -> bool:
-    """Whether `data` is a TIFF whose layout Pillow cannot decode (e.g. 16-bit with 4 bands, as GDAL
-    writes them): a valid image that tifffile or GDAL reads, not a damaged file."""
-    if data[:4] not in (b"II*\0", b"MM\0*"):
-        return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a damaged file's complaints: it is skipped all the same
-            TiffImagePlugin.TiffImageFile(io.BytesIO(data))
-    except SyntaxError as e:
-        return "unknown pixel mode" in str(e)
-    except Exception:  # noqa: BLE001 - damaged, or failing later: not a layout question
-        return False
-    return False
 
 
 def _rawmode(tile) -> str:
