@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from selfsup.data.decode import decode_stream
+from selfsup.data.workers import decode_stream
 
 
 def synthetic_jpegs(count: int, side: int, seed: int = 0) -> list[bytes]:

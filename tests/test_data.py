@@ -760,7 +760,7 @@ def test_a_signal_while_the_decoding_workers_are_forked_is_not_lost(name):
     delivers it again after, so it reaches the caller (the workers stop)."""
     import signal
 
-    from selfsup.data.decode import decode_stream
+    from selfsup.data.workers import decode_stream
     number = getattr(signal, name)
     handler, raised = (signal.default_int_handler, KeyboardInterrupt) if name == "SIGINT" else (_raise_stopped, Stopped)
     armed = {"once": True}
@@ -784,13 +784,13 @@ def test_a_signal_while_the_decoding_workers_are_forked_is_not_lost(name):
 LATE_WORKERS = """
 import io, os, signal, time
 from PIL import Image
-from selfsup.data import decode
+from selfsup.data import workers
 
-work = decode._decode_worker
+work = workers._decode_worker
 def late_worker(tasks, results, parent_ends):  # slow to start: stopped before they have their own handlers
     time.sleep(1.0)
     work(tasks, results, parent_ends)
-decode._decode_worker = late_worker
+workers._decode_worker = late_worker
 
 class Stopped(Exception):
     pass
@@ -806,7 +806,7 @@ signal.signal(signal.SIGTERM, stop)
 buffer = io.BytesIO()
 Image.new("RGB", (8, 8)).save(buffer, format="PNG")
 try:
-    list(decode.decode_stream([(f"{i}.png", buffer.getvalue()) for i in range(8)], 8, workers=2))
+    list(workers.decode_stream([(f"{i}.png", buffer.getvalue()) for i in range(8)], 8, workers=2))
 except Stopped:
     print("stopped")
 """
@@ -828,7 +828,7 @@ def test_workers_stopped_before_they_have_their_own_handlers_end():
 GROUP_STOPPED = """
 import io, signal, sys
 from PIL import Image
-from selfsup.data.decode import decode_stream
+from selfsup.data.workers import decode_stream
 
 class Stopped(Exception):
     pass
@@ -880,7 +880,7 @@ def test_a_stop_signal_to_the_whole_process_group_while_decoding_stops_the_paren
 ORPHANED = """
 import io, os, sys
 from PIL import Image
-from selfsup.data.decode import decode_stream
+from selfsup.data.workers import decode_stream
 buffer = io.BytesIO()
 Image.effect_noise((64, 64), 40).convert("RGB").save(buffer, format="PNG")
 for i, _ in enumerate(decode_stream(iter([(f"{i}.png", buffer.getvalue()) for i in range(50000)]), 32, workers=3)):

@@ -55,8 +55,9 @@ def read_images(path: str | Path, size: int, limit: int, bands=None,
     crop; of TIFFs, `bands`) of an image file, a folder or a tar (`source`: of `path`, where it is
     open already), with their names and the source they were read from; the files that do not
     decode are skipped, and counted in one warning."""
-    from .data.decode import decode_stream, warn_skipped
+    from .data.decode import warn_skipped
     from .data.sources import open_file_or_source
+    from .data.workers import decode_stream
 
     path = Path(path).expanduser()
     source = source or open_file_or_source(path)

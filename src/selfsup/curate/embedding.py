@@ -23,8 +23,9 @@ import torch
 
 from ..console import progress_bar
 from ..data.cache import CACHE_FORMAT
-from ..data.decode import decode_stream, dicom_display_key, readers_for, warn_skipped, what_to_do
+from ..data.decode import dicom_display_key, readers_for, warn_skipped, what_to_do
 from ..data.sources import ImageSource
+from ..data.workers import decode_stream
 from ..encoder import Encoder
 from ..errors import UserError
 from ..eval.features import extract_features

@@ -29,10 +29,11 @@ import numpy as np
 from ..console import option, progress_bar, warn
 from ..errors import UserError
 from ..outputs import NO_ROOM, cannot_write, current_umask, os_reason
-from .decode import decode_stream, dicom_display_key, warn_skipped, what_to_do
+from .decode import dicom_display_key, warn_skipped, what_to_do
 from .dicom import DICOM_CODEC, DICOM_READER, dicom_readers
 from .sources import SPLIT_NAMES, ImageSource
 from .tiff import FIRST_PAGE, TIFF_LAYOUT, Bands, require_tiff_reader, tiff_readers
+from .workers import decode_stream
 
 # 2: EXIF orientation applied; deeper than 8 bits stretched; gray rows and median side kept.
 # 3: 16-bit colour decoded in full; deep images stretched between percentiles; transparency composited.
