@@ -15,8 +15,12 @@ rng = np.random.default_rng(0)
 v = rng.standard_normal((n, d), dtype=np.float32)
 v /= np.linalg.norm(v, axis=1, keepdims=True)
 v[n // 2: n // 2 + 50] = v[:50]  # some exact copies, for dedup
+
+
 def status(key):  # GiB
     return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]) / 2**20
+
+
 open("/proc/self/clear_refs", "w").write("5")  # peak RSS from here: the path's, not the data's generation
 base_rss = status("VmRSS")
 extra = {}
@@ -29,6 +33,7 @@ elif path == "dedup":  # whole duplicate_groups, exact
     extra["groups"] = len(duplicate_groups(v, 0.95, [f"{i:07d}" for i in range(n)], backend="exact"))
 elif path == "dedup_overhead":  # duplicate_groups with the search stubbed (each row finds itself only)
     from selfsup.curate import dedup
+
     def stub(q, g, k, backend, device):
         return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64), "stub"
     dedup.nearest = stub

@@ -195,7 +195,6 @@ def test_what_lies_under_transparent_pixels_does_not_set_a_16_bit_stretch():
     np.testing.assert_array_equal(outs[0][:, :8], stretched(tile[:, :8].astype(np.float64)))
 
 
-
 def test_a_fully_transparent_16_bit_image_is_white_not_skipped():
     """Nothing is seen, so nothing sets the stretch: no percentile of no pixels (an IndexError,
     which skipped the file as undecodable), but the background everywhere."""
@@ -204,6 +203,7 @@ def test_a_fully_transparent_16_bit_image_is_white_not_skipped():
     decoded = decode_image(png16(hidden), 16)
     assert decoded is not None and (decoded[0] == 255).all() and decoded[1]
     assert (stretch_integers(np.full((2, 2, 3), 5, np.uint16), np.zeros((2, 2), bool)) == 0).all()
+
 
 def test_16_bit_samples_pillow_reads_in_part_are_stretched_and_counted_in_a_warning(tmp_path, capsys):
     from selfsup.data.decode import TOP_BYTE, decode_noting

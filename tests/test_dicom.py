@@ -871,7 +871,6 @@ def test_dicom_files_without_a_suffix_are_found_by_their_mark(tmp_path):
     assert open_file_or_source(folder / "series1" / "IM0001").names == ["IM0001"]
 
 
-
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
 def test_dicom_files_without_a_suffix_in_a_tar_are_found_by_their_mark_in_the_one_listing_pass(
         tmp_path, monkeypatch, suffix):
@@ -910,6 +909,7 @@ def test_dicom_files_without_a_suffix_in_a_tar_are_found_by_their_mark_in_the_on
     assert cache.names == direct.names == from_folder.names and cache.skipped == direct.skipped == []
     np.testing.assert_array_equal(np.asarray(cache.images), np.asarray(direct.images))
     assert len(opened) == 2  # and read in one more
+
 
 def test_an_image_that_starts_as_a_bare_data_set_is_still_read_by_pillow():
     """A TGA with an 8-byte ID field starts 08 00 ..: a bare DICOM data set by its first bytes,

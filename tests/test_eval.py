@@ -307,6 +307,7 @@ def test_retrieval_keeps_a_k_equal_to_the_gallery_and_writes_the_first_seeds_nei
     listed = json.loads((tmp_path / "nn.json").read_text())["neighbours"]
     assert {name for row in listed for name in row} == galleries[0]
 
+
 def test_train_and_test_classes_must_match(tmp_path):
     write_dataset(tmp_path / "a")
     (tmp_path / "b").mkdir()

@@ -117,6 +117,7 @@ def test_embed_streams_without_a_cache_and_agrees_with_the_cache(forty, tmp_path
     load_cache(open_source(data, whole=True), encoder.cache_size, tmp_path / "c", show_progress=False)
     capsys.readouterr()  # the build's own warning
     # With the cache built, nothing is decoded again: the decoders of both paths fail if called.
+
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
     monkeypatch.setattr("selfsup.data.cache.decode_stream", no_decoding)

@@ -268,6 +268,7 @@ def test_the_clusters_and_search_commands_run_as_written(in_usage):
                         [("--clusters 20", "--clusters 2"), ("--clusters 50", "--clusters 3")])
     first, again, search = command_lines(block)
     cli(first)
+
     def embeddings_written():
         return {path: path.stat().st_mtime_ns for path in Path("groups/embeddings").rglob("*") if path.is_file()}
 

@@ -308,7 +308,6 @@ def test_equivariance_report_puts_pairs_of_any_clips_in_the_classes_the_run_trai
     assert set(other["fitted"]) == {0, 1} and "learned" not in other
 
 
-
 def test_equivariance_report_with_another_seed_or_of_a_checkpoint_without_centres(clips, egomotion_run, tmp_path,
                                                                                   monkeypatch):
     """Another --seed than the run's makes classes of its own by k-means: the learned maps are not

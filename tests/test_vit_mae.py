@@ -182,7 +182,6 @@ def test_block_mask_hides_rectangles_up_to_the_count():
     assert (grid & neighbours).sum() > 0.95 * grid.sum()
 
 
-
 def test_block_mask_takes_one_count_per_image():
     counts = torch.tensor([0, 5, 20, 40] * 50)
     masks = block_mask(len(counts), (8, 8), counts, torch.Generator().manual_seed(1))

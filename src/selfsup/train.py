@@ -39,6 +39,7 @@ from .data.cache import mark_used
 from .data.loader import SampleBatch, map_side
 from .data.sources import IMAGE_SUFFIXES
 from .data.tiff import require_tiff_reader
+from .data.workers import STOP_SIGNALS
 from .errors import RunStopped, UserError
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
@@ -56,9 +57,6 @@ from .viz import evenly_spaced, plot_training_curves
 RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
                   ("data", "decode_workers"), ("distill", "teacher"), ("train", "tensorboard"),
                   ("train", "log_every_steps")}
-# Each asks a run to stop after the step in progress, with a checkpoint: Ctrl-C, a scheduler's
-# SIGTERM (SLURM, Kubernetes), SIGUSR1 (SLURM's --signal, sent ahead of a time limit).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 STOP_CHECK_SECONDS = 2.0  # under torchrun: about how often the processes agree on a stop
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
 MONITOR_QUERIES = 5_000

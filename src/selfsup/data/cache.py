@@ -409,8 +409,6 @@ def remove_unused_caches(root: str | Path | None, days: float) -> list[CacheEntr
     return removed
 
 
-
-
 def read_built(target: Path, description: str, kind: str = "image") -> ImageCache:
     """The cache written in `target` (images.u8 and index.json), memory-mapped, named by
     `description`: the data as this caller names it, not as whoever built the cache did (a cache

@@ -283,6 +283,7 @@ def typical_side(source: ImageSource, sample: int = 32) -> int | None:
             reader.close()
     return int(np.median(sides)) if sides else None
 
+
 def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "image",
                  notes: dict | None = None) -> None:
     """One warning for all the files of `description` that could not be decoded, if any; and one

@@ -82,7 +82,9 @@ def _decoded_chunks(items, size: int, workers: int, parallel: bool, bands: Bands
         pool.close()
 
 
-# Ctrl-C, and a scheduler's stop (SLURM's scancel, a preemption), reach the whole process group.
+# Each asks a run to stop after the step in progress, with a checkpoint: Ctrl-C, a scheduler's
+# SIGTERM (SLURM, Kubernetes), SIGUSR1 (SLURM's --signal, sent ahead of a time limit). They reach
+# the whole process group, decoding workers included, which leave them to the parent.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 

@@ -44,6 +44,7 @@ from ..views import (ABBins, ViewConfig, decode_lightness, denormalize, eval_vie
 from . import rotation
 from .common import Batch, MethodOutput, Progress
 
+
 @dataclass
 class Config:
     loss: Literal["classification", "regression"] = "classification"  # the paper: classification
