@@ -702,6 +702,8 @@ def test_curate_outputs_are_written_whole_or_not_at_all(planted, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         _write_removed(out, source.names, [[1, 2]], {3})
     monkeypatch.setattr(Figure, "savefig", lambda self, path, *a, **k: half_written(text=False)(Path(path), b"\x89PNG"))
+    monkeypatch.setattr(Image.Image, "save", lambda self, path, *a, **k:  # the grids are drawn with Pillow
+                        half_written(text=False)(Path(path), b"\x89PNG"))
     with pytest.raises(KeyboardInterrupt):
         draw_rows([[(source, "b.png")]], out / "retrieved.png", "retrieved")
     with pytest.raises(KeyboardInterrupt):
@@ -712,7 +714,7 @@ def test_curate_outputs_are_written_whole_or_not_at_all(planted, tmp_path, monke
 def test_picture_titles_are_shortened_from_the_middle():
     """Cut from the left, six files of three classes and two patients all read '…ild_016_größe.png';
     the first folder (a class, a patient) and the file name are what tell them apart."""
-    from selfsup.curate.pictures import TITLE_WIDTH, _points, _short
+    from selfsup.curate.pictures import TITLE_WIDTH, _pixels, _short
 
     names = [f"{c}/patient_0{p}/bild_016_größe.png" for c in ("Ödem", "normal", "结节") for p in (2, 5)]
     titles = [_short(n) for n in names]
@@ -724,7 +726,7 @@ def test_picture_titles_are_shortened_from_the_middle():
     long_file = "x/a_very_long_file_name_of_a_scan_00000000001.png"
     assert _short(long_file).startswith("x/a_very") and _short(long_file).endswith("001.png")
     for name in [*names, long_file, "IMG_0001_" + "W" * 30 + ".JPG", "/" + "deep/" * 20 + "f.png"]:
-        assert _points(_short(name)) <= TITLE_WIDTH and "…" in _short(name), name
+        assert _pixels(_short(name)) <= TITLE_WIDTH and "…" in _short(name), name
 
 
 def test_embeddings_made_without_tifffile_are_not_reused_with_it(labelled_folder, tmp_path):

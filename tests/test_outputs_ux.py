@@ -121,6 +121,68 @@ def test_image_grid_titles_its_columns_in_a_band_above(tmp_path):
         assert (titled[:TITLE_HEIGHT, c * width:(c + 1) * width - 2] < 128).any(), f"no title over column {c}"
 
 
+def test_a_grid_puts_each_image_in_its_own_cell_and_frames_the_marked_one():
+    """The one canvas every grid picture is drawn on (cluster, search, select, curate, report):
+    each image, enlarged, exactly where its cell says, no two cells overlapping, and a marked
+    image's frame round it (and none round the others), whatever the lines written over them."""
+    from selfsup.viz import Cell, GridLayout, picture_grid
+
+    rng = np.random.default_rng(0)
+    images = [[rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(n)] for n in (3, 2, 3)]
+    images[2][1] = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)  # not a whole factor of the cell: resized
+    red = (255, 0, 0)
+    rows = [[Cell(image, ("a/very/long/name/of/a/file.png", "cos 0.99"), red if (r, c) == (1, 1) else None)
+             for c, image in enumerate(row)] for r, row in enumerate(images)]
+    layout = GridLayout(side=32, lines=2, above=True, frame=3, room=10, gap=4, band=20)
+    canvas = np.asarray(picture_grid(rows, layout, title="t"))
+    assert layout.image(1, 2) == (2 * 52 + 5 + 3, 20 + 66 + 3 + 24)  # cells of 48 x 62 px, 4 apart, below the band
+    assert canvas.shape == (20 + 3 * 66 - 4, 3 * 52 - 4, 3)
+    boxes = []
+    for r, row in enumerate(images):
+        for c, image in enumerate(row):
+            x, y = layout.image(r, c)
+            expected = (image.repeat(2, axis=0).repeat(2, axis=1) if image.shape[0] == 16 else
+                        np.asarray(Image.fromarray(image).resize((32, 32), Image.NEAREST)))
+            np.testing.assert_array_equal(canvas[y:y + 32, x:x + 32], expected, err_msg=f"row {r}, cell {c}")
+            ring = np.concatenate([canvas[y - 3:y, x - 3:x + 35].reshape(-1, 3), canvas[y + 32:y + 35, x - 3:x + 35]
+                                   .reshape(-1, 3), canvas[y:y + 32, x - 3:x].reshape(-1, 3),
+                                   canvas[y:y + 32, x + 32:x + 35].reshape(-1, 3)])
+            assert (ring == (red if (r, c) == (1, 1) else 255)).all(), f"row {r}, cell {c}'s frame"
+            boxes.append((x - 3, y - 3 - 24, x + 35, y + 35))  # the framed image and its lines above
+    for i, a in enumerate(boxes):
+        assert 0 <= a[0] and 20 <= a[1] and a[2] <= canvas.shape[1] and a[3] <= canvas.shape[0]
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+def test_draw_rows_shows_each_decoded_image_in_its_cell_and_marks_the_first(tmp_path):
+    """cluster's, search's, select's and curate's pictures: each file's pixels (64 px, drawn at
+    128) in its row and column, and with first_marked the first of each row framed in MARK."""
+    from selfsup.curate.pictures import CELL, draw_rows
+    from selfsup.viz import MARK
+
+    rng = np.random.default_rng(1)
+    files = {f"c/{i}.png": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(5)}
+
+    class Source:
+        def read(self, names):
+            for name in names:
+                buffer = io.BytesIO()
+                Image.fromarray(files[name]).save(buffer, format="PNG")
+                yield name, buffer.getvalue()
+
+    source, names = Source(), list(files)
+    rows = [[(source, names[0], "query"), (source, names[1], "cos 0.90")], [(source, n) for n in names[2:]]]
+    picture = np.asarray(Image.open(draw_rows(rows, tmp_path / "rows.png", "title", first_marked=True)))
+    f = CELL.frame
+    assert CELL.image(1, 2) == (2 * 152 + 7 + 3, 26 + 162 + 3 + 24)  # cells of 148 x 158 px, 4 apart, below the title
+    for r, row in enumerate(rows):
+        for c, (_, name, *_) in enumerate(row):
+            x, y = CELL.image(r, c)
+            np.testing.assert_array_equal(picture[y:y + 128, x:x + 128], files[name].repeat(2, 0).repeat(2, 1))
+            assert (picture[y - f:y, x - f:x + 128 + f] == (MARK if c == 0 else 255)).all(), (r, c)
+
+
 def test_names_beyond_ascii_are_drawn_as_their_letters(tmp_path):
     """PIL's default font drew 'Ödem' exactly as '□dem' (a box for its missing letter): the
     report's neighbour captions and the grids' column titles use DejaVu Sans, which matplotlib ships."""

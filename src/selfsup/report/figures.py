@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..viz import fitted, pyplot, text_font
+from ..viz import Cell, GridLayout, picture_grid, pyplot
 
 
 def figure_png(fig, dpi: int = 90) -> bytes:
@@ -44,26 +44,16 @@ def neighbour_grid(query_images: np.ndarray, query_labels: np.ndarray, gallery_i
     """One row per query: the query (black frame), then its nearest training images, framed green
     when of the query's class and red otherwise, each with its class name. Images are (S, S, 3)
     uint8, enlarged (nearest neighbour, whole factors) to at least `cell` pixels."""
-    from PIL import Image, ImageDraw
-
-    rows, k = neighbours.shape
     side = query_images.shape[1] * max(1, -(-cell // query_images.shape[1]))
-    frame, caption, gap = 3, 12, 4
-    step_x, step_y = side + 2 * frame + gap, side + 2 * frame + caption + gap
-    canvas = Image.new("RGB", ((k + 1) * step_x, rows * step_y), "white")
-    draw, font = ImageDraw.Draw(canvas), text_font(10)
-    for r in range(rows):
-        cells = [(query_images[r], query_labels[r], "query")]
-        cells += [(gallery_images[j], gallery_labels[j], "same" if gallery_labels[j] == query_labels[r] else "other")
-                  for j in neighbours[r]]
-        for c, (image, label, kind) in enumerate(cells):
-            x, y = c * step_x, r * step_y
-            draw.rectangle([x, y, x + side + 2 * frame - 1, y + side + 2 * frame - 1], fill=COLOURS[kind])
-            canvas.paste(Image.fromarray(np.asarray(image)).resize((side, side), Image.NEAREST), (x + frame, y + frame))
-            draw.text((x, y + side + 2 * frame), fitted(draw, classes[label], font, side + 2 * frame),
-                      fill=COLOURS[kind], font=font)
+    rows = []
+    for r in range(len(neighbours)):
+        kinds = ["query"] + ["same" if gallery_labels[j] == query_labels[r] else "other" for j in neighbours[r]]
+        images = [query_images[r]] + [gallery_images[j] for j in neighbours[r]]
+        labels = [query_labels[r]] + [gallery_labels[j] for j in neighbours[r]]
+        rows.append([Cell(image, (classes[label],), COLOURS[kind], COLOURS[kind])
+                     for image, label, kind in zip(images, labels, kinds)])
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
+    picture_grid(rows, GridLayout(side=side, lines=1, frame=3, gap=4)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
