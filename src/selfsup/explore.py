@@ -221,7 +221,7 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
             for q in by_name[:QUERIES_DRAWN]]
     drawn = f", the first {QUERIES_DRAWN}" if len(results) > QUERIES_DRAWN else ""
     picture = draw_rows(rows, out / "neighbours.png", f"queries{drawn} and their most similar gallery images",
-                        bands=found.bands)
+                        bands=found.bands, first_marked=True)
     asked = f" ({option('k', k)} asked)" if used < k else ""
     say(f"search: {plural(len(results), 'query', 'queries')}, {plural(used, 'neighbour')} each{asked} among "
         f"{plural(len(found.names), 'gallery image')}")

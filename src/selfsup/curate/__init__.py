@@ -216,10 +216,12 @@ def _write_outputs(out: Path, sources: dict, embedded: dict, selected: list[int]
     duplicates = [[(pool_src, pool_names[i], "kept" if n == 0 else f"cos {s:.3f}")
                    for n, (i, s) in enumerate(zip(group[:9], sims))] for group, sims in zip(groups[:8], similarities)]
     outputs["duplicates_png"] = str(draw_rows(duplicates, out / "duplicates.png",
-                                              "near-duplicate groups (first kept; cos to it)", bands=bands))
+                                              "near-duplicate groups (first kept; cos to it)", bands=bands,
+                                              first_marked=True))
     rows = [[(by_kind[kind][0], by_kind[kind][1][i]) for kind, i in row] for row in picture_rows]
+    seeded = any(kind == "seed" for row in picture_rows for kind, _ in row[:1])  # by seed, not by cluster
     outputs["retrieved_png"] = str(draw_rows(rows, out / "retrieved.png", "retrieved images (seed first)",
-                                             bands=bands))
+                                             bands=bands, first_marked=seeded))
     return outputs
 
 
