@@ -318,6 +318,17 @@ def test_train_and_test_classes_must_match(tmp_path):
         evaluate_knn("random:resnet18", train=tmp_path / "a", test=tmp_path / "b", image_size=16, show_progress=False)
 
 
+def test_what_cannot_be_used_in_the_labelled_data_is_said_once(split_folder, tmp_path, capsys):
+    """A dangling link under --data ROOT, or under a --test root: one warning, where each was listed
+    three times and twice (to find the splits, then once per split)."""
+    (split_folder / "test" / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    evaluate_knn("random:resnet18", data=split_folder, image_size=16, k=5, device="cpu", show_progress=False)
+    assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
+    evaluate_knn("random:resnet18", train=split_folder / "train", test=split_folder, image_size=16, k=5,
+                 device="cpu", show_progress=False)
+    assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
+
+
 def test_unlabelled_data_and_missing_arguments(tmp_path):
     write_dataset(tmp_path / "flat" / "only")  # 3 classes nested one level lower...
     flat = tmp_path / "loose"

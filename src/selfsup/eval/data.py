@@ -28,8 +28,11 @@ def _open(source, size: int, cache_dir, show_progress: bool, labels_required: bo
     return load_cache(source, size, cache_dir, show_progress=show_progress, bands=bands)
 
 
-def _locate(train, test, data) -> tuple:
-    """(train path, train split, test path, test split) from --train/--test or --data."""
+def labelled_sources(train=None, test=None, data=None) -> tuple:
+    """(train, test) ImageSources of --train/--test or --data, named by absolute paths (the
+    `train_data`, `test_data` of results, which the report compares). Each path is listed once, so
+    that what cannot be used in it is said once."""
+    train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p))) for p in (train, test, data))
     if data is not None:
         if train is not None or test is not None:
             raise UserError(f"give either {option('data')} (a folder holding train/ and test/) "
@@ -39,20 +42,13 @@ def _locate(train, test, data) -> tuple:
         if "train" not in splits or test_split not in splits:
             raise UserError(f"{str(data)!r} must hold train/ and test/ (or val/) folders; "
                             f"or give {option('train')} and {option('test')} separately")
-        return data, "train", data, test_split
+        return splits["train"], splits[test_split]
     if train is None or test is None:
         raise UserError(f"give labelled data: {said_as('--train PATH', 'train=PATH')} and "
                         f"{said_as('--test PATH', 'test=PATH')}, or {said_as('--data PATH', 'data=PATH')} holding "
                         f"train/ and test/")
-    return train, None, test, "test" if "test" in open_splits(test) else None
-
-
-def labelled_sources(train=None, test=None, data=None) -> tuple:
-    """(train, test) ImageSources of --train/--test or --data, named by absolute paths (the
-    `train_data`, `test_data` of results, which the report compares)."""
-    train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p))) for p in (train, test, data))
-    train, train_split, test, test_split = _locate(train, test, data)
-    return open_source(train, train_split), open_source(test, test_split)
+    test_splits = open_splits(test)  # a root given as --test: its test/, else its train/ as open_source takes
+    return open_source(train), test_splits.get("test") or test_splits.get("train") or open_source(test)
 
 
 def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
@@ -165,19 +161,20 @@ def check_options(caller: str, options: dict) -> None:
 
 def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", image_size: int | None = None,
             small_stem: bool | None = None, backbone: str | None = None, cache_dir=None,
-            show_progress: bool = True, labels_required: bool = True, check_encoder=None, bands=None) -> Setup:
+            show_progress: bool = True, labels_required: bool = True, check_encoder=None, bands=None,
+            sources: tuple | None = None) -> Setup:
     """The encoder and the data of an evaluation (`image_size`, `small_stem`: for random: and
     weights: encoders; `backbone`: the architecture of a weights: file; `bands`: the TIFF bands
-    shown to it, by default those it was trained on). `check_encoder(encoder)` may refuse it
-    before any image is read."""
+    shown to it, by default those it was trained on; `sources`: labelled_sources' of the data, when
+    listed already). `check_encoder(encoder)` may refuse it before any image is read."""
     from ..train import resolve_device
 
-    sources = None  # listed after the encoder is known good, but for a random: one, which takes their size
+    # Listed after the encoder is known good, but for a random: one, which takes their size
     if isinstance(checkpoint, Encoder):
         encoder, spec = checkpoint, checkpoint.description
     else:
         spec = str(checkpoint)
-        if spec.startswith("random:") and image_size is None:
+        if spec.startswith("random:") and image_size is None and sources is None:
             sources = labelled_sources(train, test, data)
         encoder = load_encoder(checkpoint, image_size, small_stem, backbone=backbone, bands=bands,
                                images=sources and sources[0])
