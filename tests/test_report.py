@@ -200,6 +200,23 @@ def test_report_notes_what_it_cannot_draw_and_refuses_non_runs(tmp_path, capsys)
     assert not (tmp_path / "r.png").exists()
 
 
+def test_what_cannot_be_used_in_the_labelled_data_is_said_once(tmp_path, split_folder, capsys):
+    """A dangling link in the run's own data, or in --data given for two runs: one warning, where
+    the run's data was listed twice (is it a root of train/ and test/? then to evaluate) and the data
+    given once per run."""
+    run = tmp_path / "simclr"
+    run_pretraining(merge_dicts(TINY_RUN, {"out": str(run), "data": {"path": str(split_folder)},
+                                           "train": {"epochs": 1}}))
+    (split_folder / "test" / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    capsys.readouterr()
+    build_report([run], tmp_path / "a.html", device="cpu", show_progress=False)
+    assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
+    other = tmp_path / "copy" / "simclr"
+    shutil.copytree(run, other)
+    build_report([run, other], tmp_path / "b.html", data=split_folder, device="cpu", show_progress=False)
+    assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
+
+
 def test_embedding_map_falls_back_to_pca_that_keeps_planar_distances(monkeypatch):
     for name in ("sklearn", "sklearn.manifold"):  # as if scikit-learn were not installed
         monkeypatch.setitem(sys.modules, name, None)

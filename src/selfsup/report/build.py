@@ -99,17 +99,19 @@ def _curve_image(curve: dict, title: str) -> str:
     return html.image(figures.via_file(plot_label_efficiency, shown), f"label-efficiency curve, {title}", caption)
 
 
-def _labelled_data(cfg: dict, data, train, test) -> dict | None:
-    """Where the labelled pictures' images come from (None: nowhere)."""
+def _labelled_data(cfg: dict, given: dict) -> dict | None:
+    """Where the labelled pictures' images come from (None: nowhere), with their sources when listed
+    already (each listed once, so that what cannot be used in them is said once)."""
     from ..data import open_splits
 
-    if data is not None or (train is not None and test is not None):
-        return {"data": data, "train": train, "test": test}
+    if given["data"] is not None or (given["train"] is not None and given["test"] is not None):
+        return given
     path = (cfg.get("data") or {}).get("path")
     if path and Path(path).exists():
         splits = open_splits(path)
-        if "train" in splits and ("test" in splits or "val" in splits):
-            return {"data": path}
+        test = "test" if "test" in splits else "val"
+        if "train" in splits and test in splits:
+            return {"data": path, "sources": (splits["train"], splits[test])}
     return None
 
 
@@ -160,7 +162,7 @@ def _run_section(run: Path, name: str, index: int, where_given: dict, options: d
     cfg, config_html = _config(run)
     metrics, evals = read_metrics(run), run_evals(run)
     rows = eval_rows(evals)
-    grid, embedding = _embedding_pictures(run, cfg, _labelled_data(cfg, **where_given), options)
+    grid, embedding = _embedding_pictures(run, cfg, _labelled_data(cfg, where_given), options)
     parts = [f'<section class="run" id="run-{index}"><h2>{escape(name)}</h2>{html.note(str(run.resolve()))}',
              "<h3>Configuration</h3>", config_html,
              "<h3>Training curves</h3>", _curves(run, metrics),
@@ -177,6 +179,8 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
                  device: str = "auto", cache_dir=None, queries: int = 6, neighbours: int = 8,
                  max_points: int = 2000, show_progress: bool = True) -> Path:
     """Write the report of `run_dirs` to `out` (one HTML file, images embedded); returns its path."""
+    from ..eval.data import labelled_sources
+
     runs = [_check_run(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not runs:
         raise UserError("give at least one run folder")
@@ -187,6 +191,11 @@ def build_report(run_dirs, out: str | Path = "report.html", data=None, train=Non
     names = _names(runs)
     options = dict(device=device, cache_dir=cache_dir, show_progress=show_progress, **asdict(counts))
     where = {"data": data, "train": train, "test": test}
+    if data is not None or (train is not None and test is not None):
+        try:  # listed once for all the runs; a refusal is each run's note, from prepare
+            where["sources"] = labelled_sources(train, test, data)
+        except UserError:
+            pass
     sections = [_run_section(run, name, i, where, options) for i, (run, name) in enumerate(zip(runs, names))]
     headers, rows = comparison_rows(runs, names)
     nav = "".join(f'<a href="#run-{i}">{escape(n)}</a>' for i, n in enumerate(names))
