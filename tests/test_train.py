@@ -171,6 +171,19 @@ def test_a_run_folder_that_holds_images_is_refused(labelled_folder, tmp_path):
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.JPG", "notes.txt"]
 
 
+def test_a_run_folder_given_as_data_is_refused(labelled_folder, tmp_path):
+    """--data and --out swapped: the run folder's pictures were the images to train on (its one
+    curves.png refused as fewer than a batch, more trained on), and the run was written among the images."""
+    run = tmp_path / "runs" / "simclr"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"")
+    write_dataset(run, per_class=1)  # the run's pictures, where --out's figures would be
+    with pytest.raises(UserError, match=r"^data='.*simclr' is a run folder \(it holds last.pt\), not images; give the "
+                                        r"images to pretrain on as `data` and the run folder as `out`$"):
+        run_pretraining(tiny(run, labelled_folder, train={"batch_size": 2}))
+    assert sorted(p.name for p in labelled_folder.iterdir()) == ["circle", "square", "stripes"]
+
+
 def test_a_run_folder_that_is_a_file_is_refused(labelled_folder, tmp_path):
     (tmp_path / "run").write_text("notes")
     with pytest.raises(UserError, match=r"^out='.*run' is a file, not a folder; choose another `out`$"):

@@ -202,6 +202,9 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
         raise UserError(f"data path {str(data)!r} does not exist; give "
                         + ("a folder of images or a tar of one" if images
                            else f"the folder or tar of {cfg.method}'s data"))
+    if data.is_dir() and (data / "last.pt").is_file():  # --data and --out swapped: its curves.png as the images
+        raise UserError(f"{path_option('data', str(data))} is a run folder (it holds last.pt), not images; give the "
+                        f"images to pretrain on as {named_option('data')} and the run folder as {named_option('out')}")
     if data.is_dir() and lies_inside(out, data):
         raise UserError(f"{path_option('out', str(out))} lies inside {path_option('data', str(data))}: "
                         f"the run's pictures "
