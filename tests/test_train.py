@@ -1,6 +1,7 @@
 """The training loop end to end on tiny data: run folder, monitors, resume, bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,11 @@ def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path, uninterrupted
 def test_batch_larger_than_dataset(labelled_folder, tmp_path):
     with pytest.raises(UserError, match=r"batch_size=64 is larger than the 35 training images"):
         run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"batch_size": 64}))
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(next((labelled_folder / "circle").iterdir()), one / "a.png")
+    with pytest.raises(UserError, match=r"batch_size=2 is larger than the 1 training image in "):
+        run_pretraining(tiny(one, tmp_path / "run", train={"batch_size": 2}))
 
 
 def test_resume_without_checkpoint_and_rerun_without_resume(labelled_folder, tmp_path):

@@ -386,9 +386,10 @@ class Trainer:
                                   rows=None if self.samples is None else self.samples.rows,
                                   side=None if self.samples is None else self.samples.side)
         if len(self.stream) == 0:
-            what = "training images" if self.samples is None else f"training samples of {cfg.method}"
+            what = plural(len(stream_over), "training image") if self.samples is None else \
+                f"{plural(len(stream_over), 'training sample')} of {cfg.method}"
             more = getattr(method_module, "MORE_SAMPLES", None)  # the config key that draws more samples
-            raise UserError(f"{option('batch_size', cfg.train.batch_size)} is larger than the {len(stream_over):,} "
+            raise UserError(f"{option('batch_size', cfg.train.batch_size)} is larger than the "
                             f"{what} in {cfg.data.path}; lower {option('batch_size')}"
                             + (f" or raise {setting(more, 'N')}" if more else ""))
 
