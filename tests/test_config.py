@@ -85,6 +85,13 @@ def test_yaml_file_errors(tmp_path):
     bad.write_text("train: [unclosed")
     with pytest.raises(UserError, match="not valid YAML"):
         C.load_yaml(bad)
+    with pytest.raises(UserError, match=r"config file '.*' is a folder; give a YAML file, such as a run's config.yaml$"):
+        C.load_yaml(tmp_path)
+    checkpoint = tmp_path / "last.pt"  # holds its config, but not as YAML
+    torch.save({"config": {"method": "simclr"}}, checkpoint)
+    with pytest.raises(UserError, match=r"config file '.*last.pt' is not a text file; give a YAML file, such as a "
+                                        r"run's config.yaml \(the one beside last.pt\)$"):
+        C.load_yaml(checkpoint)
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):

@@ -289,10 +289,15 @@ def nested(dotted_key: str, value: Any) -> dict:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {str(path)!r} is a folder; give a YAML file, such as a run's config.yaml")
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
         data = read_yaml(path.read_text())
+    except UnicodeDecodeError:  # a checkpoint (which holds its config too), an image
+        raise UserError(f"config file {str(path)!r} is not a text file; give a YAML file, such as a run's "
+                        f"config.yaml (the one beside last.pt)") from None
     except yaml.YAMLError as e:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
