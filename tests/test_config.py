@@ -85,6 +85,9 @@ def test_yaml_file_errors(tmp_path):
     bad.write_text("train: [unclosed")
     with pytest.raises(UserError, match="not valid YAML"):
         C.load_yaml(bad)
+    bad.write_text("method: simclr\ntrain:\n\tepochs: 1\n")  # a tab, as an editor may indent
+    with pytest.raises(UserError, match=r"not valid YAML at line 3: found character '\\t' that cannot start any token$"):
+        C.load_yaml(bad)
     with pytest.raises(UserError, match=r"config file '.*' is a folder; give a YAML file, such as a run's config.yaml$"):
         C.load_yaml(tmp_path)
     checkpoint = tmp_path / "last.pt"  # holds its config, but not as YAML

@@ -298,8 +298,11 @@ def load_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError:  # a checkpoint (which holds its config too), an image
         raise UserError(f"config file {str(path)!r} is not a text file; give a YAML file, such as a run's "
                         f"config.yaml (the one beside last.pt)") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # the problem and its line ('while parsing a flow node' told neither)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}: "
+                        f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
