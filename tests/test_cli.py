@@ -54,6 +54,21 @@ def test_pretrain_eval_export_embed_through_the_cli(tmp_path):
     assert proc.returncode == 0 and (tmp_path / "e.files.txt").is_file()
 
 
+def test_paths_given_with_a_tilde_are_read_from_the_home_folder(tmp_path, monkeypatch):
+    """'~/runs/a' as given where no shell expands it (quoted, --out=~/runs/a, a YAML file): --out was
+    made in the home folder, then the run failed on an OS error naming '~/runs/a'; --checkpoint and
+    --config were not found."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_dataset(tmp_path / "data", per_class=4)
+    proc = run("pretrain", "--method", "simclr", "--data", "~/data", "--out=~/runs/a", "--backbone", "resnet18",
+               "--no-small-stem", "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--device", "cpu",
+               "--no-progress")
+    assert proc.returncode == 0 and (tmp_path / "runs" / "a" / "last.pt").is_file(), proc.stderr
+    proc = run("export", "--checkpoint", "~/runs/a", "--out", "~/enc.safetensors")
+    assert proc.returncode == 0 and (tmp_path / "enc.safetensors").is_file(), proc.stderr
+    run("pretrain", "--config", "~/runs/a/config.yaml", "--out", "~/runs/a", check_error="already holds a run")
+
+
 def test_bad_input_gives_one_line_errors(tmp_path):
     data = write_dataset(tmp_path / "data", per_class=4)
     common = ["--out", tmp_path / "r", "--image-size", "16", "--no-progress"]

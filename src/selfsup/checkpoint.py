@@ -102,7 +102,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, plain_weights: 
     default as an encoder, `plain_weights_remedy()`).
     `with_sha256`: add "file_sha256", the digest of the very bytes loaded (a run still training
     may replace last.pt between a load and a second read)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     plain_weights = plain_weights_remedy() if plain_weights is None else plain_weights
     instead = f" ({plain_weights})" if plain_weights else ""
     if path.is_dir():

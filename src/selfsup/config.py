@@ -288,7 +288,7 @@ def nested(dotted_key: str, value: Any) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"config file {str(path)!r} is a folder; give a YAML file, such as a run's config.yaml")
     if not path.is_file():

@@ -122,7 +122,8 @@ def _load_encoder(spec: str, image_size: int | None, small_stem: bool | None, se
                         f"which its weights fix; drop {flag} (it is for random: and weights: encoders)")
     epoch = checkpoint.get("position", {}).get("epoch")
     trained = plural(epoch, "epoch") if isinstance(epoch, int) else "? epochs"
-    path = Path(spec) / "last.pt" if Path(spec).is_dir() else Path(spec)
+    path = Path(spec).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
     # Another image size than the training one (transfer to other data): a ViT resamples its
     # positions, so only whole patches are needed.
     size = image_size or cfg.data.image_size

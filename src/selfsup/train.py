@@ -191,7 +191,7 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
     if (out / "last.pt").exists():
         raise UserError(f"{str(out)!r} already holds a run (last.pt); continue it with {option('resume', True)} "
                         f"or choose another {named_option('out')}")
-    cfg = config_lib.resolve(user)
+    cfg = dataclasses.replace(config_lib.resolve(user), out=str(out))  # ~ expanded, as --resume's
     if not cfg.data.path:
         raise UserError(f"give the images to pretrain on with {said_as('--data PATH', 'data=PATH')} "
                         f"(a folder or a tar)")
