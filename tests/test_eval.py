@@ -319,12 +319,15 @@ def test_train_and_test_classes_must_match(tmp_path):
 
 
 def test_what_cannot_be_used_in_the_labelled_data_is_said_once(split_folder, tmp_path, capsys):
-    """A dangling link under --data ROOT, or under a --test root: one warning, where each was listed
-    three times and twice (to find the splits, then once per split)."""
+    """A dangling link under --data ROOT, or under --test (a root or a class folder): one warning, where
+    each was listed three times and twice (to find the splits, then once per split)."""
     (split_folder / "test" / "circle" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     evaluate_knn("random:resnet18", data=split_folder, image_size=16, k=5, device="cpu", show_progress=False)
     assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
     evaluate_knn("random:resnet18", train=split_folder / "train", test=split_folder, image_size=16, k=5,
+                 device="cpu", show_progress=False)
+    assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
+    evaluate_knn("random:resnet18", train=split_folder / "train", test=split_folder / "test", image_size=16, k=5,
                  device="cpu", show_progress=False)
     assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
 

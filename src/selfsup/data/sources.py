@@ -548,11 +548,12 @@ def _make_source(path: Path, split: str | None, names: list[str], prefix: str, d
 
 
 def open_source(path: str | Path, split: str | None = None, whole: bool = False,
-                identify: bool = False) -> ImageSource:
+                identify: bool = False, prefer: str = "train") -> ImageSource:
     """List the images under `path` (a folder or a tar); non-image files are ignored.
 
     A dataset root holding train/ and test/ (or val/) gives its train/ split unless `split` names
-    another, so that test images never leak into pretraining by accident; `whole=True` lists
+    another (or `prefer` one it holds: eval's --test takes test/), so that test images never leak
+    into pretraining by accident; `whole=True` lists
     every image under `path` whatever its layout. `identify=True` keeps each file's (device, inode)
     from the stat that listed it (see ImageSource.file_id).
     """
@@ -561,7 +562,7 @@ def open_source(path: str | Path, split: str | None = None, whole: bool = False,
     names, prefix, digests, links = _listing(path, identities)
     splits = [] if whole or is_list_path(path) else splits_in(names)
     if split is None and splits:
-        split = "train"
+        split = prefer if prefer in splits else "train"
     if split is not None and split not in splits:
         raise UserError(f"{str(path)!r} has no {split}/ folder next to train/ and test/ "
                         f"(it holds: {', '.join(sorted({n.split('/', 1)[0] for n in names})[:8])})")

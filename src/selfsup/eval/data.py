@@ -47,8 +47,7 @@ def labelled_sources(train=None, test=None, data=None) -> tuple:
         raise UserError(f"give labelled data: {said_as('--train PATH', 'train=PATH')} and "
                         f"{said_as('--test PATH', 'test=PATH')}, or {said_as('--data PATH', 'data=PATH')} holding "
                         f"train/ and test/")
-    test_splits = open_splits(test)  # a root given as --test: its test/, else its train/ as open_source takes
-    return open_source(train), test_splits.get("test") or test_splits.get("train") or open_source(test)
+    return open_source(train), open_source(test, prefer="test")  # a root given as --test: its test/
 
 
 def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
