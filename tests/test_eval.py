@@ -332,6 +332,21 @@ def test_what_cannot_be_used_in_the_labelled_data_is_said_once(split_folder, tmp
     assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
 
 
+def test_evaluating_on_the_training_images_is_warned_of(split_folder, tmp_path, capsys):
+    """The same folder (or a copy of it) as --train and --test: kNN finds each test image itself
+    among its neighbours, a linear probe is scored on what it was fitted to. Said; other test
+    images are not."""
+    train = split_folder / "train"
+    evaluate_knn("random:resnet18", train=train, test=train, image_size=16, k=5, device="cpu", show_progress=False)
+    assert capsys.readouterr().err.count("warning: the test images are the training images") == 1
+    copy = shutil.copytree(train, tmp_path / "copy")  # the same pixels under another name
+    evaluate_knn("random:resnet18", train=train, test=copy, image_size=16, k=5, device="cpu", show_progress=False)
+    assert "warning: the test images are the training images" in capsys.readouterr().err
+    evaluate_knn("random:resnet18", train=train, test=split_folder / "test", image_size=16, k=5, device="cpu",
+                 show_progress=False)
+    assert "the test images are the training images" not in capsys.readouterr().err
+
+
 def test_unlabelled_data_and_missing_arguments(tmp_path):
     write_dataset(tmp_path / "flat" / "only")  # 3 classes nested one level lower...
     flat = tmp_path / "loose"

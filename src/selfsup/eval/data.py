@@ -69,6 +69,11 @@ def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, s
     if len(train_cache.classes) < 2:
         raise UserError(f"only class {train_cache.classes[0]!r} has images that can be decoded; evaluation needs "
                         f"at least 2 classes")
+    if train_cache.pixels_sha256 is not None and train_cache.pixels_sha256 == test_cache.pixels_sha256:
+        # kNN finds each test image itself among its neighbours; a probe is scored on what it was fitted to
+        warn(f"the test images are the training images ({test_cache.source}): the figures say how well the "
+             f"encoder recalls images it is shown, not how it does on new ones; give test images that are not "
+             f"among the training ones (a {named_option('data')} root holding train/ and test/)")
     return train_cache, test_cache
 
 
