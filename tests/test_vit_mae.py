@@ -393,21 +393,16 @@ def test_attention_gives_every_image_its_own_map_file_whatever_the_names():
         assert all(f.endswith(".png") and "/" not in f for f in files)
 
 
-def test_a_figure_is_closed_when_it_cannot_be_written(tmp_path, monkeypatch):
-    """pyplot holds every figure until it is closed: a run that failed to write one leaked it."""
-    from matplotlib.figure import Figure
-
+def test_an_attention_picture_that_cannot_be_written_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
     from selfsup.attention import _draw
-    from selfsup.viz import pyplot
 
     def disk_full(self, path, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Figure, "savefig", disk_full)
-    before = len(pyplot().get_fignums())
+    monkeypatch.setattr(Image.Image, "save", disk_full)
     with pytest.raises(UserError, match="No space left on device"):
-        _draw(np.ones((16, 16, 3)), np.ones((2, 4, 4)), tmp_path / "photo.png")
-    assert len(pyplot().get_fignums()) == before and list(tmp_path.iterdir()) == []
+        _draw(np.ones((16, 16, 3), np.uint8), np.ones((2, 4, 4)), tmp_path / "photo.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_attention_refuses_to_write_its_maps_over_the_images(tmp_path, capsys):
@@ -445,22 +440,67 @@ def test_attention_refuses_to_write_its_maps_over_the_images(tmp_path, capsys):
 
 
 def test_an_attention_picture_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from matplotlib.figure import Figure
-
     from selfsup.attention import _draw
 
     out = tmp_path / "photo.png"
-    _draw(np.zeros((16, 16, 3)), np.zeros((2, 4, 4)), out)
+    _draw(np.zeros((16, 16, 3), np.uint8), np.zeros((2, 4, 4)), out)
     drawn = out.read_bytes()
 
     def killed_while_saving(self, path, *args, **kwargs):
         Path(path).write_bytes(drawn[:100])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Figure, "savefig", killed_while_saving)
+    monkeypatch.setattr(Image.Image, "save", killed_while_saving)
     with pytest.raises(KeyboardInterrupt):
-        _draw(np.ones((16, 16, 3)), np.ones((2, 4, 4)), out)
+        _draw(np.ones((16, 16, 3), np.uint8), np.ones((2, 4, 4)), out)
     assert out.read_bytes() == drawn and [p.name for p in tmp_path.iterdir()] == ["photo.png"]
+
+
+def one_hot_maps(count: int, side: int = 4) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`count` maps (side, side) of zeros but for one patch of 1 each, no two at one place, and
+    none where a map's transpose would be hot."""
+    places = [(k % side, (k + 1 + k // side) % side) for k in range(count)]
+    assert len(set(places)) == count and all(r != c for r, c in places)
+    maps = np.zeros((count, side, side))
+    for m, (r, c) in zip(maps, places):
+        m[r, c] = 1
+    return maps, places
+
+
+def assert_heat(panel: np.ndarray, shown: np.ndarray, place: tuple[int, int], side: int = 4):
+    """`panel` is `shown` under inferno's top colour on the patch at `place`, its bottom colour
+    elsewhere, at 0.6 (as imshow(alpha=0.6) drew a map over the image), to a unit of rounding."""
+    import matplotlib
+
+    top, bottom = (np.array(matplotlib.colormaps["inferno"](v)[:3]) * 255 for v in (1.0, 0.0))
+    block = panel.shape[0] // side
+    hot = np.zeros(panel.shape[:2], bool)
+    hot[place[0] * block:(place[0] + 1) * block, place[1] * block:(place[1] + 1) * block] = True
+    expected = np.where(hot[..., None], top, bottom) * 0.6 + shown * 0.4  # (S, S, 3)
+    assert np.abs(panel.astype(float) - expected).max() <= 0.5 + 1e-6
+
+
+def test_an_attention_picture_shows_the_image_then_each_map_over_it_in_its_panel(tmp_path):
+    """The image, enlarged as drawn, in the first panel; each map (the mean, then heads 0 to 6) hot
+    on its own patch in its own panel, 7 panels a row."""
+    from selfsup.attention import _draw, panel_layout
+    from selfsup.viz import thumbnail
+
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    maps, places = one_hot_maps(8)  # the mean and 7 heads: 9 panels, two rows
+    drawn = np.asarray(Image.open(_draw(image, maps, tmp_path / "photo.png")).convert("RGB"))
+    layout = panel_layout(16)
+    assert layout.side >= 198 and layout.side % 16 == 0  # as large as matplotlib's panels, each pixel a square
+
+    def panel(i):
+        x, y = layout.image(*divmod(i, 7))
+        return drawn[y:y + layout.side, x:x + layout.side]
+
+    shown = thumbnail(image, layout.side)
+    assert np.array_equal(panel(0), shown) and shown.shape == (layout.side, layout.side, 3)
+    for i, place in enumerate(places, start=1):
+        assert_heat(panel(i), shown, place)
+    assert drawn.shape[:2] == layout.size(2, 7)[::-1]
 
 
 def test_attention_refuses_a_non_positive_image_size_and_names_only_its_own_options(tmp_path):
