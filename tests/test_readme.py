@@ -258,7 +258,8 @@ def test_the_usage_block_runs_as_written(in_usage):
     assert "runs/simclr" in report and "runs/other" in report
     with open("to-label/to_label.csv", newline="") as f:  # which of labelled/'s train/ to label
         assert all(Path("labelled/train", row["file"]).is_file() for row in csv.DictReader(f))
-    assert sorted(p.name for p in Path("attention").iterdir()) == ["000.png", "001.png"]  # one PNG per image
+    # one PNG per image, and the overview
+    assert sorted(p.name for p in Path("attention").iterdir()) == ["000.png", "001.png", "attention.png"]
 
 
 def test_the_clusters_and_search_commands_run_as_written(in_usage):

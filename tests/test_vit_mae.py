@@ -323,8 +323,9 @@ def test_attention_command_draws_each_image_and_refuses_a_resnet(mae_runs, tmp_p
     root, data, _ = mae_runs
     result = save_attention_maps(root / "whole" / "last.pt", data / "circle", tmp_path / "maps", max_images=3,
                                  image_size=32, device="cpu")
-    assert result == {"out": str(tmp_path / "maps"), "images": 3, "heads": 3, "image_size": 32}
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["000.png", "001.png", "002.png"]
+    assert result == {"out": str(tmp_path / "maps"), "images": 3, "heads": 3, "image_size": 32,
+                      "overview": str(tmp_path / "maps" / "attention.png")}
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["000.png", "001.png", "002.png", "attention.png"]
     with pytest.raises(UserError, match="attention maps need a ViT encoder.*holds a resnet18"):
         save_attention_maps("random:resnet18", data / "circle", tmp_path / "no")
     assert main(["attention", "--checkpoint", str(root / "whole"), "--images", str(data / "circle" / "000.png"),
@@ -343,7 +344,7 @@ def test_attention_keeps_images_of_one_stem_apart_and_counts_the_unreadable(tmp_
         (images / name).write_bytes(b"not an image")
     result = save_attention_maps("random:vit-tiny", images, tmp_path / "maps", image_size=32, device="cpu")
     assert result["images"] == 3
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x.jpg.png", "x.png.png", "y.png"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["attention.png", "x.jpg.png", "x.png.png", "y.png"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "skipped 2 of 5 files" in warnings[0]
     # --max-images counts the images drawn, not the unreadable files met on the way.
@@ -371,25 +372,28 @@ def test_attention_draws_a_random_encoder_at_the_images_size_as_eval_does(tmp_pa
     capsys.readouterr()
     assert main(["attention", "--checkpoint", "random:vit-tiny", "--images", str(images), "--out",
                  str(tmp_path / "cli"), "--device", "cpu"]) == 0
-    assert "(3 heads, 32 px)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(3 heads, 32 px)" in out and out.strip().endswith(f"{tmp_path / 'cli' / 'attention.png'}: every image "
+                                                              f"beside its mean of heads")
 
 
 def test_attention_gives_every_image_its_own_map_file_whatever_the_names():
     """a/b.png and a_b.png both became a_b.png.png (one map written over the other); A.png and
-    a.png meet on a file system that ignores case."""
+    a.png meet on a file system that ignores case; an image named attention would be the overview's."""
     import random
 
     from selfsup.attention import output_names
 
     assert output_names(["a/b.png", "a_b.png", "A.png", "a.png", "c.jpg"]) == \
         ["a_b.png.png", "a_b.png~2.png", "A.png", "a~2.png", "c.png"]
+    assert output_names(["Attention.jpg", "attention/x.png"]) == ["Attention~2.png", "attention_x.png"]
     rng = random.Random(0)
-    parts = ["a", "A", "b", "a_b", "b_a", "x~2", "x"]
+    parts = ["a", "A", "b", "a_b", "b_a", "x~2", "x", "attention", "ATTENTION"]
     for _ in range(300):
         names = sorted({"/".join(rng.choices(parts, k=rng.randint(1, 3))) + rng.choice([".png", ".jpg", ".PNG"])
                         for _ in range(rng.randint(1, 12))})
         files = output_names(names)
-        assert len({f.casefold() for f in files}) == len(names)
+        assert len({f.casefold() for f in files} | {"attention.png"}) == len(names) + 1
         assert all(f.endswith(".png") and "/" not in f for f in files)
 
 
@@ -431,6 +435,11 @@ def test_attention_refuses_to_write_its_maps_over_the_images(tmp_path, capsys):
                  str(maps), "--image-size", "32", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("selfsup: error: the attention map") and "\n" not in err
+    overview = tmp_path / "overview"  # nor the overview, attention.png
+    overview.mkdir()
+    os.link(images / "other.jpg", overview / "attention.png")
+    with pytest.raises(UserError, match=r"attention.png' would replace the image 'other.jpg'"):
+        save_attention_maps("random:vit-tiny", images, overview, image_size=32, device="cpu")
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before
     # One image drawn beside itself under another name replaces nothing.
     assert save_attention_maps("random:vit-tiny", images / "other.jpg", images, image_size=32,
@@ -501,6 +510,28 @@ def test_an_attention_picture_shows_the_image_then_each_map_over_it_in_its_panel
     for i, place in enumerate(places, start=1):
         assert_heat(panel(i), shown, place)
     assert drawn.shape[:2] == layout.size(2, 7)[::-1]
+
+
+def test_the_overview_shows_each_image_beside_its_mean_of_heads_up_to_its_cap(tmp_path, monkeypatch):
+    import selfsup.attention as attention
+    from selfsup.viz import thumbnail
+
+    images = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    means, places = one_hot_maps(5)
+    monkeypatch.setattr(attention, "OVERVIEW_PAIRS", 2)
+    out = attention._draw_overview(images, means, [f"{i}.png" for i in range(5)], tmp_path / "attention.png")
+    drawn = np.asarray(Image.open(out).convert("RGB"))
+    layout = attention.panel_layout(16, attention.OVERVIEW_CELL)
+    assert layout.side >= 128 and drawn.shape[:2] == layout.size(3, 4)[::-1]  # 2 pairs a row: 3 rows of 4 cells
+    for k, (image, place) in enumerate(zip(images, places)):
+        r, c = divmod(2 * k, 4)
+        cells = [drawn[y:y + layout.side, x:x + layout.side] for x, y in (layout.image(r, c), layout.image(r, c + 1))]
+        shown = thumbnail(image, layout.side)
+        assert np.array_equal(cells[0], shown)
+        assert_heat(cells[1], shown, place)
+    monkeypatch.setattr(attention, "OVERVIEW_IMAGES", 3)  # the first 3 are drawn: 2 rows
+    out = attention._draw_overview(images, means, [f"{i}.png" for i in range(5)], tmp_path / "attention.png")
+    assert np.asarray(Image.open(out)).shape[:2] == layout.size(2, 4)[::-1]
 
 
 def test_attention_refuses_a_non_positive_image_size_and_names_only_its_own_options(tmp_path):

@@ -6,8 +6,8 @@ gets those weights from any selfsup ViT (or timm ViT) without touching timm's at
 forward hook keeps the output of the last block's qkv projection, and the class token's row of
 softmax(q k^T / sqrt(d)) is recomputed from it (checked against timm's own computation in
 tests/test_vit_mae.py). `save_attention_maps` writes one PNG per image: the image, the mean over
-heads, and each head, overlaid, on one uint8 canvas (viz.picture_grid): a matplotlib axes per
-panel took 0.5 s an image.
+heads, and each head, overlaid; and attention.png, each image beside its mean over heads. Each is
+one uint8 canvas (viz.picture_grid): a matplotlib axes per panel took 0.5 s an image.
 """
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ PANELS_PER_ROW = 7
 PANELS = GridLayout(side=PANEL_SIDE, lines=1, above=True, gap=10, font_px=11)
 HEAT = "inferno"  # the maps' colormap, drawn at HEAT_ALPHA over the image
 HEAT_ALPHA = 0.6
+OVERVIEW = "attention.png"  # every image beside its mean of heads, in one picture
+OVERVIEW_IMAGES = 32  # the first 32 images are shown in it, OVERVIEW_PAIRS a row, at OVERVIEW_SIDE or more
+OVERVIEW_PAIRS = 4
+OVERVIEW_SIDE = 128
+OVERVIEW_CELL = GridLayout(side=OVERVIEW_SIDE, lines=1, above=True, room=12, gap=4, band=26, font_px=10)
 
 
 def class_token_attention(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
@@ -92,11 +97,12 @@ def output_names(names: list[str]) -> list[str]:
     """A distinct PNG name for each image: its path with '/' as '_' and without its suffix, but
     with it where that alone would collide (x.jpg and x.png give x.jpg.png and x.png.png), and
     numbered where even that collides (a/b.png and a_b.png), or differs only in case (a file
-    system that ignores case would write both to one file)."""
+    system that ignores case would write both to one file), or is the overview's (attention.jpg
+    gives attention~2.png)."""
     stems = [Path(name).with_suffix("").as_posix().replace("/", "_") for name in names]
     clashing = {stem for stem, count in Counter(stems).items() if count > 1}
     wanted = [name.replace("/", "_") if stem in clashing else stem for name, stem in zip(names, stems)]
-    taken, distinct = set(), []
+    taken, distinct = {Path(OVERVIEW).stem.casefold()}, []
     for base in wanted:
         name, number = base, 1
         while name.casefold() in taken:
@@ -167,12 +173,28 @@ def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> Path:
     return save_png(picture_grid(rows, layout), out)
 
 
+def _draw_overview(images: np.ndarray, means: np.ndarray, file_names: list[str], out: Path) -> Path:
+    """OUT/attention.png: the first OVERVIEW_IMAGES images (N, S, S, 3) uint8, each under the name of
+    its own picture and beside its mean of heads (N, h, w), OVERVIEW_PAIRS pairs a row."""
+    from .curate.pictures import _short  # a file name cut in its middle, as the curation grids write them
+
+    layout = panel_layout(images.shape[1], OVERVIEW_CELL)
+    cells = []
+    for image, weights, name in zip(images[:OVERVIEW_IMAGES], means, file_names):
+        shown = thumbnail(image, layout.side)
+        cells += [Cell(shown, (_short(name, layout.width),)), Cell(heat(shown, weights), ("mean of heads",))]
+    rows = [cells[i:i + 2 * OVERVIEW_PAIRS] for i in range(0, len(cells), 2 * OVERVIEW_PAIRS)]
+    which = f"the first {OVERVIEW_IMAGES} of {len(images)} images" if len(images) > OVERVIEW_IMAGES else "each image"
+    return save_png(picture_grid(rows, layout, f"{which} and the class token's attention, mean of heads"), out)
+
+
 @torch.no_grad()
 def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_size: int | None = None,
                         device: str = "auto", max_images: int = 32, bands=None) -> dict:
     """Write OUT/<image name>.png for each of the first `max_images` images under `images`, at the
-    encoder's training size unless `image_size` is given (positions are resampled); a random:
-    encoder is drawn at `image_size`, else at the images' own size (see encoder.random_size)."""
+    encoder's training size unless `image_size` is given (positions are resampled), and
+    OUT/attention.png, each image beside its mean of heads; a random: encoder is drawn at
+    `image_size`, else at the images' own size (see encoder.random_size)."""
     from .backbones.vit import check_image_size
     from .data.sources import open_file_or_source
     from .encoder import default_cache_size, load_encoder
@@ -199,7 +221,7 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     device = resolve_device(device)
     pixels, names, source = read_images(images, default_cache_size(size), max_images, encoder.bands, source)
     file_names = output_names(names)
-    _check_images_are_kept(source, Path(images).expanduser(), Path(out).expanduser(), file_names)
+    _check_images_are_kept(source, Path(images).expanduser(), Path(out).expanduser(), file_names + [OVERVIEW])
     x = eval_view(torch.from_numpy(pixels).to(device), size)  # (N, 3, S, S) normalised
     maps = class_token_attention(backbone.to(device).eval(), x)  # (N, heads, h, w)
     maps = torch.cat([maps.mean(dim=1, keepdim=True), maps], dim=1).cpu().numpy()
@@ -208,4 +230,6 @@ def save_attention_maps(checkpoint, images: str | Path, out: str | Path, image_s
     pictures = pictures.permute(0, 2, 3, 1).cpu().numpy()  # (N, S, S, 3)
     for file_name, picture, image_maps in zip(file_names, pictures, maps):
         _draw(picture, image_maps, out / file_name)
-    return {"out": str(out), "images": len(names), "heads": maps.shape[1] - 1, "image_size": size}
+    overview = _draw_overview(pictures, maps[:, 0], file_names, out / OVERVIEW)
+    return {"out": str(out), "images": len(names), "heads": maps.shape[1] - 1, "image_size": size,
+            "overview": str(overview)}

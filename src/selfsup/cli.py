@@ -174,7 +174,8 @@ def add_attention_parser(commands, common) -> None:
     p = commands.add_parser("attention", help="draw the class token's self-attention maps of a ViT encoder")
     p.add_argument("--checkpoint", required=True, help="a selfsup checkpoint (or run folder) with a ViT encoder")
     p.add_argument("--images", required=True, help="an image, a folder of images or a tar of one")
-    p.add_argument("--out", required=True, help="folder for one PNG per image")
+    p.add_argument("--out", required=True, help="folder for one PNG per image (the image, the mean of heads, each "
+                                                "head) and attention.png, every image beside its mean of heads")
     p.add_argument("--image-size", type=int, help="default: the encoder's training size, a random: one's the images' "
                                                   "(any multiple of the patch size)")
     p.add_argument("--max-images", type=int, default=32, help="draw the first N images (default %(default)s)")
@@ -191,7 +192,8 @@ def _attention(args) -> int:
     result = save_attention_maps(args.checkpoint, args.images, args.out, image_size=args.image_size,
                                  device=args.device, max_images=args.max_images, bands=args.bands)
     print(json.dumps(result) if args.json else f"wrote {plural(result['images'], 'attention picture')} "
-          f"({result['heads']} heads, {result['image_size']} px) to {result['out']}")
+          f"({result['heads']} heads, {result['image_size']} px) to {result['out']}, and {result['overview']}: "
+          f"every image beside its mean of heads")
     return 0
 
 
