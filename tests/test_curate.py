@@ -714,7 +714,14 @@ def test_curate_outputs_are_written_whole_or_not_at_all(planted, tmp_path, monke
 def test_picture_titles_are_shortened_from_the_middle():
     """Cut from the left, six files of three classes and two patients all read '…ild_016_größe.png';
     the first folder (a class, a patient) and the file name are what tell them apart."""
-    from selfsup.curate.pictures import TITLE_WIDTH, _pixels, _short
+    from selfsup.curate.pictures import CELL, TITLE_WIDTH
+    from selfsup.viz import short_name, text_font
+
+    def _short(name):  # as draw_rows titles its cells
+        return short_name(name, TITLE_WIDTH, CELL.font_px)
+
+    def _pixels(text):
+        return text_font(CELL.font_px).getlength(text)
 
     names = [f"{c}/patient_0{p}/bild_016_größe.png" for c in ("Ödem", "normal", "结节") for p in (2, 5)]
     titles = [_short(n) for n in names]

@@ -24,7 +24,7 @@ from .backbones import Backbone
 from .console import option, path_option
 from .errors import UserError
 from .outputs import output_folder
-from .viz import Cell, GridLayout, picture_grid, save_png, thumbnail
+from .viz import Cell, GridLayout, picture_grid, save_png, short_name, thumbnail
 
 if TYPE_CHECKING:
     from .data.sources import ImageSource
@@ -176,13 +176,11 @@ def _draw(image: np.ndarray, maps: np.ndarray, out: Path) -> Path:
 def _draw_overview(images: np.ndarray, means: np.ndarray, file_names: list[str], out: Path) -> Path:
     """OUT/attention.png: the first OVERVIEW_IMAGES images (N, S, S, 3) uint8, each under the name of
     its own picture and beside its mean of heads (N, h, w), OVERVIEW_PAIRS pairs a row."""
-    from .curate.pictures import _short  # a file name cut in its middle, as the curation grids write them
-
     layout = panel_layout(images.shape[1], OVERVIEW_CELL)
     cells = []
     for image, weights, name in zip(images[:OVERVIEW_IMAGES], means, file_names):
         shown = thumbnail(image, layout.side)
-        cells += [Cell(shown, (_short(name, layout.width),)), Cell(heat(shown, weights), ("mean of heads",))]
+        cells += [Cell(shown, (short_name(name, layout.width, layout.font_px),)), Cell(heat(shown, weights), ("mean of heads",))]
     rows = [cells[i:i + 2 * OVERVIEW_PAIRS] for i in range(0, len(cells), 2 * OVERVIEW_PAIRS)]
     which = f"the first {OVERVIEW_IMAGES} of {len(images)} images" if len(images) > OVERVIEW_IMAGES else "each image"
     return save_png(picture_grid(rows, layout, f"{which} and the class token's attention, mean of heads"), out)

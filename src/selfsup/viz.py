@@ -47,6 +47,45 @@ def fitted(draw, text: str, font, width: float) -> str:
     return text
 
 
+def short_name(name: str, width: float, font_px: int) -> str:
+    """`name` as it fits `width` pixels written in text_font(font_px): whole where it fits, else
+    shortened from the middle, keeping its first folder and its file name (`patient_07/…/img_009.png`:
+    the class or patient, and which file) and as many of the folders between as fit, those nearest
+    the first before the others. Where even that is too wide, the first folder is cut in the middle
+    of its letters, and the file name too where it alone nearly fills the width."""
+    parts = [p for p in name.split("/") if p] or [name]
+    if _text_width(name, font_px) <= width or len(parts) == 1:
+        return _cut_middle(name, width, font_px)
+    folders = len(parts) - 1
+    kept = [(i, j) for i in range(1, folders + 1) for j in range(i + 1, folders + 1)  # parts[i:j] left out
+            if _text_width("/".join(parts[:i] + ["…"] + parts[j:]), font_px) <= width]
+    if not kept:  # the first folder cut in its middle to leave room for the file name, else both
+        between = "/…/" if folders > 1 else "/"
+        room = width - _text_width(between + parts[-1], font_px)
+        if room >= _text_width(parts[0][:2] + "…", font_px):
+            return _cut_middle(parts[0], room, font_px) + between + parts[-1]
+        return _cut_middle(parts[0] + between + parts[-1], width, font_px)
+    i, j = max(kept, key=lambda k: (k[0] - k[1], k[0]))  # the fewest folders left out, then the most kept before
+    return "/".join(parts[:i] + ["…"] + parts[j:])
+
+
+def _cut_middle(text: str, width: float, font_px: int) -> str:
+    """`text` with characters from its middle replaced by one … until it fits `width` pixels."""
+    if _text_width(text, font_px) <= width:
+        return text
+    for keep in range(len(text) - 1, 0, -1):
+        head = (keep + 1) // 2
+        cut = text[:head] + "…" + text[len(text) - (keep - head):]
+        if _text_width(cut, font_px) <= width:
+            return cut
+    return "…"
+
+
+def _text_width(text: str, font_px: int) -> float:
+    """The width in pixels of `text` written in text_font(font_px)."""
+    return text_font(font_px).getlength(text)
+
+
 def save_figure(fig, out: Path, dpi: int, fmt: str = "png") -> Path:
     """Write `fig` to `out` atomically (a figure may be redrawn while a run goes on) and close it,
     also when writing fails: pyplot keeps every open figure alive until it is closed."""
