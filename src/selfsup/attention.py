@@ -180,7 +180,8 @@ def _draw_overview(images: np.ndarray, means: np.ndarray, file_names: list[str],
     cells = []
     for image, weights, name in zip(images[:OVERVIEW_IMAGES], means, file_names):
         shown = thumbnail(image, layout.side)
-        cells += [Cell(shown, (short_name(name, layout.width, layout.font_px),)), Cell(heat(shown, weights), ("mean of heads",))]
+        cells += [Cell(shown, (short_name(name, layout.width, layout.font_px),)),
+                  Cell(heat(shown, weights), ("mean of heads",))]
     rows = [cells[i:i + 2 * OVERVIEW_PAIRS] for i in range(0, len(cells), 2 * OVERVIEW_PAIRS)]
     which = f"the first {OVERVIEW_IMAGES} of {len(images)} images" if len(images) > OVERVIEW_IMAGES else "each image"
     return save_png(picture_grid(rows, layout, f"{which} and the class token's attention, mean of heads"), out)

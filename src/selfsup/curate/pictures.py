@@ -21,7 +21,8 @@ def draw_rows(rows: list[list[tuple]], out: Path, title: str, size: int = 64, ba
     row (a query, a seed, a group's kept image) framed in MARK."""
     rows = [r for r in rows if r] or [[]]
     pixels = _decode_all(rows, size, bands)
-    cells = [[Cell(pixels.get((id(source), name)), (short_name(name, TITLE_WIDTH, CELL.font_px), *label), MARK if first_marked and c == 0 else None)
+    cells = [[Cell(pixels.get((id(source), name)), (short_name(name, TITLE_WIDTH, CELL.font_px), *label),
+                   MARK if first_marked and c == 0 else None)
               for c, (source, name, *label) in enumerate(row)] for row in rows]
     return save_png(picture_grid(cells, CELL, title), out)
 

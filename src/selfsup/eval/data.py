@@ -32,7 +32,8 @@ def labelled_sources(train=None, test=None, data=None) -> tuple:
     """(train, test) ImageSources of --train/--test or --data, named by absolute paths (the
     `train_data`, `test_data` of results, which the report compares). Each path is listed once, so
     that what cannot be used in it is said once."""
-    train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p))) for p in (train, test, data))
+    train, test, data = (None if p is None else os.path.abspath(os.path.expanduser(str(p)))
+                         for p in (train, test, data))
     if data is not None:
         if train is not None or test is not None:
             raise UserError(f"give either {option('data')} (a folder holding train/ and test/) "
