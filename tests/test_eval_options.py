@@ -68,6 +68,18 @@ def test_options_the_protocol_uses_pass(tmp_path, capsys, monkeypatch, args):
                                         "--no-progress")
 
 
+@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune", "retrieval"])
+@pytest.mark.parametrize("budget, message", [
+    (["--fraction", "0.5", "--per-class", "1"], "give --fraction or --per-class, not both"),
+    (["--fraction", "1.5"], "--fraction must lie in (0, 1], got 1.5"),
+    (["--per-class", "0"], "--per-class must be at least 1, got 0"),
+])
+def test_a_label_budget_is_refused_before_any_image_is_read(tmp_path, capsys, protocol, budget, message):
+    missing = tmp_path / "no-data"  # its error would come first if the budget were checked after reading
+    assert message in error_of(capsys, protocol, *budget, "--checkpoint", "random:resnet18", "--data", missing,
+                               "--no-progress")
+
+
 def test_the_curve_refuses_a_plot_format_before_any_work(tmp_path, capsys):
     missing = tmp_path / "no-data"
     err = error_of(capsys, "curve", "--checkpoint", "random:resnet18", "--data", missing, "--per-class", "1",

@@ -364,8 +364,9 @@ def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple
     """Weighted kNN top-1/top-5 (Wu et al. 2018) of an encoder, for each k (the last: headline)."""
     k, temperature = _knn_options(k, temperature)  # before any image is read
     check_options("evaluate_knn", options)
+    budget = Budget(fraction, per_class, subset)  # checked before any image is read, as each option
     setup = prepare(checkpoint, train, test, data, **options)
-    return _finish(setup, knn_protocol(setup, Budget(fraction, per_class, subset), seeds, k, temperature), record)
+    return _finish(setup, knn_protocol(setup, budget, seeds, k, temperature), record)
 
 
 def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = LINEAR_EPOCHS, lr=SWEEP_LRS,
@@ -377,9 +378,9 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
     _linear_options(lr, weight_decay, epochs, batch_size)  # before any image is read
     check_val_fraction(val_fraction)
     check_options("evaluate_linear", options)
+    budget = Budget(fraction, per_class, subset)
     setup = prepare(checkpoint, train, test, data, **options)
-    result = linear_protocol(setup, Budget(fraction, per_class, subset), seeds, val_fraction, lr, weight_decay,
-                             epochs, batch_size)
+    result = linear_protocol(setup, budget, seeds, val_fraction, lr, weight_decay, epochs, batch_size)
     return _finish(setup, result, record)
 
 
@@ -394,9 +395,9 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
     config = _finetune_options(config)  # before any image is read
     check_val_fraction(val_fraction)
     check_options("evaluate_finetune", options)
+    budget = Budget(fraction, per_class, subset)
     setup = prepare(checkpoint, train, test, data, check_encoder=lambda e: _refuse_other_kind(given, e, config),
                     **options)
-    budget = Budget(fraction, per_class, subset)
     return _finish(setup, finetune_protocol(setup, budget, seeds, val_fraction, config), record)
 
 
@@ -409,5 +410,6 @@ def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int 
     with removed_if_left_empty(None if out is None else Path(out).expanduser().parent):
         ks, out = _retrieval_options(ks, out)  # before any image is read
         check_options("evaluate_retrieval", options)
+        budget = Budget(fraction, per_class, subset)
         setup = prepare(checkpoint, train, test, data, labels_required=False, **options)
-        return _finish(setup, retrieval_protocol(setup, Budget(fraction, per_class, subset), seeds, ks, out), record)
+        return _finish(setup, retrieval_protocol(setup, budget, seeds, ks, out), record)
