@@ -40,22 +40,27 @@ def said_as(command_line: str, python: str) -> str:
 _NO_VALUE = object()
 
 
+def flag(name: str) -> str:
+    """The command-line flag of the option `name`: image_size is --image-size."""
+    return "--" + name.replace("_", "-")
+
+
 def option(name: str, value: object = _NO_VALUE, python: str | tuple[str, ...] | None = None) -> str:
     """An option as the reader gives it: `--image-size 32` in a command, `image_size=32` from Python
     (`python`: the keyword there, where it differs from the flag's name, or the keys that lead to it
     in a dict argument: ('config', 'lr') reads `config={'lr': 0.1}`). Without a value the flag or
     keyword alone (`--image-size`, `image_size=`, `config['lr']`); a switch's True or False as the
     flag alone or its --no- form (`--resume`, `--no-small-stem`)."""
-    flag = "--" + name.replace("_", "-")
+    as_flag = flag(name)
     keys = (python,) if isinstance(python, str) else python or (name,)
     if value is _NO_VALUE:
-        return said_as(flag, f"{keys[0]}=" if len(keys) == 1 else keys[0] + "".join(f"[{k!r}]" for k in keys[1:]))
+        return said_as(as_flag, f"{keys[0]}=" if len(keys) == 1 else keys[0] + "".join(f"[{k!r}]" for k in keys[1:]))
     if isinstance(value, os.PathLike):  # 'x.csv', not PosixPath('x.csv')
         value = str(value)
     if isinstance(value, bool):
-        command_line = flag if value else "--no-" + flag[2:]
+        command_line = as_flag if value else "--no-" + as_flag[2:]
     else:
-        command_line = f"{flag} {','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}"
+        command_line = f"{as_flag} {','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}"
     return said_as(command_line, f"{keys[0]}={_nested(keys[1:], value)}")
 
 
@@ -71,7 +76,7 @@ def named_option(name: str) -> str:
     """An option named as a thing in a sentence (choose another --out): the flag in a command, the
     keyword in backquotes from Python (choose another `out`), where `out=` would read as a value
     left out."""
-    return said_as("--" + name.replace("_", "-"), f"`{name}`")
+    return said_as(flag(name), f"`{name}`")
 
 
 # Where a Python caller gives an evaluation protocol's options: () as keywords of evaluate_*, or the
@@ -101,7 +106,7 @@ def protocol_option(name: str, value: object = _NO_VALUE, within: tuple[str, ...
 def path_option(name: str, path) -> str:
     """An option with a path, quoted as in a message: `--out 'runs/a'` in a command, `out='runs/a'`
     from Python."""
-    return said_as(f"--{name.replace('_', '-')} {str(path)!r}", f"{name}={str(path)!r}")
+    return said_as(f"{flag(name)} {str(path)!r}", f"{name}={str(path)!r}")
 
 
 def one_of(name: str, values, python: str | None = None) -> str:
@@ -109,7 +114,7 @@ def one_of(name: str, values, python: str | None = None) -> str:
     `backbone='vit-tiny' or 'vit-small'` from Python."""
     values = [str(v) for v in values]
     shown = ", ".join(map(repr, values[:-1])) + " or " + repr(values[-1]) if len(values) > 1 else repr(values[0])
-    return said_as(f"--{name.replace('_', '-')} {'|'.join(values)}", f"{python or name}={shown}")
+    return said_as(f"{flag(name)} {'|'.join(values)}", f"{python or name}={shown}")
 
 
 def setting(key: str, value: str | bool) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import option, plural, said_as, say, warn
+from .console import flag, option, plural, said_as, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
@@ -42,7 +42,7 @@ def open_option(path, option: str, opener=open_file_or_source) -> ImageSource:
     try:
         return opener(path)
     except UserError as e:
-        raise UserError(f"{said_as('--' + option.replace('_', '-'), option)}: {e}") from None
+        raise UserError(f"{said_as(flag(option), option)}: {e}") from None
 
 
 def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,

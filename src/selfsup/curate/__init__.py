@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import override, ranged
-from ..console import named_option, path_option, plural, said_as, say
+from ..console import flag, named_option, path_option, plural, said_as, say
 from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
@@ -59,7 +59,7 @@ class CurateConfig:
 def config_option(name: str) -> str:
     """A CurateConfig field as the reader sets it: `--k` in a command, `k in config=CurateConfig(...)`
     from Python (where curate() takes the fields in its `config`, not as keywords)."""
-    return said_as("--" + name.replace("_", "-"), f"{name} in config=CurateConfig(...)")
+    return said_as(flag(name), f"{name} in config=CurateConfig(...)")
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _open(path, what: str):
         if "no images found" in str(e):
             raise UserError(f"the {what} {str(path)!r} holds no images; give at least one") from None
         name = OPTIONS[what]
-        raise UserError(f"{said_as('--' + name.replace('_', '-'), name)}: {e}") from None
+        raise UserError(f"{said_as(flag(name), name)}: {e}") from None
 
 
 def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig | None = None,

@@ -10,7 +10,7 @@ import argparse
 import json
 from functools import partial
 
-from ..console import plural
+from ..console import flag, plural
 from ..errors import UserError
 
 PROTOCOLS = ["knn", "linear", "finetune", "retrieval", "curve"]
@@ -98,13 +98,13 @@ def _protocol_options(args, protocol: str) -> dict:
                    "batch_size": args.batch_size, "val_fraction": args.val_fraction}
         return {k: v for k, v in options.items() if v is not None}
     config = {name: getattr(args, name) for name in FINETUNE_FLAGS if getattr(args, name) is not None}
-    config.update({k: _one(getattr(args, k), f"--{k.replace('_', '-')}", "the linear probe's sweep")
+    config.update({k: _one(getattr(args, k), flag(k), "the linear probe's sweep")
                    for k in ("lr", "weight_decay") if getattr(args, k) is not None})
     return {"config": config, "val_fraction": args.val_fraction}
 
 
 def _flag(name: str) -> str:
-    return "--protocol" if name == "curve_protocol" else "--" + name.replace("_", "-")
+    return "--protocol" if name == "curve_protocol" else flag(name)
 
 
 def refuse_unused(args, defaults: dict) -> None:
