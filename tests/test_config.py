@@ -76,6 +76,12 @@ def test_set_assignments_parse_values_as_yaml():
     assert C.parse_assignment("train.compile=true") == {"train": {"compile": True}}
     with pytest.raises(UserError, match="KEY=VALUE"):
         C.parse_assignment("optim.lr")
+    # An empty value would read as YAML null and be blamed on its type; an empty key names nothing.
+    with pytest.raises(UserError, match=r"gives no value.*--set optim\.lr=0\.3"):
+        C.parse_assignment("optim.lr= ")
+    with pytest.raises(UserError, match="names no key"):
+        C.parse_assignment("=0.3")
+    assert C.parse_assignment("data.cache_dir=null") == {"data": {"cache_dir": None}}
 
 
 def test_yaml_file_errors(tmp_path):

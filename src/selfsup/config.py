@@ -269,6 +269,11 @@ def parse_assignment(text: str) -> dict:
     if "=" not in text:
         raise UserError(f"--set expects KEY=VALUE (e.g. --set optim.lr=0.3), got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise UserError(f"--set {text!r} names no key: write KEY=VALUE (e.g. --set optim.lr=0.3)")
+    if not raw.strip():  # YAML would read it as null, and the error would then blame the value's type
+        raise UserError(f"--set {text!r} gives no value: write one after '=' (e.g. --set {key.strip()}=0.3), "
+                        f"or null where the setting may be empty")
     try:
         value = read_yaml(raw)
     except yaml.YAMLError:
