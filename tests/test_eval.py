@@ -187,6 +187,32 @@ def test_a_random_baselines_seed_is_chosen_in_its_spec_and_a_bad_one_says_what_t
                        f"whole number from 0 (below 2**64), e.g. random:resnet18@seed=3"), err
 
 
+def test_a_curve_lists_its_labelled_data_once_and_warns_of_it_once(split_folder, tmp_path, monkeypatch, capsys):
+    """Each encoder of a curve opened the same labelled data: it was listed again for each, and
+    what could not be used in it (here a corrupt JPEG) was said once per
+    encoder. The first encoder's listing is used by all, and each warning is said once."""
+    import selfsup.eval.data as eval_data
+    from selfsup.eval import label_efficiency_curve
+
+    first_class = sorted(p for p in (split_folder / "train").iterdir() if p.is_dir())[0]
+    (first_class / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole JPEG")
+    listed = []
+    real_listing = eval_data.labelled_sources
+    monkeypatch.setattr(eval_data, "labelled_sources", lambda *a: listed.append(a) or real_listing(*a))
+    specs = ["random:resnet18@seed=1", "random:resnet18@seed=2", "random:resnet18@seed=3"]
+    curve = label_efficiency_curve(specs, protocol="knn", per_class=(2,), seeds=1, out=tmp_path / "c.png",
+                                   data=split_folder, image_size=16, device="cpu", show_progress=False)
+    assert len(curve["lines"]) == 3 and len(listed) == 1, listed
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "skipped 1 of 49 files" in warnings[0] and "broken.jpg" in warnings[0], warnings
+    # Outside a curve, each evaluation still says its own warnings.
+    for spec in specs[:2]:
+        label_efficiency_curve(spec, protocol="knn", per_class=(2,), seeds=1, out=tmp_path / "d.png",
+                               data=split_folder, image_size=16, device="cpu", show_progress=False)
+    again = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert sorted(again) == sorted(warnings * 2), (again, warnings)
+
+
 def test_a_weights_baseline_records_its_files_sha256(split_folder, tmp_path, monkeypatch):
     """Which file a weights: baseline's figure is of was not recorded: a file replaced under the
     same name gave results that read as the same baseline's. Its result and curve line hold the

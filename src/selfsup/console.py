@@ -130,12 +130,31 @@ def setting(key: str, value: str | bool) -> str:
 _held: list[str] | None = None  # warnings said inside warnings_after_checks(), not yet shown
 
 
+_shown: set[str] | None = None  # the warnings shown inside each_warning_once()
+
+
 def warn(message: str) -> None:
     if _held is not None:
         _held.append(message)
     # Under torchrun every process reads the same data and config: one warning, from the first.
-    elif first_process():
+    elif first_process() and not (_shown is not None and message in _shown):
+        if _shown is not None:
+            _shown.add(message)
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def each_warning_once():
+    """In the block, a warning shown already is not shown again word for word: a command that opens
+    the same data for each of several encoders (the label-efficiency curve) says once what is wrong
+    with it."""
+    global _shown
+    outer = _shown
+    _shown = set() if outer is None else outer
+    try:
+        yield
+    finally:
+        _shown = outer
 
 
 @contextmanager

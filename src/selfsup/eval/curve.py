@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..console import option, plural, protocol_options_in, warn
+from ..console import each_warning_once, option, plural, protocol_options_in, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
@@ -105,29 +105,7 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
     specs = [str(s) for s in (checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints])]
     # Runs first: their image size is the one a random: baseline should be drawn at (not 224).
     order = sorted(range(len(specs)), key=lambda i: specs[i].startswith("random:"))
-    setups, run_sizes, run_bands = {}, set(), set()
-    ignored_by: dict[str, list[str]] = {}  # a fine-tuning option: the encoders that do not use it
-    # Every encoder is loaded and its images read before any protocol runs, so what is wrong with
-    # one of them, or ignored by it, is said at the start of a curve that may take hours.
-    for i in order:
-        spec, spec_options = specs[i], dict(options)
-        is_run = not spec.startswith(("random:", "weights:"))
-        if is_run:
-            spec_options["small_stem"] = None  # a run keeps the stem it was trained with
-        elif spec.startswith("random:"):
-            if spec_options.get("image_size") is None:
-                spec_options["image_size"] = _baseline_size(spec, run_sizes)
-            if spec_options.get("bands") is None and len(run_bands) == 1:  # shown what the runs were
-                spec_options["bands"] = next(iter(run_bands))
-        setup = setups[i] = prepare(spec, train, test, data, **spec_options)
-        if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
-            _check_budgets(setup, budgets, protocol, protocol_options)
-        for name in for_other_kind(tuned, setup.encoder, protocol_options["config"]) if tuned else ():
-            ignored_by.setdefault(name, []).append(setup.encoder.description)
-        if is_run:
-            run_sizes.add(setup.encoder.image_size)
-            run_bands.add(setup.encoder.bands)
-    _warn_of_settings_ignored(ignored_by)
+    setups = _prepared(specs, order, train, test, data, budgets, protocol, protocol_options, options, tuned)
     lines = [None] * len(specs)
     for i in order:
         setup = setups[i]
@@ -140,6 +118,38 @@ def _curve_lines(checkpoints, train, test, data, protocol: str, budgets: list[Bu
                     **checkpoint_identity(setup.encoder), **_run_dir(specs[i]), **data_digests(setup),
                     "points": [{k: r[k] for k in POINT_KEYS if k in r} for r in runs]}  # top-5: > 5 classes
     return lines, setup, runs
+
+
+def _prepared(specs: list[str], order: list[int], train, test, data, budgets: list[Budget], protocol: str,
+              protocol_options: dict, options: dict, tuned: set[str]) -> dict[int, Setup]:
+    """Every encoder loaded and its images read before any protocol runs, so what is wrong with one
+    of them, or ignored by it, is said at the start of a curve that may take hours. The labelled
+    data is listed once, and what is wrong with it said once, not once per encoder."""
+    setups, run_sizes, run_bands = {}, set(), set()
+    ignored_by: dict[str, list[str]] = {}  # a fine-tuning option: the encoders that do not use it
+    sources = options.get("sources")
+    with each_warning_once():
+        for i in order:
+            spec, spec_options = specs[i], {**options, "sources": sources}
+            is_run = not spec.startswith(("random:", "weights:"))
+            if is_run:
+                spec_options["small_stem"] = None  # a run keeps the stem it was trained with
+            elif spec.startswith("random:"):
+                if spec_options.get("image_size") is None:
+                    spec_options["image_size"] = _baseline_size(spec, run_sizes)
+                if spec_options.get("bands") is None and len(run_bands) == 1:  # shown what the runs were
+                    spec_options["bands"] = next(iter(run_bands))
+            setup = setups[i] = prepare(spec, train, test, data, **spec_options)
+            sources = setup.sources
+            if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
+                _check_budgets(setup, budgets, protocol, protocol_options)
+            for name in for_other_kind(tuned, setup.encoder, protocol_options["config"]) if tuned else ():
+                ignored_by.setdefault(name, []).append(setup.encoder.description)
+            if is_run:
+                run_sizes.add(setup.encoder.image_size)
+                run_bands.add(setup.encoder.bands)
+    _warn_of_settings_ignored(ignored_by)
+    return setups
 
 
 def _run_dir(spec: str) -> dict:

@@ -124,6 +124,7 @@ class Setup:
     device: torch.device
     cache_dir: str | Path | None = None
     show_progress: bool = True
+    sources: tuple | None = field(default=None, repr=False)  # labelled_sources' (train, test), listed once
     _features: tuple | None = field(default=None, repr=False)
 
     @property
@@ -186,6 +187,7 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
     if check_encoder is not None:
         check_encoder(encoder)
     device = resolve_device(device)
+    sources = sources or labelled_sources(train, test, data)
     train_cache, test_cache = open_labelled(encoder.cache_size, train, test, data, cache_dir, show_progress,
                                             labels_required, encoder.bands, sources)
     _warn_if_pretrained_on(test_cache, encoder, spec)
@@ -198,4 +200,4 @@ def prepare(checkpoint, train=None, test=None, data=None, device: str = "auto", 
         warn(f"{spec} is evaluated at {size} px, {which}, while the images are mostly {side} px on their "
              f"shorter side: enlarged {size / side:.0f}x, at {(size / side) ** 2:.0f}x the compute; pass "
              f"{option('image_size', side)} to evaluate it as runs trained at {side} px are")
-    return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress)
+    return Setup(spec, encoder, train_cache, test_cache, device, cache_dir, show_progress, sources)
