@@ -128,8 +128,6 @@ def setting(key: str, value: str | bool) -> str:
 
 
 _held: list[str] | None = None  # warnings said inside warnings_after_checks(), not yet shown
-
-
 _shown: set[str] | None = None  # the warnings shown inside each_warning_once()
 
 
