@@ -26,7 +26,12 @@ def tiny(data, out, **extra):
     return merge_dicts(TINY_RUN, merge_dicts({"data": {"path": str(data)}, "out": str(out)}, extra))
 
 
-def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, tmp_path):
+def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, tmp_path, monkeypatch):
+    import selfsup.train as train_module
+    drawn = []  # the epochs each drawing of curves.png showed
+    draw = train_module.plot_training_curves
+    monkeypatch.setattr(train_module, "plot_training_curves",
+                        lambda metrics, out: drawn.append([m["epoch"] for m in metrics]) or draw(metrics, out))
     result = selfsup.pretrain(data=labelled_folder, out=tmp_path / "run", epochs=2, batch_size=8, image_size=16,
                               backbone="resnet18", small_stem=False, show_progress=False)
     run = tmp_path / "run"
@@ -41,6 +46,8 @@ def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, t
         assert key in lines[-1]
     assert 0 <= lines[-1]["knn_top1"] <= 1  # class folders -> kNN on the held-out part
     assert 0 < lines[-1]["std_ratio"] <= 1.5
+    # With each kNN reading (every epoch of two here), and not again at the end with the same epochs.
+    assert drawn == [[1], [1, 2]], drawn
     checkpoint = torch.load(run / "last.pt", weights_only=True)
     assert checkpoint["position"] == {"epoch": 2, "batch": 0, "step": 2 * (34 // 8)}
     assert checkpoint["config"]["train"]["epochs"] == 2

@@ -321,6 +321,7 @@ class Trainer:
         self.show_progress = show_progress and cfg.train.progress and dist.is_main()
         self.tensorboard: tensorboard_log.TensorBoardLog | None = None  # opened by fit() on the first process
         self.stop_signal: int | None = None  # a signal that asked the run to stop (see STOP_SIGNALS)
+        self.curves_drawn_after_epoch = 0  # curves.png is drawn with each kNN monitor's reading, and at the end
         self.next_stop_check, self.stop_check_from = 0, (0.0, 0)  # torchrun: when the processes next agree
         torch.manual_seed(cfg.train.seed)
         method_module = get_method(cfg.method)
@@ -621,7 +622,7 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         metrics = read_metrics(self.out)
-        if dist.is_main():
+        if dist.is_main() and self.curves_drawn_after_epoch != cfg.train.epochs:  # else drawn with the last epoch's kNN
             plot_training_curves(metrics, self.out / "curves.png")
         return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=metrics)
 
@@ -775,6 +776,7 @@ class Trainer:
         if len(self.holdout_idx) and (epoch % every == 0 or epoch == cfg.train.epochs):
             record["knn_top1"] = round(self._monitor_knn(), 4)
             plot_training_curves(read_metrics(self.out) + [record], self.out / "curves.png")
+            self.curves_drawn_after_epoch = epoch
         return record
 
     def _monitor_knn(self) -> float:
