@@ -43,6 +43,29 @@ def spawn(fn, *args, world: int = 2) -> None:
     mp.spawn(fn, args=(world, free_port(), *args), nprocs=world, join=True)
 
 
+def collectives_worker(rank, world, port, root):
+    """The checks of one collective each (the gather, Sinkhorn-Knopp, DINO's centre, MoCo's
+    shuffle, DDP's buffers), one after another in one pair of processes: starting a pair, torch
+    imported in each, takes longer than all of them. Each writes its own results."""
+    import gc
+    join(rank, world, port)
+    for part, name in [(gather_part, "result"), (sinkhorn_part, "targets"), (centre_part, "centres"),
+                       (shuffle_part, "keys"), (queue_broadcast_part, "out")]:
+        part(rank, world, f"{root}/{name}")
+        gc.collect()  # DDP wrappers go before the group they use
+        torch_dist.barrier()
+    leave()
+
+
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory) -> Path:
+    """The folder of collectives_worker's results. Module-wide: under pytest -n 2 its tests run
+    on one or both workers, with one pair of processes each."""
+    root = tmp_path_factory.mktemp("collectives")
+    spawn(collectives_worker, str(root))
+    return root
+
+
 # ---------------------------------------------------------------------------------------------
 # The gather: SimCLR over 2 processes x B equals 1 process x 2B
 
@@ -68,8 +91,7 @@ def simclr_step(model, x_a, x_b):
     return loss.detach(), grads, [p.detach().clone() for p in model.parameters()]
 
 
-def gather_worker(rank, world, port, result_file):
-    join(rank, world, port)
+def gather_part(rank, world, result_file):
     from torch.nn.parallel import DistributedDataParallel
     x_a, x_b, model = simclr_problem()
     half = len(x_a) // world
@@ -78,14 +100,12 @@ def gather_worker(rank, world, port, result_file):
     losses = [torch.zeros(()) for _ in range(world)]
     torch_dist.all_gather(losses, loss)
     torch.save({"loss": torch.stack(losses).mean(), "grads": grads, "weights": weights}, f"{result_file}.{rank}")
-    leave()
 
 
-def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
-    spawn(gather_worker, str(tmp_path / "result"))
+def test_two_processes_equal_one_process_with_the_whole_batch(collectives):
     x_a, x_b, model = simclr_problem()
     loss, grads, weights = simclr_step(model, x_a, x_b)
-    ranks = [torch.load(tmp_path / f"result.{r}", weights_only=True) for r in range(2)]
+    ranks = [torch.load(collectives / f"result.{r}", weights_only=True) for r in range(2)]
     # The mean of the per-process losses is the loss of the whole batch; DDP's averaged
     # gradients are its gradients: the gather sends every process the gradient of its keys.
     torch.testing.assert_close(ranks[0]["loss"], loss, rtol=1e-6, atol=1e-7)
@@ -106,59 +126,41 @@ def tiny_user(data, out, **train):
                                   "train": {"epochs": 3, "batch_size": 8, "seed": 5, **train}})
 
 
-def trainer_worker(rank, world, port, user_json, resume, stop_after):
-    join(rank, world, port)
+def train_once(user_json: str, resume: bool = False, stop_after: int = -1) -> None:
+    """One run in a process of the group; with `stop_after` >= 0 every process leaves it at the
+    same step, after `stop_after` steps, as after a kill."""
     from selfsup.train import Trainer, run_pretraining
-    if stop_after >= 0:
-        original, calls = Trainer.step, {"n": 0}
+    original, calls = Trainer.step, {"n": 0}
 
-        def step_then_stop(self, images):
-            if calls["n"] == stop_after:
-                raise SystemExit(0)  # every process stops at the same step, as after a kill
-            calls["n"] += 1
-            original(self, images)
+    def step_then_stop(self, images):
+        if calls["n"] == stop_after:
+            raise SystemExit(0)  # every process stops at the same step, as after a kill
+        calls["n"] += 1
+        original(self, images)
+    if stop_after >= 0:
         Trainer.step = step_then_stop
     try:
         run_pretraining(json.loads(user_json), resume=resume)
     except SystemExit:
         pass
+    finally:
+        Trainer.step = original
 
 
-def test_two_process_run_interrupted_and_resumed_equals_uninterrupted(tmp_path):
-    data = write_dataset(tmp_path / "data", per_class=12, size=16)
-    whole = tiny_user(data, tmp_path / "whole", checkpoint_every_steps=3)
-    killed = tiny_user(data, tmp_path / "killed", checkpoint_every_steps=3)
-    spawn(trainer_worker, json.dumps(whole), False, -1)
-    spawn(trainer_worker, json.dumps(killed), False, 7)
-    at_stop = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    # 4 steps per epoch, a checkpoint every 3 steps: the last one before step 8 is mid-epoch 2.
-    assert at_stop["position"] == {"epoch": 1, "batch": 2, "step": 6} and at_stop["world"] == 2
-    assert len(at_stop["rng"]["views_per_rank"]) == 2
-    assert not torch.equal(at_stop["rng"]["views_per_rank"][0], at_stop["rng"]["views_per_rank"][1])
-    spawn(trainer_worker, json.dumps(killed), True, -1)
-    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert_same_state(a, b)
-    # The epoch metrics too: each process's running sums of the interrupted epoch were restored.
-    records = {run: [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-               for run in ("whole", "killed")}
-    assert [r["epoch"] for r in records["killed"]] == [1, 2, 3]
-    timing = {"images_per_s", "epoch_seconds"}
-    for whole_epoch, resumed_epoch in zip(records["whole"], records["killed"]):
-        assert {k: v for k, v in whole_epoch.items() if k not in timing} == \
-            {k: v for k, v in resumed_epoch.items() if k not in timing}
+def trainer_worker(rank, world, port, user_json, resume, stop_after):
+    join(rank, world, port)
+    train_once(user_json, resume, stop_after)
 
 
-def signalled_worker(rank, world, port, user_json, result_file):
+def signalled_once(rank: int, user_json: str, result_file: str) -> None:
     """Process 1 alone gets a SIGTERM during its 5th step (a scheduler's signal reaches the
     processes at different moments); both must stop after the same step, with a checkpoint."""
     import signal
 
     from selfsup import train
     from selfsup.errors import RunStopped
-    join(rank, world, port)
+    original, seconds, calls = train.Trainer.step, train.STOP_CHECK_SECONDS, {"n": 0}
     train.STOP_CHECK_SECONDS = 0.0  # agree after every step: the stop's step is then known
-    original, calls = train.Trainer.step, {"n": 0}
 
     def step(self, images):
         calls["n"] += 1
@@ -171,32 +173,74 @@ def signalled_worker(rank, world, port, user_json, result_file):
         outcome = "finished"
     except RunStopped as stop:
         outcome = [stop.signal_number, str(stop)]
+    finally:
+        train.Trainer.step, train.STOP_CHECK_SECONDS = original, seconds
     Path(f"{result_file}.{rank}").write_text(json.dumps(outcome))
 
 
-def test_a_signal_to_one_process_stops_both_after_the_same_step_and_resumes_exactly(tmp_path):
+def runs_worker(rank, world, port, runs):
+    """Runs one after another in the same two processes: starting a pair (torch, torchvision and
+    selfsup imported in each) costs about as much as a short run. Each entry of `runs` is
+    ("train", user_json, resume, stop_after) or ("signal", user_json, result_file). The tests
+    resume a run in another pair than the one that ran it (a later spawn), as after a real kill."""
+    import gc
+    join(rank, world, port)
+    for kind, *args in runs:
+        if kind == "signal":
+            signalled_once(rank, *args)
+        else:
+            train_once(*args)
+        gc.collect()  # the run's DDP wrapper goes before the next run makes its own
+    leave()
+
+
+def test_a_two_process_run_killed_or_signalled_resumes_exactly_and_on_one_process(tmp_path, capsys):
+    """Killed (every process gone at the same step), or stopped by a SIGTERM that reaches one
+    process only: resumed, either run ends bitwise as the uninterrupted one; the killed run also
+    resumes on one process. The three runs share one pair of processes, the uninterrupted one
+    first; the resumes share a fresh pair, the killed run's first, as after a real kill."""
+    import shutil
     import signal
+
+    from selfsup.train import run_pretraining
     data = write_dataset(tmp_path / "data", per_class=12, size=16)
-    whole, stopped = tiny_user(data, tmp_path / "whole"), tiny_user(data, tmp_path / "stopped")
-    spawn(trainer_worker, json.dumps(whole), False, -1)
-    spawn(signalled_worker, json.dumps(stopped), str(tmp_path / "outcome"))
+    whole = tiny_user(data, tmp_path / "whole", checkpoint_every_steps=3)
+    killed = tiny_user(data, tmp_path / "killed", checkpoint_every_steps=3)
+    stopped = tiny_user(data, tmp_path / "stopped")  # no checkpoint but the stop's (and the epochs')
+    spawn(runs_worker, [("train", json.dumps(whole), False, -1), ("train", json.dumps(killed), False, 7),
+                        ("signal", json.dumps(stopped), str(tmp_path / "outcome"))])
+    at_stop = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    # 4 steps per epoch, a checkpoint every 3 steps: the last one before step 8 is mid-epoch 2.
+    assert at_stop["position"] == {"epoch": 1, "batch": 2, "step": 6} and at_stop["world"] == 2
+    assert len(at_stop["rng"]["views_per_rank"]) == 2
+    assert not torch.equal(at_stop["rng"]["views_per_rank"][0], at_stop["rng"]["views_per_rank"][1])
     outcomes = [json.loads(Path(f"{tmp_path / 'outcome'}.{rank}").read_text()) for rank in range(2)]
     assert [o[0] for o in outcomes] == [signal.SIGTERM, signal.SIGTERM]  # process 0 stopped too, by its peer's signal
     assert outcomes[0][1].startswith("stopped by SIGTERM in epoch 2 of 3, after step 5 of 12, saved in")
     assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["position"] == \
         {"epoch": 1, "batch": 1, "step": 5}
-    spawn(trainer_worker, json.dumps(stopped), True, -1)
-    assert_same_state(torch.load(tmp_path / "whole" / "last.pt", weights_only=True),
-                      torch.load(tmp_path / "stopped" / "last.pt", weights_only=True))
 
+    # A copy of the killed run, resumed on one process (here, in pytest's).
+    shutil.copytree(tmp_path / "killed", tmp_path / "on-one")
+    result = run_pretraining(tiny_user(data, tmp_path / "on-one", checkpoint_every_steps=3), resume=True)
+    assert "resuming a run of 2 processes on 1" in capsys.readouterr().err
+    final = torch.load(result.checkpoint, weights_only=True)
+    assert final["position"] == {"epoch": 3, "batch": 0, "step": 3 * (35 // 8)} and final["world"] == 1
 
-def killed_and_resumed_equals_whole(tmp_path, whole: dict, killed: dict, stop_after: int):
-    spawn(trainer_worker, json.dumps(whole), False, -1)
-    spawn(trainer_worker, json.dumps(killed), False, stop_after)
-    spawn(trainer_worker, json.dumps(killed), True, -1)
-    a = torch.load(Path(whole["out"]) / "last.pt", weights_only=True)
-    assert_same_state(a, torch.load(Path(killed["out"]) / "last.pt", weights_only=True))
-    return a
+    spawn(runs_worker, [("train", json.dumps(killed), True, -1), ("train", json.dumps(stopped), True, -1)])
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert_same_state(a, torch.load(tmp_path / "killed" / "last.pt", weights_only=True))
+    # The epoch metrics too: each process's running sums of the interrupted epoch were restored.
+    records = {run: [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("whole", "killed")}
+    assert [r["epoch"] for r in records["killed"]] == [1, 2, 3]
+    timing = {"images_per_s", "epoch_seconds"}
+    for whole_epoch, resumed_epoch in zip(records["whole"], records["killed"]):
+        assert {k: v for k, v in whole_epoch.items() if k not in timing} == \
+            {k: v for k, v in resumed_epoch.items() if k not in timing}
+    # The reference saved every 3 steps, the signalled run did not: checkpoints leave the
+    # training alone (nothing else differs between the two), so it is this run's reference too.
+    assert_same_state(a, torch.load(tmp_path / "stopped" / "last.pt", weights_only=True))
 
 
 def test_state_made_from_the_data_is_the_same_on_every_process_and_resumed(tmp_path):
@@ -211,32 +255,27 @@ def test_state_made_from_the_data_is_the_same_on_every_process_and_resumed(tmp_p
     colour = {"method": "colorization", "backbone": {"name": "resnet18-half"}, "data": {"holdout_fraction": 0.0},
               "colorization": {"soft_encoding_neighbours": 5, "rebalance": 0.5, "prediction_stride": 2}}
     run = merge_dicts(tiny_user(data, tmp_path / "colour", epochs=1), colour)
-    spawn(trainer_worker, json.dumps(run), False, -1)
-    state = torch.load(tmp_path / "colour" / "last.pt", weights_only=True)
-    targets = (16 // 2) ** 2  # per image, at prediction_stride 2 of 16 pixels
-    assert int(state["model"]["ab_counts"].sum()) == state["position"]["step"] * 8 * targets  # both processes' images
-
     clips = tmp_path / "clips"
     make_motion_clips(SAMPLE, clips, MotionSettings(frames=6, size=16, max_images=12, speed=3.0,
                                                     motions=("pan-left", "zoom-in", "roll-right")), show_progress=False)
     ego = {"method": "egomotion", "backbone": {"name": "resnet18-half"}, "egomotion": {"motion_classes": 3}}
-    runs = [merge_dicts(tiny_user(clips, tmp_path / name, checkpoint_every_steps=2, epochs=2), ego)
-            for name in ("ego-whole", "ego-killed")]
-    state = killed_and_resumed_equals_whole(tmp_path, *runs, stop_after=3)
+    whole, killed = (merge_dicts(tiny_user(clips, tmp_path / name, checkpoint_every_steps=2, epochs=2), ego)
+                     for name in ("ego-whole", "ego-killed"))
+    # One pair of processes for the three runs; the resume in a fresh pair, as after a real kill.
+    spawn(runs_worker, [("train", json.dumps(run), False, -1), ("train", json.dumps(whole), False, -1),
+                        ("train", json.dumps(killed), False, 3)])
+    state = torch.load(tmp_path / "colour" / "last.pt", weights_only=True)
+    targets = (16 // 2) ** 2  # per image, at prediction_stride 2 of 16 pixels
+    assert int(state["model"]["ab_counts"].sum()) == state["position"]["step"] * 8 * targets  # both processes' images
+
+    at_kill = torch.load(tmp_path / "ego-killed" / "last.pt", weights_only=True)["position"]
+    assert at_kill["step"] == 2 and at_kill["batch"] == 2  # resumed mid-epoch, from the checkpoint of step 2
+    spawn(trainer_worker, json.dumps(killed), True, -1)
+    state = torch.load(tmp_path / "ego-whole" / "last.pt", weights_only=True)
+    assert_same_state(state, torch.load(tmp_path / "ego-killed" / "last.pt", weights_only=True))
     readings = bytes(state["model"]["motion_columns"].tolist()).decode().split(",")  # the generator's
     assert readings == ["yaw", "pitch", "roll", "forward"]
     assert state["model"]["motion_centres"].shape == (3, 4) and state["model"]["motion_scale"].shape == (4,)
-
-
-def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path, capsys):
-    from selfsup.train import run_pretraining
-    data = write_dataset(tmp_path / "data", per_class=12, size=16)
-    user = tiny_user(data, tmp_path / "run", checkpoint_every_steps=3)
-    spawn(trainer_worker, json.dumps(user), False, 4)
-    result = run_pretraining(user, resume=True)
-    assert "resuming a run of 2 processes on 1" in capsys.readouterr().err
-    final = torch.load(result.checkpoint, weights_only=True)
-    assert final["position"] == {"epoch": 3, "batch": 0, "step": 3 * (35 // 8)} and final["world"] == 1
 
 
 def test_torchrun_launches_the_cli(tmp_path):
@@ -280,17 +319,19 @@ MULTI_CROP_RUNS = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(MULTI_CROP_RUNS))
-def test_two_process_runs_of_methods_with_parameters_unused_in_a_step(tmp_path, method):
+def test_two_process_runs_of_methods_with_parameters_unused_in_a_step(tmp_path):
+    """Each method's run in the same pair of processes, one after the other (a failed step fails
+    the spawn, with the run's traceback)."""
     from selfsup.config import merge_dicts
     data = write_dataset(tmp_path / "data", per_class=12, size=16)
-    user = merge_dicts(tiny_user(data, tmp_path / "run"), MULTI_CROP_RUNS[method])
-    user["train"]["epochs"] = 2
-    spawn(trainer_worker, json.dumps(user), False, -1)
-    final = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert final["world"] == 2 and final["position"]["epoch"] == 2
-    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+    users = {method: merge_dicts(tiny_user(data, tmp_path / method, epochs=2), MULTI_CROP_RUNS[method])
+             for method in sorted(MULTI_CROP_RUNS)}
+    spawn(runs_worker, [("train", json.dumps(user), False, -1) for user in users.values()])
+    for method in users:
+        final = torch.load(tmp_path / method / "last.pt", weights_only=True)
+        assert final["method"] == method and final["world"] == 2 and final["position"]["epoch"] == 2, method
+        records = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records), method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,18 +345,15 @@ def sinkhorn_rows() -> torch.Tensor:
     return logits
 
 
-def sinkhorn_worker(rank, world, port, result_file):
-    join(rank, world, port)
+def sinkhorn_part(rank, world, result_file):
     from selfsup.losses import sinkhorn_knopp
     mine = sinkhorn_rows()[:7] if rank == 0 else sinkhorn_rows()[7:]  # 7 rows and 4 rows
     torch.save(sinkhorn_knopp(mine.float(), 0.04, iterations=3), f"{result_file}.{rank}")
-    leave()
 
 
-def test_sinkhorn_knopp_over_two_unequal_processes_equals_one_process_with_all_rows(tmp_path):
+def test_sinkhorn_knopp_over_two_unequal_processes_equals_one_process_with_all_rows(collectives):
     from selfsup.losses import sinkhorn_knopp
-    spawn(sinkhorn_worker, str(tmp_path / "targets"))
-    parts = [torch.load(tmp_path / f"targets.{r}", weights_only=True) for r in range(2)]
+    parts = [torch.load(collectives / f"targets.{r}", weights_only=True) for r in range(2)]
     whole = sinkhorn_knopp(sinkhorn_rows(), 0.04, iterations=3)
     assert torch.isfinite(whole).all()
     torch.testing.assert_close(torch.cat(parts).double(), whole, rtol=1e-4, atol=1e-6)
@@ -329,20 +367,17 @@ def centre_rows() -> torch.Tensor:
     return torch.rand(9, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
 
 
-def centre_worker(rank, world, port, result_file):
-    join(rank, world, port)
+def centre_part(rank, world, result_file):
     from selfsup.losses import dino_center
     rows, start = centre_rows(), torch.zeros(5, dtype=torch.float64)
     first = dino_center(start, rows[:6] if rank == 0 else rows[:0], 0.9)  # 6 rows and none
     second = dino_center(first, rows[6:8] if rank == 0 else rows[8:], 0.9)  # 2 rows and 1
     nothing = dino_center(second, rows[:0], 0.9)  # no process has a row
     torch.save(torch.stack([first, second, nothing]), f"{result_file}.{rank}")
-    leave()
 
 
-def test_dino_centre_over_processes_with_unequal_and_empty_rows_equals_one_process(tmp_path):
-    spawn(centre_worker, str(tmp_path / "centres"))
-    ranks = [torch.load(tmp_path / f"centres.{r}", weights_only=True) for r in range(2)]
+def test_dino_centre_over_processes_with_unequal_and_empty_rows_equals_one_process(collectives):
+    ranks = [torch.load(collectives / f"centres.{r}", weights_only=True) for r in range(2)]
     assert torch.equal(ranks[0], ranks[1])
     rows = centre_rows()
     first = 0.1 * rows[:6].mean(0)  # the mean over every process's rows, by hand
@@ -436,25 +471,26 @@ def test_a_run_joins_the_process_group_and_leaves_it_before_the_process_exits(tm
     assert second["after a refusal"] == {"joined": False, "stopped by": "SystemExit"}
 
 
-def late_refusal_worker(rank, world, port, root, late):
+def late_refusal_worker(rank, world, port, root):
     import time
     join(rank, world, port)
     from selfsup.errors import UserError
     from selfsup.train import run_pretraining
-    if rank == late:  # the other process makes the run folder first
-        time.sleep(2)
-    try:
-        run_pretraining(tiny_user(f"{root}/data", f"{root}/run", batch_size=7))
-    except (UserError, SystemExit):
-        pass
+    for late in (0, 1):  # a run each, one after the other
+        if rank == late:  # the other process makes the run folder first
+            time.sleep(2)
+        try:
+            run_pretraining(tiny_user(f"{root}/data", f"{root}/run-{late}-late", batch_size=7))
+        except (UserError, SystemExit):
+            pass
+        torch_dist.barrier()  # both done with this run before the next
     leave()
 
 
-@pytest.mark.parametrize("late", [0, 1])
-def test_a_refused_run_leaves_no_folder_whichever_process_made_it(tmp_path, late):
+def test_a_refused_run_leaves_no_folder_whichever_process_made_it(tmp_path):
     write_dataset(tmp_path / "data", per_class=4, size=16)
-    spawn(late_refusal_worker, str(tmp_path), late)
-    assert not (tmp_path / "run").exists()
+    spawn(late_refusal_worker, str(tmp_path))
+    assert not (tmp_path / "run-0-late").exists() and not (tmp_path / "run-1-late").exists()
 
 
 def peer_failure_worker(rank, world, port, root, result_file):
@@ -521,8 +557,7 @@ def shuffle_rows() -> torch.Tensor:
     return torch.randn(16, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
 
 
-def shuffle_worker(rank, world, port, result_file):
-    join(rank, world, port)
+def shuffle_part(rank, world, result_file):
     from selfsup.methods.moco_v2 import keys_shuffled_across_processes
     mine = shuffle_rows()[rank * 8:(rank + 1) * 8]
     generator = torch.Generator().manual_seed(rank)  # the processes' views differ; the order is the first's
@@ -531,12 +566,10 @@ def shuffle_worker(rank, world, port, result_file):
     torch.save({"keys": keys_shuffled_across_processes(MinusGroupMean(), mine, 2, generator),
                 "row_wise": keys_shuffled_across_processes(row_wise, mine, 2, generator),
                 "expected": row_wise(mine)}, f"{result_file}.{rank}")
-    leave()
 
 
-def test_moco_v2_key_groups_mix_the_processes_images_and_keys_return_to_their_images(tmp_path):
-    spawn(shuffle_worker, str(tmp_path / "keys"))
-    ranks = [torch.load(tmp_path / f"keys.{r}", weights_only=True) for r in range(2)]
+def test_moco_v2_key_groups_mix_the_processes_images_and_keys_return_to_their_images(collectives):
+    ranks = [torch.load(collectives / f"keys.{r}", weights_only=True) for r in range(2)]
     rows = shuffle_rows()
     group_mean = rows - torch.cat([r["keys"] for r in ranks])  # each row: the mean of the group it ran in
     groups = {}
@@ -565,8 +598,7 @@ class QueueModel(torch.nn.Module):
         return self.net(x)
 
 
-def queue_broadcast_worker(rank, world, port, result_file):
-    join(rank, world, port)
+def queue_broadcast_part(rank, world, result_file):
     from selfsup import dist
     model = QueueModel()
     model.net[1].running_mean.fill_(float(rank))  # a buffer DDP should still take from process 0
@@ -579,11 +611,9 @@ def queue_broadcast_worker(rank, world, port, result_file):
     # cause of the abort ("terminate called without an active exception") that ended this test in
     # 2 of 6 fresh-clone CI runs on 2026-11-27; not reproduced in local reruns.
     del wrapped
-    leave()
 
 
-def test_ddp_does_not_broadcast_the_queue_but_still_the_batchnorm_statistics(tmp_path):
-    spawn(queue_broadcast_worker, str(tmp_path / "out"))
-    got = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(2)]
+def test_ddp_does_not_broadcast_the_queue_but_still_the_batchnorm_statistics(collectives):
+    got = [torch.load(f"{collectives / 'out'}.{r}", weights_only=True) for r in range(2)]
     assert [g["queue"] for g in got] == [0.0, 1.0]  # each process's own
     assert got[0]["bn"] == got[1]["bn"]  # process 0's statistics (then the same batch's update) on both
