@@ -150,6 +150,7 @@ def train_once(user_json: str, resume: bool = False, stop_after: int = -1) -> No
 def trainer_worker(rank, world, port, user_json, resume, stop_after):
     join(rank, world, port)
     train_once(user_json, resume, stop_after)
+    leave()  # the group this worker joined, left before the process exits
 
 
 def signalled_once(rank: int, user_json: str, result_file: str) -> None:
