@@ -53,7 +53,7 @@ def lightly_resnet18(variant: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tar", required=True, help="CIFAR-10 JPEG tar (../shared/data/cifar10-jpg.tar.xz)")
-    parser.add_argument("--out", required=True, help="the run folder (replaced if it holds a finished run)")
+    parser.add_argument("--out", required=True, help="a new run folder (one that holds a run is refused, as by pretrain)")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--variant", choices=VARIANTS, default="both")
     parser.add_argument("--batch", type=int, default=512)
