@@ -189,8 +189,8 @@ def test_a_random_baselines_seed_is_chosen_in_its_spec_and_a_bad_one_says_what_t
 
 def test_a_curve_lists_its_labelled_data_once_and_warns_of_it_once(split_folder, tmp_path, monkeypatch, capsys):
     """Each encoder of a curve opened the same labelled data: it was listed again for each, and
-    what could not be used in it (here a corrupt JPEG) was said once per
-    encoder. The first encoder's listing is used by all, and each warning is said once."""
+    what could not be used in it (here a corrupt JPEG) was said once per encoder. The first
+    encoder's listing is used by all, and each warning is said once."""
     import selfsup.eval.data as eval_data
     from selfsup.eval import label_efficiency_curve
 
@@ -205,7 +205,7 @@ def test_a_curve_lists_its_labelled_data_once_and_warns_of_it_once(split_folder,
     assert len(curve["lines"]) == 3 and len(listed) == 1, listed
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "skipped 1 of 49 files" in warnings[0] and "broken.jpg" in warnings[0], warnings
-    # Outside a curve, each evaluation still says its own warnings.
+    # Said once per curve, not once per process: two curves of one encoder each say it each.
     for spec in specs[:2]:
         label_efficiency_curve(spec, protocol="knn", per_class=(2,), seeds=1, out=tmp_path / "d.png",
                                data=split_folder, image_size=16, device="cpu", show_progress=False)
