@@ -911,6 +911,39 @@ def test_dicom_files_without_a_suffix_in_a_tar_are_found_by_their_mark_in_the_on
     assert len(opened) == 2  # and read in one more
 
 
+def test_links_without_a_suffix_in_a_tar_are_images_where_what_they_read_is_dicom_as_in_a_folder(tmp_path):
+    """A link's own name has no suffix: in a folder it is an image where the file it reads is DICOM
+    by content, whatever that file's name (.dcm, hidden); a tar, listed in one pass, looks into the
+    members such a link may read, before or after it in the archive, and lists the same names."""
+    import os
+    import tarfile
+
+    series = tmp_path / "series1"
+    series.mkdir()
+    stored = np.random.default_rng(0).integers(0, 4096, size=(20, 20)).astype(np.uint16)
+    (series / "slice.dcm").write_bytes(dicom_bytes(stored, bits_stored=12))
+    (series / "bad.dcm").write_text("not a scan " * 20)  # named as DICOM: listed, and skipped when decoded
+    (series / ".IM0003").write_bytes(dicom_bytes(stored, bits_stored=12))  # hidden, but a link to it is not
+    (series / "IM0001").symlink_to("slice.dcm")  # archived before the member it reads
+    (series / "IM0002").symlink_to("bad.dcm")
+    (series / "IM0004").symlink_to(".IM0003")
+    os.link(series / "slice.dcm", series / "zz0001")  # a hard link, archived after slice.dcm
+    tar = tmp_path / "series1.tar.gz"
+    with tarfile.open(tar, "w:gz") as archive:
+        archive.add(series, arcname="series1")
+    with tarfile.open(tar) as archive:  # the layout meant: links before and after their targets
+        kinds = {member.name.rpartition("/")[2]: member.type for member in archive.getmembers()}
+    assert kinds["IM0001"] == tarfile.SYMTYPE and kinds["zz0001"] == tarfile.LNKTYPE
+    from_tar, from_folder = open_source(tar), open_source(series)
+    assert from_tar.names == from_folder.names == ["IM0001", "IM0004", "bad.dcm", "slice.dcm", "zz0001"]
+    cache = load_cache(from_tar, 16, tmp_path / "cache-tar", show_progress=False)
+    direct = load_cache(from_folder, 16, tmp_path / "cache-folder", show_progress=False)
+    assert cache.skipped == direct.skipped == ["bad.dcm"]
+    assert sorted(cache.names) == direct.names  # a tar's cache: in archive order, a link at what it reads
+    for name in direct.names:
+        np.testing.assert_array_equal(cache.images[cache.names.index(name)], direct.images[direct.names.index(name)])
+
+
 def test_an_image_that_starts_as_a_bare_data_set_is_still_read_by_pillow():
     """A TGA with an 8-byte ID field starts 08 00 ..: a bare DICOM data set by its first bytes,
     which pydicom cannot read; it is an image all the same."""

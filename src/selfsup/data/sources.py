@@ -58,6 +58,13 @@ def may_be_unnamed_dicom(name: str) -> bool:
     return not name.startswith(".") and name.upper() != "DICOMDIR" and without_suffix(name)
 
 
+def may_be_read_as_dicom(name: str) -> bool:
+    """Whether a tar's listing looks into a member's first bytes: a file without a suffix may be an
+    image by its content, and a link without a suffix to one named as DICOM is an image where what it
+    reads is DICOM, as in a folder, where is_unnamed_dicom opens the file the link reads."""
+    return without_suffix(name) or suffix_of(name).lower() in DICOM_SUFFIXES
+
+
 def suffix_of(name: str) -> str:
     """PurePosixPath(name).suffix of a listed file's name, without building a path: the keys of a
     pool look at each of its names (a million)."""
@@ -267,7 +274,7 @@ class TarListing(NamedTuple):
     files: list[tuple[str, int]]  # (name, size) of the regular members, a name archived twice at its last copy
     others: dict[str, str | None]  # members neither files nor folders: the member each links to (None: a device)
     copies: dict[str, int]  # {name: copies} of the names archived more than once
-    unnamed_dicoms: frozenset[str]  # names without a suffix whose (last copy's) content is a DICOM file's
+    dicom_starts: frozenset[str]  # names that may_be_read_as_dicom whose (last copy's) content is a DICOM file's
 
 
 _TAR_LISTINGS: dict[tuple, TarListing] = {}
@@ -288,15 +295,16 @@ def _tar_listing(path: Path) -> TarListing:
 def _read_tar_members(path: Path) -> TarListing:
     """(name, size) of each regular member, a name archived more than once at its last copy; the
     other members' link targets; {name: copies} of the names archived more than once; the members
-    without a suffix that are DICOM files, by their first bytes read in this same pass (a second
-    pass would decompress the whole archive again)."""
+    without a suffix or named as DICOM that are DICOM files, by their first bytes read in this same
+    pass (a second pass would decompress the whole archive again; a link may come before or after the
+    member it reads). Other named members are not read: a tar of JPEGs is listed as before."""
     out, others, dicom = [], {}, {}
     try:
         with _open_tar(path) as tar:
             for member in tar:
                 if member.isfile():
                     out.append((_member_name(member), member.size))
-                    if may_be_unnamed_dicom(out[-1][0]):  # a later copy of the name overwrites: tar extracts it
+                    if may_be_read_as_dicom(out[-1][0]):  # a later copy of the name overwrites: tar extracts it
                         dicom[out[-1][0]] = _starts_as_dicom(tar, member)
                 elif not member.isdir():
                     others[_member_name(member)] = _link_target(member)
@@ -487,7 +495,8 @@ def _listing(path: Path, identities: dict | None = None
             digest.update(repr(sorted(links.items())).encode())
         if _tar_listing(path).copies:  # a cache built before repeated names were read once held each copy
             digest.update(b"last copies")
-        if _tar_listing(path).unnamed_dicoms:  # a cache built before they were found by content lacks them
+        # A cache built before members without a suffix were found by content lacks them.
+        if any(may_be_unnamed_dicom(name) for name in _tar_listing(path).dicom_starts):
             digest.update(b"unnamed dicoms")
         return sorted(n[len(prefix):] for n in members), prefix, {None: digest.hexdigest()}, links
     raise UserError(f"data path {str(path)!r} is a file, not a folder of images, a .tar/.tar.gz/.tar.xz "
@@ -500,7 +509,7 @@ def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
     followed as in a folder, and members that cannot be used (a link to nothing or in a loop, a
     device, a name that is not UTF-8) are left out, said in one warning. Members without a suffix
     are images where they are DICOM files by content, as in a folder (is_unnamed_dicom), a link
-    where the member it reads is."""
+    where the member it reads is (named as DICOM or not)."""
     files, others, _, dicom = _tar_listing(path)
     regular = {name for name, _ in files}
     members, links, left_out = [], {}, []
