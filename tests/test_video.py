@@ -307,6 +307,24 @@ def test_frame_folders_beside_video_files_are_said_to_be_left_out(tmp_path, caps
     assert "holds 1 video files and 4 images; the images (frame folders) are left out" in capsys.readouterr().err
 
 
+def test_dicom_frames_without_a_suffix_beside_videos_are_counted_as_images_in_a_folder_and_a_tar(tmp_path, capsys):
+    """The images said to be left out beside videos are those open_source lists: a scanner's frames
+    named IM0001 are DICOM files by content, in a folder as in a tar; a README is no image."""
+    from test_dicom import dicom_bytes
+
+    folder = tmp_path / "clips"
+    (folder / "scan").mkdir(parents=True)
+    write_video(folder / "a.mp4", 6)
+    write_frames(folder / "frames", 2)
+    stored = np.random.default_rng(0).integers(0, 4096, size=(20, 20)).astype(np.uint16)
+    for name in ("IM0001", "IM0002"):
+        (folder / "scan" / name).write_bytes(dicom_bytes(stored, bits_stored=12))
+    (folder / "scan" / "README").write_text("frames of the fluoroscopy " * 20)
+    for path in (folder, make_tar(folder, tmp_path / "clips.tar.gz")):
+        assert open_clips(path, 16, cache_dir=tmp_path / "cache", show_progress=False).clip_names == ["a.mp4"]
+        assert "holds 1 video files and 4 images" in capsys.readouterr().err
+
+
 def test_files_that_cannot_be_used_are_warned_of_once_though_a_video_folder_is_listed_again(tmp_path, capsys,
                                                                                              monkeypatch):
     """A folder is listed for videos, then (to find out whether it holds any) for images or frames:

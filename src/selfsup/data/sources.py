@@ -534,6 +534,14 @@ def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
     return members, links
 
 
+def tar_image_files(path: Path) -> list[str]:
+    """The regular members of the tar at `path` that are images: by name, or without a suffix, by
+    content (DICOM), as _tar_images takes them; links are not followed."""
+    listing = _tar_listing(path)
+    return [name for name, _ in listing.files
+            if is_image_name(name) or (may_be_unnamed_dicom(name) and name in listing.dicom_starts)]
+
+
 def splits_in(names: list[str]) -> list[str]:
     tops = {n.split("/", 1)[0] for n in names if "/" in n}
     if "train" in tops and tops & {"test", "val"} and tops <= set(SPLIT_NAMES):

@@ -41,7 +41,7 @@ from ..errors import UserError
 from .cache import ImageCache, building, cache_folder, load_cache, open_built, publish
 from .decode import fit_square
 from .sources import (_common_folder, _member_name, _open_tar, _stat_key, _tar_members, _warn_left_out, is_image_name,
-                      is_tar_path, last_copies, open_source, walk_folder)
+                      is_tar_path, is_unnamed_dicom, last_copies, open_source, tar_image_files, walk_folder)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 VIDEO_CACHE_FORMAT = 3  # 2: names in a tar relative to its common folder; 3: grayscale_rows, median_side
@@ -120,11 +120,7 @@ def open_clips(path: str | Path, size: int, cache_dir=None, workers: int = 0, sh
 
 def _warn_of_frames_beside_videos(path: Path, videos: int) -> None:
     """Frame folders are read only where there is no video file: say so when both are there."""
-    from .sources import is_image_name
-    if path.is_dir():  # unusable images: left out anyway; unreadable folders: said by the listing of videos
-        images = len(walk_folder(path, is_image_name, hashlib.sha256(), left_out=[]))
-    else:
-        images = sum(is_image_name(n) for n, _ in _tar_members(path))
+    images = len(_frame_names(path))
     if images:
         warn(f"{str(path)!r} holds {videos:,} video files and {images:,} images; the images (frame folders) are "
              f"left out, since a folder is read as videos when it has any: keep the two kinds in separate folders")
@@ -214,9 +210,12 @@ def typical_frame_side(path: str | Path, sample: int = 16) -> int | None:
 
 
 def _frame_names(path: Path) -> list[str]:
+    """The images of a folder or tar, as open_source finds them (DICOM files without a suffix by
+    content); quietly: what cannot be used is said by the listing that reads them (for a folder
+    of videos, the listing of videos)."""
     if path.is_dir():
-        return walk_folder(path, is_image_name, hashlib.sha256(), [])
-    return [name for name, _ in _tar_members(path) if is_image_name(name)]
+        return walk_folder(path, is_image_name, hashlib.sha256(), [], keep_by_content=is_unnamed_dicom)
+    return tar_image_files(path)
 
 
 def _image_side(file) -> int | None:
