@@ -309,7 +309,8 @@ def test_frame_folders_beside_video_files_are_said_to_be_left_out(tmp_path, caps
 
 def test_dicom_frames_without_a_suffix_beside_videos_are_counted_as_images_in_a_folder_and_a_tar(tmp_path, capsys):
     """The images said to be left out beside videos are those open_source lists: a scanner's frames
-    named IM0001 are DICOM files by content, in a folder as in a tar; a README is no image."""
+    named IM0001 are DICOM files by content, in a folder as in a tar; a README is no image, nor is a
+    picture in a folder that listings skip (a Mac's __MACOSX)."""
     from test_dicom import dicom_bytes
 
     folder = tmp_path / "clips"
@@ -320,6 +321,7 @@ def test_dicom_frames_without_a_suffix_beside_videos_are_counted_as_images_in_a_
     for name in ("IM0001", "IM0002"):
         (folder / "scan" / name).write_bytes(dicom_bytes(stored, bits_stored=12))
     (folder / "scan" / "README").write_text("frames of the fluoroscopy " * 20)
+    write_frames(folder / "__MACOSX", 1)
     for path in (folder, make_tar(folder, tmp_path / "clips.tar.gz")):
         assert open_clips(path, 16, cache_dir=tmp_path / "cache", show_progress=False).clip_names == ["a.mp4"]
         assert "holds 1 video files and 4 images" in capsys.readouterr().err

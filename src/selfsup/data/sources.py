@@ -510,7 +510,8 @@ def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
     device, a name that is not UTF-8) are left out, said in one warning. Members without a suffix
     are images where they are DICOM files by content, as in a folder (is_unnamed_dicom), a link
     where the member it reads is (named as DICOM or not)."""
-    files, others, _, dicom = _tar_listing(path)
+    listing = _tar_listing(path)
+    files, others, dicom = listing.files, listing.others, listing.dicom_starts
     regular = {name for name, _ in files}
     members, links, left_out = [], {}, []
     # A name archived both as a file and as a link (a tar appended to) is listed once, as the file.
@@ -536,10 +537,12 @@ def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
 
 def tar_image_files(path: Path) -> list[str]:
     """The regular members of the tar at `path` that are images: by name, or without a suffix, by
-    content (DICOM), as _tar_images takes them; links are not followed."""
+    content (DICOM), outside the folders a listing skips, as _tar_images takes them; links are not
+    followed."""
     listing = _tar_listing(path)
     return [name for name, _ in listing.files
-            if is_image_name(name) or (may_be_unnamed_dicom(name) and name in listing.dicom_starts)]
+            if (is_image_name(name) or (may_be_unnamed_dicom(name) and name in listing.dicom_starts))
+            and not any(_skipped_folder(part) for part in name.split("/")[:-1])]
 
 
 def splits_in(names: list[str]) -> list[str]:
