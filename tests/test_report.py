@@ -27,7 +27,7 @@ from selfsup.report import build_report
 from selfsup.report.figures import fixed_queries, project_2d
 from selfsup.train import run_pretraining
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, write_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 requires_chromium = pytest.mark.skipif(
@@ -216,6 +216,26 @@ def test_what_cannot_be_used_in_the_labelled_data_is_said_once(tmp_path, split_f
     build_report([run, other], tmp_path / "b.html", data=split_folder, device="cpu", show_progress=False)
     assert capsys.readouterr().err.count("warning: left out 1 file or folder") == 1
 
+
+def test_a_command_says_once_what_is_wrong_with_the_data_it_reads_for_each_run(tmp_path, capsys):
+    """`report` of two runs, and `eval` with one folder as --train and --test, read the same labelled
+    data for each run and each split: the file skipped in it was said each time (four times in the
+    report). Once a command now, as is that the test images are the training images; what concerns
+    each run (pretrained on the test images) is still said for each."""
+    data = write_dataset(tmp_path / "labelled", per_class=4)
+    (data / "circle" / "notes.png").write_text("not an image")
+    run = tmp_path / "a"
+    run_pretraining(merge_dicts(TINY_RUN, {"out": str(run), "data": {"path": str(data)}, "train": {"epochs": 1}}))
+    other = shutil.copytree(run, tmp_path / "b")
+    capsys.readouterr()
+    same_data = ["--train", str(data), "--test", str(data), "--no-progress"]
+    assert main(["report", str(run), str(other), "--out", str(tmp_path / "r.html"), *same_data]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped 1 of 13 files") == 1, err
+    assert err.count("warning: the test images are the training images") == 1, err
+    assert err.count("was pretrained on the test images") == 2, err
+    assert main(["eval", "knn", "--checkpoint", str(run), "--k", "3", "--no-record", *same_data]) == 0
+    assert capsys.readouterr().err.count("warning: skipped 1 of 13 files") == 1
 
 def test_embedding_map_falls_back_to_pca_that_keeps_planar_distances(monkeypatch):
     for name in ("sklearn", "sklearn.manifold"):  # as if scikit-learn were not installed

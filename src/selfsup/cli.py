@@ -536,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from .console import first_process, launched_by_torchrun  # imports tqdm: a Ctrl-C may land here too
+        # imports tqdm: a Ctrl-C may land here too
+        from .console import first_process, launched_by_torchrun, one_command
 
         provenance.COMMAND = ["selfsup", *(sys.argv[1:] if argv is None else argv)]  # for records and run.json
 
@@ -546,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             raise UserError(f"selfsup {args.command} runs in one process: run it without torchrun "
                             f"(pretrain is the command that torchrun spreads over processes)")
-        return args.run(args)
+        with one_command():
+            return args.run(args)
     except UserError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2

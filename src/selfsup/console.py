@@ -127,32 +127,36 @@ def setting(key: str, value: str | bool) -> str:
     return said_as(f"--set {key}={written}", f"config={nested}")
 
 
-_held: list[str] | None = None  # warnings said inside warnings_after_checks(), not yet shown
-_shown: set[str] | None = None  # the warnings shown inside each_warning_once()
+_held: list[tuple[str, bool]] | None = None  # warnings said inside warnings_after_checks(), not yet shown
+_said_once: set[str] | None = None  # the once= warnings shown inside one_command()
 
 
-def warn(message: str) -> None:
+def warn(message: str, once: bool = False) -> None:
+    """`once`: a fact about data (files skipped, a test folder that is the training folder) that each
+    encoder or run reading it would repeat word for word: shown once in one_command(). Other
+    warnings are shown each time, since the same words may concern another encoder."""
     if _held is not None:
-        _held.append(message)
+        _held.append((message, once))
     # Under torchrun every process reads the same data and config: one warning, from the first.
-    elif first_process() and not (_shown is not None and message in _shown):
-        if _shown is not None:
-            _shown.add(message)
+    elif first_process() and not (once and _said_once is not None and message in _said_once):
+        if once and _said_once is not None:
+            _said_once.add(message)
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager
-def each_warning_once():
-    """In the block, a warning shown already is not shown again word for word: a command that opens
-    the same data for each of several encoders (the label-efficiency curve) says once what is wrong
-    with it."""
-    global _shown
-    outer = _shown
-    _shown = set() if outer is None else outer
+def one_command():
+    """The block is one command (the command line's, or a call of a function that reads several
+    datasets or one several times: a report of several runs, a curve of several encoders, an
+    evaluation whose test folder is its training folder): a warning said with once=True is shown
+    the first time only. Nested, the outer command's."""
+    global _said_once
+    outer = _said_once
+    _said_once = set() if outer is None else outer
     try:
         yield
     finally:
-        _shown = outer
+        _said_once = outer
 
 
 @contextmanager
@@ -167,8 +171,8 @@ def warnings_after_checks():
         held = _held
     finally:
         _held = outer
-    for message in held:
-        warn(message)
+    for message, once in held:
+        warn(message, once)
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "img", enabled: bool = True, initial: int = 0):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import flag, option, plural, said_as, say, warn
+from .console import flag, one_command, option, plural, said_as, say, warn
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
@@ -176,6 +176,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     return summary
 
 
+@one_command()
 def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "auto", backbone: str | None = None,
                   image_size: int | None = None, small_stem: bool | None = None, show_progress: bool = True,
                   bands=None) -> dict:

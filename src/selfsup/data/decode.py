@@ -5,9 +5,10 @@ a microscope's channel pages) and the bands `--bands` chooses; DICOM files go to
 samples (16-bit colour, 16/32-bit gray, floats) are stretched to 8 bits, transparency is
 composited over white, and a photo is turned upright by its EXIF orientation. What could not be
 done in full (a multi-page TIFF's first page, 16-bit samples read from their top bytes, ...) is
-returned as notes, which warn_skipped says once per dataset (decode_stream, in workers.py, decodes
-many files in a pool of worker processes). The keys of caches and embeddings name what decides the
-pixels a file gives: the readers installed (readers_for) and the DICOM display (dicom_display_key).
+returned as notes, which warn_skipped says once per dataset and command (decode_stream, in
+workers.py, decodes many files in a pool of worker processes). The keys of caches and embeddings
+name what decides the pixels a file gives: the readers installed (readers_for) and the DICOM
+display (dicom_display_key).
 """
 from __future__ import annotations
 
@@ -303,29 +304,29 @@ def warn_skipped(skipped: list[str], files: int, description: str, kind: str = "
                                         f"(e.g. {colour[0]!r})")
         valid += _unread_dicoms(notes)
         warn(f"skipped {len(skipped):,} of {files:,} files in {description} that are not readable {kind}s "
-             f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}")
+             f"(e.g. {skipped[0]!r}){valid}; going on with {files - len(skipped):,}", once=True)
     if notes.get(FIRST_PAGE):
         warn(f"{len(notes[FIRST_PAGE]):,} of {files:,} files in {description} are multi-page TIFFs (e.g. "
              f"{notes[FIRST_PAGE][0]!r}), of which only the first page is used (the first plane's channels, where "
              f"they are pages); save each page or plane (of a z-stack, a time series) as a file of its own to use "
-             f"the others")
+             f"the others", once=True)
     if notes.get(FIRST_FRAME):
         warn(f"{len(notes[FIRST_FRAME]):,} of {files:,} files in {description} are multi-frame DICOM files (e.g. "
              f"{notes[FIRST_FRAME][0]!r}: an enhanced CT or MR series, a cine loop), of which only the first frame "
-             f"is used; save each frame as a file of its own to use the others")
+             f"is used; save each frame as a file of its own to use the others", once=True)
     if notes.get(NOT_TIFF) and len(notes[NOT_TIFF]) == files:
         warn(f"none of the {files:,} files in {description} is a TIFF: the bands chosen ({option('bands')}) apply "
-             f"to TIFFs alone, and these are read as they are")
+             f"to TIFFs alone, and these are read as they are", once=True)
     if notes.get(FIRST_BANDS):
         warn(f"{len(notes[FIRST_BANDS]):,} of {files:,} files in {description} are TIFFs with two or more than "
              f"three bands (e.g. {notes[FIRST_BANDS][0]!r}), of which bands 1, 2 and 3 were read as red, green "
              f"and blue (of two, the first as gray); to choose others, pretrain with {option('bands')} "
-             f"(e.g. {option('bands', (4, 3, 2))})")
+             f"(e.g. {option('bands', (4, 3, 2))})", once=True)
     if notes.get(TOP_BYTE):
         warn(f"{len(notes[TOP_BYTE]):,} of {files:,} files in {description} hold 16 bits per sample in a layout "
              f"of which Pillow reads the top 8 bits only (e.g. {notes[TOP_BYTE][0]!r}: gray with alpha, or "
              f"premultiplied alpha); those were stretched, so 12-bit data shows 16 levels; save them as 16-bit "
-             f"RGB or grayscale PNG or TIFF without alpha to use all their bits")
+             f"RGB or grayscale PNG or TIFF without alpha to use all their bits", once=True)
 
 
 def _unread_dicoms(notes: dict, examples: bool = True) -> str:

@@ -117,7 +117,7 @@ def _listed_files(path: Path, digest, identities: dict | None = None) -> list[st
         if identities is not None:
             identities[name] = (st.st_dev, st.st_ino)
     if repeated:
-        warn(f"{str(path)!r} lists {plural(repeated, 'image')} more than once; each is used once")
+        warn(f"{str(path)!r} lists {plural(repeated, 'image')} more than once; each is used once", once=True)
     return names
 
 
@@ -336,7 +336,7 @@ def _at_last_copies(path: Path, out: list[tuple[str, int]], others: dict[str, st
     example = next(iter(copies))
     warn(f"{str(path)!r} holds {plural(len(copies), 'file')} archived more than once under one name "
          f"(e.g. {example!r}, {copies[example]} copies, as `tar -r` appends a changed file); each is read "
-         f"from its last copy, as tar extracts it")
+         f"from its last copy, as tar extracts it", once=True)
     last = {name: number for number, (name, _) in enumerate(out)}
     return [(name, size) for number, (name, size) in enumerate(out) if last[name] == number], others, copies
 
@@ -401,7 +401,7 @@ def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
         name, why = left_out[0]
         warn(f"left out {plural(len(left_out), 'file or folder', 'files or folders')} under {str(where)!r} that "
              f"cannot be used (e.g. {name!r}: {why}); rename them, mend the links or fix the permissions to include "
-             f"them")
+             f"them", once=True)
 
 
 def walk_folder(path: Path, keep, digest, left_out: list[tuple[str, str]] | None = None,

@@ -123,7 +123,8 @@ def _warn_of_frames_beside_videos(path: Path, videos: int) -> None:
     images = len(_frame_names(path))
     if images:
         warn(f"{str(path)!r} holds {videos:,} video files and {images:,} images; the images (frame folders) are "
-             f"left out, since a folder is read as videos when it has any: keep the two kinds in separate folders")
+             f"left out, since a folder is read as videos when it has any: keep the two kinds in separate "
+             f"folders", once=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def _frame_indices(names: list[str], clip: np.ndarray, decoded: bool) -> tuple[n
     if unnumbered:  # e.g. a folder of photos by class, taken for clips by a video method
         warn(f"{len(unnumbered):,} of {len(np.unique(clip)):,} frame folders have frames without distinct numbers "
              f"in their names (e.g. {unnumbered[0]!r}), so their order is the names' order; check that they "
-             f"are frames of videos")
+             f"are frames of videos", once=True)
     return frame, gapped
 
 

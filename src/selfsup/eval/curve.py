@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..console import each_warning_once, option, plural, protocol_options_in, warn
+from ..console import one_command, option, plural, protocol_options_in, warn
 from ..errors import UserError, unknown_choice
 from ..outputs import output_file, removed_if_left_empty
 from ..viz import pyplot, save_figure
@@ -29,6 +29,7 @@ POINT_KEYS = ("budget", "labels_per_class", "labelled_images", "val_images", "se
               "top1_std", "top1_ci", "top5", "top5_std", "subsets", "per_seed")
 
 
+@one_command()
 def label_efficiency_curve(checkpoints, train=None, test=None, data=None, *, protocol: str = "linear",
                            per_class: tuple[int, ...] | None = None, fractions: tuple[float, ...] | None = None,
                            seeds: int = 3, out: str | Path = "label_efficiency.png",
@@ -124,30 +125,29 @@ def _prepared(specs: list[str], order: list[int], train, test, data, budgets: li
               protocol_options: dict, options: dict, tuned: set[str]) -> dict[int, Setup]:
     """Every encoder loaded and its images read before any protocol runs, so what is wrong with one
     of them, or ignored by it, is said at the start of a curve that may take hours. The labelled
-    data is listed once, and what is wrong with it said once, not once per encoder."""
+    data is listed once, for all of them (and what is wrong with it said once: warn's once=True)."""
     setups, run_sizes, run_bands = {}, set(), set()
     ignored_by: dict[str, list[str]] = {}  # a fine-tuning option: the encoders that do not use it
     sources = options.get("sources")
-    with each_warning_once():
-        for i in order:
-            spec, spec_options = specs[i], {**options, "sources": sources}
-            is_run = not spec.startswith(("random:", "weights:"))
-            if is_run:
-                spec_options["small_stem"] = None  # a run keeps the stem it was trained with
-            elif spec.startswith("random:"):
-                if spec_options.get("image_size") is None:
-                    spec_options["image_size"] = _baseline_size(spec, run_sizes)
-                if spec_options.get("bands") is None and len(run_bands) == 1:  # shown what the runs were
-                    spec_options["bands"] = next(iter(run_bands))
-            setup = setups[i] = prepare(spec, train, test, data, **spec_options)
-            sources = setup.sources
-            if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
-                _check_budgets(setup, budgets, protocol, protocol_options)
-            for name in for_other_kind(tuned, setup.encoder, protocol_options["config"]) if tuned else ():
-                ignored_by.setdefault(name, []).append(setup.encoder.description)
-            if is_run:
-                run_sizes.add(setup.encoder.image_size)
-                run_bands.add(setup.encoder.bands)
+    for i in order:
+        spec, spec_options = specs[i], {**options, "sources": sources}
+        is_run = not spec.startswith(("random:", "weights:"))
+        if is_run:
+            spec_options["small_stem"] = None  # a run keeps the stem it was trained with
+        elif spec.startswith("random:"):
+            if spec_options.get("image_size") is None:
+                spec_options["image_size"] = _baseline_size(spec, run_sizes)
+            if spec_options.get("bands") is None and len(run_bands) == 1:  # shown what the runs were
+                spec_options["bands"] = next(iter(run_bands))
+        setup = setups[i] = prepare(spec, train, test, data, **spec_options)
+        sources = setup.sources
+        if i == order[0]:  # a budget a class cannot meet: said before hours of the smaller ones
+            _check_budgets(setup, budgets, protocol, protocol_options)
+        for name in for_other_kind(tuned, setup.encoder, protocol_options["config"]) if tuned else ():
+            ignored_by.setdefault(name, []).append(setup.encoder.description)
+        if is_run:
+            run_sizes.add(setup.encoder.image_size)
+            run_bands.add(setup.encoder.bands)
     _warn_of_settings_ignored(ignored_by)
     return setups
 

@@ -74,7 +74,7 @@ def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, s
         # kNN finds each test image itself among its neighbours; a probe is scored on what it was fitted to
         warn(f"the test images are the training images ({test_cache.source}): the figures say how well the "
              f"encoder recalls images it is shown, not how it does on new ones; give test images that are not "
-             f"among the training ones (a {named_option('data')} root holding train/ and test/)")
+             f"among the training ones (a {named_option('data')} root holding train/ and test/)", once=True)
     return train_cache, test_cache
 
 
@@ -102,7 +102,7 @@ def _drop_unreadable_classes(train: ImageCache, test: ImageCache) -> tuple[Image
     dropped = sorted(set(train.classes + test.classes) - readable["train"] - readable["test"])
     if dropped:
         warn(f"{plural(len(dropped), 'class', 'classes')} left out, none of whose files could be decoded: "
-             f"{', '.join(map(repr, dropped))}")
+             f"{', '.join(map(repr, dropped))}", once=True)
     return _keep_classes(train, readable["train"]), _keep_classes(test, readable["test"])
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import load_yaml, override, ranged
-from ..console import option, plural, protocol_option, warn
+from ..console import one_command, option, plural, protocol_option, warn
 from ..errors import UserError, nearest
 from ..outputs import atomic_path, output_file, removed_if_left_empty
 from .data import Setup, check_options, prepare
@@ -358,6 +358,7 @@ def _finish(setup: Setup, result: dict, record: bool) -> dict:
     return result
 
 
+@one_command()
 def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple[int, ...] = (20, 200),
                  temperature: float = KNN_TEMPERATURE, fraction: float | None = None, per_class: int | None = None,
                  subset: str | None = None, seeds: int = 1, record: bool = True, **options) -> dict:
@@ -369,6 +370,7 @@ def evaluate_knn(checkpoint, train=None, test=None, data=None, *, k: int | tuple
     return _finish(setup, knn_protocol(setup, budget, seeds, k, temperature), record)
 
 
+@one_command()
 def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int = LINEAR_EPOCHS, lr=SWEEP_LRS,
                     weight_decay=SWEEP_WEIGHT_DECAYS, batch_size: int = 1024, fraction: float | None = None,
                     per_class: int | None = None, subset: str | None = None, seeds: int = 1,
@@ -384,6 +386,7 @@ def evaluate_linear(checkpoint, train=None, test=None, data=None, *, epochs: int
     return _finish(setup, result, record)
 
 
+@one_command()
 def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction: float | None = None,
                       per_class: int | None = None, subset: str | None = None, seeds: int = 1,
                       val_fraction: float = DEFAULT_VAL_FRACTION, record: bool = True,
@@ -401,6 +404,7 @@ def evaluate_finetune(checkpoint, train=None, test=None, data=None, *, fraction:
     return _finish(setup, finetune_protocol(setup, budget, seeds, val_fraction, config), record)
 
 
+@one_command()
 def evaluate_retrieval(checkpoint, train=None, test=None, data=None, *, ks: int | tuple[int, ...] = (1, 10, 50),
                        fraction: float | None = None, per_class: int | None = None, subset: str | None = None,
                        seeds: int = 1, out: str | Path | None = None, record: bool = True, **options) -> dict:

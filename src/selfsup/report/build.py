@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import override, ranged
-from ..console import option, plural
+from ..console import one_command, option, plural
 from ..errors import UserError
 from ..outputs import atomic_path, named_output, output_file
 from . import figures, html
@@ -175,6 +175,7 @@ def _run_section(run: Path, name: str, index: int, where_given: dict, options: d
     return "".join(parts)
 
 
+@one_command()
 def build_report(run_dirs, out: str | Path = "report.html", data=None, train=None, test=None,
                  device: str = "auto", cache_dir=None, queries: int = 6, neighbours: int = 8,
                  max_points: int = 2000, show_progress: bool = True) -> Path:
