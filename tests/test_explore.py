@@ -212,7 +212,7 @@ def test_embeddings_of_files_since_changed_are_removed(labelled_folder, tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["cluster", "--clusters", "1"], "--clusters must be at least 2, got 1"),
-    (["cluster", "--clusters", "37"], "--clusters 37 is more than the 36 images in .*; choose fewer clusters"),
+    (["cluster", "--clusters", "37"], "--clusters 37 is more than the 36 files in .*; choose fewer clusters"),
     (["cluster", "--shown", "0"], "--shown must be at least 1, got 0"),
     (["search", "--k", "0"], "--k must be at least 1, got 0"),
     (["search", "--query", "NOWHERE"],
@@ -232,6 +232,40 @@ def test_bad_input_is_one_line(labelled_folder, tmp_path, capsys, argv, message)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
     assert not (tmp_path / "run").exists()  # a refused start leaves no folder
+
+
+@pytest.mark.parametrize("command, option, advice", [("cluster", "--clusters", "choose fewer clusters"),
+                                                     ("select", "--budget", "choose a smaller budget")])
+def test_a_count_beyond_the_images_is_said_with_the_images_usable(labelled_folder, tmp_path, monkeypatch, capsys,
+                                                                   command, option, advice):
+    """A count of images (clusters, a budget) beyond those of a folder of 37 files, of which one is
+    no image, was refused as "more than the 37 images". Too few, or more than the files, is refused
+    before anything is decoded; more than the 36 images once they are, in one line that counts them."""
+    import selfsup.explore as explore
+    import selfsup.selection as selection
+
+    (labelled_folder / "circle" / "notes.png").write_text("not an image")
+
+    def command_line(count: int) -> list[str]:
+        return [command, "--data", str(labelled_folder), option, str(count), "--out", str(tmp_path / "out"),
+                "--checkpoint", "random:resnet18-half", "--image-size", "24", "--no-progress"]
+
+    real_embedding = explore.embed_sources
+    for module in (explore, selection):
+        monkeypatch.setattr(module, "embed_sources", lambda *a: pytest.fail("decoded for a count beyond the files"))
+    assert main(command_line(1 if command == "cluster" else 0)) == 2
+    assert f"{option} must be at least" in capsys.readouterr().err
+    assert main(command_line(38)) == 2
+    assert capsys.readouterr().err.strip() == (f"selfsup: error: {option} 38 is more than the 37 files in "
+                                               f"{str(labelled_folder)!r}; {advice}")
+    for module in (explore, selection):
+        monkeypatch.setattr(module, "embed_sources", real_embedding)
+    assert main(command_line(37)) == 2
+    assert capsys.readouterr().err.strip() == (f"selfsup: error: {option} 37 is more than the 36 images in "
+                                               f"{str(labelled_folder)!r} that could be decoded (1 of its 37 files "
+                                               f"could not); {advice}")
+    assert main(command_line(36)) == 0
+    assert "warning: skipped 1 of 37 files" in capsys.readouterr().err  # accepted: the files skipped said
 
 
 def test_cluster_and_search_through_the_cli(labelled_folder, tmp_path, capsys):

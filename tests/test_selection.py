@@ -209,7 +209,7 @@ def test_select_from_a_tar_of_a_dataset_takes_its_train_images(split_folder, tmp
 
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "0"], "--budget must be at least 1, got 0"),
-    (["--budget", "37"], "--budget 37 is more than the 36 images in "),
+    (["--budget", "37"], "--budget 37 is more than the 36 files in "),
     (["--budget", "3", "--labelled", "LIST.txt"], r"--labelled names 1 file not among the decoded images of .* e.g. "
                                                   r"'elsewhere/1.png'"),
     (["--budget", "3", "--labelled", "NOWHERE.csv"], "--labelled .*NOWHERE.csv' does not exist"),

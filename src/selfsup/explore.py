@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .console import flag, one_command, option, plural, said_as, say, warn
+from .console import flag, one_command, option, plural, said_as, say, warn, warnings_after_checks
 from .curate.embedding import Embedded, embed_source, embedding_dir
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
@@ -43,6 +43,23 @@ def open_option(path, option: str, opener=open_file_or_source) -> ImageSource:
         return opener(path)
     except UserError as e:
         raise UserError(f"{said_as(flag(option), option)}: {e}") from None
+
+
+def refuse_more_than_files(asked: str, count: int, source: ImageSource, advice: str) -> None:
+    """`count` images (`asked`: the option as given, --clusters 40) beyond the files of `source`:
+    no decoding can make room for them, so they are refused before any."""
+    if count > len(source.names):
+        raise UserError(f"{asked} is more than the {plural(len(source.names), 'file')} in {source.describe()!r}; "
+                        f"{advice}")
+
+
+def refuse_more_than_decoded(asked: str, count: int, source: ImageSource, embedded: Embedded, advice: str) -> None:
+    """`count` images beyond those of `source` that could be decoded: said with the images usable,
+    not the files (some of which may be no images)."""
+    if count > len(embedded.names):
+        raise UserError(f"{asked} is more than the {plural(len(embedded.names), 'image')} in {source.describe()!r} "
+                        f"that could be decoded ({len(embedded.skipped):,} of its {plural(len(source.names), 'file')} "
+                        f"could not); {advice}")
 
 
 def embed_sources(checkpoint, sources: dict[str, ImageSource], out: Path, device, backbone, image_size, small_stem,
@@ -122,14 +139,11 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
         source = open_option(data, "data")
         refuse_out_inside(out, source, data)
         out = output_folder(out)
-        if len(source.names) < clusters:
-            raise UserError(f"{option('clusters', clusters)} is more than the {plural(len(source.names), 'image')} in "
-                            f"{source.describe()!r}; choose fewer clusters")
-        embedded = embed_sources(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
-                                 show_progress, bands)["images"]
-    if len(embedded.names) < clusters:
-        raise UserError(f"{option('clusters', clusters)} is more than the {plural(len(embedded.names), 'image')} that "
-                        f"could be decoded; choose fewer clusters")
+        refuse_more_than_files(option("clusters", clusters), clusters, source, "choose fewer clusters")
+        with warnings_after_checks():  # refused, the error says what the warning of files skipped would
+            embedded = embed_sources(checkpoint, {"images": source}, out, device, backbone, image_size, small_stem,
+                                     show_progress, bands)["images"]
+            refuse_more_than_decoded(option("clusters", clusters), clusters, source, embedded, "choose fewer clusters")
     # Centred over the embeddings, which are not used again: a copy would be a second (N, D) held to the end.
     vectors = centred(embedded.vectors, embedded.vectors.mean(axis=0), in_place=True)
     centroids, assignment = kmeans(vectors, clusters, seed=seed, init="k-means++", restarts=3)

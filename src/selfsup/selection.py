@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .console import option, plural, said_as, say, warn
+from .console import option, plural, said_as, say, warn, warnings_after_checks
 from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans
 from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
-from .explore import embed_sources, folder_classes, open_option
+from .explore import embed_sources, folder_classes, open_option, refuse_more_than_decoded, refuse_more_than_files
 from .outputs import (atomic_path, distinct_copy_paths, output_folder, refuse_out_inside, removed_if_left_empty,
                       write_text_atomically)
 
@@ -225,12 +225,11 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
         source = open_option(data, "data", open_source)  # a dataset root gives its train/ images
         refuse_out_inside(out, source, data)
         out = output_folder(out)
-        if budget > len(source.names):
-            asked = said_as(f"--budget {budget:,}", f"budget={budget}")
-            raise UserError(f"{asked} is more than the {plural(len(source.names), 'image')} in "
-                            f"{source.describe()!r}")
-        embedded = embed_sources(checkpoint, {"pool": source}, out, device, backbone, image_size, small_stem,
-                                 show_progress, bands)["pool"]
+        refuse_more_than_files(option("budget", budget), budget, source, "choose a smaller budget")
+        with warnings_after_checks():  # refused, the error says what the warning of files skipped would
+            embedded = embed_sources(checkpoint, {"pool": source}, out, device, backbone, image_size, small_stem,
+                                     show_progress, bands)["pool"]
+            refuse_more_than_decoded(option("budget", budget), budget, source, embedded, "choose a smaller budget")
     names = embedded.names
     is_labelled = np.zeros(len(names), dtype=bool)
     is_labelled[rows_of_names(names, listed, repr(source.describe()), source.split, "labelled")] = True
