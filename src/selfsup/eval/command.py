@@ -39,8 +39,9 @@ def add_eval_parser(commands, common) -> None:
     p.add_argument("--test", help="labelled test images (one subfolder per class)")
     p.add_argument("--data", help="one folder (or tar) holding train/ and test/")
     p.add_argument("--device", default="auto")
-    p.add_argument("--image-size", type=int, help="input size (default: a checkpoint's training size; random: 224, or in a curve "
-                                                   "its runs' size)")
+    p.add_argument("--image-size", type=int, help="input size (default: a checkpoint's training size; random: the "
+                                                   "images' own, at most 224, or in a curve its runs' size; "
+                                                   "weights: the size it was made at)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="for random: and weights: encoders (default: on up to 64 px, or as the weights say)")
     p.add_argument("--bands", type=parse_bands, help=BANDS_HELP + "; in a curve, random: takes its runs'")
