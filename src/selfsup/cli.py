@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "dino's cifar-vit/imagenet-vit, moco-v3's imagenet-vit)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="3x3 stride-1 first convolution, no max-pool (default: on up to 64 px)")
-    p.add_argument("--patch-size", type=int, help="ViT patch size")
+    p.add_argument("--patch-size", type=int,
+                   help="ViT patch size (default: the preset's, else 16 from 64 px up, 4 below)")
     p.add_argument("--global-crops", type=int, help="multi-crop methods (dino, ibot, distill): global crops per image")
     p.add_argument("--local-crops", type=int, help="multi-crop methods (dino, ibot, distill): local crops per image")
     p.add_argument("--local-size", type=int, help="multi-crop methods (dino, ibot, distill): side of local crops in pixels")

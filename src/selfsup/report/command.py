@@ -14,8 +14,9 @@ def add_report_parser(commands, common) -> None:
     p.add_argument("--test", help="labelled test images (instead of --data)")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir")
-    p.add_argument("--queries", type=int, default=6, help="rows of the nearest-neighbour grid")
-    p.add_argument("--max-points", type=int, default=2000, help="test images on the embedding map")
+    p.add_argument("--queries", type=int, default=6, help="rows of the nearest-neighbour grid (default %(default)s)")
+    p.add_argument("--max-points", type=int, default=2000,
+                   help="test images on the embedding map (default %(default)s)")
     common(p)
     p.set_defaults(run=run_report)
 
