@@ -419,16 +419,19 @@ def test_comparison_says_what_each_run_was_trained_at(tmp_path):
 
     vit = fake_run(tmp_path / "vit", [])
     (vit / "config.yaml").write_text(dump_yaml(resolve({"method": "dino", "backbone": {"name": "vit-small"},
-                                                        "data": {"image_size": 32}, "train": {"batch_size": 64}})))
+                                                        "data": {"image_size": 32, "path": "/d/unlabelled"},
+                                                        "train": {"batch_size": 64}})))
     resnet = fake_run(tmp_path / "resnet", [])
     (resnet / "config.yaml").write_text(dump_yaml(resolve({"method": "simclr", "preset": "imagenet",
                                                            "data": {"image_size": 64}})))
     headers, rows = comparison_rows([vit, resnet, fake_run(tmp_path / "bare", [])], ["vit", "resnet", "bare"])
-    assert headers == ["run", "method", "backbone", "preset", "image size", "batch size", "epochs", "final loss",
-                       "online kNN"]
+    assert headers == ["run", "method", "backbone", "preset", "image size", "batch size", "epochs", "pretraining data",
+                       "final loss", "online kNN"]
     assert [r[:6] for r in rows] == [["vit", "dino", "vit-small/4", "cifar-vit", 32, 64],
                                      ["resnet", "simclr", "resnet50", "imagenet", 64, 256],
                                      ["bare", "simclr", "resnet18", None, None, None]]
+    # Nor did the images pretrained on: a run on 600 images beside one on 260 read as alike.
+    assert [r[headers.index("pretraining data")] for r in rows] == ["/d/unlabelled", None, None]
 
 
 def test_report_cells_keep_small_values_exact():

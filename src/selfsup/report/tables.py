@@ -189,6 +189,7 @@ def _run_facts(run: Path) -> tuple[dict, dict, list[tuple[dict, dict]]]:
              "preset": cfg.get("preset"), "image size": _section(cfg, "data").get("image_size"),
              "batch size": _section(cfg, "train").get("batch_size"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
+             "pretraining data": _section(cfg, "data").get("path") or None,  # runs on other images are not alike
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
     records = [r for r in run_evals(run) if r["current"]]
     results = [p for r in records for p in (_own_points(r) if r.get("protocol") == "curve" else [r])]
