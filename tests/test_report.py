@@ -793,3 +793,16 @@ def test_provenance_counts_the_processes_of_a_distributed_run(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun --nproc-per-node 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # two machines of 4
     assert provenance("cuda:0")["processes"] == 8 and provenance("cuda:0")["device"] == "cuda:0"
+
+
+def test_training_curves_tick_whole_epochs(tmp_path, monkeypatch):
+    # A 2-epoch run's curves were ticked 1.0, 1.2, ..., 2.0 and a 1-epoch run's 0.96, 0.98, ...
+    import selfsup.viz as viz
+
+    drawn = []
+    monkeypatch.setattr(viz, "save_figure", lambda fig, out, dpi: drawn.append(fig))
+    for epochs in (1, 2, 7):
+        viz.plot_training_curves([{"epoch": e, "loss": 1 / e} for e in range(1, epochs + 1)], tmp_path / "c.png")
+    ticks = [[t for t in fig.axes[0].get_xticks() if 0.5 <= t <= epochs + 0.5] for fig, epochs in zip(drawn, (1, 2, 7))]
+    viz.pyplot().close("all")  # save_figure, replaced here, closes them
+    assert ticks[0] == [1] and all(t == round(t) for shown in ticks for t in shown) and len(ticks[2]) >= 3

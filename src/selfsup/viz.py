@@ -113,6 +113,8 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
     if not metrics:
         return None
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     panels = [k for k in ("loss", "lr", "std_ratio", "effective_rank", "knn_top1", "images_per_s")
               if any(k in m for m in metrics)]
     panels += sorted({k for m in metrics for k in m} - set(panels) - {"epoch", "step", "weight_decay", "epoch_seconds"})
@@ -121,9 +123,12 @@ def plot_training_curves(metrics: list[dict], out: str | Path) -> Path | None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, key in zip(axes.flat, panels):
         points = [(m["epoch"], m[key]) for m in metrics if key in m and isinstance(m[key], (int, float))]
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs: no 1.2, 1.4 ticks on a short run
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+            if len(set(xs)) == 1:  # one epoch: the locator alone would tick 0.96, 0.98, ...
+                ax.set_xticks(xs[:1])
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
