@@ -141,6 +141,15 @@ def test_top5_is_shown_only_with_more_than_five_classes(split_folder):
                                                                     "top5_std": 0.0})
 
 
+def test_knn_lines_give_top5_its_deviation_over_seeds_as_top1():
+    # Over 2 seeds the k lines read "top-1 0.1725 ± 0.0106   top-5 0.6700": top-5 without its spread.
+    spread = {"top1": 0.17, "top1_std": 0.01, "top5": 0.67, "top5_std": 0.02}
+    result = {"protocol": "knn", "encoder": "e", "image_size": 32, "budget": "5 per class", "labelled_images": 50,
+              "train_images": 300, "test_images": 200, "classes": 10, "seeds": 2, "k": 20, **spread,
+              "by_k": {"20": {"k": 20, **spread}}}
+    assert "k=20   top-1 0.1700 ± 0.0100   top-5 0.6700 ± 0.0200" in describe(result)
+
+
 def test_results_name_train_and_test_data_by_absolute_paths(split_folder, monkeypatch):
     # pretrain caches the training split under its absolute path; eval then gets a relative --data
     size = load_encoder("random:resnet18", 16, False).cache_size

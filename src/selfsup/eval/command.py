@@ -188,7 +188,7 @@ def describe(result: dict) -> str:
         for used, asked in by_used.items():
             s, cut = result["by_k"][asked[0]], [k for k in asked if int(k) != used]
             lines.append(f"  k={used:<4} top-1 {_figure({**s, 'seeds': seeds}, 'top1')}"
-                         + (f"   top-5 {s['top5']:.4f}" if top5 else "")
+                         + (f"   top-5 {_figure({**s, 'seeds': seeds}, 'top5')}" if top5 else "")
                          + (f"   (k={', '.join(cut)} asked; only {used} labelled images to vote)" if cut else ""))
         lines.append(f"  k={result['k']}, with its 95 % interval: top-1 {_figure(result, 'top1')}")
     elif result["protocol"] == "retrieval":
