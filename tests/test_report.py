@@ -806,3 +806,16 @@ def test_training_curves_tick_whole_epochs(tmp_path, monkeypatch):
     ticks = [[t for t in fig.axes[0].get_xticks() if 0.5 <= t <= epochs + 0.5] for fig, epochs in zip(drawn, (1, 2, 7))]
     viz.pyplot().close("all")  # save_figure, replaced here, closes them
     assert ticks[0] == [1] and all(t == round(t) for shown in ticks for t in shown) and len(ticks[2]) >= 3
+
+
+def test_config_table_gives_the_base_rate_per_its_reference_batch(tmp_path):
+    # "base lr 0.1000" for rotation (per 128 images) beside "0.1200" for SimCLR (per 256) read as alike.
+    from selfsup.config import dump_yaml, resolve
+    from selfsup.report.build import _config
+
+    shown = {}
+    for method in ("rotation", "simclr"):
+        run = fake_run(tmp_path / method, [])
+        (run / "config.yaml").write_text(dump_yaml(resolve({"method": method, "data": {"image_size": 32}})))
+        shown[method] = _config(run)[1]
+    assert "0.1000 per 128 images" in shown["rotation"] and "0.1200 per 256 images" in shown["simclr"]

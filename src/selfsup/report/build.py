@@ -52,6 +52,15 @@ def _names(runs: list[Path]) -> list[str]:
     return [str(r) if names.count(r.name) > 1 else r.name for r in runs]
 
 
+def _base_lr(optim: dict):
+    """'0.1200 per 256 images': presets state their rate per their own reference batch (rotation's
+    per 128), so the bare number does not compare across methods."""
+    lr, reference = optim.get("lr"), optim.get("lr_reference_batch")
+    if not isinstance(lr, (int, float)) or not isinstance(reference, int) or optim.get("lr_scaling") == "none":
+        return lr
+    return f"{html.number(float(lr))} per {reference:,} images"
+
+
 def _config(run: Path) -> tuple[dict, str]:
     path = run / "config.yaml"
     if not path.is_file():
@@ -64,7 +73,7 @@ def _config(run: Path) -> tuple[dict, str]:
     rows = [["method", cfg.get("method")], ["backbone", section("backbone").get("name")],
             ["image size", section("data").get("image_size")], ["epochs", section("train").get("epochs")],
             ["batch size", section("train").get("batch_size")], ["optimizer", section("optim").get("name")],
-            ["base lr", section("optim").get("lr")], ["data", section("data").get("path")]]
+            ["base lr", _base_lr(section("optim"))], ["data", section("data").get("path")]]
     summary = html.table(["setting", "value"], rows, "config")
     return cfg, summary + f"<details><summary>config.yaml</summary>{html.preformatted(text)}</details>"
 
