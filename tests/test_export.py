@@ -499,7 +499,10 @@ def test_a_random_encoder_is_exported_at_the_size_given_and_without_one_says_it_
     assert main(["export", "--checkpoint", "random:resnet18", "--image-size", "32", "--out",
                  str(tmp_path / "small.safetensors"), "--json"]) == 0
     said = capsys.readouterr()
-    assert said.err == "" and (json.loads(said.out)["image_size"], json.loads(said.out)["small_stem"]) == ("32", "true")
+    printed = json.loads(said.out)  # values as such, not the file's text
+    assert said.err == "" and (printed["image_size"], printed["small_stem"], printed["patch_size"]) == (32, True, None)
+    assert (printed["feature_dim"], printed["backbone"], printed["bands"]) == (512, "resnet18", None)
+    assert printed["mean"] == pytest.approx([0.485, 0.456, 0.406])
     settings = exported_settings(read_weights(tmp_path / "small.safetensors")[1])
     assert (settings["image_size"], settings["small_stem"]) == (32, True)  # what weights:FILE is loaded at
     assert selfsup.export_encoder("random:resnet18", tmp_path / "big.safetensors", image_size=96,

@@ -149,11 +149,11 @@ def done_line(summary: dict) -> str:
 
 
 def _export(args) -> int:
-    from .export import export_encoder
+    from .export import export_encoder, metadata_values
 
     metadata = export_encoder(args.checkpoint, args.out, image_size=args.image_size, small_stem=args.small_stem,
                               backbone=args.backbone)
-    print(json.dumps(metadata) if args.json else f"wrote {metadata['out']} ({metadata['backbone']})")
+    print(json.dumps(metadata_values(metadata)) if args.json else f"wrote {metadata['out']} ({metadata['backbone']})")
     return 0
 
 

@@ -102,6 +102,15 @@ def _metadata(encoder: Encoder) -> dict[str, str]:
     }
 
 
+_TEXT = {"out", "format", "backbone", "method", "input", "output"}  # the metadata's words; the rest is JSON
+
+
+def metadata_values(metadata: dict[str, str]) -> dict:
+    """export_encoder's metadata with its numbers, booleans and lists as such (for --json): the file
+    can hold text only, and whoever reads the JSON should not have to parse it again."""
+    return {key: value if key in _TEXT else json.loads(value) for key, value in metadata.items()}
+
+
 class RGBInput(nn.Module):
     """The backbone, taking RGB in [0, 1] and normalising it as training did: an ONNX graph's
     users need no constants beside it."""
