@@ -299,3 +299,37 @@ def test_tiff_bands_chosen_at_pretraining_follow_the_encoder_into_every_command(
     run("pretrain", "--method", "temporal-order", "--data", data, "--out", tmp_path / "video", "--bands", "4,3,2",
         "--image-size", "16", check_error="data.bands chooses bands of TIFF images; temporal-order reads its own "
                                           "data (videos, frames or interactions): leave out --bands")
+
+
+def test_an_encoder_giving_nan_features_is_refused_in_one_line(split_folder, tmp_path):
+    """A weights file holding a NaN (a diverged run's BatchNorm) gave kNN top-1 0.0, a linear probe
+    at chance, a retrieval mAP and an embeddings.npy of NaN, without a word, and cluster a torch
+    traceback. Every command now stops at the features, in one line, before saving any of them."""
+    import numpy as np
+    import pytest
+    from safetensors.torch import save_file
+
+    from selfsup.encoder import load_encoder
+    from selfsup.errors import UserError
+    from selfsup.eval.features import refuse_nonfinite
+
+    state = load_encoder("random:resnet18", image_size=16, small_stem=False).backbone.net.state_dict()
+    state["layer4.1.bn2.running_var"][0] = float("nan")
+    weights = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    encoder = ["--checkpoint", f"weights:{weights}", "--backbone", "resnet18", "--image-size", "16", "--no-progress"]
+    said = "resnet18 weights (nan.safetensors) gives NaN or infinite features for 48 of 48 images; check the weights file"
+    out = tmp_path / "out" / "e.npy"
+    # streamed in chunks (no image cache yet), then from the cache that the evaluation builds
+    run("embed", *encoder, "--data", split_folder / "train", "--out", out, check_error=said)
+    for protocol in ("knn", "linear", "retrieval"):
+        run("eval", protocol, *encoder, "--data", split_folder, check_error=said)
+    run("embed", *encoder, "--data", split_folder / "train", "--out", out, check_error=said)
+    assert not (tmp_path / "out").exists()
+    run("cluster", *encoder, "--data", split_folder / "train", "--out", tmp_path / "c", check_error=said)
+
+    run_encoder = SimpleNamespace(description="simclr resnet18, 1 epoch (run)", weights_file_sha256=None,
+                                  init_seed=None, checkpoint={})
+    with pytest.raises(UserError, match=r"for 1 of 2 images; the checkpoint has diverged \(or is damaged\): use "
+                                        r"an earlier checkpoint, or pretrain again with a lower learning rate \(lr=\)"):
+        refuse_nonfinite(torch.tensor([[0.0, np.inf], [1.0, 0.0]]), run_encoder)

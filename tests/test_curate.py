@@ -798,3 +798,34 @@ def test_a_tar_is_read_once_for_all_its_chunks(labelled_folder, tmp_path, monkey
     opened.clear()
     embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=5, show_progress=False)
     assert opened == []  # every chunk saved: the tar is not read at all
+
+
+def test_a_chunk_of_nan_embeddings_is_refused_and_never_resumed_from(labelled_folder, tmp_path, monkeypatch):
+    """An encoder whose features turn NaN after the first chunk (a BatchNorm's running variance, here):
+    refused at the chunk, which is not saved, counting the images embedded in all. A chunk of NaN
+    that an earlier version saved is embedded again, not resumed from."""
+    from selfsup.encoder import load_encoder
+
+    source = open_source(labelled_folder)
+    encoder = load_encoder("random:resnet18", image_size=24, small_stem=False)
+    embed_chunk = embedding_module._embed_chunk
+
+    def diverging_after_the_first(*args, **kwargs):
+        embedded = embed_chunk(*args, **kwargs)
+        encoder.backbone.net.bn1.running_var.fill_(float("nan"))
+        return embedded
+
+    monkeypatch.setattr(embedding_module, "_embed_chunk", diverging_after_the_first)
+    with pytest.raises(UserError, match=r"^random:resnet18 \(random initialisation, seed 0\) gives NaN or infinite "
+                                        r"features for 10 of 20 images embedded so far; draw another seed "
+                                        r"\(random:resnet18@seed=1\)$"):
+        embedding_module.embed_source(encoder, source, tmp_path / "emb", "cpu", chunk_size=10, show_progress=False)
+    assert [p.name for p in sorted((tmp_path / "emb").iterdir())] == ["chunk-000000.npz"]
+
+    monkeypatch.setattr(embedding_module, "_embed_chunk", embed_chunk)
+    second = source.read_order()[10:20]
+    embedding_module._save_chunk(tmp_path / "emb" / "chunk-000001.npz", second, np.full((10, 512), np.nan, np.float32),
+                                 [], {})
+    good = load_encoder("random:resnet18", image_size=24, small_stem=False)
+    embedded = embedding_module.embed_source(good, source, tmp_path / "emb", "cpu", chunk_size=10, show_progress=False)
+    assert len(embedded.names) == 36 and np.isfinite(embedded.vectors).all()

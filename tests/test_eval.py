@@ -414,10 +414,11 @@ def test_finetune_records_only_the_settings_its_backbone_has(split_folder):
     assert result["config"]["epochs"] == 1 and "encoder_lr_ratio" in result["config"]
 
 
-@pytest.mark.parametrize("damage", ["cut", "empty", "objects", "one-dimensional"])
+@pytest.mark.parametrize("damage", ["cut", "empty", "objects", "one-dimensional", "nan"])
 def test_a_damaged_feature_file_is_computed_again(split_folder, tmp_path, damage, monkeypatch):
     """A feature file cut short, emptied or not ours (objects are never unpickled) was a
-    traceback; the features are computed again and the file replaced."""
+    traceback; the features are computed again and the file replaced. So is one holding a NaN,
+    saved before such features were refused (they gave wrong figures)."""
     import os
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "cache"))
     options = dict(data=split_folder, image_size=16, device="cpu", show_progress=False, record=False, k=5)
@@ -429,6 +430,10 @@ def test_a_damaged_feature_file_is_computed_again(split_folder, tmp_path, damage
             np.save(saved, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
         elif damage == "one-dimensional":
             np.save(saved, np.zeros(48, np.float32))
+        elif damage == "nan":
+            features = np.load(saved)
+            features[:, 0] = np.nan
+            np.save(saved, features)
         else:
             saved.write_bytes(saved_bytes[:len(saved_bytes) // 2] if damage == "cut" else b"")
     assert evaluate_knn("random:resnet18", **options)["top1"] == first["top1"]

@@ -28,7 +28,7 @@ from .data import load_cache, open_source
 from .data.cache import cache_built
 from .encoder import Encoder, load_encoder
 from .errors import UserError
-from .eval.features import extract_features
+from .eval.features import extract_features, refuse_nonfinite
 from .outputs import atomic_path, named_output, output_file, removed_if_left_empty, save_npy
 from .views import IMAGENET_MEAN, IMAGENET_STD
 
@@ -236,6 +236,7 @@ def _embed_cached(encoder: Encoder, source, device, batch_size: int, cache_dir, 
     rows = np.array(sorted(range(len(cache)), key=lambda row: position[cache.names[row]]), dtype=np.int64)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device, indices=rows,
                                 batch_size=batch_size, show_progress=show_progress, desc="embedding")
+    refuse_nonfinite(features, encoder)
     # features are float32 already: astype without copy=False made a third (N, D) copy
     vectors = torch.nn.functional.normalize(features, dim=1).numpy().astype(np.float32, copy=False)
     return [cache.names[row] for row in rows], vectors, cache.skipped

@@ -28,7 +28,7 @@ from ..data.sources import ImageSource
 from ..data.workers import decode_stream
 from ..encoder import Encoder
 from ..errors import UserError
-from ..eval.features import extract_features
+from ..eval.features import extract_features, nonfinite_rows, refuse_nonfinite
 from ..outputs import atomic_path
 
 
@@ -88,6 +88,8 @@ def _load_chunk(path: Path, wanted: list[str]):
         return None
     if sorted(names + skipped) != sorted(wanted) or vectors.ndim != 2 or len(vectors) != len(names):
         return None
+    if nonfinite_rows(vectors):  # saved before they were refused: embedded again, and refused
+        return None
     return names, vectors, skipped, notes
 
 
@@ -109,6 +111,8 @@ def embed_source(encoder: Encoder, source: ImageSource, work_dir: Path, device, 
         for number, names in enumerate(wanted):
             if chunks[number] is None:  # not embedded yet, or in chunks of another size
                 chunks[number] = _embed_chunk(encoder, next(runs), names, device, workers, bar, batch_size)
+                # Before it is saved, or a rerun would resume from it; the chunks before were checked.
+                refuse_nonfinite(chunks[number][1], encoder, sum(len(chunk[0]) for chunk in chunks[:number + 1]))
                 _save_chunk(paths[number], *chunks[number])
             else:
                 bar.update(len(names))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..console import progress_bar, warn
+from ..console import option, plural, progress_bar, warn
 from ..data import ImageCache
 from ..data.cache import cache_folder, cache_remedy
 from ..errors import UserError
@@ -47,6 +47,38 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray, image_size: i
     return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "feature_dim", 0))
 
 
+def nonfinite_rows(features: torch.Tensor | np.ndarray) -> int:
+    """How many rows of (N, D) `features` (on the CPU) hold a NaN or an infinity; counted a piece at
+    a time, so that no (N, D) mask is made beside a million rows."""
+    features = torch.as_tensor(features)
+    return sum(int(torch.isfinite(piece).all(dim=1).logical_not().sum()) for piece in features.split(1 << 16))
+
+
+def refuse_nonfinite(features: torch.Tensor | np.ndarray, encoder, embedded: int | None = None) -> None:
+    """Refuse (N, D) `features` of `encoder` (an `Encoder`) of which any is NaN or infinite: every
+    distance, vote, ranking and cluster drawn from them would be silently wrong. `embedded`: how many
+    images were embedded in all, where `features` are the last of several pieces (those before were
+    checked). Counted on the CPU copy extract_features returns: no device sync is added."""
+    bad = nonfinite_rows(features)
+    if bad:
+        in_all = len(features) if embedded is None else embedded
+        of = plural(in_all, "image") + ("" if in_all == len(features) else " embedded so far")
+        raise UserError(f"{encoder.description} gives NaN or infinite features for {bad:,} of {of}; "
+                        f"{_nonfinite_remedy(encoder)}")
+
+
+def _nonfinite_remedy(encoder) -> str:
+    if encoder.weights_file_sha256 is not None:
+        return "check the weights file for NaN or infinite values"
+    if encoder.init_seed is not None:
+        return f"draw another seed (random:{encoder.backbone.name}@seed={encoder.init_seed + 1})"
+    # The trainer stops a run whose loss is NaN, but a BatchNorm's running statistics can diverge alone.
+    if encoder.checkpoint is not None:
+        return (f"the checkpoint has diverged (or is damaged): use an earlier checkpoint, or pretrain again with a "
+                f"lower learning rate ({option('lr')})")
+    return "check the encoder's weights for NaN or infinite values"
+
+
 # Bump when the way features are computed changes, so old cached features are not reused.
 FEATURE_FORMAT = 1
 
@@ -72,7 +104,9 @@ def _load_saved(path: Path) -> np.ndarray | None:
         features = np.load(path)
     except (ValueError, EOFError, OSError):
         return None
-    return features if features.ndim == 2 and features.dtype == np.float32 else None
+    # NaN or infinite: saved before they were refused (see refuse_nonfinite); computed again, and refused
+    usable = features.ndim == 2 and features.dtype == np.float32 and not nonfinite_rows(features)
+    return features if usable else None
 
 
 def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=None,
@@ -87,6 +121,7 @@ def cached_features(encoder, cache: ImageCache, device: torch.device, cache_dir=
             return torch.from_numpy(features)
     features = extract_features(encoder.backbone.to(device), cache.images, encoder.image_size, device,
                                 show_progress=show_progress, desc=desc)
+    refuse_nonfinite(features, encoder)  # before they are kept: the next evaluation would read them
     if path is not None:
         try:  # the features are computed: a cache that cannot keep them (a full disk) costs time next time, no more
             path.parent.mkdir(parents=True, exist_ok=True)
