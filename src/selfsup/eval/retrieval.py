@@ -71,9 +71,10 @@ def mean_average_precision(queries: torch.Tensor, gallery: torch.Tensor, query_l
 
 
 def ranking_keys(scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """(N,) int64 keys, distinct, whose ascending order ranks float32 `scores` (not NaN) from the
-    highest, equal scores by their `positions` (0 .. N-1, below 2^32): a score's bits made to order
-    as the floats do, inverted, above its position. -0.0 is 0.0 (they compare equal)."""
+    """(N,) int64 keys, distinct, whose ascending order ranks float32 `scores` (not NaN, which would
+    rank first or last by its sign bit: the protocols never see NaN features, see refuse_nonfinite)
+    from the highest, equal scores by their `positions` (0 .. N-1, below 2^32): a score's bits made
+    to order as the floats do, inverted, above its position. -0.0 is 0.0 (they compare equal)."""
     bits = (scores + np.float32(0)).view(np.int32)  # -0.0 + 0.0 is 0.0
     np.bitwise_xor(bits, np.int32(0x7FFFFFFF), out=bits, where=bits < 0)  # negatives: larger magnitude, smaller
     np.invert(bits, out=bits)  # the highest score first
