@@ -819,3 +819,17 @@ def test_config_table_gives_the_base_rate_per_its_reference_batch(tmp_path):
         (run / "config.yaml").write_text(dump_yaml(resolve({"method": method, "data": {"image_size": 32}})))
         shown[method] = _config(run)[1]
     assert "0.1000 per 128 images" in shown["rotation"] and "0.1200 per 256 images" in shown["simclr"]
+
+
+def test_a_run_whose_features_are_nan_has_its_report_with_a_note(tmp_path, split_folder):
+    """A run's features refused as NaN stopped the whole report (of every run given); the run's
+    section now says why it has no neighbours or map, and its training curves are still drawn."""
+    run = tmp_path / "diverged"
+    run_pretraining(merge_dicts(TINY_RUN, {"out": str(run), "data": {"path": str(split_folder)},
+                                           "train": {"epochs": 1}}))
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    checkpoint["model"]["backbone.net.layer4.1.bn2.running_var"].fill_(float("nan"))
+    torch.save(checkpoint, run / "last.pt")
+    text = build_report([run], tmp_path / "r.html", device="cpu", show_progress=False).read_text()
+    assert text.count("gives NaN or infinite features for 48 of 48 images; the checkpoint has diverged") == 2
+    assert text.count("<img") == 1  # the training curves

@@ -132,12 +132,12 @@ def _embedding_pictures(run: Path, cfg: dict, where: dict | None, options: dict)
     if where is None:
         missing = html.note("no labelled data: give --data ROOT (with train/ and test/ class folders)")
         return missing, missing
-    try:
+    try:  # a run whose features are NaN (diverged) still has its report: its curves show where it went wrong
         setup = prepare(run, **where, device=options["device"], cache_dir=options["cache_dir"],
                         show_progress=options["show_progress"])
+        train_x, test_x = setup.features()
     except UserError as e:
         return html.note(str(e)), html.note(str(e))
-    train_x, test_x = setup.features()
     test_y, train_y, classes = setup.test.labels, setup.train.labels, setup.train.classes
     queries = figures.fixed_queries(test_y, options["queries"])
     _, idx = retrieve(test_x[queries], train_x, options["neighbours"])
