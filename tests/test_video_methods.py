@@ -513,3 +513,21 @@ def test_the_interactions_table_is_read_with_or_without_a_byte_order_mark(tmp_pa
         assert records["a/0.png"] == (0, 0.5, 1.0, (0.0, 0.0))
         kind, angle, success, displacement = records["a/1.png"]
         assert (kind, angle, displacement) == (1, 1.5, (0.25, -0.5)) and np.isnan(success)
+
+
+def test_equivariance_of_an_encoder_giving_nan_features_is_refused(clips, monkeypatch):
+    """An encoder whose features are NaN failed deep in numpy (SVD did not converge): now one line."""
+    import selfsup.encoder
+    from selfsup.eval.video import equivariance_report
+
+    load_encoder = selfsup.encoder.load_encoder
+
+    def diverged(*args, **kwargs):
+        encoder = load_encoder(*args, **kwargs)
+        encoder.backbone.net.bn1.running_var.fill_(float("nan"))
+        return encoder
+
+    monkeypatch.setattr(selfsup.encoder, "load_encoder", diverged)
+    with pytest.raises(UserError, match=r"^random:resnet18 \(random initialisation, seed 0\) gives NaN or infinite "
+                                        r"features for (\d+) of \1 images; draw another seed"):
+        equivariance_report("random:resnet18", clips, motion_classes=3, gap=2, seed=0)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..views.pipeline import eval_view
+from .features import refuse_nonfinite
 
 
 MIN_FIT_PAIRS = 2  # pairs a class needs on each side (fit, measure) for a fitted rho
@@ -115,6 +116,8 @@ def equivariance_report(checkpoint, data, motion_classes: int | None = None, gap
     backbone = encoder.backbone.to(device).eval()
     first = _features(backbone, cache.images, rows[:, 0], encoder.image_size, device)
     later = _features(backbone, cache.images, rows[:, 1], encoder.image_size, device)
+    for features in (first, later):
+        refuse_nonfinite(features, encoder)
     report = {"fitted": equivariance_error(F.normalize(first, dim=1).numpy(), F.normalize(later, dim=1).numpy(),
                                            classes, seed=seed),
               "pairs": {int(g): int(n) for g, n in zip(*np.unique(classes, return_counts=True))}}
