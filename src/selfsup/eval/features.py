@@ -48,10 +48,14 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray, image_size: i
 
 
 def nonfinite_rows(features: torch.Tensor | np.ndarray) -> int:
-    """How many rows of (N, D) `features` (on the CPU) hold a NaN or an infinity; counted a piece at
-    a time, so that no (N, D) mask is made beside a million rows."""
+    """How many rows of (N, D) `features` (on the CPU) hold a NaN or an infinity. A NaN or an infinity
+    makes its row's sum one, so the row sums find the rows to look at, in a pass about as fast as
+    reading the features (torch's isfinite over them all: 15 times slower on a CPU, and an (N, D)
+    mask); the rows found are looked at whole, a piece at a time (finite values can sum to inf)."""
     features = torch.as_tensor(features)
-    return sum(int(torch.isfinite(piece).all(dim=1).logical_not().sum()) for piece in features.split(1 << 16))
+    suspect = torch.isfinite(features.sum(dim=1)).logical_not().nonzero().flatten()  # (S,) row numbers
+    return sum(int(torch.isfinite(features[rows]).all(dim=1).logical_not().sum())
+               for rows in suspect.split(1 << 16))
 
 
 def refuse_nonfinite(features: torch.Tensor | np.ndarray, encoder, embedded: int | None = None) -> None:
