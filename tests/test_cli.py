@@ -322,11 +322,15 @@ def test_an_encoder_giving_nan_features_is_refused_in_one_line(split_folder, tmp
     out = tmp_path / "out" / "e.npy"
     # streamed in chunks (no image cache yet), then from the cache that the evaluation builds
     run("embed", *encoder, "--data", split_folder / "train", "--out", out, check_error=said)
-    for protocol in ("knn", "linear", "retrieval"):
+    for protocol in ("knn", "linear", "retrieval", "finetune"):
         run("eval", protocol, *encoder, "--data", split_folder, check_error=said)
     run("embed", *encoder, "--data", split_folder / "train", "--out", out, check_error=said)
     assert not (tmp_path / "out").exists()
     run("cluster", *encoder, "--data", split_folder / "train", "--out", tmp_path / "c", check_error=said)
+    # A sound encoder whose fine-tuning diverges had a test top-1 at chance, and no word either.
+    run("eval", "finetune", "--checkpoint", "random:resnet18", "--image-size", "16", "--no-small-stem", "--data",
+        split_folder, "--lr", "1e6", "--epochs", "3", "--min-steps", "6", "--no-progress",
+        check_error="fine-tuning diverged: its loss is nan at step 6 of 6; lower its learning rate (--lr 100000.0)")
 
     run_encoder = SimpleNamespace(description="simclr resnet18, 1 epoch (run)", weights_file_sha256=None,
                                   init_seed=None, checkpoint={})

@@ -212,7 +212,11 @@ def _finetune(backbone, images, train_idx, train_y, val_idx, val_y, num_classes,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if len(val_idx) and (step % check_every == 0 or step == total) and \
+        checked = step % check_every == 0 or step == total  # looked at where validation is: no sync a step
+        if checked and not torch.isfinite(loss):
+            raise UserError(f"fine-tuning diverged: its loss is {loss.item()} at step {step:,} of {total:,}; "
+                            f"lower its learning rate ({finetune_option('lr', cfg.lr / 10)})")
+        if len(val_idx) and checked and \
                 stopper.update(model, step, _val_top1(model, images, val_idx, val_y, image_size, device)):
             break
     if stopper.state is not None:

@@ -21,7 +21,7 @@ from ..console import one_command, option, plural, protocol_option, warn
 from ..errors import UserError, nearest
 from ..outputs import atomic_path, output_file, removed_if_left_empty
 from .data import Setup, check_options, prepare
-from .features import extract_features
+from .features import extract_features, refuse_nonfinite
 from .finetune import FinetuneConfig, finetune, finetune_option
 from .knn import knn_scores, topk_accuracy
 from .linear import SWEEP_LRS, SWEEP_WEIGHT_DECAYS, predict_linear, sweep_linear
@@ -35,6 +35,7 @@ DEFAULT_VAL_FRACTION = 0.1
 KNN_TEMPERATURE = 0.07  # the protocols' defaults, also what the report calls the default
 LINEAR_EPOCHS = 100
 VIT_ONLY_FINETUNE_SETTINGS = ("layer_decay", "drop_path_rate")
+FEATURES_LOOKED_AT = 256  # images whose features are checked before fine-tuning
 
 
 def setting_defaults(protocol: str) -> dict:
@@ -291,6 +292,11 @@ def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
     `config`: a `FinetuneConfig` or a dict of its fields (epochs, lr, freeze_stages, ...)."""
     config = _finetune_options(config)
     train_y, classes, encoder = _train_labels(setup), len(setup.train.classes), setup.encoder
+    # A damaged encoder (a BatchNorm's running variance NaN) trains on batch statistics unharmed,
+    # then predicts NaN for every test image: looked at first, on a few images.
+    first = np.arange(min(len(setup.train.images), FEATURES_LOOKED_AT))
+    refuse_nonfinite(extract_features(encoder.backbone.to(setup.device), setup.train.images, encoder.image_size, setup.device,
+                                      indices=first, show_progress=False), encoder)
 
     def one_seed(split: Split) -> dict:
         tuned = finetune(encoder.backbone, setup.train.images, split.train, train_y[split.train], split.val,
