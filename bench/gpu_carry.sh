@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build .gpu/, the ignored folder that travels to the device machine (run's `carry: [".gpu"]`):
 # the CIFAR-10 JPEG tar, the peer's and probes' scripts from ../shared/bench, and the wheels the
-# device cannot fetch (it has no registry): lightly 1.6.0 for --part peer, kornia for --part extra.
+# device cannot fetch (it has no registry): lightly 1.6.0 for --part peer, kornia for --part extra;
+# and the src/ of the branch moco-v2-one-pass-bn, for bench/moco_one_pass.sh.
 #
 #     bash bench/gpu_carry.sh            # from the repository root, on this machine (network: PyPI)
 #
@@ -16,5 +17,10 @@ for wheel in lightly==1.6.0 kornia==0.9.0 kornia_rs; do
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/whl "$wheel"
 done
+# MoCo v2's one-pass BatchNorm groups, kept on a branch until a GPU measures them (bench/moco_one_pass.sh)
+if git rev-parse -q --verify moco-v2-one-pass-bn >/dev/null; then
+    rm -rf .gpu/moco-one-pass && mkdir -p .gpu/moco-one-pass
+    git archive moco-v2-one-pass-bn src | tar -x -C .gpu/moco-one-pass
+fi
 du -sh .gpu
 ls .gpu .gpu/whl
