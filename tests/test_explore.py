@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 
 import numpy as np
@@ -79,6 +80,8 @@ def test_cluster_writes_every_image_once_with_its_nearest_centre(labelled_folder
     assert summary["sizes"] == sizes and sizes == sorted(sizes, reverse=True) and min(sizes) > 0
     assert summary["folders"]["classes"] == len(CLASSES)
     assert (tmp_path / "run" / "clusters.png").stat().st_size > 0
+    written = (tmp_path / "run" / "summary.json").read_text()
+    assert json.loads(written)["sizes"] == sizes and written.endswith("}\n")  # a text file: cat leaves no prompt on it
 
     # Independently: the clusters' centres from the embeddings; each image is nearest its own
     # (k-means has converged) and the CSV's cosine is its cosine to that centre.

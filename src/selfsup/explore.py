@@ -182,7 +182,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     classes = folder_classes(embedded.names)  # images laid out in class folders: how the clusters match them
     if classes is not None:
         summary["folders"] = {"classes": len(set(classes)), **cluster_agreement(assignment, np.array(classes))}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     agreement = (f"; against the {summary['folders']['classes']} class folders: purity "
                  f"{summary['folders']['purity']:.3f}, NMI {summary['folders']['nmi']:.3f}" if classes else "")
     say(f"cluster: {plural(len(embedded.names), 'image')} in {clusters} clusters of "

@@ -267,7 +267,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
         chosen = [classes[r] for r in choice.rows]
         summary["folders"] = {"classes": len(set(classes)), "covered": len(set(chosen)),
                               "per_class": {c: chosen.count(c) for c in sorted(set(classes))}}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     coverage = (f"; they cover {summary['folders']['covered']} of the {summary['folders']['classes']} class "
                 f"folders" if classes is not None else "")
     already = f" besides the {plural(int(is_labelled.sum()), 'labelled image')}" if is_labelled.any() else ""

@@ -148,7 +148,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                                      encoder.bands)
     summary.outputs.update(_write_removed(out, pool_e.names, groups, excluded))
     summary.outputs["summary"] = str(out / "summary.json")
-    write_text_atomically(out / "summary.json", json.dumps(asdict(summary), indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(asdict(summary), indent=1) + "\n")
     say(f"curate: {plural(summary.pool, 'pool image')}, {plural(summary.removed_as_duplicates, 'near-duplicate')} "
         f"removed ({plural(summary.duplicate_groups, 'group')}), {summary.excluded:,} excluded, "
         f"{summary.retrieved:,} retrieved "
