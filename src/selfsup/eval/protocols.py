@@ -295,8 +295,9 @@ def finetune_protocol(setup: Setup, budget: Budget = Budget(), seeds: int = 1,
     # A damaged encoder (a BatchNorm's running variance NaN) trains on batch statistics unharmed,
     # then predicts NaN for every test image: looked at first, on a few images.
     first = np.arange(min(len(setup.train.images), FEATURES_LOOKED_AT))
-    refuse_nonfinite(extract_features(encoder.backbone.to(setup.device), setup.train.images, encoder.image_size, setup.device,
-                                      indices=first, show_progress=False), encoder)
+    features = extract_features(encoder.backbone.to(setup.device), setup.train.images, encoder.image_size,
+                                setup.device, indices=first, show_progress=False)
+    refuse_nonfinite(features, encoder)
 
     def one_seed(split: Split) -> dict:
         tuned = finetune(encoder.backbone, setup.train.images, split.train, train_y[split.train], split.val,
