@@ -396,6 +396,11 @@ def _skipped_folder(name: str) -> bool:
     return name.startswith(".") or name in SKIPPED_FOLDERS
 
 
+def _in_skipped_folder(member: str) -> bool:
+    """Whether a tar member's path passes through a folder that a folder's listing skips."""
+    return any(_skipped_folder(part) for part in member.split("/")[:-1])
+
+
 def _warn_left_out(left_out: list[tuple[str, str]], where: Path) -> None:
     if left_out:
         name, why = left_out[0]
@@ -517,7 +522,7 @@ def _tar_images(path: Path) -> tuple[list[str], dict[str, str]]:
     # A name archived both as a file and as a link (a tar appended to) is listed once, as the file.
     for name in [name for name, _ in files] + [name for name in others if name not in regular]:
         unnamed = not is_image_name(name) and may_be_unnamed_dicom(name)
-        if not (is_image_name(name) or unnamed) or any(_skipped_folder(part) for part in name.split("/")[:-1]):
+        if not (is_image_name(name) or unnamed) or _in_skipped_folder(name):
             continue
         why = unusable_name(name)
         if why is None and name in others:
@@ -542,7 +547,7 @@ def tar_image_files(path: Path) -> list[str]:
     listing = _tar_listing(path)
     return [name for name, _ in listing.files
             if (is_image_name(name) or (may_be_unnamed_dicom(name) and name in listing.dicom_starts))
-            and not any(_skipped_folder(part) for part in name.split("/")[:-1])]
+            and not _in_skipped_folder(name)]
 
 
 def splits_in(names: list[str]) -> list[str]:
