@@ -332,3 +332,10 @@ def test_curate_prints_a_sentence_unless_json(labelled_folder, tmp_path):
     common[1] = tmp_path / "no-pool"
     one_error_line(run("curate", *common, "--out", tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
+
+
+def test_monitor_data_that_does_not_exist_is_named_as_the_flag_given(labelled_folder, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    line = one_error_line(run("pretrain", *tiny_flags(labelled_folder, tmp_path / "run"), "--monitor-data", nowhere))
+    assert line == (f"selfsup: error: --monitor-data '{nowhere}' does not exist; give labelled images (a folder or "
+                    f"tar holding train/ and test/, each with one subfolder per class)")

@@ -612,3 +612,63 @@ def test_a_scheduler_stop_while_the_images_are_decoded_says_so_and_leaves_no_fol
                                                    "saved yet: run the same command again")
     assert "Traceback" not in run.stderr and not (tmp_path / "run").exists()
     assert not list(Path(os.environ["SELFSUP_CACHE"]).glob(".building-*"))  # the cache it was building: removed
+
+
+def test_monitor_data_is_the_knn_monitors_bank_and_queries_and_nothing_is_held_out(labelled_folder, split_folder,
+                                                                                     tmp_path, capsys):
+    """--monitor-data: the kNN monitor reads its train/ (memory bank) and test/ (queries) and gives
+    the figure an evaluation of the checkpoint gives on them; every training image is trained on."""
+    out = tmp_path / "run"
+    run_pretraining(merge_dicts(tiny(labelled_folder, out, train={"epochs": 1, "batch_size": 4}),
+                                {"data": {"monitor_path": str(split_folder)}}))
+    assert (f"monitor: kNN on 18 test images of {split_folder} against its 48 training images, 3 classes from "
+            f"subfolders (circle, square, stripes)") in capsys.readouterr().err
+    assert torch.load(out / "last.pt", weights_only=True)["position"]["step"] == 36 // 4  # 35 // 4 with one held out
+    monitored = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]["knn_top1"]
+    evaluated = selfsup.evaluate_knn(out / "last.pt", data=split_folder, k=48, temperature=0.07, record=False,
+                                     show_progress=False)
+    assert monitored == round(evaluated["top1"], 4)
+
+    # Resumed: the monitor data may move (and is said where), not come or go.
+    moved = split_folder.rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=r"the run's monitor data, '.*ds', does not exist; if it moved, resume with "
+                                        r"monitor_data=PATH where it is now"):
+        run_pretraining({"out": str(out)}, resume=True)
+    with pytest.raises(UserError, match=r"its kNN monitor reads '.*ds', with nothing of its data held out: give "
+                                        r"monitor_data=PATH where that is now"):
+        run_pretraining({"out": str(out), "data": {"monitor_path": ""}}, resume=True)
+    run_pretraining({"out": str(out), "data": {"monitor_path": str(moved)}}, resume=True)  # finished: lists, ends
+    assert load_yaml(out / "config.yaml")["data"]["monitor_path"] == str(moved)
+
+    held_out = tmp_path / "held-out"
+    run_pretraining(tiny(labelled_folder, held_out, train={"epochs": 1}))
+    with pytest.raises(UserError, match=r"its kNN monitor reads a held-out part of its data, which `monitor_data` "
+                                        r"would give back to training: leave it out"):
+        run_pretraining({"out": str(held_out), "data": {"monitor_path": str(moved)}}, resume=True)
+
+
+def test_monitor_data_that_is_missing_or_not_split_is_refused_in_one_line(labelled_folder, tmp_path):
+    with pytest.raises(UserError, match=r"monitor_data='.*nowhere' does not exist; give labelled images"):
+        run_pretraining(merge_dicts(tiny(labelled_folder, tmp_path / "run"),
+                                    {"data": {"monitor_path": str(tmp_path / "nowhere")}}))
+    with pytest.raises(UserError, match=r"monitor_data='.*labelled' must hold train/ and test/ \(or val/\) folders"):
+        run_pretraining(merge_dicts(tiny(labelled_folder, tmp_path / "run"),
+                                    {"data": {"monitor_path": str(labelled_folder)}}))
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_nan_features_leave_out_the_monitors_knn_with_a_warning_and_the_run_goes_on(labelled_folder, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import selfsup.train as train_module
+    extract = train_module.extract_features
+
+    def one_nan(*args, **kwargs):
+        features = extract(*args, **kwargs)
+        features[0, 0] = float("nan")
+        return features
+    monkeypatch.setattr(train_module, "extract_features", one_nan)
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1}))
+    assert "epoch 1: the encoder gives NaN or infinite features for 2 of the 36 images of the kNN monitor" \
+        in capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert record["epoch"] == 1 and "knn_top1" not in record

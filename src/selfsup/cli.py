@@ -31,6 +31,7 @@ from .errors import RunStopped, UserError, nearest
 PRETRAIN_FLAGS = {
     "method": "method",
     "data": "data.path",
+    "monitor_data": "data.monitor_path",
     "out": "out",
     "backbone": "backbone.name",
     "epochs": "train.epochs",
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "interaction")
     p.add_argument("--data", help="folder of images (searched recursively) or a .tar/.tar.gz/.tar.xz of one")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.yaml")
+    p.add_argument("--monitor-data", help="labelled images (a root holding train/ and test/) on which to measure "
+                                          "kNN accuracy while training (default: a held-out part of --data, when it "
+                                          "has class subfolders)")
     p.add_argument("--backbone", help="resnet18, resnet18-half, resnet34, resnet50, vit-tiny, vit-small, vit-base, "
                                       "or timm:NAME (default: the preset's, else resnet18)")
     p.add_argument("--epochs", type=int, help="default: the preset's (e.g. simclr cifar 200), else 100")

@@ -41,6 +41,10 @@ class DataConfig:
     cache_dir: str | None = None  # None: $SELFSUP_CACHE or ~/.cache/selfsup
     # Fraction of labelled images held out of pretraining to measure kNN accuracy while training.
     holdout_fraction: float = ranged(0.05, 0.0, 0.5)
+    # Labelled images for that kNN monitor instead (a root holding train/ and test/, e.g. a few
+    # hundred labels): its train/ is the memory bank and its test/ the queries, all of them at each
+    # reading; nothing is then held out of the training data.
+    monitor_path: str = ""
     # Keep the whole uint8 cache in accelerator memory when it fits ("auto"), always, or never.
     on_device: Literal["auto", "always", "never"] = "auto"
     decode_workers: int = ranged(0, 0, 256)  # 0: one per CPU core

@@ -41,7 +41,7 @@ from .data.sources import IMAGE_SUFFIXES
 from .data.tiff import require_tiff_reader
 from .data.workers import STOP_SIGNALS
 from .errors import RunStopped, UserError
-from .eval.features import extract_features
+from .eval.features import extract_features, nonfinite_rows
 from .eval.knn import knn_accuracy
 from .methods import build_method, get_method
 from .methods.common import Batch, Progress, Samples
@@ -54,8 +54,8 @@ from .viz import evenly_spaced, plot_training_curves
 
 # Where things are may change on --resume, not what they are: a distillation's teacher weights
 # are restored from the run's checkpoint, its --teacher only says where to read its architecture.
-RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "cache_dir"), ("train", "progress"),
-                  ("data", "decode_workers"), ("distill", "teacher"), ("train", "tensorboard"),
+RESUMABLE_KEYS = {("train", "device"), ("data", "path"), ("data", "monitor_path"), ("data", "cache_dir"),
+                  ("train", "progress"), ("data", "decode_workers"), ("distill", "teacher"), ("train", "tensorboard"),
                   ("train", "log_every_steps")}
 STOP_CHECK_SECONDS = 2.0  # under torchrun: about how often the processes agree on a stop
 MONITOR_BANK = 10_000  # labelled training images used as the kNN monitor's memory bank
@@ -139,11 +139,23 @@ def _restore_config(user: dict, out: Path) -> tuple[RunConfig, dict]:
                 raise UserError(f"{option('resume', True)} continues the run as configured; "
                                 f"{section}.{key} cannot change "
                                 f"(saved {saved.get(section, {}).get(key)!r}, given {value!r}){longer}")
+    was_monitored_on = cfg.data.monitor_path
     cfg = _absolute_paths(dataclasses.replace(config_lib.override(cfg, allowed), out=str(out)))
     if not Path(cfg.data.path).exists():
         given = f"the data given with {option('data')}" if "path" in user.get("data", {}) else "the run's data"
         raise UserError(f"{option('resume', True)}: {given}, {cfg.data.path!r}, does not exist; if the data moved, "
                         f"resume with {said_as('--data PATH', 'data=PATH')} where it is now")
+    if bool(was_monitored_on) != bool(cfg.data.monitor_path):  # it decides which images are held out of training
+        raise UserError(f"{option('resume', True)} continues the run as configured; its kNN monitor reads "
+                        + (f"{was_monitored_on!r}, with nothing of its data held out: give "
+                           f"{said_as('--monitor-data PATH', 'monitor_data=PATH')} where that is now"
+                           if was_monitored_on else
+                           f"a held-out part of its data, which {named_option('monitor_data')} would give back to "
+                           f"training: leave it out"))
+    if cfg.data.monitor_path and not Path(cfg.data.monitor_path).exists():
+        raise UserError(f"{option('resume', True)}: the run's monitor data, {cfg.data.monitor_path!r}, does not exist; "
+                        f"if it moved, resume with {said_as('--monitor-data PATH', 'monitor_data=PATH')} where it "
+                        f"is now")
     return cfg, checkpoint
 
 
@@ -152,7 +164,7 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
     config.yaml, --resume and --config work from any folder."""
     def absolute(path: str) -> str:
         return path if not path or path.startswith(("weights:", "random:")) else os.path.abspath(os.path.expanduser(path))
-    changes = {"data": {"path": absolute(cfg.data.path)}}
+    changes = {"data": {"path": absolute(cfg.data.path), "monitor_path": absolute(cfg.data.monitor_path)}}
     if isinstance(getattr(cfg.method_config, "teacher", None), str):
         changes["method_config"] = {"teacher": absolute(cfg.method_config.teacher)}
     return config_lib.override(cfg, changes)
@@ -202,6 +214,9 @@ def _config_and_checkpoint(user: dict, resume: bool) -> tuple[RunConfig, dict | 
         raise UserError(f"data path {str(data)!r} does not exist; give "
                         + ("a folder of images or a tar of one" if images
                            else f"the folder or tar of {cfg.method}'s data"))
+    if cfg.data.monitor_path and not Path(cfg.data.monitor_path).exists():
+        raise UserError(f"{path_option('monitor_data', cfg.data.monitor_path)} does not exist; give labelled images "
+                        f"(a folder or tar holding train/ and test/, each with one subfolder per class)")
     if data.is_dir() and (data / "last.pt").is_file():  # --data and --out swapped: its curves.png as the images
         raise UserError(f"{path_option('data', str(data))} is a run folder (it holds last.pt), not images; give the "
                         f"images to pretrain on as {named_option('data')} and the run folder as {named_option('out')}")
@@ -370,7 +385,8 @@ class Trainer:
     def _prepare_data(self, method_module) -> None:
         """The images to train on (the method's own checks and samples), and the batches."""
         cfg = self.cfg
-        self.train_idx, self.holdout_idx = monitor_split(self.cache, cfg.data.holdout_fraction, cfg.train.seed)
+        held_out = 0.0 if cfg.data.monitor_path else cfg.data.holdout_fraction
+        self.train_idx, self.holdout_idx = monitor_split(self.cache, held_out, cfg.train.seed)
         side, size = self.cache.median_side, cfg.data.image_size
         if side and 2 * side <= size and dist.is_main():  # e.g. CIFAR's 32-pixel images at the default 224
             warn(f"the images are mostly {side} px on their shorter side, enlarged {size / side:.0f}x to "
@@ -393,6 +409,24 @@ class Trainer:
             raise UserError(f"{option('batch_size', cfg.train.batch_size)} is larger than the "
                             f"{what} in {cfg.data.path}; lower {option('batch_size')}"
                             + (f" or raise {setting(more, 'N')}" if more else ""))
+        self.knn_sets = self._knn_sets() if dist.is_main() else None  # decoded last: after the cheaper checks
+
+    def _knn_sets(self) -> tuple[LabelledRows, LabelledRows] | None:
+        """The kNN monitor's memory bank and queries: the monitor data's train/ and test/, or a
+        part of the training images and the held-out ones; None where no labels are known."""
+        if self.cfg.data.monitor_path:
+            bank, queries = open_monitor_data(self.cfg.data, self.show_progress)
+            if queries.pixels_sha256 is not None and queries.pixels_sha256 == self.cache.pixels_sha256:
+                warn(f"the monitor's test images are the images pretrained on ({queries.source}): its kNN says how "
+                     f"well they are recalled, not how new ones are classified", once=True)
+            return LabelledRows.of(bank), LabelledRows.of(queries)
+        if not len(self.holdout_idx):
+            return None
+        labels = torch.from_numpy(self.cache.labels)
+        bank = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(MONITOR_BANK, len(self.train_idx))).astype(int)]
+        classes = self.cache.classes
+        return (LabelledRows(self.cache.images, bank, labels[bank], classes),
+                LabelledRows(self.cache.images, self.holdout_idx, labels[self.holdout_idx], classes))
 
     def _check_same_data(self) -> None:
         """Every process must read the same images (node-local copies may differ)."""
@@ -639,14 +673,17 @@ class Trainer:
             f"{cfg.optim.lr_scaling} scaling to {cfg.train.batch_size} ({cfg.optim.name}"
             f"{_warm_up(cfg.optim.warmup_epochs)}), "
             f"device {self.device}, preset {cfg.preset}")
-        if len(self.holdout_idx):
+        if self.knn_sets is not None:
             # The classes are the first level of folders, which may not be classes at all
             # (labelled/ and unlabelled/): show them.
-            classes = self.cache.classes
+            bank, queries = self.knn_sets
+            classes = bank.classes
             shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-            say(f"monitor: kNN on {plural(len(self.holdout_idx), 'held-out image')} "
-                f"({cfg.data.holdout_fraction * 100:g} %, not pretrained on), "
-                f"{plural(len(classes), 'class', 'classes')} from subfolders ({shown})")
+            where = (f"{plural(len(queries.rows), 'test image')} of {cfg.data.monitor_path} against its "
+                     f"{plural(len(bank.rows), 'training image')}" if cfg.data.monitor_path else
+                     f"{plural(len(self.holdout_idx), 'held-out image')} ({cfg.data.holdout_fraction * 100:g} %, "
+                     f"not pretrained on)")
+            say(f"monitor: kNN on {where}, {plural(len(classes), 'class', 'classes')} from subfolders ({shown})")
         if self.resumed:
             at = self.position
             batch_at = f", batch {at.batch + 1} of {len(self.stream)}" if at.batch else ""
@@ -773,21 +810,56 @@ class Trainer:
                      f"{cfg.train.collapse_warning}, effective rank {record['effective_rank']:.1f}); "
                      f"check the learning rate and the method's settings")
         every = cfg.train.monitor_every_epochs or max(1, cfg.train.epochs // 10)
-        if len(self.holdout_idx) and (epoch % every == 0 or epoch == cfg.train.epochs):
-            record["knn_top1"] = round(self._monitor_knn(), 4)
+        if self.knn_sets is not None and (epoch % every == 0 or epoch == cfg.train.epochs):
+            knn = self._monitor_knn(epoch)
+            if knn is not None:
+                record["knn_top1"] = round(knn, 4)
             plot_training_curves(read_metrics(self.out) + [record], self.out / "curves.png")
             self.curves_drawn_after_epoch = epoch
         return record
 
-    def _monitor_knn(self) -> float:
-        bank = self.train_idx[np.linspace(0, len(self.train_idx) - 1, min(MONITOR_BANK, len(self.train_idx))).astype(int)]
-        encoder = self.method.encoder()
-        train_feats = extract_features(encoder, self.cache.images, self.cfg.data.image_size, self.device, indices=bank)
-        test_feats = extract_features(encoder, self.cache.images, self.cfg.data.image_size, self.device, indices=self.holdout_idx)
-        labels = torch.from_numpy(self.cache.labels)
-        result = knn_accuracy(train_feats, labels[bank], test_feats, labels[self.holdout_idx],
-                              k=min(self.cfg.train.knn_k, len(bank)), temperature=self.cfg.train.knn_temperature)
+    def _monitor_knn(self, epoch: int) -> float | None:
+        """Weighted kNN top-1 of the encoder as it is now; None, with a warning, where its features
+        are NaN or infinite (the run goes on: its loss may still recover, and its checkpoint is kept)."""
+        bank, queries = self.knn_sets
+        encoder, size = self.method.encoder(), self.cfg.data.image_size
+        bank_features = extract_features(encoder, bank.images, size, self.device, indices=bank.rows)
+        query_features = extract_features(encoder, queries.images, size, self.device, indices=queries.rows)
+        broken = nonfinite_rows(bank_features) + nonfinite_rows(query_features)
+        if broken:
+            warn(f"epoch {epoch}: the encoder gives NaN or infinite features for {broken:,} of the "
+                 f"{len(bank.rows) + len(queries.rows):,} images of the kNN monitor, which is left out; the run "
+                 f"may be diverging (lower the learning rate) or its BatchNorm statistics broken")
+            return None
+        result = knn_accuracy(bank_features, bank.labels, query_features, queries.labels,
+                              k=min(self.cfg.train.knn_k, len(bank.rows)), temperature=self.cfg.train.knn_temperature)
         return result["top1"]
+
+
+@dataclass
+class LabelledRows:
+    """Rows of a uint8 image array with their class numbers: one side of the kNN monitor."""
+    images: np.ndarray
+    rows: np.ndarray
+    labels: torch.Tensor
+    classes: list[str]
+
+    @classmethod
+    def of(cls, cache: ImageCache) -> LabelledRows:
+        return cls(cache.images, np.arange(len(cache)), torch.from_numpy(cache.labels), cache.classes)
+
+
+def open_monitor_data(data: config_lib.DataConfig, show_progress: bool) -> tuple[ImageCache, ImageCache]:
+    """The (train, test) caches of `data.monitor_path`, decoded as the training images are (size,
+    bands), so that an evaluation of the run at its image size reads the same caches."""
+    from .eval.data import open_labelled, train_and_test
+
+    sources = train_and_test(data.monitor_path)
+    if sources is None:
+        raise UserError(f"{path_option('monitor_data', data.monitor_path)} must hold train/ and test/ (or val/) "
+                        f"folders, each with one subfolder per class")
+    return open_labelled(data.cache_size, cache_dir=data.cache_dir, show_progress=show_progress, bands=data.bands,
+                         sources=sources)
 
 
 def read_metrics(out: str | Path) -> list[dict]:

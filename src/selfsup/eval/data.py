@@ -38,17 +38,26 @@ def labelled_sources(train=None, test=None, data=None) -> tuple:
         if train is not None or test is not None:
             raise UserError(f"give either {option('data')} (a folder holding train/ and test/) "
                             f"or {option('train')} and {option('test')}, not both")
-        splits = open_splits(data)
-        test_split = "test" if "test" in splits else "val"
-        if "train" not in splits or test_split not in splits:
+        split = train_and_test(data)
+        if split is None:
             raise UserError(f"{str(data)!r} must hold train/ and test/ (or val/) folders; "
                             f"or give {option('train')} and {option('test')} separately")
-        return splits["train"], splits[test_split]
+        return split
     if train is None or test is None:
         raise UserError(f"give labelled data: {said_as('--train PATH', 'train=PATH')} and "
                         f"{said_as('--test PATH', 'test=PATH')}, or {said_as('--data PATH', 'data=PATH')} holding "
                         f"train/ and test/")
     return open_source(train), open_source(test, prefer="test")  # a root given as --test: its test/
+
+
+def train_and_test(root) -> tuple | None:
+    """The (train, test) ImageSources of a dataset root holding train/ and test/ (or val/ as the
+    test split); None for any other layout."""
+    splits = open_splits(root)
+    test_split = "test" if "test" in splits else "val"
+    if "train" not in splits or test_split not in splits:
+        return None
+    return splits["train"], splits[test_split]
 
 
 def open_labelled(size: int, train=None, test=None, data=None, cache_dir=None, show_progress: bool = True,
