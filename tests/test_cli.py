@@ -40,7 +40,20 @@ def test_pretrain_eval_export_embed_through_the_cli(tmp_path):
                "--no-small-stem", "--epochs", "1", "--batch-size", "8", "--lr", "0.1", "--image-size", "16",
                "--device", "cpu", "--seed", "1", "--no-progress", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["checkpoint"] == str(out / "last.pt")
+    summary = json.loads(proc.stdout)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["checkpoint"] == str(out / "last.pt")
+    kept = ("epoch", "loss", "knn_top1")  # the keys scripts read before
+    assert {k: summary[k] for k in kept} == {k: records[-1][k] for k in kept}
+    assert {k: summary[k] for k in ("out", "method", "backbone", "image_size", "epochs", "epochs_done", "total_steps",
+                                    "images_per_s", "best_knn_top1", "best_knn_epoch")} == {
+        "out": str(out), "method": "simclr", "backbone": "resnet18", "image_size": 16, "epochs": 1, "epochs_done": 1,
+        "total_steps": records[-1]["step"], "images_per_s": records[-1]["images_per_s"],
+        "best_knn_top1": records[-1]["knn_top1"], "best_knn_epoch": 1}
+    assert summary["training_images"] == 23 and summary["wall_seconds"] > 0  # 24 images, 1 held out for the monitor
+    assert summary["std_ratio"] == records[-1]["std_ratio"] and summary["effective_rank"] > 0
+    assert summary["outputs"] == {"config": str(out / "config.yaml"), "metrics": str(out / "metrics.jsonl"),
+                                  "curves": str(out / "curves.png")}
     for protocol, options in (("knn", []), ("linear", ["--epochs", "3"])):
         proc = run("eval", protocol, "--checkpoint", out / "last.pt", "--train", data, "--test", data,
                    "--json", "--no-progress", *options)

@@ -22,6 +22,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from . import provenance
@@ -120,6 +121,7 @@ def _pretrain(args) -> int:
         user = merge_dicts(user, parse_assignment(assignment))
     flags = {name: getattr(args, name) for name in PRETRAIN_FLAGS}
     user = merge_dicts(user, flags_to_config(flags))
+    started = time.perf_counter()
     try:
         result = run_pretraining(user, resume=args.resume, show_progress=not args.no_progress)
     except (KeyboardInterrupt, RunStopped) as stop:
@@ -132,11 +134,31 @@ def _pretrain(args) -> int:
             raise RunStopped(stop.signal_number, f"{stop}; {then}") from None
         raise KeyboardInterrupt(f"continue from the last checkpoint with: {resume}" if saved else
                                 "nothing was saved yet: run the same command again") from None
-    last = result.metrics[-1] if result.metrics else {}
-    summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last}}
+    summary = pretrain_summary(result, time.perf_counter() - started)
     if first_process():  # under torchrun: one result, not one per process (the group is left by now)
         print(json.dumps(summary) if args.json else done_line(summary))
     return 0
+
+
+def pretrain_summary(result, wall_seconds: float) -> dict:
+    """`pretrain --json`: what a script that launches runs would otherwise read from the run folder,
+    from run_pretraining's RunResult. `knn_top1` (labelled data) is the last epoch's, which the
+    monitor always measures; `wall_seconds`, this call's time, decoding the images included."""
+    cfg, records = result.config, result.metrics
+    last = records[-1] if records else {}
+    summary = {"checkpoint": str(result.checkpoint), **{k: last[k] for k in ("epoch", "loss", "knn_top1") if k in last},
+               "out": str(result.out), "method": cfg.method, "backbone": cfg.backbone.name,
+               "image_size": cfg.data.image_size, "epochs": cfg.train.epochs, "epochs_done": last.get("epoch", 0),
+               "training_images": result.training_images, "total_steps": result.total_steps,
+               "wall_seconds": round(wall_seconds, 2),
+               **{k: last[k] for k in ("images_per_s", "std_ratio", "effective_rank") if k in last}}
+    monitored = [record for record in records if "knn_top1" in record]
+    if monitored:
+        best = max(monitored, key=lambda record: record["knn_top1"])
+        summary.update(best_knn_top1=best["knn_top1"], best_knn_epoch=best["epoch"])
+    files = {"config": "config.yaml", "metrics": "metrics.jsonl", "curves": "curves.png"}
+    summary["outputs"] = {key: str(result.out / name) for key, name in files.items() if (result.out / name).is_file()}
+    return summary
 
 
 def done_line(summary: dict) -> str:
@@ -254,8 +276,6 @@ def _select(args) -> int:
 
 
 def _cache(args) -> int:
-    import time
-
     from .console import plural
     from .data.cache import cache_folder, list_caches, remove_dead_builds, remove_unused_caches, unfinished_builds
 

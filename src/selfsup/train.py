@@ -75,6 +75,8 @@ class RunResult:
     checkpoint: Path
     config: RunConfig
     metrics: list[dict] = field(default_factory=list)
+    training_images: int = 0  # without the kNN monitor's held-out ones
+    total_steps: int = 0  # optimizer steps of the whole run, all epochs
 
 
 def run_folder_remedy() -> str:
@@ -634,7 +636,7 @@ class Trainer:
             if dist.is_main():
                 say(f"selfsup: {self.out} already finished its {plural(cfg.train.epochs, 'epoch')}; to train "
                     f"longer, {new_run_command(self.out, 'MORE')}")
-            return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=read_metrics(self.out))
+            return self._result(read_metrics(self.out))
         if dist.is_main():
             for stale in self.out.glob(".*.tmp"):  # a write cut short by a kill (writes are atomic)
                 stale.unlink(missing_ok=True)
@@ -658,7 +660,11 @@ class Trainer:
         metrics = read_metrics(self.out)
         if dist.is_main() and self.curves_drawn_after_epoch != cfg.train.epochs:  # else drawn with the last epoch's kNN
             plot_training_curves(metrics, self.out / "curves.png")
-        return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=cfg, metrics=metrics)
+        return self._result(metrics)
+
+    def _result(self, metrics: list[dict]) -> RunResult:
+        return RunResult(out=self.out, checkpoint=self.out / "last.pt", config=self.cfg, metrics=metrics,
+                         training_images=len(self.train_idx), total_steps=self.total_steps)
 
     def _say_start(self) -> None:
         """The run, the monitor's classes and, on --resume, where it continues: a line each."""
