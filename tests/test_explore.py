@@ -128,6 +128,9 @@ def test_search_against_brute_force_and_without_the_query_itself(labelled_folder
         np.testing.assert_allclose([float(r["cosine"]) for r in got], similarity[q, expected], atol=2e-4)
     assert [r["query"] for r in rows] == sorted(r["query"] for r in rows)
     assert (tmp_path / "run" / "neighbours.png").stat().st_size > 0
+    written = (tmp_path / "run" / "summary.json").read_text()
+    assert json.loads(written) == summary and written.endswith("}\n")  # what --json prints, as cluster's
+    assert summary["outputs"]["summary"] == str(tmp_path / "run" / "summary.json")
 
 
 def test_a_pair_scores_the_same_whatever_else_the_gallery_holds(labelled_folder, tmp_path):

@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, help="an image, a folder of images, a tar of one or a .txt list")
     p.add_argument("--gallery", required=True, help="the images to search (folder, tar or .txt list)")
     _encoder_options(p)
-    p.add_argument("--out", required=True, help="folder for neighbours.csv, neighbours.png, embeddings/")
+    p.add_argument("--out", required=True, help="folder for neighbours.csv, neighbours.png, summary.json, embeddings/")
     p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
     _common(p)
     p.set_defaults(run=_search)

@@ -5,6 +5,7 @@
                 images nearest each centre, a row per cluster)
     search:  query images and a gallery --embed--> each query's k most similar gallery images
              -> OUT/neighbours.csv (query, rank, file, cosine) and OUT/neighbours.png
+    both:    OUT/summary.json, what --json prints
 
 Embeddings are cached in OUT/embeddings (keyed by the encoder and the files, in steps of 1,024
 images), so trying another number of clusters embeds nothing again, other queries against the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import shutil
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from .curate.pictures import draw_rows
 from .curate.search import centred, kmeans, nearest
 from .data.sources import NOT_FOLDER_NAMES, ImageSource, is_tar_path, open_file_or_source, splits_in
 from .errors import UserError
-from .outputs import atomic_path, output_folder, refuse_out_inside, removed_if_left_empty, write_text_atomically
+from .outputs import atomic_path, output_folder, refuse_out_inside, removed_if_left_empty, write_summary
 
 CLUSTERS_DRAWN = 32  # rows of clusters.png; the CSV has every cluster
 QUERIES_DRAWN = 12  # rows of neighbours.png
@@ -182,7 +182,7 @@ def cluster_images(data, checkpoint, out, clusters: int = 10, seed: int = 0, sho
     classes = folder_classes(embedded.names)  # images laid out in class folders: how the clusters match them
     if classes is not None:
         summary["folders"] = {"classes": len(set(classes)), **cluster_agreement(assignment, np.array(classes))}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_summary(out, summary)
     agreement = (f"; against the {summary['folders']['classes']} class folders: purity "
                  f"{summary['folders']['purity']:.3f}, NMI {summary['folders']['nmi']:.3f}" if classes else "")
     say(f"cluster: {plural(len(embedded.names), 'image')} in {clusters} clusters of "
@@ -196,7 +196,8 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
                   bands=None) -> dict:
     """For each image under `query` (an image, a folder or a tar), the `k` most similar images
     under `gallery`; a query image that is itself in the gallery is not its own neighbour.
-    Writes OUT/neighbours.csv, OUT/neighbours.png and returns a summary. `bands`: as cluster_images'."""
+    Writes OUT/neighbours.csv, OUT/neighbours.png and OUT/summary.json and returns the summary.
+    `bands`: as cluster_images'."""
     if k < 1:
         raise UserError(f"{option('k')} must be at least 1, got {k}")
     with removed_if_left_empty(out):
@@ -240,9 +241,11 @@ def search_images(query, gallery, checkpoint, out, k: int = 8, device: str = "au
     asked = f" ({option('k', k)} asked)" if used < k else ""
     say(f"search: {plural(len(results), 'query', 'queries')}, {plural(used, 'neighbour')} each{asked} among "
         f"{plural(len(found.names), 'gallery image')}")
-    return {"queries": len(results), "gallery": len(found.names), "k": used, "k_asked": k,
-            "skipped": {"query": len(queries.skipped), "gallery": len(found.skipped)},
-            "outputs": {"csv": str(csv_path), "png": str(picture)}}
+    summary = {"queries": len(results), "gallery": len(found.names), "k": used, "k_asked": k,
+               "skipped": {"query": len(queries.skipped), "gallery": len(found.skipped)},
+               "outputs": {"csv": str(csv_path), "png": str(picture), "summary": str(out / "summary.json")}}
+    write_summary(out, summary)
+    return summary
 
 
 def _same_files(query: ImageSource, query_names: list[str], gallery: ImageSource,

@@ -147,6 +147,12 @@ def write_text_atomically(path: Path, text: str, remedy: str | None = None) -> N
         tmp.write_text(text)
 
 
+def write_summary(out: Path, summary: dict) -> None:
+    """OUT/summary.json: what a command's --json prints, kept beside its outputs (a text file: it
+    ends with a newline)."""
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+
+
 def read_json_lines(path: Path) -> list[dict]:
     """The records of a JSON-lines file (none if it is missing); a line that does not parse (cut
     short by a kill, a full disk or a hand edit) is skipped, the rest kept."""

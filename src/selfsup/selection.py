@@ -25,7 +25,6 @@ away from what they cover, so rounds of labelling build on each other.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from .data.sources import names_listed_in, open_source, rows_of_names
 from .errors import UserError
 from .explore import embed_sources, folder_classes, open_option, refuse_more_than_decoded, refuse_more_than_files
 from .outputs import (atomic_path, distinct_copy_paths, output_folder, refuse_out_inside, removed_if_left_empty,
-                      write_text_atomically)
+                      write_summary)
 
 STRATEGIES = ("typiclust", "kcenter", "random")
 TYPICALITY_NEIGHBOURS = 20
@@ -267,7 +266,7 @@ def select_images(data, checkpoint, out, budget: int, strategy: str = "typiclust
         chosen = [classes[r] for r in choice.rows]
         summary["folders"] = {"classes": len(set(classes)), "covered": len(set(chosen)),
                               "per_class": {c: chosen.count(c) for c in sorted(set(classes))}}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_summary(out, summary)
     coverage = (f"; they cover {summary['folders']['covered']} of the {summary['folders']['classes']} class "
                 f"folders" if classes is not None else "")
     already = f" besides the {plural(int(is_labelled.sum()), 'labelled image')}" if is_labelled.any() else ""

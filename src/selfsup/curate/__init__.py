@@ -15,7 +15,6 @@ does not make unrelated images look alike) and L2-normalised: similarity is cosi
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from ..data.sources import open_file_or_source
 from ..encoder import load_encoder
 from ..errors import UserError
 from ..outputs import (atomic_path, distinct_copy_paths, output_folder, refuse_out_inside, removed_if_left_empty,
-                       write_text_atomically)
+                       write_summary, write_text_atomically)
 from .dedup import duplicate_groups, duplicates_to_drop, kept_similarities, near_any
 from .embedding import embed_source, embedding_dir
 from .pictures import draw_rows
@@ -148,7 +147,7 @@ def curate(pool, seed_set, checkpoint, out, exclude=None, config: CurateConfig |
                                      encoder.bands)
     summary.outputs.update(_write_removed(out, pool_e.names, groups, excluded))
     summary.outputs["summary"] = str(out / "summary.json")
-    write_text_atomically(out / "summary.json", json.dumps(asdict(summary), indent=1) + "\n")
+    write_summary(out, asdict(summary))
     say(f"curate: {plural(summary.pool, 'pool image')}, {plural(summary.removed_as_duplicates, 'near-duplicate')} "
         f"removed ({plural(summary.duplicate_groups, 'group')}), {summary.excluded:,} excluded, "
         f"{summary.retrieved:,} retrieved "
