@@ -339,3 +339,12 @@ def test_monitor_data_that_does_not_exist_is_named_as_the_flag_given(labelled_fo
     line = one_error_line(run("pretrain", *tiny_flags(labelled_folder, tmp_path / "run"), "--monitor-data", nowhere))
     assert line == (f"selfsup: error: --monitor-data '{nowhere}' does not exist; give labelled images (a folder or "
                     f"tar holding train/ and test/, each with one subfolder per class)")
+
+
+def test_the_done_line_says_which_images_the_knn_monitor_read():
+    from selfsup.cli import done_line
+    summary = {"checkpoint": "run/last.pt", "epoch": 3, "loss": 4.25, "knn_top1": 0.4123}
+    assert done_line(summary) == "done: epoch 3, loss 4.2500, kNN top-1 0.412 on the held-out images, checkpoint " \
+                                 "run/last.pt"
+    assert done_line(summary, "/data/labelled") == "done: epoch 3, loss 4.2500, kNN top-1 0.412 on the test images " \
+                                                   "of /data/labelled, checkpoint run/last.pt"

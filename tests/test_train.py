@@ -15,6 +15,7 @@ import torch
 import selfsup
 from selfsup.config import load_yaml, merge_dicts
 from selfsup.errors import UserError
+from selfsup.methods import build_method
 from selfsup.train import run_pretraining
 
 from conftest import TINY_RUN, write_dataset
@@ -24,6 +25,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny(data, out, **extra):
     return merge_dicts(TINY_RUN, merge_dicts({"data": {"path": str(data)}, "out": str(out)}, extra))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_network_is_given_the_memory_format_train_channels_last_asks(labelled_folder, tmp_path, monkeypatch,
+                                                                         channels_last):
+    import selfsup.train as train_module
+    inputs = []  # what the first convolution is given
+
+    def build_and_watch(cfg):
+        method = build_method(cfg)
+        method.backbone.net.conv1.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+        return method
+    monkeypatch.setattr(train_module, "build_method", build_and_watch)
+    run_pretraining(tiny(labelled_folder, tmp_path / "run", train={"epochs": 1, "channels_last": channels_last}))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert len(inputs) > 4  # the steps' views and the kNN monitor's images
+    assert all(x.is_contiguous(memory_format=layout) and x.shape[1] == 3 and min(x.shape[2:]) > 1 for x in inputs)
 
 
 def test_pretrain_writes_checkpoint_config_metrics_and_curves(labelled_folder, tmp_path, monkeypatch):

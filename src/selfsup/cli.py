@@ -136,7 +136,7 @@ def _pretrain(args) -> int:
                                 "nothing was saved yet: run the same command again") from None
     summary = pretrain_summary(result, time.perf_counter() - started)
     if first_process():  # under torchrun: one result, not one per process (the group is left by now)
-        print(json.dumps(summary) if args.json else done_line(summary))
+        print(json.dumps(summary) if args.json else done_line(summary, result.config.data.monitor_path))
     return 0
 
 
@@ -161,13 +161,15 @@ def pretrain_summary(result, wall_seconds: float) -> dict:
     return summary
 
 
-def done_line(summary: dict) -> str:
-    """'done: epoch 30, loss 4.2860, kNN top-1 0.412 on the held-out images, checkpoint runs/x/last.pt'."""
+def done_line(summary: dict, monitor_path: str = "") -> str:
+    """'done: epoch 30, loss 4.2860, kNN top-1 0.412 on the held-out images, checkpoint runs/x/last.pt'
+    (with --monitor-data, 'on the test images of ROOT')."""
     parts = [f"epoch {summary['epoch']}"] if "epoch" in summary else []
     if "loss" in summary:
         parts.append(f"loss {summary['loss']:.4f}")
     if "knn_top1" in summary:
-        parts.append(f"kNN top-1 {summary['knn_top1']:.3f} on the held-out images")
+        parts.append(f"kNN top-1 {summary['knn_top1']:.3f} on the "
+                     + (f"test images of {monitor_path}" if monitor_path else "held-out images"))
     return "done: " + ", ".join(parts + [f"checkpoint {summary['checkpoint']}"])
 
 

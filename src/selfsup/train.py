@@ -363,6 +363,10 @@ class Trainer:
         self.method.to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        else:
+            for module in self.method.modules():
+                if isinstance(module, Backbone):
+                    module.input_format = torch.contiguous_format
         if cfg.train.sync_batchnorm and self.world > 1:
             if self.device.type != "cuda":
                 raise UserError("train.sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only)")

@@ -28,12 +28,19 @@ class Backbone(nn.Module):
         self.name, self.net, self.feature_dim, self.kind = name, net, feature_dim, kind
         self.small_stem = small_stem
         self._pooled, self._feature_map = pooled, feature_map
+        # None: images in the layout they come in (views come channels-last). The trainer sets the
+        # standard layout when train.channels_last is off: a convolution given channels-last images
+        # runs channels-last whatever its weights' layout.
+        self.input_format: torch.memory_format | None = None
+
+    def _laid_out(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_format is None else x.contiguous(memory_format=self.input_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._pooled(self.net, x)  # (B, D)
+        return self._pooled(self.net, self._laid_out(x))  # (B, D)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self._feature_map(self.net, x)  # (B, C, h, w) or (B, N, D)
+        return self._feature_map(self.net, self._laid_out(x))  # (B, C, h, w) or (B, N, D)
 
 
 # ---------------------------------------------------------------------------------------------
