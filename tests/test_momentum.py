@@ -301,6 +301,33 @@ def test_moco_v3_on_a_vit_freezes_the_patch_projection_and_deepens_the_heads():
     assert torch.isfinite(out.loss) and method.online[0].net.blocks[0].attn.qkv.weight.grad is not None
 
 
+def layer_names(head: nn.Sequential) -> list[str]:
+    """Each layer of an MLP head in words: Linear+b (with a bias), BN+affine (with scale and offset)."""
+    def name(layer):
+        if isinstance(layer, nn.Linear):
+            return "Linear+b" if layer.bias is not None else "Linear"
+        if isinstance(layer, nn.BatchNorm1d):
+            return "BN+affine" if layer.affine else "BN"
+        return type(layer).__name__
+    return [name(layer) for layer in head]
+
+
+def test_heads_are_laid_out_as_their_reference_code():
+    """moco/builder.py (--mlp), moco-v3's _build_mlp, lightly's BYOLProjectionHead and
+    SimCLRProjectionHead (the head of its 0.848 CIFAR-10 figure)."""
+    two_layer_bn = ["Linear", "BN+affine", "ReLU"]
+    moco_v2 = small_method("moco-v2")[0]
+    assert layer_names(moco_v2.online[1]) == ["Linear+b", "ReLU", "Linear+b"]
+    moco_v3 = small_method("moco-v3")[0]
+    assert layer_names(moco_v3.online[1]) == [*two_layer_bn, "Linear", "BN"]
+    assert layer_names(moco_v3.predictor) == [*two_layer_bn, "Linear"]
+    byol = small_method("byol")[0]
+    assert layer_names(byol.online[1]) == layer_names(byol.predictor) == [*two_layer_bn, "Linear+b"]
+    simclr = build_method(resolve({"method": "simclr", "backbone": {"name": "resnet18-half"},
+                                   "data": {"image_size": 16}}))  # the presets' head
+    assert layer_names(simclr.projection) == [*two_layer_bn, "Linear", "BN+affine"]
+
+
 def test_moco_v3_builds_its_networks_as_the_official_code():
     """Fixed 2-D sine-cosine positions on a ViT, never trained; each residual block of a ResNet
     starting as the identity."""
