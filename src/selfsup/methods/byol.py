@@ -72,6 +72,9 @@ class Method(nn.Module):
         super().__init__()
         self.config, self.image_size = config, image_size
         c = config
+        # Linear-BN-ReLU-Linear, as lightly's BYOL heads: the official MLP (byol/utils/networks.py)
+        # puts its bias on the first Linear, which the BatchNorm after it cancels, and none on the last;
+        # here the last has one (not measured against the official head; checkpoints hold the bias).
         self.online = nn.Sequential(backbone, mlp([backbone.feature_dim, c.projection_hidden_dim, c.projection_dim]))
         self.predictor = mlp([c.projection_dim, c.predictor_hidden_dim, c.projection_dim])
         self.target = ema_copy(self.online)
