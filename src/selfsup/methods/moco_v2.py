@@ -55,6 +55,9 @@ def _cifar() -> dict:
     # temperature 0.1, queue 8192, head 512 -> 128, constant momentum 0.99, symmetric loss,
     # BatchNorm in 8 groups; SimCLR's views with colour strength 0.5 and no blur. lightly halves
     # the sum of the two directions, which MoCo's CIFAR demo and this file do not (loss_scale).
+    # Both directions here meet the same queue, the step's keys pushed after both, as the demo;
+    # lightly's loss enqueues within each call, so its second direction's negatives hold the first
+    # direction's keys, among them each query's own view through the momentum encoder.
     return {
         **lightly_cifar_recipe(loss_scale=2.0),
         "moco-v2": {"temperature": 0.1, "queue_size": 8192, "momentum": 0.99, "momentum_final": 0.99,
