@@ -32,7 +32,8 @@ class Config:
     # here is the head of checkpoints written before.
     projection_output_batch_norm: bool = False
     # True: both views through the backbone as one batch of 2B, so BatchNorm normalises them
-    # together (SimCLR's global BN); False: a pass per view, BatchNorm statistics per view.
+    # together (SimCLR's global BN; under torchrun only with train.sync_batchnorm=true, else each
+    # process normalises its own 2B); False: a pass per view, BatchNorm statistics per view.
     one_pass: bool = True
     views: ViewConfig = field(default_factory=ViewConfig)
 
@@ -40,6 +41,8 @@ class Config:
 def _cifar() -> dict:
     # lightly's CIFAR-10 benchmark recipe (0.848 kNN at 200 epochs): SGD 0.06 per 128 images,
     # temperature 0.5; SimCLR appendix B.9: colour strength 0.5 and no blur on 32-pixel images.
+    # lightly's cosine moves once per epoch (Lightning steps its scheduler per epoch), this one every
+    # step: the same curve, within one epoch's change of lightly's (half of it on average).
     return {
         **lightly_cifar_recipe(),
         "simclr": {"temperature": 0.5, "projection_hidden_dim": 512, "projection_output_batch_norm": True,
