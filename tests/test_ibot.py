@@ -146,6 +146,16 @@ def test_the_mask_token_gets_gradients_and_the_losses_are_logged(tmp_path):
     assert 0.05 < last["masked_fraction"] < 0.55
 
 
+def test_the_mask_token_starts_at_zero_as_ibots_and_dinov2s(tmp_path):
+    # iBOT's models/vision_transformer.py (masked_embed) and DINOv2's vision_transformer.py
+    # (mask_token) create the token as zeros and never initialise it otherwise.
+    from selfsup.config import resolve
+    from selfsup.methods import build_method
+    torch.manual_seed(0)
+    method = build_method(resolve(tiny_ibot(tmp_path, tmp_path)))
+    assert method.mask_token.requires_grad and torch.equal(method.mask_token, torch.zeros_like(method.mask_token))
+
+
 def test_weight_decay_spares_what_ibots_rule_spares_and_decays_the_mask_token(tmp_path):
     # iBOT's get_params_groups (as DINO's and DINOv2's): no decay for biases and 1-D parameters.
     # Its mask token is (1, D), so decayed; selfsup's (D,) must be decayed too.

@@ -160,8 +160,8 @@ class Method(nn.Module):
                                            c.head_layers, norm_last_layer=c.norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, **heads})
         self.teacher = ema_copy(self.student)
-        self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))  # iBOT's learned [MASK]
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        # iBOT's learned [MASK], starting at zero as iBOT's masked_embed and DINOv2's mask_token do.
+        self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))
         self.register_buffer("center", torch.zeros(c.out_dim))
         self.register_buffer("patch_center", torch.zeros(c.out_dim if c.shared_head else c.patch_out_dim))
 
