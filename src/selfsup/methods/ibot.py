@@ -68,6 +68,8 @@ class Config(MultiCropConfig):
 
 # DINOv2's head (dinov2/configs/ssl_default_config.yaml): the last layer's gain is learned, and the
 # layer is frozen in the first epoch. Its gradients are clipped to 3 (here per tensor, as iBOT's).
+# Frozen here means no gradient, as DINO and iBOT freeze it; DINOv2 gives the layer a rate of 0
+# instead, so its AdamW moments already run during that epoch.
 DINOV2_HEAD = {"norm_last_layer": False, "freeze_last_layer_epochs": 1.0}
 # ssl_default_config.yaml's optim.layerwise_decay and optim.patch_embed_lr_mult.
 DINOV2_LAYERS = {"layer_decay": 0.9, "patch_embed_lr_ratio": 0.2}
@@ -101,7 +103,8 @@ def _imagenet() -> dict:
     # 0.992 -> 1, stochastic depth 0.1 (iBOT's ViT-S; DINOv2's default 0.3 is for its larger
     # models). Sinkhorn-Knopp centring (`ibot.centering`) is its ViT-L and ViT-g configs' choice;
     # the default file says DINO's centring. Its layer-wise lr decay 0.9 and patch-embedding lr
-    # x 0.2 (both presets).
+    # x 0.2 (both presets). The ViT is timm's plain one: no LayerScale (DINOv2's default 1e-5) and
+    # stochastic depth rising over the blocks, as iBOT's (DINOv2's default is uniform).
     return {
         "backbone": {"name": "vit-small", "patch_size": 14, "drop_path_rate": 0.1},
         "data": {"image_size": 224},

@@ -10,7 +10,10 @@ The decoder is a few timm transformer blocks, narrower than the encoder; it and 
 are thrown away after pretraining: the encoder is what is kept. As in the paper (appendix A.1)
 and the official code (facebookresearch/mae, models_mae.py), both encoder and decoder positions
 are fixed 2-D sine-cosine embeddings (timm's `build_sincos2d_pos_embed`), the class token is kept
-through the encoder and decoder, and linear layers are Xavier-initialised.
+through the encoder and decoder, and linear layers are Xavier-initialised. timm's positions have
+the frequencies of MAE's `get_2d_sincos_pos_embed` in another channel order (sin row, sin column,
+cos row, cos column against MAE's sin, cos of the column then of the row): a fixed permutation of
+the embedding's channels, which the randomly initialised layers around it cannot tell apart.
 """
 from __future__ import annotations
 
