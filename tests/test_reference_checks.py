@@ -122,6 +122,58 @@ def test_sinkhorn_knopp_matches_the_log_domain_definition_on_moderate_logits(see
 
 
 # ---------------------------------------------------------------------------------------------
+# DINO's head
+
+
+@pytest.mark.parametrize("layers,batch_norm,norm_last_layer", [(3, False, True), (2, True, False), (1, False, True)])
+def test_dino_head_is_an_mlp_to_the_unit_sphere_then_a_weight_normalised_layer(layers, batch_norm, norm_last_layer):
+    # facebookresearch/dino vision_transformer.py DINOHead: Linear (+ BatchNorm) + GELU per hidden
+    # layer, a Linear to the bottleneck, L2 normalisation, then weight_norm(Linear, no bias) whose
+    # gain starts at 1 and is frozen with norm_last_layer; the MLP drawn from N(0, 0.02) truncated.
+    from selfsup.nn import DINOHead
+    torch.manual_seed(0)
+    head = DINOHead(6, out_dim=11, hidden_dim=8, bottleneck_dim=5, layers=layers, batch_norm=batch_norm,
+                    norm_last_layer=norm_last_layer).double().eval()
+    gain, direction = head.last_layer.parametrizations.weight.original0, head.last_layer.parametrizations.weight.original1
+    assert torch.equal(gain, torch.ones(11, 1, dtype=torch.float64)) and gain.requires_grad != norm_last_layer
+    assert head.last_layer.bias is None
+    rng = np.random.default_rng(layers)
+    with torch.no_grad():  # a gain and batch statistics other than their starting values
+        gain.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, size=(11, 1))))
+        for module in head.mlp:
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.copy_(torch.from_numpy(rng.normal(size=8)))
+                module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, size=8)))
+                module.weight.copy_(torch.from_numpy(rng.normal(size=8)))
+                module.bias.copy_(torch.from_numpy(rng.normal(size=8)))
+    x = rng.normal(size=(4, 6))
+    modules, h = list(head.mlp), x
+    widths = []
+    while modules:
+        linear = modules.pop(0)
+        assert isinstance(linear, nn.Linear)
+        widths.append(linear.out_features)
+        h = h @ linear.weight.detach().numpy().T + (linear.bias.detach().numpy() if linear.bias is not None else 0)
+        if modules and isinstance(modules[0], nn.BatchNorm1d):
+            bn = modules.pop(0)
+            h = ((h - bn.running_mean.numpy()) / np.sqrt(bn.running_var.numpy() + bn.eps) * bn.weight.detach().numpy()
+                 + bn.bias.detach().numpy())
+        if modules:
+            assert isinstance(modules.pop(0), nn.GELU)
+            h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    assert widths == [8] * (layers - 1) + [5]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in head.mlp) == (layers - 1 if batch_norm else 0)
+    z = h / np.linalg.norm(h, axis=1, keepdims=True)
+    v = direction.detach().numpy()
+    prototypes = gain.detach().numpy() * v / np.linalg.norm(v, axis=1, keepdims=True)  # each row: length = its gain
+    np.testing.assert_allclose(head(torch.from_numpy(x)).detach().numpy(), z @ prototypes.T, rtol=1e-10)
+
+    wide = DINOHead(64, out_dim=16, hidden_dim=256, bottleneck_dim=256, layers=3)
+    for linear in (m for m in wide.mlp if isinstance(m, nn.Linear)):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.05) and not linear.bias.any()
+
+
+# ---------------------------------------------------------------------------------------------
 # Rotation
 
 
