@@ -217,6 +217,47 @@ def test_mae_encoder_sees_a_quarter_of_the_patches():
     assert torch.isfinite(out.loss)
 
 
+def test_mae_is_built_and_initialised_as_models_mae():
+    # facebookresearch/mae models_mae.py: fixed sine-cosine positions (zero for the class token) in
+    # the encoder and decoder, Xavier-uniform linear layers and patch embedding, zero linear
+    # biases, N(0, 0.02) class and mask tokens; every LayerNorm takes eps 1e-6.
+    from selfsup.backbones.vit import sincos_positions
+    cfg = resolve({"method": "mae", "backbone": {"name": "vit-tiny", "patch_size": 4}, "data": {"image_size": 32},
+                   "mae": {"decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2}})
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    net = method.backbone.net
+    assert not net.pos_embed.requires_grad and torch.equal(net.pos_embed, sincos_positions(8, 192))
+    assert torch.equal(method.decoder_pos, sincos_positions(8, 64)) and not net.pos_embed[0, 0].any()
+    linears = [m for m in method.modules() if isinstance(m, torch.nn.Linear)]
+    assert any(m is method.decoder_pred for m in linears) and any(m is net.blocks[0].attn.qkv for m in linears)
+    for weight in [m.weight for m in linears] + [net.patch_embed.proj.weight.flatten(1)]:
+        fan_out, fan_in = weight.shape
+        assert weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.1)
+        assert weight.abs().max().item() <= math.sqrt(6 / (fan_in + fan_out))  # uniform, not normal
+    assert not any(m.bias.any() for m in linears)  # the patch embedding's keeps Conv2d's own, as there
+    for token in (net.cls_token, method.mask_token):
+        assert token.std().item() == pytest.approx(0.02, rel=0.25)
+    norms = [m for m in method.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)
+
+
+def test_maes_prediction_reads_the_visible_patches_only():
+    # The encoder never sees a hidden patch, so what the pixels there are cannot change the output.
+    torch.manual_seed(0)
+    method = build_method(resolve(TINY_MAE)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    mask = random_patch_mask(2, 16, 0.75, torch.Generator().manual_seed(0))  # (2, 16), 12 hidden
+    hidden_pixels = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 48).float(), 4, 16, 16).bool()
+    with torch.no_grad():
+        latent, prediction = method.reconstruct(images, mask)
+        other = method.reconstruct(torch.where(hidden_pixels, torch.randn_like(images), images), mask)
+        assert latent.shape == (2, 1 + 4, 192) and prediction.shape == (2, 16, 48)
+        torch.testing.assert_close(other[1], prediction, rtol=0, atol=1e-5)
+        moved = method.reconstruct(torch.where(hidden_pixels, images, images + 1), mask)[1]
+        assert (moved - prediction).abs().max() > 1e-3
+
+
 def test_reconstruction_loss_scores_hidden_patches_only_against_float64():
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
