@@ -142,7 +142,7 @@ def test_teacher_gets_no_gradient_and_prototype_teachers_drive_patch_level_loss(
     root, _ = teachers
     vit = {"name": "vit-tiny", "patch_size": 4}
     method = build_method(resolve(distill_run(root, tmp_path / "x", root / "dino", vit, mask_probability=1.0)))
-    assert method.patch_level
+    assert method.patch_level and torch.equal(method.mask_token, torch.zeros_like(method.mask_token))  # DINOv2's start
     saved = torch.load(root / "dino" / "last.pt", weights_only=True)["model"]  # the teacher, loaded bitwise
     loaded = method.teacher["backbone"].state_dict()
     assert all(torch.equal(v, saved["teacher.backbone." + k]) for k, v in loaded.items())

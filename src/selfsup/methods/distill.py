@@ -158,8 +158,8 @@ class Method(nn.Module):
             if t_patch_head is not self.teacher["head"]:
                 self.student["patch_head"] = DINOHead(backbone.feature_dim, t_patch_head.last_layer.weight.shape[0],
                                                       c.hidden_dim, c.bottleneck_dim, c.head_layers)
+            # The student's [MASK], starting at zero as DINOv2's (and iBOT's, ibot.py) mask token.
             self.mask_token = nn.Parameter(torch.zeros(backbone.feature_dim))
-            nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.student_ema = ema_copy(self.student)
 
     def train(self, mode: bool = True):
