@@ -426,12 +426,20 @@ def test_comparison_says_what_each_run_was_trained_at(tmp_path):
                                                            "data": {"image_size": 64}})))
     headers, rows = comparison_rows([vit, resnet, fake_run(tmp_path / "bare", [])], ["vit", "resnet", "bare"])
     assert headers == ["run", "method", "backbone", "preset", "image size", "batch size", "epochs", "pretraining data",
-                       "final loss", "online kNN"]
+                       "final loss", "online kNN", "online kNN on"]
     assert [r[:6] for r in rows] == [["vit", "dino", "vit-small/4", "cifar-vit", 32, 64],
                                      ["resnet", "simclr", "resnet50", "imagenet", 64, 256],
                                      ["bare", "simclr", "resnet18", None, None, None]]
     # Nor did the images pretrained on: a run on 600 images beside one on 260 read as alike.
     assert [r[headers.index("pretraining data")] for r in rows] == ["/d/unlabelled", None, None]
+    # Nor what the kNN monitor read: a held-out part of the run's images, or --monitor-data's.
+    with open(vit / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps({"epoch": 2, "loss": 2.0, "knn_top1": 0.5}) + "\n")
+    with open(resnet / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps({"epoch": 2, "loss": 2.0, "knn_top1": 0.4}) + "\n")
+    (resnet / "config.yaml").write_text(dump_yaml(resolve({"method": "simclr", "data": {"monitor_path": "/d/few"}})))
+    headers, rows = comparison_rows([vit, resnet, tmp_path / "bare"], ["vit", "resnet", "bare"])
+    assert [r[-2:] for r in rows] == [[0.5, "held-out images"], [0.4, "/d/few"], [None, None]]
 
 
 def test_report_cells_keep_small_values_exact():

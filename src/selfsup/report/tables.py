@@ -190,7 +190,9 @@ def _run_facts(run: Path) -> tuple[dict, dict, list[tuple[dict, dict]]]:
              "batch size": _section(cfg, "train").get("batch_size"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
              "pretraining data": _section(cfg, "data").get("path") or None,  # runs on other images are not alike
-             "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None}
+             "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None,
+             # kNN on a held-out part of the run's images, or on labelled images of the user's (--monitor-data)
+             "online kNN on": (_section(cfg, "data").get("monitor_path") or "held-out images") if knn else None}
     records = [r for r in run_evals(run) if r["current"]]
     results = [p for r in records for p in (_own_points(r) if r.get("protocol") == "curve" else [r])]
     latest = {_column(r): r for r in results if _headline(r) is not None}  # in time order: the latest stays
