@@ -865,7 +865,10 @@ def test_a_stop_signal_to_the_whole_process_group_while_decoding_stops_the_paren
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", GROUP_STOPPED, name], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(src)})
+                                env={**os.environ, "PYTHONPATH": str(src)},
+                                # Ctrl-C as in a terminal: a suite started in the background
+                                # ignores SIGINT, and so would this child (see test_cli.py).
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert proc.stdout.readline().strip() == "decoding"
             time.sleep(rng.uniform(0.0, 0.3))
