@@ -672,6 +672,16 @@ def test_monitor_data_that_is_missing_or_not_split_is_refused_in_one_line(labell
     with pytest.raises(UserError, match=r"monitor_data='.*labelled' must hold train/ and test/ \(or val/\) folders"):
         run_pretraining(merge_dicts(tiny(labelled_folder, tmp_path / "run"),
                                     {"data": {"monitor_path": str(labelled_folder)}}))
+    image = next((labelled_folder / "circle").iterdir())
+    with pytest.raises(UserError, match=r"monitor_data='.*\.png' is a file; give a folder or tar holding train/"):
+        run_pretraining(merge_dicts(tiny(labelled_folder, tmp_path / "run"), {"data": {"monitor_path": str(image)}}))
+    write_dataset(tmp_path / "other" / "train", per_class=2)
+    for name in ("circle", "square"):
+        shutil.copytree(labelled_folder / name, tmp_path / "other" / "test" / name)
+    with pytest.raises(UserError, match=r"^`monitor_data`: train and test classes differ: only in train: "
+                                        r"\['stripes'\]"):
+        run_pretraining(merge_dicts(tiny(labelled_folder, tmp_path / "run"),
+                                    {"data": {"monitor_path": str(tmp_path / "other")}}))
     assert not (tmp_path / "run" / "last.pt").exists()
 
 

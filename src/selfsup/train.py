@@ -37,7 +37,7 @@ from .console import (named_option, option, path_option, plural, progress_bar, s
 from .data import BatchStream, ImageCache, open_images
 from .data.cache import mark_used
 from .data.loader import SampleBatch, map_side
-from .data.sources import IMAGE_SUFFIXES
+from .data.sources import IMAGE_SUFFIXES, is_tar_path
 from .data.tiff import require_tiff_reader
 from .data.workers import STOP_SIGNALS
 from .errors import RunStopped, UserError
@@ -864,12 +864,18 @@ def open_monitor_data(data: config_lib.DataConfig, show_progress: bool) -> tuple
     bands), so that an evaluation of the run at its image size reads the same caches."""
     from .eval.data import open_labelled, train_and_test
 
+    given = path_option('monitor_data', data.monitor_path)
+    if Path(data.monitor_path).is_file() and not is_tar_path(Path(data.monitor_path)):
+        raise UserError(f"{given} is a file; give a folder or tar holding train/ and test/ (or val/) folders, "
+                        f"each with one subfolder per class")
     sources = train_and_test(data.monitor_path)
     if sources is None:
-        raise UserError(f"{path_option('monitor_data', data.monitor_path)} must hold train/ and test/ (or val/) "
-                        f"folders, each with one subfolder per class")
-    return open_labelled(data.cache_size, cache_dir=data.cache_dir, show_progress=show_progress, bands=data.bands,
-                         sources=sources)
+        raise UserError(f"{given} must hold train/ and test/ (or val/) folders, each with one subfolder per class")
+    try:
+        return open_labelled(data.cache_size, cache_dir=data.cache_dir, show_progress=show_progress, bands=data.bands,
+                             sources=sources)
+    except UserError as e:  # said of evaluation data: say which option's data it is
+        raise UserError(f"{named_option('monitor_data')}: {e}") from None
 
 
 def read_metrics(out: str | Path) -> list[dict]:
