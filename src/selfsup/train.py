@@ -181,6 +181,10 @@ def prepare_run(user: dict, resume: bool) -> tuple[RunConfig, dict | None]:
     if cfg.train.tensorboard:
         tensorboard_log.summary_writer(resuming=resume)
     require_tiff_reader(cfg.data.bands)
+    monitored = Path(cfg.data.monitor_path)
+    if cfg.data.monitor_path and monitored.is_file() and not is_tar_path(monitored):  # before the images are decoded
+        raise UserError(f"{path_option('monitor_data', cfg.data.monitor_path)} is a file; give a folder or tar "
+                        f"holding train/ and test/ (or val/) folders, each with one subfolder per class")
     if cfg.data.bands and hasattr(get_method(cfg.method), "open_data"):
         raise UserError(f"data.bands chooses bands of TIFF images; {cfg.method} reads its own data "
                         f"(videos, frames or interactions): leave out {option('bands')}")
@@ -864,18 +868,15 @@ def open_monitor_data(data: config_lib.DataConfig, show_progress: bool) -> tuple
     bands), so that an evaluation of the run at its image size reads the same caches."""
     from .eval.data import open_labelled, train_and_test
 
-    given = path_option('monitor_data', data.monitor_path)
-    if Path(data.monitor_path).is_file() and not is_tar_path(Path(data.monitor_path)):
-        raise UserError(f"{given} is a file; give a folder or tar holding train/ and test/ (or val/) folders, "
-                        f"each with one subfolder per class")
-    sources = train_and_test(data.monitor_path)
-    if sources is None:
-        raise UserError(f"{given} must hold train/ and test/ (or val/) folders, each with one subfolder per class")
     try:
-        return open_labelled(data.cache_size, cache_dir=data.cache_dir, show_progress=show_progress, bands=data.bands,
-                             sources=sources)
-    except UserError as e:  # said of evaluation data: say which option's data it is
+        sources = train_and_test(data.monitor_path)
+        if sources is not None:
+            return open_labelled(data.cache_size, cache_dir=data.cache_dir, show_progress=show_progress,
+                                 bands=data.bands, sources=sources)
+    except UserError as e:  # said of any data (a damaged tar) or of evaluation's: say which option's it is
         raise UserError(f"{named_option('monitor_data')}: {e}") from None
+    raise UserError(f"{path_option('monitor_data', data.monitor_path)} must hold train/ and test/ (or val/) "
+                    f"folders, each with one subfolder per class")
 
 
 def read_metrics(out: str | Path) -> list[dict]:
