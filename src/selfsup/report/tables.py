@@ -185,14 +185,15 @@ def _run_facts(run: Path) -> tuple[dict, dict, list[tuple[dict, dict]]]:
     cfg = read_run_config(run) or {}
     metrics = read_metrics(run)
     knn = [m["knn_top1"] for m in metrics if "knn_top1" in m]
+    data = _section(cfg, "data")
     facts = {"method": cfg.get("method"), "backbone": _backbone(_section(cfg, "backbone")),
-             "preset": cfg.get("preset"), "image size": _section(cfg, "data").get("image_size"),
+             "preset": cfg.get("preset"), "image size": data.get("image_size"),
              "batch size": _section(cfg, "train").get("batch_size"),
              "epochs": metrics[-1]["epoch"] if metrics else None,
-             "pretraining data": _section(cfg, "data").get("path") or None,  # runs on other images are not alike
+             "pretraining data": data.get("path") or None,  # runs on other images are not alike
              "final loss": metrics[-1].get("loss") if metrics else None, "online kNN": knn[-1] if knn else None,
              # kNN on a held-out part of the run's images, or on labelled images of the user's (--monitor-data)
-             "online kNN on": (_section(cfg, "data").get("monitor_path") or "held-out images") if knn else None}
+             "online kNN on": (data.get("monitor_path") or "held-out images") if knn else None}
     records = [r for r in run_evals(run) if r["current"]]
     results = [p for r in records for p in (_own_points(r) if r.get("protocol") == "curve" else [r])]
     latest = {_column(r): r for r in results if _headline(r) is not None}  # in time order: the latest stays
